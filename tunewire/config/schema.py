@@ -1,0 +1,139 @@
+"""Typed config parsing with key paths.
+
+Config sections are plain dataclasses whose fields carry `metadata={"help": ...}`; `parse()` walks
+a JSON-like dict into them, refusing unknown keys with their full path (`trainer.optimzer`), and
+turns a `ValueError` from a section's `__post_init__` into a `ConfigError` at that section's path.
+`to_dict()` writes every field back, defaults included, which is what a job records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, get_args, get_origin
+
+from tunewire.errors import InvalidArgument
+
+
+class ConfigError(InvalidArgument):
+    """A config problem; `field` is the dotted key path (`output_features[0].type`)."""
+
+    reason = "INVALID_CONFIG"
+
+
+def join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def parse(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from `data`, validating types and keys."""
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", field=path or None)
+    precheck = getattr(cls, "precheck", None)
+    if precheck is not None:
+        try:
+            precheck(data)
+        except ValueError as exc:
+            field = getattr(exc, "field", None)
+            raise ConfigError(str(exc), field=join(path, field) if field else (path or None)) from None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        allowed = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown key (allowed here: {allowed})", field=join(path, unknown[0]))
+    kwargs = {name: _convert(hints[name], data[name], join(path, name))
+              for name in fields if name in data}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        field = getattr(exc, "field", None)
+        raise ConfigError(str(exc), field=join(path, field) if field else (path or None)) from None
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            if type(None) in get_args(tp):
+                return None
+            raise ConfigError("must not be null", field=path)
+        errors = []
+        for arg in args:
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[-1] if len(errors) == 1 else ConfigError(
+            f"{value!r} does not fit {_describe(tp)}", field=path)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, choices))}",
+                              field=path)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", field=path)
+        (item,) = get_args(tp)[:1] or (Any,)
+        return [_convert(item, v, join(path, i)) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__}", field=path)
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return parse(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", field=path)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"expected an integer, got {value!r}", field=path)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", field=path)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", field=path)
+        return value
+    return value
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_dict(obj: Any) -> Any:
+    """Every field, defaults included, as plain JSON-able values."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def check(condition: bool, message: str, field: str | None = None) -> None:
+    """Raise a ValueError that `parse` reports at `<section path>.<field>`."""
+    if not condition:
+        exc = ValueError(message)
+        exc.field = field  # type: ignore[attr-defined]
+        raise exc

@@ -1,0 +1,235 @@
+"""One server bootstrap for all three services.
+
+`create_server()` builds a grpc.Server with the message-size limits, keepalive and connection-age
+options every service uses, an interceptor that binds request context to the log and maps domain
+errors to gRPC status (the one table is in `tunewire.errors`), the standard health service (each
+service NOT_SERVING until its owner marks it ready) and server reflection. It returns
+`(server, port)` so tests can bind port 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tunewire.errors import TunewireError, to_status
+
+log = structlog.get_logger("tunewire.server")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Chunks of large streams stay well under the message limit.
+STREAM_CHUNK_BYTES = 2 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Client channel options matching the servers' limits."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_workers: int = 16
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    # Servers close connections after this long so clients re-resolve DNS (headless Services).
+    max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 30.0
+    reflection: bool = True
+    extra_interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
+
+
+class _ContextInterceptor(grpc.ServerInterceptor):
+    """Binds request id and method to the log context and maps domain errors to status."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:12]
+
+        def bind() -> None:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+
+        def fail(context: grpc.ServicerContext, exc: BaseException) -> None:
+            if isinstance(exc, TunewireError):
+                log.info("request failed", code=exc.code.name, reason=exc.reason,
+                         field=exc.field, error=exc.message)
+                context.abort_with_status(to_status(exc))
+            log.exception("unhandled error")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+        def wrap_unary(fn):
+            def inner(request, context):
+                bind()
+                try:
+                    return fn(request, context)
+                except grpc.RpcError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status here, once
+                    if _aborted(context):
+                        raise
+                    fail(context, exc)
+            return inner
+
+        def wrap_stream(fn):
+            def inner(request, context):
+                bind()
+                try:
+                    yield from fn(request, context)
+                except grpc.RpcError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    if _aborted(context):
+                        raise
+                    fail(context, exc)
+            return inner
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary(handler.unary_unary), handler.request_deserializer,
+                handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary(handler.stream_unary), handler.request_deserializer,
+                handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream(handler.unary_stream), handler.request_deserializer,
+                handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            wrap_stream(handler.stream_stream), handler.request_deserializer,
+            handler.response_serializer)
+
+
+def _aborted(context: grpc.ServicerContext) -> bool:
+    # context.abort() raises a plain Exception after setting the code; let it through untouched.
+    try:
+        return context.code() is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@dataclass
+class Service:
+    """A servicer and how to register it: `add` is the generated `add_XServicer_to_server`."""
+
+    name: str  # full service name, e.g. "tunewire.v1.EmbedderService"
+    servicer: Any
+    add: Callable[[Any, grpc.Server], None]
+
+
+class RunningServer:
+    """A started server with its health servicer; `set_ready` flips a service to SERVING."""
+
+    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
+                 names: list[str]) -> None:
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.names = names
+
+    def set_ready(self, name: str, ready: bool = True) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(name, status)
+        if all(self._status(n) == health_pb2.HealthCheckResponse.SERVING for n in self.names):
+            self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        else:
+            self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _status(self, name: str) -> int:
+        try:
+            return self.health.Check(health_pb2.HealthCheckRequest(service=name), None).status
+        except Exception:  # noqa: BLE001
+            return health_pb2.HealthCheckResponse.UNKNOWN
+
+    def stop(self, grace: float | None = 10.0) -> threading.Event:
+        """Stop accepting calls, let in-flight ones finish within `grace` seconds."""
+        self.health.enter_graceful_shutdown()
+        return self.server.stop(grace)
+
+
+def create_server(services: Iterable[Service], settings: ServerSettings | None = None
+                  ) -> RunningServer:
+    """Build, bind and start a server; returns it with the bound port."""
+    settings = settings or ServerSettings()
+    services = list(services)
+    options = [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers,
+                                   thread_name_prefix="grpc"),
+        interceptors=[*settings.extra_interceptors, _ContextInterceptor()],
+        options=options,
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = []
+    for svc in services:
+        svc.add(svc.servicer, server)
+        names.append(svc.name)
+        health_servicer.set(svc.name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    server.start()
+    log.info("server started", services=names, address=f"{settings.host}:{port}")
+    return RunningServer(server, port, health_servicer, names)
+
+
+def wait_for_termination(running: list[RunningServer], grace: float = 30.0,
+                         on_stop: Callable[[], None] | None = None) -> None:
+    """Block until SIGTERM/SIGINT, then drain: health NOT_SERVING, in-flight calls get `grace`
+    seconds, then `on_stop` (close stores) runs."""
+    stop = threading.Event()
+
+    def handler(signum, _frame):
+        log.info("signal received, draining", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.wait(0.5):
+        pass
+    events = [r.stop(grace) for r in running]
+    deadline = time.monotonic() + grace + 1
+    for ev in events:
+        ev.wait(max(0.0, deadline - time.monotonic()))
+    if on_stop:
+        on_stop()
+    log.info("stopped")
