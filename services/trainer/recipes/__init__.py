@@ -1,0 +1,1 @@
+"""Training recipes: one module (or package) per kind of fine-tuning."""
