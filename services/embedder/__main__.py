@@ -1,0 +1,53 @@
+"""`python -m services.embedder`: parse settings, configure logging, serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from services.embedder.app import Settings, start
+from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
+from tunewire.logging import configure
+from tunewire.server import wait_for_termination
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The embedder's options; pass a parser (e.g. a CLI subcommand's) to add them to it.
+    Defaults fall back to TUNEWIRE_HOST / TUNEWIRE_PORT / TUNEWIRE_DATA_DIR."""
+    parser = parser or argparse.ArgumentParser(
+        prog="python -m services.embedder", description="tunewire embedder service")
+    defaults = Settings()
+    parser.add_argument("--host", default=os.environ.get("TUNEWIRE_HOST", defaults.host))
+    parser.add_argument("--port", type=int,
+                        default=int(os.environ.get("TUNEWIRE_PORT", defaults.port)))
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("TUNEWIRE_DATA_DIR", defaults.data_dir)))
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
+                        help="padded tokens per forward pass")
+    parser.add_argument("--max-loaded-models", type=int, default=defaults.max_loaded_models)
+    parser.add_argument("--max-texts", type=int, default=defaults.max_texts,
+                        help="texts per request")
+    parser.add_argument("--device", default=defaults.device,
+                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--preload", nargs="*", default=[], metavar="MODEL",
+                        help="models (local dirs or Hub ids) to load before reporting SERVING")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(host=args.host, port=args.port, data_dir=args.data_dir,
+                    max_batch_tokens=args.max_batch_tokens,
+                    max_loaded_models=args.max_loaded_models, max_texts=args.max_texts,
+                    device=args.device, preload=list(args.preload))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure()
+    app = start(settings_from_args(args))
+    wait_for_termination([app.running], on_stop=app.close)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Assembles the embedder: cache, domain service, gRPC server, health.
+
+Health stays NOT_SERVING until the cache is open and every preloaded model has its weights in
+memory, so a Kubernetes probe never routes traffic to a replica that would stall on its first call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import torch
+
+from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
+from services.embedder.cache import DEFAULT_MAP_SIZE, EmbeddingCache, cache_path
+from services.embedder.service import EmbedderService
+from services.embedder.servicer import DEFAULT_MAX_TEXTS, EmbedderServicer
+from tunewire.server import RunningServer, ServerSettings, Service, create_server
+from tunewire.v1 import embedder_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "tunewire.v1.EmbedderService"
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "tunewire")
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_loaded_models: int = 2
+    preload: list[str] = field(default_factory=list)
+    max_texts: int = DEFAULT_MAX_TEXTS
+    # "" picks CUDA when there is one, else the CPU.
+    device: str = ""
+    cache_map_size: int = DEFAULT_MAP_SIZE
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.max_batch_tokens <= 0:
+            raise ValueError("max_batch_tokens must be positive")
+        if self.max_loaded_models < 1:
+            raise ValueError("max_loaded_models must be >= 1")
+        if self.max_texts < 1:
+            raise ValueError("max_texts must be >= 1")
+
+
+@dataclass
+class App:
+    running: RunningServer
+    service: EmbedderService
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def close(self) -> None:
+        """Close the cache; call after the server has stopped (wait_for_termination's on_stop)."""
+        self.service.close()
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop serving and close the cache (tests and embedded use)."""
+        self.running.stop(grace).wait()
+        self.close()
+
+
+def start(settings: Settings) -> App:
+    """Open the cache, start the server (NOT_SERVING), preload models, then report SERVING."""
+    cache = EmbeddingCache(cache_path(settings.data_dir), map_size=settings.cache_map_size)
+    device = torch.device(settings.device) if settings.device else None
+    service = EmbedderService(cache, max_batch_tokens=settings.max_batch_tokens,
+                              max_loaded_models=settings.max_loaded_models, device=device)
+    servicer = EmbedderServicer(service, max_texts=settings.max_texts)
+    running = create_server(
+        [Service(SERVICE_NAME, servicer, embedder_pb2_grpc.add_EmbedderServiceServicer_to_server)],
+        ServerSettings(host=settings.host, port=settings.port))
+    try:
+        for model in settings.preload:
+            service.preload(model)
+    except BaseException:
+        running.stop(None)
+        cache.close()
+        raise
+    running.set_ready(SERVICE_NAME)
+    log.info("embedder ready", port=running.port, data_dir=str(settings.data_dir),
+             preloaded=settings.preload)
+    return App(running=running, service=service)

@@ -1,0 +1,200 @@
+"""The content-addressed embedding cache: one LMDB environment at
+`<data_dir>/cache/embeddings.lmdb`, key = `fingerprint.cache_key` (32 bytes), value = a 6-byte
+header (format version, dtype, dimension) + the raw little-endian vector.
+
+Why LMDB: readers are lock-free memory-mapped lookups (a trainer on the same host can read the
+file directly with `open_readonly`), and a write transaction is atomic, so a crash never leaves a
+torn entry. All of a request's misses go in ONE write transaction. When the map is full we double
+it and retry the whole transaction instead of failing. Resizing needs no live transaction in this
+process, so readers hold a shared lock and the resize an exclusive one.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import lmdb
+import numpy as np
+import structlog
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; sparse on disk, doubled on demand
+_HEADER = struct.Struct("<BBI")  # version, dtype code, dimension
+_VERSION = 1
+_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
+_CODES = {v: k for k, v in _DTYPES.items()}
+
+
+def cache_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "cache" / "embeddings.lmdb"
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    """Header + raw bytes of a 1-d float32/float16 vector."""
+    dtype = np.dtype(vector.dtype).newbyteorder("<")
+    if vector.ndim != 1 or dtype not in _CODES:
+        raise ValueError(f"cache stores 1-d float32/float16 vectors, got {vector.dtype}"
+                         f"{list(vector.shape)}")
+    return _HEADER.pack(_VERSION, _CODES[dtype], vector.shape[0]) + vector.astype(dtype).tobytes()
+
+
+def decode_vector(value: bytes) -> np.ndarray | None:
+    """The vector in `value`, or None if the entry is not one this code wrote whole."""
+    if len(value) < _HEADER.size:
+        return None
+    version, code, dim = _HEADER.unpack_from(value)
+    dtype = _DTYPES.get(code)
+    if version != _VERSION or dtype is None or len(value) != _HEADER.size + dim * dtype.itemsize:
+        return None
+    return np.frombuffer(value, dtype=dtype, offset=_HEADER.size)
+
+
+@dataclass
+class CacheStats:
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    map_size: int
+
+
+class _SharedExclusiveLock:
+    """Many readers or one resizer; `set_mapsize` must not race a live read transaction."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class EmbeddingCache:
+    """Read/write cache for the embedder process: one writer at a time, many concurrent readers."""
+
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        # max_readers covers the server's thread pool with room to spare; writemap stays off so a
+        # crash mid-write cannot scribble on committed pages.
+        self._env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0,
+                              max_readers=256, readahead=False, metasync=True, sync=True)
+        self._write_lock = threading.Lock()
+        self._resize = _SharedExclusiveLock()
+        self._counter_lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._log = log.bind(cache=str(self.path))
+        self._log.info("cache opened", entries=self._env.stat()["entries"],
+                       map_size=self._env.info()["map_size"])
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """Values for `keys` in one read transaction; None for a miss (or an unreadable entry)."""
+        with self._resize.shared(), self._env.begin(buffers=False) as txn:
+            values = [txn.get(key) for key in keys]
+        out = [v if v is not None and decode_vector(v) is not None else None for v in values]
+        found = sum(v is not None for v in out)
+        with self._counter_lock:
+            self._hits += found
+            self._misses += len(out) - found
+        return out
+
+    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Write every (key, value) in one transaction: all of them land, or none do."""
+        items = list(items)
+        if not items:
+            return
+        with self._write_lock:
+            while True:
+                try:
+                    with self._resize.shared(), self._env.begin(write=True) as txn:
+                        for key, value in items:
+                            txn.put(key, value)
+                    return
+                except lmdb.MapFullError:
+                    self._grow()
+
+    def _grow(self) -> None:
+        with self._resize.exclusive():
+            old = self._env.info()["map_size"]
+            self._env.set_mapsize(old * 2)
+        self._log.info("cache map grown", old_map_size=old, map_size=old * 2)
+
+    def stats(self) -> CacheStats:
+        with self._resize.shared():
+            stat = self._env.stat()
+            info = self._env.info()
+        pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        with self._counter_lock:
+            hits, misses = self._hits, self._misses
+        return CacheStats(entries=stat["entries"], bytes=pages * stat["psize"], hits=hits,
+                          misses=misses, map_size=info["map_size"])
+
+    def close(self) -> None:
+        with self._write_lock, self._resize.exclusive():
+            self._env.close()
+        self._log.info("cache closed")
+
+
+class ReadonlyCache:
+    """Direct memory-mapped reads for another process on the same host (a trainer).
+
+    `lock=False` because such a reader must not need write access to the lock file; it sees the
+    last committed state, and picks up a map the writer has grown since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._env = lmdb.open(str(self.path), readonly=True, lock=False, subdir=True,
+                              readahead=False, map_size=0)
+
+    def get_many(self, keys: list[bytes]) -> list[np.ndarray | None]:
+        try:
+            values = self._read(keys)
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)  # adopt the size the writer grew the map to
+            values = self._read(keys)
+        return [decode_vector(v) if v is not None else None for v in values]
+
+    def _read(self, keys: list[bytes]) -> list[bytes | None]:
+        with self._env.begin(buffers=False) as txn:
+            return [txn.get(key) for key in keys]
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def open_readonly(path: Path) -> ReadonlyCache:
+    """Open an embedder's cache for reading only (path of the .lmdb directory, or a data dir)."""
+    path = Path(path)
+    if not (path / "data.mdb").exists() and (cache_path(path) / "data.mdb").exists():
+        path = cache_path(path)
+    return ReadonlyCache(path)

@@ -1,0 +1,99 @@
+"""The encoder fingerprint and the cache key derived from it.
+
+The fingerprint is a sha256 over everything that determines a vector besides the text: the
+weights (Hub commit, or a content hash of a local directory's weight files), the tokenizer files,
+and the embedding settings (pooling, layer, max length, normalisation, compute and output dtype,
+instruction). Any change gives different keys, so the cache can never serve a stale vector.
+
+Hashing a local checkpoint reads every weight byte, so it is memoised by (path, size, mtime): a
+request pays for it once per file version, not once per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import structlog
+
+from services.embedder.source import ModelSource
+
+log = structlog.get_logger(__name__)
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+# Files that define how text becomes ids (and the model config, which shapes the weights' meaning).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
+                   "added_tokens.json", "chat_template.jinja")
+_CHUNK = 8 * 1024 * 1024
+
+_memo: dict[tuple[str, int, int], str] = {}
+_memo_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """The normalised settings an embedding depends on (after defaults are resolved)."""
+
+    pooling: str
+    layer: int  # 0 = last hidden state; otherwise an index into hidden_states
+    max_length: int  # effective truncation, never 0
+    normalize: bool
+    compute_dtype: str  # torch dtype the model ran in
+    dtype: str  # output dtype: float32 | float16
+    instruction: str
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of one file, memoised by (path, size, mtime_ns)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _memo_lock:
+        if key in _memo:
+            return _memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _memo_lock:
+        _memo[key] = value
+    log.debug("hashed weight file", path=str(path), bytes=st.st_size)
+    return value
+
+
+def weights_identity(source: ModelSource) -> str:
+    """Hub: the commit. Local: names, sizes and contents of the weight files plus config.json."""
+    if source.commit:
+        return f"hub:{source.hub_id}@{source.commit}"
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in WEIGHT_PATTERNS for p in source.path.glob(pattern)})
+    for path in [*files, source.path / "config.json"]:
+        if path.is_file():
+            digest.update(f"{path.name}\0{path.stat().st_size}\0{file_sha256(path)}\n".encode())
+    return f"local:{digest.hexdigest()}"
+
+
+def tokenizer_identity(path: Path) -> str:
+    """Hash of the tokenizer files present in the model directory (they are small)."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        file = path / name
+        if file.is_file():
+            digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def fingerprint(weights: str, tokenizer: str, settings: EmbeddingSettings) -> str:
+    """The hex sha256 that names an encoder configuration."""
+    payload = {"weights": weights, "tokenizer": tokenizer, **asdict(settings)}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def cache_key(fingerprint_hex: str, text: str) -> bytes:
+    """32-byte key: sha256(fingerprint + NUL + text)."""
+    return hashlib.sha256(fingerprint_hex.encode() + b"\0" + text.encode("utf-8")).digest()

@@ -1,0 +1,126 @@
+"""The LMDB cache on a real environment on disk."""
+
+import multiprocessing
+import os
+
+import lmdb
+import numpy as np
+import pytest
+
+from services.embedder import fingerprint as fp_mod
+from services.embedder.cache import (EmbeddingCache, cache_path, decode_vector, encode_vector,
+                                     open_readonly)
+
+
+def _items(n: int, dim: int = 16, seed: int = 0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(dtype)
+    keys = [fp_mod.cache_key("f" * 64, f"text {seed} {i}") for i in range(n)]
+    return keys, vectors
+
+
+def test_round_trip_float32_and_float16(cache):
+    for dtype in (np.float32, np.float16):
+        keys, vectors = _items(10, dtype=dtype, seed=int(np.dtype(dtype).itemsize))
+        cache.put_many(zip(keys, (encode_vector(v) for v in vectors)))
+        got = cache.get_many(keys)
+        for value, expected in zip(got, vectors):
+            vector = decode_vector(value)
+            assert vector.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(vector, expected)
+    stats = cache.stats()
+    assert stats.entries == 20 and stats.hits == 20 and stats.misses == 0 and stats.bytes > 0
+
+
+def test_misses_are_none_and_counted(cache):
+    keys, vectors = _items(3)
+    cache.put_many([(keys[0], encode_vector(vectors[0]))])
+    got = cache.get_many(keys)
+    assert got[0] is not None and got[1] is None and got[2] is None
+    assert (cache.stats().hits, cache.stats().misses) == (1, 2)
+
+
+def test_truncated_entry_reads_as_a_miss():
+    keys, vectors = _items(1)
+    value = encode_vector(vectors[0])
+    assert decode_vector(value) is not None
+    assert decode_vector(value[:-1]) is None
+    assert decode_vector(value + b"\0") is None
+    assert decode_vector(b"abc") is None
+
+
+def test_map_grows_instead_of_failing(tmp_path):
+    cache = EmbeddingCache(tmp_path / "small.lmdb", map_size=64 * 1024)
+    try:
+        keys, vectors = _items(400, dim=256)  # ~400 KiB of vectors into a 64 KiB map
+        cache.put_many(zip(keys[:200], (encode_vector(v) for v in vectors[:200])))
+        cache.put_many(zip(keys[200:], (encode_vector(v) for v in vectors[200:])))
+        stats = cache.stats()
+        assert stats.entries == 400
+        assert stats.map_size >= 400 * 256 * 4
+        got = cache.get_many(keys)
+        np.testing.assert_array_equal(np.stack([decode_vector(v) for v in got]), vectors)
+    finally:
+        cache.close()
+
+
+def _write_then_die(path: str) -> None:
+    env = lmdb.open(path, map_size=1 << 20)
+    txn = env.begin(write=True)
+    txn.put(b"k" * 32, b"partial")
+    os._exit(1)  # crash with the transaction open: nothing may land
+
+
+def test_crash_mid_transaction_leaves_no_entry(tmp_path):
+    path = tmp_path / "crash.lmdb"
+    EmbeddingCache(path).close()
+    proc = multiprocessing.get_context("spawn").Process(target=_write_then_die, args=(str(path),))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 1
+    cache = EmbeddingCache(path)
+    try:
+        assert cache.get_many([b"k" * 32]) == [None]
+        assert cache.stats().entries == 0
+    finally:
+        cache.close()
+
+
+def _reader(data_dir: str, keys: list[bytes], conn) -> None:
+    """Another process on the same host (a trainer) reading the file directly."""
+    reader = open_readonly(data_dir)
+    conn.send(reader.get_many(keys))
+    conn.recv()  # the writer has grown the map and written more
+    conn.send(reader.get_many(keys))
+    try:
+        with reader._env.begin(write=True) as txn:
+            txn.put(b"x", b"y")
+        conn.send("wrote")
+    except lmdb.Error as exc:
+        conn.send(type(exc).__name__)
+    reader.close()
+
+
+def test_readonly_reader_in_another_process_sees_commits_and_a_grown_map(tmp_path):
+    data_dir = tmp_path / "data"
+    writer = EmbeddingCache(cache_path(data_dir), map_size=64 * 1024)
+    keys, vectors = _items(300, dim=256)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    try:
+        writer.put_many([(keys[0], encode_vector(vectors[0]))])
+        proc = ctx.Process(target=_reader, args=(str(data_dir), keys, child))
+        proc.start()
+        first = parent.recv()
+        np.testing.assert_array_equal(first[0], vectors[0])
+        assert all(v is None for v in first[1:])
+        writer.put_many(zip(keys[1:], (encode_vector(v) for v in vectors[1:])))  # grows the map
+        assert writer.stats().map_size > 64 * 1024
+        parent.send("go")
+        second = parent.recv()
+        np.testing.assert_array_equal(np.stack(second), vectors)
+        assert parent.recv() != "wrote"
+        proc.join(60)
+        assert proc.exitcode == 0
+    finally:
+        writer.close()
