@@ -1,0 +1,127 @@
+"""The domain service: cache hits and misses, dedupe, request order, model LRU."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from services.embedder.cache import EmbeddingCache
+from services.embedder.service import EmbedderService, EncoderRegistry, EncoderSpec
+from tests.embedder.conftest import TEXTS
+from tunewire.errors import InvalidArgument
+
+
+def test_second_embed_is_all_hits_without_running_the_model(service, minilm_path):
+    spec = EncoderSpec(model=minilm_path)
+    first = service.embed(spec, TEXTS)
+    assert (first.hits, first.misses) == (0, len(TEXTS))
+    computed, batches = service.computed_texts, service.batches
+    second = service.embed(spec, TEXTS)
+    assert (second.hits, second.misses) == (len(TEXTS), 0)
+    assert (service.computed_texts, service.batches) == (computed, batches)
+    np.testing.assert_array_equal(second.vectors, first.vectors)
+    assert second.fingerprint == first.fingerprint
+    stats = service.cache_stats()
+    assert stats.entries == len(TEXTS) and stats.hits == len(TEXTS)
+
+
+def test_hits_survive_a_restart_of_the_service(tmp_path, registry, minilm_path):
+    spec = EncoderSpec(model=minilm_path)
+    cache = EmbeddingCache(tmp_path / "c.lmdb")
+    first = EmbedderService(cache, registry=registry).embed(spec, TEXTS[:3])
+    cache.close()
+    cache = EmbeddingCache(tmp_path / "c.lmdb")
+    try:
+        again = EmbedderService(cache, registry=registry)
+        result = again.embed(spec, TEXTS[:3])
+        assert (result.hits, result.misses, again.computed_texts) == (3, 0, 0)
+        np.testing.assert_array_equal(result.vectors, first.vectors)
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("change", [
+    {"pooling": "cls"}, {"max_length": 8}, {"normalize": True}, {"dtype": "float16"},
+    {"layer": 2}, {"instruction": "passage: "},
+])
+def test_any_setting_change_is_a_different_key(service, minilm_path, change):
+    base = EncoderSpec(model=minilm_path)
+    first = service.embed(base, TEXTS[:3])
+    changed = service.embed(EncoderSpec(model=minilm_path, **change), TEXTS[:3])
+    assert (changed.hits, changed.misses) == (0, 3)
+    assert changed.fingerprint != first.fingerprint
+
+
+def test_equivalent_settings_share_keys(service, minilm_path):
+    """layer -1 and 0 are both the last layer; max_length 0 and 512 are MiniLM's own limit."""
+    first = service.embed(EncoderSpec(model=minilm_path), TEXTS[:2])
+    same = service.embed(EncoderSpec(model=minilm_path, layer=-1, max_length=512), TEXTS[:2])
+    assert same.fingerprint == first.fingerprint and same.hits == 2
+
+
+def test_duplicates_are_computed_once_and_order_is_kept(service, minilm_path):
+    texts = ["b", "a", "b", "c", "a", "b"]
+    result = service.embed(EncoderSpec(model=minilm_path), texts)
+    assert (result.hits, result.misses, service.computed_texts) == (0, 3, 3)
+    v = result.vectors
+    np.testing.assert_array_equal(v[0], v[2])
+    np.testing.assert_array_equal(v[0], v[5])
+    np.testing.assert_array_equal(v[1], v[4])
+    assert not np.array_equal(v[0], v[1])
+    alone = service.embed(EncoderSpec(model=minilm_path), ["c"])
+    np.testing.assert_array_equal(alone.vectors[0], v[3])
+
+
+def test_partial_hits_only_compute_the_new_texts(service, minilm_path):
+    spec = EncoderSpec(model=minilm_path)
+    service.embed(spec, TEXTS[:4])
+    result = service.embed(spec, TEXTS)
+    assert (result.hits, result.misses) == (4, len(TEXTS) - 4)
+    assert service.computed_texts == len(TEXTS)
+
+
+def test_token_budget_splits_batches(service, minilm_path):
+    service.max_batch_tokens = 32
+    service.embed(EncoderSpec(model=minilm_path), TEXTS)
+    assert service.batches >= 3  # the longest text alone is ~20 tokens
+
+
+def test_empty_request_and_output_size_limit(service, minilm_path):
+    empty = service.embed(EncoderSpec(model=minilm_path), [])
+    assert empty.vectors.shape == (0, 384)
+    service.max_output_bytes = 384 * 4 * 2
+    with pytest.raises(InvalidArgument) as err:
+        service.embed(EncoderSpec(model=minilm_path), TEXTS[:3])
+    assert err.value.field == "texts"
+
+
+def test_bad_spec_values_name_the_field(service, minilm_path):
+    for spec, field in [(EncoderSpec(model=minilm_path, pooling="median"), "encoder.pooling"),
+                        (EncoderSpec(model=minilm_path, dtype="int8"), "encoder.dtype"),
+                        (EncoderSpec(model=minilm_path, max_length=-1), "encoder.max_length")]:
+        with pytest.raises(InvalidArgument) as err:
+            service.embed(spec, ["x"])
+        assert err.value.field == field
+
+
+def test_registry_keeps_at_most_n_models(minilm_path, tiny_llama_path, tmp_path):
+    copy = tmp_path / "minilm-copy"
+    shutil.copytree(minilm_path, copy)
+    registry = EncoderRegistry(max_loaded=2)
+    registry.get(minilm_path)
+    registry.get(tiny_llama_path)
+    registry.get(minilm_path)  # now most recent
+    registry.get(str(copy))
+    assert registry.loaded() == [minilm_path, str(copy)]
+
+
+def test_local_weights_changed_on_disk_give_a_new_fingerprint(tmp_path, minilm_path, cache):
+    copy = tmp_path / "model"
+    shutil.copytree(minilm_path, copy)
+    service = EmbedderService(cache)
+    first = service.embed(EncoderSpec(model=str(copy)), TEXTS[:2])
+    config = copy / "config.json"
+    config.write_text(config.read_text().replace('"hidden_dropout_prob": 0.1',
+                                                 '"hidden_dropout_prob": 0.2'))
+    second = service.embed(EncoderSpec(model=str(copy)), TEXTS[:2])
+    assert second.fingerprint != first.fingerprint and second.misses == 2
