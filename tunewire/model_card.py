@@ -142,8 +142,9 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
              f"# {name}\n\n"]
     what = {"peft_adapter": "A PEFT adapter", "full_model": "A fine-tuned model",
             "predictive": "A predictive task head"}.get(kind, "A model")
-    parts.append(f"{what}{f' on [{base_model}](https://huggingface.co/{base_model})' if base_model else ''}"
-                 f", trained with tunewire{f' (job `{meta['job_id']}`)' if meta.get('job_id') else ''}.\n\n")
+    on_base = f" on [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
+    job = f" (job `{meta['job_id']}`)" if meta.get("job_id") else ""
+    parts.append(f"{what}{on_base}, trained with tunewire{job}.\n\n")
     parts += ["## How to load it\n\n", _load_snippet(kind, repo, base_model, task), "\n"]
     if metrics:
         parts.append("## Metrics\n\n| split | feature | metric | value |\n|---|---|---|---|\n")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtunewire/v1/hub_gateway.proto\x12\x0btunewire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n\nUploadSpec\x12\x0f\n\x07repo_id\x18\x01 \x01(\t\x12\x0f\n\x07private\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ommit_message\x18\x03 \x01(\t\x12\x1a\n\x12\x63ommit_description\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\x12\x11\n\tcreate_pr\x18\x06 \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\x12\x0e\n\x06job_id\x18\t \x01(\t\x12\x1c\n\x14overwrite_model_card\x18\n \x01(\x08\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"K\n\x0fUploadFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"t\n\x13\x43reateUploadRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x17.tunewire.v1.UploadSpecH\x00\x12,\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x1c.tunewire.v1.UploadFileChunkH\x00\x42\x06\n\x04part\"X\n\x0cUploadedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0b\n\x03lfs\x18\x04 \x01(\x08\x12\x0f\n\x07skipped\x18\x05 \x01(\x08\"\xce\x03\n\x06Upload\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.tunewire.v1.Upload.State\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.tunewire.v1.UploadSpec\x12(\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x19.tunewire.v1.UploadedFile\x12\x15\n\rartifact_kind\x18\x05 \x01(\t\x12\x12\n\nmodel_card\x18\x06 \x01(\t\x12\x12\n\ncommit_url\x18\x07 \x01(\t\x12\x12\n\ncommit_oid\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x13\n\x0b\x62ytes_total\x18\n \x01(\x03\x12\x12\n\nbytes_sent\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"\x1e\n\x10GetUploadRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12WatchUploadRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xbf\x01\n\x0bUploadEvent\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.tunewire.v1.Upload.State\x12\x12\n\nbytes_sent\x18\x04 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x03\x12\x12\n\nfiles_done\x18\x06 \x01(\x05\x12\x13\n\x0b\x66iles_total\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t2\xe9\x01\n\x11HubGatewayService\x12G\n\x0c\x43reateUpload\x12 .tunewire.v1.CreateUploadRequest\x1a\x13.tunewire.v1.Upload(\x01\x12?\n\tGetUpload\x12\x1d.tunewire.v1.GetUploadRequest\x1a\x13.tunewire.v1.Upload\x12J\n\x0bWatchUpload\x12\x1f.tunewire.v1.WatchUploadRequest\x1a\x18.tunewire.v1.UploadEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtunewire/v1/hub_gateway.proto\x12\x0btunewire.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x02\n\nUploadSpec\x12\x0f\n\x07repo_id\x18\x01 \x01(\t\x12\x0f\n\x07private\x18\x02 \x01(\x08\x12\x16\n\x0e\x63ommit_message\x18\x03 \x01(\t\x12\x1a\n\x12\x63ommit_description\x18\x04 \x01(\t\x12\x10\n\x08revision\x18\x05 \x01(\t\x12\x11\n\tcreate_pr\x18\x06 \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\x07 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\x12\x0e\n\x06job_id\x18\t \x01(\t\x12\x1c\n\x14overwrite_model_card\x18\n \x01(\x08\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x15\n\rartifact_path\x18\x0c \x01(\t\"K\n\x0fUploadFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"t\n\x13\x43reateUploadRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x17.tunewire.v1.UploadSpecH\x00\x12,\n\x04\x66ile\x18\x02 \x01(\x0b\x32\x1c.tunewire.v1.UploadFileChunkH\x00\x42\x06\n\x04part\"X\n\x0cUploadedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0b\n\x03lfs\x18\x04 \x01(\x08\x12\x0f\n\x07skipped\x18\x05 \x01(\x08\"\xe4\x03\n\x06Upload\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.tunewire.v1.Upload.State\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.tunewire.v1.UploadSpec\x12(\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x19.tunewire.v1.UploadedFile\x12\x15\n\rartifact_kind\x18\x05 \x01(\t\x12\x12\n\nmodel_card\x18\x06 \x01(\t\x12\x12\n\ncommit_url\x18\x07 \x01(\t\x12\x12\n\ncommit_oid\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x13\n\x0b\x62ytes_total\x18\n \x01(\x03\x12\x12\n\nbytes_sent\x18\x0b \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x65rror_reason\x18\x0e \x01(\t\"S\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\"\x1e\n\x10GetUploadRequest\x12\n\n\x02id\x18\x01 \x01(\t\"7\n\x12WatchUploadRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rfrom_sequence\x18\x02 \x01(\x03\"\xe9\x01\n\x0bUploadEvent\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.tunewire.v1.Upload.State\x12\x12\n\nbytes_sent\x18\x04 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x05 \x01(\x03\x12\x12\n\nfiles_done\x18\x06 \x01(\x05\x12\x13\n\x0b\x66iles_total\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t\x12(\n\x04time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xe9\x01\n\x11HubGatewayService\x12G\n\x0c\x43reateUpload\x12 .tunewire.v1.CreateUploadRequest\x1a\x13.tunewire.v1.Upload(\x01\x12?\n\tGetUpload\x12\x1d.tunewire.v1.GetUploadRequest\x1a\x13.tunewire.v1.Upload\x12J\n\x0bWatchUpload\x12\x1f.tunewire.v1.WatchUploadRequest\x1a\x18.tunewire.v1.UploadEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tunewire.v1.hub_gateway_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPLOADSPEC']._serialized_start=80
-  _globals['_UPLOADSPEC']._serialized_end=316
-  _globals['_UPLOADFILECHUNK']._serialized_start=318
-  _globals['_UPLOADFILECHUNK']._serialized_end=393
-  _globals['_CREATEUPLOADREQUEST']._serialized_start=395
-  _globals['_CREATEUPLOADREQUEST']._serialized_end=511
-  _globals['_UPLOADEDFILE']._serialized_start=513
-  _globals['_UPLOADEDFILE']._serialized_end=601
-  _globals['_UPLOAD']._serialized_start=604
-  _globals['_UPLOAD']._serialized_end=1066
-  _globals['_UPLOAD_STATE']._serialized_start=983
-  _globals['_UPLOAD_STATE']._serialized_end=1066
-  _globals['_GETUPLOADREQUEST']._serialized_start=1068
-  _globals['_GETUPLOADREQUEST']._serialized_end=1098
-  _globals['_WATCHUPLOADREQUEST']._serialized_start=1100
-  _globals['_WATCHUPLOADREQUEST']._serialized_end=1132
-  _globals['_UPLOADEVENT']._serialized_start=1135
-  _globals['_UPLOADEVENT']._serialized_end=1326
-  _globals['_HUBGATEWAYSERVICE']._serialized_start=1329
-  _globals['_HUBGATEWAYSERVICE']._serialized_end=1562
+  _globals['_UPLOADSPEC']._serialized_end=339
+  _globals['_UPLOADFILECHUNK']._serialized_start=341
+  _globals['_UPLOADFILECHUNK']._serialized_end=416
+  _globals['_CREATEUPLOADREQUEST']._serialized_start=418
+  _globals['_CREATEUPLOADREQUEST']._serialized_end=534
+  _globals['_UPLOADEDFILE']._serialized_start=536
+  _globals['_UPLOADEDFILE']._serialized_end=624
+  _globals['_UPLOAD']._serialized_start=627
+  _globals['_UPLOAD']._serialized_end=1111
+  _globals['_UPLOAD_STATE']._serialized_start=1028
+  _globals['_UPLOAD_STATE']._serialized_end=1111
+  _globals['_GETUPLOADREQUEST']._serialized_start=1113
+  _globals['_GETUPLOADREQUEST']._serialized_end=1143
+  _globals['_WATCHUPLOADREQUEST']._serialized_start=1145
+  _globals['_WATCHUPLOADREQUEST']._serialized_end=1200
+  _globals['_UPLOADEVENT']._serialized_start=1203
+  _globals['_UPLOADEVENT']._serialized_end=1436
+  _globals['_HUBGATEWAYSERVICE']._serialized_start=1439
+  _globals['_HUBGATEWAYSERVICE']._serialized_end=1672
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadSpec(_message.Message):
-    __slots__ = ("repo_id", "private", "commit_message", "commit_description", "revision", "create_pr", "endpoint", "dry_run", "job_id", "overwrite_model_card", "request_id")
+    __slots__ = ("repo_id", "private", "commit_message", "commit_description", "revision", "create_pr", "endpoint", "dry_run", "job_id", "overwrite_model_card", "request_id", "artifact_path")
     REPO_ID_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_FIELD_NUMBER: _ClassVar[int]
     COMMIT_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class UploadSpec(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_MODEL_CARD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_PATH_FIELD_NUMBER: _ClassVar[int]
     repo_id: str
     private: bool
     commit_message: str
@@ -34,7 +35,8 @@ class UploadSpec(_message.Message):
     job_id: str
     overwrite_model_card: bool
     request_id: str
-    def __init__(self, repo_id: _Optional[str] = ..., private: _Optional[bool] = ..., commit_message: _Optional[str] = ..., commit_description: _Optional[str] = ..., revision: _Optional[str] = ..., create_pr: _Optional[bool] = ..., endpoint: _Optional[str] = ..., dry_run: _Optional[bool] = ..., job_id: _Optional[str] = ..., overwrite_model_card: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    artifact_path: str
+    def __init__(self, repo_id: _Optional[str] = ..., private: _Optional[bool] = ..., commit_message: _Optional[str] = ..., commit_description: _Optional[str] = ..., revision: _Optional[str] = ..., create_pr: _Optional[bool] = ..., endpoint: _Optional[str] = ..., dry_run: _Optional[bool] = ..., job_id: _Optional[str] = ..., overwrite_model_card: _Optional[bool] = ..., request_id: _Optional[str] = ..., artifact_path: _Optional[str] = ...) -> None: ...
 
 class UploadFileChunk(_message.Message):
     __slots__ = ("path", "data", "last", "sha256")
@@ -71,7 +73,7 @@ class UploadedFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., lfs: _Optional[bool] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class Upload(_message.Message):
-    __slots__ = ("id", "state", "spec", "files", "artifact_kind", "model_card", "commit_url", "commit_oid", "error", "bytes_total", "bytes_sent", "create_time", "end_time")
+    __slots__ = ("id", "state", "spec", "files", "artifact_kind", "model_card", "commit_url", "commit_oid", "error", "bytes_total", "bytes_sent", "create_time", "end_time", "error_reason")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Upload.State]
@@ -97,6 +99,7 @@ class Upload(_message.Message):
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: Upload.State
     spec: UploadSpec
@@ -110,7 +113,8 @@ class Upload(_message.Message):
     bytes_sent: int
     create_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[Upload.State, str]] = ..., spec: _Optional[_Union[UploadSpec, _Mapping]] = ..., files: _Optional[_Iterable[_Union[UploadedFile, _Mapping]]] = ..., artifact_kind: _Optional[str] = ..., model_card: _Optional[str] = ..., commit_url: _Optional[str] = ..., commit_oid: _Optional[str] = ..., error: _Optional[str] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    error_reason: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[Upload.State, str]] = ..., spec: _Optional[_Union[UploadSpec, _Mapping]] = ..., files: _Optional[_Iterable[_Union[UploadedFile, _Mapping]]] = ..., artifact_kind: _Optional[str] = ..., model_card: _Optional[str] = ..., commit_url: _Optional[str] = ..., commit_oid: _Optional[str] = ..., error: _Optional[str] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_reason: _Optional[str] = ...) -> None: ...
 
 class GetUploadRequest(_message.Message):
     __slots__ = ("id",)
@@ -119,13 +123,15 @@ class GetUploadRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class WatchUploadRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "from_sequence")
     ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    from_sequence: int
+    def __init__(self, id: _Optional[str] = ..., from_sequence: _Optional[int] = ...) -> None: ...
 
 class UploadEvent(_message.Message):
-    __slots__ = ("upload_id", "sequence", "state", "bytes_sent", "bytes_total", "files_done", "files_total", "message")
+    __slots__ = ("upload_id", "sequence", "state", "bytes_sent", "bytes_total", "files_done", "files_total", "message", "time")
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +140,7 @@ class UploadEvent(_message.Message):
     FILES_DONE_FIELD_NUMBER: _ClassVar[int]
     FILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     upload_id: str
     sequence: int
     state: Upload.State
@@ -142,4 +149,5 @@ class UploadEvent(_message.Message):
     files_done: int
     files_total: int
     message: str
-    def __init__(self, upload_id: _Optional[str] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[Upload.State, str]] = ..., bytes_sent: _Optional[int] = ..., bytes_total: _Optional[int] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, upload_id: _Optional[str] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[Upload.State, str]] = ..., bytes_sent: _Optional[int] = ..., bytes_total: _Optional[int] = ..., files_done: _Optional[int] = ..., files_total: _Optional[int] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

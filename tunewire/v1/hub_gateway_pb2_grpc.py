@@ -60,7 +60,10 @@ class HubGatewayServiceServicer:
 
     def CreateUpload(self, request_iterator, context):
         """Starts an upload. The first message carries the UploadSpec; then either the artifact's files
-        follow as chunks, or the spec names a trainer job whose artifact the gateway fetches.
+        follow as chunks, or the spec names a trainer job whose artifact the gateway fetches, or a
+        directory under the gateway's artifact roots. Validation errors (INVALID_ARGUMENT listing the
+        missing files) come back here, before anything is sent; the upload itself runs in the
+        background and is followed with WatchUpload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,59 @@
+"""`python -m services.hub_gateway`: run the hub gateway until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tunewire.logging import configure, get_logger
+from tunewire.server import wait_for_termination
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m services.hub_gateway",
+                                          description="tunewire hub gateway server")
+    env = os.environ.get
+    p.add_argument("--host", default=env("TUNEWIRE_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("TUNEWIRE_PORT", "50053")))
+    p.add_argument("--data-dir", "--data_dir", type=Path,
+                   default=Path(env("TUNEWIRE_DATA_DIR", ".data")))
+    p.add_argument("--trainer", default=env("TUNEWIRE_TRAINER"),
+                   help="trainer address HOST:PORT, to fetch job artifacts (env TUNEWIRE_TRAINER)")
+    roots = [Path(r) for r in env("TUNEWIRE_ARTIFACT_ROOTS", "").split(os.pathsep) if r]
+    p.add_argument("--artifact-root", "--artifact_root", type=Path, action="append", default=None,
+                   help="directory the gateway may read artifacts from (repeatable; env "
+                        "TUNEWIRE_ARTIFACT_ROOTS, os.pathsep-separated)")
+    p.set_defaults(env_artifact_roots=roots)
+    p.add_argument("--token-file", "--token_file", type=Path,
+                   default=Path(env("HF_TOKEN_PATH")) if env("HF_TOKEN_PATH") else None,
+                   help="file holding the Hub token (env HF_TOKEN_PATH); else HF_TOKEN")
+    p.add_argument("--endpoint", default=env("HF_ENDPOINT"),
+                   help="Hub endpoint URL (env HF_ENDPOINT; default https://huggingface.co)")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    from services.hub_gateway.app import Settings
+
+    roots = args.artifact_root if args.artifact_root is not None else args.env_artifact_roots
+    return Settings(data_dir=args.data_dir, host=args.host, port=args.port,
+                    trainer_address=args.trainer, artifact_roots=list(roots),
+                    token_file=args.token_file, endpoint=args.endpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure()
+    from services.hub_gateway.app import start
+
+    app = start(settings_from_args(args))
+    get_logger("services.hub_gateway").info("hub gateway serving", port=app.port,
+                                            data_dir=str(args.data_dir))
+    wait_for_termination([app.running], on_stop=app.manager.close)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Build and start the hub gateway (used by `python -m services.hub_gateway` and embedded mode).
+
+`start` is cheap (no network, no model): the CLI's embedded mode calls it in-process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import structlog
+
+from services.hub_gateway.hub_client import HubClient
+from services.hub_gateway.servicer import SERVICE_NAME, HubGatewayServicer
+from services.hub_gateway.uploads import UploadManager
+from tunewire.errors import FailedPrecondition
+from tunewire.server import RunningServer, ServerSettings, Service, channel_options, create_server
+from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2_grpc
+
+log = structlog.get_logger("tunewire.hub_gateway")
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 50053
+    trainer_address: str | None = None
+    artifact_roots: list[Path] = field(default_factory=list)
+    # A mounted Secret; read for every upload so a rotated token is picked up.
+    token_file: Path | None = None
+    # None: HF_ENDPOINT, else the public Hub.
+    endpoint: str | None = None
+    # A token given directly (embedded mode, tests); wins over the file and HF_TOKEN.
+    token: str | None = field(default=None, repr=False)
+    workers: int = 2
+
+
+def resolve_endpoint(settings: Settings) -> str:
+    return (settings.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def read_token(settings: Settings) -> str | None:
+    """The Hub token: given directly, else the token file, else HF_TOKEN; never interactive."""
+    if settings.token:
+        return settings.token
+    if settings.token_file is not None:
+        try:
+            token = settings.token_file.read_text().strip()
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot read the token file {settings.token_file}: "
+                                     f"{exc.strerror}", reason="HUB_TOKEN_UNREADABLE") from None
+        if token:
+            return token
+    return os.environ.get("HF_TOKEN") or None
+
+
+@dataclass
+class App:
+    running: RunningServer
+    manager: UploadManager
+    trainer_channel: grpc.Channel | None
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def close(self, grace: float | None = 5.0) -> None:
+        """Stop serving, let running uploads finish, close the trainer channel."""
+        self.running.stop(grace).wait()
+        self.manager.close()
+        if self.trainer_channel is not None:
+            self.trainer_channel.close()
+
+
+def start(settings: Settings) -> App:
+    """Start the gateway on settings.host:settings.port (0 for any) and mark it SERVING."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = resolve_endpoint(settings)
+    manager = UploadManager(
+        data_dir, lambda: HubClient(endpoint, read_token(settings)), endpoint,
+        workers=settings.workers)
+    channel = None
+    trainer = None
+    if settings.trainer_address:
+        channel = grpc.insecure_channel(settings.trainer_address, options=channel_options())
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        trainer = lambda: stub  # noqa: E731 - one stub per channel, shared by all calls
+    staging = data_dir / "uploads" / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    servicer = HubGatewayServicer(manager, staging,
+                                  [Path(r) for r in settings.artifact_roots], trainer)
+    running = create_server(
+        [Service(SERVICE_NAME, servicer, hub_gateway_pb2_grpc.add_HubGatewayServiceServicer_to_server)],
+        ServerSettings(host=settings.host, port=settings.port))
+    running.set_ready(SERVICE_NAME)
+    log.info("hub gateway ready", port=running.port, endpoint=endpoint,
+             trainer=settings.trainer_address, artifact_roots=[str(r) for r in settings.artifact_roots],
+             token_configured=bool(settings.token or settings.token_file or os.environ.get("HF_TOKEN")))
+    return App(running, manager, channel)

@@ -1,0 +1,369 @@
+"""Uploads as resources: an id, a state machine, durable records and a replayable event log.
+
+PENDING → RUNNING → SUCCEEDED | FAILED. Each upload owns `<data_dir>/uploads/<id>/`: `upload.json`
+(the record, rewritten atomically), `events.jsonl` (append-only, sequence-numbered, what
+WatchUpload replays), `README.md` when the gateway renders the card, and `files/` when the artifact
+was streamed. A client that disconnects loses nothing; a gateway that restarts resumes unfinished
+uploads, which is safe because an upload is a diff against the remote followed by one commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import structlog
+
+from services.hub_gateway.hub_client import CommitResult, HubClient, LocalFile
+from services.hub_gateway.validate import require_valid
+from tunewire.errors import InvalidArgument, NotFound, PermissionDenied, TunewireError
+from tunewire.model_card import render_model_card
+
+log = structlog.get_logger("tunewire.hub_gateway.uploads")
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED"
+TERMINAL = (SUCCEEDED, FAILED)
+
+
+@dataclass
+class UploadSpec:
+    """What the client asked for (the proto's UploadSpec as plain Python)."""
+
+    repo_id: str
+    private: bool = False
+    commit_message: str = ""
+    commit_description: str = ""
+    revision: str = ""
+    create_pr: bool = False
+    endpoint: str = ""
+    dry_run: bool = False
+    job_id: str = ""
+    overwrite_model_card: bool = False
+    request_id: str = ""
+    artifact_path: str = ""
+
+    def check(self) -> None:
+        parts = self.repo_id.split("/")
+        if len(parts) != 2 or not all(parts) or any(c.isspace() for c in self.repo_id):
+            raise InvalidArgument(f"{self.repo_id!r} is not ORG/NAME", field="spec.repo_id")
+
+
+@dataclass
+class FileRecord:
+    path: str
+    size: int
+    sha256: str
+    lfs: bool = False
+    skipped: bool = False
+
+
+@dataclass
+class UploadRecord:
+    id: str
+    spec: UploadSpec
+    source_dir: str
+    state: str = PENDING
+    artifact_kind: str = ""
+    model_card: str = ""
+    card_path: str = ""  # the rendered README.md to send, when the artifact's own is not kept
+    files: list[FileRecord] = field(default_factory=list)
+    commit_url: str = ""
+    commit_oid: str = ""
+    error: str = ""
+    error_reason: str = ""
+    bytes_total: int = 0
+    bytes_sent: int = 0
+    create_time: float = 0.0
+    end_time: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict) -> "UploadRecord":
+        data = dict(data)
+        data["spec"] = UploadSpec(**data["spec"])
+        data["files"] = [FileRecord(**f) for f in data["files"]]
+        return cls(**data)
+
+
+@dataclass
+class UploadEvent:
+    upload_id: str
+    sequence: int
+    state: str
+    bytes_sent: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    message: str
+    time: float
+
+
+def is_template_card(text: str) -> bool:
+    """PEFT's `save_pretrained` writes the Hub's empty card template; it says nothing about the
+    model, so it is replaced like a missing card instead of being kept."""
+    return "# Model Card for Model ID" in text and "[More Information Needed]" in text
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class UploadManager:
+    """Creates, runs and records uploads. `hub()` builds the HubClient of one upload (the token
+    stays inside it, read afresh so a rotated Secret is picked up); `endpoint` is the only Hub the
+    gateway's token is ever sent to; `workers` uploads run at a time."""
+
+    def __init__(self, data_dir: Path, hub: Callable[[], HubClient], endpoint: str,
+                 workers: int = 2) -> None:
+        self.root = data_dir / "uploads"
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "requests").mkdir(exist_ok=True)
+        self._hub = hub
+        self.endpoint = endpoint.rstrip("/")
+        self._lock = threading.Lock()
+        # Serialises creates (the idempotency check and the record) without holding `_lock`,
+        # which readers need, while an artifact is hashed.
+        self._create_lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._records: dict[str, UploadRecord] = {}
+        self._events: dict[str, list[UploadEvent]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
+        self._closed = False
+        self._load()
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _dir(self, upload_id: str) -> Path:
+        return self.root / upload_id
+
+    def _save(self, rec: UploadRecord) -> None:
+        path = self._dir(rec.id) / "upload.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(rec), indent=1))
+        tmp.replace(path)
+
+    def _request_file(self, request_id: str) -> Path:
+        return self.root / "requests" / hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+    def _load(self) -> None:
+        """Read every record and event log; queue the uploads a previous process left unfinished."""
+        resume = []
+        for path in sorted(self.root.glob("*/upload.json")):
+            rec = UploadRecord.from_json(json.loads(path.read_text()))
+            events_path = path.parent / "events.jsonl"
+            events = []
+            if events_path.exists():
+                for line in events_path.read_text().splitlines():
+                    try:
+                        events.append(UploadEvent(**json.loads(line)))
+                    except (ValueError, TypeError):
+                        break  # a torn last line from a crash: the rest is intact
+            self._records[rec.id], self._events[rec.id] = rec, events
+            if rec.state not in TERMINAL:
+                resume.append(rec.id)
+        for upload_id in resume:
+            log.info("resuming upload after restart", upload_id=upload_id)
+            self._emit(self._records[upload_id], "resumed after a gateway restart")
+            self._pool.submit(self._run, upload_id)
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _emit(self, rec: UploadRecord, message: str) -> None:
+        """Record `rec`'s current state as the next event (caller may hold the lock or not)."""
+        with self._changed:
+            events = self._events.setdefault(rec.id, [])
+            event = UploadEvent(
+                upload_id=rec.id, sequence=len(events) + 1, state=rec.state,
+                bytes_sent=rec.bytes_sent, bytes_total=rec.bytes_total,
+                files_done=sum(1 for _ in rec.files) if rec.state == SUCCEEDED else 0,
+                files_total=len(rec.files), message=message, time=time.time())
+            events.append(event)
+            with (self._dir(rec.id) / "events.jsonl").open("a") as fh:
+                fh.write(json.dumps(dataclasses.asdict(event)) + "\n")
+            self._save(rec)
+            self._changed.notify_all()
+
+    # -- API ------------------------------------------------------------------------------------
+
+    def check_endpoint(self, endpoint: str) -> None:
+        """A request may name the gateway's own endpoint, never another: the gateway's token
+        would go with the upload."""
+        if endpoint and endpoint.rstrip("/") != self.endpoint:
+            raise PermissionDenied(f"this gateway uploads only to {self.endpoint}",
+                                   field="spec.endpoint", reason="ENDPOINT_NOT_ALLOWED")
+
+    def find_by_request(self, request_id: str) -> UploadRecord | None:
+        """The upload an earlier create with this idempotency key made, if any."""
+        if not request_id:
+            return None
+        path = self._request_file(request_id)
+        if path.exists():
+            return self.get(path.read_text().strip())
+        return None
+
+    def create(self, spec: UploadSpec, source: Path, *, owned: bool) -> UploadRecord:
+        """Validate the artifact in `source`, render its card, record the upload and start it
+        (or, for a dry run, finish it at once). `owned`: `source` is a staging folder that the
+        upload takes over (moved under its own directory)."""
+        spec.check()
+        self.check_endpoint(spec.endpoint)
+        with self._create_lock:
+            existing = self.find_by_request(spec.request_id)
+            if existing is not None:
+                if owned:
+                    shutil.rmtree(source, ignore_errors=True)
+                return existing
+            upload_id = "up-" + uuid.uuid4().hex[:16]
+            updir = self._dir(upload_id)
+            updir.mkdir()
+            try:
+                if owned:
+                    source = Path(shutil.move(str(source), str(updir / "files")))
+                rec = self._prepare(upload_id, spec, source)
+            except BaseException:
+                shutil.rmtree(updir, ignore_errors=True)
+                raise
+            with self._lock:
+                self._records[upload_id] = rec
+                self._events[upload_id] = []
+            if spec.request_id:
+                self._request_file(spec.request_id).write_text(upload_id)
+        log.info("upload created", upload_id=upload_id, repo_id=spec.repo_id,
+                 kind=rec.artifact_kind, files=len(rec.files), dry_run=spec.dry_run)
+        if spec.dry_run:
+            rec.state, rec.end_time = SUCCEEDED, time.time()
+            self._emit(rec, "dry run: validated and rendered, nothing sent")
+        else:
+            self._emit(rec, "queued")
+            self._pool.submit(self._run, upload_id)
+        return rec
+
+    def _prepare(self, upload_id: str, spec: UploadSpec, source: Path) -> UploadRecord:
+        validation = require_valid(source)
+        rec = UploadRecord(id=upload_id, spec=spec, source_dir=str(source),
+                           artifact_kind=validation.kind.value, create_time=time.time())
+        names = list(validation.files)
+        own_card = ((source / "README.md").read_text(errors="replace")
+                    if "README.md" in names else "")
+        if own_card and not spec.overwrite_model_card and not is_template_card(own_card):
+            rec.model_card = own_card
+        else:
+            rec.model_card = render_model_card(source, repo_id=spec.repo_id)
+            card = self._dir(upload_id) / "README.md"
+            card.write_text(rec.model_card)
+            rec.card_path = str(card)
+            if "README.md" not in names:
+                names.append("README.md")
+        for name in sorted(names):
+            path = self._local_path(rec, name)
+            rec.files.append(FileRecord(path=name, size=path.stat().st_size,
+                                        sha256=_sha256(path)))
+        rec.bytes_total = sum(f.size for f in rec.files)
+        return rec
+
+    @staticmethod
+    def _local_path(rec: UploadRecord, name: str) -> Path:
+        if name == "README.md" and rec.card_path:
+            return Path(rec.card_path)
+        return Path(rec.source_dir) / name
+
+    def get(self, upload_id: str) -> UploadRecord:
+        with self._lock:
+            rec = self._records.get(upload_id)
+        if rec is None:
+            raise NotFound(f"no upload {upload_id!r}", field="id")
+        return rec
+
+    def watch(self, upload_id: str, from_sequence: int = 0,
+              is_active: Callable[[], bool] = lambda: True) -> Iterator[UploadEvent]:
+        """Every event from `from_sequence` on, then new ones as they come, until the upload ends
+        (or the caller goes away, or the manager closes)."""
+        self.get(upload_id)
+        next_index = max(0, from_sequence - 1)
+        while True:
+            with self._changed:
+                events = self._events[upload_id]
+                while next_index >= len(events) and not self._closed and is_active():
+                    if self._records[upload_id].state in TERMINAL and events:
+                        return
+                    self._changed.wait(0.5)
+                batch = events[next_index:]
+            if not batch:
+                return
+            for event in batch:
+                yield event
+            next_index += len(batch)
+            if batch[-1].state in TERMINAL:
+                return
+
+    # -- the work -------------------------------------------------------------------------------
+
+    def _run(self, upload_id: str) -> None:
+        rec = self._records[upload_id]
+        structlog.contextvars.bind_contextvars(upload_id=upload_id)
+        rec.state = RUNNING
+        self._emit(rec, f"uploading {len(rec.files)} files to {rec.spec.repo_id}")
+        try:
+            result = self._upload(rec)
+        except TunewireError as exc:
+            self._finish(rec, FAILED, str(exc), exc.reason)
+        except Exception:  # noqa: BLE001 - a background job must end FAILED, never hang RUNNING
+            log.exception("upload crashed")
+            self._finish(rec, FAILED, "internal error (see the gateway log)", "INTERNAL")
+        else:
+            by_path = {f.path: f for f in result.files}
+            for f in rec.files:
+                f.lfs, f.skipped = by_path[f.path].lfs, by_path[f.path].skipped
+            rec.commit_oid, rec.commit_url = result.commit_oid, result.commit_url
+            rec.bytes_sent = result.bytes_sent
+            done = (f"committed {rec.commit_oid[:12]}" if result.commit_url
+                    else "nothing changed: the remote already has every file")
+            self._finish(rec, SUCCEEDED, done, "")
+        finally:
+            structlog.contextvars.unbind_contextvars("upload_id")
+
+    def _upload(self, rec: UploadRecord) -> CommitResult:
+        files = [LocalFile(f.path, self._local_path(rec, f.path), f.size, f.sha256)
+                 for f in rec.files]
+        for local, f in zip(files, rec.files):
+            if not local.source.is_file() or local.source.stat().st_size != f.size:
+                raise InvalidArgument(f"{f.path} changed or vanished since the upload was created",
+                                      field="spec.artifact_path", reason="ARTIFACT_CHANGED")
+
+        def progress(message: str, sent: int) -> None:
+            rec.bytes_sent = sent
+            self._emit(rec, message)
+
+        spec = rec.spec
+        return self._hub().upload(spec.repo_id, files, private=spec.private,
+                          commit_message=spec.commit_message,
+                          commit_description=spec.commit_description,
+                          revision=spec.revision or None, create_pr=spec.create_pr,
+                          progress=progress)
+
+    def _finish(self, rec: UploadRecord, state: str, message: str, reason: str) -> None:
+        rec.state, rec.end_time = state, time.time()
+        if state == FAILED:
+            rec.error, rec.error_reason = message, reason
+            log.info("upload failed", reason=reason, error=message)
+        else:
+            log.info("upload succeeded", commit=rec.commit_oid)
+        self._emit(rec, message)
+
+    def close(self, wait: bool = True) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -1,0 +1,59 @@
+"""The README.md card: Hub front matter, loading snippet, metrics and config."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tunewire.model_card import render_model_card
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_predictive_card_from_tunewire_json(tmp_path):
+    (tmp_path / "tunewire.json").write_text(json.dumps({
+        "kind": "predictive", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "task": "text-classification", "datasets": ["sms_spam"], "job_id": "job-123",
+        "metrics": {"test": {"label": {"accuracy": 0.975, "loss": 0.08}},
+                    "validation": {"label": {"accuracy": 0.96}}}}))
+    (tmp_path / "resolved_config.json").write_text(json.dumps(
+        {"model_type": "ecd", "trainer": {"epochs": 3, "learning_rate": 0.001}}))
+    card = render_model_card(tmp_path, repo_id="org/spam")
+    meta = front_matter(card)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["library_name"] == "tunewire"
+    assert meta["pipeline_tag"] == "text-classification"
+    assert meta["datasets"] == ["sms_spam"]
+    results = meta["model-index"][0]["results"]
+    assert meta["model-index"][0]["name"] == "spam"
+    test = next(r for r in results if r["dataset"]["split"] == "test")
+    assert {"type": "accuracy", "value": 0.975, "name": "test label accuracy"} in test["metrics"]
+    assert "| test | label | accuracy | 0.975 |" in card
+    assert "learning_rate: 0.001" in card and "job-123" in card
+    assert "head.safetensors" in card
+
+
+def test_peft_card_from_adapter_config(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "peft_type": "LORA",
+         "r": 8}))
+    card = render_model_card(tmp_path, repo_id="org/lora")
+    meta = front_matter(card)
+    assert meta["library_name"] == "peft"
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["pipeline_tag"] == "text-generation"
+    assert "lora" in meta["tags"] and "model-index" not in meta
+    assert "PeftModel.from_pretrained(base, 'org/lora')" in card
+    assert '"r": 8' in card
+
+
+def test_local_base_model_paths_stay_out_of_the_metadata(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"_name_or_path": "/mnt/cache/llama", "model_type": "llama"}))
+    meta = front_matter(render_model_card(tmp_path))
+    assert "base_model" not in meta
+    assert meta["library_name"] == "transformers" and "llama" in meta["tags"]
