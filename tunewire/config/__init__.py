@@ -29,7 +29,27 @@ def load(path: str | Path) -> dict:
         raise ConfigError(f"cannot parse {path.name}: {exc}", field="config") from None
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping at the top level", field="config")
+    _absolutize_model_paths(data, path.parent)
     return data
+
+
+_MODEL_KEYS = ("pretrained_model_name_or_path", "base_model")
+
+
+def _absolutize_model_paths(node: Any, base: Path) -> None:
+    """A model path written relative to the config file, and existing there, becomes absolute,
+    so the config works from any directory. Hub ids (`org/name`) that are not local paths stay."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _MODEL_KEYS and isinstance(value, str) and not Path(value).is_absolute():
+                candidate = base / value
+                if candidate.exists():
+                    node[key] = str(candidate.resolve())
+            else:
+                _absolutize_model_paths(value, base)
+    elif isinstance(node, list):
+        for item in node:
+            _absolutize_model_paths(item, base)
 
 
 def resolve(raw: dict) -> Any:

@@ -1,0 +1,87 @@
+"""The embedded default: embedder, trainer and hub_gateway in this process on loopback ports,
+all state under one data directory.
+
+This is what `clients/cli.py` uses when no server address is given. Jobs run in this process;
+their records live in the data directory, so a job interrupted here resumes the next time the
+embedded services start on the same directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_DATA_DIR = ".tunewire"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TUNEWIRE_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+@dataclass
+class Embedded:
+    data_dir: Path
+    embedder_address: str
+    trainer_address: str
+    hub_gateway_address: str | None
+    _apps: list = field(default_factory=list)
+
+    def close(self, grace: float = 2.0) -> None:
+        for app in reversed(self._apps):
+            app.running.stop(grace).wait(grace + 1)
+            app.close()
+        self._apps.clear()
+
+    def __enter__(self) -> "Embedded":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
+                   ports: tuple[int, int, int] = (0, 0, 0)) -> Embedded:
+    """Start all three services; ports 0 pick free ones."""
+    from services.embedder.app import Settings as EmbedderSettings
+    from services.embedder.app import start as start_embedder
+    from services.trainer.app import Settings as TrainerSettings
+    from services.trainer.app import start as start_trainer
+
+    data_dir = Path(data_dir or default_data_dir()).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    apps = []
+    try:
+        embedder = start_embedder(EmbedderSettings(host=host, port=ports[0], data_dir=data_dir))
+        apps.append(embedder)
+        embedder_address = f"{host}:{embedder.port}"
+        gateway_address = None
+        try:
+            from services.hub_gateway.app import Settings as GatewaySettings
+            from services.hub_gateway.app import start as start_gateway
+        except ImportError:
+            start_gateway = None
+        trainer = start_trainer(TrainerSettings(
+            data_dir=data_dir, host=host, port=ports[1], embedder=embedder_address,
+            allow_any_model_path=True))
+        apps.append(trainer)
+        trainer_address = f"{host}:{trainer.port}"
+        if start_gateway is not None:
+            gateway = start_gateway(GatewaySettings(
+                host=host, port=ports[2], data_dir=data_dir, trainer_address=trainer_address,
+                artifact_roots=[data_dir / "artifacts", Path.cwd()]))
+            apps.append(gateway)
+            gateway_address = f"{host}:{gateway.port}"
+            trainer.core.set_hub_gateway(gateway_address)
+    except BaseException:
+        for app in reversed(apps):
+            app.running.stop(None)
+            app.close()
+        raise
+    log.info("embedded services started", data_dir=str(data_dir), embedder=embedder_address,
+             trainer=trainer_address, hub_gateway=gateway_address)
+    return Embedded(data_dir, embedder_address, trainer_address, gateway_address, apps)

@@ -1,0 +1,325 @@
+"""The tunewire Python SDK: typed clients for the embedder and the trainer.
+
+Every call raises a `tunewire.errors.TunewireError` subclass (InvalidArgument, NotFound, ...) with
+the server's reason and field path instead of a raw `grpc.RpcError`. Long work is followed with
+iterators (`TrainerClient.watch`), which can be re-attached at any time.
+
+    from clients.sdk import TrainerClient
+    trainer = TrainerClient("127.0.0.1:50052")
+    ds = trainer.upload_dataset("sms.csv")
+    job = trainer.create_job(config, dataset_id=ds.id)
+    for event in trainer.watch(job.id): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import grpc
+import numpy as np
+
+from tunewire import tensors
+from tunewire.errors import TunewireError, from_rpc_error
+from tunewire.server import STREAM_CHUNK_BYTES, channel_options
+from tunewire.v1 import (embedder_pb2, embedder_pb2_grpc, trainer_pb2,
+                         trainer_pb2_grpc)
+
+POOLINGS = {"mean": embedder_pb2.POOLING_MEAN, "avg": embedder_pb2.POOLING_MEAN,
+            "cls": embedder_pb2.POOLING_CLS, "cls_pooled": embedder_pb2.POOLING_CLS,
+            "last": embedder_pb2.POOLING_LAST, "max": embedder_pb2.POOLING_MAX,
+            "sum": embedder_pb2.POOLING_SUM}
+TERMINAL_STATES = (trainer_pb2.Job.SUCCEEDED, trainer_pb2.Job.FAILED, trainer_pb2.Job.CANCELLED)
+
+
+def _rpc(fn):
+    """Turn grpc.RpcError into the domain error the server sent."""
+
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return inner
+
+
+def _rpc_iter(fn):
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        try:
+            yield from fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return inner
+
+
+def connect(address: str) -> grpc.Channel:
+    """An insecure channel with the servers' message limits (loopback and in-cluster use)."""
+    target, extra = address, []
+    try:  # headless-Service aware targets (round_robin) where clients.resolve exists
+        from clients.resolve import channel_options_for, channel_target
+
+        target, extra = channel_target(address), channel_options_for(address)
+    except ImportError:
+        pass
+    return grpc.insecure_channel(target, options=[*channel_options(), *extra])
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything besides the text that determines a vector (and so its cache key)."""
+
+    model: str
+    pooling: str = "mean"
+    max_length: int = 0
+    normalize: bool = False
+    dtype: str = "float32"
+    layer: int = 0
+    instruction: str = ""
+    revision: str = ""
+
+    def to_proto(self) -> embedder_pb2.EncoderSpec:
+        if self.pooling not in POOLINGS:
+            raise TunewireError(f"pooling must be one of {', '.join(POOLINGS)}", field="pooling")
+        if self.dtype not in tensors.DTYPE_NAMES:
+            raise TunewireError("dtype must be float32 or float16", field="dtype")
+        return embedder_pb2.EncoderSpec(
+            model=self.model, revision=self.revision, pooling=POOLINGS[self.pooling],
+            max_length=self.max_length, normalize=self.normalize,
+            dtype=tensors.DTYPE_NAMES[self.dtype], layer=self.layer,
+            instruction=self.instruction)
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray
+    cache_hits: int
+    cache_misses: int
+    fingerprint: str
+
+
+class EmbedderClient:
+    def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
+        self.address = address
+        self.channel = channel or connect(address)
+        self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.channel)
+
+    @_rpc
+    def embed(self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
+              ) -> EmbedResult:
+        resp = self.stub.Embed(embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts),
+                               timeout=timeout)
+        return EmbedResult(tensors.from_proto(resp.embeddings), resp.cache_hits,
+                           resp.cache_misses, resp.fingerprint)
+
+    @_rpc
+    def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
+                   progress: Callable[[int, int], None] | None = None,
+                   cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+        """Embed any number of texts over one StreamEmbed call, `batch_size` texts a message."""
+        proto_spec = spec.to_proto()
+        parts: list[np.ndarray] = []
+        hits = misses = 0
+        fingerprint = ""
+        if not texts:
+            raise TunewireError("no texts to embed", field="texts")
+
+        def requests() -> Iterator[embedder_pb2.EmbedRequest]:
+            for start in range(0, len(texts), batch_size):
+                if cancelled is not None and cancelled():
+                    return
+                yield embedder_pb2.EmbedRequest(encoder=proto_spec,
+                                                texts=texts[start:start + batch_size])
+
+        call = self.stub.StreamEmbed(requests())
+        for resp in call:
+            parts.append(tensors.from_proto(resp.embeddings))
+            hits += resp.cache_hits
+            misses += resp.cache_misses
+            fingerprint = resp.fingerprint
+            if progress is not None:
+                progress(sum(len(p) for p in parts), len(texts))
+        if sum(len(p) for p in parts) != len(texts):
+            raise TunewireError("embedding stream ended early (cancelled)", reason="CANCELLED")
+        return EmbedResult(np.concatenate(parts), hits, misses, fingerprint)
+
+    @_rpc
+    def info(self, spec: EncoderSpec) -> embedder_pb2.GetEncoderInfoResponse:
+        return self.stub.GetEncoderInfo(embedder_pb2.GetEncoderInfoRequest(encoder=spec.to_proto()))
+
+    @_rpc
+    def cache_stats(self) -> embedder_pb2.GetCacheStatsResponse:
+        return self.stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+_FORMATS = {"csv": trainer_pb2.DATASET_FORMAT_CSV, "tsv": trainer_pb2.DATASET_FORMAT_TSV,
+            "jsonl": trainer_pb2.DATASET_FORMAT_JSONL, "parquet": trainer_pb2.DATASET_FORMAT_PARQUET}
+
+
+class TrainerClient:
+    def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
+        self.address = address
+        self.channel = channel or connect(address)
+        self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
+    # Data sets -------------------------------------------------------------------------------
+    @_rpc
+    def upload_dataset(self, source: str | Path | bytes, filename: str | None = None,
+                       fmt: str | None = None) -> trainer_pb2.Dataset:
+        """Stream a file (path) or in-memory bytes (with a filename) to the trainer."""
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise TunewireError(f"data set file {str(path)!r} does not exist",
+                                    field="dataset", reason="NOT_FOUND")
+            filename = filename or path.name
+            data: Iterable[bytes] = _read_chunks(path)
+        else:
+            if not filename:
+                raise TunewireError("filename is required with in-memory bytes",
+                                    field="filename")
+            data = (source[i:i + STREAM_CHUNK_BYTES]
+                    for i in range(0, max(len(source), 1), STREAM_CHUNK_BYTES))
+
+        def requests():
+            yield trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest.Metadata(
+                filename=filename, format=_FORMATS.get(fmt or "", 0)))
+            for chunk in data:
+                yield trainer_pb2.UploadDatasetRequest(chunk=chunk)
+
+        return self.stub.UploadDataset(requests())
+
+    @_rpc
+    def get_dataset(self, dataset_id: str) -> trainer_pb2.Dataset:
+        return self.stub.GetDataset(trainer_pb2.GetDatasetRequest(id=dataset_id))
+
+    # Jobs ------------------------------------------------------------------------------------
+    @_rpc
+    def create_job(self, config: dict, *, dataset_id: str = "", training_set_id: str = "",
+                   validation_set_id: str = "", test_set_id: str = "",
+                   request_id: str | None = None, upload_to: str = "") -> trainer_pb2.Job:
+        return self.stub.CreateJob(trainer_pb2.CreateJobRequest(
+            config_json=json.dumps(config), dataset_id=dataset_id,
+            training_set_id=training_set_id, validation_set_id=validation_set_id,
+            test_set_id=test_set_id, request_id=request_id or uuid.uuid4().hex,
+            upload_to=upload_to))
+
+    @_rpc
+    def get_job(self, job_id: str) -> trainer_pb2.Job:
+        return self.stub.GetJob(trainer_pb2.GetJobRequest(id=job_id))
+
+    @_rpc
+    def list_jobs(self, page_size: int = 100) -> list[trainer_pb2.Job]:
+        jobs, token = [], ""
+        while True:
+            resp = self.stub.ListJobs(trainer_pb2.ListJobsRequest(page_size=page_size,
+                                                                  page_token=token))
+            jobs.extend(resp.jobs)
+            token = resp.next_page_token
+            if not token:
+                return jobs
+
+    @_rpc
+    def cancel_job(self, job_id: str) -> trainer_pb2.Job:
+        return self.stub.CancelJob(trainer_pb2.CancelJobRequest(id=job_id))
+
+    @_rpc_iter
+    def watch(self, job_id: str, from_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
+        """Events from `from_sequence` on, until the job ends; safe to call again after a drop."""
+        yield from self.stub.WatchJob(trainer_pb2.WatchJobRequest(id=job_id,
+                                                                  from_sequence=from_sequence))
+
+    def wait(self, job_id: str, on_event: Callable[[trainer_pb2.JobEvent], None] | None = None
+             ) -> trainer_pb2.Job:
+        """Follow a job to its end, re-attaching if the stream drops; returns the final Job."""
+        seq = 0
+        while True:
+            try:
+                for event in self.watch(job_id, from_sequence=seq):
+                    seq = event.sequence + 1
+                    if on_event:
+                        on_event(event)
+            except TunewireError as err:
+                if err.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            job = self.get_job(job_id)
+            if job.state in TERMINAL_STATES:
+                return job
+
+    # Models ----------------------------------------------------------------------------------
+    @_rpc
+    def predict(self, model: str, dataset_id: str, evaluate: bool = False,
+                generation_config: dict | None = None) -> trainer_pb2.PredictResponse:
+        return self.stub.Predict(trainer_pb2.PredictRequest(
+            model=model, dataset_id=dataset_id, evaluate=evaluate,
+            generation_config_json=json.dumps(generation_config) if generation_config else ""))
+
+    @_rpc
+    def download_artifact(self, job_id: str, dest: str | Path) -> Path:
+        """Write a job's artifact files under `dest`, checking each file's sha256."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        handle, digest, current = None, None, None
+        for chunk in self.stub.DownloadArtifact(trainer_pb2.DownloadArtifactRequest(job_id=job_id)):
+            if chunk.path != current:
+                target = (dest / chunk.path).resolve()
+                if dest.resolve() not in target.parents:
+                    raise TunewireError(f"refusing artifact path {chunk.path!r}", field="path")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                handle, digest, current = open(target, "wb"), hashlib.sha256(), chunk.path
+            handle.write(chunk.data)
+            digest.update(chunk.data)
+            if chunk.last:
+                handle.close()
+                if chunk.sha256 and digest.hexdigest() != chunk.sha256:
+                    raise TunewireError(f"checksum mismatch for {chunk.path}", reason="DATA_LOSS")
+                current = None
+        return dest
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def metrics_dict(metrics: Iterable[trainer_pb2.Metric]) -> dict:
+    """[Metric] → {split: {feature: {name: value}}} (the CLI's --json shape)."""
+    out: dict = {}
+    for m in metrics:
+        out.setdefault(m.split, {}).setdefault(m.feature, {})[m.name] = m.value
+    return out
+
+
+def predictions_frame(resp: trainer_pb2.PredictResponse):
+    """PredictResponse → a pandas DataFrame: `<feature>_predictions` and
+    `<feature>_probabilities_<class>` columns, Ludwig's naming."""
+    import pandas as pd
+
+    cols: dict = {}
+    for feat in resp.features:
+        cols[f"{feat.feature}_predictions"] = list(feat.predictions)
+        if feat.probabilities.shape:
+            probs = tensors.from_proto(feat.probabilities)
+            cols[f"{feat.feature}_probability"] = probs.max(axis=1)
+            for j, name in enumerate(feat.class_names):
+                cols[f"{feat.feature}_probabilities_{name}"] = probs[:, j]
+    return pd.DataFrame(cols)
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(STREAM_CHUNK_BYTES):
+            yield chunk
+
+
+__all__ = ["EmbedderClient", "EmbedResult", "EncoderSpec", "TrainerClient", "connect",
+           "metrics_dict", "predictions_frame", "TERMINAL_STATES"]

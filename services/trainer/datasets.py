@@ -1,0 +1,168 @@
+"""Data sets stored by content hash.
+
+A client streams a file's bytes; they land in a temporary file, are parsed once to check that
+they are a readable table (and to count rows and columns), then renamed into
+`<data_dir>/datasets/<id>/` so a crash never leaves a half-stored data set. The id derives from the
+sha256 of the bytes: uploading the same file twice stores it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import structlog
+
+from tunewire.errors import InvalidArgument, NotFound, ResourceExhausted
+
+log = structlog.get_logger(__name__)
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
+               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class DatasetRecord:
+    id: str
+    filename: str
+    format: str
+    rows: int
+    columns: list[str]
+    size_bytes: int
+    sha256: str
+
+
+def guess_format(filename: str) -> str:
+    suffix = Path(filename).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise InvalidArgument(
+            f"cannot tell the format of {filename!r} from its extension; use one of "
+            f"{', '.join(sorted(_EXTENSIONS))} or name the format", field="metadata.format")
+    return _EXTENSIONS[suffix]
+
+
+def read_table(path: Path, fmt: str) -> pd.DataFrame:
+    """Parse a stored file; malformed content is an InvalidArgument that says what and where."""
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        elif fmt == "tsv":
+            df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8",
+                             quoting=3)
+        elif fmt == "jsonl":
+            df = pd.read_json(path, lines=True, dtype=False)
+        elif fmt == "parquet":
+            df = pd.read_parquet(path)
+        else:
+            raise InvalidArgument(f"unknown format {fmt!r}", field="metadata.format")
+    except InvalidArgument:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"the file is not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                              field="dataset") from None
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidArgument(f"cannot parse the file as {fmt}: {first}", field="dataset") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    # An unnamed leading index column (pandas' to_csv default) is not a feature.
+    if len(df.columns) and df.columns[0] in ("", "Unnamed: 0"):
+        df = df.drop(columns=df.columns[0])
+    return df
+
+
+class DatasetStore:
+    """Content-addressed data sets under `<root>`."""
+
+    def __init__(self, root: Path, max_bytes: int = 2 * 1024**3) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    def put(self, chunks: Iterable[bytes], filename: str, fmt: str | None = None) -> DatasetRecord:
+        fmt = fmt or guess_format(filename)
+        if fmt not in FORMATS:
+            raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}",
+                                  field="metadata.format")
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".upload-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise ResourceExhausted(
+                            f"data set larger than the limit of {self.max_bytes} bytes",
+                            field="chunk")
+                    digest.update(chunk)
+                    out.write(chunk)
+            if size == 0:
+                raise InvalidArgument("the data set is empty", field="dataset")
+            sha = digest.hexdigest()
+            ds_id = f"ds-{sha[:20]}"
+            final = self.root / ds_id
+            if (final / "meta.json").exists():
+                return self.get(ds_id)
+            df = read_table(tmp, fmt)
+            if len(df) == 0:
+                raise InvalidArgument("the data set has no rows", field="dataset")
+            record = DatasetRecord(ds_id, Path(filename).name, fmt, len(df),
+                                   list(df.columns), size, sha)
+            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
+            shutil.move(str(tmp), staging / f"data.{fmt}")
+            (staging / "meta.json").write_text(json.dumps(asdict(record)))
+            with self._lock:
+                if final.exists():
+                    shutil.rmtree(staging)
+                else:
+                    os.replace(staging, final)
+            log.info("dataset stored", dataset_id=ds_id, rows=record.rows, bytes=size)
+            return record
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, path: Path) -> DatasetRecord:
+        with open(path, "rb") as fh:
+            return self.put(iter(lambda: fh.read(1 << 20), b""), path.name)
+
+    def get(self, ds_id: str) -> DatasetRecord:
+        meta = self._dir(ds_id) / "meta.json"
+        if not meta.exists():
+            raise NotFound(f"no data set {ds_id!r}", field="dataset_id")
+        return DatasetRecord(**json.loads(meta.read_text()))
+
+    def load(self, ds_id: str) -> pd.DataFrame:
+        """The parsed table (memoised: data sets are immutable)."""
+        with self._lock:
+            if ds_id in self._frames:
+                return self._frames[ds_id].copy()
+        record = self.get(ds_id)
+        df = read_table(self._dir(ds_id) / f"data.{record.format}", record.format)
+        with self._lock:
+            self._frames[ds_id] = df
+        return df.copy()
+
+    def _dir(self, ds_id: str) -> Path:
+        if not ds_id or "/" in ds_id or "\\" in ds_id or ds_id.startswith("."):
+            raise InvalidArgument(f"malformed data set id {ds_id!r}", field="dataset_id")
+        return self.root / ds_id
+
+
+def table_bytes(df: pd.DataFrame) -> bytes:
+    """Serialise a frame as CSV (for tests and the SDK's in-memory uploads)."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return buf.getvalue().encode()

@@ -1,0 +1,156 @@
+"""Turning table columns into model inputs and targets, and back.
+
+`fit_output()` learns what Ludwig calls the training set metadata (the label vocabulary for binary
+and category outputs, mean/std for numbers) from the training split; the artifact stores it so
+`predict` decodes exactly as training did. Labels that cannot be parsed are an InvalidArgument
+naming the column and the first bad row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tunewire.config.ecd import OutputFeature
+from tunewire.errors import InvalidArgument
+
+_TRUE = {"true", "t", "yes", "y", "1", "1.0", "on", "positive", "pos"}
+_FALSE = {"false", "f", "no", "n", "0", "0.0", "off", "negative", "neg"}
+
+
+@dataclass
+class OutputMetadata:
+    name: str
+    type: str
+    column: str
+    # binary: [false_label, true_label]; category: the class names in index order.
+    vocab: list[str] = field(default_factory=list)
+    mean: float = 0.0
+    std: float = 1.0
+    normalization: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OutputMetadata":
+        return cls(**d)
+
+
+def check_columns(df: pd.DataFrame, columns: dict[str, str], where: str) -> None:
+    """Every configured column must exist; `columns` maps config path -> column name."""
+    for path, col in columns.items():
+        if col not in df.columns:
+            raise InvalidArgument(
+                f"column {col!r} is not in the {where} (columns: {', '.join(map(str, df.columns))})",
+                field=path)
+
+
+def texts(df: pd.DataFrame, column: str, *, lowercase: bool = False, fill: str = "") -> list[str]:
+    values = df[column].map(lambda v: fill if v is None or (isinstance(v, float) and math.isnan(v))
+                            else str(v))
+    return [v.lower() for v in values] if lowercase else list(values)
+
+
+def fit_output(df: pd.DataFrame, feature: OutputFeature, path: str) -> OutputMetadata:
+    col = feature.column
+    raw = df[col]
+    meta = OutputMetadata(feature.name, feature.type, col)
+    if feature.type == "binary":
+        values = sorted({_norm(v) for v in raw})
+        values = [v for v in values if v != ""]
+        if feature.preprocessing.fallback_true_label is not None:
+            true = str(feature.preprocessing.fallback_true_label)
+            false = [v for v in values if v != true]
+            if len(false) > 1 or true not in values:
+                raise InvalidArgument(
+                    f"binary column {col!r} has values {values[:5]}; fallback_true_label "
+                    f"{true!r} must be one of two", field=path)
+            meta.vocab = [false[0] if false else f"not {true}", true]
+        elif all(v.lower() in _TRUE | _FALSE for v in values):
+            meta.vocab = ["False", "True"]
+        elif len(values) == 2:
+            meta.vocab = values  # the second, alphabetically, is the positive class
+        else:
+            raise InvalidArgument(
+                f"binary column {col!r} has {len(values)} distinct values "
+                f"({', '.join(values[:5])}{'…' if len(values) > 5 else ''}); a binary output "
+                "needs two", field=path)
+    elif feature.type == "category":
+        counts = raw.map(_norm).value_counts()
+        counts = counts[counts.index != ""]
+        if len(counts) < 2:
+            raise InvalidArgument(f"category column {col!r} needs at least two classes",
+                                  field=path)
+        # Most frequent first (Ludwig's order), ties by name for determinism.
+        meta.vocab = sorted(counts.index, key=lambda c: (-counts[c], c))
+    elif feature.type == "number":
+        y = numbers(raw, col, path)
+        meta.normalization = feature.preprocessing.normalization
+        if meta.normalization == "zscore":
+            meta.mean, meta.std = float(y.mean()), float(y.std() or 1.0)
+        elif meta.normalization == "minmax":
+            meta.mean, meta.std = float(y.min()), float((y.max() - y.min()) or 1.0)
+    return meta
+
+
+def encode_output(df: pd.DataFrame, meta: OutputMetadata, path: str) -> np.ndarray:
+    """Targets as float32 (binary 0/1, number normalised) or int64 class indices."""
+    raw = df[meta.column]
+    if meta.type == "binary":
+        out = np.empty(len(raw), dtype=np.float32)
+        boolean = meta.vocab == ["False", "True"]
+        for i, v in enumerate(raw):
+            s = _norm(v)
+            if boolean and s.lower() in _TRUE:
+                out[i] = 1.0
+            elif boolean and s.lower() in _FALSE:
+                out[i] = 0.0
+            elif s in meta.vocab:
+                out[i] = float(meta.vocab.index(s))
+            else:
+                raise InvalidArgument(
+                    f"row {i}: {v!r} in binary column {meta.column!r} is neither "
+                    f"{meta.vocab[0]!r} nor {meta.vocab[1]!r}", field=path)
+        return out
+    if meta.type == "category":
+        index = {c: i for i, c in enumerate(meta.vocab)}
+        out = np.empty(len(raw), dtype=np.int64)
+        for i, v in enumerate(raw):
+            s = _norm(v)
+            if s not in index:
+                raise InvalidArgument(
+                    f"row {i}: class {v!r} in column {meta.column!r} was not seen in training",
+                    field=path)
+            out[i] = index[s]
+        return out
+    y = numbers(raw, meta.column, path)
+    return ((y - meta.mean) / meta.std).astype(np.float32)
+
+
+def decode_number(values: np.ndarray, meta: OutputMetadata) -> np.ndarray:
+    return values * meta.std + meta.mean
+
+
+def numbers(raw: pd.Series, column: str, path: str) -> np.ndarray:
+    y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidArgument(
+            f"row {i}: {raw.iloc[i]!r} in number column {column!r} is not a finite number",
+            field=path)
+    return y
+
+
+def _norm(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()

@@ -1,0 +1,82 @@
+"""Evaluation metrics for predictive outputs, in numpy (exact, no extra dependency).
+
+binary: accuracy, precision, recall, f1, roc_auc (rank-based, ties averaged);
+category: accuracy, macro_f1, hits_at_k; number: mse, mae, r2 (names as Ludwig reports them:
+mean_squared_error, mean_absolute_error, r2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    y = y_true.astype(bool)
+    pred = prob >= threshold
+    tp = float(np.sum(pred & y))
+    fp = float(np.sum(pred & ~y))
+    fn = float(np.sum(~pred & y))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": float(np.mean(pred == y)), "precision": precision, "recall": recall,
+            "f1": f1, "roc_auc": roc_auc(y, prob)}
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney U / (n_pos · n_neg); NaN when only one class is present."""
+    y = y.astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):  # average ranks over ties
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def category_metrics(y_true: np.ndarray, prob: np.ndarray, top_k: int = 3) -> dict[str, float]:
+    pred = prob.argmax(axis=1)
+    n_classes = prob.shape[1]
+    f1s = []
+    for c in range(n_classes):
+        tp = np.sum((pred == c) & (y_true == c))
+        fp = np.sum((pred == c) & (y_true != c))
+        fn = np.sum((pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue  # class absent from both: not counted (as scikit-learn's labels=present)
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    k = min(top_k, n_classes)
+    topk = np.argsort(-prob, axis=1)[:, :k]
+    return {"accuracy": float(np.mean(pred == y_true)),
+            "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+            "hits_at_k": float(np.mean(np.any(topk == y_true[:, None], axis=1)))}
+
+
+def number_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    err = y_pred - y_true
+    ss_res = float(np.sum(err**2))
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    return {"mean_squared_error": float(np.mean(err**2)),
+            "mean_absolute_error": float(np.mean(np.abs(err))),
+            "root_mean_squared_error": float(np.sqrt(np.mean(err**2))),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
+
+
+# Which direction is better, for early stopping on `validation_metric`.
+HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "macro_f1", "hits_at_k",
+                    "r2"}
+
+
+def improves(metric: str, new: float, best: float | None) -> bool:
+    if best is None or np.isnan(best):
+        return not np.isnan(new)
+    return new > best if metric in HIGHER_IS_BETTER else new < best

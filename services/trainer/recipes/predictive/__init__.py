@@ -1,0 +1,1 @@
+"""Predictive fine-tuning (`model_type: ecd`): a task head on frozen, cached encoder embeddings."""

@@ -1,0 +1,158 @@
+"""The trainer's domain object: data sets, jobs, prediction and artifact lookup, without gRPC."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
+                             TunewireError, Unavailable)
+from services.trainer.context import MetricValue
+from services.trainer.datasets import DatasetStore
+from services.trainer.jobs import SUCCEEDED, JobRecord, JobRunner, JobStore
+
+log = structlog.get_logger(__name__)
+
+
+class TrainerCore:
+    def __init__(self, data_dir: Path, *, embedder_address: str | None,
+                 hub_gateway_address: str | None = None, workers: int = 1,
+                 allowed_model_roots: list[Path] | None = None,
+                 allow_any_model_path: bool = False) -> None:
+        self.data_dir = Path(data_dir)
+        self.datasets = DatasetStore(self.data_dir / "datasets")
+        self.jobs = JobStore(self.data_dir / "jobs")
+        self.artifacts_root = self.data_dir / "artifacts"
+        self.embedder_address = embedder_address
+        self.hub_gateway_address = hub_gateway_address
+        self._embedder = None
+        self.allowed_model_roots = [self.artifacts_root, *(allowed_model_roots or [])]
+        self.allow_any_model_path = allow_any_model_path
+        self.runner = JobRunner(self.jobs, self.datasets, self.artifacts_root,
+                                embedder_factory=self.embedder if embedder_address else None,
+                                uploader=self._upload if hub_gateway_address else None,
+                                workers=workers)
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def set_hub_gateway(self, address: str) -> None:
+        """Point uploads at a gateway started after the trainer (embedded mode)."""
+        self.hub_gateway_address = address
+        self.runner.uploader = self._upload
+
+    def close(self) -> None:
+        self.runner.stop()
+        if self._embedder is not None:
+            self._embedder.close()
+
+    def embedder(self):
+        """One shared EmbedderClient (channels are thread-safe)."""
+        if self._embedder is None:
+            if not self.embedder_address:
+                raise FailedPrecondition("this trainer has no embedder configured",
+                                         field="embedder")
+            from clients.sdk import EmbedderClient
+
+            self._embedder = EmbedderClient(self.embedder_address)
+        return self._embedder
+
+    # ------------------------------------------------------------------------------------ jobs
+    def create_job(self, raw: dict, **kwargs: Any) -> JobRecord:
+        return self.runner.submit(raw, validate=self._validate_encoder, **kwargs)
+
+    def _validate_encoder(self, config) -> None:
+        """Ask the embedder to load the encoder now, so a bad path fails the create, not the job."""
+        if config.model_type != "ecd":
+            return
+        from services.trainer.recipes.predictive.model import encoder_ref
+
+        spec = encoder_ref(config).spec()
+        path = "input_features[0].encoder." + (
+            "base_model" if config.input_features[0].encoder.type == "llm"
+            else "pretrained_model_name_or_path")
+        try:
+            self.embedder().info(spec)
+        except TunewireError as err:
+            if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or err.code.name == "UNAVAILABLE":
+                raise Unavailable(f"the embedder at {self.embedder_address} is unreachable",
+                                  field="embedder") from None
+            raise InvalidArgument(f"the embedder cannot load this encoder: {err.message}",
+                                  field=path) from None
+
+    # -------------------------------------------------------------------------------- models
+    def artifact_dir(self, job_id: str) -> Path:
+        rec = self.jobs.get(job_id)
+        if rec.state != SUCCEEDED or not rec.artifact_path:
+            raise FailedPrecondition(f"job {job_id} has no artifact (state {rec.state})",
+                                     field="job_id")
+        return Path(rec.artifact_path)
+
+    def resolve_model(self, model: str) -> Path:
+        """A job id, or an artifact directory under an allowed root (any path in embedded mode)."""
+        if not model:
+            raise InvalidArgument("is required", field="model")
+        if model.startswith("job-") and "/" not in model:
+            return self.artifact_dir(model)
+        path = Path(model).expanduser().resolve()
+        if not self.allow_any_model_path and not any(
+                path == root.resolve() or root.resolve() in path.parents
+                for root in self.allowed_model_roots):
+            raise PermissionDenied("the trainer may not read models outside its artifact roots",
+                                   field="model")
+        if not (path / "tunewire.json").is_file() and not (path / "adapter_config.json").is_file() \
+                and not (path / "config.json").is_file():
+            raise NotFound(f"no model artifact at {model!r}", field="model")
+        return path
+
+    def predict(self, model: str, dataset_id: str, evaluate: bool,
+                generation_overrides: dict | None) -> tuple[list, list[MetricValue]]:
+        artifact = self.resolve_model(model)
+        if not dataset_id:
+            raise InvalidArgument("is required", field="dataset_id")
+        df = self.datasets.load(dataset_id)
+        manifest_path = artifact / "tunewire.json"
+        kind = json.loads(manifest_path.read_text()).get("kind") if manifest_path.exists() else None
+        if kind == "predictive":
+            from services.trainer.recipes.predictive.predict import predict_predictive
+
+            return predict_predictive(artifact, df, self.embedder(), evaluate)
+        try:
+            from services.trainer.recipes.generative.predict import predict_generative
+        except ImportError:
+            raise FailedPrecondition("generative prediction is not built in this trainer",
+                                     field="model") from None
+        from services.trainer.recipes.predictive.predict import FeatureOutput
+
+        texts, metrics = predict_generative(artifact, df, generation_overrides)
+        if not evaluate:
+            metrics = []
+        name = _generative_output_name(artifact)
+        return [FeatureOutput(name, texts, None, [])], metrics
+
+    # ---------------------------------------------------------------------------------- upload
+    def _upload(self, rec: JobRecord) -> str:
+        """Upload a finished job's artifact through the hub gateway; returns the upload id."""
+        try:
+            from clients.hub import upload_to_hf_hub
+        except ImportError:
+            raise FailedPrecondition("the hub gateway client is not available",
+                                     field="upload_to") from None
+        result = upload_to_hf_hub(rec.upload_to, rec.artifact_path,
+                                  gateway=self.hub_gateway_address, job_id=rec.id)
+        return getattr(result, "id", "")
+
+
+def _generative_output_name(artifact: Path) -> str:
+    cfg_path = artifact / "resolved_config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        outs = cfg.get("output_features") or []
+        if outs:
+            return outs[0].get("name", "output")
+    return "output"
+
+
