@@ -182,7 +182,8 @@ class JobRunner:
     def __init__(self, store: JobStore, datasets: DatasetStore, artifacts_root: Path, *,
                  embedder_factory: Callable[[], Any] | None = None,
                  uploader: Callable[[JobRecord], str] | None = None,
-                 workers: int = 1, max_attempts: int = 3) -> None:
+                 workers: int = 1, max_attempts: int = 3,
+                 dispatcher: Callable[[str], Dispatcher] | None = None) -> None:
         self.store = store
         self.datasets = datasets
         self.artifacts_root = Path(artifacts_root)
@@ -190,6 +191,7 @@ class JobRunner:
         self.embedder_factory = embedder_factory
         self.uploader = uploader
         self.max_attempts = max_attempts
+        self.dispatch = dispatcher or dispatch
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -322,7 +324,7 @@ class JobRunner:
                 validation=val, test=test, emit=lambda ev: self._emit(job_id, ev),
                 cancel_event=cancel, attempt=attempt,
                 embedder=self.embedder_factory() if self.embedder_factory else None)
-            result = dispatch(config.model_type)(ctx)
+            result = self.dispatch(config.model_type)(ctx)
             final = self.artifacts_root / job_id
             if final.exists():
                 shutil.rmtree(final)
