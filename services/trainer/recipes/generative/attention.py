@@ -1,0 +1,64 @@
+"""Varlen (flash) attention for packed batches, registered as a transformers attention backend.
+
+A packed row holds several samples; SDPA would need a dense block-diagonal mask, which pushes it off
+the flash kernel onto the slower masked one. torch's `varlen_attn` (flash attention over
+cumulative sequence offsets, CUDA bf16/fp16) attends within each sample and never builds a mask.
+When a call carries no `cu_seq_lens_q` (generation with a KV cache, padded batches) the backend is
+plain SDPA, so the same loaded model serves training, evaluation and generation.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+NAME = "tunewire_varlen"
+
+
+def available(device: torch.device) -> bool:
+    """Varlen flash attention exists in this torch and can run on `device`."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def register() -> str:
+    """Register the backend (idempotent) and return its name for `attn_implementation`."""
+    from torch.nn.attention.varlen import varlen_attn
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    native_gqa = "enable_gqa" in params
+
+    def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        cu = kwargs.get("cu_seq_lens_q")
+        if cu is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                          scaling=scaling, dropout=dropout, **kwargs)
+        # [batch, heads, len, dim] -> [tokens, heads, dim]: the batch is one flat varlen stream.
+        b, hq, n, d = query.shape
+        q = query.transpose(1, 2).reshape(b * n, hq, d)
+        k = key.transpose(1, 2).reshape(b * n, key.shape[1], d)
+        v = value.transpose(1, 2).reshape(b * n, value.shape[1], d)
+        extra = dict(causal)
+        if k.shape[1] != hq:
+            if native_gqa:
+                extra["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(hq // k.shape[1], dim=1)
+                v = v.repeat_interleave(hq // v.shape[1], dim=1)
+        m = int(kwargs["max_length_q"])
+        out = varlen_attn(q, k, v, cu, cu, m, m, scale=scaling, **extra)
+        return out.reshape(b, n, hq, d), None
+
+    AttentionInterface.register(NAME, forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME

@@ -1,0 +1,56 @@
+"""The worker's event stream: JSON lines in a file that the launcher tails.
+
+A file (not a pipe) so that the launcher can re-read it after a restart and a crashed worker's last
+words survive. Only rank 0 writes. Kinds: progress, metrics, log, result, error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class EventWriter:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self._fh = path.open("a", buffering=1) if enabled else None
+
+    def write(self, kind: str, **fields: Any) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps({"event": kind, "time": time.time(), **fields}) + "\n")
+
+    def progress(self, **fields: Any) -> None:
+        self.write("progress", **fields)
+
+    def log(self, message: str) -> None:
+        self.write("log", message=message)
+
+    def metrics(self, metrics: list[dict]) -> None:
+        self.write("metrics", metrics=metrics)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class EventReader:
+    """Yields the complete lines appended to the file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = ""
+
+    def poll(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with self.path.open() as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+            self._offset = fh.tell()
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        return [json.loads(line) for line in lines if line.strip()]

@@ -1,0 +1,80 @@
+"""Cross-entropy through the LM head without materialising [tokens, vocab] logits.
+
+With a 128k vocabulary, 8k tokens of fp32 logits are 4 GiB, and autograd keeps them (plus the
+softmax) for backward. Here the head matmul, log-softmax and both gradients are done chunk by chunk
+inside one autograd Function's forward (the Liger "fused linear cross-entropy" idea in plain
+torch): only one chunk of logits exists at a time, and backward just scales the stored gradients.
+Only positions with a label are projected at all, so masked prompt tokens cost no head FLOPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.trainer.recipes.generative.data import IGNORE
+
+# Chunk so that one chunk's fp32 logits stay around 1 GiB whatever the vocabulary.
+_CHUNK_ELEMENTS = 1 << 28
+
+
+@dataclass
+class LossStats:
+    loss_sum: torch.Tensor  # summed token NLL (differentiable)
+    n_tokens: torch.Tensor  # labelled tokens
+    n_correct: torch.Tensor  # argmax == label
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        need_h = with_grad and hidden.requires_grad
+        need_w = with_grad and weight.requires_grad
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start:start + chunk]
+            t = targets[start:start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, t[:, None]).squeeze(1)
+            loss += (lse - picked).sum()
+            correct += (logits.argmax(dim=-1) == t).sum()
+            if need_h or need_w:
+                # d(sum NLL)/d logits = softmax - onehot, computed in place over the chunk.
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                probs = probs.to(hidden.dtype)
+                if need_h:
+                    grad_h[start:start + chunk] = probs @ weight
+                if need_w:
+                    grad_w += (probs.t() @ h).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor, _grad_correct):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> LossStats:
+    """Summed NLL of `labels` under `hidden @ weight.T`; positions labelled IGNORE are skipped.
+
+    `hidden` is [..., d], `labels` the matching [...] already shifted (labels[i] follows token i)."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    keep = (labels != IGNORE).nonzero().squeeze(1)
+    h = hidden.index_select(0, keep)
+    t = labels.index_select(0, keep)
+    chunk = max(1, _CHUNK_ELEMENTS // weight.shape[0])
+    loss, correct = _FusedLinearCE.apply(h, weight, t, chunk, torch.is_grad_enabled())
+    return LossStats(loss, torch.tensor(t.shape[0], device=hidden.device), correct)

@@ -1,0 +1,166 @@
+"""Building the model a generative job trains: base (optionally 4/8-bit), adapter, checkpointing,
+the loss wrapper, and its placement across processes (DDP or FSDP2)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from torch import nn
+
+from services.trainer.recipes.generative import attention
+from services.trainer.recipes.generative.data import Batch
+from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
+from tunewire.config.llm import AdaloraAdapter, Ia3Adapter, LlmConfig, LoraAdapter
+
+
+class PreconditionError(RuntimeError):
+    """The job cannot run on this machine as configured (missing GPU, package...)."""
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU has it, else fp32 (CPU training stays fp32 for exact tests)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(base: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.eos_token_id is None:
+        raise PreconditionError(f"the tokenizer of {base!r} has no EOS token; targets need one")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def quantization_config(cfg: LlmConfig, device: torch.device):
+    """bitsandbytes settings, or a clear refusal where bitsandbytes or CUDA is missing."""
+    q = cfg.quantization
+    if q is None:
+        return None
+    if device.type != "cuda":
+        raise PreconditionError(f"quantization.bits: {q.bits} needs a CUDA GPU (bitsandbytes); "
+                                "none is available to this job")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PreconditionError(f"quantization.bits: {q.bits} needs the bitsandbytes package, "
+                                "which is not installed on the trainer")
+    from transformers import BitsAndBytesConfig
+
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=q.llm_int8_threshold,
+                                  llm_int8_has_fp16_weight=q.llm_int8_has_fp16_weight)
+    return BitsAndBytesConfig(load_in_4bit=True,
+                              bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
+                              bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+                              bnb_4bit_quant_type=q.bnb_4bit_quant_type)
+
+
+def peft_config(adapter, total_steps: int):
+    """The PEFT config for the job's `adapter` section."""
+    from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType
+
+    if isinstance(adapter, AdaloraAdapter):
+        return AdaLoraConfig(task_type=TaskType.CAUSAL_LM, target_r=adapter.target_r,
+                             init_r=adapter.init_r, tinit=adapter.tinit, tfinal=adapter.tfinal,
+                             deltaT=adapter.deltaT, beta1=adapter.beta1, beta2=adapter.beta2,
+                             orth_reg_weight=adapter.orth_reg_weight, lora_alpha=adapter.alpha,
+                             lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
+                             total_step=adapter.total_step or total_steps)
+    if isinstance(adapter, LoraAdapter):
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.r, lora_alpha=adapter.alpha,
+                          lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
+                          bias=adapter.bias_type, use_rslora=adapter.use_rslora,
+                          use_dora=adapter.use_dora, init_lora_weights=adapter.init_lora_weights)
+    if isinstance(adapter, Ia3Adapter):
+        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=adapter.target_modules,
+                         feedforward_modules=adapter.feedforward_modules,
+                         fan_in_fan_out=adapter.fan_in_fan_out,
+                         modules_to_save=adapter.modules_to_save,
+                         init_ia3_weights=adapter.init_ia3_weights)
+    raise TypeError(f"unknown adapter {type(adapter).__name__}")
+
+
+def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_steps: int) -> nn.Module:
+    """The base model on `device` with the job's adapter applied and checkpointing set."""
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(cfg, device)
+    attn = attention.register() if packed and attention.available(device) else "sdpa"
+    dtype = compute_dtype(device)
+    kwargs = {"dtype": dtype, "attn_implementation": attn}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, **kwargs)
+    if quant is None:
+        model.to(device)
+    model.config.use_cache = False
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.trainer.enable_gradient_checkpointing)
+    elif cfg.trainer.enable_gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.adapter is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config(cfg.adapter, total_steps))
+    if type(core_model(model).get_output_embeddings()) is not nn.Linear:
+        raise PreconditionError("the LM head must stay a plain linear layer (do not target lm_head "
+                                "with the adapter): the fused loss reads its weight directly")
+    return model
+
+
+def core_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers injected in place)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+class CausalLMWithLoss(nn.Module):
+    """Decoder + fused head/cross-entropy in one forward, so DDP and FSDP2 see one root module
+    (FSDP2 unshards the head weight in the root's forward, where the loss reads it)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch: Batch) -> LossStats:
+        core = core_model(self.lm)
+        kwargs = {"use_cache": False}
+        if batch.position_ids is not None:
+            kwargs["position_ids"] = batch.position_ids
+            if core.config._attn_implementation == attention.NAME:
+                kwargs.update(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
+                              max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
+        else:
+            kwargs["attention_mask"] = batch.attention_mask
+        hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
+        return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels)
+
+
+def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, world: int) -> nn.Module:
+    """Single process as is; DDP replicates; FSDP2 shards each decoder layer and the root."""
+    if world == 1:
+        return module
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dtype = compute_dtype(device)
+    # Adapter weights may be fp32 beside a bf16 base; FSDP2 all-gathers one dtype per group.
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in core_model(module.lm).get_decoder().layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(module, mp_policy=mp)
+    return module

@@ -1,0 +1,109 @@
+"""Generation (and test metrics) from a generative artifact, with the artifact's own prompt and
+generation settings, overridable per call."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from services.trainer.context import MetricValue
+from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
+from services.trainer.recipes.generative.model import CausalLMWithLoss, compute_dtype
+from tunewire.config.llm import parse_llm
+from tunewire.errors import FailedPrecondition, InvalidArgument
+
+BATCH = 8
+
+
+def load_artifact(artifact_dir: Path, device: torch.device):
+    """(model, tokenizer) from an adapter or a full/merged artifact, in eval mode on `device`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_cfg = artifact_dir / "adapter_config.json"
+    dtype = compute_dtype(device)
+    if adapter_cfg.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        except OSError as exc:
+            raise FailedPrecondition(f"the adapter's base model {base!r} cannot be loaded: {exc}",
+                                     field="model") from None
+        model = PeftModel.from_pretrained(model, artifact_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(artifact_dir, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(artifact_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def generation_config(artifact_dir: Path, overrides: dict | None):
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_pretrained(artifact_dir)
+    known = set(GenerationConfig().to_dict())
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise InvalidArgument("is not a GenerationConfig field", field=f"generation_config.{key}")
+        setattr(gen, key, value)
+    try:
+        gen.validate(strict=True)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"invalid generation settings: {exc}", field="generation_config") from None
+    return gen
+
+
+def predict_generative(artifact_dir: Path, df: pd.DataFrame,
+                       generation_overrides: dict | None) -> tuple[list[str], list[MetricValue]]:
+    """Generated text per row; loss/perplexity/token_accuracy ("test") where the output column is
+    present."""
+    artifact_dir = Path(artifact_dir)
+    cfg = parse_llm(json.loads((artifact_dir / "resolved_config.json").read_text()))
+    if cfg.input.column not in df.columns:
+        raise InvalidArgument(f"the data set lacks the input column {cfg.input.column!r}",
+                              field="dataset_id")
+    gen = generation_config(artifact_dir, generation_overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_artifact(artifact_dir, device)
+    texts = _generate(cfg, model, tokenizer, df, gen, device)
+    metrics = []
+    if cfg.output.column in df.columns:
+        metrics = _metrics(cfg, model, tokenizer, df, device)
+    return texts, metrics
+
+
+@torch.no_grad()
+def _generate(cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.device) -> list[str]:
+    tokenizer.padding_side = "left"  # generation continues from each prompt's last token
+    prompts = [render_prompt(cfg, row, tokenizer) for row in df.to_dict("records")]
+    out: list[str] = []
+    for start in range(0, len(prompts), BATCH):
+        enc = tokenizer(prompts[start:start + BATCH], return_tensors="pt", padding=True).to(device)
+        ids = model.generate(**enc, generation_config=gen)
+        new = ids[:, enc["input_ids"].shape[1]:]
+        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def _metrics(cfg, model, tokenizer, df: pd.DataFrame, device: torch.device) -> list[MetricValue]:
+    model_max = getattr(model.config, "max_position_embeddings", 2048)
+    samples = build_samples(cfg, df, tokenizer, model_max)
+    wrapper = CausalLMWithLoss(model)
+    loss = tokens = correct = 0.0
+    for start in range(0, len(samples), BATCH):
+        stats = wrapper(collate_padded(samples[start:start + BATCH], tokenizer.pad_token_id).to(device))
+        loss += float(stats.loss_sum)
+        tokens += float(stats.n_tokens)
+        correct += float(stats.n_correct)
+    mean = loss / max(tokens, 1.0)
+    feature = cfg.output.name
+    return [MetricValue("test", feature, "loss", mean),
+            MetricValue("test", feature, "perplexity", math.exp(min(mean, 50.0))),
+            MetricValue("test", feature, "token_accuracy", correct / max(tokens, 1.0))]

@@ -1,0 +1,381 @@
+"""The generative fine-tuning recipe: one class, torchtune's life
+(`setup` → `train` → `save_checkpoint` → `save_artifact` → `cleanup`).
+
+It runs inside a torchrun worker (one process per GPU; `worker.py` starts it). The loop is spelled
+out: micro-batches summed into one optimizer step (loss normalised by the global number of target
+tokens, so packing, accumulation and world size do not change the gradient), clipping, optimizer and
+scheduler steps, evaluation with early stopping and the best weights kept, periodic checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from services.trainer.recipes.generative import artifacts, checkpoint
+from services.trainer.recipes.generative.data import (
+    IGNORE,
+    Batch,
+    BatchPlan,
+    build_samples,
+    collate_packed,
+    collate_padded,
+    pack_rows,
+    render_prompt,
+)
+from services.trainer.recipes.generative.events import EventWriter
+from services.trainer.recipes.generative.model import (
+    CausalLMWithLoss,
+    PreconditionError,
+    compute_dtype,
+    core_model,
+    load_model,
+    load_tokenizer,
+    parallelize,
+)
+from tunewire.config.llm import AdaloraAdapter, LlmConfig
+
+N_DECODED_SAMPLES = 3
+
+
+@dataclass
+class WorkerJob:
+    """What the launcher hands the worker (files under the job directory)."""
+
+    job_id: str
+    job_dir: Path
+    artifact_dir: Path
+    attempt: int
+    cfg: LlmConfig
+    config_dict: dict
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.job_dir / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.job_dir / "best" / "model.pt"
+
+    def split(self, name: str) -> pd.DataFrame | None:
+        path = self.job_dir / "inputs" / f"{name}.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+
+class GenerativeRecipe:
+    def __init__(self, job: WorkerJob, events: EventWriter, device: torch.device) -> None:
+        self.job, self.cfg, self.events, self.device = job, job.cfg, events, device
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best_metric: float | None = None
+        self.best_step = 0
+        self.evals_without_improvement = 0
+        self.losses: list[tuple[int, float]] = []
+        self.final_metrics: list[dict] = []
+
+    # ---- setup -------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        seed = self.cfg.trainer.seed if self.cfg.trainer.seed is not None else self.cfg.seed
+        torch.manual_seed(seed + self.rank)
+        self.tokenizer = load_tokenizer(self.cfg.base_model)
+        self._setup_data(seed)
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_scheduler()
+        self._maybe_resume()
+
+    def _setup_data(self, seed: int) -> None:
+        from transformers import AutoConfig
+
+        model_max = getattr(AutoConfig.from_pretrained(self.cfg.base_model), "max_position_embeddings", 2048)
+        try:
+            self.samples = {name: build_samples(self.cfg, df, self.tokenizer, model_max)
+                            for name in ("train", "validation", "test")
+                            if (df := self.job.split(name)) is not None and len(df)}
+        except ValueError as exc:
+            raise PreconditionError(str(exc)) from None
+        if not self.samples.get("train"):
+            raise PreconditionError("the training split has no usable rows")
+        self.row_len = max(len(s.input_ids) for split in self.samples.values() for s in split)
+        self.packed = self.cfg.preprocessing.sequence_packing
+        t = self.cfg.trainer
+        self.plan = BatchPlan(self.samples["train"], batch_size=t.batch_size, row_len=self.row_len,
+                              packed=self.packed, pad_id=self.tokenizer.pad_token_id,
+                              world=self.world, rank=self.rank, shuffle=t.should_shuffle, seed=seed)
+        self.accum = t.gradient_accumulation_steps
+        micro = len(self.plan.epoch(0))
+        if micro == 0:
+            raise PreconditionError(f"too few training samples for {self.world} workers")
+        self.steps_per_epoch = math.ceil(micro / self.accum)
+        self.total_steps = t.train_steps or t.epochs * self.steps_per_epoch
+
+    def _setup_model(self) -> None:
+        lm = load_model(self.cfg, self.device, packed=self.packed, total_steps=self.total_steps)
+        self.lm = lm
+        self.model = parallelize(CausalLMWithLoss(lm), self.cfg.backend.trainer.strategy,
+                                 self.device, self.world)
+        self.fsdp = self.world > 1 and self.cfg.backend.trainer.strategy == "fsdp"
+
+    def _setup_optimizer(self) -> None:
+        o, lr = self.cfg.trainer.optimizer, self.cfg.trainer.learning_rate
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        if o.type == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum,
+                                             weight_decay=o.weight_decay)
+        else:
+            cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
+            self.optimizer = cls(params, lr=lr, betas=tuple(o.betas), eps=o.eps,
+                                 weight_decay=o.weight_decay, amsgrad=o.amsgrad, **fused)
+
+    def _setup_scheduler(self) -> None:
+        s = self.cfg.trainer.learning_rate_scheduler
+        total = self.total_steps
+        warmup = int(s.warmup_fraction * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            if s.decay == "linear":
+                return max(0.0, 1.0 - progress)
+            if s.decay == "cosine":
+                return s.eta_min / self.cfg.trainer.learning_rate + 0.5 * (1 + math.cos(math.pi * progress))
+            if s.decay == "exponential":
+                return s.decay_rate ** ((step - warmup) / s.decay_steps)
+            return 1.0
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def _maybe_resume(self) -> None:
+        last = checkpoint.latest(self.job.checkpoints)
+        if last is None:
+            if self.job.attempt > 1:
+                self.events.log(f"attempt {self.job.attempt}: no checkpoint yet, starting over")
+            return
+        state = checkpoint.load(last, self.model, self.optimizer, self.rank)
+        self.scheduler.load_state_dict(state["scheduler"])
+        for key in ("step", "epoch", "step_in_epoch", "best_metric", "best_step",
+                    "evals_without_improvement", "losses"):
+            setattr(self, key, state[key])
+        self.events.log(f"resumed from checkpoint at step {self.step} (attempt {self.job.attempt})")
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def train(self) -> None:
+        t = self.cfg.trainer
+        self.model.train()
+        stop = self.step >= self.total_steps
+        while not stop:
+            batches = self.plan.epoch(self.epoch)
+            for i in range(self.step_in_epoch, self.steps_per_epoch):
+                started = time.perf_counter()
+                loss, tokens, real = self._train_step(batches[i * self.accum:(i + 1) * self.accum])
+                self.step += 1
+                self.step_in_epoch = i + 1
+                self.losses.append((self.step, loss))
+                self.events.progress(phase="train", epoch=self.epoch + 1, step=self.step,
+                                     total_steps=self.total_steps, loss=loss,
+                                     throughput=real / (time.perf_counter() - started),
+                                     unit="tokens/s", lr=self.scheduler.get_last_lr()[0],
+                                     target_tokens=tokens)
+                end_of_epoch = self.step_in_epoch == self.steps_per_epoch
+                if (t.eval_steps and self.step % t.eval_steps == 0) or (end_of_epoch and not t.eval_steps):
+                    stop = self._evaluate_and_track()
+                if self._checkpoint_due(end_of_epoch) or stop:
+                    self.save_checkpoint()
+                if stop or self.step >= self.total_steps:
+                    stop = True
+                    break
+            if not stop:
+                self.epoch += 1
+                self.step_in_epoch = 0
+
+    def _train_step(self, micro: list[Batch]) -> tuple[float, int, int]:
+        """One optimizer step over `micro`; returns (mean loss, target tokens, real tokens) global."""
+        counts = torch.tensor([sum(b.n_target for b in micro), sum(b.n_real for b in micro)],
+                              dtype=torch.float64, device=self.device)
+        self._all_reduce(counts)
+        global_tokens = max(1.0, float(counts[0]))
+        loss_sum = torch.zeros((), device=self.device)
+        for j, batch in enumerate(micro):
+            last = j == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                stats = self.model(batch.to(self.device))
+                # Sum over tokens / global count, × world because DDP/FSDP average gradients.
+                (stats.loss_sum * (self.world / global_tokens)).backward()
+            loss_sum += stats.loss_sum.detach()
+        self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if isinstance(self.cfg.adapter, AdaloraAdapter):
+            self.lm.base_model.update_and_allocate(self.step + 1)
+        self._all_reduce(loss_sum)
+        return float(loss_sum) / global_tokens, int(counts[0]), int(counts[1])
+
+    def _clip(self) -> None:
+        clip = self.cfg.trainer.gradient_clipping or {}
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for key in ("clipglobalnorm", "clipnorm"):
+            if clip.get(key):
+                torch.nn.utils.clip_grad_norm_(params, float(clip[key]))
+        if clip.get("clipvalue"):
+            torch.nn.utils.clip_grad_value_(params, float(clip["clipvalue"]))
+
+    def _checkpoint_due(self, end_of_epoch: bool) -> bool:
+        t = self.cfg.trainer
+        if t.steps_per_checkpoint:
+            return self.step % t.steps_per_checkpoint == 0
+        if t.checkpoints_per_epoch:
+            every = max(1, self.steps_per_epoch // t.checkpoints_per_epoch)
+            return self.step_in_epoch % every == 0
+        return end_of_epoch
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    def _evaluate_and_track(self) -> bool:
+        """Evaluate on validation, keep the best weights; True when early stopping says stop."""
+        if "validation" not in self.samples or self.cfg.trainer.skip_all_evaluation:
+            return False
+        metrics = self.evaluate("validation")
+        feature = self.cfg.output.name
+        self.events.metrics([{"split": "validation", "feature": feature, "name": k, "value": v}
+                             for k, v in metrics.items()])
+        self._log_decoded_samples()
+        name = self.cfg.trainer.validation_metric
+        value = metrics[name]
+        better = (self.best_metric is None
+                  or (value > self.best_metric if name == "token_accuracy" else value < self.best_metric))
+        if better:
+            self.best_metric, self.best_step = value, self.step
+            self.evals_without_improvement = 0
+            state = checkpoint.trainable_state(self.model)
+            if self.rank == 0:
+                self.job.best.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(state, self.job.best.with_suffix(".tmp"))
+                self.job.best.with_suffix(".tmp").replace(self.job.best)
+        else:
+            self.evals_without_improvement += 1
+        patience = self.cfg.trainer.early_stop
+        if patience > 0 and self.evals_without_improvement >= patience:
+            self.events.log(f"early stopping at step {self.step}: {name} has not improved for "
+                            f"{patience} evaluations (best {self.best_metric:.4g} at step {self.best_step})")
+            return True
+        return False
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Loss, perplexity and token accuracy over a split (every rank takes a share)."""
+        self.model.eval()
+        samples = self.samples[split]
+        bs = self.cfg.trainer.eval_batch_size
+        units = pack_rows(samples, self.row_len) if self.packed else list(samples)
+        mine = units[self.rank::self.world]
+        rounds = math.ceil(math.ceil(len(units) / self.world) / bs)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for r in range(rounds):
+            chunk = mine[r * bs:(r + 1) * bs]
+            # A rank with nothing left still runs a forward (FSDP2 all-gathers) on ignored labels.
+            batch = self._collate(chunk) if chunk else self._ignored(units[0])
+            stats = self.model(batch.to(self.device))
+            totals += torch.stack([stats.loss_sum.double(), stats.n_tokens.double(),
+                                   stats.n_correct.double()])
+        self._all_reduce(totals)
+        self.model.train()
+        loss = float(totals[0] / totals[1].clamp(min=1))
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+                "token_accuracy": float(totals[2] / totals[1].clamp(min=1))}
+
+    def _collate(self, units: list) -> Batch:
+        pad = self.tokenizer.pad_token_id
+        return collate_packed(units, self.row_len, pad) if self.packed else collate_padded(units, pad)
+
+    def _ignored(self, unit) -> Batch:
+        batch = self._collate([unit])
+        batch.labels.fill_(IGNORE)
+        return batch
+
+    @torch.no_grad()
+    def _log_decoded_samples(self) -> None:
+        """Greedy generations for a few validation rows, as Log events (all ranks generate under
+        FSDP2, whose layers all-gather; rank 0 writes)."""
+        df = self.job.split("validation")
+        if df is None:
+            return
+        rows = df.head(N_DECODED_SAMPLES).to_dict("records")
+        core = core_model(self.lm)
+        was_training = core.training
+        self.lm.eval()
+        if self.fsdp:
+            self.model.unshard()
+        try:
+            for row in rows:
+                prompt = render_prompt(self.cfg, row, self.tokenizer)
+                ids = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+                out = self.lm.generate(**ids, max_new_tokens=min(32, self.cfg.generation["max_new_tokens"]),
+                                       do_sample=False, use_cache=True,
+                                       pad_token_id=self.tokenizer.pad_token_id)
+                text = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+                self.events.log(f"sample at step {self.step}: {prompt[-80:]!r} -> {text!r} "
+                                f"(expected {str(row[self.cfg.output.column])!r})")
+        finally:
+            if self.fsdp:
+                self.model.reshard()
+            self.lm.train(was_training)
+
+    def final_evaluation(self) -> list[dict]:
+        """Restore the best weights, then metrics on validation and test."""
+        if self.job.best.exists() and self.best_step != self.step:
+            checkpoint.load_trainable(self.model, torch.load(self.job.best, weights_only=True))
+            self.events.log(f"restored the best weights (step {self.best_step}, "
+                            f"{self.cfg.trainer.validation_metric} {self.best_metric:.4g})")
+        out = []
+        for split in ("train", "validation", "test"):
+            if split not in self.samples or (split == "train" and not self.cfg.trainer.evaluate_training_set):
+                continue
+            for name, value in self.evaluate(split).items():
+                out.append({"split": split, "feature": self.cfg.output.name, "name": name, "value": value})
+        if out:
+            self.events.metrics(out)
+        self.final_metrics = out
+        return out
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        extra = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                 "best_metric": self.best_metric, "best_step": self.best_step,
+                 "evals_without_improvement": self.evals_without_improvement,
+                 "losses": self.losses, "scheduler": self.scheduler.state_dict(),
+                 "config": self.job.config_dict}
+        path = checkpoint.save(self.job.checkpoints, self.step, self.model, self.optimizer, extra, self.rank)
+        self.events.log(f"checkpoint saved at step {self.step}: {path.name}")
+
+    def save_artifact(self) -> None:
+        state = checkpoint.trainable_state(self.model)
+        if self.rank == 0:
+            artifacts.write(self.job.artifact_dir, cfg=self.cfg, config_dict=self.job.config_dict,
+                            tokenizer=self.tokenizer, trainable=state,
+                            metrics=self.final_metrics, job_id=self.job.job_id,
+                            dtype=compute_dtype(self.device))
+            self.events.log(f"artifact written: {artifacts.kind(self.cfg)}")
+
+    def cleanup(self) -> None:
+        self.events.close()
+
+    def _all_reduce(self, tensor: torch.Tensor) -> None:
+        if self.world > 1:
+            dist.all_reduce(tensor)

@@ -1,0 +1,103 @@
+"""A tiny causal LM built once per session (tokenizer trained here, random Llama weights) and a
+small templated task it can learn in seconds on a CPU."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from services.trainer.context import JobContext
+from tunewire.config import resolve, to_dict
+
+NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo", "ines", "jonas",
+         "kira", "luca", "maya", "nico", "olga", "pablo", "rosa", "sven", "tina", "umar"]
+COLORS = ["red", "blue", "green", "black", "white", "amber"]
+FRUITS = ["apple", "pear", "plum", "fig", "lime", "kiwi"]
+
+
+def task_frame() -> pd.DataFrame:
+    """name -> "<color> <fruit>": a lookup the model can only get right by training."""
+    rng = random.Random(7)
+    rows = [{"name": n, "answer": f"{rng.choice(COLORS)} {rng.choice(FRUITS)}"} for n in NAMES[:12]]
+    return pd.DataFrame(rows)
+
+
+def build_tiny_model(out: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = NAMES + COLORS + FRUITS + "what does like ? answer : the person".split()
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
+    tok.train_from_iterator([" ".join(words)] * 2, trainers.WordLevelTrainer(
+        special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128, tie_word_embeddings=True,
+                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                      pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def llm_config(base: Path, **overrides) -> dict:
+    cfg = {
+        "model_type": "llm",
+        "base_model": str(base),
+        "input_features": [{"name": "name", "type": "text"}],
+        "output_features": [{"name": "answer", "type": "text"}],
+        "prompt": {"template": "what does {name} like ? answer :"},
+        "trainer": {"type": "finetune", "epochs": 100, "batch_size": 4, "learning_rate": 0.003,
+                    "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.05},
+                    "eval_steps": 20, "early_stop": -1},
+        "generation": {"max_new_tokens": 4},
+        "backend": {"trainer": {"use_gpu": False}},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, cls) -> list:
+        with self.lock:
+            return [e for e in self.events if isinstance(e, cls)]
+
+
+def job_context(tmp: Path, raw: dict, *, train=None, validation=None, test=None, attempt=1,
+                job_id="job-1") -> tuple[JobContext, Recorder]:
+    cfg = resolve(raw)
+    rec = Recorder()
+    df = task_frame()
+    ctx = JobContext(job_id=job_id, config=cfg, config_dict=to_dict(cfg), work_dir=tmp / "work",
+                     artifact_dir=tmp / "artifact", train=df if train is None else train,
+                     validation=df if validation is None else validation, test=test,
+                     emit=rec, attempt=attempt)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    return ctx, rec

@@ -1,0 +1,350 @@
+"""Generative (`model_type: llm`) config in Ludwig's vocabulary.
+
+A Ludwig user's llm fine-tuning config runs here as it is: `base_model`, one text input and one text
+output feature, `prompt`, `adapter` (lora/adalora/ia3), `quantization`, `trainer` (type finetune),
+`generation` and `preprocessing`. What Ludwig has and we do not build is refused by name; unknown
+keys are errors with their path; every default is written back (see `to_dict`).
+
+`backend` is Ludwig's key for where training runs. Ludwig's `ray` backend is not built: training runs
+as `torchrun` workers, so `backend.type` is `local` and `backend.trainer` says how many:
+
+    backend:
+      type: local
+      trainer:
+        strategy: ddp        # ddp (replicate) or fsdp (FSDP2 fully_shard: shard params/grads/state)
+        num_workers: 1       # processes (one GPU each) per node
+        nnodes: 1            # nodes; > 1 means the job is launched by a multi-node runner
+                             # (k8s Indexed Job / PyTorchJob) with c10d rendezvous
+        use_gpu: true        # false trains on CPU (gloo); tests use it
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tunewire.config.ecd import SplitConfig
+from tunewire.config.schema import ConfigError, check, join, parse
+from tunewire.config.trainer import TrainerConfig
+
+# Ludwig's default prompt when only `prompt.task` is given.
+DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:"
+
+# What `generation` writes when the user says nothing: greedy, short answers.
+GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
+
+
+@dataclass
+class TextFeaturePreprocessing:
+    max_sequence_length: int | None = field(
+        default=None, metadata={"help": "Tokens kept for this feature (null: global limit)."})
+    lowercase: bool = False
+    missing_value_strategy: Literal["fill_with_const", "drop_row"] = "drop_row"
+    fill_value: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.max_sequence_length is None or self.max_sequence_length >= 1,
+              "must be >= 1", "max_sequence_length")
+
+
+@dataclass
+class TextFeature:
+    name: str
+    type: str
+    column: str | None = None
+    preprocessing: TextFeaturePreprocessing = field(default_factory=TextFeaturePreprocessing)
+
+    @staticmethod
+    def precheck(data: dict) -> None:
+        check("name" in data, "is required", "name")
+        check(data.get("type") == "text",
+              f"feature type {data.get('type')!r} is not supported for model_type llm (use text)",
+              "type")
+
+    def __post_init__(self) -> None:
+        if self.column is None:
+            self.column = self.name
+
+
+@dataclass
+class PromptConfig:
+    template: str | None = field(
+        default=None, metadata={"help": "Prompt with {column} placeholders; {__task__}, {__sample__}."})
+    task: str | None = field(default=None, metadata={"help": "Task text; uses Ludwig's default template."})
+    use_chat_template: bool = field(
+        default=False, metadata={"help": "Wrap the prompt in the tokenizer's chat template."})
+    retrieval: dict | None = None
+
+    def __post_init__(self) -> None:
+        check(self.retrieval is None, "retrieval-augmented prompts are not supported", "retrieval")
+        if self.template is None and self.task is not None:
+            self.template = DEFAULT_TASK_TEMPLATE
+        if self.template is not None:
+            try:
+                names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+            except ValueError as exc:
+                check(False, f"is not a valid template: {exc}", "template")
+            check(all(n.isidentifier() for n in names),
+                  "placeholders must be plain column names like {question}", "template")
+            check("__task__" not in names or self.task is not None,
+                  "uses {__task__} but prompt.task is not set", "template")
+
+
+@dataclass
+class PostprocessorConfig:
+    merge_adapter_into_base_model: bool = field(
+        default=False, metadata={"help": "Write a merged full model instead of an adapter."})
+    progressbar: bool = False
+
+
+@dataclass
+class LoraAdapter:
+    type: Literal["lora"] = "lora"
+    r: int = field(default=8, metadata={"help": "Rank of the update matrices."})
+    alpha: int | None = field(default=16, metadata={"help": "Scaling numerator (alpha / r)."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names; null: the model's defaults; 'all-linear'."})
+    bias_type: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | Literal["gaussian", "pissa", "olora", "loftq"] = True
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "must be >= 1", "r")
+        check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
+        check(self.pretrained_adapter_weights is None, "is not supported", "pretrained_adapter_weights")
+        check(self.init_lora_weights != "loftq", "loftq initialisation is not supported",
+              "init_lora_weights")
+        if self.alpha is None:
+            self.alpha = 2 * self.r
+
+
+@dataclass
+class AdaloraAdapter(LoraAdapter):
+    type: Literal["adalora"] = "adalora"  # type: ignore[assignment]
+    target_r: int = 8
+    init_r: int = 12
+    tinit: int = 0
+    tfinal: int = 0
+    deltaT: int = 1
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.5
+    total_step: int | None = field(default=None, metadata={"help": "null: the job's step count."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.use_dora is False, "is not supported with adalora", "use_dora")
+        check(self.init_r >= self.target_r >= 1, "needs init_r >= target_r >= 1", "target_r")
+
+
+@dataclass
+class Ia3Adapter:
+    type: Literal["ia3"] = "ia3"
+    target_modules: list[str] | str | None = None
+    feedforward_modules: list[str] | str | None = None
+    fan_in_fan_out: bool = False
+    modules_to_save: list[str] | None = None
+    init_ia3_weights: bool = True
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+    def __post_init__(self) -> None:
+        check(self.pretrained_adapter_weights is None, "is not supported", "pretrained_adapter_weights")
+
+
+ADAPTERS: dict[str, type] = {"lora": LoraAdapter, "adalora": AdaloraAdapter, "ia3": Ia3Adapter}
+
+
+@dataclass
+class QuantizationConfig:
+    bits: Literal[4, 8] = field(default=4, metadata={"help": "bitsandbytes weight bits (CUDA only)."})
+    llm_int8_threshold: float = 6.0
+    llm_int8_has_fp16_weight: bool = False
+    bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
+
+
+@dataclass
+class LlmPreprocessing:
+    split: SplitConfig = field(default_factory=SplitConfig)
+    sample_ratio: float = 1.0
+    sample_size: int | None = None
+    global_max_sequence_length: int | None = field(
+        default=None, metadata={"help": "Prompt + target tokens; null: the model's context length."})
+    sequence_packing: bool = field(
+        default=True, metadata={"help": "Pack samples into full rows (no cross-attention)."})
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.sample_ratio <= 1.0, "must be in (0, 1]", "sample_ratio")
+        check(self.global_max_sequence_length is None or self.global_max_sequence_length >= 2,
+              "must be >= 2", "global_max_sequence_length")
+
+
+@dataclass
+class DistributedTrainer:
+    strategy: Literal["ddp", "fsdp"] = field(
+        default="ddp", metadata={"help": "ddp replicates; fsdp is FSDP2 (fully_shard)."})
+    num_workers: int = field(default=1, metadata={"help": "Worker processes (GPUs) per node."})
+    nnodes: int = field(default=1, metadata={"help": "Nodes; > 1 needs a multi-node launcher."})
+    use_gpu: bool = field(default=True, metadata={"help": "false: train on CPU (gloo)."})
+
+    @staticmethod
+    def precheck(data: dict) -> None:
+        check(data.get("strategy") not in ("deepspeed", "horovod"),
+              f"strategy {data.get('strategy')!r} is not built; use ddp or fsdp (FSDP2)", "strategy")
+
+    def __post_init__(self) -> None:
+        check(self.num_workers >= 1, "must be >= 1", "num_workers")
+        check(self.nnodes >= 1, "must be >= 1", "nnodes")
+
+    @property
+    def world_size(self) -> int:
+        return self.num_workers * self.nnodes
+
+
+@dataclass
+class BackendConfig:
+    type: Literal["local"] = field(default="local", metadata={"help": "torchrun workers."})
+    trainer: DistributedTrainer = field(default_factory=DistributedTrainer)
+
+    @staticmethod
+    def precheck(data: dict) -> None:
+        check(data.get("type", "local") == "local",
+              f"backend {data.get('type')!r} is not built; training runs as torchrun workers "
+              "(backend.type: local, backend.trainer.num_workers / strategy)", "type")
+
+
+@dataclass
+class LlmConfig:
+    base_model: str
+    input_features: list[TextFeature]
+    output_features: list[TextFeature]
+    model_type: Literal["llm"] = "llm"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    adapter: Any = field(default=None, metadata={"help": "lora | adalora | ia3; null: full fine-tuning."})
+    quantization: QuantizationConfig | None = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    generation: dict = field(default_factory=dict, metadata={"help": "GenerationConfig fields."})
+    preprocessing: LlmPreprocessing = field(default_factory=LlmPreprocessing)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    model_parameters: dict | None = None
+    hyperopt: dict | None = None
+    defaults: dict | None = None
+    ludwig_version: str | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check(len(self.input_features) == 1, "model_type llm takes exactly one text input feature",
+              "input_features")
+        check(len(self.output_features) == 1, "model_type llm takes exactly one text output feature",
+              "output_features")
+        check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
+        check(self.defaults is None, "is not supported; set options per feature", "defaults")
+        check(self.model_parameters is None,
+              "is not supported (rope_scaling, neftune_noise_alpha)", "model_parameters")
+        if isinstance(self.adapter, dict):
+            kind = self.adapter.get("type", "lora")
+            if kind not in ADAPTERS:
+                raise ConfigError(f"adapter {kind!r} is not one of {', '.join(map(repr, ADAPTERS))}",
+                                  field="adapter.type")
+            self.adapter = parse(ADAPTERS[kind], {**self.adapter, "type": kind}, "adapter")
+        elif self.adapter is not None and not isinstance(self.adapter, tuple(ADAPTERS.values())):
+            raise ConfigError("expected a mapping with a type (lora, adalora, ia3) or null",
+                              field="adapter")
+        self._resolve_trainer()
+        self._resolve_generation()
+        if self.quantization is not None:
+            check(self.adapter is not None,
+                  "a quantized base model can only be trained with an adapter", "quantization")
+
+    def _resolve_trainer(self) -> None:
+        t = self.trainer
+        check(t.type == "finetune",
+              f"trainer type {t.type!r} does not train an llm; use type: finetune", "trainer.type")
+        if t.batch_size == "auto":
+            t.batch_size = 4
+        if t.eval_batch_size in (None, "auto"):
+            t.eval_batch_size = t.batch_size
+        if t.learning_rate == "auto":
+            t.learning_rate = 2e-5 if self.adapter is None else 2e-4
+        world = self.backend.trainer.world_size
+        if t.gradient_accumulation_steps == "auto":
+            if t.effective_batch_size == "auto":
+                t.gradient_accumulation_steps = 1
+            else:
+                per_step = t.batch_size * world
+                check(t.effective_batch_size % per_step == 0,
+                      f"must be a multiple of batch_size × workers ({per_step})",
+                      "trainer.effective_batch_size")
+                t.gradient_accumulation_steps = t.effective_batch_size // per_step
+        effective = t.batch_size * t.gradient_accumulation_steps * world
+        check(t.effective_batch_size in ("auto", effective),
+              f"is {t.effective_batch_size} but batch_size × gradient_accumulation_steps × workers "
+              f"is {effective}", "trainer.effective_batch_size")
+        t.effective_batch_size = effective
+        if t.validation_field is None:
+            t.validation_field = self.output_features[0].name
+        if t.validation_metric is None:
+            t.validation_metric = "loss"
+        check(t.validation_metric in ("loss", "perplexity", "token_accuracy"),
+              "must be loss, perplexity or token_accuracy", "trainer.validation_metric")
+        check(t.regularization_type is None, "is not supported for llm", "trainer.regularization_type")
+        check(t.optimizer.type in ("adam", "adamw", "sgd"),
+              f"optimizer {t.optimizer.type!r} is not built for llm (adam, adamw, sgd)",
+              "trainer.optimizer.type")
+
+    def _resolve_generation(self) -> None:
+        from transformers import GenerationConfig
+
+        known = set(GenerationConfig().to_dict())
+        for key in self.generation:
+            if key not in known:
+                raise ConfigError("is not a GenerationConfig field", field=join("generation", key))
+        merged = {**GENERATION_DEFAULTS, **self.generation}
+        try:
+            GenerationConfig(**merged).validate(strict=True)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid generation settings: {exc}", field="generation") from None
+        self.generation = merged
+
+    @property
+    def input(self) -> TextFeature:
+        return self.input_features[0]
+
+    @property
+    def output(self) -> TextFeature:
+        return self.output_features[0]
+
+    @property
+    def merge_adapter(self) -> bool:
+        return self.adapter is not None and self.adapter.postprocessor.merge_adapter_into_base_model
+
+
+def parse_llm(data: dict, path: str = "") -> LlmConfig:
+    """Validate a `model_type: llm` config and fill every default."""
+    if "tuner" in data:
+        raise ConfigError("Ludwig's older `tuner` key is now `adapter` (same fields); rename it",
+                          field=join(path, "tuner"))
+    for key in ("base_model", "input_features", "output_features"):
+        if key not in data:
+            raise ConfigError("is required", field=join(path, key))
+    data = dict(data)
+    trainer = dict(data.get("trainer") or {})
+    # Ludwig's llm trainer defaults differ from ecd's; applied only where the user said nothing.
+    trainer.setdefault("type", "finetune")
+    trainer.setdefault("epochs", 3)
+    trainer.setdefault("early_stop", 5)
+    trainer.setdefault("batch_size", "auto")
+    trainer.setdefault("learning_rate", "auto")
+    if trainer.get("effective_batch_size", "auto") != "auto":
+        trainer.setdefault("gradient_accumulation_steps", "auto")
+    if isinstance(trainer.get("optimizer", {}), dict):
+        trainer["optimizer"] = {"type": "adamw", **trainer.get("optimizer", {})}
+    data["trainer"] = trainer
+    return parse(LlmConfig, data, path)
