@@ -198,7 +198,7 @@ def test_references_exist(name):
     docs = _docs_with_pytorchjob(name)
     cluster = deployed_with(name) + ([pytorchjob()] if name == "generative-multinode" else [])
     have = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in cluster}
-    secrets_used = set()
+    secrets_used: dict[str, set] = {}
     for doc in workloads(docs):
         ns = doc["metadata"]["namespace"]
         vct = {v["metadata"]["name"] for v in doc["spec"].get("volumeClaimTemplates", [])}
@@ -213,7 +213,8 @@ def test_references_exist(name):
                     claim = v["persistentVolumeClaim"]["claimName"]
                     assert ("PersistentVolumeClaim", ns, claim) in have, v
                 if "secret" in v:
-                    secrets_used.add(v["secret"]["secretName"])
+                    keys = {i["key"] for i in v["secret"].get("items", [])}
+                    secrets_used.setdefault(v["secret"]["secretName"], set()).update(keys)
             for c in spec.get("initContainers", []) + spec["containers"]:
                 for m in c.get("volumeMounts", []):
                     assert m["name"] in volumes or m["name"] in vct, \
@@ -222,20 +223,26 @@ def test_references_exist(name):
                     if "configMapRef" in src:
                         assert ("ConfigMap", ns, src["configMapRef"]["name"]) in have, src
                     if "secretRef" in src:
-                        secrets_used.add(src["secretRef"]["name"])
+                        secrets_used.setdefault(src["secretRef"]["name"], set())
                 for var in c.get("env", []):
                     ref = var.get("valueFrom", {})
                     if "configMapKeyRef" in ref:
                         assert ("ConfigMap", ns, ref["configMapKeyRef"]["name"]) in have
                     if "secretKeyRef" in ref:
-                        secrets_used.add(ref["secretKeyRef"]["name"])
+                        secrets_used.setdefault(ref["secretKeyRef"]["name"], set()).add(
+                            ref["secretKeyRef"]["key"])
     for secret in secrets_used:
         in_cluster = any(k == "Secret" and n == secret for k, _, n in have)
         assert in_cluster or secret in EXTERNAL_SECRETS, f"Secret {secret} is defined nowhere"
     readme = (ROOT / "k8s" / "README.md").read_text()
-    for secret in EXTERNAL_SECRETS:
-        assert f"kubectl create secret generic {secret}" in readme, \
-            f"k8s/README.md must say how to create the Secret {secret}"
+    for secret in set(secrets_used) & EXTERNAL_SECRETS:
+        # The README's command creates the Secret with the keys the pods mount.
+        command = re.search(rf"kubectl (?:-n \S+ )?create secret generic {secret}( --from-\S+)+",
+                            readme)
+        assert command, f"k8s/README.md must say how to create the Secret {secret}"
+        for key in secrets_used[secret]:
+            assert f"--from-file={key}=" in command.group(0) or \
+                f"--from-literal={key}=" in command.group(0), f"{secret}: key {key}"
 
 
 @pytest.mark.parametrize("name", SERVICE_LAYERS)
