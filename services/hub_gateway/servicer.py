@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.hub_gateway.staging import StagingWriter, resolve_under_roots
 from services.hub_gateway.uploads import UploadEvent, UploadManager, UploadRecord, UploadSpec
-from tunewire.errors import FailedPrecondition, InvalidArgument, from_rpc_error
+from tunewire.errors import FailedPrecondition, InvalidArgument, Unavailable, from_rpc_error
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
@@ -130,6 +130,10 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
                 self.trainer().DownloadArtifact(trainer_pb2.DownloadArtifactRequest(job_id=job_id)))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+        except InvalidArgument as exc:
+            # A bad stream from the trainer is not the client's mistake; a retry may succeed.
+            raise Unavailable(f"the trainer sent a corrupt artifact for {job_id}: {exc.message}",
+                              field="spec.job_id", reason="TRAINER_ARTIFACT_CORRUPT") from None
 
     def GetUpload(self, request: pb.GetUploadRequest, context: grpc.ServicerContext) -> pb.Upload:
         return upload_to_proto(self.manager.get(request.id))
