@@ -45,6 +45,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure()
+    # Progress bars are for terminals; a server's log is structured lines only.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     app = start(settings_from_args(args))
     wait_for_termination([app.running], on_stop=app.close)
 

@@ -16,7 +16,7 @@ import torch
 
 from services.embedder.pooling import pool
 from services.embedder.source import ModelSource
-from tunewire.errors import InvalidArgument
+from tunewire.errors import FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,7 @@ class Encoder:
         try:
             self.config = AutoConfig.from_pretrained(source.path)
             self.tokenizer = AutoTokenizer.from_pretrained(source.path)
-        except (OSError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure here is the model directory's
             raise InvalidArgument(f"cannot load encoder from {source.path}: {exc}",
                                   field="encoder.model") from None
         if self.tokenizer.pad_token is None:
@@ -124,12 +124,22 @@ class Encoder:
             from transformers import AutoModel
 
             self._log.info("loading weights", device=str(self.device), dtype=str(self.dtype))
-            model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
+            try:
+                model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
+            except Exception as exc:  # noqa: BLE001 - safetensors, torch, size mismatches...
+                raise FailedPrecondition(f"cannot load the weights in {self.source.path}: {exc}",
+                                         field="encoder.model") from None
             self._model = model.to(self.device).eval()
         return self._model
 
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
     def load(self) -> None:
-        """Load the weights now (preload) instead of at the first batch."""
+        """Load the weights now (preload, GetEncoderInfo) instead of at the first batch."""
+        if self.loaded:
+            return
         with self.lock:
             self._ensure_model()
 

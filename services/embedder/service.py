@@ -172,7 +172,9 @@ class EmbedderService:
             instruction=spec.instruction)
 
     def info(self, spec: EncoderSpec) -> EncoderInfo:
+        """Describe an encoder, loading its weights so that a broken model fails here, early."""
         entry = self.registry.get(spec.model, spec.revision)
+        entry.encoder.load()
         settings = self._settings(entry.encoder, spec)
         return EncoderInfo(fingerprint=fingerprint(entry.weights, entry.tokenizer, settings),
                            dimension=entry.encoder.dimension,

@@ -52,6 +52,9 @@ def resolve(model: str, revision: str = "") -> ModelSource:
         raise InvalidArgument("the encoder model is empty: give a local directory or a Hub id",
                               field=FIELD)
     if _looks_like_path(model):
+        if revision:
+            raise InvalidArgument("a revision applies to Hub ids only, not to local directory "
+                                  f"{model!r}", field="encoder.revision")
         path = Path(model).expanduser()
         if not path.exists():
             raise NotFound(f"local model directory {model!r} does not exist", field=FIELD)

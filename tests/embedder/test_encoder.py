@@ -131,3 +131,22 @@ def test_hub_snapshot_in_cache_resolves_to_its_commit(monkeypatch, tmp_path, min
     source = resolve("tunewire-test/minilm")
     assert source.commit == commit and source.hub_id == "tunewire-test/minilm"
     assert weights_identity(source) == f"hub:tunewire-test/minilm@{commit}"
+
+
+def test_revision_with_a_local_directory_is_rejected(minilm_path):
+    with pytest.raises(InvalidArgument) as err:
+        resolve(minilm_path, revision="main")
+    assert err.value.field == "encoder.revision"
+
+
+def test_corrupt_weights_fail_at_get_encoder_info(service, minilm_path, tmp_path):
+    import shutil
+
+    from tunewire.errors import FailedPrecondition
+
+    broken = tmp_path / "broken"
+    shutil.copytree(minilm_path, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(FailedPrecondition) as err:
+        service.info(EncoderSpec(model=str(broken)))
+    assert err.value.field == "encoder.model" and "cannot load the weights" in err.value.message
