@@ -444,3 +444,21 @@ def test_train_cli_job_input_is_a_valid_config_and_data_set():
 def test_job_layers_share_the_base_namespace(layer):
     ns = {d["metadata"].get("namespace") for d in rendered(layer)}
     assert ns == {find(rendered("base"), "Namespace", "tunewire")["metadata"]["name"]}
+
+
+def test_train_cli_job_uses_flags_the_cli_has():
+    """Every option the Job passes is one `clients/cli.py train` accepts (its own --help)."""
+    import subprocess
+    import sys
+
+    (c,) = find(rendered("train-cli"), "Job", "tunewire-train-cli")["spec"]["template"]["spec"][
+        "containers"]
+    script = ROOT / c["command"][1]
+    assert script.is_file(), f"{script} does not exist"
+    out = subprocess.run([sys.executable, str(script), c["args"][0], "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    accepted = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", out.stdout))
+    for arg in c["args"][1:]:
+        if arg.startswith("--"):
+            assert arg in accepted, f"clients/cli.py train has no option {arg}"
