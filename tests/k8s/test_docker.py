@@ -142,3 +142,12 @@ def test_dockerignore_keeps_what_the_build_needs():
     for path in [".git/config", ".venv/bin/python", "tests/k8s/test_docker.py",
                  "services/__pycache__/x.pyc", "k8s/base/embedder.yaml"]:
         assert _ignored(path, patterns), f"{path} would be sent to the Docker daemon"
+
+
+def test_torch_pinned_as_the_setup_script_does():
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    pinned = set(re.findall(r"torch==([0-9][0-9.]*)", setup))
+    assert len(pinned) == 1, pinned
+    versions = {rest.partition("=")[2] for word, rest in _instructions()
+                if word == "ARG" and rest.startswith("TORCH_VERSION=")}
+    assert versions == pinned, f"Dockerfile torch {versions}, scripts/setup.sh {pinned}"
