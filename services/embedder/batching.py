@@ -1,4 +1,4 @@
-"""Token-budget batching: group texts so that each padded batch stays under a token budget.
+"""Token-budget batching, and the per-model queue through which concurrent requests share batches.
 
 A fixed batch size pads every text to the longest one in its batch; sorting by length and filling
 each batch up to `max_batch_tokens` padded tokens (rows x longest row) keeps padding small and
@@ -7,9 +7,16 @@ lets many short texts share one forward pass while a few long ones get a batch o
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
+import numpy as np
+
+from tunewire.errors import ResourceExhausted
+
 DEFAULT_MAX_BATCH_TOKENS = 16384
+# Tokens waiting per model before new requests are refused (RESOURCE_EXHAUSTED).
+DEFAULT_MAX_QUEUED_TOKENS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,3 +55,111 @@ def plan_batches(lengths: list[int], max_batch_tokens: int = DEFAULT_MAX_BATCH_T
     if current:
         batches.append(Batch(current, longest))
     return batches
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """What rows must agree on to share one forward pass."""
+
+    pooling: str
+    layer: int
+    normalize: bool
+
+
+class PendingRequest:
+    """One request's rows in the queue; filled in by whichever thread runs their batch."""
+
+    def __init__(self, n: int, key: RunKey) -> None:
+        self.key = key
+        self._vectors: list[np.ndarray | None] = [None] * n
+        self._remaining = n
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._remaining == 0 or self.error is not None
+
+    def result(self) -> np.ndarray:
+        if self.error is not None:
+            raise self.error
+        return np.stack(self._vectors) if self._vectors else np.empty((0, 0), np.float32)
+
+
+@dataclass
+class _Row:
+    request: PendingRequest
+    index: int
+    ids: list[int]
+
+    @property
+    def tokens(self) -> int:
+        return max(len(self.ids), 1)
+
+
+class BatchQueue:
+    """The rows waiting for one model, from every request (two calls: `append`, `next_batch`).
+
+    There is no worker thread: whichever request thread holds the model lock takes the next batch
+    - which may hold other requests' rows - runs it and delivers the vectors (flat combining). So
+    concurrent small requests share forward passes, the batch holding the oldest row goes first
+    (no starvation), and a full queue is RESOURCE_EXHAUSTED at once rather than a hang.
+    Not for use without the model lock around `next_batch` + `deliver`/`fail`."""
+
+    def __init__(self, max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS) -> None:
+        self.max_queued_tokens = max_queued_tokens
+        self._lock = threading.Lock()
+        self._rows: list[_Row] = []  # arrival order
+        self._queued_tokens = 0
+
+    def append(self, input_ids: list[list[int]], key: RunKey) -> PendingRequest:
+        request = PendingRequest(len(input_ids), key)
+        rows = [_Row(request, i, ids) for i, ids in enumerate(input_ids)]
+        tokens = sum(row.tokens for row in rows)
+        with self._lock:
+            # An empty queue takes any request, so an oversized one still runs (alone).
+            if self._rows and self._queued_tokens + tokens > self.max_queued_tokens:
+                raise ResourceExhausted(
+                    f"the embedder queue holds {self._queued_tokens} tokens; {tokens} more "
+                    f"exceed its {self.max_queued_tokens} token limit: retry later",
+                    reason="QUEUE_FULL")
+            self._rows.extend(rows)
+            self._queued_tokens += tokens
+        return request
+
+    def next_batch(self, max_batch_tokens: int) -> list[_Row]:
+        """The token-budget batch that holds the oldest row, among rows of the same RunKey."""
+        with self._lock:
+            if not self._rows:
+                return []
+            key = self._rows[0].request.key
+            candidates = [row for row in self._rows if row.request.key == key]
+            plan = plan_batches([len(row.ids) for row in candidates], max_batch_tokens)
+            chosen = next(batch for batch in plan if 0 in batch.index)
+            taken = [candidates[i] for i in chosen.index]
+            self._remove(taken)
+        return taken
+
+    def deliver(self, rows: list[_Row], vectors: np.ndarray) -> None:
+        for row, vector in zip(rows, vectors, strict=True):
+            row.request._vectors[row.index] = vector
+            row.request._remaining -= 1
+
+    def fail(self, rows: list[_Row], error: BaseException) -> None:
+        """Fail every request that had a row in a failed batch, and drop its other rows."""
+        for request in {id(row.request): row.request for row in rows}.values():
+            request.error = error
+            self.cancel(request)
+
+    def cancel(self, request: PendingRequest) -> None:
+        with self._lock:
+            self._remove([row for row in self._rows if row.request is request])
+
+    def _remove(self, rows: list[_Row]) -> None:
+        gone = {id(row) for row in rows}
+        self._rows = [row for row in self._rows if id(row) not in gone]
+        self._queued_tokens -= sum(row.tokens for row in rows)
+
+    @property
+    def pending_rows(self) -> int:
+        with self._lock:
+            return len(self._rows)

@@ -2,7 +2,8 @@
 
 Order of work for a request: dedupe its texts, look every distinct text up in the cache (before
 touching the model lock, so hits never wait behind another client's batch), compute the misses in
-token-budget batches, write them back in one transaction, and answer in the request's order.
+token-budget batches shared with concurrent requests for the same model, write them back in one
+transaction, and answer in the request's order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import structlog
 import torch
 
-from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS, plan_batches
+from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
+                                        BatchQueue, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, decode_vector, encode_vector
 from services.embedder.encoder import Encoder
 from services.embedder.fingerprint import (EmbeddingSettings, cache_key, fingerprint,
@@ -70,6 +72,7 @@ class _Loaded:
     weights: str
     tokenizer: str
     signature: tuple  # (name, size, mtime) of the directory's files, to notice edits on disk
+    queue: BatchQueue  # misses of every request for this model
 
 
 def _signature(source: ModelSource) -> tuple:
@@ -83,11 +86,13 @@ def _signature(source: ModelSource) -> tuple:
 class EncoderRegistry:
     """The loaded encoders, least recently used evicted beyond `max_loaded`."""
 
-    def __init__(self, max_loaded: int = 2, device: torch.device | None = None) -> None:
+    def __init__(self, max_loaded: int = 2, device: torch.device | None = None,
+                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
         self.device = device
+        self.max_queued_tokens = max_queued_tokens
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -129,7 +134,7 @@ class EncoderRegistry:
         signature = _signature(source)
         encoder = Encoder(source, self.device)
         entry = _Loaded(encoder, weights_identity(source), tokenizer_identity(source.path),
-                        signature)
+                        signature, BatchQueue(self.max_queued_tokens))
         log.info("encoder opened", model=model, model_type=encoder.model_type,
                  dimension=encoder.dimension, device=str(encoder.device))
         return entry
@@ -145,12 +150,13 @@ class EmbedderService:
     def __init__(self, cache: EmbeddingCache, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
                  max_loaded_models: int = 2, device: torch.device | None = None,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
                  registry: EncoderRegistry | None = None) -> None:
         """`registry` lets several services (or tests) share loaded models."""
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
-        self.registry = registry or EncoderRegistry(max_loaded_models, device)
+        self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens)
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
         self.batches = 0  # forward passes since start
@@ -205,7 +211,7 @@ class EmbedderService:
             else:
                 matrix[i] = vector
         if missing:
-            computed = self._compute(encoder, [distinct[i] for i in missing], settings)
+            computed = self._compute(entry, [distinct[i] for i in missing], settings)
             matrix[missing] = computed.astype(dtype)
             self.cache.put_many((keys[i], encode_vector(matrix[i])) for i in missing)
 
@@ -216,20 +222,40 @@ class EmbedderService:
                   misses=len(missing), fingerprint=fp[:12])
         return EmbedResult(vectors, hits, len(missing), fp)
 
-    def _compute(self, encoder: Encoder, texts: list[str], settings: EmbeddingSettings
+    def _compute(self, entry: _Loaded, texts: list[str], settings: EmbeddingSettings
                  ) -> np.ndarray:
-        """float32 vectors for `texts`, run in length-sorted token-budget batches."""
+        """float32 vectors for `texts`, through the model's shared queue.
+
+        The rows join every other request's rows for this model; each time this thread gets the
+        model lock it runs the queue's next batch (which may be another request's) until its own
+        rows are all done. One batch at a time per model, no thread of our own."""
+        encoder, queue = entry.encoder, entry.queue
         ids = encoder.tokenize(texts, settings.max_length, settings.instruction)
-        out = np.empty((len(texts), encoder.dimension), dtype=np.float32)
-        for batch in plan_batches([len(row) for row in ids], self.max_batch_tokens):
-            with encoder.lock:  # one batch at a time per model
-                vectors = encoder.run([ids[i] for i in batch.index], pooling=settings.pooling,
-                                      layer=settings.layer, normalize=settings.normalize)
-            out[batch.index] = vectors.numpy()
-            with self._counter_lock:
-                self.batches += 1
-                self.computed_texts += len(batch.index)
-        return out
+        key = RunKey(settings.pooling, settings.layer, settings.normalize)
+        request = queue.append(ids, key)
+        try:
+            while not request.done:
+                with encoder.lock:
+                    if request.done:
+                        break
+                    # Rows leave the queue only under this lock and are delivered before it is
+                    # released, so our unfinished rows are still queued: a batch exists.
+                    rows = queue.next_batch(self.max_batch_tokens)
+                    run = rows[0].request.key  # one key per batch, maybe not ours
+                    try:
+                        vectors = encoder.run([row.ids for row in rows], pooling=run.pooling,
+                                              layer=run.layer, normalize=run.normalize)
+                    except Exception as exc:  # noqa: BLE001 - handed to every request in the batch
+                        queue.fail(rows, exc)
+                        continue
+                    queue.deliver(rows, vectors.numpy())
+                with self._counter_lock:
+                    self.batches += 1
+                    self.computed_texts += len(rows)
+        finally:
+            if not request.done:
+                queue.cancel(request)  # interrupted: nobody computes rows nobody waits for
+        return request.result()
 
     def cache_stats(self) -> CacheStats:
         return self.cache.stats()

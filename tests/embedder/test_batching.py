@@ -1,8 +1,10 @@
-"""Token-budget batching."""
+"""Token-budget batching and the shared per-model queue."""
 
+import numpy as np
 import pytest
 
-from services.embedder.batching import plan_batches
+from services.embedder.batching import BatchQueue, RunKey, plan_batches
+from tunewire.errors import ResourceExhausted
 
 
 def test_every_index_once_and_budget_respected():
@@ -36,3 +38,54 @@ def test_empty_and_invalid():
     assert plan_batches([], 10) == []
     with pytest.raises(ValueError):
         plan_batches([1], 0)
+
+
+MEAN = RunKey("mean", 0, False)
+CLS = RunKey("cls", 0, False)
+
+
+def test_queue_batches_rows_of_several_requests_together():
+    queue = BatchQueue()
+    a = queue.append([[1, 2, 3], [4]], MEAN)
+    b = queue.append([[5, 6]], MEAN)
+    rows = queue.next_batch(100)
+    assert sorted((row.request is a, row.index) for row in rows) == [
+        (False, 0), (True, 0), (True, 1)]
+    queue.deliver(rows, np.stack([np.full(2, len(row.ids), np.float32) for row in rows]))
+    assert a.done and b.done and queue.pending_rows == 0
+    np.testing.assert_array_equal(a.result(), [[3, 3], [1, 1]])
+    np.testing.assert_array_equal(b.result(), [[2, 2]])
+
+
+def test_queue_serves_the_oldest_row_first_and_never_mixes_keys():
+    queue = BatchQueue()
+    old = queue.append([[1] * 50], CLS)
+    queue.append([[1] * 2, [1] * 3], MEAN)
+    queue.append([[1] * 49], CLS)
+    first = queue.next_batch(100)
+    assert {row.request.key for row in first} == {CLS} and len(first) == 2
+    assert any(row.request is old for row in first)
+    second = queue.next_batch(100)
+    assert {row.request.key for row in second} == {MEAN} and len(second) == 2
+
+
+def test_queue_full_is_resource_exhausted_but_an_empty_queue_takes_anything():
+    queue = BatchQueue(max_queued_tokens=10)
+    queue.append([[1] * 30], MEAN)  # alone: allowed even though it exceeds the limit
+    with pytest.raises(ResourceExhausted) as err:
+        queue.append([[1]], MEAN)
+    assert err.value.reason == "QUEUE_FULL"
+    queue.next_batch(100)
+    queue.append([[1] * 5], MEAN)
+
+
+def test_failed_batch_fails_its_requests_and_drops_their_other_rows():
+    queue = BatchQueue()
+    a = queue.append([[1] * 40, [1] * 2], MEAN)
+    b = queue.append([[1] * 2], MEAN)
+    rows = queue.next_batch(40)  # only the 40-token row fits
+    assert [row.request for row in rows] == [a]
+    queue.fail(rows, RuntimeError("out of memory"))
+    assert a.done and not b.done and queue.pending_rows == 1
+    with pytest.raises(RuntimeError, match="out of memory"):
+        a.result()

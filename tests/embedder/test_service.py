@@ -1,6 +1,8 @@
 """The domain service: cache hits and misses, dedupe, request order, model LRU."""
 
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -125,3 +127,44 @@ def test_local_weights_changed_on_disk_give_a_new_fingerprint(tmp_path, minilm_p
                                                  '"hidden_dropout_prob": 0.2'))
     second = service.embed(EncoderSpec(model=str(copy)), TEXTS[:2])
     assert second.fingerprint != first.fingerprint and second.misses == 2
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_different_pooling_never_shares_a_forward_pass(service, minilm_path):
+    entry = service.registry.get(minilm_path)
+    mean, cls = EncoderSpec(model=minilm_path), EncoderSpec(model=minilm_path, pooling="cls")
+    with ThreadPoolExecutor(2) as pool:
+        with entry.encoder.lock:  # the model is busy: both requests queue up behind it
+            futures = [pool.submit(service.embed, mean, TEXTS[:3]),
+                       pool.submit(service.embed, cls, TEXTS[:3])]
+            _wait_for(lambda: entry.queue.pending_rows == 6)
+        got_mean, got_cls = (f.result(timeout=60).vectors for f in futures)
+    assert service.batches == 2 and service.computed_texts == 6
+    np.testing.assert_array_equal(service.embed(mean, TEXTS[:3]).vectors, got_mean)
+    assert not np.allclose(got_mean, got_cls)
+
+
+def test_same_settings_from_two_clients_share_a_forward_pass(tmp_path, registry, minilm_path):
+    texts_a, texts_b = ["shared batch one", "shared two"], ["shared three", "shared four!"]
+    reference = EmbedderService(EmbeddingCache(tmp_path / "ref.lmdb"), registry=registry)
+    alone = reference.embed(EncoderSpec(model=minilm_path), texts_a + texts_b).vectors
+    reference.close()
+    service = EmbedderService(EmbeddingCache(tmp_path / "c.lmdb"), registry=registry)
+    try:
+        entry = service.registry.get(minilm_path)
+        with ThreadPoolExecutor(2) as pool:
+            with entry.encoder.lock:
+                futures = [pool.submit(service.embed, EncoderSpec(model=minilm_path), texts)
+                           for texts in (texts_a, texts_b)]
+                _wait_for(lambda: entry.queue.pending_rows == 4)
+            got = np.concatenate([f.result(timeout=60).vectors for f in futures])
+        assert service.batches == 1 and service.computed_texts == 4
+        np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)
+    finally:
+        service.close()
