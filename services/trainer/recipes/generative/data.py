@@ -156,7 +156,6 @@ def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch
     labels = torch.full((len(rows), row_len), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(rows), row_len), dtype=torch.long)
     bounds = [0]
-    longest = 1
     for r, row in enumerate(rows):
         at = 0
         for s in row:
@@ -166,13 +165,12 @@ def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch
             pos[r, at:at + n] = torch.arange(n)
             at += n
             bounds.append(r * row_len + at)
-            longest = max(longest, n)
         if at < row_len:
             pos[r, at:] = torch.arange(row_len - at)
             bounds.append((r + 1) * row_len)
-            longest = max(longest, row_len - at)
     cu = torch.tensor(bounds, dtype=torch.int32)
-    return Batch(ids, labels, pos, None, cu, longest, sum(len(r) for r in rows),
+    # max_seqlen: the row length bounds every segment; a constant keeps compiled graphs static.
+    return Batch(ids, labels, pos, None, cu, row_len, sum(len(r) for r in rows),
                  sum(len(s.input_ids) for r in rows for s in r))
 
 

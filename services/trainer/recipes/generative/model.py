@@ -111,7 +111,15 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
     if cfg.adapter is not None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, peft_config(cfg.adapter, total_steps))
+        # On a bf16 GPU the adapter stays bf16 too (torchtune's choice): fp32 adapter weights would
+        # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
+        model = get_peft_model(model, peft_config(cfg.adapter, total_steps),
+                               autocast_adapter_dtype=dtype == torch.float32)
+    if cfg.trainer.compile and device.type == "cuda":
+        # Per decoder layer (torchtitan's choice): fuses norms, RoPE and SwiGLU's elementwise work;
+        # one compiled graph serves every layer, and packed batches keep static shapes.
+        for layer in core_model(model).get_decoder().layers:
+            layer.compile()
     if type(core_model(model).get_output_embeddings()) is not nn.Linear:
         raise PreconditionError("the LM head must stay a plain linear layer (do not target lm_head "
                                 "with the adapter): the fused loss reads its weight directly")

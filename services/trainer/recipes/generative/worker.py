@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe.save_artifact()
         events.write("result", metrics=metrics, steps=recipe.step, losses=recipe.losses)
         recipe.cleanup()
+        dist.barrier()  # ranks > 0 wait while rank 0 writes the artifact
     except PreconditionError as exc:
         events.write("error", kind="failed_precondition", message=str(exc))
         code = EXIT_PRECONDITION

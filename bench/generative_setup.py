@@ -1,0 +1,91 @@
+"""Shared by the generative benchmarks: a random-weight model of a real architecture saved to disk
+(speed does not depend on weight values), a one-word-one-token tokenizer over its vocabulary, and
+job directories in the layout the torchrun worker reads (services/.../generative/launch.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
+                tie_word_embeddings=True, max_position_embeddings=131072, rope_theta=500000.0,
+                head_dim=64)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=512, tie_word_embeddings=True,
+            max_position_embeddings=2048, head_dim=16)
+
+
+def matmul_weights(shape: dict) -> int:
+    """Weights that take part in a matmul per token: every linear layer plus the LM head."""
+    h, i, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = shape["num_key_value_heads"] * shape["head_dim"]
+    q = shape["num_attention_heads"] * shape["head_dim"]
+    return L * (h * q + 2 * h * kv + q * h + 3 * h * i) + shape["vocab_size"] * h
+
+
+def build_model_dir(out: Path, shape: dict, device: str) -> Path:
+    """Random-weight Llama (bf16 on a GPU, fp32 on a CPU) + tokenizer with token i = word `t{i}`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if (out / "config.json").exists():
+        return out
+    vocab = {f"t{i}": i for i in range(shape["vocab_size"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", bos_token="t1",
+                                   eos_token="t2", pad_token="t3")
+    cfg = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg)
+    if device == "cuda":
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    del model
+    return out
+
+
+def token_frame(n: int, lengths: tuple[int, int], vocab: int, seed: int) -> pd.DataFrame:
+    """Rows whose prompt is one token and whose target fills the rest (+EOS) of a sample of
+    `lengths` tokens, so nearly every position carries a label, as in the plain baseline."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        total = rng.randint(*lengths)
+        words = [f"t{rng.randrange(4, vocab)}" for _ in range(total - 1)]
+        rows.append({"prompt": words[0], "target": " ".join(words[1:])})
+    return pd.DataFrame(rows)
+
+
+def llm_config(base: Path, *, adapter: dict | None, batch_size: int, packing: bool, steps: int,
+               workers: int = 1, strategy: str = "ddp", nnodes: int = 1, compile: bool = False,
+               max_len: int = 1024, accumulation: int = 1) -> dict:
+    from tunewire.config import resolve, to_dict
+
+    raw = {"model_type": "llm", "base_model": str(base),
+           "input_features": [{"name": "prompt", "type": "text"}],
+           "output_features": [{"name": "target", "type": "text"}],
+           "adapter": adapter,
+           "preprocessing": {"global_max_sequence_length": max_len, "sequence_packing": packing},
+           "trainer": {"type": "finetune", "batch_size": batch_size, "train_steps": steps,
+                       "gradient_accumulation_steps": accumulation, "learning_rate": 1e-5,
+                       "steps_per_checkpoint": 100000, "compile": compile, "should_shuffle": False},
+           "backend": {"trainer": {"strategy": strategy, "num_workers": workers, "nnodes": nnodes}}}
+    return to_dict(resolve(raw))
+
+
+def write_job(job_dir: Path, config: dict, train: pd.DataFrame, job_id: str) -> Path:
+    inputs = job_dir / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "config.json").write_text(json.dumps(config))
+    (inputs / "job.json").write_text(json.dumps(
+        {"job_id": job_id, "attempt": 1, "artifact_dir": str(job_dir / "artifact")}))
+    train.to_parquet(inputs / "train.parquet", index=False)
+    return job_dir

@@ -1,0 +1,229 @@
+"""Generative fine-tuning speed on one GPU: our recipe against a plain transformers+PEFT step.
+
+Llama-3.2-1B architecture with random weights, 1024-token samples. Rows:
+  baseline full / LoRA: fp32 weights, bf16 autocast, unfused AdamW, HF's loss, no packing
+  ours full / LoRA:     GenerativeRecipe.setup() + its _train_step (bf16 weights, varlen packing,
+                        fused linear cross-entropy, fused AdamW), optionally per-layer torch.compile
+  packing vs padding:   ours (full) on mixed lengths 32-1024, real (non-pad) tokens/s
+MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, against 788 TFLOP/s.
+
+    python bench/generative_train.py [--tiny] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from generative_setup import LLAMA_1B, TINY, build_model_dir, llm_config, matmul_weights, token_frame, write_job  # noqa: E402
+
+PEAK_FLOPS = 788e12
+LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def _init_process_group(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def _reset(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, compile, warmup, steps,
+             profile_to: Path | None = None) -> dict:
+    from services.trainer.recipes.generative.events import EventWriter
+    from services.trainer.recipes.generative.recipe import GenerativeRecipe
+    from services.trainer.recipes.generative.worker import load_job
+
+    _reset(device)
+    cfg = llm_config(model_dir, adapter=adapter, batch_size=batch, packing=packing,
+                     steps=warmup + steps, compile=compile)
+    job_dir = write_job(work / name, cfg, df, name)
+    recipe = GenerativeRecipe(load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device)
+    recipe.setup()
+    micro = recipe.plan.epoch(0)
+    if len(micro) < warmup + steps:
+        raise RuntimeError(f"{name}: only {len(micro)} micro-batches")
+    for i in range(warmup):
+        recipe._train_step([micro[i]])
+    _sync(device)
+    started = time.perf_counter()
+    real = 0
+    losses = []
+    for i in range(warmup, warmup + steps):
+        loss, _, n_real = recipe._train_step([micro[i]])
+        real += n_real
+        losses.append(loss)
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    out = {"tok_s": real / elapsed, "mem": _peak_gib(device), "step_ms": 1000 * elapsed / steps,
+           "loss": losses[-1]}
+    if profile_to is not None and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for i in range(2):
+                recipe._train_step([micro[i]])
+            _sync(device)
+        profile_to.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+    del recipe, micro
+    _reset(device)
+    return out
+
+
+def run_baseline(name, model_dir, device, df, *, lora, batch, warmup, steps) -> dict:
+    """The plain loop the issue measures: fp32 weights, bf16 autocast, unfused AdamW, HF loss."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _reset(device)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 attn_implementation="sdpa").to(device)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                            foreach=False, fused=False)
+    rows = [tok(f"{r['prompt']} {r['target']}")["input_ids"] + [tok.eos_token_id]
+            for r in df.to_dict("records")]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step(i: int) -> float:
+        x = ids[i * batch:(i + 1) * batch].to(device)
+        with amp:
+            loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    for i in range(warmup):
+        step(i)
+    _sync(device)
+    started = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        loss = step(i)
+    _sync(device)
+    elapsed = time.perf_counter() - started
+    out = {"tok_s": batch * width * steps / elapsed, "mem": _peak_gib(device),
+           "step_ms": 1000 * elapsed / steps, "loss": loss}
+    del model, opt
+    _reset(device)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run with a tiny model")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/genbench")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/genbench-work"))
+    parser.add_argument("--only", default="", help="comma-separated row names to run")
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny else "cuda")
+    shape = TINY if args.tiny else LLAMA_1B
+    seq = 128 if args.tiny else 1024
+    batch, warmup, steps = (2, 1, 2) if args.tiny else (8, 3, 10)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    _init_process_group(device)
+    model_dir = build_model_dir(args.work / "model", shape, device.type)
+    n = batch * (warmup + steps + 2)
+    uniform = token_frame(n, (seq, seq), shape["vocab_size"], seed=1)
+    mixed = token_frame(4 * n, (32 if not args.tiny else 8, seq), shape["vocab_size"], seed=2)
+    weights = matmul_weights(shape)
+    common = dict(warmup=warmup, steps=steps)
+    rows = {
+        "baseline full": lambda: run_baseline("bf", model_dir, device, uniform, lora=False, batch=batch, **common),
+        "ours full": lambda: run_ours("of", model_dir, args.work, device, uniform, adapter=None, batch=batch,
+                                      packing=True, compile=False, profile_to=args.out / "profile_full.txt", **common),
+        "ours full+compile": lambda: run_ours("ofc", model_dir, args.work, device, uniform, adapter=None,
+                                              batch=batch, packing=True, compile=True, **common),
+        "baseline LoRA": lambda: run_baseline("bl", model_dir, device, uniform, lora=True, batch=batch, **common),
+        "ours LoRA": lambda: run_ours("ol", model_dir, args.work, device, uniform, adapter=LORA, batch=batch,
+                                      packing=True, compile=False, profile_to=args.out / "profile_lora.txt", **common),
+        "ours LoRA+compile": lambda: run_ours("olc", model_dir, args.work, device, uniform, adapter=LORA,
+                                              batch=batch, packing=True, compile=True, **common),
+        "mixed padded": lambda: run_ours("mp", model_dir, args.work, device, mixed, adapter=None, batch=batch,
+                                         packing=False, compile=False, **common),
+        "mixed packed": lambda: run_ours("mk", model_dir, args.work, device, mixed, adapter=None, batch=batch,
+                                         packing=True, compile=False, **common),
+    }
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    results: dict[str, dict] = {}
+    for name, fn in rows.items():
+        if only and name not in only:
+            continue
+        try:
+            results[name] = fn()
+            print(f"{name}: {results[name]}", flush=True)
+        except Exception:
+            print(f"{name}: FAILED\n{traceback.format_exc()}", flush=True)
+            _reset(device)
+    print(table(results, weights))
+    (args.out / "generative_train.md").write_text(table(results, weights))
+
+
+def table(results: dict[str, dict], weights: int) -> str:
+    def ratio(a: str, b: str, key: str) -> str:
+        if a in results and b in results:
+            return f"{results[a][key] / results[b][key]:.2f}x"
+        return "-"
+
+    lines = ["| row | tokens/s | peak GiB | step ms | MFU | last loss |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        per_token = (4 if "LoRA" in name else 6) * weights
+        mfu = r["tok_s"] * per_token / PEAK_FLOPS
+        lines.append(f"| {name} | {r['tok_s']:,.0f} | {r['mem']:.1f} | {r['step_ms']:.1f} | "
+                     f"{100 * mfu:.1f}% | {r['loss']:.3f} |")
+    best_full = max((n for n in ("ours full", "ours full+compile") if n in results),
+                    key=lambda n: results[n]["tok_s"], default="ours full")
+    best_lora = max((n for n in ("ours LoRA", "ours LoRA+compile") if n in results),
+                    key=lambda n: results[n]["tok_s"], default="ours LoRA")
+    lines += ["", f"- full ({best_full}) vs baseline: tokens/s {ratio(best_full, 'baseline full', 'tok_s')} "
+              f"(target >= 1.6x), memory {ratio(best_full, 'baseline full', 'mem')} (target <= 1x)",
+              f"- LoRA ({best_lora}) vs baseline: tokens/s {ratio(best_lora, 'baseline LoRA', 'tok_s')} "
+              f"(target >= 2x), memory {ratio(best_lora, 'baseline LoRA', 'mem')} (target <= 0.6x)",
+              f"- mixed lengths, packed vs padded real tokens/s: {ratio('mixed packed', 'mixed padded', 'tok_s')} "
+              "(target >= 1.6x)"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
