@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import os
 import platform
 import random
 import sys
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             ("embedder gRPC, second pass (all cache hits)", warm_s)]
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}, "
-          f"{torch.get_num_threads()} torch threads, device {args.device}")
+          f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, device "
+          f"{args.device}, load average at end {os.getloadavg()[0]:.1f}")
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, grpcio {grpc.__version__}, "
           f"numpy {np.__version__}")

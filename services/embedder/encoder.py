@@ -117,7 +117,11 @@ class Encoder:
         with self._tokenizer_lock:  # the Rust tokenizer raises "Already borrowed" if shared
             encoded = self.tokenizer(inputs, truncation=True, max_length=max_length,
                                      padding=False, add_special_tokens=True)
-        return [list(ids) for ids in encoded["input_ids"]]
+        # A tokenizer that adds no special tokens gives [] for "": a zero-length row cannot go
+        # through a model, so it becomes one eos (or pad) token.
+        filler = [int(self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None
+                      else self.tokenizer.pad_token_id)]
+        return [list(ids) or filler for ids in encoded["input_ids"]]
 
     def _ensure_model(self) -> torch.nn.Module:
         if self._model is None:

@@ -150,3 +150,10 @@ def test_corrupt_weights_fail_at_get_encoder_info(service, minilm_path, tmp_path
     with pytest.raises(FailedPrecondition) as err:
         service.info(EncoderSpec(model=str(broken)))
     assert err.value.field == "encoder.model" and "cannot load the weights" in err.value.message
+
+
+def test_empty_text_works_on_a_tokenizer_without_special_tokens(service, tiny_llama_path):
+    spec = EncoderSpec(model=tiny_llama_path, pooling="mean")
+    result = service.embed(spec, ["", "not empty"])
+    assert result.vectors.shape == (2, 32) and np.isfinite(result.vectors).all()
+    assert not np.array_equal(result.vectors[0], result.vectors[1])
