@@ -243,6 +243,7 @@ class UploadManager:
         log.info("upload created", upload_id=upload_id, repo_id=spec.repo_id,
                  kind=rec.artifact_kind, files=len(rec.files), dry_run=spec.dry_run)
         if spec.dry_run:
+            self._release_files(rec)
             rec.state, rec.end_time = SUCCEEDED, time.time()
             self._emit(rec, "dry run: validated and rendered, nothing sent")
         else:
@@ -257,7 +258,10 @@ class UploadManager:
         names = list(validation.files)
         own_card = ((source / "README.md").read_text(errors="replace")
                     if "README.md" in names else "")
-        if own_card and not spec.overwrite_model_card and not is_template_card(own_card):
+        # Kept: a card the author wrote. Replaced: PEFT's empty template, and the card tunewire's
+        # trainer rendered without knowing the repo (re-rendered now with the repo id).
+        if (own_card and not spec.overwrite_model_card and not is_template_card(own_card)
+                and own_card != render_model_card(source)):
             rec.model_card = own_card
         else:
             rec.model_card = render_model_card(source, repo_id=spec.repo_id)
@@ -353,7 +357,15 @@ class UploadManager:
                           revision=spec.revision or None, create_pr=spec.create_pr,
                           progress=progress)
 
+    def _release_files(self, rec: UploadRecord) -> None:
+        """Drop the streamed copy of an artifact once the upload has ended: the record keeps
+        names, sizes and hashes, and a new attempt streams the files again."""
+        staged = self._dir(rec.id) / "files"
+        if Path(rec.source_dir) == staged:
+            shutil.rmtree(staged, ignore_errors=True)
+
     def _finish(self, rec: UploadRecord, state: str, message: str, reason: str) -> None:
+        self._release_files(rec)
         rec.state, rec.end_time = state, time.time()
         if state == FAILED:
             rec.error, rec.error_reason = message, reason

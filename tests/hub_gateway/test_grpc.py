@@ -240,3 +240,28 @@ def test_create_pr_leaves_main_untouched(hub, gateway_address, adapter_model):
     upload = upload_to_hf_hub("org/pr", adapter_model, gateway=gateway_address, create_pr=True)
     assert "/discussions/1" in upload.commit_url
     assert hub.commits_on("org/pr")[0] == main_head and hub.commits_on("org/pr", "refs/pr/1")
+
+
+def test_authors_card_is_kept_unless_overwritten(gateway_address, full_model):
+    from tunewire.model_card import render_model_card
+
+    (full_model / "README.md").write_text("---\nlicense: mit\n---\n# My own words\n")
+    kept = upload_to_hf_hub("org/card", full_model, gateway=gateway_address, dry_run=True)
+    assert kept.model_card.endswith("# My own words\n")
+    replaced = upload_to_hf_hub("org/card", full_model, gateway=gateway_address, dry_run=True,
+                                overwrite_model_card=True)
+    assert "library_name: transformers" in replaced.model_card
+    # the trainer's card, rendered before the repo was known, is re-rendered with the repo id
+    (full_model / "README.md").write_text(render_model_card(full_model))
+    rerendered = upload_to_hf_hub("org/card", full_model, gateway=gateway_address, dry_run=True)
+    assert "from_pretrained('org/card')" in rerendered.model_card
+
+
+def test_streamed_copies_are_released_when_uploads_end(gateway, gateway_address, adapter_model,
+                                                       tmp_path):
+    dry = upload_to_hf_hub("org/rel", adapter_model, gateway=gateway_address, dry_run=True)
+    done = upload_to_hf_hub("org/rel", adapter_model, gateway=gateway_address)
+    for upload in (dry, done):
+        updir = tmp_path / "gw" / "uploads" / upload.id
+        assert (updir / "upload.json").is_file() and not (updir / "files").exists()
+    assert not any((tmp_path / "gw" / "uploads" / ".staging").iterdir())
