@@ -380,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args, extra)
         return args.func(args)
     except TunewireError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if err.code.name == "UNAVAILABLE":
+            print(f"error: service unavailable: {err}", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE if err.code.name in ("INVALID_ARGUMENT", "NOT_FOUND",
                                                "FAILED_PRECONDITION", "PERMISSION_DENIED",
                                                "UNAUTHENTICATED") else EXIT_FAILED

@@ -158,7 +158,7 @@ class PredictiveRecipe:
                 self.optimizer.step()
                 step += 1
                 seen += len(idx)
-                running += float(loss) * len(idx)
+                running += loss.item() * len(idx)
                 if step >= total:
                     break
             elapsed = max(time.monotonic() - started, 1e-9)

