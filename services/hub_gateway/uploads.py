@@ -187,7 +187,7 @@ class UploadManager:
             event = UploadEvent(
                 upload_id=rec.id, sequence=len(events) + 1, state=rec.state,
                 bytes_sent=rec.bytes_sent, bytes_total=rec.bytes_total,
-                files_done=sum(1 for _ in rec.files) if rec.state == SUCCEEDED else 0,
+                files_done=len(rec.files) if rec.state == SUCCEEDED else 0,
                 files_total=len(rec.files), message=message, time=time.time())
             events.append(event)
             with (self._dir(rec.id) / "events.jsonl").open("a") as fh:
