@@ -104,7 +104,8 @@ class Encoder:
         """Right-pad to the longest row. Done here, not with `tokenizer.pad`, so a batch never
         touches the (not thread-safe) Rust tokenizer while another thread tokenises."""
         width = max(len(row) for row in input_ids)
-        ids = torch.full((len(input_ids), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(input_ids), width), pad, dtype=torch.long)
         mask = torch.zeros((len(input_ids), width), dtype=torch.long)
         for i, row in enumerate(input_ids):
             ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""Pooling: a hidden-state sequence [batch, seq, hidden] plus its attention mask -> one vector per row.
+"""Pooling: hidden states [batch, seq, hidden] plus the attention mask -> one vector per row.
 
 Every mode honours the mask, so a vector never depends on how much padding its batch needed, and
 the positional modes (cls, last) find the first/last *real* token, so they are right under left
@@ -50,14 +50,16 @@ def cls_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor
     mask = attention_mask.to(hidden.device).bool()
     seq = mask.shape[1]
     # Masked positions get `seq` so argmin picks the smallest real index.
-    index = torch.where(mask, _positions(mask), torch.full_like(_positions(mask), seq)).argmin(dim=1)
+    positions = _positions(mask)
+    index = torch.where(mask, positions, torch.full_like(positions, seq)).argmin(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index].float()
 
 
 def last_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The last real position: what a causal LM has read the whole text at."""
     mask = attention_mask.to(hidden.device).bool()
-    index = torch.where(mask, _positions(mask), torch.full_like(_positions(mask), -1)).argmax(dim=1)
+    positions = _positions(mask)
+    index = torch.where(mask, positions, torch.full_like(positions, -1)).argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index].float()
 
 

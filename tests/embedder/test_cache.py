@@ -5,7 +5,6 @@ import os
 
 import lmdb
 import numpy as np
-import pytest
 
 from services.embedder import fingerprint as fp_mod
 from services.embedder.cache import (EmbeddingCache, cache_path, decode_vector, encode_vector,

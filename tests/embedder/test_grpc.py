@@ -96,8 +96,8 @@ def test_cache_stats(stub, minilm_path):
 @pytest.mark.parametrize("request_, field", [
     (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model=""), texts=["a"]),
      "encoder.model"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir", max_length=-3),
-                               texts=["a"]), "encoder.max_length"),
+    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(
+        model="/no/such/dir", max_length=-3), texts=["a"]), "encoder.max_length"),
     (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(
         model="/no/such/dir", dtype=tensor_pb2.DTYPE_INT64), texts=["a"]), "encoder.dtype"),
     (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
@@ -119,3 +119,14 @@ def test_missing_model_is_not_found_with_field(stub):
     err = from_rpc_error(exc.value)
     assert err.field == "encoder.model" and "does not exist" in err.message
     assert "Traceback" not in exc.value.details()
+
+
+def test_failed_preload_raises_and_releases_the_port(tmp_path):
+    from tunewire.errors import NotFound
+
+    with pytest.raises(NotFound):
+        start(Settings(port=0, data_dir=tmp_path, preload=["/no/such/model"]))
+    # The cache was closed: it can be opened again in this process.
+    from services.embedder.cache import EmbeddingCache, cache_path
+
+    EmbeddingCache(cache_path(tmp_path)).close()
