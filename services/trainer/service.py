@@ -12,7 +12,7 @@ from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, Perm
                              TunewireError, Unavailable)
 from services.trainer.context import MetricValue
 from services.trainer.datasets import DatasetStore
-from services.trainer.jobs import SUCCEEDED, JobRecord, JobRunner, JobStore
+from services.trainer.jobs import JobRecord, JobRunner, JobStore
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +86,9 @@ class TrainerCore:
     # -------------------------------------------------------------------------------- models
     def artifact_dir(self, job_id: str) -> Path:
         rec = self.jobs.get(job_id)
-        if rec.state != SUCCEEDED or not rec.artifact_path:
+        # artifact_path is set only after the artifact was renamed into place, whole; an
+        # upload-on-success reads it just before the job is marked SUCCEEDED.
+        if not rec.artifact_path or not Path(rec.artifact_path).is_dir():
             raise FailedPrecondition(f"job {job_id} has no artifact (state {rec.state})",
                                      field="job_id")
         return Path(rec.artifact_path)
@@ -141,8 +143,8 @@ class TrainerCore:
         except ImportError:
             raise FailedPrecondition("the hub gateway client is not available",
                                      field="upload_to") from None
-        result = upload_to_hf_hub(rec.upload_to, rec.artifact_path,
-                                  gateway=self.hub_gateway_address, job_id=rec.id)
+        result = upload_to_hf_hub(rec.upload_to, None, gateway=self.hub_gateway_address,
+                                  job_id=rec.id, request_id=f"{rec.id}-upload")
         return getattr(result, "id", "")
 
 

@@ -1,0 +1,58 @@
+"""Train → upload on success → download from a Hub-compatible server → tunewire predict on the
+downloaded predictive artifact gives the trainer's own predictions."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.e2e.conftest import subset, text_config
+
+TOKEN = "hf_e2e_SECRET_token_77aa"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from tests.hubserver import TestHub
+
+    server = TestHub(tmp_path / "hub", tokens={TOKEN})
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    yield server
+    server.close()
+
+
+def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_data, minilm):
+    from huggingface_hub import snapshot_download
+
+    from clients.embedded import start_embedded
+    from clients.sdk import TrainerClient, predictions_frame
+    from tunewire.v1 import trainer_pb2
+
+    data = subset(example_data / "sms_spam.csv", 300, seed=21)
+    with start_embedded(tmp_path / "state") as services:
+        trainer = TrainerClient(services.trainer_address)
+        ds = trainer.upload_dataset(data, "spam.csv")
+        cfg = text_config(minilm, {"name": "label", "type": "binary"}, epochs=3, max_len=32)
+        job = trainer.create_job(cfg, dataset_id=ds.id, upload_to="acme/spam-head")
+        job = trainer.wait(job.id)
+        assert job.state == trainer_pb2.Job.SUCCEEDED, job.error
+        assert job.upload_id
+        # One commit for the artifact on top of the repo's initial commit.
+        assert len(hub.commits_on("acme/spam-head")) == 2
+        local = snapshot_download("acme/spam-head", endpoint=hub.endpoint, token=TOKEN,
+                                  cache_dir=tmp_path / "hf-cache")
+        names = set(os.listdir(local))
+        assert {"head.safetensors", "tunewire.json", "README.md"} <= names
+        card = open(os.path.join(local, "README.md")).read()
+        assert "base_model" in card and TOKEN not in card
+        mine = trainer.predict(job.id, ds.id)
+        theirs = trainer.predict(local, ds.id)
+        assert list(predictions_frame(theirs)["label_predictions"]) == \
+            list(predictions_frame(mine)["label_predictions"])
+        trainer.close()
