@@ -168,12 +168,15 @@ class EmbeddingCache:
 class ReadonlyCache:
     """Direct memory-mapped reads for another process on the same host (a trainer).
 
-    `lock=False` because such a reader must not need write access to the lock file; it sees the
-    last committed state, and picks up a map the writer has grown since."""
+    By default `lock=False`, so the reader needs no write access to the lock file; it sees the
+    last committed state and picks up a map the writer has grown since. Such a reader is not in
+    LMDB's reader table, so a writer committing twice during one of its transactions may recycle
+    pages that transaction still reads; each `get_many` is therefore one short transaction. A
+    reader that can write the lock file should pass `lock=True` to be fully isolated."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock: bool = False) -> None:
         self.path = Path(path)
-        self._env = lmdb.open(str(self.path), readonly=True, lock=False, subdir=True,
+        self._env = lmdb.open(str(self.path), readonly=True, lock=lock, subdir=True,
                               readahead=False, map_size=0)
 
     def get_many(self, keys: list[bytes]) -> list[np.ndarray | None]:
@@ -192,9 +195,9 @@ class ReadonlyCache:
         self._env.close()
 
 
-def open_readonly(path: Path) -> ReadonlyCache:
+def open_readonly(path: Path, lock: bool = False) -> ReadonlyCache:
     """Open an embedder's cache for reading only (path of the .lmdb directory, or a data dir)."""
     path = Path(path)
     if not (path / "data.mdb").exists() and (cache_path(path) / "data.mdb").exists():
         path = cache_path(path)
-    return ReadonlyCache(path)
+    return ReadonlyCache(path, lock=lock)
