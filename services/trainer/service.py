@@ -50,14 +50,15 @@ class TrainerCore:
             self._embedder.close()
 
     def embedder(self):
-        """One shared EmbedderClient (channels are thread-safe)."""
+        """One shared client (channels are thread-safe); several comma-separated replicas are
+        sharded by cache key."""
         if self._embedder is None:
             if not self.embedder_address:
                 raise FailedPrecondition("this trainer has no embedder configured",
                                          field="embedder")
-            from clients.sdk import EmbedderClient
+            from clients.sharding import embedder_client
 
-            self._embedder = EmbedderClient(self.embedder_address)
+            self._embedder = embedder_client(self.embedder_address)
         return self._embedder
 
     # ------------------------------------------------------------------------------------ jobs
