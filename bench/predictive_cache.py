@@ -117,11 +117,14 @@ def main() -> None:
             ("(c) warm cache", time_c, loss_c, misses_c)]
     import transformers
 
+    model_name = Path(args.model).name
+    if model_name == "model":  # the offline package's folder: name its package instead
+        model_name = Path(args.model).parent.name
     lines = [
         f"### predictive_cache: {datetime.date.today()}, {platform.processor() or platform.machine()}"
         f" ({torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"transformers {transformers.__version__}",
-        f"model {Path(args.model).name}, {len(texts)} texts, {args.epochs} epochs, batch "
+        f"model {model_name}, {len(texts)} texts, {args.epochs} epochs, batch "
         f"{args.batch_size}, max_length {args.max_length}",
         "",
         "| variant | seconds | speed-up vs (a) | final loss | texts computed |",
