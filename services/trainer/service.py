@@ -63,7 +63,28 @@ class TrainerCore:
 
     # ------------------------------------------------------------------------------------ jobs
     def create_job(self, raw: dict, **kwargs: Any) -> JobRecord:
-        return self.runner.submit(raw, validate=self._validate_encoder, **kwargs)
+        ids = [kwargs.get(k, "") for k in ("dataset_id", "training_set_id", "validation_set_id")]
+
+        def validate(config) -> None:
+            self._validate_labels(config, [i for i in ids if i])
+            self._validate_encoder(config)
+
+        return self.runner.submit(raw, validate=validate, **kwargs)
+
+    def _validate_labels(self, config, dataset_ids: list[str]) -> None:
+        """Parse every labelled output column now, so a bad label fails the create with its row
+        and column instead of failing the job later."""
+        if config.model_type != "ecd":
+            return
+        from services.trainer.features import encode_output, fit_output
+
+        for ds_id in dataset_ids:
+            df = self.datasets.load(ds_id)
+            for i, feature in enumerate(config.output_features):
+                labels = df[feature.column]
+                df_l = df[~(labels.isna() | (labels.astype(str).str.strip() == ""))]
+                path = f"output_features[{i}].column"
+                encode_output(df_l, fit_output(df_l, feature, path), path)
 
     def _validate_encoder(self, config) -> None:
         """Ask the embedder to load the encoder now, so a bad path fails the create, not the job."""

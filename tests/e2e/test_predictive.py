@@ -142,12 +142,12 @@ def test_bad_input_fails_the_create_with_the_field(trainer, example_data, minilm
     assert len(trainer.list_jobs()) == before  # nothing queued
 
 
-def test_unparseable_labels_fail_with_the_row(trainer, minilm):
+def test_unparseable_labels_fail_the_create_with_the_row(trainer, minilm):
     data = b"text,label\nhello,1\nworld,0\nagain,maybe\n"
     ds = trainer.upload_dataset(data, "labels.csv")
     cfg = text_config(minilm, {"name": "label", "type": "number"},
                       preprocessing={"split": {"probabilities": [1.0, 0.0, 0.0]}})
-    job = trainer.create_job(cfg, dataset_id=ds.id)
-    job = trainer.wait(job.id)
-    assert job.state == trainer_pb2.Job.FAILED
-    assert "'maybe'" in job.error and "row 2" in job.error
+    with pytest.raises(InvalidArgument) as info:
+        trainer.create_job(cfg, dataset_id=ds.id)
+    assert info.value.field == "output_features[0].column"
+    assert "'maybe'" in info.value.message and "row 2" in info.value.message
