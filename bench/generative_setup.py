@@ -28,22 +28,40 @@ def matmul_weights(shape: dict) -> int:
     return L * (h * q + 2 * h * kv + q * h + 3 * h * i) + shape["vocab_size"] * h
 
 
+def word(i: int) -> str:
+    """Token i as a letters-only word (digits get split by some pre-tokenizers)."""
+    letters = ""
+    while True:
+        i, r = divmod(i, 26)
+        letters = chr(97 + r) + letters
+        if i == 0:
+            return "w" + letters
+
+
 def build_model_dir(out: Path, shape: dict, device: str) -> Path:
-    """Random-weight Llama (bf16 on a GPU, fp32 on a CPU) + tokenizer with token i = word `t{i}`."""
+    """Random-weight Llama (bf16 on a GPU, fp32 on a CPU) + tokenizer with token i = `word(i)`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     if (out / "config.json").exists():
         return out
-    vocab = {f"t{i}": i for i in range(shape["vocab_size"])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
+    # Special tokens are matched inside words, so none may be a substring of a word.
+    special = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {**{s: i for i, s in enumerate(special)},
+             **{word(i): i for i in range(len(special), shape["vocab_size"])}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", bos_token="t1",
-                                   eos_token="t2", pad_token="t3")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
     cfg = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg)
+        # Explicit init: a model built under a device context can keep uninitialised memory,
+        # and NaN/zero weights also run faster than real ones (wrong timings).
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(0.0, 0.02) if p.dim() > 1 else p.fill_(1.0)
     if device == "cuda":
         model = model.to(torch.bfloat16)
     model.save_pretrained(out)
@@ -59,7 +77,7 @@ def token_frame(n: int, lengths: tuple[int, int], vocab: int, seed: int) -> pd.D
     rows = []
     for _ in range(n):
         total = rng.randint(*lengths)
-        words = [f"t{rng.randrange(4, vocab)}" for _ in range(total - 1)]
+        words = [word(rng.randrange(4, vocab)) for _ in range(total - 1)]
         rows.append({"prompt": words[0], "target": " ".join(words[1:])})
     return pd.DataFrame(rows)
 

@@ -162,7 +162,7 @@ def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, w
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
+        return DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dtype = compute_dtype(device)
