@@ -14,7 +14,6 @@ WatchUpload until it ends. Without a gateway address, one is started in this pro
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import uuid
 from pathlib import Path
@@ -25,7 +24,9 @@ import grpc
 from tunewire.errors import (FailedPrecondition, Internal, InvalidArgument, NotFound,
                              PermissionDenied, TunewireError, Unauthenticated, Unavailable,
                              from_rpc_error)
-from tunewire.server import STREAM_CHUNK_BYTES, channel_options
+from clients.sdk import connect
+from clients.sdk import rpc_errors as _rpc
+from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc
 
@@ -42,16 +43,6 @@ _FAILURES: dict[str, type[TunewireError]] = {
     "HUB_TOKEN_UNREADABLE": FailedPrecondition,
     "ARTIFACT_CHANGED": InvalidArgument,
 }
-
-
-def _rpc(fn):
-    @functools.wraps(fn)
-    def inner(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-    return inner
 
 
 def iter_file_chunks(model_path: Path) -> Iterator[pb.UploadFileChunk]:
@@ -78,7 +69,7 @@ class HubGatewayClient:
 
     def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
         self.address = address
-        self.channel = channel or grpc.insecure_channel(address, options=channel_options())
+        self.channel = channel or connect(address)
         self.stub = hub_gateway_pb2_grpc.HubGatewayServiceStub(self.channel)
 
     @_rpc

@@ -37,7 +37,7 @@ POOLINGS = {"mean": embedder_pb2.POOLING_MEAN, "avg": embedder_pb2.POOLING_MEAN,
 TERMINAL_STATES = (trainer_pb2.Job.SUCCEEDED, trainer_pb2.Job.FAILED, trainer_pb2.Job.CANCELLED)
 
 
-def _rpc(fn):
+def rpc_errors(fn):
     """Turn grpc.RpcError into the domain error the server sent."""
 
     @functools.wraps(fn)
@@ -112,7 +112,7 @@ class EmbedderClient:
         self.channel = channel or connect(address)
         self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.channel)
 
-    @_rpc
+    @rpc_errors
     def embed(self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
               ) -> EmbedResult:
         resp = self.stub.Embed(embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts),
@@ -120,7 +120,7 @@ class EmbedderClient:
         return EmbedResult(tensors.from_proto(resp.embeddings), resp.cache_hits,
                            resp.cache_misses, resp.fingerprint)
 
-    @_rpc
+    @rpc_errors
     def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
                    progress: Callable[[int, int], None] | None = None,
                    cancelled: Callable[[], bool] | None = None) -> EmbedResult:
@@ -151,11 +151,11 @@ class EmbedderClient:
             raise TunewireError("embedding stream ended early (cancelled)", reason="CANCELLED")
         return EmbedResult(np.concatenate(parts), hits, misses, fingerprint)
 
-    @_rpc
+    @rpc_errors
     def info(self, spec: EncoderSpec) -> embedder_pb2.GetEncoderInfoResponse:
         return self.stub.GetEncoderInfo(embedder_pb2.GetEncoderInfoRequest(encoder=spec.to_proto()))
 
-    @_rpc
+    @rpc_errors
     def cache_stats(self) -> embedder_pb2.GetCacheStatsResponse:
         return self.stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
 
@@ -174,7 +174,7 @@ class TrainerClient:
         self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
 
     # Data sets -------------------------------------------------------------------------------
-    @_rpc
+    @rpc_errors
     def upload_dataset(self, source: str | Path | bytes, filename: str | None = None,
                        fmt: str | None = None) -> trainer_pb2.Dataset:
         """Stream a file (path) or in-memory bytes (with a filename) to the trainer."""
@@ -200,12 +200,12 @@ class TrainerClient:
 
         return self.stub.UploadDataset(requests())
 
-    @_rpc
+    @rpc_errors
     def get_dataset(self, dataset_id: str) -> trainer_pb2.Dataset:
         return self.stub.GetDataset(trainer_pb2.GetDatasetRequest(id=dataset_id))
 
     # Jobs ------------------------------------------------------------------------------------
-    @_rpc
+    @rpc_errors
     def create_job(self, config: dict, *, dataset_id: str = "", training_set_id: str = "",
                    validation_set_id: str = "", test_set_id: str = "",
                    request_id: str | None = None, upload_to: str = "") -> trainer_pb2.Job:
@@ -215,11 +215,11 @@ class TrainerClient:
             test_set_id=test_set_id, request_id=request_id or uuid.uuid4().hex,
             upload_to=upload_to))
 
-    @_rpc
+    @rpc_errors
     def get_job(self, job_id: str) -> trainer_pb2.Job:
         return self.stub.GetJob(trainer_pb2.GetJobRequest(id=job_id))
 
-    @_rpc
+    @rpc_errors
     def list_jobs(self, page_size: int = 100) -> list[trainer_pb2.Job]:
         jobs, token = [], ""
         while True:
@@ -230,7 +230,7 @@ class TrainerClient:
             if not token:
                 return jobs
 
-    @_rpc
+    @rpc_errors
     def cancel_job(self, job_id: str) -> trainer_pb2.Job:
         return self.stub.CancelJob(trainer_pb2.CancelJobRequest(id=job_id))
 
@@ -258,14 +258,14 @@ class TrainerClient:
                 return job
 
     # Models ----------------------------------------------------------------------------------
-    @_rpc
+    @rpc_errors
     def predict(self, model: str, dataset_id: str, evaluate: bool = False,
                 generation_config: dict | None = None) -> trainer_pb2.PredictResponse:
         return self.stub.Predict(trainer_pb2.PredictRequest(
             model=model, dataset_id=dataset_id, evaluate=evaluate,
             generation_config_json=json.dumps(generation_config) if generation_config else ""))
 
-    @_rpc
+    @rpc_errors
     def download_artifact(self, job_id: str, dest: str | Path) -> Path:
         """Write a job's artifact files under `dest`, checking each file's sha256."""
         dest = Path(dest)

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import grpc
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
+from tunewire.timestamps import to_timestamp as _ts
 
 from services.hub_gateway.staging import StagingWriter, resolve_under_roots
 from services.hub_gateway.uploads import UploadEvent, UploadManager, UploadRecord, UploadSpec
@@ -26,14 +26,6 @@ log = structlog.get_logger("tunewire.hub_gateway.servicer")
 
 SERVICE_NAME = "tunewire.v1.HubGatewayService"
 _SPEC_FIELDS = [f.name for f in pb.UploadSpec.DESCRIPTOR.fields]
-
-
-def _ts(seconds: float) -> Timestamp | None:
-    if not seconds:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def spec_from_proto(msg: pb.UploadSpec) -> UploadSpec:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
+from tunewire.timestamps import to_timestamp as _ts
 
 from tunewire import tensors
 from tunewire.errors import InvalidArgument, NotFound
@@ -25,14 +25,6 @@ _FORMAT_VALUES = {v: k for k, v in _FORMAT_NAMES.items()}
 _STATES = {"QUEUED": trainer_pb2.Job.QUEUED, "RUNNING": trainer_pb2.Job.RUNNING,
            "SUCCEEDED": trainer_pb2.Job.SUCCEEDED, "FAILED": trainer_pb2.Job.FAILED,
            "CANCELLED": trainer_pb2.Job.CANCELLED}
-
-
-def _ts(seconds: float) -> Timestamp | None:
-    if not seconds:
-        return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def dataset_proto(rec: DatasetRecord) -> trainer_pb2.Dataset:
