@@ -44,6 +44,27 @@ def _add_connection(p: argparse.ArgumentParser, service: str = "trainer") -> Non
                    help="state directory for the embedded services (env TUNEWIRE_DATA_DIR, "
                         "default ./.tunewire)")
     p.add_argument("-v", "--verbose", action="store_true", help="show service logs")
+    sec = p.add_argument_group("security (a remote server's token and TLS)")
+    sec.add_argument("--token", dest="auth_token", default=None,
+                     help="bearer token (env TUNEWIRE_TOKEN, or a file in TUNEWIRE_TOKEN_FILE)")
+    for name, what in (("ca", "CA bundle that verifies the server; turns TLS on"),
+                       ("cert", "client certificate for mutual TLS"),
+                       ("key", "client private key for mutual TLS")):
+        sec.add_argument(*_flag(f"--tls_{name}"), dest=f"tls_{name}", type=Path, default=None,
+                         help=f"{what} (env TUNEWIRE_TLS_{name.upper()})")
+
+
+def _channel(args, address: str):
+    """A channel to a remote server: the flags above, each falling back to its env variable."""
+    from dataclasses import replace
+
+    from clients.sdk import connect
+    from tunewire.tls import ClientSecurity
+
+    security = ClientSecurity.from_env()
+    flags = {"token": args.auth_token, "ca": args.tls_ca, "cert": args.tls_cert,
+             "key": args.tls_key}
+    return connect(address, replace(security, **{k: v for k, v in flags.items() if v}))
 
 
 @contextlib.contextmanager
@@ -52,7 +73,7 @@ def trainer_client(args):
     from clients.sdk import TrainerClient
 
     if args.trainer:
-        client = TrainerClient(args.trainer)
+        client = TrainerClient(args.trainer, channel=_channel(args, args.trainer))
         try:
             yield client
         finally:
@@ -205,7 +226,8 @@ def cmd_embed(args) -> int:
             app = start(Settings(port=0, data_dir=Path(args.data_dir or default_data_dir())))
             stack.callback(app.stop)
             address = f"127.0.0.1:{app.port}"
-        client = EmbedderClient(address)
+        client = EmbedderClient(address, channel=_channel(args, address) if args.embedder
+                                else None)
         stack.callback(client.close)
         result = client.embed_many(texts, spec)
     np.save(args.output, result.vectors)

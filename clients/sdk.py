@@ -27,6 +27,7 @@ import numpy as np
 from tunewire import tensors
 from tunewire.errors import TunewireError, from_rpc_error
 from tunewire.server import STREAM_CHUNK_BYTES, channel_options
+from tunewire.tls import ClientSecurity
 from tunewire.v1 import (embedder_pb2, embedder_pb2_grpc, trainer_pb2,
                          trainer_pb2_grpc)
 
@@ -61,8 +62,10 @@ def _rpc_iter(fn):
     return inner
 
 
-def connect(address: str) -> grpc.Channel:
-    """An insecure channel with the servers' message limits (loopback and in-cluster use)."""
+def connect(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
+    """A channel with the servers' message limits. `security` (default: from TUNEWIRE_TOKEN,
+    TUNEWIRE_TOKEN_FILE, TUNEWIRE_TLS_CA/_CERT/_KEY) adds TLS and a bearer token; with none of
+    those set the channel is plain, for loopback and in-cluster use."""
     target, extra = address, []
     try:  # headless-Service aware targets (round_robin) where clients.resolve exists
         from clients.resolve import channel_options_for, channel_target
@@ -70,7 +73,8 @@ def connect(address: str) -> grpc.Channel:
         target, extra = channel_target(address), channel_options_for(address)
     except ImportError:
         pass
-    return grpc.insecure_channel(target, options=[*channel_options(), *extra])
+    security = security or ClientSecurity.from_env()
+    return security.channel(target, [*channel_options(), *extra])
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,22 @@ options every service uses, an interceptor that binds request context to the log
 errors to gRPC status (the one table is in `tunewire.errors`), the standard health service (each
 service NOT_SERVING until its owner marks it ready) and server reflection. It returns
 `(server, port)` so tests can bind port 0.
+
+`ServerSecurity` adds what a server exposed beyond loopback needs: bearer-token auth
+(`tunewire.auth`, health stays open), TLS or mutual TLS with reloaded certificates
+(`tunewire.tls`), reflection off, and a cap on concurrent calls (RESOURCE_EXHAUSTED beyond it).
 """
 
 from __future__ import annotations
 
+import errno
 import signal
 import threading
 import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import grpc
@@ -22,13 +28,17 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tunewire.errors import TunewireError, to_status
+from tunewire.auth import AuthInterceptor, TokenFile
+from tunewire.errors import ResourceExhausted, TunewireError, to_status
+from tunewire.tls import ServerTLS
 
 log = structlog.get_logger("tunewire.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Chunks of large streams stay well under the message limit.
 STREAM_CHUNK_BYTES = 2 * 1024 * 1024
+# Calls in flight (including long Watch streams) before new ones get RESOURCE_EXHAUSTED.
+DEFAULT_MAX_CONCURRENT_RPCS = 128
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
@@ -44,6 +54,19 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 
 @dataclass
+class ServerSecurity:
+    """Auth, TLS, reflection and the concurrency cap; the defaults are the plain loopback
+    server (no token, no TLS, reflection on)."""
+
+    # `TOKEN ROLE` lines (tunewire.auth); None: no authentication.
+    auth_tokens_file: Path | None = None
+    tls: ServerTLS | None = None
+    reflection: bool = True
+    # None: unlimited (calls queue for a worker thread instead of being refused).
+    max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS
+
+
+@dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 0
@@ -52,7 +75,7 @@ class ServerSettings:
     # Servers close connections after this long so clients re-resolve DNS (headless Services).
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 30.0
-    reflection: bool = True
+    security: ServerSecurity = field(default_factory=ServerSecurity)
     extra_interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
 
 
@@ -72,6 +95,7 @@ class _ContextInterceptor(grpc.ServerInterceptor):
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
 
         def fail(context: grpc.ServicerContext, exc: BaseException) -> None:
+            exc = _disk_full(exc) or exc
             if isinstance(exc, TunewireError):
                 log.info("request failed", code=exc.code.name, reason=exc.reason,
                          field=exc.field, error=exc.message)
@@ -120,6 +144,14 @@ class _ContextInterceptor(grpc.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             wrap_stream(handler.stream_stream), handler.request_deserializer,
             handler.response_serializer)
+
+
+def _disk_full(exc: BaseException) -> ResourceExhausted | None:
+    """A full disk or quota is the server's resource running out, not an internal bug."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted("the server's disk is full; free space or raise its quota, "
+                                 "then retry", reason="DISK_FULL")
+    return None
 
 
 def _aborted(context: grpc.ServicerContext) -> bool:
@@ -186,11 +218,16 @@ def create_server(services: Iterable[Service], settings: ServerSettings | None =
         ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
         ("grpc.so_reuseport", 0),
     ]
+    security = settings.security
+    # Auth runs first: a refused call reaches nothing else.
+    auth = ([AuthInterceptor(TokenFile(security.auth_tokens_file))]
+            if security.auth_tokens_file is not None else [])
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers,
                                    thread_name_prefix="grpc"),
-        interceptors=[*settings.extra_interceptors, _ContextInterceptor()],
+        interceptors=[*auth, *settings.extra_interceptors, _ContextInterceptor()],
         options=options,
+        maximum_concurrent_rpcs=security.max_concurrent_rpcs,
     )
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -200,15 +237,22 @@ def create_server(services: Iterable[Service], settings: ServerSettings | None =
         names.append(svc.name)
         health_servicer.set(svc.name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    if settings.reflection:
+    if security.reflection:
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if security.tls is not None:
+        port = server.add_secure_port(address, security.tls.credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     server.start()
-    log.info("server started", services=names, address=f"{settings.host}:{port}")
+    log.info("server started", services=names, address=f"{settings.host}:{port}",
+             tls="mutual" if security.tls and security.tls.client_ca else bool(security.tls),
+             auth=security.auth_tokens_file is not None, reflection=security.reflection,
+             max_concurrent_rpcs=security.max_concurrent_rpcs)
     return RunningServer(server, port, health_servicer, names)
 
 

@@ -10,6 +10,7 @@ from services.embedder.app import Settings, start
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from tunewire.logging import configure
 from tunewire.server import wait_for_termination
+from tunewire.server_flags import add_security_flags, security_from_args
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -32,6 +33,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--preload", nargs="*", default=[], metavar="MODEL",
                         help="models (local dirs or Hub ids) to load before reporting SERVING")
+    parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
+                        help="longest text (UTF-8 bytes) before INVALID_ARGUMENT")
+    add_security_flags(parser)
     return parser
 
 
@@ -39,7 +43,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(host=args.host, port=args.port, data_dir=args.data_dir,
                     max_batch_tokens=args.max_batch_tokens,
                     max_loaded_models=args.max_loaded_models, max_texts=args.max_texts,
-                    device=args.device, preload=list(args.preload))
+                    device=args.device, preload=list(args.preload),
+                    max_text_bytes=args.max_text_bytes, security=security_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> None:

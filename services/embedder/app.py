@@ -15,8 +15,9 @@ import torch
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from services.embedder.cache import DEFAULT_MAP_SIZE, EmbeddingCache, cache_path
 from services.embedder.service import EmbedderService
-from services.embedder.servicer import DEFAULT_MAX_TEXTS, EmbedderServicer
-from tunewire.server import RunningServer, ServerSettings, Service, create_server
+from services.embedder.servicer import DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TEXTS, EmbedderServicer
+from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
+                             create_server)
 from tunewire.v1 import embedder_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -36,6 +37,10 @@ class Settings:
     # "" picks CUDA when there is one, else the CPU.
     device: str = ""
     cache_map_size: int = DEFAULT_MAP_SIZE
+    # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
+    # the encoder's max_length in tokens.
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -72,10 +77,11 @@ def start(settings: Settings) -> App:
     device = torch.device(settings.device) if settings.device else None
     service = EmbedderService(cache, max_batch_tokens=settings.max_batch_tokens,
                               max_loaded_models=settings.max_loaded_models, device=device)
-    servicer = EmbedderServicer(service, max_texts=settings.max_texts)
+    servicer = EmbedderServicer(service, max_texts=settings.max_texts,
+                                max_text_bytes=settings.max_text_bytes)
     running = create_server(
         [Service(SERVICE_NAME, servicer, embedder_pb2_grpc.add_EmbedderServiceServicer_to_server)],
-        ServerSettings(host=settings.host, port=settings.port))
+        ServerSettings(host=settings.host, port=settings.port, security=settings.security))
     try:
         for model in settings.preload:
             service.preload(model)

@@ -16,6 +16,8 @@ from tunewire.tensors import to_proto
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
 DEFAULT_MAX_TEXTS = 4096
+# A hard cap per text: past it tokenising alone costs more than the call is worth.
+DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
 _POOLING = {
     embedder_pb2.POOLING_UNSPECIFIED: "mean",
@@ -54,15 +56,21 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
-    def __init__(self, service: EmbedderService, max_texts: int = DEFAULT_MAX_TEXTS) -> None:
+    def __init__(self, service: EmbedderService, max_texts: int = DEFAULT_MAX_TEXTS,
+                 max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> None:
         self.service = service
         self.max_texts = max_texts
+        self.max_text_bytes = max_text_bytes
 
     def _embed(self, request: embedder_pb2.EmbedRequest) -> embedder_pb2.EmbedResponse:
         spec = spec_from_proto(request.encoder)
         if len(request.texts) > self.max_texts:
             raise InvalidArgument(f"{len(request.texts)} texts in one request; the limit is "
                                   f"{self.max_texts}: split the request", field="texts")
+        for i, text in enumerate(request.texts):
+            if len(text) > self.max_text_bytes // 4 and len(text.encode()) > self.max_text_bytes:
+                raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
+                                      f"{self.max_text_bytes}", field=f"texts[{i}]")
         result = self.service.embed(spec, list(request.texts))
         return embedder_pb2.EmbedResponse(embeddings=to_proto(result.vectors),
                                           cache_hits=result.hits, cache_misses=result.misses,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tunewire.logging import configure, get_logger
 from tunewire.server import wait_for_termination
+from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="file holding the Hub token (env HF_TOKEN_PATH); else HF_TOKEN")
     p.add_argument("--endpoint", default=env("HF_ENDPOINT"),
                    help="Hub endpoint URL (env HF_ENDPOINT; default https://huggingface.co)")
+    add_security_flags(p, calls_peers=True)
     return p
 
 
@@ -40,12 +42,14 @@ def settings_from_args(args: argparse.Namespace):
     roots = args.artifact_root if args.artifact_root is not None else args.env_artifact_roots
     return Settings(data_dir=args.data_dir, host=args.host, port=args.port,
                     trainer_address=args.trainer, artifact_roots=list(roots),
-                    token_file=args.token_file, endpoint=args.endpoint)
+                    token_file=args.token_file, endpoint=args.endpoint,
+                    security=security_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure()
+    export_peer_token(args)
     from services.hub_gateway.app import start
 
     app = start(settings_from_args(args))

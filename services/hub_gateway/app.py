@@ -16,7 +16,9 @@ from services.hub_gateway.hub_client import HubClient
 from services.hub_gateway.servicer import SERVICE_NAME, HubGatewayServicer
 from services.hub_gateway.uploads import UploadManager
 from tunewire.errors import FailedPrecondition
-from tunewire.server import RunningServer, ServerSettings, Service, channel_options, create_server
+from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
+                             channel_options, create_server)
+from tunewire.tls import ClientSecurity
 from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2_grpc
 
 log = structlog.get_logger("tunewire.hub_gateway")
@@ -38,6 +40,7 @@ class Settings:
     # A token given directly (embedded mode, tests); wins over the file and HF_TOKEN.
     token: str | None = field(default=None, repr=False)
     workers: int = 2
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
 def resolve_endpoint(settings: Settings) -> str:
@@ -88,7 +91,8 @@ def start(settings: Settings) -> App:
     channel = None
     trainer = None
     if settings.trainer_address:
-        channel = grpc.insecure_channel(settings.trainer_address, options=channel_options())
+        # TUNEWIRE_TOKEN(_FILE) / TUNEWIRE_TLS_*: the trainer may require a token and TLS.
+        channel = ClientSecurity.from_env().channel(settings.trainer_address, channel_options())
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         trainer = lambda: stub  # noqa: E731 - one stub per channel, shared by all calls
     staging = data_dir / "uploads" / ".staging"
@@ -97,7 +101,7 @@ def start(settings: Settings) -> App:
                                   [Path(r) for r in settings.artifact_roots], trainer)
     running = create_server(
         [Service(SERVICE_NAME, servicer, hub_gateway_pb2_grpc.add_HubGatewayServiceServicer_to_server)],
-        ServerSettings(host=settings.host, port=settings.port))
+        ServerSettings(host=settings.host, port=settings.port, security=settings.security))
     running.set_ready(SERVICE_NAME)
     log.info("hub gateway ready", port=running.port, endpoint=endpoint,
              trainer=settings.trainer_address, artifact_roots=[str(r) for r in settings.artifact_roots],

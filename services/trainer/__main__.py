@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tunewire.logging import configure, get_logger
 from tunewire.server import wait_for_termination
+from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -27,6 +28,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="jobs run at once")
     p.add_argument("--model-root", "--model_root", type=Path, action="append", default=[],
                    help="extra directory Predict may read artifacts from (repeatable)")
+    p.add_argument("--max-dataset-bytes", "--max_dataset_bytes", type=int,
+                   default=int(env("TUNEWIRE_MAX_DATASET_BYTES", str(2 * 1024**3))),
+                   help="largest data set upload; beyond it RESOURCE_EXHAUSTED")
+    p.add_argument("--max-job-seconds", "--max_job_seconds", type=float,
+                   default=float(env("TUNEWIRE_MAX_JOB_SECONDS", "0")),
+                   help="wall-clock limit of a job, counted from its first start (0: none)")
+    p.add_argument("--max-queued-jobs", "--max_queued_jobs", type=int,
+                   default=int(env("TUNEWIRE_MAX_QUEUED_JOBS", "0")),
+                   help="jobs waiting to run before CreateJob is RESOURCE_EXHAUSTED (0: no cap)")
+    add_security_flags(p, calls_peers=True)
     return p
 
 
@@ -35,12 +46,16 @@ def settings_from_args(args: argparse.Namespace):
 
     return Settings(data_dir=args.data_dir, host=args.host, port=args.port,
                     embedder=args.embedder, hub_gateway=args.hub_gateway,
-                    workers=args.workers, model_roots=list(args.model_root))
+                    workers=args.workers, model_roots=list(args.model_root),
+                    max_dataset_bytes=args.max_dataset_bytes,
+                    max_job_seconds=args.max_job_seconds, max_queued_jobs=args.max_queued_jobs,
+                    security=security_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure()
+    export_peer_token(args)
     from services.trainer.app import start
 
     app = start(settings_from_args(args))

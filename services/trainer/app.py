@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunewire.server import RunningServer, ServerSettings, Service, create_server
+from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
+                             create_server)
 from tunewire.v1 import trainer_pb2_grpc
+from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES
 from services.trainer.service import TrainerCore
 from services.trainer.servicer import TrainerServicer
 
@@ -24,6 +26,12 @@ class Settings:
     # Embedded mode reads model paths anywhere the user can; a server only under its roots.
     allow_any_model_path: bool = False
     model_roots: list[Path] = field(default_factory=list)
+    # Limits: a bigger upload is RESOURCE_EXHAUSTED; a job running longer is FAILED; a submit
+    # beyond the queue is RESOURCE_EXHAUSTED. 0 turns the last two off.
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    max_job_seconds: float = 0.0
+    max_queued_jobs: int = 0
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
 @dataclass
@@ -43,11 +51,14 @@ def start(settings: Settings) -> App:
     core = TrainerCore(settings.data_dir, embedder_address=settings.embedder,
                        hub_gateway_address=settings.hub_gateway, workers=settings.workers,
                        allowed_model_roots=settings.model_roots,
-                       allow_any_model_path=settings.allow_any_model_path)
+                       allow_any_model_path=settings.allow_any_model_path,
+                       max_dataset_bytes=settings.max_dataset_bytes,
+                       max_job_seconds=settings.max_job_seconds,
+                       max_queued_jobs=settings.max_queued_jobs)
     running = create_server(
         [Service(SERVICE_NAME, TrainerServicer(core),
                  trainer_pb2_grpc.add_TrainerServiceServicer_to_server)],
-        ServerSettings(host=settings.host, port=settings.port))
+        ServerSettings(host=settings.host, port=settings.port, security=settings.security))
     core.start()
     running.set_ready(SERVICE_NAME)
     return App(running, core)

@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
                ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
 
 
 @dataclass
@@ -83,7 +84,7 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
 class DatasetStore:
     """Content-addressed data sets under `<root>`."""
 
-    def __init__(self, root: Path, max_bytes: int = 2 * 1024**3) -> None:
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes

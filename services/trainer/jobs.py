@@ -12,6 +12,7 @@ when complete, so a crash never leaves a half artifact that looks whole.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -27,7 +28,8 @@ from typing import Any, Callable, Iterator
 import structlog
 
 from tunewire.config import resolve, to_dict
-from tunewire.errors import FailedPrecondition, InvalidArgument, NotFound, TunewireError
+from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+                             TunewireError)
 from services.trainer.context import (Event, JobCancelled, JobContext, JobResult, Log,
                                       MetricValue, Metrics, Progress)
 from services.trainer.datasets import DatasetStore
@@ -183,7 +185,8 @@ class JobRunner:
                  embedder_factory: Callable[[], Any] | None = None,
                  uploader: Callable[[JobRecord], str] | None = None,
                  workers: int = 1, max_attempts: int = 3,
-                 dispatcher: Callable[[str], Dispatcher] | None = None) -> None:
+                 dispatcher: Callable[[str], Dispatcher] | None = None,
+                 max_job_seconds: float = 0.0, max_queued_jobs: int = 0) -> None:
         self.store = store
         self.datasets = datasets
         self.artifacts_root = Path(artifacts_root)
@@ -191,6 +194,9 @@ class JobRunner:
         self.embedder_factory = embedder_factory
         self.uploader = uploader
         self.max_attempts = max_attempts
+        # Wall-clock limit counted from the job's first start, across restarts (0: none).
+        self.max_job_seconds = max_job_seconds
+        self.max_queued_jobs = max_queued_jobs
         self.dispatch = dispatcher or dispatch
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._cancel: dict[str, threading.Event] = {}
@@ -234,6 +240,10 @@ class JobRunner:
             existing = self.store.find_by_request(request_id)
             if existing is not None:
                 return existing
+        if self.max_queued_jobs and sum(
+                j.state == QUEUED for j in self.store.all()) >= self.max_queued_jobs:
+            raise ResourceExhausted(f"{self.max_queued_jobs} jobs are already waiting; retry "
+                                    "later", reason="JOB_QUEUE_FULL")
         config = resolve(raw_config)
         self._check_datasets(config, dataset_id, training_set_id, validation_set_id,
                              test_set_id)
@@ -315,6 +325,7 @@ class JobRunner:
         bound = log.bind(job_id=job_id, attempt=attempt)
         staging = self.artifacts_root / f".staging-{job_id}-{attempt}"
         shutil.rmtree(staging, ignore_errors=True)
+        deadline = self._deadline(job_id, cancel)
         try:
             config = resolve(rec.config)
             train, val, test = self._load_splits(rec, config)
@@ -337,17 +348,41 @@ class JobRunner:
             self._finish(job_id, SUCCEEDED)
             bound.info("job succeeded")
         except JobCancelled as exc:
-            self._finish(job_id, CANCELLED, error=str(exc))
+            if deadline is not None and deadline.expired:
+                self._finish(job_id, FAILED, error=deadline.reason)
+            else:
+                self._finish(job_id, CANCELLED, error=str(exc))
         except TunewireError as exc:
             bound.info("job failed", reason=exc.reason, error=str(exc))
             self._finish(job_id, FAILED, error=str(exc))
         except MemoryError:
             self._finish(job_id, FAILED, error="out of memory")
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                bound.error("job crashed", error=repr(exc), traceback=traceback.format_exc())
+                self._finish(job_id, FAILED, error=f"internal error: {type(exc).__name__}")
+            else:
+                # Free what this attempt wrote before writing the record, which needs space too.
+                shutil.rmtree(staging, ignore_errors=True)
+                bound.error("disk full", error=str(exc))
+                self._finish(job_id, FAILED, error="the trainer's disk is full "
+                             "(no space left on device); free space and submit again")
         except Exception as exc:  # noqa: BLE001 - the job fails, the trainer lives on
             bound.error("job crashed", error=repr(exc), traceback=traceback.format_exc())
             self._finish(job_id, FAILED, error=f"internal error: {type(exc).__name__}")
         finally:
+            if deadline is not None:
+                deadline.cancel()
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _deadline(self, job_id: str, cancel: threading.Event) -> "_Deadline | None":
+        """A timer that cancels the job when its wall-clock budget is spent."""
+        if not self.max_job_seconds:
+            return None
+        rec = self.store.get(job_id)
+        left = self.max_job_seconds - (time.time() - (rec.start_time or time.time()))
+        return _Deadline(max(0.0, left), cancel,
+                         f"the job exceeded its wall-clock limit of {self.max_job_seconds:g} s")
 
     def _upload(self, job_id: str) -> None:
         rec = self.store.get(job_id)
@@ -386,6 +421,25 @@ class JobRunner:
     def _finish(self, job_id: str, state: str, error: str = "") -> None:
         self.store.update(job_id, state=state, error=error, end_time=time.time())
         self._event(job_id, "state", {"state": state, "message": error or state.lower()})
+
+
+class _Deadline:
+    """Sets a job's cancel flag after `seconds`; `expired` tells a timeout from a user cancel."""
+
+    def __init__(self, seconds: float, cancel: threading.Event, reason: str) -> None:
+        self.reason = reason
+        self.expired = False
+
+        def fire() -> None:
+            self.expired = True
+            cancel.set()
+
+        self._timer = threading.Timer(seconds, fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def dispatch(model_type: str) -> Dispatcher:

@@ -11,7 +11,7 @@ import structlog
 from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
                              TunewireError, Unavailable)
 from services.trainer.context import MetricValue
-from services.trainer.datasets import DatasetStore
+from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES, DatasetStore
 from services.trainer.jobs import JobRecord, JobRunner, JobStore
 
 log = structlog.get_logger(__name__)
@@ -21,9 +21,11 @@ class TrainerCore:
     def __init__(self, data_dir: Path, *, embedder_address: str | None,
                  hub_gateway_address: str | None = None, workers: int = 1,
                  allowed_model_roots: list[Path] | None = None,
-                 allow_any_model_path: bool = False) -> None:
+                 allow_any_model_path: bool = False,
+                 max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+                 max_job_seconds: float = 0.0, max_queued_jobs: int = 0) -> None:
         self.data_dir = Path(data_dir)
-        self.datasets = DatasetStore(self.data_dir / "datasets")
+        self.datasets = DatasetStore(self.data_dir / "datasets", max_bytes=max_dataset_bytes)
         self.jobs = JobStore(self.data_dir / "jobs")
         self.artifacts_root = self.data_dir / "artifacts"
         self.embedder_address = embedder_address
@@ -34,7 +36,8 @@ class TrainerCore:
         self.runner = JobRunner(self.jobs, self.datasets, self.artifacts_root,
                                 embedder_factory=self.embedder if embedder_address else None,
                                 uploader=self._upload if hub_gateway_address else None,
-                                workers=workers)
+                                workers=workers, max_job_seconds=max_job_seconds,
+                                max_queued_jobs=max_queued_jobs)
 
     def start(self) -> None:
         self.runner.start()
@@ -102,6 +105,11 @@ class TrainerCore:
             if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or err.code.name == "UNAVAILABLE":
                 raise Unavailable(f"the embedder at {self.embedder_address} is unreachable",
                                   field="embedder") from None
+            if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                # The trainer's own credentials, not the client's config, are at fault.
+                raise FailedPrecondition(f"the embedder refused the trainer's token: "
+                                         f"{err.message}", field="embedder",
+                                         reason="PEER_AUTH_FAILED") from None
             raise InvalidArgument(f"the embedder cannot load this encoder: {err.message}",
                                   field=path) from None
 

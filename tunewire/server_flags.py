@@ -1,0 +1,81 @@
+"""The security and limit flags every service's `__main__` takes, with their env fallbacks.
+
+One definition so that the three services spell them the same way:
+
+    --auth-tokens-file   TUNEWIRE_AUTH_TOKENS_FILE   `TOKEN ROLE` lines; unset: no auth
+    --tls-cert/--tls-key TUNEWIRE_SERVER_TLS_CERT/_KEY  serve TLS with this certificate
+    --tls-client-ca      TUNEWIRE_SERVER_TLS_CLIENT_CA  require client certificates (mutual TLS)
+    --no-reflection      TUNEWIRE_NO_REFLECTION=1       turn server reflection off
+    --max-concurrent-rpcs TUNEWIRE_MAX_CONCURRENT_RPCS  calls in flight before RESOURCE_EXHAUSTED
+    --service-token-file TUNEWIRE_TOKEN_FILE            token this service sends to the others
+
+The server's own certificate variables are distinct from the client ones (TUNEWIRE_TLS_CA/_CERT/
+_KEY, `tunewire.tls.ClientSecurity`) because a service is both: it serves with one certificate and
+calls its peers trusting a CA, possibly presenting a client certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tunewire.server import DEFAULT_MAX_CONCURRENT_RPCS, ServerSecurity
+from tunewire.tls import ServerTLS
+
+
+def _path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) -> None:
+    """Add the flags above; `calls_peers` adds --service-token-file (trainer, hub_gateway)."""
+    p.add_argument("--auth-tokens-file", "--auth_tokens_file", type=Path,
+                   default=_path("TUNEWIRE_AUTH_TOKENS_FILE"),
+                   help="'TOKEN ROLE' lines (roles: admin, train, embed, read), reloaded when "
+                        "changed; without it the server takes calls without a token "
+                        "(env TUNEWIRE_AUTH_TOKENS_FILE)")
+    p.add_argument("--tls-cert", "--tls_cert", type=Path,
+                   default=_path("TUNEWIRE_SERVER_TLS_CERT"),
+                   help="server certificate chain (PEM), reloaded when changed")
+    p.add_argument("--tls-key", "--tls_key", type=Path, default=_path("TUNEWIRE_SERVER_TLS_KEY"),
+                   help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", "--tls_client_ca", type=Path,
+                   default=_path("TUNEWIRE_SERVER_TLS_CLIENT_CA"),
+                   help="CA that client certificates must chain to (mutual TLS)")
+    p.add_argument("--no-reflection", "--no_reflection", dest="reflection",
+                   action="store_false",
+                   default=os.environ.get("TUNEWIRE_NO_REFLECTION", "") not in ("1", "true"),
+                   help="turn gRPC server reflection off")
+    p.add_argument("--max-concurrent-rpcs", "--max_concurrent_rpcs", type=int,
+                   default=int(os.environ.get("TUNEWIRE_MAX_CONCURRENT_RPCS",
+                                              DEFAULT_MAX_CONCURRENT_RPCS)),
+                   help="calls in flight before new ones get RESOURCE_EXHAUSTED (0: no cap)")
+    if calls_peers:
+        p.add_argument("--service-token-file", "--service_token_file", type=Path,
+                       default=_path("TUNEWIRE_TOKEN_FILE"),
+                       help="token this service sends to its peers (env TUNEWIRE_TOKEN_FILE, "
+                            "or the token itself in TUNEWIRE_TOKEN)")
+
+
+def security_from_args(args: argparse.Namespace) -> ServerSecurity:
+    """ServerSecurity from parsed flags; a half-given TLS pair is a usage error."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = (ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+           if args.tls_cert is not None else None)
+    return ServerSecurity(auth_tokens_file=args.auth_tokens_file, tls=tls,
+                          reflection=args.reflection,
+                          max_concurrent_rpcs=args.max_concurrent_rpcs or None)
+
+
+def export_peer_token(args: argparse.Namespace) -> None:
+    """Make --service-token-file the token every outgoing channel of this process sends
+    (`ClientSecurity.from_env` reads TUNEWIRE_TOKEN_FILE)."""
+    path = getattr(args, "service_token_file", None)
+    if path is not None:
+        os.environ["TUNEWIRE_TOKEN_FILE"] = str(path)
+        os.environ.pop("TUNEWIRE_TOKEN", None)
