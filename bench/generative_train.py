@@ -155,11 +155,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/genbench")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/genbench-work"))
     parser.add_argument("--only", default="", help="comma-separated row names to run")
+    parser.add_argument("--batch", type=int, default=8, help="rows of 1024 tokens per step")
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     shape = TINY if args.tiny else LLAMA_1B
     seq = 128 if args.tiny else 1024
-    batch, warmup, steps = (2, 1, 2) if args.tiny else (8, 3, 10)
+    batch, warmup, steps = (2, 1, 2) if args.tiny else (args.batch, 3, 10)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     _init_process_group(device)
@@ -196,6 +197,8 @@ def main() -> None:
         except Exception:
             print(f"{name}: FAILED\n{traceback.format_exc()}", flush=True)
             _reset(device)
+    if batch != 8:
+        results = {f"{k} (batch {batch})": v for k, v in results.items()}
     print(table(results, weights))
     (args.out / "generative_train.md").write_text(table(results, weights))
 
