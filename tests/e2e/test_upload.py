@@ -14,15 +14,12 @@ TOKEN = "hf_e2e_SECRET_token_77aa"
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from huggingface_hub import constants
+    from tests.hubserver import TestHub, allow_test_hub
 
-    from tests.hubserver import TestHub
-
+    allow_test_hub(monkeypatch)
     server = TestHub(tmp_path / "hub", tokens={TOKEN})
     monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     yield server
     server.close()
 

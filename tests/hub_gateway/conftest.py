@@ -14,17 +14,16 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.hubserver import TestHub  # noqa: E402
+from tests.hubserver import TestHub, allow_test_hub  # noqa: E402
 
 TOKEN = "hf_test_SECRET_token_4f9c2a"
 
 
 @pytest.fixture(autouse=True)
-def _no_xet(monkeypatch):
-    # Covers a session where another test module imported huggingface_hub before this conftest.
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+def _test_hub_reachable(monkeypatch):
+    # Covers a session where another test module imported huggingface_hub before this conftest,
+    # and the offline mode that scripts/test.sh sets for the whole run.
+    allow_test_hub(monkeypatch)
 
 
 @pytest.fixture
