@@ -1,9 +1,9 @@
 """Turning table columns into model inputs and targets, and back.
 
-`fit_output()` learns what Ludwig calls the training set metadata (the label vocabulary for binary
-and category outputs, mean/std for numbers) from the training split; the artifact stores it so
-`predict` decodes exactly as training did. Labels that cannot be parsed are an InvalidArgument
-naming the column and the first bad row.
+`fit_output()`/`fit_input()` learn what Ludwig calls the training set metadata (label and category
+vocabularies, mean/std for numbers, the vector size) from the training split; the artifact stores
+it so `predict` encodes and decodes exactly as training did. Values that cannot be parsed are an
+InvalidArgument naming the column and the first bad row.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from tunewire.config.ecd import OutputFeature
+from tunewire.config.ecd import InputFeature, OutputFeature
 from tunewire.errors import InvalidArgument
 
 _TRUE = {"true", "t", "yes", "y", "1", "1.0", "on", "positive", "pos"}
@@ -26,11 +26,13 @@ class OutputMetadata:
     name: str
     type: str
     column: str
-    # binary: [false_label, true_label]; category: the class names in index order.
+    # binary: [false_label, true_label]; category/set: the class names in index order.
     vocab: list[str] = field(default_factory=list)
     mean: float = 0.0
     std: float = 1.0
     normalization: str | None = None
+    size: int = 0  # vector: its length
+    separator: str | None = None  # set/vector: None splits on whitespace
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,13 +90,33 @@ def fit_output(df: pd.DataFrame, feature: OutputFeature, path: str) -> OutputMet
         # Most frequent first (Ludwig's order), ties by name for determinism.
         meta.vocab = sorted(counts.index, key=lambda c: (-counts[c], c))
     elif feature.type == "number":
-        y = numbers(raw, col, path)
         meta.normalization = feature.preprocessing.normalization
-        if meta.normalization == "zscore":
-            meta.mean, meta.std = float(y.mean()), float(y.std() or 1.0)
-        elif meta.normalization == "minmax":
-            meta.mean, meta.std = float(y.min()), float((y.max() - y.min()) or 1.0)
+        _fit_scale(meta, numbers(raw, col, path))
+    elif feature.type == "set":
+        meta.separator = _SEPARATORS[feature.preprocessing.tokenizer]
+        counts = pd.Series([t for v in raw for t in _tokens(v, meta.separator)]).value_counts()
+        if len(counts) < 1:
+            raise InvalidArgument(f"set column {col!r} has no labels", field=path)
+        meta.vocab = sorted(counts.index, key=lambda c: (-counts[c], c))
+    elif feature.type == "vector":
+        meta.separator = _SEPARATORS[feature.preprocessing.tokenizer]
+        meta.size = feature.vector_size or len(_tokens(raw.iloc[0], meta.separator))
+        vectors(raw, meta, path)  # every row must parse to `size` numbers
     return meta
+
+
+_SEPARATORS = {"space": None, "comma": ","}
+
+
+def _fit_scale(meta: OutputMetadata | InputMetadata, y: np.ndarray) -> None:
+    if meta.normalization == "zscore":
+        meta.mean, meta.std = float(y.mean()), float(y.std() or 1.0)
+    elif meta.normalization == "minmax":
+        meta.mean, meta.std = float(y.min()), float((y.max() - y.min()) or 1.0)
+
+
+def _tokens(v, separator: str | None) -> list[str]:
+    return [t.strip() for t in _norm(v).split(separator) if t.strip()]
 
 
 def encode_output(df: pd.DataFrame, meta: OutputMetadata, path: str) -> np.ndarray:
@@ -127,8 +149,99 @@ def encode_output(df: pd.DataFrame, meta: OutputMetadata, path: str) -> np.ndarr
                     field=path)
             out[i] = index[s]
         return out
+    if meta.type == "set":
+        index = {c: i for i, c in enumerate(meta.vocab)}
+        out = np.zeros((len(raw), len(meta.vocab)), dtype=np.float32)
+        for i, v in enumerate(raw):
+            # A label unseen in training cannot be predicted; it is left out, as Ludwig's <UNK>.
+            out[i, [index[t] for t in _tokens(v, meta.separator) if t in index]] = 1.0
+        return out
+    if meta.type == "vector":
+        return vectors(raw, meta, path)
     y = numbers(raw, meta.column, path)
     return ((y - meta.mean) / meta.std).astype(np.float32)
+
+
+def vectors(raw: pd.Series, meta: OutputMetadata, path: str) -> np.ndarray:
+    out = np.empty((len(raw), meta.size), dtype=np.float32)
+    for i, v in enumerate(raw):
+        parts = _tokens(v, meta.separator)
+        try:
+            values = [float(t) for t in parts]
+        except ValueError:
+            values = []
+        if len(values) != meta.size or not np.all(np.isfinite(values)):
+            raise InvalidArgument(
+                f"row {i}: {v!r} in vector column {meta.column!r} is not {meta.size} finite "
+                "numbers", field=path)
+        out[i] = values
+    return out
+
+
+@dataclass
+class InputMetadata:
+    """What encodes one non-text input feature the same way at training and at predict time."""
+
+    name: str
+    type: str
+    column: str
+    vocab: list[str] = field(default_factory=list)  # category: index 0 is <UNK>
+    mean: float = 0.0
+    std: float = 1.0
+    normalization: str | None = None
+    fill: float = 0.0  # number: the value a missing cell becomes (before normalising)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputMetadata":
+        return cls(**d)
+
+
+UNK = "<UNK>"
+
+
+def fit_input(df: pd.DataFrame, feature: InputFeature, path: str) -> InputMetadata:
+    """Metadata of a number, binary or category input, from the training split."""
+    meta = InputMetadata(feature.name, feature.type, str(feature.column))
+    pre = feature.preprocessing
+    raw = df[meta.column]
+    if feature.type == "number":
+        y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        seen = y[np.isfinite(y)]
+        if len(seen) == 0:
+            raise InvalidArgument(f"number column {meta.column!r} has no numbers", field=path)
+        meta.fill = float(seen.mean()) if pre.missing_value_strategy == "fill_with_mean" \
+            else float(pre.fill_value)
+        meta.normalization = pre.normalization
+        _fit_scale(meta, np.where(np.isfinite(y), y, meta.fill))
+    elif feature.type == "binary":
+        as_output = OutputFeature(name=feature.name, type="binary", column=meta.column)
+        as_output.preprocessing.fallback_true_label = pre.fallback_true_label
+        present = raw.map(_norm) != ""
+        meta.vocab = fit_output(df[present], as_output, path).vocab
+    elif feature.type == "category":
+        counts = raw.map(_norm).value_counts()
+        counts = counts[counts.index != ""]
+        top = sorted(counts.index, key=lambda c: (-counts[c], c))[:pre.most_common]
+        meta.vocab = [UNK, *top]
+    return meta
+
+
+def encode_input(df: pd.DataFrame, meta: InputMetadata, path: str) -> np.ndarray:
+    """number/binary: float32 [n] (normalised, 0/1); category: int64 [n] indices (0: unseen)."""
+    raw = df[meta.column]
+    if meta.type == "number":
+        y = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        y = np.where(np.isfinite(y), y, meta.fill)
+        return ((y - meta.mean) / meta.std).astype(np.float32)
+    if meta.type == "binary":
+        out_meta = OutputMetadata(meta.name, "binary", meta.column, vocab=meta.vocab)
+        filled = raw.map(lambda v: meta.vocab[0] if _norm(v) == "" else v)
+        return encode_output(filled.to_frame(meta.column), out_meta, path)
+    index = {c: i for i, c in enumerate(meta.vocab)}
+    return np.array([index.get(_norm(v), 0) for v in raw], dtype=np.int64)
 
 
 def decode_number(values: np.ndarray, meta: OutputMetadata) -> np.ndarray:

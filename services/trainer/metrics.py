@@ -2,7 +2,9 @@
 
 binary: accuracy, precision, recall, f1, roc_auc (rank-based, ties averaged);
 category: accuracy, macro_f1, hits_at_k; number: mse, mae, r2 (names as Ludwig reports them:
-mean_squared_error, mean_absolute_error, r2).
+mean_squared_error, mean_absolute_error, r2); set: jaccard, f1 (micro), precision, recall, and
+exact-match accuracy; vector: mse, mae, r2 over all components. Confusion matrices and per-class
+scores feed the plots.
 """
 
 from __future__ import annotations
@@ -61,7 +63,43 @@ def category_metrics(y_true: np.ndarray, prob: np.ndarray, top_k: int = 3) -> di
             "hits_at_k": float(np.mean(np.any(topk == y_true[:, None], axis=1)))}
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
+    return counts
+
+
+def per_class(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """precision, recall, f1 and support per class from a confusion matrix (0 where undefined)."""
+    tp = np.diag(counts).astype(np.float64)
+    predicted, support = counts.sum(axis=0), counts.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def set_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Multi-label: y_true and prob are [n, classes]; a row with neither true nor predicted
+    labels has Jaccard 1 (both empty sets agree)."""
+    y = y_true.astype(bool)
+    pred = prob >= threshold
+    inter = (y & pred).sum(axis=1)
+    union = (y | pred).sum(axis=1)
+    jaccard = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    tp, fp, fn = float(inter.sum()), float((pred & ~y).sum()), float((~pred & y).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"jaccard": float(jaccard.mean()), "f1": f1, "precision": precision, "recall": recall,
+            "accuracy": float(np.mean(np.all(y == pred, axis=1)))}
+
+
 def number_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Regression metrics; for vectors ([n, d]) every component counts as one value."""
+    y_true, y_pred = y_true.reshape(-1), y_pred.reshape(-1)
     err = y_pred - y_true
     ss_res = float(np.sum(err**2))
     ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
@@ -73,7 +111,7 @@ def number_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
 
 # Which direction is better, for early stopping on `validation_metric`.
 HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "macro_f1", "hits_at_k",
-                    "r2"}
+                    "r2", "jaccard"}
 
 
 def improves(metric: str, new: float, best: float | None) -> bool:

@@ -90,28 +90,33 @@ class TrainerCore:
                 encode_output(df_l, fit_output(df_l, feature, path), path)
 
     def _validate_encoder(self, config) -> None:
-        """Ask the embedder to load the encoder now, so a bad path fails the create, not the job."""
+        """Ask the embedder to load each frozen text encoder now, so a bad path fails the
+        create, not the job. (An adapted encoder loads in the trainer, when the job runs.)"""
         if config.model_type != "ecd":
             return
-        from services.trainer.recipes.predictive.model import encoder_ref
+        from services.trainer.recipes.predictive.model import encoder_refs
 
-        spec = encoder_ref(config).spec()
-        path = "input_features[0].encoder." + (
-            "base_model" if config.input_features[0].encoder.type == "llm"
-            else "pretrained_model_name_or_path")
-        try:
-            self.embedder().info(spec)
-        except TunewireError as err:
-            if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or err.code.name == "UNAVAILABLE":
-                raise Unavailable(f"the embedder at {self.embedder_address} is unreachable",
-                                  field="embedder") from None
-            if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                # The trainer's own credentials, not the client's config, are at fault.
-                raise FailedPrecondition(f"the embedder refused the trainer's token: "
-                                         f"{err.message}", field="embedder",
-                                         reason="PEER_AUTH_FAILED") from None
-            raise InvalidArgument(f"the embedder cannot load this encoder: {err.message}",
-                                  field=path) from None
+        refs = encoder_refs(config)
+        for i, feature in enumerate(config.input_features):
+            ref = refs.get(feature.name)
+            if ref is None or ref.adapted:
+                continue
+            path = f"input_features[{i}].encoder." + (
+                "base_model" if feature.encoder.type == "llm" else "pretrained_model_name_or_path")
+            try:
+                self.embedder().info(ref.spec())
+            except TunewireError as err:
+                if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") \
+                        or err.code.name == "UNAVAILABLE":
+                    raise Unavailable(f"the embedder at {self.embedder_address} is unreachable",
+                                      field="embedder") from None
+                if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                    # The trainer's own credentials, not the client's config, are at fault.
+                    raise FailedPrecondition(f"the embedder refused the trainer's token: "
+                                             f"{err.message}", field="embedder",
+                                             reason="PEER_AUTH_FAILED") from None
+                raise InvalidArgument(f"the embedder cannot load this encoder: {err.message}",
+                                      field=path) from None
 
     # -------------------------------------------------------------------------------- models
     def artifact_dir(self, job_id: str) -> Path:

@@ -1,17 +1,38 @@
-"""Predictive (`model_type: ecd`) config: text input features through a pretrained encoder, a
+"""Predictive (`model_type: ecd`) config: text features through a pretrained encoder (frozen and
+cached, or adapted with LoRA), number/binary/category features beside them, a concat combiner and a
 task head per output feature. Ludwig's vocabulary; what is not built is refused by name."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from tunewire.config.schema import ConfigError, check, join, parse
 from tunewire.config.trainer import TrainerConfig
 
 REDUCE_OUTPUTS = ("mean", "avg", "cls_pooled", "cls", "last", "max", "sum")
-INPUT_TYPES = ("text",)
-OUTPUT_TYPES = ("binary", "category", "number")
+INPUT_TYPES = ("text", "number", "binary", "category")
+OUTPUT_TYPES = ("binary", "category", "number", "set", "vector")
+# Output types whose head emits logits of a distribution that temperature scaling can calibrate.
+CALIBRATABLE = ("binary", "category")
+
+
+@dataclass
+class LoraConfig:
+    """The encoder adapter (PEFT LoRA), in Ludwig's spelling."""
+
+    type: Literal["lora"] = field(default="lora", metadata={"help": "Only LoRA is built."})
+    r: int = field(default=8, metadata={"help": "Rank of the update matrices."})
+    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (alpha / r)."})
+    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt; null: PEFT's default per model."})
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "must be >= 1", "r")
+        check(self.alpha >= 1, "must be >= 1", "alpha")
+        check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
 
 
 @dataclass
@@ -21,15 +42,16 @@ class EncoderConfig:
     pretrained_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Local directory or Hub id of the encoder."})
     base_model: str | None = field(default=None, metadata={"help": "Encoder for type: llm."})
-    trainable: bool = field(default=False, metadata={"help": "Fine-tune the encoder."})
-    reduce_output: Literal["mean", "avg", "cls_pooled", "cls", "last", "max", "sum"] = field(
-        default="mean", metadata={"help": "Pooling over the token sequence."})
+    trainable: bool = field(default=False, metadata={"help": "Adapt the encoder (needs adapter)."})
+    reduce_output: Literal["mean", "avg", "cls_pooled", "cls", "last", "max", "sum"] | None = field(
+        default=None, metadata={"help": "Pooling over the tokens; default last for llm, else mean."})
     max_sequence_length: int | None = None
     layer: int = field(default=0, metadata={"help": "Hidden layer to pool (0/-1: last)."})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise the embedding."})
     revision: str | None = None
     pretrained_kwargs: dict | None = None
-    adapter: dict | None = None
+    adapter: LoraConfig | None = field(
+        default=None, metadata={"help": "PEFT adapter trained with the head (trainable: true)."})
     quantization: dict | None = None
 
     def __post_init__(self) -> None:
@@ -38,11 +60,16 @@ class EncoderConfig:
         else:
             check(self.pretrained_model_name_or_path is not None,
                   "is required for this encoder type", "pretrained_model_name_or_path")
-        check(not self.trainable,
-              "a trainable encoder (PEFT or full) is not built yet; use trainable: false",
-              "trainable")
-        check(self.adapter is None, "encoder adapters are not built yet", "adapter")
-        check(self.quantization is None, "encoder quantization is not built yet", "quantization")
+        if self.reduce_output is None:
+            # A causal LM has read the whole text only at its last token.
+            self.reduce_output = "last" if self.type == "llm" else "mean"
+        check(not self.trainable or self.adapter is not None,
+              "full fine-tuning of the encoder is not built; add adapter: {type: lora} or use "
+              "trainable: false", "trainable")
+        check(self.adapter is None or self.trainable,
+              "an adapter is trained with the encoder: set trainable: true", "adapter")
+        check(self.quantization is None,
+              "encoder quantization is not built (it needs bitsandbytes on a GPU)", "quantization")
         check(self.pretrained_kwargs is None, "is not supported", "pretrained_kwargs")
 
     @property
@@ -51,14 +78,16 @@ class EncoderConfig:
 
     @property
     def pooling(self) -> str:
-        return {"avg": "mean", "cls_pooled": "cls"}.get(self.reduce_output, self.reduce_output)
+        mode = str(self.reduce_output)
+        return {"avg": "mean", "cls_pooled": "cls"}.get(mode, mode)
 
 
 @dataclass
 class TextPreprocessing:
     max_sequence_length: int | None = field(default=256, metadata={"help": "Tokens kept per text."})
-    cache_encoder_embeddings: bool = field(
-        default=True, metadata={"help": "Compute frozen embeddings once, through the embedder cache."})
+    cache_encoder_embeddings: bool | None = field(
+        default=None, metadata={"help": "Compute frozen embeddings once, through the embedder "
+                                        "cache; default: true unless the encoder is trainable."})
     lowercase: bool = False
     missing_value_strategy: Literal["fill_with_const", "drop_row"] = "fill_with_const"
     fill_value: str = ""
@@ -70,12 +99,74 @@ class TextPreprocessing:
 
 
 @dataclass
+class NumberPreprocessing:
+    normalization: Literal["zscore", "minmax"] | None = field(
+        default="zscore", metadata={"help": "Fitted on the training split, stored in the artifact."})
+    missing_value_strategy: Literal["fill_with_const", "fill_with_mean"] = "fill_with_mean"
+    fill_value: float = 0.0
+
+
+@dataclass
+class BinaryPreprocessing:
+    missing_value_strategy: Literal["fill_with_false"] = field(
+        default="fill_with_false", metadata={"help": "A missing value reads as the false class."})
+    fallback_true_label: str | None = None
+
+
+@dataclass
+class CategoryPreprocessing:
+    missing_value_strategy: Literal["fill_with_unk"] = field(
+        default="fill_with_unk", metadata={"help": "Missing and unseen values read as <UNK>."})
+    most_common: int = field(default=10000, metadata={"help": "Vocabulary size; rarer: <UNK>."})
+
+    def __post_init__(self) -> None:
+        check(self.most_common >= 1, "must be >= 1", "most_common")
+
+
+@dataclass
+class PassthroughEncoder:
+    """number and binary inputs enter the combiner as they are (normalised)."""
+
+    type: Literal["passthrough"] = "passthrough"
+
+
+@dataclass
+class CategoryEncoder:
+    type: Literal["onehot", "sparse", "dense"] = field(
+        default="dense", metadata={"help": "onehot/sparse: one-hot; dense: a learned embedding."})
+    embedding_size: int = field(default=50, metadata={"help": "Width of the dense embedding."})
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.embedding_size >= 1, "must be >= 1", "embedding_size")
+        check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
+
+
+# type -> (encoder section, preprocessing section)
+_INPUT_SECTIONS: dict[str, tuple[type, type]] = {
+    "text": (EncoderConfig, TextPreprocessing),
+    "number": (PassthroughEncoder, NumberPreprocessing),
+    "binary": (PassthroughEncoder, BinaryPreprocessing),
+    "category": (CategoryEncoder, CategoryPreprocessing),
+}
+
+
+def _section(cls: type, data, key: str):
+    """Parse a per-type section, reporting errors at `key.<field>` so the caller's path joins."""
+    try:
+        return parse(cls, data, key)
+    except ConfigError as exc:
+        raise ValueError_at(exc.field or key, exc.message) from None
+
+
+@dataclass
 class InputFeature:
     name: str
     type: str
     column: str | None = None
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    preprocessing: TextPreprocessing = field(default_factory=TextPreprocessing)
+    # Typed by `type` (see _INPUT_SECTIONS): parsed in __post_init__, written back in full.
+    encoder: Any = field(default=None, metadata={"help": "The feature's encoder section."})
+    preprocessing: Any = field(default=None, metadata={"help": "The feature's preprocessing."})
     tied: str | None = None
 
     @staticmethod
@@ -89,6 +180,27 @@ class InputFeature:
         if self.column is None:
             self.column = self.name
         check(self.tied is None, "tied features are not supported", "tied")
+        enc_cls, pre_cls = _INPUT_SECTIONS[self.type]
+        if not isinstance(self.encoder, enc_cls):
+            self.encoder = _section(enc_cls, self.encoder, "encoder")
+        if not isinstance(self.preprocessing, pre_cls):
+            self.preprocessing = _section(pre_cls, self.preprocessing, "preprocessing")
+        if self.type == "text":
+            enc, pre = self.encoder, self.preprocessing
+            if pre.cache_encoder_embeddings is None:
+                pre.cache_encoder_embeddings = not enc.trainable
+            check(not (enc.trainable and pre.cache_encoder_embeddings),
+                  "cannot cache embeddings of a trainable encoder (its output changes as it "
+                  "trains); set it false or make the encoder frozen",
+                  "preprocessing.cache_encoder_embeddings")
+            if enc.max_sequence_length is None:
+                enc.max_sequence_length = pre.max_sequence_length
+
+
+def _check_fc_layers(layers: list[dict] | None) -> None:
+    for i, layer in enumerate(layers or []):
+        extra = set(layer) - {"output_size", "dropout", "activation"}
+        check(not extra, f"unknown key {sorted(extra)[0]!r}", f"fc_layers[{i}]")
 
 
 @dataclass
@@ -101,24 +213,28 @@ class DecoderConfig:
     fc_norm: Literal["batch", "layer"] | None = None
     fc_use_bias: bool = True
     fc_layers: list[dict] | None = None
+    use_bias: bool = field(
+        default=True, metadata={"help": "Bias of the output projection; false lets a one-layer "
+                                        "head export as a stock *ForSequenceClassification."})
 
     def __post_init__(self) -> None:
         check(self.num_fc_layers >= 0, "must be >= 0", "num_fc_layers")
         check(self.fc_output_size >= 1, "must be >= 1", "fc_output_size")
         check(0.0 <= self.fc_dropout < 1.0, "must be in [0, 1)", "fc_dropout")
-        if self.fc_layers is not None:
-            for i, layer in enumerate(self.fc_layers):
-                extra = set(layer) - {"output_size", "dropout", "activation"}
-                check(not extra, f"unknown key {sorted(extra)[0]!r}", f"fc_layers[{i}]")
+        _check_fc_layers(self.fc_layers)
 
 
 @dataclass
 class LossConfig:
     type: Literal["binary_weighted_cross_entropy", "softmax_cross_entropy",
-                  "mean_squared_error", "mean_absolute_error", "huber"] | None = None
+                  "sigmoid_cross_entropy", "focal", "mean_squared_error", "mean_absolute_error",
+                  "huber"] | None = None
     positive_class_weight: float | None = None
-    class_weights: list[float] | dict | None = None
-    weight: float = 1.0
+    class_weights: list[float] | dict | None = field(
+        default=None, metadata={"help": "Per-class weights (category, set): a list in vocabulary "
+                                        "order or {class: weight}; unnamed classes weigh 1."})
+    weight: float = field(default=1.0, metadata={"help": "This output's share of the summed loss."})
+    gamma: float = field(default=2.0, metadata={"help": "Focusing exponent of the focal loss."})
     robust_lambda: float = 0.0
     confidence_penalty: float = 0.0
     delta: float = 1.0
@@ -126,6 +242,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         check(self.robust_lambda == 0.0, "is not supported", "robust_lambda")
         check(self.confidence_penalty == 0.0, "is not supported", "confidence_penalty")
+        check(self.weight >= 0.0, "must be >= 0", "weight")
+        check(self.gamma >= 0.0, "must be >= 0", "gamma")
 
 
 @dataclass
@@ -133,6 +251,8 @@ class OutputPreprocessing:
     missing_value_strategy: Literal["drop_row"] = "drop_row"
     fallback_true_label: str | None = None
     normalization: Literal["zscore", "minmax"] | None = None
+    tokenizer: Literal["space", "comma"] = field(
+        default="space", metadata={"help": "How set and vector labels are split."})
 
 
 @dataclass
@@ -148,6 +268,9 @@ class OutputFeature:
     fc_output_size: int | None = None
     fc_dropout: float | None = None
     top_k: int = 3
+    calibration: bool = field(
+        default=False, metadata={"help": "Temperature scaling fitted on the validation split."})
+    vector_size: int | None = field(default=None, metadata={"help": "vector: length (inferred)."})
 
     @staticmethod
     def precheck(data: dict) -> None:
@@ -168,15 +291,21 @@ class OutputFeature:
         if self.decoder.type is None:
             self.decoder.type = "classifier" if self.type == "category" else "regressor"
         default_loss = {"binary": "binary_weighted_cross_entropy",
-                        "category": "softmax_cross_entropy", "number": "mean_squared_error"}
+                        "category": "softmax_cross_entropy", "number": "mean_squared_error",
+                        "set": "sigmoid_cross_entropy", "vector": "mean_squared_error"}
         if self.loss.type is None:
             self.loss.type = default_loss[self.type]
-        allowed = {"binary": {"binary_weighted_cross_entropy"},
-                   "category": {"softmax_cross_entropy"},
-                   "number": {"mean_squared_error", "mean_absolute_error", "huber"}}[self.type]
+        regression = {"mean_squared_error", "mean_absolute_error", "huber"}
+        allowed = {"binary": {"binary_weighted_cross_entropy", "focal"},
+                   "category": {"softmax_cross_entropy", "focal"},
+                   "number": regression, "set": {"sigmoid_cross_entropy"},
+                   "vector": regression}[self.type]
         check(self.loss.type in allowed,
               f"loss {self.loss.type!r} does not fit a {self.type} output "
               f"(use {', '.join(sorted(allowed))})", "loss.type")
+        check(not self.calibration or self.type in CALIBRATABLE,
+              f"calibration (temperature scaling) is for {' and '.join(CALIBRATABLE)} outputs",
+              "calibration")
         if self.preprocessing.normalization is None and self.type == "number":
             self.preprocessing.normalization = "zscore"
 
@@ -217,11 +346,21 @@ class GlobalPreprocessing:
 
 @dataclass
 class CombinerConfig:
-    type: Literal["concat"] = "concat"
-    fc_layers: list[dict] | None = None
-    num_fc_layers: int = 0
-    output_size: int = 256
-    dropout: float = 0.0
+    """Ludwig's concat combiner: every input feature's encoding side by side, then an fc stack."""
+
+    type: Literal["concat"] = field(default="concat", metadata={"help": "Only concat is built."})
+    fc_layers: list[dict] | None = field(
+        default=None, metadata={"help": "[{output_size, dropout, activation}] per hidden layer."})
+    num_fc_layers: int = field(default=0, metadata={"help": "Hidden layers after the concat."})
+    output_size: int = field(default=256, metadata={"help": "Width of each hidden layer."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer."})
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
+
+    def __post_init__(self) -> None:
+        check(self.num_fc_layers >= 0, "must be >= 0", "num_fc_layers")
+        check(self.output_size >= 1, "must be >= 1", "output_size")
+        check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
+        _check_fc_layers(self.fc_layers)
 
 
 @dataclass
@@ -248,11 +387,6 @@ class EcdConfig:
               "input_features")
         check(len(self.output_features) >= 1, "at least one output feature is required",
               "output_features")
-        check(len(self.input_features) == 1,
-              "several input features (combiner) are not built yet; use one text feature",
-              "input_features")
-        check(len(self.output_features) == 1,
-              "several output features are not built yet; use one", "output_features")
         check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
         check(self.defaults is None, "is not supported; set options per feature", "defaults")
         names = [f.name for f in [*self.input_features, *self.output_features]]
@@ -261,15 +395,14 @@ class EcdConfig:
             raise ValueError_at("input_features", f"feature name {sorted(dup)[0]!r} is used twice")
         if self.trainer.type == "finetune":
             raise ValueError_at("trainer.type", "`finetune` belongs to model_type: llm")
-        for i, feat in enumerate(self.input_features):
-            if feat.encoder.max_sequence_length is None:
-                feat.encoder.max_sequence_length = feat.preprocessing.max_sequence_length
-            if feat.encoder.trainable and feat.preprocessing.cache_encoder_embeddings:
-                raise ValueError_at(f"input_features[{i}].preprocessing.cache_encoder_embeddings",
-                                    "cannot cache embeddings of a trainable encoder")
-        out = self.output_features[0]
+        trainable = [i for i, f in enumerate(self.input_features)
+                     if f.type == "text" and f.encoder.trainable]
+        if len(trainable) > 1:
+            raise ValueError_at(f"input_features[{trainable[1]}].encoder.trainable",
+                                "one adapted (trainable) text encoder per model is built; "
+                                "keep the others frozen")
         if self.trainer.validation_field is None:
-            self.trainer.validation_field = out.name
+            self.trainer.validation_field = self.output_features[0].name
         if self.trainer.validation_metric is None:
             self.trainer.validation_metric = "loss"
         if self.trainer.batch_size == "auto":
@@ -278,8 +411,12 @@ class EcdConfig:
             self.trainer.eval_batch_size = 1024
         if self.trainer.learning_rate == "auto":
             self.trainer.learning_rate = 0.001
-        check(self.trainer.validation_field in [o.name for o in self.output_features],
-              "must name an output feature", "trainer.validation_field")
+        check(self.trainer.validation_field in [o.name for o in self.output_features]
+              + ["combined"], "must name an output feature or be 'combined'",
+              "trainer.validation_field")
+        check(self.trainer.validation_field != "combined"
+              or self.trainer.validation_metric == "loss",
+              "only the loss is computed for 'combined'", "trainer.validation_metric")
 
 
 def ValueError_at(field_path: str, message: str) -> ValueError:

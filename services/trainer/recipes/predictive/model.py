@@ -1,6 +1,10 @@
-"""The predictive model as it is trained, saved and served: an encoder reference, a head, and
-the output metadata that turns head outputs into predictions.
+"""The predictive model as it is trained, saved and served: per-input encodings, Ludwig's concat
+combiner, and one head per output feature; plus the encoder references that say how the text
+features were embedded.
 
+Text features enter as pooled vectors: from the embedder's cache (frozen encoder) or from the
+adapted encoder the PEFT recipe runs itself. Either way this module sees the same [n, d] tensor, so
+the frozen and adapted recipes share the combiner, the heads, the losses and the artifact.
 Training and `predict` share this class, so the artifact reproduces the trainer's own test-split
 predictions exactly.
 """
@@ -8,7 +12,7 @@ predictions exactly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +21,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from tunewire.config.ecd import EcdConfig, OutputFeature
-from services.trainer import metrics as M
-from services.trainer.features import OutputMetadata, decode_number
-from services.trainer.heads import MLPHead, layer_specs
+from services.trainer.features import InputMetadata, OutputMetadata
+from services.trainer.heads import FCStack, combiner_specs
+from services.trainer.recipes.predictive.outputs import OutputHead
+from tunewire.config.ecd import CombinerConfig, EcdConfig
 
 HEAD_FILE = "head.safetensors"
 METADATA_FILE = "training_set_metadata.json"
 MANIFEST_FILE = "tunewire.json"
 CONFIG_FILE = "resolved_config.json"
+ADAPTER_DIR = "encoder_adapter"
 
 
 @dataclass
 class EncoderRef:
-    """How the embedder must run the encoder: exactly the fields of its cache key."""
+    """How a text feature's encoder runs: exactly the fields of the embedder's cache key, plus
+    whether the trainer adapted it (then its LoRA weights sit in `encoder_adapter/`)."""
 
     model: str
     pooling: str
@@ -41,6 +47,8 @@ class EncoderRef:
     revision: str = ""
     fingerprint: str = ""
     dimension: int = 0
+    feature: str = ""
+    adapted: bool = False
 
     def spec(self):
         from clients.sdk import EncoderSpec
@@ -50,105 +58,157 @@ class EncoderRef:
                            revision=self.revision)
 
 
-def encoder_ref(cfg: EcdConfig) -> EncoderRef:
-    enc = cfg.input_features[0].encoder
-    return EncoderRef(model=enc.model, pooling=enc.pooling,
-                      max_length=int(enc.max_sequence_length or 0), normalize=enc.normalize,
-                      layer=enc.layer, revision=enc.revision or "")
+def encoder_refs(cfg: EcdConfig) -> dict[str, EncoderRef]:
+    """feature name → EncoderRef, for every text input feature, in config order."""
+    refs = {}
+    for f in cfg.input_features:
+        if f.type != "text":
+            continue
+        enc = f.encoder
+        refs[f.name] = EncoderRef(model=enc.model, pooling=enc.pooling,
+                                  max_length=int(enc.max_sequence_length or 0),
+                                  normalize=enc.normalize, layer=enc.layer,
+                                  revision=enc.revision or "", feature=f.name,
+                                  adapted=enc.trainable)
+    return refs
 
 
-def output_size(meta: OutputMetadata) -> int:
-    return len(meta.vocab) if meta.type == "category" else 1
+@dataclass
+class InputSpec:
+    """What the model needs to size one input's encoding."""
+
+    name: str
+    type: str
+    dimension: int = 0  # text: the pooled vector's width
+    meta: InputMetadata | None = None  # number/binary/category
+    encoder: dict = field(default_factory=dict)  # category: {type, embedding_size, dropout}
+
+
+class CategoryInput(nn.Module):
+    """Index → one-hot (onehot/sparse) or a learned embedding (dense); index 0 is <UNK>."""
+
+    def __init__(self, vocab_size: int, kind: str, embedding_size: int, dropout: float) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_size) if kind == "dense" else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.output_dim = embedding_size if kind == "dense" else vocab_size
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return F.one_hot(index, self.vocab_size).float()
+        return self.dropout(self.embedding(index))
+
+
+def _input_width(spec: InputSpec) -> int:
+    return spec.dimension if spec.type == "text" else 1
 
 
 class PredictiveModel(nn.Module):
-    def __init__(self, input_dim: int, feature: OutputFeature, meta: OutputMetadata) -> None:
+    def __init__(self, inputs: list[InputSpec], combiner: CombinerConfig,
+                 outputs: list[tuple]) -> None:
+        """`outputs`: [(OutputFeature, OutputMetadata)] in config order."""
         super().__init__()
-        self.feature = feature
-        self.meta = meta
-        self.head = MLPHead(input_dim, output_size(meta), layer_specs(feature.decoder),
-                            norm=feature.decoder.fc_norm, bias=feature.decoder.fc_use_bias)
-        self.register_buffer("pos_weight", torch.tensor(
-            float(feature.loss.positive_class_weight or 1.0)))
-        weights = feature.loss.class_weights
-        if isinstance(weights, dict):
-            weights = [float(weights.get(c, 1.0)) for c in meta.vocab]
-        self.register_buffer("class_weights", torch.tensor(
-            weights if weights else [1.0] * output_size(meta), dtype=torch.float32))
+        self.inputs = inputs
+        self.categories = nn.ModuleDict()
+        width = 0
+        for spec in inputs:
+            if spec.type == "category":
+                assert spec.meta is not None
+                module = CategoryInput(len(spec.meta.vocab), spec.encoder["type"],
+                                       int(spec.encoder["embedding_size"]),
+                                       float(spec.encoder["dropout"]))
+                self.categories[spec.name] = module
+                width += module.output_dim
+            else:
+                width += _input_width(spec)
+        self.combiner = FCStack(width, combiner_specs(combiner), bias=True)
+        self.outputs = nn.ModuleDict({f.name: OutputHead(self.combiner.output_dim, f, meta)
+                                      for f, meta in outputs})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(x)
-        return out.squeeze(-1) if self.meta.type != "category" else out
+    def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = []
+        for spec in self.inputs:
+            value = x[spec.name]
+            if spec.name in self.categories:
+                parts.append(self.categories[spec.name](value))
+            else:
+                parts.append(value if value.dim() == 2 else value[:, None])
+        hidden = self.combiner(torch.cat(parts, dim=-1))
+        return {name: head(hidden) for name, head in self.outputs.items()}
 
-    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        kind = self.feature.loss.type
-        if kind == "binary_weighted_cross_entropy":
-            return F.binary_cross_entropy_with_logits(out, target, pos_weight=self.pos_weight)
-        if kind == "softmax_cross_entropy":
-            return F.cross_entropy(out, target, weight=self.class_weights)
-        if kind == "mean_absolute_error":
-            return F.l1_loss(out, target)
-        if kind == "huber":
-            return F.huber_loss(out, target, delta=self.feature.loss.delta)
-        return F.mse_loss(out, target)
-
-    @torch.no_grad()
-    def infer(self, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Raw head outputs → probabilities (binary: P(true); category: softmax) or numbers."""
-        self.eval()
-        outs = [self(torch.from_numpy(np.asarray(x[i:i + batch_size], dtype=np.float32)))
-                for i in range(0, len(x), batch_size)]
-        out = torch.cat(outs) if outs else torch.empty(0)
-        if self.meta.type == "binary":
-            return torch.sigmoid(out).numpy()
-        if self.meta.type == "category":
-            return torch.softmax(out, dim=-1).numpy()
-        return decode_number(out.numpy().astype(np.float64), self.meta)
-
-    def decode(self, scores: np.ndarray) -> tuple[list[str], np.ndarray | None, list[str]]:
-        """Scores from `infer` → (predictions as text, probabilities [n, classes], class names)."""
-        if self.meta.type == "binary":
-            probs = np.stack([1.0 - scores, scores], axis=1).astype(np.float32)
-            preds = [self.meta.vocab[int(s >= self.feature.threshold)] for s in scores]
-            return preds, probs, list(self.meta.vocab)
-        if self.meta.type == "category":
-            return ([self.meta.vocab[i] for i in scores.argmax(axis=1)],
-                    scores.astype(np.float32), list(self.meta.vocab))
-        return [repr(float(v)) for v in scores], None, []
-
-    def metrics(self, scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        """Metrics on the original scale; `targets` as encoded by features.encode_output."""
-        if self.meta.type == "binary":
-            return M.binary_metrics(targets, scores, self.feature.threshold)
-        if self.meta.type == "category":
-            return M.category_metrics(targets, scores, self.feature.top_k)
-        return M.number_metrics(decode_number(targets.astype(np.float64), self.meta), scores)
+    def loss(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(Σ weight · loss, each output's loss); an output without targets adds nothing."""
+        parts = {name: head.loss(out[name], y[name]) for name, head in self.outputs.items()
+                 if name in y}
+        total = sum(self.outputs[n].feature.loss.weight * v for n, v in parts.items())
+        return total, parts  # type: ignore[return-value]
 
 
-def save(model: PredictiveModel, directory: Path, *, encoder: EncoderRef, config: dict,
-         manifest_extra: dict) -> None:
+def input_specs(cfg: EcdConfig, metas: dict[str, InputMetadata],
+                dims: dict[str, int]) -> list[InputSpec]:
+    specs = []
+    for f in cfg.input_features:
+        enc = {}
+        if f.type == "category":
+            enc = {"type": f.encoder.type, "embedding_size": f.encoder.embedding_size,
+                   "dropout": f.encoder.dropout}
+        specs.append(InputSpec(f.name, f.type, dims.get(f.name, 0), metas.get(f.name), enc))
+    return specs
+
+
+def save(model: PredictiveModel, directory: Path, *, encoders: dict[str, EncoderRef],
+         config: dict, manifest_extra: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / HEAD_FILE)
-    (directory / METADATA_FILE).write_text(json.dumps(
-        {model.meta.name: model.meta.to_dict()}, indent=2))
+    metadata = {name: head.meta.to_dict() for name, head in model.outputs.items()}
+    metadata["inputs"] = {s.name: s.meta.to_dict() for s in model.inputs if s.meta is not None}
+    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    manifest = {"format_version": 1, "kind": "predictive", "library": "tunewire",
-                "base_model": encoder.model, "encoder": encoder.__dict__,
-                "head": {"input_dim": encoder.dimension, "output_feature": model.feature.name},
+    first = next(iter(encoders.values()), None)
+    manifest = {"format_version": 2, "kind": "predictive", "library": "tunewire",
+                "base_model": first.model if first else None,
+                "encoders": {k: v.__dict__ for k, v in encoders.items()},
+                "head": {"inputs": [{"name": s.name, "type": s.type, "dimension": s.dimension}
+                                    for s in model.inputs],
+                         "outputs": list(model.outputs)},
                 **manifest_extra}
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
 
 
-def load(directory: Path) -> tuple[PredictiveModel, EncoderRef, EcdConfig, dict]:
+@dataclass
+class Loaded:
+    model: PredictiveModel
+    encoders: dict[str, EncoderRef]
+    config: EcdConfig
+    manifest: dict
+
+
+def load(directory: Path) -> Loaded:
     from tunewire.config import resolve
 
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     config = resolve(json.loads((directory / CONFIG_FILE).read_text()))
     metadata = json.loads((directory / METADATA_FILE).read_text())
-    feature = config.output_features[0]
-    meta = OutputMetadata.from_dict(metadata[feature.name])
-    encoder = EncoderRef(**manifest["encoder"])
-    model = PredictiveModel(encoder.dimension, feature, meta)
+    encoders = {k: EncoderRef(**v) for k, v in manifest["encoders"].items()}
+    in_metas = {k: InputMetadata.from_dict(v) for k, v in metadata.get("inputs", {}).items()}
+    dims = {k: e.dimension for k, e in encoders.items()}
+    outputs = [(f, OutputMetadata.from_dict(metadata[f.name])) for f in config.output_features]
+    model = PredictiveModel(input_specs(config, in_metas, dims), config.combiner, outputs)
     model.load_state_dict(load_file(directory / HEAD_FILE))
     model.eval()
-    return model, encoder, config, manifest
+    return Loaded(model, encoders, config, manifest)
+
+
+@torch.no_grad()
+def logits_in_batches(model: PredictiveModel, batch_inputs, n: int, batch_size: int
+                      ) -> dict[str, torch.Tensor]:
+    """Run the model over n rows, `batch_inputs(idx)` giving each batch's input tensors."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in model.outputs}
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        for name, value in model(batch_inputs(idx)).items():
+            parts[name].append(value)
+    return {name: torch.cat(v) for name, v in parts.items()}

@@ -1,4 +1,6 @@
-"""Prediction with a predictive artifact: embeddings from the embedder (cached), then the head."""
+"""Prediction with a predictive artifact: inputs encoded with the stored metadata, frozen text
+features from the embedder (cached), an adapted text feature through the base encoder plus the
+artifact's `encoder_adapter/`, then the head."""
 
 from __future__ import annotations
 
@@ -7,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from services.trainer.context import MetricValue
-from services.trainer.features import check_columns, encode_output, texts
+from services.trainer.features import check_columns, encode_output
 from services.trainer.recipes.predictive import model as pm
+from services.trainer.recipes.predictive.data import (encode_inputs, input_columns,
+                                                      output_columns, split_texts)
+from services.trainer.recipes.predictive.embed import embed_frozen
 
 
 @dataclass
@@ -23,29 +29,41 @@ class FeatureOutput:
 
 def predict_predictive(artifact_dir: Path, df: pd.DataFrame, embedder, evaluate: bool
                        ) -> tuple[list[FeatureOutput], list[MetricValue]]:
-    model, encoder, cfg, _ = pm.load(artifact_dir)
-    inp, out = cfg.input_features[0], cfg.output_features[0]
-    check_columns(df, {"input_features[0].column": inp.column}, "data set")
+    loaded = pm.load(artifact_dir)
+    cfg, model = loaded.config, loaded.model
+    check_columns(df, input_columns(cfg), "data set")
     if evaluate:
-        check_columns(df, {"output_features[0].column": out.column}, "data set")
-    ts = texts(df, inp.column, lowercase=inp.preprocessing.lowercase,
-               fill=inp.preprocessing.fill_value)
-    unique = list(dict.fromkeys(ts))
-    result = embedder.embed_many(unique, encoder.spec())
-    if result.fingerprint and encoder.fingerprint and result.fingerprint != encoder.fingerprint:
-        # Same settings, different weights or tokenizer: the head would be fed the wrong space.
-        from tunewire.errors import FailedPrecondition
+        check_columns(df, output_columns(cfg), "data set")
+    metas = {s.name: s.meta for s in model.inputs if s.meta is not None}
+    x = encode_inputs(cfg, metas, df)
+    texts = split_texts(cfg, df)
+    frozen = [r for r in loaded.encoders.values() if not r.adapted]
+    if frozen:
+        vectors, _ = embed_frozen(embedder, frozen, {"data": texts}, check_fingerprint=True)
+        x.update(vectors["data"])
+    adapted = [r for r in loaded.encoders.values() if r.adapted]
+    encoder = None
+    if adapted:
+        from services.trainer.recipes.predictive.adapted import EVAL_BATCH, load_adapted
 
-        raise FailedPrecondition(
-            f"the encoder {encoder.model!r} now has fingerprint {result.fingerprint[:12]}, the "
-            f"model was trained on {encoder.fingerprint[:12]}", field="model")
-    index = {t: i for i, t in enumerate(unique)}
-    x = result.vectors.astype(np.float32, copy=False)[[index[t] for t in ts]]
-    scores = model.infer(x)
-    preds, probs, names = model.decode(scores)
+        encoder = load_adapted(adapted[0], artifact_dir / pm.ADAPTER_DIR)
+    ref = adapted[0] if adapted else None
+
+    def batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {k: torch.from_numpy(v[idx]) for k, v in x.items()}
+        if encoder is not None and ref is not None:
+            out[ref.feature] = encoder([texts[ref.feature][i] for i in idx]).cpu()
+        return out
+
+    size = EVAL_BATCH if encoder is not None else int(cfg.trainer.eval_batch_size)
+    logits = pm.logits_in_batches(model, batch, len(df), size)
+    outputs: list[FeatureOutput] = []
     metrics: list[MetricValue] = []
-    if evaluate:
-        y = encode_output(df, model.meta, "output_features[0].column")
-        metrics = [MetricValue("test", out.name, k, float(v))
-                   for k, v in model.metrics(scores, y).items()]
-    return [FeatureOutput(out.name, preds, probs, names)], metrics
+    for i, (name, head) in enumerate(model.outputs.items()):
+        scores = head.scores(logits[name])
+        outputs.append(FeatureOutput(name, *head.decode(scores)))
+        if evaluate:
+            y = encode_output(df, head.meta, f"output_features[{i}].column")
+            metrics += [MetricValue("test", name, k, float(v))
+                        for k, v in head.metrics(scores, y).items()]
+    return outputs, metrics

@@ -1,0 +1,185 @@
+"""The predictive recipe with a PEFT-adapted text encoder (`trainable: true` + `adapter: lora`):
+LoRA weights and the head trained end to end, in this process.
+
+This is the one path where the trainer loads an encoder itself: an encoder that changes as it
+trains has no fixed vectors to cache, so the embedder cannot help (and asking for its cache is a
+config error). Other text features of the same model stay frozen and come from the embedder as
+usual. Tokenising (right padding, truncation, special tokens) and pooling (the embedder's own
+functions, imported) match the embedder, so before the first step the adapted encoder gives the
+embedder's vectors.
+
+Life: `setup()` (data, frozen features, encoder + LoRA, model) → `train()` (the shared loop,
+texts through the encoder per batch) → `evaluate()` → `save_artifact()` (the head as always, the
+adapter in `encoder_adapter/` by PEFT's `save_pretrained`, the merged export where it fits) →
+`cleanup()`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import structlog
+import torch
+from torch import nn
+
+from services.embedder.pooling import pool
+from services.trainer.context import JobContext, JobResult, Log
+from services.trainer.recipes.predictive import model as pm
+from services.trainer.recipes.predictive.data import prepare
+from services.trainer.recipes.predictive.export import export_if_possible
+from services.trainer.recipes.predictive.finish import calibrate, write_artifact
+from services.trainer.recipes.predictive.loop import HeadTrainer
+from services.trainer.recipes.predictive.recipe import (build_model, embed_frozen_features,
+                                                        seed_everything, tensors_at)
+from tunewire.config.ecd import EcdConfig, EncoderConfig
+from tunewire.errors import InvalidArgument
+
+log = structlog.get_logger(__name__)
+
+# Texts per encoder forward at evaluation (training uses trainer.batch_size).
+EVAL_BATCH = 64
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class AdaptedEncoder(nn.Module):
+    """Texts → pooled vectors through a (LoRA-wrapped) transformers encoder."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, ref: pm.EncoderRef,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.ref = ref
+        self.device = device
+
+    @classmethod
+    def load_base(cls, ref: pm.EncoderRef, device: torch.device | None = None
+                  ) -> tuple[nn.Module, object]:
+        """The base encoder (float32, frozen) and its tokenizer, set up as the embedder's."""
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(ref.model)
+            base = AutoModel.from_pretrained(ref.model, dtype=torch.float32)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot load encoder {ref.model!r}: {exc}",
+                                  field=f"{ref.feature}.encoder") from None
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise InvalidArgument("the tokenizer has neither a pad nor an eos token",
+                                      field=f"{ref.feature}.encoder")
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"
+        base.requires_grad_(False)
+        return base.to(device or default_device()), tokenizer
+
+    def _max_length(self) -> int:
+        limits = [int(self.tokenizer.model_max_length),
+                  int(getattr(self.encoder.config, "max_position_embeddings", 0) or 0)]
+        limits = [n for n in limits if 0 < n < 1_000_000]
+        model_limit = min(limits) if limits else 512
+        return min(self.ref.max_length, model_limit) if self.ref.max_length else model_limit
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(texts, truncation=True, max_length=self._max_length(),
+                               padding=True, add_special_tokens=True, return_tensors="pt")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        empty = mask.sum(dim=1) == 0
+        if empty.any():
+            # As the embedder: a text with no tokens becomes one eos (or pad) token.
+            filler = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None \
+                else self.tokenizer.pad_token_id
+            ids[empty, 0], mask[empty, 0] = int(filler), 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        layer = self.ref.layer
+        out = self.encoder(input_ids=ids, attention_mask=mask,
+                           output_hidden_states=layer not in (0, -1))
+        hidden = out.last_hidden_state if layer in (0, -1) else out.hidden_states[layer]
+        return pool(hidden, mask, self.ref.pooling, normalize=self.ref.normalize)
+
+
+def wrap_lora(base: nn.Module, enc: EncoderConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    adapter = enc.adapter
+    assert adapter is not None  # the config refuses trainable without an adapter
+    lora = LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+                      target_modules=adapter.target_modules, bias=adapter.bias)
+    try:
+        return get_peft_model(base, lora)
+    except ValueError as exc:  # e.g. target modules that the model does not have
+        raise InvalidArgument(str(exc), field="encoder.adapter.target_modules") from None
+
+
+def load_adapted(ref: pm.EncoderRef, adapter_dir) -> AdaptedEncoder:
+    """For predict: the base encoder with the artifact's adapter, in eval mode."""
+    from peft import PeftModel
+
+    base, tokenizer = AdaptedEncoder.load_base(ref)
+    peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
+    encoder = AdaptedEncoder(peft_model, tokenizer, ref, next(base.parameters()).device)
+    return encoder.eval()
+
+
+class AdaptedRecipe:
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.cfg: EcdConfig = ctx.config
+        self.log = log.bind(job_id=ctx.job_id)
+
+    def setup(self) -> None:
+        self.rng = seed_everything(self.cfg)
+        self.data = prepare(self.cfg, {"train": self.ctx.train,
+                                       "validation": self.ctx.validation, "test": self.ctx.test})
+        self.encoders = pm.encoder_refs(self.cfg)
+        feature = next(f for f in self.cfg.input_features
+                       if f.type == "text" and f.encoder.trainable)
+        self.ref = self.encoders[feature.name]
+        frozen = [r for r in self.encoders.values() if not r.adapted]
+        self.embed_stats = embed_frozen_features(self.ctx, self.data, frozen)
+        base, tokenizer = AdaptedEncoder.load_base(self.ref)
+        self.ref.dimension = int(base.config.hidden_size)
+        self.encoder = AdaptedEncoder(wrap_lora(base, feature.encoder), tokenizer, self.ref,
+                                      next(base.parameters()).device)
+        trainable = sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.encoder.parameters())
+        self.ctx.emit(Log(f"adapting {self.ref.model} with LoRA: {trainable} of {total} "
+                          "encoder parameters train"))
+        self.model = build_model(self.cfg, self.data, self.encoders)
+        self.trainer = HeadTrainer(self.ctx, self.model, self.data, self._inputs,
+                                   extra=self.encoder, eval_batch_size=EVAL_BATCH)
+
+    def _inputs(self, split: str, idx: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
+        x = tensors_at(self.data.x[split], idx)
+        texts = self.data.texts[split][self.ref.feature]
+        chunk = [texts[i] for i in idx]
+        with torch.set_grad_enabled(train):
+            x[self.ref.feature] = self.encoder(chunk).cpu()
+        return x
+
+    def train(self) -> None:
+        self.trainer.train(int(self.rng.integers(2**31)))
+
+    def evaluate(self) -> JobResult:
+        self.calibration = calibrate(self.ctx, self.trainer)
+        self.metrics, self.logits = self.trainer.evaluate()
+        return JobResult(metrics=self.metrics)
+
+    def save_artifact(self) -> list[str]:
+        def adapter_and_export(directory) -> list[str]:
+            self.encoder.encoder.save_pretrained(str(directory / pm.ADAPTER_DIR))
+            # Merging changes the wrapped model in place: only after the adapter is saved.
+            return [pm.ADAPTER_DIR] + export_if_possible(
+                self.ctx, self.model, self.encoders, directory,
+                base=lambda: self.encoder.encoder.merge_and_unload())
+
+        return write_artifact(self.ctx, self.trainer, self.encoders, self.metrics, self.logits,
+                              {"embedding": self.embed_stats, "calibration": self.calibration,
+                               "encoder_adapter": pm.ADAPTER_DIR},
+                              extra_files=adapter_and_export)
+
+    def cleanup(self) -> None:
+        self.data.x.clear()
+        self.data.frames.clear()

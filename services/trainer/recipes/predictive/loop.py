@@ -1,0 +1,196 @@
+"""The training loop both predictive recipes run: explicit epochs of shuffled mini-batches, the
+summed weighted loss of every output, gradient clipping, early stopping on
+`trainer.validation_field`/`validation_metric`, the best weights kept, then evaluation.
+
+What differs between the recipes is only where a batch's inputs come from (`batch_inputs`:
+cached vectors indexed, or texts run through the adapted encoder) and which parameters train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.trainer.context import JobContext, Log, MetricValue, Metrics, Progress
+from services.trainer.metrics import improves
+from services.trainer.recipes.predictive.data import SPLITS, Prepared
+from services.trainer.recipes.predictive.model import PredictiveModel, logits_in_batches
+from tunewire.config.ecd import EcdConfig
+from tunewire.errors import InvalidArgument
+
+# (split, row indices, training?) -> the model's input tensors for those rows
+BatchInputs = Callable[[str, np.ndarray, bool], dict[str, torch.Tensor]]
+
+
+def make_optimizer(cfg: EcdConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    opt = cfg.trainer.optimizer
+    lr = float(cfg.trainer.learning_rate)
+    if opt.type in ("adam", "adamw"):
+        cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
+        return cls(params, lr=lr, betas=tuple(opt.betas), eps=opt.eps,
+                   weight_decay=opt.weight_decay, amsgrad=opt.amsgrad)
+    if opt.type == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum,
+                               weight_decay=opt.weight_decay)
+    raise InvalidArgument(f"optimizer {opt.type!r} is for generative models",
+                          field="trainer.optimizer.type")
+
+
+class HeadTrainer:
+    """Trains `model` (and whatever else `extra` holds, e.g. a LoRA-wrapped encoder)."""
+
+    def __init__(self, ctx: JobContext, model: PredictiveModel, data: Prepared,
+                 batch_inputs: BatchInputs, extra: nn.Module | None = None,
+                 eval_batch_size: int | None = None) -> None:
+        self.ctx = ctx
+        self.cfg: EcdConfig = ctx.config
+        self.model = model
+        self.data = data
+        self.batch_inputs = batch_inputs
+        self.extra = extra
+        self.eval_batch_size = eval_batch_size or int(self.cfg.trainer.eval_batch_size)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if extra is not None:
+            self.params += [p for p in extra.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.cfg, self.params)
+        self.y = {split: {k: torch.from_numpy(v) for k, v in ys.items()}
+                  for split, ys in data.y.items()}
+        self.history: list[dict] = []
+        self.best_epoch: int | None = None
+
+    # -------------------------------------------------------------------------------- train
+    def train(self, seed: int) -> None:
+        tcfg = self.cfg.trainer
+        n = self.data.size("train")
+        batch = int(tcfg.batch_size)
+        total = math.ceil(n / batch) * tcfg.epochs
+        if tcfg.train_steps:
+            total = min(total, tcfg.train_steps)
+        monitor = "validation" if "validation" in self.y else "train"
+        field_name, metric = tcfg.validation_field, tcfg.validation_metric or "loss"
+        best, best_state, stale, step = None, None, 0, 0
+        clip = (tcfg.gradient_clipping or {}).get("clipglobalnorm")
+        gen = torch.Generator().manual_seed(seed)
+        for epoch in range(1, tcfg.epochs + 1):
+            self._set_mode(train=True)
+            order = torch.randperm(n, generator=gen) if tcfg.should_shuffle else torch.arange(n)
+            started, seen, running = time.monotonic(), 0, 0.0
+            for start in range(0, n, batch):
+                self.ctx.check_cancelled()
+                idx = order[start:start + batch].numpy()
+                out = self.model(self.batch_inputs("train", idx, True))
+                loss, _ = self.model.loss(out, {k: v[idx] for k, v in self.y["train"].items()})
+                loss = loss + self._regularization()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, clip)
+                self.optimizer.step()
+                step += 1
+                seen += len(idx)
+                running += loss.item() * len(idx)
+                if step >= total:
+                    break
+            train_loss = running / max(seen, 1)
+            self.ctx.emit(Progress("training", epoch=epoch, step=step, total_steps=total,
+                                   loss=train_loss,
+                                   throughput=seen / max(time.monotonic() - started, 1e-9)))
+            values = self.split_metrics(monitor)
+            self.history.append({"epoch": epoch, "train_loss": train_loss, "split": monitor,
+                                 "metrics": values})
+            self.ctx.emit(Metrics([MetricValue(monitor, f, k, v)
+                                   for f, vs in values.items() for k, v in vs.items()]))
+            watched = values[field_name]
+            if metric not in watched:
+                raise InvalidArgument(
+                    f"validation_metric {metric!r} is not computed for output {field_name!r} "
+                    f"(available: {', '.join(sorted(watched))})",
+                    field="trainer.validation_metric")
+            if improves(metric, watched[metric], best):
+                best, stale, self.best_epoch = watched[metric], 0, epoch
+                best_state = self._snapshot()
+            else:
+                stale += 1
+                if tcfg.early_stop >= 0 and stale > tcfg.early_stop:
+                    self.ctx.emit(Log(f"early stop at epoch {epoch}: {monitor} {field_name} "
+                                      f"{metric} has not improved for {stale} epochs "
+                                      f"(best {best:.4f})"))
+                    break
+            if step >= total:
+                break
+        if best_state is not None:
+            self._restore(best_state)
+        self._set_mode(train=False)
+
+    def _set_mode(self, train: bool) -> None:
+        for module in (self.model, self.extra):
+            if module is not None:
+                module.train(train)
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        """The head whole, and of `extra` only what trains (a frozen base is never copied)."""
+        state = {f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.extra is not None:
+            state |= {f"extra.{k}": p.detach().clone()
+                      for k, p in self.extra.named_parameters() if p.requires_grad}
+        return state
+
+    def _restore(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        if self.extra is not None:
+            extra = {k[6:]: v for k, v in state.items() if k.startswith("extra.")}
+            missing = set(extra) - set(dict(self.extra.named_parameters()))
+            assert not missing, missing
+            self.extra.load_state_dict(extra, strict=False)
+
+    def _regularization(self) -> torch.Tensor | float:
+        lam = self.cfg.trainer.regularization_lambda
+        kind = self.cfg.trainer.regularization_type
+        if not lam or not kind:
+            return 0.0
+        weights = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
+        l1 = sum(p.abs().sum() for p in weights) if "l1" in kind else 0.0
+        l2 = sum((p**2).sum() for p in weights) if "l2" in kind else 0.0
+        return lam * (l1 + l2)
+
+    # ----------------------------------------------------------------------------- evaluate
+    def logits(self, split: str) -> dict[str, torch.Tensor]:
+        self._set_mode(train=False)
+        return logits_in_batches(self.model, lambda idx: self.batch_inputs(split, idx, False),
+                                 self.data.size(split), self.eval_batch_size)
+
+    def split_metrics(self, split: str, logits: dict[str, torch.Tensor] | None = None
+                      ) -> dict[str, dict[str, float]]:
+        """feature → metrics (with its loss), plus "combined" → {loss: Σ weight · loss}."""
+        logits = logits if logits is not None else self.logits(split)
+        y = self.y[split]
+        with torch.no_grad():
+            total, losses = self.model.loss(logits, y)
+        values: dict[str, dict[str, float]] = {}
+        for name, head in self.model.outputs.items():
+            values[name] = head.metrics(head.scores(logits[name]), y[name].numpy())
+            values[name]["loss"] = float(losses[name])
+        values["combined"] = {"loss": float(total)}
+        return values
+
+    def evaluate(self) -> tuple[list[MetricValue], dict[str, dict[str, torch.Tensor]]]:
+        """Metrics of every labelled split, and the logits of every split (for the artifact)."""
+        values: list[MetricValue] = []
+        all_logits: dict[str, dict[str, torch.Tensor]] = {}
+        for split in SPLITS:
+            if split not in self.data.frames:
+                continue
+            n = self.data.size(split)
+            self.ctx.emit(Progress("evaluating", step=n, total_steps=n))
+            all_logits[split] = self.logits(split)
+            if split in self.y:
+                for feature, metrics in self.split_metrics(split, all_logits[split]).items():
+                    values += [MetricValue(split, feature, k, float(v))
+                               for k, v in metrics.items()]
+        self.ctx.emit(Metrics(values))
+        return values, all_logits

@@ -1,0 +1,121 @@
+"""What people look at: PNGs beside the artifact (`plots/`). Learning curves from the recorded
+history; per output on the test split (validation when there is none): a confusion matrix and
+per-class precision/recall/F1 for binary and category, predicted against true for number (and
+vector components). Matplotlib with the Agg backend: no display needed on a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.trainer import metrics as M
+from services.trainer.features import decode_number
+
+PLOTS_DIR = "plots"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curves(path: Path, history: list[dict]) -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    outputs = [k for k in history[0]["metrics"] if k != "combined"]
+    fig, axes = plt.subplots(1, 1 + len(outputs), figsize=(5 * (1 + len(outputs)), 4),
+                             squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    ax.plot(epochs, [h["metrics"]["combined"]["loss"] for h in history], marker="o",
+            label=f"{history[0]['split']} loss")
+    ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax.legend()
+    for ax, name in zip(axes[0, 1:], outputs):
+        for metric in sorted(history[0]["metrics"][name]):
+            if metric != "loss":
+                ax.plot(epochs, [h["metrics"][name][metric] for h in history], label=metric)
+        ax.set(xlabel="epoch", title=f"{name} ({history[0]['split']})")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def confusion(path: Path, name: str, vocab: list[str], y: np.ndarray, pred: np.ndarray) -> None:
+    plt = _pyplot()
+    counts = M.confusion_matrix(y, pred, len(vocab))
+    scores = M.per_class(counts)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    left.imshow(counts, cmap="Blues")
+    for (i, j), c in np.ndenumerate(counts):
+        left.text(j, i, str(c), ha="center", va="center",
+                  color="white" if c > counts.max() / 2 else "black")
+    ticks = range(len(vocab))
+    left.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
+             title=f"{name}: confusion matrix")
+    left.set_xticklabels(vocab, rotation=45, ha="right")
+    left.set_yticklabels(vocab)
+    width = 0.27
+    for k, metric in enumerate(("precision", "recall", "f1")):
+        right.bar(np.arange(len(vocab)) + (k - 1) * width, scores[metric], width, label=metric)
+    right.set_xticks(list(ticks))
+    right.set_xticklabels([f"{v}\n(n={int(s)})" for v, s in zip(vocab, scores["support"])],
+                          rotation=45, ha="right")
+    right.set(ylim=(0, 1), title=f"{name}: per-class metrics")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def scatter(path: Path, name: str, y: np.ndarray, pred: np.ndarray) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y.reshape(-1), pred.reshape(-1), s=6, alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", label="predicted = true")
+    ax.set(xlabel="true", ylabel="predicted", title=f"{name}: predicted vs true")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_plots(directory: Path, model, trainer, logits: dict[str, dict[str, torch.Tensor]]
+                ) -> list[str]:
+    """Write every plot that fits the outputs; returns their paths relative to `directory`."""
+    out = directory / PLOTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    if trainer.history:
+        learning_curves(out / "learning_curves.png", trainer.history)
+        written.append(f"{PLOTS_DIR}/learning_curves.png")
+    split = next((s for s in ("test", "validation") if s in trainer.y and s in logits), None)
+    if split is None:
+        return written
+    for name, head in model.outputs.items():
+        meta, y = head.meta, trainer.y[split][name].numpy()
+        scores = head.scores(logits[split][name])
+        file = f"{PLOTS_DIR}/{name}_{split}_"
+        if meta.type == "category":
+            file += "confusion_matrix.png"
+            confusion(directory / file, name, meta.vocab, y, scores.argmax(axis=1))
+        elif meta.type == "binary":
+            file += "confusion_matrix.png"
+            confusion(directory / file, name, meta.vocab, y,
+                      (scores >= head.feature.threshold).astype(np.int64))
+        elif meta.type in ("number", "vector"):
+            file += "predicted_vs_true.png"
+            true = decode_number(y.astype(np.float64), meta)
+            scatter(directory / file, name, true, scores)
+        else:
+            continue
+        written.append(file)
+    return written
