@@ -81,6 +81,7 @@ def write_artifact(ctx: JobContext, trainer: HeadTrainer, encoders: dict[str, pm
     extras = write_plots(directory, model, trainer, logits)
     if extra_files is not None:
         extras += extra_files(directory)
+    ctx.emit(Log(f"beside the artifact: {', '.join(extras)}"))
     try:
         from tunewire.model_card import render_model_card
     except ImportError:
