@@ -3,12 +3,14 @@
 A fixed batch size pads every text to the longest one in its batch; sorting by length and filling
 each batch up to `max_batch_tokens` padded tokens (rows x longest row) keeps padding small and
 lets many short texts share one forward pass while a few long ones get a batch of their own.
+A packed (padding-free) model has no padding: its budget counts real tokens.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -31,15 +33,18 @@ class Batch:
         return len(self.index) * self.padded_length
 
 
-def plan_batches(lengths: list[int], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-                 ) -> list[Batch]:
-    """Batches over `lengths` (token counts), longest first, each within `max_batch_tokens`.
+def plan_batches(lengths: list[int], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+                 packed: bool = False) -> list[Batch]:
+    """Batches over `lengths` (token counts), longest first, each within `max_batch_tokens`
+    (rows x longest, or the sum of lengths when `packed`).
 
     Longest first so that the largest activation is allocated at the start of a request, not
     after minutes of work. A text longer than the budget gets a batch to itself."""
     if max_batch_tokens <= 0:
         raise ValueError("max_batch_tokens must be positive")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    if packed:
+        return _plan_packed(lengths, order, max_batch_tokens)
     batches: list[Batch] = []
     current: list[int] = []
     longest = 0
@@ -57,6 +62,22 @@ def plan_batches(lengths: list[int], max_batch_tokens: int = DEFAULT_MAX_BATCH_T
     return batches
 
 
+def _plan_packed(lengths: list[int], order: list[int], max_batch_tokens: int) -> list[Batch]:
+    batches: list[Batch] = []
+    current: list[int] = []
+    total = 0
+    for i in order:
+        tokens = max(lengths[i], 1)
+        if current and total + tokens > max_batch_tokens:
+            batches.append(Batch(current, max(lengths[current[0]], 1)))
+            current, total = [], 0
+        current.append(i)
+        total += tokens
+    if current:
+        batches.append(Batch(current, max(lengths[current[0]], 1)))
+    return batches
+
+
 @dataclass(frozen=True)
 class RunKey:
     """What rows must agree on to share one forward pass."""
@@ -69,15 +90,28 @@ class RunKey:
 class PendingRequest:
     """One request's rows in the queue; filled in by whichever thread runs their batch."""
 
-    def __init__(self, n: int, key: RunKey) -> None:
+    def __init__(self, n: int, key: RunKey,
+                 cancelled: Callable[[], bool] | None = None) -> None:
         self.key = key
         self._vectors: list[np.ndarray | None] = [None] * n
         self._remaining = n
         self.error: BaseException | None = None
+        self.cancelled = cancelled or (lambda: False)
+        self._finished = threading.Event()
+        if n == 0:
+            self._finished.set()
 
     @property
     def done(self) -> bool:
         return self._remaining == 0 or self.error is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until done or `timeout` s (rows taken by another thread's batch in flight)."""
+        return self._finished.wait(timeout)
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._finished.set()
 
     def result(self) -> np.ndarray:
         if self.error is not None:
@@ -100,19 +134,22 @@ class BatchQueue:
     """The rows waiting for one model, from every request (two calls: `append`, `next_batch`).
 
     There is no worker thread: whichever request thread holds the model lock takes the next batch
-    - which may hold other requests' rows - runs it and delivers the vectors (flat combining). So
-    concurrent small requests share forward passes, the batch holding the oldest row goes first
-    (no starvation), and a full queue is RESOURCE_EXHAUSTED at once rather than a hang.
-    Not for use without the model lock around `next_batch` + `deliver`/`fail`."""
+    - which may hold other requests' rows - launches it and, after releasing the lock, delivers
+    the vectors (flat combining). So concurrent small requests share forward passes, the batch
+    holding the oldest row goes first (no starvation), and a full queue is RESOURCE_EXHAUSTED at
+    once rather than a hang. Callers hold the model lock around `next_batch` + the launch."""
 
     def __init__(self, max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS) -> None:
         self.max_queued_tokens = max_queued_tokens
         self._lock = threading.Lock()
         self._rows: list[_Row] = []  # arrival order
         self._queued_tokens = 0
+        self.dropped_rows = 0  # rows of clients that went away, removed uncomputed
 
-    def append(self, input_ids: list[list[int]], key: RunKey) -> PendingRequest:
-        request = PendingRequest(len(input_ids), key)
+    def append(self, input_ids: list[list[int]], key: RunKey,
+               cancelled: Callable[[], bool] | None = None) -> PendingRequest:
+        """Queue a request's rows; `cancelled` says when its client went away (rows dropped)."""
+        request = PendingRequest(len(input_ids), key, cancelled)
         rows = [_Row(request, i, ids) for i, ids in enumerate(input_ids)]
         tokens = sum(row.tokens for row in rows)
         with self._lock:
@@ -126,28 +163,36 @@ class BatchQueue:
             self._queued_tokens += tokens
         return request
 
-    def next_batch(self, max_batch_tokens: int) -> list[_Row]:
-        """The token-budget batch that holds the oldest row, among rows of the same RunKey."""
+    def next_batch(self, max_batch_tokens: int, packed: bool = False) -> list[_Row]:
+        """The token-budget batch that holds the oldest row, among rows of the same RunKey.
+        Rows of requests whose client went away are dropped first, never computed."""
         with self._lock:
+            gone = [row for row in self._rows if row.request.cancelled()]
+            if gone:
+                self._remove(gone)
+                self.dropped_rows += len(gone)
             if not self._rows:
                 return []
             key = self._rows[0].request.key
             candidates = [row for row in self._rows if row.request.key == key]
-            plan = plan_batches([len(row.ids) for row in candidates], max_batch_tokens)
+            plan = plan_batches([len(row.ids) for row in candidates], max_batch_tokens, packed)
             chosen = next(batch for batch in plan if 0 in batch.index)
             taken = [candidates[i] for i in chosen.index]
             self._remove(taken)
         return taken
 
     def deliver(self, rows: list[_Row], vectors: np.ndarray) -> None:
-        for row, vector in zip(rows, vectors, strict=True):
-            row.request._vectors[row.index] = vector
-            row.request._remaining -= 1
+        with self._lock:  # batches of one model may now finish in several threads at once
+            for row, vector in zip(rows, vectors, strict=True):
+                row.request._vectors[row.index] = vector
+                row.request._remaining -= 1
+                if row.request._remaining == 0:
+                    row.request._finished.set()
 
     def fail(self, rows: list[_Row], error: BaseException) -> None:
         """Fail every request that had a row in a failed batch, and drop its other rows."""
         for request in {id(row.request): row.request for row in rows}.values():
-            request.error = error
+            request._fail(error)
             self.cancel(request)
 
     def cancel(self, request: PendingRequest) -> None:

@@ -7,6 +7,17 @@ file directly with `open_readonly`), and a write transaction is atomic, so a cra
 torn entry. All of a request's misses go in ONE write transaction. When the map is full we double
 it and retry the whole transaction instead of failing. Resizing needs no live transaction in this
 process, so readers hold a shared lock and the resize an exclusive one.
+
+Size limit: the map grows up to `max_map_size` (default 256 GiB, `--cache-max-size`); a write
+that would need more fails with RESOURCE_EXHAUSTED (reason CACHE_FULL) and a message saying how
+to raise the limit. We chose a clear error over eviction: entries are content-addressed and
+shared by jobs and by same-host readers, so silently dropping some would turn a trainer's read
+of the cache into recomputation it did not plan for; an operator raises the limit or moves the
+data directory instead.
+
+Hits at speed: `get_matrix` copies each found vector once, from the memory map straight into
+its row of one matrix; a warm data set streams from it, and a same-host trainer reads through
+`ReadonlyCache.get_matrix` (best in requests of a few MB: large fresh buffers cost page faults).
 """
 
 from __future__ import annotations
@@ -22,9 +33,12 @@ import lmdb
 import numpy as np
 import structlog
 
+from tunewire.errors import ResourceExhausted
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; sparse on disk, doubled on demand
+DEFAULT_MAX_MAP_SIZE = 256 << 30
 _HEADER = struct.Struct("<BBI")  # version, dtype code, dimension
 _VERSION = 1
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
@@ -53,6 +67,41 @@ def decode_vector(value: bytes) -> np.ndarray | None:
     if version != _VERSION or dtype is None or len(value) != _HEADER.size + dim * dtype.itemsize:
         return None
     return np.frombuffer(value, dtype=dtype, offset=_HEADER.size)
+
+
+def vector_header(dtype: np.dtype, dim: int) -> bytes:
+    """The 6-byte header every entry of `dim` values of `dtype` starts with."""
+    return _HEADER.pack(_VERSION, _CODES[np.dtype(dtype).newbyteorder("<")], dim)
+
+
+def _values(txn: lmdb.Transaction, keys: list[bytes]) -> list[bytes | None]:
+    get = txn.get
+    return [get(key) for key in keys]
+
+
+def _read_matrix(txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim: int
+                 ) -> tuple[np.ndarray, list[int]]:
+    """[len(keys), dim] of `dtype` (zeros where missing) and the missing positions, from a
+    transaction opened with buffers=True: each vector is copied once, from the memory map
+    straight into its row (no per-vector bytes or array; that per-entry work, not the copy, is
+    what limits reading thousands of vectors)."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    header = vector_header(dtype, dim)
+    size = _HEADER.size + dim * dtype.itemsize
+    row = size - _HEADER.size
+    matrix = np.empty((len(keys), dim), dtype=dtype)
+    out = memoryview(matrix.reshape(-1)).cast("B")
+    missing: list[int] = []
+    get = txn.get
+    for i, key in enumerate(keys):
+        value = get(key)
+        if value is None or len(value) != size or value[:_HEADER.size] != header:
+            missing.append(i)
+        else:
+            out[i * row:(i + 1) * row] = value[_HEADER.size:]
+    if missing:
+        matrix[missing] = 0
+    return matrix, missing
 
 
 @dataclass
@@ -101,7 +150,11 @@ class _SharedExclusiveLock:
 class EmbeddingCache:
     """Read/write cache for the embedder process: one writer at a time, many concurrent readers."""
 
-    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE,
+                 max_map_size: int = DEFAULT_MAX_MAP_SIZE) -> None:
+        if max_map_size < map_size:
+            raise ValueError("max_map_size must be >= map_size")
+        self.max_map_size = max_map_size
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         # max_readers covers the server's thread pool with room to spare; writemap stays off so a
@@ -128,6 +181,17 @@ class EmbeddingCache:
             self._misses += len(out) - found
         return out
 
+    def get_matrix(self, keys: list[bytes], dtype: np.dtype, dim: int
+                   ) -> tuple[np.ndarray, list[int]]:
+        """Vectors for `keys` as one writable matrix (zeros where missing) and the positions of
+        the misses (absent, or stored with another dtype/dimension), in one read transaction."""
+        with self._resize.shared(), self._env.begin(buffers=True) as txn:
+            matrix, missing = _read_matrix(txn, keys, dtype, dim)
+        with self._counter_lock:
+            self._hits += len(keys) - len(missing)
+            self._misses += len(missing)
+        return matrix, missing
+
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Write every (key, value) in one transaction: all of them land, or none do."""
         items = list(items)
@@ -146,8 +210,14 @@ class EmbeddingCache:
     def _grow(self) -> None:
         with self._resize.exclusive():
             old = self._env.info()["map_size"]
-            self._env.set_mapsize(old * 2)
-        self._log.info("cache map grown", old_map_size=old, map_size=old * 2)
+            if old >= self.max_map_size:
+                raise ResourceExhausted(
+                    f"the embedding cache at {self.path} is full: it reached its size limit of "
+                    f"{self.max_map_size} bytes; raise --cache-max-size or move the data "
+                    "directory to a larger disk", reason="CACHE_FULL")
+            new = min(old * 2, self.max_map_size)
+            self._env.set_mapsize(new)
+        self._log.info("cache map grown", old_map_size=old, map_size=new)
 
     def stats(self) -> CacheStats:
         with self._resize.shared():
@@ -187,9 +257,24 @@ class ReadonlyCache:
             values = self._read(keys)
         return [decode_vector(v) if v is not None else None for v in values]
 
+    def get_matrix(self, keys: list[bytes], dtype: np.dtype, dim: int
+                   ) -> tuple[np.ndarray, list[int]]:
+        """One matrix of the vectors for `keys` (zeros where missing) and the missing positions:
+        the fast path for a trainer reading a data set's vectors (one copy out of the map)."""
+        try:
+            return self._matrix(keys, dtype, dim)
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            return self._matrix(keys, dtype, dim)
+
+    def _matrix(self, keys: list[bytes], dtype: np.dtype, dim: int
+                ) -> tuple[np.ndarray, list[int]]:
+        with self._env.begin(buffers=True) as txn:
+            return _read_matrix(txn, keys, dtype, dim)
+
     def _read(self, keys: list[bytes]) -> list[bytes | None]:
         with self._env.begin(buffers=False) as txn:
-            return [txn.get(key) for key in keys]
+            return _values(txn, keys)
 
     def close(self) -> None:
         self._env.close()

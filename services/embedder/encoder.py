@@ -2,19 +2,32 @@
 
 Loading is split in two: `Encoder.open` reads only config and tokenizer (enough for the
 fingerprint, so cache hits never wait for weights), and the weights load on the first batch.
-Padding is always on the right: a causal model then never attends to a pad, and positions of real
-tokens do not shift, so a text's vector does not depend on the batch it was computed in (which a
-cache of vectors relies on). Pooling itself is also correct under left padding.
+Two ways through the model, same vectors within dtype tolerance:
+- packed (padding-free, `varlen`): a batch's texts back to back in one row, attention kept within
+  each text; used when the model class runs transformers' attention interface and a probe at
+  load time gives the padded path's vectors;
+- padded, always on the right: a causal model then never attends to a pad, and positions of real
+  tokens do not shift, so a text's vector does not depend on the batch it was computed in (which a
+  cache of vectors relies on). Pooling itself is also correct under left padding.
+
+A batch is launched under the model lock and its vectors fetched after it (`Launched.result`): on a
+GPU the forward pass runs asynchronously, so the next batch's host work (packing, pinned-memory
+copies) overlaps this one's compute.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import structlog
 import torch
+# Imported here, not lazily in the loader: transformers' lazy module is not safe to resolve from
+# two threads at once (two models loading concurrently raised ImportError on AutoConfig).
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from services.embedder.pooling import pool
+from services.embedder import varlen
+from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
@@ -22,6 +35,10 @@ log = structlog.get_logger(__name__)
 
 # Tokenizers without a real limit report a huge sentinel (int(1e30)); ignore it.
 _NO_LIMIT = 1_000_000
+# Probe texts for the load-time check that the packed path gives the padded path's vectors, and
+# the relative error allowed there (a wrong attention scope gives errors of order 1).
+_PROBES = ["a short probe", "a somewhat longer probe text, so that the two rows differ in length"]
+_PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
 def default_device() -> torch.device:
@@ -33,12 +50,28 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-class Encoder:
-    """One encoder. `run` is not thread-safe by itself: callers hold `lock` (one batch at a time
-    per model); `tokenize` is safe from any thread."""
+@dataclass
+class Launched:
+    """A batch whose forward pass is queued on the device; `result` waits for its vectors."""
 
-    def __init__(self, source: ModelSource, device: torch.device | None = None) -> None:
-        from transformers import AutoConfig, AutoTokenizer
+    vectors: torch.Tensor  # float32 [rows, dim] on the CPU (pinned on GPU hosts), maybe not ready
+    done: torch.cuda.Event | None
+
+    def result(self) -> torch.Tensor:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.vectors
+
+
+class Encoder:
+    """One encoder. `launch`/`run` are not thread-safe by themselves: callers hold `lock` (one
+    batch at a time per model); `tokenize` is safe from any thread.
+
+    `varlen`: None tries the packed path (kept if the model supports it and the load-time probe
+    agrees with the padded path), False always pads."""
+
+    def __init__(self, source: ModelSource, device: torch.device | None = None,
+                 varlen: bool | None = None) -> None:
 
         self.source = source
         self.device = device or default_device()
@@ -60,6 +93,8 @@ class Encoder:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
         self._model: torch.nn.Module | None = None
+        self._want_packed = varlen is not False
+        self.packed = False  # decided when the weights load
 
     @property
     def model_type(self) -> str:
@@ -100,6 +135,10 @@ class Encoder:
                                   field="encoder.layer")
         return layer if layer > 0 else n + layer
 
+    @property
+    def _pin(self) -> bool:
+        return self.device.type == "cuda"
+
     def _pad(self, input_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad to the longest row. Done here, not with `tokenizer.pad`, so a batch never
         touches the (not thread-safe) Rust tokenizer while another thread tokenises."""
@@ -110,7 +149,9 @@ class Encoder:
         for i, row in enumerate(input_ids):
             ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, :len(row)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        if self._pin:
+            ids, mask = ids.pin_memory(), mask.pin_memory()
+        return (ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))
 
     def tokenize(self, texts: list[str], max_length: int, instruction: str = "") -> list[list[int]]:
         """Token ids per text (instruction prefixed, truncated to max_length, special tokens)."""
@@ -126,16 +167,43 @@ class Encoder:
 
     def _ensure_model(self) -> torch.nn.Module:
         if self._model is None:
-            from transformers import AutoModel
 
             self._log.info("loading weights", device=str(self.device), dtype=str(self.dtype))
+            kwargs = {"attn_implementation": varlen.register()} if self._want_packed else {}
             try:
-                model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
+                try:
+                    model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype,
+                                                      **kwargs)
+                except ValueError:  # the class does not take a custom attention function
+                    if not kwargs:
+                        raise
+                    model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
             except Exception as exc:  # noqa: BLE001 - safetensors, torch, size mismatches...
                 raise FailedPrecondition(f"cannot load the weights in {self.source.path}: {exc}",
                                          field="encoder.model") from None
             self._model = model.to(self.device).eval()
+            self.packed = self._probe_packed()
+            self._log.info("weights loaded", packed=self.packed,
+                           attention=str(self._model.config._attn_implementation))
         return self._model
+
+    @torch.inference_mode()
+    def _probe_packed(self) -> bool:
+        """Whether the packed path reproduces the padded one on two probe texts."""
+        if self._model.config._attn_implementation != varlen.ATTN_NAME:
+            return False
+        ids = self.tokenize(_PROBES, self.max_length)
+        try:
+            packed = self._forward_packed(ids, "mean", 0, False)
+        except (TypeError, ValueError, RuntimeError) as exc:  # a model that rejects the kwargs
+            self._log.info("packed path unavailable, padding", error=str(exc).splitlines()[0])
+            return False
+        padded = self._forward_padded(ids, "mean", 0, False)
+        error = float(((packed - padded).norm(dim=-1) / padded.norm(dim=-1)).max())
+        agrees = error < _PROBE_TOLERANCE[self.dtype]
+        if not agrees:
+            self._log.warning("packed path disagrees with padded, padding", rel_error=error)
+        return agrees
 
     @property
     def loaded(self) -> bool:
@@ -148,16 +216,51 @@ class Encoder:
         with self.lock:
             self._ensure_model()
 
-    @torch.inference_mode()
-    def run(self, input_ids: list[list[int]], *, pooling: str, layer: int,
-            normalize: bool) -> torch.Tensor:
-        """Pooled float32 vectors [len(input_ids), dim] on the CPU, for one padded batch.
-
-        `layer` is already normalised (0 = last hidden state)."""
-        model = self._ensure_model()
+    def _forward_padded(self, input_ids: list[list[int]], pooling: str, layer: int,
+                        normalize: bool) -> torch.Tensor:
         ids, mask = self._pad(input_ids)
-        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=layer != 0,
-                    return_dict=True)
+        out = self._model(input_ids=ids, attention_mask=mask, output_hidden_states=layer != 0,
+                          use_cache=False, return_dict=True)
         hidden = out.last_hidden_state if layer == 0 else out.hidden_states[layer]
-        return pool(hidden, mask, pooling, normalize).cpu()
+        return pool(hidden, mask, pooling, normalize)
+
+    def _forward_packed(self, input_ids: list[list[int]], pooling: str, layer: int,
+                        normalize: bool) -> torch.Tensor:
+        packed = varlen.pack(input_ids, pin=self._pin).to(self.device)
+        token_types = getattr(self._model.config, "type_vocab_size", 0) > 0
+        out = self._model(**varlen.model_inputs(packed, token_types),
+                          output_hidden_states=layer != 0, use_cache=False, return_dict=True)
+        hidden = out.last_hidden_state if layer == 0 else out.hidden_states[layer]
+        return pool_packed(hidden[0], packed.cu_seq_lens, pooling, normalize)
+
+    @torch.inference_mode()
+    def launch(self, input_ids: list[list[int]], *, pooling: str, layer: int,
+               normalize: bool, packed: bool | None = None) -> Launched:
+        """Queue one batch's forward pass; its pooled float32 vectors come from `.result()`.
+
+        `layer` is already normalised (0 = last hidden state); `packed` None = this encoder's
+        path (tests force one or the other)."""
+        self._ensure_model()
+        use_packed = self.packed if packed is None else packed
+        forward = self._forward_packed if use_packed else self._forward_padded
+        vectors = forward(input_ids, pooling, layer, normalize)
+        if self.device.type != "cuda":
+            return Launched(vectors.cpu(), None)
+        host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+        host.copy_(vectors, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return Launched(host, done)
+
+    def run(self, input_ids: list[list[int]], *, pooling: str, layer: int, normalize: bool,
+            packed: bool | None = None) -> torch.Tensor:
+        """Pooled float32 vectors [len(input_ids), dim] on the CPU, for one batch (blocking)."""
+        return self.launch(input_ids, pooling=pooling, layer=layer, normalize=normalize,
+                           packed=packed).result()
+
+    @property
+    def packed_batches(self) -> bool:
+        """Whether batches are budgeted by real tokens (packed) rather than rows x longest."""
+        self._ensure_model()
+        return self.packed
 

@@ -72,6 +72,41 @@ _POOLERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _segments(cu_seq_lens: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token text index and per-text length of a packed batch."""
+    cu = cu_seq_lens.to(device=device, dtype=torch.long)
+    lengths = cu[1:] - cu[:-1]
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths), lengths
+
+
+def pool_packed(hidden: torch.Tensor, cu_seq_lens: torch.Tensor, mode: str,
+                normalize: bool = False) -> torch.Tensor:
+    """Pool a packed batch: hidden [tokens, hidden] holding texts back to back, text i at
+    cu_seq_lens[i]:cu_seq_lens[i+1]. Same results as `pool` on the padded batch; float32."""
+    if mode not in _POOLERS:
+        raise ValueError(f"unknown pooling {mode!r}; expected one of {POOLING_MODES}")
+    cu = cu_seq_lens.to(device=hidden.device, dtype=torch.long)
+    n, dim = len(cu) - 1, hidden.shape[-1]
+    if mode == "cls":
+        pooled = hidden[cu[:-1]].float()
+    elif mode == "last":
+        pooled = hidden[cu[1:] - 1].float()
+    else:
+        segment, lengths = _segments(cu, hidden.device)
+        if mode == "max":
+            pooled = torch.full((n, dim), float("-inf"), device=hidden.device)
+            pooled.scatter_reduce_(0, segment.unsqueeze(-1).expand(-1, dim), hidden.float(),
+                                   "amax")
+        else:
+            pooled = torch.zeros((n, dim), device=hidden.device).index_add_(
+                0, segment, hidden.float())
+            if mode == "mean":
+                pooled = pooled / lengths.clamp(min=1).unsqueeze(-1).float()
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+    return pooled
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str,
          normalize: bool = False) -> torch.Tensor:
     """Pool with `mode` (one of POOLING_MODES) and optionally L2-normalise; returns float32."""

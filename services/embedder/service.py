@@ -1,9 +1,10 @@
 """The embedder's domain logic, without grpc: specs in, numpy vectors out, through the cache.
 
 Order of work for a request: dedupe its texts, look every distinct text up in the cache (before
-touching the model lock, so hits never wait behind another client's batch), compute the misses in
-token-budget batches shared with concurrent requests for the same model, write them back in one
-transaction, and answer in the request's order.
+touching the model lock, so hits never wait behind another client's batch), claim the misses that
+no concurrent request is already computing (and wait for those that one is), compute the claimed
+ones in token-budget batches shared with concurrent requests for the same model, write them back
+in one transaction, and answer in the request's order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import structlog
@@ -19,13 +20,14 @@ import torch
 
 from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
                                         BatchQueue, RunKey)
-from services.embedder.cache import CacheStats, EmbeddingCache, decode_vector, encode_vector
+from services.embedder.cache import CacheStats, EmbeddingCache, encode_vector
 from services.embedder.encoder import Encoder
 from services.embedder.fingerprint import (EmbeddingSettings, cache_key, fingerprint,
                                            tokenizer_identity, weights_identity)
+from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
-from tunewire.errors import InvalidArgument
+from tunewire.errors import Cancelled, InvalidArgument
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +55,17 @@ class EmbedResult(NamedTuple):
     hits: int  # distinct texts served from the cache
     misses: int  # distinct texts computed
     fingerprint: str
+
+
+@dataclass(frozen=True)
+class ComputeCounters:
+    """Since the service started: forward passes, texts computed, forward passes that held rows
+    of several requests (shared batches), and queued texts dropped because their client left."""
+
+    forward_passes: int
+    computed_texts: int
+    shared_batches: int
+    dropped_texts: int
 
 
 @dataclass(frozen=True)
@@ -87,12 +100,14 @@ class EncoderRegistry:
     """The loaded encoders, least recently used evicted beyond `max_loaded`."""
 
     def __init__(self, max_loaded: int = 2, device: torch.device | None = None,
-                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS) -> None:
+                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, varlen: bool = True) -> None:
+        """`varlen` False keeps every model on the padded path (no packed batches)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
         self.device = device
         self.max_queued_tokens = max_queued_tokens
+        self.varlen = varlen
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -132,7 +147,7 @@ class EncoderRegistry:
     def _load(self, model: str, revision: str) -> _Loaded:
         source = resolve(model, revision)
         signature = _signature(source)
-        encoder = Encoder(source, self.device)
+        encoder = Encoder(source, self.device, varlen=None if self.varlen else False)
         entry = _Loaded(encoder, weights_identity(source), tokenizer_identity(source.path),
                         signature, BatchQueue(self.max_queued_tokens))
         log.info("encoder opened", model=model, model_type=encoder.model_type,
@@ -143,6 +158,69 @@ class EncoderRegistry:
         with self._lock:
             return [model for model, _ in self._entries]
 
+    def entries(self) -> list[_Loaded]:
+        with self._lock:
+            return list(self._entries.values())
+
+
+@dataclass
+class EmbedJob:
+    """A request after its cache lookup: `finish` computes the texts it owns, waits for those
+    other requests are computing, and answers in request order."""
+
+    service: EmbedderService
+    entry: _Loaded
+    settings: EmbeddingSettings
+    fingerprint: str
+    texts: list[str]
+    distinct: list[str]
+    keys: list[bytes]
+    matrix: np.ndarray  # [len(distinct), dim], cache hits filled in
+    owned: list[int]  # rows of `distinct` this job computes
+    waiting: list[tuple[int, Flight]]  # rows another request is computing
+
+    def finish(self, cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+        matrix = self.matrix
+        computed = self._compute(self.owned, cancelled, claimed=True)
+        retry: list[int] = []
+        for row, flight in self.waiting:
+            vector = flight.wait(cancelled or (lambda: False))
+            if vector is None:  # its owner failed or left: compute it here
+                retry.append(row)
+            else:
+                matrix[row] = vector
+        computed += self._compute(retry, cancelled, claimed=False)
+
+        if len(self.distinct) == len(self.texts):  # no duplicates: already in request order
+            vectors = matrix
+        else:
+            index = {text: i for i, text in enumerate(self.distinct)}
+            vectors = matrix[[index[t] for t in self.texts]] if self.texts else matrix[:0]
+        hits = len(self.distinct) - computed
+        log.debug("embedded", texts=len(self.texts), distinct=len(self.distinct), hits=hits,
+                  misses=computed, shared=len(self.waiting) - len(retry),
+                  fingerprint=self.fingerprint[:12])
+        return EmbedResult(vectors, hits, computed, self.fingerprint)
+
+    def _compute(self, rows: list[int], cancelled: Callable[[], bool] | None,
+                 claimed: bool) -> int:
+        """Compute `rows`, store them in the cache, and (if `claimed`) hand them to waiters."""
+        if not rows:
+            return 0
+        service, keys = self.service, [self.keys[i] for i in rows]
+        try:
+            vectors = service._compute(self.entry, [self.distinct[i] for i in rows],
+                                       self.settings, cancelled)
+            self.matrix[rows] = vectors.astype(self.matrix.dtype)
+            service.cache.put_many(zip(keys, map(encode_vector, self.matrix[rows])))
+        except BaseException:
+            if claimed:
+                service._inflight.release(keys, None)
+            raise
+        if claimed:
+            service._inflight.release(keys, self.matrix[rows])
+        return len(rows)
+
 
 class EmbedderService:
     """Embeds texts with frozen encoders through the content-addressed cache."""
@@ -151,15 +229,19 @@ class EmbedderService:
                  max_loaded_models: int = 2, device: torch.device | None = None,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
-                 registry: EncoderRegistry | None = None) -> None:
-        """`registry` lets several services (or tests) share loaded models."""
+                 registry: EncoderRegistry | None = None, varlen: bool = True) -> None:
+        """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
+        every model padded."""
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
-        self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens)
+        self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens,
+                                                    varlen)
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
         self.batches = 0  # forward passes since start
+        self.shared_batches = 0  # forward passes holding rows of more than one request
+        self._inflight = InFlight()
 
     def preload(self, model: str, revision: str = "") -> None:
         """Open and load the weights of `model` now, so the first request does not pay for it."""
@@ -187,7 +269,17 @@ class EmbedderService:
                            model_type=entry.encoder.model_type, max_length=settings.max_length,
                            device=str(entry.encoder.device))
 
-    def embed(self, spec: EncoderSpec, texts: list[str]) -> EmbedResult:
+    def embed(self, spec: EncoderSpec, texts: list[str],
+              cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+        """Vectors for `texts` in order; `cancelled` says when the caller went away (its texts
+        not yet computed are then dropped and Cancelled is raised)."""
+        return self.begin(spec, texts).finish(cancelled)
+
+    def begin(self, spec: EncoderSpec, texts: list[str]) -> EmbedJob:
+        """Validate, look every distinct text up in the cache and claim the misses that no other
+        request is computing. Cheap (no model work); a stream calls it in request order, so a
+        later request waits for an earlier one's texts instead of computing them again. The
+        caller must call `finish` on the job (which releases its claims)."""
         entry = self.registry.get(spec.model, spec.revision)
         encoder = entry.encoder
         settings = self._settings(encoder, spec)
@@ -199,63 +291,71 @@ class EmbedderService:
                 f"{len(texts)} texts x {dim} dims of {spec.dtype} exceed the "
                 f"{self.max_output_bytes} byte response limit: send fewer texts per request",
                 field="texts")
-
         distinct = list(dict.fromkeys(texts))
         keys = [cache_key(fp, text) for text in distinct]
-        matrix = np.empty((len(distinct), dim), dtype=dtype)
-        missing: list[int] = []
-        for i, value in enumerate(self.cache.get_many(keys)):
-            vector = decode_vector(value) if value is not None else None
-            if vector is None or vector.shape[0] != dim or vector.dtype != dtype:
-                missing.append(i)
-            else:
-                matrix[i] = vector
-        if missing:
-            computed = self._compute(entry, [distinct[i] for i in missing], settings)
-            matrix[missing] = computed.astype(dtype)
-            self.cache.put_many((keys[i], encode_vector(matrix[i])) for i in missing)
+        matrix, missing = self.cache.get_matrix(keys, dtype, dim)
+        owned, waiting = self._inflight.claim([keys[i] for i in missing])
+        return EmbedJob(self, entry, settings, fp, texts, distinct, keys, matrix,
+                        [missing[i] for i in owned], [(missing[i], f) for i, f in waiting])
 
-        row = {text: i for i, text in enumerate(distinct)}
-        vectors = matrix[[row[t] for t in texts]] if texts else matrix[:0]
-        hits = len(distinct) - len(missing)
-        log.debug("embedded", texts=len(texts), distinct=len(distinct), hits=hits,
-                  misses=len(missing), fingerprint=fp[:12])
-        return EmbedResult(vectors, hits, len(missing), fp)
-
-    def _compute(self, entry: _Loaded, texts: list[str], settings: EmbeddingSettings
-                 ) -> np.ndarray:
+    def _compute(self, entry: _Loaded, texts: list[str], settings: EmbeddingSettings,
+                 cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         """float32 vectors for `texts`, through the model's shared queue.
 
         The rows join every other request's rows for this model; each time this thread gets the
-        model lock it runs the queue's next batch (which may be another request's) until its own
-        rows are all done. One batch at a time per model, no thread of our own."""
+        model lock it launches the queue's next batch (which may be another request's), then
+        waits for it outside the lock - so the next batch is prepared while this one computes -
+        until its own rows are all done. One launch at a time per model, no thread of our own.
+        `cancelled` (the client went away) drops this request's rows and raises Cancelled."""
         encoder, queue = entry.encoder, entry.queue
         ids = encoder.tokenize(texts, settings.max_length, settings.instruction)
+        packed = encoder.packed_batches
         key = RunKey(settings.pooling, settings.layer, settings.normalize)
-        request = queue.append(ids, key)
+        request = queue.append(ids, key, cancelled)
         try:
             while not request.done:
+                if request.cancelled():
+                    raise Cancelled("the client went away; its queued texts were dropped")
                 with encoder.lock:
                     if request.done:
                         break
-                    # Rows leave the queue only under this lock and are delivered before it is
-                    # released, so our unfinished rows are still queued: a batch exists.
-                    rows = queue.next_batch(self.max_batch_tokens)
-                    run = rows[0].request.key  # one key per batch, maybe not ours
-                    try:
-                        vectors = encoder.run([row.ids for row in rows], pooling=run.pooling,
-                                              layer=run.layer, normalize=run.normalize)
-                    except Exception as exc:  # noqa: BLE001 - handed to every request in the batch
-                        queue.fail(rows, exc)
-                        continue
-                    queue.deliver(rows, vectors.numpy())
-                with self._counter_lock:
-                    self.batches += 1
-                    self.computed_texts += len(rows)
+                    rows = queue.next_batch(self.max_batch_tokens, packed)
+                    if rows:
+                        run = rows[0].request.key  # one key per batch, maybe not ours
+                        try:
+                            launched = encoder.launch([row.ids for row in rows],
+                                                      pooling=run.pooling, layer=run.layer,
+                                                      normalize=run.normalize)
+                        except Exception as exc:  # noqa: BLE001 - to every request in the batch
+                            queue.fail(rows, exc)
+                            continue
+                if not rows:  # our remaining rows are in another thread's batch, in flight
+                    request.wait(0.05)
+                    continue
+                try:
+                    vectors = launched.result().numpy()
+                except Exception as exc:  # noqa: BLE001 - a device error surfaces here
+                    queue.fail(rows, exc)
+                    continue
+                queue.deliver(rows, vectors)
+                self._count(rows)
         finally:
             if not request.done:
                 queue.cancel(request)  # interrupted: nobody computes rows nobody waits for
         return request.result()
+
+    def _count(self, rows: list) -> None:
+        requests = len({id(row.request) for row in rows})
+        with self._counter_lock:
+            self.batches += 1
+            self.computed_texts += len(rows)
+            self.shared_batches += requests > 1
+
+    def counters(self) -> ComputeCounters:
+        with self._counter_lock:
+            return ComputeCounters(self.batches, self.computed_texts, self.shared_batches,
+                                   sum(entry.queue.dropped_rows
+                                       for entry in self.registry.entries()))
 
     def cache_stats(self) -> CacheStats:
         return self.cache.stats()

@@ -2,20 +2,36 @@
 
 Validation errors are raised as `tunewire.errors.*` with the field path; the shared interceptor
 maps them to status codes, so nothing is caught here.
+
+StreamEmbed works on up to `stream_window` requests of a stream at once (a reader thread takes
+requests while earlier ones compute, so one client's tokenisation overlaps the model and its
+rows fill shared batches), answers strictly in order, and splits each answer into chunks of at
+most `chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield` when the client
+reads slowly, the window then stops the reader, and the client's sends block in turn. A client
+that goes away (cancel, deadline, dropped connection) makes `context.is_active()` false; its
+texts still queued for the model are dropped uncomputed.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import grpc
+import structlog
 
-from services.embedder.service import EmbedderService, EncoderSpec
+from services.embedder.service import EmbedderService, EmbedJob, EncoderSpec
 from tunewire.errors import InvalidArgument
+from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.tensors import to_proto
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_MAX_TEXTS = 4096
+DEFAULT_STREAM_WINDOW = 4
 # A hard cap per text: past it tokenising alone costs more than the call is worth.
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
@@ -57,12 +73,16 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def __init__(self, service: EmbedderService, max_texts: int = DEFAULT_MAX_TEXTS,
-                 max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> None:
+                 max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+                 stream_window: int = DEFAULT_STREAM_WINDOW,
+                 chunk_bytes: int = STREAM_CHUNK_BYTES) -> None:
         self.service = service
         self.max_texts = max_texts
         self.max_text_bytes = max_text_bytes
+        self.stream_window = stream_window
+        self.chunk_bytes = chunk_bytes
 
-    def _embed(self, request: embedder_pb2.EmbedRequest) -> embedder_pb2.EmbedResponse:
+    def _begin(self, request: embedder_pb2.EmbedRequest) -> EmbedJob:
         spec = spec_from_proto(request.encoder)
         if len(request.texts) > self.max_texts:
             raise InvalidArgument(f"{len(request.texts)} texts in one request; the limit is "
@@ -71,18 +91,72 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             if len(text) > self.max_text_bytes // 4 and len(text.encode()) > self.max_text_bytes:
                 raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
                                       f"{self.max_text_bytes}", field=f"texts[{i}]")
-        result = self.service.embed(spec, list(request.texts))
-        return embedder_pb2.EmbedResponse(embeddings=to_proto(result.vectors),
-                                          cache_hits=result.hits, cache_misses=result.misses,
-                                          fingerprint=result.fingerprint)
+        return self.service.begin(spec, list(request.texts))
+
+    def _chunks(self, result: EmbedResult) -> Iterator[embedder_pb2.EmbedResponse]:
+        """The result in responses of at most `chunk_bytes` of vectors (at least one row)."""
+        vectors = result.vectors
+        row_bytes = max(vectors.shape[1] * vectors.itemsize, 1)
+        rows = max(self.chunk_bytes // row_bytes, 1)
+        for start in range(0, max(len(vectors), 1), rows):
+            first = start == 0
+            yield embedder_pb2.EmbedResponse(
+                embeddings=to_proto(vectors[start:start + rows]),
+                cache_hits=result.hits if first else 0,
+                cache_misses=result.misses if first else 0,
+                fingerprint=result.fingerprint, offset=start,
+                last=start + rows >= len(vectors))
 
     def Embed(self, request, context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
-        return self._embed(request)
+        result = self._begin(request).finish(lambda: not context.is_active())
+        return embedder_pb2.EmbedResponse(embeddings=to_proto(result.vectors),
+                                          cache_hits=result.hits, cache_misses=result.misses,
+                                          fingerprint=result.fingerprint, offset=0, last=True)
 
     def StreamEmbed(self, request_iterator, context: grpc.ServicerContext
                     ) -> Iterator[embedder_pb2.EmbedResponse]:
-        for request in request_iterator:
-            yield self._embed(request)
+        def cancelled() -> bool:
+            return not context.is_active()
+
+        window = threading.Semaphore(self.stream_window)
+        pending: queue.Queue[Future | None] = queue.Queue()
+        closing = threading.Event()
+        pool = ThreadPoolExecutor(self.stream_window, thread_name_prefix="stream-embed")
+
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    while not window.acquire(timeout=0.1):  # `window` requests in flight
+                        if closing.is_set() or cancelled():
+                            return
+                    # Cache lookup and claims in request order; the model work in the pool.
+                    try:
+                        job = self._begin(request)
+                    except Exception as exc:  # noqa: BLE001 - answered in order, below
+                        failed: Future = Future()
+                        failed.set_exception(exc)
+                        pending.put(failed)
+                        continue
+                    pending.put(pool.submit(job.finish, cancelled))
+            except Exception as exc:  # noqa: BLE001 - the call ended under the reader
+                log.info("stream input ended", error=type(exc).__name__)
+            finally:
+                pending.put(None)
+
+        reader = threading.Thread(target=read, name="stream-embed-reader", daemon=True)
+        reader.start()
+        try:
+            while (future := pending.get()) is not None:
+                try:
+                    result = future.result()
+                finally:
+                    window.release()
+                yield from self._chunks(result)
+        finally:
+            closing.set()
+            # Jobs already begun still run: each releases its claims (at once if the client
+            # went away), so no other request waits on texts nobody computes.
+            pool.shutdown(wait=False)
 
     def GetEncoderInfo(self, request, context: grpc.ServicerContext
                        ) -> embedder_pb2.GetEncoderInfoResponse:
@@ -94,6 +168,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def GetCacheStats(self, request, context: grpc.ServicerContext
                       ) -> embedder_pb2.GetCacheStatsResponse:
         stats = self.service.cache_stats()
-        return embedder_pb2.GetCacheStatsResponse(entries=stats.entries, bytes=stats.bytes,
-                                                  hits=stats.hits, misses=stats.misses,
-                                                  map_size=stats.map_size)
+        work = self.service.counters()
+        return embedder_pb2.GetCacheStatsResponse(
+            entries=stats.entries, bytes=stats.bytes, hits=stats.hits, misses=stats.misses,
+            map_size=stats.map_size, forward_passes=work.forward_passes,
+            computed_texts=work.computed_texts, shared_batches=work.shared_batches,
+            dropped_texts=work.dropped_texts)

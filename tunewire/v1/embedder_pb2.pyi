@@ -52,16 +52,20 @@ class EmbedRequest(_message.Message):
     def __init__(self, encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "cache_hits", "cache_misses", "fingerprint")
+    __slots__ = ("embeddings", "cache_hits", "cache_misses", "fingerprint", "offset", "last")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     embeddings: _tensor_pb2.Tensor
     cache_hits: int
     cache_misses: int
     fingerprint: str
-    def __init__(self, embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    offset: int
+    last: bool
+    def __init__(self, embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., fingerprint: _Optional[str] = ..., offset: _Optional[int] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class GetEncoderInfoRequest(_message.Message):
     __slots__ = ("encoder",)
@@ -88,15 +92,23 @@ class GetCacheStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCacheStatsResponse(_message.Message):
-    __slots__ = ("entries", "bytes", "hits", "misses", "map_size")
+    __slots__ = ("entries", "bytes", "hits", "misses", "map_size", "forward_passes", "computed_texts", "shared_batches", "dropped_texts")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     MAP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_PASSES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_TEXTS_FIELD_NUMBER: _ClassVar[int]
     entries: int
     bytes: int
     hits: int
     misses: int
     map_size: int
-    def __init__(self, entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., map_size: _Optional[int] = ...) -> None: ...
+    forward_passes: int
+    computed_texts: int
+    shared_batches: int
+    dropped_texts: int
+    def __init__(self, entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., map_size: _Optional[int] = ..., forward_passes: _Optional[int] = ..., computed_texts: _Optional[int] = ..., shared_batches: _Optional[int] = ..., dropped_texts: _Optional[int] = ...) -> None: ...

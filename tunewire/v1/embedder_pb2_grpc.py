@@ -71,7 +71,9 @@ class EmbedderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamEmbed(self, request_iterator, context):
-        """Embeds a stream of batches; one response per request, in order.
+        """Embeds a stream of batches, answered in order. A request whose vectors exceed the stream's
+        chunk size (about 2 MiB) is answered in several responses (see EmbedResponse.offset, last);
+        a few requests are worked on at once, and a client that reads slowly holds the rest back.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,7 +87,7 @@ class EmbedderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCacheStats(self, request, context):
-        """Counters of the embedding cache.
+        """Counters of the embedding cache and of the model work behind it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
