@@ -153,3 +153,33 @@ def test_minilm_frozen_and_adapted(trainer, trec, minilm):
     assert frozen["accuracy"] > base + 0.2, (frozen, base)
     assert adapted["accuracy"] > base + 0.2, (adapted, base)
     assert adapted["accuracy"] > frozen["accuracy"], (adapted, frozen)
+
+
+TEXTS = ["What is the capital of France ?", "Why ?", "",
+         "How many people live in the largest city of the country with the most lakes ?",
+         "Free entry in 2 a wkly comp to win FA Cup final tkts"]
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "cls", "sum"])
+def test_adapted_encoder_pools_as_the_embedder_does(pooling, embedder, tiny_llama):
+    """Before training (LoRA's B is zero) the trainer's encoder gives the embedder's vectors for
+    every reduce_output, padding and all: the two paths feed the head the same space."""
+    import torch
+
+    from clients.sdk import EncoderSpec
+    from services.trainer.recipes.predictive.adapted import AdaptedEncoder, wrap_lora
+    from services.trainer.recipes.predictive.model import EncoderRef
+    from tunewire.config.ecd import EncoderConfig
+    from tunewire.config.schema import parse
+
+    ref = EncoderRef(model=tiny_llama, pooling=pooling, max_length=16, normalize=False, layer=0,
+                     feature="text", adapted=True)
+    base, tokenizer = AdaptedEncoder.load_base(ref, torch.device("cpu"))
+    cfg = parse(EncoderConfig, {"type": "llm", "base_model": tiny_llama, "trainable": True,
+                                "adapter": {"type": "lora"}})
+    encoder = AdaptedEncoder(wrap_lora(base, cfg), tokenizer, ref, torch.device("cpu")).eval()
+    with torch.no_grad():
+        ours = encoder(TEXTS).numpy()
+    theirs = embedder.embed_many(TEXTS, EncoderSpec(tiny_llama, pooling=pooling,
+                                                    max_length=16)).vectors
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

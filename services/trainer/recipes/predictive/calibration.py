@@ -28,7 +28,7 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor, binary: bool) ->
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(1e-2, 1e2))
+    return float(log_t.detach().exp().clamp(1e-2, 1e2))
 
 
 def nll(logits: torch.Tensor, target: torch.Tensor, binary: bool, temperature: float) -> float:

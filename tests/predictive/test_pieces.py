@@ -1,0 +1,184 @@
+"""The pieces without servers: config keys now built and those still refused, input and output
+encodings, the set metrics, the focal loss, temperature scaling, and the export's conditions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.nn import functional as F
+
+from services.trainer import metrics as M
+from services.trainer.features import encode_input, encode_output, fit_input, fit_output
+from services.trainer.recipes.predictive import calibration as C
+from services.trainer.recipes.predictive.outputs import focal_loss
+from tunewire.config import ConfigError, resolve, to_dict
+
+LLM = {"type": "llm", "base_model": "/models/llama"}
+
+
+def config(encoder=None, inputs=(), outputs=({"name": "y", "type": "category"},), **extra):
+    return {"input_features": [{"name": "text", "type": "text", "encoder": encoder or LLM},
+                               *inputs],
+            "output_features": list(outputs), **extra}
+
+
+def test_llm_encoder_defaults_to_last_token_and_adapter_turns_cache_off():
+    cfg = resolve(config({**LLM, "trainable": True, "adapter": {"type": "lora", "r": 4}}))
+    feature = cfg.input_features[0]
+    assert feature.encoder.reduce_output == "last"
+    assert feature.encoder.adapter.r == 4 and feature.encoder.adapter.alpha == 16
+    assert feature.preprocessing.cache_encoder_embeddings is False
+    frozen = resolve(config()).input_features[0]
+    assert frozen.preprocessing.cache_encoder_embeddings is True
+    resolved = to_dict(cfg)
+    assert to_dict(resolve(resolved)) == resolved  # every default written, and re-resolvable
+
+
+def test_several_inputs_and_outputs_resolve_with_their_sections():
+    cfg = resolve(config(inputs=[{"name": "n", "type": "number"},
+                                 {"name": "c", "type": "category", "encoder": {"type": "onehot"}},
+                                 {"name": "b", "type": "binary"}],
+                         outputs=[{"name": "s", "type": "set"}, {"name": "v", "type": "vector"},
+                                  {"name": "k", "type": "binary", "calibration": True,
+                                   "loss": {"type": "focal"}}],
+                         combiner={"type": "concat", "num_fc_layers": 2, "output_size": 32},
+                         trainer={"validation_field": "combined"}))
+    assert cfg.input_features[1].preprocessing.normalization == "zscore"
+    assert cfg.input_features[2].encoder.type == "onehot"
+    assert [o.loss.type for o in cfg.output_features] == [
+        "sigmoid_cross_entropy", "mean_squared_error", "focal"]
+    resolved = to_dict(cfg)
+    assert to_dict(resolve(resolved)) == resolved
+
+
+@pytest.mark.parametrize("raw, field, words", [
+    (config({**LLM, "trainable": True}), "input_features[0].encoder.trainable", "full fine"),
+    (config({**LLM, "adapter": {"type": "lora"}}), "input_features[0].encoder.adapter",
+     "trainable: true"),
+    (config({**LLM, "quantization": {"bits": 4}}), "input_features[0].encoder.quantization",
+     "bitsandbytes"),
+    (config({**LLM, "trainable": True, "adapter": {"type": "ia3"}}),
+     "input_features[0].encoder.adapter.type", "lora"),
+    ({**config({**LLM, "trainable": True, "adapter": {}}),
+      "input_features": [{"name": "text", "type": "text",
+                          "encoder": {**LLM, "trainable": True, "adapter": {}},
+                          "preprocessing": {"cache_encoder_embeddings": True}}]},
+     "input_features[0].preprocessing.cache_encoder_embeddings", "trainable"),
+    (config(inputs=[{"name": "t2", "type": "text",
+                     "encoder": {**LLM, "trainable": True, "adapter": {}}}],
+            encoder={**LLM, "trainable": True, "adapter": {}}),
+     "input_features[1].encoder.trainable", "one adapted"),
+    (config(outputs=[{"name": "y", "type": "number", "calibration": True}]),
+     "output_features[0].calibration", "temperature"),
+    (config(outputs=[{"name": "y", "type": "set", "loss": {"type": "focal"}}]),
+     "output_features[0].loss.type", "sigmoid_cross_entropy"),
+    (config(inputs=[{"name": "n", "type": "number", "encoder": {"type": "dense"}}]),
+     "input_features[1].encoder.type", "passthrough"),
+    (config(inputs=[{"name": "c", "type": "category", "preprocessing": {"lowercase": True}}]),
+     "input_features[1].preprocessing.lowercase", "unknown key"),
+    (config(combiner={"type": "transformer"}), "combiner.type", "concat"),
+    (config(trainer={"validation_field": "combined", "validation_metric": "accuracy"}),
+     "trainer.validation_metric", "combined"),
+])
+def test_refused_with_the_key(raw, field, words):
+    with pytest.raises(ConfigError) as info:
+        resolve(raw)
+    assert info.value.field == field, str(info.value)
+    assert words in str(info.value)
+
+
+def test_set_and_vector_outputs_encode_and_score():
+    from tunewire.config.ecd import OutputFeature
+
+    df = pd.DataFrame({"s": ["a b", "b", "", "c a"], "v": ["1 2", "3 4", "5 6", "7 8"]})
+    meta = fit_output(df, OutputFeature(name="s", type="set"), "p")
+    assert meta.vocab == ["a", "b", "c"]  # most frequent first, ties by name
+    y = encode_output(df, meta, "p")
+    assert y.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0], [1, 0, 1]]
+    vmeta = fit_output(df, OutputFeature(name="v", type="vector"), "p")
+    assert vmeta.size == 2 and encode_output(df, vmeta, "p")[3].tolist() == [7, 8]
+    bad = pd.DataFrame({"v": ["1 2", "3"]})
+    with pytest.raises(Exception, match="row 1"):
+        encode_output(bad, vmeta, "p")
+    prob = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.6], [0.1, 0.1, 0.1], [0.6, 0.1, 0.4]])
+    m = M.set_metrics(y, prob)
+    # rows: {a,b}={a,b} → 1; {b} vs {b,c} → 1/2; {} vs {} → 1; {a,c} vs {a} → 1/2
+    assert m["jaccard"] == pytest.approx(0.75)
+    assert m["f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+    assert m["accuracy"] == pytest.approx(0.5)
+
+
+def test_number_binary_category_inputs_encode_with_training_metadata():
+    from tunewire.config.ecd import InputFeature
+
+    train = pd.DataFrame({"n": ["1", "3", None], "b": ["yes", "no", ""], "c": ["x", "y", "x"]})
+    feats = {k: InputFeature(name=k, type=t) for k, t in
+             (("n", "number"), ("b", "binary"), ("c", "category"))}
+    metas = {k: fit_input(train, f, "p") for k, f in feats.items()}
+    assert metas["n"].fill == 2.0 and metas["c"].vocab == ["<UNK>", "x", "y"]
+    new = pd.DataFrame({"n": ["2", "abc"], "b": ["yes", None], "c": ["y", "never seen"]})
+    assert encode_input(new, metas["n"], "p").tolist() == [0.0, 0.0]  # mean 2, missing → 2
+    assert encode_input(new, metas["b"], "p").tolist() == [1.0, 0.0]
+    assert encode_input(new, metas["c"], "p").tolist() == [2, 0]
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_discounts_easy_examples():
+    torch.manual_seed(0)
+    logits, target = torch.randn(32, 5), torch.randint(0, 5, (32,))
+    assert focal_loss(logits, target, 0.0) == pytest.approx(float(F.cross_entropy(logits, target)))
+    weights = torch.rand(5) + 0.5
+    assert focal_loss(logits, target, 0.0, weights) == pytest.approx(
+        float(F.cross_entropy(logits, target, weight=weights)), rel=1e-5)
+    z, t = torch.randn(64), (torch.rand(64) > 0.5).float()
+    assert focal_loss(z, t, 0.0, binary=True) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(z, t)), rel=1e-5)
+    easy = torch.tensor([[6.0, 0.0]])
+    assert focal_loss(easy, torch.tensor([0]), 2.0) < 1e-3 * float(
+        F.cross_entropy(easy, torch.tensor([0])))
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_logits_overconfident():
+    torch.manual_seed(0)
+    true_logits = torch.randn(4000, 4) * 2
+    target = torch.distributions.Categorical(logits=true_logits).sample()
+    t = C.fit_temperature(true_logits * 3.0, target, binary=False)
+    assert t == pytest.approx(3.0, rel=0.1)
+    z = torch.randn(4000) * 2
+    y = torch.bernoulli(torch.sigmoid(z))
+    assert C.fit_temperature(z * 0.5, y, binary=True) == pytest.approx(0.5, rel=0.15)
+    probs = torch.softmax(true_logits * 3.0, -1).numpy()
+    assert C.expected_calibration_error(probs, target.numpy()) > C.expected_calibration_error(
+        torch.softmax(true_logits, -1).numpy(), target.numpy())
+
+
+def test_export_conditions_name_what_is_missing():
+    from services.trainer.context import JobContext
+    from services.trainer.features import OutputMetadata
+    from services.trainer.recipes.predictive import model as pm
+    from services.trainer.recipes.predictive.export import export_blocker, score_weight
+
+    def ctx_model(encoder: dict, decoder: dict, n_classes: int = 3):
+        cfg = resolve(config(encoder, outputs=[{"name": "y", "type": "category",
+                                                "decoder": decoder}]))
+        meta = OutputMetadata("y", "category", "y", vocab=[f"c{i}" for i in range(n_classes)])
+        model = pm.PredictiveModel([pm.InputSpec("text", "text", 8)], cfg.combiner,
+                                   [(cfg.output_features[0], meta)])
+        ctx = JobContext("j", cfg, {}, None, None, None, None, None, print)  # type: ignore[arg-type]
+        return ctx, model
+
+    linear = {"num_fc_layers": 0, "use_bias": False}
+    ctx, model = ctx_model(LLM, linear)
+    assert export_blocker(ctx, model) is None
+    model.outputs["y"].temperature.fill_(2.0)
+    weight, labels = score_weight(model)
+    assert torch.allclose(weight, model.outputs["y"].head.out.weight / 2.0)
+    assert labels == ["c0", "c1", "c2"]
+    assert "without bias" in export_blocker(*ctx_model(LLM, {"num_fc_layers": 0}))
+    assert "reduce_output: last" in export_blocker(*ctx_model({**LLM, "reduce_output": "mean"},
+                                                              linear))
+    assert "one linear layer" in export_blocker(*ctx_model(LLM, {"use_bias": False}))
+    json.dumps(to_dict(ctx.config))  # the config stays JSON-able with typed input sections
