@@ -87,6 +87,12 @@ class DatasetStore:
     def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # Partial uploads and stagings of a crashed process: never renamed, so never visible.
+        for leftover in [*self.root.glob(".upload-*"), *self.root.glob(".staging-*")]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._frames: dict[str, pd.DataFrame] = {}
@@ -157,8 +163,11 @@ class DatasetStore:
         return df.copy()
 
     def _dir(self, ds_id: str) -> Path:
-        if not ds_id or "/" in ds_id or "\\" in ds_id or ds_id.startswith("."):
-            raise InvalidArgument(f"malformed data set id {ds_id!r}", field="dataset_id")
+        # Length and NUL checks first: the OS refuses such names with errors that are not the
+        # client's to see (ENAMETOOLONG, "embedded null byte").
+        if not ds_id or len(ds_id) > 128 or "\x00" in ds_id or "/" in ds_id or "\\" in ds_id \
+                or ds_id.startswith("."):
+            raise InvalidArgument(f"malformed data set id {ds_id[:64]!r}", field="dataset_id")
         return self.root / ds_id
 
 

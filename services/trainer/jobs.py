@@ -208,6 +208,10 @@ class JobRunner:
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Recover jobs from before a restart, then start the workers."""
+        # A crash mid-artifact leaves a staging directory no attempt will reuse (each attempt
+        # stages under its own name); it never looks whole, but it holds disk space.
+        for leftover in self.artifacts_root.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         for rec in self.store.all():
             if rec.state == RUNNING or rec.state == QUEUED:
                 if rec.state == RUNNING and rec.attempts >= self.max_attempts:

@@ -182,17 +182,20 @@ def test_trainer_calls_the_embedder_with_its_service_token(trainer_with, tmp_pat
         port=0, data_dir=tmp_path / "emb", security=ServerSecurity(auth_tokens_file=tokens_file)))
     try:
         address = f"127.0.0.1:{embedder.port}"
-        monkeypatch.delenv("TUNEWIRE_TOKEN", raising=False)
+        # The trainer's outgoing channel reads TUNEWIRE_TOKEN when it first calls the embedder.
         anonymous = trainer_with(ServerSecurity(), embedder=address)
-        monkeypatch.setenv("TUNEWIRE_TOKEN", TOKENS["train"])
         with_token = trainer_with(ServerSecurity(), embedder=address)
-        monkeypatch.delenv("TUNEWIRE_TOKEN")
         csv = b"t,y\nhello,1\nbye,0\n"
         config = ('{"input_features": [{"name": "t", "type": "text", "encoder": {"type": '
                   '"auto_transformer", "pretrained_model_name_or_path": "/no/such/model"}}], '
                   '"output_features": [{"name": "y", "type": "binary"}]}')
         errors = {}
-        for name, app in (("anonymous", anonymous), ("with_token", with_token)):
+        for name, app, token in (("anonymous", anonymous, None),
+                                 ("with_token", with_token, TOKENS["train"])):
+            if token:
+                monkeypatch.setenv("TUNEWIRE_TOKEN", token)
+            else:
+                monkeypatch.delenv("TUNEWIRE_TOKEN", raising=False)
             client, _ = stub(app.port)
             ds = client.UploadDataset(iter([
                 trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest

@@ -1,0 +1,83 @@
+"""Services run the way they run in production: `python -m services.<name>` subprocesses on
+127.0.0.1, JSON logs to a file (so tests can search them), health-checked before use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    popen: subprocess.Popen
+    log: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL: no handler runs, nothing is flushed or closed."""
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start(service: str, args: list[str], log: Path, env: dict[str, str] | None = None,
+          port: int | None = None, timeout: float = 90.0) -> Proc:
+    """Start a service and wait until its health is SERVING (or fail with its log)."""
+    port = port or free_port()
+    full_env = {**os.environ, "TUNEWIRE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    fh = open(log, "ab")
+    popen = subprocess.Popen([sys.executable, "-m", f"services.{service}", "--host", "127.0.0.1",
+                              "--port", str(port), *args], cwd=ROOT, env=full_env,
+                             stdout=fh, stderr=subprocess.STDOUT)
+    fh.close()
+    proc = Proc(service, port, popen, log)
+    channel = grpc.insecure_channel(proc.address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if popen.poll() is not None:
+                raise RuntimeError(f"{service} exited {popen.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return proc
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{service} not SERVING after {timeout}s:\n"
+                                   f"{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    finally:
+        channel.close()
