@@ -64,7 +64,7 @@ def llm_config(base: Path, **overrides) -> dict:
         "prompt": {"template": "what does {name} like ? answer :"},
         "trainer": {"type": "finetune", "epochs": 100, "batch_size": 4, "learning_rate": 0.003,
                     "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.05},
-                    "eval_steps": 20, "early_stop": -1},
+                    "eval_steps": 100, "early_stop": -1, "steps_per_checkpoint": 1000},
         "generation": {"max_new_tokens": 4},
         "backend": {"trainer": {"use_gpu": False}},
     }

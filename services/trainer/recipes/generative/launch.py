@@ -36,7 +36,6 @@ log = structlog.get_logger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 WORKER_MODULE = "services.trainer.recipes.generative.worker"
-EXIT_PRECONDITION = 3  # worker.EXIT_PRECONDITION (not imported: that module pulls in torch)
 POLL_S = 0.2
 TERMINATE_GRACE_S = 15.0
 
@@ -148,8 +147,9 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     if rc == 0 and final is not None and final.get("event") == "result":
         _write_model_card(ctx.artifact_dir)
         return JobResult(metrics=[MetricValue(**m) for m in final["metrics"]])
+    # torchrun exits 1 whatever its worker's code was: the error event says which kind it was.
     message = (final or {}).get("message") or _tail(stderr_path)
-    if rc == EXIT_PRECONDITION:
+    if (final or {}).get("reason") == "failed_precondition":
         raise FailedPrecondition(message)
     raise Internal(f"generative worker failed (exit code {rc}): {message}")
 

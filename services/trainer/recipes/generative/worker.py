@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         recipe.cleanup()
         dist.barrier()  # ranks > 0 wait while rank 0 writes the artifact
     except PreconditionError as exc:
-        events.write("error", kind="failed_precondition", message=str(exc))
+        events.write("error", reason="failed_precondition", message=str(exc))
         code = EXIT_PRECONDITION
     except Exception as exc:  # the launcher turns this into INTERNAL with the message
         message = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, torch.OutOfMemoryError):
             message = f"out of GPU memory: {exc}".split("\n")[0]
-        events.write("error", kind="internal", message=message, traceback=traceback.format_exc())
+        events.write("error", reason="internal", message=message, traceback=traceback.format_exc())
         traceback.print_exc()
         code = 1
     finally:

@@ -1,0 +1,182 @@
+"""The generative recipe end to end through `run_generative_job` (a torchrun worker on the CPU):
+learning, artifacts that stock transformers/peft load in a fresh process, resume, DDP, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from services.trainer.context import JobCancelled, Log, Progress
+from services.trainer.recipes.generative.launch import run_generative_job
+from services.trainer.recipes.generative.predict import predict_generative
+from tests.generative.conftest import job_context, llm_config, task_frame
+from tunewire.errors import FailedPrecondition, InvalidArgument
+
+LORA = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0}
+
+LOAD_AND_GENERATE = r"""
+import json, sys
+from pathlib import Path
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+art = Path(sys.argv[1])
+if (art / "adapter_config.json").exists():
+    from peft import AutoPeftModelForCausalLM
+    model = AutoPeftModelForCausalLM.from_pretrained(art)
+else:
+    model = AutoModelForCausalLM.from_pretrained(art)
+tok = AutoTokenizer.from_pretrained(art)
+out = []
+for prompt in json.loads(sys.argv[2]):
+    ids = tok(prompt, return_tensors="pt")
+    gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    out.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+print(json.dumps(out))
+"""
+
+
+def fresh_process_generate(artifact: Path, prompts: list[str]) -> list[str]:
+    """Load the artifact with plain transformers/peft in a new interpreter (no tunewire import)."""
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, str(artifact), json.dumps(prompts)],
+                          capture_output=True, text=True, timeout=180, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def prompts(df) -> list[str]:
+    return [f"what does {n} like ? answer :" for n in df["name"]]
+
+
+@pytest.fixture(scope="module")
+def full_job(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("full")
+    ctx, rec = job_context(tmp, llm_config(tiny_model), test=task_frame())
+    result = run_generative_job(ctx)
+    return ctx, rec, result
+
+
+def test_full_finetuning_learns_the_task(full_job):
+    ctx, rec, result = full_job
+    losses = [e.loss for e in rec.of(Progress)]
+    assert losses[0] > 3.0 and losses[-1] < 0.2 * losses[0]
+    assert any("sample at step" in e.message for e in rec.of(Log))
+    acc = {(m.split, m.name): m.value for m in result.metrics}
+    assert acc[("validation", "token_accuracy")] >= 0.9 and acc[("test", "loss")] < 0.3
+    df = task_frame()
+    texts, metrics = predict_generative(ctx.artifact_dir, df, None)
+    right = sum(t.strip() == a for t, a in zip(texts, df["answer"]))
+    assert right >= 10, list(zip(texts, df["answer"]))
+    assert {m.name for m in metrics} == {"loss", "perplexity", "token_accuracy"}
+    assert all(m.split == "test" for m in metrics)
+
+
+def test_full_artifact_loads_in_a_fresh_process(full_job):
+    ctx, _, _ = full_job
+    art = ctx.artifact_dir
+    names = {p.name for p in art.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+            "resolved_config.json", "tunewire.json"} <= names
+    meta = json.loads((art / "tunewire.json").read_text())
+    assert meta["kind"] == "full_model" and meta["task"] == "text-generation"
+    assert meta["job_id"] == "job-1" and "token_accuracy" in meta["metrics"]["validation"]["answer"]
+    df = task_frame().head(4)
+    ours, _ = predict_generative(art, df, None)
+    assert fresh_process_generate(art, prompts(df)) == ours
+
+
+def test_generation_overrides(full_job):
+    ctx, _, _ = full_job
+    df = task_frame().head(2)
+    texts, _ = predict_generative(ctx.artifact_dir, df, {"max_new_tokens": 1})
+    assert all(len(t.split()) <= 1 for t in texts)
+    with pytest.raises(InvalidArgument) as info:
+        predict_generative(ctx.artifact_dir, df, {"max_new_tokenz": 1})
+    assert info.value.field == "generation_config.max_new_tokenz"
+
+
+@pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
+def test_lora_artifacts_load_in_a_fresh_process(tiny_model, tmp_path, merge):
+    adapter = {**LORA, "postprocessor": {"merge_adapter_into_base_model": merge}}
+    raw = llm_config(tiny_model, adapter={**adapter, "r": 16, "alpha": 32},
+                     trainer={"epochs": 10, "learning_rate": 0.02, "eval_steps": None})
+    ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:0])
+    run_generative_job(ctx)
+    losses = [e.loss for e in rec.of(Progress)]
+    assert losses[-1] < 0.8 * losses[0]
+    names = {p.name for p in ctx.artifact_dir.iterdir()}
+    if merge:
+        assert {"config.json", "model.safetensors"} <= names and "adapter_config.json" not in names
+    else:
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+        assert "model.safetensors" not in names
+    kind = json.loads((ctx.artifact_dir / "tunewire.json").read_text())["kind"]
+    assert kind == ("full_model" if merge else "peft_adapter")
+    df = task_frame().head(4)
+    ours, _ = predict_generative(ctx.artifact_dir, df, None)
+    assert fresh_process_generate(ctx.artifact_dir, prompts(df)) == ours
+
+
+def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
+    trainer = {"epochs": 1, "train_steps": 16, "steps_per_checkpoint": 4, "eval_steps": None}
+    raw = llm_config(tiny_model, adapter={**LORA, "dropout": 0.1}, trainer=trainer)
+    ref_ctx, ref_rec = job_context(tmp_path / "ref", raw, validation=task_frame().iloc[:0])
+    run_generative_job(ref_ctx)
+    reference = {e.step: e.loss for e in ref_rec.of(Progress)}
+    assert len(reference) == 16
+
+    ctx, rec = job_context(tmp_path / "resumed", raw, validation=task_frame().iloc[:0])
+
+    def cancel_after_first_checkpoint():
+        while not any("checkpoint saved" in e.message for e in rec.of(Log)):
+            time.sleep(0.05)
+        ctx.cancel_event.set()
+
+    threading.Thread(target=cancel_after_first_checkpoint, daemon=True).start()
+    with pytest.raises(JobCancelled):
+        run_generative_job(ctx)
+    first = {e.step for e in rec.of(Progress)}
+    assert max(first) < 16  # killed mid-run
+
+    ctx2, rec2 = job_context(tmp_path / "resumed", raw, validation=task_frame().iloc[:0], attempt=2)
+    run_generative_job(ctx2)
+    resumed = [e.message for e in rec2.of(Log) if e.message.startswith("resumed from checkpoint")]
+    assert resumed, [e.message for e in rec2.of(Log)]
+    start = int(resumed[0].split("step ")[1].split()[0])
+    assert start >= 4 and start % 4 == 0
+    after = {e.step: e.loss for e in rec2.of(Progress)}
+    assert min(after) == start + 1 and max(after) == 16
+    for step, loss in after.items():
+        assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
+
+
+def test_ddp_on_two_processes_matches_one(tiny_model, tmp_path):
+    trainer = {"epochs": 1, "train_steps": 3, "eval_steps": None}
+    one = llm_config(tiny_model, trainer={**trainer, "batch_size": 4})
+    two = llm_config(tiny_model, trainer={**trainer, "batch_size": 2},
+                     backend={"trainer": {"use_gpu": False, "num_workers": 2}})
+    losses = []
+    for name, raw in (("one", one), ("two", two)):
+        ctx, rec = job_context(tmp_path / name, raw, validation=task_frame().iloc[:0])
+        run_generative_job(ctx)
+        losses.append([e.loss for e in rec.of(Progress)])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_quantization_without_gpu_is_a_failed_precondition(tiny_model, tmp_path):
+    raw = llm_config(tiny_model, adapter=LORA, quantization={"bits": 4})
+    ctx, _ = job_context(tmp_path, raw)
+    with pytest.raises(FailedPrecondition, match="CUDA GPU"):
+        run_generative_job(ctx)
+
+
+def test_template_naming_a_missing_column_fails_clearly(tiny_model, tmp_path):
+    raw = llm_config(tiny_model, prompt={"template": "what does {person} like ?"})
+    ctx, _ = job_context(tmp_path, raw)
+    with pytest.raises(FailedPrecondition, match="person"):
+        run_generative_job(ctx)
