@@ -97,6 +97,7 @@ class _ContextInterceptor(grpc.ServerInterceptor):
         def fail(context: grpc.ServicerContext, exc: BaseException) -> None:
             exc = _disk_full(exc) or exc
             if isinstance(exc, TunewireError):
+                _bound_message(exc)
                 log.info("request failed", code=exc.code.name, reason=exc.reason,
                          field=exc.field, error=exc.message)
                 context.abort_with_status(to_status(exc))
@@ -144,6 +145,18 @@ class _ContextInterceptor(grpc.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             wrap_stream(handler.stream_stream), handler.request_deserializer,
             handler.response_serializer)
+
+
+# Status details travel in trailing metadata, which clients cap (8 KiB by default); a message
+# echoing a huge client-sent value would turn into RESOURCE_EXHAUSTED on the client.
+MAX_ERROR_MESSAGE_CHARS = 1024
+
+
+def _bound_message(err: TunewireError) -> None:
+    if len(err.message) > MAX_ERROR_MESSAGE_CHARS:
+        err.message = err.message[:MAX_ERROR_MESSAGE_CHARS] + "… (truncated)"
+    if err.field and len(err.field) > 256:
+        err.field = err.field[:256]
 
 
 def _disk_full(exc: BaseException) -> ResourceExhausted | None:

@@ -24,6 +24,7 @@ import structlog
 
 from services.embedder.service import EmbedderService, EmbedJob, EncoderSpec
 from tunewire.errors import InvalidArgument
+from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.tensors import to_proto
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
@@ -55,6 +56,7 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
     if not msg.model.strip():
         raise InvalidArgument("model is required: a local directory or a Hub id",
                               field="encoder.model")
+    check_path_text(msg.model, "encoder.model")
     if msg.max_length < 0:
         raise InvalidArgument(f"max_length must be >= 0 (0 = the model's limit), got "
                               f"{msg.max_length}", field="encoder.max_length")

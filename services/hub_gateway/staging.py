@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable, Protocol
 
 from tunewire.errors import InvalidArgument, NotFound, PermissionDenied
+from tunewire.paths import check_path_text
 
 
 class Chunk(Protocol):
@@ -27,6 +28,7 @@ class Chunk(Protocol):
 def safe_relative(path: str, field: str) -> PurePosixPath:
     """A '/'-separated path that stays inside the folder it is joined to."""
     rel = PurePosixPath(path)
+    check_path_text(path, field)
     if (not path or "\\" in path or "\x00" in path or rel.is_absolute()
             or any(part in ("", ".", "..") for part in path.split("/"))):
         raise InvalidArgument(f"{path!r} is not a relative path inside the artifact", field=field)
@@ -95,6 +97,7 @@ def resolve_under_roots(path: str, roots: list[Path], field: str = "spec.artifac
                                field=field, reason="NO_ARTIFACT_ROOTS")
     if not path:
         raise InvalidArgument("an artifact path is required", field=field)
+    check_path_text(path, field)
     real = Path(path).expanduser().resolve()
     if not any(real.is_relative_to(root.expanduser().resolve()) for root in roots):
         raise PermissionDenied(f"{path} is outside the gateway's artifact roots", field=field,

@@ -23,6 +23,7 @@ import pandas as pd
 import structlog
 
 from tunewire.errors import InvalidArgument, NotFound, ResourceExhausted
+from tunewire.paths import check_path_text
 
 log = structlog.get_logger(__name__)
 
@@ -71,14 +72,31 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"the file is not valid UTF-8 ({exc.reason} at byte {exc.start})",
                               field="dataset") from None
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
+    # TypeError: pandas' JSON reader on lines that are not objects (`[1, 2]`, `3`).
+    except (ValueError, TypeError, pd.errors.ParserError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidArgument(f"cannot parse the file as {fmt}: {first}", field="dataset") from None
+    if fmt in ("csv", "tsv"):
+        _check_header(path, "," if fmt == "csv" else "\t")
     df.columns = [str(c).strip() for c in df.columns]
     # An unnamed leading index column (pandas' to_csv default) is not a feature.
     if len(df.columns) and df.columns[0] in ("", "Unnamed: 0"):
         df = df.drop(columns=df.columns[0])
     return df
+
+
+def _check_header(path: Path, sep: str) -> None:
+    """pandas renames a repeated column to `name.1` without a word; a repeated name is a
+    mistake the uploader should hear about, not a column to guess at."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh, delimiter=sep), [])
+    names = [h.strip() for h in header]
+    repeated = sorted({n for n in names if names.count(n) > 1 and n})
+    if repeated:
+        raise InvalidArgument(f"column names appear more than once: {', '.join(repeated)}",
+                              field="dataset")
 
 
 class DatasetStore:
@@ -163,11 +181,9 @@ class DatasetStore:
         return df.copy()
 
     def _dir(self, ds_id: str) -> Path:
-        # Length and NUL checks first: the OS refuses such names with errors that are not the
-        # client's to see (ENAMETOOLONG, "embedded null byte").
-        if not ds_id or len(ds_id) > 128 or "\x00" in ds_id or "/" in ds_id or "\\" in ds_id \
-                or ds_id.startswith("."):
+        if not ds_id or "/" in ds_id or "\\" in ds_id or ds_id.startswith("."):
             raise InvalidArgument(f"malformed data set id {ds_id[:64]!r}", field="dataset_id")
+        check_path_text(ds_id, "dataset_id")
         return self.root / ds_id
 
 

@@ -11,6 +11,7 @@ import structlog
 from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
                              TunewireError, Unavailable)
 from services.trainer.context import MetricValue
+from tunewire.paths import check_path_text
 from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES, DatasetStore
 from services.trainer.jobs import JobRecord, JobRunner, JobStore
 
@@ -132,6 +133,7 @@ class TrainerCore:
         """A job id, or an artifact directory under an allowed root (any path in embedded mode)."""
         if not model:
             raise InvalidArgument("is required", field="model")
+        check_path_text(model, "model")
         if model.startswith("job-") and "/" not in model:
             return self.artifact_dir(model)
         path = Path(model).expanduser().resolve()
