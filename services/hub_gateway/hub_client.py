@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,13 +84,41 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+# huggingface_hub's shared HTTP client waits forever (timeout=None): a Hub that accepts a
+# connection and then says nothing would hold an upload worker for good. httpx timeouts apply to
+# each socket operation, so a long LFS transfer that keeps moving is not cut short.
+DEFAULT_HTTP_TIMEOUT_S = 60.0
+_timeout_lock = threading.Lock()
+_installed_timeout: float | None = None
+
+
+def use_http_timeout(seconds: float) -> None:
+    """Make huggingface_hub's process-wide HTTP client give up after `seconds` of silence."""
+    global _installed_timeout
+    with _timeout_lock:
+        if _installed_timeout == seconds:
+            return
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils._http import default_client_factory
+
+        def factory():
+            client = default_client_factory()
+            client.timeout = seconds
+            return client
+
+        set_client_factory(factory)
+        _installed_timeout = seconds
+
+
 class HubClient:
     """Talks to one Hub endpoint with one token. Safe to share between threads (no state but the
     HfApi, which is itself stateless apart from its session)."""
 
     def __init__(self, endpoint: str | None, token: str | None, *, max_attempts: int = 5,
                  base_delay_s: float = 0.5, max_delay_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> None:
+        use_http_timeout(http_timeout_s)
         self.endpoint = endpoint
         self._token = token
         # token=False: never fall back to a token cached on the gateway's disk.
