@@ -45,7 +45,12 @@ def build_tiny_model(out: Path) -> Path:
                       max_position_embeddings=128, tie_word_embeddings=True,
                       bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                       pad_token_id=fast.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        # With std-0.02 tied embeddings the logits of a 64-wide model span ~1 nat at most, so a
+        # frozen base (LoRA) could never make a peaked prediction; real models have larger norms.
+        model.get_input_embeddings().weight.mul_(10.0)
+    model.save_pretrained(out)
     fast.save_pretrained(out)
     return out
 
