@@ -196,8 +196,12 @@ class BatchQueue:
             self.cancel(request)
 
     def cancel(self, request: PendingRequest) -> None:
+        """Drop a request's queued rows (it failed, or its client went away: then counted)."""
         with self._lock:
-            self._remove([row for row in self._rows if row.request is request])
+            rows = [row for row in self._rows if row.request is request]
+            self._remove(rows)
+            if request.cancelled():
+                self.dropped_rows += len(rows)
 
     def _remove(self, rows: list[_Row]) -> None:
         gone = {id(row) for row in rows}

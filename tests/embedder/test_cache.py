@@ -5,6 +5,7 @@ import os
 
 import lmdb
 import numpy as np
+import pytest
 
 from services.embedder import fingerprint as fp_mod
 from services.embedder.cache import (EmbeddingCache, cache_path, decode_vector, encode_vector,
@@ -123,3 +124,62 @@ def test_readonly_reader_in_another_process_sees_commits_and_a_grown_map(tmp_pat
         assert proc.exitcode == 0
     finally:
         writer.close()
+
+
+def test_get_matrix_one_read_with_misses_and_wrong_dtype(cache):
+    keys, vectors = _items(5, dim=8, seed=7, dtype=np.float16)
+    cache.put_many(zip(keys[:3], (encode_vector(v) for v in vectors[:3])))
+    matrix, missing = cache.get_matrix(keys, np.float16, 8)
+    assert missing == [3, 4] and matrix.flags.writeable
+    np.testing.assert_array_equal(matrix[:3], vectors[:3])
+    assert not matrix[3:].any()
+    # Same keys asked as float32 or another dimension: entries written otherwise are misses.
+    assert cache.get_matrix(keys[:3], np.float32, 8)[1] == [0, 1, 2]
+    assert cache.get_matrix(keys[:3], np.float16, 4)[1] == [0, 1, 2]
+    assert cache.get_matrix([], np.float16, 8)[0].shape == (0, 8)
+
+
+def test_size_limit_is_a_clear_resource_exhausted(tmp_path):
+    from tunewire.errors import ResourceExhausted
+
+    small = EmbeddingCache(tmp_path / "small.lmdb", map_size=1 << 20, max_map_size=4 << 20)
+    try:
+        keys, vectors = _items(100, dim=2048, seed=3)  # ~1.2 MB in pages: one doubling, fits
+        small.put_many(zip(keys, (encode_vector(v) for v in vectors)))
+        assert small.stats().map_size == 2 << 20
+        keys, vectors = _items(300, dim=2048, seed=4)  # ~3.6 MB more: over the 4 MB limit
+        with pytest.raises(ResourceExhausted) as err:
+            small.put_many(zip(keys, (encode_vector(v) for v in vectors)))
+        assert err.value.reason == "CACHE_FULL" and "--cache-max-size" in err.value.message
+        assert small.get_matrix(keys, np.float32, 2048)[1] == list(range(300))  # none landed
+        assert small.stats().map_size == 4 << 20
+    finally:
+        small.close()
+
+
+def test_readonly_get_matrix_reads_what_the_writer_wrote(tmp_path):
+    keys, vectors = _items(50, dim=32, seed=9, dtype=np.float16)
+    writer = EmbeddingCache(cache_path(tmp_path))
+    writer.put_many(zip(keys, (encode_vector(v) for v in vectors)))
+    writer.close()
+    reader = open_readonly(tmp_path)
+    try:
+        matrix, missing = reader.get_matrix(keys + [b"\0" * 32], np.float16, 32)
+    finally:
+        reader.close()
+    assert missing == [50]
+    np.testing.assert_array_equal(matrix[:50], vectors)
+
+
+def test_whole_answers_round_trip(cache):
+    from services.embedder.cache import encode_batch
+
+    matrix = np.arange(12, dtype=np.float16).reshape(3, 4)
+    key = fp_mod.batch_key("f" * 64, ["a", "b", "a"])
+    cache.put_many([(key, encode_batch(matrix, distinct=2))])
+    got, distinct = cache.get_batch(key, np.float16, 4, 3)
+    np.testing.assert_array_equal(got, matrix)
+    assert distinct == 2
+    assert cache.get_batch(key, np.float32, 4, 3) is None  # other dtype/shape: not this entry
+    assert cache.get_batch(key, np.float16, 4, 2) is None
+    assert fp_mod.batch_key("f" * 64, ["a\0b"]) != fp_mod.batch_key("f" * 64, ["a", "b"])

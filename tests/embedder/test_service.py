@@ -168,3 +168,19 @@ def test_same_settings_from_two_clients_share_a_forward_pass(tmp_path, registry,
         np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)
     finally:
         service.close()
+
+
+def test_a_replayed_request_is_answered_whole_from_the_cache(service, minilm_path):
+    from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
+
+    texts = [f"replayed text number {i}" for i in range(BATCH_ENTRY_MIN_TEXTS)] + ["dup"] * 2
+    spec = EncoderSpec(model=minilm_path, dtype="float16")
+    first = service.embed(spec, texts)  # computed text by text
+    second = service.embed(spec, texts)  # all hits: text by text, and stored whole
+    stored = service.cache.stats().entries
+    third = service.embed(spec, texts)  # one read
+    assert (first.misses, second.hits, third.hits, third.misses) == (65, 65, 65, 0)
+    assert stored == 65 + 1 and service.computed_texts == 65
+    np.testing.assert_array_equal(third.vectors, first.vectors)
+    np.testing.assert_array_equal(third.vectors, second.vectors)
+    assert service.embed(spec, texts[:-1]).hits == 65  # another list: text by text again

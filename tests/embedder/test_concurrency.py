@@ -1,0 +1,194 @@
+"""Many clients at once over real gRPC: shared batches, texts computed once, streamed chunks,
+and work for clients that went away dropped."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from clients.sdk import EmbedderClient, EncoderSpec as SdkSpec
+from services.embedder.app import SERVICE_NAME, Settings, start
+from services.embedder.cache import EmbeddingCache
+from services.embedder.inflight import InFlight
+from services.embedder.service import EmbedderService, EncoderSpec
+from services.embedder.servicer import EmbedderServicer
+from tunewire.errors import Cancelled
+from tunewire.server import ServerSettings, Service, channel_options, create_server
+from tunewire.tensors import from_proto
+from tunewire.v1 import embedder_pb2, embedder_pb2_grpc
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
+POOL = [f"{a} {b} and {c}" for a, b, c in zip(WORDS, WORDS[3:] + WORDS[:3], WORDS[7:] + WORDS[:7])]
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _rel_error(got: np.ndarray, expected: np.ndarray) -> float:
+    err = np.linalg.norm(got.astype(np.float64) - expected, axis=1)
+    return float((err / np.linalg.norm(expected, axis=1)).max())
+
+
+@pytest.fixture
+def app(tmp_path, minilm_path):
+    app = start(Settings(port=0, data_dir=tmp_path / "data", preload=[minilm_path],
+                         device="cpu"))
+    yield app
+    app.stop()
+
+
+def test_sixteen_clients_with_overlapping_texts_get_the_vectors_of_one_client_alone(
+        app, tmp_path, registry, minilm_path):
+    alone_service = EmbedderService(EmbeddingCache(tmp_path / "alone"), registry=registry)
+    try:
+        alone = dict(zip(POOL, alone_service.embed(EncoderSpec(model=minilm_path),
+                                                   POOL).vectors))
+    finally:
+        alone_service.close()
+    # Client i streams 8 texts starting at i: neighbours share 7 of them.
+    subsets = [[POOL[(i + j) % len(POOL)] for j in range(8)] for i in range(16)]
+    distinct = set().union(*map(set, subsets))
+    address = f"127.0.0.1:{app.port}"
+    encoder = app.service.registry.get(minilm_path).encoder
+    queue = app.service.registry.get(minilm_path).queue
+    results: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        sdk = EmbedderClient(address)
+        try:
+            results[i] = sdk.embed_many(subsets[i], SdkSpec(minilm_path), batch_size=3).vectors
+        finally:
+            sdk.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        with encoder.lock:  # the model is busy: all 16 streams queue their texts behind it
+            futures = [pool.submit(client, i) for i in range(16)]
+            _wait_for(lambda: queue.pending_rows >= 8)
+        for f in futures:
+            f.result(timeout=120)
+
+    for i, subset in enumerate(subsets):
+        expected = np.stack([alone[t] for t in subset])
+        assert results[i].shape == (8, 384)
+        assert _rel_error(results[i], expected) < 1e-5
+    stub = embedder_pb2_grpc.EmbedderServiceStub(grpc.insecure_channel(address))
+    stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest(), timeout=10)
+    # Each distinct text went through the model once, however many clients asked for it.
+    assert stats.computed_texts == len(distinct) == app.service.counters().computed_texts
+    assert 1 <= stats.shared_batches <= stats.forward_passes
+    assert stats.entries >= len(distinct)
+
+
+def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path):
+    service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
+    servicer = EmbedderServicer(service, chunk_bytes=384 * 4 * 2)  # two float32 vectors
+    running = create_server([Service(SERVICE_NAME, servicer,
+                                     embedder_pb2_grpc.add_EmbedderServiceServicer_to_server)],
+                            ServerSettings(host="127.0.0.1", port=0))
+    try:
+        address = f"127.0.0.1:{running.port}"
+        with grpc.insecure_channel(address, options=channel_options()) as channel:
+            stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+            spec = embedder_pb2.EncoderSpec(model=minilm_path)
+            texts = POOL[:5]
+            replies = list(stub.StreamEmbed(iter([
+                embedder_pb2.EmbedRequest(encoder=spec, texts=texts),
+                embedder_pb2.EmbedRequest(encoder=spec, texts=texts[:1])]), timeout=60))
+        assert [(r.offset, from_proto(r.embeddings).shape[0], r.last) for r in replies] == [
+            (0, 2, False), (2, 2, False), (4, 1, True), (0, 1, True)]
+        assert (replies[0].cache_misses, replies[1].cache_misses, replies[3].cache_hits) == (
+            5, 0, 1)
+        whole = service.embed(EncoderSpec(model=minilm_path), texts).vectors
+        np.testing.assert_array_equal(
+            np.concatenate([from_proto(r.embeddings) for r in replies[:3]]), whole)
+        sdk = EmbedderClient(address)  # the SDK reassembles split answers
+        try:
+            result = sdk.embed_many(texts + texts[:2], SdkSpec(minilm_path), batch_size=7)
+        finally:
+            sdk.close()
+        assert result.cache_hits == 5 and result.cache_misses == 0
+        np.testing.assert_array_equal(result.vectors[:5], whole)
+    finally:
+        running.stop(None).wait()
+        service.close()
+
+
+def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
+    encoder = app.service.registry.get(minilm_path).encoder
+    queue = app.service.registry.get(minilm_path).queue
+    before = app.service.counters()
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as channel:
+        stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+        with encoder.lock:
+            responses = stub.StreamEmbed(iter([embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model=minilm_path),
+                texts=["never computed one", "never computed two"])]), timeout=60)
+            codes = []
+
+            def consume() -> None:
+                try:
+                    list(responses)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+            consumer = threading.Thread(target=consume, daemon=True)
+            consumer.start()
+            _wait_for(lambda: queue.pending_rows == 2)
+            responses.cancel()
+            consumer.join(10)
+            assert codes == [grpc.StatusCode.CANCELLED]
+        _wait_for(lambda: app.service.counters().dropped_texts == before.dropped_texts + 2)
+    after = app.service.counters()
+    assert after.computed_texts == before.computed_texts
+    assert after.forward_passes == before.forward_passes
+    assert queue.pending_rows == 0
+
+
+def test_cancelled_caller_at_the_service_raises_and_computes_nothing(service, minilm_path):
+    entry = service.registry.get(minilm_path)
+    gone = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        with entry.encoder.lock:
+            future = pool.submit(service.embed, EncoderSpec(model=minilm_path),
+                                 ["left early"], gone.is_set)
+            _wait_for(lambda: entry.queue.pending_rows == 1)
+            gone.set()
+        with pytest.raises(Cancelled):
+            future.result(timeout=30)
+    assert service.computed_texts == 0 and entry.queue.pending_rows == 0
+    # Nothing stays claimed: the same text is computed for the next caller.
+    assert service.embed(EncoderSpec(model=minilm_path), ["left early"]).misses == 1
+
+
+def test_a_text_in_flight_is_waited_for_not_computed_again(service, minilm_path):
+    entry = service.registry.get(minilm_path)
+    with ThreadPoolExecutor(2) as pool:
+        with entry.encoder.lock:
+            first = pool.submit(service.embed, EncoderSpec(model=minilm_path), POOL[:3])
+            _wait_for(lambda: entry.queue.pending_rows == 3)
+            second = pool.submit(service.embed, EncoderSpec(model=minilm_path), POOL[1:4])
+            _wait_for(lambda: entry.queue.pending_rows == 4)  # only POOL[3] is new
+        a, b = first.result(timeout=60), second.result(timeout=60)
+    assert (a.misses, b.misses, b.hits) == (3, 1, 2)
+    assert service.computed_texts == 4
+    np.testing.assert_array_equal(a.vectors[1:], b.vectors[:2])
+
+
+def test_inflight_owner_giving_up_leaves_waiters_to_compute():
+    inflight = InFlight()
+    owned, waiting = inflight.claim([b"k1", b"k2"])
+    assert owned == [0, 1] and waiting == []
+    owned2, waiting2 = inflight.claim([b"k2", b"k3"])
+    assert owned2 == [1] and [i for i, _ in waiting2] == [0]
+    inflight.release([b"k1", b"k2"], None)  # the owner failed
+    assert waiting2[0][1].wait(lambda: False) is None
+    inflight.release([b"k3"], np.ones((1, 4), np.float32))
+    assert len(inflight) == 0
