@@ -212,3 +212,33 @@ def test_trainer_calls_the_embedder_with_its_service_token(trainer_with, tmp_pat
         assert errors["with_token"].field.startswith("input_features[0].encoder")
     finally:
         embedder.stop()
+
+
+def test_cli_takes_token_and_certificates_from_flags_or_env(trainer_with, tokens_file, pki,
+                                                             capsys, monkeypatch):
+    from clients.cli import main
+
+    server, client, ca = pki["server"], pki["client"], pki["ca"].path
+    app = trainer_with(ServerSecurity(auth_tokens_file=tokens_file,
+                                      tls=ServerTLS(server.cert, server.key, ca)))
+    address = f"127.0.0.1:{app.port}"
+    for name in ("TUNEWIRE_TOKEN", "TUNEWIRE_TOKEN_FILE", "TUNEWIRE_TLS_CA", "TUNEWIRE_TLS_CERT",
+                 "TUNEWIRE_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    mtls = ["--tls-ca", str(ca), "--tls-cert", str(client.cert), "--tls-key", str(client.key)]
+    assert main(["jobs", "list", "--trainer", address, "--json", "--token", TOKENS["read"],
+                 *mtls]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "[]"  # --json: the last line
+    # No token: one line naming the problem, usage exit code; the token never printed.
+    assert main(["jobs", "list", "--trainer", address, *mtls]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("error:")]  # the server's own log shares this stderr here
+    assert len(errors) == 1 and "requires a token" in errors[0]
+    # The same from the environment.
+    monkeypatch.setenv("TUNEWIRE_TOKEN", TOKENS["read"])
+    monkeypatch.setenv("TUNEWIRE_TLS_CA", str(ca))
+    monkeypatch.setenv("TUNEWIRE_TLS_CERT", str(client.cert))
+    monkeypatch.setenv("TUNEWIRE_TLS_KEY", str(client.key))
+    assert main(["jobs", "list", "--trainer", address, "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip().splitlines()[-1] == "[]" and TOKENS["read"] not in out.err
