@@ -6,7 +6,8 @@ each handshake, and we hand it a new certificate configuration only when a file 
 cert-manager or a rotated Secret takes effect on the next connection with no restart.
 
 Clients: `ClientSecurity.from_env()` reads TUNEWIRE_TOKEN / TUNEWIRE_TOKEN_FILE,
-TUNEWIRE_TLS_CA, TUNEWIRE_TLS_CERT and TUNEWIRE_TLS_KEY. With none of them set, a channel is
+TUNEWIRE_TLS_CA, TUNEWIRE_TLS_CERT, TUNEWIRE_TLS_KEY and TUNEWIRE_TLS=1 (TLS verified against the
+system's roots, for servers with a public certificate). With none of them set, a channel is
 plain and carries no token: loopback and in-cluster use stay as they were.
 """
 
@@ -118,7 +119,8 @@ class ClientSecurity:
         path = lambda name: Path(env[name]) if env.get(name) else None  # noqa: E731
         return cls(token=env.get("TUNEWIRE_TOKEN") or None, token_file=path("TUNEWIRE_TOKEN_FILE"),
                    ca=path("TUNEWIRE_TLS_CA"), cert=path("TUNEWIRE_TLS_CERT"),
-                   key=path("TUNEWIRE_TLS_KEY"))
+                   key=path("TUNEWIRE_TLS_KEY"),
+                   tls=env.get("TUNEWIRE_TLS", "").lower() in ("1", "true", "yes"))
 
     @property
     def uses_tls(self) -> bool:

@@ -242,3 +242,11 @@ def test_cli_takes_token_and_certificates_from_flags_or_env(trainer_with, tokens
     assert main(["jobs", "list", "--trainer", address, "--json"]) == 0
     out = capsys.readouterr()
     assert out.out.strip().splitlines()[-1] == "[]" and TOKENS["read"] not in out.err
+
+
+def test_client_security_from_env_and_repr_without_the_token():
+    plain = ClientSecurity.from_env({})
+    assert not plain.uses_tls and plain.token is None and plain.token_file is None
+    env = ClientSecurity.from_env({"TUNEWIRE_TOKEN": "s3cret-tok", "TUNEWIRE_TLS": "1"})
+    assert env.uses_tls and env.token == "s3cret-tok"
+    assert "s3cret-tok" not in repr(env)  # settings objects get logged; the token must not be
