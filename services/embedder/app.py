@@ -16,10 +16,10 @@ from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from services.embedder.cache import (DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, EmbeddingCache,
                                      cache_path)
 from services.embedder.service import EmbedderService
-from services.embedder.servicer import DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TEXTS, EmbedderServicer
+from services.embedder.servicer import (DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TEXTS, EmbedderServicer,
+                                       add_to_server)
 from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
                              create_server)
-from tunewire.v1 import embedder_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +87,7 @@ def start(settings: Settings) -> App:
     servicer = EmbedderServicer(service, max_texts=settings.max_texts,
                                 max_text_bytes=settings.max_text_bytes)
     running = create_server(
-        [Service(SERVICE_NAME, servicer, embedder_pb2_grpc.add_EmbedderServiceServicer_to_server)],
+        [Service(SERVICE_NAME, servicer, add_to_server)],
         ServerSettings(host=settings.host, port=settings.port, security=settings.security))
     try:
         for model in settings.preload:

@@ -10,6 +10,11 @@ most `chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield
 reads slowly, the window then stops the reader, and the client's sends block in turn. A client
 that goes away (cancel, deadline, dropped connection) makes `context.is_active()` false; its
 texts still queued for the model are dropped uncomputed.
+
+StreamEmbed's responses are serialised here, by `encode_response`, into the bytes gRPC sends:
+the vectors are copied once, straight into the message, instead of into a Tensor, a response and
+a serialised copy of each (a warm stream is bound by those copies). The service is registered
+with `add_to_server`, whose serializer passes such bytes through.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from typing import Callable, Iterator
 import grpc
 import structlog
 
-from services.embedder.service import Answered, EmbedderService, EmbedJob, EncoderSpec
+import numpy as np
+
+from services.embedder.service import (Answered, EmbedderService, EmbedJob, EmbedResult,
+                                       EncoderSpec)
 from tunewire.errors import InvalidArgument
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
-from tunewire.tensors import to_proto
+from tunewire.tensors import DTYPE_NAMES, to_proto
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
 log = structlog.get_logger(__name__)
@@ -73,6 +81,63 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
                        instruction=msg.instruction)
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Wire tags: EmbedResponse.embeddings (field 1) and Tensor.data (field 3), length-delimited.
+_EMBEDDINGS_TAG, _DATA_TAG = b"\x0a", b"\x1a"
+
+
+def encode_response(vectors: np.ndarray, **fields) -> bytes:
+    """A serialised EmbedResponse holding `vectors` (float32/float16, [rows, dim]) and `fields`.
+
+    Protobuf merges repeated occurrences of a message field, so the response is the small part
+    (dtype, shape, counters) serialised as usual, followed by a second `embeddings` holding only
+    `data`: parsers see one Tensor, and the vectors are copied once, by the join."""
+    tensor = tensor_pb2.Tensor(dtype=DTYPE_NAMES[vectors.dtype.name], shape=list(vectors.shape))
+    head = embedder_pb2.EmbedResponse(embeddings=tensor, **fields).SerializeToString()
+    data = memoryview(np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("<"))
+                      .reshape(-1)).cast("B")
+    size = _varint(len(data))
+    return b"".join([head, _EMBEDDINGS_TAG, _varint(1 + len(size) + len(data)), _DATA_TAG, size,
+                     data])
+
+
+def _serialize(message: bytes | embedder_pb2.EmbedResponse) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_to_server(servicer: EmbedderServicer, server: grpc.Server) -> None:
+    """Register like the generated `add_EmbedderServiceServicer_to_server`, but with response
+    serializers that pass already serialised responses (bytes) through."""
+    def handler(kind, method, request, response):
+        return kind(method, request_deserializer=request.FromString,
+                    response_serializer=_serialize if response is embedder_pb2.EmbedResponse
+                    else response.SerializeToString)
+
+    handlers = {
+        "Embed": handler(grpc.unary_unary_rpc_method_handler, servicer.Embed,
+                         embedder_pb2.EmbedRequest, embedder_pb2.EmbedResponse),
+        "StreamEmbed": handler(grpc.stream_stream_rpc_method_handler, servicer.StreamEmbed,
+                               embedder_pb2.EmbedRequest, embedder_pb2.EmbedResponse),
+        "GetEncoderInfo": handler(grpc.unary_unary_rpc_method_handler, servicer.GetEncoderInfo,
+                                  embedder_pb2.GetEncoderInfoRequest,
+                                  embedder_pb2.GetEncoderInfoResponse),
+        "GetCacheStats": handler(grpc.unary_unary_rpc_method_handler, servicer.GetCacheStats,
+                                 embedder_pb2.GetCacheStatsRequest,
+                                 embedder_pb2.GetCacheStatsResponse),
+    }
+    name = "tunewire.v1.EmbedderService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def __init__(self, service: EmbedderService, max_texts: int = DEFAULT_MAX_TEXTS,
                  max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
@@ -98,19 +163,18 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                                           f"{self.max_text_bytes}", field=f"texts[{i}]")
         return self.service.begin(spec, texts)
 
-    def _chunks(self, result: EmbedResult) -> Iterator[embedder_pb2.EmbedResponse]:
-        """The result in responses of at most `chunk_bytes` of vectors (at least one row)."""
+    def _chunks(self, result: EmbedResult) -> Iterator[bytes]:
+        """The result as serialised responses of at most `chunk_bytes` of vectors (>= 1 row)."""
         vectors = result.vectors
         row_bytes = max(vectors.shape[1] * vectors.itemsize, 1)
         rows = max(self.chunk_bytes // row_bytes, 1)
         for start in range(0, max(len(vectors), 1), rows):
             first = start == 0
-            yield embedder_pb2.EmbedResponse(
-                embeddings=to_proto(vectors[start:start + rows]),
-                cache_hits=result.hits if first else 0,
-                cache_misses=result.misses if first else 0,
-                fingerprint=result.fingerprint, offset=start,
-                last=start + rows >= len(vectors))
+            yield encode_response(vectors[start:start + rows],
+                                  cache_hits=result.hits if first else 0,
+                                  cache_misses=result.misses if first else 0,
+                                  fingerprint=result.fingerprint, offset=start,
+                                  last=start + rows >= len(vectors))
 
     def Embed(self, request, context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
         result = self._begin(request).finish(lambda: not context.is_active())
@@ -118,8 +182,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                                           cache_hits=result.hits, cache_misses=result.misses,
                                           fingerprint=result.fingerprint, offset=0, last=True)
 
-    def StreamEmbed(self, request_iterator, context: grpc.ServicerContext
-                    ) -> Iterator[embedder_pb2.EmbedResponse]:
+    def StreamEmbed(self, request_iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
         def cancelled() -> bool:
             return not context.is_active()
 

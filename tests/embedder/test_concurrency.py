@@ -14,7 +14,7 @@ from services.embedder.app import SERVICE_NAME, Settings, start
 from services.embedder.cache import EmbeddingCache
 from services.embedder.inflight import InFlight
 from services.embedder.service import EmbedderService, EncoderSpec
-from services.embedder.servicer import EmbedderServicer
+from services.embedder.servicer import EmbedderServicer, add_to_server, encode_response
 from tunewire.errors import Cancelled
 from tunewire.server import ServerSettings, Service, channel_options, create_server
 from tunewire.tensors import from_proto
@@ -90,8 +90,7 @@ def test_sixteen_clients_with_overlapping_texts_get_the_vectors_of_one_client_al
 def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path):
     service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
     servicer = EmbedderServicer(service, chunk_bytes=384 * 4 * 2)  # two float32 vectors
-    running = create_server([Service(SERVICE_NAME, servicer,
-                                     embedder_pb2_grpc.add_EmbedderServiceServicer_to_server)],
+    running = create_server([Service(SERVICE_NAME, servicer, add_to_server)],
                             ServerSettings(host="127.0.0.1", port=0))
     try:
         address = f"127.0.0.1:{running.port}"
@@ -192,3 +191,14 @@ def test_inflight_owner_giving_up_leaves_waiters_to_compute():
     assert waiting2[0][1].wait(lambda: False) is None
     inflight.release([b"k3"], np.ones((1, 4), np.float32))
     assert len(inflight) == 0
+
+
+@pytest.mark.parametrize("dtype, rows", [(np.float32, 3), (np.float16, 300), (np.float16, 0)])
+def test_encoded_response_parses_as_the_message_it_stands_for(dtype, rows):
+    vectors = np.arange(rows * 48, dtype=dtype).reshape(rows, 48)
+    fields = dict(cache_hits=3, cache_misses=1, fingerprint="ab" * 32, offset=7, last=True)
+    parsed = embedder_pb2.EmbedResponse.FromString(encode_response(vectors, **fields))
+    from tunewire.tensors import to_proto
+
+    assert parsed == embedder_pb2.EmbedResponse(embeddings=to_proto(vectors), **fields)
+    np.testing.assert_array_equal(from_proto(parsed.embeddings), vectors)
