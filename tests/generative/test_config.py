@@ -57,6 +57,8 @@ def test_adapter_kinds_and_merge():
     ({"input_features": [{"name": "a", "type": "text"}, {"name": "b", "type": "text"}]}, "input_features"),
     ({"preprocessing": {"global_max_sequence_length": 1}}, "preprocessing.global_max_sequence_length"),
     ({"colour": 1}, "colour"),
+    ({"trainer": {"learning_rate_scheduler": {"warmup_evaluations": 2}}},
+     "trainer.learning_rate_scheduler.warmup_evaluations"),
 ])
 def test_errors_carry_key_paths(patch, field):
     with pytest.raises(ConfigError) as info:
