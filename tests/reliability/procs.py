@@ -67,7 +67,8 @@ def start(service: str, args: list[str], log: Path, env: dict[str, str] | None =
     try:
         while True:
             if popen.poll() is not None:
-                raise RuntimeError(f"{service} exited {popen.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{service} exited {popen.returncode}:\n"
+                                   f"{log.read_text()[-3000:]}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
                         health_pb2.HealthCheckResponse.SERVING:

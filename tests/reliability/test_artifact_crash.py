@@ -1,6 +1,7 @@
 """A trainer process killed with SIGKILL in the middle of writing an artifact: nothing under
-`artifacts/<job>` looks whole (there is no such directory), the job record still says RUNNING, and
-the restarted runner clears the dead staging directory and finishes the job with a whole artifact."""
+`artifacts/<job>` looks whole (there is no such directory), the job record still says RUNNING,
+and the restarted runner clears the dead staging directory and finishes the job with a whole
+artifact."""
 
 from __future__ import annotations
 

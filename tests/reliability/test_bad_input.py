@@ -106,7 +106,8 @@ def test_megabyte_texts_and_empty_strings(stubs):
     ds = upload(stubs["trainer"], f"text,label\n{big},1\n,0\nshort,1\n".encode(), "big.csv")
     assert ds.rows == 3
     spec = embedder_pb2.EncoderSpec(model=stubs["minilm"], max_length=16)
-    resp = stubs["embedder"].Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=["", big[:999_000]]))
+    resp = stubs["embedder"].Embed(embedder_pb2.EmbedRequest(encoder=spec,
+                                                             texts=["", big[:999_000]]))
     assert list(resp.embeddings.shape) == [2, 384]
     for bad in (embedder_pb2.EmbedRequest(encoder=spec),  # no texts
                 embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model=""), texts=["a"]),
