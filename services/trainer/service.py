@@ -102,8 +102,7 @@ class TrainerCore:
             ref = refs.get(feature.name)
             if ref is None or ref.adapted:
                 continue
-            path = f"input_features[{i}].encoder." + (
-                "base_model" if feature.encoder.type == "llm" else "pretrained_model_name_or_path")
+            path = f"input_features[{i}].encoder.{feature.encoder.model_key}"
             try:
                 self.embedder().info(ref.spec())
             except TunewireError as err:

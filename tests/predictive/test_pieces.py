@@ -167,7 +167,8 @@ def test_export_conditions_name_what_is_missing():
         meta = OutputMetadata("y", "category", "y", vocab=[f"c{i}" for i in range(n_classes)])
         model = pm.PredictiveModel([pm.InputSpec("text", "text", 8)], cfg.combiner,
                                    [(cfg.output_features[0], meta)])
-        ctx = JobContext("j", cfg, {}, None, None, None, None, None, print)  # type: ignore[arg-type]
+        ctx = JobContext("j", cfg, {}, None, None, None,  # type: ignore[arg-type]
+                         None, None, print)
         return ctx, model
 
     linear = {"num_fc_layers": 0, "use_bias": False}

@@ -44,7 +44,8 @@ class EncoderConfig:
     base_model: str | None = field(default=None, metadata={"help": "Encoder for type: llm."})
     trainable: bool = field(default=False, metadata={"help": "Adapt the encoder (needs adapter)."})
     reduce_output: Literal["mean", "avg", "cls_pooled", "cls", "last", "max", "sum"] | None = field(
-        default=None, metadata={"help": "Pooling over the tokens; default last for llm, else mean."})
+        default=None, metadata={"help": "Pooling over the tokens; default: last for llm, "
+                                        "else mean."})
     max_sequence_length: int | None = None
     layer: int = field(default=0, metadata={"help": "Hidden layer to pool (0/-1: last)."})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise the embedding."})
@@ -71,6 +72,11 @@ class EncoderConfig:
         check(self.quantization is None,
               "encoder quantization is not built (it needs bitsandbytes on a GPU)", "quantization")
         check(self.pretrained_kwargs is None, "is not supported", "pretrained_kwargs")
+
+    @property
+    def model_key(self) -> str:
+        """The key that names the model for this encoder type (what errors point at)."""
+        return "base_model" if self.type == "llm" else "pretrained_model_name_or_path"
 
     @property
     def model(self) -> str:
@@ -101,7 +107,8 @@ class TextPreprocessing:
 @dataclass
 class NumberPreprocessing:
     normalization: Literal["zscore", "minmax"] | None = field(
-        default="zscore", metadata={"help": "Fitted on the training split, stored in the artifact."})
+        default="zscore", metadata={"help": "Fitted on the training split, kept in the "
+                                            "artifact."})
     missing_value_strategy: Literal["fill_with_const", "fill_with_mean"] = "fill_with_mean"
     fill_value: float = 0.0
 

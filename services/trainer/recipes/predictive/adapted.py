@@ -24,12 +24,12 @@ from torch import nn
 from services.embedder.pooling import pool
 from services.trainer.context import JobContext, JobResult, Log
 from services.trainer.recipes.predictive import model as pm
-from services.trainer.recipes.predictive.data import prepare
 from services.trainer.recipes.predictive.export import export_if_possible
-from services.trainer.recipes.predictive.finish import calibrate, write_artifact
+from services.trainer.recipes.predictive.finish import (calibrate_and_evaluate,
+                                                        write_artifact)
 from services.trainer.recipes.predictive.loop import HeadTrainer
-from services.trainer.recipes.predictive.recipe import (build_model, embed_frozen_features,
-                                                        seed_everything, tensors_at)
+from services.trainer.recipes.predictive.recipe import (begin, build_model,
+                                                        embed_frozen_features, tensors_at)
 from tunewire.config.ecd import EcdConfig, EncoderConfig
 from tunewire.errors import InvalidArgument
 
@@ -55,9 +55,10 @@ class AdaptedEncoder(nn.Module):
         self.device = device
 
     @classmethod
-    def load_base(cls, ref: pm.EncoderRef, device: torch.device | None = None
-                  ) -> tuple[nn.Module, object]:
-        """The base encoder (float32, frozen) and its tokenizer, set up as the embedder's."""
+    def load_base(cls, ref: pm.EncoderRef, device: torch.device | None = None,
+                  field: str = "model") -> tuple[nn.Module, object]:
+        """The base encoder (float32, frozen) and its tokenizer, set up as the embedder's;
+        `field` is the config path that errors name."""
         from transformers import AutoModel, AutoTokenizer
 
         try:
@@ -65,11 +66,11 @@ class AdaptedEncoder(nn.Module):
             base = AutoModel.from_pretrained(ref.model, dtype=torch.float32)
         except OSError as exc:
             raise InvalidArgument(f"cannot load encoder {ref.model!r}: {exc}",
-                                  field=f"{ref.feature}.encoder") from None
+                                  field=field) from None
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise InvalidArgument("the tokenizer has neither a pad nor an eos token",
-                                      field=f"{ref.feature}.encoder")
+                                      field=field)
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"
         base.requires_grad_(False)
@@ -100,7 +101,9 @@ class AdaptedEncoder(nn.Module):
         return pool(hidden, mask, self.ref.pooling, normalize=self.ref.normalize)
 
 
-def wrap_lora(base: nn.Module, enc: EncoderConfig) -> nn.Module:
+def wrap_lora(base: nn.Module, enc: EncoderConfig, field: str = "encoder") -> nn.Module:
+    """The base with LoRA on `target_modules` (PEFT's default per architecture when null);
+    only the LoRA weights train."""
     from peft import LoraConfig, get_peft_model
 
     adapter = enc.adapter
@@ -110,7 +113,7 @@ def wrap_lora(base: nn.Module, enc: EncoderConfig) -> nn.Module:
     try:
         return get_peft_model(base, lora)
     except ValueError as exc:  # e.g. target modules that the model does not have
-        raise InvalidArgument(str(exc), field="encoder.adapter.target_modules") from None
+        raise InvalidArgument(str(exc), field=f"{field}.adapter.target_modules") from None
 
 
 def load_adapted(ref: pm.EncoderRef, adapter_dir) -> AdaptedEncoder:
@@ -130,19 +133,18 @@ class AdaptedRecipe:
         self.log = log.bind(job_id=ctx.job_id)
 
     def setup(self) -> None:
-        self.rng = seed_everything(self.cfg)
-        self.data = prepare(self.cfg, {"train": self.ctx.train,
-                                       "validation": self.ctx.validation, "test": self.ctx.test})
-        self.encoders = pm.encoder_refs(self.cfg)
-        feature = next(f for f in self.cfg.input_features
-                       if f.type == "text" and f.encoder.trainable)
+        self.rng, self.data, self.encoders = begin(self.ctx)
+        i, feature = next((i, f) for i, f in enumerate(self.cfg.input_features)
+                          if f.type == "text" and f.encoder.trainable)
+        path = f"input_features[{i}].encoder"
         self.ref = self.encoders[feature.name]
         frozen = [r for r in self.encoders.values() if not r.adapted]
         self.embed_stats = embed_frozen_features(self.ctx, self.data, frozen)
-        base, tokenizer = AdaptedEncoder.load_base(self.ref)
+        base, tokenizer = AdaptedEncoder.load_base(self.ref,
+                                                   field=f"{path}.{feature.encoder.model_key}")
         self.ref.dimension = int(base.config.hidden_size)
-        self.encoder = AdaptedEncoder(wrap_lora(base, feature.encoder), tokenizer, self.ref,
-                                      next(base.parameters()).device)
+        self.encoder = AdaptedEncoder(wrap_lora(base, feature.encoder, path), tokenizer,
+                                      self.ref, next(base.parameters()).device)
         trainable = sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.encoder.parameters())
         self.ctx.emit(Log(f"adapting {self.ref.model} with LoRA: {trainable} of {total} "
@@ -163,8 +165,8 @@ class AdaptedRecipe:
         self.trainer.train(int(self.rng.integers(2**31)))
 
     def evaluate(self) -> JobResult:
-        self.calibration = calibrate(self.ctx, self.trainer)
-        self.metrics, self.logits = self.trainer.evaluate()
+        self.calibration, self.metrics, self.logits = calibrate_and_evaluate(self.ctx,
+                                                                            self.trainer)
         return JobResult(metrics=self.metrics)
 
     def save_artifact(self) -> list[str]:
@@ -181,5 +183,4 @@ class AdaptedRecipe:
                               extra_files=adapter_and_export)
 
     def cleanup(self) -> None:
-        self.data.x.clear()
-        self.data.frames.clear()
+        self.data.release()

@@ -33,6 +33,12 @@ class Prepared:
     def size(self, split: str) -> int:
         return len(self.frames[split])
 
+    def release(self) -> None:
+        """Drop the arrays and frames (a job's memory goes back when it ends)."""
+        self.x.clear()
+        self.texts.clear()
+        self.frames.clear()
+
 
 def input_columns(cfg: EcdConfig) -> dict[str, str]:
     return {f"input_features[{i}].column": str(f.column) for i, f in enumerate(cfg.input_features)}

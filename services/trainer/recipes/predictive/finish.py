@@ -55,6 +55,14 @@ def calibrate(ctx: JobContext, trainer: HeadTrainer) -> dict[str, dict]:
     return report
 
 
+def calibrate_and_evaluate(ctx: JobContext, trainer: HeadTrainer
+                           ) -> tuple[dict[str, dict], list[MetricValue], dict]:
+    """Calibration first, so the reported metrics are those of the probabilities served."""
+    report = calibrate(ctx, trainer)
+    metrics, logits = trainer.evaluate()
+    return report, metrics, logits
+
+
 def metrics_tree(values: list[MetricValue]) -> dict:
     tree: dict = {}
     for m in values:

@@ -2,8 +2,8 @@
 cache), number/binary/category features beside them, a concat combiner and a head per output.
 
 Life: `setup()` (columns checked, labels and inputs encoded, embeddings fetched once for every
-distinct text of every split) → `train()` (the shared loop) → `evaluate()` (calibration, metrics)
-→ `save_artifact()` → `cleanup()`. The encoder never runs here: the embedder owns it, which is
+distinct text of every split) → `train()` (the shared loop) → `evaluate()` (calibration,
+metrics) → `save_artifact()` → `cleanup()`. The encoder never runs here: the embedder owns it, which is
 what lets a second job on the same texts cost nothing. A trainable text encoder goes to
 `adapted.py` instead.
 """
@@ -21,7 +21,8 @@ from services.trainer.recipes.predictive import model as pm
 from services.trainer.recipes.predictive.data import Prepared, prepare
 from services.trainer.recipes.predictive.embed import embed_frozen
 from services.trainer.recipes.predictive.export import export_if_possible
-from services.trainer.recipes.predictive.finish import calibrate, write_artifact
+from services.trainer.recipes.predictive.finish import (calibrate_and_evaluate,
+                                                        write_artifact)
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from tunewire.config.ecd import EcdConfig
 
@@ -47,7 +48,8 @@ def embed_progress(ctx: JobContext):
     return progress
 
 
-def embed_frozen_features(ctx: JobContext, data: Prepared, refs: list[pm.EncoderRef]) -> dict:
+def embed_frozen_features(ctx: JobContext, data: Prepared, refs: list[pm.EncoderRef]
+                          ) -> dict:
     """Fill `data.x` with the frozen text features' vectors; returns the embedding stats."""
     if not refs:
         return {}
@@ -82,6 +84,15 @@ def tensors_at(x: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Ten
     return {k: torch.from_numpy(v[idx]) for k, v in x.items()}
 
 
+def begin(ctx: JobContext
+          ) -> tuple[np.random.Generator, Prepared, dict[str, pm.EncoderRef]]:
+    """What both recipes start from: seeded generators, the prepared splits, the encoders."""
+    rng = seed_everything(ctx.config)
+    data = prepare(ctx.config, {"train": ctx.train, "validation": ctx.validation,
+                                "test": ctx.test})
+    return rng, data, pm.encoder_refs(ctx.config)
+
+
 class PredictiveRecipe:
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
@@ -89,10 +100,7 @@ class PredictiveRecipe:
         self.log = log.bind(job_id=ctx.job_id)
 
     def setup(self) -> None:
-        self.rng = seed_everything(self.cfg)
-        self.data = prepare(self.cfg, {"train": self.ctx.train,
-                                       "validation": self.ctx.validation, "test": self.ctx.test})
-        self.encoders = pm.encoder_refs(self.cfg)
+        self.rng, self.data, self.encoders = begin(self.ctx)
         self.embed_stats = embed_frozen_features(self.ctx, self.data,
                                                  list(self.encoders.values()))
         self.model = build_model(self.cfg, self.data, self.encoders)
@@ -103,8 +111,8 @@ class PredictiveRecipe:
         self.trainer.train(int(self.rng.integers(2**31)))
 
     def evaluate(self) -> JobResult:
-        self.calibration = calibrate(self.ctx, self.trainer)
-        self.metrics, self.logits = self.trainer.evaluate()
+        self.calibration, self.metrics, self.logits = calibrate_and_evaluate(self.ctx,
+                                                                            self.trainer)
         return JobResult(metrics=self.metrics)
 
     def save_artifact(self) -> list[str]:
@@ -114,8 +122,7 @@ class PredictiveRecipe:
             extra_files=lambda d: export_if_possible(self.ctx, self.model, self.encoders, d))
 
     def cleanup(self) -> None:
-        self.data.x.clear()
-        self.data.frames.clear()
+        self.data.release()
 
 
 def run_predictive_job(ctx: JobContext) -> JobResult:
