@@ -8,7 +8,8 @@ process streams the data set through StreamEmbed, `--chunk-bytes` of vectors a r
 embedder's own chunk size), then the same number of chunks of the same size from the raw server:
 the ratio is what the embedder's own work (cache keys, LMDB reads, protobuf) costs against gRPC
 itself. The first stream of the cached set answers text by text (one key, one lookup each) and
-stores each request's answer whole; the figures after it are replays (one lookup a request). Then the client, as a trainer on the same host would, reads the same vectors straight
+stores each request's answer whole; the figures after it are replays (one lookup a request).
+Then the client, as a trainer on the same host would, reads the same vectors straight
 from the memory-mapped cache (`open_readonly`, keys precomputed, `--read-keys` a call).
 Each figure is the median of `--repeats` runs.
 

@@ -260,7 +260,8 @@ class Encoder:
 
     @property
     def packed_batches(self) -> bool:
-        """Whether batches are budgeted by real tokens (packed) rather than rows x longest."""
-        self._ensure_model()
+        """Whether batches are budgeted by real tokens (packed) rather than rows x longest;
+        known once the weights are loaded (under the model lock, by one thread)."""
+        self.load()
         return self.packed
 

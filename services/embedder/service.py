@@ -4,7 +4,8 @@ Order of work for a request: dedupe its texts, look every distinct text up in th
 touching the model lock, so hits never wait behind another client's batch), claim the misses that
 no concurrent request is already computing (and wait for those that one is), compute the claimed
 ones in token-budget batches shared with concurrent requests for the same model, write them back
-in one transaction, and answer in the request's order.
+in one transaction, and answer in the request's order. A request of many texts answered wholly
+from the cache is stored whole as well, so the same request again costs one read (cache.py).
 """
 
 from __future__ import annotations

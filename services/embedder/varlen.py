@@ -105,7 +105,8 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      value: torch.Tensor, attention_mask: torch.Tensor | None,
                      dropout: float = 0.0, scaling: float | None = None,
                      **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' attention interface: query [1, heads, tokens, dim] -> [1, tokens, heads, dim]."""
+    """transformers' attention interface: query [1, heads, tokens, dim] in,
+    [1, tokens, heads, dim] out."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
