@@ -238,6 +238,11 @@ class EmbeddingCache:
                     return
                 except lmdb.MapFullError:
                     self._grow()
+                except lmdb.Error as exc:
+                    # The commit failed as a whole (LMDB is atomic): nothing half-written stays.
+                    raise ResourceExhausted(
+                        f"the embedding cache at {self.path} could not be written ({exc}); the "
+                        "disk is probably full", reason="DISK_FULL") from None
 
     def _grow(self) -> None:
         with self._resize.exclusive():
