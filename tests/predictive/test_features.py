@@ -80,7 +80,7 @@ def mixed_job(trainer, mixed, minilm):
 def test_several_inputs_and_outputs(mixed_job):
     job, _, _ = mixed_job
     test = metrics_dict(job.metrics)["test"]
-    assert test["spam"]["accuracy"] >= 0.93, test["spam"]
+    assert test["spam"]["accuracy"] >= 0.92, test["spam"]  # majority: 0.87
     print("\nmixed inputs, test split:", {f: {k: round(v, 3) for k, v in m.items()}
                                         for f, m in test.items()})
     # Without num and cat, score's R² would be about 0 (text and question are unrelated to it).
@@ -172,6 +172,8 @@ def test_calibration_fits_a_temperature_that_lowers_validation_nll(trainer, exam
     job, events = run_job(trainer, cfg, dataset_id=ds.id)
     artifact = Path(job.artifact_path)
     report = json.loads((artifact / "tunewire.json").read_text())["calibration"]["label"]
+    print("\ncalibration:", {k: round(v, 4) if isinstance(v, float) else v
+                             for k, v in report.items()})
     assert report["split"] == "validation"
     assert report["temperature"] > 1.2, report
     assert report["nll_after"] < report["nll_before"], report
