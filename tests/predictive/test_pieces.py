@@ -112,6 +112,24 @@ def test_set_and_vector_outputs_encode_and_score():
     assert m["accuracy"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("weights, words", [([1.0, 2.0], "2 weights for 3 classes"),
+                                             ({"x": 3.0}, "'x' is not in the training labels")])
+def test_class_weights_that_do_not_fit_the_labels_are_refused_by_path(weights, words):
+    from services.trainer.recipes.predictive.data import prepare
+    from tunewire.errors import InvalidArgument
+
+    cfg = resolve(config(outputs=[{"name": "y", "type": "category",
+                                   "loss": {"class_weights": weights}}]))
+    train = pd.DataFrame({"text": ["a", "b", "c"], "y": ["p", "q", "r"]})
+    with pytest.raises(InvalidArgument) as info:
+        prepare(cfg, {"train": train})
+    assert info.value.field == "output_features[0].loss.class_weights"
+    assert words in info.value.message
+    ok = resolve(config(outputs=[{"name": "y", "type": "category",
+                                  "loss": {"class_weights": {"q": 4.0}}}]))
+    assert prepare(ok, {"train": train}).outputs["y"].vocab == ["p", "q", "r"]
+
+
 def test_number_binary_category_inputs_encode_with_training_metadata():
     from tunewire.config.ecd import InputFeature
 

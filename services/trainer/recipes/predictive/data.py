@@ -14,6 +14,7 @@ import pandas as pd
 
 from services.trainer.features import (InputMetadata, OutputMetadata, check_columns,
                                        encode_input, encode_output, fit_input, fit_output, texts)
+from services.trainer.recipes.predictive.outputs import class_weights
 from tunewire.config.ecd import EcdConfig
 from tunewire.errors import InvalidArgument
 
@@ -76,6 +77,7 @@ def prepare(cfg: EcdConfig, splits: dict[str, pd.DataFrame | None]) -> Prepared:
     train = data.frames["train"]
     for i, f in enumerate(cfg.output_features):
         data.outputs[f.name] = fit_output(train, f, f"output_features[{i}].column")
+        class_weights(f, data.outputs[f.name], f"output_features[{i}]")  # refused here, by path
     for i, f in enumerate(cfg.input_features):
         if f.type != "text":
             data.inputs[f.name] = fit_input(train, f, f"input_features[{i}].column")

@@ -17,6 +17,7 @@ from services.trainer import metrics as M
 from services.trainer.features import OutputMetadata, decode_number
 from services.trainer.heads import MLPHead, layer_specs
 from tunewire.config.ecd import OutputFeature
+from tunewire.errors import InvalidArgument
 
 
 def output_size(meta: OutputMetadata) -> int:
@@ -25,16 +26,20 @@ def output_size(meta: OutputMetadata) -> int:
     return meta.size if meta.type == "vector" else 1
 
 
-def _class_weights(feature: OutputFeature, meta: OutputMetadata) -> list[float]:
+def class_weights(feature: OutputFeature, meta: OutputMetadata, path: str) -> list[float]:
+    """One weight per class in vocabulary order; `path` is the feature's config path."""
     weights = feature.loss.class_weights
     if isinstance(weights, dict):
+        unknown = sorted(set(map(str, weights)) - set(meta.vocab))
+        if unknown:
+            raise InvalidArgument(f"class {unknown[0]!r} is not in the training labels "
+                                  f"({', '.join(meta.vocab[:6])})",
+                                  field=f"{path}.loss.class_weights")
         return [float(weights.get(c, 1.0)) for c in meta.vocab]
     if weights and len(weights) != output_size(meta):
-        from tunewire.errors import InvalidArgument
-
         raise InvalidArgument(f"has {len(weights)} weights for {output_size(meta)} classes "
-                              f"({', '.join(meta.vocab[:6])})", field=f"{feature.name}.loss."
-                              "class_weights")
+                              f"({', '.join(meta.vocab[:6])})",
+                              field=f"{path}.loss.class_weights")
     return [float(w) for w in weights] if weights else [1.0] * output_size(meta)
 
 
@@ -63,8 +68,8 @@ class OutputHead(nn.Module):
                             bias=dec.fc_use_bias, out_bias=dec.use_bias)
         self.register_buffer("pos_weight", torch.tensor(
             float(feature.loss.positive_class_weight or 1.0)))
-        self.register_buffer("class_weights", torch.tensor(_class_weights(feature, meta),
-                                                           dtype=torch.float32))
+        self.register_buffer("class_weights", torch.tensor(
+            class_weights(feature, meta, "output_features"), dtype=torch.float32))
         self.register_buffer("temperature", torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
