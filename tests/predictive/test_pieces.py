@@ -201,3 +201,34 @@ def test_export_conditions_name_what_is_missing():
                                                               linear))
     assert "one linear layer" in export_blocker(*ctx_model(LLM, {"use_bias": False}))
     json.dumps(to_dict(ctx.config))  # the config stays JSON-able with typed input sections
+
+
+def test_format_1_artifacts_still_load(tmp_path):
+    """An artifact as the first predictive recipe wrote it (one text input, one output, the
+    head's keys unprefixed) loads into today's model with the same weights."""
+    from safetensors.torch import save_file
+
+    from services.trainer.heads import MLPHead
+    from services.trainer.recipes.predictive.model import load
+
+    raw = config({"type": "auto_transformer", "pretrained_model_name_or_path": "/m"},
+                 outputs=[{"name": "label", "type": "binary",
+                           "decoder": {"num_fc_layers": 1, "fc_output_size": 4}}])
+    (tmp_path / "resolved_config.json").write_text(json.dumps(to_dict(resolve(raw))))
+    (tmp_path / "training_set_metadata.json").write_text(json.dumps({"label": {
+        "name": "label", "type": "binary", "column": "label", "vocab": ["ham", "spam"],
+        "mean": 0.0, "std": 1.0, "normalization": None}}))
+    head = MLPHead(8, 1, [{"output_size": 4, "dropout": 0.0, "activation": "relu"}])
+    state = {f"head.{k}": v for k, v in head.state_dict().items()}
+    state |= {"pos_weight": torch.tensor(1.0), "class_weights": torch.tensor([1.0])}
+    save_file(state, tmp_path / "head.safetensors")
+    (tmp_path / "tunewire.json").write_text(json.dumps({
+        "format_version": 1, "kind": "predictive", "encoder": {
+            "model": "/m", "pooling": "mean", "max_length": 64, "normalize": False, "layer": 0,
+            "dtype": "float32", "revision": "", "fingerprint": "f", "dimension": 8},
+        "head": {"input_dim": 8, "output_feature": "label"}}))
+    loaded = load(tmp_path)
+    assert loaded.encoders["text"].feature == "text" and loaded.encoders["text"].dimension == 8
+    x = torch.randn(5, 8)
+    out = loaded.model({"text": x})["label"]
+    assert torch.allclose(out, head(x).squeeze(-1))

@@ -191,14 +191,29 @@ def load(directory: Path) -> Loaded:
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     config = resolve(json.loads((directory / CONFIG_FILE).read_text()))
     metadata = json.loads((directory / METADATA_FILE).read_text())
+    state = load_file(directory / HEAD_FILE)
+    if manifest.get("format_version", 1) == 1:
+        manifest, state = _upgrade_v1(manifest, config, state)
     encoders = {k: EncoderRef(**v) for k, v in manifest["encoders"].items()}
     in_metas = {k: InputMetadata.from_dict(v) for k, v in metadata.get("inputs", {}).items()}
     dims = {k: e.dimension for k, e in encoders.items()}
     outputs = [(f, OutputMetadata.from_dict(metadata[f.name])) for f in config.output_features]
     model = PredictiveModel(input_specs(config, in_metas, dims), config.combiner, outputs)
-    model.load_state_dict(load_file(directory / HEAD_FILE))
+    model.load_state_dict(state)
     model.eval()
     return Loaded(model, encoders, config, manifest)
+
+
+def _upgrade_v1(manifest: dict, config: EcdConfig, state: dict[str, torch.Tensor]
+                ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Format 1 (one text input, one output, written before several features existed): the
+    encoder under `encoder`, the head's keys unprefixed and no temperature. Read as format 2, so
+    artifacts already in people's data directories keep predicting."""
+    feature, output = config.input_features[0].name, config.output_features[0].name
+    ref = {**manifest["encoder"], "feature": feature, "adapted": False}
+    upgraded = {f"outputs.{output}.{k}": v for k, v in state.items()}
+    upgraded[f"outputs.{output}.temperature"] = torch.tensor(1.0)
+    return {**manifest, "format_version": 2, "encoders": {feature: ref}}, upgraded
 
 
 @torch.no_grad()
