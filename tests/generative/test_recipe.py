@@ -123,12 +123,15 @@ def test_lora_artifacts_load_in_a_fresh_process(tiny_model, tmp_path, merge):
 
 
 def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
-    trainer = {"epochs": 1, "train_steps": 12, "steps_per_checkpoint": 3, "eval_steps": None}
+    # Enough steps that the cancel, sent when the first checkpoint is reported, lands mid-run
+    # even when the worker outruns the event relay.
+    steps = 48
+    trainer = {"epochs": 1, "train_steps": steps, "steps_per_checkpoint": 3, "eval_steps": None}
     raw = llm_config(tiny_model, adapter={**LORA, "dropout": 0.1}, trainer=trainer)
     ref_ctx, ref_rec = job_context(tmp_path / "ref", raw, validation=task_frame().iloc[:0])
     run_generative_job(ref_ctx)
     reference = {e.step: e.loss for e in ref_rec.of(Progress)}
-    assert len(reference) == 12
+    assert len(reference) == steps
 
     ctx, rec = job_context(tmp_path / "resumed", raw, validation=task_frame().iloc[:0])
 
@@ -141,7 +144,7 @@ def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
     with pytest.raises(JobCancelled):
         run_generative_job(ctx)
     first = {e.step for e in rec.of(Progress)}
-    assert max(first) < 12  # killed mid-run
+    assert max(first) < steps  # killed mid-run
 
     ctx2, rec2 = job_context(tmp_path / "resumed", raw, validation=task_frame().iloc[:0], attempt=2)
     run_generative_job(ctx2)
@@ -150,7 +153,7 @@ def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
     start = int(resumed[0].split("step ")[1].split()[0])
     assert start >= 3 and start % 3 == 0
     after = {e.step: e.loss for e in rec2.of(Progress)}
-    assert min(after) == start + 1 and max(after) == 12
+    assert min(after) == start + 1 and max(after) == steps
     for step, loss in after.items():
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
 

@@ -89,8 +89,10 @@ class Launch:
                 for item in secret["items"]:
                     (local / item["path"]).write_text("hf_test_token_from_secret\n")
             self.mounts[m["mountPath"]] = local
-        env = {**_image_env(), **container_env(c, docs)}
-        self.env = {k: self._localise(v) for k, v in env.items()}
+        image_env = _image_env()  # already local (this virtualenv), never under a mount
+        env = {**image_env, **container_env(c, docs)}
+        self.env = {k: v if k in image_env and v == image_env[k] else self._localise(v)
+                    for k, v in env.items()}
         argv = [expand(a, env) for a in c["command"] + c.get("args", [])]
         self.argv = [self._localise(a, token=True) for a in argv]
         assert self.argv[0] == "python"
