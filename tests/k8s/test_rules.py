@@ -366,15 +366,33 @@ def test_service_addresses_name_real_services(name):
     expected = {"TUNEWIRE_EMBEDDER": ("embedder", 50051), "TUNEWIRE_TRAINER": ("trainer", 50052),
                 "TUNEWIRE_HUB_GATEWAY": ("hub-gateway", 50053)}
     for var, (svc_name, port) in expected.items():
+        value = settings["data"][var]
+        if var == "TUNEWIRE_EMBEDDER" and "," in value:
+            _check_replica_list(docs, value, ns, port)
+            continue
         match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)",
-                             settings["data"][var])
-        assert match, f"{var}={settings['data'][var]}: not a dns:/// cluster name"
+                             value)
+        assert match, f"{var}={value}: not a dns:/// cluster name"
         assert match.group(2) == ns, f"{var} names namespace {match.group(2)}, deployed in {ns}"
         svc = find(docs, "Service", match.group(1))
         assert svc["metadata"]["name"] == svc_name
         assert svc["spec"]["clusterIP"] == "None", "headless, so clients see every replica"
         assert int(match.group(3)) == port
         assert port in [p["port"] for p in svc["spec"]["ports"]]
+
+
+def _check_replica_list(docs, value: str, ns: str, port: int) -> None:
+    """A sharded embedder list names every replica of the StatefulSet by its stable name."""
+    sts = find(docs, "StatefulSet", "embedder")
+    names = []
+    for item in value.split(","):
+        match = re.fullmatch(r"embedder-(\d+)\.([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)",
+                             item)
+        assert match, f"TUNEWIRE_EMBEDDER item {item}: not a replica's stable name"
+        assert match.group(2) == sts["spec"]["serviceName"] and match.group(3) == ns
+        assert int(match.group(4)) == port
+        names.append(int(match.group(1)))
+    assert sorted(names) == list(range(sts["spec"]["replicas"])), "every replica, once"
 
 
 def test_generative_job_is_consistent():
