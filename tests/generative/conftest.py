@@ -28,15 +28,16 @@ def task_frame() -> pd.DataFrame:
 
 
 def build_tiny_model(out: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     words = NAMES + COLORS + FRUITS + "what does like ? answer : the person".split()
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    # A fixed vocabulary: a trained one orders equally frequent words by hash, which changes
+    # from process to process, and with it which random embedding each word gets.
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<s>", "</s>", *dict.fromkeys(words)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
-    tok.train_from_iterator([" ".join(words)] * 2, trainers.WordLevelTrainer(
-        special_tokens=["<unk>", "<pad>", "<s>", "</s>"]))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
                                    bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
