@@ -28,7 +28,7 @@ def dataset(tmp_path):
     return store, rec.id
 
 
-def wait_state(store: JobStore, job_id: str, states, timeout=10.0):
+def wait_state(store: JobStore, job_id: str, states, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if store.get(job_id).state in states:
