@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Iterator
 
-import grpc
 from tunewire.timestamps import to_timestamp as _ts
 
 from tunewire import tensors
-from tunewire.errors import InvalidArgument, NotFound
+from tunewire.errors import InvalidArgument
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer.datasets import DatasetRecord

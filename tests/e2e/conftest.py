@@ -58,6 +58,24 @@ def embedder(services):
     client.close()
 
 
+HUB_TOKEN = "hf_e2e_SECRET_token_77aa"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A Hub-compatible server on 127.0.0.1 that the services upload to (HF_ENDPOINT, HF_TOKEN);
+    CPU only, so worker processes never reach for a GPU."""
+    from tests.hubserver import TestHub, allow_test_hub
+
+    allow_test_hub(monkeypatch)
+    server = TestHub(tmp_path / "hub", tokens={HUB_TOKEN})
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield server
+    server.close()
+
+
 def text_config(model: str, output: dict, *, max_len: int = 64, epochs: int = 30,
                 **extra) -> dict:
     cfg = {

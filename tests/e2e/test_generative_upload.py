@@ -9,11 +9,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 
+from tests.e2e.conftest import HUB_TOKEN
 from tests.generative.conftest import build_tiny_model, llm_config, task_frame
 
-TOKEN = "hf_gen_SECRET_token_5d1e"
 
 LOAD = r"""
 import sys
@@ -32,17 +31,6 @@ print("MERGED", tok.decode(b[0][ids["input_ids"].shape[1]:]))
 """
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from tests.hubserver import TestHub, allow_test_hub
-
-    allow_test_hub(monkeypatch)
-    server = TestHub(tmp_path / "hub", tokens={TOKEN})
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    yield server
-    server.close()
 
 
 def test_adapter_and_merged_artifacts_round_trip_through_the_hub(hub, tmp_path):
@@ -67,7 +55,7 @@ def test_adapter_and_merged_artifacts_round_trip_through_the_hub(hub, tmp_path):
             jobs[repo] = trainer.wait(job.id)
             assert jobs[repo].state == trainer_pb2.Job.SUCCEEDED, jobs[repo].error
         trainer.close()
-    dirs = {repo: snapshot_download(repo, endpoint=hub.endpoint, token=TOKEN,
+    dirs = {repo: snapshot_download(repo, endpoint=hub.endpoint, token=HUB_TOKEN,
                                     cache_dir=tmp_path / "hf-cache") for repo in jobs}
     adapter_files = set(os.listdir(dirs["acme/tiny-lora"]))
     merged_files = set(os.listdir(dirs["acme/tiny-merged"]))

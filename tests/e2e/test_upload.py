@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
-from tests.e2e.conftest import subset, text_config
-
-TOKEN = "hf_e2e_SECRET_token_77aa"
+from tests.e2e.conftest import HUB_TOKEN, subset, text_config
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    from tests.hubserver import TestHub, allow_test_hub
 
-    allow_test_hub(monkeypatch)
-    server = TestHub(tmp_path / "hub", tokens={TOKEN})
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    yield server
-    server.close()
 
 
 def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_data, minilm):
@@ -42,12 +30,12 @@ def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_d
         assert job.upload_id
         # One commit for the artifact on top of the repo's initial commit.
         assert len(hub.commits_on("acme/spam-head")) == 2
-        local = snapshot_download("acme/spam-head", endpoint=hub.endpoint, token=TOKEN,
+        local = snapshot_download("acme/spam-head", endpoint=hub.endpoint, token=HUB_TOKEN,
                                   cache_dir=tmp_path / "hf-cache")
         names = set(os.listdir(local))
         assert {"head.safetensors", "tunewire.json", "README.md"} <= names
         card = open(os.path.join(local, "README.md")).read()
-        assert "base_model" in card and TOKEN not in card
+        assert "base_model" in card and HUB_TOKEN not in card
         mine = trainer.predict(job.id, ds.id)
         theirs = trainer.predict(local, ds.id)
         assert list(predictions_frame(theirs)["label_predictions"]) == \
