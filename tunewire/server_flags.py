@@ -79,3 +79,16 @@ def export_peer_token(args: argparse.Namespace) -> None:
     if path is not None:
         os.environ["TUNEWIRE_TOKEN_FILE"] = str(path)
         os.environ.pop("TUNEWIRE_TOKEN", None)
+
+
+def serve(name: str, args: argparse.Namespace, start, settings, on_stop) -> int:
+    """The shared tail of every service's `main`: log where it serves, then block until SIGTERM
+    and drain. `start(settings)` returns the app; `on_stop(app)` closes its stores."""
+    from tunewire.logging import get_logger
+    from tunewire.server import wait_for_termination
+
+    app = start(settings)
+    get_logger(f"services.{name}").info(f"{name} serving", port=app.port,
+                                         data_dir=str(args.data_dir))
+    wait_for_termination([app.running], on_stop=lambda: on_stop(app))
+    return 0

@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from tunewire.logging import configure, get_logger
-from tunewire.server import wait_for_termination
-from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args
+from tunewire.logging import configure
+from tunewire.server_flags import (add_security_flags, export_peer_token, security_from_args,
+                                   serve)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -52,11 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     export_peer_token(args)
     from services.hub_gateway.app import start
 
-    app = start(settings_from_args(args))
-    get_logger("services.hub_gateway").info("hub gateway serving", port=app.port,
-                                            data_dir=str(args.data_dir))
-    wait_for_termination([app.running], on_stop=app.manager.close)
-    return 0
+    return serve("hub_gateway", args, start, settings_from_args(args),
+                 lambda app: app.manager.close())
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from tunewire.logging import configure, get_logger
-from tunewire.server import wait_for_termination
-from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args
+from tunewire.logging import configure
+from tunewire.server_flags import (add_security_flags, export_peer_token, security_from_args,
+                                   serve)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -58,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     export_peer_token(args)
     from services.trainer.app import start
 
-    app = start(settings_from_args(args))
-    get_logger("services.trainer").info("trainer serving", port=app.port,
-                                        data_dir=str(args.data_dir))
-    wait_for_termination([app.running], on_stop=app.close)
-    return 0
+    return serve("trainer", args, start, settings_from_args(args), lambda app: app.close())
 
 
 if __name__ == "__main__":
