@@ -74,6 +74,8 @@ def main() -> None:
         "1 GPU": dict(workers=1, nnodes=1, batch=2 * per_gpu, strategy="ddp"),
         "2 GPUs DDP": dict(workers=2, nnodes=1, batch=per_gpu, strategy="ddp"),
         "2 GPUs FSDP2": dict(workers=2, nnodes=1, batch=per_gpu, strategy="fsdp"),
+        "2 GPUs FSDP2 (reshard_after_forward false)": dict(workers=2, nnodes=1, batch=per_gpu,
+                                                          strategy="fsdp", reshard=False),
         "2 nodes x 1 GPU (c10d)": dict(workers=1, nnodes=2, batch=per_gpu, strategy="ddp"),
     }
     results = {}
@@ -85,6 +87,7 @@ def main() -> None:
                          steps=args.steps, workers=r["workers"], nnodes=r["nnodes"],
                          strategy=r["strategy"], max_len=seq)
         cfg["backend"]["trainer"]["use_gpu"] = use_gpu
+        cfg["backend"]["trainer"]["reshard_after_forward"] = r.get("reshard", True)
         write_job(job_dir, cfg, df, name)
         (job_dir / "events.jsonl").unlink(missing_ok=True)
         job = str(job_dir)

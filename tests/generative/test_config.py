@@ -21,7 +21,8 @@ def test_defaults_are_written_and_round_trip():
     assert d["adapter"]["r"] == 8 and d["adapter"]["alpha"] == 16
     assert d["generation"] == {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
     assert d["backend"] == {"type": "local", "trainer": {"strategy": "ddp", "num_workers": 1,
-                                                         "nnodes": 1, "use_gpu": True}}
+                                                         "nnodes": 1, "use_gpu": True,
+                                                         "reshard_after_forward": True}}
     assert to_dict(parse_llm(d)) == d  # what a job records parses back to the same config
 
 

@@ -16,6 +16,7 @@ as `torchrun` workers, so `backend.type` is `local` and `backend.trainer` says h
         nnodes: 1            # nodes; > 1 means the job is launched by a multi-node runner
                              # (k8s Indexed Job / PyTorchJob) with c10d rendezvous
         use_gpu: true        # false trains on CPU (gloo); tests use it
+        reshard_after_forward: true  # fsdp only; false keeps gathered weights until backward
 """
 
 from __future__ import annotations
@@ -193,6 +194,9 @@ class DistributedTrainer:
     num_workers: int = field(default=1, metadata={"help": "Worker processes (GPUs) per node."})
     nnodes: int = field(default=1, metadata={"help": "Nodes; > 1 needs a multi-node launcher."})
     use_gpu: bool = field(default=True, metadata={"help": "false: train on CPU (gloo)."})
+    reshard_after_forward: bool = field(
+        default=True, metadata={"help": "fsdp: free gathered layer weights after forward (false: "
+                                        "keep them for backward, one all-gather less, more memory)."})
 
     @staticmethod
     def precheck(data: dict) -> None:

@@ -154,7 +154,8 @@ class CausalLMWithLoss(nn.Module):
         return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels)
 
 
-def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, world: int) -> nn.Module:
+def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, world: int,
+                *, reshard_after_forward: bool = True) -> nn.Module:
     """Single process as is; DDP replicates; FSDP2 shards each decoder layer and the root."""
     if world == 1:
         return module
@@ -166,9 +167,18 @@ def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, w
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dtype = compute_dtype(device)
-    # Adapter weights may be fp32 beside a bf16 base; FSDP2 all-gathers one dtype per group.
-    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for layer in core_model(module.lm).get_decoder().layers:
-        fully_shard(layer, mp_policy=mp)
+    # Gradients are reduced in the parameters' dtype, as DDP does: the optimizer steps bf16 weights,
+    # so an fp32 reduce-scatter would double the traffic to round the same sum once more.
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype)
+    layers = list(core_model(module.lm).get_decoder().layers)
+    for i, layer in enumerate(layers):
+        # The last layer's backward starts right after its forward: resharding it is wasted work.
+        last = i == len(layers) - 1
+        fully_shard(layer, mp_policy=mp, reshard_after_forward=reshard_after_forward and not last)
     fully_shard(module, mp_policy=mp)
+    # Explicit prefetch: all-gather the next layer while this one computes, in both directions,
+    # whether or not the CPU runs ahead of the GPU.
+    for prev, nxt in zip(layers, layers[1:]):
+        prev.set_modules_to_forward_prefetch([nxt])
+        nxt.set_modules_to_backward_prefetch([prev])
     return module

@@ -123,8 +123,9 @@ class GenerativeRecipe:
     def _setup_model(self) -> None:
         lm = load_model(self.cfg, self.device, packed=self.packed, total_steps=self.total_steps)
         self.lm = lm
-        self.model = parallelize(CausalLMWithLoss(lm), self.cfg.backend.trainer.strategy,
-                                 self.device, self.world)
+        dist = self.cfg.backend.trainer
+        self.model = parallelize(CausalLMWithLoss(lm), dist.strategy, self.device, self.world,
+                                 reshard_after_forward=dist.reshard_after_forward)
         self.fsdp = self.world > 1 and self.cfg.backend.trainer.strategy == "fsdp"
 
     def _setup_optimizer(self) -> None:
