@@ -98,11 +98,12 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
         model.to(device)
     model.config.use_cache = False
     if quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.trainer.enable_gradient_checkpointing)
-    elif cfg.trainer.enable_gradient_checkpointing:
+        # What PEFT's prepare_model_for_kbit_training does, less its upcast of every unquantized
+        # weight to fp32: that is for fp16 bases, and fp32 activations would leave flash attention.
+        model.requires_grad_(False)
+        if cfg.trainer.enable_gradient_checkpointing:
+            model.enable_input_require_grads()
+    if cfg.trainer.enable_gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
