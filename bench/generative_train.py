@@ -81,12 +81,13 @@ def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, comp
     _sync(device)
     started = time.perf_counter()
     real = 0
-    losses = []
+    losses, totals = [], []
     for i in range(warmup, warmup + steps):
-        loss, _, n_real = recipe._train_step([micro[i]])
+        totals.append(recipe._train_step([micro[i]]))
+    _sync(device)
+    for loss, _, n_real in (t.read() for t in totals):
         real += n_real
         losses.append(loss)
-    _sync(device)
     elapsed = time.perf_counter() - started
     out = {"tok_s": real / elapsed, "mem": _peak_gib(device), "step_ms": 1000 * elapsed / steps,
            "loss": losses[-1]}
@@ -125,14 +126,14 @@ def run_baseline(name, model_dir, device, df, *, lora, batch, warmup, steps) -> 
     ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def step(i: int) -> float:
+    def step(i: int) -> torch.Tensor:
         x = ids[i * batch:(i + 1) * batch].to(device)
         with amp:
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.detach()  # read after the timed steps: no per-step host sync, as ours
 
     for i in range(warmup):
         step(i)
@@ -143,7 +144,7 @@ def run_baseline(name, model_dir, device, df, *, lora, batch, warmup, steps) -> 
     _sync(device)
     elapsed = time.perf_counter() - started
     out = {"tok_s": batch * width * steps / elapsed, "mem": _peak_gib(device),
-           "step_ms": 1000 * elapsed / steps, "loss": loss}
+           "step_ms": 1000 * elapsed / steps, "loss": float(loss)}
     del model, opt
     _reset(device)
     return out

@@ -122,7 +122,9 @@ class Batch:
         return int((self.labels != IGNORE).sum())
 
     def to(self, device: torch.device) -> "Batch":
-        move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+        pin = device.type == "cuda"
+        # Pinned, the copy is queued and the host moves on; from pageable memory it would wait.
+        move = (lambda t: None if t is None else (t.pin_memory() if pin else t).to(device, non_blocking=True))
         return Batch(move(self.input_ids), move(self.labels), move(self.position_ids),
                      move(self.attention_mask), move(self.cu_seqlens), self.max_seqlen, self.n_samples,
                      self.n_real)

@@ -45,6 +45,42 @@ from tunewire.config.llm import AdaloraAdapter, LlmConfig
 N_DECODED_SAMPLES = 3
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, pinned first on CUDA so that the copy does not stall the host."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+class StepTotals:
+    """[loss sum, target tokens, real tokens] of a queued step, copied to pinned host memory behind
+    it; `read` waits for that step alone, not for whatever was queued after it."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self._event = None
+        if values.is_cuda:
+            self._host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self._host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = values
+
+    def read(self) -> tuple[float, int, int]:
+        if self._event is not None:
+            self._event.synchronize()
+        loss_sum, targets, real = self._host.tolist()
+        return loss_sum / max(1.0, targets), int(targets), int(real)
+
+
+@dataclass
+class _PendingStep:
+    step: int
+    epoch: int
+    lr: float
+    totals: StepTotals
+
+
 @dataclass
 class WorkerJob:
     """What the launcher hands the worker (files under the job directory)."""
@@ -180,21 +216,27 @@ class GenerativeRecipe:
         stop = self.step >= self.total_steps
         while not stop:
             batches = self.plan.epoch(self.epoch)
+            pending: _PendingStep | None = None
             for i in range(self.step_in_epoch, self.steps_per_epoch):
-                started = time.perf_counter()
-                loss, tokens, real = self._train_step(batches[i * self.accum:(i + 1) * self.accum])
+                if pending is None:
+                    self._clock = time.perf_counter()
+                totals = self._train_step(batches[i * self.accum:(i + 1) * self.accum])
+                # The previous step is read only now, with this one queued behind it: the host
+                # never waits for an idle GPU, and the GPU never waits for the host's logging.
+                if pending is not None:
+                    self._report(pending)
                 self.step += 1
                 self.step_in_epoch = i + 1
-                self.losses.append((self.step, loss))
-                self.events.progress(phase="train", epoch=self.epoch + 1, step=self.step,
-                                     total_steps=self.total_steps, loss=loss,
-                                     throughput=real / (time.perf_counter() - started),
-                                     unit="tokens/s", lr=self.scheduler.get_last_lr()[0],
-                                     target_tokens=tokens)
+                pending = _PendingStep(self.step, self.epoch + 1, self.scheduler.get_last_lr()[0], totals)
                 end_of_epoch = self.step_in_epoch == self.steps_per_epoch
-                if (t.eval_steps and self.step % t.eval_steps == 0) or (end_of_epoch and not t.eval_steps):
+                evaluate = bool(t.eval_steps and self.step % t.eval_steps == 0) or (end_of_epoch and not t.eval_steps)
+                checkpoint_due = self._checkpoint_due(end_of_epoch)
+                if evaluate or checkpoint_due or end_of_epoch or self.step >= self.total_steps:
+                    self._report(pending)
+                    pending = None
+                if evaluate:
                     stop = self._evaluate_and_track()
-                if self._checkpoint_due(end_of_epoch) or stop:
+                if checkpoint_due or stop:
                     self.save_checkpoint()
                 if stop or self.step >= self.total_steps:
                     stop = True
@@ -203,20 +245,32 @@ class GenerativeRecipe:
                 self.epoch += 1
                 self.step_in_epoch = 0
 
-    def _train_step(self, micro: list[Batch]) -> tuple[float, int, int]:
-        """One optimizer step over `micro`; returns (mean loss, target tokens, real tokens) global."""
-        counts = torch.tensor([sum(b.n_target for b in micro), sum(b.n_real for b in micro)],
-                              dtype=torch.float64, device=self.device)
+    def _report(self, done: "_PendingStep") -> None:
+        """Record a finished step: its loss, and its throughput since the previous one finished."""
+        loss, tokens, real = done.totals.read()
+        now = time.perf_counter()
+        throughput, self._clock = real / max(now - self._clock, 1e-9), now
+        self.losses.append((done.step, loss))
+        self.events.progress(phase="train", epoch=done.epoch, step=done.step,
+                             total_steps=self.total_steps, loss=loss, throughput=throughput,
+                             unit="tokens/s", lr=done.lr, target_tokens=tokens)
+
+    def _train_step(self, micro: list[Batch]) -> "StepTotals":
+        """Queue one optimizer step over `micro`; its global (mean loss, target tokens, real
+        tokens) come from the returned StepTotals once the device has run it."""
+        counts = _to_device(torch.tensor([sum(b.n_target for b in micro), sum(b.n_real for b in micro)],
+                                         dtype=torch.float64), self.device)
         self._all_reduce(counts)
-        global_tokens = max(1.0, float(counts[0]))
+        # Sum over tokens / global count, × world because DDP/FSDP average gradients; a device
+        # tensor, so the host does not wait for the all-reduce.
+        scale = (self.world / counts[0].clamp(min=1.0)).float()
         loss_sum = torch.zeros((), device=self.device)
         for j, batch in enumerate(micro):
             last = j == len(micro) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:
                 stats = self.model(batch.to(self.device))
-                # Sum over tokens / global count, × world because DDP/FSDP average gradients.
-                (stats.loss_sum * (self.world / global_tokens)).backward()
+                (stats.loss_sum * scale).backward()
             loss_sum += stats.loss_sum.detach()
         self._clip()
         self.optimizer.step()
@@ -225,7 +279,7 @@ class GenerativeRecipe:
         if isinstance(self.cfg.adapter, AdaloraAdapter):
             self.lm.base_model.update_and_allocate(self.step + 1)
         self._all_reduce(loss_sum)
-        return float(loss_sum) / global_tokens, int(counts[0]), int(counts[1])
+        return StepTotals(torch.cat([loss_sum.double().reshape(1), counts]))
 
     def _clip(self) -> None:
         clip = self.cfg.trainer.gradient_clipping or {}
