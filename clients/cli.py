@@ -294,17 +294,52 @@ def cmd_serve(args, extra: list[str]) -> int:
     return main(argv) or 0
 
 
+def _serve_all_parser() -> argparse.ArgumentParser:
+    """`serve all`'s own options: the services' security flags, from the one definition in
+    tunewire/server_flags.py. Parsed from what the `serve` parser leaves over, because for
+    `serve trainer` and the others those same flags pass through to the service's main."""
+    from tunewire.server_flags import add_security_flags
+
+    p = argparse.ArgumentParser(prog="clients/cli.py serve all", add_help=False)
+    add_security_flags(p, calls_peers=True)
+    return p
+
+
+def _peer_settings_missing(sec: argparse.Namespace) -> str | None:
+    """Under `serve all` the services call each other; what they would lack to do so."""
+    env = os.environ.get
+    if sec.auth_tokens_file and not (sec.service_token_file or env("TUNEWIRE_TOKEN")):
+        return ("--auth-tokens-file needs --service-token-file (or TUNEWIRE_TOKEN): the token, "
+                "of role train, that the services present to each other")
+    if sec.tls_cert and not (env("TUNEWIRE_TLS_CA") or env("TUNEWIRE_TLS")):
+        return ("--tls-cert needs TUNEWIRE_TLS_CA: the CA the services verify each other's "
+                "certificate with")
+    if sec.tls_client_ca and not (env("TUNEWIRE_TLS_CERT") and env("TUNEWIRE_TLS_KEY")):
+        return ("--tls-client-ca needs TUNEWIRE_TLS_CERT and TUNEWIRE_TLS_KEY: the client "
+                "certificate the services present to each other")
+    return None
+
+
 def _serve_all(args, extra: list[str]) -> int:
     from clients.embedded import start_embedded
+    from tunewire.errors import InvalidArgument
     from tunewire.logging import configure, get_logger
     from tunewire.server import wait_for_termination
+    from tunewire.server_flags import export_peer_token, security_from_args
 
-    if extra:
-        raise TunewireError(f"unknown options for serve all: {' '.join(extra)}", field="serve")
+    sec, unknown = _serve_all_parser().parse_known_args(extra)
+    if unknown:
+        raise InvalidArgument(f"unknown options for serve all: {' '.join(unknown)}",
+                              field="serve")
+    missing = _peer_settings_missing(sec)
+    if missing:
+        raise InvalidArgument(f"serve all: {missing}", field="serve")
+    security = security_from_args(sec)
+    export_peer_token(sec)
     configure()
     base = args.port if args.port is not None else 50051
     services = start_embedded(args.data_dir, host=args.host or "127.0.0.1",
-                              ports=(base, base + 1, base + 2))
+                              ports=(base, base + 1, base + 2), security=security)
     get_logger("tunewire.cli").info(
         "serving", embedder=services.embedder_address, trainer=services.trainer_address,
         hub_gateway=services.hub_gateway_address, data_dir=str(services.data_dir))
@@ -377,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="port (for all: the embedder's; trainer +1, hub_gateway +2)")
     p.add_argument("--host", default=None)
     p.add_argument(*_flag("--data_dir"), dest="data_dir", type=Path, default=None)
+    p.epilog = ("serve all also takes the services' security flags: " + ", ".join(
+        a.option_strings[0] for a in _serve_all_parser()._actions) +
+        " (python -m services.trainer --help describes them); a named service takes its own.")
     p.set_defaults(func=cmd_serve, passthrough=True)
 
     try:

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import structlog
 
+from tunewire.server import ServerSecurity
+
 log = structlog.get_logger(__name__)
 
 DEFAULT_DATA_DIR = ".tunewire"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
 
 
 def default_data_dir() -> Path:
@@ -45,8 +48,11 @@ class Embedded:
 
 
 def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
-                   ports: tuple[int, int, int] = (0, 0, 0)) -> Embedded:
-    """Start all three services; ports 0 pick free ones."""
+                   ports: tuple[int, int, int] = (0, 0, 0),
+                   security: ServerSecurity | None = None) -> Embedded:
+    """Start all three services; ports 0 pick free ones. `security` (tokens, TLS, reflection,
+    the concurrency cap) applies to all three; their calls to each other then take their token
+    and TLS settings from the environment (`ClientSecurity.from_env`), as separate services do."""
     from services.embedder.app import Settings as EmbedderSettings
     from services.embedder.app import start as start_embedder
     from services.trainer.app import Settings as TrainerSettings
@@ -54,11 +60,16 @@ def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
 
     data_dir = Path(data_dir or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    security = security or ServerSecurity()
+    # The services call each other on loopback when bound to every interface: a TLS
+    # certificate names localhost or 127.0.0.1, never 0.0.0.0.
+    dial = "127.0.0.1" if host in WILDCARD_HOSTS else host
     apps = []
     try:
-        embedder = start_embedder(EmbedderSettings(host=host, port=ports[0], data_dir=data_dir))
+        embedder = start_embedder(EmbedderSettings(host=host, port=ports[0], data_dir=data_dir,
+                                                   security=security))
         apps.append(embedder)
-        embedder_address = f"{host}:{embedder.port}"
+        embedder_address = f"{dial}:{embedder.port}"
         gateway_address = None
         try:
             from services.hub_gateway.app import Settings as GatewaySettings
@@ -67,15 +78,15 @@ def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
             start_gateway = None
         trainer = start_trainer(TrainerSettings(
             data_dir=data_dir, host=host, port=ports[1], embedder=embedder_address,
-            allow_any_model_path=True))
+            allow_any_model_path=True, security=security))
         apps.append(trainer)
-        trainer_address = f"{host}:{trainer.port}"
+        trainer_address = f"{dial}:{trainer.port}"
         if start_gateway is not None:
             gateway = start_gateway(GatewaySettings(
                 host=host, port=ports[2], data_dir=data_dir, trainer_address=trainer_address,
-                artifact_roots=[data_dir / "artifacts", Path.cwd()]))
+                artifact_roots=[data_dir / "artifacts", Path.cwd()], security=security))
             apps.append(gateway)
-            gateway_address = f"{host}:{gateway.port}"
+            gateway_address = f"{dial}:{gateway.port}"
             trainer.core.set_hub_gateway(gateway_address)
     except BaseException:
         for app in reversed(apps):

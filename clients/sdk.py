@@ -65,7 +65,8 @@ def _rpc_iter(fn):
 def connect(address: str, security: ClientSecurity | None = None) -> grpc.Channel:
     """A channel with the servers' message limits. `security` (default: from TUNEWIRE_TOKEN,
     TUNEWIRE_TOKEN_FILE, TUNEWIRE_TLS_CA/_CERT/_KEY) adds TLS and a bearer token; with none of
-    those set the channel is plain, for loopback and in-cluster use."""
+    those set the channel is plain, for loopback and in-cluster use. A channel made from certificate
+    files follows them: a rotated client certificate, key or CA is used from the next call on."""
     target, extra = address, []
     try:  # headless-Service aware targets (round_robin) where clients.resolve exists
         from clients.resolve import channel_options_for, channel_target

@@ -8,12 +8,14 @@ cert-manager or a rotated Secret takes effect on the next connection with no res
 Clients: `ClientSecurity.from_env()` reads TUNEWIRE_TOKEN / TUNEWIRE_TOKEN_FILE,
 TUNEWIRE_TLS_CA, TUNEWIRE_TLS_CERT, TUNEWIRE_TLS_KEY and TUNEWIRE_TLS=1 (TLS verified against the
 system's roots, for servers with a public certificate). With none of them set, a channel is
-plain and carries no token: loopback and in-cluster use stay as they were.
+plain and carries no token: loopback and in-cluster use stay as they were. A channel made from
+certificate files follows them (`tunewire.reloading_channel`), as the servers do.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,6 +23,7 @@ from typing import Any, Callable, Mapping
 import grpc
 import structlog
 
+from tunewire.reloading_channel import ReloadingChannel
 from tunewire.watch import WatchedFile
 
 log = structlog.get_logger("tunewire.tls")
@@ -136,18 +139,40 @@ class ClientSecurity:
             return lambda: watched.read()[0].decode().strip()
         return None
 
+    def _check(self, pem: dict[str, bytes]) -> None:
+        """Refuse (ssl.SSLError) a CA that holds no certificate or a key that does not match
+        its certificate. gRPC would take them and fail every handshake; refused here, a
+        half-done rotation keeps the working channel (`ReloadingChannel`)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if "ca" in pem:
+            context.load_verify_locations(cadata=pem["ca"].decode("ascii", "replace"))
+        if self.cert is not None and self.key is not None:
+            # The files as they are now: a pair caught between its two writes may pass here and
+            # fail its handshakes, until the second write, a change, rebuilds the channel.
+            context.load_cert_chain(self.cert, self.key)
+
     def channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
         """A channel to `target`: TLS (and a client certificate) when configured, plain
-        otherwise; with a token every call carries it."""
+        otherwise; with a token every call carries it. A channel built from certificate files
+        follows them (`ReloadingChannel`): a rotated client certificate, key or CA is used from
+        the next call on, without re-creating the client."""
         if (self.cert is None) != (self.key is None):
             raise ValueError("a client certificate needs both --tls-cert and --tls-key")
-        if self.uses_tls:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=self.ca.read_bytes() if self.ca else None,
-                private_key=self.key.read_bytes() if self.key else None,
-                certificate_chain=self.cert.read_bytes() if self.cert else None)
-            channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            channel = grpc.insecure_channel(target, options=options)
         source = self._token_source()
-        return grpc.intercept_channel(channel, _BearerInterceptor(source)) if source else channel
+
+        def build(pem: dict[str, bytes]) -> grpc.Channel:
+            if self.uses_tls:
+                self._check(pem)
+                creds = grpc.ssl_channel_credentials(
+                    root_certificates=pem.get("ca"), private_key=pem.get("key"),
+                    certificate_chain=pem.get("cert"))
+                channel = grpc.secure_channel(target, creds, options=options)
+            else:
+                channel = grpc.insecure_channel(target, options=options)
+            if source is None:
+                return channel
+            return grpc.intercept_channel(channel, _BearerInterceptor(source))
+
+        files = {name: path for name, path in (("ca", self.ca), ("cert", self.cert),
+                                               ("key", self.key)) if path is not None}
+        return ReloadingChannel(build, files) if files else build({})

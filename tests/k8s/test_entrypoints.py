@@ -1,13 +1,15 @@
 """The manifests' entrypoints are real: each service is started as a local process with exactly
 the command, arguments, environment, ports and file paths that its rendered manifest gives it,
-and must answer gRPC health SERVING for the service name its probes ask about, list itself through
-reflection, and exit cleanly on SIGTERM within the pod's grace period.
+and must answer gRPC health SERVING (with no token) for the service name its probes ask about,
+refuse reflection without a token and list itself with one, and exit cleanly on SIGTERM within
+the pod's grace period.
 
 What differs from the pod, and only that: the image's ENV comes from docker/Dockerfile with
 /opt/tunewire replaced by this virtualenv; each volume mount path is a temporary directory (a
-Secret volume holds a test token); 0.0.0.0 is 127.0.0.1; each containerPort is a free local port;
-the cluster DNS names of the services are 127.0.0.1 with their local ports; the working directory
-is the repository root (the image's WORKDIR /app holds the same tree).
+Secret file holds TEST_TOKEN, which tunewire-auth's token list accepts); 0.0.0.0 is 127.0.0.1;
+each containerPort is a free local port; the cluster DNS names of the services are 127.0.0.1 with
+their local ports; the working directory is the repository root (the image's WORKDIR /app holds
+the same tree).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ CASES = {
 CLUSTER_NAME = re.compile(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)")
 # However long a startup probe would wait, a test waits at most this long.
 MAX_WAIT_S = 180
+TEST_TOKEN = "test-token-from-secret"
+
+
+def _secret_file(key: str) -> str:
+    """What a Secret's file holds here: the `TOKEN ROLE` list of tunewire-auth accepts
+    TEST_TOKEN; every other file (a caller's own token, the Hub token) is that token."""
+    return f"{TEST_TOKEN} admin\n" if key == "tokens" else f"{TEST_TOKEN}\n"
 
 
 def _free_port() -> int:
@@ -86,7 +95,7 @@ class Launch:
             secret = volumes.get(m["name"], {}).get("secret")
             if secret:
                 for item in secret["items"]:
-                    (local / item["path"]).write_text("hf_test_token_from_secret\n")
+                    (local / item["path"]).write_text(_secret_file(item["key"]))
             self.mounts[m["mountPath"]] = local
         image_env = _image_env()  # already local (this virtualenv), never under a mount
         env = {**image_env, **container_env(c, docs)}
@@ -164,6 +173,10 @@ def test_service_starts_as_its_manifest_says(module, tmp_path):
         if grpcurl:
             out = subprocess.run([grpcurl, "-plaintext", address, "list"], capture_output=True,
                                  text=True, timeout=30)
+            assert out.returncode != 0 and "Unauthenticated" in out.stderr, out.stderr
+            bearer = ["-H", f"authorization: Bearer {TEST_TOKEN}"]
+            out = subprocess.run([grpcurl, "-plaintext", *bearer, address, "list"],
+                                 capture_output=True, text=True, timeout=30)
             assert launch.health_name in out.stdout.split(), out.stdout + out.stderr
         # The data directory is the volume's: nothing was written to the default (./.data).
         data_dir = Path(launch.argv[launch.argv.index("--data-dir") + 1])

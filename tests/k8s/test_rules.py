@@ -19,7 +19,7 @@ from tests.k8s.manifests import (HEALTH_NAMES, JOB_LAYERS, KUSTOMIZATIONS, ROOT,
 
 ALL = list(KUSTOMIZATIONS)
 # Secrets the operator creates (k8s/README.md says how); no Secret values live in the repository.
-EXTERNAL_SECRETS = {"hub-token"}
+EXTERNAL_SECRETS = {"hub-token", "tunewire-auth"}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = "ghcr.io/tunewire/tunewire"
 
@@ -237,8 +237,9 @@ def test_references_exist(name):
     readme = (ROOT / "k8s" / "README.md").read_text()
     for secret in set(secrets_used) & EXTERNAL_SECRETS:
         # The README's command creates the Secret with the keys the pods mount.
-        command = re.search(rf"kubectl (?:-n \S+ )?create secret generic {secret}( --from-\S+)+",
-                            readme)
+        command = re.search(
+            rf"kubectl (?:-n \S+ )?create secret generic {secret}(\s+(?:\\\n\s*)?--from-\S+)+",
+            readme)
         assert command, f"k8s/README.md must say how to create the Secret {secret}"
         for key in secrets_used[secret]:
             assert f"--from-file={key}=" in command.group(0) or \
