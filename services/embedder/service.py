@@ -22,7 +22,7 @@ import torch
 from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
                                         BatchQueue, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
-from services.embedder.encoder import Encoder
+from services.embedder.encoder import Encoder, compile_by_default, default_device
 from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_key,
                                            fingerprint, tokenizer_identity, weights_identity)
 from services.embedder.inflight import Flight, InFlight
@@ -104,14 +104,18 @@ class EncoderRegistry:
     """The loaded encoders, least recently used evicted beyond `max_loaded`."""
 
     def __init__(self, max_loaded: int = 2, device: torch.device | None = None,
-                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, varlen: bool = True) -> None:
-        """`varlen` False keeps every model on the padded path (no packed batches)."""
+                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, varlen: bool = True,
+                 compile: bool | None = None) -> None:
+        """`varlen` False keeps every model on the padded path (no packed batches); `compile`
+        compiles each model's blocks at load, None where the device is a GPU (see
+        `compile_by_default`)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
         self.device = device
         self.max_queued_tokens = max_queued_tokens
         self.varlen = varlen
+        self.compile = compile
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -151,7 +155,10 @@ class EncoderRegistry:
     def _load(self, model: str, revision: str) -> _Loaded:
         source = resolve(model, revision)
         signature = _signature(source)
-        encoder = Encoder(source, self.device, varlen=None if self.varlen else False)
+        device = self.device or default_device()
+        encoder = Encoder(source, device, varlen=None if self.varlen else False,
+                          compile=compile_by_default(device) if self.compile is None
+                          else self.compile)
         entry = _Loaded(encoder, weights_identity(source), tokenizer_identity(source.path),
                         signature, BatchQueue(self.max_queued_tokens))
         log.info("encoder opened", model=model, model_type=encoder.model_type,
@@ -249,14 +256,15 @@ class EmbedderService:
                  max_loaded_models: int = 2, device: torch.device | None = None,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
-                 registry: EncoderRegistry | None = None, varlen: bool = True) -> None:
+                 registry: EncoderRegistry | None = None, varlen: bool = True,
+                 compile: bool | None = None) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
-        every model padded."""
+        every model padded; `compile` as EncoderRegistry's."""
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens,
-                                                    varlen)
+                                                    varlen, compile)
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
         self.batches = 0  # forward passes since start
