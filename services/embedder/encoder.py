@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import structlog
@@ -35,6 +36,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from services.embedder import varlen
 from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
+from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
@@ -80,7 +82,7 @@ class Launched:
 
 class Encoder:
     """One encoder. `launch`/`run` are not thread-safe by themselves: callers hold `lock` (one
-    batch at a time per model); `tokenize` is safe from any thread.
+    batch at a time per model); `tokenize` and `tokenize_chunks` are safe from any thread.
 
     `varlen`: None tries the packed path (kept if the model supports it and the load-time probe
     agrees with the padded path), False always pads. `compile`: compile the model's blocks at
@@ -93,7 +95,6 @@ class Encoder:
         self.device = device or default_device()
         self.dtype = compute_dtype(self.device)
         self.lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()
         self._log = log.bind(model=str(source.hub_id or source.path))
         try:
             self.config = AutoConfig.from_pretrained(source.path)
@@ -108,6 +109,7 @@ class Encoder:
                                       field="encoder.model")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
+        self._tokenize = ParallelTokenizer(self.tokenizer)
         self._model: torch.nn.Module | None = None
         self._want_packed = varlen is not False
         self.packed = False  # decided when the weights load
@@ -174,15 +176,12 @@ class Encoder:
 
     def tokenize(self, texts: list[str], max_length: int, instruction: str = "") -> list[list[int]]:
         """Token ids per text (instruction prefixed, truncated to max_length, special tokens)."""
-        inputs = [instruction + t for t in texts] if instruction else texts
-        with self._tokenizer_lock:  # the Rust tokenizer raises "Already borrowed" if shared
-            encoded = self.tokenizer(inputs, truncation=True, max_length=max_length,
-                                     padding=False, add_special_tokens=True)
-        # A tokenizer that adds no special tokens gives [] for "": a zero-length row cannot go
-        # through a model, so it becomes one eos (or pad) token.
-        filler = [int(self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None
-                      else self.tokenizer.pad_token_id)]
-        return [list(ids) or filler for ids in encoded["input_ids"]]
+        return self._tokenize(texts, max_length, instruction)
+
+    def tokenize_chunks(self, texts: list[str], max_length: int,
+                        instruction: str = "") -> list[Future[list[list[int]]]]:
+        """`tokenize` in chunks of texts, in order, each a future tokenised in parallel."""
+        return self._tokenize.submit(texts, max_length, instruction)
 
     def _ensure_model(self) -> torch.nn.Module:
         if self._model is None:
