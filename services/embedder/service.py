@@ -20,7 +20,7 @@ import structlog
 import torch
 
 from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
-                                        BatchQueue, RunKey)
+                                        BatchQueue, PendingRequest, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.encoder import Encoder, compile_by_default, default_device
 from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_key,
@@ -341,47 +341,67 @@ class EmbedderService:
                  cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         """float32 vectors for `texts`, through the model's shared queue.
 
-        The rows join every other request's rows for this model; each time this thread gets the
-        model lock it launches the queue's next batch (which may be another request's), then
-        waits for it outside the lock - so the next batch is prepared while this one computes -
-        until its own rows are all done. One launch at a time per model, no thread of our own.
-        `cancelled` (the client went away) drops this request's rows and raises Cancelled."""
+        The texts are tokenised in chunks on the encoder's tokenizer threads, and each chunk's
+        rows join every other request's rows for this model as it arrives; once a batch's worth
+        of tokens is queued, this thread starts running batches while later chunks are still
+        being tokenised. Each time this thread gets the model lock it launches the queue's next
+        batch (which may be another request's), then waits for it outside the lock - so the next
+        batch is prepared while this one computes - until its own rows are all done. One launch
+        at a time per model, no model thread of our own. `cancelled` (the client went away)
+        drops this request's rows and raises Cancelled."""
         encoder, queue = entry.encoder, entry.queue
-        ids = encoder.tokenize(texts, settings.max_length, settings.instruction)
+        chunks = encoder.tokenize_chunks(texts, settings.max_length, settings.instruction)
         packed = encoder.packed_batches
-        key = RunKey(settings.pooling, settings.layer, settings.normalize)
-        request = queue.append(ids, key, cancelled)
+        request = queue.open(len(texts), RunKey(settings.pooling, settings.layer,
+                                                settings.normalize), cancelled)
         try:
+            for chunk in chunks:
+                if request.done:  # failed in a batch of another chunk's rows
+                    break
+                if request.cancelled():
+                    raise Cancelled("the client went away; its queued texts were dropped")
+                queue.extend(request, chunk.result())
+                if queue.queued_tokens >= self.max_batch_tokens:
+                    self._run_batch(entry, request, packed)
             while not request.done:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
-                with encoder.lock:
-                    if request.done:
-                        break
-                    rows = queue.next_batch(self.max_batch_tokens, packed)
-                    if rows:
-                        run = rows[0].request.key  # one key per batch, maybe not ours
-                        try:
-                            launched = encoder.launch([row.ids for row in rows],
-                                                      pooling=run.pooling, layer=run.layer,
-                                                      normalize=run.normalize)
-                        except Exception as exc:  # noqa: BLE001 - to every request in the batch
-                            queue.fail(rows, exc)
-                            continue
-                if not rows:  # our remaining rows are in another thread's batch, in flight
-                    request.wait(0.05)
-                    continue
-                try:
-                    vectors = launched.result().numpy()
-                except Exception as exc:  # noqa: BLE001 - a device error surfaces here
-                    queue.fail(rows, exc)
-                    continue
-                queue.deliver(rows, vectors)
-                self._count(rows)
+                if not self._run_batch(entry, request, packed):
+                    request.wait(0.05)  # our remaining rows are in another thread's batch
         finally:
-            if not request.done:
-                queue.cancel(request)  # interrupted: nobody computes rows nobody waits for
+            for chunk in chunks:
+                chunk.cancel()  # not yet started: nobody needs its tokens now
+            if not request.done or request.error is not None:
+                # Interrupted or failed (maybe a chunk after the failure went in): nobody
+                # computes rows nobody waits for.
+                queue.cancel(request)
         return request.result()
+
+    def _run_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
+        """Launch the queue's next batch under the model lock, wait for it outside the lock and
+        deliver it; False when there was none (or `request` was done by the time of the lock)."""
+        encoder, queue = entry.encoder, entry.queue
+        with encoder.lock:
+            if request.done:
+                return False
+            rows = queue.next_batch(self.max_batch_tokens, packed)
+            if not rows:
+                return False
+            run = rows[0].request.key  # one key per batch, maybe not ours
+            try:
+                launched = encoder.launch([row.ids for row in rows], pooling=run.pooling,
+                                          layer=run.layer, normalize=run.normalize)
+            except Exception as exc:  # noqa: BLE001 - to every request in the batch
+                queue.fail(rows, exc)
+                return True
+        try:
+            vectors = launched.result().numpy()
+        except Exception as exc:  # noqa: BLE001 - a device error surfaces here
+            queue.fail(rows, exc)
+            return True
+        queue.deliver(rows, vectors)
+        self._count(rows)
+        return True
 
     def _count(self, rows: list) -> None:
         requests = len({id(row.request) for row in rows})
