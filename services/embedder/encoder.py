@@ -251,8 +251,8 @@ class Encoder:
             self._log.warning("compiled blocks disagree with eager, running eagerly",
                               rel_error=error)
             return False
-        self._log.info("blocks compiled", blocks=len(blocks), seconds=round(self.compile_seconds, 2),
-                       rel_error=error)
+        self._log.info("blocks compiled", blocks=len(blocks),
+                       seconds=round(self.compile_seconds, 2), rel_error=error)
         return True
 
     @property

@@ -5,10 +5,10 @@ text and `cu_seq_lens` (cumulative lengths) marking where texts start and end. N
 ever computed and no [rows x longest] mask is built, so a batch costs its real tokens only.
 
 The attention function registered here under ATTN_NAME serves both paths of one loaded model:
-given `cu_seq_lens_q` it attends within each text (the operator `attend`) - on CUDA through PyTorch's own varlen
-flash-attention kernel (`aten._flash_attention_forward`, the FA2 kernel PyTorch ships, so no
-flash-attn package is needed), on CPU with SDPA per text - and without them it is transformers'
-plain SDPA with the padding mask. Its mask function builds the usual SDPA mask for padded batches
+given `cu_seq_lens_q` it attends within each text (the operator `attend`) - on CUDA through
+PyTorch's own varlen flash-attention kernel (`aten._flash_attention_forward`, the FA2 kernel
+PyTorch ships, so no flash-attn package is needed), on CPU with SDPA per text - and without them
+it is transformers' plain SDPA with the padding mask. Its mask function builds the usual SDPA mask for padded batches
 and none for packed ones (which would be [tokens x tokens]).
 """
 
