@@ -9,6 +9,11 @@ texts into padding-free token-budget batches where the model allows. Both count 
 directly (no gRPC, pre-tokenised: the model-side ceiling), a second pass (all cache hits), and
 the fraction of the 2*N*tokens FLOP limit (N = non-embedding weights) at `--peak-tflops`.
 
+The embedder's paths run twice: eager, and with compiled blocks (`--compile`: torch.compile per
+block, symbolic token counts). Compiling happens when the weights load, before the timed region,
+and its seconds are reported apart; so is the number of graphs compiled inside the timed region
+(0 when no batch shape recompiled). `--no-compiled-rows` leaves the compiled rows out.
+
 With `--check-reference`, vectors of the packed and the padded path are compared with a plain
 transformers reference (masked mean pooling, same dtype), as relative L2 error per vector.
 
@@ -143,8 +148,23 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    import torch._dynamo.utils
+
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def forget_compiled() -> None:
+    """Drop this process's compiled graphs, so that the next compiled encoder pays for its own
+    compile as a fresh server would (inductor's on-disk cache stays: a restart keeps it too)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+
+
 def encoder_direct(model_path: str, texts: list[str], device: str, max_length: int,
-                   max_batch_tokens: int) -> tuple[float, dict]:
+                   max_batch_tokens: int, compile: bool) -> tuple[float, dict]:
     """The embedder's encoder without gRPC, queue or cache: pre-tokenised, token-budget batches,
     launched back to back. The model-side ceiling of the gRPC path."""
     from services.embedder import varlen
@@ -152,19 +172,23 @@ def encoder_direct(model_path: str, texts: list[str], device: str, max_length: i
     from services.embedder.encoder import Encoder
     from services.embedder.source import resolve
 
-    encoder = Encoder(resolve(model_path), torch.device(device))
+    if compile:
+        forget_compiled()
+    encoder = Encoder(resolve(model_path), torch.device(device), compile=compile)
     encoder.load()
     ids = encoder.tokenize(texts, max_length)
     plan = plan_batches([len(r) for r in ids], max_batch_tokens, packed=encoder.packed)
     encoder.run([ids[i] for i in plan[-1].index], pooling="mean", layer=0, normalize=False)
     _sync(device)
+    graphs = graphs_compiled()
     start = time.perf_counter()
     launched = [encoder.launch([ids[i] for i in batch.index], pooling="mean", layer=0,
                                normalize=False) for batch in plan]
     for item in launched:
         item.result()
     elapsed = time.perf_counter() - start
-    info = {"packed": encoder.packed, "batches": len(plan),
+    info = {"packed": encoder.packed, "batches": len(plan), "compiled": encoder.compiled,
+            "compile_s": encoder.compile_seconds, "graphs_in_timed": graphs_compiled() - graphs,
             "flash_gqa": varlen._flash_takes_gqa,
             "attention": str(encoder._model.config._attn_implementation),
             "non_embedding_params": non_embedding_params(encoder._model)}
@@ -180,16 +204,21 @@ def non_embedding_params(model: torch.nn.Module) -> int:
 
 
 def ours(model_path: str, texts: list[str], device: str, max_length: int, request_size: int,
-         max_batch_tokens: int) -> tuple[float, float, dict]:
-    """Cold then warm pass over StreamEmbed against a fresh embedder on loopback."""
+         max_batch_tokens: int, compile: bool) -> tuple[float, float, dict]:
+    """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
+    preloaded, and with `compile` compiled, before the server reports SERVING)."""
     from services.embedder.app import Settings, start
     from tunewire.server import channel_options
     from tunewire.tensors import from_proto
     from tunewire.v1 import embedder_pb2, embedder_pb2_grpc
 
+    if compile:
+        forget_compiled()
     with tempfile.TemporaryDirectory() as data_dir:
         app = start(Settings(port=0, data_dir=Path(data_dir), preload=[model_path],
-                             device=device, max_batch_tokens=max_batch_tokens))
+                             device=device, max_batch_tokens=max_batch_tokens,
+                             compile=compile))
+        encoder_ = app.service.registry.entries()[0].encoder
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as ch:
                 stub = embedder_pb2_grpc.EmbedderServiceStub(ch)
@@ -206,6 +235,7 @@ def ours(model_path: str, texts: list[str], device: str, max_length: int, reques
                     assert rows == len(texts), (rows, len(texts))
                     return time.perf_counter() - start_t
 
+                graphs = graphs_compiled()
                 cold, warm = run(), run()
                 stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
         finally:
@@ -213,17 +243,21 @@ def ours(model_path: str, texts: list[str], device: str, max_length: int, reques
     _free(device)
     counters = {k: getattr(stats, k) for k in ("forward_passes", "computed_texts",
                                                "shared_batches", "entries")}
+    counters.update(compiled=encoder_.compiled, compile_s=round(encoder_.compile_seconds, 1),
+                    graphs_in_timed=graphs_compiled() - graphs)
     return cold, warm, counters
 
 
-def reference_check(model_path: str, texts: list[str], device: str, max_length: int) -> dict:
-    """Max relative L2 error per vector of the packed and padded paths against plain
-    transformers (one padded batch at a time of 8, masked mean pooling, same dtype)."""
+def reference_check(model_path: str, texts: list[str], device: str, max_length: int,
+                    compiled: bool) -> dict:
+    """Max relative L2 error per vector of the packed and padded paths (and with `compiled`,
+    the packed path through compiled blocks) against plain transformers (one padded batch at a
+    time of 8, masked mean pooling, same dtype)."""
     from services.embedder.encoder import Encoder
     from services.embedder.source import resolve
     from transformers import AutoModel, AutoTokenizer
 
-    encoder = Encoder(resolve(model_path), torch.device(device))
+    encoder = Encoder(resolve(model_path), torch.device(device), compile=False)
     encoder.load()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModel.from_pretrained(model_path, dtype=encoder.dtype).to(device).eval()
@@ -243,11 +277,22 @@ def reference_check(model_path: str, texts: list[str], device: str, max_length: 
         if packed and not encoder.packed:
             continue
         got = encoder.run(ids, pooling="mean", layer=0, normalize=False, packed=packed).double()
-        error = (got - expected).norm(dim=-1) / expected.norm(dim=-1)
-        out[f"{name}_max_rel_error"] = float(error.max())
+        out[f"{name}_max_rel_error"] = _max_rel_error(got, expected)
     del model, encoder
+    if compiled:
+        forget_compiled()
+        encoder = Encoder(resolve(model_path), torch.device(device), compile=True)
+        encoder.load()
+        out.update(compiled=encoder.compiled, compile_s=round(encoder.compile_seconds, 1))
+        got = encoder.run(ids, pooling="mean", layer=0, normalize=False).double()
+        out["compiled_max_rel_error"] = _max_rel_error(got, expected)
+        del encoder
     _free(device)
     return out
+
+
+def _max_rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float(((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max())
 
 
 def _minilm_path() -> str:
@@ -278,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the device's measured dense bf16 rate, for the FLOP fraction")
     parser.add_argument("--check-reference", type=int, default=0, metavar="N",
                         help="compare N texts' vectors with a plain transformers reference")
+    parser.add_argument("--no-compiled-rows", dest="compiled_rows", action="store_false",
+                        help="leave out the rows with compiled blocks")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -308,22 +355,37 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     if args.check_reference:
         results["reference"] = reference_check(model, texts[:args.check_reference], args.device,
-                                               max_length)
+                                               max_length, args.compiled_rows)
     base_s, tokens = in_worker_thread(baseline, model, texts, args.device, dtype, max_length,
                                       sort=False)
     sorted_s, _ = in_worker_thread(baseline, model, texts, args.device, dtype, max_length,
                                    sort=True)
     direct_s, info = in_worker_thread(encoder_direct, model, texts, args.device, max_length,
-                                      args.max_batch_tokens)
+                                      args.max_batch_tokens, compile=False)
     cold_s, warm_s, counters = ours(model, texts, args.device, max_length, args.request_size,
-                                    args.max_batch_tokens)
+                                    args.max_batch_tokens, compile=False)
     limit = args.peak_tflops * 1e12 / (2 * info["non_embedding_params"])
+    path = f"budget {args.max_batch_tokens}, {'packed' if info['packed'] else 'padded'}"
     rows = [("transformers loop (batch 32, random order)", base_s),
             ("transformers loop (batch 32, sorted by length)", sorted_s),
-            (f"embedder encoder direct, no gRPC (budget {args.max_batch_tokens}, "
-             f"{'packed' if info['packed'] else 'padded'})", direct_s),
-            (f"embedder gRPC StreamEmbed, empty cache (budget {args.max_batch_tokens})", cold_s),
+            (f"embedder encoder direct, no gRPC ({path}, eager)", direct_s),
+            (f"embedder gRPC StreamEmbed, empty cache ({path}, eager)", cold_s),
             ("embedder gRPC StreamEmbed, second pass (all cache hits)", warm_s)]
+    compiled: dict = {}
+    if args.compiled_rows:
+        # A failure here is reported, not fatal: the eager rows above still stand.
+        try:
+            c_direct_s, compiled["direct"] = in_worker_thread(
+                encoder_direct, model, texts, args.device, max_length, args.max_batch_tokens,
+                compile=True)
+            c_cold_s, _, compiled["grpc"] = ours(model, texts, args.device, max_length,
+                                                 args.request_size, args.max_batch_tokens,
+                                                 compile=True)
+            rows += [(f"embedder encoder direct, no gRPC ({path}, compiled blocks)", c_direct_s),
+                     (f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks)",
+                      c_cold_s)]
+        except Exception as exc:  # noqa: BLE001 - a bench reports what happened
+            compiled["error"] = f"{type(exc).__name__}: {exc}"
 
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -340,6 +402,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"embedder: attention {info['attention']}, packed {info['packed']}, "
           f"flash kernel took GQA directly: {info['flash_gqa']}, {info['batches']} batches "
           f"direct; server counters after both passes: {counters}")
+    for name, detail in compiled.items():
+        # compile_s: compiling at load, untimed; graphs_in_timed: compiled inside the timed region
+        shown = detail if name == "error" else \
+            {k: detail[k] for k in ("compiled", "compile_s", "graphs_in_timed")}
+        print(f"compiled blocks, {name}: {shown}")
     if "reference" in results:
         print(f"reference check: {results['reference']}")
     print()
@@ -350,7 +417,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {base_s / seconds:.2f}x | "
               f"{rate / limit:.1%} |")
     results.update(texts=len(texts), tokens=tokens, limit_tokens_per_s=limit, info=info,
-                   counters=counters, rows={name: seconds for name, seconds in rows})
+                   counters=counters, compiled=compiled,
+                   rows={name: seconds for name, seconds in rows})
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=1, default=str))
     workdir.cleanup()

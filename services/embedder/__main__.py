@@ -38,6 +38,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                              "RESOURCE_EXHAUSTED (CACHE_FULL)")
     parser.add_argument("--no-varlen", dest="varlen", action="store_false",
                         help="pad every batch instead of packing texts (padding-free attention)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        default=defaults.compile,
+                        help="torch.compile each model's blocks at load, checked against eager "
+                             "(default: on for a GPU, off for a CPU)")
     parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
                         help="longest text (UTF-8 bytes) before INVALID_ARGUMENT")
     add_security_flags(parser)
@@ -50,7 +54,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     max_loaded_models=args.max_loaded_models, max_texts=args.max_texts,
                     device=args.device, preload=list(args.preload),
                     max_text_bytes=args.max_text_bytes, cache_max_size=args.cache_max_size,
-                    varlen=args.varlen, security=security_from_args(args))
+                    varlen=args.varlen, compile=args.compile, security=security_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,6 +42,8 @@ class Settings:
     cache_max_size: int = DEFAULT_MAX_MAP_SIZE
     # Padding-free batches where the model allows them; False pads every batch.
     varlen: bool = True
+    # torch.compile each model's blocks at load; None: on a GPU, not on a CPU.
+    compile: bool | None = None
     # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
     # the encoder's max_length in tokens.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
@@ -83,7 +85,7 @@ def start(settings: Settings) -> App:
     device = torch.device(settings.device) if settings.device else None
     service = EmbedderService(cache, max_batch_tokens=settings.max_batch_tokens,
                               max_loaded_models=settings.max_loaded_models, device=device,
-                              varlen=settings.varlen)
+                              varlen=settings.varlen, compile=settings.compile)
     servicer = EmbedderServicer(service, max_texts=settings.max_texts,
                                 max_text_bytes=settings.max_text_bytes)
     running = create_server(

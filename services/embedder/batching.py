@@ -95,6 +95,7 @@ class PendingRequest:
         self.key = key
         self._vectors: list[np.ndarray | None] = [None] * n
         self._remaining = n
+        self._queued = 0  # rows handed to the queue so far (`BatchQueue.extend`)
         self.error: BaseException | None = None
         self.cancelled = cancelled or (lambda: False)
         self._finished = threading.Event()
@@ -131,7 +132,8 @@ class _Row:
 
 
 class BatchQueue:
-    """The rows waiting for one model, from every request (two calls: `append`, `next_batch`).
+    """The rows waiting for one model, from every request (two calls: `append`, `next_batch`;
+    or `open` then `extend` per chunk, for a request whose texts are still being tokenised).
 
     There is no worker thread: whichever request thread holds the model lock takes the next batch
     - which may hold other requests' rows - launches it and, after releasing the lock, delivers
@@ -149,19 +151,41 @@ class BatchQueue:
     def append(self, input_ids: list[list[int]], key: RunKey,
                cancelled: Callable[[], bool] | None = None) -> PendingRequest:
         """Queue a request's rows; `cancelled` says when its client went away (rows dropped)."""
-        request = PendingRequest(len(input_ids), key, cancelled)
-        rows = [_Row(request, i, ids) for i, ids in enumerate(input_ids)]
+        request = self.open(len(input_ids), key, cancelled)
+        self.extend(request, input_ids)
+        return request
+
+    def open(self, n: int, key: RunKey,
+             cancelled: Callable[[], bool] | None = None) -> PendingRequest:
+        """A request of `n` rows, none queued yet: `extend` queues them in order."""
+        return PendingRequest(n, key, cancelled)
+
+    def extend(self, request: PendingRequest, input_ids: list[list[int]]) -> None:
+        """Queue the request's next rows. Its first rows are refused (RESOURCE_EXHAUSTED) when
+        they would overfill the queue; later rows of a request so admitted never are (its first
+        rows may be computing already), so the queue can exceed its limit by the requests still
+        being tokenised, as an empty queue already lets one oversized request in."""
+        start = request._queued
+        if start + len(input_ids) > len(request._vectors):
+            raise ValueError(f"{start + len(input_ids)} rows for a request of "
+                             f"{len(request._vectors)}")
+        rows = [_Row(request, start + i, ids) for i, ids in enumerate(input_ids)]
         tokens = sum(row.tokens for row in rows)
         with self._lock:
-            # An empty queue takes any request, so an oversized one still runs (alone).
-            if self._rows and self._queued_tokens + tokens > self.max_queued_tokens:
+            if start == 0 and self._rows and \
+                    self._queued_tokens + tokens > self.max_queued_tokens:
                 raise ResourceExhausted(
                     f"the embedder queue holds {self._queued_tokens} tokens; {tokens} more "
                     f"exceed its {self.max_queued_tokens} token limit: retry later",
                     reason="QUEUE_FULL")
             self._rows.extend(rows)
             self._queued_tokens += tokens
-        return request
+        request._queued += len(rows)
+
+    @property
+    def queued_tokens(self) -> int:
+        with self._lock:
+            return self._queued_tokens
 
     def next_batch(self, max_batch_tokens: int, packed: bool = False) -> list[_Row]:
         """The token-budget batch that holds the oldest row, among rows of the same RunKey.

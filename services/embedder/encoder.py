@@ -10,6 +10,11 @@ Two ways through the model, same vectors within dtype tolerance:
   tokens do not shift, so a text's vector does not depend on the batch it was computed in (which a
   cache of vectors relies on). Pooling itself is also correct under left padding.
 
+With `compile`, every block of the model is compiled (torch.compile per block, symbolic token
+counts, tunewire/block_compile.py) when the weights load, on probe batches of three shapes, and
+kept only if its vectors agree with the eager ones: compile time is paid at load (reported as
+`compile_seconds`), not by the first requests, and a failure falls back to eager with a warning.
+
 A batch is launched under the model lock and its vectors fetched after it (`Launched.result`): on a
 GPU the forward pass runs asynchronously, so the next batch's host work (packing, pinned-memory
 copies) overlaps this one's compute.
@@ -18,6 +23,8 @@ copies) overlaps this one's compute.
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import structlog
@@ -29,6 +36,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from services.embedder import varlen
 from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
+from services.embedder.tokenizing import ParallelTokenizer
+from tunewire.block_compile import compile_blocks, uncompile_blocks
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -43,6 +52,14 @@ _PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def compile_by_default(device: torch.device) -> bool:
+    """Compiled blocks on GPUs: there eager PyTorch runs each block's norms, rotary embedding and
+    activations as separate memory-bound kernels between the GEMMs, and fusing them is what moves
+    a 1B model past half the FLOP limit (bench/results/embedder_throughput_h200.md); the load-time
+    check falls back to eager. Not on CPUs: compiling costs more seconds than it saves there."""
+    return device.type == "cuda"
 
 
 def compute_dtype(device: torch.device) -> torch.dtype:
@@ -65,19 +82,19 @@ class Launched:
 
 class Encoder:
     """One encoder. `launch`/`run` are not thread-safe by themselves: callers hold `lock` (one
-    batch at a time per model); `tokenize` is safe from any thread.
+    batch at a time per model); `tokenize` and `tokenize_chunks` are safe from any thread.
 
     `varlen`: None tries the packed path (kept if the model supports it and the load-time probe
-    agrees with the padded path), False always pads."""
+    agrees with the padded path), False always pads. `compile`: compile the model's blocks at
+    load (kept if they agree with eager; `compiled` says whether they were)."""
 
     def __init__(self, source: ModelSource, device: torch.device | None = None,
-                 varlen: bool | None = None) -> None:
+                 varlen: bool | None = None, compile: bool = False) -> None:
 
         self.source = source
         self.device = device or default_device()
         self.dtype = compute_dtype(self.device)
         self.lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()
         self._log = log.bind(model=str(source.hub_id or source.path))
         try:
             self.config = AutoConfig.from_pretrained(source.path)
@@ -92,9 +109,13 @@ class Encoder:
                                       field="encoder.model")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
+        self._tokenize = ParallelTokenizer(self.tokenizer)
         self._model: torch.nn.Module | None = None
         self._want_packed = varlen is not False
         self.packed = False  # decided when the weights load
+        self._want_compile = compile
+        self.compiled = False  # decided when the weights load
+        self.compile_seconds = 0.0  # compiling and checking the blocks, at load
 
     @property
     def model_type(self) -> str:
@@ -155,15 +176,12 @@ class Encoder:
 
     def tokenize(self, texts: list[str], max_length: int, instruction: str = "") -> list[list[int]]:
         """Token ids per text (instruction prefixed, truncated to max_length, special tokens)."""
-        inputs = [instruction + t for t in texts] if instruction else texts
-        with self._tokenizer_lock:  # the Rust tokenizer raises "Already borrowed" if shared
-            encoded = self.tokenizer(inputs, truncation=True, max_length=max_length,
-                                     padding=False, add_special_tokens=True)
-        # A tokenizer that adds no special tokens gives [] for "": a zero-length row cannot go
-        # through a model, so it becomes one eos (or pad) token.
-        filler = [int(self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None
-                      else self.tokenizer.pad_token_id)]
-        return [list(ids) or filler for ids in encoded["input_ids"]]
+        return self._tokenize(texts, max_length, instruction)
+
+    def tokenize_chunks(self, texts: list[str], max_length: int,
+                        instruction: str = "") -> list[Future[list[list[int]]]]:
+        """`tokenize` in chunks of texts, in order, each a future tokenised in parallel."""
+        return self._tokenize.submit(texts, max_length, instruction)
 
     def _ensure_model(self) -> torch.nn.Module:
         if self._model is None:
@@ -183,7 +201,9 @@ class Encoder:
                                          field="encoder.model") from None
             self._model = model.to(self.device).eval()
             self.packed = self._probe_packed()
-            self._log.info("weights loaded", packed=self.packed,
+            if self._want_compile:
+                self.compiled = self._compile()
+            self._log.info("weights loaded", packed=self.packed, compiled=self.compiled,
                            attention=str(self._model.config._attn_implementation))
         return self._model
 
@@ -204,6 +224,36 @@ class Encoder:
         if not agrees:
             self._log.warning("packed path disagrees with padded, padding", rel_error=error)
         return agrees
+
+    @torch.inference_mode()
+    def _compile(self) -> bool:
+        """Compile the blocks and run them now on three batch shapes (so neither compiling nor a
+        recompile for a new shape falls on a request); keep them if they give the eager vectors.
+        Token counts are symbolic (dynamic=True): every packed batch has a different one."""
+        forward = self._forward_packed if self.packed else self._forward_padded
+        ids = self.tokenize(_PROBES, self.max_length)
+        shapes = [ids, ids[:1], ids[1:] + ids]
+        eager = [forward(batch, "mean", 0, False) for batch in shapes]
+        start = time.perf_counter()
+        blocks = compile_blocks(self._model, dynamic=True)
+        try:
+            compiled = [forward(batch, "mean", 0, False) for batch in shapes]
+        except Exception as exc:  # noqa: BLE001 - dynamo, inductor or a compiler on this host
+            uncompile_blocks(blocks)
+            self._log.warning("compiling the blocks failed, running eagerly",
+                              error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return False
+        self.compile_seconds = time.perf_counter() - start
+        error = max(float(((c - e).norm(dim=-1) / e.norm(dim=-1)).max())
+                    for c, e in zip(compiled, eager))
+        if not error < _PROBE_TOLERANCE[self.dtype]:
+            uncompile_blocks(blocks)
+            self._log.warning("compiled blocks disagree with eager, running eagerly",
+                              rel_error=error)
+            return False
+        self._log.info("blocks compiled", blocks=len(blocks),
+                       seconds=round(self.compile_seconds, 2), rel_error=error)
+        return True
 
     @property
     def loaded(self) -> bool:

@@ -20,9 +20,9 @@ import structlog
 import torch
 
 from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
-                                        BatchQueue, RunKey)
+                                        BatchQueue, PendingRequest, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
-from services.embedder.encoder import Encoder
+from services.embedder.encoder import Encoder, compile_by_default, default_device
 from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_key,
                                            fingerprint, tokenizer_identity, weights_identity)
 from services.embedder.inflight import Flight, InFlight
@@ -104,14 +104,18 @@ class EncoderRegistry:
     """The loaded encoders, least recently used evicted beyond `max_loaded`."""
 
     def __init__(self, max_loaded: int = 2, device: torch.device | None = None,
-                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, varlen: bool = True) -> None:
-        """`varlen` False keeps every model on the padded path (no packed batches)."""
+                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, varlen: bool = True,
+                 compile: bool | None = None) -> None:
+        """`varlen` False keeps every model on the padded path (no packed batches); `compile`
+        compiles each model's blocks at load, None where the device is a GPU (see
+        `compile_by_default`)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
         self.device = device
         self.max_queued_tokens = max_queued_tokens
         self.varlen = varlen
+        self.compile = compile
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -151,7 +155,10 @@ class EncoderRegistry:
     def _load(self, model: str, revision: str) -> _Loaded:
         source = resolve(model, revision)
         signature = _signature(source)
-        encoder = Encoder(source, self.device, varlen=None if self.varlen else False)
+        device = self.device or default_device()
+        encoder = Encoder(source, device, varlen=None if self.varlen else False,
+                          compile=compile_by_default(device) if self.compile is None
+                          else self.compile)
         entry = _Loaded(encoder, weights_identity(source), tokenizer_identity(source.path),
                         signature, BatchQueue(self.max_queued_tokens))
         log.info("encoder opened", model=model, model_type=encoder.model_type,
@@ -249,14 +256,15 @@ class EmbedderService:
                  max_loaded_models: int = 2, device: torch.device | None = None,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
-                 registry: EncoderRegistry | None = None, varlen: bool = True) -> None:
+                 registry: EncoderRegistry | None = None, varlen: bool = True,
+                 compile: bool | None = None) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
-        every model padded."""
+        every model padded; `compile` as EncoderRegistry's."""
         self.cache = cache
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens,
-                                                    varlen)
+                                                    varlen, compile)
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
         self.batches = 0  # forward passes since start
@@ -333,47 +341,67 @@ class EmbedderService:
                  cancelled: Callable[[], bool] | None = None) -> np.ndarray:
         """float32 vectors for `texts`, through the model's shared queue.
 
-        The rows join every other request's rows for this model; each time this thread gets the
-        model lock it launches the queue's next batch (which may be another request's), then
-        waits for it outside the lock - so the next batch is prepared while this one computes -
-        until its own rows are all done. One launch at a time per model, no thread of our own.
-        `cancelled` (the client went away) drops this request's rows and raises Cancelled."""
+        The texts are tokenised in chunks on the encoder's tokenizer threads, and each chunk's
+        rows join every other request's rows for this model as it arrives; once a batch's worth
+        of tokens is queued, this thread starts running batches while later chunks are still
+        being tokenised. Each time this thread gets the model lock it launches the queue's next
+        batch (which may be another request's), then waits for it outside the lock - so the next
+        batch is prepared while this one computes - until its own rows are all done. One launch
+        at a time per model, no model thread of our own. `cancelled` (the client went away)
+        drops this request's rows and raises Cancelled."""
         encoder, queue = entry.encoder, entry.queue
-        ids = encoder.tokenize(texts, settings.max_length, settings.instruction)
+        chunks = encoder.tokenize_chunks(texts, settings.max_length, settings.instruction)
         packed = encoder.packed_batches
-        key = RunKey(settings.pooling, settings.layer, settings.normalize)
-        request = queue.append(ids, key, cancelled)
+        request = queue.open(len(texts), RunKey(settings.pooling, settings.layer,
+                                                settings.normalize), cancelled)
         try:
+            for chunk in chunks:
+                if request.done:  # failed in a batch of another chunk's rows
+                    break
+                if request.cancelled():
+                    raise Cancelled("the client went away; its queued texts were dropped")
+                queue.extend(request, chunk.result())
+                if queue.queued_tokens >= self.max_batch_tokens:
+                    self._run_batch(entry, request, packed)
             while not request.done:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
-                with encoder.lock:
-                    if request.done:
-                        break
-                    rows = queue.next_batch(self.max_batch_tokens, packed)
-                    if rows:
-                        run = rows[0].request.key  # one key per batch, maybe not ours
-                        try:
-                            launched = encoder.launch([row.ids for row in rows],
-                                                      pooling=run.pooling, layer=run.layer,
-                                                      normalize=run.normalize)
-                        except Exception as exc:  # noqa: BLE001 - to every request in the batch
-                            queue.fail(rows, exc)
-                            continue
-                if not rows:  # our remaining rows are in another thread's batch, in flight
-                    request.wait(0.05)
-                    continue
-                try:
-                    vectors = launched.result().numpy()
-                except Exception as exc:  # noqa: BLE001 - a device error surfaces here
-                    queue.fail(rows, exc)
-                    continue
-                queue.deliver(rows, vectors)
-                self._count(rows)
+                if not self._run_batch(entry, request, packed):
+                    request.wait(0.05)  # our remaining rows are in another thread's batch
         finally:
-            if not request.done:
-                queue.cancel(request)  # interrupted: nobody computes rows nobody waits for
+            for chunk in chunks:
+                chunk.cancel()  # not yet started: nobody needs its tokens now
+            if not request.done or request.error is not None:
+                # Interrupted or failed (maybe a chunk after the failure went in): nobody
+                # computes rows nobody waits for.
+                queue.cancel(request)
         return request.result()
+
+    def _run_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
+        """Launch the queue's next batch under the model lock, wait for it outside the lock and
+        deliver it; False when there was none (or `request` was done by the time of the lock)."""
+        encoder, queue = entry.encoder, entry.queue
+        with encoder.lock:
+            if request.done:
+                return False
+            rows = queue.next_batch(self.max_batch_tokens, packed)
+            if not rows:
+                return False
+            run = rows[0].request.key  # one key per batch, maybe not ours
+            try:
+                launched = encoder.launch([row.ids for row in rows], pooling=run.pooling,
+                                          layer=run.layer, normalize=run.normalize)
+            except Exception as exc:  # noqa: BLE001 - to every request in the batch
+                queue.fail(rows, exc)
+                return True
+        try:
+            vectors = launched.result().numpy()
+        except Exception as exc:  # noqa: BLE001 - a device error surfaces here
+            queue.fail(rows, exc)
+            return True
+        queue.deliver(rows, vectors)
+        self._count(rows)
+        return True
 
     def _count(self, rows: list) -> None:
         requests = len({id(row.request) for row in rows})

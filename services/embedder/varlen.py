@@ -5,10 +5,10 @@ text and `cu_seq_lens` (cumulative lengths) marking where texts start and end. N
 ever computed and no [rows x longest] mask is built, so a batch costs its real tokens only.
 
 The attention function registered here under ATTN_NAME serves both paths of one loaded model:
-given `cu_seq_lens_q` it attends within each text - on CUDA through PyTorch's own varlen
-flash-attention kernel (`aten._flash_attention_forward`, the FA2 kernel PyTorch ships, so no
-flash-attn package is needed), on CPU with SDPA per text - and without them it is transformers'
-plain SDPA with the padding mask. Its mask function builds the usual SDPA mask for padded batches
+given `cu_seq_lens_q` it attends within each text (the operator `attend`) - on CUDA through
+PyTorch's own varlen flash-attention kernel (`aten._flash_attention_forward`, the FA2 kernel
+PyTorch ships, so no flash-attn package is needed), on CPU with SDPA per text - and without them
+it is transformers' plain SDPA with the padding mask. Its mask function builds the usual SDPA mask for padded batches
 and none for packed ones (which would be [tokens x tokens]).
 """
 
@@ -101,6 +101,27 @@ def _sdpa_per_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.
     return torch.cat(parts)
 
 
+@torch.library.custom_op("tunewire::varlen_attention", mutates_args=())
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_length: int,
+           causal: bool, scale: float | None) -> torch.Tensor:
+    """Attention within each packed text: [tokens, heads, dim] in, contiguous [tokens, q heads,
+    dim] out. An opaque operator, so that torch.compile (per block, encoder.py) traces around it
+    with symbolic token counts: the CPU path's per-text loop reads `cu` on the host, the GQA
+    probe keeps state across calls, and neither belongs in a graph."""
+    if q.is_cuda:
+        out = _flash_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_length,
+                            causal, scale)
+    else:
+        out = _sdpa_per_text(q, k, v, cu, causal, scale)
+    return out.contiguous()
+
+
+@attend.register_fake
+def _attend_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
+                  max_length: int, causal: bool, scale: float | None) -> torch.Tensor:
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+
+
 def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                      value: torch.Tensor, attention_mask: torch.Tensor | None,
                      dropout: float = 0.0, scaling: float | None = None,
@@ -115,11 +136,7 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                                       dropout=dropout, scaling=scaling, **kwargs)
     causal = bool(getattr(module, "is_causal", False))
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-    if q.is_cuda:
-        out = _flash_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu,
-                            int(kwargs["max_length_q"]), causal, scaling)
-    else:
-        out = _sdpa_per_text(q, k, v, cu, causal, scaling)
+    out = attend(q, k, v, cu, int(kwargs["max_length_q"]), causal, scaling)
     return out.unsqueeze(0), None
 
 

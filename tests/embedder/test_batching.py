@@ -89,3 +89,20 @@ def test_failed_batch_fails_its_requests_and_drops_their_other_rows():
     assert a.done and not b.done and queue.pending_rows == 1
     with pytest.raises(RuntimeError, match="out of memory"):
         a.result()
+
+
+def test_a_request_queued_in_chunks_is_admitted_by_its_first_chunk():
+    queue = BatchQueue(max_queued_tokens=10)
+    queue.append([[1] * 8], MEAN)
+    admitted = queue.open(3, MEAN)
+    queue.extend(admitted, [[1] * 2])  # 10 tokens: within the limit
+    queue.extend(admitted, [[1] * 5, [1] * 5])  # a later chunk: never refused
+    assert queue.queued_tokens == 20
+    with pytest.raises(ValueError):
+        queue.extend(admitted, [[1]])  # more rows than the request has
+    refused = queue.open(1, MEAN)
+    with pytest.raises(ResourceExhausted):
+        queue.extend(refused, [[1]])
+    rows = queue.next_batch(100)
+    queue.deliver(rows, np.zeros((len(rows), 2), np.float32))
+    assert admitted.done and sorted(row.index for row in rows if row.request is admitted) == [0, 1, 2]

@@ -184,3 +184,16 @@ def test_a_replayed_request_is_answered_whole_from_the_cache(service, minilm_pat
     np.testing.assert_array_equal(third.vectors, first.vectors)
     np.testing.assert_array_equal(third.vectors, second.vectors)
     assert service.embed(spec, texts[:-1]).hits == 65  # another list: text by text again
+
+
+def test_a_request_of_many_chunks_matches_the_encoder_text_by_text(service, minilm_path):
+    """Rows queued chunk by chunk as they are tokenised, batches run between chunks."""
+    texts = [f"{i} {text}" for i, text in enumerate(TEXTS * 25)]  # 150 texts: 3 chunks
+    service.max_batch_tokens = 256
+    result = service.embed(EncoderSpec(model=minilm_path), texts)
+    encoder = service.registry.get(minilm_path).encoder
+    ids = encoder.tokenize(texts, encoder.max_length)
+    expected = np.concatenate([encoder.run([row], pooling="mean", layer=0, normalize=False)
+                               .numpy() for row in ids])
+    assert result.misses == len(texts) and service.batches >= len(texts) * 10 // 256
+    np.testing.assert_allclose(result.vectors, expected, rtol=1e-4, atol=1e-5)

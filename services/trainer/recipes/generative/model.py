@@ -11,6 +11,7 @@ from torch import nn
 from services.trainer.recipes.generative import attention
 from services.trainer.recipes.generative.data import Batch
 from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
+from tunewire.block_compile import compile_blocks
 from tunewire.config.llm import AdaloraAdapter, Ia3Adapter, LlmConfig, LoraAdapter
 
 
@@ -117,10 +118,8 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
         model = get_peft_model(model, peft_config(cfg.adapter, total_steps),
                                autocast_adapter_dtype=dtype == torch.float32)
     if cfg.trainer.compile and device.type == "cuda":
-        # Per decoder layer (torchtitan's choice): fuses norms, RoPE and SwiGLU's elementwise work;
-        # one compiled graph serves every layer, and packed batches keep static shapes.
-        for layer in core_model(model).get_decoder().layers:
-            layer.compile()
+        # Packed batches keep static shapes, so torch's default (static first) fits.
+        compile_blocks(core_model(model).get_decoder())
     if type(core_model(model).get_output_embeddings()) is not nn.Linear:
         raise PreconditionError("the LM head must stay a plain linear layer (do not target lm_head "
                                 "with the adapter): the fused loss reads its weight directly")

@@ -1,0 +1,65 @@
+"""Tokenising on a pool of threads, each with its own copy of the tokenizer.
+
+A fast (Rust) tokenizer cannot be shared between threads: transformers sets its truncation on
+every call, and doing so while another thread encodes raises "Already borrowed". Behind one lock,
+every request's tokenising was serial, and a stream's first batch waited for the whole of its
+first request. Here a request's texts are cut into chunks that a pool of threads tokenises in
+parallel, each thread with a private copy made once (the encoding itself releases the GIL), and
+`submit` hands back the chunks' futures in order, so the caller can queue the first chunks for the
+model while later ones are still being tokenised (service.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+# Texts per chunk: small enough that a batch's worth of tokens arrives early, large enough that
+# the per-call overhead (truncation set-up, a future) stays small next to the encoding.
+CHUNK_TEXTS = 64
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+
+
+class ParallelTokenizer:
+    """Token ids for texts (instruction prefixed, truncated, special tokens added), computed on
+    `workers` threads. `tokenizer` is the caller's; it must not change once texts are submitted
+    (the copies are taken from it lazily)."""
+
+    def __init__(self, tokenizer, workers: int = DEFAULT_WORKERS,
+                 chunk_texts: int = CHUNK_TEXTS) -> None:
+        self._tokenizer = tokenizer
+        self._chunk_texts = chunk_texts
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+
+    def submit(self, texts: list[str], max_length: int,
+               instruction: str = "") -> list[Future[list[list[int]]]]:
+        """One future per chunk of `texts`, in order; each gives that chunk's token ids."""
+        return [self._pool.submit(self._encode, texts[i:i + self._chunk_texts], max_length,
+                                  instruction)
+                for i in range(0, len(texts), self._chunk_texts)]
+
+    def __call__(self, texts: list[str], max_length: int,
+                 instruction: str = "") -> list[list[int]]:
+        return [ids for chunk in self.submit(texts, max_length, instruction)
+                for ids in chunk.result()]
+
+    def _own(self):
+        """This thread's copy of the tokenizer."""
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+        return tokenizer
+
+    def _encode(self, texts: list[str], max_length: int, instruction: str) -> list[list[int]]:
+        tokenizer = self._own()
+        inputs = [instruction + t for t in texts] if instruction else texts
+        encoded = tokenizer(inputs, truncation=True, max_length=max_length, padding=False,
+                            add_special_tokens=True)
+        # A tokenizer that adds no special tokens gives [] for "": a zero-length row cannot go
+        # through a model, so it becomes one eos (or pad) token.
+        filler = [int(tokenizer.eos_token_id if tokenizer.eos_token_id is not None
+                      else tokenizer.pad_token_id)]
+        return [list(ids) or filler for ids in encoded["input_ids"]]

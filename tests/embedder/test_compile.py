@@ -1,0 +1,68 @@
+"""Compiled blocks (torch.compile per block, symbolic token counts): eager's vectors, one graph
+for every packed batch shape, and eager again when compiling fails.
+
+The tiny Llama goes through the same operator boundary as a GPU run (`tunewire::varlen_attention`
+is opaque to the compiler on every device), so what traces here traces there; only the kernel
+inside the operator differs. Compiling it takes some 15 s of a busy CPU, once per module."""
+
+import pytest
+import torch
+import torch._dynamo.utils
+
+from services.embedder import encoder as encoder_module
+from services.embedder.encoder import Encoder
+from services.embedder.source import resolve
+from tests.embedder.conftest import TEXTS
+from tunewire.block_compile import transformer_blocks
+
+
+def _rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float(((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max())
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_llama_path):
+    cpu = torch.device("cpu")
+    eager, compiled = (Encoder(resolve(tiny_llama_path), cpu, compile=c) for c in (False, True))
+    eager.load()
+    compiled.load()
+    return eager, compiled
+
+
+def test_compiled_blocks_give_the_eager_vectors_float32(pair):
+    eager, compiled = pair
+    assert compiled.compiled and compiled.packed and compiled.compile_seconds > 0
+    assert not eager.compiled
+    ids = compiled.tokenize(TEXTS, compiled.max_length)
+    for pooling, layer in (("mean", 0), ("last", 0), ("max", 1)):
+        for packed in (True, False):
+            kwargs = dict(pooling=pooling, layer=layer, normalize=False, packed=packed)
+            assert _rel_error(compiled.run(ids, **kwargs), eager.run(ids, **kwargs)) < 1e-4
+
+
+def test_packed_batches_of_any_size_reuse_one_graph(pair):
+    _, compiled = pair
+    ids = compiled.tokenize(TEXTS * 3, compiled.max_length)
+    compiled.run(ids[:2], pooling="mean", layer=0, normalize=False)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for n in (1, 3, 7, 18):  # other token and text counts, other longest texts
+        compiled.run(ids[:n], pooling="mean", layer=0, normalize=False)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_a_failing_compile_falls_back_to_eager(tiny_llama_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    def compile_broken(model, *, dynamic=None):
+        blocks = transformer_blocks(model)
+        for block in blocks:
+            block._compiled_call_impl = broken
+        return blocks
+
+    monkeypatch.setattr(encoder_module, "compile_blocks", compile_broken)
+    encoder = Encoder(resolve(tiny_llama_path), torch.device("cpu"), compile=True)
+    encoder.load()
+    assert not encoder.compiled
+    vectors = encoder.run(encoder.tokenize(TEXTS, 32), pooling="mean", layer=0, normalize=False)
+    assert vectors.shape == (len(TEXTS), encoder.dimension)
