@@ -60,6 +60,11 @@ def texts_for(n: int) -> list[str]:
     return [f"training example number {i}: a sentence of about sixty bytes" for i in range(n)]
 
 
+def vectors_for(n: int, dim: int) -> np.ndarray:
+    """The cached vectors: the server stores them, the client checks what it receives."""
+    return np.random.default_rng(dim).standard_normal((n, dim)).astype(np.float16)
+
+
 def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn) -> None:
     """Child process: fill the cache, start both servers, report ports, wait for the parent."""
     from concurrent import futures
@@ -75,11 +80,10 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
 
     app = start(Settings(port=0, data_dir=Path(data_dir)))
     texts = texts_for(n)
-    rng = np.random.default_rng(0)
     fingerprints = {}
     for dim, model in models.items():
         fp = app.service.fingerprint(EncoderSpec(model=model, dtype="float16"))
-        vectors = rng.standard_normal((n, dim)).astype(np.float16)
+        vectors = vectors_for(n, dim)
         for start_i in range(0, n, 10000):  # a few transactions, not one huge one
             app.service.cache.put_many(
                 (cache_key(fp, t), encode_vector(v))
@@ -105,22 +109,27 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
     app.stop()
 
 
-def stream_embedder(port: int, model: str, texts: list[str], per_request: int) -> float:
+def stream_embedder(port: int, model: str, texts: list[str], per_request: int,
+                    expected: np.ndarray) -> float:
+    """Seconds to stream `texts` through the SDK (`EmbedderClient.stream`), which hands over each
+    chunk as a numpy array; its shape and one sampled row are checked against `expected`."""
+    from clients.sdk import EmbedderClient, EncoderSpec
     from tunewire.server import channel_options
-    from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
-    spec = embedder_pb2.EncoderSpec(model=model, dtype=tensor_pb2.DTYPE_FLOAT16)
-    requests = [embedder_pb2.EmbedRequest(encoder=spec, texts=texts[i:i + per_request])
-                for i in range(0, len(texts), per_request)]
+    spec = EncoderSpec(model=model, dtype="float16")
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
-        stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+        client = EmbedderClient("", channel=channel)
         start = time.perf_counter()
-        received = hits = 0
-        for reply in stub.StreamEmbed(iter(requests), timeout=600):
-            received += len(reply.embeddings.data)
-            hits += reply.cache_hits
+        hits = done = 0
+        for chunk in client.stream(texts, spec, batch_size=per_request, timeout=600):
+            rows = len(chunk.vectors)
+            assert chunk.vectors.shape == (rows, expected.shape[1])
+            sample = (done * 7919) % rows
+            assert np.array_equal(chunk.vectors[sample], expected[done + sample])
+            hits += chunk.cache_hits
+            done += rows
         elapsed = time.perf_counter() - start
-    assert hits == len(texts), f"expected all {len(texts)} texts from the cache, got {hits}"
+    assert hits == done == len(texts), f"expected all {len(texts)} texts from the cache, got {hits}"
     return elapsed
 
 
@@ -184,16 +193,18 @@ def main(argv: list[str] | None = None) -> None:
             embed_port, raw_port, fingerprints = parent.recv()
             for dim in args.dims:
                 per_request = max(args.chunk_bytes // (dim * 2), 1)
+                expected = vectors_for(args.n_texts, dim)
                 # Warm up: the first call opens the encoder (config, tokenizer) and connects.
-                stream_embedder(embed_port, models[dim], texts[-per_request:], per_request)
+                stream_embedder(embed_port, models[dim], texts[-per_request:], per_request,
+                                expected[-per_request:])
                 stream_raw(raw_port, 1)
                 payload = args.n_texts * dim * 2
                 chunks = -(-args.n_texts // per_request)
                 # The first read after the vectors were computed answers text by text (and
                 # stores each request's answer whole); later reads are replays.
-                first = stream_embedder(embed_port, models[dim], texts, per_request)
+                first = stream_embedder(embed_port, models[dim], texts, per_request, expected)
                 ours = statistics.median(stream_embedder(embed_port, models[dim], texts,
-                                                         per_request)
+                                                         per_request, expected)
                                          for _ in range(args.repeats))
                 raw_runs = [stream_raw(raw_port, chunks) for _ in range(args.repeats)]
                 raw = statistics.median(r[0] for r in raw_runs)

@@ -177,9 +177,18 @@ def test_whole_answers_round_trip(cache):
     matrix = np.arange(12, dtype=np.float16).reshape(3, 4)
     key = fp_mod.batch_key("f" * 64, ["a", "b", "a"])
     cache.put_many([(key, encode_batch(matrix, distinct=2))])
-    got, distinct = cache.get_batch(key, np.float16, 4, 3)
-    np.testing.assert_array_equal(got, matrix)
-    assert distinct == 2
-    assert cache.get_batch(key, np.float32, 4, 3) is None  # other dtype/shape: not this entry
-    assert cache.get_batch(key, np.float16, 4, 2) is None
+    seen = []
+
+    def use(vectors, distinct):  # inside the read transaction: a view of the memory map
+        assert not vectors.flags.writeable and not vectors.flags.owndata
+        seen.append(vectors.copy())
+        return distinct
+
+    assert cache.read_batch(key, np.float16, 4, 3, use) == 2
+    np.testing.assert_array_equal(seen[0], matrix)
+    assert seen[0].tobytes() == matrix.tobytes()  # bit for bit
+    assert cache.read_batch(key, np.float32, 4, 3, use) is None  # other dtype/shape: not it
+    assert cache.read_batch(key, np.float16, 4, 2, use) is None
+    assert cache.read_batch(b"\0" * 32, np.float16, 4, 3, use) is None
+    assert len(seen) == 1
     assert fp_mod.batch_key("f" * 64, ["a\0b"]) != fp_mod.batch_key("f" * 64, ["a", "b"])
