@@ -74,7 +74,7 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     from services.embedder.app import Settings, start
     from services.embedder.cache import encode_vector
-    from services.embedder.fingerprint import cache_key
+    from services.embedder.fingerprint import cache_keys
     from services.embedder.service import EncoderSpec
     from tunewire.server import MAX_MESSAGE_BYTES
 
@@ -86,8 +86,8 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
         vectors = vectors_for(n, dim)
         for start_i in range(0, n, 10000):  # a few transactions, not one huge one
             app.service.cache.put_many(
-                (cache_key(fp, t), encode_vector(v))
-                for t, v in zip(texts[start_i:start_i + 10000], vectors[start_i:start_i + 10000]))
+                zip(cache_keys(fp, texts[start_i:start_i + 10000]),
+                    map(encode_vector, vectors[start_i:start_i + 10000])))
         fingerprints[dim] = fp
 
     chunk = os.urandom(chunk_bytes)
@@ -146,9 +146,9 @@ def stream_raw(port: int, chunks: int) -> tuple[float, int]:
 
 def read_direct(data_dir: str, fp: str, texts: list[str], dim: int, per_call: int) -> float:
     from services.embedder.cache import open_readonly
-    from services.embedder.fingerprint import cache_key
+    from services.embedder.fingerprint import cache_keys
 
-    keys = [cache_key(fp, t) for t in texts]
+    keys = cache_keys(fp, texts)
     reader = open_readonly(Path(data_dir))
     try:
         start = time.perf_counter()

@@ -119,8 +119,9 @@ def _read_matrix(txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim:
 def encode_batch(matrix: np.ndarray, distinct: int) -> bytes:
     """Header + raw bytes of a request's [rows, dim] answer that held `distinct` texts."""
     dtype = np.dtype(matrix.dtype).newbyteorder("<")
-    return (_BATCH_HEADER.pack(_BATCH_VERSION, _CODES[dtype], matrix.shape[1], matrix.shape[0],
-                               distinct) + np.ascontiguousarray(matrix, dtype=dtype).tobytes())
+    data = np.ascontiguousarray(matrix, dtype=dtype).reshape(-1)
+    return b"".join([_BATCH_HEADER.pack(_BATCH_VERSION, _CODES[dtype], matrix.shape[1],
+                                        matrix.shape[0], distinct), memoryview(data).cast("B")])
 
 
 @dataclass

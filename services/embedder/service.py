@@ -23,7 +23,7 @@ from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QU
                                         BatchQueue, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.encoder import Encoder
-from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_key,
+from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_keys,
                                            fingerprint, tokenizer_identity, weights_identity)
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
@@ -338,7 +338,7 @@ class EmbedderService:
             if rendered is not None:
                 return Answered(rendered)
         distinct = list(dict.fromkeys(texts))
-        keys = [cache_key(fp, text) for text in distinct]
+        keys = cache_keys(fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
         return EmbedJob(self, entry, settings, fp, texts, distinct, keys, matrix,
