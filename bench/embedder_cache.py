@@ -5,13 +5,17 @@ A server process holds two gRPC servers on loopback, built with the same message
 embedder (its cache pre-filled with every text's vector, so each request is all hits) and a raw
 one that answers each request of a bidirectional stream with a prebuilt `bytes` chunk. The client
 process streams the data set through StreamEmbed, `--chunk-bytes` of vectors a request (the
-embedder's own chunk size), then the same number of chunks of the same size from the raw server:
+embedder's own chunk size), and in turn the same number of chunks of that size from the raw server:
 the ratio is what the embedder's own work (cache keys, LMDB reads, protobuf) costs against gRPC
 itself. The first stream of the cached set answers text by text (one key, one lookup each) and
 stores each request's answer whole; the figures after it are replays (one lookup a request).
 Then the client, as a trainer on the same host would, reads the same vectors straight
 from the memory-mapped cache (`open_readonly`, keys precomputed, `--read-keys` a call).
-Each figure is the median of `--repeats` runs.
+Our client is the SDK's `EmbedderClient.stream`, which hands each chunk over as a numpy array
+(its shape and a sampled row are checked); the raw client gets `bytes`. Each figure is the
+median of `--repeats` runs; each replay follows a raw run and "vs raw gRPC" is the median of
+those pairs' ratios (the first read's is against the raw run just before it), which a load that
+comes and goes on a shared machine disturbs less than a ratio of medians.
 
     .venv/bin/python bench/embedder_cache.py --n-texts 50000
 """
@@ -60,6 +64,11 @@ def texts_for(n: int) -> list[str]:
     return [f"training example number {i}: a sentence of about sixty bytes" for i in range(n)]
 
 
+def vectors_for(n: int, dim: int) -> np.ndarray:
+    """The cached vectors: the server stores them, the client checks what it receives."""
+    return np.random.default_rng(dim).standard_normal((n, dim)).astype(np.float16)
+
+
 def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn) -> None:
     """Child process: fill the cache, start both servers, report ports, wait for the parent."""
     from concurrent import futures
@@ -69,21 +78,20 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     from services.embedder.app import Settings, start
     from services.embedder.cache import encode_vector
-    from services.embedder.fingerprint import cache_key
+    from services.embedder.fingerprint import cache_keys
     from services.embedder.service import EncoderSpec
     from tunewire.server import MAX_MESSAGE_BYTES
 
     app = start(Settings(port=0, data_dir=Path(data_dir)))
     texts = texts_for(n)
-    rng = np.random.default_rng(0)
     fingerprints = {}
     for dim, model in models.items():
         fp = app.service.fingerprint(EncoderSpec(model=model, dtype="float16"))
-        vectors = rng.standard_normal((n, dim)).astype(np.float16)
+        vectors = vectors_for(n, dim)
         for start_i in range(0, n, 10000):  # a few transactions, not one huge one
             app.service.cache.put_many(
-                (cache_key(fp, t), encode_vector(v))
-                for t, v in zip(texts[start_i:start_i + 10000], vectors[start_i:start_i + 10000]))
+                zip(cache_keys(fp, texts[start_i:start_i + 10000]),
+                    map(encode_vector, vectors[start_i:start_i + 10000])))
         fingerprints[dim] = fp
 
     chunk = os.urandom(chunk_bytes)
@@ -105,22 +113,27 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
     app.stop()
 
 
-def stream_embedder(port: int, model: str, texts: list[str], per_request: int) -> float:
+def stream_embedder(port: int, model: str, texts: list[str], per_request: int,
+                    expected: np.ndarray) -> float:
+    """Seconds to stream `texts` through the SDK (`EmbedderClient.stream`), which hands over each
+    chunk as a numpy array; its shape and one sampled row are checked against `expected`."""
+    from clients.sdk import EmbedderClient, EncoderSpec
     from tunewire.server import channel_options
-    from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
-    spec = embedder_pb2.EncoderSpec(model=model, dtype=tensor_pb2.DTYPE_FLOAT16)
-    requests = [embedder_pb2.EmbedRequest(encoder=spec, texts=texts[i:i + per_request])
-                for i in range(0, len(texts), per_request)]
+    spec = EncoderSpec(model=model, dtype="float16")
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
-        stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+        client = EmbedderClient("", channel=channel)
         start = time.perf_counter()
-        received = hits = 0
-        for reply in stub.StreamEmbed(iter(requests), timeout=600):
-            received += len(reply.embeddings.data)
-            hits += reply.cache_hits
+        hits = done = 0
+        for chunk in client.stream(texts, spec, batch_size=per_request, timeout=600):
+            rows = len(chunk.vectors)
+            assert chunk.vectors.shape == (rows, expected.shape[1])
+            sample = (done * 7919) % rows
+            assert np.array_equal(chunk.vectors[sample], expected[done + sample])
+            hits += chunk.cache_hits
+            done += rows
         elapsed = time.perf_counter() - start
-    assert hits == len(texts), f"expected all {len(texts)} texts from the cache, got {hits}"
+    assert hits == done == len(texts), f"expected all {len(texts)} texts from the cache, got {hits}"
     return elapsed
 
 
@@ -137,9 +150,9 @@ def stream_raw(port: int, chunks: int) -> tuple[float, int]:
 
 def read_direct(data_dir: str, fp: str, texts: list[str], dim: int, per_call: int) -> float:
     from services.embedder.cache import open_readonly
-    from services.embedder.fingerprint import cache_key
+    from services.embedder.fingerprint import cache_keys
 
-    keys = [cache_key(fp, t) for t in texts]
+    keys = cache_keys(fp, texts)
     reader = open_readonly(Path(data_dir))
     try:
         start = time.perf_counter()
@@ -184,24 +197,27 @@ def main(argv: list[str] | None = None) -> None:
             embed_port, raw_port, fingerprints = parent.recv()
             for dim in args.dims:
                 per_request = max(args.chunk_bytes // (dim * 2), 1)
+                expected = vectors_for(args.n_texts, dim)
                 # Warm up: the first call opens the encoder (config, tokenizer) and connects.
-                stream_embedder(embed_port, models[dim], texts[-per_request:], per_request)
+                stream_embedder(embed_port, models[dim], texts[-per_request:], per_request,
+                                expected[-per_request:])
                 stream_raw(raw_port, 1)
                 payload = args.n_texts * dim * 2
                 chunks = -(-args.n_texts // per_request)
                 # The first read after the vectors were computed answers text by text (and
                 # stores each request's answer whole); later reads are replays.
-                first = stream_embedder(embed_port, models[dim], texts, per_request)
-                ours = statistics.median(stream_embedder(embed_port, models[dim], texts,
-                                                         per_request)
-                                         for _ in range(args.repeats))
-                raw_runs = [stream_raw(raw_port, chunks) for _ in range(args.repeats)]
-                raw = statistics.median(r[0] for r in raw_runs)
-                raw_bytes = raw_runs[0][1]
+                # Each of our runs follows a raw run: ratios are taken pair by pair, so that
+                # a load that comes and goes on a shared machine moves both sides of one.
+                raw_first, raw_bytes = stream_raw(raw_port, chunks)
+                first = stream_embedder(embed_port, models[dim], texts, per_request, expected)
+                pairs = [(stream_raw(raw_port, chunks)[0],
+                          stream_embedder(embed_port, models[dim], texts, per_request, expected))
+                         for _ in range(args.repeats)]
                 direct = statistics.median(read_direct(data_dir, fingerprints[dim], texts, dim,
                                                        args.read_keys)
                                            for _ in range(args.repeats))
-                rows.append((dim, per_request, payload, first, ours, raw_bytes, raw, direct))
+                rows.append((dim, per_request, payload, raw_bytes, raw_first, first, pairs,
+                             direct))
         finally:
             parent.send("done")
             server.join(60)
@@ -217,18 +233,23 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print("| dim | path | vectors/s | MB/s | vs raw gRPC |")
     print("|---:|---|---:|---:|---:|")
-    for dim, per_request, payload, first, ours, raw_bytes, raw, direct in rows:
+    for dim, per_request, payload, raw_bytes, raw_first, first, pairs, direct in rows:
+        raw = statistics.median(raw_s for raw_s, _ in pairs)
+        ours = statistics.median(ours_s for _, ours_s in pairs)
         raw_mbs = raw_bytes / raw / 1e6
         print(f"| {dim} | raw gRPC stream, bytes chunks of {args.chunk_bytes} | - | "
               f"{raw_mbs:,.0f} | 1.00 |")
-        for name, seconds in [
+        for name, seconds, ratio in [
                 (f"embedder StreamEmbed, first read of the cached set, text by text "
-                 f"({per_request} texts a request)", first),
-                ("embedder StreamEmbed, the cached set again (whole answers)", ours),
-                (f"same-host read-only LMDB ({args.read_keys} keys a read)", direct)]:
-            mbs = payload / seconds / 1e6
-            print(f"| {dim} | {name} | {args.n_texts / seconds:,.0f} | {mbs:,.0f} | "
-                  f"{mbs / raw_mbs:.2f} |")
+                 f"({per_request} texts a request)", first,
+                 payload / first / (raw_bytes / raw_first)),
+                ("embedder StreamEmbed, the cached set again (whole answers)", ours,
+                 statistics.median(payload / ours_s / (raw_bytes / raw_s)
+                                   for raw_s, ours_s in pairs)),
+                (f"same-host read-only LMDB ({args.read_keys} keys a read)", direct,
+                 payload / direct / (raw_bytes / raw))]:
+            print(f"| {dim} | {name} | {args.n_texts / seconds:,.0f} | "
+                  f"{payload / seconds / 1e6:,.0f} | {ratio:.2f} |")
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 import grpc
 import numpy as np
 
+from clients.embed_wire import split_response
 from tunewire import tensors
 from tunewire.errors import TunewireError, from_rpc_error
 from tunewire.server import STREAM_CHUNK_BYTES, channel_options
@@ -111,11 +112,28 @@ class EmbedResult:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class EmbedChunk:
+    """One StreamEmbed response: the vectors of a request's texts offset..offset+len-1."""
+
+    vectors: np.ndarray  # read-only, a view of the received message: no copy was made
+    offset: int
+    last: bool  # the request's last chunk
+    cache_hits: int  # on a request's first chunk only, so that sums count each text once
+    cache_misses: int
+    fingerprint: str
+
+
 class EmbedderClient:
     def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
         self.address = address
         self.channel = channel or connect(address)
         self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.channel)
+        # StreamEmbed with the vectors left in the received buffers (clients.embed_wire).
+        self._stream_embed = self.channel.stream_stream(
+            "/tunewire.v1.EmbedderService/StreamEmbed",
+            request_serializer=embedder_pb2.EmbedRequest.SerializeToString,
+            response_deserializer=split_response, _registered_method=True)
 
     @rpc_errors
     def embed(self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
@@ -125,17 +143,14 @@ class EmbedderClient:
         return EmbedResult(tensors.from_proto(resp.embeddings), resp.cache_hits,
                            resp.cache_misses, resp.fingerprint)
 
-    @rpc_errors
-    def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
-                   progress: Callable[[int, int], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None) -> EmbedResult:
-        """Embed any number of texts over one StreamEmbed call, `batch_size` texts a message."""
+    @_rpc_iter
+    def stream(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
+               cancelled: Callable[[], bool] | None = None,
+               timeout: float | None = None) -> Iterator[EmbedChunk]:
+        """The vectors of `texts` in order, chunk by chunk as they arrive, over one StreamEmbed
+        call of `batch_size` texts a message; nothing is sent once `cancelled()` is true.
+        Each chunk's vectors are a view of the message gRPC received (see clients.embed_wire)."""
         proto_spec = spec.to_proto()
-        parts: list[np.ndarray] = []
-        hits = misses = 0
-        fingerprint = ""
-        if not texts:
-            raise TunewireError("no texts to embed", field="texts")
 
         def requests() -> Iterator[embedder_pb2.EmbedRequest]:
             for start in range(0, len(texts), batch_size):
@@ -144,15 +159,29 @@ class EmbedderClient:
                 yield embedder_pb2.EmbedRequest(encoder=proto_spec,
                                                 texts=texts[start:start + batch_size])
 
-        call = self.stub.StreamEmbed(requests())
-        for resp in call:
-            parts.append(tensors.from_proto(resp.embeddings))
-            hits += resp.cache_hits
-            misses += resp.cache_misses
-            fingerprint = resp.fingerprint
+        for resp, data in self._stream_embed(requests(), timeout=timeout):
+            yield EmbedChunk(tensors.from_data(resp.embeddings, data), resp.offset, resp.last,
+                             resp.cache_hits, resp.cache_misses, resp.fingerprint)
+
+    @rpc_errors
+    def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
+                   progress: Callable[[int, int], None] | None = None,
+                   cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+        """Embed any number of texts over one StreamEmbed call, `batch_size` texts a message."""
+        parts: list[np.ndarray] = []
+        hits = misses = done = 0
+        fingerprint = ""
+        if not texts:
+            raise TunewireError("no texts to embed", field="texts")
+        for chunk in self.stream(texts, spec, batch_size, cancelled):
+            parts.append(chunk.vectors)
+            hits += chunk.cache_hits
+            misses += chunk.cache_misses
+            fingerprint = chunk.fingerprint
+            done += len(chunk.vectors)
             if progress is not None:
-                progress(sum(len(p) for p in parts), len(texts))
-        if sum(len(p) for p in parts) != len(texts):
+                progress(done, len(texts))
+        if done != len(texts):
             raise TunewireError("embedding stream ended early (cancelled)", reason="CANCELLED")
         return EmbedResult(np.concatenate(parts), hits, misses, fingerprint)
 
@@ -326,5 +355,5 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-__all__ = ["EmbedderClient", "EmbedResult", "EncoderSpec", "TrainerClient", "connect",
+__all__ = ["EmbedderClient", "EmbedChunk", "EmbedResult", "EncoderSpec", "TrainerClient", "connect",
            "metrics_dict", "predictions_frame", "TERMINAL_STATES"]

@@ -38,11 +38,17 @@ def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
 
 
 def from_proto(tensor: tensor_pb2.Tensor) -> np.ndarray:
+    return from_data(tensor, tensor.data)
+
+
+def from_data(tensor: tensor_pb2.Tensor, data: bytes | memoryview) -> np.ndarray:
+    """The array of `tensor`'s dtype and shape over `data` (no copy), which a caller may hold
+    apart from the message (clients.embed_wire leaves it in the received buffer)."""
     dtype = numpy_dtype(tensor.dtype)
     shape = tuple(int(s) for s in tensor.shape)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(tensor.data) != expected:
+    if len(data) != expected:
         raise InvalidArgument(
-            f"tensor data has {len(tensor.data)} bytes, shape {list(shape)} of {dtype} needs "
+            f"tensor data has {len(data)} bytes, shape {list(shape)} of {dtype} needs "
             f"{expected}", field="data")
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

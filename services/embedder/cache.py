@@ -20,6 +20,8 @@ Replays at speed: a request answered wholly from the cache also stores its answe
 requests costs one read per request instead of one per text - per-text Python work (hashing,
 lookups) is what limits a warm stream of small vectors. Content-addressed like every entry, so
 never stale; it costs the space of those vectors once more, for data sets read twice only.
+`read_batch` hands the stored answer to its caller as a view of the memory map, so the server
+copies it once, into the response.
 
 Hits at speed: `get_matrix` copies each found vector once, from the memory map straight into
 its row of one matrix; a warm data set streams from it, and a same-host trainer reads through
@@ -33,7 +35,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import lmdb
 import numpy as np
@@ -52,6 +54,7 @@ _BATCH_HEADER = struct.Struct("<BBIII")
 _BATCH_VERSION = 2
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
 _CODES = {v: k for k, v in _DTYPES.items()}
+T = TypeVar("T")
 
 
 def cache_path(data_dir: Path) -> Path:
@@ -116,8 +119,9 @@ def _read_matrix(txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim:
 def encode_batch(matrix: np.ndarray, distinct: int) -> bytes:
     """Header + raw bytes of a request's [rows, dim] answer that held `distinct` texts."""
     dtype = np.dtype(matrix.dtype).newbyteorder("<")
-    return (_BATCH_HEADER.pack(_BATCH_VERSION, _CODES[dtype], matrix.shape[1], matrix.shape[0],
-                               distinct) + np.ascontiguousarray(matrix, dtype=dtype).tobytes())
+    data = np.ascontiguousarray(matrix, dtype=dtype).reshape(-1)
+    return b"".join([_BATCH_HEADER.pack(_BATCH_VERSION, _CODES[dtype], matrix.shape[1],
+                                        matrix.shape[0], distinct), memoryview(data).cast("B")])
 
 
 @dataclass
@@ -208,21 +212,27 @@ class EmbeddingCache:
             self._misses += len(missing)
         return matrix, missing
 
-    def get_batch(self, key: bytes, dtype: np.dtype, dim: int, rows: int
-                  ) -> tuple[np.ndarray, int] | None:
-        """A stored whole answer ([rows, dim] of dtype, and its distinct-text count), or None."""
+    def read_batch(self, key: bytes, dtype: np.dtype, dim: int, rows: int,
+                   use: Callable[[np.ndarray, int], T]) -> T | None:
+        """`use(vectors, distinct)` on a stored whole answer ([rows, dim] of dtype, and its
+        distinct-text count), or None if there is none. `use` runs inside the read transaction
+        and `vectors` is a read-only view of the memory map, valid only during the call: the
+        caller copies the vectors once, straight into what it sends, instead of out of the map
+        first and into a response after."""
         dtype = np.dtype(dtype).newbyteorder("<")
-        with self._resize.shared(), self._env.begin(buffers=False) as txn:
+        with self._resize.shared(), self._env.begin(buffers=True) as txn:
             value = txn.get(key)
-        if value is None or len(value) != _BATCH_HEADER.size + rows * dim * dtype.itemsize:
-            return None
-        version, code, got_dim, got_rows, distinct = _BATCH_HEADER.unpack_from(value)
-        if (version, _DTYPES.get(code), got_dim, got_rows) != (_BATCH_VERSION, dtype, dim, rows):
-            return None
-        matrix = np.frombuffer(value, dtype=dtype, offset=_BATCH_HEADER.size).reshape(rows, dim)
+            if value is None or len(value) != _BATCH_HEADER.size + rows * dim * dtype.itemsize:
+                return None
+            version, code, got_dim, got_rows, distinct = _BATCH_HEADER.unpack_from(value)
+            if (version, _DTYPES.get(code), got_dim, got_rows) != (_BATCH_VERSION, dtype, dim,
+                                                                    rows):
+                return None
+            matrix = np.frombuffer(value, dtype=dtype, offset=_BATCH_HEADER.size)
+            out = use(matrix.reshape(rows, dim), distinct)
         with self._counter_lock:
             self._hits += distinct
-        return matrix, distinct
+        return out
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Write every (key, value) in one transaction: all of them land, or none do."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import structlog
@@ -23,7 +23,7 @@ from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QU
                                         BatchQueue, PendingRequest, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.encoder import Encoder, compile_by_default, default_device
-from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_key,
+from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_keys,
                                            fingerprint, tokenizer_identity, weights_identity)
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
@@ -174,13 +174,17 @@ class EncoderRegistry:
             return list(self._entries.values())
 
 
+def _copied(result: EmbedResult) -> EmbedResult:
+    return result._replace(vectors=result.vectors.copy())
+
+
 class Answered(NamedTuple):
-    """A request answered by `begin` already (its whole answer was in the cache)."""
+    """A request answered by `begin` already (its whole answer was in the cache), rendered."""
 
-    result: EmbedResult
+    rendered: Any
 
-    def finish(self, cancelled: Callable[[], bool] | None = None) -> EmbedResult:
-        return self.result
+    def finish(self, cancelled: Callable[[], bool] | None = None) -> Any:
+        return self.rendered
 
 
 @dataclass
@@ -199,8 +203,9 @@ class EmbedJob:
     owned: list[int]  # rows of `distinct` this job computes
     waiting: list[tuple[int, Flight]]  # rows another request is computing
     whole: bytes | None = None  # all hits: store the answer whole under this key
+    render: Callable[[EmbedResult], Any] | None = None  # what `finish` returns; None: the result
 
-    def finish(self, cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+    def finish(self, cancelled: Callable[[], bool] | None = None) -> Any:
         matrix = self.matrix
         computed = self._compute(self.owned, cancelled, claimed=True)
         retry: list[int] = []
@@ -227,7 +232,8 @@ class EmbedJob:
         log.debug("embedded", texts=len(self.texts), distinct=len(self.distinct), hits=hits,
                   misses=computed, shared=len(self.waiting) - len(retry),
                   fingerprint=self.fingerprint[:12])
-        return EmbedResult(vectors, hits, computed, self.fingerprint)
+        result = EmbedResult(vectors, hits, computed, self.fingerprint)
+        return result if self.render is None else self.render(result)
 
     def _compute(self, rows: list[int], cancelled: Callable[[], bool] | None,
                  claimed: bool) -> int:
@@ -309,11 +315,17 @@ class EmbedderService:
         not yet computed are then dropped and Cancelled is raised)."""
         return self.begin(spec, texts).finish(cancelled)
 
-    def begin(self, spec: EncoderSpec, texts: list[str]) -> EmbedJob | Answered:
+    def begin(self, spec: EncoderSpec, texts: list[str],
+              render: Callable[[EmbedResult], Any] | None = None) -> EmbedJob | Answered:
         """Validate, look every distinct text up in the cache and claim the misses that no other
         request is computing. Cheap (no model work); a stream calls it in request order, so a
         later request waits for an earlier one's texts instead of computing them again. The
-        caller must call `finish` on the job (which releases its claims)."""
+        caller must call `finish` on the job (which releases its claims).
+
+        `finish` returns `render(result)` (default: the EmbedResult). A whole answer found in
+        the cache is rendered here, inside the cache's read transaction, from a view of its
+        memory map that is valid only during the call: `render` copies the vectors once,
+        into whatever the caller sends, and must not block."""
         entry = self.registry.get(spec.model, spec.revision)
         encoder = entry.encoder
         settings = self._settings(encoder, spec)
@@ -326,16 +338,20 @@ class EmbedderService:
                 f"{self.max_output_bytes} byte response limit: send fewer texts per request",
                 field="texts")
         whole = batch_key(fp, texts) if len(texts) >= BATCH_ENTRY_MIN_TEXTS else None
-        stored = self.cache.get_batch(whole, dtype, dim, len(texts)) if whole else None
-        if stored is not None:
-            return Answered(EmbedResult(stored[0], stored[1], 0, fp))
+        if whole is not None:
+            rendered = self.cache.read_batch(
+                whole, dtype, dim, len(texts),
+                lambda vectors, distinct: (render or _copied)(EmbedResult(vectors, distinct, 0,
+                                                                          fp)))
+            if rendered is not None:
+                return Answered(rendered)
         distinct = list(dict.fromkeys(texts))
-        keys = [cache_key(fp, text) for text in distinct]
+        keys = cache_keys(fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
         return EmbedJob(self, entry, settings, fp, texts, distinct, keys, matrix,
                         [missing[i] for i in owned], [(missing[i], f) for i, f in waiting],
-                        whole if not missing else None)
+                        whole if not missing else None, render)
 
     def _compute(self, entry: _Loaded, texts: list[str], settings: EmbeddingSettings,
                  cancelled: Callable[[], bool] | None = None) -> np.ndarray:

@@ -11,10 +11,13 @@ reads slowly, the window then stops the reader, and the client's sends block in 
 that goes away (cancel, deadline, dropped connection) makes `context.is_active()` false; its
 texts still queued for the model are dropped uncomputed.
 
-StreamEmbed's responses are serialised here, by `encode_response`, into the bytes gRPC sends:
-the vectors are copied once, straight into the message, instead of into a Tensor, a response and
-a serialised copy of each (a warm stream is bound by those copies). The service is registered
-with `add_to_server`, whose serializer passes such bytes through.
+Responses are serialised here, by `encode_response`, into the bytes gRPC sends: the vectors are
+copied once, straight into the message, instead of into a Tensor, a response and a serialised
+copy of each (a warm stream is bound by those copies). A whole answer from the cache is encoded
+inside its read transaction (the service's `render`), so that one copy is from the memory map.
+The service is registered with `add_to_server`, whose serializer passes such bytes through.
+A request answered from the cache at `begin` goes straight to the answer queue, without a hop
+through the pool's threads.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import structlog
@@ -34,7 +37,7 @@ from services.embedder.service import (Answered, EmbedderService, EmbedJob, Embe
 from tunewire.errors import InvalidArgument
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
-from tunewire.tensors import DTYPE_NAMES, to_proto
+from tunewire.tensors import DTYPE_NAMES
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
 log = structlog.get_logger(__name__)
@@ -109,6 +112,12 @@ def encode_response(vectors: np.ndarray, **fields) -> bytes:
                      data])
 
 
+def _whole_response(result: EmbedResult) -> bytes:
+    """Embed's answer: one response however large (the request's size is bounded instead)."""
+    return encode_response(result.vectors, cache_hits=result.hits, cache_misses=result.misses,
+                           fingerprint=result.fingerprint, offset=0, last=True)
+
+
 def _serialize(message: bytes | embedder_pb2.EmbedResponse) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
@@ -149,7 +158,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         self.stream_window = stream_window
         self.chunk_bytes = chunk_bytes
 
-    def _begin(self, request: embedder_pb2.EmbedRequest) -> EmbedJob | Answered:
+    def _begin(self, request: embedder_pb2.EmbedRequest,
+               render: Callable[[EmbedResult], object]) -> EmbedJob | Answered:
         spec = spec_from_proto(request.encoder)
         if len(request.texts) > self.max_texts:
             raise InvalidArgument(f"{len(request.texts)} texts in one request; the limit is "
@@ -161,26 +171,22 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         len(text.encode()) > self.max_text_bytes:
                     raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
                                           f"{self.max_text_bytes}", field=f"texts[{i}]")
-        return self.service.begin(spec, texts)
+        return self.service.begin(spec, texts, render)
 
-    def _chunks(self, result: EmbedResult) -> Iterator[bytes]:
+    def _chunks(self, result: EmbedResult) -> list[bytes]:
         """The result as serialised responses of at most `chunk_bytes` of vectors (>= 1 row)."""
         vectors = result.vectors
         row_bytes = max(vectors.shape[1] * vectors.itemsize, 1)
         rows = max(self.chunk_bytes // row_bytes, 1)
-        for start in range(0, max(len(vectors), 1), rows):
-            first = start == 0
-            yield encode_response(vectors[start:start + rows],
-                                  cache_hits=result.hits if first else 0,
-                                  cache_misses=result.misses if first else 0,
-                                  fingerprint=result.fingerprint, offset=start,
-                                  last=start + rows >= len(vectors))
+        return [encode_response(vectors[start:start + rows],
+                                cache_hits=result.hits if start == 0 else 0,
+                                cache_misses=result.misses if start == 0 else 0,
+                                fingerprint=result.fingerprint, offset=start,
+                                last=start + rows >= len(vectors))
+                for start in range(0, max(len(vectors), 1), rows)]
 
-    def Embed(self, request, context: grpc.ServicerContext) -> embedder_pb2.EmbedResponse:
-        result = self._begin(request).finish(lambda: not context.is_active())
-        return embedder_pb2.EmbedResponse(embeddings=to_proto(result.vectors),
-                                          cache_hits=result.hits, cache_misses=result.misses,
-                                          fingerprint=result.fingerprint, offset=0, last=True)
+    def Embed(self, request, context: grpc.ServicerContext) -> bytes:
+        return self._begin(request, _whole_response).finish(lambda: not context.is_active())
 
     def StreamEmbed(self, request_iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
         def cancelled() -> bool:
@@ -198,14 +204,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         if closing.is_set() or cancelled():
                             return
                     # Cache lookup and claims in request order; the model work in the pool.
+                    answer: Future = Future()
                     try:
-                        job = self._begin(request)
+                        job = self._begin(request, self._chunks)
                     except Exception as exc:  # noqa: BLE001 - answered in order, below
-                        failed: Future = Future()
-                        failed.set_exception(exc)
-                        pending.put(failed)
-                        continue
-                    pending.put(pool.submit(job.finish, cancelled))
+                        answer.set_exception(exc)
+                    else:
+                        if isinstance(job, Answered):
+                            answer.set_result(job.rendered)
+                        else:
+                            answer = pool.submit(job.finish, cancelled)
+                    pending.put(answer)
             except Exception as exc:  # noqa: BLE001 - the call ended under the reader
                 log.info("stream input ended", error=type(exc).__name__)
             finally:
@@ -216,10 +225,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         try:
             while (future := pending.get()) is not None:
                 try:
-                    result = future.result()
+                    chunks = future.result()
                 finally:
                     window.release()
-                yield from self._chunks(result)
+                yield from chunks
         finally:
             closing.set()
             # Jobs already begun still run: each releases its claims (at once if the client

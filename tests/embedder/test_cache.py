@@ -177,9 +177,43 @@ def test_whole_answers_round_trip(cache):
     matrix = np.arange(12, dtype=np.float16).reshape(3, 4)
     key = fp_mod.batch_key("f" * 64, ["a", "b", "a"])
     cache.put_many([(key, encode_batch(matrix, distinct=2))])
-    got, distinct = cache.get_batch(key, np.float16, 4, 3)
-    np.testing.assert_array_equal(got, matrix)
-    assert distinct == 2
-    assert cache.get_batch(key, np.float32, 4, 3) is None  # other dtype/shape: not this entry
-    assert cache.get_batch(key, np.float16, 4, 2) is None
+    seen = []
+
+    def use(vectors, distinct):  # inside the read transaction: a view of the memory map
+        assert not vectors.flags.writeable and not vectors.flags.owndata
+        seen.append(vectors.copy())
+        return distinct
+
+    assert cache.read_batch(key, np.float16, 4, 3, use) == 2
+    np.testing.assert_array_equal(seen[0], matrix)
+    assert seen[0].tobytes() == matrix.tobytes()  # bit for bit
+    assert cache.read_batch(key, np.float32, 4, 3, use) is None  # other dtype/shape: not it
+    assert cache.read_batch(key, np.float16, 4, 2, use) is None
+    assert cache.read_batch(b"\0" * 32, np.float16, 4, 3, use) is None
+    assert len(seen) == 1
     assert fp_mod.batch_key("f" * 64, ["a\0b"]) != fp_mod.batch_key("f" * 64, ["a", "b"])
+
+
+def test_cache_keys_are_cache_key_of_each_text():
+    texts = ["", "a", "a\0b", "naïve café ☕", "x" * 10000, "a"]
+    assert fp_mod.cache_keys("f" * 64, texts) == [fp_mod.cache_key("f" * 64, t) for t in texts]
+    assert fp_mod.cache_keys("f" * 64, []) == []
+
+
+def test_encoded_batch_is_header_then_the_raw_vectors():
+    from services.embedder.cache import encode_batch
+
+    matrix = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]  # not contiguous
+    value = encode_batch(matrix, distinct=3)
+    assert value[-matrix.nbytes:] == np.ascontiguousarray(matrix).tobytes()
+    assert len(value) == 14 + matrix.nbytes
+
+
+def test_keys_on_disk_never_change():
+    """Entries written by earlier versions must still be found: the key functions are pinned."""
+    assert fp_mod.cache_key("f" * 64, "a").hex() == (
+        "6a41aa22e15c45d40fb2822ee5effebfda61cf092b55a418aeec8e0cd89fd15b")
+    assert fp_mod.batch_key("f" * 64, ["a", "b"]).hex() == (
+        "24fc48764a1fc48204111c3790e26892560bcf7f82e130a0214822f34efbac0a")
+    assert fp_mod.batch_key("f" * 64, ["a\0b"]).hex() == (  # the JSON form
+        "237acb6fb52bfcfd43239a5f16b483c4518fc45b9329dd2bec3811c3b8d5b190")

@@ -120,6 +120,40 @@ def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path)
         service.close()
 
 
+def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry, minilm_path):
+    """Computed, then text by text from the cache, then whole answers encoded inside the read
+    transaction: the same chunks, and the SDK's views hold what protobuf parses."""
+    from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
+
+    service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
+    servicer = EmbedderServicer(service, chunk_bytes=384 * 2 * 30)  # 30 float16 vectors
+    running = create_server([Service(SERVICE_NAME, servicer, add_to_server)],
+                            ServerSettings(host="127.0.0.1", port=0))
+    texts = [f"{w} number {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS + 6]
+    address = f"127.0.0.1:{running.port}"
+    sdk = EmbedderClient(address)
+    try:
+        spec = SdkSpec(minilm_path, dtype="float16")
+        runs = [list(sdk.stream(texts, spec, batch_size=len(texts))) for _ in range(3)]
+        with grpc.insecure_channel(address, options=channel_options()) as channel:
+            parsed = list(embedder_pb2_grpc.EmbedderServiceStub(channel).StreamEmbed(iter([
+                embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts)]), timeout=60))
+    finally:
+        sdk.close()
+        running.stop(None).wait()
+        service.close()
+    assert [(c.offset, len(c.vectors), c.last) for c in runs[0]] == [
+        (0, 30, False), (30, 30, False), (60, 10, True)]
+    assert [c.cache_misses for c in runs[0]] == [70, 0, 0]
+    assert [c.cache_hits for c in runs[1]] == [c.cache_hits for c in runs[2]] == [70, 0, 0]
+    assert service.counters().computed_texts == 70
+    for run in runs[1:]:
+        assert [(c.offset, c.last, c.vectors.tobytes()) for c in run] == [
+            (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]]
+    assert [(r.offset, r.last, r.embeddings.data) for r in parsed] == [
+        (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]]
+
+
 def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
     encoder = app.service.registry.get(minilm_path).encoder
     queue = app.service.registry.get(minilm_path).queue
