@@ -3,7 +3,8 @@
 Llama-3.2-1B architecture with random weights, 1024-token samples. Rows:
   baseline full / LoRA: fp32 weights, bf16 autocast, unfused AdamW, HF's loss, no packing
   ours full / LoRA:     GenerativeRecipe.setup() + its _train_step (bf16 weights, varlen packing,
-                        fused linear cross-entropy, fused AdamW), optionally per-layer torch.compile
+                        fused linear cross-entropy, fused AdamW, fused LoRA linears), optionally
+                        per-layer torch.compile; "(PEFT's unfused LoRA)" keeps PEFT's LoRA forward
   packing vs padding:   ours (full) on mixed lengths 32-1024, real (non-pad) tokens/s
 MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, against 788 TFLOP/s.
 
@@ -13,6 +14,7 @@ MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import socket
@@ -20,6 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -30,6 +33,7 @@ from generative_setup import LLAMA_1B, TINY, build_model_dir, llm_config, matmul
 
 PEAK_FLOPS = 788e12
 LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+UNFUSED = "ours LoRA+compile (PEFT's unfused LoRA)"
 
 
 def _init_process_group(device: torch.device) -> None:
@@ -55,6 +59,8 @@ def _peak_gib(device: torch.device) -> float:
 
 
 def _reset(device: torch.device) -> None:
+    # Each row compiles afresh: no row inherits another's graphs or recompile count.
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -62,7 +68,8 @@ def _reset(device: torch.device) -> None:
 
 
 def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, compile, warmup, steps,
-             profile_to: Path | None = None) -> dict:
+             profile_to: Path | None = None, fuse_lora: bool = True) -> dict:
+    from services.trainer.recipes.generative import lora_fused
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
     from services.trainer.recipes.generative.worker import load_job
@@ -72,7 +79,10 @@ def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, comp
                      steps=warmup + steps, compile=compile)
     job_dir = write_job(work / name, cfg, df, name)
     recipe = GenerativeRecipe(load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device)
-    recipe.setup()
+    unfused = mock.patch.object(lora_fused, "fuse_lora", lambda model: 0)
+    with contextlib.nullcontext() if fuse_lora else unfused:
+        recipe.setup()
+    n_fused = sum(isinstance(m, lora_fused.FusedLoraLinear) for m in recipe.lm.modules())
     micro = recipe.plan.epoch(0)
     if len(micro) < warmup + steps:
         raise RuntimeError(f"{name}: only {len(micro)} micro-batches")
@@ -90,7 +100,7 @@ def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, comp
         losses.append(loss)
     elapsed = time.perf_counter() - started
     out = {"tok_s": real / elapsed, "mem": _peak_gib(device), "step_ms": 1000 * elapsed / steps,
-           "loss": losses[-1]}
+           "loss": losses[-1], "fused_lora_layers": n_fused}
     if profile_to is not None and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -182,6 +192,9 @@ def main() -> None:
                                       packing=True, compile=False, profile_to=args.out / "profile_lora.txt", **common),
         "ours LoRA+compile": lambda: run_ours("olc", model_dir, args.work, device, uniform, adapter=LORA,
                                               batch=batch, packing=True, compile=True, **common),
+        UNFUSED: lambda: run_ours(
+            "olu", model_dir, args.work, device, uniform, adapter=LORA, batch=batch, packing=True,
+            compile=True, fuse_lora=False, **common),
         "mixed padded": lambda: run_ours("mp", model_dir, args.work, device, mixed, adapter=None, batch=batch,
                                          packing=False, compile=False, **common),
         "mixed packed": lambda: run_ours("mk", model_dir, args.work, device, mixed, adapter=None, batch=batch,
@@ -224,6 +237,8 @@ def table(results: dict[str, dict], weights: int) -> str:
               f"(target >= 1.6x), memory {ratio(best_full, 'baseline full', 'mem')} (target <= 1x)",
               f"- LoRA ({best_lora}) vs baseline: tokens/s {ratio(best_lora, 'baseline LoRA', 'tok_s')} "
               f"(target >= 2x), memory {ratio(best_lora, 'baseline LoRA', 'mem')} (target <= 0.6x)",
+              f"- fused vs PEFT's LoRA linears (both compiled): tokens/s "
+              f"{ratio('ours LoRA+compile', UNFUSED, 'tok_s')}, memory {ratio('ours LoRA+compile', UNFUSED, 'mem')}",
               f"- mixed lengths, packed vs padded real tokens/s: {ratio('mixed packed', 'mixed padded', 'tok_s')} "
               "(target >= 1.6x)"]
     return "\n".join(lines)

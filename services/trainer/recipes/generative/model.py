@@ -113,10 +113,14 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
     if cfg.adapter is not None:
         from peft import get_peft_model
 
+        from services.trainer.recipes.generative.lora_fused import fuse_lora
+
         # On a bf16 GPU the adapter stays bf16 too (torchtune's choice): fp32 adapter weights would
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
         model = get_peft_model(model, peft_config(cfg.adapter, total_steps),
                                autocast_adapter_dtype=dtype == torch.float32)
+        # Always on: exact, and only where PEFT's forward would run the plain LoRA case.
+        fuse_lora(model)
     if cfg.trainer.compile and device.type == "cuda":
         # Packed batches keep static shapes, so torch's default (static first) fits.
         compile_blocks(core_model(model).get_decoder())
