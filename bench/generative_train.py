@@ -191,7 +191,8 @@ def main() -> None:
         "ours LoRA": lambda: run_ours("ol", model_dir, args.work, device, uniform, adapter=LORA, batch=batch,
                                       packing=True, compile=False, profile_to=args.out / "profile_lora.txt", **common),
         "ours LoRA+compile": lambda: run_ours("olc", model_dir, args.work, device, uniform, adapter=LORA,
-                                              batch=batch, packing=True, compile=True, **common),
+                                              batch=batch, packing=True, compile=True,
+                                              profile_to=args.out / "profile_lora_compile.txt", **common),
         UNFUSED: lambda: run_ours(
             "olu", model_dir, args.work, device, uniform, adapter=LORA, batch=batch, packing=True,
             compile=True, fuse_lora=False, **common),
