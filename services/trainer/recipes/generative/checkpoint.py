@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -28,8 +29,18 @@ _LOAD = StateDictOptions(full_state_dict=True, strict=False)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full trainable weights (a collective: every rank calls; rank 0 gets the tensors)."""
-    return get_model_state_dict(model, options=_FULL)
+    """Full trainable weights (a collective: every rank calls; rank 0 gets the tensors).
+
+    Only parameters that train: a quantized base adds its frozen weights' quantization state
+    (absmax, quant_map...) to the state dict as extra entries that no frozen-parameter filter sees."""
+    inner = getattr(model, "module", model)  # DDP's wrapper; the state-dict keys omit its prefix
+    trainable = {name: p for name, p in inner.named_parameters() if p.requires_grad}
+    if not any(isinstance(p, DTensor) for p in trainable.values()):
+        # Not sharded: copy the parameters themselves; a state_dict() call would also serialise
+        # every frozen module, which 8-bit bitsandbytes layers cannot do once trained on.
+        return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+    state = get_model_state_dict(model, options=_FULL)
+    return {k: v for k, v in state.items() if k in trainable}
 
 
 def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
