@@ -167,7 +167,8 @@ def input_specs(cfg: EcdConfig, metas: dict[str, InputMetadata],
 def save(model: PredictiveModel, directory: Path, *, encoders: dict[str, EncoderRef],
          config: dict, manifest_extra: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / HEAD_FILE)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              directory / HEAD_FILE)
     metadata = {name: head.meta.to_dict() for name, head in model.outputs.items()}
     metadata["inputs"] = {s.name: s.meta.to_dict() for s in model.inputs if s.meta is not None}
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
