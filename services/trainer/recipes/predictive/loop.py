@@ -114,9 +114,9 @@ class HeadTrainer:
                 if step >= total:
                     break
             # The epoch's one wait for the device; its time belongs to the epoch's throughput.
-            values = torch.stack(losses).double().cpu().tolist()
+            batch_losses = torch.stack(losses).double().cpu().tolist()
             seen = sum(sizes)
-            train_loss = sum(v * k for v, k in zip(values, sizes)) / max(seen, 1)
+            train_loss = sum(v * k for v, k in zip(batch_losses, sizes)) / max(seen, 1)
             self.ctx.emit(Progress("training", epoch=epoch, step=step, total_steps=total,
                                    loss=train_loss,
                                    throughput=seen / max(time.monotonic() - started, 1e-9)))
@@ -189,11 +189,10 @@ class HeadTrainer:
             assert not missing, missing
             self.extra.load_state_dict(extra, strict=False)
 
-    def _regularization(self) -> torch.Tensor | float:
+    def _regularization(self) -> torch.Tensor:
+        """λ · (L1 and/or L2 of the weights); called only when both are configured."""
         lam = self.cfg.trainer.regularization_lambda
         kind = self.cfg.trainer.regularization_type
-        if not lam or not kind:
-            return 0.0
         weights = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
         l1 = sum(p.abs().sum() for p in weights) if "l1" in kind else 0.0
         l2 = sum((p**2).sum() for p in weights) if "l2" in kind else 0.0
