@@ -24,12 +24,13 @@ from torch import nn
 from services.embedder.pooling import pool
 from services.trainer.context import JobContext, JobResult, Log
 from services.trainer.recipes.predictive import model as pm
+from services.trainer.recipes.predictive.batches import default_device
 from services.trainer.recipes.predictive.export import export_if_possible
 from services.trainer.recipes.predictive.finish import (calibrate_and_evaluate,
                                                         write_artifact)
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from services.trainer.recipes.predictive.recipe import (begin, build_model,
-                                                        embed_frozen_features, tensors_at)
+                                                        embed_frozen_features)
 from tunewire.config.ecd import EcdConfig, EncoderConfig
 from tunewire.errors import InvalidArgument
 
@@ -37,10 +38,6 @@ log = structlog.get_logger(__name__)
 
 # Texts per encoder forward at evaluation (training uses trainer.batch_size).
 EVAL_BATCH = 64
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 class AdaptedEncoder(nn.Module):
@@ -151,15 +148,16 @@ class AdaptedRecipe:
                           "encoder parameters train"))
         self.model = build_model(self.cfg, self.data, self.encoders)
         self.trainer = HeadTrainer(self.ctx, self.model, self.data, self._inputs,
-                                   extra=self.encoder, eval_batch_size=EVAL_BATCH)
+                                   extra=self.encoder, eval_batch_size=EVAL_BATCH,
+                                   device=self.encoder.device)
 
     def _inputs(self, split: str, idx: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
-        x = tensors_at(self.data.x[split], idx)
+        """The adapted feature's vectors of rows `idx`, on the encoder's (and head's) device;
+        the other inputs are fixed and the trainer takes them itself."""
         texts = self.data.texts[split][self.ref.feature]
         chunk = [texts[i] for i in idx]
         with torch.set_grad_enabled(train):
-            x[self.ref.feature] = self.encoder(chunk).cpu()
-        return x
+            return {self.ref.feature: self.encoder(chunk)}
 
     def train(self) -> None:
         self.trainer.train(int(self.rng.integers(2**31)))
@@ -183,4 +181,6 @@ class AdaptedRecipe:
                               extra_files=adapter_and_export)
 
     def cleanup(self) -> None:
+        if hasattr(self, "trainer"):
+            self.trainer.release()
         self.data.release()

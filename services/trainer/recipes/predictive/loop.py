@@ -2,15 +2,18 @@
 summed weighted loss of every output, gradient clipping, early stopping on
 `trainer.validation_field`/`validation_metric`, the best weights kept, then evaluation.
 
-What differs between the recipes is only where a batch's inputs come from (`batch_inputs`:
-cached vectors indexed, or texts run through the adapted encoder) and which parameters train.
+What differs between the recipes is only which inputs are computed per batch (`batch_inputs`:
+texts run through the adapted encoder; none when every text vector comes from the cache) and
+which parameters train. The fixed inputs and the targets sit where the head trains (`batches`),
+so on a GPU a step is a gather and a handful of kernels; the losses stay there too, and the loop
+waits for the device once an epoch, not once a step.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -18,38 +21,46 @@ from torch import nn
 
 from services.trainer.context import JobContext, Log, MetricValue, Metrics, Progress
 from services.trainer.metrics import improves
+from services.trainer.recipes.predictive.batches import default_device, place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
-from services.trainer.recipes.predictive.model import PredictiveModel, logits_in_batches
+from services.trainer.recipes.predictive.model import PredictiveModel
 from tunewire.config.ecd import EcdConfig
 from tunewire.errors import InvalidArgument
 
-# (split, row indices, training?) -> the model's input tensors for those rows
+# (split, row indices, training?) -> the inputs computed per batch for those rows (any device)
 BatchInputs = Callable[[str, np.ndarray, bool], dict[str, torch.Tensor]]
 
 
 def make_optimizer(cfg: EcdConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """Fused: one kernel per step for all parameters on a GPU, one pass over each on a CPU,
+    instead of half a dozen elementwise ops per parameter (the same update up to rounding)."""
     opt = cfg.trainer.optimizer
     lr = float(cfg.trainer.learning_rate)
     if opt.type in ("adam", "adamw"):
         cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
         return cls(params, lr=lr, betas=tuple(opt.betas), eps=opt.eps,
-                   weight_decay=opt.weight_decay, amsgrad=opt.amsgrad)
+                   weight_decay=opt.weight_decay, amsgrad=opt.amsgrad, fused=True)
     if opt.type == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=opt.momentum,
-                               weight_decay=opt.weight_decay)
+                               weight_decay=opt.weight_decay, fused=True)
     raise InvalidArgument(f"optimizer {opt.type!r} is for generative models",
                           field="trainer.optimizer.type")
 
 
 class HeadTrainer:
-    """Trains `model` (and whatever else `extra` holds, e.g. a LoRA-wrapped encoder)."""
+    """Trains `model` (and whatever else `extra` holds, e.g. a LoRA-wrapped encoder) on `device`
+    (a GPU when there is one). The inputs in `data.x` are fixed and placed there once;
+    `batch_inputs` gives the others per batch. The model stays on `device`; `logits()` and `y`
+    are on the CPU, for calibration, plots and the artifact."""
 
     def __init__(self, ctx: JobContext, model: PredictiveModel, data: Prepared,
-                 batch_inputs: BatchInputs, extra: nn.Module | None = None,
-                 eval_batch_size: int | None = None) -> None:
+                 batch_inputs: BatchInputs | None = None, extra: nn.Module | None = None,
+                 eval_batch_size: int | None = None, device: torch.device | None = None
+                 ) -> None:
         self.ctx = ctx
         self.cfg: EcdConfig = ctx.config
-        self.model = model
+        self.device = device or default_device()
+        self.model = model.to(self.device)
         self.data = data
         self.batch_inputs = batch_inputs
         self.extra = extra
@@ -58,6 +69,7 @@ class HeadTrainer:
         if extra is not None:
             self.params += [p for p in extra.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.cfg, self.params)
+        self.splits = place(data.x, data.y, self.device)
         self.y = {split: {k: torch.from_numpy(v) for k, v in ys.items()}
                   for split, ys in data.y.items()}
         self.history: list[dict] = []
@@ -75,28 +87,36 @@ class HeadTrainer:
         field_name, metric = tcfg.validation_field, tcfg.validation_metric or "loss"
         best, best_state, stale, step = None, None, 0, 0
         clip = (tcfg.gradient_clipping or {}).get("clipglobalnorm")
+        regularized = bool(tcfg.regularization_lambda and tcfg.regularization_type)
+        # The shuffle comes from a CPU generator, as it always has: the same seed gives the same
+        # batches on any device.
         gen = torch.Generator().manual_seed(seed)
         for epoch in range(1, tcfg.epochs + 1):
             self._set_mode(train=True)
             order = torch.randperm(n, generator=gen) if tcfg.should_shuffle else torch.arange(n)
-            started, seen, running = time.monotonic(), 0, 0.0
-            for start in range(0, n, batch):
+            started = time.monotonic()
+            losses: list[torch.Tensor] = []  # each batch's loss, left on the device
+            sizes: list[int] = []
+            for rows, placed in self._batches("train", order, batch):
                 self.ctx.check_cancelled()
-                idx = order[start:start + batch].numpy()
-                out = self.model(self.batch_inputs("train", idx, True))
-                loss, _ = self.model.loss(out, {k: v[idx] for k, v in self.y["train"].items()})
-                loss = loss + self._regularization()
+                x, y = self._inputs("train", rows, placed, train=True)
+                loss, _ = self.model.loss(self.model(x), y)
+                if regularized:
+                    loss = loss + self._regularization()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip:
                     torch.nn.utils.clip_grad_norm_(self.params, clip)
                 self.optimizer.step()
                 step += 1
-                seen += len(idx)
-                running += loss.item() * len(idx)
+                losses.append(loss.detach())
+                sizes.append(len(rows))
                 if step >= total:
                     break
-            train_loss = running / max(seen, 1)
+            # The epoch's one wait for the device; its time belongs to the epoch's throughput.
+            batch_losses = torch.stack(losses).double().cpu().tolist()
+            seen = sum(sizes)
+            train_loss = sum(v * k for v, k in zip(batch_losses, sizes)) / max(seen, 1)
             self.ctx.emit(Progress("training", epoch=epoch, step=step, total_steps=total,
                                    loss=train_loss,
                                    throughput=seen / max(time.monotonic() - started, 1e-9)))
@@ -127,6 +147,27 @@ class HeadTrainer:
             self._restore(best_state)
         self._set_mode(train=False)
 
+    def _batches(self, split: str, order: torch.Tensor, size: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`order` (CPU) in slices of `size`: (rows on the CPU, the same rows where the split's
+        fixed tensors live). The order crosses to the device once, not once a batch."""
+        placed = order.to(self.splits[split].home)
+        for start in range(0, len(order), size):
+            yield order[start:start + size], placed[start:start + size]
+
+    def _inputs(self, split: str, rows: torch.Tensor, placed: torch.Tensor, train: bool
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The model's inputs and the targets of `rows`, on the training device."""
+        x, y = self.splits[split].take(placed)
+        if self.batch_inputs is not None:
+            computed = self.batch_inputs(split, rows.numpy(), train)
+            x |= {k: v.to(self.device) for k, v in computed.items()}
+        return x, y
+
+    def release(self) -> None:
+        """Drop the placed tensors (a job's device memory goes back when it ends)."""
+        self.splits.clear()
+
     def _set_mode(self, train: bool) -> None:
         for module in (self.model, self.extra):
             if module is not None:
@@ -148,32 +189,44 @@ class HeadTrainer:
             assert not missing, missing
             self.extra.load_state_dict(extra, strict=False)
 
-    def _regularization(self) -> torch.Tensor | float:
+    def _regularization(self) -> torch.Tensor:
+        """λ · (L1 and/or L2 of the weights); called only when both are configured."""
         lam = self.cfg.trainer.regularization_lambda
         kind = self.cfg.trainer.regularization_type
-        if not lam or not kind:
-            return 0.0
         weights = [p for name, p in self.model.named_parameters() if name.endswith("weight")]
         l1 = sum(p.abs().sum() for p in weights) if "l1" in kind else 0.0
         l2 = sum((p**2).sum() for p in weights) if "l2" in kind else 0.0
         return lam * (l1 + l2)
 
     # ----------------------------------------------------------------------------- evaluate
-    def logits(self, split: str) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def _device_logits(self, split: str) -> dict[str, torch.Tensor]:
+        """The model over every row of `split`, `eval_batch_size` rows at a time, on the device."""
         self._set_mode(train=False)
-        return logits_in_batches(self.model, lambda idx: self.batch_inputs(split, idx, False),
-                                 self.data.size(split), self.eval_batch_size)
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.model.outputs}
+        for rows, placed in self._batches(split, torch.arange(self.data.size(split)),
+                                          self.eval_batch_size):
+            x, _ = self._inputs(split, rows, placed, train=False)
+            for name, value in self.model(x).items():
+                parts[name].append(value)
+        return {name: torch.cat(v) for name, v in parts.items()}
+
+    def logits(self, split: str) -> dict[str, torch.Tensor]:
+        """Every row's logits, on the CPU."""
+        return {k: v.cpu() for k, v in self._device_logits(split).items()}
 
     def split_metrics(self, split: str, logits: dict[str, torch.Tensor] | None = None
                       ) -> dict[str, dict[str, float]]:
-        """feature → metrics (with its loss), plus "combined" → {loss: Σ weight · loss}."""
-        logits = logits if logits is not None else self.logits(split)
+        """feature → metrics (with its loss), plus "combined" → {loss: Σ weight · loss};
+        `logits` on the training device (computed here when not given)."""
+        logits = logits if logits is not None else self._device_logits(split)
         y = self.y[split]
         with torch.no_grad():
-            total, losses = self.model.loss(logits, y)
+            total, losses = self.model.loss(
+                logits, {k: v.to(self.device) for k, v in self.splits[split].y.items()})
         values: dict[str, dict[str, float]] = {}
         for name, head in self.model.outputs.items():
-            values[name] = head.metrics(head.scores(logits[name]), y[name].numpy())
+            values[name] = head.metrics(head.scores(logits[name].cpu()), y[name].numpy())
             values[name]["loss"] = float(losses[name])
         values["combined"] = {"loss": float(total)}
         return values
@@ -187,9 +240,10 @@ class HeadTrainer:
                 continue
             n = self.data.size(split)
             self.ctx.emit(Progress("evaluating", step=n, total_steps=n))
-            all_logits[split] = self.logits(split)
+            logits = self._device_logits(split)
+            all_logits[split] = {k: v.cpu() for k, v in logits.items()}
             if split in self.y:
-                for feature, metrics in self.split_metrics(split, all_logits[split]).items():
+                for feature, metrics in self.split_metrics(split, logits).items():
                     values += [MetricValue(split, feature, k, float(v))
                                for k, v in metrics.items()]
         self.ctx.emit(Metrics(values))

@@ -98,12 +98,13 @@ class OutputHead(nn.Module):
 
     def scores(self, logits: torch.Tensor) -> np.ndarray:
         """Logits → P(true) (binary), softmax (category), per-label sigmoid (set), or values on
-        the original scale (number, vector)."""
+        the original scale (number, vector). `logits` on the CPU; the head may sit on a GPU."""
         kind = self.meta.type
+        temperature = float(self.temperature)
         if kind == "binary":
-            return torch.sigmoid(logits / self.temperature).numpy()
+            return torch.sigmoid(logits / temperature).numpy()
         if kind == "category":
-            return torch.softmax(logits / self.temperature, dim=-1).numpy()
+            return torch.softmax(logits / temperature, dim=-1).numpy()
         if kind == "set":
             return torch.sigmoid(logits).numpy()
         return decode_number(logits.numpy().astype(np.float64), self.meta)

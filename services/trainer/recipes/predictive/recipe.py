@@ -80,10 +80,6 @@ def build_model(cfg: EcdConfig, data: Prepared, refs: dict[str, pm.EncoderRef]
     return pm.PredictiveModel(specs, cfg.combiner, outputs)
 
 
-def tensors_at(x: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v[idx]) for k, v in x.items()}
-
-
 def begin(ctx: JobContext
           ) -> tuple[np.random.Generator, Prepared, dict[str, pm.EncoderRef]]:
     """What both recipes start from: seeded generators, the prepared splits, the encoders."""
@@ -104,8 +100,8 @@ class PredictiveRecipe:
         self.embed_stats = embed_frozen_features(self.ctx, self.data,
                                                  list(self.encoders.values()))
         self.model = build_model(self.cfg, self.data, self.encoders)
-        self.trainer = HeadTrainer(self.ctx, self.model, self.data,
-                                   lambda split, idx, _train: tensors_at(self.data.x[split], idx))
+        # Every input is fixed (cached vectors, encoded columns): nothing to compute per batch.
+        self.trainer = HeadTrainer(self.ctx, self.model, self.data)
 
     def train(self) -> None:
         self.trainer.train(int(self.rng.integers(2**31)))
@@ -122,6 +118,8 @@ class PredictiveRecipe:
             extra_files=lambda d: export_if_possible(self.ctx, self.model, self.encoders, d))
 
     def cleanup(self) -> None:
+        if hasattr(self, "trainer"):
+            self.trainer.release()
         self.data.release()
 
 
