@@ -334,6 +334,10 @@ def _serve_all(args, extra: list[str]) -> int:
     missing = _peer_settings_missing(sec)
     if missing:
         raise InvalidArgument(f"serve all: {missing}", field="serve")
+    if sec.health_port is not None:
+        # One port cannot serve three servers' health; each answers health on its own port.
+        raise InvalidArgument("serve all: --health-port (or TUNEWIRE_HEALTH_PORT) is for one "
+                              "service's own process", field="serve")
     security = security_from_args(sec)
     export_peer_token(sec)
     configure()

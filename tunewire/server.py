@@ -9,6 +9,8 @@ service NOT_SERVING until its owner marks it ready) and server reflection. It re
 `ServerSecurity` adds what a server exposed beyond loopback needs: bearer-token auth
 (`tunewire.auth`, health stays open), TLS or mutual TLS with reloaded certificates
 (`tunewire.tls`), reflection off, and a cap on concurrent calls (RESOURCE_EXHAUSTED beyond it).
+Its `health_port` adds a second, plaintext port serving grpc.health.v1 only, because the kubelet's
+native gRPC probes cannot speak TLS: without it a TLS server would never turn ready.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class ServerSecurity:
     reflection: bool = True
     # None: unlimited (calls queue for a worker thread instead of being refused).
     max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS
+    # A plaintext port answering grpc.health.v1 only (the kubelet's probes); None: none, 0: any.
+    health_port: int | None = None
 
 
 @dataclass
@@ -185,14 +189,18 @@ class Service:
 
 
 class RunningServer:
-    """A started server with its health servicer; `set_ready` flips a service to SERVING."""
+    """A started server with its health servicer; `set_ready` flips a service to SERVING.
+    `health_server`/`health_port`: the plaintext health-only server, when there is one."""
 
     def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
-                 names: list[str]) -> None:
+                 names: list[str], health_server: grpc.Server | None = None,
+                 health_port: int | None = None) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
         self.names = names
+        self.health_server = health_server
+        self.health_port = health_port
 
     def set_ready(self, name: str, ready: bool = True) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if ready
@@ -210,9 +218,46 @@ class RunningServer:
             return health_pb2.HealthCheckResponse.UNKNOWN
 
     def stop(self, grace: float | None = 10.0) -> threading.Event:
-        """Stop accepting calls, let in-flight ones finish within `grace` seconds."""
+        """Stop accepting calls, let in-flight ones finish within `grace` seconds. The health
+        port keeps answering (NOT_SERVING) until the main server has stopped, so the probes see
+        the drain rather than a refused connection; the event is set once both are down."""
         self.health.enter_graceful_shutdown()
-        return self.server.stop(grace)
+        stopped = self.server.stop(grace)
+        if self.health_server is None:
+            return stopped
+        done = threading.Event()
+        health_server = self.health_server
+
+        def stop_health() -> None:
+            stopped.wait()
+            health_server.stop(None).wait()
+            done.set()
+
+        threading.Thread(target=stop_health, name="health-stop", daemon=True).start()
+        return done
+
+
+# The kubelet sends a few probes at a time; beyond this many calls (Watch streams hold one each)
+# the health port refuses at once rather than queue a probe behind them until it times out.
+HEALTH_PORT_MAX_RPCS = 4
+
+
+def _health_only_server(health_servicer: health.HealthServicer, host: str, port: int
+                        ) -> tuple[grpc.Server, int]:
+    """A plaintext server with nothing but grpc.health.v1, sharing `health_servicer` with the
+    main server so both report the same status. No reflection, no auth (health is open on the
+    main port too), no service: a plaintext caller learns only what a probe learns."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=HEALTH_PORT_MAX_RPCS,
+                                   thread_name_prefix="grpc-health"),
+        options=[("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=HEALTH_PORT_MAX_RPCS)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind the health port {host}:{port}")
+    server.start()
+    return server, bound
 
 
 def create_server(services: Iterable[Service], settings: ServerSettings | None = None
@@ -261,12 +306,16 @@ def create_server(services: Iterable[Service], settings: ServerSettings | None =
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
+    health_server, health_port = None, None
+    if security.health_port is not None:
+        health_server, health_port = _health_only_server(health_servicer, settings.host,
+                                                         security.health_port)
     server.start()
     log.info("server started", services=names, address=f"{settings.host}:{port}",
              tls="mutual" if security.tls and security.tls.client_ca else bool(security.tls),
              auth=security.auth_tokens_file is not None, reflection=security.reflection,
-             max_concurrent_rpcs=security.max_concurrent_rpcs)
-    return RunningServer(server, port, health_servicer, names)
+             max_concurrent_rpcs=security.max_concurrent_rpcs, health_port=health_port)
+    return RunningServer(server, port, health_servicer, names, health_server, health_port)
 
 
 def wait_for_termination(running: list[RunningServer], grace: float = 30.0,

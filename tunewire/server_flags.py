@@ -8,6 +8,7 @@ One definition so that the three services spell them the same way:
     --no-reflection      TUNEWIRE_NO_REFLECTION=1       turn server reflection off
     --max-concurrent-rpcs TUNEWIRE_MAX_CONCURRENT_RPCS  calls in flight before RESOURCE_EXHAUSTED
     --service-token-file TUNEWIRE_TOKEN_FILE            token this service sends to the others
+    --health-port        TUNEWIRE_HEALTH_PORT           plaintext port serving health only
 
 The server's own certificate variables are distinct from the client ones (TUNEWIRE_TLS_CA/_CERT/
 _KEY, `tunewire.tls.ClientSecurity`) because a service is both: it serves with one certificate and
@@ -52,6 +53,11 @@ def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) ->
                    default=int(os.environ.get("TUNEWIRE_MAX_CONCURRENT_RPCS",
                                               DEFAULT_MAX_CONCURRENT_RPCS)),
                    help="calls in flight before new ones get RESOURCE_EXHAUSTED (0: no cap)")
+    p.add_argument("--health-port", "--health_port", type=int,
+                   default=int(os.environ["TUNEWIRE_HEALTH_PORT"])
+                   if os.environ.get("TUNEWIRE_HEALTH_PORT") else None,
+                   help="also serve grpc.health.v1, and only it, in plaintext on this port: the "
+                        "kubelet's gRPC probes cannot speak TLS (env TUNEWIRE_HEALTH_PORT)")
     if calls_peers:
         p.add_argument("--service-token-file", "--service_token_file", type=Path,
                        default=_path("TUNEWIRE_TOKEN_FILE"),
@@ -69,7 +75,8 @@ def security_from_args(args: argparse.Namespace) -> ServerSecurity:
            if args.tls_cert is not None else None)
     return ServerSecurity(auth_tokens_file=args.auth_tokens_file, tls=tls,
                           reflection=args.reflection,
-                          max_concurrent_rpcs=args.max_concurrent_rpcs or None)
+                          max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+                          health_port=args.health_port)
 
 
 def export_peer_token(args: argparse.Namespace) -> None:

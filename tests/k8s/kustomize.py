@@ -5,6 +5,10 @@ generator; `pykustomize` needs Python >= 3.14), so this renders what our kustomi
 refuses everything else with NotImplementedError rather than rendering it wrongly:
 
 - `resources`: files (one or more YAML documents) and directories holding a kustomization.yaml;
+- `components`: directories holding a `kind: Component` kustomization. As in kustomize, each is
+  built on top of what its parent has accumulated so far (the parent's resources, then earlier
+  components): its resources are added to that list and its transformers run over all of it;
+  the parent's own transformers run afterwards, over the result;
 - `namespace`: set on every namespaced object;
 - `labels` with `includeSelectors: false`: `metadata.labels` of every object and, with
   `includeTemplates: true`, the pod template labels of workloads and the volumeClaimTemplates
@@ -28,7 +32,8 @@ from typing import Any
 import yaml
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-_SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "patches", "images"}
+_SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "components", "namespace", "labels",
+                   "patches", "images"}
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "ClusterRole", "ClusterRoleBinding",
                   "StorageClass", "PriorityClass", "CustomResourceDefinition", "RuntimeClass",
                   "IngressClass", "ValidatingWebhookConfiguration",
@@ -69,22 +74,35 @@ def find_kustomization(directory: Path) -> Path:
 
 def render(directory: str | Path) -> list[dict]:
     """Render the kustomization in `directory` to a list of objects."""
-    directory = Path(directory).resolve()
+    return _build(Path(directory).resolve(), None)
+
+
+def _build(directory: Path, accumulated: list[dict] | None) -> list[dict]:
+    """Build a kustomization (`accumulated` None) or a component (`accumulated`: what its parent
+    has so far, which the component extends and transforms)."""
     kfile = find_kustomization(directory)
     k = yaml.safe_load(kfile.read_text()) or {}
     unknown = set(k) - _SUPPORTED_KEYS
     if unknown:
         raise NotImplementedError(f"{kfile}: fields not supported by this renderer: {unknown}")
-    objects: list[dict] = []
+    is_component = k.get("kind", "Kustomization") == "Component"
+    if is_component != (accumulated is not None):
+        raise KustomizeError(f"{kfile}: a Component belongs in `components:`, and only there")
+    objects: list[dict] = accumulated if accumulated is not None else []
     for entry in k.get("resources", []):
         path = (directory / entry).resolve()
         if path.is_dir():
-            objects.extend(render(path))
+            objects.extend(_build(path, None))
         elif path.is_file():
             objects.extend(copy.deepcopy(load_documents(path)))
         else:
             raise KustomizeError(f"{kfile}: resource {entry!r} does not exist")
     _check_unique(objects, kfile)
+    for entry in k.get("components", []):
+        path = (directory / entry).resolve()
+        if not path.is_dir():
+            raise KustomizeError(f"{kfile}: component {entry!r} is not a directory")
+        objects = _build(path, objects)
     for patch in k.get("patches", []):
         unknown = set(patch) - {"path"}
         if unknown:

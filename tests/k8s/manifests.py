@@ -17,11 +17,14 @@ KUSTOMIZATIONS = {
     "base": K8S / "base",
     "cpu-dev": K8S / "overlays" / "cpu-dev",
     "gpu": K8S / "overlays" / "gpu",
+    # cpu-dev and train-cli with the TLS components (k8s/components/tls, tls-cli)
+    "cpu-dev-tls": K8S / "overlays" / "cpu-dev-tls",
     "train-cli": K8S / "jobs" / "train-cli",
+    "train-cli-tls": K8S / "jobs" / "train-cli-tls",
     "generative-multinode": K8S / "jobs" / "generative-multinode",
 }
-SERVICE_LAYERS = ("base", "cpu-dev", "gpu")
-JOB_LAYERS = ("train-cli", "generative-multinode")
+SERVICE_LAYERS = ("base", "cpu-dev", "gpu", "cpu-dev-tls")
+JOB_LAYERS = ("train-cli", "train-cli-tls", "generative-multinode")
 PYTORCHJOB = K8S / "extras" / "pytorchjob.yaml"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 

@@ -126,6 +126,42 @@ def test_namespace_labels_images(tmp_path):
     assert images == ["reg/img:2", "other"]
 
 
+def test_components_extend_what_their_parent_has(tmp_path):
+    """A component sees the parent's resources (its patch applies to them), adds its own, and
+    the parent's patches run after it; a Component is refused where a resource is expected."""
+    _write(tmp_path, {"cm.yaml": CM, "kustomization.yaml": """
+        resources: [cm.yaml]
+        components: [comp]
+        patches: [{path: last.yaml}]
+        """, "last.yaml": """
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: c}
+        data: {a: "3"}
+        """, "comp/kustomization.yaml": """
+        apiVersion: kustomize.config.k8s.io/v1alpha1
+        kind: Component
+        resources: [extra.yaml]
+        patches: [{path: patch.yaml}]
+        """, "comp/extra.yaml": """
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: extra}
+        """, "comp/patch.yaml": """
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: c}
+        data: {a: "2", b: "2"}
+        """, "bad/kustomization.yaml": "resources: [../comp]\n"})
+    docs = {d["metadata"]["name"]: d for d in render(tmp_path)}
+    assert docs["c"]["data"] == {"a": "3", "b": "2"}
+    assert "extra" in docs and "n" in docs
+    with pytest.raises(KustomizeError, match="Component"):
+        render(tmp_path / "bad")
+    with pytest.raises(KustomizeError, match="Component"):
+        render(tmp_path / "comp")
+
+
 @pytest.mark.parametrize("kustomization, error", [
     ("resources: [cm.yaml]\ncommonLabels: {a: b}\n", NotImplementedError),
     ("resources: [cm.yaml]\nlabels: [{pairs: {a: b}, includeSelectors: true}]\n",

@@ -19,7 +19,7 @@ from tests.k8s.manifests import (HEALTH_NAMES, JOB_LAYERS, KUSTOMIZATIONS, ROOT,
 
 ALL = list(KUSTOMIZATIONS)
 # Secrets the operator creates (k8s/README.md says how); no Secret values live in the repository.
-EXTERNAL_SECRETS = {"hub-token", "tunewire-auth"}
+EXTERNAL_SECRETS = {"hub-token", "tunewire-auth", "tunewire-tls"}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IMAGE = "ghcr.io/tunewire/tunewire"
 
@@ -132,10 +132,14 @@ def test_long_running_containers_have_grpc_probes(name):
             ports = {p["containerPort"] for p in c["ports"]}
             port_arg = int(c["args"][c["args"].index("--port") + 1])
             assert port_arg in ports, f"{where}: --port {port_arg} is not a containerPort"
+            # With TLS (k8s/components/tls) the probes go to the plaintext health port.
+            health_port = container_env(c, docs).get("TUNEWIRE_HEALTH_PORT")
+            probe_port = int(health_port) if health_port else port_arg
+            assert probe_port in ports, f"{where}: health port {probe_port} is not a containerPort"
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
                 probe = c.get(kind)
                 assert probe and "grpc" in probe, f"{where}: {kind} must be a native gRPC probe"
-                assert probe["grpc"]["port"] == port_arg, f"{where}: {kind} port"
+                assert probe["grpc"]["port"] == probe_port, f"{where}: {kind} port"
                 assert probe["grpc"].get("service") == HEALTH_NAMES[module], f"{where}: {kind}"
             startup = c["startupProbe"]
             budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)

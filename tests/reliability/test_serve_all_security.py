@@ -142,5 +142,8 @@ def test_serve_all_refuses_security_its_services_could_not_honour(tmp_path, toke
     monkeypatch.setenv("TUNEWIRE_TLS_CA", str(pki["ca"].path))
     assert main(["serve", "all", *state, *tls, "--tls-client-ca", str(pki["ca"].path)]) == 2
     assert "TUNEWIRE_TLS_CERT" in capsys.readouterr().err
+    # One health port for three servers.
+    assert main(["serve", "all", *state, "--health-port", "0"]) == 2
+    assert "--health-port" in capsys.readouterr().err
     assert main(["serve", "all", *state, "--no-such-flag"]) == 2
     assert not (tmp_path / "state").exists()  # refused before anything started
