@@ -203,9 +203,8 @@ def main() -> None:
     }
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     results: dict[str, dict] = {}
-    for name, fn in rows.items():
-        if only and name not in only:
-            continue
+    for name in only or list(rows):  # in the order asked for
+        fn = rows[name]
         try:
             results[name] = fn()
             print(f"{name}: {results[name]}", flush=True)
