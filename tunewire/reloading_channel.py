@@ -89,7 +89,10 @@ class ReloadingChannel(grpc.Channel):
             generation.active -= 1
             done = generation.retired and generation.active == 0
         if done:
-            _close_previous(generation)
+            # Off this thread: a stream's done callback runs on the channel's own polling thread,
+            # and closing the channel from there waits on the call it is finishing.
+            threading.Thread(target=_close_previous, args=(generation,),
+                             name="close-previous-channel", daemon=True).start()
 
     # grpc.Channel ------------------------------------------------------------------------------
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> "_MultiCallable":

@@ -172,7 +172,7 @@ def recipe_losses(tiny_model: Path, tmp: Path, *, fused: bool, steps: int = 6) -
     assert n_fused == (LAYERS * LINEARS_PER_LAYER if fused else 0)
     micro = recipe.plan.epoch(0)
     assert micro[0].position_ids is not None  # packed
-    return [recipe._train_step([micro[i % len(micro)]])[0] for i in range(steps)]
+    return [recipe._train_step([micro[i % len(micro)]]).read()[0] for i in range(steps)]
 
 
 def test_recipe_loss_curve_is_the_same_with_and_without_fusion(tiny_model, tmp_path):
