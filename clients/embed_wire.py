@@ -16,6 +16,7 @@ protobuf's own error for a malformed message.
 from __future__ import annotations
 
 from tunewire.v1 import embedder_pb2
+from tunewire.wire import encode_varint
 
 # Field numbers of EmbedResponse.embeddings and Tensor.data, and the length-delimited wire type.
 _EMBEDDINGS, _DATA, _LEN = 1, 3, 2
@@ -35,15 +36,6 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
             return value, pos
         shift += 7
     raise _Unexpected
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _fields(buf: memoryview, pos: int, end: int):
@@ -89,7 +81,7 @@ def _walk(buf: memoryview) -> tuple[bytes, memoryview]:
             else:
                 data = buf[sub_value:sub_end]
         rest = b"".join(tensor)
-        head += [b"\x0a", _encode_varint(len(rest)), rest]  # field 1, length-delimited
+        head += [b"\x0a", encode_varint(len(rest)), rest]  # field 1, length-delimited
     return b"".join(head), data
 
 

@@ -39,6 +39,7 @@ from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.tensors import DTYPE_NAMES
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
+from tunewire.wire import encode_varint
 
 log = structlog.get_logger(__name__)
 
@@ -84,15 +85,6 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
                        instruction=msg.instruction)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 # Wire tags: EmbedResponse.embeddings (field 1) and Tensor.data (field 3), length-delimited.
 _EMBEDDINGS_TAG, _DATA_TAG = b"\x0a", b"\x1a"
 
@@ -107,9 +99,9 @@ def encode_response(vectors: np.ndarray, **fields) -> bytes:
     head = embedder_pb2.EmbedResponse(embeddings=tensor, **fields).SerializeToString()
     data = memoryview(np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("<"))
                       .reshape(-1)).cast("B")
-    size = _varint(len(data))
-    return b"".join([head, _EMBEDDINGS_TAG, _varint(1 + len(size) + len(data)), _DATA_TAG, size,
-                     data])
+    size = encode_varint(len(data))
+    embeddings_size = encode_varint(1 + len(size) + len(data))
+    return b"".join([head, _EMBEDDINGS_TAG, embeddings_size, _DATA_TAG, size, data])
 
 
 def _whole_response(result: EmbedResult) -> bytes:

@@ -12,23 +12,15 @@ from clients.embed_wire import split_response
 from services.embedder.servicer import encode_response
 from tunewire.tensors import from_data, to_proto
 from tunewire.v1 import embedder_pb2
+from tunewire.wire import encode_varint
 
 FIELDS = dict(cache_hits=3, cache_misses=1, fingerprint="ab" * 32, offset=7, last=True)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field(number: int, wire: int, payload: bytes) -> bytes:
     """One field on the wire; `payload` is the value's bytes (length-prefixed for wire 2)."""
-    prefix = _varint(len(payload)) if wire == 2 else b""
-    return _varint(number << 3 | wire) + prefix + payload
+    prefix = encode_varint(len(payload)) if wire == 2 else b""
+    return encode_varint(number << 3 | wire) + prefix + payload
 
 
 def _assert_same_as_protobuf(buf: bytes) -> None:
@@ -78,7 +70,7 @@ def test_repeated_embeddings_merge_and_the_last_data_wins():
 
 
 def test_unknown_fields_and_unpacked_shapes_are_kept():
-    unknown = (_field(99, 0, _varint(300)) + _field(100, 1, b"\x01" * 8) +
+    unknown = (_field(99, 0, encode_varint(300)) + _field(100, 1, b"\x01" * 8) +
                _field(101, 5, b"\x02" * 4) + _field(2**29 - 1, 2, b"later version"))
     tensor = (_field(1, 0, b"\x01") + _field(2, 0, b"\x02") + _field(2, 0, b"\x03") + unknown +
               _field(3, 2, b"\x00" * 24) + _field(7, 2, b"after data"))

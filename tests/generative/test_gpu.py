@@ -16,7 +16,7 @@ from services.trainer.context import Progress
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import load_model
 from tests.generative.conftest import job_context, llm_config, task_frame
-from tests.generative.test_recipe import fresh_process_generate, prompts
+from tests.generative.test_recipe import fresh_process_generate, one_and_two_worker_losses, prompts
 from tunewire.config import resolve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -68,13 +68,6 @@ def test_bf16_lora_with_compiled_layers_learns(tiny_model, tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_gpus_match_one_at_the_same_global_batch(tiny_model, tmp_path, strategy):
-    trainer = {"epochs": 1, "train_steps": 4, "eval_steps": None}
-    one = llm_config(tiny_model, trainer={**trainer, "batch_size": 4}, backend=GPU)
-    two = llm_config(tiny_model, trainer={**trainer, "batch_size": 2},
-                     backend={"trainer": {"use_gpu": True, "num_workers": 2, "strategy": strategy}})
-    losses = []
-    for name, raw in (("one", one), ("two", two)):
-        ctx, rec = job_context(tmp_path / name, raw, validation=task_frame().iloc[:0])
-        run_generative_job(ctx)
-        losses.append([e.loss for e in rec.of(Progress)])
-    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+    one, two = one_and_two_worker_losses(tiny_model, tmp_path, steps=4, use_gpu=True,
+                                         strategy=strategy)
+    assert len(one) == 4 and two == pytest.approx(one, rel=2e-2)

@@ -77,6 +77,19 @@ def workloads(docs: list[dict]) -> list[dict]:
     return [d for d in docs if pod_templates(d)]
 
 
+def grpc_containers(docs: list[dict]):
+    """(template, container, what) for every container that serves or calls tunewire gRPC:
+    `what` is the service module, or "cli" for the command-line client."""
+    for doc in workloads(docs):
+        for template in pod_templates(doc):
+            for c in template["spec"]["containers"]:
+                command = c.get("command", [])
+                if command[:2] == ["python", "-m"] and command[2] in HEALTH_NAMES:
+                    yield template, c, command[2]
+                elif command == ["python", "clients/cli.py"]:
+                    yield template, c, "cli"
+
+
 def selects(selector: dict | None, labels: dict) -> bool:
     """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
     if selector is None:

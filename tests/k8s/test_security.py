@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from tests.k8s.manifests import (HEALTH_NAMES, JOB_LAYERS, SERVICE_LAYERS, container_env,
-                                 deployed_with, pod_templates, rendered, workloads)
+                                 deployed_with, grpc_containers, rendered)
 
 AUTH_SECRET = "tunewire-auth"
 # The key of tunewire-auth that each caller's own token comes from (k8s/README.md's table).
@@ -39,22 +39,10 @@ def secret_file(template: dict, container: dict, path: str) -> tuple[str, str]:
     return secret["secretName"], keys[0]
 
 
-def _grpc_containers(docs: list[dict]):
-    """(template, container, what) for every container that serves or calls tunewire gRPC."""
-    for doc in workloads(docs):
-        for template in pod_templates(doc):
-            for c in template["spec"]["containers"]:
-                command = c.get("command", [])
-                if command[:2] == ["python", "-m"] and command[2] in HEALTH_NAMES:
-                    yield template, c, command[2]
-                elif command == ["python", "clients/cli.py"]:
-                    yield template, c, "cli"
-
-
 @pytest.mark.parametrize("name", SERVICE_LAYERS)
 def test_every_service_requires_tokens_and_presents_its_own(name):
     found = set()
-    for template, c, module in _grpc_containers(rendered(name)):
+    for template, c, module in grpc_containers(rendered(name)):
         found.add(module)
         where = f"{name}: {c['name']}"
         args = c["args"]
@@ -76,7 +64,7 @@ def test_every_service_requires_tokens_and_presents_its_own(name):
 @pytest.mark.parametrize("layer", JOB_LAYERS)
 def test_every_grpc_client_job_presents_its_token(layer):
     docs = deployed_with(layer)
-    clients = [(t, c) for t, c, what in _grpc_containers(rendered(layer)) if what == "cli"]
+    clients = [(t, c) for t, c, what in grpc_containers(rendered(layer)) if what == "cli"]
     if layer == "generative-multinode":
         # torchrun workers talk NCCL and c10d to each other, never to the services.
         assert clients == []

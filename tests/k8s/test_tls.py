@@ -17,8 +17,8 @@ import textwrap
 import pytest
 
 from tests.k8s.kustomize import render
-from tests.k8s.manifests import (HEALTH_NAMES, K8S, container_env, expand, pod_templates,
-                                 rendered, workloads)
+from tests.k8s.manifests import (HEALTH_NAMES, K8S, container_env, expand, grpc_containers,
+                                 pod_templates, rendered, workloads)
 from tests.k8s.test_security import secret_file
 from tunewire.server_flags import security_from_args
 from tunewire.tls import ClientSecurity
@@ -47,16 +47,6 @@ def tls_docs(request, tmp_path) -> list[dict]:
     return _with_component(tmp_path, request.param.removesuffix("+tls"))
 
 
-def _servers(docs: list[dict]):
-    """(template, container, module) of every tunewire server."""
-    for doc in workloads(docs):
-        for template in pod_templates(doc):
-            for c in template["spec"]["containers"]:
-                command = c.get("command", [])
-                if command[:2] == ["python", "-m"] and command[2] in HEALTH_NAMES:
-                    yield template, c, command[2]
-
-
 def _parsed(module: str, c: dict, env: dict[str, str], monkeypatch):
     """The service's own parsing of the container's arguments under its environment."""
     for name in list(os.environ):
@@ -71,7 +61,8 @@ def _parsed(module: str, c: dict, env: dict[str, str], monkeypatch):
 def test_every_server_serves_tls_from_the_secret_and_is_probed_in_plaintext(tls_docs,
                                                                             monkeypatch):
     found = set()
-    for template, c, module in _servers(tls_docs):
+    servers = [(t, c, m) for t, c, m in grpc_containers(tls_docs) if m != "cli"]
+    for template, c, module in servers:
         found.add(module)
         where = c["name"]
         env = container_env(c, tls_docs)
