@@ -38,6 +38,7 @@ from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
+from tunewire.devices import default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -48,10 +49,6 @@ _NO_LIMIT = 1_000_000
 # the relative error allowed there (a wrong attention scope gives errors of order 1).
 _PROBES = ["a short probe", "a somewhat longer probe text, so that the two rows differ in length"]
 _PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def compile_by_default(device: torch.device) -> bool:

@@ -22,12 +22,13 @@ import torch
 from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
                                         BatchQueue, PendingRequest, RunKey)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
-from services.embedder.encoder import Encoder, compile_by_default, default_device
+from services.embedder.encoder import Encoder, compile_by_default
 from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_keys,
                                            fingerprint, tokenizer_identity, weights_identity)
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
+from tunewire.devices import default_device
 from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 
 log = structlog.get_logger(__name__)

@@ -14,6 +14,7 @@ from services.trainer.context import MetricValue
 from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
 from services.trainer.recipes.generative.model import CausalLMWithLoss, compute_dtype
 from tunewire.config.llm import parse_llm
+from tunewire.devices import default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 BATCH = 8
@@ -69,7 +70,7 @@ def predict_generative(artifact_dir: Path, df: pd.DataFrame,
         raise InvalidArgument(f"the data set lacks the input column {cfg.input.column!r}",
                               field="dataset_id")
     gen = generation_config(artifact_dir, generation_overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model, tokenizer = load_artifact(artifact_dir, device)
     texts = _generate(cfg, model, tokenizer, df, gen, device)
     metrics = []

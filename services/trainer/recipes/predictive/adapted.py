@@ -24,7 +24,7 @@ from torch import nn
 from services.embedder.pooling import pool
 from services.trainer.context import JobContext, JobResult, Log
 from services.trainer.recipes.predictive import model as pm
-from services.trainer.recipes.predictive.batches import default_device
+from tunewire.devices import default_device
 from services.trainer.recipes.predictive.export import export_if_possible
 from services.trainer.recipes.predictive.finish import (calibrate_and_evaluate,
                                                         write_artifact)

@@ -19,10 +19,6 @@ log = structlog.get_logger(__name__)
 CPU = torch.device("cpu")
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else CPU
-
-
 def fits(device: torch.device, nbytes: int) -> bool:
     """Whether `nbytes` may live on `device` for a job: at most half of its free memory, so the
     head's own activations and other work on the device (the embedder's) keep room."""

@@ -21,10 +21,11 @@ from torch import nn
 
 from services.trainer.context import JobContext, Log, MetricValue, Metrics, Progress
 from services.trainer.metrics import improves
-from services.trainer.recipes.predictive.batches import default_device, place
+from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
 from services.trainer.recipes.predictive.model import PredictiveModel
 from tunewire.config.ecd import EcdConfig
+from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
 
 # (split, row indices, training?) -> the inputs computed per batch for those rows (any device)
