@@ -252,15 +252,47 @@ def reference_check(model_path: str, texts: list[str], device: str, max_length: 
                     compiled: bool) -> dict:
     """Max relative L2 error per vector of the packed and padded paths (and with `compiled`,
     the packed path through compiled blocks) against plain transformers (one padded batch at a
-    time of 8, masked mean pooling, same dtype)."""
+    time of 8, masked mean pooling) in the encoder's dtype, the target's reference, and in
+    float32, which shows how far each bf16 computation is from the exact one."""
     from services.embedder.encoder import Encoder
     from services.embedder.source import resolve
-    from transformers import AutoModel, AutoTokenizer
 
     encoder = Encoder(resolve(model_path), torch.device(device), compile=False)
     encoder.load()
+    expected = {"": _transformers_mean(model_path, texts, device, max_length, encoder.dtype)}
+    if encoder.dtype != torch.float32:
+        expected["_vs_fp32"] = _transformers_mean(model_path, texts, device, max_length, torch.float32)
+    ids = encoder.tokenize(texts, max_length)
+    out = {"dtype": str(encoder.dtype).removeprefix("torch."), "texts": len(texts),
+           "packed_available": encoder.packed}
+
+    def compare(name: str, got: torch.Tensor) -> None:
+        for suffix, ref in expected.items():
+            out[f"{name}_max_rel_error{suffix}"] = _max_rel_error(got.double(), ref)
+
+    for name, packed in (("packed", True), ("padded", False)):
+        if packed and not encoder.packed:
+            continue
+        compare(name, encoder.run(ids, pooling="mean", layer=0, normalize=False, packed=packed))
+    del encoder
+    if compiled:
+        forget_compiled()
+        encoder = Encoder(resolve(model_path), torch.device(device), compile=True)
+        encoder.load()
+        out.update(compiled=encoder.compiled, compile_s=round(encoder.compile_seconds, 1))
+        compare("compiled", encoder.run(ids, pooling="mean", layer=0, normalize=False))
+        del encoder
+    _free(device)
+    return out
+
+
+def _transformers_mean(model_path: str, texts: list[str], device: str, max_length: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """Plain transformers, batches of 8 padded, masked mean pooling: the reference vectors."""
+    from transformers import AutoModel, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModel.from_pretrained(model_path, dtype=encoder.dtype).to(device).eval()
+    model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
     reference = []
     with torch.inference_mode():
         for i in range(0, len(texts), 8):
@@ -269,26 +301,9 @@ def reference_check(model_path: str, texts: list[str], device: str, max_length: 
             hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             reference.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
-    expected = torch.cat(reference).double()
-    ids = encoder.tokenize(texts, max_length)
-    out = {"dtype": str(encoder.dtype).removeprefix("torch."), "texts": len(texts),
-           "packed_available": encoder.packed}
-    for name, packed in (("packed", True), ("padded", False)):
-        if packed and not encoder.packed:
-            continue
-        got = encoder.run(ids, pooling="mean", layer=0, normalize=False, packed=packed).double()
-        out[f"{name}_max_rel_error"] = _max_rel_error(got, expected)
-    del model, encoder
-    if compiled:
-        forget_compiled()
-        encoder = Encoder(resolve(model_path), torch.device(device), compile=True)
-        encoder.load()
-        out.update(compiled=encoder.compiled, compile_s=round(encoder.compile_seconds, 1))
-        got = encoder.run(ids, pooling="mean", layer=0, normalize=False).double()
-        out["compiled_max_rel_error"] = _max_rel_error(got, expected)
-        del encoder
+    del model
     _free(device)
-    return out
+    return torch.cat(reference).double()
 
 
 def _max_rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:

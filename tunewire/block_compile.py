@@ -24,15 +24,22 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"{type(model).__name__} has no list of {n} identical blocks to compile")
 
 
-def compile_blocks(model: nn.Module, *, dynamic: bool | None = None) -> nn.ModuleList:
+def compile_blocks(model: nn.Module, *, dynamic: bool | None = None,
+                   eager_rounding: bool = False) -> nn.ModuleList:
     """Compile every block of `model` in place (`nn.Module.compile`); returns the blocks.
 
     `dynamic=True` traces sizes symbolically from the first call, so inputs whose token count
     changes every call (packed batches) reuse one graph instead of recompiling; None is
-    torch's default (static first, dynamic after a size changes), right for fixed-size rows."""
+    torch's default (static first, dynamic after a size changes), right for fixed-size rows.
+
+    `eager_rounding=True` keeps every bf16/fp16 rounding that eager PyTorch does between fused
+    operators (inductor's `emulate_precision_casts`). Without it inductor keeps fused
+    intermediates in fp32, which is closer to exact arithmetic but drifts away from the eager
+    model's own bf16 outputs over many layers: the embedder wants the eager vectors."""
     blocks = transformer_blocks(model)
+    options = {"emulate_precision_casts": True} if eager_rounding else None
     for block in blocks:
-        block.compile(dynamic=dynamic)
+        block.compile(dynamic=dynamic, options=options)
     return blocks
 
 

@@ -232,7 +232,7 @@ class Encoder:
         shapes = [ids, ids[:1], ids[1:] + ids]
         eager = [forward(batch, "mean", 0, False) for batch in shapes]
         start = time.perf_counter()
-        blocks = compile_blocks(self._model, dynamic=True)
+        blocks = compile_blocks(self._model, dynamic=True, eager_rounding=True)
         try:
             compiled = [forward(batch, "mean", 0, False) for batch in shapes]
         except Exception as exc:  # noqa: BLE001 - dynamo, inductor or a compiler on this host
