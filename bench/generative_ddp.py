@@ -2,10 +2,16 @@
 path (two torchrun launches of one GPU each with c10d rendezvous, as two nodes would run), each
 against one GPU at the same global batch: per-step loss match and tokens/s ratio.
 
+Each GPU runs the same micro-batch as the single GPU (`--per-gpu-batch`), and the single GPU
+reaches the two-GPU global batch by accumulating two micro-batches: the usual data-parallel
+scaling measurement (weak scaling). `--one-gpu-whole-batch` instead runs the single GPU on the
+whole global batch at once, so each of two GPUs gets half the micro-batch it had alone (strong
+scaling), which charges the smaller per-GPU GEMMs to the distributed runs.
+
 Every run is the real worker (`-m services.trainer.recipes.generative.worker`) on a job directory;
 losses and throughput come from its events.jsonl.
 
-    python bench/generative_ddp.py [--tiny] [--steps N]
+    python bench/generative_ddp.py [--tiny] [--steps N] [--per-gpu-batch B] [--one-gpu-whole-batch]
 """
 
 from __future__ import annotations
@@ -62,16 +68,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/genddp")))
     parser.add_argument("--adapter", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--only", default="", help="comma-separated run names")
+    parser.add_argument("--per-gpu-batch", type=int, default=0,
+                        help="rows of 1024 tokens per GPU and micro-batch (default 16; 2 with --tiny)")
+    parser.add_argument("--one-gpu-whole-batch", action="store_true",
+                        help="the single GPU runs the global batch in one micro-batch (strong scaling)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    shape, seq, per_gpu = (TINY, 128, 2) if args.tiny else (LLAMA_1B, 1024, 8)
+    shape, seq, per_gpu = (TINY, 128, 2) if args.tiny else (LLAMA_1B, 1024, 16)
+    per_gpu = args.per_gpu_batch or per_gpu
+    one = dict(batch=2 * per_gpu, accumulation=1) if args.one_gpu_whole_batch else \
+        dict(batch=per_gpu, accumulation=2)
     model_dir = build_model_dir(args.work / "model", shape, "cpu" if args.tiny else "cuda")
     df = token_frame(2 * per_gpu * args.steps, (seq, seq), shape["vocab_size"], seed=3)
     adapter = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0,
                "target_modules": "all-linear"} if args.adapter else None
     use_gpu = not args.tiny
     runs = {
-        "1 GPU": dict(workers=1, nnodes=1, batch=2 * per_gpu, strategy="ddp"),
+        "1 GPU": dict(workers=1, nnodes=1, strategy="ddp", **one),
         "2 GPUs DDP": dict(workers=2, nnodes=1, batch=per_gpu, strategy="ddp"),
         "2 GPUs FSDP2": dict(workers=2, nnodes=1, batch=per_gpu, strategy="fsdp"),
         "2 GPUs FSDP2 (reshard_after_forward false)": dict(workers=2, nnodes=1, batch=per_gpu,
@@ -85,7 +98,7 @@ def main() -> None:
         job_dir = args.work / name.replace(" ", "_").replace("(", "").replace(")", "")
         cfg = llm_config(model_dir, adapter=adapter, batch_size=r["batch"], packing=True,
                          steps=args.steps, workers=r["workers"], nnodes=r["nnodes"],
-                         strategy=r["strategy"], max_len=seq)
+                         strategy=r["strategy"], max_len=seq, accumulation=r.get("accumulation", 1))
         cfg["backend"]["trainer"]["use_gpu"] = use_gpu
         cfg["backend"]["trainer"]["reshard_after_forward"] = r.get("reshard", True)
         write_job(job_dir, cfg, df, name)
