@@ -13,7 +13,9 @@ import inspect
 
 import torch
 
-NAME = "tunewire_varlen"
+# Not the embedder's "tunewire_varlen": transformers' registry is per process, and that one is a
+# forward-only operator that also serves bidirectional encoders.
+NAME = "tunewire_varlen_causal"
 
 
 def available(device: torch.device) -> bool:
