@@ -21,6 +21,9 @@ from services.trainer import metrics as M
 from services.trainer.features import decode_number
 
 PLOTS_DIR = "plots"
+# Counts are written in the confusion matrix's cells up to this many classes: beyond it they are
+# too small to read, and each is a text to lay out (400 of them took 0.6 s at 20 classes).
+ANNOTATED_CLASSES = 12
 
 
 def _figure(width: float, height: float):
@@ -58,10 +61,13 @@ def confusion(path: Path, name: str, vocab: list[str], y: np.ndarray, pred: np.n
     scores = M.per_class(counts)
     fig = _figure(12, 5)
     left, right = fig.subplots(1, 2)
-    left.imshow(counts, cmap="Blues")
-    for (i, j), c in np.ndenumerate(counts):
-        left.text(j, i, str(c), ha="center", va="center",
-                  color="white" if c > counts.max() / 2 else "black")
+    image = left.imshow(counts, cmap="Blues")
+    if len(vocab) <= ANNOTATED_CLASSES:
+        for (i, j), c in np.ndenumerate(counts):
+            left.text(j, i, str(c), ha="center", va="center",
+                      color="white" if c > counts.max() / 2 else "black")
+    else:  # a colour scale says what the shades count instead
+        fig.colorbar(image, ax=left, fraction=0.046, pad=0.04)
     ticks = range(len(vocab))
     left.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
              title=f"{name}: confusion matrix")
