@@ -1,6 +1,8 @@
 """The head's training loop, driven directly (no services): it takes the seeded batches and reports
-the batch-weighted mean loss, whatever device it runs on; and a head trained on a GPU calibrates,
-evaluates and writes its artifact as one trained on the CPU."""
+the batch-weighted mean loss, whatever device it runs on; it follows the learning-rate schedule;
+the warm-up steps before a CUDA graph's capture leave no trace; a head trained on a GPU calibrates,
+evaluates and writes its artifact as one trained on the CPU; and the graphed step trains exactly
+as the eager one (GPU tests, skipped without CUDA)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,36 @@ from services.trainer.context import JobContext
 from services.trainer.recipes.predictive import model as pm
 from services.trainer.recipes.predictive.data import prepare
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
+from services.trainer.recipes.predictive.graphed import Rewind
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from services.trainer.recipes.predictive.recipe import build_model
 from tunewire.config import resolve, to_dict
 
-EPOCHS, BATCH = 3, 16
+EPOCHS, BATCH = 3, 16  # 100 training rows: six batches of 16 and a last one of 4
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+# Every kind of layer and loss term the head can hold (batch and layer norm, class weights, the
+# focal loss, L1+L2 regularization, clipping, AdamW with decay, AMSGrad) under a schedule.
+HEADS = {
+    "batch-norm, focal, clipped, cosine": {
+        "combiner": {"num_fc_layers": 1, "output_size": 32},
+        "output_features": [
+            {"name": "y", "type": "category", "calibration": True,
+             "loss": {"class_weights": {"high": 2.0}},
+             "decoder": {"num_fc_layers": 1, "fc_output_size": 16, "fc_norm": "batch"}},
+            {"name": "z", "type": "binary", "loss": {"type": "focal", "weight": 0.5}}],
+        "trainer": {"gradient_clipping": {"clipglobalnorm": 0.5},
+                    "regularization_type": "l1_l2", "regularization_lambda": 1e-4,
+                    "optimizer": {"type": "adamw", "weight_decay": 0.01},
+                    "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.2}}},
+    "layer-norm, amsgrad, linear": {
+        "output_features": [
+            {"name": "y", "type": "category",
+             "decoder": {"num_fc_layers": 2, "fc_output_size": 16, "fc_norm": "layer"}},
+            {"name": "z", "type": "binary", "loss": {"positive_class_weight": 3.0}}],
+        "trainer": {"optimizer": {"type": "adam", "amsgrad": True},
+                    "learning_rate_scheduler": {"decay": "linear"}}},
+}
 
 
 def frame(n: int, seed: int) -> pd.DataFrame:
@@ -29,15 +56,20 @@ def frame(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": a, "b": b, "c": c, "y": y, "z": z})
 
 
-def job(tmp_path, device: torch.device, seed: int = 0
-        ) -> tuple[JobContext, HeadTrainer]:
+def job(tmp_path, device: torch.device, seed: int = 0, head: dict | None = None,
+        cuda_graph: bool = True) -> tuple[JobContext, HeadTrainer]:
+    """The three-split job on `frame`s; `head` replaces the outputs and combiner and adds to
+    the trainer section."""
+    head = head or {}
     raw = to_dict(resolve({
         "input_features": [{"name": "a", "type": "number"}, {"name": "b", "type": "number"},
                            {"name": "c", "type": "category"}],
-        "output_features": [{"name": "y", "type": "category", "calibration": True},
-                            {"name": "z", "type": "binary"}],
+        "output_features": head.get("output_features", [
+            {"name": "y", "type": "category", "calibration": True},
+            {"name": "z", "type": "binary"}]),
+        **({"combiner": head["combiner"]} if "combiner" in head else {}),
         "trainer": {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.01,
-                    "early_stop": -1, "eval_batch_size": 32}}))
+                    "early_stop": -1, "eval_batch_size": 32, **head.get("trainer", {})}}))
     cfg = resolve(raw)
     splits = {"train": frame(100, 1), "validation": frame(30, 2), "test": frame(30, 3)}
     ctx = JobContext("job-loop", cfg, raw, tmp_path / "work", tmp_path / "artifact",
@@ -46,7 +78,7 @@ def job(tmp_path, device: torch.device, seed: int = 0
     data = prepare(cfg, splits)
     torch.manual_seed(seed)
     model = build_model(cfg, data, {})
-    return ctx, HeadTrainer(ctx, model, data, device=device)
+    return ctx, HeadTrainer(ctx, model, data, device=device, cuda_graph=cuda_graph)
 
 
 def reference_epoch_losses(trainer: HeadTrainer, seed: int) -> list[float]:
@@ -82,7 +114,102 @@ def test_the_loop_takes_the_seeded_batches_and_reports_their_weighted_mean_loss(
     assert [h["train_loss"] for h in trainer.history] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_learning_rate_follows_the_schedule_step_by_step(tmp_path):
+    _, trainer = job(tmp_path, torch.device("cpu"), head={"trainer": {
+        "learning_rate_scheduler": {"decay": "linear", "warmup_fraction": 0.25}}})
+    seen: list[float] = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.train(7)
+    total = 7 * EPOCHS  # ceil(100 / 16) steps an epoch
+    warmup = int(0.25 * total)
+    assert len(seen) == total
+    assert seen[:warmup] == pytest.approx([0.01 * (k + 1) / warmup for k in range(warmup)])
+    assert seen[warmup:] == pytest.approx(
+        [0.01 * (1 - (k - warmup) / (total - warmup)) for k in range(warmup, total)])
+
+
+def test_warm_up_steps_rewound_before_capture_leave_no_trace(tmp_path):
+    """What a CUDA graph's capture needs first (real steps on real batches) is undone: weights,
+    batch-norm statistics, Adam's moments and step, the loss sum and the dropout RNG."""
+    head = {**HEADS["batch-norm, focal, clipped, cosine"], "combiner": {
+        "num_fc_layers": 1, "output_size": 32, "dropout": 0.3}}
+    cpu = torch.device("cpu")
+    _, plain = job(tmp_path / "plain", cpu, head=head)
+    _, warmed = job(tmp_path / "warmed", cpu, head=head)
+    rng = torch.get_rng_state()
+    plain.train(7)
+    torch.set_rng_state(rng)
+    rewind = Rewind(warmed.model, warmed.optimizer, warmed.loss_sum)
+    for _ in range(3):
+        warmed._train_step(None, torch.arange(BATCH), warmed.loss_sum)
+    assert warmed.optimizer.state and float(warmed.loss_sum) > 0
+    rewind.restore()
+    warmed.train(7)
+    assert [h["train_loss"] for h in warmed.history] == \
+        pytest.approx([h["train_loss"] for h in plain.history], rel=1e-6)
+    for (name, a), b in zip(plain.model.state_dict().items(), warmed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_the_step_runs_eagerly_on_the_cpu_and_says_why(tmp_path):
+    _, trainer = job(tmp_path, torch.device("cpu"))
+    trainer.train(7)
+    assert trainer.graphed is None
+    assert trainer.eager_reason == "the head trains on the cpu"
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_the_graphed_step_trains_as_the_eager_step(tmp_path, name):
+    """Same seed, same batches (a last one of 4 rows, run eagerly beside the graph), the same
+    schedule: the same per-epoch losses and the same weights, up to float rounding."""
+    runs = {}
+    for graphed in (False, True):
+        _, trainer = job(tmp_path / str(graphed), torch.device("cuda"), head=HEADS[name],
+                         cuda_graph=graphed)
+        trainer.train(7)
+        assert (trainer.graphed is not None) == graphed, trainer.eager_reason
+        runs[graphed] = ([h["train_loss"] for h in trainer.history],
+                         {k: v.cpu() for k, v in trainer.model.state_dict().items()})
+        trainer.release()
+    (eager_losses, eager_state), (graph_losses, graph_state) = runs[False], runs[True]
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-5)
+    for key, value in eager_state.items():
+        torch.testing.assert_close(graph_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@needs_cuda
+def test_dropout_trains_under_the_graph_and_repeats_with_the_seed(tmp_path):
+    """The graph's dropout masks come from torch's graph-safe RNG: not the eager path's masks,
+    but the same ones again for the same seed."""
+    head = {"combiner": {"num_fc_layers": 1, "output_size": 32, "dropout": 0.3}}
+    losses = []
+    for run in range(2):
+        _, trainer = job(tmp_path / str(run), torch.device("cuda"), head=head)
+        trainer.train(7)
+        assert trainer.graphed is not None, trainer.eager_reason
+        losses.append([h["train_loss"] for h in trainer.history])
+        trainer.release()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert losses[0][-1] < losses[0][0]
+
+
+@needs_cuda
+def test_sgd_runs_eagerly_on_the_gpu_and_says_why(tmp_path):
+    _, trainer = job(tmp_path, torch.device("cuda"), head={"trainer": {
+        "optimizer": {"type": "sgd", "momentum": 0.9}}})
+    trainer.train(7)
+    assert trainer.graphed is None
+    assert "sgd" in trainer.eager_reason
+
+
+@needs_cuda
 def test_a_head_trained_on_the_gpu_evaluates_and_saves_as_on_the_cpu(tmp_path):
     results = {}
     for device in ("cpu", "cuda"):

@@ -83,6 +83,12 @@ def test_several_inputs_and_outputs_resolve_with_their_sections():
     (config(combiner={"type": "transformer"}), "combiner.type", "concat"),
     (config(trainer={"validation_field": "combined", "validation_metric": "accuracy"}),
      "trainer.validation_metric", "combined"),
+    (config(trainer={"gradient_clipping": {"clipnrom": 1.0}}), "trainer.gradient_clipping",
+     "unknown key 'clipnrom'"),
+    (config(trainer={"learning_rate_scheduler": {"warmup_evaluations": 2}}),
+     "trainer.learning_rate_scheduler.warmup_evaluations", "warmup_fraction"),
+    (config(trainer={"learning_rate_scheduler": {"decay": "cosine", "t_0": 5}}),
+     "trainer.learning_rate_scheduler.t_0", "restarts"),
 ])
 def test_refused_with_the_key(raw, field, words):
     with pytest.raises(ConfigError) as info:

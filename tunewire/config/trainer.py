@@ -91,6 +91,7 @@ class TrainerConfig:
         check(self.early_stop >= -1, "must be -1 (off) or >= 0", "early_stop")
         if self.gradient_clipping is not None:
             allowed = {"clipglobalnorm", "clipnorm", "clipvalue"}
-            extra = set(self.gradient_clipping) - allowed
-            check(not extra, f"unknown key {sorted(extra)[0]!r} (allowed: {sorted(allowed)})",
-                  "gradient_clipping")
+            extra = sorted(set(self.gradient_clipping) - allowed)
+            # The message names the first unknown key, so it is built only when there is one.
+            check(not extra, f"unknown key {extra[0]!r} (allowed: {sorted(allowed)})" if extra
+                  else "", "gradient_clipping")

@@ -40,6 +40,7 @@ from services.trainer.recipes.generative.model import (
     load_tokenizer,
     parallelize,
 )
+from services.trainer.schedule import lr_factor
 from tunewire.config.llm import AdaloraAdapter, LlmConfig
 
 N_DECODED_SAMPLES = 3
@@ -177,22 +178,8 @@ class GenerativeRecipe:
                                  weight_decay=o.weight_decay, amsgrad=o.amsgrad, **fused)
 
     def _setup_scheduler(self) -> None:
-        s = self.cfg.trainer.learning_rate_scheduler
-        total = self.total_steps
-        warmup = int(s.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            if s.decay == "linear":
-                return max(0.0, 1.0 - progress)
-            if s.decay == "cosine":
-                return s.eta_min / self.cfg.trainer.learning_rate + 0.5 * (1 + math.cos(math.pi * progress))
-            if s.decay == "exponential":
-                return s.decay_rate ** ((step - warmup) / s.decay_steps)
-            return 1.0
-
+        factor = lr_factor(self.cfg.trainer.learning_rate_scheduler, self.cfg.trainer.learning_rate,
+                           self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _maybe_resume(self) -> None:

@@ -16,6 +16,7 @@ import time
 from typing import Callable, Iterator
 
 import numpy as np
+import structlog
 import torch
 from torch import nn
 
@@ -23,24 +24,32 @@ from services.trainer.context import JobContext, Log, MetricValue, Metrics, Prog
 from services.trainer.metrics import improves
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
+from services.trainer.recipes.predictive.graphed import GraphedStep
 from services.trainer.recipes.predictive.model import PredictiveModel
+from services.trainer.schedule import lr_factor, scheduled
 from tunewire.config.ecd import EcdConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
+
+log = structlog.get_logger(__name__)
 
 # (split, row indices, training?) -> the inputs computed per batch for those rows (any device)
 BatchInputs = Callable[[str, np.ndarray, bool], dict[str, torch.Tensor]]
 
 
-def make_optimizer(cfg: EcdConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: EcdConfig, params: list[nn.Parameter], capturable: bool = False,
+                   lr: float | torch.Tensor | None = None) -> torch.optim.Optimizer:
     """Fused: one kernel per step for all parameters on a GPU, one pass over each on a CPU,
-    instead of half a dozen elementwise ops per parameter (the same update up to rounding)."""
+    instead of half a dozen elementwise ops per parameter (the same update up to rounding).
+    `capturable` (Adam/AdamW) keeps the step count on the device, for a CUDA graph; `lr` as a
+    device tensor lets a schedule change it between replays."""
     opt = cfg.trainer.optimizer
-    lr = float(cfg.trainer.learning_rate)
+    lr = float(cfg.trainer.learning_rate) if lr is None else lr
     if opt.type in ("adam", "adamw"):
         cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
         return cls(params, lr=lr, betas=tuple(opt.betas), eps=opt.eps,
-                   weight_decay=opt.weight_decay, amsgrad=opt.amsgrad, fused=True)
+                   weight_decay=opt.weight_decay, amsgrad=opt.amsgrad, fused=True,
+                   capturable=capturable)
     if opt.type == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=opt.momentum,
                                weight_decay=opt.weight_decay, fused=True)
@@ -56,8 +65,10 @@ class HeadTrainer:
 
     def __init__(self, ctx: JobContext, model: PredictiveModel, data: Prepared,
                  batch_inputs: BatchInputs | None = None, extra: nn.Module | None = None,
-                 eval_batch_size: int | None = None, device: torch.device | None = None
-                 ) -> None:
+                 eval_batch_size: int | None = None, device: torch.device | None = None,
+                 cuda_graph: bool = True) -> None:
+        """`cuda_graph=False` keeps every step eager on a GPU too: the escape hatch, and the
+        reference the graphed path is tested against."""
         self.ctx = ctx
         self.cfg: EcdConfig = ctx.config
         self.device = device or default_device()
@@ -69,8 +80,19 @@ class HeadTrainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if extra is not None:
             self.params += [p for p in extra.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.cfg, self.params)
         self.splits = place(data.x, data.y, self.device)
+        tcfg = self.cfg.trainer
+        self.clip = (tcfg.gradient_clipping or {}).get("clipglobalnorm")
+        self.regularized = bool(tcfg.regularization_lambda and tcfg.regularization_type)
+        self.eager_reason = self._eager_reason() if cuda_graph else "turned off"
+        graphed = self.eager_reason is None
+        # A captured step reads a scheduled rate from the device; a constant one is baked in.
+        lr = (torch.tensor(float(tcfg.learning_rate), device=self.device)
+              if graphed and scheduled(tcfg.learning_rate_scheduler) else None)
+        self.optimizer = make_optimizer(self.cfg, self.params, capturable=graphed, lr=lr)
+        self.graphed: GraphedStep | None = None  # captured when training starts
+        # Σ loss × rows of an epoch, on the device: read once an epoch, not once a step.
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.y = {split: {k: torch.from_numpy(v) for k, v in ys.items()}
                   for split, ys in data.y.items()}
         self.history: list[dict] = []
@@ -87,8 +109,11 @@ class HeadTrainer:
         monitor = "validation" if "validation" in self.y else "train"
         field_name, metric = tcfg.validation_field, tcfg.validation_metric or "loss"
         best, best_state, stale, step = None, None, 0, 0
-        clip = (tcfg.gradient_clipping or {}).get("clipglobalnorm")
-        regularized = bool(tcfg.regularization_lambda and tcfg.regularization_type)
+        peak_lr = float(tcfg.learning_rate)
+        lr_at = (lr_factor(tcfg.learning_rate_scheduler, peak_lr, total)
+                 if scheduled(tcfg.learning_rate_scheduler) else None)
+        graphed = self._graph(batch)
+        loss_sum = self.loss_sum
         # The shuffle comes from a CPU generator, as it always has: the same seed gives the same
         # batches on any device.
         gen = torch.Generator().manual_seed(seed)
@@ -96,28 +121,22 @@ class HeadTrainer:
             self._set_mode(train=True)
             order = torch.randperm(n, generator=gen) if tcfg.should_shuffle else torch.arange(n)
             started = time.monotonic()
-            losses: list[torch.Tensor] = []  # each batch's loss, left on the device
-            sizes: list[int] = []
+            loss_sum.zero_()
+            seen = 0
             for rows, placed in self._batches("train", order, batch):
                 self.ctx.check_cancelled()
-                x, y = self._inputs("train", rows, placed, train=True)
-                loss, _ = self.model.loss(self.model(x), y)
-                if regularized:
-                    loss = loss + self._regularization()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, clip)
-                self.optimizer.step()
+                if lr_at is not None:
+                    self._set_lr(peak_lr * lr_at(step))
+                if graphed is not None and len(rows) == batch:
+                    graphed(placed)
+                else:  # no graph, or the epoch's last, smaller batch
+                    self._train_step(rows, placed, loss_sum)
                 step += 1
-                losses.append(loss.detach())
-                sizes.append(len(rows))
+                seen += len(rows)
                 if step >= total:
                     break
             # The epoch's one wait for the device; its time belongs to the epoch's throughput.
-            batch_losses = torch.stack(losses).double().cpu().tolist()
-            seen = sum(sizes)
-            train_loss = sum(v * k for v, k in zip(batch_losses, sizes)) / max(seen, 1)
+            train_loss = float(loss_sum) / max(seen, 1)
             self.ctx.emit(Progress("training", epoch=epoch, step=step, total_steps=total,
                                    loss=train_loss,
                                    throughput=seen / max(time.monotonic() - started, 1e-9)))
@@ -148,6 +167,66 @@ class HeadTrainer:
             self._restore(best_state)
         self._set_mode(train=False)
 
+    def _train_step(self, rows: torch.Tensor | None, placed: torch.Tensor,
+                    loss_sum: torch.Tensor) -> None:
+        """One optimizer step on the rows `placed` (where the split's tensors live), adding
+        loss × rows to `loss_sum`. Run eagerly, or once under capture as the graphed step, so
+        it never waits for the device. `rows` (the same rows on the CPU) is needed only when an
+        encoder runs per batch."""
+        x, y = self._inputs("train", rows, placed, train=True)
+        # Before the forward, not after: under capture the gradients are then the graph's own.
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, _ = self.model.loss(self.model(x), y)
+        if self.regularized:
+            loss = loss + self._regularization()
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        loss_sum += loss.detach().double() * len(placed)
+
+    def _eager_reason(self) -> str | None:
+        """Why the training step cannot be captured as a CUDA graph here; None when it can."""
+        if self.device.type != "cuda":
+            return f"the head trains on the {self.device.type}"
+        if self.batch_inputs is not None:
+            return "an encoder runs on every batch"
+        if self.splits["train"].home != self.device:
+            return "the inputs stay in host memory"
+        optimizer = self.cfg.trainer.optimizer.type
+        if optimizer not in ("adam", "adamw"):
+            return f"optimizer {optimizer} has no capturable step here (adam and adamw do)"
+        if self.data.size("train") < int(self.cfg.trainer.batch_size):
+            return "the training set is smaller than one batch"
+        return None
+
+    def _graph(self, batch: int) -> GraphedStep | None:
+        """The captured step for full batches, or None (logged, with why) to run eagerly."""
+        if self.graphed is not None:
+            return self.graphed
+        if self.eager_reason is not None:
+            log.info("training step runs eagerly", job_id=self.ctx.job_id,
+                     reason=self.eager_reason)
+            if self.device.type == "cuda":
+                self.ctx.emit(Log("the training step runs eagerly, not as a CUDA graph: "
+                                  f"{self.eager_reason}"))
+            return None
+        self._set_mode(train=True)
+        started = time.monotonic()
+        self.graphed = GraphedStep(lambda placed, acc: self._train_step(None, placed, acc),
+                                   batch, self.model, self.optimizer, self.loss_sum)
+        log.info("training step captured as a CUDA graph", job_id=self.ctx.job_id, batch=batch,
+                 seconds=round(time.monotonic() - started, 3))
+        return self.graphed
+
+    def _set_lr(self, value: float) -> None:
+        """A tensor rate (what a captured step reads) is updated in place, on the device."""
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)
+            else:
+                group["lr"] = value
+
     def _batches(self, split: str, order: torch.Tensor, size: int
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`order` (CPU) in slices of `size`: (rows on the CPU, the same rows where the split's
@@ -156,11 +235,12 @@ class HeadTrainer:
         for start in range(0, len(order), size):
             yield order[start:start + size], placed[start:start + size]
 
-    def _inputs(self, split: str, rows: torch.Tensor, placed: torch.Tensor, train: bool
+    def _inputs(self, split: str, rows: torch.Tensor | None, placed: torch.Tensor, train: bool
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The model's inputs and the targets of `rows`, on the training device."""
         x, y = self.splits[split].take(placed)
         if self.batch_inputs is not None:
+            assert rows is not None
             computed = self.batch_inputs(split, rows.numpy(), train)
             x |= {k: v.to(self.device) for k, v in computed.items()}
         return x, y
@@ -168,6 +248,7 @@ class HeadTrainer:
     def release(self) -> None:
         """Drop the placed tensors (a job's device memory goes back when it ends)."""
         self.splits.clear()
+        self.graphed = None
 
     def _set_mode(self, train: bool) -> None:
         for module in (self.model, self.extra):
