@@ -27,8 +27,9 @@ def lr_factor(s: LearningRateSchedulerConfig, peak_lr: float, total: int
         progress = (step - warmup) / max(1, total - warmup)
         if s.decay == "linear":
             return max(0.0, 1.0 - progress)
-        if s.decay == "cosine":
-            return s.eta_min / peak_lr + 0.5 * (1 + math.cos(math.pi * progress))
+        if s.decay == "cosine":  # from the peak down to eta_min
+            floor = s.eta_min / peak_lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         if s.decay == "exponential":
             return s.decay_rate ** ((step - warmup) / s.decay_steps)
         return 1.0
