@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from services.trainer.clipping import clip_gradients
 from services.trainer.recipes.generative import artifacts, checkpoint
 from services.trainer.recipes.generative.data import (
     IGNORE,
@@ -259,7 +260,7 @@ class GenerativeRecipe:
                 stats = self.model(batch.to(self.device))
                 (stats.loss_sum * scale).backward()
             loss_sum += stats.loss_sum.detach()
-        self._clip()
+        clip_gradients(self.model.parameters(), self.cfg.trainer.gradient_clipping)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -267,15 +268,6 @@ class GenerativeRecipe:
             self.lm.base_model.update_and_allocate(self.step + 1)
         self._all_reduce(loss_sum)
         return StepTotals(torch.cat([loss_sum.double().reshape(1), counts]))
-
-    def _clip(self) -> None:
-        clip = self.cfg.trainer.gradient_clipping or {}
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        for key in ("clipglobalnorm", "clipnorm"):
-            if clip.get(key):
-                torch.nn.utils.clip_grad_norm_(params, float(clip[key]))
-        if clip.get("clipvalue"):
-            torch.nn.utils.clip_grad_value_(params, float(clip["clipvalue"]))
 
     def _checkpoint_due(self, end_of_epoch: bool) -> bool:
         t = self.cfg.trainer

@@ -20,6 +20,7 @@ import structlog
 import torch
 from torch import nn
 
+from services.trainer.clipping import clip_gradients
 from services.trainer.context import JobContext, Log, MetricValue, Metrics, Progress
 from services.trainer.metrics import improves
 from services.trainer.recipes.predictive.batches import place
@@ -82,7 +83,7 @@ class HeadTrainer:
             self.params += [p for p in extra.parameters() if p.requires_grad]
         self.splits = place(data.x, data.y, self.device)
         tcfg = self.cfg.trainer
-        self.clip = (tcfg.gradient_clipping or {}).get("clipglobalnorm")
+        self.clipping = tcfg.gradient_clipping
         self.regularized = bool(tcfg.regularization_lambda and tcfg.regularization_type)
         self.eager_reason = self._eager_reason() if cuda_graph else "turned off"
         graphed = self.eager_reason is None
@@ -180,8 +181,7 @@ class HeadTrainer:
         if self.regularized:
             loss = loss + self._regularization()
         loss.backward()
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        clip_gradients(self.params, self.clipping)
         self.optimizer.step()
         loss_sum += loss.detach().double() * len(placed)
 
