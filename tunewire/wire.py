@@ -1,5 +1,6 @@
 """Protobuf wire-format pieces for messages we encode or walk by hand: the embedder's one-copy
-responses (services/embedder/servicer.py) and the SDK's zero-copy reader (clients/embed_wire.py)."""
+responses and its request reader (services/embedder/servicer.py), and the SDK's zero-copy
+reader (clients/embed_wire.py)."""
 
 from __future__ import annotations
 
@@ -12,3 +13,16 @@ def encode_varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The varint at `buf[pos:]` and the position after it; ValueError if it is cut short."""
+    value = shift = 0
+    while pos < len(buf) and shift < 64:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("truncated or overlong varint")

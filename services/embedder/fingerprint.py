@@ -11,16 +11,18 @@ request pays for it once per file version, not once per call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import structlog
 
 from services.embedder.source import ModelSource
+from tunewire.v1 import embedder_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -88,8 +90,9 @@ def tokenizer_identity(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
 def fingerprint(weights: str, tokenizer: str, settings: EmbeddingSettings) -> str:
-    """The hex sha256 that names an encoder configuration."""
+    """The hex sha256 that names an encoder configuration; memoised, as every request needs it."""
     payload = {"weights": weights, "tokenizer": tokenizer, **asdict(settings)}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -107,15 +110,17 @@ def cache_keys(fingerprint_hex: str, texts: Iterable[str]) -> list[bytes]:
     return [sha256(prefix + text.encode("utf-8")).digest() for text in texts]
 
 
-def batch_key(fingerprint_hex: str, texts: list[str]) -> bytes:
-    """32-byte key of a whole request's answer: sha256 over the fingerprint and the exact list
-    of texts. NUL-joined when no text holds a NUL (the count of NULs proves it), else JSON, so
-    no text can forge a separator. Distinct from every `cache_key`."""
-    digest = hashlib.sha256(b"batch\0" + fingerprint_hex.encode() + b"\0")
-    joined = "\0".join(texts)
-    if joined.count("\0") == max(len(texts) - 1, 0):
-        digest.update(b"nul\0%d\0" % len(texts))
-        digest.update(joined.encode("utf-8"))  # fed in parts: no copy of a request's texts
-    else:
-        digest.update(b"json\0" + json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+def encode_texts(texts: Sequence[str]) -> bytes:
+    """`texts` as EmbedRequest.texts is on the wire: a (tag, length, UTF-8) record per text, the
+    form `batch_key` hashes. The servicer takes it straight from a request's bytes instead."""
+    return embedder_pb2.EmbedRequest(texts=texts).SerializeToString()
+
+
+def batch_key(fingerprint_hex: str, texts_wire: bytes | memoryview) -> bytes:
+    """32-byte key of a whole request's answer: sha256 over the fingerprint and the request's
+    texts in their wire form (`encode_texts`), which names the exact list of texts (each record
+    carries its length) and which a server hashes without turning the texts into strings.
+    Distinct from every `cache_key` (and from the NUL/JSON-joined keys of earlier versions)."""
+    digest = hashlib.sha256(b"batch\0" + fingerprint_hex.encode() + b"\0pb\0")
+    digest.update(texts_wire)
     return digest.digest()

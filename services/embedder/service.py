@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import structlog
@@ -24,7 +24,8 @@ from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QU
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.encoder import Encoder, compile_by_default
 from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_keys,
-                                           fingerprint, tokenizer_identity, weights_identity)
+                                           encode_texts, fingerprint, tokenizer_identity,
+                                           weights_identity)
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
@@ -316,8 +317,9 @@ class EmbedderService:
         not yet computed are then dropped and Cancelled is raised)."""
         return self.begin(spec, texts).finish(cancelled)
 
-    def begin(self, spec: EncoderSpec, texts: list[str],
-              render: Callable[[EmbedResult], Any] | None = None) -> EmbedJob | Answered:
+    def begin(self, spec: EncoderSpec, texts: Sequence[str],
+              render: Callable[[EmbedResult], Any] | None = None,
+              texts_wire: bytes | memoryview | None = None) -> EmbedJob | Answered:
         """Validate, look every distinct text up in the cache and claim the misses that no other
         request is computing. Cheap (no model work); a stream calls it in request order, so a
         later request waits for an earlier one's texts instead of computing them again. The
@@ -326,7 +328,11 @@ class EmbedderService:
         `finish` returns `render(result)` (default: the EmbedResult). A whole answer found in
         the cache is rendered here, inside the cache's read transaction, from a view of its
         memory map that is valid only during the call: `render` copies the vectors once,
-        into whatever the caller sends, and must not block."""
+        into whatever the caller sends, and must not block.
+
+        `texts_wire` is `texts` in wire form (fingerprint.encode_texts) when the caller has it,
+        as a server does: a replay is then looked up without turning its texts into strings
+        (`texts` may be a lazy sequence, read only when the whole answer is not stored)."""
         entry = self.registry.get(spec.model, spec.revision)
         encoder = entry.encoder
         settings = self._settings(encoder, spec)
@@ -338,14 +344,16 @@ class EmbedderService:
                 f"{len(texts)} texts x {dim} dims of {spec.dtype} exceed the "
                 f"{self.max_output_bytes} byte response limit: send fewer texts per request",
                 field="texts")
-        whole = batch_key(fp, texts) if len(texts) >= BATCH_ENTRY_MIN_TEXTS else None
-        if whole is not None:
+        whole = None
+        if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
+            whole = batch_key(fp, encode_texts(texts) if texts_wire is None else texts_wire)
             rendered = self.cache.read_batch(
                 whole, dtype, dim, len(texts),
                 lambda vectors, distinct: (render or _copied)(EmbedResult(vectors, distinct, 0,
                                                                           fp)))
             if rendered is not None:
                 return Answered(rendered)
+        texts = list(texts)
         distinct = list(dict.fromkeys(texts))
         keys = cache_keys(fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)

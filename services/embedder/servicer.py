@@ -18,6 +18,11 @@ inside its read transaction (the service's `render`), so that one copy is from t
 The service is registered with `add_to_server`, whose serializer passes such bytes through.
 A request answered from the cache at `begin` goes straight to the answer queue, without a hop
 through the pool's threads.
+
+Requests are received by `_receive`, which keeps, beside the parsed message, the message's size
+and its texts in wire form: a replayed request is then found whole by hashing those bytes, and
+its texts are never turned into Python strings (that per-text work was most of a warm stream's
+cost for small vectors, thousands of texts a request).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import grpc
 import structlog
@@ -39,7 +44,7 @@ from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.tensors import DTYPE_NAMES
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
-from tunewire.wire import encode_varint
+from tunewire.wire import decode_varint, encode_varint
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +92,30 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
 
 # Wire tags: EmbedResponse.embeddings (field 1) and Tensor.data (field 3), length-delimited.
 _EMBEDDINGS_TAG, _DATA_TAG = b"\x0a", b"\x1a"
+# EmbedRequest.encoder (field 1), length-delimited.
+_ENCODER_TAG = b"\x0a"
+
+
+class _Received(NamedTuple):
+    """An EmbedRequest as parsed, with its size on the wire and its texts in wire form."""
+
+    message: embedder_pb2.EmbedRequest
+    size: int
+    texts_wire: memoryview
+
+
+def _receive(raw: bytes) -> _Received:
+    """The request deserializer: parse `raw`, and keep as the texts' wire form the message after
+    its leading `encoder` field (serialisers write fields in number order, so that is the
+    texts' records, `fingerprint.encode_texts`). Whatever else that part might hold, it parses
+    to the request's texts, so its hash still names them: a request laid out another way is
+    only never answered whole, never answered wrongly (see `fingerprint.batch_key`)."""
+    message = embedder_pb2.EmbedRequest.FromString(raw)  # validates the whole message first
+    view = memoryview(raw)
+    if raw[:1] == _ENCODER_TAG:
+        size, start = decode_varint(view, 1)
+        view = view[start + size:]
+    return _Received(message, len(raw), view)
 
 
 def encode_response(vectors: np.ndarray, **fields) -> bytes:
@@ -118,7 +147,8 @@ def add_to_server(servicer: EmbedderServicer, server: grpc.Server) -> None:
     """Register like the generated `add_EmbedderServiceServicer_to_server`, but with response
     serializers that pass already serialised responses (bytes) through."""
     def handler(kind, method, request, response):
-        return kind(method, request_deserializer=request.FromString,
+        return kind(method, request_deserializer=_receive if request is embedder_pb2.EmbedRequest
+                    else request.FromString,
                     response_serializer=_serialize if response is embedder_pb2.EmbedResponse
                     else response.SerializeToString)
 
@@ -150,20 +180,21 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         self.stream_window = stream_window
         self.chunk_bytes = chunk_bytes
 
-    def _begin(self, request: embedder_pb2.EmbedRequest,
+    def _begin(self, received: _Received,
                render: Callable[[EmbedResult], object]) -> EmbedJob | Answered:
+        request = received.message
         spec = spec_from_proto(request.encoder)
-        if len(request.texts) > self.max_texts:
-            raise InvalidArgument(f"{len(request.texts)} texts in one request; the limit is "
+        texts = request.texts  # read lazily: a replay answered whole never needs them as str
+        if len(texts) > self.max_texts:
+            raise InvalidArgument(f"{len(texts)} texts in one request; the limit is "
                                   f"{self.max_texts}: split the request", field="texts")
-        texts = list(request.texts)
-        if texts and max(map(len, texts)) > self.max_text_bytes // 4:  # else none can be over
+        if received.size > self.max_text_bytes:  # else no text can be over the limit
             for i, text in enumerate(texts):
                 if len(text) > self.max_text_bytes // 4 and \
                         len(text.encode()) > self.max_text_bytes:
                     raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
                                           f"{self.max_text_bytes}", field=f"texts[{i}]")
-        return self.service.begin(spec, texts, render)
+        return self.service.begin(spec, texts, render, received.texts_wire)
 
     def _chunks(self, result: EmbedResult) -> list[bytes]:
         """The result as serialised responses of at most `chunk_bytes` of vectors (>= 1 row)."""

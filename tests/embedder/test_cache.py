@@ -175,7 +175,7 @@ def test_whole_answers_round_trip(cache):
     from services.embedder.cache import encode_batch
 
     matrix = np.arange(12, dtype=np.float16).reshape(3, 4)
-    key = fp_mod.batch_key("f" * 64, ["a", "b", "a"])
+    key = fp_mod.batch_key("f" * 64, fp_mod.encode_texts(["a", "b", "a"]))
     cache.put_many([(key, encode_batch(matrix, distinct=2))])
     seen = []
 
@@ -191,7 +191,15 @@ def test_whole_answers_round_trip(cache):
     assert cache.read_batch(key, np.float16, 4, 2, use) is None
     assert cache.read_batch(b"\0" * 32, np.float16, 4, 3, use) is None
     assert len(seen) == 1
-    assert fp_mod.batch_key("f" * 64, ["a\0b"]) != fp_mod.batch_key("f" * 64, ["a", "b"])
+
+
+def test_batch_keys_name_the_exact_list_of_texts():
+    key, encode = fp_mod.batch_key, fp_mod.encode_texts
+    lists = [[], [""], ["", ""], ["a", "b"], ["ab"], ["a\0b"], ["b", "a"], ["naïve"], ["a", "bc"],
+             ["ab", "c"]]
+    assert len({key("f" * 64, encode(texts)) for texts in lists}) == len(lists)
+    assert key("f" * 64, encode(["a"])) != key("e" * 64, encode(["a"]))
+    assert key("f" * 64, encode(["a"])) != fp_mod.cache_key("f" * 64, "a")
 
 
 def test_cache_keys_are_cache_key_of_each_text():
@@ -213,7 +221,8 @@ def test_keys_on_disk_never_change():
     """Entries written by earlier versions must still be found: the key functions are pinned."""
     assert fp_mod.cache_key("f" * 64, "a").hex() == (
         "6a41aa22e15c45d40fb2822ee5effebfda61cf092b55a418aeec8e0cd89fd15b")
-    assert fp_mod.batch_key("f" * 64, ["a", "b"]).hex() == (
-        "24fc48764a1fc48204111c3790e26892560bcf7f82e130a0214822f34efbac0a")
-    assert fp_mod.batch_key("f" * 64, ["a\0b"]).hex() == (  # the JSON form
-        "237acb6fb52bfcfd43239a5f16b483c4518fc45b9329dd2bec3811c3b8d5b190")
+    # Whole answers: keyed by the texts' wire form since the warm-stream work (answers stored
+    # under the earlier NUL/JSON-joined keys are not found; the next replay stores them again).
+    assert fp_mod.encode_texts(["a", "b"]) == b"\x12\x01a\x12\x01b"
+    assert fp_mod.batch_key("f" * 64, fp_mod.encode_texts(["a", "b"])).hex() == (
+        "575d6806038d886af3381c7a62af55b502aeac8b45f44d48d86bbd8bc1f3b2a8")

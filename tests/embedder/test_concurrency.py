@@ -154,6 +154,60 @@ def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry
         (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]]
 
 
+def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
+        tmp_path, registry, minilm_path, monkeypatch):
+    """A request stored whole by the service is found by the servicer from the request's bytes
+    (no per-text lookups); requests laid out otherwise still get their own texts' vectors."""
+    from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
+
+    service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
+    running = create_server([Service(SERVICE_NAME, EmbedderServicer(service), add_to_server)],
+                            ServerSettings(host="127.0.0.1", port=0))
+    texts = [f"{w} wire {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
+    spec = SdkSpec(minilm_path, dtype="float16")
+    domain = EncoderSpec(model=minilm_path, dtype="float16")
+    service.embed(domain, texts)  # computed
+    expected = service.embed(domain, texts).vectors  # all hits: stored whole
+    normalized = service.embed(EncoderSpec(model=minilm_path, dtype="float16", normalize=True),
+                               texts).vectors
+    lookups = []
+    get_matrix = service.cache.get_matrix
+    monkeypatch.setattr(service.cache, "get_matrix",
+                        lambda keys, *a: lookups.append(len(keys)) or get_matrix(keys, *a))
+
+    def encoder(**kw) -> bytes:
+        return embedder_pb2.EmbedRequest(encoder=SdkSpec(minilm_path, **kw).to_proto()
+                                         ).SerializeToString()
+
+    body = embedder_pb2.EmbedRequest(texts=texts).SerializeToString()
+    layouts = {"texts first": body + encoder(dtype="float16"),
+               "a second encoder after the texts": encoder(dtype="float16") + body +
+               encoder(dtype="float16", normalize=True),
+               "texts then an unknown field": encoder(dtype="float16") + body + b"\x78\x01"}
+    address = f"127.0.0.1:{running.port}"
+    sdk = EmbedderClient(address)
+    try:
+        whole = [c.vectors for c in sdk.stream(texts, spec, batch_size=len(texts))]
+        assert lookups == []  # one read of the whole answer
+        with grpc.insecure_channel(address, options=channel_options()) as channel:
+            call = channel.stream_stream("/tunewire.v1.EmbedderService/StreamEmbed")
+            # One call per request: in one stream the second could begin before the first
+            # stored its answer whole.
+            answers = {name: [embedder_pb2.EmbedResponse.FromString(r)
+                              for _ in range(2) for r in call(iter([raw]), timeout=60)]
+                       for name, raw in layouts.items()}
+    finally:
+        sdk.close()
+        running.stop(None).wait()
+        service.close()
+    assert len(whole) == 1 and whole[0].tobytes() == expected.tobytes()
+    assert lookups == [len(texts)] * 3  # each layout's first request: text by text
+    for name, (first, again) in answers.items():
+        want = normalized if "second encoder" in name else expected
+        assert from_proto(first.embeddings).tobytes() == want.tobytes(), name
+        assert from_proto(again.embeddings).tobytes() == want.tobytes(), name
+
+
 def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
     encoder = app.service.registry.get(minilm_path).encoder
     queue = app.service.registry.get(minilm_path).queue

@@ -102,6 +102,8 @@ def test_cache_stats(stub, minilm_path):
         model="/no/such/dir", dtype=tensor_pb2.DTYPE_INT64), texts=["a"]), "encoder.dtype"),
     (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
                                texts=["a"] * 9), "texts"),
+    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                               texts=["a", "é" * (1 << 19) + "a"]), "texts[1]"),  # 1 MiB + 1
 ])
 def test_bad_request_is_invalid_argument_with_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as exc:
