@@ -3,8 +3,8 @@
 Llama-3.2-1B architecture with random weights, 1024-token samples. Rows:
   baseline full / LoRA: fp32 weights, bf16 autocast, unfused AdamW, HF's loss, no packing
   ours full / LoRA:     GenerativeRecipe.setup() + its _train_step (bf16 weights, varlen packing,
-                        fused linear cross-entropy, fused AdamW, fused LoRA linears), optionally
-                        per-layer torch.compile; "(PEFT's unfused LoRA)" keeps PEFT's LoRA forward
+                        fused linear cross-entropy, fused AdamW, fused LoRA linears when eager),
+                        optionally per-layer torch.compile (with PEFT's LoRA linears: see model.py)
   packing vs padding:   ours (full) on mixed lengths 32-1024, real (non-pad) tokens/s
 MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, against 788 TFLOP/s.
 
@@ -14,7 +14,6 @@ MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import socket
@@ -22,7 +21,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -33,7 +31,6 @@ from generative_setup import LLAMA_1B, TINY, build_model_dir, llm_config, matmul
 
 PEAK_FLOPS = 788e12
 LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
-UNFUSED = "ours LoRA+compile (PEFT's unfused LoRA)"
 
 
 def _init_process_group(device: torch.device) -> None:
@@ -68,7 +65,7 @@ def _reset(device: torch.device) -> None:
 
 
 def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, compile, warmup, steps,
-             profile_to: Path | None = None, fuse_lora: bool = True) -> dict:
+             profile_to: Path | None = None) -> dict:
     from services.trainer.recipes.generative import lora_fused
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
@@ -79,9 +76,7 @@ def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, comp
                      steps=warmup + steps, compile=compile)
     job_dir = write_job(work / name, cfg, df, name)
     recipe = GenerativeRecipe(load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device)
-    unfused = mock.patch.object(lora_fused, "fuse_lora", lambda model: 0)
-    with contextlib.nullcontext() if fuse_lora else unfused:
-        recipe.setup()
+    recipe.setup()
     n_fused = sum(isinstance(m, lora_fused.FusedLoraLinear) for m in recipe.lm.modules())
     micro = recipe.plan.epoch(0)
     if len(micro) < warmup + steps:
@@ -193,9 +188,6 @@ def main() -> None:
         "ours LoRA+compile": lambda: run_ours("olc", model_dir, args.work, device, uniform, adapter=LORA,
                                               batch=batch, packing=True, compile=True,
                                               profile_to=args.out / "profile_lora_compile.txt", **common),
-        UNFUSED: lambda: run_ours(
-            "olu", model_dir, args.work, device, uniform, adapter=LORA, batch=batch, packing=True,
-            compile=True, fuse_lora=False, **common),
         "mixed padded": lambda: run_ours("mp", model_dir, args.work, device, mixed, adapter=None, batch=batch,
                                          packing=False, compile=False, **common),
         "mixed packed": lambda: run_ours("mk", model_dir, args.work, device, mixed, adapter=None, batch=batch,
@@ -237,8 +229,6 @@ def table(results: dict[str, dict], weights: int) -> str:
               f"(target >= 1.6x), memory {ratio(best_full, 'baseline full', 'mem')} (target <= 1x)",
               f"- LoRA ({best_lora}) vs baseline: tokens/s {ratio(best_lora, 'baseline LoRA', 'tok_s')} "
               f"(target >= 2x), memory {ratio(best_lora, 'baseline LoRA', 'mem')} (target <= 0.6x)",
-              f"- fused vs PEFT's LoRA linears (both compiled): tokens/s "
-              f"{ratio('ours LoRA+compile', UNFUSED, 'tok_s')}, memory {ratio('ours LoRA+compile', UNFUSED, 'mem')}",
               f"- mixed lengths, packed vs padded real tokens/s: {ratio('mixed packed', 'mixed padded', 'tok_s')} "
               "(target >= 1.6x)"]
     return "\n".join(lines)

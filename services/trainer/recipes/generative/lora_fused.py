@@ -9,6 +9,8 @@ inside the base GEMM's output (`addmm_`) and its input gradient inside the base 
 GEMM; only [tokens, r] tensors are extra. The math and the parameters are PEFT's own, so state dicts and saved adapters are
 unchanged; layers outside the plain case (several or no active adapters, merged, DoRA and other
 variants, `lora_bias`, mixed dtypes, autocast, quantized bases) run PEFT's forward unchanged.
+Eager only: `load_model` leaves PEFT's linears in place when it compiles the blocks (compiled by
+torch 2.11 on CUDA, this function's backward gave all-zero LoRA gradients).
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    compiling = cfg.trainer.compile and device.type == "cuda"
     if cfg.adapter is not None:
         from peft import get_peft_model
 
@@ -119,9 +120,12 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
         model = get_peft_model(model, peft_config(cfg.adapter, total_steps),
                                autocast_adapter_dtype=dtype == torch.float32)
-        # Always on: exact, and only where PEFT's forward would run the plain LoRA case.
-        fuse_lora(model)
-    if cfg.trainer.compile and device.type == "cuda":
+        if not compiling:
+            # Exact, and only where PEFT's forward would run the plain LoRA case. Not under
+            # compile: inside blocks compiled by torch 2.11 on CUDA its backward gave all-zero
+            # LoRA gradients (forward right, nothing learnt); PEFT's linears compile correctly.
+            fuse_lora(model)
+    if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
         compile_blocks(core_model(model).get_decoder())
     if type(core_model(model).get_output_embeddings()) is not nn.Linear:
