@@ -16,7 +16,7 @@ protobuf's own error for a malformed message.
 from __future__ import annotations
 
 from tunewire.v1 import embedder_pb2
-from tunewire.wire import encode_varint
+from tunewire.wire import decode_varint, encode_varint
 
 # Field numbers of EmbedResponse.embeddings and Tensor.data, and the length-delimited wire type.
 _EMBEDDINGS, _DATA, _LEN = 1, 3, 2
@@ -27,15 +27,10 @@ class _Unexpected(Exception):
 
 
 def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < end and shift < 64:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise _Unexpected
+    try:
+        return decode_varint(buf, pos, end)
+    except ValueError:
+        raise _Unexpected from None
 
 
 def _fields(buf: memoryview, pos: int, end: int):

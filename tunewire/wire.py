@@ -15,10 +15,11 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def decode_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    """The varint at `buf[pos:]` and the position after it; ValueError if it is cut short."""
+def decode_varint(buf: bytes | memoryview, pos: int, end: int | None = None) -> tuple[int, int]:
+    """The varint at `buf[pos:end]` and the position after it; ValueError if it is cut short."""
+    end = len(buf) if end is None else end
     value = shift = 0
-    while pos < len(buf) and shift < 64:
+    while pos < end and shift < 64:
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
