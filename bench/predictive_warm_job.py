@@ -19,7 +19,6 @@ import pstats
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +30,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from predictive_headline import job_config, mixed_texts  # noqa: E402
 
+from clients.sdk import EmbedResult  # noqa: E402
 from services.trainer.datasets import DatasetStore  # noqa: E402
 from services.trainer.jobs import SUCCEEDED, JobRunner, JobStore  # noqa: E402
-
-
-@dataclass
-class CachedResult:
-    vectors: np.ndarray
-    cache_hits: int
-    cache_misses: int
-    fingerprint: str
 
 
 class WarmCache:
@@ -56,11 +48,11 @@ class WarmCache:
         self.index = {t: i for i, t in enumerate(texts)}
         self.vectors = vectors
 
-    def embed_many(self, texts, spec, progress=None, cancelled=None) -> CachedResult:
+    def embed_many(self, texts, spec, progress=None, cancelled=None) -> EmbedResult:
         rows = self.vectors[[self.index[t] for t in texts]]
         if progress is not None:
             progress(len(texts), len(texts))
-        return CachedResult(rows, len(texts), 0, "warm-cache-stub")
+        return EmbedResult(rows, len(texts), 0, "warm-cache-stub")
 
 
 def run_job(runner: JobRunner, store: JobStore, cfg: dict, dataset_id: str

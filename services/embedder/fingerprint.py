@@ -98,16 +98,16 @@ def fingerprint(weights: str, tokenizer: str, settings: EmbeddingSettings) -> st
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def cache_key(fingerprint_hex: str, text: str) -> bytes:
-    """32-byte key: sha256(fingerprint + NUL + text)."""
-    return hashlib.sha256(fingerprint_hex.encode() + b"\0" + text.encode("utf-8")).digest()
-
-
 def cache_keys(fingerprint_hex: str, texts: Iterable[str]) -> list[bytes]:
-    """`cache_key` of each text, with the per-key work cut to what depends on the text: a
-    request's first read from the cache computes thousands of them."""
+    """The 32-byte key of each text, sha256(fingerprint + NUL + text), with the per-key work cut
+    to what depends on the text: a request's first read from the cache computes thousands."""
     sha256, prefix = hashlib.sha256, fingerprint_hex.encode() + b"\0"
     return [sha256(prefix + text.encode("utf-8")).digest() for text in texts]
+
+
+def cache_key(fingerprint_hex: str, text: str) -> bytes:
+    """`cache_keys` of one text."""
+    return cache_keys(fingerprint_hex, [text])[0]
 
 
 def encode_texts(texts: Sequence[str]) -> bytes:

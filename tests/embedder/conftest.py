@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from services.embedder.cache import EmbeddingCache
 from services.embedder.service import EmbedderService, EncoderRegistry
+
+def rel_error(got, expected) -> float:
+    """The largest relative L2 error of a row of `got` against `expected` (arrays or tensors),
+    in float64."""
+    got, expected = (torch.as_tensor(a).detach().double().cpu().numpy() for a in (got, expected))
+    return float((np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)).max())
+
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -202,9 +202,13 @@ def test_batch_keys_name_the_exact_list_of_texts():
     assert key("f" * 64, encode(["a"])) != fp_mod.cache_key("f" * 64, "a")
 
 
-def test_cache_keys_are_cache_key_of_each_text():
+def test_cache_keys_are_sha256_of_fingerprint_nul_text():
+    import hashlib
+
     texts = ["", "a", "a\0b", "naïve café ☕", "x" * 10000, "a"]
-    assert fp_mod.cache_keys("f" * 64, texts) == [fp_mod.cache_key("f" * 64, t) for t in texts]
+    expected = [hashlib.sha256(b"f" * 64 + b"\0" + t.encode("utf-8")).digest() for t in texts]
+    assert fp_mod.cache_keys("f" * 64, texts) == expected
+    assert [fp_mod.cache_key("f" * 64, t) for t in texts] == expected
     assert fp_mod.cache_keys("f" * 64, []) == []
 
 

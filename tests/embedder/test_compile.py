@@ -12,12 +12,8 @@ import torch._dynamo.utils
 from services.embedder import encoder as encoder_module
 from services.embedder.encoder import Encoder
 from services.embedder.source import resolve
-from tests.embedder.conftest import TEXTS
+from tests.embedder.conftest import TEXTS, rel_error
 from tunewire.block_compile import transformer_blocks
-
-
-def _rel_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float(((got - expected).norm(dim=-1) / expected.norm(dim=-1)).max())
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +33,12 @@ def test_compiled_blocks_give_the_eager_vectors_float32(pair):
     for pooling, layer in (("mean", 0), ("last", 0), ("max", 1)):
         for packed in (True, False):
             kwargs = dict(pooling=pooling, layer=layer, normalize=False, packed=packed)
-            assert _rel_error(compiled.run(ids, **kwargs), eager.run(ids, **kwargs)) < 1e-4
+            assert rel_error(compiled.run(ids, **kwargs), eager.run(ids, **kwargs)) < 1e-4
 
 
 def test_packed_batches_of_any_size_reuse_one_graph(pair):
     _, compiled = pair
+    assert compiled.compiled  # not an eager fallback, which would reuse no graph either
     ids = compiled.tokenize(TEXTS * 3, compiled.max_length)
     compiled.run(ids[:2], pooling="mean", layer=0, normalize=False)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
@@ -89,7 +86,7 @@ def test_bf16_blocks_compiled_with_eager_rounding_stay_on_the_eager_vectors():
     eager = pooled()
     blocks = compile_blocks(model, eager_rounding=True)
     try:
-        assert _rel_error(pooled(), eager) < 1.5e-3
+        assert rel_error(pooled(), eager) < 1.5e-3
     finally:
         uncompile_blocks(blocks)
         torch._dynamo.reset()  # its graphs count toward later tests' recompile limit otherwise

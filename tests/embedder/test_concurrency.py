@@ -15,6 +15,7 @@ from services.embedder.cache import EmbeddingCache
 from services.embedder.inflight import InFlight
 from services.embedder.service import EmbedderService, EncoderSpec
 from services.embedder.servicer import EmbedderServicer, add_to_server, encode_response
+from tests.embedder.conftest import rel_error
 from tunewire.errors import Cancelled
 from tunewire.server import ServerSettings, Service, channel_options, create_server
 from tunewire.tensors import from_proto
@@ -30,11 +31,6 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
-
-
-def _rel_error(got: np.ndarray, expected: np.ndarray) -> float:
-    err = np.linalg.norm(got.astype(np.float64) - expected, axis=1)
-    return float((err / np.linalg.norm(expected, axis=1)).max())
 
 
 @pytest.fixture
@@ -78,7 +74,7 @@ def test_sixteen_clients_with_overlapping_texts_get_the_vectors_of_one_client_al
     for i, subset in enumerate(subsets):
         expected = np.stack([alone[t] for t in subset])
         assert results[i].shape == (8, 384)
-        assert _rel_error(results[i], expected) < 1e-5
+        assert rel_error(results[i], expected) < 1e-5
     stub = embedder_pb2_grpc.EmbedderServiceStub(grpc.insecure_channel(address))
     stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest(), timeout=10)
     # Each distinct text went through the model once, however many clients asked for it.

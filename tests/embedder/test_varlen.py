@@ -10,12 +10,7 @@ from services.embedder.pooling import pool, pool_packed
 from services.embedder.service import EmbedderService, EncoderRegistry, EncoderSpec
 from services.embedder.source import resolve
 from services.embedder.varlen import pack
-from tests.embedder.conftest import TEXTS
-
-
-def _rel_error(got: np.ndarray, expected: np.ndarray) -> float:
-    err = np.linalg.norm(got.astype(np.float64) - expected, axis=1)
-    return float((err / np.linalg.norm(expected, axis=1)).max())
+from tests.embedder.conftest import TEXTS, rel_error
 
 
 def _reference(path: str, texts: list[str], pooling: str, layer: int = 0) -> np.ndarray:
@@ -67,7 +62,7 @@ def test_packed_and_padded_match_plain_transformers_float32(encoders, minilm_pat
     for packed in (True, False):
         got = encoder.run(ids, pooling=pooling, layer=layer, normalize=False,
                           packed=packed).numpy()
-        assert _rel_error(got, expected) < 1e-5, (packed, _rel_error(got, expected))
+        assert rel_error(got, expected) < 1e-5, (packed, rel_error(got, expected))
 
 
 def test_packed_batch_attends_within_each_text_only(encoders):
@@ -90,7 +85,7 @@ def test_varlen_off_pads_and_gives_the_same_vectors(minilm_path, tmp_path):
         assert registry.get(minilm_path).encoder.packed is False
     finally:
         service.close()
-    assert _rel_error(padded, _reference(minilm_path, TEXTS, "mean")) < 1e-5
+    assert rel_error(padded, _reference(minilm_path, TEXTS, "mean")) < 1e-5
 
 
 def test_pool_packed_equals_pool_on_the_padded_batch():

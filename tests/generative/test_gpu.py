@@ -16,7 +16,7 @@ from services.trainer.context import Progress
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import load_model
 from tests.generative.conftest import job_context, llm_config, task_frame
-from tests.generative.test_recipe import fresh_process_generate, one_and_two_worker_losses, prompts
+from tests.generative.test_recipe import fresh_process_generate, prompts, worker_losses
 from tunewire.config import resolve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -65,9 +65,15 @@ def test_bf16_lora_with_compiled_layers_learns(tiny_model, tmp_path):
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
 
 
+@pytest.fixture(scope="module")
+def one_gpu(tiny_model, tmp_path_factory) -> list[float]:
+    """The one-GPU reference, run once for every strategy it is compared with."""
+    return worker_losses(tiny_model, tmp_path_factory.mktemp("one"), steps=4, use_gpu=True,
+                         workers=1)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_gpus_match_one_at_the_same_global_batch(tiny_model, tmp_path, strategy):
-    one, two = one_and_two_worker_losses(tiny_model, tmp_path, steps=4, use_gpu=True,
-                                         strategy=strategy)
-    assert len(one) == 4 and two == pytest.approx(one, rel=2e-2)
+def test_two_gpus_match_one_at_the_same_global_batch(tiny_model, tmp_path, one_gpu, strategy):
+    two = worker_losses(tiny_model, tmp_path, steps=4, use_gpu=True, workers=2, strategy=strategy)
+    assert len(one_gpu) == 4 and two == pytest.approx(one_gpu, rel=2e-2)

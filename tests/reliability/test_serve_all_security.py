@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.reliability.conftest import TOKENS, code_of
+from tests.reliability.procs import free_port
 from tunewire.errors import from_rpc_error
 from tunewire.server import channel_options
 from tunewire.tls import ClientSecurity
@@ -33,9 +34,7 @@ CLIENT_ENV = ("TUNEWIRE_TOKEN", "TUNEWIRE_TOKEN_FILE", "TUNEWIRE_TLS", "TUNEWIRE
 def _free_base() -> int:
     """A port p with p, p+1 and p+2 free (serve all's three ports)."""
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+        base = free_port()
         if base + 2 < 65536 and all(_free(base + i) for i in range(3)):
             return base
 

@@ -106,6 +106,14 @@ def build_samples(cfg: LlmConfig, df: pd.DataFrame, tokenizer, model_max: int) -
     return samples
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`, pinned first on CUDA: the copy is then queued and the host moves
+    on; from pageable memory it would wait."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [rows, len]
@@ -122,9 +130,7 @@ class Batch:
         return int((self.labels != IGNORE).sum())
 
     def to(self, device: torch.device) -> "Batch":
-        pin = device.type == "cuda"
-        # Pinned, the copy is queued and the host moves on; from pageable memory it would wait.
-        move = (lambda t: None if t is None else (t.pin_memory() if pin else t).to(device, non_blocking=True))
+        move = (lambda t: None if t is None else to_device(t, device))
         return Batch(move(self.input_ids), move(self.labels), move(self.position_ids),
                      move(self.attention_mask), move(self.cu_seqlens), self.max_seqlen, self.n_samples,
                      self.n_real)

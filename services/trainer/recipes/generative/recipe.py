@@ -30,6 +30,7 @@ from services.trainer.recipes.generative.data import (
     collate_padded,
     pack_rows,
     render_prompt,
+    to_device,
 )
 from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.model import (
@@ -45,13 +46,6 @@ from services.trainer.schedule import lr_factor
 from tunewire.config.llm import AdaloraAdapter, LlmConfig
 
 N_DECODED_SAMPLES = 3
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device`, pinned first on CUDA so that the copy does not stall the host."""
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 class StepTotals:
@@ -246,7 +240,7 @@ class GenerativeRecipe:
     def _train_step(self, micro: list[Batch]) -> "StepTotals":
         """Queue one optimizer step over `micro`; its global (mean loss, target tokens, real
         tokens) come from the returned StepTotals once the device has run it."""
-        counts = _to_device(torch.tensor([sum(b.n_target for b in micro), sum(b.n_real for b in micro)],
+        counts = to_device(torch.tensor([sum(b.n_target for b in micro), sum(b.n_real for b in micro)],
                                          dtype=torch.float64), self.device)
         self._all_reduce(counts)
         # Sum over tokens / global count, × world because DDP/FSDP average gradients; a device

@@ -28,8 +28,7 @@ WARMUP_STEPS = 3
 class Rewind:
     """What a training step moves, kept so it can be put back: the module's weights and buffers
     (batch-norm statistics), the optimizer's state (put back as Adam and AdamW create it: zeros,
-    step 0), the running loss sum and
-    the RNG of `device` (dropout)."""
+    step 0), the running loss sum and the RNG of `device` (dropout)."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_sum: torch.Tensor) -> None:

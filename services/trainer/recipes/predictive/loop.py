@@ -26,7 +26,7 @@ from services.trainer.metrics import improves
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
 from services.trainer.recipes.predictive.graphed import GraphedStep
-from services.trainer.recipes.predictive.model import PredictiveModel
+from services.trainer.recipes.predictive.model import PredictiveModel, logits_in_batches
 from services.trainer.schedule import lr_factor, scheduled
 from tunewire.config.ecd import EcdConfig
 from tunewire.devices import default_device
@@ -281,17 +281,16 @@ class HeadTrainer:
         return lam * (l1 + l2)
 
     # ----------------------------------------------------------------------------- evaluate
-    @torch.no_grad()
     def _device_logits(self, split: str) -> dict[str, torch.Tensor]:
         """The model over every row of `split`, `eval_batch_size` rows at a time, on the device."""
         self._set_mode(train=False)
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.model.outputs}
-        for rows, placed in self._batches(split, torch.arange(self.data.size(split)),
-                                          self.eval_batch_size):
-            x, _ = self._inputs(split, rows, placed, train=False)
-            for name, value in self.model(x).items():
-                parts[name].append(value)
-        return {name: torch.cat(v) for name, v in parts.items()}
+        home = self.splits[split].home
+
+        def inputs(idx: np.ndarray) -> dict[str, torch.Tensor]:
+            rows = torch.from_numpy(idx)
+            return self._inputs(split, rows, rows.to(home), train=False)[0]
+
+        return logits_in_batches(self.model, inputs, self.data.size(split), self.eval_batch_size)
 
     def logits(self, split: str) -> dict[str, torch.Tensor]:
         """Every row's logits, on the CPU."""
