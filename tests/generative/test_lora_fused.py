@@ -81,11 +81,15 @@ def test_fused_function_runs_only_in_the_plain_case():
     def fused_ran() -> bool:
         view = q(x).grad_fn  # the output is a view of the function's 2-D result
         fns = [view, *(f for f, _ in view.next_functions if f is not None)]
-        return any("LoraLinearFn" in f.name() for f in fns)
+        return any("tunewire_lora_linear" in f.name() for f in fns)
 
     assert fused_ran()
     with model.disable_adapter():
         assert not fused_ran()
+    q.base_layer.weight.requires_grad_(True)  # a trainable base: PEFT's path computes its gradient
+    assert not fused_ran()
+    q.base_layer.weight.requires_grad_(False)
+    assert fused_ran()
     q.merge()
     assert not fused_ran()
 
@@ -104,15 +108,19 @@ def test_eval_mode_and_merged_adapter_match_peft():
 def test_bf16_is_as_close_to_fp32_as_peft():
     ref = peft_lm(torch.bfloat16)
     fused, _ = fused_copy(ref)
-    ids = torch.randint(0, 64, (2, 12))
-    exact = forward_backward(copy.deepcopy(ref).float(), ids)
-    peft, ours = forward_backward(ref, ids), forward_backward(fused, ids)
-    for name, e in exact.items():
-        peft_err = (peft[name].float() - e).abs().max() / e.abs().max()
-        ours_err = (ours[name].float() - e).abs().max() / e.abs().max()
-        # Both round differently (ours fewer times); a factor 2 (+ 0.1 % for an exact PEFT
-        # entry) allows for that noise.
-        assert ours_err <= 2 * peft_err + 1e-3, (name, float(ours_err), float(peft_err))
+    exact_model = copy.deepcopy(ref).float()
+    errors = {"peft": [], "ours": []}
+    # Both round differently (ours fewer times), and in a random 2-layer model one draw can
+    # amplify either's rounding several-fold: compare the mean error over several inputs.
+    for seed in range(6):
+        torch.manual_seed(seed)
+        ids = torch.randint(0, 64, (2, 12))
+        exact = forward_backward(exact_model, ids)
+        for name, model in (("peft", ref), ("ours", fused)):
+            got = forward_backward(model, ids)
+            errors[name] += [float((got[k].float() - e).norm() / e.norm()) for k, e in exact.items()]
+    peft, ours = (sum(v) / len(v) for v in (errors["peft"], errors["ours"]))
+    assert ours <= 1.25 * peft, (ours, peft)
 
 
 def test_state_dict_and_saved_adapter_are_unchanged(tmp_path):

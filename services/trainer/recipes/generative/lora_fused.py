@@ -6,11 +6,11 @@ update is written, scaled and added in separate passes, and backward adds a sepa
 estimated at ~20 ms of a 105 ms compiled step (inductor folds part of it into neighbouring
 kernels; bench/generative_train.py measures what is left). Here the rank-r update is accumulated
 inside the base GEMM's output (`addmm_`) and its input gradient inside the base input gradient's
-GEMM; only [tokens, r] tensors are extra. The math and the parameters are PEFT's own, so state dicts and saved adapters are
-unchanged; layers outside the plain case (several or no active adapters, merged, DoRA and other
-variants, `lora_bias`, mixed dtypes, autocast, quantized bases) run PEFT's forward unchanged.
-Eager only: `load_model` leaves PEFT's linears in place when it compiles the blocks (compiled by
-torch 2.11 on CUDA, this function's backward gave all-zero LoRA gradients).
+GEMM; only [tokens, r] tensors are extra. The math and the parameters are PEFT's own, so state
+dicts and saved adapters are unchanged; layers outside the plain case (several or no active
+adapters, merged, DoRA and other variants, `lora_bias`, a trainable base, mixed dtypes,
+autocast, quantized bases) run PEFT's forward unchanged. Forward and backward are custom
+operators, so the same layers run eagerly and inside compiled blocks.
 """
 
 from __future__ import annotations
@@ -22,47 +22,75 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 
-class _LoraLinearFn(torch.autograd.Function):
-    """y = x @ W^T + b + (x_lora @ A^T * s) @ B^T on 2-D inputs, where x_lora is dropout(x), or x
-    itself when `x_lora` is None (no dropout: then its input gradient joins the base one's GEMM)."""
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * (a @ b) in one GEMM (alpha in its epilogue; beta=0, so the output is not read)."""
+    return a.new_empty(a.shape[0], b.shape[1]).addmm_(a, b, beta=0, alpha=alpha)
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Tensor,
+
+# Custom operators, not an autograd.Function: torch.compile keeps each one opaque (one node in the
+# graph, its registered backward another) instead of tracing into it. Traced by torch 2.11 on
+# CUDA, an autograd.Function with these in-place GEMMs gave all-zero LoRA gradients, and an
+# out-of-place one ran slower than these operators (inductor split each accumulate into a GEMM
+# and an add); see bench/results/generative_h200.md.
+@torch.library.custom_op("tunewire::lora_linear", mutates_args=())
+def lora_linear(x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Tensor,
                 bias: torch.Tensor | None, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                scaling: float) -> torch.Tensor:
-        lora_in = x if x_lora is None else x_lora
-        # Scaling the [T, r] factor instead of the [T, out] product: same value, no extra pass.
-        xa_s = (lora_in @ lora_a.t()) * scaling
-        y = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-        y.addmm_(xa_s, lora_b.t())
-        # x is only needed for grad_A (no dropout) or a trainable base weight.
-        keep_x = x_lora is None or weight.requires_grad
-        ctx.save_for_backward(x if keep_x else None, x_lora, weight, lora_a, lora_b, xa_s)
-        ctx.scaling = scaling
-        return y
+                scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, xa_s): y = x @ W^T + b + xa_s @ B^T with xa_s = (x_lora @ A^T) * s on 2-D inputs, where
+    x_lora is dropout(x), or x itself when None. xa_s is returned for the backward to keep."""
+    lora_in = x if x_lora is None else x_lora
+    # Scaling the [T, r] factor instead of the [T, out] product: same value, no extra pass.
+    xa_s = _scaled_mm(lora_in, lora_a.t(), scaling)
+    # The rank-r product is written first and the base GEMM adds onto it (beta=1): the base GEMM
+    # is compute-bound, so reading [T, out] in its epilogue costs little; the other order made
+    # the small GEMM read and rewrite [T, out], a memory-bound pass per layer.
+    y = xa_s @ lora_b.t() if bias is None else torch.addmm(bias, xa_s, lora_b.t())
+    y.addmm_(x, weight.t())
+    return y, xa_s
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, x_lora, weight, lora_a, lora_b, xa_s = ctx.saved_tensors
-        need_x, need_x_lora, need_w, need_bias, need_a, need_b, _ = ctx.needs_input_grad
-        grad_x = grad_x_lora = grad_w = grad_bias = grad_a = grad_b = None
-        if need_x or need_x_lora or need_a:
-            gxa = (grad @ lora_b) * ctx.scaling  # [T, r]: the gradient of x_lora @ A^T
-        if need_x:
-            grad_x = grad @ weight
-            if x_lora is None:
-                grad_x.addmm_(gxa, lora_a)
-        if need_x_lora:
-            grad_x_lora = gxa @ lora_a
-        if need_w:
-            grad_w = grad.t() @ x
-        if need_bias:
-            grad_bias = grad.sum(0)
-        if need_a:
-            grad_a = gxa.t() @ (x if x_lora is None else x_lora)
-        if need_b:
-            grad_b = grad.t() @ xa_s
-        return grad_x, grad_x_lora, grad_w, grad_bias, grad_a, grad_b, None
+
+@lora_linear.register_fake
+def _(x, x_lora, weight, bias, lora_a, lora_b, scaling):
+    return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], lora_a.shape[0])
+
+
+@torch.library.custom_op("tunewire::lora_linear_backward", mutates_args=())
+def lora_linear_backward(grad: torch.Tensor, lora_in: torch.Tensor, weight: torch.Tensor,
+                         lora_a: torch.Tensor, lora_b: torch.Tensor, xa_s: torch.Tensor,
+                         scaling: float, fold: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, gxa, grad_A, grad_B) for a frozen base. gxa is the gradient of lora_in @ A^T;
+    with `fold` (no dropout: lora_in is x) its input gradient is accumulated into grad_x's GEMM."""
+    gxa = _scaled_mm(grad, lora_b, scaling)  # [T, r]
+    if fold:  # the same order as forward: the base GEMM adds onto the rank-r product
+        grad_x = gxa @ lora_a
+        grad_x.addmm_(grad, weight)
+    else:
+        grad_x = grad @ weight
+    return grad_x, gxa, gxa.t() @ lora_in, grad.t() @ xa_s
+
+
+@lora_linear_backward.register_fake
+def _(grad, lora_in, weight, lora_a, lora_b, xa_s, scaling, fold):
+    return (grad.new_empty(grad.shape[0], weight.shape[1]), grad.new_empty(grad.shape[0], lora_a.shape[0]),
+            torch.empty_like(lora_a), torch.empty_like(lora_b))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, x_lora, weight, _, lora_a, lora_b, scaling = inputs
+    ctx.save_for_backward(x if x_lora is None else x_lora, weight, lora_a, lora_b, output[1])
+    ctx.scaling, ctx.dropout = scaling, x_lora is not None
+
+
+def _backward(ctx, grad: torch.Tensor, _grad_xa_s: torch.Tensor | None):
+    lora_in, weight, lora_a, lora_b, xa_s = ctx.saved_tensors
+    grad_x, gxa, grad_a, grad_b = lora_linear_backward(grad, lora_in, weight, lora_a, lora_b, xa_s,
+                                                       ctx.scaling, not ctx.dropout)
+    grad_x_lora = gxa @ lora_a if ctx.dropout else None
+    return grad_x, grad_x_lora, None, None, grad_a, grad_b, None
+
+
+lora_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
 class FusedLoraLinear(LoraLinear):
@@ -79,8 +107,8 @@ class FusedLoraLinear(LoraLinear):
         dropout = self.lora_dropout[adapter]
         flat = x.reshape(-1, x.shape[-1])
         x_lora = None if isinstance(dropout, nn.Identity) or not dropout.training else dropout(flat)
-        y = _LoraLinearFn.apply(flat, x_lora, base.weight, base.bias, self.lora_A[adapter].weight,
-                                self.lora_B[adapter].weight, self.scaling[adapter])
+        y, _ = lora_linear(flat, x_lora, base.weight, base.bias, self.lora_A[adapter].weight,
+                           self.lora_B[adapter].weight, self.scaling[adapter])
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def _fusable_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
@@ -94,7 +122,10 @@ class FusedLoraLinear(LoraLinear):
         adapter = active[0]
         if adapter in self.lora_variant or self.lora_bias[adapter]:
             return None
-        dtype = self.get_base_layer().weight.dtype
+        base = self.get_base_layer()
+        if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+            return None  # the fused backward is for a frozen base (LoRA's own case)
+        dtype = base.weight.dtype
         if not (x.dtype == dtype == self.lora_A[adapter].weight.dtype == self.lora_B[adapter].weight.dtype):
             return None
         if torch.is_autocast_enabled(x.device.type):

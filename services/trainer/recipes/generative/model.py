@@ -120,11 +120,7 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
         model = get_peft_model(model, peft_config(cfg.adapter, total_steps),
                                autocast_adapter_dtype=dtype == torch.float32)
-        if not compiling:
-            # Exact, and only where PEFT's forward would run the plain LoRA case. Not under
-            # compile: inside blocks compiled by torch 2.11 on CUDA its backward gave all-zero
-            # LoRA gradients (forward right, nothing learnt); PEFT's linears compile correctly.
-            fuse_lora(model)
+        fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
     if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
         compile_blocks(core_model(model).get_decoder())
@@ -155,11 +151,12 @@ class CausalLMWithLoss(nn.Module):
             kwargs["position_ids"] = batch.position_ids
             if core.config._attn_implementation == attention.NAME:
                 kwargs.update(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
-                              max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
+                              max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen,
+                              attention_mask=attention.prepared_mask(batch.input_ids.device))
         else:
             kwargs["attention_mask"] = batch.attention_mask
         hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
-        return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels)
+        return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels, batch.targets)
 
 
 def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, world: int,
