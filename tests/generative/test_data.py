@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -50,6 +52,10 @@ def test_packed_rows_reset_positions(tiny):
     assert batch.position_ids[0, :n].tolist() == list(range(n))
     assert batch.position_ids[0, n] == 0  # the next sample starts over
     assert batch.n_real == sum(len(s.input_ids) for s in samples)
+    # The labelled positions are found on the host and travel with the batch.
+    labelled = (batch.labels.reshape(-1) != IGNORE).nonzero().squeeze(1)
+    assert torch.equal(batch.targets, labelled) and torch.equal(batch.to(torch.device("cpu")).targets, labelled)
+    assert batch.n_target == sum(s.n_target for s in samples)
 
 
 def test_packed_and_padded_give_the_same_loss(tiny):
@@ -73,7 +79,9 @@ def test_no_cross_contamination_inside_a_packed_row(tiny):
 
     def loss_of_second(first):
         batch = collate_packed([[first, b]], 32, tok.pad_token_id)
-        batch.labels[0, :len(first.input_ids)] = IGNORE  # score only the second sample
+        labels = batch.labels.clone()
+        labels[0, :len(first.input_ids)] = IGNORE  # score only the second sample
+        batch = dataclasses.replace(batch, labels=labels, targets=None)  # targets found anew
         with torch.no_grad():
             return float(wrapper(batch).loss_sum)
 
@@ -99,6 +107,8 @@ def test_fused_cross_entropy_matches_reference(monkeypatch):
     assert stats.loss_sum.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
     assert int(stats.n_tokens) == 18
+    given = linear_cross_entropy(h, w, labels, (labels.reshape(-1) != IGNORE).nonzero().squeeze(1))
+    assert torch.equal(given.loss_sum, stats.loss_sum) and int(given.n_tokens) == 18
     assert int(stats.n_correct) == int(((h @ w.t()).argmax(-1) == labels)[labels != IGNORE].sum())
 
 

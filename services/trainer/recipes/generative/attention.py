@@ -18,6 +18,13 @@ import torch
 NAME = "tunewire_varlen_causal"
 
 
+def prepared_mask(device: torch.device) -> torch.Tensor:
+    """What a packed batch passes as `attention_mask`: transformers takes a 4-D mask as already
+    prepared and skips building one, and with it the packed-sequence check whose `.all()` made the
+    host wait for the previous step at every forward. The varlen path never reads it."""
+    return torch.ones(1, 1, 1, 1, dtype=torch.bool, device=device)
+
+
 def available(device: torch.device) -> bool:
     """Varlen flash attention exists in this torch and can run on `device`."""
     if device.type != "cuda":

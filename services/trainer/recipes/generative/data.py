@@ -13,7 +13,7 @@ give the same loss on the same samples:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -124,16 +124,23 @@ class Batch:
     max_seqlen: int
     n_samples: int
     n_real: int  # tokens that belong to a sample (padding excluded)
+    # Flat positions that have a label, found on the host when the batch is built: on the GPU
+    # `nonzero` would make the host wait for the whole forward before queueing the loss.
+    targets: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            self.targets = (self.labels.reshape(-1) != IGNORE).nonzero().squeeze(1)
 
     @property
     def n_target(self) -> int:
-        return int((self.labels != IGNORE).sum())
+        return int(self.targets.shape[0])
 
     def to(self, device: torch.device) -> "Batch":
         move = (lambda t: None if t is None else to_device(t, device))
         return Batch(move(self.input_ids), move(self.labels), move(self.position_ids),
                      move(self.attention_mask), move(self.cu_seqlens), self.max_seqlen, self.n_samples,
-                     self.n_real)
+                     self.n_real, move(self.targets))
 
 
 def _shifted(sample: Sample) -> list[int]:

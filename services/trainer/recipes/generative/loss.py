@@ -94,15 +94,19 @@ class _FusedLinearCE(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> LossStats:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         keep: torch.Tensor | None = None) -> LossStats:
     """Summed NLL of `labels` under `hidden @ weight.T`; positions labelled IGNORE are skipped.
 
-    `hidden` is [..., d], `labels` the matching [...] already shifted (labels[i] follows token i)."""
+    `hidden` is [..., d], `labels` the matching [...] already shifted (labels[i] follows token i).
+    `keep`, the flat positions with a label, spares a device sync when the caller has them."""
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
-    keep = (labels != IGNORE).nonzero().squeeze(1)
+    if keep is None:
+        keep = (labels != IGNORE).nonzero().squeeze(1)
     h = hidden.index_select(0, keep)
     t = labels.index_select(0, keep)
     chunk = max(1, _CHUNK_ELEMENTS // weight.shape[0])
     loss, correct = _FusedLinearCE.apply(h, weight, t, chunk, torch.is_grad_enabled())
-    return LossStats(loss, torch.tensor(t.shape[0], device=hidden.device), correct)
+    # torch.full, not torch.tensor: a fill on the device, no host-to-device copy to wait for.
+    return LossStats(loss, torch.full((), t.shape[0], device=hidden.device), correct)
