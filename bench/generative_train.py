@@ -3,8 +3,8 @@
 Llama-3.2-1B architecture with random weights, 1024-token samples. Rows:
   baseline full / LoRA: fp32 weights, bf16 autocast, unfused AdamW, HF's loss, no packing
   ours full / LoRA:     GenerativeRecipe.setup() + its _train_step (bf16 weights, varlen packing,
-                        fused linear cross-entropy, fused AdamW, fused LoRA linears when eager),
-                        optionally per-layer torch.compile (with PEFT's LoRA linears: see model.py)
+                        fused linear cross-entropy, fused AdamW, fused LoRA linears),
+                        optionally per-layer torch.compile
   packing vs padding:   ours (full) on mixed lengths 32-1024, real (non-pad) tokens/s
 MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, against 788 TFLOP/s.
 
@@ -96,6 +96,10 @@ def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, comp
     elapsed = time.perf_counter() - started
     out = {"tok_s": real / elapsed, "mem": _peak_gib(device), "step_ms": 1000 * elapsed / steps,
            "loss": losses[-1], "fused_lora_layers": n_fused}
+    if adapter is not None:
+        # LoRA's B starts at zero: it has moved only if gradients reached the adapter.
+        out["lora_B_norm"] = float(sum(p.float().norm() ** 2 for n, p in recipe.lm.named_parameters()
+                                       if "lora_B" in n) ** 0.5)
     if profile_to is not None and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -215,12 +219,14 @@ def table(results: dict[str, dict], weights: int) -> str:
             return f"{results[a][key] / results[b][key]:.2f}x"
         return "-"
 
-    lines = ["| row | tokens/s | peak GiB | step ms | MFU | last loss |", "|---|---|---|---|---|---|"]
+    lines = ["| row | tokens/s | peak GiB | step ms | MFU | last loss | LoRA B norm |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         per_token = (4 if "LoRA" in name else 6) * weights
         mfu = r["tok_s"] * per_token / PEAK_FLOPS
+        moved = f"{r['lora_B_norm']:.4g}" if "lora_B_norm" in r else "-"
         lines.append(f"| {name} | {r['tok_s']:,.0f} | {r['mem']:.1f} | {r['step_ms']:.1f} | "
-                     f"{100 * mfu:.1f}% | {r['loss']:.3f} |")
+                     f"{100 * mfu:.1f}% | {r['loss']:.3f} | {moved} |")
     best_full = max((n for n in ("ours full", "ours full+compile") if n in results),
                     key=lambda n: results[n]["tok_s"], default="ours full")
     best_lora = max((n for n in ("ours LoRA", "ours LoRA+compile") if n in results),
