@@ -38,7 +38,7 @@ from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
-from tunewire.devices import default_device
+from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -57,11 +57,6 @@ def compile_by_default(device: torch.device) -> bool:
     a 1B model past half the FLOP limit (bench/results/embedder_throughput_h200.md); the load-time
     check falls back to eager. Not on CPUs: compiling costs more seconds than it saves there."""
     return device.type == "cuda"
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs (fast, range of fp32); fp32 on CPU, where bf16 matmuls are slow and lossy."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 @dataclass

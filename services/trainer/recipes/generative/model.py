@@ -12,18 +12,12 @@ from services.trainer.recipes.generative import attention
 from services.trainer.recipes.generative.data import Batch
 from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
 from tunewire.block_compile import compile_blocks
+from tunewire.devices import compute_dtype
 from tunewire.config.llm import AdaloraAdapter, Ia3Adapter, LlmConfig, LoraAdapter
 
 
 class PreconditionError(RuntimeError):
     """The job cannot run on this machine as configured (missing GPU, package...)."""
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU has it, else fp32 (CPU training stays fp32 for exact tests)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def load_tokenizer(base: str):

@@ -12,9 +12,9 @@ import torch
 
 from services.trainer.context import MetricValue
 from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
-from services.trainer.recipes.generative.model import CausalLMWithLoss, compute_dtype
+from services.trainer.recipes.generative.model import CausalLMWithLoss
 from tunewire.config.llm import parse_llm
-from tunewire.devices import default_device
+from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 BATCH = 8

@@ -36,7 +36,6 @@ from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.model import (
     CausalLMWithLoss,
     PreconditionError,
-    compute_dtype,
     core_model,
     load_model,
     load_tokenizer,
@@ -44,6 +43,7 @@ from services.trainer.recipes.generative.model import (
 )
 from services.trainer.schedule import lr_factor
 from tunewire.config.llm import AdaloraAdapter, LlmConfig
+from tunewire.devices import compute_dtype
 
 N_DECODED_SAMPLES = 3
 
