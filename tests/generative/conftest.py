@@ -1,9 +1,13 @@
-"""A tiny causal LM built once per session (tokenizer trained here, random Llama weights) and a
-small templated task it can learn in seconds on a CPU."""
+"""A tiny causal LM built once per session (tokenizer trained here, random Llama weights), a
+small templated task it can learn in seconds on a CPU, and the helpers the CPU and GPU tests
+share (a job through `run_generative_job`, an artifact loaded by stock transformers/peft)."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -11,7 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from services.trainer.context import JobContext
+from services.trainer.context import JobContext, Progress
+from services.trainer.recipes.generative.launch import run_generative_job
 from tunewire.config import resolve, to_dict
 
 NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo", "ines", "jonas",
@@ -107,3 +112,48 @@ def job_context(tmp: Path, raw: dict, *, train=None, validation=None, test=None,
                      emit=rec, attempt=attempt)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     return ctx, rec
+
+
+LOAD_AND_GENERATE = r"""
+import json, sys
+from pathlib import Path
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+art = Path(sys.argv[1])
+if (art / "adapter_config.json").exists():
+    from peft import AutoPeftModelForCausalLM
+    model = AutoPeftModelForCausalLM.from_pretrained(art)
+else:
+    model = AutoModelForCausalLM.from_pretrained(art)
+tok = AutoTokenizer.from_pretrained(art)
+out = []
+for prompt in json.loads(sys.argv[2]):
+    ids = tok(prompt, return_tensors="pt")
+    gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    out.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+print(json.dumps(out))
+"""
+
+
+def fresh_process_generate(artifact: Path, prompts: list[str]) -> list[str]:
+    """Load the artifact with plain transformers/peft in a new interpreter (no tunewire import)."""
+    done = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, str(artifact), json.dumps(prompts)],
+                          capture_output=True, text=True, timeout=180, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def prompts(df) -> list[str]:
+    return [f"what does {n} like ? answer :" for n in df["name"]]
+
+
+def worker_losses(tiny_model, tmp_path, *, steps: int, use_gpu: bool, workers: int,
+                  strategy: str = "ddp") -> list[float]:
+    """Per-step losses at a global batch of 4: one worker at batch 4, or two at batch 2 each."""
+    trainer = {"epochs": 1, "train_steps": steps, "eval_steps": None, "batch_size": 4 // workers}
+    backend = {"use_gpu": use_gpu, "num_workers": workers, "strategy": strategy}
+    ctx, rec = job_context(tmp_path, llm_config(tiny_model, trainer=trainer,
+                                                backend={"trainer": backend}),
+                           validation=task_frame().iloc[:0])
+    run_generative_job(ctx)
+    return [e.loss for e in rec.of(Progress)]

@@ -15,8 +15,14 @@ import torch
 from services.trainer.context import Progress
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import load_model
-from tests.generative.conftest import job_context, llm_config, task_frame
-from tests.generative.test_recipe import fresh_process_generate, prompts, worker_losses
+from tests.generative.conftest import (
+    fresh_process_generate,
+    job_context,
+    llm_config,
+    prompts,
+    task_frame,
+    worker_losses,
+)
 from tunewire.config import resolve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -4,54 +4,25 @@ learning, artifacts that stock transformers/peft load in a fresh process, resume
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from services.trainer.context import JobCancelled, Log, Metrics, Progress
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.predict import predict_generative
-from tests.generative.conftest import job_context, llm_config, task_frame
+from tests.generative.conftest import (
+    fresh_process_generate,
+    job_context,
+    llm_config,
+    prompts,
+    task_frame,
+    worker_losses,
+)
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 LORA = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0}
-
-LOAD_AND_GENERATE = r"""
-import json, sys
-from pathlib import Path
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-art = Path(sys.argv[1])
-if (art / "adapter_config.json").exists():
-    from peft import AutoPeftModelForCausalLM
-    model = AutoPeftModelForCausalLM.from_pretrained(art)
-else:
-    model = AutoModelForCausalLM.from_pretrained(art)
-tok = AutoTokenizer.from_pretrained(art)
-out = []
-for prompt in json.loads(sys.argv[2]):
-    ids = tok(prompt, return_tensors="pt")
-    gen = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    out.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
-print(json.dumps(out))
-"""
-
-
-def fresh_process_generate(artifact: Path, prompts: list[str]) -> list[str]:
-    """Load the artifact with plain transformers/peft in a new interpreter (no tunewire import)."""
-    done = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, str(artifact), json.dumps(prompts)],
-                          capture_output=True, text=True, timeout=180, cwd="/")
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def prompts(df) -> list[str]:
-    return [f"what does {n} like ? answer :" for n in df["name"]]
-
 
 @pytest.fixture(scope="module")
 def full_job(tiny_model, tmp_path_factory):
@@ -159,18 +130,6 @@ def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
     assert min(after) == start + 1 and max(after) == steps
     for step, loss in after.items():
         assert loss == pytest.approx(reference[step], rel=1e-5, abs=1e-6), step
-
-
-def worker_losses(tiny_model, tmp_path, *, steps: int, use_gpu: bool, workers: int,
-                  strategy: str = "ddp") -> list[float]:
-    """Per-step losses at a global batch of 4: one worker at batch 4, or two at batch 2 each."""
-    trainer = {"epochs": 1, "train_steps": steps, "eval_steps": None, "batch_size": 4 // workers}
-    backend = {"use_gpu": use_gpu, "num_workers": workers, "strategy": strategy}
-    ctx, rec = job_context(tmp_path, llm_config(tiny_model, trainer=trainer,
-                                                backend={"trainer": backend}),
-                           validation=task_frame().iloc[:0])
-    run_generative_job(ctx)
-    return [e.loss for e in rec.of(Progress)]
 
 
 @pytest.fixture(scope="module")
