@@ -1,6 +1,7 @@
 """Many clients at once over real gRPC: shared batches, texts computed once, streamed chunks,
 and work for clients that went away dropped."""
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,20 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _served(cache_dir, registry, **servicer_kwargs):
+    """An embedder service (its own cache, the session's models) behind a loopback server:
+    (service, address)."""
+    service = EmbedderService(EmbeddingCache(cache_dir), registry=registry)
+    running = create_server([Service(SERVICE_NAME, EmbedderServicer(service, **servicer_kwargs),
+                                     add_to_server)], ServerSettings(host="127.0.0.1", port=0))
+    try:
+        yield service, f"127.0.0.1:{running.port}"
+    finally:
+        running.stop(None).wait()
+        service.close()
 
 
 @pytest.fixture
@@ -84,12 +99,8 @@ def test_sixteen_clients_with_overlapping_texts_get_the_vectors_of_one_client_al
 
 
 def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path):
-    service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
-    servicer = EmbedderServicer(service, chunk_bytes=384 * 4 * 2)  # two float32 vectors
-    running = create_server([Service(SERVICE_NAME, servicer, add_to_server)],
-                            ServerSettings(host="127.0.0.1", port=0))
-    try:
-        address = f"127.0.0.1:{running.port}"
+    # Chunks of two float32 vectors.
+    with _served(tmp_path / "c", registry, chunk_bytes=384 * 4 * 2) as (service, address):
         with grpc.insecure_channel(address, options=channel_options()) as channel:
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
             spec = embedder_pb2.EncoderSpec(model=minilm_path)
@@ -109,11 +120,8 @@ def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path)
             result = sdk.embed_many(texts + texts[:2], SdkSpec(minilm_path), batch_size=7)
         finally:
             sdk.close()
-        assert result.cache_hits == 5 and result.cache_misses == 0
-        np.testing.assert_array_equal(result.vectors[:5], whole)
-    finally:
-        running.stop(None).wait()
-        service.close()
+    assert result.cache_hits == 5 and result.cache_misses == 0
+    np.testing.assert_array_equal(result.vectors[:5], whole)
 
 
 def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry, minilm_path):
@@ -121,23 +129,18 @@ def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry
     transaction: the same chunks, and the SDK's views hold what protobuf parses."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
-    service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
-    servicer = EmbedderServicer(service, chunk_bytes=384 * 2 * 30)  # 30 float16 vectors
-    running = create_server([Service(SERVICE_NAME, servicer, add_to_server)],
-                            ServerSettings(host="127.0.0.1", port=0))
     texts = [f"{w} number {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS + 6]
-    address = f"127.0.0.1:{running.port}"
-    sdk = EmbedderClient(address)
-    try:
-        spec = SdkSpec(minilm_path, dtype="float16")
-        runs = [list(sdk.stream(texts, spec, batch_size=len(texts))) for _ in range(3)]
-        with grpc.insecure_channel(address, options=channel_options()) as channel:
-            parsed = list(embedder_pb2_grpc.EmbedderServiceStub(channel).StreamEmbed(iter([
-                embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts)]), timeout=60))
-    finally:
-        sdk.close()
-        running.stop(None).wait()
-        service.close()
+    # Chunks of 30 float16 vectors.
+    with _served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
+        sdk = EmbedderClient(address)
+        try:
+            spec = SdkSpec(minilm_path, dtype="float16")
+            runs = [list(sdk.stream(texts, spec, batch_size=len(texts))) for _ in range(3)]
+            with grpc.insecure_channel(address, options=channel_options()) as channel:
+                parsed = list(embedder_pb2_grpc.EmbedderServiceStub(channel).StreamEmbed(iter([
+                    embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts)]), timeout=60))
+        finally:
+            sdk.close()
     assert [(c.offset, len(c.vectors), c.last) for c in runs[0]] == [
         (0, 30, False), (30, 30, False), (60, 10, True)]
     assert [c.cache_misses for c in runs[0]] == [70, 0, 0]
@@ -156,46 +159,41 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
     (no per-text lookups); requests laid out otherwise still get their own texts' vectors."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
-    service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
-    running = create_server([Service(SERVICE_NAME, EmbedderServicer(service), add_to_server)],
-                            ServerSettings(host="127.0.0.1", port=0))
-    texts = [f"{w} wire {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
-    spec = SdkSpec(minilm_path, dtype="float16")
-    domain = EncoderSpec(model=minilm_path, dtype="float16")
-    service.embed(domain, texts)  # computed
-    expected = service.embed(domain, texts).vectors  # all hits: stored whole
-    normalized = service.embed(EncoderSpec(model=minilm_path, dtype="float16", normalize=True),
-                               texts).vectors
-    lookups = []
-    get_matrix = service.cache.get_matrix
-    monkeypatch.setattr(service.cache, "get_matrix",
-                        lambda keys, *a: lookups.append(len(keys)) or get_matrix(keys, *a))
+    with _served(tmp_path / "c", registry) as (service, address):
+        texts = [f"{w} wire {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
+        spec = SdkSpec(minilm_path, dtype="float16")
+        domain = EncoderSpec(model=minilm_path, dtype="float16")
+        service.embed(domain, texts)  # computed
+        expected = service.embed(domain, texts).vectors  # all hits: stored whole
+        normalized = service.embed(EncoderSpec(model=minilm_path, dtype="float16", normalize=True),
+                                   texts).vectors
+        lookups = []
+        get_matrix = service.cache.get_matrix
+        monkeypatch.setattr(service.cache, "get_matrix",
+                            lambda keys, *a: lookups.append(len(keys)) or get_matrix(keys, *a))
 
-    def encoder(**kw) -> bytes:
-        return embedder_pb2.EmbedRequest(encoder=SdkSpec(minilm_path, **kw).to_proto()
-                                         ).SerializeToString()
+        def encoder(**kw) -> bytes:
+            return embedder_pb2.EmbedRequest(encoder=SdkSpec(minilm_path, **kw).to_proto()
+                                             ).SerializeToString()
 
-    body = embedder_pb2.EmbedRequest(texts=texts).SerializeToString()
-    layouts = {"texts first": body + encoder(dtype="float16"),
-               "a second encoder after the texts": encoder(dtype="float16") + body +
-               encoder(dtype="float16", normalize=True),
-               "texts then an unknown field": encoder(dtype="float16") + body + b"\x78\x01"}
-    address = f"127.0.0.1:{running.port}"
-    sdk = EmbedderClient(address)
-    try:
-        whole = [c.vectors for c in sdk.stream(texts, spec, batch_size=len(texts))]
-        assert lookups == []  # one read of the whole answer
-        with grpc.insecure_channel(address, options=channel_options()) as channel:
-            call = channel.stream_stream("/tunewire.v1.EmbedderService/StreamEmbed")
-            # One call per request: in one stream the second could begin before the first
-            # stored its answer whole.
-            answers = {name: [embedder_pb2.EmbedResponse.FromString(r)
-                              for _ in range(2) for r in call(iter([raw]), timeout=60)]
-                       for name, raw in layouts.items()}
-    finally:
-        sdk.close()
-        running.stop(None).wait()
-        service.close()
+        body = embedder_pb2.EmbedRequest(texts=texts).SerializeToString()
+        layouts = {"texts first": body + encoder(dtype="float16"),
+                   "a second encoder after the texts": encoder(dtype="float16") + body +
+                   encoder(dtype="float16", normalize=True),
+                   "texts then an unknown field": encoder(dtype="float16") + body + b"\x78\x01"}
+        sdk = EmbedderClient(address)
+        try:
+            whole = [c.vectors for c in sdk.stream(texts, spec, batch_size=len(texts))]
+            assert lookups == []  # one read of the whole answer
+            with grpc.insecure_channel(address, options=channel_options()) as channel:
+                call = channel.stream_stream("/tunewire.v1.EmbedderService/StreamEmbed")
+                # One call per request: in one stream the second could begin before the first
+                # stored its answer whole.
+                answers = {name: [embedder_pb2.EmbedResponse.FromString(r)
+                                  for _ in range(2) for r in call(iter([raw]), timeout=60)]
+                           for name, raw in layouts.items()}
+        finally:
+            sdk.close()
     assert len(whole) == 1 and whole[0].tobytes() == expected.tobytes()
     assert lookups == [len(texts)] * 3  # each layout's first request: text by text
     for name, (first, again) in answers.items():
