@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from services.embedder import service as service_module
 from services.embedder.cache import EmbeddingCache
 from services.embedder.service import EmbedderService, EncoderRegistry, EncoderSpec
 from tests.embedder.conftest import TEXTS
@@ -117,7 +118,8 @@ def test_registry_keeps_at_most_n_models(minilm_path, tiny_llama_path, tmp_path)
     assert registry.loaded() == [minilm_path, str(copy)]
 
 
-def test_local_weights_changed_on_disk_give_a_new_fingerprint(tmp_path, minilm_path, cache):
+def test_local_weights_changed_on_disk_give_a_new_fingerprint(tmp_path, minilm_path, cache,
+                                                               monkeypatch):
     copy = tmp_path / "model"
     shutil.copytree(minilm_path, copy)
     service = EmbedderService(cache)
@@ -125,6 +127,10 @@ def test_local_weights_changed_on_disk_give_a_new_fingerprint(tmp_path, minilm_p
     config = copy / "config.json"
     config.write_text(config.read_text().replace('"hidden_dropout_prob": 0.1',
                                                  '"hidden_dropout_prob": 0.2'))
+    # The files are compared with the disk at most every SIGNATURE_CHECK_SECONDS.
+    monkeypatch.setattr(service_module, "SIGNATURE_CHECK_SECONDS", 3600.0)
+    assert service.embed(EncoderSpec(model=str(copy)), TEXTS[:2]).fingerprint == first.fingerprint
+    monkeypatch.setattr(service_module, "SIGNATURE_CHECK_SECONDS", 0.0)
     second = service.embed(EncoderSpec(model=str(copy)), TEXTS[:2])
     assert second.fingerprint != first.fingerprint and second.misses == 2
 
