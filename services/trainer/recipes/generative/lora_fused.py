@@ -4,9 +4,9 @@ PEFT's LoRA `Linear` runs `base(x) + lora_B(lora_A(dropout(x))) * scaling`: the 
 update is written, scaled and added in separate passes, and backward adds a separate
 [tokens, in] input gradient to the base one. On a 1B model at 8k tokens that memory traffic was
 estimated at ~20 ms of a 105 ms compiled step (inductor folds part of it into neighbouring
-kernels; bench/generative_train.py measures what is left). Here the rank-r update is accumulated
-inside the base GEMM's output (`addmm_`) and its input gradient inside the base input gradient's
-GEMM; only [tokens, r] tensors are extra. The math and the parameters are PEFT's own, so state
+kernels; bench/generative_train.py measures what is left). Here the base GEMM adds onto the
+rank-r product in its epilogue (`addmm_`, beta=1), in forward and for the input gradient alike;
+only [tokens, r] tensors are extra. The math and the parameters are PEFT's own, so state
 dicts and saved adapters are unchanged; layers outside the plain case (several or no active
 adapters, merged, DoRA and other variants, `lora_bias`, a trainable base, mixed dtypes,
 autocast, quantized bases) run PEFT's forward unchanged. Forward and backward are custom
