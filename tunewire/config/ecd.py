@@ -418,11 +418,6 @@ class EcdConfig:
             self.trainer.eval_batch_size = 1024
         if self.trainer.learning_rate == "auto":
             self.trainer.learning_rate = 0.001
-        s = self.trainer.learning_rate_scheduler
-        check(s.warmup_evaluations == 0, "is not supported; use warmup_fraction",
-              "trainer.learning_rate_scheduler.warmup_evaluations")
-        check(s.t_0 is None, "cosine restarts are not supported",
-              "trainer.learning_rate_scheduler.t_0")
         check(self.trainer.validation_field in [o.name for o in self.output_features]
               + ["combined"], "must name an output feature or be 'combined'",
               "trainer.validation_field")

@@ -302,11 +302,6 @@ class LlmConfig:
         check(t.regularization_lambda == 0.0, "is not supported for llm", "trainer.regularization_lambda")
         check(t.bucketing_field is None, "is not supported (packing fills rows instead)",
               "trainer.bucketing_field")
-        s = t.learning_rate_scheduler
-        check(s.warmup_evaluations == 0, "is not supported for llm; use warmup_fraction",
-              "trainer.learning_rate_scheduler.warmup_evaluations")
-        check(s.t_0 is None, "cosine restarts are not supported for llm",
-              "trainer.learning_rate_scheduler.t_0")
         check(t.optimizer.type in ("adam", "adamw", "sgd"),
               f"optimizer {t.optimizer.type!r} is not built for llm (adam, adamw, sgd)",
               "trainer.optimizer.type")

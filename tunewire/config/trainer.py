@@ -46,6 +46,9 @@ class LearningRateSchedulerConfig:
         check(0.0 <= self.warmup_fraction < 1.0, "must be in [0, 1)", "warmup_fraction")
         check(self.reduce_on_plateau == 0,
               "reduce_on_plateau is not supported; use decay", "reduce_on_plateau")
+        check(self.warmup_evaluations == 0, "is not supported; use warmup_fraction",
+              "warmup_evaluations")
+        check(self.t_0 is None, "cosine restarts are not supported", "t_0")
 
 
 @dataclass
