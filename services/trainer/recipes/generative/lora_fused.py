@@ -9,8 +9,8 @@ rank-r product in its epilogue (`addmm_`, beta=1), in forward and for the input 
 only [tokens, r] tensors are extra. The math and the parameters are PEFT's own, so state
 dicts and saved adapters are unchanged; layers outside the plain case (several or no active
 adapters, merged, DoRA and other variants, `lora_bias`, a trainable base, mixed dtypes,
-autocast, quantized bases) run PEFT's forward unchanged. Forward and backward are custom
-operators, so the same layers run eagerly and inside compiled blocks.
+autocast, quantized bases) run PEFT's forward unchanged. Forward and backward are operators
+that torch.compile keeps opaque, so the same layers run eagerly and inside compiled blocks.
 """
 
 from __future__ import annotations
@@ -27,15 +27,23 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     return a.new_empty(a.shape[0], b.shape[1]).addmm_(a, b, beta=0, alpha=alpha)
 
 
-# Custom operators, not an autograd.Function: torch.compile keeps each one opaque (one node in the
-# graph, its registered backward another) instead of tracing into it. Traced by torch 2.11 on
-# CUDA, an autograd.Function with these in-place GEMMs gave all-zero LoRA gradients, and an
-# out-of-place one ran slower than these operators (inductor split each accumulate into a GEMM
-# and an add); see bench/results/generative_h200.md.
-@torch.library.custom_op("tunewire::lora_linear", mutates_args=())
-def lora_linear(x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Tensor,
-                bias: torch.Tensor | None, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+# The GEMMs run inside two operators, which torch.compile keeps opaque (a node each) instead of
+# tracing into them: traced by torch 2.11 on CUDA, in-place GEMMs inside an autograd.Function
+# gave all-zero LoRA gradients, and out-of-place ones ran slower (inductor split each accumulate
+# into a GEMM and an add); see bench/results/generative_h200.md. The operators are registered
+# with `torch.library.Library` below autograd, and a thin autograd.Function joins them: a
+# `custom_op` with a registered backward cost ~22 us of host time per call on CPU against
+# ~8 us here, and a LoRA step on a 1B model makes 224 such calls.
+_LIB = torch.library.Library("tunewire", "FRAGMENT")
+_LIB.define("lora_linear(Tensor x, Tensor? x_lora, Tensor weight, Tensor? bias, Tensor lora_a, "
+            "Tensor lora_b, float scaling) -> (Tensor, Tensor)")
+_LIB.define("lora_linear_backward(Tensor grad, Tensor lora_in, Tensor weight, Tensor lora_a, "
+            "Tensor lora_b, Tensor xa_s, float scaling, bool fold) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def _lora_linear(x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Tensor,
+                 bias: torch.Tensor | None, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                 scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, xa_s): y = x @ W^T + b + xa_s @ B^T with xa_s = (x_lora @ A^T) * s on 2-D inputs, where
     x_lora is dropout(x), or x itself when None. xa_s is returned for the backward to keep."""
     lora_in = x if x_lora is None else x_lora
@@ -49,16 +57,10 @@ def lora_linear(x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Tens
     return y, xa_s
 
 
-@lora_linear.register_fake
-def _(x, x_lora, weight, bias, lora_a, lora_b, scaling):
-    return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], lora_a.shape[0])
-
-
-@torch.library.custom_op("tunewire::lora_linear_backward", mutates_args=())
-def lora_linear_backward(grad: torch.Tensor, lora_in: torch.Tensor, weight: torch.Tensor,
-                         lora_a: torch.Tensor, lora_b: torch.Tensor, xa_s: torch.Tensor,
-                         scaling: float, fold: bool
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lora_linear_backward(grad: torch.Tensor, lora_in: torch.Tensor, weight: torch.Tensor,
+                          lora_a: torch.Tensor, lora_b: torch.Tensor, xa_s: torch.Tensor,
+                          scaling: float, fold: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, gxa, grad_A, grad_B) for a frozen base. gxa is the gradient of lora_in @ A^T;
     with `fold` (no dropout: lora_in is x) its input gradient is accumulated into grad_x's GEMM."""
     gxa = _scaled_mm(grad, lora_b, scaling)  # [T, r]
@@ -70,27 +72,39 @@ def lora_linear_backward(grad: torch.Tensor, lora_in: torch.Tensor, weight: torc
     return grad_x, gxa, gxa.t() @ lora_in, grad.t() @ xa_s
 
 
-@lora_linear_backward.register_fake
-def _(grad, lora_in, weight, lora_a, lora_b, xa_s, scaling, fold):
+def _lora_linear_fake(x, x_lora, weight, bias, lora_a, lora_b, scaling):
+    return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(x.shape[0], lora_a.shape[0])
+
+
+def _lora_linear_backward_fake(grad, lora_in, weight, lora_a, lora_b, xa_s, scaling, fold):
     return (grad.new_empty(grad.shape[0], weight.shape[1]), grad.new_empty(grad.shape[0], lora_a.shape[0]),
             torch.empty_like(lora_a), torch.empty_like(lora_b))
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, x_lora, weight, _, lora_a, lora_b, scaling = inputs
-    ctx.save_for_backward(x if x_lora is None else x_lora, weight, lora_a, lora_b, output[1])
-    ctx.scaling, ctx.dropout = scaling, x_lora is not None
+_LIB.impl("lora_linear", _lora_linear, "CompositeExplicitAutograd")
+_LIB.impl("lora_linear_backward", _lora_linear_backward, "CompositeExplicitAutograd")
+torch.library.register_fake("tunewire::lora_linear", _lora_linear_fake, lib=_LIB)
+torch.library.register_fake("tunewire::lora_linear_backward", _lora_linear_backward_fake, lib=_LIB)
 
 
-def _backward(ctx, grad: torch.Tensor, _grad_xa_s: torch.Tensor | None):
-    lora_in, weight, lora_a, lora_b, xa_s = ctx.saved_tensors
-    grad_x, gxa, grad_a, grad_b = lora_linear_backward(grad, lora_in, weight, lora_a, lora_b, xa_s,
-                                                       ctx.scaling, not ctx.dropout)
-    grad_x_lora = gxa @ lora_a if ctx.dropout else None
-    return grad_x, grad_x_lora, None, None, grad_a, grad_b, None
+class LoraLinearFn(torch.autograd.Function):
+    """y = x @ W^T + b + (x_lora @ A^T) @ B^T * s with a frozen W and b: each pass is one operator
+    call, so nothing in-place is traced."""
 
+    @staticmethod
+    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling):
+        y, xa_s = torch.ops.tunewire.lora_linear(x, x_lora, weight, bias, lora_a, lora_b, scaling)
+        ctx.save_for_backward(x if x_lora is None else x_lora, weight, lora_a, lora_b, xa_s)
+        ctx.scaling, ctx.dropout = scaling, x_lora is not None
+        return y
 
-lora_linear.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, grad):
+        lora_in, weight, lora_a, lora_b, xa_s = ctx.saved_tensors
+        grad_x, gxa, grad_a, grad_b = torch.ops.tunewire.lora_linear_backward(
+            grad, lora_in, weight, lora_a, lora_b, xa_s, ctx.scaling, not ctx.dropout)
+        grad_x_lora = gxa @ lora_a if ctx.dropout else None
+        return grad_x, grad_x_lora, None, None, grad_a, grad_b, None
 
 
 class FusedLoraLinear(LoraLinear):
@@ -107,8 +121,8 @@ class FusedLoraLinear(LoraLinear):
         dropout = self.lora_dropout[adapter]
         flat = x.reshape(-1, x.shape[-1])
         x_lora = None if isinstance(dropout, nn.Identity) or not dropout.training else dropout(flat)
-        y, _ = lora_linear(flat, x_lora, base.weight, base.bias, self.lora_A[adapter].weight,
-                           self.lora_B[adapter].weight, self.scaling[adapter])
+        y = LoraLinearFn.apply(flat, x_lora, base.weight, base.bias, self.lora_A[adapter].weight,
+                               self.lora_B[adapter].weight, self.scaling[adapter])
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def _fusable_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
