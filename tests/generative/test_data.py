@@ -70,6 +70,30 @@ def test_packed_and_padded_give_the_same_loss(tiny):
     assert int(packed.n_correct) == int(padded.n_correct)
 
 
+def test_rows_without_boundaries_or_padding_run_dense_with_the_same_loss(tiny):
+    """A batch whose rows are each one whole sample needs no mask and no position ids."""
+    model, tok, cfg = tiny
+    wrapper = CausalLMWithLoss(model)
+    samples = build_samples(cfg, task_frame(), tok, 128)
+    width = len(samples[0].input_ids)
+    same = [s for s in samples if len(s.input_ids) == width][:3]
+    assert len(same) >= 2
+    packed = collate_packed([[s] for s in same], width, tok.pad_token_id)
+    padded = collate_padded(same, tok.pad_token_id)
+    assert packed.dense and padded.dense and packed.to(torch.device("cpu")).dense
+    assert not collate_packed([[s] for s in same], width + 1, tok.pad_token_id).dense  # a padded tail
+    short = dataclasses.replace(same[0], input_ids=same[0].input_ids[:-1], labels=same[0].labels[:-1])
+    assert not collate_padded([*same, short], tok.pad_token_id).dense  # rows of several lengths
+    assert not collate_packed([[same[0]], [short]], width, tok.pad_token_id).dense
+    with torch.no_grad():
+        dense = wrapper(packed)
+        varlen = wrapper(dataclasses.replace(packed, dense=False))  # positions and boundaries
+        masked = wrapper(dataclasses.replace(padded, dense=False))  # an all-ones mask
+    assert float(dense.loss_sum) == pytest.approx(float(varlen.loss_sum), rel=1e-5)
+    assert float(dense.loss_sum) == pytest.approx(float(masked.loss_sum), rel=1e-5)
+    assert int(dense.n_correct) == int(varlen.n_correct)
+
+
 def test_no_cross_contamination_inside_a_packed_row(tiny):
     """Changing the first sample of a row must not change the loss of the second."""
     model, tok, cfg = tiny

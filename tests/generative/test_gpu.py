@@ -1,5 +1,6 @@
 """The generative recipe on a CUDA GPU: 4- and 8-bit quantized bases (QLoRA through bitsandbytes),
-bf16 LoRA with per-layer compilation, and FSDP2 on two GPUs against one.
+bf16 LoRA with per-layer compilation, dense causal attention against varlen, and FSDP2 on two GPUs
+against one.
 
 They skip without CUDA (CI has none); the device machine runs them with
 `python -m pytest tests/generative/test_gpu.py` (bench/results/generative_h200.md records the run).
@@ -7,6 +8,7 @@ They skip without CUDA (CI has none); the device machine runs them with
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -14,7 +16,8 @@ import torch
 
 from services.trainer.context import Progress
 from services.trainer.recipes.generative.launch import run_generative_job
-from services.trainer.recipes.generative.model import load_model
+from services.trainer.recipes.generative.data import build_samples, collate_packed
+from services.trainer.recipes.generative.model import CausalLMWithLoss, load_model, load_tokenizer
 from tests.generative.conftest import (
     fresh_process_generate,
     job_context,
@@ -69,6 +72,41 @@ def test_bf16_lora_with_compiled_layers_learns(tiny_model, tmp_path):
     run_generative_job(ctx)
     losses = [e.loss for e in rec.of(Progress)]
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_dense_rows_match_varlen_attention(tiny_model, compile):
+    """Rows that are each one whole sample run SDPA's causal kernels (cuDNN first); the loss and
+    the LoRA gradients must match the varlen path on the same batch."""
+    torch._dynamo.reset()
+    device = torch.device("cuda")
+    cfg = resolve(llm_config(tiny_model, adapter=LORA, backend=GPU, trainer={"compile": compile}))
+    torch.manual_seed(0)
+    lm = load_model(cfg, device, packed=True, total_steps=10)
+    for name, p in lm.named_parameters():
+        if "lora_B" in name:  # non-zero, so that lora_A gets a gradient too
+            torch.nn.init.normal_(p, std=0.05)
+    model = CausalLMWithLoss(lm).train()
+    tok = load_tokenizer(str(tiny_model))
+    samples = build_samples(cfg, task_frame(), tok, 512)
+    width = len(samples[0].input_ids)
+    rows = [[s] for s in samples if len(s.input_ids) == width][:8]
+    dense = collate_packed(rows, width, tok.pad_token_id).to(device)
+    assert dense.dense
+
+    def loss_and_grads(batch):
+        stats = model(batch)
+        (stats.loss_sum / batch.n_target).backward()
+        grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad(set_to_none=True)
+        return float(stats.loss_sum), grads
+
+    loss_d, grads_d = loss_and_grads(dense)
+    loss_v, grads_v = loss_and_grads(dataclasses.replace(dense, dense=False))
+    assert loss_d == pytest.approx(loss_v, rel=1e-2)
+    for name, g in grads_v.items():
+        assert float(g.norm()) > 0, name
+        assert float((grads_d[name] - g).norm() / g.norm()) < 0.03, name
 
 
 @pytest.fixture(scope="module")

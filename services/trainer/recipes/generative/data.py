@@ -127,6 +127,9 @@ class Batch:
     # Flat positions that have a label, found on the host when the batch is built: on the GPU
     # `nonzero` would make the host wait for the whole forward before queueing the loss.
     targets: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    # Every row is one whole sample, no padding: plain causal attention over each row is exact,
+    # and dense causal kernels beat varlen ones (bench/results/generative_h200.md).
+    dense: bool = False
 
     def __post_init__(self) -> None:
         if self.targets is None:
@@ -140,7 +143,7 @@ class Batch:
         move = (lambda t: None if t is None else to_device(t, device))
         return Batch(move(self.input_ids), move(self.labels), move(self.position_ids),
                      move(self.attention_mask), move(self.cu_seqlens), self.max_seqlen, self.n_samples,
-                     self.n_real, move(self.targets))
+                     self.n_real, move(self.targets), self.dense)
 
 
 def _shifted(sample: Sample) -> list[int]:
@@ -159,7 +162,8 @@ def collate_padded(samples: list[Sample], pad_id: int) -> Batch:
         ids[i, :n] = torch.tensor(s.input_ids)
         labels[i, :n] = torch.tensor(_shifted(s))
         mask[i, :n] = 1
-    return Batch(ids, labels, None, mask, None, width, len(samples), int(mask.sum()))
+    n_real = int(mask.sum())
+    return Batch(ids, labels, None, mask, None, width, len(samples), n_real, dense=n_real == mask.numel())
 
 
 def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch:
@@ -185,8 +189,9 @@ def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch
             bounds.append((r + 1) * row_len)
     cu = torch.tensor(bounds, dtype=torch.int32)
     # max_seqlen: the row length bounds every segment; a constant keeps compiled graphs static.
+    dense = all(len(row) == 1 and len(row[0].input_ids) == row_len for row in rows)
     return Batch(ids, labels, pos, None, cu, row_len, sum(len(r) for r in rows),
-                 sum(len(s.input_ids) for r in rows for s in r))
+                 sum(len(s.input_ids) for r in rows for s in r), dense=dense)
 
 
 def pack_rows(samples: list[Sample], row_len: int) -> list[list[Sample]]:

@@ -141,6 +141,11 @@ class CausalLMWithLoss(nn.Module):
     def forward(self, batch: Batch) -> LossStats:
         core = core_model(self.lm)
         kwargs = {"use_cache": False}
+        if batch.dense:  # no mask, no position ids: transformers runs causal SDPA
+            with attention.dense_kernels(batch.input_ids.device):
+                hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
+            return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels,
+                                        batch.targets)
         if batch.position_ids is not None:
             kwargs["position_ids"] = batch.position_ids
             if core.config._attn_implementation == attention.NAME:
