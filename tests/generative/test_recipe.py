@@ -98,8 +98,9 @@ def test_lora_artifacts_load_in_a_fresh_process(tiny_model, tmp_path, merge):
 
 def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
     # Enough steps that the cancel, sent when the first checkpoint is reported, lands mid-run
-    # even when the worker outruns the event relay.
-    steps = 48
+    # even when the worker outruns the event relay (up to ~0.5 s behind; a step of the tiny
+    # model can take under 10 ms).
+    steps = 240
     trainer = {"epochs": 1, "train_steps": steps, "steps_per_checkpoint": 3, "eval_steps": None}
     raw = llm_config(tiny_model, adapter={**LORA, "dropout": 0.1}, trainer=trainer)
     ref_ctx, ref_rec = job_context(tmp_path / "ref", raw, validation=task_frame().iloc[:0])
