@@ -44,6 +44,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                              "(default: on for a GPU, off for a CPU)")
     parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
                         help="longest text (UTF-8 bytes) before INVALID_ARGUMENT")
+    parser.add_argument("--hot-answer-bytes", type=int, default=defaults.hot_answer_bytes,
+                        help="memory for whole answers kept as sent, for replays (0: none)")
     add_security_flags(parser)
     return parser
 
@@ -54,7 +56,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     max_loaded_models=args.max_loaded_models, max_texts=args.max_texts,
                     device=args.device, preload=list(args.preload),
                     max_text_bytes=args.max_text_bytes, cache_max_size=args.cache_max_size,
-                    varlen=args.varlen, compile=args.compile, security=security_from_args(args))
+                    varlen=args.varlen, compile=args.compile,
+                    hot_answer_bytes=args.hot_answer_bytes, security=security_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import torch
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from services.embedder.cache import (DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, EmbeddingCache,
                                      cache_path)
+from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
 from services.embedder.service import EmbedderService
 from services.embedder.servicer import (DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TEXTS, EmbedderServicer,
                                        add_to_server)
@@ -47,6 +48,8 @@ class Settings:
     # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
     # the encoder's max_length in tokens.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    # Whole answers kept in memory as sent, for replays (0: none); see hot_answers.py.
+    hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class Settings:
             raise ValueError("max_loaded_models must be >= 1")
         if self.max_texts < 1:
             raise ValueError("max_texts must be >= 1")
+        if self.hot_answer_bytes < 0:
+            raise ValueError("hot_answer_bytes must be >= 0")
 
 
 @dataclass
@@ -85,7 +90,8 @@ def start(settings: Settings) -> App:
     device = torch.device(settings.device) if settings.device else None
     service = EmbedderService(cache, max_batch_tokens=settings.max_batch_tokens,
                               max_loaded_models=settings.max_loaded_models, device=device,
-                              varlen=settings.varlen, compile=settings.compile)
+                              varlen=settings.varlen, compile=settings.compile,
+                              hot_answer_bytes=settings.hot_answer_bytes)
     servicer = EmbedderServicer(service, max_texts=settings.max_texts,
                                 max_text_bytes=settings.max_text_bytes)
     running = create_server(

@@ -234,6 +234,11 @@ class EmbeddingCache:
             self._hits += distinct
         return out
 
+    def count_hits(self, n: int) -> None:
+        """Count `n` hits served without a read (an answer kept in memory, hot_answers.py)."""
+        with self._counter_lock:
+            self._hits += n
+
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         """Write every (key, value) in one transaction: all of them land, or none do."""
         items = list(items)

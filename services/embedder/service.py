@@ -27,6 +27,7 @@ from services.embedder.encoder import Encoder, compile_by_default
 from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_keys,
                                            encode_texts, fingerprint, tokenizer_identity,
                                            weights_identity)
+from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
@@ -277,10 +278,13 @@ class EmbedderService:
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
                  registry: EncoderRegistry | None = None, varlen: bool = True,
-                 compile: bool | None = None) -> None:
+                 compile: bool | None = None,
+                 hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
-        every model padded; `compile` as EncoderRegistry's."""
+        every model padded; `compile` as EncoderRegistry's; `hot_answer_bytes` bounds the whole
+        answers kept in memory as sent (hot_answers.py)."""
         self.cache = cache
+        self.hot = HotAnswers(hot_answer_bytes)
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens,
@@ -359,12 +363,17 @@ class EmbedderService:
         whole = None
         if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
             whole = batch_key(fp, encode_texts(texts) if texts_wire is None else texts_wire)
-            rendered = self.cache.read_batch(
+            hot = self.hot.get((whole, render))
+            if hot is not None:
+                self.cache.count_hits(hot.distinct)
+                return Answered(hot.rendered)
+            found = self.cache.read_batch(
                 whole, dtype, dim, len(texts),
-                lambda vectors, distinct: (render or _copied)(EmbedResult(vectors, distinct, 0,
-                                                                          fp)))
-            if rendered is not None:
-                return Answered(rendered)
+                lambda vectors, distinct: ((render or _copied)(EmbedResult(vectors, distinct, 0,
+                                                                           fp)), distinct))
+            if found is not None:
+                self.hot.put((whole, render), *found)
+                return Answered(found[0])
         texts = list(texts)
         distinct = list(dict.fromkeys(texts))
         keys = cache_keys(fp, distinct)

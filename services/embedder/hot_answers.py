@@ -1,0 +1,74 @@
+"""Whole answers as sent, kept in memory for replays, least recently used out first.
+
+A replayed request's whole answer is in the LMDB cache, and each replay copies it out of the
+memory map into a new response (servicer.encode_response). Kept here as the bytes gRPC was
+given, a replay hands the same objects over again: what a raw byte stream costs. Entries are
+keyed by the whole-answer cache key (the encoder's fingerprint and the request's texts) and the
+renderer that made them (for StreamEmbed, the servicer's chunking), so one is never stale; the
+byte budget bounds the memory (0 keeps nothing). A data set larger than the budget, replayed
+in order, finds nothing here and is read from the map as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Hashable, NamedTuple
+
+DEFAULT_HOT_ANSWER_BYTES = 256 * 1024 * 1024
+
+
+class _Entry(NamedTuple):
+    rendered: Any
+    size: int
+    distinct: int  # texts the answer counts as cache hits
+
+
+def rendered_size(rendered: Any) -> int | None:
+    """Bytes held by an answer made of bytes (one message, or a list of chunks); None for
+    anything else, which is not kept (a caller might change it)."""
+    if isinstance(rendered, bytes):
+        return len(rendered)
+    if isinstance(rendered, list) and all(isinstance(part, bytes) for part in rendered):
+        return sum(map(len, rendered))
+    return None
+
+
+class HotAnswers:
+    def __init__(self, max_bytes: int = DEFAULT_HOT_ANSWER_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: Hashable, rendered: Any, distinct: int) -> None:
+        size = rendered_size(rendered)
+        if size is None or size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._entries[key] = _Entry(rendered, size, distinct)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
+
+    @property
+    def size_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
