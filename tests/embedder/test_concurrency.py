@@ -202,6 +202,46 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
         assert from_proto(again.embeddings).tobytes() == want.tobytes(), name
 
 
+def test_replays_then_new_texts_in_one_stream_are_answered_in_order(tmp_path, registry, minilm_path):
+    """Whole answers are sent from the stream's own thread until a request needs the model; the
+    rest of the stream then goes through the pipeline, still in order, an error in its place."""
+    from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
+
+    first, second = ([f"{w} replay {b} {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
+                     for b in range(2))
+    fresh = [f"{w} fresh {i}" for i, w in enumerate(WORDS)]
+    with _served(tmp_path / "c", registry) as (service, address):
+        domain = EncoderSpec(model=minilm_path, dtype="float16")
+        stored = {}
+        for texts in (first, second):
+            service.embed(domain, texts)
+            stored[texts[0]] = service.embed(domain, texts).vectors  # all hits: stored whole
+        spec = SdkSpec(minilm_path, dtype="float16").to_proto()
+
+        def request(texts, model_spec=spec):
+            return embedder_pb2.EmbedRequest(encoder=model_spec, texts=texts)
+
+        bad = request(["x"], embedder_pb2.EncoderSpec(model=" "))
+        with grpc.insecure_channel(address, options=channel_options()) as channel:
+            stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+            replies = list(stub.StreamEmbed(iter([request(first), request(second), request(fresh),
+                                                  request(first)]), timeout=60))
+            with pytest.raises(grpc.RpcError) as at_once:
+                list(stub.StreamEmbed(iter([bad, request(first)]), timeout=60))
+            got = []
+            with pytest.raises(grpc.RpcError) as later:
+                for reply in stub.StreamEmbed(iter([request(first), bad, request(second)]), timeout=60):
+                    got.append(reply)
+        fresh_vectors = service.embed(domain, fresh).vectors
+    vectors = [from_proto(r.embeddings) for r in replies]
+    assert [v.tobytes() for v in vectors] == [stored[first[0]].tobytes(), stored[second[0]].tobytes(),
+                                              fresh_vectors.tobytes(), stored[first[0]].tobytes()]
+    assert [r.cache_misses for r in replies] == [0, 0, len(fresh), 0]
+    for error in (at_once.value, later.value):
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "encoder.model" in error.details()
+    assert [from_proto(r.embeddings).tobytes() for r in got] == [stored[first[0]].tobytes()]
+
+
 def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
     encoder = app.service.registry.get(minilm_path).encoder
     queue = app.service.registry.get(minilm_path).queue
