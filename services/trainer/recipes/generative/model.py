@@ -3,6 +3,7 @@ the loss wrapper, and its placement across processes (DDP or FSDP2)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import torch
@@ -141,12 +142,10 @@ class CausalLMWithLoss(nn.Module):
     def forward(self, batch: Batch) -> LossStats:
         core = core_model(self.lm)
         kwargs = {"use_cache": False}
+        kernels = contextlib.nullcontext()
         if batch.dense:  # no mask, no position ids: transformers runs causal SDPA
-            with attention.dense_kernels(batch.input_ids.device):
-                hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
-            return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels,
-                                        batch.targets)
-        if batch.position_ids is not None:
+            kernels = attention.dense_kernels(batch.input_ids.device)
+        elif batch.position_ids is not None:
             kwargs["position_ids"] = batch.position_ids
             if core.config._attn_implementation == attention.NAME:
                 kwargs.update(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
@@ -154,7 +153,8 @@ class CausalLMWithLoss(nn.Module):
                               attention_mask=attention.prepared_mask(batch.input_ids.device))
         else:
             kwargs["attention_mask"] = batch.attention_mask
-        hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
+        with kernels:
+            hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
         return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels, batch.targets)
 
 
