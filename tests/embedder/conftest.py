@@ -1,22 +1,46 @@
 """Fixtures: the real MiniLM encoder (offline package), a tiny random decoder-only Llama with a
-freshly trained tokenizer that has no pad token, and services over throwaway LMDB caches."""
+freshly trained tokenizer that has no pad token, and services over throwaway LMDB caches (in
+process, or behind a loopback gRPC server: `served`)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from services.embedder.app import SERVICE_NAME
 from services.embedder.cache import EmbeddingCache
 from services.embedder.service import EmbedderService, EncoderRegistry
+from services.embedder.servicer import EmbedderServicer, add_to_server
+from tunewire.server import ServerSettings, Service, create_server
+
 
 def rel_error(got, expected) -> float:
     """The largest relative L2 error of a row of `got` against `expected` (arrays or tensors),
     in float64."""
     got, expected = (torch.as_tensor(a).detach().double().cpu().numpy() for a in (got, expected))
     return float((np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)).max())
+
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
+
+
+@contextlib.contextmanager
+def served(cache_dir, registry, **servicer_kwargs):
+    """An embedder service (its own cache, the session's models) behind a loopback server:
+    (service, address)."""
+    service = EmbedderService(EmbeddingCache(cache_dir), registry=registry)
+    running = create_server([Service(SERVICE_NAME, EmbedderServicer(service, **servicer_kwargs),
+                                     add_to_server)], ServerSettings(host="127.0.0.1", port=0))
+    try:
+        yield service, f"127.0.0.1:{running.port}"
+    finally:
+        running.stop(None).wait()
+        service.close()
 
 
 TEXTS = [

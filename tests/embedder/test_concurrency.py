@@ -1,7 +1,6 @@
 """Many clients at once over real gRPC: shared batches, texts computed once, streamed chunks,
 and work for clients that went away dropped."""
 
-import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,19 +10,17 @@ import numpy as np
 import pytest
 
 from clients.sdk import EmbedderClient, EncoderSpec as SdkSpec
-from services.embedder.app import SERVICE_NAME, Settings, start
+from services.embedder.app import Settings, start
 from services.embedder.cache import EmbeddingCache
 from services.embedder.inflight import InFlight
 from services.embedder.service import EmbedderService, EncoderSpec
-from services.embedder.servicer import EmbedderServicer, add_to_server, encode_response
-from tests.embedder.conftest import rel_error
+from services.embedder.servicer import encode_response
+from tests.embedder.conftest import WORDS, rel_error, served
 from tunewire.errors import Cancelled
-from tunewire.server import ServerSettings, Service, channel_options, create_server
+from tunewire.server import channel_options
 from tunewire.tensors import from_proto
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
 POOL = [f"{a} {b} and {c}" for a, b, c in zip(WORDS, WORDS[3:] + WORDS[:3], WORDS[7:] + WORDS[:7])]
 
 
@@ -32,20 +29,6 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def _served(cache_dir, registry, **servicer_kwargs):
-    """An embedder service (its own cache, the session's models) behind a loopback server:
-    (service, address)."""
-    service = EmbedderService(EmbeddingCache(cache_dir), registry=registry)
-    running = create_server([Service(SERVICE_NAME, EmbedderServicer(service, **servicer_kwargs),
-                                     add_to_server)], ServerSettings(host="127.0.0.1", port=0))
-    try:
-        yield service, f"127.0.0.1:{running.port}"
-    finally:
-        running.stop(None).wait()
-        service.close()
 
 
 @pytest.fixture
@@ -100,7 +83,7 @@ def test_sixteen_clients_with_overlapping_texts_get_the_vectors_of_one_client_al
 
 def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path):
     # Chunks of two float32 vectors.
-    with _served(tmp_path / "c", registry, chunk_bytes=384 * 4 * 2) as (service, address):
+    with served(tmp_path / "c", registry, chunk_bytes=384 * 4 * 2) as (service, address):
         with grpc.insecure_channel(address, options=channel_options()) as channel:
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
             spec = embedder_pb2.EncoderSpec(model=minilm_path)
@@ -131,7 +114,7 @@ def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry
 
     texts = [f"{w} number {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS + 6]
     # Chunks of 30 float16 vectors.
-    with _served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
+    with served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
         sdk = EmbedderClient(address)
         try:
             spec = SdkSpec(minilm_path, dtype="float16")
@@ -159,7 +142,7 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
     (no per-text lookups); requests laid out otherwise still get their own texts' vectors."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
-    with _served(tmp_path / "c", registry) as (service, address):
+    with served(tmp_path / "c", registry) as (service, address):
         texts = [f"{w} wire {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
         spec = SdkSpec(minilm_path, dtype="float16")
         domain = EncoderSpec(model=minilm_path, dtype="float16")
@@ -203,14 +186,14 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
 
 
 def test_replays_then_new_texts_in_one_stream_are_answered_in_order(tmp_path, registry, minilm_path):
-    """Whole answers are sent from the stream's own thread until a request needs the model; the
-    rest of the stream then goes through the pipeline, still in order, an error in its place."""
+    """Replays (answered at `begin`), a request the model computes and an invalid one in one
+    stream: each answered in request order, the error in its place."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
     first, second = ([f"{w} replay {b} {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
                      for b in range(2))
     fresh = [f"{w} fresh {i}" for i, w in enumerate(WORDS)]
-    with _served(tmp_path / "c", registry) as (service, address):
+    with served(tmp_path / "c", registry) as (service, address):
         domain = EncoderSpec(model=minilm_path, dtype="float16")
         stored = {}
         for texts in (first, second):

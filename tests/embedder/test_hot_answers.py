@@ -7,8 +7,9 @@ import pytest
 
 from clients.sdk import EmbedderClient, EncoderSpec as SdkSpec
 from services.embedder import service as service_module
+from services.embedder.app import Settings
 from services.embedder.hot_answers import HotAnswers, rendered_size
-from tests.embedder.test_concurrency import WORDS, _served
+from tests.embedder.conftest import WORDS, served
 
 
 def test_least_recently_used_answers_leave_first_within_the_byte_budget():
@@ -31,7 +32,9 @@ def test_only_answers_made_of_bytes_are_kept():
     hot.put("mixed", [b"ok", bytearray(b"mutable")], distinct=1)
     assert len(hot) == 0
     assert rendered_size([b"ab", b"c"]) == 3 and rendered_size(b"abcd") == 4
-    assert HotAnswers(0).put("a", b"x", distinct=1) is None and len(HotAnswers(0)) == 0
+    nothing = HotAnswers(0)
+    nothing.put("a", b"x", distinct=1)
+    assert len(nothing) == 0 and nothing.size_bytes == 0
     with pytest.raises(ValueError):
         HotAnswers(-1)
 
@@ -44,7 +47,7 @@ def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
     shutil.copytree(minilm_path, model)
     texts = [f"{w} hot {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
     spec = SdkSpec(str(model), dtype="float16")
-    with _served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
+    with served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
         sdk = EmbedderClient(address)
         try:
             def stream():
@@ -88,6 +91,4 @@ def test_a_zero_budget_keeps_nothing(tmp_path, registry, minilm_path):
     finally:
         service.close()
     with pytest.raises(ValueError):
-        from services.embedder.app import Settings
-
         Settings(hot_answer_bytes=-1)
