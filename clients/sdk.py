@@ -31,6 +31,7 @@ from tunewire.server import STREAM_CHUNK_BYTES, channel_options
 from tunewire.tls import ClientSecurity
 from tunewire.v1 import (embedder_pb2, embedder_pb2_grpc, trainer_pb2,
                          trainer_pb2_grpc)
+from tunewire.wire import embed_request
 
 POOLINGS = {"mean": embedder_pb2.POOLING_MEAN, "avg": embedder_pb2.POOLING_MEAN,
             "cls": embedder_pb2.POOLING_CLS, "cls_pooled": embedder_pb2.POOLING_CLS,
@@ -138,10 +139,12 @@ class EmbedderClient:
     @rpc_errors
     def embed(self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
               ) -> EmbedResult:
-        resp = self.stub.Embed(embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts),
-                               timeout=timeout)
-        return EmbedResult(tensors.from_proto(resp.embeddings), resp.cache_hits,
-                           resp.cache_misses, resp.fingerprint)
+        resp = self.stub.Embed(embed_request(spec.to_proto(), texts), timeout=timeout)
+        vectors = tensors.from_proto(resp.embeddings)
+        if len(vectors) != len(texts):  # e.g. a server that predates `joined`
+            raise TunewireError(f"the embedder answered {len(vectors)} vectors for "
+                                f"{len(texts)} texts", reason="INCOMPLETE_ANSWER")
+        return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)
 
     @_rpc_iter
     def stream(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
@@ -156,8 +159,7 @@ class EmbedderClient:
             for start in range(0, len(texts), batch_size):
                 if cancelled is not None and cancelled():
                     return
-                yield embedder_pb2.EmbedRequest(encoder=proto_spec,
-                                                texts=texts[start:start + batch_size])
+                yield embed_request(proto_spec, texts[start:start + batch_size])
 
         for resp, data in self._stream_embed(requests(), timeout=timeout):
             yield EmbedChunk(tensors.from_data(resp.embeddings, data), resp.offset, resp.last,

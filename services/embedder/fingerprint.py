@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import structlog
 
 from services.embedder.source import ModelSource
-from tunewire.v1 import embedder_pb2
+from tunewire.wire import embed_request
 
 log = structlog.get_logger(__name__)
 
@@ -111,16 +111,18 @@ def cache_key(fingerprint_hex: str, text: str) -> bytes:
 
 
 def encode_texts(texts: Sequence[str]) -> bytes:
-    """`texts` as EmbedRequest.texts is on the wire: a (tag, length, UTF-8) record per text, the
-    form `batch_key` hashes. The servicer takes it straight from a request's bytes instead."""
-    return embedder_pb2.EmbedRequest(texts=texts).SerializeToString()
+    """`texts` in the wire form the SDK sends them in (`tunewire.wire.embed_request`: joined by
+    NUL in one field, or a record per text), the form `batch_key` hashes for a caller in the
+    same process. The servicer takes it straight from a request's bytes instead."""
+    return embed_request(None, texts).SerializeToString()
 
 
 def batch_key(fingerprint_hex: str, texts_wire: bytes | memoryview) -> bytes:
     """32-byte key of a whole request's answer: sha256 over the fingerprint and the request's
-    texts in their wire form (`encode_texts`), which names the exact list of texts (each record
-    carries its length) and which a server hashes without turning the texts into strings.
-    Distinct from every `cache_key` (and from the NUL/JSON-joined keys of earlier versions)."""
+    texts in their wire form (`encode_texts`), which names the exact list of texts (a count and
+    NUL separators, or a length per record) and which a server hashes without turning the texts
+    into strings. Distinct from every `cache_key` (and from the NUL/JSON-joined keys of earlier
+    versions)."""
     digest = hashlib.sha256(b"batch\0" + fingerprint_hex.encode() + b"\0pb\0")
     digest.update(texts_wire)
     return digest.digest()

@@ -3,10 +3,12 @@
 A replayed request's whole answer is in the LMDB cache, and each replay copies it out of the
 memory map into a new response (servicer.encode_response). Kept here as the bytes gRPC was
 given, a replay hands the same objects over again: what a raw byte stream costs. Entries are
-keyed by the whole-answer cache key (the encoder's fingerprint and the request's texts) and the
-renderer that made them (for StreamEmbed, the servicer's chunking), so one is never stale; the
-byte budget bounds the memory (0 keeps nothing). A data set larger than the budget, replayed
-in order, finds nothing here and is read from the map as before.
+keyed by the encoder's fingerprint, the request's texts as they came on the wire (compared byte
+for byte, so a lookup hashes them once with Python's own hash instead of computing the sha256
+of the whole-answer key) and the renderer that made them (for StreamEmbed, the servicer's
+chunking), so one is never stale; the byte budget, which counts the key's bytes too, bounds the
+memory (0 keeps nothing). A data set larger than the budget, replayed in order, finds nothing
+here and is read from the map as before.
 """
 
 from __future__ import annotations
@@ -50,9 +52,13 @@ class HotAnswers:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: Hashable, rendered: Any, distinct: int) -> None:
+    def put(self, key: Hashable, rendered: Any, distinct: int, key_bytes: int = 0) -> None:
+        """Keep `rendered` under `key`; `key_bytes` is what the key holds (counted as kept)."""
         size = rendered_size(rendered)
-        if size is None or size > self.max_bytes:
+        if size is None:
+            return
+        size += key_bytes
+        if size > self.max_bytes:
             return
         with self._lock:
             old = self._entries.pop(key, None)

@@ -3,10 +3,11 @@
 Validation errors are raised as `tunewire.errors.*` with the field path; the shared interceptor
 maps them to status codes, so nothing is caught here.
 
-StreamEmbed works on up to `stream_window` requests of a stream at once (a reader thread takes
-requests while earlier ones compute, so one client's tokenisation overlaps the model and its
-rows fill shared batches), answers strictly in order, and splits each answer into chunks of at
-most `chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield` when the client
+StreamEmbed answers requests found whole in the cache in gRPC's own thread as it reads them (a
+warm stream pays no thread hop a request). From the first request the model must work on, it
+works on up to `stream_window` requests of the stream at once (a reader thread takes requests
+while earlier ones compute, so one client's tokenisation overlaps the model and its rows fill
+shared batches). Answers go strictly in order, each split into chunks of at most `chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield` when the client
 reads slowly, the window then stops the reader, and the client's sends block in turn. A client
 that goes away (cancel, deadline, dropped connection) makes `context.is_active()` false; its
 texts still queued for the model are dropped uncomputed.
@@ -16,13 +17,13 @@ copied once, straight into the message, instead of into a Tensor, a response and
 copy of each (a warm stream is bound by those copies). A whole answer from the cache is encoded
 inside its read transaction (the service's `render`), so that one copy is from the memory map.
 The service is registered with `add_to_server`, whose serializer passes such bytes through.
-A request answered from the cache at `begin` goes straight to the answer queue, without a hop
-through the pool's threads.
 
 Requests are received by `_receive`, which keeps, beside the parsed message, the message's size
-and its texts in wire form: a replayed request is then found whole by hashing those bytes, and
-its texts are never turned into Python strings (that per-text work was most of a warm stream's
-cost for small vectors, thousands of texts a request).
+and its texts in wire form: a replayed request is then found whole by those bytes, and its texts
+are never turned into Python strings (that per-text work was most of a warm stream's cost for
+small vectors, thousands of texts a request). For the same reason the SDK sends texts joined by
+NUL in one field (`EmbedRequest.joined`, read through `JoinedTextsView`) rather than a record
+each.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import grpc
 import structlog
@@ -94,6 +95,41 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
 _EMBEDDINGS_TAG, _DATA_TAG = b"\x0a", b"\x1a"
 # EmbedRequest.encoder (field 1), length-delimited.
 _ENCODER_TAG = b"\x0a"
+
+
+class JoinedTextsView(Sequence[str]):
+    """EmbedRequest.joined as a sequence of str, decoded, split and checked against its count
+    only when read: a replay found whole by its bytes (see `_receive`) never pays for that.
+    Whole answers are stored only for requests whose texts were read, so a replay's bytes were
+    checked when first seen; its length is the count it declares."""
+
+    def __init__(self, joined: embedder_pb2.JoinedTexts) -> None:
+        self._joined = joined
+        self._texts: list[str] | None = None
+
+    def _split(self) -> list[str]:
+        if self._texts is None:
+            utf8, count = self._joined.utf8, self._joined.count
+            try:
+                text = utf8.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidArgument(f"joined.utf8 is not valid UTF-8 (byte {exc.start})",
+                                      field="joined.utf8") from None
+            texts = text.split("\0") if text or count else []
+            if len(texts) != count:
+                raise InvalidArgument(f"joined.count is {count} but joined.utf8 holds "
+                                      f"{len(texts)} NUL-separated texts", field="joined.count")
+            self._texts = texts
+        return self._texts
+
+    def __len__(self) -> int:
+        return self._joined.count
+
+    def __getitem__(self, index):
+        return self._split()[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._split())
 
 
 class _Received(NamedTuple):
@@ -184,16 +220,24 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                render: Callable[[EmbedResult], object]) -> EmbedJob | Answered:
         request = received.message
         spec = spec_from_proto(request.encoder)
-        texts = request.texts  # read lazily: a replay answered whole never needs them as str
+        # Both read lazily: a replay answered whole never needs its texts as str.
+        joined = request.HasField("joined")
+        if joined and request.texts:
+            raise InvalidArgument("set texts or joined, not both", field="joined")
+        texts = JoinedTextsView(request.joined) if joined else request.texts
+        field = "joined.count" if joined else "texts"
         if len(texts) > self.max_texts:
             raise InvalidArgument(f"{len(texts)} texts in one request; the limit is "
-                                  f"{self.max_texts}: split the request", field="texts")
+                                  f"{self.max_texts}: split the request", field=field)
         if received.size > self.max_text_bytes:  # else no text can be over the limit
-            for i, text in enumerate(texts):
-                if len(text) > self.max_text_bytes // 4 and \
-                        len(text.encode()) > self.max_text_bytes:
-                    raise InvalidArgument(f"text of {len(text.encode())} bytes; the limit is "
-                                          f"{self.max_text_bytes}", field=f"texts[{i}]")
+            sizes = (map(len, request.joined.utf8.split(b"\0")) if joined else
+                     (len(text.encode()) if len(text) > self.max_text_bytes // 4 else 0
+                      for text in texts))
+            for i, size in enumerate(sizes):
+                if size > self.max_text_bytes:
+                    raise InvalidArgument(f"text {i} is {size} bytes; the limit is "
+                                          f"{self.max_text_bytes}",
+                                          field="joined.utf8" if joined else f"texts[{i}]")
         return self.service.begin(spec, texts, render, received.texts_wire)
 
     def _chunks(self, result: EmbedResult) -> list[bytes]:
@@ -212,6 +256,21 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         return self._begin(request, _whole_response).finish(lambda: not context.is_active())
 
     def StreamEmbed(self, request_iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
+        # While every request is answered from the cache, answer each in gRPC's own thread as it
+        # is read: no thread hop per request (a warm stream's replays cost only their send).
+        # The first request that needs the model hands the rest of the stream to `_pipelined`.
+        for request in request_iterator:
+            job = self._begin(request, self._chunks)
+            if not isinstance(job, Answered):
+                yield from self._pipelined(job, request_iterator, context)
+                return
+            yield from job.rendered
+
+    def _pipelined(self, first: EmbedJob, request_iterator, context: grpc.ServicerContext
+                   ) -> Iterator[bytes]:
+        """Answer `first` and the rest of the stream in order, with up to `stream_window`
+        requests at work at once: a reader thread takes requests (cache lookup and claims in
+        request order) while earlier ones compute in a pool."""
         def cancelled() -> bool:
             return not context.is_active()
 
@@ -219,6 +278,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         pending: queue.Queue[Future | None] = queue.Queue()
         closing = threading.Event()
         pool = ThreadPoolExecutor(self.stream_window, thread_name_prefix="stream-embed")
+        window.acquire()
+        pending.put(pool.submit(first.finish, cancelled))
 
         def read() -> None:
             try:
@@ -226,7 +287,6 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     while not window.acquire(timeout=0.1):  # `window` requests in flight
                         if closing.is_set() or cancelled():
                             return
-                    # Cache lookup and claims in request order; the model work in the pool.
                     answer: Future = Future()
                     try:
                         job = self._begin(request, self._chunks)

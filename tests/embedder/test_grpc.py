@@ -104,6 +104,16 @@ def test_cache_stats(stub, minilm_path):
                                texts=["a"] * 9), "texts"),
     (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
                                texts=["a", "é" * (1 << 19) + "a"]), "texts[1]"),  # 1 MiB + 1
+    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                               texts=["a"], joined=embedder_pb2.JoinedTexts(utf8=b"b", count=1)),
+     "joined"),
+    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                               joined=embedder_pb2.JoinedTexts(utf8=b"\0" * 8, count=9)),
+     "joined.count"),
+    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                               joined=embedder_pb2.JoinedTexts(
+                                   utf8=b"a\0" + "é".encode() * (1 << 19) + b"a", count=2)),
+     "joined.utf8"),
 ])
 def test_bad_request_is_invalid_argument_with_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as exc:
@@ -132,3 +142,88 @@ def test_failed_preload_raises_and_releases_the_port(tmp_path):
     from services.embedder.cache import EmbeddingCache, cache_path
 
     EmbeddingCache(cache_path(tmp_path)).close()
+
+
+def test_joined_texts_are_answered_as_their_records(stub, server, minilm_path):
+    """`joined` (texts joined by NUL) and `texts` (a record each) name the same texts."""
+    texts = ["joined one", "", "naïve café ☕", "joined one", "zwei"]
+    spec = _spec(minilm_path, dtype=tensor_pb2.DTYPE_FLOAT16)
+    records = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=texts), timeout=60)
+    joined = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, joined=embedder_pb2.JoinedTexts(
+        utf8="\0".join(texts).encode(), count=len(texts))), timeout=60)
+    assert from_proto(joined.embeddings).shape == (len(texts), 384)
+    assert joined.embeddings.data == records.embeddings.data
+    assert (joined.cache_hits, joined.cache_misses) == (4, 0)  # distinct texts, all cached
+    one_empty = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, joined=embedder_pb2.JoinedTexts(
+        utf8=b"", count=1)), timeout=60)
+    assert from_proto(one_empty.embeddings).tobytes() == from_proto(records.embeddings)[1].tobytes()
+
+
+@pytest.mark.parametrize("utf8, count, field, words", [
+    (b"fine\0bad \xff byte", 2, "joined.utf8", "byte 9"),
+    (b"a\0b", 3, "joined.count", "holds 2"),
+    (b"a\0b", 1, "joined.count", "holds 2"),
+    (b"", 2, "joined.count", "holds 1"),
+    (b"a", 0, "joined.count", "holds 1"),
+])
+def test_bad_joined_texts_are_refused_and_nothing_is_cached(stub, server, minilm_path, utf8,
+                                                             count, field, words):
+    entries = server.service.cache_stats().entries
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Embed(embedder_pb2.EmbedRequest(encoder=_spec(minilm_path),
+                                             joined=embedder_pb2.JoinedTexts(utf8=utf8,
+                                                                             count=count)),
+                   timeout=60)
+    err = from_rpc_error(exc.value)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.field == field and words in err.message
+    assert server.service.cache_stats().entries == entries
+
+
+def test_the_sdk_sends_texts_holding_a_nul_as_records(server, minilm_path):
+    from clients.sdk import EmbedderClient, EncoderSpec
+    from tunewire.wire import embed_request
+
+    texts = ["a\0b", "plain"]
+    assert list(embed_request(None, texts).texts) == texts
+    assert embed_request(None, ["a", "b"]).joined.count == 2
+    client = EmbedderClient(f"127.0.0.1:{server.port}")
+    try:
+        with_nul = client.embed(texts, EncoderSpec(minilm_path)).vectors
+        apart = client.embed(["a", "b", "plain"], EncoderSpec(minilm_path)).vectors
+    finally:
+        client.close()
+    assert with_nul.shape == (2, 384)
+    np.testing.assert_array_equal(with_nul[1], apart[2])
+    assert not np.array_equal(with_nul[0], apart[0])  # "a\0b" is one text, not "a"
+
+
+def test_the_sdk_refuses_an_answer_with_too_few_vectors():
+    """A server that predates `joined` reads a joined request as no texts: the SDK says so
+    instead of returning no vectors."""
+    from concurrent import futures
+
+    from clients.sdk import EmbedderClient, EncoderSpec
+    from tunewire.errors import TunewireError
+
+    def embed(request, context):
+        return embedder_pb2.EmbedResponse(embeddings=tensor_pb2.Tensor(
+            dtype=tensor_pb2.DTYPE_FLOAT32, shape=[len(request.texts), 4],
+            data=b"\0" * 16 * len(request.texts)))
+
+    old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    old.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "tunewire.v1.EmbedderService", {"Embed": grpc.unary_unary_rpc_method_handler(
+            embed, request_deserializer=embedder_pb2.EmbedRequest.FromString,
+            response_serializer=embedder_pb2.EmbedResponse.SerializeToString)})])
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    client = EmbedderClient(f"127.0.0.1:{port}")
+    try:
+        assert client.embed(["a\0b"], EncoderSpec("m")).vectors.shape == (1, 4)  # records
+        with pytest.raises(TunewireError) as exc:
+            client.embed(["a", "b"], EncoderSpec("m"))
+        assert exc.value.reason == "INCOMPLETE_ANSWER" and "0 vectors for 2 texts" in str(exc.value)
+    finally:
+        client.close()
+        old.stop(None)

@@ -8,6 +8,7 @@ import pytest
 from clients.sdk import EmbedderClient, EncoderSpec as SdkSpec
 from services.embedder import service as service_module
 from services.embedder.app import Settings
+from services.embedder.fingerprint import encode_texts
 from services.embedder.hot_answers import HotAnswers, rendered_size
 from tests.embedder.conftest import WORDS, served
 
@@ -24,6 +25,8 @@ def test_least_recently_used_answers_leave_first_within_the_byte_budget():
     assert hot.size_bytes == 3
     hot.put("big", b"x" * 11, distinct=1)  # over the whole budget: not kept, nothing evicted
     assert hot.get("big") is None and len(hot) == 2
+    hot.put("keyed", b"x" * 5, distinct=1, key_bytes=6)  # 11 with its key: not kept either
+    assert hot.get("keyed") is None and hot.size_bytes == 3
 
 
 def test_only_answers_made_of_bytes_are_kept():
@@ -59,6 +62,10 @@ def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
             assert len(service.hot) == 0
             from_map, hits_map = stream()  # the whole answer, rendered from the map
             assert len(service.hot) == 1
+            # The budget counts the answer (its vectors and a few header bytes a chunk) and the
+            # texts' bytes its key holds.
+            headers = service.hot.size_bytes - sum(map(len, from_map)) - len(encode_texts(texts))
+            assert 0 < headers < 200 * len(from_map)
             hits_before = service.cache.stats().hits
             with monkeypatch.context() as patch:  # no read of the map this time
                 patch.setattr(service.cache, "read_batch", lambda *a: pytest.fail("map read"))

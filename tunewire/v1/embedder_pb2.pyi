@@ -44,12 +44,22 @@ class EncoderSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., max_length: _Optional[int] = ..., normalize: _Optional[bool] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., layer: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("encoder", "texts")
+    __slots__ = ("encoder", "texts", "joined")
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
     encoder: EncoderSpec
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    joined: JoinedTexts
+    def __init__(self, encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., joined: _Optional[_Union[JoinedTexts, _Mapping]] = ...) -> None: ...
+
+class JoinedTexts(_message.Message):
+    __slots__ = ("utf8", "count")
+    UTF8_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    utf8: bytes
+    count: int
+    def __init__(self, utf8: _Optional[bytes] = ..., count: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "cache_hits", "cache_misses", "fingerprint", "offset", "last")
