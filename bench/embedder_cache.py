@@ -13,8 +13,9 @@ the first from the memory map, the rest from the embedder's hot answers unless
 `--hot-answer-bytes 0`).
 Then the client, as a trainer on the same host would, reads the same vectors straight
 from the memory-mapped cache (`open_readonly`, keys precomputed, `--read-keys` a call).
-Our client is the SDK's `EmbedderClient.stream`, which hands each chunk over as a numpy array
-(its shape and a sampled row are checked); the raw client gets `bytes`. Each figure is the
+Our client is the SDK's `EmbedderClient.stream`, which sends each request's texts joined by NUL
+(`EmbedRequest.joined`) and hands each chunk over as a numpy array (its shape and a sampled row
+are checked); the raw client gets `bytes`. Each figure is the
 median of `--repeats` runs; each replay follows a raw run and "vs raw gRPC" is the median of
 those pairs' ratios (the first read's is against the raw run just before it), which a load that
 comes and goes on a shared machine disturbs less than a ratio of medians.
