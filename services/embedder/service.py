@@ -362,12 +362,10 @@ class EmbedderService:
                 field="texts")
         whole = None
         if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
-            wire = encode_texts(texts) if texts_wire is None else texts_wire
-            if isinstance(wire, memoryview) and not wire.readonly:
-                wire = bytes(wire)
-            # A replay is found by its texts' bytes (a dict compares them whole; a read-only
-            # memoryview hashes and compares as its bytes), which costs less than the sha256 of
-            # the whole-answer key, needed only when it is not hot.
+            # bytes, not a view: a memoryview compares with bytes item by item (~0.7 ms here).
+            wire = encode_texts(texts) if texts_wire is None else bytes(texts_wire)
+            # A replay is found by its texts' bytes (a dict compares them whole), which costs
+            # less than the sha256 of the whole-answer key, needed only when it is not hot.
             hot = self.hot.get((fp, render, wire))
             if hot is not None:
                 self.cache.count_hits(hot.distinct)
@@ -378,7 +376,7 @@ class EmbedderService:
                 lambda vectors, distinct: ((render or _copied)(EmbedResult(vectors, distinct, 0,
                                                                            fp)), distinct))
             if found is not None:
-                self.hot.put((fp, render, bytes(wire)), *found, key_bytes=len(wire))
+                self.hot.put((fp, render, wire), *found, key_bytes=len(wire))
                 return Answered(found[0])
         texts = list(texts)
         distinct = list(dict.fromkeys(texts))
