@@ -7,10 +7,12 @@ StreamEmbed answers requests found whole in the cache in gRPC's own thread as it
 warm stream pays no thread hop a request). From the first request the model must work on, it
 works on up to `stream_window` requests of the stream at once (a reader thread takes requests
 while earlier ones compute, so one client's tokenisation overlaps the model and its rows fill
-shared batches). Answers go strictly in order, each split into chunks of at most `chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield` when the client
-reads slowly, the window then stops the reader, and the client's sends block in turn. A client
-that goes away (cancel, deadline, dropped connection) makes `context.is_active()` false; its
-texts still queued for the model are dropped uncomputed.
+shared batches). Answers go strictly in order, each split into chunks of at most
+`chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield` when the client
+reads slowly, the window (or, while answering from the cache, this very thread) then stops the
+reading, and the client's sends block in turn. A client that goes away (cancel, deadline,
+dropped connection) makes `context.is_active()` false; its texts still queued for the model are
+dropped uncomputed.
 
 Responses are serialised here, by `encode_response`, into the bytes gRPC sends: the vectors are
 copied once, straight into the message, instead of into a Tensor, a response and a serialised
