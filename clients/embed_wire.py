@@ -1,4 +1,6 @@
-"""A StreamEmbed response deserializer that leaves the vectors where gRPC received them. Protobuf parsing copies `embeddings.data` into the message, and reading the field
+"""A StreamEmbed response deserializer that leaves the vectors where gRPC received them.
+
+Protobuf parsing copies `embeddings.data` into the message, and reading the field copies it
 again: two copies of every chunk (2 MiB) that a raw bytes stream does not pay, about a fifth of a
 warm stream's time. `split_response` walks the wire format instead: it parses every field except
 `Tensor.data` with protobuf as usual (from a small copy of the message without it) and returns
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 from tunewire.v1 import embedder_pb2
 from tunewire.wire import decode_varint, encode_varint
-
 
 # Field numbers of EmbedResponse.embeddings and Tensor.data, and the length-delimited wire type.
 _EMBEDDINGS, _DATA, _LEN = 1, 3, 2

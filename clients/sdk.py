@@ -125,6 +125,14 @@ class EmbedChunk:
     fingerprint: str
 
 
+def _check_answered(vectors: int, texts: int) -> None:
+    """A request must get a vector per text; a server that predates `EmbedRequest.joined`, for
+    one, reads a joined request as no texts."""
+    if vectors != texts:
+        raise TunewireError(f"the embedder answered {vectors} vectors for {texts} texts",
+                            reason="INCOMPLETE_ANSWER")
+
+
 class EmbedderClient:
     def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
         self.address = address
@@ -141,9 +149,7 @@ class EmbedderClient:
               ) -> EmbedResult:
         resp = self.stub.Embed(embed_request(spec.to_proto(), texts), timeout=timeout)
         vectors = tensors.from_proto(resp.embeddings)
-        if len(vectors) != len(texts):  # e.g. a server that predates `joined`
-            raise TunewireError(f"the embedder answered {len(vectors)} vectors for "
-                                f"{len(texts)} texts", reason="INCOMPLETE_ANSWER")
+        _check_answered(len(vectors), len(texts))
         return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)
 
     @_rpc_iter
@@ -161,9 +167,15 @@ class EmbedderClient:
                     return
                 yield embed_request(proto_spec, texts[start:start + batch_size])
 
+        answered = 0  # texts of the requests answered in full
         for resp, data in self._stream_embed(requests(), timeout=timeout):
-            yield EmbedChunk(tensors.from_data(resp.embeddings, data), resp.offset, resp.last,
-                             resp.cache_hits, resp.cache_misses, resp.fingerprint)
+            chunk = EmbedChunk(tensors.from_data(resp.embeddings, data), resp.offset, resp.last,
+                               resp.cache_hits, resp.cache_misses, resp.fingerprint)
+            if chunk.last:
+                rows = chunk.offset + len(chunk.vectors)
+                _check_answered(rows, min(batch_size, len(texts) - answered))
+                answered += rows
+            yield chunk
 
     @rpc_errors
     def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,

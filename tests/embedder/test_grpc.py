@@ -209,13 +209,19 @@ def test_the_sdk_refuses_an_answer_with_too_few_vectors():
     def embed(request, context):
         return embedder_pb2.EmbedResponse(embeddings=tensor_pb2.Tensor(
             dtype=tensor_pb2.DTYPE_FLOAT32, shape=[len(request.texts), 4],
-            data=b"\0" * 16 * len(request.texts)))
+            data=b"\0" * 16 * len(request.texts)), last=True)
 
+    def stream_embed(requests, context):
+        for request in requests:
+            yield embed(request, context)
+
+    codec = dict(request_deserializer=embedder_pb2.EmbedRequest.FromString,
+                 response_serializer=embedder_pb2.EmbedResponse.SerializeToString)
     old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     old.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "tunewire.v1.EmbedderService", {"Embed": grpc.unary_unary_rpc_method_handler(
-            embed, request_deserializer=embedder_pb2.EmbedRequest.FromString,
-            response_serializer=embedder_pb2.EmbedResponse.SerializeToString)})])
+        "tunewire.v1.EmbedderService", {
+            "Embed": grpc.unary_unary_rpc_method_handler(embed, **codec),
+            "StreamEmbed": grpc.stream_stream_rpc_method_handler(stream_embed, **codec)})])
     port = old.add_insecure_port("127.0.0.1:0")
     old.start()
     client = EmbedderClient(f"127.0.0.1:{port}")
@@ -223,6 +229,11 @@ def test_the_sdk_refuses_an_answer_with_too_few_vectors():
         assert client.embed(["a\0b"], EncoderSpec("m")).vectors.shape == (1, 4)  # records
         with pytest.raises(TunewireError) as exc:
             client.embed(["a", "b"], EncoderSpec("m"))
+        assert exc.value.reason == "INCOMPLETE_ANSWER" and "0 vectors for 2 texts" in str(exc.value)
+        assert len(client.embed_many(["a\0b", "c\0d", "e\0f"], EncoderSpec("m"),
+                                     batch_size=2).vectors) == 3  # records, two requests
+        with pytest.raises(TunewireError) as exc:
+            client.embed_many(["a", "b", "c"], EncoderSpec("m"), batch_size=2)
         assert exc.value.reason == "INCOMPLETE_ANSWER" and "0 vectors for 2 texts" in str(exc.value)
     finally:
         client.close()
