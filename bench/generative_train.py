@@ -27,7 +27,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from generative_setup import LLAMA_1B, TINY, build_model_dir, llm_config, matmul_weights, token_frame, write_job  # noqa: E402
+from generative_setup import (
+    LLAMA_1B,
+    TINY,
+    build_model_dir,
+    llm_config,
+    matmul_weights,
+    token_frame,
+    write_job,
+)  # noqa: E402
 
 PEAK_FLOPS = 788e12
 LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
@@ -41,8 +49,9 @@ def _init_process_group(device: torch.device) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
@@ -64,18 +73,39 @@ def _reset(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, compile, warmup, steps,
-             profile_to: Path | None = None) -> dict:
+def run_ours(
+    name,
+    model_dir,
+    work,
+    device,
+    df,
+    *,
+    adapter,
+    batch,
+    packing,
+    compile,
+    warmup,
+    steps,
+    profile_to: Path | None = None,
+) -> dict:
     from services.trainer.recipes.generative import lora_fused
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
     from services.trainer.recipes.generative.worker import load_job
 
     _reset(device)
-    cfg = llm_config(model_dir, adapter=adapter, batch_size=batch, packing=packing,
-                     steps=warmup + steps, compile=compile)
+    cfg = llm_config(
+        model_dir,
+        adapter=adapter,
+        batch_size=batch,
+        packing=packing,
+        steps=warmup + steps,
+        compile=compile,
+    )
     job_dir = write_job(work / name, cfg, df, name)
-    recipe = GenerativeRecipe(load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device)
+    recipe = GenerativeRecipe(
+        load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device
+    )
     recipe.setup()
     n_fused = sum(isinstance(m, lora_fused.FusedLoraLinear) for m in recipe.lm.modules())
     micro = recipe.plan.epoch(0)
@@ -94,12 +124,20 @@ def run_ours(name, model_dir, work, device, df, *, adapter, batch, packing, comp
         real += n_real
         losses.append(loss)
     elapsed = time.perf_counter() - started
-    out = {"tok_s": real / elapsed, "mem": _peak_gib(device), "step_ms": 1000 * elapsed / steps,
-           "rows": batch, "loss": losses[-1], "fused_lora_layers": n_fused}
+    out = {
+        "tok_s": real / elapsed,
+        "mem": _peak_gib(device),
+        "step_ms": 1000 * elapsed / steps,
+        "rows": batch,
+        "loss": losses[-1],
+        "fused_lora_layers": n_fused,
+    }
     if adapter is not None:
         # LoRA's B starts at zero: it has moved only if gradients reached the adapter.
-        out["lora_B_norm"] = float(sum(p.float().norm() ** 2 for n, p in recipe.lm.named_parameters()
-                                       if "lora_B" in n) ** 0.5)
+        out["lora_B_norm"] = float(
+            sum(p.float().norm() ** 2 for n, p in recipe.lm.named_parameters() if "lora_B" in n)
+            ** 0.5
+        )
     if profile_to is not None and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -119,24 +157,36 @@ def run_baseline(name, model_dir, device, df, *, lora, batch, warmup, steps) -> 
 
     _reset(device)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                 attn_implementation="sdpa").to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="sdpa"
+    ).to(device)
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.0,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
     model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
-                            foreach=False, fused=False)
-    rows = [tok(f"{r['prompt']} {r['target']}")["input_ids"] + [tok.eos_token_id]
-            for r in df.to_dict("records")]
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=False, fused=False
+    )
+    rows = [
+        tok(f"{r['prompt']} {r['target']}")["input_ids"] + [tok.eos_token_id]
+        for r in df.to_dict("records")
+    ]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step(i: int) -> torch.Tensor:
-        x = ids[i * batch:(i + 1) * batch].to(device)
+        x = ids[i * batch : (i + 1) * batch].to(device)
         with amp:
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -152,8 +202,13 @@ def run_baseline(name, model_dir, device, df, *, lora, batch, warmup, steps) -> 
         loss = step(i)
     _sync(device)
     elapsed = time.perf_counter() - started
-    out = {"tok_s": batch * width * steps / elapsed, "mem": _peak_gib(device),
-           "step_ms": 1000 * elapsed / steps, "rows": batch, "loss": float(loss)}
+    out = {
+        "tok_s": batch * width * steps / elapsed,
+        "mem": _peak_gib(device),
+        "step_ms": 1000 * elapsed / steps,
+        "rows": batch,
+        "loss": float(loss),
+    }
     del model, opt
     _reset(device)
     return out
@@ -166,8 +221,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/genbench-work"))
     parser.add_argument("--only", default="", help="comma-separated row names to run")
     parser.add_argument("--batch", type=int, default=8, help="rows of 1024 tokens per step")
-    parser.add_argument("--ours-batch", type=int, default=0,
-                        help="rows per step for our rows only (default: --batch); the baselines keep --batch")
+    parser.add_argument(
+        "--ours-batch",
+        type=int,
+        default=0,
+        help="rows per step for our rows only (default: --batch); the baselines keep --batch",
+    )
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     shape = TINY if args.tiny else LLAMA_1B
@@ -184,21 +243,87 @@ def main() -> None:
     weights = matmul_weights(shape)
     common = dict(warmup=warmup, steps=steps)
     rows = {
-        "baseline full": lambda: run_baseline("bf", model_dir, device, uniform, lora=False, batch=batch, **common),
-        "ours full": lambda: run_ours("of", model_dir, args.work, device, uniform, adapter=None, batch=ours,
-                                      packing=True, compile=False, profile_to=args.out / "profile_full.txt", **common),
-        "ours full+compile": lambda: run_ours("ofc", model_dir, args.work, device, uniform, adapter=None,
-                                              batch=ours, packing=True, compile=True, **common),
-        "baseline LoRA": lambda: run_baseline("bl", model_dir, device, uniform, lora=True, batch=batch, **common),
-        "ours LoRA": lambda: run_ours("ol", model_dir, args.work, device, uniform, adapter=LORA, batch=ours,
-                                      packing=True, compile=False, profile_to=args.out / "profile_lora.txt", **common),
-        "ours LoRA+compile": lambda: run_ours("olc", model_dir, args.work, device, uniform, adapter=LORA,
-                                              batch=ours, packing=True, compile=True,
-                                              profile_to=args.out / "profile_lora_compile.txt", **common),
-        "mixed padded": lambda: run_ours("mp", model_dir, args.work, device, mixed, adapter=None, batch=ours,
-                                         packing=False, compile=False, **common),
-        "mixed packed": lambda: run_ours("mk", model_dir, args.work, device, mixed, adapter=None, batch=ours,
-                                         packing=True, compile=False, **common),
+        "baseline full": lambda: run_baseline(
+            "bf", model_dir, device, uniform, lora=False, batch=batch, **common
+        ),
+        "ours full": lambda: run_ours(
+            "of",
+            model_dir,
+            args.work,
+            device,
+            uniform,
+            adapter=None,
+            batch=ours,
+            packing=True,
+            compile=False,
+            profile_to=args.out / "profile_full.txt",
+            **common,
+        ),
+        "ours full+compile": lambda: run_ours(
+            "ofc",
+            model_dir,
+            args.work,
+            device,
+            uniform,
+            adapter=None,
+            batch=ours,
+            packing=True,
+            compile=True,
+            **common,
+        ),
+        "baseline LoRA": lambda: run_baseline(
+            "bl", model_dir, device, uniform, lora=True, batch=batch, **common
+        ),
+        "ours LoRA": lambda: run_ours(
+            "ol",
+            model_dir,
+            args.work,
+            device,
+            uniform,
+            adapter=LORA,
+            batch=ours,
+            packing=True,
+            compile=False,
+            profile_to=args.out / "profile_lora.txt",
+            **common,
+        ),
+        "ours LoRA+compile": lambda: run_ours(
+            "olc",
+            model_dir,
+            args.work,
+            device,
+            uniform,
+            adapter=LORA,
+            batch=ours,
+            packing=True,
+            compile=True,
+            profile_to=args.out / "profile_lora_compile.txt",
+            **common,
+        ),
+        "mixed padded": lambda: run_ours(
+            "mp",
+            model_dir,
+            args.work,
+            device,
+            mixed,
+            adapter=None,
+            batch=ours,
+            packing=False,
+            compile=False,
+            **common,
+        ),
+        "mixed packed": lambda: run_ours(
+            "mk",
+            model_dir,
+            args.work,
+            device,
+            mixed,
+            adapter=None,
+            batch=ours,
+            packing=True,
+            compile=False,
+            **common,
+        ),
     }
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     results: dict[str, dict] = {}
@@ -220,24 +345,37 @@ def table(results: dict[str, dict], weights: int) -> str:
             return f"{results[a][key] / results[b][key]:.2f}x"
         return "-"
 
-    lines = ["| row | rows/step | tokens/s | peak GiB | step ms | MFU | last loss | LoRA B norm |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | rows/step | tokens/s | peak GiB | step ms | MFU | last loss | LoRA B norm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         per_token = (4 if "LoRA" in name else 6) * weights
         mfu = r["tok_s"] * per_token / PEAK_FLOPS
         moved = f"{r['lora_B_norm']:.4g}" if "lora_B_norm" in r else "-"
-        lines.append(f"| {name} | {r['rows']} | {r['tok_s']:,.0f} | {r['mem']:.1f} | {r['step_ms']:.1f} | "
-                     f"{100 * mfu:.1f}% | {r['loss']:.3f} | {moved} |")
-    best_full = max((n for n in ("ours full", "ours full+compile") if n in results),
-                    key=lambda n: results[n]["tok_s"], default="ours full")
-    best_lora = max((n for n in ("ours LoRA", "ours LoRA+compile") if n in results),
-                    key=lambda n: results[n]["tok_s"], default="ours LoRA")
-    lines += ["", f"- full ({best_full}) vs baseline: tokens/s {ratio(best_full, 'baseline full', 'tok_s')} "
-              f"(target >= 1.6x), memory {ratio(best_full, 'baseline full', 'mem')} (target <= 1x)",
-              f"- LoRA ({best_lora}) vs baseline: tokens/s {ratio(best_lora, 'baseline LoRA', 'tok_s')} "
-              f"(target >= 2x), memory {ratio(best_lora, 'baseline LoRA', 'mem')} (target <= 0.6x)",
-              f"- mixed lengths, packed vs padded real tokens/s: {ratio('mixed packed', 'mixed padded', 'tok_s')} "
-              "(target >= 1.6x)"]
+        lines.append(
+            f"| {name} | {r['rows']} | {r['tok_s']:,.0f} | {r['mem']:.1f} | {r['step_ms']:.1f} | "
+            f"{100 * mfu:.1f}% | {r['loss']:.3f} | {moved} |"
+        )
+    best_full = max(
+        (n for n in ("ours full", "ours full+compile") if n in results),
+        key=lambda n: results[n]["tok_s"],
+        default="ours full",
+    )
+    best_lora = max(
+        (n for n in ("ours LoRA", "ours LoRA+compile") if n in results),
+        key=lambda n: results[n]["tok_s"],
+        default="ours LoRA",
+    )
+    lines += [
+        "",
+        f"- full ({best_full}) vs baseline: tokens/s {ratio(best_full, 'baseline full', 'tok_s')} "
+        f"(target >= 1.6x), memory {ratio(best_full, 'baseline full', 'mem')} (target <= 1x)",
+        f"- LoRA ({best_lora}) vs baseline: tokens/s {ratio(best_lora, 'baseline LoRA', 'tok_s')} "
+        f"(target >= 2x), memory {ratio(best_lora, 'baseline LoRA', 'mem')} (target <= 0.6x)",
+        f"- mixed lengths, packed vs padded real tokens/s: {ratio('mixed packed', 'mixed padded', 'tok_s')} "
+        "(target >= 1.6x)",
+    ]
     return "\n".join(lines)
 
 

@@ -43,8 +43,9 @@ class Tally:
     """Latencies of OK calls and counts of every status, per operation."""
 
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    codes: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(
-        lambda: defaultdict(int)))
+    codes: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,12 +61,17 @@ class Tally:
         out = {}
         for op, codes in self.codes.items():
             lat = sorted(self.latencies[op])
-            pick = lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) \
-                if lat else None  # noqa: E731
-            out[op] = {"ok": codes.get("OK", 0), "resource_exhausted": codes.get(INTENDED.name, 0),
-                       "errors": sum(n for c, n in codes.items() if c not in ("OK", INTENDED.name)),
-                       "ok_per_s": round(codes.get("OK", 0) / seconds, 1),
-                       "p50_ms": pick(0.50), "p99_ms": pick(0.99)}
+            pick = lambda q: (
+                round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None
+            )  # noqa: E731
+            out[op] = {
+                "ok": codes.get("OK", 0),
+                "resource_exhausted": codes.get(INTENDED.name, 0),
+                "errors": sum(n for c, n in codes.items() if c not in ("OK", INTENDED.name)),
+                "ok_per_s": round(codes.get("OK", 0) / seconds, 1),
+                "p50_ms": pick(0.50),
+                "p99_ms": pick(0.99),
+            }
         return out
 
 
@@ -79,17 +85,36 @@ def _timed(tally: Tally, op: str, fn) -> None:
     tally.record(op, time.perf_counter() - start, code, detail)
 
 
-def run_load(embedder: str, trainer: str, model: str, dataset_id: str, *, clients: int = 32,
-             seconds: float = 20.0, job_clients: int = 4, token: str | None = None) -> dict:
+def run_load(
+    embedder: str,
+    trainer: str,
+    model: str,
+    dataset_id: str,
+    *,
+    clients: int = 32,
+    seconds: float = 20.0,
+    job_clients: int = 4,
+    token: str | None = None,
+) -> dict:
     """`clients` threads (each its own channel) for `seconds`; `job_clients` of them submit jobs
     (CreateJob, then GetJob), the rest embed 4 tiny texts a call, half of them new."""
     security = ClientSecurity(token=token)
     tally = Tally()
     stop = time.monotonic() + seconds
-    config = json.dumps({"input_features": [{"name": "text", "type": "text", "encoder": {
-        "type": "auto_transformer", "pretrained_model_name_or_path": model},
-        "preprocessing": {"max_sequence_length": 16}}],
-        "output_features": [{"name": "label", "type": "binary"}], "trainer": {"epochs": 1}})
+    config = json.dumps(
+        {
+            "input_features": [
+                {
+                    "name": "text",
+                    "type": "text",
+                    "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+                    "preprocessing": {"max_sequence_length": 16},
+                }
+            ],
+            "output_features": [{"name": "label", "type": "binary"}],
+            "trainer": {"epochs": 1},
+        }
+    )
     spec = embedder_pb2.EncoderSpec(model=model, max_length=16)
 
     def embed_client(i: int) -> None:
@@ -101,8 +126,13 @@ def run_load(embedder: str, trainer: str, model: str, dataset_id: str, *, client
             n += 1
             texts = [" ".join(rng.choices(WORDS, k=3)) for _ in range(2)]
             texts += [f"client {i} call {n} {k}" for k in range(2)]  # never seen: cache misses
-            _timed(tally, "Embed", lambda: stub.Embed(embedder_pb2.EmbedRequest(
-                encoder=spec, texts=texts), timeout=30))
+            _timed(
+                tally,
+                "Embed",
+                lambda: stub.Embed(
+                    embedder_pb2.EmbedRequest(encoder=spec, texts=texts), timeout=30
+                ),
+            )
         channel.close()
 
     def job_client(i: int) -> None:
@@ -110,26 +140,45 @@ def run_load(embedder: str, trainer: str, model: str, dataset_id: str, *, client
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         while time.monotonic() < stop:
             created = []
-            _timed(tally, "CreateJob", lambda: created.append(stub.CreateJob(
-                trainer_pb2.CreateJobRequest(config_json=config, dataset_id=dataset_id,
-                                             request_id=uuid.uuid4().hex), timeout=30)))
+            _timed(
+                tally,
+                "CreateJob",
+                lambda: created.append(
+                    stub.CreateJob(
+                        trainer_pb2.CreateJobRequest(
+                            config_json=config, dataset_id=dataset_id, request_id=uuid.uuid4().hex
+                        ),
+                        timeout=30,
+                    )
+                ),
+            )
             if created:
-                _timed(tally, "GetJob", lambda: stub.GetJob(
-                    trainer_pb2.GetJobRequest(id=created[0].id), timeout=30))
+                _timed(
+                    tally,
+                    "GetJob",
+                    lambda: stub.GetJob(trainer_pb2.GetJobRequest(id=created[0].id), timeout=30),
+                )
             else:
                 time.sleep(0.05)  # the queue is full: a polite client backs off a little
         channel.close()
 
-    threads = [threading.Thread(target=job_client if i < job_clients else embed_client, args=(i,))
-               for i in range(clients)]
+    threads = [
+        threading.Thread(target=job_client if i < job_clients else embed_client, args=(i,))
+        for i in range(clients)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
-    return {"clients": clients, "job_clients": job_clients, "seconds": round(elapsed, 1),
-            "operations": tally.report(elapsed), "errors": tally.errors}
+    return {
+        "clients": clients,
+        "job_clients": job_clients,
+        "seconds": round(elapsed, 1),
+        "operations": tally.report(elapsed),
+        "errors": tally.errors,
+    }
 
 
 @contextlib.contextmanager
@@ -145,20 +194,40 @@ def stack(root: Path, max_queued_jobs: int = 4):
     (root / "tokens").write_text(f"{token} train\n")
     (root / "token").write_text(token)
     auth = ["--auth-tokens-file", str(root / "tokens")]
-    emb = procs.start("embedder", ["--data-dir", str(root / "emb"), "--preload", model, *auth],
-                      root / "embedder.log")
+    emb = procs.start(
+        "embedder",
+        ["--data-dir", str(root / "emb"), "--preload", model, *auth],
+        root / "embedder.log",
+    )
     trn = None
     try:
-        trn = procs.start("trainer", ["--data-dir", str(root / "trn"), "--embedder", emb.address,
-                                      "--max-queued-jobs", str(max_queued_jobs),
-                                      "--service-token-file", str(root / "token"), *auth],
-                          root / "trainer.log")
+        trn = procs.start(
+            "trainer",
+            [
+                "--data-dir",
+                str(root / "trn"),
+                "--embedder",
+                emb.address,
+                "--max-queued-jobs",
+                str(max_queued_jobs),
+                "--service-token-file",
+                str(root / "token"),
+                *auth,
+            ],
+            root / "trainer.log",
+        )
         channel = ClientSecurity(token=token).channel(trn.address, channel_options())
         rows = "".join(f"text {i} {WORDS[i % len(WORDS)]},{i % 2}\n" for i in range(40))
-        ds = trainer_pb2_grpc.TrainerServiceStub(channel).UploadDataset(iter([
-            trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest.Metadata(
-                filename="load.csv")),
-            trainer_pb2.UploadDatasetRequest(chunk=f"text,label\n{rows}".encode())]))
+        ds = trainer_pb2_grpc.TrainerServiceStub(channel).UploadDataset(
+            iter(
+                [
+                    trainer_pb2.UploadDatasetRequest(
+                        metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="load.csv")
+                    ),
+                    trainer_pb2.UploadDatasetRequest(chunk=f"text,label\n{rows}".encode()),
+                ]
+            )
+        )
         channel.close()
         yield emb.address, trn.address, model, ds.id, token
     finally:
@@ -175,10 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queued-jobs", type=int, default=4)
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, stack(Path(tmp), args.max_queued_jobs) as (
-            embedder, trainer, model, dataset_id, token):
-        result = run_load(embedder, trainer, model, dataset_id, clients=args.clients,
-                          seconds=args.seconds, job_clients=args.job_clients, token=token)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        stack(Path(tmp), args.max_queued_jobs) as (embedder, trainer, model, dataset_id, token),
+    ):
+        result = run_load(
+            embedder,
+            trainer,
+            model,
+            dataset_id,
+            clients=args.clients,
+            seconds=args.seconds,
+            job_clients=args.job_clients,
+            token=token,
+        )
     result["date"] = time.strftime("%Y-%m-%d")
     text = json.dumps(result, indent=2)
     print(text)

@@ -70,8 +70,10 @@ def main() -> None:
         args.model = str(get_model_path())
     texts, labels = load_texts(args.n_texts)
     order = np.random.default_rng(0).permutation(len(texts))
-    batches = [(order[i:i + args.batch_size], torch.from_numpy(labels[order[i:i + args.batch_size]]))
-               for i in range(0, len(texts), args.batch_size)]
+    batches = [
+        (order[i : i + args.batch_size], torch.from_numpy(labels[order[i : i + args.batch_size]]))
+        for i in range(0, len(texts), args.batch_size)
+    ]
 
     # (a) Encoder in the loop: tokenise and run the frozen encoder for every batch of every epoch.
     from transformers import AutoModel, AutoTokenizer
@@ -81,8 +83,13 @@ def main() -> None:
 
     @torch.no_grad()
     def encode(idx):
-        b = tok([texts[i] for i in idx], padding=True, truncation=True,
-                max_length=args.max_length, return_tensors="pt")
+        b = tok(
+            [texts[i] for i in idx],
+            padding=True,
+            truncation=True,
+            max_length=args.max_length,
+            return_tensors="pt",
+        )
         h = enc(**b).last_hidden_state
         m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1)
@@ -112,9 +119,11 @@ def main() -> None:
     client.close()
     app.stop()
 
-    rows = [("(a) encoder every epoch", time_a, loss_a, "-"),
-            ("(b) cold cache (embed once)", time_b, loss_b, misses_b),
-            ("(c) warm cache", time_c, loss_c, misses_c)]
+    rows = [
+        ("(a) encoder every epoch", time_a, loss_a, "-"),
+        ("(b) cold cache (embed once)", time_b, loss_b, misses_b),
+        ("(c) warm cache", time_c, loss_c, misses_c),
+    ]
     import transformers
 
     model_name = Path(args.model).name

@@ -46,9 +46,17 @@ from services.trainer.recipes.predictive.recipe import build_model, seed_everyth
 from services.trainer.splits import split  # noqa: E402
 from tunewire.config import resolve  # noqa: E402
 
-LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
-                max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True)
+LLAMA_1B = dict(
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+)
 
 
 def corpus() -> dict[str, list[str]]:
@@ -59,8 +67,10 @@ def corpus() -> dict[str, list[str]]:
     prepare_data.write_sms(src, out / "sms.csv")
     prepare_data.write_trec(src, out / "trec.csv")
     prepare_data.write_sentiment(src, out / "movies.csv")
-    return {name: list(pd.read_csv(out / f"{name}.csv", dtype=str, keep_default_na=False)["text"])
-            for name in ("sms", "trec", "movies")}
+    return {
+        name: list(pd.read_csv(out / f"{name}.csv", dtype=str, keep_default_na=False)["text"])
+        for name in ("sms", "trec", "movies")
+    }
 
 
 def mixed_texts(n: int, seed: int = 0) -> pd.DataFrame:
@@ -87,15 +97,28 @@ def random_llama_1b(directory: Path, texts: list[str]) -> str:
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=32000, special_tokens=["<unk>", "<|begin_of_text|>", "<|end_of_text|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>",
-                                        bos_token="<|begin_of_text|>",
-                                        eos_token="<|end_of_text|>", model_max_length=131072)
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=32000,
+            special_tokens=["<unk>", "<|begin_of_text|>", "<|end_of_text|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        model_max_length=131072,
+    )
     tokenizer.save_pretrained(directory)
-    config = LlamaConfig(**LLAMA_1B, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, dtype="bfloat16")
+    config = LlamaConfig(
+        **LLAMA_1B,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        dtype="bfloat16",
+    )
     torch.manual_seed(0)
     model = LlamaModel(config).to(torch.bfloat16)
     model.save_pretrained(directory)
@@ -104,27 +127,56 @@ def random_llama_1b(directory: Path, texts: list[str]) -> str:
 
 def job_config(model: str, args) -> dict:
     llm = args.random_llama_1b or args.pooling == "last"
-    encoder = ({"type": "llm", "base_model": model} if llm
-               else {"type": "auto_transformer", "pretrained_model_name_or_path": model})
+    encoder = (
+        {"type": "llm", "base_model": model}
+        if llm
+        else {"type": "auto_transformer", "pretrained_model_name_or_path": model}
+    )
     encoder["reduce_output"] = args.pooling
     return {
-        "input_features": [{"name": "text", "type": "text", "encoder": encoder,
-                            "preprocessing": {"max_sequence_length": args.max_length}}],
-        "output_features": [{"name": "label", "type": "category",
-                             "decoder": {"num_fc_layers": 1, "fc_output_size": 256}}],
-        "trainer": {"epochs": args.epochs, "batch_size": args.batch_size,
-                    "learning_rate": 0.001, "early_stop": -1, "eval_batch_size": 256},
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": encoder,
+                "preprocessing": {"max_sequence_length": args.max_length},
+            }
+        ],
+        "output_features": [
+            {
+                "name": "label",
+                "type": "category",
+                "decoder": {"num_fc_layers": 1, "fc_output_size": 256},
+            }
+        ],
+        "trainer": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": 0.001,
+            "early_stop": -1,
+            "eval_batch_size": 256,
+        },
         "preprocessing": {"split": {"type": "random", "probabilities": [0.8, 0.1, 0.1]}},
     }
 
 
-def run_encoder_every_epoch(cfg_dict: dict, df: pd.DataFrame, device: torch.device
-                            ) -> tuple[float, float]:
+def run_encoder_every_epoch(
+    cfg_dict: dict, df: pd.DataFrame, device: torch.device
+) -> tuple[float, float]:
     """(a): the trainer's loop with the frozen encoder in it. Returns (seconds, test accuracy)."""
     cfg = resolve(cfg_dict)
     train, val, test = split(df, cfg.preprocessing.split, cfg.seed)
-    ctx = JobContext("bench-a", cfg, cfg_dict, Path(tempfile.mkdtemp()),
-                     Path(tempfile.mkdtemp()), train, val, test, emit=lambda ev: None)
+    ctx = JobContext(
+        "bench-a",
+        cfg,
+        cfg_dict,
+        Path(tempfile.mkdtemp()),
+        Path(tempfile.mkdtemp()),
+        train,
+        val,
+        test,
+        emit=lambda ev: None,
+    )
     rng = seed_everything(cfg)
     ref = pm.encoder_refs(cfg)["text"]
     base, tokenizer = AdaptedEncoder.load_base(ref, device)
@@ -147,8 +199,9 @@ def run_encoder_every_epoch(cfg_dict: dict, df: pd.DataFrame, device: torch.devi
     metrics, _ = trainer.evaluate()
     _sync(device)
     seconds = time.perf_counter() - started
-    accuracy = next(m.value for m in metrics
-                    if (m.split, m.feature, m.name) == ("test", "label", "accuracy"))
+    accuracy = next(
+        m.value for m in metrics if (m.split, m.feature, m.name) == ("test", "label", "accuracy")
+    )
     del encoder, base
     return seconds, accuracy
 
@@ -163,8 +216,12 @@ def run_job(trainer: TrainerClient, cfg: dict, dataset_id: str) -> tuple[float, 
     started = time.perf_counter()
     job = trainer.create_job(cfg, dataset_id=dataset_id)
     messages: list[str] = []
-    job = trainer.wait(job.id, on_event=lambda e: messages.append(e.log.message)
-                       if e.WhichOneof("event") == "log" else None)
+    job = trainer.wait(
+        job.id,
+        on_event=lambda e: (
+            messages.append(e.log.message) if e.WhichOneof("event") == "log" else None
+        ),
+    )
     seconds = time.perf_counter() - started
     if job.state != job.SUCCEEDED:
         raise SystemExit(f"job {job.id} {job.state}: {job.error}")
@@ -175,17 +232,23 @@ def run_job(trainer: TrainerClient, cfg: dict, dataset_id: str) -> tuple[float, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="encoder path (default: the offline MiniLM)")
-    ap.add_argument("--random-llama-1b", action="store_true",
-                    help="Llama-3.2-1B's architecture with random weights (built here)")
+    ap.add_argument(
+        "--random-llama-1b",
+        action="store_true",
+        help="Llama-3.2-1B's architecture with random weights (built here)",
+    )
     ap.add_argument("--n-texts", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--pooling", default=None, help="default: last for the LLM, else mean")
     ap.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if any)")
-    ap.add_argument("--skip-a", action="store_true",
-                    help="time only the cache's jobs (b) and (c): (a) takes a quarter of an hour "
-                    "on a CPU (its row then reads nan)")
+    ap.add_argument(
+        "--skip-a",
+        action="store_true",
+        help="time only the cache's jobs (b) and (c): (a) takes a quarter of an hour "
+        "on a CPU (its row then reads nan)",
+    )
     ap.add_argument("--record", type=Path, default=None, help="append the table to this file")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -213,11 +276,17 @@ def main() -> None:
     from services.trainer.app import Settings as TrainerSettings
     from services.trainer.app import start as start_trainer
 
-    embedder_app = start_embedder(EmbedderSettings(port=0, data_dir=work / "data",
-                                                   device=str(device)))
-    trainer_app = start_trainer(TrainerSettings(
-        data_dir=work / "data", port=0, embedder=f"127.0.0.1:{embedder_app.port}",
-        allow_any_model_path=True))
+    embedder_app = start_embedder(
+        EmbedderSettings(port=0, data_dir=work / "data", device=str(device))
+    )
+    trainer_app = start_trainer(
+        TrainerSettings(
+            data_dir=work / "data",
+            port=0,
+            embedder=f"127.0.0.1:{embedder_app.port}",
+            allow_any_model_path=True,
+        )
+    )
     embedder = EmbedderClient(f"127.0.0.1:{embedder_app.port}")
     trainer = TrainerClient(f"127.0.0.1:{trainer_app.port}")
     embedder.info(EncoderSpec(args.model, pooling=args.pooling, max_length=args.max_length))
@@ -233,8 +302,13 @@ def main() -> None:
     import transformers
 
     lengths = df["text"].str.split().str.len()
-    name = ("Llama-3.2-1B architecture, random weights" if args.random_llama_1b
-            else "all-MiniLM-L6-v2" if default_model else Path(args.model).name)
+    name = (
+        "Llama-3.2-1B architecture, random weights"
+        if args.random_llama_1b
+        else "all-MiniLM-L6-v2"
+        if default_model
+        else Path(args.model).name
+    )
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     lines = [
         f"### predictive_headline: {datetime.date.today()}, {platform.node()}, "

@@ -55,8 +55,9 @@ class WarmCache:
         return EmbedResult(rows, len(texts), 0, "warm-cache-stub")
 
 
-def run_job(runner: JobRunner, store: JobStore, cfg: dict, dataset_id: str
-            ) -> tuple[float, float, float]:
+def run_job(
+    runner: JobRunner, store: JobStore, cfg: dict, dataset_id: str
+) -> tuple[float, float, float]:
     """Submit and run it here, in this thread (so that cProfile sees it; the service runs it
     on a worker thread); returns (seconds, CPU seconds of the process, test accuracy). On a
     shared machine the CPU seconds move less with the load than the wall time."""
@@ -67,8 +68,11 @@ def run_job(runner: JobRunner, store: JobStore, cfg: dict, dataset_id: str
     rec = store.get(job.id)
     if rec.state != SUCCEEDED:
         raise SystemExit(f"job {job.id} {rec.state}: {rec.error}")
-    accuracy = next(m["value"] for m in rec.metrics
-                    if (m["split"], m["feature"], m["name"]) == ("test", "label", "accuracy"))
+    accuracy = next(
+        m["value"]
+        for m in rec.metrics
+        if (m["split"], m["feature"], m["name"]) == ("test", "label", "accuracy")
+    )
     return seconds, cpu, accuracy
 
 
@@ -79,8 +83,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--runs", type=int, default=2, help="jobs in a row (the first warms up)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (0: torch's default); 1 is steadier on a shared machine")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); 1 is steadier on a shared machine",
+    )
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the last job to here")
     args = ap.parse_args()
     if args.threads:
@@ -94,8 +102,10 @@ def main() -> None:
     ds = datasets.put([df.to_csv(index=False).encode()], "warm.csv")
     args.random_llama_1b, args.pooling, args.max_length = True, "last", 128
     cfg = job_config("stub-encoder", args)
-    print(f"{len(df)} texts, {args.dim}-wide vectors, {args.epochs} epochs, batch "
-          f"{args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(df)} texts, {args.dim}-wide vectors, {args.epochs} epochs, batch "
+        f"{args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     for run in range(1, args.runs + 1):
         profiler = cProfile.Profile() if args.profile and run == args.runs else None
         if profiler is not None:

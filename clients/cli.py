@@ -37,21 +37,40 @@ def _flag(*names: str) -> list[str]:
 
 def _add_connection(p: argparse.ArgumentParser, service: str = "trainer") -> None:
     env = {"trainer": "TUNEWIRE_TRAINER", "embedder": "TUNEWIRE_EMBEDDER"}[service]
-    p.add_argument(f"--{service}", default=os.environ.get(env),
-                   help=f"{service} address HOST:PORT (env {env}); default: start the services "
-                        "embedded in this process")
-    p.add_argument(*_flag("--data_dir"), dest="data_dir", type=Path, default=None,
-                   help="state directory for the embedded services (env TUNEWIRE_DATA_DIR, "
-                        "default ./.tunewire)")
+    p.add_argument(
+        f"--{service}",
+        default=os.environ.get(env),
+        help=f"{service} address HOST:PORT (env {env}); default: start the services "
+        "embedded in this process",
+    )
+    p.add_argument(
+        *_flag("--data_dir"),
+        dest="data_dir",
+        type=Path,
+        default=None,
+        help="state directory for the embedded services (env TUNEWIRE_DATA_DIR, "
+        "default ./.tunewire)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show service logs")
     sec = p.add_argument_group("security (a remote server's token and TLS)")
-    sec.add_argument("--token", dest="auth_token", default=None,
-                     help="bearer token (env TUNEWIRE_TOKEN, or a file in TUNEWIRE_TOKEN_FILE)")
-    for name, what in (("ca", "CA bundle that verifies the server; turns TLS on"),
-                       ("cert", "client certificate for mutual TLS"),
-                       ("key", "client private key for mutual TLS")):
-        sec.add_argument(*_flag(f"--tls_{name}"), dest=f"tls_{name}", type=Path, default=None,
-                         help=f"{what} (env TUNEWIRE_TLS_{name.upper()})")
+    sec.add_argument(
+        "--token",
+        dest="auth_token",
+        default=None,
+        help="bearer token (env TUNEWIRE_TOKEN, or a file in TUNEWIRE_TOKEN_FILE)",
+    )
+    for name, what in (
+        ("ca", "CA bundle that verifies the server; turns TLS on"),
+        ("cert", "client certificate for mutual TLS"),
+        ("key", "client private key for mutual TLS"),
+    ):
+        sec.add_argument(
+            *_flag(f"--tls_{name}"),
+            dest=f"tls_{name}",
+            type=Path,
+            default=None,
+            help=f"{what} (env TUNEWIRE_TLS_{name.upper()})",
+        )
 
 
 def _channel(args, address: str):
@@ -62,8 +81,12 @@ def _channel(args, address: str):
     from tunewire.tls import ClientSecurity
 
     security = ClientSecurity.from_env()
-    flags = {"token": args.auth_token, "ca": args.tls_ca, "cert": args.tls_cert,
-             "key": args.tls_key}
+    flags = {
+        "token": args.auth_token,
+        "ca": args.tls_ca,
+        "cert": args.tls_cert,
+        "key": args.tls_key,
+    }
     return connect(address, replace(security, **{k: v for k, v in flags.items() if v}))
 
 
@@ -98,8 +121,12 @@ def cmd_train(args) -> int:
 
     raw = load(args.config)
     resolve(raw)  # validate at the edge, before any service starts
-    sets = {"dataset": args.dataset, "training_set": args.training_set,
-            "validation_set": args.validation_set, "test_set": args.test_set}
+    sets = {
+        "dataset": args.dataset,
+        "training_set": args.training_set,
+        "validation_set": args.validation_set,
+        "test_set": args.test_set,
+    }
     if not args.dataset and not args.training_set:
         raise TunewireError("give --dataset or --training_set", field="dataset")
     for name, path in sets.items():
@@ -107,11 +134,15 @@ def cmd_train(args) -> int:
             raise TunewireError(f"{path!r} does not exist", field=name)
     with trainer_client(args) as trainer:
         ids = {name: trainer.upload_dataset(path).id for name, path in sets.items() if path}
-        job = trainer.create_job(raw, dataset_id=ids.get("dataset", ""),
-                                 training_set_id=ids.get("training_set", ""),
-                                 validation_set_id=ids.get("validation_set", ""),
-                                 test_set_id=ids.get("test_set", ""),
-                                 request_id=args.request_id, upload_to=args.upload_to or "")
+        job = trainer.create_job(
+            raw,
+            dataset_id=ids.get("dataset", ""),
+            training_set_id=ids.get("training_set", ""),
+            validation_set_id=ids.get("validation_set", ""),
+            test_set_id=ids.get("test_set", ""),
+            request_id=args.request_id,
+            upload_to=args.upload_to or "",
+        )
         print(f"job {job.id} queued", file=sys.stderr)
         printer = ProgressPrinter(enabled=not args.quiet)
         try:
@@ -124,8 +155,9 @@ def cmd_train(args) -> int:
         printer.close()
         artifact = job.artifact_path
         if job.state == trainer_pb2.Job.SUCCEEDED and args.output_directory:
-            artifact = str(trainer.download_artifact(
-                job.id, Path(args.output_directory) / job.id).resolve())
+            artifact = str(
+                trainer.download_artifact(job.id, Path(args.output_directory) / job.id).resolve()
+            )
     metrics = metrics_dict(job.metrics)
     state = trainer_pb2.Job.State.Name(job.state)
     _print_metrics(metrics)
@@ -158,8 +190,9 @@ def _predict(args, evaluate: bool):
         try:
             generation = json.loads(Path(value).read_text() if Path(value).is_file() else value)
         except (json.JSONDecodeError, OSError) as exc:
-            raise TunewireError(f"not a JSON object or file: {exc}",
-                                field="generation_config") from None
+            raise TunewireError(
+                f"not a JSON object or file: {exc}", field="generation_config"
+            ) from None
     if not Path(args.dataset).is_file():
         raise TunewireError(f"{args.dataset!r} does not exist", field="dataset")
     model = args.model
@@ -180,8 +213,15 @@ def cmd_predict(args) -> int:
     predictions_frame(resp).to_csv(path, index=False)
     print(f"{resp.rows} predictions written to {path}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"predictions": str(path.resolve()), "rows": resp.rows,
-                          "metrics": metrics_dict(resp.metrics)}))
+        print(
+            json.dumps(
+                {
+                    "predictions": str(path.resolve()),
+                    "rows": resp.rows,
+                    "metrics": metrics_dict(resp.metrics),
+                }
+            )
+        )
     return 0
 
 
@@ -213,32 +253,45 @@ def cmd_embed(args) -> int:
     texts = path.read_text(encoding="utf-8").splitlines()
     if not texts:
         raise TunewireError(f"{args.input!r} has no lines to embed", field="input")
-    spec = EncoderSpec(model=args.model, pooling=args.pooling, max_length=args.max_length,
-                       normalize=args.normalize, dtype=args.dtype, layer=args.layer,
-                       instruction=args.instruction)
+    spec = EncoderSpec(
+        model=args.model,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        normalize=args.normalize,
+        dtype=args.dtype,
+        layer=args.layer,
+        instruction=args.instruction,
+    )
     with contextlib.ExitStack() as stack:
         address = args.embedder
         if not address:
-            from services.embedder.app import Settings, start
-
             from clients.embedded import default_data_dir
+            from services.embedder.app import Settings, start
 
             app = start(Settings(port=0, data_dir=Path(args.data_dir or default_data_dir())))
             stack.callback(app.stop)
             address = f"127.0.0.1:{app.port}"
-        client = EmbedderClient(address, channel=_channel(args, address) if args.embedder
-                                else None)
+        client = EmbedderClient(address, channel=_channel(args, address) if args.embedder else None)
         stack.callback(client.close)
         result = client.embed_many(texts, spec)
     np.save(args.output, result.vectors)
-    print(f"{len(texts)} vectors of dimension {result.vectors.shape[1]} written to "
-          f"{args.output} ({result.cache_hits} from the cache, {result.cache_misses} computed)",
-          file=sys.stderr)
+    print(
+        f"{len(texts)} vectors of dimension {result.vectors.shape[1]} written to "
+        f"{args.output} ({result.cache_hits} from the cache, {result.cache_misses} computed)",
+        file=sys.stderr,
+    )
     if args.json:
-        print(json.dumps({"output": str(Path(args.output).resolve()), "shape":
-                          list(result.vectors.shape), "cache_hits": result.cache_hits,
-                          "cache_misses": result.cache_misses,
-                          "fingerprint": result.fingerprint}))
+        print(
+            json.dumps(
+                {
+                    "output": str(Path(args.output).resolve()),
+                    "shape": list(result.vectors.shape),
+                    "cache_hits": result.cache_hits,
+                    "cache_misses": result.cache_misses,
+                    "fingerprint": result.fingerprint,
+                }
+            )
+        )
     return 0
 
 
@@ -256,8 +309,10 @@ def cmd_jobs(args) -> int:
             if args.json:
                 print(json.dumps([MessageToDict(j) for j in jobs]))
             for j in jobs:
-                print(f"{j.id}  {trainer_pb2.Job.State.Name(j.state):<10} {j.error}",
-                      file=sys.stderr if args.json else sys.stdout)
+                print(
+                    f"{j.id}  {trainer_pb2.Job.State.Name(j.state):<10} {j.error}",
+                    file=sys.stderr if args.json else sys.stdout,
+                )
             return 0
         if not args.job_id:
             raise TunewireError(f"jobs {args.action} needs a job id", field="job_id")
@@ -268,8 +323,13 @@ def cmd_jobs(args) -> int:
         else:
             job = trainer.get_job(args.job_id)
     state = trainer_pb2.Job.State.Name(job.state)
-    summary = {"job_id": job.id, "state": state, "metrics": metrics_dict(job.metrics),
-               "artifact": job.artifact_path, "error": job.error}
+    summary = {
+        "job_id": job.id,
+        "state": state,
+        "metrics": metrics_dict(job.metrics),
+        "artifact": job.artifact_path,
+        "error": job.error,
+    }
     print(json.dumps(summary) if args.json else f"{job.id} {state} {job.error}".strip())
     return 0
 
@@ -309,14 +369,20 @@ def _peer_settings_missing(sec: argparse.Namespace) -> str | None:
     """Under `serve all` the services call each other; what they would lack to do so."""
     env = os.environ.get
     if sec.auth_tokens_file and not (sec.service_token_file or env("TUNEWIRE_TOKEN")):
-        return ("--auth-tokens-file needs --service-token-file (or TUNEWIRE_TOKEN): the token, "
-                "of role train, that the services present to each other")
+        return (
+            "--auth-tokens-file needs --service-token-file (or TUNEWIRE_TOKEN): the token, "
+            "of role train, that the services present to each other"
+        )
     if sec.tls_cert and not (env("TUNEWIRE_TLS_CA") or env("TUNEWIRE_TLS")):
-        return ("--tls-cert needs TUNEWIRE_TLS_CA: the CA the services verify each other's "
-                "certificate with")
+        return (
+            "--tls-cert needs TUNEWIRE_TLS_CA: the CA the services verify each other's "
+            "certificate with"
+        )
     if sec.tls_client_ca and not (env("TUNEWIRE_TLS_CERT") and env("TUNEWIRE_TLS_KEY")):
-        return ("--tls-client-ca needs TUNEWIRE_TLS_CERT and TUNEWIRE_TLS_KEY: the client "
-                "certificate the services present to each other")
+        return (
+            "--tls-client-ca needs TUNEWIRE_TLS_CERT and TUNEWIRE_TLS_KEY: the client "
+            "certificate the services present to each other"
+        )
     return None
 
 
@@ -329,26 +395,36 @@ def _serve_all(args, extra: list[str]) -> int:
 
     sec, unknown = _serve_all_parser().parse_known_args(extra)
     if unknown:
-        raise InvalidArgument(f"unknown options for serve all: {' '.join(unknown)}",
-                              field="serve")
+        raise InvalidArgument(f"unknown options for serve all: {' '.join(unknown)}", field="serve")
     missing = _peer_settings_missing(sec)
     if missing:
         raise InvalidArgument(f"serve all: {missing}", field="serve")
     if sec.health_port is not None:
         # One port cannot serve three servers' health; each answers health on its own port.
-        raise InvalidArgument("serve all: --health-port (or TUNEWIRE_HEALTH_PORT) is for one "
-                              "service's own process", field="serve")
+        raise InvalidArgument(
+            "serve all: --health-port (or TUNEWIRE_HEALTH_PORT) is for one service's own process",
+            field="serve",
+        )
     security = security_from_args(sec)
     export_peer_token(sec)
     configure()
     base = args.port if args.port is not None else 50051
-    services = start_embedded(args.data_dir, host=args.host or "127.0.0.1",
-                              ports=(base, base + 1, base + 2), security=security)
+    services = start_embedded(
+        args.data_dir,
+        host=args.host or "127.0.0.1",
+        ports=(base, base + 1, base + 2),
+        security=security,
+    )
     get_logger("tunewire.cli").info(
-        "serving", embedder=services.embedder_address, trainer=services.trainer_address,
-        hub_gateway=services.hub_gateway_address, data_dir=str(services.data_dir))
-    wait_for_termination([a.running for a in services._apps],
-                         on_stop=lambda: [a.close() for a in services._apps])
+        "serving",
+        embedder=services.embedder_address,
+        trainer=services.trainer_address,
+        hub_gateway=services.hub_gateway_address,
+        data_dir=str(services.data_dir),
+    )
+    wait_for_termination(
+        [a.running for a in services._apps], on_stop=lambda: [a.close() for a in services._apps]
+    )
     return 0
 
 
@@ -363,27 +439,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("--training_set"), dest="training_set")
     p.add_argument(*_flag("--validation_set"), dest="validation_set")
     p.add_argument(*_flag("--test_set"), dest="test_set")
-    p.add_argument(*_flag("--output_directory"), dest="output_directory",
-                   help="download the artifact to OUTPUT_DIRECTORY/<job id>")
-    p.add_argument(*_flag("--upload_to"), dest="upload_to",
-                   help="upload the artifact to this Hub repo (ORG/NAME) on success")
-    p.add_argument(*_flag("--request_id"), dest="request_id",
-                   help="idempotency key: a retried train with the same key reuses the job")
+    p.add_argument(
+        *_flag("--output_directory"),
+        dest="output_directory",
+        help="download the artifact to OUTPUT_DIRECTORY/<job id>",
+    )
+    p.add_argument(
+        *_flag("--upload_to"),
+        dest="upload_to",
+        help="upload the artifact to this Hub repo (ORG/NAME) on success",
+    )
+    p.add_argument(
+        *_flag("--request_id"),
+        dest="request_id",
+        help="idempotency key: a retried train with the same key reuses the job",
+    )
     p.add_argument("--json", action="store_true", help="end stdout with a JSON summary")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_connection(p)
     p.set_defaults(func=cmd_train)
 
-    for name, func, helptext in (("predict", cmd_predict, "predictions for a data set"),
-                                 ("evaluate", cmd_evaluate, "metrics on a labelled data set")):
+    for name, func, helptext in (
+        ("predict", cmd_predict, "predictions for a data set"),
+        ("evaluate", cmd_evaluate, "metrics on a labelled data set"),
+    ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("-m", "--model", required=True,
-                       help="an artifact directory or a job id")
+        p.add_argument("-m", "--model", required=True, help="an artifact directory or a job id")
         p.add_argument("--dataset", required=True)
-        p.add_argument(*_flag("--output_directory"), dest="output_directory",
-                       default="results" if name == "predict" else None)
-        p.add_argument(*_flag("--generation_config"), dest="generation_config",
-                       help="generation overrides: a JSON object or a JSON file")
+        p.add_argument(
+            *_flag("--output_directory"),
+            dest="output_directory",
+            default="results" if name == "predict" else None,
+        )
+        p.add_argument(
+            *_flag("--generation_config"),
+            dest="generation_config",
+            help="generation overrides: a JSON object or a JSON file",
+        )
         p.add_argument("--json", action="store_true")
         _add_connection(p)
         p.set_defaults(func=func)
@@ -410,15 +502,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("serve", help="run long-lived servers until SIGTERM")
-    p.add_argument("service", nargs="?", default="all",
-                   choices=["embedder", "trainer", "hub_gateway", "all"])
-    p.add_argument("--port", type=int, default=None,
-                   help="port (for all: the embedder's; trainer +1, hub_gateway +2)")
+    p.add_argument(
+        "service", nargs="?", default="all", choices=["embedder", "trainer", "hub_gateway", "all"]
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port (for all: the embedder's; trainer +1, hub_gateway +2)",
+    )
     p.add_argument("--host", default=None)
     p.add_argument(*_flag("--data_dir"), dest="data_dir", type=Path, default=None)
-    p.epilog = ("serve all also takes the services' security flags: " + ", ".join(
-        a.option_strings[0] for a in _serve_all_parser()._actions) +
-        " (python -m services.trainer --help describes them); a named service takes its own.")
+    p.epilog = (
+        "serve all also takes the services' security flags: "
+        + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
+        + " (python -m services.trainer --help describes them); a named service takes its own."
+    )
     p.set_defaults(func=cmd_serve, passthrough=True)
 
     try:
@@ -448,9 +547,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: service unavailable: {err}", file=sys.stderr)
         else:
             print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE if err.code.name in ("INVALID_ARGUMENT", "NOT_FOUND",
-                                               "FAILED_PRECONDITION", "PERMISSION_DENIED",
-                                               "UNAUTHENTICATED") else EXIT_FAILED
+        return (
+            EXIT_USAGE
+            if err.code.name
+            in (
+                "INVALID_ARGUMENT",
+                "NOT_FOUND",
+                "FAILED_PRECONDITION",
+                "PERMISSION_DENIED",
+                "UNAUTHENTICATED",
+            )
+            else EXIT_FAILED
+        )
     except KeyboardInterrupt:
         return 130
 

@@ -40,16 +40,19 @@ class Embedded:
             app.close()
         self._apps.clear()
 
-    def __enter__(self) -> "Embedded":
+    def __enter__(self) -> Embedded:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
-                   ports: tuple[int, int, int] = (0, 0, 0),
-                   security: ServerSecurity | None = None) -> Embedded:
+def start_embedded(
+    data_dir: Path | None = None,
+    host: str = "127.0.0.1",
+    ports: tuple[int, int, int] = (0, 0, 0),
+    security: ServerSecurity | None = None,
+) -> Embedded:
     """Start all three services; ports 0 pick free ones. `security` (tokens, TLS, reflection,
     the concurrency cap) applies to all three; their calls to each other then take their token
     and TLS settings from the environment (`ClientSecurity.from_env`), as separate services do."""
@@ -66,8 +69,9 @@ def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
     dial = "127.0.0.1" if host in WILDCARD_HOSTS else host
     apps = []
     try:
-        embedder = start_embedder(EmbedderSettings(host=host, port=ports[0], data_dir=data_dir,
-                                                   security=security))
+        embedder = start_embedder(
+            EmbedderSettings(host=host, port=ports[0], data_dir=data_dir, security=security)
+        )
         apps.append(embedder)
         embedder_address = f"{dial}:{embedder.port}"
         gateway_address = None
@@ -76,15 +80,29 @@ def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
             from services.hub_gateway.app import start as start_gateway
         except ImportError:
             start_gateway = None
-        trainer = start_trainer(TrainerSettings(
-            data_dir=data_dir, host=host, port=ports[1], embedder=embedder_address,
-            allow_any_model_path=True, security=security))
+        trainer = start_trainer(
+            TrainerSettings(
+                data_dir=data_dir,
+                host=host,
+                port=ports[1],
+                embedder=embedder_address,
+                allow_any_model_path=True,
+                security=security,
+            )
+        )
         apps.append(trainer)
         trainer_address = f"{dial}:{trainer.port}"
         if start_gateway is not None:
-            gateway = start_gateway(GatewaySettings(
-                host=host, port=ports[2], data_dir=data_dir, trainer_address=trainer_address,
-                artifact_roots=[data_dir / "artifacts", Path.cwd()], security=security))
+            gateway = start_gateway(
+                GatewaySettings(
+                    host=host,
+                    port=ports[2],
+                    data_dir=data_dir,
+                    trainer_address=trainer_address,
+                    artifact_roots=[data_dir / "artifacts", Path.cwd()],
+                    security=security,
+                )
+            )
             apps.append(gateway)
             gateway_address = f"{dial}:{gateway.port}"
             trainer.core.set_hub_gateway(gateway_address)
@@ -93,6 +111,11 @@ def start_embedded(data_dir: Path | None = None, host: str = "127.0.0.1",
             app.running.stop(None)
             app.close()
         raise
-    log.info("embedded services started", data_dir=str(data_dir), embedder=embedder_address,
-             trainer=trainer_address, hub_gateway=gateway_address)
+    log.info(
+        "embedded services started",
+        data_dir=str(data_dir),
+        embedder=embedder_address,
+        trainer=trainer_address,
+        hub_gateway=gateway_address,
+    )
     return Embedded(data_dir, embedder_address, trainer_address, gateway_address, apps)

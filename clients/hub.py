@@ -16,16 +16,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 
-from tunewire.errors import (FailedPrecondition, Internal, InvalidArgument, NotFound,
-                             PermissionDenied, TunewireError, Unauthenticated, Unavailable,
-                             from_rpc_error)
 from clients.sdk import connect
 from clients.sdk import rpc_errors as _rpc
+from tunewire.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TunewireError,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc
@@ -57,8 +65,9 @@ def iter_file_chunks(model_path: Path) -> Iterator[pb.UploadFileChunk]:
                 digest.update(data)
                 following = fh.read(STREAM_CHUNK_BYTES)
                 if not following:
-                    yield pb.UploadFileChunk(path=rel, data=data, last=True,
-                                             sha256=digest.hexdigest())
+                    yield pb.UploadFileChunk(
+                        path=rel, data=data, last=True, sha256=digest.hexdigest()
+                    )
                     break
                 yield pb.UploadFileChunk(path=rel, data=data)
                 data = following
@@ -92,12 +101,14 @@ class HubGatewayClient:
     def watch(self, upload_id: str, from_sequence: int = 0) -> Iterator[pb.UploadEvent]:
         try:
             yield from self.stub.WatchUpload(
-                pb.WatchUploadRequest(id=upload_id, from_sequence=from_sequence))
+                pb.WatchUploadRequest(id=upload_id, from_sequence=from_sequence)
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    def wait(self, upload_id: str,
-             on_event: Callable[[pb.UploadEvent], None] | None = None) -> pb.Upload:
+    def wait(
+        self, upload_id: str, on_event: Callable[[pb.UploadEvent], None] | None = None
+    ) -> pb.Upload:
         """Follow the upload until it ends (re-attaching after a dropped stream) and return it."""
         seen = 0
         while True:
@@ -120,14 +131,18 @@ def raise_for_upload(upload: pb.Upload) -> pb.Upload:
     """The upload itself when it SUCCEEDED; the matching domain error when it FAILED."""
     if upload.state == pb.Upload.FAILED:
         cls = _FAILURES.get(upload.error_reason, Internal)
-        raise cls(upload.error or "upload failed", reason=upload.error_reason or None,
-                  metadata={"upload_id": upload.id})
+        raise cls(
+            upload.error or "upload failed",
+            reason=upload.error_reason or None,
+            metadata={"upload_id": upload.id},
+        )
     return upload
 
 
 @contextlib.contextmanager
-def _gateway(address: str | None, endpoint: str | None, job_id: str | None,
-             data_dir: Path | None) -> Iterator[str]:
+def _gateway(
+    address: str | None, endpoint: str | None, job_id: str | None, data_dir: Path | None
+) -> Iterator[str]:
     """The gateway to talk to: the given address, or one started in this process."""
     if address:
         yield address
@@ -141,8 +156,9 @@ def _gateway(address: str | None, endpoint: str | None, job_id: str | None,
 
         with start_embedded(data_dir) as services:
             if services.hub_gateway_address is None:
-                raise FailedPrecondition("the embedded services have no hub gateway",
-                                         field="gateway")
+                raise FailedPrecondition(
+                    "the embedded services have no hub gateway", field="gateway"
+                )
             yield services.hub_gateway_address
         return
     from services.hub_gateway.app import Settings, start
@@ -154,14 +170,24 @@ def _gateway(address: str | None, endpoint: str | None, job_id: str | None,
         app.close(grace=1.0)
 
 
-def upload_to_hf_hub(repo_id: str, model_path: str | Path | None, private: bool = False,
-                     commit_message: str | None = None, commit_description: str | None = None,
-                     revision: str | None = None, create_pr: bool = False,
-                     endpoint: str | None = None, dry_run: bool = False,
-                     gateway: str | None = None, job_id: str | None = None, *,
-                     overwrite_model_card: bool = False, request_id: str | None = None,
-                     data_dir: Path | None = None,
-                     on_event: Callable[[pb.UploadEvent], None] | None = None) -> pb.Upload:
+def upload_to_hf_hub(
+    repo_id: str,
+    model_path: str | Path | None,
+    private: bool = False,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    endpoint: str | None = None,
+    dry_run: bool = False,
+    gateway: str | None = None,
+    job_id: str | None = None,
+    *,
+    overwrite_model_card: bool = False,
+    request_id: str | None = None,
+    data_dir: Path | None = None,
+    on_event: Callable[[pb.UploadEvent], None] | None = None,
+) -> pb.Upload:
     """Upload the artifact at `model_path` (or trainer job `job_id`'s) to `repo_id` in one commit
     and return the finished Upload (commit_url, files with lfs/skipped flags, model_card).
     `dry_run`: validate and render the card only. Raises a TunewireError subclass on failure."""
@@ -171,10 +197,18 @@ def upload_to_hf_hub(repo_id: str, model_path: str | Path | None, private: bool 
             raise InvalidArgument(f"{model_path} is not a directory", field="model_path")
         path = Path(model_path)
     spec = pb.UploadSpec(
-        repo_id=repo_id, private=private, commit_message=commit_message or "",
-        commit_description=commit_description or "", revision=revision or "",
-        create_pr=create_pr, endpoint=endpoint or "", dry_run=dry_run, job_id=job_id or "",
-        overwrite_model_card=overwrite_model_card, request_id=request_id or uuid.uuid4().hex)
+        repo_id=repo_id,
+        private=private,
+        commit_message=commit_message or "",
+        commit_description=commit_description or "",
+        revision=revision or "",
+        create_pr=create_pr,
+        endpoint=endpoint or "",
+        dry_run=dry_run,
+        job_id=job_id or "",
+        overwrite_model_card=overwrite_model_card,
+        request_id=request_id or uuid.uuid4().hex,
+    )
     with _gateway(gateway, endpoint, job_id, data_dir) as address:
         client = HubGatewayClient(address)
         try:

@@ -30,9 +30,22 @@ class ProgressPrinter:
         elif kind == "log":
             self._line(event.log.message)
         elif kind == "metrics":
-            parts = [f"{m.split}/{m.name}={m.value:.4f}" for m in event.metrics.metrics
-                     if m.name in ("loss", "accuracy", "f1", "roc_auc", "macro_f1", "r2",
-                                   "mean_squared_error", "perplexity", "token_accuracy")]
+            parts = [
+                f"{m.split}/{m.name}={m.value:.4f}"
+                for m in event.metrics.metrics
+                if m.name
+                in (
+                    "loss",
+                    "accuracy",
+                    "f1",
+                    "roc_auc",
+                    "macro_f1",
+                    "r2",
+                    "mean_squared_error",
+                    "perplexity",
+                    "token_accuracy",
+                )
+            ]
             if parts:
                 self._line("  " + "  ".join(parts))
 

@@ -77,8 +77,10 @@ def channel_target(address: str) -> str:
         _split_host_port(rest, address)
         return f"dns:///{rest}"
     if "://" in address:
-        raise ValueError(f"address {address!r}: scheme {address.split('://')[0]!r} is not a gRPC "
-                         f"target; use HOST:PORT or dns:///HOST:PORT")
+        raise ValueError(
+            f"address {address!r}: scheme {address.split('://')[0]!r} is not a gRPC "
+            f"target; use HOST:PORT or dns:///HOST:PORT"
+        )
     _split_host_port(address, address)
     return address
 
@@ -120,7 +122,7 @@ def resolve_replicas(address: str) -> list[str]:
     brackets): the pods behind a headless Service. For ad-hoc use; shard over stable names."""
     target = channel_target(address)
     if target.startswith("dns://"):
-        target = target[len("dns://"):].partition("/")[2]
+        target = target[len("dns://") :].partition("/")[2]
     elif target.partition(":")[0] in _SCHEMES:
         raise ValueError(f"address {address!r}: only HOST:PORT and dns: addresses resolve")
     host, port = _split_host_port(target, address)

@@ -17,9 +17,9 @@ import functools
 import hashlib
 import json
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import grpc
 import numpy as np
@@ -29,14 +29,18 @@ from tunewire import tensors
 from tunewire.errors import TunewireError, from_rpc_error
 from tunewire.server import STREAM_CHUNK_BYTES, channel_options
 from tunewire.tls import ClientSecurity
-from tunewire.v1 import (embedder_pb2, embedder_pb2_grpc, trainer_pb2,
-                         trainer_pb2_grpc)
+from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tunewire.wire import embed_request
 
-POOLINGS = {"mean": embedder_pb2.POOLING_MEAN, "avg": embedder_pb2.POOLING_MEAN,
-            "cls": embedder_pb2.POOLING_CLS, "cls_pooled": embedder_pb2.POOLING_CLS,
-            "last": embedder_pb2.POOLING_LAST, "max": embedder_pb2.POOLING_MAX,
-            "sum": embedder_pb2.POOLING_SUM}
+POOLINGS = {
+    "mean": embedder_pb2.POOLING_MEAN,
+    "avg": embedder_pb2.POOLING_MEAN,
+    "cls": embedder_pb2.POOLING_CLS,
+    "cls_pooled": embedder_pb2.POOLING_CLS,
+    "last": embedder_pb2.POOLING_LAST,
+    "max": embedder_pb2.POOLING_MAX,
+    "sum": embedder_pb2.POOLING_SUM,
+}
 TERMINAL_STATES = (trainer_pb2.Job.SUCCEEDED, trainer_pb2.Job.FAILED, trainer_pb2.Job.CANCELLED)
 
 
@@ -99,10 +103,15 @@ class EncoderSpec:
         if self.dtype not in tensors.DTYPE_NAMES:
             raise TunewireError("dtype must be float32 or float16", field="dtype")
         return embedder_pb2.EncoderSpec(
-            model=self.model, revision=self.revision, pooling=POOLINGS[self.pooling],
-            max_length=self.max_length, normalize=self.normalize,
-            dtype=tensors.DTYPE_NAMES[self.dtype], layer=self.layer,
-            instruction=self.instruction)
+            model=self.model,
+            revision=self.revision,
+            pooling=POOLINGS[self.pooling],
+            max_length=self.max_length,
+            normalize=self.normalize,
+            dtype=tensors.DTYPE_NAMES[self.dtype],
+            layer=self.layer,
+            instruction=self.instruction,
+        )
 
 
 @dataclass
@@ -129,8 +138,9 @@ def _check_answered(vectors: int, texts: int) -> None:
     """A request must get a vector per text; a server that predates `EmbedRequest.joined`, for
     one, reads a joined request as no texts."""
     if vectors != texts:
-        raise TunewireError(f"the embedder answered {vectors} vectors for {texts} texts",
-                            reason="INCOMPLETE_ANSWER")
+        raise TunewireError(
+            f"the embedder answered {vectors} vectors for {texts} texts", reason="INCOMPLETE_ANSWER"
+        )
 
 
 class EmbedderClient:
@@ -142,20 +152,28 @@ class EmbedderClient:
         self._stream_embed = self.channel.stream_stream(
             "/tunewire.v1.EmbedderService/StreamEmbed",
             request_serializer=embedder_pb2.EmbedRequest.SerializeToString,
-            response_deserializer=split_response, _registered_method=True)
+            response_deserializer=split_response,
+            _registered_method=True,
+        )
 
     @rpc_errors
-    def embed(self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
-              ) -> EmbedResult:
+    def embed(
+        self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
+    ) -> EmbedResult:
         resp = self.stub.Embed(embed_request(spec.to_proto(), texts), timeout=timeout)
         vectors = tensors.from_proto(resp.embeddings)
         _check_answered(len(vectors), len(texts))
         return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)
 
     @_rpc_iter
-    def stream(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
-               cancelled: Callable[[], bool] | None = None,
-               timeout: float | None = None) -> Iterator[EmbedChunk]:
+    def stream(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        batch_size: int = 256,
+        cancelled: Callable[[], bool] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[EmbedChunk]:
         """The vectors of `texts` in order, chunk by chunk as they arrive, over one StreamEmbed
         call of `batch_size` texts a message; nothing is sent once `cancelled()` is true.
         Each chunk's vectors are a view of the message gRPC received (see clients.embed_wire)."""
@@ -165,12 +183,18 @@ class EmbedderClient:
             for start in range(0, len(texts), batch_size):
                 if cancelled is not None and cancelled():
                     return
-                yield embed_request(proto_spec, texts[start:start + batch_size])
+                yield embed_request(proto_spec, texts[start : start + batch_size])
 
         answered = 0  # texts of the requests answered in full
         for resp, data in self._stream_embed(requests(), timeout=timeout):
-            chunk = EmbedChunk(tensors.from_data(resp.embeddings, data), resp.offset, resp.last,
-                               resp.cache_hits, resp.cache_misses, resp.fingerprint)
+            chunk = EmbedChunk(
+                tensors.from_data(resp.embeddings, data),
+                resp.offset,
+                resp.last,
+                resp.cache_hits,
+                resp.cache_misses,
+                resp.fingerprint,
+            )
             if chunk.last:
                 rows = chunk.offset + len(chunk.vectors)
                 _check_answered(rows, min(batch_size, len(texts) - answered))
@@ -178,9 +202,14 @@ class EmbedderClient:
             yield chunk
 
     @rpc_errors
-    def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
-                   progress: Callable[[int, int], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+    def embed_many(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        batch_size: int = 256,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> EmbedResult:
         """Embed any number of texts over one StreamEmbed call, `batch_size` texts a message."""
         parts: list[np.ndarray] = []
         hits = misses = done = 0
@@ -211,8 +240,12 @@ class EmbedderClient:
         self.channel.close()
 
 
-_FORMATS = {"csv": trainer_pb2.DATASET_FORMAT_CSV, "tsv": trainer_pb2.DATASET_FORMAT_TSV,
-            "jsonl": trainer_pb2.DATASET_FORMAT_JSONL, "parquet": trainer_pb2.DATASET_FORMAT_PARQUET}
+_FORMATS = {
+    "csv": trainer_pb2.DATASET_FORMAT_CSV,
+    "tsv": trainer_pb2.DATASET_FORMAT_TSV,
+    "jsonl": trainer_pb2.DATASET_FORMAT_JSONL,
+    "parquet": trainer_pb2.DATASET_FORMAT_PARQUET,
+}
 
 
 class TrainerClient:
@@ -223,26 +256,34 @@ class TrainerClient:
 
     # Data sets -------------------------------------------------------------------------------
     @rpc_errors
-    def upload_dataset(self, source: str | Path | bytes, filename: str | None = None,
-                       fmt: str | None = None) -> trainer_pb2.Dataset:
+    def upload_dataset(
+        self, source: str | Path | bytes, filename: str | None = None, fmt: str | None = None
+    ) -> trainer_pb2.Dataset:
         """Stream a file (path) or in-memory bytes (with a filename) to the trainer."""
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
-                raise TunewireError(f"data set file {str(path)!r} does not exist",
-                                    field="dataset", reason="NOT_FOUND")
+                raise TunewireError(
+                    f"data set file {str(path)!r} does not exist",
+                    field="dataset",
+                    reason="NOT_FOUND",
+                )
             filename = filename or path.name
             data: Iterable[bytes] = _read_chunks(path)
         else:
             if not filename:
-                raise TunewireError("filename is required with in-memory bytes",
-                                    field="filename")
-            data = (source[i:i + STREAM_CHUNK_BYTES]
-                    for i in range(0, max(len(source), 1), STREAM_CHUNK_BYTES))
+                raise TunewireError("filename is required with in-memory bytes", field="filename")
+            data = (
+                source[i : i + STREAM_CHUNK_BYTES]
+                for i in range(0, max(len(source), 1), STREAM_CHUNK_BYTES)
+            )
 
         def requests():
-            yield trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest.Metadata(
-                filename=filename, format=_FORMATS.get(fmt or "", 0)))
+            yield trainer_pb2.UploadDatasetRequest(
+                metadata=trainer_pb2.UploadDatasetRequest.Metadata(
+                    filename=filename, format=_FORMATS.get(fmt or "", 0)
+                )
+            )
             for chunk in data:
                 yield trainer_pb2.UploadDatasetRequest(chunk=chunk)
 
@@ -254,14 +295,28 @@ class TrainerClient:
 
     # Jobs ------------------------------------------------------------------------------------
     @rpc_errors
-    def create_job(self, config: dict, *, dataset_id: str = "", training_set_id: str = "",
-                   validation_set_id: str = "", test_set_id: str = "",
-                   request_id: str | None = None, upload_to: str = "") -> trainer_pb2.Job:
-        return self.stub.CreateJob(trainer_pb2.CreateJobRequest(
-            config_json=json.dumps(config), dataset_id=dataset_id,
-            training_set_id=training_set_id, validation_set_id=validation_set_id,
-            test_set_id=test_set_id, request_id=request_id or uuid.uuid4().hex,
-            upload_to=upload_to))
+    def create_job(
+        self,
+        config: dict,
+        *,
+        dataset_id: str = "",
+        training_set_id: str = "",
+        validation_set_id: str = "",
+        test_set_id: str = "",
+        request_id: str | None = None,
+        upload_to: str = "",
+    ) -> trainer_pb2.Job:
+        return self.stub.CreateJob(
+            trainer_pb2.CreateJobRequest(
+                config_json=json.dumps(config),
+                dataset_id=dataset_id,
+                training_set_id=training_set_id,
+                validation_set_id=validation_set_id,
+                test_set_id=test_set_id,
+                request_id=request_id or uuid.uuid4().hex,
+                upload_to=upload_to,
+            )
+        )
 
     @rpc_errors
     def get_job(self, job_id: str) -> trainer_pb2.Job:
@@ -271,8 +326,9 @@ class TrainerClient:
     def list_jobs(self, page_size: int = 100) -> list[trainer_pb2.Job]:
         jobs, token = [], ""
         while True:
-            resp = self.stub.ListJobs(trainer_pb2.ListJobsRequest(page_size=page_size,
-                                                                  page_token=token))
+            resp = self.stub.ListJobs(
+                trainer_pb2.ListJobsRequest(page_size=page_size, page_token=token)
+            )
             jobs.extend(resp.jobs)
             token = resp.next_page_token
             if not token:
@@ -285,11 +341,13 @@ class TrainerClient:
     @_rpc_iter
     def watch(self, job_id: str, from_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
         """Events from `from_sequence` on, until the job ends; safe to call again after a drop."""
-        yield from self.stub.WatchJob(trainer_pb2.WatchJobRequest(id=job_id,
-                                                                  from_sequence=from_sequence))
+        yield from self.stub.WatchJob(
+            trainer_pb2.WatchJobRequest(id=job_id, from_sequence=from_sequence)
+        )
 
-    def wait(self, job_id: str, on_event: Callable[[trainer_pb2.JobEvent], None] | None = None
-             ) -> trainer_pb2.Job:
+    def wait(
+        self, job_id: str, on_event: Callable[[trainer_pb2.JobEvent], None] | None = None
+    ) -> trainer_pb2.Job:
         """Follow a job to its end, re-attaching if the stream drops; returns the final Job."""
         seq = 0
         while True:
@@ -307,11 +365,21 @@ class TrainerClient:
 
     # Models ----------------------------------------------------------------------------------
     @rpc_errors
-    def predict(self, model: str, dataset_id: str, evaluate: bool = False,
-                generation_config: dict | None = None) -> trainer_pb2.PredictResponse:
-        return self.stub.Predict(trainer_pb2.PredictRequest(
-            model=model, dataset_id=dataset_id, evaluate=evaluate,
-            generation_config_json=json.dumps(generation_config) if generation_config else ""))
+    def predict(
+        self,
+        model: str,
+        dataset_id: str,
+        evaluate: bool = False,
+        generation_config: dict | None = None,
+    ) -> trainer_pb2.PredictResponse:
+        return self.stub.Predict(
+            trainer_pb2.PredictRequest(
+                model=model,
+                dataset_id=dataset_id,
+                evaluate=evaluate,
+                generation_config_json=json.dumps(generation_config) if generation_config else "",
+            )
+        )
 
     @rpc_errors
     def download_artifact(self, job_id: str, dest: str | Path) -> Path:
@@ -369,5 +437,14 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-__all__ = ["EmbedderClient", "EmbedChunk", "EmbedResult", "EncoderSpec", "TrainerClient", "connect",
-           "metrics_dict", "predictions_frame", "TERMINAL_STATES"]
+__all__ = [
+    "EmbedderClient",
+    "EmbedChunk",
+    "EmbedResult",
+    "EncoderSpec",
+    "TrainerClient",
+    "connect",
+    "metrics_dict",
+    "predictions_frame",
+    "TERMINAL_STATES",
+]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -44,18 +44,35 @@ class ShardedEmbedderClient:
             groups.setdefault(shard_for(shard_key(spec, text), self.replicas), []).append(i)
         return groups
 
-    def embed(self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
-              ) -> EmbedResult:
+    def embed(
+        self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
+    ) -> EmbedResult:
         return self._fan_out(texts, spec, lambda c, t, _p: c.embed(t, spec, timeout=timeout))
 
-    def embed_many(self, texts: list[str], spec: EncoderSpec, batch_size: int = 256,
-                   progress: Callable[[int, int], None] | None = None,
-                   cancelled: Callable[[], bool] | None = None) -> EmbedResult:
-        return self._fan_out(texts, spec, lambda c, t, p: c.embed_many(
-            t, spec, batch_size=batch_size, progress=p, cancelled=cancelled), progress)
+    def embed_many(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        batch_size: int = 256,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> EmbedResult:
+        return self._fan_out(
+            texts,
+            spec,
+            lambda c, t, p: c.embed_many(
+                t, spec, batch_size=batch_size, progress=p, cancelled=cancelled
+            ),
+            progress,
+        )
 
-    def _fan_out(self, texts: list[str], spec: EncoderSpec, call,
-                 progress: Callable[[int, int], None] | None = None) -> EmbedResult:
+    def _fan_out(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        call,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> EmbedResult:
         if not texts:
             raise TunewireError("no texts to embed", field="texts")
         groups = self.partition(texts, spec)
@@ -68,11 +85,14 @@ class ShardedEmbedderClient:
                     done[replica] = n
                     if progress is not None:
                         progress(sum(done.values()), len(texts))
+
             return inner
 
         with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-            futures = {r: pool.submit(call, self.clients[r], [texts[i] for i in idx], report(r))
-                       for r, idx in groups.items()}
+            futures = {
+                r: pool.submit(call, self.clients[r], [texts[i] for i in idx], report(r))
+                for r, idx in groups.items()
+            }
             results = {r: f.result() for r, f in futures.items()}
         dim = next(iter(results.values())).vectors.shape[1]
         dtype = next(iter(results.values())).vectors.dtype
@@ -81,10 +101,17 @@ class ShardedEmbedderClient:
             out[idx] = results[r].vectors
         fingerprints = {res.fingerprint for res in results.values()}
         if len(fingerprints) > 1:
-            raise TunewireError("embedder replicas disagree on the encoder fingerprint "
-                                "(different weights?)", field="embedder", reason="FAILED_PRECONDITION")
-        return EmbedResult(out, sum(r.cache_hits for r in results.values()),
-                           sum(r.cache_misses for r in results.values()), fingerprints.pop())
+            raise TunewireError(
+                "embedder replicas disagree on the encoder fingerprint (different weights?)",
+                field="embedder",
+                reason="FAILED_PRECONDITION",
+            )
+        return EmbedResult(
+            out,
+            sum(r.cache_hits for r in results.values()),
+            sum(r.cache_misses for r in results.values()),
+            fingerprints.pop(),
+        )
 
     def info(self, spec: EncoderSpec):
         return self.clients[self.replicas[0]].info(spec)

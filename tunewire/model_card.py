@@ -54,9 +54,15 @@ def _flatten_metrics(metrics: Any) -> list[tuple[str, str, str, float]]:
     return sorted(rows)
 
 
-def _front_matter(kind: str, base_model: str | None, pipeline_tag: str | None, tags: list[str],
-                  datasets: list[str], metrics: list[tuple[str, str, str, float]],
-                  name: str) -> dict[str, Any]:
+def _front_matter(
+    kind: str,
+    base_model: str | None,
+    pipeline_tag: str | None,
+    tags: list[str],
+    datasets: list[str],
+    metrics: list[tuple[str, str, str, float]],
+    name: str,
+) -> dict[str, Any]:
     front: dict[str, Any] = {}
     if base_model:
         front["base_model"] = base_model
@@ -70,12 +76,17 @@ def _front_matter(kind: str, base_model: str | None, pipeline_tag: str | None, t
         dataset_name = datasets[0] if datasets else "training data"
         results = []
         for split in sorted({m[0] for m in metrics}):
-            results.append({
-                "task": {"type": pipeline_tag or "other"},
-                "dataset": {"type": dataset_name, "name": dataset_name, "split": split},
-                "metrics": [{"type": metric, "value": value, "name": f"{split} {feature} {metric}"}
-                            for s, feature, metric, value in metrics if s == split],
-            })
+            results.append(
+                {
+                    "task": {"type": pipeline_tag or "other"},
+                    "dataset": {"type": dataset_name, "name": dataset_name, "split": split},
+                    "metrics": [
+                        {"type": metric, "value": value, "name": f"{split} {feature} {metric}"}
+                        for s, feature, metric, value in metrics
+                        if s == split
+                    ],
+                }
+            )
         front["model-index"] = [{"name": name, "results": results}]
     return front
 
@@ -90,18 +101,23 @@ def _load_snippet(kind: str, repo: str, base_model: str | None, task: str | None
             f"base = AutoModelForCausalLM.from_pretrained({base!r})\n"
             f"model = PeftModel.from_pretrained(base, {repo!r})\n"
             f"tokenizer = AutoTokenizer.from_pretrained({repo!r})\n"
-            "inputs = tokenizer(\"Hello\", return_tensors=\"pt\")\n"
+            'inputs = tokenizer("Hello", return_tensors="pt")\n'
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))\n"
-            "```\n")
+            "```\n"
+        )
     if kind == "full_model":
-        auto = ("AutoModelForSequenceClassification" if task == "text-classification"
-                else "AutoModelForCausalLM")
+        auto = (
+            "AutoModelForSequenceClassification"
+            if task == "text-classification"
+            else "AutoModelForCausalLM"
+        )
         return (
             "```python\n"
             f"from transformers import {auto}, AutoTokenizer\n\n"
             f"model = {auto}.from_pretrained({repo!r})\n"
             f"tokenizer = AutoTokenizer.from_pretrained({repo!r})\n"
-            "```\n")
+            "```\n"
+        )
     return (
         "The task head (`head.safetensors`) sits on the pooled hidden states of the encoder named in\n"
         "`tunewire.json`; `training_set_metadata.json` holds the label vocabulary and normalisation.\n\n"
@@ -109,9 +125,10 @@ def _load_snippet(kind: str, repo: str, base_model: str | None, task: str | None
         "from huggingface_hub import snapshot_download\n"
         "from safetensors.torch import load_file\n\n"
         f"path = snapshot_download({repo!r})\n"
-        "head = load_file(f\"{path}/head.safetensors\")  # the task head's weights\n"
+        'head = load_file(f"{path}/head.safetensors")  # the task head\'s weights\n'
         "```\n\n"
-        "To predict with it, give the downloaded folder to tunewire's `predict`.\n")
+        "To predict with it, give the downloaded folder to tunewire's `predict`.\n"
+    )
 
 
 def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
@@ -124,8 +141,12 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     resolved = _read_json(artifact_dir / "resolved_config.json")
     kind = _kind(artifact_dir, meta)
 
-    base_model = _hub_model_id(meta.get("base_model") or adapter.get("base_model_name_or_path")
-                               or resolved.get("base_model") or config.get("_name_or_path"))
+    base_model = _hub_model_id(
+        meta.get("base_model")
+        or adapter.get("base_model_name_or_path")
+        or resolved.get("base_model")
+        or config.get("_name_or_path")
+    )
     task = meta.get("task") or ("text-generation" if kind != "predictive" else None)
     datasets = [str(d) for d in (meta.get("datasets") or []) if d]
     metrics = _flatten_metrics(meta.get("metrics"))
@@ -138,10 +159,17 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     name = repo.split("/")[-1]
 
     front = _front_matter(kind, base_model, task, tags, datasets, metrics, name)
-    parts = ["---\n", yaml.safe_dump(front, sort_keys=False, allow_unicode=True), "---\n\n",
-             f"# {name}\n\n"]
-    what = {"peft_adapter": "A PEFT adapter", "full_model": "A fine-tuned model",
-            "predictive": "A predictive task head"}.get(kind, "A model")
+    parts = [
+        "---\n",
+        yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
+        "---\n\n",
+        f"# {name}\n\n",
+    ]
+    what = {
+        "peft_adapter": "A PEFT adapter",
+        "full_model": "A fine-tuned model",
+        "predictive": "A predictive task head",
+    }.get(kind, "A model")
     on_base = f" on [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
     job = f" (job `{meta['job_id']}`)" if meta.get("job_id") else ""
     parts.append(f"{what}{on_base}, trained with tunewire{job}.\n\n")
@@ -151,9 +179,18 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
         parts += [f"| {s} | {f} | {m} | {v:.6g} |\n" for s, f, m, v in metrics]
         parts.append("\n")
     if resolved:
-        parts += ["## Training configuration\n\n```yaml\n",
-                  yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), "```\n"]
+        parts += [
+            "## Training configuration\n\n```yaml\n",
+            yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
+            "```\n",
+        ]
     elif adapter or config:
-        title, shown = (("Adapter configuration", adapter) if adapter else ("Model configuration", config))
-        parts += [f"## {title}\n\n```json\n", json.dumps(shown, indent=2, sort_keys=True), "\n```\n"]
+        title, shown = (
+            ("Adapter configuration", adapter) if adapter else ("Model configuration", config)
+        )
+        parts += [
+            f"## {title}\n\n```json\n",
+            json.dumps(shown, indent=2, sort_keys=True),
+            "\n```\n",
+        ]
     return "".join(parts)

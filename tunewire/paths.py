@@ -20,8 +20,9 @@ def check_path_text(value: str, field: str) -> str:
         raise InvalidArgument("contains a NUL byte", field=field)
     encoded = value.encode("utf-8", "surrogatepass")
     if len(encoded) >= PATH_MAX:
-        raise InvalidArgument(f"is {len(encoded)} bytes long; paths are at most {PATH_MAX - 1}",
-                              field=field)
+        raise InvalidArgument(
+            f"is {len(encoded)} bytes long; paths are at most {PATH_MAX - 1}", field=field
+        )
     if any(len(part) > NAME_MAX for part in encoded.split(b"/")):
         raise InvalidArgument(f"has a path component longer than {NAME_MAX} bytes", field=field)
     return value

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import grpc
 import structlog
@@ -46,8 +47,12 @@ class ReloadingChannel(grpc.Channel):
     """A channel rebuilt by `build(contents)` whenever one of `files` ({name: path}) changes;
     `contents` maps the same names to the files' bytes."""
 
-    def __init__(self, build: Callable[[dict[str, bytes]], grpc.Channel],
-                 files: Mapping[str, Path], min_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        build: Callable[[dict[str, bytes]], grpc.Channel],
+        files: Mapping[str, Path],
+        min_interval_s: float = 1.0,
+    ) -> None:
         self._build = build
         self._files = {name: WatchedFile(path, min_interval_s) for name, path in files.items()}
         self._min_interval_s = min_interval_s
@@ -73,8 +78,9 @@ class ReloadingChannel(grpc.Channel):
         try:
             channel = self._build(contents)
         except Exception as exc:  # noqa: BLE001 - a bad rotation must not stop the client
-            log.error("client certificate reload failed; keeping the current channel",
-                      error=str(exc))
+            log.error(
+                "client certificate reload failed; keeping the current channel", error=str(exc)
+            )
             self._retry_at = time.monotonic() + self._min_interval_s
             return
         self._retry_at = None
@@ -91,20 +97,24 @@ class ReloadingChannel(grpc.Channel):
         if done:
             # Off this thread: a stream's done callback runs on the channel's own polling thread,
             # and closing the channel from there waits on the call it is finishing.
-            threading.Thread(target=_close_previous, args=(generation,),
-                             name="close-previous-channel", daemon=True).start()
+            threading.Thread(
+                target=_close_previous,
+                args=(generation,),
+                name="close-previous-channel",
+                daemon=True,
+            ).start()
 
     # grpc.Channel ------------------------------------------------------------------------------
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> "_MultiCallable":
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
         return _MultiCallable(self, "unary_unary", method, args, kwargs, streams=False)
 
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> "_MultiCallable":
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
         return _MultiCallable(self, "stream_unary", method, args, kwargs, streams=False)
 
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> "_MultiCallable":
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
         return _MultiCallable(self, "unary_stream", method, args, kwargs, streams=True)
 
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> "_MultiCallable":
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _MultiCallable:
         return _MultiCallable(self, "stream_stream", method, args, kwargs, streams=True)
 
     def subscribe(self, callback, try_to_connect: bool = False) -> None:
@@ -121,7 +131,7 @@ class ReloadingChannel(grpc.Channel):
             self._current.retired = True
             self._current.close()
 
-    def __enter__(self) -> "ReloadingChannel":
+    def __enter__(self) -> ReloadingChannel:
         return self
 
     def __exit__(self, *exc: Any) -> bool:
@@ -140,8 +150,15 @@ class _MultiCallable:
     releases it when the call ends (blocking calls on return, futures and response streams in
     their done callback)."""
 
-    def __init__(self, owner: ReloadingChannel, kind: str, method: str, args: tuple,
-                 kwargs: dict, streams: bool) -> None:
+    def __init__(
+        self,
+        owner: ReloadingChannel,
+        kind: str,
+        method: str,
+        args: tuple,
+        kwargs: dict,
+        streams: bool,
+    ) -> None:
         self._owner, self._kind, self._method = owner, kind, method
         self._args, self._kwargs, self._streams = args, kwargs, streams
         self._cached: tuple[_Generation, Any] | None = None
@@ -150,8 +167,9 @@ class _MultiCallable:
         generation = self._owner._acquire()
         cached = self._cached
         if cached is None or cached[0] is not generation:
-            inner = getattr(generation.channel, self._kind)(self._method, *self._args,
-                                                            **self._kwargs)
+            inner = getattr(generation.channel, self._kind)(
+                self._method, *self._args, **self._kwargs
+            )
             cached = self._cached = (generation, inner)
         return cached
 

@@ -20,10 +20,11 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import grpc
 import structlog
@@ -102,8 +103,13 @@ class _ContextInterceptor(grpc.ServerInterceptor):
             exc = _disk_full(exc) or exc
             if isinstance(exc, TunewireError):
                 _bound_message(exc)
-                log.info("request failed", code=exc.code.name, reason=exc.reason,
-                         field=exc.field, error=exc.message)
+                log.info(
+                    "request failed",
+                    code=exc.code.name,
+                    reason=exc.reason,
+                    field=exc.field,
+                    error=exc.message,
+                )
                 context.abort_with_status(to_status(exc))
             log.exception("unhandled error")
             context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
@@ -119,6 +125,7 @@ class _ContextInterceptor(grpc.ServerInterceptor):
                     if _aborted(context):
                         raise
                     fail(context, exc)
+
             return inner
 
         def wrap_stream(fn):
@@ -132,23 +139,32 @@ class _ContextInterceptor(grpc.ServerInterceptor):
                     if _aborted(context):
                         raise
                     fail(context, exc)
+
             return inner
 
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary), handler.request_deserializer,
-                handler.response_serializer)
+                wrap_unary(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary), handler.request_deserializer,
-                handler.response_serializer)
+                wrap_unary(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream), handler.request_deserializer,
-                handler.response_serializer)
+                wrap_stream(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
         return grpc.stream_stream_rpc_method_handler(
-            wrap_stream(handler.stream_stream), handler.request_deserializer,
-            handler.response_serializer)
+            wrap_stream(handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
 
 
 # Status details travel in trailing metadata, which clients cap (8 KiB by default); a message
@@ -166,8 +182,10 @@ def _bound_message(err: TunewireError) -> None:
 def _disk_full(exc: BaseException) -> ResourceExhausted | None:
     """A full disk or quota is the server's resource running out, not an internal bug."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted("the server's disk is full; free space or raise its quota, "
-                                 "then retry", reason="DISK_FULL")
+        return ResourceExhausted(
+            "the server's disk is full; free space or raise its quota, then retry",
+            reason="DISK_FULL",
+        )
     return None
 
 
@@ -192,9 +210,15 @@ class RunningServer:
     """A started server with its health servicer; `set_ready` flips a service to SERVING.
     `health_server`/`health_port`: the plaintext health-only server, when there is one."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
-                 names: list[str], health_server: grpc.Server | None = None,
-                 health_port: int | None = None) -> None:
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        names: list[str],
+        health_server: grpc.Server | None = None,
+        health_port: int | None = None,
+    ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
@@ -203,8 +227,11 @@ class RunningServer:
         self.health_port = health_port
 
     def set_ready(self, name: str, ready: bool = True) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if ready
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         self.health.set(name, status)
         if all(self._status(n) == health_pb2.HealthCheckResponse.SERVING for n in self.names):
             self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -242,16 +269,19 @@ class RunningServer:
 HEALTH_PORT_MAX_RPCS = 4
 
 
-def _health_only_server(health_servicer: health.HealthServicer, host: str, port: int
-                        ) -> tuple[grpc.Server, int]:
+def _health_only_server(
+    health_servicer: health.HealthServicer, host: str, port: int
+) -> tuple[grpc.Server, int]:
     """A plaintext server with nothing but grpc.health.v1, sharing `health_servicer` with the
     main server so both report the same status. No reflection, no auth (health is open on the
     main port too), no service: a plaintext caller learns only what a probe learns."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=HEALTH_PORT_MAX_RPCS,
-                                   thread_name_prefix="grpc-health"),
+        futures.ThreadPoolExecutor(
+            max_workers=HEALTH_PORT_MAX_RPCS, thread_name_prefix="grpc-health"
+        ),
         options=[("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=HEALTH_PORT_MAX_RPCS)
+        maximum_concurrent_rpcs=HEALTH_PORT_MAX_RPCS,
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
@@ -260,8 +290,9 @@ def _health_only_server(health_servicer: health.HealthServicer, host: str, port:
     return server, bound
 
 
-def create_server(services: Iterable[Service], settings: ServerSettings | None = None
-                  ) -> RunningServer:
+def create_server(
+    services: Iterable[Service], settings: ServerSettings | None = None
+) -> RunningServer:
     """Build, bind and start a server; returns it with the bound port."""
     settings = settings or ServerSettings()
     services = list(services)
@@ -278,11 +309,13 @@ def create_server(services: Iterable[Service], settings: ServerSettings | None =
     ]
     security = settings.security
     # Auth runs first: a refused call reaches nothing else.
-    auth = ([AuthInterceptor(TokenFile(security.auth_tokens_file))]
-            if security.auth_tokens_file is not None else [])
+    auth = (
+        [AuthInterceptor(TokenFile(security.auth_tokens_file))]
+        if security.auth_tokens_file is not None
+        else []
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers,
-                                   thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
         interceptors=[*auth, *settings.extra_interceptors, _ContextInterceptor()],
         options=options,
         maximum_concurrent_rpcs=security.max_concurrent_rpcs,
@@ -297,8 +330,13 @@ def create_server(services: Iterable[Service], settings: ServerSettings | None =
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     if security.reflection:
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME], server)
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
     address = f"{settings.host}:{settings.port}"
     if security.tls is not None:
         port = server.add_secure_port(address, security.tls.credentials())
@@ -308,18 +346,26 @@ def create_server(services: Iterable[Service], settings: ServerSettings | None =
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     health_server, health_port = None, None
     if security.health_port is not None:
-        health_server, health_port = _health_only_server(health_servicer, settings.host,
-                                                         security.health_port)
+        health_server, health_port = _health_only_server(
+            health_servicer, settings.host, security.health_port
+        )
     server.start()
-    log.info("server started", services=names, address=f"{settings.host}:{port}",
-             tls="mutual" if security.tls and security.tls.client_ca else bool(security.tls),
-             auth=security.auth_tokens_file is not None, reflection=security.reflection,
-             max_concurrent_rpcs=security.max_concurrent_rpcs, health_port=health_port)
+    log.info(
+        "server started",
+        services=names,
+        address=f"{settings.host}:{port}",
+        tls="mutual" if security.tls and security.tls.client_ca else bool(security.tls),
+        auth=security.auth_tokens_file is not None,
+        reflection=security.reflection,
+        max_concurrent_rpcs=security.max_concurrent_rpcs,
+        health_port=health_port,
+    )
     return RunningServer(server, port, health_servicer, names, health_server, health_port)
 
 
-def wait_for_termination(running: list[RunningServer], grace: float = 30.0,
-                         on_stop: Callable[[], None] | None = None) -> None:
+def wait_for_termination(
+    running: list[RunningServer], grace: float = 30.0, on_stop: Callable[[], None] | None = None
+) -> None:
     """Block until SIGTERM/SIGINT, then drain: health NOT_SERVING, in-flight calls get `grace`
     seconds, then `on_stop` (close stores) runs."""
     stop = threading.Event()

@@ -32,37 +32,70 @@ def _path(name: str) -> Path | None:
 
 def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) -> None:
     """Add the flags above; `calls_peers` adds --service-token-file (trainer, hub_gateway)."""
-    p.add_argument("--auth-tokens-file", "--auth_tokens_file", type=Path,
-                   default=_path("TUNEWIRE_AUTH_TOKENS_FILE"),
-                   help="'TOKEN ROLE' lines (roles: admin, train, embed, read), reloaded when "
-                        "changed; without it the server takes calls without a token "
-                        "(env TUNEWIRE_AUTH_TOKENS_FILE)")
-    p.add_argument("--tls-cert", "--tls_cert", type=Path,
-                   default=_path("TUNEWIRE_SERVER_TLS_CERT"),
-                   help="server certificate chain (PEM), reloaded when changed")
-    p.add_argument("--tls-key", "--tls_key", type=Path, default=_path("TUNEWIRE_SERVER_TLS_KEY"),
-                   help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", "--tls_client_ca", type=Path,
-                   default=_path("TUNEWIRE_SERVER_TLS_CLIENT_CA"),
-                   help="CA that client certificates must chain to (mutual TLS)")
-    p.add_argument("--no-reflection", "--no_reflection", dest="reflection",
-                   action="store_false",
-                   default=os.environ.get("TUNEWIRE_NO_REFLECTION", "") not in ("1", "true"),
-                   help="turn gRPC server reflection off")
-    p.add_argument("--max-concurrent-rpcs", "--max_concurrent_rpcs", type=int,
-                   default=int(os.environ.get("TUNEWIRE_MAX_CONCURRENT_RPCS",
-                                              DEFAULT_MAX_CONCURRENT_RPCS)),
-                   help="calls in flight before new ones get RESOURCE_EXHAUSTED (0: no cap)")
-    p.add_argument("--health-port", "--health_port", type=int,
-                   default=int(os.environ["TUNEWIRE_HEALTH_PORT"])
-                   if os.environ.get("TUNEWIRE_HEALTH_PORT") else None,
-                   help="also serve grpc.health.v1, and only it, in plaintext on this port: the "
-                        "kubelet's gRPC probes cannot speak TLS (env TUNEWIRE_HEALTH_PORT)")
+    p.add_argument(
+        "--auth-tokens-file",
+        "--auth_tokens_file",
+        type=Path,
+        default=_path("TUNEWIRE_AUTH_TOKENS_FILE"),
+        help="'TOKEN ROLE' lines (roles: admin, train, embed, read), reloaded when "
+        "changed; without it the server takes calls without a token "
+        "(env TUNEWIRE_AUTH_TOKENS_FILE)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        "--tls_cert",
+        type=Path,
+        default=_path("TUNEWIRE_SERVER_TLS_CERT"),
+        help="server certificate chain (PEM), reloaded when changed",
+    )
+    p.add_argument(
+        "--tls-key",
+        "--tls_key",
+        type=Path,
+        default=_path("TUNEWIRE_SERVER_TLS_KEY"),
+        help="server private key (PEM)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        "--tls_client_ca",
+        type=Path,
+        default=_path("TUNEWIRE_SERVER_TLS_CLIENT_CA"),
+        help="CA that client certificates must chain to (mutual TLS)",
+    )
+    p.add_argument(
+        "--no-reflection",
+        "--no_reflection",
+        dest="reflection",
+        action="store_false",
+        default=os.environ.get("TUNEWIRE_NO_REFLECTION", "") not in ("1", "true"),
+        help="turn gRPC server reflection off",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        "--max_concurrent_rpcs",
+        type=int,
+        default=int(os.environ.get("TUNEWIRE_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS)),
+        help="calls in flight before new ones get RESOURCE_EXHAUSTED (0: no cap)",
+    )
+    p.add_argument(
+        "--health-port",
+        "--health_port",
+        type=int,
+        default=int(os.environ["TUNEWIRE_HEALTH_PORT"])
+        if os.environ.get("TUNEWIRE_HEALTH_PORT")
+        else None,
+        help="also serve grpc.health.v1, and only it, in plaintext on this port: the "
+        "kubelet's gRPC probes cannot speak TLS (env TUNEWIRE_HEALTH_PORT)",
+    )
     if calls_peers:
-        p.add_argument("--service-token-file", "--service_token_file", type=Path,
-                       default=_path("TUNEWIRE_TOKEN_FILE"),
-                       help="token this service sends to its peers (env TUNEWIRE_TOKEN_FILE, "
-                            "or the token itself in TUNEWIRE_TOKEN)")
+        p.add_argument(
+            "--service-token-file",
+            "--service_token_file",
+            type=Path,
+            default=_path("TUNEWIRE_TOKEN_FILE"),
+            help="token this service sends to its peers (env TUNEWIRE_TOKEN_FILE, "
+            "or the token itself in TUNEWIRE_TOKEN)",
+        )
 
 
 def security_from_args(args: argparse.Namespace) -> ServerSecurity:
@@ -71,12 +104,18 @@ def security_from_args(args: argparse.Namespace) -> ServerSecurity:
         raise SystemExit("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
-    tls = (ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
-           if args.tls_cert is not None else None)
-    return ServerSecurity(auth_tokens_file=args.auth_tokens_file, tls=tls,
-                          reflection=args.reflection,
-                          max_concurrent_rpcs=args.max_concurrent_rpcs or None,
-                          health_port=args.health_port)
+    tls = (
+        ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+        if args.tls_cert is not None
+        else None
+    )
+    return ServerSecurity(
+        auth_tokens_file=args.auth_tokens_file,
+        tls=tls,
+        reflection=args.reflection,
+        max_concurrent_rpcs=args.max_concurrent_rpcs or None,
+        health_port=args.health_port,
+    )
 
 
 def export_peer_token(args: argparse.Namespace) -> None:
@@ -95,7 +134,8 @@ def serve(name: str, args: argparse.Namespace, start, settings, on_stop) -> int:
     from tunewire.server import wait_for_termination
 
     app = start(settings)
-    get_logger(f"services.{name}").info(f"{name} serving", port=app.port,
-                                         data_dir=str(args.data_dir))
+    get_logger(f"services.{name}").info(
+        f"{name} serving", port=app.port, data_dir=str(args.data_dir)
+    )
     wait_for_termination([app.running], on_stop=lambda: on_stop(app))
     return 0

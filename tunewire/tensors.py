@@ -22,8 +22,9 @@ DTYPE_NAMES = {"float32": tensor_pb2.DTYPE_FLOAT32, "float16": tensor_pb2.DTYPE_
 
 def numpy_dtype(dtype: int) -> np.dtype:
     if dtype not in _TO_NUMPY:
-        raise InvalidArgument(f"unsupported tensor dtype {tensor_pb2.DType.Name(dtype)}",
-                              field="dtype")
+        raise InvalidArgument(
+            f"unsupported tensor dtype {tensor_pb2.DType.Name(dtype)}", field="dtype"
+        )
     return _TO_NUMPY[dtype]
 
 
@@ -49,6 +50,7 @@ def from_data(tensor: tensor_pb2.Tensor, data: bytes | memoryview) -> np.ndarray
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         raise InvalidArgument(
-            f"tensor data has {len(data)} bytes, shape {list(shape)} of {dtype} needs "
-            f"{expected}", field="data")
+            f"tensor data has {len(data)} bytes, shape {list(shape)} of {dtype} needs {expected}",
+            field="data",
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import grpc
 import structlog
@@ -45,7 +46,8 @@ class ServerTLS:
         def configuration(contents: list[bytes]):
             ca = contents[2] if len(contents) > 2 else None
             return grpc.ssl_server_certificate_configuration(
-                [(contents[1], contents[0])], root_certificates=ca)
+                [(contents[1], contents[0])], root_certificates=ca
+            )
 
         initial = configuration([f.read()[0] for f in files])
 
@@ -58,16 +60,22 @@ class ServerTLS:
                 log.info("server certificates reloaded", cert=str(self.cert))
                 return configuration([data for data, _ in reads])
             except Exception as exc:  # noqa: BLE001 - a bad rotation must not stop serving
-                log.error("server certificate reload failed; keeping the previous ones",
-                          error=str(exc))
+                log.error(
+                    "server certificate reload failed; keeping the previous ones", error=str(exc)
+                )
                 return None
 
         return grpc.dynamic_ssl_server_credentials(
-            initial, fetch, require_client_authentication=self.client_ca is not None)
+            initial, fetch, require_client_authentication=self.client_ca is not None
+        )
 
 
-class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                         grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _BearerInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Adds `authorization: Bearer TOKEN` to every call; the token is read per call so a
     rotated token file is picked up by long-lived channels."""
 
@@ -77,9 +85,14 @@ class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClien
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         metadata = [(k, v) for k, v in (details.metadata or ()) if k != "authorization"]
         metadata.append(("authorization", f"Bearer {self._token()}"))
-        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
-                            getattr(details, "wait_for_ready", None),
-                            getattr(details, "compression", None))
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)
@@ -117,13 +130,17 @@ class ClientSecurity:
     tls: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ClientSecurity":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientSecurity:
         env = os.environ if env is None else env
         path = lambda name: Path(env[name]) if env.get(name) else None  # noqa: E731
-        return cls(token=env.get("TUNEWIRE_TOKEN") or None, token_file=path("TUNEWIRE_TOKEN_FILE"),
-                   ca=path("TUNEWIRE_TLS_CA"), cert=path("TUNEWIRE_TLS_CERT"),
-                   key=path("TUNEWIRE_TLS_KEY"),
-                   tls=env.get("TUNEWIRE_TLS", "").lower() in ("1", "true", "yes"))
+        return cls(
+            token=env.get("TUNEWIRE_TOKEN") or None,
+            token_file=path("TUNEWIRE_TOKEN_FILE"),
+            ca=path("TUNEWIRE_TLS_CA"),
+            cert=path("TUNEWIRE_TLS_CERT"),
+            key=path("TUNEWIRE_TLS_KEY"),
+            tls=env.get("TUNEWIRE_TLS", "").lower() in ("1", "true", "yes"),
+        )
 
     @property
     def uses_tls(self) -> bool:
@@ -164,8 +181,10 @@ class ClientSecurity:
             if self.uses_tls:
                 self._check(pem)
                 creds = grpc.ssl_channel_credentials(
-                    root_certificates=pem.get("ca"), private_key=pem.get("key"),
-                    certificate_chain=pem.get("cert"))
+                    root_certificates=pem.get("ca"),
+                    private_key=pem.get("key"),
+                    certificate_chain=pem.get("cert"),
+                )
                 channel = grpc.secure_channel(target, creds, options=options)
             else:
                 channel = grpc.insecure_channel(target, options=options)
@@ -173,6 +192,9 @@ class ClientSecurity:
                 return channel
             return grpc.intercept_channel(channel, _BearerInterceptor(source))
 
-        files = {name: path for name, path in (("ca", self.ca), ("cert", self.cert),
-                                               ("key", self.key)) if path is not None}
+        files = {
+            name: path
+            for name, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key))
+            if path is not None
+        }
         return ReloadingChannel(build, files) if files else build({})

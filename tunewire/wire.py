@@ -5,13 +5,14 @@ embedder keys whole answers by (`embed_request`)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from tunewire.v1 import embedder_pb2
 
 
-def embed_request(encoder: embedder_pb2.EncoderSpec | None, texts: Sequence[str]
-                  ) -> embedder_pb2.EmbedRequest:
+def embed_request(
+    encoder: embedder_pb2.EncoderSpec | None, texts: Sequence[str]
+) -> embedder_pb2.EmbedRequest:
     """An EmbedRequest for `texts`: joined by NUL in `joined` when none holds a NUL (and all
     encode as UTF-8), else as records in `texts`. One join costs a client a fraction of what
     building and serialising a protobuf record per text does (thousands of short texts a

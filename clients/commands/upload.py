@@ -31,31 +31,67 @@ def add_parser(subparsers) -> None:
     """Register `upload hf_hub` on the CLI's subparsers."""
     upload = subparsers.add_parser("upload", help="upload a model artifact to a model hub")
     targets = upload.add_subparsers(dest="hub", required=True, metavar="{hf_hub}")
-    p = targets.add_parser("hf_hub", aliases=["hf-hub"],
-                           help="upload to a Hugging Face Hub repo in one commit")
-    p.add_argument(*_flags("-r", "--repo_id"), dest="repo_id", required=True,
-                   help="ORG/NAME of the target repo (created if missing)")
-    p.add_argument(*_flags("-m", "--model_path"), dest="model_path", default=None,
-                   help="artifact directory (adapter, full model, or predictive artifact)")
-    p.add_argument(*_flags("-p", "--private"), dest="private", action="store_true",
-                   help="create the repo private")
+    p = targets.add_parser(
+        "hf_hub", aliases=["hf-hub"], help="upload to a Hugging Face Hub repo in one commit"
+    )
+    p.add_argument(
+        *_flags("-r", "--repo_id"),
+        dest="repo_id",
+        required=True,
+        help="ORG/NAME of the target repo (created if missing)",
+    )
+    p.add_argument(
+        *_flags("-m", "--model_path"),
+        dest="model_path",
+        default=None,
+        help="artifact directory (adapter, full model, or predictive artifact)",
+    )
+    p.add_argument(
+        *_flags("-p", "--private"),
+        dest="private",
+        action="store_true",
+        help="create the repo private",
+    )
     p.add_argument(*_flags("-c", "--commit_message"), dest="commit_message", default=None)
     p.add_argument(*_flags("-d", "--commit_description"), dest="commit_description", default=None)
     p.add_argument("--revision", default=None, help="target branch (default: main)")
-    p.add_argument(*_flags("--create_pr"), dest="create_pr", action="store_true",
-                   help="open a pull request instead of committing to the branch")
+    p.add_argument(
+        *_flags("--create_pr"),
+        dest="create_pr",
+        action="store_true",
+        help="open a pull request instead of committing to the branch",
+    )
     p.add_argument("--endpoint", default=None, help="Hub endpoint URL (default HF_ENDPOINT)")
-    p.add_argument(*_flags("--dry_run"), dest="dry_run", action="store_true",
-                   help="validate, print the file list and the model card; send nothing")
-    p.add_argument("--job", dest="job_id", default=None,
-                   help="upload this trainer job's artifact instead of a local path")
-    p.add_argument(*_flags("--overwrite_model_card"), dest="overwrite_model_card",
-                   action="store_true", help="replace the artifact's own README.md")
-    p.add_argument(*_flags("--hub-gateway"), dest="hub_gateway",
-                   default=os.environ.get("TUNEWIRE_HUB_GATEWAY"),
-                   help="hub gateway HOST:PORT (env TUNEWIRE_HUB_GATEWAY); default: in-process")
-    p.add_argument(*_flags("--data_dir"), dest="data_dir", default=None,
-                   help="state directory of the in-process services")
+    p.add_argument(
+        *_flags("--dry_run"),
+        dest="dry_run",
+        action="store_true",
+        help="validate, print the file list and the model card; send nothing",
+    )
+    p.add_argument(
+        "--job",
+        dest="job_id",
+        default=None,
+        help="upload this trainer job's artifact instead of a local path",
+    )
+    p.add_argument(
+        *_flags("--overwrite_model_card"),
+        dest="overwrite_model_card",
+        action="store_true",
+        help="replace the artifact's own README.md",
+    )
+    p.add_argument(
+        *_flags("--hub-gateway"),
+        dest="hub_gateway",
+        default=os.environ.get("TUNEWIRE_HUB_GATEWAY"),
+        help="hub gateway HOST:PORT (env TUNEWIRE_HUB_GATEWAY); default: in-process",
+    )
+    p.add_argument(
+        *_flags("--data_dir"),
+        dest="data_dir",
+        default=None,
+        help="state directory of the in-process services",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show service logs")
     p.set_defaults(func=run)
 
@@ -81,28 +117,51 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         upload = upload_to_hf_hub(
-            args.repo_id, args.model_path, private=args.private,
-            commit_message=args.commit_message, commit_description=args.commit_description,
-            revision=args.revision, create_pr=args.create_pr, endpoint=args.endpoint,
-            dry_run=args.dry_run, gateway=args.hub_gateway, job_id=args.job_id,
-            overwrite_model_card=args.overwrite_model_card, data_dir=args.data_dir,
-            on_event=on_event)
+            args.repo_id,
+            args.model_path,
+            private=args.private,
+            commit_message=args.commit_message,
+            commit_description=args.commit_description,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            endpoint=args.endpoint,
+            dry_run=args.dry_run,
+            gateway=args.hub_gateway,
+            job_id=args.job_id,
+            overwrite_model_card=args.overwrite_model_card,
+            data_dir=args.data_dir,
+            on_event=on_event,
+        )
     except TunewireError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2 if err.code.name in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION",
-                                      "PERMISSION_DENIED", "UNAUTHENTICATED") else 1
+        return (
+            2
+            if err.code.name
+            in (
+                "INVALID_ARGUMENT",
+                "NOT_FOUND",
+                "FAILED_PRECONDITION",
+                "PERMISSION_DENIED",
+                "UNAUTHENTICATED",
+            )
+            else 1
+        )
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.dry_run:
-        print(f"{upload.artifact_kind} artifact, {len(upload.files)} files, "
-              f"{_size(upload.bytes_total)} (dry run: nothing sent)")
+        print(
+            f"{upload.artifact_kind} artifact, {len(upload.files)} files, "
+            f"{_size(upload.bytes_total)} (dry run: nothing sent)"
+        )
         for f in upload.files:
             print(f"  {f.path}  {_size(f.size)}  sha256:{f.sha256[:12]}")
         print("\n--- README.md ---")
         print(upload.model_card)
         return 0
     skipped = sum(1 for f in upload.files if f.skipped)
-    print(f"uploaded {len(upload.files) - skipped} files ({skipped} unchanged) to "
-          f"{args.repo_id}: {upload.commit_url or upload.commit_oid}")
+    print(
+        f"uploaded {len(upload.files) - skipped} files ({skipped} unchanged) to "
+        f"{args.repo_id}: {upload.commit_url or upload.commit_oid}"
+    )
     return 0

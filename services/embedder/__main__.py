@@ -17,47 +17,93 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """The embedder's options; pass a parser (e.g. a CLI subcommand's) to add them to it.
     Defaults fall back to TUNEWIRE_HOST / TUNEWIRE_PORT / TUNEWIRE_DATA_DIR."""
     parser = parser or argparse.ArgumentParser(
-        prog="python -m services.embedder", description="tunewire embedder service")
+        prog="python -m services.embedder", description="tunewire embedder service"
+    )
     defaults = Settings()
     parser.add_argument("--host", default=os.environ.get("TUNEWIRE_HOST", defaults.host))
-    parser.add_argument("--port", type=int,
-                        default=int(os.environ.get("TUNEWIRE_PORT", defaults.port)))
-    parser.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("TUNEWIRE_DATA_DIR", defaults.data_dir)))
-    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS,
-                        help="padded tokens per forward pass")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("TUNEWIRE_PORT", defaults.port))
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("TUNEWIRE_DATA_DIR", defaults.data_dir)),
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        help="padded tokens per forward pass",
+    )
     parser.add_argument("--max-loaded-models", type=int, default=defaults.max_loaded_models)
-    parser.add_argument("--max-texts", type=int, default=defaults.max_texts,
-                        help="texts per request")
-    parser.add_argument("--device", default=defaults.device,
-                        help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--preload", nargs="*", default=[], metavar="MODEL",
-                        help="models (local dirs or Hub ids) to load before reporting SERVING")
-    parser.add_argument("--cache-max-size", type=int, default=defaults.cache_max_size,
-                        help="bytes the LMDB cache may grow to; past it writes fail with "
-                             "RESOURCE_EXHAUSTED (CACHE_FULL)")
-    parser.add_argument("--no-varlen", dest="varlen", action="store_false",
-                        help="pad every batch instead of packing texts (padding-free attention)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                        default=defaults.compile,
-                        help="torch.compile each model's blocks at load, checked against eager "
-                             "(default: on for a GPU, off for a CPU)")
-    parser.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes,
-                        help="longest text (UTF-8 bytes) before INVALID_ARGUMENT")
-    parser.add_argument("--hot-answer-bytes", type=int, default=defaults.hot_answer_bytes,
-                        help="memory for whole answers kept as sent, for replays (0: none)")
+    parser.add_argument(
+        "--max-texts", type=int, default=defaults.max_texts, help="texts per request"
+    )
+    parser.add_argument(
+        "--device",
+        default=defaults.device,
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--preload",
+        nargs="*",
+        default=[],
+        metavar="MODEL",
+        help="models (local dirs or Hub ids) to load before reporting SERVING",
+    )
+    parser.add_argument(
+        "--cache-max-size",
+        type=int,
+        default=defaults.cache_max_size,
+        help="bytes the LMDB cache may grow to; past it writes fail with "
+        "RESOURCE_EXHAUSTED (CACHE_FULL)",
+    )
+    parser.add_argument(
+        "--no-varlen",
+        dest="varlen",
+        action="store_false",
+        help="pad every batch instead of packing texts (padding-free attention)",
+    )
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.compile,
+        help="torch.compile each model's blocks at load, checked against eager "
+        "(default: on for a GPU, off for a CPU)",
+    )
+    parser.add_argument(
+        "--max-text-bytes",
+        type=int,
+        default=defaults.max_text_bytes,
+        help="longest text (UTF-8 bytes) before INVALID_ARGUMENT",
+    )
+    parser.add_argument(
+        "--hot-answer-bytes",
+        type=int,
+        default=defaults.hot_answer_bytes,
+        help="memory for whole answers kept as sent, for replays (0: none)",
+    )
     add_security_flags(parser)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(host=args.host, port=args.port, data_dir=args.data_dir,
-                    max_batch_tokens=args.max_batch_tokens,
-                    max_loaded_models=args.max_loaded_models, max_texts=args.max_texts,
-                    device=args.device, preload=list(args.preload),
-                    max_text_bytes=args.max_text_bytes, cache_max_size=args.cache_max_size,
-                    varlen=args.varlen, compile=args.compile,
-                    hot_answer_bytes=args.hot_answer_bytes, security=security_from_args(args))
+    return Settings(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        max_batch_tokens=args.max_batch_tokens,
+        max_loaded_models=args.max_loaded_models,
+        max_texts=args.max_texts,
+        device=args.device,
+        preload=list(args.preload),
+        max_text_bytes=args.max_text_bytes,
+        cache_max_size=args.cache_max_size,
+        varlen=args.varlen,
+        compile=args.compile,
+        hot_answer_bytes=args.hot_answer_bytes,
+        security=security_from_args(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,14 +13,21 @@ import structlog
 import torch
 
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
-from services.embedder.cache import (DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, EmbeddingCache,
-                                     cache_path)
+from services.embedder.cache import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
+    EmbeddingCache,
+    cache_path,
+)
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
 from services.embedder.service import EmbedderService
-from services.embedder.servicer import (DEFAULT_MAX_TEXT_BYTES, DEFAULT_MAX_TEXTS, EmbedderServicer,
-                                       add_to_server)
-from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
-                             create_server)
+from services.embedder.servicer import (
+    DEFAULT_MAX_TEXT_BYTES,
+    DEFAULT_MAX_TEXTS,
+    EmbedderServicer,
+    add_to_server,
+)
+from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
 
 log = structlog.get_logger(__name__)
 
@@ -85,18 +92,28 @@ class App:
 
 def start(settings: Settings) -> App:
     """Open the cache, start the server (NOT_SERVING), preload models, then report SERVING."""
-    cache = EmbeddingCache(cache_path(settings.data_dir), map_size=settings.cache_map_size,
-                           max_map_size=max(settings.cache_max_size, settings.cache_map_size))
+    cache = EmbeddingCache(
+        cache_path(settings.data_dir),
+        map_size=settings.cache_map_size,
+        max_map_size=max(settings.cache_max_size, settings.cache_map_size),
+    )
     device = torch.device(settings.device) if settings.device else None
-    service = EmbedderService(cache, max_batch_tokens=settings.max_batch_tokens,
-                              max_loaded_models=settings.max_loaded_models, device=device,
-                              varlen=settings.varlen, compile=settings.compile,
-                              hot_answer_bytes=settings.hot_answer_bytes)
-    servicer = EmbedderServicer(service, max_texts=settings.max_texts,
-                                max_text_bytes=settings.max_text_bytes)
+    service = EmbedderService(
+        cache,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_loaded_models=settings.max_loaded_models,
+        device=device,
+        varlen=settings.varlen,
+        compile=settings.compile,
+        hot_answer_bytes=settings.hot_answer_bytes,
+    )
+    servicer = EmbedderServicer(
+        service, max_texts=settings.max_texts, max_text_bytes=settings.max_text_bytes
+    )
     running = create_server(
         [Service(SERVICE_NAME, servicer, add_to_server)],
-        ServerSettings(host=settings.host, port=settings.port, security=settings.security))
+        ServerSettings(host=settings.host, port=settings.port, security=settings.security),
+    )
     try:
         for model in settings.preload:
             service.preload(model)
@@ -105,6 +122,10 @@ def start(settings: Settings) -> App:
         cache.close()
         raise
     running.set_ready(SERVICE_NAME)
-    log.info("embedder ready", port=running.port, data_dir=str(settings.data_dir),
-             preloaded=settings.preload)
+    log.info(
+        "embedder ready",
+        port=running.port,
+        data_dir=str(settings.data_dir),
+        preloaded=settings.preload,
+    )
     return App(running=running, service=service)

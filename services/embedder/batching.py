@@ -9,8 +9,8 @@ A packed (padding-free) model has no padding: its budget counts real tokens.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -33,8 +33,9 @@ class Batch:
         return len(self.index) * self.padded_length
 
 
-def plan_batches(lengths: list[int], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 packed: bool = False) -> list[Batch]:
+def plan_batches(
+    lengths: list[int], max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, packed: bool = False
+) -> list[Batch]:
     """Batches over `lengths` (token counts), longest first, each within `max_batch_tokens`
     (rows x longest, or the sum of lengths when `packed`).
 
@@ -90,8 +91,7 @@ class RunKey:
 class PendingRequest:
     """One request's rows in the queue; filled in by whichever thread runs their batch."""
 
-    def __init__(self, n: int, key: RunKey,
-                 cancelled: Callable[[], bool] | None = None) -> None:
+    def __init__(self, n: int, key: RunKey, cancelled: Callable[[], bool] | None = None) -> None:
         self.key = key
         self._vectors: list[np.ndarray | None] = [None] * n
         self._remaining = n
@@ -148,15 +148,17 @@ class BatchQueue:
         self._queued_tokens = 0
         self.dropped_rows = 0  # rows of clients that went away, removed uncomputed
 
-    def append(self, input_ids: list[list[int]], key: RunKey,
-               cancelled: Callable[[], bool] | None = None) -> PendingRequest:
+    def append(
+        self, input_ids: list[list[int]], key: RunKey, cancelled: Callable[[], bool] | None = None
+    ) -> PendingRequest:
         """Queue a request's rows; `cancelled` says when its client went away (rows dropped)."""
         request = self.open(len(input_ids), key, cancelled)
         self.extend(request, input_ids)
         return request
 
-    def open(self, n: int, key: RunKey,
-             cancelled: Callable[[], bool] | None = None) -> PendingRequest:
+    def open(
+        self, n: int, key: RunKey, cancelled: Callable[[], bool] | None = None
+    ) -> PendingRequest:
         """A request of `n` rows, none queued yet: `extend` queues them in order."""
         return PendingRequest(n, key, cancelled)
 
@@ -167,17 +169,18 @@ class BatchQueue:
         being tokenised, as an empty queue already lets one oversized request in."""
         start = request._queued
         if start + len(input_ids) > len(request._vectors):
-            raise ValueError(f"{start + len(input_ids)} rows for a request of "
-                             f"{len(request._vectors)}")
+            raise ValueError(
+                f"{start + len(input_ids)} rows for a request of {len(request._vectors)}"
+            )
         rows = [_Row(request, start + i, ids) for i, ids in enumerate(input_ids)]
         tokens = sum(row.tokens for row in rows)
         with self._lock:
-            if start == 0 and self._rows and \
-                    self._queued_tokens + tokens > self.max_queued_tokens:
+            if start == 0 and self._rows and self._queued_tokens + tokens > self.max_queued_tokens:
                 raise ResourceExhausted(
                     f"the embedder queue holds {self._queued_tokens} tokens; {tokens} more "
                     f"exceed its {self.max_queued_tokens} token limit: retry later",
-                    reason="QUEUE_FULL")
+                    reason="QUEUE_FULL",
+                )
             self._rows.extend(rows)
             self._queued_tokens += tokens
         request._queued += len(rows)

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import lmdb
 import numpy as np
@@ -65,8 +66,9 @@ def encode_vector(vector: np.ndarray) -> bytes:
     """Header + raw bytes of a 1-d float32/float16 vector."""
     dtype = np.dtype(vector.dtype).newbyteorder("<")
     if vector.ndim != 1 or dtype not in _CODES:
-        raise ValueError(f"cache stores 1-d float32/float16 vectors, got {vector.dtype}"
-                         f"{list(vector.shape)}")
+        raise ValueError(
+            f"cache stores 1-d float32/float16 vectors, got {vector.dtype}{list(vector.shape)}"
+        )
     return _HEADER.pack(_VERSION, _CODES[dtype], vector.shape[0]) + vector.astype(dtype).tobytes()
 
 
@@ -91,8 +93,9 @@ def _values(txn: lmdb.Transaction, keys: list[bytes]) -> list[bytes | None]:
     return [get(key) for key in keys]
 
 
-def _read_matrix(txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim: int
-                 ) -> tuple[np.ndarray, list[int]]:
+def _read_matrix(
+    txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim: int
+) -> tuple[np.ndarray, list[int]]:
     """[len(keys), dim] of `dtype` (zeros where missing) and the missing positions, from a
     transaction opened with buffers=True: each vector is copied once, from the memory map
     straight into its row (no per-vector bytes or array; that per-entry work, not the copy, is
@@ -107,10 +110,10 @@ def _read_matrix(txn: lmdb.Transaction, keys: list[bytes], dtype: np.dtype, dim:
     get = txn.get
     for i, key in enumerate(keys):
         value = get(key)
-        if value is None or len(value) != size or value[:_HEADER.size] != header:
+        if value is None or len(value) != size or value[: _HEADER.size] != header:
             missing.append(i)
         else:
-            out[i * row:(i + 1) * row] = value[_HEADER.size:]
+            out[i * row : (i + 1) * row] = value[_HEADER.size :]
     if missing:
         matrix[missing] = 0
     return matrix, missing
@@ -120,8 +123,14 @@ def encode_batch(matrix: np.ndarray, distinct: int) -> bytes:
     """Header + raw bytes of a request's [rows, dim] answer that held `distinct` texts."""
     dtype = np.dtype(matrix.dtype).newbyteorder("<")
     data = np.ascontiguousarray(matrix, dtype=dtype).reshape(-1)
-    return b"".join([_BATCH_HEADER.pack(_BATCH_VERSION, _CODES[dtype], matrix.shape[1],
-                                        matrix.shape[0], distinct), memoryview(data).cast("B")])
+    return b"".join(
+        [
+            _BATCH_HEADER.pack(
+                _BATCH_VERSION, _CODES[dtype], matrix.shape[1], matrix.shape[0], distinct
+            ),
+            memoryview(data).cast("B"),
+        ]
+    )
 
 
 @dataclass
@@ -170,8 +179,9 @@ class _SharedExclusiveLock:
 class EmbeddingCache:
     """Read/write cache for the embedder process: one writer at a time, many concurrent readers."""
 
-    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE,
-                 max_map_size: int = DEFAULT_MAX_MAP_SIZE) -> None:
+    def __init__(
+        self, path: Path, map_size: int = DEFAULT_MAP_SIZE, max_map_size: int = DEFAULT_MAX_MAP_SIZE
+    ) -> None:
         if max_map_size < map_size:
             raise ValueError("max_map_size must be >= map_size")
         self.max_map_size = max_map_size
@@ -179,16 +189,27 @@ class EmbeddingCache:
         self.path.mkdir(parents=True, exist_ok=True)
         # max_readers covers the server's thread pool with room to spare; writemap stays off so a
         # crash mid-write cannot scribble on committed pages.
-        self._env = lmdb.open(str(self.path), map_size=map_size, subdir=True, max_dbs=0,
-                              max_readers=256, readahead=False, metasync=True, sync=True)
+        self._env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            subdir=True,
+            max_dbs=0,
+            max_readers=256,
+            readahead=False,
+            metasync=True,
+            sync=True,
+        )
         self._write_lock = threading.Lock()
         self._resize = _SharedExclusiveLock()
         self._counter_lock = threading.Lock()
         self._hits = 0
         self._misses = 0
         self._log = log.bind(cache=str(self.path))
-        self._log.info("cache opened", entries=self._env.stat()["entries"],
-                       map_size=self._env.info()["map_size"])
+        self._log.info(
+            "cache opened",
+            entries=self._env.stat()["entries"],
+            map_size=self._env.info()["map_size"],
+        )
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         """Values for `keys` in one read transaction; None for a miss (or an unreadable entry)."""
@@ -201,8 +222,9 @@ class EmbeddingCache:
             self._misses += len(out) - found
         return out
 
-    def get_matrix(self, keys: list[bytes], dtype: np.dtype, dim: int
-                   ) -> tuple[np.ndarray, list[int]]:
+    def get_matrix(
+        self, keys: list[bytes], dtype: np.dtype, dim: int
+    ) -> tuple[np.ndarray, list[int]]:
         """Vectors for `keys` as one writable matrix (zeros where missing) and the positions of
         the misses (absent, or stored with another dtype/dimension), in one read transaction."""
         with self._resize.shared(), self._env.begin(buffers=True) as txn:
@@ -212,8 +234,9 @@ class EmbeddingCache:
             self._misses += len(missing)
         return matrix, missing
 
-    def read_batch(self, key: bytes, dtype: np.dtype, dim: int, rows: int,
-                   use: Callable[[np.ndarray, int], T]) -> T | None:
+    def read_batch(
+        self, key: bytes, dtype: np.dtype, dim: int, rows: int, use: Callable[[np.ndarray, int], T]
+    ) -> T | None:
         """`use(vectors, distinct)` on a stored whole answer ([rows, dim] of dtype, and its
         distinct-text count), or None if there is none. `use` runs inside the read transaction
         and `vectors` is a read-only view of the memory map, valid only during the call: the
@@ -225,8 +248,12 @@ class EmbeddingCache:
             if value is None or len(value) != _BATCH_HEADER.size + rows * dim * dtype.itemsize:
                 return None
             version, code, got_dim, got_rows, distinct = _BATCH_HEADER.unpack_from(value)
-            if (version, _DTYPES.get(code), got_dim, got_rows) != (_BATCH_VERSION, dtype, dim,
-                                                                    rows):
+            if (version, _DTYPES.get(code), got_dim, got_rows) != (
+                _BATCH_VERSION,
+                dtype,
+                dim,
+                rows,
+            ):
                 return None
             matrix = np.frombuffer(value, dtype=dtype, offset=_BATCH_HEADER.size)
             out = use(matrix.reshape(rows, dim), distinct)
@@ -257,7 +284,9 @@ class EmbeddingCache:
                     # The commit failed as a whole (LMDB is atomic): nothing half-written stays.
                     raise ResourceExhausted(
                         f"the embedding cache at {self.path} could not be written ({exc}); the "
-                        "disk is probably full", reason="DISK_FULL") from None
+                        "disk is probably full",
+                        reason="DISK_FULL",
+                    ) from None
 
     def _grow(self) -> None:
         with self._resize.exclusive():
@@ -266,7 +295,9 @@ class EmbeddingCache:
                 raise ResourceExhausted(
                     f"the embedding cache at {self.path} is full: it reached its size limit of "
                     f"{self.max_map_size} bytes; raise --cache-max-size or move the data "
-                    "directory to a larger disk", reason="CACHE_FULL")
+                    "directory to a larger disk",
+                    reason="CACHE_FULL",
+                )
             new = min(old * 2, self.max_map_size)
             self._env.set_mapsize(new)
         self._log.info("cache map grown", old_map_size=old, map_size=new)
@@ -278,8 +309,13 @@ class EmbeddingCache:
         pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
         with self._counter_lock:
             hits, misses = self._hits, self._misses
-        return CacheStats(entries=stat["entries"], bytes=pages * stat["psize"], hits=hits,
-                          misses=misses, map_size=info["map_size"])
+        return CacheStats(
+            entries=stat["entries"],
+            bytes=pages * stat["psize"],
+            hits=hits,
+            misses=misses,
+            map_size=info["map_size"],
+        )
 
     def close(self) -> None:
         with self._write_lock, self._resize.exclusive():
@@ -298,8 +334,9 @@ class ReadonlyCache:
 
     def __init__(self, path: Path, lock: bool = False) -> None:
         self.path = Path(path)
-        self._env = lmdb.open(str(self.path), readonly=True, lock=lock, subdir=True,
-                              readahead=False, map_size=0)
+        self._env = lmdb.open(
+            str(self.path), readonly=True, lock=lock, subdir=True, readahead=False, map_size=0
+        )
 
     def get_many(self, keys: list[bytes]) -> list[np.ndarray | None]:
         try:
@@ -309,8 +346,9 @@ class ReadonlyCache:
             values = self._read(keys)
         return [decode_vector(v) if v is not None else None for v in values]
 
-    def get_matrix(self, keys: list[bytes], dtype: np.dtype, dim: int
-                   ) -> tuple[np.ndarray, list[int]]:
+    def get_matrix(
+        self, keys: list[bytes], dtype: np.dtype, dim: int
+    ) -> tuple[np.ndarray, list[int]]:
         """One matrix of the vectors for `keys` (zeros where missing) and the missing positions:
         the fast path for a trainer reading a data set's vectors (one copy out of the map)."""
         try:
@@ -319,8 +357,7 @@ class ReadonlyCache:
             self._env.set_mapsize(0)
             return self._matrix(keys, dtype, dim)
 
-    def _matrix(self, keys: list[bytes], dtype: np.dtype, dim: int
-                ) -> tuple[np.ndarray, list[int]]:
+    def _matrix(self, keys: list[bytes], dtype: np.dtype, dim: int) -> tuple[np.ndarray, list[int]]:
         with self._env.begin(buffers=True) as txn:
             return _read_matrix(txn, keys, dtype, dim)
 

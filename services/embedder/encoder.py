@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import structlog
 import torch
+
 # Imported here, not lazily in the loader: transformers' lazy module is not safe to resolve from
 # two threads at once (two models loading concurrently raised ImportError on AutoConfig).
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -80,8 +81,13 @@ class Encoder:
     agrees with the padded path), False always pads. `compile`: compile the model's blocks at
     load (kept if they agree with eager; `compiled` says whether they were)."""
 
-    def __init__(self, source: ModelSource, device: torch.device | None = None,
-                 varlen: bool | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        device: torch.device | None = None,
+        varlen: bool | None = None,
+        compile: bool = False,
+    ) -> None:
 
         self.source = source
         self.device = device or default_device()
@@ -92,13 +98,15 @@ class Encoder:
             self.config = AutoConfig.from_pretrained(source.path)
             self.tokenizer = AutoTokenizer.from_pretrained(source.path)
         except Exception as exc:  # noqa: BLE001 - any failure here is the model directory's
-            raise InvalidArgument(f"cannot load encoder from {source.path}: {exc}",
-                                  field="encoder.model") from None
+            raise InvalidArgument(
+                f"cannot load encoder from {source.path}: {exc}", field="encoder.model"
+            ) from None
         if self.tokenizer.pad_token is None:
             # Decoder-only models often ship without a pad token; eos is masked out anyway.
             if self.tokenizer.eos_token is None:
-                raise InvalidArgument("the tokenizer has neither a pad nor an eos token",
-                                      field="encoder.model")
+                raise InvalidArgument(
+                    "the tokenizer has neither a pad nor an eos token", field="encoder.model"
+                )
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
         self._tokenize = ParallelTokenizer(self.tokenizer)
@@ -143,9 +151,11 @@ class Encoder:
         if layer in (0, -1):
             return 0
         if not -n <= layer < n:
-            raise InvalidArgument(f"layer {layer} is out of range for a model with "
-                                  f"{self.num_layers} layers (use -{n}..{n - 1})",
-                                  field="encoder.layer")
+            raise InvalidArgument(
+                f"layer {layer} is out of range for a model with "
+                f"{self.num_layers} layers (use -{n}..{n - 1})",
+                field="encoder.layer",
+            )
         return layer if layer > 0 else n + layer
 
     @property
@@ -160,8 +170,8 @@ class Encoder:
         ids = torch.full((len(input_ids), width), pad, dtype=torch.long)
         mask = torch.zeros((len(input_ids), width), dtype=torch.long)
         for i, row in enumerate(input_ids):
-            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = 1
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
         if self._pin:
             ids, mask = ids.pin_memory(), mask.pin_memory()
         return (ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))
@@ -170,33 +180,37 @@ class Encoder:
         """Token ids per text (instruction prefixed, truncated to max_length, special tokens)."""
         return self._tokenize(texts, max_length, instruction)
 
-    def tokenize_chunks(self, texts: list[str], max_length: int,
-                        instruction: str = "") -> list[Future[list[list[int]]]]:
+    def tokenize_chunks(
+        self, texts: list[str], max_length: int, instruction: str = ""
+    ) -> list[Future[list[list[int]]]]:
         """`tokenize` in chunks of texts, in order, each a future tokenised in parallel."""
         return self._tokenize.submit(texts, max_length, instruction)
 
     def _ensure_model(self) -> torch.nn.Module:
         if self._model is None:
-
             self._log.info("loading weights", device=str(self.device), dtype=str(self.dtype))
             kwargs = {"attn_implementation": varlen.register()} if self._want_packed else {}
             try:
                 try:
-                    model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype,
-                                                      **kwargs)
+                    model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
                 except ValueError:  # the class does not take a custom attention function
                     if not kwargs:
                         raise
                     model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
             except Exception as exc:  # noqa: BLE001 - safetensors, torch, size mismatches...
-                raise FailedPrecondition(f"cannot load the weights in {self.source.path}: {exc}",
-                                         field="encoder.model") from None
+                raise FailedPrecondition(
+                    f"cannot load the weights in {self.source.path}: {exc}", field="encoder.model"
+                ) from None
             self._model = model.to(self.device).eval()
             self.packed = self._probe_packed()
             if self._want_compile:
                 self.compiled = self._compile()
-            self._log.info("weights loaded", packed=self.packed, compiled=self.compiled,
-                           attention=str(self._model.config._attn_implementation))
+            self._log.info(
+                "weights loaded",
+                packed=self.packed,
+                compiled=self.compiled,
+                attention=str(self._model.config._attn_implementation),
+            )
         return self._model
 
     @torch.inference_mode()
@@ -232,19 +246,27 @@ class Encoder:
             compiled = [forward(batch, "mean", 0, False) for batch in shapes]
         except Exception as exc:  # noqa: BLE001 - dynamo, inductor or a compiler on this host
             uncompile_blocks(blocks)
-            self._log.warning("compiling the blocks failed, running eagerly",
-                              error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            self._log.warning(
+                "compiling the blocks failed, running eagerly",
+                error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+            )
             return False
         self.compile_seconds = time.perf_counter() - start
-        error = max(float(((c - e).norm(dim=-1) / e.norm(dim=-1)).max())
-                    for c, e in zip(compiled, eager))
+        error = max(
+            float(((c - e).norm(dim=-1) / e.norm(dim=-1)).max()) for c, e in zip(compiled, eager)
+        )
         if not error < _PROBE_TOLERANCE[self.dtype]:
             uncompile_blocks(blocks)
-            self._log.warning("compiled blocks disagree with eager, running eagerly",
-                              rel_error=error)
+            self._log.warning(
+                "compiled blocks disagree with eager, running eagerly", rel_error=error
+            )
             return False
-        self._log.info("blocks compiled", blocks=len(blocks),
-                       seconds=round(self.compile_seconds, 2), rel_error=error)
+        self._log.info(
+            "blocks compiled",
+            blocks=len(blocks),
+            seconds=round(self.compile_seconds, 2),
+            rel_error=error,
+        )
         return True
 
     @property
@@ -258,26 +280,44 @@ class Encoder:
         with self.lock:
             self._ensure_model()
 
-    def _forward_padded(self, input_ids: list[list[int]], pooling: str, layer: int,
-                        normalize: bool) -> torch.Tensor:
+    def _forward_padded(
+        self, input_ids: list[list[int]], pooling: str, layer: int, normalize: bool
+    ) -> torch.Tensor:
         ids, mask = self._pad(input_ids)
-        out = self._model(input_ids=ids, attention_mask=mask, output_hidden_states=layer != 0,
-                          use_cache=False, return_dict=True)
+        out = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            output_hidden_states=layer != 0,
+            use_cache=False,
+            return_dict=True,
+        )
         hidden = out.last_hidden_state if layer == 0 else out.hidden_states[layer]
         return pool(hidden, mask, pooling, normalize)
 
-    def _forward_packed(self, input_ids: list[list[int]], pooling: str, layer: int,
-                        normalize: bool) -> torch.Tensor:
+    def _forward_packed(
+        self, input_ids: list[list[int]], pooling: str, layer: int, normalize: bool
+    ) -> torch.Tensor:
         packed = varlen.pack(input_ids, pin=self._pin).to(self.device)
         token_types = getattr(self._model.config, "type_vocab_size", 0) > 0
-        out = self._model(**varlen.model_inputs(packed, token_types),
-                          output_hidden_states=layer != 0, use_cache=False, return_dict=True)
+        out = self._model(
+            **varlen.model_inputs(packed, token_types),
+            output_hidden_states=layer != 0,
+            use_cache=False,
+            return_dict=True,
+        )
         hidden = out.last_hidden_state if layer == 0 else out.hidden_states[layer]
         return pool_packed(hidden[0], packed.cu_seq_lens, pooling, normalize)
 
     @torch.inference_mode()
-    def launch(self, input_ids: list[list[int]], *, pooling: str, layer: int,
-               normalize: bool, packed: bool | None = None) -> Launched:
+    def launch(
+        self,
+        input_ids: list[list[int]],
+        *,
+        pooling: str,
+        layer: int,
+        normalize: bool,
+        packed: bool | None = None,
+    ) -> Launched:
         """Queue one batch's forward pass; its pooled float32 vectors come from `.result()`.
 
         `layer` is already normalised (0 = last hidden state); `packed` None = this encoder's
@@ -294,11 +334,19 @@ class Encoder:
         done.record()
         return Launched(host, done)
 
-    def run(self, input_ids: list[list[int]], *, pooling: str, layer: int, normalize: bool,
-            packed: bool | None = None) -> torch.Tensor:
+    def run(
+        self,
+        input_ids: list[list[int]],
+        *,
+        pooling: str,
+        layer: int,
+        normalize: bool,
+        packed: bool | None = None,
+    ) -> torch.Tensor:
         """Pooled float32 vectors [len(input_ids), dim] on the CPU, for one batch (blocking)."""
-        return self.launch(input_ids, pooling=pooling, layer=layer, normalize=normalize,
-                           packed=packed).result()
+        return self.launch(
+            input_ids, pooling=pooling, layer=layer, normalize=normalize, packed=packed
+        ).result()
 
     @property
     def packed_batches(self) -> bool:
@@ -306,4 +354,3 @@ class Encoder:
         known once the weights are loaded (under the model lock, by one thread)."""
         self.load()
         return self.packed
-

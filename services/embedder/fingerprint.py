@@ -15,9 +15,9 @@ import functools
 import hashlib
 import json
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import structlog
 
@@ -28,9 +28,17 @@ log = structlog.get_logger(__name__)
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 # Files that define how text becomes ids (and the model config, which shapes the weights' meaning).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
-                   "added_tokens.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 _CHUNK = 8 * 1024 * 1024
 
 _memo: dict[tuple[str, int, int], str] = {}

@@ -10,7 +10,7 @@ no vector and compute the text themselves, so one client's cancel never fails an
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

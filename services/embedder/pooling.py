@@ -8,7 +8,7 @@ bf16 states in bf16 loses precision we then cache forever.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -79,8 +79,9 @@ def _segments(cu_seq_lens: torch.Tensor, device: torch.device) -> tuple[torch.Te
     return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths), lengths
 
 
-def pool_packed(hidden: torch.Tensor, cu_seq_lens: torch.Tensor, mode: str,
-                normalize: bool = False) -> torch.Tensor:
+def pool_packed(
+    hidden: torch.Tensor, cu_seq_lens: torch.Tensor, mode: str, normalize: bool = False
+) -> torch.Tensor:
     """Pool a packed batch: hidden [tokens, hidden] holding texts back to back, text i at
     cu_seq_lens[i]:cu_seq_lens[i+1]. Same results as `pool` on the padded batch; float32."""
     if mode not in _POOLERS:
@@ -95,11 +96,11 @@ def pool_packed(hidden: torch.Tensor, cu_seq_lens: torch.Tensor, mode: str,
         segment, lengths = _segments(cu, hidden.device)
         if mode == "max":
             pooled = torch.full((n, dim), float("-inf"), device=hidden.device)
-            pooled.scatter_reduce_(0, segment.unsqueeze(-1).expand(-1, dim), hidden.float(),
-                                   "amax")
+            pooled.scatter_reduce_(0, segment.unsqueeze(-1).expand(-1, dim), hidden.float(), "amax")
         else:
             pooled = torch.zeros((n, dim), device=hidden.device).index_add_(
-                0, segment, hidden.float())
+                0, segment, hidden.float()
+            )
             if mode == "mean":
                 pooled = pooled / lengths.clamp(min=1).unsqueeze(-1).float()
     if normalize:
@@ -107,8 +108,9 @@ def pool_packed(hidden: torch.Tensor, cu_seq_lens: torch.Tensor, mode: str,
     return pooled
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str,
-         normalize: bool = False) -> torch.Tensor:
+def pool(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str, normalize: bool = False
+) -> torch.Tensor:
     """Pool with `mode` (one of POOLING_MODES) and optionally L2-normalise; returns float32."""
     try:
         pooler = _POOLERS[mode]

@@ -13,20 +13,32 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
 import torch
 
-from services.embedder.batching import (DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_QUEUED_TOKENS,
-                                        BatchQueue, PendingRequest, RunKey)
+from services.embedder.batching import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_QUEUED_TOKENS,
+    BatchQueue,
+    PendingRequest,
+    RunKey,
+)
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.encoder import Encoder, compile_by_default
-from services.embedder.fingerprint import (EmbeddingSettings, batch_key, cache_keys,
-                                           encode_texts, fingerprint, tokenizer_identity,
-                                           weights_identity)
+from services.embedder.fingerprint import (
+    EmbeddingSettings,
+    batch_key,
+    cache_keys,
+    encode_texts,
+    fingerprint,
+    tokenizer_identity,
+    weights_identity,
+)
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
@@ -114,9 +126,14 @@ def _signature(source: ModelSource) -> tuple:
 class EncoderRegistry:
     """The loaded encoders, least recently used evicted beyond `max_loaded`."""
 
-    def __init__(self, max_loaded: int = 2, device: torch.device | None = None,
-                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS, varlen: bool = True,
-                 compile: bool | None = None) -> None:
+    def __init__(
+        self,
+        max_loaded: int = 2,
+        device: torch.device | None = None,
+        max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
+        varlen: bool = True,
+        compile: bool | None = None,
+    ) -> None:
         """`varlen` False keeps every model on the padded path (no packed batches); `compile`
         compiles each model's blocks at load, None where the device is a GPU (see
         `compile_by_default`)."""
@@ -171,13 +188,27 @@ class EncoderRegistry:
         source = resolve(model, revision)
         signature = _signature(source)
         device = self.device or default_device()
-        encoder = Encoder(source, device, varlen=None if self.varlen else False,
-                          compile=compile_by_default(device) if self.compile is None
-                          else self.compile)
-        entry = _Loaded(encoder, weights_identity(source), tokenizer_identity(source.path),
-                        signature, BatchQueue(self.max_queued_tokens), time.monotonic())
-        log.info("encoder opened", model=model, model_type=encoder.model_type,
-                 dimension=encoder.dimension, device=str(encoder.device))
+        encoder = Encoder(
+            source,
+            device,
+            varlen=None if self.varlen else False,
+            compile=compile_by_default(device) if self.compile is None else self.compile,
+        )
+        entry = _Loaded(
+            encoder,
+            weights_identity(source),
+            tokenizer_identity(source.path),
+            signature,
+            BatchQueue(self.max_queued_tokens),
+            time.monotonic(),
+        )
+        log.info(
+            "encoder opened",
+            model=model,
+            model_type=encoder.model_type,
+            dimension=encoder.dimension,
+            device=str(encoder.device),
+        )
         return entry
 
     def loaded(self) -> list[str]:
@@ -240,25 +271,32 @@ class EmbedJob:
         hits = len(self.distinct) - computed
         if self.whole is not None:
             try:
-                self.service.cache.put_many([(self.whole, encode_batch(vectors,
-                                                                       len(self.distinct)))])
+                self.service.cache.put_many(
+                    [(self.whole, encode_batch(vectors, len(self.distinct)))]
+                )
             except ResourceExhausted as exc:  # an optimisation only: answer all the same
                 log.warning("whole answer not stored", error=exc.message)
-        log.debug("embedded", texts=len(self.texts), distinct=len(self.distinct), hits=hits,
-                  misses=computed, shared=len(self.waiting) - len(retry),
-                  fingerprint=self.fingerprint[:12])
+        log.debug(
+            "embedded",
+            texts=len(self.texts),
+            distinct=len(self.distinct),
+            hits=hits,
+            misses=computed,
+            shared=len(self.waiting) - len(retry),
+            fingerprint=self.fingerprint[:12],
+        )
         result = EmbedResult(vectors, hits, computed, self.fingerprint)
         return result if self.render is None else self.render(result)
 
-    def _compute(self, rows: list[int], cancelled: Callable[[], bool] | None,
-                 claimed: bool) -> int:
+    def _compute(self, rows: list[int], cancelled: Callable[[], bool] | None, claimed: bool) -> int:
         """Compute `rows`, store them in the cache, and (if `claimed`) hand them to waiters."""
         if not rows:
             return 0
         service, keys = self.service, [self.keys[i] for i in rows]
         try:
-            vectors = service._compute(self.entry, [self.distinct[i] for i in rows],
-                                       self.settings, cancelled)
+            vectors = service._compute(
+                self.entry, [self.distinct[i] for i in rows], self.settings, cancelled
+            )
             self.matrix[rows] = vectors.astype(self.matrix.dtype)
             service.cache.put_many(zip(keys, map(encode_vector, self.matrix[rows])))
         except BaseException:
@@ -273,13 +311,20 @@ class EmbedJob:
 class EmbedderService:
     """Embeds texts with frozen encoders through the content-addressed cache."""
 
-    def __init__(self, cache: EmbeddingCache, *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 max_loaded_models: int = 2, device: torch.device | None = None,
-                 max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-                 max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
-                 registry: EncoderRegistry | None = None, varlen: bool = True,
-                 compile: bool | None = None,
-                 hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES) -> None:
+    def __init__(
+        self,
+        cache: EmbeddingCache,
+        *,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_loaded_models: int = 2,
+        device: torch.device | None = None,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
+        registry: EncoderRegistry | None = None,
+        varlen: bool = True,
+        compile: bool | None = None,
+        hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES,
+    ) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
         every model padded; `compile` as EncoderRegistry's; `hot_answer_bytes` bounds the whole
         answers kept in memory as sent (hot_answers.py)."""
@@ -287,8 +332,9 @@ class EmbedderService:
         self.hot = HotAnswers(hot_answer_bytes)
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
-        self.registry = registry or EncoderRegistry(max_loaded_models, device, max_queued_tokens,
-                                                    varlen, compile)
+        self.registry = registry or EncoderRegistry(
+            max_loaded_models, device, max_queued_tokens, varlen, compile
+        )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
         self.batches = 0  # forward passes since start
@@ -303,13 +349,19 @@ class EmbedderService:
         if spec.pooling not in POOLING_MODES:
             raise InvalidArgument(f"unknown pooling {spec.pooling!r}", field="encoder.pooling")
         if spec.dtype not in OUTPUT_DTYPES:
-            raise InvalidArgument(f"unsupported output dtype {spec.dtype!r} (float32 or float16)",
-                                  field="encoder.dtype")
+            raise InvalidArgument(
+                f"unsupported output dtype {spec.dtype!r} (float32 or float16)",
+                field="encoder.dtype",
+            )
         return EmbeddingSettings(
-            pooling=spec.pooling, layer=encoder.normalise_layer(spec.layer),
-            max_length=encoder.effective_max_length(spec.max_length), normalize=spec.normalize,
-            compute_dtype=str(encoder.dtype).removeprefix("torch."), dtype=spec.dtype,
-            instruction=spec.instruction)
+            pooling=spec.pooling,
+            layer=encoder.normalise_layer(spec.layer),
+            max_length=encoder.effective_max_length(spec.max_length),
+            normalize=spec.normalize,
+            compute_dtype=str(encoder.dtype).removeprefix("torch."),
+            dtype=spec.dtype,
+            instruction=spec.instruction,
+        )
 
     def fingerprint(self, spec: EncoderSpec) -> str:
         """The fingerprint vectors under `spec` are cached with; reads config and tokenizer
@@ -322,20 +374,28 @@ class EmbedderService:
         entry = self.registry.get(spec.model, spec.revision)
         entry.encoder.load()
         settings = self._settings(entry.encoder, spec)
-        return EncoderInfo(fingerprint=fingerprint(entry.weights, entry.tokenizer, settings),
-                           dimension=entry.encoder.dimension,
-                           model_type=entry.encoder.model_type, max_length=settings.max_length,
-                           device=str(entry.encoder.device))
+        return EncoderInfo(
+            fingerprint=fingerprint(entry.weights, entry.tokenizer, settings),
+            dimension=entry.encoder.dimension,
+            model_type=entry.encoder.model_type,
+            max_length=settings.max_length,
+            device=str(entry.encoder.device),
+        )
 
-    def embed(self, spec: EncoderSpec, texts: list[str],
-              cancelled: Callable[[], bool] | None = None) -> EmbedResult:
+    def embed(
+        self, spec: EncoderSpec, texts: list[str], cancelled: Callable[[], bool] | None = None
+    ) -> EmbedResult:
         """Vectors for `texts` in order; `cancelled` says when the caller went away (its texts
         not yet computed are then dropped and Cancelled is raised)."""
         return self.begin(spec, texts).finish(cancelled)
 
-    def begin(self, spec: EncoderSpec, texts: Sequence[str],
-              render: Callable[[EmbedResult], Any] | None = None,
-              texts_wire: bytes | memoryview | None = None) -> EmbedJob | Answered:
+    def begin(
+        self,
+        spec: EncoderSpec,
+        texts: Sequence[str],
+        render: Callable[[EmbedResult], Any] | None = None,
+        texts_wire: bytes | memoryview | None = None,
+    ) -> EmbedJob | Answered:
         """Validate, look every distinct text up in the cache and claim the misses that no other
         request is computing. Cheap (no model work); a stream calls it in request order, so a
         later request waits for an earlier one's texts instead of computing them again. The
@@ -359,7 +419,8 @@ class EmbedderService:
             raise InvalidArgument(
                 f"{len(texts)} texts x {dim} dims of {spec.dtype} exceed the "
                 f"{self.max_output_bytes} byte response limit: send fewer texts per request",
-                field="texts")
+                field="texts",
+            )
         whole = None
         if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
             # bytes, not a view: a memoryview compares with bytes item by item (~0.7 ms here).
@@ -372,9 +433,15 @@ class EmbedderService:
                 return Answered(hot.rendered)
             whole = batch_key(fp, wire)
             found = self.cache.read_batch(
-                whole, dtype, dim, len(texts),
-                lambda vectors, distinct: ((render or _copied)(EmbedResult(vectors, distinct, 0,
-                                                                           fp)), distinct))
+                whole,
+                dtype,
+                dim,
+                len(texts),
+                lambda vectors, distinct: (
+                    (render or _copied)(EmbedResult(vectors, distinct, 0, fp)),
+                    distinct,
+                ),
+            )
             if found is not None:
                 self.hot.put((fp, render, wire), *found, key_bytes=len(wire))
                 return Answered(found[0])
@@ -383,12 +450,28 @@ class EmbedderService:
         keys = cache_keys(fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
-        return EmbedJob(self, entry, settings, fp, texts, distinct, keys, matrix,
-                        [missing[i] for i in owned], [(missing[i], f) for i, f in waiting],
-                        whole if not missing else None, render)
+        return EmbedJob(
+            self,
+            entry,
+            settings,
+            fp,
+            texts,
+            distinct,
+            keys,
+            matrix,
+            [missing[i] for i in owned],
+            [(missing[i], f) for i, f in waiting],
+            whole if not missing else None,
+            render,
+        )
 
-    def _compute(self, entry: _Loaded, texts: list[str], settings: EmbeddingSettings,
-                 cancelled: Callable[[], bool] | None = None) -> np.ndarray:
+    def _compute(
+        self,
+        entry: _Loaded,
+        texts: list[str],
+        settings: EmbeddingSettings,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
         """float32 vectors for `texts`, through the model's shared queue.
 
         The texts are tokenised in chunks on the encoder's tokenizer threads, and each chunk's
@@ -402,8 +485,9 @@ class EmbedderService:
         encoder, queue = entry.encoder, entry.queue
         chunks = encoder.tokenize_chunks(texts, settings.max_length, settings.instruction)
         packed = encoder.packed_batches
-        request = queue.open(len(texts), RunKey(settings.pooling, settings.layer,
-                                                settings.normalize), cancelled)
+        request = queue.open(
+            len(texts), RunKey(settings.pooling, settings.layer, settings.normalize), cancelled
+        )
         try:
             for chunk in chunks:
                 if request.done:  # failed in a batch of another chunk's rows
@@ -439,8 +523,12 @@ class EmbedderService:
                 return False
             run = rows[0].request.key  # one key per batch, maybe not ours
             try:
-                launched = encoder.launch([row.ids for row in rows], pooling=run.pooling,
-                                          layer=run.layer, normalize=run.normalize)
+                launched = encoder.launch(
+                    [row.ids for row in rows],
+                    pooling=run.pooling,
+                    layer=run.layer,
+                    normalize=run.normalize,
+                )
             except Exception as exc:  # noqa: BLE001 - to every request in the batch
                 queue.fail(rows, exc)
                 return True
@@ -462,9 +550,12 @@ class EmbedderService:
 
     def counters(self) -> ComputeCounters:
         with self._counter_lock:
-            return ComputeCounters(self.batches, self.computed_texts, self.shared_batches,
-                                   sum(entry.queue.dropped_rows
-                                       for entry in self.registry.entries()))
+            return ComputeCounters(
+                self.batches,
+                self.computed_texts,
+                self.shared_batches,
+                sum(entry.queue.dropped_rows for entry in self.registry.entries()),
+            )
 
     def cache_stats(self) -> CacheStats:
         return self.cache.stats()

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import grpc
+import numpy as np
 import structlog
 
-import numpy as np
-
-from services.embedder.service import (Answered, EmbedderService, EmbedJob, EmbedResult,
-                                       EncoderSpec)
+from services.embedder.service import Answered, EmbedderService, EmbedJob, EmbedResult, EncoderSpec
 from tunewire.errors import InvalidArgument
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
@@ -74,23 +73,36 @@ _DTYPE = {
 def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
     """Validate and convert an EncoderSpec; errors name the field as `encoder.<name>`."""
     if not msg.model.strip():
-        raise InvalidArgument("model is required: a local directory or a Hub id",
-                              field="encoder.model")
+        raise InvalidArgument(
+            "model is required: a local directory or a Hub id", field="encoder.model"
+        )
     check_path_text(msg.model, "encoder.model")
     if msg.max_length < 0:
-        raise InvalidArgument(f"max_length must be >= 0 (0 = the model's limit), got "
-                              f"{msg.max_length}", field="encoder.max_length")
+        raise InvalidArgument(
+            f"max_length must be >= 0 (0 = the model's limit), got {msg.max_length}",
+            field="encoder.max_length",
+        )
     if msg.pooling not in _POOLING:
         raise InvalidArgument(f"unknown pooling value {msg.pooling}", field="encoder.pooling")
     if msg.dtype not in _DTYPE:
-        name = tensor_pb2.DType.Name(msg.dtype) if msg.dtype in tensor_pb2.DType.values() \
+        name = (
+            tensor_pb2.DType.Name(msg.dtype)
+            if msg.dtype in tensor_pb2.DType.values()
             else str(msg.dtype)
-        raise InvalidArgument(f"unsupported dtype {name}: use DTYPE_FLOAT32 or DTYPE_FLOAT16",
-                              field="encoder.dtype")
-    return EncoderSpec(model=msg.model.strip(), revision=msg.revision,
-                       pooling=_POOLING[msg.pooling], max_length=msg.max_length,
-                       normalize=msg.normalize, dtype=_DTYPE[msg.dtype], layer=msg.layer,
-                       instruction=msg.instruction)
+        )
+        raise InvalidArgument(
+            f"unsupported dtype {name}: use DTYPE_FLOAT32 or DTYPE_FLOAT16", field="encoder.dtype"
+        )
+    return EncoderSpec(
+        model=msg.model.strip(),
+        revision=msg.revision,
+        pooling=_POOLING[msg.pooling],
+        max_length=msg.max_length,
+        normalize=msg.normalize,
+        dtype=_DTYPE[msg.dtype],
+        layer=msg.layer,
+        instruction=msg.instruction,
+    )
 
 
 # Wire tags: EmbedResponse.embeddings (field 1) and Tensor.data (field 3), length-delimited.
@@ -115,12 +127,16 @@ class JoinedTextsView(Sequence[str]):
             try:
                 text = utf8.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InvalidArgument(f"joined.utf8 is not valid UTF-8 (byte {exc.start})",
-                                      field="joined.utf8") from None
+                raise InvalidArgument(
+                    f"joined.utf8 is not valid UTF-8 (byte {exc.start})", field="joined.utf8"
+                ) from None
             texts = text.split("\0") if text or count else []
             if len(texts) != count:
-                raise InvalidArgument(f"joined.count is {count} but joined.utf8 holds "
-                                      f"{len(texts)} NUL-separated texts", field="joined.count")
+                raise InvalidArgument(
+                    f"joined.count is {count} but joined.utf8 holds "
+                    f"{len(texts)} NUL-separated texts",
+                    field="joined.count",
+                )
             self._texts = texts
         return self._texts
 
@@ -152,7 +168,7 @@ def _receive(raw: bytes) -> _Received:
     view = memoryview(raw)
     if raw[:1] == _ENCODER_TAG:
         size, start = decode_varint(view, 1)
-        view = view[start + size:]
+        view = view[start + size :]
     return _Received(message, len(raw), view)
 
 
@@ -164,8 +180,9 @@ def encode_response(vectors: np.ndarray, **fields) -> bytes:
     `data`: parsers see one Tensor, and the vectors are copied once, by the join."""
     tensor = tensor_pb2.Tensor(dtype=DTYPE_NAMES[vectors.dtype.name], shape=list(vectors.shape))
     head = embedder_pb2.EmbedResponse(embeddings=tensor, **fields).SerializeToString()
-    data = memoryview(np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("<"))
-                      .reshape(-1)).cast("B")
+    data = memoryview(
+        np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("<")).reshape(-1)
+    ).cast("B")
     size = encode_varint(len(data))
     embeddings_size = encode_varint(1 + len(size) + len(data))
     return b"".join([head, _EMBEDDINGS_TAG, embeddings_size, _DATA_TAG, size, data])
@@ -173,8 +190,14 @@ def encode_response(vectors: np.ndarray, **fields) -> bytes:
 
 def _whole_response(result: EmbedResult) -> bytes:
     """Embed's answer: one response however large (the request's size is bounded instead)."""
-    return encode_response(result.vectors, cache_hits=result.hits, cache_misses=result.misses,
-                           fingerprint=result.fingerprint, offset=0, last=True)
+    return encode_response(
+        result.vectors,
+        cache_hits=result.hits,
+        cache_misses=result.misses,
+        fingerprint=result.fingerprint,
+        offset=0,
+        last=True,
+    )
 
 
 def _serialize(message: bytes | embedder_pb2.EmbedResponse) -> bytes:
@@ -184,23 +207,43 @@ def _serialize(message: bytes | embedder_pb2.EmbedResponse) -> bytes:
 def add_to_server(servicer: EmbedderServicer, server: grpc.Server) -> None:
     """Register like the generated `add_EmbedderServiceServicer_to_server`, but with response
     serializers that pass already serialised responses (bytes) through."""
+
     def handler(kind, method, request, response):
-        return kind(method, request_deserializer=_receive if request is embedder_pb2.EmbedRequest
-                    else request.FromString,
-                    response_serializer=_serialize if response is embedder_pb2.EmbedResponse
-                    else response.SerializeToString)
+        return kind(
+            method,
+            request_deserializer=_receive
+            if request is embedder_pb2.EmbedRequest
+            else request.FromString,
+            response_serializer=_serialize
+            if response is embedder_pb2.EmbedResponse
+            else response.SerializeToString,
+        )
 
     handlers = {
-        "Embed": handler(grpc.unary_unary_rpc_method_handler, servicer.Embed,
-                         embedder_pb2.EmbedRequest, embedder_pb2.EmbedResponse),
-        "StreamEmbed": handler(grpc.stream_stream_rpc_method_handler, servicer.StreamEmbed,
-                               embedder_pb2.EmbedRequest, embedder_pb2.EmbedResponse),
-        "GetEncoderInfo": handler(grpc.unary_unary_rpc_method_handler, servicer.GetEncoderInfo,
-                                  embedder_pb2.GetEncoderInfoRequest,
-                                  embedder_pb2.GetEncoderInfoResponse),
-        "GetCacheStats": handler(grpc.unary_unary_rpc_method_handler, servicer.GetCacheStats,
-                                 embedder_pb2.GetCacheStatsRequest,
-                                 embedder_pb2.GetCacheStatsResponse),
+        "Embed": handler(
+            grpc.unary_unary_rpc_method_handler,
+            servicer.Embed,
+            embedder_pb2.EmbedRequest,
+            embedder_pb2.EmbedResponse,
+        ),
+        "StreamEmbed": handler(
+            grpc.stream_stream_rpc_method_handler,
+            servicer.StreamEmbed,
+            embedder_pb2.EmbedRequest,
+            embedder_pb2.EmbedResponse,
+        ),
+        "GetEncoderInfo": handler(
+            grpc.unary_unary_rpc_method_handler,
+            servicer.GetEncoderInfo,
+            embedder_pb2.GetEncoderInfoRequest,
+            embedder_pb2.GetEncoderInfoResponse,
+        ),
+        "GetCacheStats": handler(
+            grpc.unary_unary_rpc_method_handler,
+            servicer.GetCacheStats,
+            embedder_pb2.GetCacheStatsRequest,
+            embedder_pb2.GetCacheStatsResponse,
+        ),
     }
     name = "tunewire.v1.EmbedderService"
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
@@ -208,18 +251,23 @@ def add_to_server(servicer: EmbedderServicer, server: grpc.Server) -> None:
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
-    def __init__(self, service: EmbedderService, max_texts: int = DEFAULT_MAX_TEXTS,
-                 max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
-                 stream_window: int = DEFAULT_STREAM_WINDOW,
-                 chunk_bytes: int = STREAM_CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        service: EmbedderService,
+        max_texts: int = DEFAULT_MAX_TEXTS,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+        chunk_bytes: int = STREAM_CHUNK_BYTES,
+    ) -> None:
         self.service = service
         self.max_texts = max_texts
         self.max_text_bytes = max_text_bytes
         self.stream_window = stream_window
         self.chunk_bytes = chunk_bytes
 
-    def _begin(self, received: _Received,
-               render: Callable[[EmbedResult], object]) -> EmbedJob | Answered:
+    def _begin(
+        self, received: _Received, render: Callable[[EmbedResult], object]
+    ) -> EmbedJob | Answered:
         request = received.message
         spec = spec_from_proto(request.encoder)
         # Both read lazily: a replay answered whole never needs its texts as str.
@@ -229,17 +277,26 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         texts = JoinedTextsView(request.joined) if joined else request.texts
         field = "joined.count" if joined else "texts"
         if len(texts) > self.max_texts:
-            raise InvalidArgument(f"{len(texts)} texts in one request; the limit is "
-                                  f"{self.max_texts}: split the request", field=field)
+            raise InvalidArgument(
+                f"{len(texts)} texts in one request; the limit is "
+                f"{self.max_texts}: split the request",
+                field=field,
+            )
         if received.size > self.max_text_bytes:  # else no text can be over the limit
-            sizes = (map(len, request.joined.utf8.split(b"\0")) if joined else
-                     (len(text.encode()) if len(text) > self.max_text_bytes // 4 else 0
-                      for text in texts))
+            sizes = (
+                map(len, request.joined.utf8.split(b"\0"))
+                if joined
+                else (
+                    len(text.encode()) if len(text) > self.max_text_bytes // 4 else 0
+                    for text in texts
+                )
+            )
             for i, size in enumerate(sizes):
                 if size > self.max_text_bytes:
-                    raise InvalidArgument(f"text {i} is {size} bytes; the limit is "
-                                          f"{self.max_text_bytes}",
-                                          field="joined.utf8" if joined else f"texts[{i}]")
+                    raise InvalidArgument(
+                        f"text {i} is {size} bytes; the limit is {self.max_text_bytes}",
+                        field="joined.utf8" if joined else f"texts[{i}]",
+                    )
         return self.service.begin(spec, texts, render, received.texts_wire)
 
     def _chunks(self, result: EmbedResult) -> list[bytes]:
@@ -247,12 +304,17 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         vectors = result.vectors
         row_bytes = max(vectors.shape[1] * vectors.itemsize, 1)
         rows = max(self.chunk_bytes // row_bytes, 1)
-        return [encode_response(vectors[start:start + rows],
-                                cache_hits=result.hits if start == 0 else 0,
-                                cache_misses=result.misses if start == 0 else 0,
-                                fingerprint=result.fingerprint, offset=start,
-                                last=start + rows >= len(vectors))
-                for start in range(0, max(len(vectors), 1), rows)]
+        return [
+            encode_response(
+                vectors[start : start + rows],
+                cache_hits=result.hits if start == 0 else 0,
+                cache_misses=result.misses if start == 0 else 0,
+                fingerprint=result.fingerprint,
+                offset=start,
+                last=start + rows >= len(vectors),
+            )
+            for start in range(0, max(len(vectors), 1), rows)
+        ]
 
     def Embed(self, request, context: grpc.ServicerContext) -> bytes:
         return self._begin(request, _whole_response).finish(lambda: not context.is_active())
@@ -268,11 +330,13 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 return
             yield from job.rendered
 
-    def _pipelined(self, first: EmbedJob, request_iterator, context: grpc.ServicerContext
-                   ) -> Iterator[bytes]:
+    def _pipelined(
+        self, first: EmbedJob, request_iterator, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         """Answer `first` and the rest of the stream in order, with up to `stream_window`
         requests at work at once: a reader thread takes requests (cache lookup and claims in
         request order) while earlier ones compute in a pool."""
+
         def cancelled() -> bool:
             return not context.is_active()
 
@@ -320,19 +384,31 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             # went away), so no other request waits on texts nobody computes.
             pool.shutdown(wait=False)
 
-    def GetEncoderInfo(self, request, context: grpc.ServicerContext
-                       ) -> embedder_pb2.GetEncoderInfoResponse:
+    def GetEncoderInfo(
+        self, request, context: grpc.ServicerContext
+    ) -> embedder_pb2.GetEncoderInfoResponse:
         info = self.service.info(spec_from_proto(request.encoder))
         return embedder_pb2.GetEncoderInfoResponse(
-            fingerprint=info.fingerprint, dimension=info.dimension, model_type=info.model_type,
-            max_length=info.max_length, device=info.device)
+            fingerprint=info.fingerprint,
+            dimension=info.dimension,
+            model_type=info.model_type,
+            max_length=info.max_length,
+            device=info.device,
+        )
 
-    def GetCacheStats(self, request, context: grpc.ServicerContext
-                      ) -> embedder_pb2.GetCacheStatsResponse:
+    def GetCacheStats(
+        self, request, context: grpc.ServicerContext
+    ) -> embedder_pb2.GetCacheStatsResponse:
         stats = self.service.cache_stats()
         work = self.service.counters()
         return embedder_pb2.GetCacheStatsResponse(
-            entries=stats.entries, bytes=stats.bytes, hits=stats.hits, misses=stats.misses,
-            map_size=stats.map_size, forward_passes=work.forward_passes,
-            computed_texts=work.computed_texts, shared_batches=work.shared_batches,
-            dropped_texts=work.dropped_texts)
+            entries=stats.entries,
+            bytes=stats.bytes,
+            hits=stats.hits,
+            misses=stats.misses,
+            map_size=stats.map_size,
+            forward_passes=work.forward_passes,
+            computed_texts=work.computed_texts,
+            shared_batches=work.shared_batches,
+            dropped_texts=work.dropped_texts,
+        )

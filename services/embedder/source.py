@@ -36,8 +36,11 @@ class ModelSource:
 
 def _looks_like_path(model: str) -> bool:
     # A Hub id is "name" or "owner/name"; anything else, or anything that exists here, is a path.
-    return (model.startswith(("/", ".", "~")) or model.count("/") > 1
-            or Path(model).expanduser().exists())
+    return (
+        model.startswith(("/", ".", "~"))
+        or model.count("/") > 1
+        or Path(model).expanduser().exists()
+    )
 
 
 def _offline() -> bool:
@@ -49,58 +52,76 @@ def _offline() -> bool:
 def resolve(model: str, revision: str = "") -> ModelSource:
     """Map a model reference to a local directory, or raise a domain error a person can act on."""
     if not model.strip():
-        raise InvalidArgument("the encoder model is empty: give a local directory or a Hub id",
-                              field=FIELD)
+        raise InvalidArgument(
+            "the encoder model is empty: give a local directory or a Hub id", field=FIELD
+        )
     if _looks_like_path(model):
         if revision:
-            raise InvalidArgument("a revision applies to Hub ids only, not to local directory "
-                                  f"{model!r}", field="encoder.revision")
+            raise InvalidArgument(
+                f"a revision applies to Hub ids only, not to local directory {model!r}",
+                field="encoder.revision",
+            )
         path = Path(model).expanduser()
         if not path.exists():
             raise NotFound(f"local model directory {model!r} does not exist", field=FIELD)
         if not path.is_dir() or not (path / "config.json").is_file():
             raise InvalidArgument(
-                f"{model!r} is not a model directory (no config.json in it)", field=FIELD)
+                f"{model!r} is not a model directory (no config.json in it)", field=FIELD
+            )
         return ModelSource(path=path.resolve())
     return _resolve_hub(model, revision)
 
 
 def _resolve_hub(repo_id: str, revision: str) -> ModelSource:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = _offline()
-    kwargs = dict(repo_id=repo_id, revision=revision or None, local_files_only=offline,
-                  token=os.environ.get("HF_TOKEN") or None,
-                  endpoint=os.environ.get("HF_ENDPOINT") or None)
+    kwargs = dict(
+        repo_id=repo_id,
+        revision=revision or None,
+        local_files_only=offline,
+        token=os.environ.get("HF_TOKEN") or None,
+        endpoint=os.environ.get("HF_ENDPOINT") or None,
+    )
     try:
         path = Path(snapshot_download(allow_patterns=_HUB_PATTERNS, **kwargs))
         if not any(path.glob("*.safetensors")):
             path = Path(snapshot_download(allow_patterns=["*.bin"], **kwargs))
     except HFValidationError:
         raise InvalidArgument(
-            f"{repo_id!r} is neither an existing local directory nor a valid Hub id "
-            "(owner/name)", field=FIELD) from None
+            f"{repo_id!r} is neither an existing local directory nor a valid Hub id (owner/name)",
+            field=FIELD,
+        ) from None
     except GatedRepoError:
-        raise Unauthenticated(f"Hub model {repo_id!r} is gated: set HF_TOKEN to a token with "
-                              "access", field=FIELD) from None
+        raise Unauthenticated(
+            f"Hub model {repo_id!r} is gated: set HF_TOKEN to a token with access", field=FIELD
+        ) from None
     except RevisionNotFoundError:
-        raise NotFound(f"revision {revision!r} of Hub model {repo_id!r} does not exist",
-                       field="encoder.revision") from None
+        raise NotFound(
+            f"revision {revision!r} of Hub model {repo_id!r} does not exist",
+            field="encoder.revision",
+        ) from None
     except RepositoryNotFoundError:
-        raise NotFound(f"Hub model {repo_id!r} does not exist (or is private: set HF_TOKEN)",
-                       field=FIELD) from None
+        raise NotFound(
+            f"Hub model {repo_id!r} does not exist (or is private: set HF_TOKEN)", field=FIELD
+        ) from None
     except LocalEntryNotFoundError:
         where = "the Hub is offline (HF_HUB_OFFLINE)" if offline else "the Hub cannot be reached"
-        raise NotFound(f"Hub model {repo_id!r} is not in the local cache and {where}",
-                       field=FIELD) from None
+        raise NotFound(
+            f"Hub model {repo_id!r} is not in the local cache and {where}", field=FIELD
+        ) from None
     except OSError as exc:
-        raise Unavailable(f"could not download Hub model {repo_id!r}: {exc}",
-                          field=FIELD) from None
+        raise Unavailable(f"could not download Hub model {repo_id!r}: {exc}", field=FIELD) from None
     if not (path / "config.json").is_file():
-        raise InvalidArgument(f"Hub repo {repo_id!r} has no config.json: not a transformers model",
-                              field=FIELD)
+        raise InvalidArgument(
+            f"Hub repo {repo_id!r} has no config.json: not a transformers model", field=FIELD
+        )
     log.info("hub model resolved", hub_id=repo_id, revision=revision or "main", commit=path.name)
     return ModelSource(path=path, hub_id=repo_id, commit=path.name)

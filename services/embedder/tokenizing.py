@@ -27,24 +27,29 @@ class ParallelTokenizer:
     `workers` threads. `tokenizer` is the caller's; it must not change once texts are submitted
     (the copies are taken from it lazily)."""
 
-    def __init__(self, tokenizer, workers: int = DEFAULT_WORKERS,
-                 chunk_texts: int = CHUNK_TEXTS) -> None:
+    def __init__(
+        self, tokenizer, workers: int = DEFAULT_WORKERS, chunk_texts: int = CHUNK_TEXTS
+    ) -> None:
         self._tokenizer = tokenizer
         self._chunk_texts = chunk_texts
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
 
-    def submit(self, texts: list[str], max_length: int,
-               instruction: str = "") -> list[Future[list[list[int]]]]:
+    def submit(
+        self, texts: list[str], max_length: int, instruction: str = ""
+    ) -> list[Future[list[list[int]]]]:
         """One future per chunk of `texts`, in order; each gives that chunk's token ids."""
-        return [self._pool.submit(self._encode, texts[i:i + self._chunk_texts], max_length,
-                                  instruction)
-                for i in range(0, len(texts), self._chunk_texts)]
+        return [
+            self._pool.submit(
+                self._encode, texts[i : i + self._chunk_texts], max_length, instruction
+            )
+            for i in range(0, len(texts), self._chunk_texts)
+        ]
 
-    def __call__(self, texts: list[str], max_length: int,
-                 instruction: str = "") -> list[list[int]]:
-        return [ids for chunk in self.submit(texts, max_length, instruction)
-                for ids in chunk.result()]
+    def __call__(self, texts: list[str], max_length: int, instruction: str = "") -> list[list[int]]:
+        return [
+            ids for chunk in self.submit(texts, max_length, instruction) for ids in chunk.result()
+        ]
 
     def _own(self):
         """This thread's copy of the tokenizer."""
@@ -56,10 +61,16 @@ class ParallelTokenizer:
     def _encode(self, texts: list[str], max_length: int, instruction: str) -> list[list[int]]:
         tokenizer = self._own()
         inputs = [instruction + t for t in texts] if instruction else texts
-        encoded = tokenizer(inputs, truncation=True, max_length=max_length, padding=False,
-                            add_special_tokens=True)
+        encoded = tokenizer(
+            inputs, truncation=True, max_length=max_length, padding=False, add_special_tokens=True
+        )
         # A tokenizer that adds no special tokens gives [] for "": a zero-length row cannot go
         # through a model, so it becomes one eos (or pad) token.
-        filler = [int(tokenizer.eos_token_id if tokenizer.eos_token_id is not None
-                      else tokenizer.pad_token_id)]
+        filler = [
+            int(
+                tokenizer.eos_token_id
+                if tokenizer.eos_token_id is not None
+                else tokenizer.pad_token_id
+            )
+        ]
         return [list(ids) or filler for ids in encoded["input_ids"]]

@@ -40,8 +40,12 @@ class Packed:
 
     def to(self, device: torch.device) -> Packed:
         move = dict(device=device, non_blocking=True)
-        return Packed(self.input_ids.to(**move), self.position_ids.to(**move),
-                      self.cu_seq_lens.to(**move), self.max_length)
+        return Packed(
+            self.input_ids.to(**move),
+            self.position_ids.to(**move),
+            self.cu_seq_lens.to(**move),
+            self.max_length,
+        )
 
 
 def pack(input_ids: list[list[int]], pin: bool = False) -> Packed:
@@ -51,15 +55,25 @@ def pack(input_ids: list[list[int]], pin: bool = False) -> Packed:
     np.cumsum(lengths, out=cu[1:])
     flat = np.fromiter((t for row in input_ids for t in row), dtype=np.int64, count=int(cu[-1]))
     positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
-    tensors = [torch.from_numpy(flat).unsqueeze(0), torch.from_numpy(positions).unsqueeze(0),
-               torch.from_numpy(cu.astype(np.int32))]
+    tensors = [
+        torch.from_numpy(flat).unsqueeze(0),
+        torch.from_numpy(positions).unsqueeze(0),
+        torch.from_numpy(cu.astype(np.int32)),
+    ]
     if pin:
         tensors = [t.pin_memory() for t in tensors]
     return Packed(*tensors, max_length=int(lengths.max()))
 
 
-def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
-                  max_len: int, causal: bool, scale: float | None) -> torch.Tensor:
+def _flash_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    max_len: int,
+    causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
     global _flash_takes_gqa
     if k.shape[1] != q.shape[1] and _flash_takes_gqa is not True:
         if _flash_takes_gqa is None:
@@ -69,22 +83,38 @@ def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.T
                 return out
             except RuntimeError as exc:
                 _flash_takes_gqa = False
-                log.info("varlen flash kernel wants equal head counts; repeating K/V",
-                         error=str(exc).splitlines()[0])
+                log.info(
+                    "varlen flash kernel wants equal head counts; repeating K/V",
+                    error=str(exc).splitlines()[0],
+                )
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     return _flash_varlen_call(q, k, v, cu, max_len, causal, scale)
 
 
-def _flash_varlen_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
-                       max_len: int, causal: bool, scale: float | None) -> torch.Tensor:
-    out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, causal,
-                                                  False, scale=scale)
+def _flash_varlen_call(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    max_len: int,
+    causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu, cu, max_len, max_len, 0.0, causal, False, scale=scale
+    )
     return out[0]
 
 
-def _sdpa_per_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
-                   causal: bool, scale: float | None) -> torch.Tensor:
+def _sdpa_per_text(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
     """[tokens, heads, dim] in and out; one exact SDPA call per text (CPU, or any device).
     K/V heads are repeated up front: with `enable_gqa` the CPU falls back to its slow math
     kernel (as it does for 3-d inputs), several times slower than the fused one."""
@@ -96,44 +126,69 @@ def _sdpa_per_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.
     for start, end in zip(bounds[:-1], bounds[1:]):
         # 4-d [1, heads, length, dim]: 3-d inputs take the CPU's slow math kernel too.
         qi, ki, vi = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
-        parts.append(F.scaled_dot_product_attention(qi, ki, vi, is_causal=causal,
-                                                    scale=scale)[0].transpose(0, 1))
+        parts.append(
+            F.scaled_dot_product_attention(qi, ki, vi, is_causal=causal, scale=scale)[0].transpose(
+                0, 1
+            )
+        )
     return torch.cat(parts)
 
 
 @torch.library.custom_op("tunewire::varlen_attention", mutates_args=())
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_length: int,
-           causal: bool, scale: float | None) -> torch.Tensor:
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    max_length: int,
+    causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
     """Attention within each packed text: [tokens, heads, dim] in, contiguous [tokens, q heads,
     dim] out. An opaque operator, so that torch.compile (per block, encoder.py) traces around it
     with symbolic token counts: the CPU path's per-text loop reads `cu` on the host, the GQA
     probe keeps state across calls, and neither belongs in a graph."""
     if q.is_cuda:
-        out = _flash_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu, max_length,
-                            causal, scale)
+        out = _flash_varlen(
+            q.contiguous(), k.contiguous(), v.contiguous(), cu, max_length, causal, scale
+        )
     else:
         out = _sdpa_per_text(q, k, v, cu, causal, scale)
     return out.contiguous()
 
 
 @attend.register_fake
-def _attend_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor,
-                  max_length: int, causal: bool, scale: float | None) -> torch.Tensor:
+def _attend_shape(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu: torch.Tensor,
+    max_length: int,
+    causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
     return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
 
 
-def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-                     value: torch.Tensor, attention_mask: torch.Tensor | None,
-                     dropout: float = 0.0, scaling: float | None = None,
-                     **kwargs) -> tuple[torch.Tensor, None]:
+def varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention interface: query [1, heads, tokens, dim] in,
     [1, tokens, heads, dim] out."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     causal = bool(getattr(module, "is_causal", False))
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     out = attend(q, k, v, cu, int(kwargs["max_length_q"]), causal, scaling)
@@ -164,9 +219,14 @@ def register() -> str:
 
 def model_inputs(packed: Packed, token_types: bool) -> dict:
     """Keyword arguments for a transformers model's forward over one packed batch."""
-    inputs = dict(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                  cu_seq_lens_q=packed.cu_seq_lens, cu_seq_lens_k=packed.cu_seq_lens,
-                  max_length_q=packed.max_length, max_length_k=packed.max_length)
+    inputs = dict(
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+        cu_seq_lens_q=packed.cu_seq_lens,
+        cu_seq_lens_k=packed.cu_seq_lens,
+        max_length_q=packed.max_length,
+        max_length_k=packed.max_length,
+    )
     if token_types:  # BERT's buffered token types are only max_position long: give them
         inputs["token_type_ids"] = torch.zeros_like(packed.input_ids)
     return inputs

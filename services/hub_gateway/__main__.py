@@ -8,30 +8,47 @@ import sys
 from pathlib import Path
 
 from tunewire.logging import configure
-from tunewire.server_flags import (add_security_flags, export_peer_token, security_from_args,
-                                   serve)
+from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args, serve
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="python -m services.hub_gateway",
-                                          description="tunewire hub gateway server")
+    p = parser or argparse.ArgumentParser(
+        prog="python -m services.hub_gateway", description="tunewire hub gateway server"
+    )
     env = os.environ.get
     p.add_argument("--host", default=env("TUNEWIRE_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("TUNEWIRE_PORT", "50053")))
-    p.add_argument("--data-dir", "--data_dir", type=Path,
-                   default=Path(env("TUNEWIRE_DATA_DIR", ".data")))
-    p.add_argument("--trainer", default=env("TUNEWIRE_TRAINER"),
-                   help="trainer address HOST:PORT, to fetch job artifacts (env TUNEWIRE_TRAINER)")
+    p.add_argument(
+        "--data-dir", "--data_dir", type=Path, default=Path(env("TUNEWIRE_DATA_DIR", ".data"))
+    )
+    p.add_argument(
+        "--trainer",
+        default=env("TUNEWIRE_TRAINER"),
+        help="trainer address HOST:PORT, to fetch job artifacts (env TUNEWIRE_TRAINER)",
+    )
     roots = [Path(r) for r in env("TUNEWIRE_ARTIFACT_ROOTS", "").split(os.pathsep) if r]
-    p.add_argument("--artifact-root", "--artifact_root", type=Path, action="append", default=None,
-                   help="directory the gateway may read artifacts from (repeatable; env "
-                        "TUNEWIRE_ARTIFACT_ROOTS, os.pathsep-separated)")
+    p.add_argument(
+        "--artifact-root",
+        "--artifact_root",
+        type=Path,
+        action="append",
+        default=None,
+        help="directory the gateway may read artifacts from (repeatable; env "
+        "TUNEWIRE_ARTIFACT_ROOTS, os.pathsep-separated)",
+    )
     p.set_defaults(env_artifact_roots=roots)
-    p.add_argument("--token-file", "--token_file", type=Path,
-                   default=Path(env("HF_TOKEN_PATH")) if env("HF_TOKEN_PATH") else None,
-                   help="file holding the Hub token (env HF_TOKEN_PATH); else HF_TOKEN")
-    p.add_argument("--endpoint", default=env("HF_ENDPOINT"),
-                   help="Hub endpoint URL (env HF_ENDPOINT; default https://huggingface.co)")
+    p.add_argument(
+        "--token-file",
+        "--token_file",
+        type=Path,
+        default=Path(env("HF_TOKEN_PATH")) if env("HF_TOKEN_PATH") else None,
+        help="file holding the Hub token (env HF_TOKEN_PATH); else HF_TOKEN",
+    )
+    p.add_argument(
+        "--endpoint",
+        default=env("HF_ENDPOINT"),
+        help="Hub endpoint URL (env HF_ENDPOINT; default https://huggingface.co)",
+    )
     add_security_flags(p, calls_peers=True)
     return p
 
@@ -40,10 +57,16 @@ def settings_from_args(args: argparse.Namespace):
     from services.hub_gateway.app import Settings
 
     roots = args.artifact_root if args.artifact_root is not None else args.env_artifact_roots
-    return Settings(data_dir=args.data_dir, host=args.host, port=args.port,
-                    trainer_address=args.trainer, artifact_roots=list(roots),
-                    token_file=args.token_file, endpoint=args.endpoint,
-                    security=security_from_args(args))
+    return Settings(
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        trainer_address=args.trainer,
+        artifact_roots=list(roots),
+        token_file=args.token_file,
+        endpoint=args.endpoint,
+        security=security_from_args(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     export_peer_token(args)
     from services.hub_gateway.app import start
 
-    return serve("hub_gateway", args, start, settings_from_args(args),
-                 lambda app: app.manager.close())
+    return serve(
+        "hub_gateway", args, start, settings_from_args(args), lambda app: app.manager.close()
+    )
 
 
 if __name__ == "__main__":

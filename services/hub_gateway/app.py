@@ -16,8 +16,14 @@ from services.hub_gateway.hub_client import HubClient
 from services.hub_gateway.servicer import SERVICE_NAME, HubGatewayServicer
 from services.hub_gateway.uploads import UploadManager
 from tunewire.errors import FailedPrecondition
-from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
-                             channel_options, create_server)
+from tunewire.server import (
+    RunningServer,
+    ServerSecurity,
+    ServerSettings,
+    Service,
+    channel_options,
+    create_server,
+)
 from tunewire.tls import ClientSecurity
 from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2_grpc
 
@@ -55,8 +61,10 @@ def read_token(settings: Settings) -> str | None:
         try:
             token = settings.token_file.read_text().strip()
         except OSError as exc:
-            raise FailedPrecondition(f"cannot read the token file {settings.token_file}: "
-                                     f"{exc.strerror}", reason="HUB_TOKEN_UNREADABLE") from None
+            raise FailedPrecondition(
+                f"cannot read the token file {settings.token_file}: {exc.strerror}",
+                reason="HUB_TOKEN_UNREADABLE",
+            ) from None
         if token:
             return token
     return os.environ.get("HF_TOKEN") or None
@@ -86,8 +94,11 @@ def start(settings: Settings) -> App:
     data_dir.mkdir(parents=True, exist_ok=True)
     endpoint = resolve_endpoint(settings)
     manager = UploadManager(
-        data_dir, lambda: HubClient(endpoint, read_token(settings)), endpoint,
-        workers=settings.workers)
+        data_dir,
+        lambda: HubClient(endpoint, read_token(settings)),
+        endpoint,
+        workers=settings.workers,
+    )
     channel = None
     trainer = None
     if settings.trainer_address:
@@ -97,13 +108,24 @@ def start(settings: Settings) -> App:
         trainer = lambda: stub  # noqa: E731 - one stub per channel, shared by all calls
     staging = data_dir / "uploads" / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
-    servicer = HubGatewayServicer(manager, staging,
-                                  [Path(r) for r in settings.artifact_roots], trainer)
+    servicer = HubGatewayServicer(
+        manager, staging, [Path(r) for r in settings.artifact_roots], trainer
+    )
     running = create_server(
-        [Service(SERVICE_NAME, servicer, hub_gateway_pb2_grpc.add_HubGatewayServiceServicer_to_server)],
-        ServerSettings(host=settings.host, port=settings.port, security=settings.security))
+        [
+            Service(
+                SERVICE_NAME, servicer, hub_gateway_pb2_grpc.add_HubGatewayServiceServicer_to_server
+            )
+        ],
+        ServerSettings(host=settings.host, port=settings.port, security=settings.security),
+    )
     running.set_ready(SERVICE_NAME)
-    log.info("hub gateway ready", port=running.port, endpoint=endpoint,
-             trainer=settings.trainer_address, artifact_roots=[str(r) for r in settings.artifact_roots],
-             token_configured=bool(settings.token or settings.token_file or os.environ.get("HF_TOKEN")))
+    log.info(
+        "hub gateway ready",
+        port=running.port,
+        endpoint=endpoint,
+        trainer=settings.trainer_address,
+        artifact_roots=[str(r) for r in settings.artifact_roots],
+        token_configured=bool(settings.token or settings.token_file or os.environ.get("HF_TOKEN")),
+    )
     return App(running, manager, channel)

@@ -15,16 +15,23 @@ import hashlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import structlog
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
-from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
-                             TunewireError, Unauthenticated, Unavailable)
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TunewireError,
+    Unauthenticated,
+    Unavailable,
+)
 
 log = structlog.get_logger("tunewire.hub_gateway.hub_client")
 
@@ -114,10 +121,17 @@ class HubClient:
     """Talks to one Hub endpoint with one token. Safe to share between threads (no state but the
     HfApi, which is itself stateless apart from its session)."""
 
-    def __init__(self, endpoint: str | None, token: str | None, *, max_attempts: int = 5,
-                 base_delay_s: float = 0.5, max_delay_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep,
-                 http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        endpoint: str | None,
+        token: str | None,
+        *,
+        max_attempts: int = 5,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S,
+    ) -> None:
         use_http_timeout(http_timeout_s)
         self.endpoint = endpoint
         self._token = token
@@ -143,23 +157,34 @@ class HubClient:
                 if status == 429 or status >= 500:
                     return _Transient(detail, _retry_after(err.response.headers))
                 if status == 401:
-                    return Unauthenticated(f"{detail}; the gateway's Hub token was rejected",
-                                           reason="HUB_UNAUTHENTICATED")
+                    return Unauthenticated(
+                        f"{detail}; the gateway's Hub token was rejected",
+                        reason="HUB_UNAUTHENTICATED",
+                    )
                 if status == 403:
-                    return PermissionDenied(f"{detail}; the token may not write to {repo_id}",
-                                            reason="HUB_PERMISSION_DENIED")
+                    return PermissionDenied(
+                        f"{detail}; the token may not write to {repo_id}",
+                        reason="HUB_PERMISSION_DENIED",
+                    )
                 if status == 404:
                     if isinstance(err, RevisionNotFoundError):
-                        return NotFound(f"revision {revision!r} not found in {repo_id}",
-                                        field="spec.revision", reason="HUB_REVISION_NOT_FOUND")
-                    return NotFound(f"{detail}; repo {repo_id} not found",
-                                    field="spec.repo_id", reason="HUB_REPO_NOT_FOUND")
+                        return NotFound(
+                            f"revision {revision!r} not found in {repo_id}",
+                            field="spec.revision",
+                            reason="HUB_REVISION_NOT_FOUND",
+                        )
+                    return NotFound(
+                        f"{detail}; repo {repo_id} not found",
+                        field="spec.repo_id",
+                        reason="HUB_REPO_NOT_FOUND",
+                    )
                 if status in (400, 422):
                     return InvalidArgument(detail, reason="HUB_REJECTED")
                 return FailedPrecondition(detail, reason="HUB_REJECTED")
             module = type(err).__module__.split(".")[0]
-            if (module in _TRANSPORT_MODULES or isinstance(err, (ConnectionError, TimeoutError))) \
-                    and not isinstance(err, HfHubHTTPError):
+            if (
+                module in _TRANSPORT_MODULES or isinstance(err, (ConnectionError, TimeoutError))
+            ) and not isinstance(err, HfHubHTTPError):
                 return _Transient(f"{what}: {type(err).__name__}: {self._redact(str(err))[:200]}")
         return exc
 
@@ -177,14 +202,20 @@ class HubClient:
                         raise
                     raise mapped from None
                 if attempt == self.max_attempts:
-                    raise Unavailable(f"{mapped} (gave up after {attempt} attempts)",
-                                      reason="HUB_UNAVAILABLE") from None
+                    raise Unavailable(
+                        f"{mapped} (gave up after {attempt} attempts)", reason="HUB_UNAVAILABLE"
+                    ) from None
                 delay = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
                 delay = delay * (0.5 + random.random() / 2)
                 if mapped.retry_after is not None:
                     delay = min(self.max_delay_s, max(delay, mapped.retry_after))
-                log.warning("hub call failed, retrying", what=what, attempt=attempt,
-                            delay_s=round(delay, 2), error=str(mapped))
+                log.warning(
+                    "hub call failed, retrying",
+                    what=what,
+                    attempt=attempt,
+                    delay_s=round(delay, 2),
+                    error=str(mapped),
+                )
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
@@ -202,19 +233,34 @@ class HubClient:
         if lfs is not None:
             sha = lfs.sha256 if hasattr(lfs, "sha256") else lfs.get("sha256")
             return sha == local.sha256
-        return getattr(remote, "size", None) == local.size and \
-            getattr(remote, "blob_id", None) == git_blob_sha1(local.source)
+        return getattr(remote, "size", None) == local.size and getattr(
+            remote, "blob_id", None
+        ) == git_blob_sha1(local.source)
 
-    def upload(self, repo_id: str, files: list[LocalFile], *, private: bool = False,
-               commit_message: str = "", commit_description: str = "",
-               revision: str | None = None, create_pr: bool = False,
-               progress: Callable[[str, int], None] = lambda message, sent: None) -> CommitResult:
+    def upload(
+        self,
+        repo_id: str,
+        files: list[LocalFile],
+        *,
+        private: bool = False,
+        commit_message: str = "",
+        commit_description: str = "",
+        revision: str | None = None,
+        create_pr: bool = False,
+        progress: Callable[[str, int], None] = lambda message, sent: None,
+    ) -> CommitResult:
         """Create the repo if missing, then commit every file that differs from the remote in one
         commit on `revision` (or a PR against it). Returns what was sent and what was skipped."""
         rev = revision or "main"
         bytes_total = sum(f.size for f in files)
-        url = self._retry("create repo", lambda: self._api.create_repo(
-            repo_id, private=private, exist_ok=True, repo_type="model"), repo_id, rev)
+        url = self._retry(
+            "create repo",
+            lambda: self._api.create_repo(
+                repo_id, private=private, exist_ok=True, repo_type="model"
+            ),
+            repo_id,
+            rev,
+        )
         log.info("repo ready", repo_id=repo_id, url=str(url))
         paths = [f.path for f in files]
         sent: dict[str, bool] = {}
@@ -227,18 +273,29 @@ class HubClient:
             if not changed:
                 return None
             progress(f"committing {len(changed)} of {len(files)} files", 0)
-            ops = [CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.source))
-                   for f in changed]
+            ops = [
+                CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.source))
+                for f in changed
+            ]
             info = self._api.create_commit(
-                repo_id, ops, commit_message=commit_message or f"Upload {repo_id} with tunewire",
-                commit_description=commit_description or None, revision=revision,
-                create_pr=create_pr, repo_type="model")
+                repo_id,
+                ops,
+                commit_message=commit_message or f"Upload {repo_id} with tunewire",
+                commit_description=commit_description or None,
+                revision=revision,
+                create_pr=create_pr,
+                repo_type="model",
+            )
             return info.oid, info.pr_url or info.commit_url
 
         committed = self._retry("commit", attempt, repo_id, rev)
         if committed is None:
-            oid = self._retry("repo info", lambda: self._api.repo_info(
-                repo_id, revision=revision, repo_type="model").sha, repo_id, rev)
+            oid = self._retry(
+                "repo info",
+                lambda: self._api.repo_info(repo_id, revision=revision, repo_type="model").sha,
+                repo_id,
+                rev,
+            )
             commit_url = ""
         else:
             oid, commit_url = committed
@@ -250,17 +307,33 @@ class HubClient:
         if wrong:
             raise FailedPrecondition(
                 f"after the commit the Hub holds different content for: {', '.join(wrong)}",
-                reason="HUB_VERIFY_FAILED")
-        outcomes = [FileOutcome(f.path, f.size, f.sha256,
-                                getattr(remote[f.path], "lfs", None) is not None,
-                                f.path in skipped) for f in files]
-        progress("committed" if committed else "nothing to commit: the remote is up to date",
-                 bytes_sent)
-        log.info("upload committed" if committed else "remote already up to date",
-                 repo_id=repo_id, commit=oid, files=len(files), skipped=len(skipped),
-                 bytes_sent=bytes_sent, bytes_total=bytes_total)
-        return CommitResult(commit_oid=oid, commit_url=commit_url, files=outcomes,
-                            bytes_sent=bytes_sent)
+                reason="HUB_VERIFY_FAILED",
+            )
+        outcomes = [
+            FileOutcome(
+                f.path,
+                f.size,
+                f.sha256,
+                getattr(remote[f.path], "lfs", None) is not None,
+                f.path in skipped,
+            )
+            for f in files
+        ]
+        progress(
+            "committed" if committed else "nothing to commit: the remote is up to date", bytes_sent
+        )
+        log.info(
+            "upload committed" if committed else "remote already up to date",
+            repo_id=repo_id,
+            commit=oid,
+            files=len(files),
+            skipped=len(skipped),
+            bytes_sent=bytes_sent,
+            bytes_total=bytes_total,
+        )
+        return CommitResult(
+            commit_oid=oid, commit_url=commit_url, files=outcomes, bytes_sent=bytes_sent
+        )
 
 
 def _retry_after(headers) -> float | None:

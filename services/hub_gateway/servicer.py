@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import structlog
-from tunewire.timestamps import to_timestamp as _ts
 
 from services.hub_gateway.staging import StagingWriter, resolve_under_roots
 from services.hub_gateway.uploads import UploadEvent, UploadManager, UploadRecord, UploadSpec
 from tunewire.errors import FailedPrecondition, InvalidArgument, Unavailable, from_rpc_error
+from tunewire.timestamps import to_timestamp as _ts
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
@@ -38,35 +38,58 @@ def spec_to_proto(spec: UploadSpec) -> pb.UploadSpec:
 
 def upload_to_proto(rec: UploadRecord) -> pb.Upload:
     return pb.Upload(
-        id=rec.id, state=pb.Upload.State.Value(rec.state), spec=spec_to_proto(rec.spec),
-        files=[pb.UploadedFile(path=f.path, size=f.size, sha256=f.sha256, lfs=f.lfs,
-                               skipped=f.skipped) for f in rec.files],
-        artifact_kind=rec.artifact_kind, model_card=rec.model_card, commit_url=rec.commit_url,
-        commit_oid=rec.commit_oid, error=rec.error, error_reason=rec.error_reason,
-        bytes_total=rec.bytes_total, bytes_sent=rec.bytes_sent,
-        create_time=_ts(rec.create_time), end_time=_ts(rec.end_time))
+        id=rec.id,
+        state=pb.Upload.State.Value(rec.state),
+        spec=spec_to_proto(rec.spec),
+        files=[
+            pb.UploadedFile(path=f.path, size=f.size, sha256=f.sha256, lfs=f.lfs, skipped=f.skipped)
+            for f in rec.files
+        ],
+        artifact_kind=rec.artifact_kind,
+        model_card=rec.model_card,
+        commit_url=rec.commit_url,
+        commit_oid=rec.commit_oid,
+        error=rec.error,
+        error_reason=rec.error_reason,
+        bytes_total=rec.bytes_total,
+        bytes_sent=rec.bytes_sent,
+        create_time=_ts(rec.create_time),
+        end_time=_ts(rec.end_time),
+    )
 
 
 def event_to_proto(event: UploadEvent) -> pb.UploadEvent:
     return pb.UploadEvent(
-        upload_id=event.upload_id, sequence=event.sequence,
-        state=pb.Upload.State.Value(event.state), bytes_sent=event.bytes_sent,
-        bytes_total=event.bytes_total, files_done=event.files_done,
-        files_total=event.files_total, message=event.message, time=_ts(event.time))
+        upload_id=event.upload_id,
+        sequence=event.sequence,
+        state=pb.Upload.State.Value(event.state),
+        bytes_sent=event.bytes_sent,
+        bytes_total=event.bytes_total,
+        files_done=event.files_done,
+        files_total=event.files_total,
+        message=event.message,
+        time=_ts(event.time),
+    )
 
 
 class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
     """`trainer` is a TrainerService stub factory, or None when no trainer is configured."""
 
-    def __init__(self, manager: UploadManager, staging_root: Path, artifact_roots: list[Path],
-                 trainer: Callable[[], trainer_pb2_grpc.TrainerServiceStub] | None) -> None:
+    def __init__(
+        self,
+        manager: UploadManager,
+        staging_root: Path,
+        artifact_roots: list[Path],
+        trainer: Callable[[], trainer_pb2_grpc.TrainerServiceStub] | None,
+    ) -> None:
         self.manager = manager
         self.staging_root = staging_root
         self.artifact_roots = artifact_roots
         self.trainer = trainer
 
-    def CreateUpload(self, request_iterator: Iterator[pb.CreateUploadRequest],
-                     context: grpc.ServicerContext) -> pb.Upload:
+    def CreateUpload(
+        self, request_iterator: Iterator[pb.CreateUploadRequest], context: grpc.ServicerContext
+    ) -> pb.Upload:
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("the first message must carry the upload spec", field="spec")
@@ -79,8 +102,9 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
                 pass
             return upload_to_proto(existing)
         if spec.job_id and spec.artifact_path:
-            raise InvalidArgument("name a trainer job or an artifact path, not both",
-                                  field="spec.artifact_path")
+            raise InvalidArgument(
+                "name a trainer job or an artifact path, not both", field="spec.artifact_path"
+            )
         if spec.artifact_path:
             self._no_files(request_iterator, "spec.artifact_path")
             source = resolve_under_roots(spec.artifact_path, self.artifact_roots)
@@ -94,13 +118,17 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
                 writer = StagingWriter(staging, field="file")
                 for req in request_iterator:
                     if not req.HasField("file"):
-                        raise InvalidArgument("only the first message may carry the spec",
-                                              field="spec")
+                        raise InvalidArgument(
+                            "only the first message may carry the spec", field="spec"
+                        )
                     writer.write(req.file)
                 writer.close()
                 if not writer.done:
-                    raise InvalidArgument("no files were sent (stream the artifact's files, or "
-                                          "set spec.job_id or spec.artifact_path)", field="file")
+                    raise InvalidArgument(
+                        "no files were sent (stream the artifact's files, or "
+                        "set spec.job_id or spec.artifact_path)",
+                        field="file",
+                    )
             return upload_to_proto(self.manager.create(spec, staging, owned=True))
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when the upload took it
@@ -109,28 +137,37 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
     def _no_files(request_iterator: Iterator[pb.CreateUploadRequest], field: str) -> None:
         for req in request_iterator:
             if req.HasField("file"):
-                raise InvalidArgument("files were streamed although the spec names another "
-                                      "source", field=field)
+                raise InvalidArgument(
+                    "files were streamed although the spec names another source", field=field
+                )
 
     def _fetch_job_artifact(self, job_id: str, dest: Path) -> None:
         if self.trainer is None:
-            raise FailedPrecondition("this gateway has no trainer address configured",
-                                     field="spec.job_id", reason="NO_TRAINER")
+            raise FailedPrecondition(
+                "this gateway has no trainer address configured",
+                field="spec.job_id",
+                reason="NO_TRAINER",
+            )
         log.info("fetching artifact from the trainer", job_id=job_id)
         try:
             StagingWriter(dest, field="job_id").write_all(
-                self.trainer().DownloadArtifact(trainer_pb2.DownloadArtifactRequest(job_id=job_id)))
+                self.trainer().DownloadArtifact(trainer_pb2.DownloadArtifactRequest(job_id=job_id))
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         except InvalidArgument as exc:
             # A bad stream from the trainer is not the client's mistake; a retry may succeed.
-            raise Unavailable(f"the trainer sent a corrupt artifact for {job_id}: {exc.message}",
-                              field="spec.job_id", reason="TRAINER_ARTIFACT_CORRUPT") from None
+            raise Unavailable(
+                f"the trainer sent a corrupt artifact for {job_id}: {exc.message}",
+                field="spec.job_id",
+                reason="TRAINER_ARTIFACT_CORRUPT",
+            ) from None
 
     def GetUpload(self, request: pb.GetUploadRequest, context: grpc.ServicerContext) -> pb.Upload:
         return upload_to_proto(self.manager.get(request.id))
 
-    def WatchUpload(self, request: pb.WatchUploadRequest,
-                    context: grpc.ServicerContext) -> Iterator[pb.UploadEvent]:
+    def WatchUpload(
+        self, request: pb.WatchUploadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.UploadEvent]:
         for event in self.manager.watch(request.id, request.from_sequence, context.is_active):
             yield event_to_proto(event)

@@ -9,8 +9,9 @@ a client cannot make the gateway read (and publish) anything else on its disk.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Protocol
+from typing import BinaryIO, Protocol
 
 from tunewire.errors import InvalidArgument, NotFound, PermissionDenied
 from tunewire.paths import check_path_text
@@ -29,8 +30,13 @@ def safe_relative(path: str, field: str) -> PurePosixPath:
     """A '/'-separated path that stays inside the folder it is joined to."""
     rel = PurePosixPath(path)
     check_path_text(path, field)
-    if (not path or "\\" in path or "\x00" in path or rel.is_absolute()
-            or any(part in ("", ".", "..") for part in path.split("/"))):
+    if (
+        not path
+        or "\\" in path
+        or "\x00" in path
+        or rel.is_absolute()
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
         raise InvalidArgument(f"{path!r} is not a relative path inside the artifact", field=field)
     return rel
 
@@ -56,8 +62,9 @@ class StagingWriter:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._path, self._fh, self._hash = chunk.path, target.open("wb"), hashlib.sha256()
         elif chunk.path and chunk.path != self._path:
-            raise InvalidArgument(f"{self._path} ended without a chunk marked last",
-                                  field=f"{self.field}.last")
+            raise InvalidArgument(
+                f"{self._path} ended without a chunk marked last", field=f"{self.field}.last"
+            )
         assert self._fh is not None
         self._fh.write(chunk.data)
         self._hash.update(chunk.data)
@@ -69,11 +76,16 @@ class StagingWriter:
         self._fh.close()
         actual = self._hash.hexdigest()
         if not expected:
-            raise InvalidArgument(f"{self._path}: the last chunk must carry the file's sha256",
-                                  field=f"{self.field}.sha256")
+            raise InvalidArgument(
+                f"{self._path}: the last chunk must carry the file's sha256",
+                field=f"{self.field}.sha256",
+            )
         if expected.lower() != actual:
-            raise InvalidArgument(f"{self._path}: sha256 mismatch (sent {expected}, received "
-                                  f"content hashes to {actual})", field=f"{self.field}.sha256")
+            raise InvalidArgument(
+                f"{self._path}: sha256 mismatch (sent {expected}, received "
+                f"content hashes to {actual})",
+                field=f"{self.field}.sha256",
+            )
         self.done[self._path] = actual
         self._path, self._fh = None, None
 
@@ -86,22 +98,29 @@ class StagingWriter:
         """End of stream: a file still open was truncated."""
         if self._fh is not None:
             self._fh.close()
-            raise InvalidArgument(f"{self._path}: stream ended before its last chunk",
-                                  field=f"{self.field}.last")
+            raise InvalidArgument(
+                f"{self._path}: stream ended before its last chunk", field=f"{self.field}.last"
+            )
 
 
 def resolve_under_roots(path: str, roots: list[Path], field: str = "spec.artifact_path") -> Path:
     """The real directory `path` names, refused unless it lies under one of `roots`."""
     if not roots:
-        raise PermissionDenied("this gateway has no artifact roots: stream the files instead",
-                               field=field, reason="NO_ARTIFACT_ROOTS")
+        raise PermissionDenied(
+            "this gateway has no artifact roots: stream the files instead",
+            field=field,
+            reason="NO_ARTIFACT_ROOTS",
+        )
     if not path:
         raise InvalidArgument("an artifact path is required", field=field)
     check_path_text(path, field)
     real = Path(path).expanduser().resolve()
     if not any(real.is_relative_to(root.expanduser().resolve()) for root in roots):
-        raise PermissionDenied(f"{path} is outside the gateway's artifact roots", field=field,
-                               reason="OUTSIDE_ARTIFACT_ROOTS")
+        raise PermissionDenied(
+            f"{path} is outside the gateway's artifact roots",
+            field=field,
+            reason="OUTSIDE_ARTIFACT_ROOTS",
+        )
     if not real.is_dir():
         raise NotFound(f"{path} is not a directory", field=field)
     return real

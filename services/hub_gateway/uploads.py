@@ -16,10 +16,10 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import structlog
 
@@ -86,7 +86,7 @@ class UploadRecord:
     end_time: float = 0.0
 
     @classmethod
-    def from_json(cls, data: dict) -> "UploadRecord":
+    def from_json(cls, data: dict) -> UploadRecord:
         data = dict(data)
         data["spec"] = UploadSpec(**data["spec"])
         data["files"] = [FileRecord(**f) for f in data["files"]]
@@ -125,8 +125,9 @@ class UploadManager:
     stays inside it, read afresh so a rotated Secret is picked up); `endpoint` is the only Hub the
     gateway's token is ever sent to; `workers` uploads run at a time."""
 
-    def __init__(self, data_dir: Path, hub: Callable[[], HubClient], endpoint: str,
-                 workers: int = 2) -> None:
+    def __init__(
+        self, data_dir: Path, hub: Callable[[], HubClient], endpoint: str, workers: int = 2
+    ) -> None:
         self.root = data_dir / "uploads"
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "requests").mkdir(exist_ok=True)
@@ -185,10 +186,16 @@ class UploadManager:
         with self._changed:
             events = self._events.setdefault(rec.id, [])
             event = UploadEvent(
-                upload_id=rec.id, sequence=len(events) + 1, state=rec.state,
-                bytes_sent=rec.bytes_sent, bytes_total=rec.bytes_total,
+                upload_id=rec.id,
+                sequence=len(events) + 1,
+                state=rec.state,
+                bytes_sent=rec.bytes_sent,
+                bytes_total=rec.bytes_total,
                 files_done=len(rec.files) if rec.state == SUCCEEDED else 0,
-                files_total=len(rec.files), message=message, time=time.time())
+                files_total=len(rec.files),
+                message=message,
+                time=time.time(),
+            )
             events.append(event)
             with (self._dir(rec.id) / "events.jsonl").open("a") as fh:
                 fh.write(json.dumps(dataclasses.asdict(event)) + "\n")
@@ -201,8 +208,11 @@ class UploadManager:
         """A request may name the gateway's own endpoint, never another: the gateway's token
         would go with the upload."""
         if endpoint and endpoint.rstrip("/") != self.endpoint:
-            raise PermissionDenied(f"this gateway uploads only to {self.endpoint}",
-                                   field="spec.endpoint", reason="ENDPOINT_NOT_ALLOWED")
+            raise PermissionDenied(
+                f"this gateway uploads only to {self.endpoint}",
+                field="spec.endpoint",
+                reason="ENDPOINT_NOT_ALLOWED",
+            )
 
     def find_by_request(self, request_id: str) -> UploadRecord | None:
         """The upload an earlier create with this idempotency key made, if any."""
@@ -240,8 +250,14 @@ class UploadManager:
                 self._events[upload_id] = []
             if spec.request_id:
                 self._request_file(spec.request_id).write_text(upload_id)
-        log.info("upload created", upload_id=upload_id, repo_id=spec.repo_id,
-                 kind=rec.artifact_kind, files=len(rec.files), dry_run=spec.dry_run)
+        log.info(
+            "upload created",
+            upload_id=upload_id,
+            repo_id=spec.repo_id,
+            kind=rec.artifact_kind,
+            files=len(rec.files),
+            dry_run=spec.dry_run,
+        )
         if spec.dry_run:
             self._release_files(rec)
             rec.state, rec.end_time = SUCCEEDED, time.time()
@@ -253,15 +269,25 @@ class UploadManager:
 
     def _prepare(self, upload_id: str, spec: UploadSpec, source: Path) -> UploadRecord:
         validation = require_valid(source)
-        rec = UploadRecord(id=upload_id, spec=spec, source_dir=str(source),
-                           artifact_kind=validation.kind.value, create_time=time.time())
+        rec = UploadRecord(
+            id=upload_id,
+            spec=spec,
+            source_dir=str(source),
+            artifact_kind=validation.kind.value,
+            create_time=time.time(),
+        )
         names = list(validation.files)
-        own_card = ((source / "README.md").read_text(errors="replace")
-                    if "README.md" in names else "")
+        own_card = (
+            (source / "README.md").read_text(errors="replace") if "README.md" in names else ""
+        )
         # Kept: a card the author wrote. Replaced: PEFT's empty template, and the card tunewire's
         # trainer rendered without knowing the repo (re-rendered now with the repo id).
-        if (own_card and not spec.overwrite_model_card and not is_template_card(own_card)
-                and own_card != render_model_card(source)):
+        if (
+            own_card
+            and not spec.overwrite_model_card
+            and not is_template_card(own_card)
+            and own_card != render_model_card(source)
+        ):
             rec.model_card = own_card
         else:
             rec.model_card = render_model_card(source, repo_id=spec.repo_id)
@@ -272,8 +298,7 @@ class UploadManager:
                 names.append("README.md")
         for name in sorted(names):
             path = self._local_path(rec, name)
-            rec.files.append(FileRecord(path=name, size=path.stat().st_size,
-                                        sha256=_sha256(path)))
+            rec.files.append(FileRecord(path=name, size=path.stat().st_size, sha256=_sha256(path)))
         rec.bytes_total = sum(f.size for f in rec.files)
         return rec
 
@@ -290,8 +315,9 @@ class UploadManager:
             raise NotFound(f"no upload {upload_id!r}", field="id")
         return rec
 
-    def watch(self, upload_id: str, from_sequence: int = 0,
-              is_active: Callable[[], bool] = lambda: True) -> Iterator[UploadEvent]:
+    def watch(
+        self, upload_id: str, from_sequence: int = 0, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[UploadEvent]:
         """Every event from `from_sequence` on, then new ones as they come, until the upload ends
         (or the caller goes away, or the manager closes)."""
         self.get(upload_id)
@@ -332,30 +358,42 @@ class UploadManager:
                 f.lfs, f.skipped = by_path[f.path].lfs, by_path[f.path].skipped
             rec.commit_oid, rec.commit_url = result.commit_oid, result.commit_url
             rec.bytes_sent = result.bytes_sent
-            done = (f"committed {rec.commit_oid[:12]}" if result.commit_url
-                    else "nothing changed: the remote already has every file")
+            done = (
+                f"committed {rec.commit_oid[:12]}"
+                if result.commit_url
+                else "nothing changed: the remote already has every file"
+            )
             self._finish(rec, SUCCEEDED, done, "")
         finally:
             structlog.contextvars.unbind_contextvars("upload_id")
 
     def _upload(self, rec: UploadRecord) -> CommitResult:
-        files = [LocalFile(f.path, self._local_path(rec, f.path), f.size, f.sha256)
-                 for f in rec.files]
+        files = [
+            LocalFile(f.path, self._local_path(rec, f.path), f.size, f.sha256) for f in rec.files
+        ]
         for local, f in zip(files, rec.files):
             if not local.source.is_file() or local.source.stat().st_size != f.size:
-                raise InvalidArgument(f"{f.path} changed or vanished since the upload was created",
-                                      field="spec.artifact_path", reason="ARTIFACT_CHANGED")
+                raise InvalidArgument(
+                    f"{f.path} changed or vanished since the upload was created",
+                    field="spec.artifact_path",
+                    reason="ARTIFACT_CHANGED",
+                )
 
         def progress(message: str, sent: int) -> None:
             rec.bytes_sent = sent
             self._emit(rec, message)
 
         spec = rec.spec
-        return self._hub().upload(spec.repo_id, files, private=spec.private,
-                          commit_message=spec.commit_message,
-                          commit_description=spec.commit_description,
-                          revision=spec.revision or None, create_pr=spec.create_pr,
-                          progress=progress)
+        return self._hub().upload(
+            spec.repo_id,
+            files,
+            private=spec.private,
+            commit_message=spec.commit_message,
+            commit_description=spec.commit_description,
+            revision=spec.revision or None,
+            create_pr=spec.create_pr,
+            progress=progress,
+        )
 
     def _release_files(self, rec: UploadRecord) -> None:
         """Drop the streamed copy of an artifact once the upload has ended: the record keeps

@@ -27,7 +27,13 @@ class ArtifactKind(str, Enum):
 # Files that travel with any folder but are never part of a model: local tooling state.
 _IGNORED_PARTS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
 _SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-(\d{5})\.(safetensors|bin)$")
-_VOCAB_FILES = ("vocab.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+_VOCAB_FILES = (
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 @dataclass
@@ -53,7 +59,9 @@ def list_files(root: Path) -> list[str]:
         if any(part in _IGNORED_PARTS for part in rel.parts) or not path.is_file():
             continue
         if not path.resolve().is_relative_to(root):
-            raise InvalidArgument(f"{rel.as_posix()} links outside the artifact", field="model_path")
+            raise InvalidArgument(
+                f"{rel.as_posix()} links outside the artifact", field="model_path"
+            )
         out.append(rel.as_posix())
     return out
 
@@ -81,14 +89,18 @@ def detect_kind(root: Path, names: set[str]) -> ArtifactKind:
         except ValueError:
             raise InvalidArgument(
                 f"tunewire.json has unknown kind {meta['kind']!r}; expected one of "
-                f"{', '.join(k.value for k in ArtifactKind)}", field="model_path") from None
+                f"{', '.join(k.value for k in ArtifactKind)}",
+                field="model_path",
+            ) from None
     if "adapter_config.json" in names or any(n.startswith("adapter_model.") for n in names):
         return ArtifactKind.PEFT_ADAPTER
     if "config.json" in names or any(n.startswith(("model", "pytorch_model")) for n in names):
         return ArtifactKind.FULL_MODEL
     raise InvalidArgument(
         "not a model artifact: expected adapter_config.json (PEFT adapter), config.json with "
-        "weights (full model) or tunewire.json (predictive)", field="model_path")
+        "weights (full model) or tunewire.json (predictive)",
+        field="model_path",
+    )
 
 
 def _missing_tokenizer(names: set[str]) -> list[str]:
@@ -120,8 +132,10 @@ def _missing_full_model_weights(root: Path, names: set[str]) -> list[str]:
         stem = _SHARD.match(shards[0]).group(1)  # type: ignore[union-attr]
         ext = _SHARD.match(shards[0]).group(3)  # type: ignore[union-attr]
         return [f"{stem}.{ext}.index.json (the index of the sharded weights)"]
-    return ["model.safetensors (or sharded model-0000x-of-0000y.safetensors with "
-            "model.safetensors.index.json, or pytorch_model.bin)"]
+    return [
+        "model.safetensors (or sharded model-0000x-of-0000y.safetensors with "
+        "model.safetensors.index.json, or pytorch_model.bin)"
+    ]
 
 
 def validate(root: Path) -> Validation:
@@ -144,8 +158,11 @@ def validate(root: Path) -> Validation:
         missing += _missing_full_model_weights(root, names)
         missing += _missing_tokenizer(names)
     else:
-        missing += [n for n in ("tunewire.json", "head.safetensors", "training_set_metadata.json")
-                    if n not in names]
+        missing += [
+            n
+            for n in ("tunewire.json", "head.safetensors", "training_set_metadata.json")
+            if n not in names
+        ]
     return Validation(kind=kind, files=files, missing=missing)
 
 
@@ -155,5 +172,7 @@ def require_valid(root: Path) -> Validation:
     if result.missing:
         raise InvalidArgument(
             f"{result.kind.value} artifact is missing: {'; '.join(result.missing)}",
-            field="model_path", reason="ARTIFACT_INCOMPLETE")
+            field="model_path",
+            reason="ARTIFACT_INCOMPLETE",
+        )
     return result

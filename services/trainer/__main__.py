@@ -8,35 +8,65 @@ import sys
 from pathlib import Path
 
 from tunewire.logging import configure
-from tunewire.server_flags import (add_security_flags, export_peer_token, security_from_args,
-                                   serve)
+from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args, serve
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="python -m services.trainer",
-                                          description="tunewire trainer server")
+    p = parser or argparse.ArgumentParser(
+        prog="python -m services.trainer", description="tunewire trainer server"
+    )
     env = os.environ.get
     p.add_argument("--host", default=env("TUNEWIRE_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("TUNEWIRE_PORT", "50052")))
-    p.add_argument("--data-dir", "--data_dir", type=Path,
-                   default=Path(env("TUNEWIRE_DATA_DIR", ".data")))
-    p.add_argument("--embedder", default=env("TUNEWIRE_EMBEDDER"),
-                   help="embedder address HOST:PORT (env TUNEWIRE_EMBEDDER)")
-    p.add_argument("--hub-gateway", "--hub_gateway", default=env("TUNEWIRE_HUB_GATEWAY"),
-                   help="hub_gateway address HOST:PORT (env TUNEWIRE_HUB_GATEWAY)")
-    p.add_argument("--workers", type=int, default=int(env("TUNEWIRE_TRAINER_WORKERS", "1")),
-                   help="jobs run at once")
-    p.add_argument("--model-root", "--model_root", type=Path, action="append", default=[],
-                   help="extra directory Predict may read artifacts from (repeatable)")
-    p.add_argument("--max-dataset-bytes", "--max_dataset_bytes", type=int,
-                   default=int(env("TUNEWIRE_MAX_DATASET_BYTES", str(2 * 1024**3))),
-                   help="largest data set upload; beyond it RESOURCE_EXHAUSTED")
-    p.add_argument("--max-job-seconds", "--max_job_seconds", type=float,
-                   default=float(env("TUNEWIRE_MAX_JOB_SECONDS", "0")),
-                   help="wall-clock limit of a job, counted from its first start (0: none)")
-    p.add_argument("--max-queued-jobs", "--max_queued_jobs", type=int,
-                   default=int(env("TUNEWIRE_MAX_QUEUED_JOBS", "0")),
-                   help="jobs waiting to run before CreateJob is RESOURCE_EXHAUSTED (0: no cap)")
+    p.add_argument(
+        "--data-dir", "--data_dir", type=Path, default=Path(env("TUNEWIRE_DATA_DIR", ".data"))
+    )
+    p.add_argument(
+        "--embedder",
+        default=env("TUNEWIRE_EMBEDDER"),
+        help="embedder address HOST:PORT (env TUNEWIRE_EMBEDDER)",
+    )
+    p.add_argument(
+        "--hub-gateway",
+        "--hub_gateway",
+        default=env("TUNEWIRE_HUB_GATEWAY"),
+        help="hub_gateway address HOST:PORT (env TUNEWIRE_HUB_GATEWAY)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("TUNEWIRE_TRAINER_WORKERS", "1")),
+        help="jobs run at once",
+    )
+    p.add_argument(
+        "--model-root",
+        "--model_root",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra directory Predict may read artifacts from (repeatable)",
+    )
+    p.add_argument(
+        "--max-dataset-bytes",
+        "--max_dataset_bytes",
+        type=int,
+        default=int(env("TUNEWIRE_MAX_DATASET_BYTES", str(2 * 1024**3))),
+        help="largest data set upload; beyond it RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--max-job-seconds",
+        "--max_job_seconds",
+        type=float,
+        default=float(env("TUNEWIRE_MAX_JOB_SECONDS", "0")),
+        help="wall-clock limit of a job, counted from its first start (0: none)",
+    )
+    p.add_argument(
+        "--max-queued-jobs",
+        "--max_queued_jobs",
+        type=int,
+        default=int(env("TUNEWIRE_MAX_QUEUED_JOBS", "0")),
+        help="jobs waiting to run before CreateJob is RESOURCE_EXHAUSTED (0: no cap)",
+    )
     add_security_flags(p, calls_peers=True)
     return p
 
@@ -44,12 +74,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def settings_from_args(args: argparse.Namespace):
     from services.trainer.app import Settings
 
-    return Settings(data_dir=args.data_dir, host=args.host, port=args.port,
-                    embedder=args.embedder, hub_gateway=args.hub_gateway,
-                    workers=args.workers, model_roots=list(args.model_root),
-                    max_dataset_bytes=args.max_dataset_bytes,
-                    max_job_seconds=args.max_job_seconds, max_queued_jobs=args.max_queued_jobs,
-                    security=security_from_args(args))
+    return Settings(
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        embedder=args.embedder,
+        hub_gateway=args.hub_gateway,
+        workers=args.workers,
+        model_roots=list(args.model_root),
+        max_dataset_bytes=args.max_dataset_bytes,
+        max_job_seconds=args.max_job_seconds,
+        max_queued_jobs=args.max_queued_jobs,
+        security=security_from_args(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

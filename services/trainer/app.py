@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunewire.server import (RunningServer, ServerSecurity, ServerSettings, Service,
-                             create_server)
-from tunewire.v1 import trainer_pb2_grpc
 from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES
 from services.trainer.service import TrainerCore
 from services.trainer.servicer import TrainerServicer
+from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
+from tunewire.v1 import trainer_pb2_grpc
 
 SERVICE_NAME = "tunewire.v1.TrainerService"
 
@@ -48,17 +47,27 @@ class App:
 
 
 def start(settings: Settings) -> App:
-    core = TrainerCore(settings.data_dir, embedder_address=settings.embedder,
-                       hub_gateway_address=settings.hub_gateway, workers=settings.workers,
-                       allowed_model_roots=settings.model_roots,
-                       allow_any_model_path=settings.allow_any_model_path,
-                       max_dataset_bytes=settings.max_dataset_bytes,
-                       max_job_seconds=settings.max_job_seconds,
-                       max_queued_jobs=settings.max_queued_jobs)
+    core = TrainerCore(
+        settings.data_dir,
+        embedder_address=settings.embedder,
+        hub_gateway_address=settings.hub_gateway,
+        workers=settings.workers,
+        allowed_model_roots=settings.model_roots,
+        allow_any_model_path=settings.allow_any_model_path,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        max_job_seconds=settings.max_job_seconds,
+        max_queued_jobs=settings.max_queued_jobs,
+    )
     running = create_server(
-        [Service(SERVICE_NAME, TrainerServicer(core),
-                 trainer_pb2_grpc.add_TrainerServiceServicer_to_server)],
-        ServerSettings(host=settings.host, port=settings.port, security=settings.security))
+        [
+            Service(
+                SERVICE_NAME,
+                TrainerServicer(core),
+                trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+            )
+        ],
+        ServerSettings(host=settings.host, port=settings.port, security=settings.security),
+    )
     core.start()
     running.set_ready(SERVICE_NAME)
     return App(running, core)

@@ -7,9 +7,10 @@ Recipes see plain Python: data frames for the splits, a resolved config, a work 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 

@@ -15,9 +15,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 import structlog
@@ -28,8 +28,16 @@ from tunewire.paths import check_path_text
 log = structlog.get_logger(__name__)
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
-_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
-               ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
 
 
@@ -49,7 +57,9 @@ def guess_format(filename: str) -> str:
     if suffix not in _EXTENSIONS:
         raise InvalidArgument(
             f"cannot tell the format of {filename!r} from its extension; use one of "
-            f"{', '.join(sorted(_EXTENSIONS))} or name the format", field="metadata.format")
+            f"{', '.join(sorted(_EXTENSIONS))} or name the format",
+            field="metadata.format",
+        )
     return _EXTENSIONS[suffix]
 
 
@@ -59,8 +69,9 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
         if fmt == "csv":
             df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         elif fmt == "tsv":
-            df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8",
-                             quoting=3)
+            df = pd.read_csv(
+                path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8", quoting=3
+            )
         elif fmt == "jsonl":
             df = pd.read_json(path, lines=True, dtype=False)
         elif fmt == "parquet":
@@ -70,8 +81,9 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
     except InvalidArgument:
         raise
     except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"the file is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                              field="dataset") from None
+        raise InvalidArgument(
+            f"the file is not valid UTF-8 ({exc.reason} at byte {exc.start})", field="dataset"
+        ) from None
     # TypeError: pandas' JSON reader on lines that are not objects (`[1, 2]`, `3`).
     except (ValueError, TypeError, pd.errors.ParserError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -95,8 +107,9 @@ def _check_header(path: Path, sep: str) -> None:
     names = [h.strip() for h in header]
     repeated = sorted({n for n in names if names.count(n) > 1 and n})
     if repeated:
-        raise InvalidArgument(f"column names appear more than once: {', '.join(repeated)}",
-                              field="dataset")
+        raise InvalidArgument(
+            f"column names appear more than once: {', '.join(repeated)}", field="dataset"
+        )
 
 
 class DatasetStore:
@@ -118,8 +131,9 @@ class DatasetStore:
     def put(self, chunks: Iterable[bytes], filename: str, fmt: str | None = None) -> DatasetRecord:
         fmt = fmt or guess_format(filename)
         if fmt not in FORMATS:
-            raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}",
-                                  field="metadata.format")
+            raise InvalidArgument(
+                f"format must be one of {', '.join(FORMATS)}", field="metadata.format"
+            )
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".upload-")
@@ -131,7 +145,8 @@ class DatasetStore:
                     if size > self.max_bytes:
                         raise ResourceExhausted(
                             f"data set larger than the limit of {self.max_bytes} bytes",
-                            field="chunk")
+                            field="chunk",
+                        )
                     digest.update(chunk)
                     out.write(chunk)
             if size == 0:
@@ -144,8 +159,9 @@ class DatasetStore:
             df = read_table(tmp, fmt)
             if len(df) == 0:
                 raise InvalidArgument("the data set has no rows", field="dataset")
-            record = DatasetRecord(ds_id, Path(filename).name, fmt, len(df),
-                                   list(df.columns), size, sha)
+            record = DatasetRecord(
+                ds_id, Path(filename).name, fmt, len(df), list(df.columns), size, sha
+            )
             staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
             shutil.move(str(tmp), staging / f"data.{fmt}")
             (staging / "meta.json").write_text(json.dumps(asdict(record)))

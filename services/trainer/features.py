@@ -38,7 +38,7 @@ class OutputMetadata:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OutputMetadata":
+    def from_dict(cls, d: dict) -> OutputMetadata:
         return cls(**d)
 
 
@@ -48,12 +48,14 @@ def check_columns(df: pd.DataFrame, columns: dict[str, str], where: str) -> None
         if col not in df.columns:
             raise InvalidArgument(
                 f"column {col!r} is not in the {where} (columns: {', '.join(map(str, df.columns))})",
-                field=path)
+                field=path,
+            )
 
 
 def texts(df: pd.DataFrame, column: str, *, lowercase: bool = False, fill: str = "") -> list[str]:
-    values = df[column].map(lambda v: fill if v is None or (isinstance(v, float) and math.isnan(v))
-                            else str(v))
+    values = df[column].map(
+        lambda v: fill if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    )
     return [v.lower() for v in values] if lowercase else list(values)
 
 
@@ -70,7 +72,9 @@ def fit_output(df: pd.DataFrame, feature: OutputFeature, path: str) -> OutputMet
             if len(false) > 1 or true not in values:
                 raise InvalidArgument(
                     f"binary column {col!r} has values {values[:5]}; fallback_true_label "
-                    f"{true!r} must be one of two", field=path)
+                    f"{true!r} must be one of two",
+                    field=path,
+                )
             meta.vocab = [false[0] if false else f"not {true}", true]
         elif all(v.lower() in _TRUE | _FALSE for v in values):
             meta.vocab = ["False", "True"]
@@ -80,13 +84,14 @@ def fit_output(df: pd.DataFrame, feature: OutputFeature, path: str) -> OutputMet
             raise InvalidArgument(
                 f"binary column {col!r} has {len(values)} distinct values "
                 f"({', '.join(values[:5])}{'…' if len(values) > 5 else ''}); a binary output "
-                "needs two", field=path)
+                "needs two",
+                field=path,
+            )
     elif feature.type == "category":
         counts = raw.map(_norm).value_counts()
         counts = counts[counts.index != ""]
         if len(counts) < 2:
-            raise InvalidArgument(f"category column {col!r} needs at least two classes",
-                                  field=path)
+            raise InvalidArgument(f"category column {col!r} needs at least two classes", field=path)
         # Most frequent first (Ludwig's order), ties by name for determinism.
         meta.vocab = sorted(counts.index, key=lambda c: (-counts[c], c))
     elif feature.type == "number":
@@ -136,7 +141,9 @@ def encode_output(df: pd.DataFrame, meta: OutputMetadata, path: str) -> np.ndarr
             else:
                 raise InvalidArgument(
                     f"row {i}: {v!r} in binary column {meta.column!r} is neither "
-                    f"{meta.vocab[0]!r} nor {meta.vocab[1]!r}", field=path)
+                    f"{meta.vocab[0]!r} nor {meta.vocab[1]!r}",
+                    field=path,
+                )
         return out
     if meta.type == "category":
         index = {c: i for i, c in enumerate(meta.vocab)}
@@ -146,7 +153,8 @@ def encode_output(df: pd.DataFrame, meta: OutputMetadata, path: str) -> np.ndarr
             if s not in index:
                 raise InvalidArgument(
                     f"row {i}: class {v!r} in column {meta.column!r} was not seen in training",
-                    field=path)
+                    field=path,
+                )
             out[i] = index[s]
         return out
     if meta.type == "set":
@@ -173,7 +181,9 @@ def vectors(raw: pd.Series, meta: OutputMetadata, path: str) -> np.ndarray:
         if len(values) != meta.size or not np.all(np.isfinite(values)):
             raise InvalidArgument(
                 f"row {i}: {v!r} in vector column {meta.column!r} is not {meta.size} finite "
-                "numbers", field=path)
+                "numbers",
+                field=path,
+            )
         out[i] = values
     return out
 
@@ -195,7 +205,7 @@ class InputMetadata:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputMetadata":
+    def from_dict(cls, d: dict) -> InputMetadata:
         return cls(**d)
 
 
@@ -212,8 +222,11 @@ def fit_input(df: pd.DataFrame, feature: InputFeature, path: str) -> InputMetada
         seen = y[np.isfinite(y)]
         if len(seen) == 0:
             raise InvalidArgument(f"number column {meta.column!r} has no numbers", field=path)
-        meta.fill = float(seen.mean()) if pre.missing_value_strategy == "fill_with_mean" \
+        meta.fill = (
+            float(seen.mean())
+            if pre.missing_value_strategy == "fill_with_mean"
             else float(pre.fill_value)
+        )
         meta.normalization = pre.normalization
         _fit_scale(meta, np.where(np.isfinite(y), y, meta.fill))
     elif feature.type == "binary":
@@ -224,7 +237,7 @@ def fit_input(df: pd.DataFrame, feature: InputFeature, path: str) -> InputMetada
     elif feature.type == "category":
         counts = raw.map(_norm).value_counts()
         counts = counts[counts.index != ""]
-        top = sorted(counts.index, key=lambda c: (-counts[c], c))[:pre.most_common]
+        top = sorted(counts.index, key=lambda c: (-counts[c], c))[: pre.most_common]
         meta.vocab = [UNK, *top]
     return meta
 
@@ -255,7 +268,8 @@ def numbers(raw: pd.Series, column: str, path: str) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise InvalidArgument(
             f"row {i}: {raw.iloc[i]!r} in number column {column!r} is not a finite number",
-            field=path)
+            field=path,
+        )
     return y
 
 

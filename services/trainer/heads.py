@@ -11,19 +11,26 @@ from tunewire.config.ecd import CombinerConfig, DecoderConfig
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
-def _specs(fc_layers: list[dict] | None, count: int, size: int, dropout: float,
-           activation: str) -> list[dict]:
+def _specs(
+    fc_layers: list[dict] | None, count: int, size: int, dropout: float, activation: str
+) -> list[dict]:
     if fc_layers is not None:
-        return [{"output_size": int(l.get("output_size", size)),
-                 "dropout": float(l.get("dropout", dropout)),
-                 "activation": l.get("activation", activation)} for l in fc_layers]
+        return [
+            {
+                "output_size": int(l.get("output_size", size)),
+                "dropout": float(l.get("dropout", dropout)),
+                "activation": l.get("activation", activation),
+            }
+            for l in fc_layers
+        ]
     return [{"output_size": size, "dropout": dropout, "activation": activation}] * count
 
 
 def layer_specs(cfg: DecoderConfig) -> list[dict]:
     """A decoder's hidden layers as [{output_size, dropout, activation}]."""
-    return _specs(cfg.fc_layers, cfg.num_fc_layers, cfg.fc_output_size, cfg.fc_dropout,
-                  cfg.fc_activation)
+    return _specs(
+        cfg.fc_layers, cfg.num_fc_layers, cfg.fc_output_size, cfg.fc_dropout, cfg.fc_activation
+    )
 
 
 def combiner_specs(cfg: CombinerConfig) -> list[dict]:
@@ -34,8 +41,9 @@ def combiner_specs(cfg: CombinerConfig) -> list[dict]:
 class FCStack(nn.Module):
     """[Linear → (norm) → activation → dropout] × n; `output_dim` is the last width."""
 
-    def __init__(self, input_dim: int, layers: list[dict], norm: str | None = None,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, input_dim: int, layers: list[dict], norm: str | None = None, bias: bool = True
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         dim = input_dim
@@ -62,8 +70,15 @@ class MLPHead(nn.Module):
     """input_dim → FCStack → Linear(out_dim). `out_bias=False` makes a head that a stock
     `*ForSequenceClassification` checkpoint (whose `score` has no bias) can hold exactly."""
 
-    def __init__(self, input_dim: int, out_dim: int, layers: list[dict], norm: str | None = None,
-                 bias: bool = True, out_bias: bool = True) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        out_dim: int,
+        layers: list[dict],
+        norm: str | None = None,
+        bias: bool = True,
+        out_bias: bool = True,
+    ) -> None:
         super().__init__()
         stack = FCStack(input_dim, layers, norm=norm, bias=bias)
         self.body = stack.body

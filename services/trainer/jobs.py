@@ -21,23 +21,42 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import structlog
 
-from tunewire.config import resolve, to_dict
-from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
-                             TunewireError)
-from services.trainer.context import (Event, JobCancelled, JobContext, JobResult, Log,
-                                      MetricValue, Metrics, Progress)
+from services.trainer.context import (
+    Event,
+    JobCancelled,
+    JobContext,
+    JobResult,
+    Log,
+    Metrics,
+    MetricValue,
+    Progress,
+)
 from services.trainer.datasets import DatasetStore
+from tunewire.config import resolve, to_dict
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TunewireError,
+)
 
 log = structlog.get_logger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED",
-                                                 "CANCELLED")
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+)
 TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
 
 
@@ -117,8 +136,9 @@ class JobStore:
 
     def find_by_request(self, request_id: str) -> JobRecord | None:
         with self._lock:
-            return next((j for j in self._jobs.values()
-                         if request_id and j.request_id == request_id), None)
+            return next(
+                (j for j in self._jobs.values() if request_id and j.request_id == request_id), None
+            )
 
     def all(self) -> list[JobRecord]:
         with self._lock:
@@ -143,8 +163,9 @@ class JobStore:
             self._changed.notify_all()
             return ev
 
-    def follow(self, job_id: str, from_sequence: int = 0,
-               alive: Callable[[], bool] = lambda: True) -> Iterator[StoredEvent]:
+    def follow(
+        self, job_id: str, from_sequence: int = 0, alive: Callable[[], bool] = lambda: True
+    ) -> Iterator[StoredEvent]:
         """Replay events from `from_sequence`, then wait for new ones until the job ends."""
         self.get(job_id)
         seq = max(0, from_sequence)
@@ -181,12 +202,20 @@ Dispatcher = Callable[[JobContext], JobResult]
 class JobRunner:
     """A queue and worker threads that run jobs through their recipe."""
 
-    def __init__(self, store: JobStore, datasets: DatasetStore, artifacts_root: Path, *,
-                 embedder_factory: Callable[[], Any] | None = None,
-                 uploader: Callable[[JobRecord], str] | None = None,
-                 workers: int = 1, max_attempts: int = 3,
-                 dispatcher: Callable[[str], Dispatcher] | None = None,
-                 max_job_seconds: float = 0.0, max_queued_jobs: int = 0) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        datasets: DatasetStore,
+        artifacts_root: Path,
+        *,
+        embedder_factory: Callable[[], Any] | None = None,
+        uploader: Callable[[JobRecord], str] | None = None,
+        workers: int = 1,
+        max_attempts: int = 3,
+        dispatcher: Callable[[str], Dispatcher] | None = None,
+        max_job_seconds: float = 0.0,
+        max_queued_jobs: int = 0,
+    ) -> None:
         self.store = store
         self.datasets = datasets
         self.artifacts_root = Path(artifacts_root)
@@ -201,8 +230,10 @@ class JobRunner:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, name=f"job-runner-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"job-runner-{i}", daemon=True)
+            for i in range(workers)
+        ]
         self._stopping = threading.Event()
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -215,13 +246,23 @@ class JobRunner:
         for rec in self.store.all():
             if rec.state == RUNNING or rec.state == QUEUED:
                 if rec.state == RUNNING and rec.attempts >= self.max_attempts:
-                    self._finish(rec.id, FAILED, error=f"the trainer stopped during attempt "
-                                 f"{rec.attempts} of {self.max_attempts}; not retried")
+                    self._finish(
+                        rec.id,
+                        FAILED,
+                        error=f"the trainer stopped during attempt "
+                        f"{rec.attempts} of {self.max_attempts}; not retried",
+                    )
                     continue
                 if rec.state == RUNNING:
                     self.store.update(rec.id, state=QUEUED)
-                    self._event(rec.id, "state", {"state": QUEUED, "message":
-                                "the trainer restarted while this job ran; it will resume"})
+                    self._event(
+                        rec.id,
+                        "state",
+                        {
+                            "state": QUEUED,
+                            "message": "the trainer restarted while this job ran; it will resume",
+                        },
+                    )
                 self._cancel[rec.id] = threading.Event()
                 self._queue.put(rec.id)
         for t in self._threads:
@@ -236,28 +277,47 @@ class JobRunner:
             t.join(timeout)
 
     # ---------------------------------------------------------------------------------- API
-    def submit(self, raw_config: dict, *, dataset_id: str = "", training_set_id: str = "",
-               validation_set_id: str = "", test_set_id: str = "", request_id: str = "",
-               upload_to: str = "", validate: Callable[[Any], None] | None = None) -> JobRecord:
+    def submit(
+        self,
+        raw_config: dict,
+        *,
+        dataset_id: str = "",
+        training_set_id: str = "",
+        validation_set_id: str = "",
+        test_set_id: str = "",
+        request_id: str = "",
+        upload_to: str = "",
+        validate: Callable[[Any], None] | None = None,
+    ) -> JobRecord:
         """Validate everything a job needs before any work, then queue it."""
         if request_id:
             existing = self.store.find_by_request(request_id)
             if existing is not None:
                 return existing
-        if self.max_queued_jobs and sum(
-                j.state == QUEUED for j in self.store.all()) >= self.max_queued_jobs:
-            raise ResourceExhausted(f"{self.max_queued_jobs} jobs are already waiting; retry "
-                                    "later", reason="JOB_QUEUE_FULL")
+        if (
+            self.max_queued_jobs
+            and sum(j.state == QUEUED for j in self.store.all()) >= self.max_queued_jobs
+        ):
+            raise ResourceExhausted(
+                f"{self.max_queued_jobs} jobs are already waiting; retry later",
+                reason="JOB_QUEUE_FULL",
+            )
         config = resolve(raw_config)
-        self._check_datasets(config, dataset_id, training_set_id, validation_set_id,
-                             test_set_id)
+        self._check_datasets(config, dataset_id, training_set_id, validation_set_id, test_set_id)
         if validate is not None:
             validate(config)
-        rec = JobRecord(id=f"job-{uuid.uuid4().hex[:12]}", state=QUEUED,
-                        config=to_dict(config), dataset_id=dataset_id,
-                        training_set_id=training_set_id, validation_set_id=validation_set_id,
-                        test_set_id=test_set_id, request_id=request_id, upload_to=upload_to,
-                        create_time=time.time())
+        rec = JobRecord(
+            id=f"job-{uuid.uuid4().hex[:12]}",
+            state=QUEUED,
+            config=to_dict(config),
+            dataset_id=dataset_id,
+            training_set_id=training_set_id,
+            validation_set_id=validation_set_id,
+            test_set_id=test_set_id,
+            request_id=request_id,
+            upload_to=upload_to,
+            create_time=time.time(),
+        )
         with self._lock:
             self.store.create(rec)
             self._cancel[rec.id] = threading.Event()
@@ -280,13 +340,19 @@ class JobRunner:
     # ------------------------------------------------------------------------------ internals
     def _check_datasets(self, config, dataset_id: str, train: str, val: str, test: str) -> None:
         if not dataset_id and not train:
-            raise InvalidArgument("give a data set (dataset_id) or a training set",
-                                  field="dataset_id")
+            raise InvalidArgument(
+                "give a data set (dataset_id) or a training set", field="dataset_id"
+            )
         if dataset_id and train:
-            raise InvalidArgument("give either dataset_id or training_set_id, not both",
-                                  field="training_set_id")
-        ids = {"dataset_id": dataset_id, "training_set_id": train, "validation_set_id": val,
-               "test_set_id": test}
+            raise InvalidArgument(
+                "give either dataset_id or training_set_id, not both", field="training_set_id"
+            )
+        ids = {
+            "dataset_id": dataset_id,
+            "training_set_id": train,
+            "validation_set_id": val,
+            "test_set_id": test,
+        }
         columns_needed = _columns_needed(config)
         for field_name, ds_id in ids.items():
             if not ds_id:
@@ -298,13 +364,17 @@ class JobRunner:
                 if column not in record.columns and not (label and field_name == "test_set_id"):
                     raise InvalidArgument(
                         f"column {column!r} is not in data set {ds_id} "
-                        f"(columns: {', '.join(record.columns)})", field=path)
+                        f"(columns: {', '.join(record.columns)})",
+                        field=path,
+                    )
         split = getattr(getattr(config, "preprocessing", None), "split", None)
         if dataset_id and split is not None and split.type in ("fixed", "stratify", "hash"):
             record = self.datasets.get(dataset_id)
             if split.column not in record.columns:
-                raise InvalidArgument(f"split column {split.column!r} is not in the data set",
-                                      field="preprocessing.split.column")
+                raise InvalidArgument(
+                    f"split column {split.column!r} is not in the data set",
+                    field="preprocessing.split.column",
+                )
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -323,8 +393,9 @@ class JobRunner:
         rec = self.store.get(job_id)
         attempt = rec.attempts + 1
         cancel = self._cancel.setdefault(job_id, threading.Event())
-        self.store.update(job_id, state=RUNNING, attempts=attempt,
-                          start_time=rec.start_time or time.time())
+        self.store.update(
+            job_id, state=RUNNING, attempts=attempt, start_time=rec.start_time or time.time()
+        )
         self._event(job_id, "state", {"state": RUNNING, "message": f"attempt {attempt}"})
         bound = log.bind(job_id=job_id, attempt=attempt)
         staging = self.artifacts_root / f".staging-{job_id}-{attempt}"
@@ -334,19 +405,28 @@ class JobRunner:
             config = resolve(rec.config)
             train, val, test = self._load_splits(rec, config)
             ctx = JobContext(
-                job_id=job_id, config=config, config_dict=rec.config,
-                work_dir=self.store.work_dir(job_id), artifact_dir=staging, train=train,
-                validation=val, test=test, emit=lambda ev: self._emit(job_id, ev),
-                cancel_event=cancel, attempt=attempt,
-                embedder=self.embedder_factory() if self.embedder_factory else None)
+                job_id=job_id,
+                config=config,
+                config_dict=rec.config,
+                work_dir=self.store.work_dir(job_id),
+                artifact_dir=staging,
+                train=train,
+                validation=val,
+                test=test,
+                emit=lambda ev: self._emit(job_id, ev),
+                cancel_event=cancel,
+                attempt=attempt,
+                embedder=self.embedder_factory() if self.embedder_factory else None,
+            )
             result = self.dispatch(config.model_type)(ctx)
             final = self.artifacts_root / job_id
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staging, final)
             metrics = [asdict(m) for m in result.metrics]
-            self.store.update(job_id, metrics=metrics, artifact_path=str(final),
-                              summary={"extras": result.extras})
+            self.store.update(
+                job_id, metrics=metrics, artifact_path=str(final), summary={"extras": result.extras}
+            )
             if rec.upload_to and self.uploader is not None:
                 self._upload(job_id)
             self._finish(job_id, SUCCEEDED)
@@ -369,8 +449,12 @@ class JobRunner:
                 # Free what this attempt wrote before writing the record, which needs space too.
                 shutil.rmtree(staging, ignore_errors=True)
                 bound.error("disk full", error=str(exc))
-                self._finish(job_id, FAILED, error="the trainer's disk is full "
-                             "(no space left on device); free space and submit again")
+                self._finish(
+                    job_id,
+                    FAILED,
+                    error="the trainer's disk is full "
+                    "(no space left on device); free space and submit again",
+                )
         except Exception as exc:  # noqa: BLE001 - the job fails, the trainer lives on
             bound.error("job crashed", error=repr(exc), traceback=traceback.format_exc())
             self._finish(job_id, FAILED, error=f"internal error: {type(exc).__name__}")
@@ -379,14 +463,17 @@ class JobRunner:
                 deadline.cancel()
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _deadline(self, job_id: str, cancel: threading.Event) -> "_Deadline | None":
+    def _deadline(self, job_id: str, cancel: threading.Event) -> _Deadline | None:
         """A timer that cancels the job when its wall-clock budget is spent."""
         if not self.max_job_seconds:
             return None
         rec = self.store.get(job_id)
         left = self.max_job_seconds - (time.time() - (rec.start_time or time.time()))
-        return _Deadline(max(0.0, left), cancel,
-                         f"the job exceeded its wall-clock limit of {self.max_job_seconds:g} s")
+        return _Deadline(
+            max(0.0, left),
+            cancel,
+            f"the job exceeded its wall-clock limit of {self.max_job_seconds:g} s",
+        )
 
     def _upload(self, job_id: str) -> None:
         rec = self.store.get(job_id)
@@ -402,14 +489,16 @@ class JobRunner:
             df = self.datasets.load(rec.dataset_id)
             pre = getattr(config, "preprocessing", None)
             if pre is not None and pre.sample_ratio < 1.0:
-                df = df.sample(frac=pre.sample_ratio, random_state=config.seed).reset_index(drop=True)
+                df = df.sample(frac=pre.sample_ratio, random_state=config.seed).reset_index(
+                    drop=True
+                )
             if pre is not None and getattr(pre, "sample_size", None):
-                df = df.sample(n=min(pre.sample_size, len(df)),
-                               random_state=config.seed).reset_index(drop=True)
+                df = df.sample(
+                    n=min(pre.sample_size, len(df)), random_state=config.seed
+                ).reset_index(drop=True)
             return split(df, pre.split, config.seed)
         load = lambda i: self.datasets.load(i) if i else None  # noqa: E731
-        return (load(rec.training_set_id), load(rec.validation_set_id),
-                load(rec.test_set_id))
+        return (load(rec.training_set_id), load(rec.validation_set_id), load(rec.test_set_id))
 
     def _emit(self, job_id: str, ev: Event) -> None:
         if isinstance(ev, Progress):
@@ -456,8 +545,9 @@ def dispatch(model_type: str) -> Dispatcher:
         try:
             from services.trainer.recipes.generative.launch import run_generative_job
         except ImportError:
-            raise FailedPrecondition("generative fine-tuning is not built in this trainer",
-                                     field="model_type") from None
+            raise FailedPrecondition(
+                "generative fine-tuning is not built in this trainer", field="model_type"
+            ) from None
         return run_generative_job
     raise InvalidArgument(f"unknown model_type {model_type!r}", field="model_type")
 

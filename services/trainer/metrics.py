@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     y = y_true.astype(bool)
     pred = prob >= threshold
     tp = float(np.sum(pred & y))
@@ -21,8 +23,13 @@ def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": float(np.mean(pred == y)), "precision": precision, "recall": recall,
-            "f1": f1, "roc_auc": roc_auc(y, prob)}
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": roc_auc(y, prob),
+    }
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -39,7 +46,7 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
         j = i
         while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
@@ -58,9 +65,11 @@ def category_metrics(y_true: np.ndarray, prob: np.ndarray, top_k: int = 3) -> di
         f1s.append(2 * tp / (2 * tp + fp + fn))
     k = min(top_k, n_classes)
     topk = np.argsort(-prob, axis=1)[:, :k]
-    return {"accuracy": float(np.mean(pred == y_true)),
-            "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
-            "hits_at_k": float(np.mean(np.any(topk == y_true[:, None], axis=1)))}
+    return {
+        "accuracy": float(np.mean(pred == y_true)),
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "hits_at_k": float(np.mean(np.any(topk == y_true[:, None], axis=1))),
+    }
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -93,8 +102,13 @@ def set_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) ->
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-    return {"jaccard": float(jaccard.mean()), "f1": f1, "precision": precision, "recall": recall,
-            "accuracy": float(np.mean(np.all(y == pred, axis=1)))}
+    return {
+        "jaccard": float(jaccard.mean()),
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "accuracy": float(np.mean(np.all(y == pred, axis=1))),
+    }
 
 
 def number_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -103,15 +117,26 @@ def number_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     err = y_pred - y_true
     ss_res = float(np.sum(err**2))
     ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
-    return {"mean_squared_error": float(np.mean(err**2)),
-            "mean_absolute_error": float(np.mean(np.abs(err))),
-            "root_mean_squared_error": float(np.sqrt(np.mean(err**2))),
-            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
+    return {
+        "mean_squared_error": float(np.mean(err**2)),
+        "mean_absolute_error": float(np.mean(np.abs(err))),
+        "root_mean_squared_error": float(np.sqrt(np.mean(err**2))),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+    }
 
 
 # Which direction is better, for early stopping on `validation_metric`.
-HIGHER_IS_BETTER = {"accuracy", "precision", "recall", "f1", "roc_auc", "macro_f1", "hits_at_k",
-                    "r2", "jaccard"}
+HIGHER_IS_BETTER = {
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "macro_f1",
+    "hits_at_k",
+    "r2",
+    "jaccard",
+}
 
 
 def improves(metric: str, new: float, best: float | None) -> bool:

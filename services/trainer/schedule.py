@@ -6,7 +6,7 @@ none). Both recipes read the section through this one function, so they agree on
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from tunewire.config.trainer import LearningRateSchedulerConfig
 
@@ -16,8 +16,7 @@ def scheduled(s: LearningRateSchedulerConfig) -> bool:
     return s.decay is not None or s.warmup_fraction > 0
 
 
-def lr_factor(s: LearningRateSchedulerConfig, peak_lr: float, total: int
-              ) -> Callable[[int], float]:
+def lr_factor(s: LearningRateSchedulerConfig, peak_lr: float, total: int) -> Callable[[int], float]:
     """step (0-based, the step about to run) → factor of `peak_lr`, for `total` steps."""
     warmup = int(s.warmup_fraction * total)
 

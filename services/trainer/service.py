@@ -8,23 +8,36 @@ from typing import Any
 
 import structlog
 
-from tunewire.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied,
-                             TunewireError, Unavailable)
 from services.trainer.context import MetricValue
-from tunewire.paths import check_path_text
 from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES, DatasetStore
 from services.trainer.jobs import JobRecord, JobRunner, JobStore
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TunewireError,
+    Unavailable,
+)
+from tunewire.paths import check_path_text
 
 log = structlog.get_logger(__name__)
 
 
 class TrainerCore:
-    def __init__(self, data_dir: Path, *, embedder_address: str | None,
-                 hub_gateway_address: str | None = None, workers: int = 1,
-                 allowed_model_roots: list[Path] | None = None,
-                 allow_any_model_path: bool = False,
-                 max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
-                 max_job_seconds: float = 0.0, max_queued_jobs: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        embedder_address: str | None,
+        hub_gateway_address: str | None = None,
+        workers: int = 1,
+        allowed_model_roots: list[Path] | None = None,
+        allow_any_model_path: bool = False,
+        max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+        max_job_seconds: float = 0.0,
+        max_queued_jobs: int = 0,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.datasets = DatasetStore(self.data_dir / "datasets", max_bytes=max_dataset_bytes)
         self.jobs = JobStore(self.data_dir / "jobs")
@@ -34,11 +47,16 @@ class TrainerCore:
         self._embedder = None
         self.allowed_model_roots = [self.artifacts_root, *(allowed_model_roots or [])]
         self.allow_any_model_path = allow_any_model_path
-        self.runner = JobRunner(self.jobs, self.datasets, self.artifacts_root,
-                                embedder_factory=self.embedder if embedder_address else None,
-                                uploader=self._upload if hub_gateway_address else None,
-                                workers=workers, max_job_seconds=max_job_seconds,
-                                max_queued_jobs=max_queued_jobs)
+        self.runner = JobRunner(
+            self.jobs,
+            self.datasets,
+            self.artifacts_root,
+            embedder_factory=self.embedder if embedder_address else None,
+            uploader=self._upload if hub_gateway_address else None,
+            workers=workers,
+            max_job_seconds=max_job_seconds,
+            max_queued_jobs=max_queued_jobs,
+        )
 
     def start(self) -> None:
         self.runner.start()
@@ -58,8 +76,9 @@ class TrainerCore:
         sharded by cache key."""
         if self._embedder is None:
             if not self.embedder_address:
-                raise FailedPrecondition("this trainer has no embedder configured",
-                                         field="embedder")
+                raise FailedPrecondition(
+                    "this trainer has no embedder configured", field="embedder"
+                )
             from clients.sharding import embedder_client
 
             self._embedder = embedder_client(self.embedder_address)
@@ -106,17 +125,23 @@ class TrainerCore:
             try:
                 self.embedder().info(ref.spec())
             except TunewireError as err:
-                if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") \
-                        or err.code.name == "UNAVAILABLE":
-                    raise Unavailable(f"the embedder at {self.embedder_address} is unreachable",
-                                      field="embedder") from None
+                if (
+                    err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+                    or err.code.name == "UNAVAILABLE"
+                ):
+                    raise Unavailable(
+                        f"the embedder at {self.embedder_address} is unreachable", field="embedder"
+                    ) from None
                 if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
                     # The trainer's own credentials, not the client's config, are at fault.
-                    raise FailedPrecondition(f"the embedder refused the trainer's token: "
-                                             f"{err.message}", field="embedder",
-                                             reason="PEER_AUTH_FAILED") from None
-                raise InvalidArgument(f"the embedder cannot load this encoder: {err.message}",
-                                      field=path) from None
+                    raise FailedPrecondition(
+                        f"the embedder refused the trainer's token: {err.message}",
+                        field="embedder",
+                        reason="PEER_AUTH_FAILED",
+                    ) from None
+                raise InvalidArgument(
+                    f"the embedder cannot load this encoder: {err.message}", field=path
+                ) from None
 
     # -------------------------------------------------------------------------------- models
     def artifact_dir(self, job_id: str) -> Path:
@@ -124,8 +149,9 @@ class TrainerCore:
         # artifact_path is set only after the artifact was renamed into place, whole; an
         # upload-on-success reads it just before the job is marked SUCCEEDED.
         if not rec.artifact_path or not Path(rec.artifact_path).is_dir():
-            raise FailedPrecondition(f"job {job_id} has no artifact (state {rec.state})",
-                                     field="job_id")
+            raise FailedPrecondition(
+                f"job {job_id} has no artifact (state {rec.state})", field="job_id"
+            )
         return Path(rec.artifact_path)
 
     def resolve_model(self, model: str) -> Path:
@@ -137,17 +163,23 @@ class TrainerCore:
             return self.artifact_dir(model)
         path = Path(model).expanduser().resolve()
         if not self.allow_any_model_path and not any(
-                path == root.resolve() or root.resolve() in path.parents
-                for root in self.allowed_model_roots):
-            raise PermissionDenied("the trainer may not read models outside its artifact roots",
-                                   field="model")
-        if not (path / "tunewire.json").is_file() and not (path / "adapter_config.json").is_file() \
-                and not (path / "config.json").is_file():
+            path == root.resolve() or root.resolve() in path.parents
+            for root in self.allowed_model_roots
+        ):
+            raise PermissionDenied(
+                "the trainer may not read models outside its artifact roots", field="model"
+            )
+        if (
+            not (path / "tunewire.json").is_file()
+            and not (path / "adapter_config.json").is_file()
+            and not (path / "config.json").is_file()
+        ):
             raise NotFound(f"no model artifact at {model!r}", field="model")
         return path
 
-    def predict(self, model: str, dataset_id: str, evaluate: bool,
-                generation_overrides: dict | None) -> tuple[list, list[MetricValue]]:
+    def predict(
+        self, model: str, dataset_id: str, evaluate: bool, generation_overrides: dict | None
+    ) -> tuple[list, list[MetricValue]]:
         artifact = self.resolve_model(model)
         if not dataset_id:
             raise InvalidArgument("is required", field="dataset_id")
@@ -161,8 +193,9 @@ class TrainerCore:
         try:
             from services.trainer.recipes.generative.predict import predict_generative
         except ImportError:
-            raise FailedPrecondition("generative prediction is not built in this trainer",
-                                     field="model") from None
+            raise FailedPrecondition(
+                "generative prediction is not built in this trainer", field="model"
+            ) from None
         from services.trainer.recipes.predictive.predict import FeatureOutput
 
         texts, metrics = predict_generative(artifact, df, generation_overrides)
@@ -177,10 +210,16 @@ class TrainerCore:
         try:
             from clients.hub import upload_to_hf_hub
         except ImportError:
-            raise FailedPrecondition("the hub gateway client is not available",
-                                     field="upload_to") from None
-        result = upload_to_hf_hub(rec.upload_to, None, gateway=self.hub_gateway_address,
-                                  job_id=rec.id, request_id=f"{rec.id}-upload")
+            raise FailedPrecondition(
+                "the hub gateway client is not available", field="upload_to"
+            ) from None
+        result = upload_to_hf_hub(
+            rec.upload_to,
+            None,
+            gateway=self.hub_gateway_address,
+            job_id=rec.id,
+            request_id=f"{rec.id}-upload",
+        )
         return getattr(result, "id", "")
 
 
@@ -192,5 +231,3 @@ def _generative_output_name(artifact: Path) -> str:
         if outs:
             return outs[0].get("name", "output")
     return "output"
-
-

@@ -4,46 +4,68 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
-from tunewire.timestamps import to_timestamp as _ts
-
-from tunewire import tensors
-from tunewire.errors import InvalidArgument
-from tunewire.server import STREAM_CHUNK_BYTES
-from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer.datasets import DatasetRecord
 from services.trainer.jobs import JobRecord, StoredEvent
 from services.trainer.service import TrainerCore
+from tunewire import tensors
+from tunewire.errors import InvalidArgument
+from tunewire.server import STREAM_CHUNK_BYTES
+from tunewire.timestamps import to_timestamp as _ts
+from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 
-_FORMAT_NAMES = {trainer_pb2.DATASET_FORMAT_CSV: "csv", trainer_pb2.DATASET_FORMAT_TSV: "tsv",
-                 trainer_pb2.DATASET_FORMAT_JSONL: "jsonl",
-                 trainer_pb2.DATASET_FORMAT_PARQUET: "parquet"}
+_FORMAT_NAMES = {
+    trainer_pb2.DATASET_FORMAT_CSV: "csv",
+    trainer_pb2.DATASET_FORMAT_TSV: "tsv",
+    trainer_pb2.DATASET_FORMAT_JSONL: "jsonl",
+    trainer_pb2.DATASET_FORMAT_PARQUET: "parquet",
+}
 _FORMAT_VALUES = {v: k for k, v in _FORMAT_NAMES.items()}
-_STATES = {"QUEUED": trainer_pb2.Job.QUEUED, "RUNNING": trainer_pb2.Job.RUNNING,
-           "SUCCEEDED": trainer_pb2.Job.SUCCEEDED, "FAILED": trainer_pb2.Job.FAILED,
-           "CANCELLED": trainer_pb2.Job.CANCELLED}
+_STATES = {
+    "QUEUED": trainer_pb2.Job.QUEUED,
+    "RUNNING": trainer_pb2.Job.RUNNING,
+    "SUCCEEDED": trainer_pb2.Job.SUCCEEDED,
+    "FAILED": trainer_pb2.Job.FAILED,
+    "CANCELLED": trainer_pb2.Job.CANCELLED,
+}
 
 
 def dataset_proto(rec: DatasetRecord) -> trainer_pb2.Dataset:
-    return trainer_pb2.Dataset(id=rec.id, filename=rec.filename,
-                               format=_FORMAT_VALUES.get(rec.format, 0), rows=rec.rows,
-                               columns=rec.columns, size_bytes=rec.size_bytes, sha256=rec.sha256)
+    return trainer_pb2.Dataset(
+        id=rec.id,
+        filename=rec.filename,
+        format=_FORMAT_VALUES.get(rec.format, 0),
+        rows=rec.rows,
+        columns=rec.columns,
+        size_bytes=rec.size_bytes,
+        sha256=rec.sha256,
+    )
 
 
 def metric_proto(m: dict) -> trainer_pb2.Metric:
-    return trainer_pb2.Metric(split=m["split"], feature=m["feature"], name=m["name"],
-                              value=float(m["value"]))
+    return trainer_pb2.Metric(
+        split=m["split"], feature=m["feature"], name=m["name"], value=float(m["value"])
+    )
 
 
 def job_proto(rec: JobRecord) -> trainer_pb2.Job:
     job = trainer_pb2.Job(
-        id=rec.id, state=_STATES[rec.state], config_json=json.dumps(rec.config),
-        dataset_id=rec.dataset_id, training_set_id=rec.training_set_id,
-        validation_set_id=rec.validation_set_id, test_set_id=rec.test_set_id,
-        request_id=rec.request_id, metrics=[metric_proto(m) for m in rec.metrics],
-        artifact_path=rec.artifact_path, error=rec.error, upload_to=rec.upload_to,
-        upload_id=rec.upload_id, attempts=rec.attempts)
+        id=rec.id,
+        state=_STATES[rec.state],
+        config_json=json.dumps(rec.config),
+        dataset_id=rec.dataset_id,
+        training_set_id=rec.training_set_id,
+        validation_set_id=rec.validation_set_id,
+        test_set_id=rec.test_set_id,
+        request_id=rec.request_id,
+        metrics=[metric_proto(m) for m in rec.metrics],
+        artifact_path=rec.artifact_path,
+        error=rec.error,
+        upload_to=rec.upload_to,
+        upload_id=rec.upload_id,
+        attempts=rec.attempts,
+    )
     for name in ("create_time", "start_time", "end_time"):
         ts = _ts(getattr(rec, name))
         if ts is not None:
@@ -58,9 +80,17 @@ def event_proto(job_id: str, ev: StoredEvent) -> trainer_pb2.JobEvent:
         out.state_change.state = _STATES[d["state"]]
         out.state_change.message = d.get("message", "")
     elif ev.kind == "progress":
-        out.progress.CopyFrom(trainer_pb2.JobEvent.Progress(
-            phase=d["phase"], epoch=d["epoch"], step=d["step"], total_steps=d["total_steps"],
-            loss=d["loss"], throughput=d["throughput"], unit=d["unit"]))
+        out.progress.CopyFrom(
+            trainer_pb2.JobEvent.Progress(
+                phase=d["phase"],
+                epoch=d["epoch"],
+                step=d["step"],
+                total_steps=d["total_steps"],
+                loss=d["loss"],
+                throughput=d["throughput"],
+                unit=d["unit"],
+            )
+        )
     elif ev.kind == "metrics":
         out.metrics.metrics.extend(metric_proto(m) for m in d["metrics"])
     else:
@@ -94,9 +124,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         except json.JSONDecodeError as exc:
             raise InvalidArgument(f"not valid JSON: {exc}", field="config_json") from None
         rec = self.core.create_job(
-            raw, dataset_id=request.dataset_id, training_set_id=request.training_set_id,
-            validation_set_id=request.validation_set_id, test_set_id=request.test_set_id,
-            request_id=request.request_id, upload_to=request.upload_to)
+            raw,
+            dataset_id=request.dataset_id,
+            training_set_id=request.training_set_id,
+            validation_set_id=request.validation_set_id,
+            test_set_id=request.test_set_id,
+            request_id=request.request_id,
+            upload_to=request.upload_to,
+        )
         return job_proto(rec)
 
     def GetJob(self, request, context):
@@ -109,10 +144,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             start = int(request.page_token or 0)
         except ValueError:
             raise InvalidArgument("malformed page token", field="page_token") from None
-        page = jobs[start:start + size]
+        page = jobs[start : start + size]
         token = str(start + size) if start + size < len(jobs) else ""
-        return trainer_pb2.ListJobsResponse(jobs=[job_proto(j) for j in page],
-                                            next_page_token=token)
+        return trainer_pb2.ListJobsResponse(
+            jobs=[job_proto(j) for j in page], next_page_token=token
+        )
 
     def CancelJob(self, request, context):
         return job_proto(self.core.runner.cancel(request.id))
@@ -127,14 +163,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             try:
                 overrides = json.loads(request.generation_config_json)
             except json.JSONDecodeError as exc:
-                raise InvalidArgument(f"not valid JSON: {exc}",
-                                      field="generation_config_json") from None
-        features, metrics = self.core.predict(request.model, request.dataset_id,
-                                              request.evaluate, overrides)
+                raise InvalidArgument(
+                    f"not valid JSON: {exc}", field="generation_config_json"
+                ) from None
+        features, metrics = self.core.predict(
+            request.model, request.dataset_id, request.evaluate, overrides
+        )
         out = trainer_pb2.PredictResponse(metrics=[metric_proto(m.__dict__) for m in metrics])
         for f in features:
-            fp = trainer_pb2.FeaturePredictions(feature=f.feature, predictions=f.predictions,
-                                                class_names=f.class_names)
+            fp = trainer_pb2.FeaturePredictions(
+                feature=f.feature, predictions=f.predictions, class_names=f.class_names
+            )
             if f.probabilities is not None:
                 fp.probabilities.CopyFrom(tensors.to_proto(f.probabilities))
             out.features.append(fp)
@@ -152,8 +191,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                     nxt = fh.read(STREAM_CHUNK_BYTES)
                     digest.update(chunk)
                     last = not nxt
-                    yield trainer_pb2.FileChunk(path=rel, data=chunk, last=last,
-                                                sha256=digest.hexdigest() if last else "")
+                    yield trainer_pb2.FileChunk(
+                        path=rel, data=chunk, last=last, sha256=digest.hexdigest() if last else ""
+                    )
                     if last:
                         break
                     chunk = nxt

@@ -11,34 +11,50 @@ from tunewire.config.ecd import SplitConfig
 from tunewire.errors import InvalidArgument
 
 # Ludwig's fixed-split column values: 0/1/2 or train/validation/test.
-_FIXED = {"0": 0, "1": 1, "2": 2, "train": 0, "training": 0, "validation": 1, "val": 1,
-          "valid": 1, "test": 2}
+_FIXED = {
+    "0": 0,
+    "1": 1,
+    "2": 2,
+    "train": 0,
+    "training": 0,
+    "validation": 1,
+    "val": 1,
+    "valid": 1,
+    "test": 2,
+}
 
 
-def split(df: pd.DataFrame, cfg: SplitConfig, seed: int,
-          ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split(
+    df: pd.DataFrame,
+    cfg: SplitConfig,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Return (train, validation, test); the input's row order is kept within each part."""
     n = len(df)
     if cfg.type == "fixed":
         col = cfg.column or "split"
         if col not in df.columns:
-            raise InvalidArgument(f"split column {col!r} is not in the data set",
-                                  field="preprocessing.split.column")
+            raise InvalidArgument(
+                f"split column {col!r} is not in the data set", field="preprocessing.split.column"
+            )
         values = df[col].astype(str).str.strip().str.lower()
         bad = ~values.isin(list(_FIXED))
         if bad.any():
             raise InvalidArgument(
                 f"split column {col!r} has value {df[col][bad].iloc[0]!r} in row "
                 f"{int(np.flatnonzero(bad.to_numpy())[0])}; use 0/1/2 or train/validation/test",
-                field="preprocessing.split.column")
+                field="preprocessing.split.column",
+            )
         assign = values.map(_FIXED).to_numpy()
     elif cfg.type == "random":
         rng = np.random.default_rng(seed)
         assign = _assign(rng.permutation(n), n, cfg.probabilities)
     elif cfg.type == "stratify":
         if cfg.column not in df.columns:
-            raise InvalidArgument(f"stratify column {cfg.column!r} is not in the data set",
-                                  field="preprocessing.split.column")
+            raise InvalidArgument(
+                f"stratify column {cfg.column!r} is not in the data set",
+                field="preprocessing.split.column",
+            )
         rng = np.random.default_rng(seed)
         assign = np.zeros(n, dtype=np.int64)
         for _, idx in df.groupby(df[cfg.column].astype(str), sort=True).indices.items():
@@ -47,16 +63,22 @@ def split(df: pd.DataFrame, cfg: SplitConfig, seed: int,
             assign[order] = _assign(np.arange(len(idx)), len(idx), cfg.probabilities)
     elif cfg.type == "hash":
         if cfg.column not in df.columns:
-            raise InvalidArgument(f"hash column {cfg.column!r} is not in the data set",
-                                  field="preprocessing.split.column")
-        fractions = np.array([
-            int.from_bytes(hashlib.sha256(str(v).encode()).digest()[:8], "big") / 2**64
-            for v in df[cfg.column]])
+            raise InvalidArgument(
+                f"hash column {cfg.column!r} is not in the data set",
+                field="preprocessing.split.column",
+            )
+        fractions = np.array(
+            [
+                int.from_bytes(hashlib.sha256(str(v).encode()).digest()[:8], "big") / 2**64
+                for v in df[cfg.column]
+            ]
+        )
         edges = np.cumsum(cfg.probabilities)
         assign = np.searchsorted(edges, fractions, side="right").clip(0, 2)
     else:  # validated by the config schema
-        raise InvalidArgument(f"split type {cfg.type!r} is not supported",
-                              field="preprocessing.split.type")
+        raise InvalidArgument(
+            f"split type {cfg.type!r} is not supported", field="preprocessing.split.type"
+        )
     parts = tuple(df[assign == i].reset_index(drop=True) for i in range(3))
     return parts  # type: ignore[return-value]
 
@@ -69,5 +91,5 @@ def _assign(order: np.ndarray, n: int, probabilities: list[float]) -> np.ndarray
         n_train = max(1, n - n_val - 1)
     assign = np.full(n, 2, dtype=np.int64)
     assign[order[:n_train]] = 0
-    assign[order[n_train:n_train + n_val]] = 1
+    assign[order[n_train : n_train + n_val]] = 1
     return assign

@@ -35,10 +35,13 @@ def _assert_same_as_protobuf(buf: bytes) -> None:
     assert head.SerializeToString() == expected.SerializeToString()  # unknown fields too
 
 
-@pytest.mark.parametrize("dtype, rows, dim", [(np.float32, 3, 48), (np.float16, 300, 48),
-                                              (np.float16, 0, 384), (np.float16, 512, 2048)])
+@pytest.mark.parametrize(
+    "dtype, rows, dim",
+    [(np.float32, 3, 48), (np.float16, 300, 48), (np.float16, 0, 384), (np.float16, 512, 2048)],
+)
 def test_the_servers_responses_split_into_the_parsed_message_and_a_view_of_the_vectors(
-        dtype, rows, dim):
+    dtype, rows, dim
+):
     vectors = np.random.default_rng(0).standard_normal((rows, dim)).astype(dtype)
     buf = encode_response(vectors, **FIELDS)
     _assert_same_as_protobuf(buf)
@@ -49,13 +52,16 @@ def test_the_servers_responses_split_into_the_parsed_message_and_a_view_of_the_v
     assert rows == 0 or np.shares_memory(got, np.frombuffer(buf, np.uint8))  # no copy
 
 
-@pytest.mark.parametrize("message", [
-    embedder_pb2.EmbedResponse(),
-    embedder_pb2.EmbedResponse(fingerprint="only small fields", last=True),
-    embedder_pb2.EmbedResponse(embeddings=to_proto(np.ones((2, 3), np.float32)), **FIELDS),
-    embedder_pb2.EmbedResponse(embeddings=to_proto(np.ones((0, 3), np.float16))),
-    embedder_pb2.EmbedResponse(cache_hits=-1, offset=2**62, embeddings={"shape": [2**40]}),
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        embedder_pb2.EmbedResponse(),
+        embedder_pb2.EmbedResponse(fingerprint="only small fields", last=True),
+        embedder_pb2.EmbedResponse(embeddings=to_proto(np.ones((2, 3), np.float32)), **FIELDS),
+        embedder_pb2.EmbedResponse(embeddings=to_proto(np.ones((0, 3), np.float16))),
+        embedder_pb2.EmbedResponse(cache_hits=-1, offset=2**62, embeddings={"shape": [2**40]}),
+    ],
+)
 def test_protobufs_own_serialisation(message):
     _assert_same_as_protobuf(message.SerializeToString())
 
@@ -64,37 +70,58 @@ def test_repeated_embeddings_merge_and_the_last_data_wins():
     first = _field(1, 2, _field(1, 0, b"\x02") + _field(2, 2, b"\x04") + _field(3, 2, b"old!"))
     second = _field(1, 2, _field(2, 2, b"\x02") + _field(3, 2, b"new bytes"))
     emptied = _field(1, 2, _field(3, 2, b""))
-    for buf in [first + second, second + first, first + second + emptied, first + _field(4, 2,
-                b"fp") + second, first * 3]:
+    for buf in [
+        first + second,
+        second + first,
+        first + second + emptied,
+        first + _field(4, 2, b"fp") + second,
+        first * 3,
+    ]:
         _assert_same_as_protobuf(buf)
 
 
 def test_unknown_fields_and_unpacked_shapes_are_kept():
-    unknown = (_field(99, 0, encode_varint(300)) + _field(100, 1, b"\x01" * 8) +
-               _field(101, 5, b"\x02" * 4) + _field(2**29 - 1, 2, b"later version"))
-    tensor = (_field(1, 0, b"\x01") + _field(2, 0, b"\x02") + _field(2, 0, b"\x03") + unknown +
-              _field(3, 2, b"\x00" * 24) + _field(7, 2, b"after data"))
+    unknown = (
+        _field(99, 0, encode_varint(300))
+        + _field(100, 1, b"\x01" * 8)
+        + _field(101, 5, b"\x02" * 4)
+        + _field(2**29 - 1, 2, b"later version")
+    )
+    tensor = (
+        _field(1, 0, b"\x01")
+        + _field(2, 0, b"\x02")
+        + _field(2, 0, b"\x03")
+        + unknown
+        + _field(3, 2, b"\x00" * 24)
+        + _field(7, 2, b"after data")
+    )
     _assert_same_as_protobuf(unknown + _field(1, 2, tensor) + unknown + _field(6, 0, b"\x01"))
 
 
-@pytest.mark.parametrize("buf", [
-    _field(1, 0, b"\x05"),  # embeddings with a varint wire type: protobuf keeps it as unknown
-    _field(1, 2, _field(3, 0, b"\x05")),  # so is a varint `data`
-    _field(1, 2, _field(3, 5, b"abcd")) + _field(1, 2, _field(3, 2, b"kept")),
-    _field(9, 3, b"") + _field(9, 4, b""),  # an (empty) group: parsed by protobuf itself
-])
+@pytest.mark.parametrize(
+    "buf",
+    [
+        _field(1, 0, b"\x05"),  # embeddings with a varint wire type: protobuf keeps it as unknown
+        _field(1, 2, _field(3, 0, b"\x05")),  # so is a varint `data`
+        _field(1, 2, _field(3, 5, b"abcd")) + _field(1, 2, _field(3, 2, b"kept")),
+        _field(9, 3, b"") + _field(9, 4, b""),  # an (empty) group: parsed by protobuf itself
+    ],
+)
 def test_unexpected_wire_types_fall_back_to_protobuf(buf):
     _assert_same_as_protobuf(buf)
 
 
-@pytest.mark.parametrize("buf", [
-    b"\x0a",  # a tag and no length
-    b"\x0a\x05\x1a\x10abc",  # data longer than its tensor
-    _field(1, 2, b"\x1a\x05ab"),  # data longer than the message
-    b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",  # an endless varint
-    _field(4, 2, b"\xff\xfe"),  # fingerprint that is not UTF-8
-    b"\x00\x01",  # field number 0
-])
+@pytest.mark.parametrize(
+    "buf",
+    [
+        b"\x0a",  # a tag and no length
+        b"\x0a\x05\x1a\x10abc",  # data longer than its tensor
+        _field(1, 2, b"\x1a\x05ab"),  # data longer than the message
+        b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",  # an endless varint
+        _field(4, 2, b"\xff\xfe"),  # fingerprint that is not UTF-8
+        b"\x00\x01",  # field number 0
+    ],
+)
 def test_malformed_messages_raise_protobufs_error(buf):
     with pytest.raises(DecodeError):
         embedder_pb2.EmbedResponse.FromString(buf)
@@ -111,11 +138,11 @@ def test_random_mutations_of_a_response_agree_with_protobuf():
         for _ in range(rng.randint(1, 3)):
             kind, at = rng.randrange(3), rng.randrange(len(buf) + 1)
             if kind == 0:
-                buf[at:at + 1] = bytes([rng.randrange(256)])
+                buf[at : at + 1] = bytes([rng.randrange(256)])
             elif kind == 1:
                 del buf[at:]
             else:
-                buf[at:at] = buf[at:at + rng.randint(1, 8)]
+                buf[at:at] = buf[at : at + rng.randint(1, 8)]
         buf = bytes(buf)
         try:
             embedder_pb2.EmbedResponse.FromString(buf)

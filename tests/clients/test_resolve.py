@@ -14,29 +14,51 @@ from clients.resolve import channel_options_for, channel_target, resolve_replica
 from tunewire.server import channel_options
 
 
-@pytest.mark.parametrize("address, target", [
-    ("localhost:50051", "localhost:50051"),
-    ("10.0.0.7:50052", "10.0.0.7:50052"),
-    ("[::1]:50053", "[::1]:50053"),
-    (" trainer:50052 ", "trainer:50052"),
-    ("dns:///embedder.tunewire.svc.cluster.local:50051",
-     "dns:///embedder.tunewire.svc.cluster.local:50051"),
-    ("dns:embedder.tunewire.svc.cluster.local:50051",
-     "dns:///embedder.tunewire.svc.cluster.local:50051"),
-    ("DNS:///embedder:50051", "dns:///embedder:50051"),
-    ("dns://10.96.0.10:53/embedder:50051", "dns://10.96.0.10:53/embedder:50051"),
-    ("ipv4:127.0.0.1:1,127.0.0.2:2", "ipv4:127.0.0.1:1,127.0.0.2:2"),
-    ("unix:/run/tunewire.sock", "unix:/run/tunewire.sock"),
-])
+@pytest.mark.parametrize(
+    "address, target",
+    [
+        ("localhost:50051", "localhost:50051"),
+        ("10.0.0.7:50052", "10.0.0.7:50052"),
+        ("[::1]:50053", "[::1]:50053"),
+        (" trainer:50052 ", "trainer:50052"),
+        (
+            "dns:///embedder.tunewire.svc.cluster.local:50051",
+            "dns:///embedder.tunewire.svc.cluster.local:50051",
+        ),
+        (
+            "dns:embedder.tunewire.svc.cluster.local:50051",
+            "dns:///embedder.tunewire.svc.cluster.local:50051",
+        ),
+        ("DNS:///embedder:50051", "dns:///embedder:50051"),
+        ("dns://10.96.0.10:53/embedder:50051", "dns://10.96.0.10:53/embedder:50051"),
+        ("ipv4:127.0.0.1:1,127.0.0.2:2", "ipv4:127.0.0.1:1,127.0.0.2:2"),
+        ("unix:/run/tunewire.sock", "unix:/run/tunewire.sock"),
+    ],
+)
 def test_channel_target(address, target):
     assert channel_target(address) == target
 
 
-@pytest.mark.parametrize("address", [
-    "", "   ", "localhost", "localhost:", ":50051", "localhost:0", "localhost:65536",
-    "localhost:http", "http://trainer:50052", "dns:///embedder", "dns://embedder:50051",
-    "::1:50051", "[::1]50051", "[nothex]:1", "unix:",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "   ",
+        "localhost",
+        "localhost:",
+        ":50051",
+        "localhost:0",
+        "localhost:65536",
+        "localhost:http",
+        "http://trainer:50052",
+        "dns:///embedder",
+        "dns://embedder:50051",
+        "::1:50051",
+        "[::1]50051",
+        "[nothex]:1",
+        "unix:",
+    ],
+)
 def test_channel_target_rejects(address):
     with pytest.raises(ValueError):
         channel_target(address)
@@ -64,8 +86,9 @@ def test_dns_target_with_round_robin_reaches_a_server():
     server.start()
     try:
         address = f"dns:///127.0.0.1:{port}"
-        with grpc.insecure_channel(channel_target(address),
-                                   options=channel_options_for(address)) as channel:
+        with grpc.insecure_channel(
+            channel_target(address), options=channel_options_for(address)
+        ) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -90,7 +113,7 @@ def test_shard_is_deterministic_and_order_independent():
 
 
 # Computed once from the algorithm (blake2b-64 of length-prefixed name + key, highest wins).
-PINNED = ['embedder-2', 'embedder-3', 'embedder-3', 'embedder-3', 'embedder-1', 'embedder-1']
+PINNED = ["embedder-2", "embedder-3", "embedder-3", "embedder-3", "embedder-1", "embedder-1"]
 
 
 def test_shard_spreads_keys_evenly():

@@ -14,8 +14,9 @@ from clients.sharding import ShardedEmbedderClient, embedder_client
 def replicas(tmp_path_factory):
     from services.embedder.app import Settings, start
 
-    apps = [start(Settings(port=0, data_dir=tmp_path_factory.mktemp(f"replica{i}")))
-            for i in range(2)]
+    apps = [
+        start(Settings(port=0, data_dir=tmp_path_factory.mktemp(f"replica{i}"))) for i in range(2)
+    ]
     yield [f"127.0.0.1:{a.port}" for a in apps]
     for a in apps:
         a.stop()

@@ -76,19 +76,24 @@ def hub(tmp_path, monkeypatch):
     server.close()
 
 
-def text_config(model: str, output: dict, *, max_len: int = 64, epochs: int = 30,
-                **extra) -> dict:
+def text_config(model: str, output: dict, *, max_len: int = 64, epochs: int = 30, **extra) -> dict:
     cfg = {
         "model_type": "ecd",
-        "input_features": [{"name": "text", "type": "text",
-                            "encoder": {"type": "auto_transformer",
-                                        "pretrained_model_name_or_path": model,
-                                        "trainable": False, "reduce_output": "mean"},
-                            "preprocessing": {"max_sequence_length": max_len,
-                                              "cache_encoder_embeddings": True}}],
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {
+                    "type": "auto_transformer",
+                    "pretrained_model_name_or_path": model,
+                    "trainable": False,
+                    "reduce_output": "mean",
+                },
+                "preprocessing": {"max_sequence_length": max_len, "cache_encoder_embeddings": True},
+            }
+        ],
         "output_features": [{"decoder": {"num_fc_layers": 1, "fc_output_size": 128}, **output}],
-        "trainer": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.001,
-                    "early_stop": 5},
+        "trainer": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.001, "early_stop": 5},
         "preprocessing": {"split": {"type": "random", "probabilities": [0.7, 0.1, 0.2]}},
     }
     cfg.update(extra)

@@ -23,19 +23,31 @@ CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
 
 
 def cli(*args, cwd=None, timeout=600, env=None):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def write_config(path: Path, model: str, **trainer) -> Path:
     import yaml
 
-    cfg = {"input_features": [{"name": "text", "type": "text",
-                               "encoder": {"type": "auto_transformer",
-                                           "pretrained_model_name_or_path": model},
-                               "preprocessing": {"max_sequence_length": 48}}],
-           "output_features": [{"name": "label", "type": "binary"}],
-           "trainer": {"epochs": 8, "batch_size": 32, **trainer}}
+    cfg = {
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+                "preprocessing": {"max_sequence_length": 48},
+            }
+        ],
+        "output_features": [{"name": "label", "type": "binary"}],
+        "trainer": {"epochs": 8, "batch_size": 32, **trainer},
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -50,8 +62,18 @@ def small_csv(example_data, tmp_path_factory) -> Path:
 def test_train_predict_evaluate_embedded(tmp_path, small_csv, minilm):
     cfg = write_config(tmp_path / "spam.yaml", minilm)
     data_dir = tmp_path / "state"
-    proc = cli("train", "-c", cfg, "--dataset", small_csv, "--data-dir", data_dir,
-               "--output_directory", tmp_path / "out", "--json")
+    proc = cli(
+        "train",
+        "-c",
+        cfg,
+        "--dataset",
+        small_csv,
+        "--data-dir",
+        data_dir,
+        "--output_directory",
+        tmp_path / "out",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["state"] == "SUCCEEDED"
@@ -61,15 +83,32 @@ def test_train_predict_evaluate_embedded(tmp_path, small_csv, minilm):
     assert "Traceback" not in proc.stderr
     assert "training" in proc.stderr  # progress was shown
 
-    proc = cli("predict", "--model", artifact, "--dataset", small_csv, "--data_dir", data_dir,
-               "--output_directory", tmp_path / "pred")
+    proc = cli(
+        "predict",
+        "--model",
+        artifact,
+        "--dataset",
+        small_csv,
+        "--data_dir",
+        data_dir,
+        "--output_directory",
+        tmp_path / "pred",
+    )
     assert proc.returncode == 0, proc.stderr
     preds = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     assert len(preds) == 400
     assert {"label_predictions", "label_probabilities_True"} <= set(preds.columns)
 
-    proc = cli("evaluate", "--model", summary["job_id"], "--dataset", small_csv,
-               "--data_dir", data_dir, "--json")
+    proc = cli(
+        "evaluate",
+        "--model",
+        summary["job_id"],
+        "--dataset",
+        small_csv,
+        "--data_dir",
+        data_dir,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])["metrics"]
     assert metrics["test"]["label"]["accuracy"] > 0.868
@@ -80,8 +119,15 @@ def test_train_predict_evaluate_embedded(tmp_path, small_csv, minilm):
 
 def test_train_against_a_running_trainer(tmp_path, small_csv, minilm, services):
     cfg = write_config(tmp_path / "spam.yaml", minilm, epochs=2)
-    proc = cli("train", "--config", cfg, "--training_set", small_csv, "--json",
-               env={"TUNEWIRE_TRAINER": services.trainer_address})
+    proc = cli(
+        "train",
+        "--config",
+        cfg,
+        "--training_set",
+        small_csv,
+        "--json",
+        env={"TUNEWIRE_TRAINER": services.trainer_address},
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["artifact"].startswith(str(services.data_dir))
@@ -92,9 +138,20 @@ def test_embed_matches_the_sdk(tmp_path, minilm, embedder):
 
     lines = ["first text", "second text", "first text", "a third, longer line of text"]
     (tmp_path / "in.txt").write_text("\n".join(lines))
-    proc = cli("embed", "--model", minilm, "--input", tmp_path / "in.txt", "--output",
-               tmp_path / "out.npy", "--normalize", "--max_length", "32",
-               "--data_dir", tmp_path / "state")
+    proc = cli(
+        "embed",
+        "--model",
+        minilm,
+        "--input",
+        tmp_path / "in.txt",
+        "--output",
+        tmp_path / "out.npy",
+        "--normalize",
+        "--max_length",
+        "32",
+        "--data_dir",
+        tmp_path / "state",
+    )
     assert proc.returncode == 0, proc.stderr
     got = np.load(tmp_path / "out.npy")
     assert got.shape == (4, 384)
@@ -103,13 +160,19 @@ def test_embed_matches_the_sdk(tmp_path, minilm, embedder):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "-c", "{cfg}", "--dataset", "/no/such.csv"], "dataset: '/no/such.csv' does not exist"),
-    (["train", "-c", "/no/such.yaml", "--dataset", "{csv}"], "does not exist"),
-    (["train", "-c", "{badcfg}", "--dataset", "{csv}"], "trainer.epochz: unknown key"),
-    (["train", "-c", "{cfg}", "--dataset", "{csv}", "--trainer", "127.0.0.1:1"], "unavailable"),
-    (["predict", "--model", "/no/model", "--dataset", "{csv}"], "model"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["train", "-c", "{cfg}", "--dataset", "/no/such.csv"],
+            "dataset: '/no/such.csv' does not exist",
+        ),
+        (["train", "-c", "/no/such.yaml", "--dataset", "{csv}"], "does not exist"),
+        (["train", "-c", "{badcfg}", "--dataset", "{csv}"], "trainer.epochz: unknown key"),
+        (["train", "-c", "{cfg}", "--dataset", "{csv}", "--trainer", "127.0.0.1:1"], "unavailable"),
+        (["predict", "--model", "/no/model", "--dataset", "{csv}"], "model"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path, small_csv, minilm, args, needle):
     cfg = write_config(tmp_path / "ok.yaml", minilm)
     bad = tmp_path / "bad.yaml"
@@ -128,15 +191,18 @@ def _free_port() -> int:
 
 
 def test_serve_all_then_sigterm_drains(tmp_path):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     base = _free_port()
     while any(_busy(base + i) for i in range(3)):
         base = _free_port()
-    proc = subprocess.Popen([*CLI, "serve", "all", "--port", str(base), "--data_dir",
-                             str(tmp_path / "state")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "serve", "all", "--port", str(base), "--data_dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{base + 1}")
         stub = health_pb2_grpc.HealthStub(channel)
@@ -144,8 +210,9 @@ def test_serve_all_then_sigterm_drains(tmp_path):
         status = None
         while time.monotonic() < deadline:
             try:
-                status = stub.Check(health_pb2.HealthCheckRequest(
-                    service="tunewire.v1.TrainerService"), timeout=1).status
+                status = stub.Check(
+                    health_pb2.HealthCheckRequest(service="tunewire.v1.TrainerService"), timeout=1
+                ).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
                     break
             except grpc.RpcError:

@@ -19,8 +19,13 @@ CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
 
 
 def cli(*args, timeout=900):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
 
 
 def test_llm_train_and_predict_through_the_cli(tmp_path):
@@ -31,21 +36,46 @@ def test_llm_train_and_predict_through_the_cli(tmp_path):
     cfg = llm_config(base)  # full fine-tuning: the tiny model memorises the lookup
     (tmp_path / "llm.yaml").write_text(yaml.safe_dump(cfg))
     state = tmp_path / "state"
-    proc = cli("train", "--config", tmp_path / "llm.yaml", "--training_set", data,
-               "--test_set", data, "--data_dir", state, "--json")
+    proc = cli(
+        "train",
+        "--config",
+        tmp_path / "llm.yaml",
+        "--training_set",
+        data,
+        "--test_set",
+        data,
+        "--data_dir",
+        state,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["state"] == "SUCCEEDED"
     test = summary["metrics"]["test"]["answer"]
     assert {"loss", "perplexity", "token_accuracy"} <= set(test)
     artifact = Path(summary["artifact"])
-    assert {"config.json", "model.safetensors", "generation_config.json", "tunewire.json",
-            "README.md"} <= {p.name for p in artifact.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tunewire.json",
+        "README.md",
+    } <= {p.name for p in artifact.iterdir()}
     assert "Traceback" not in proc.stderr
 
-    proc = cli("predict", "--model", artifact, "--dataset", data, "--data_dir", state,
-               "--output_directory", tmp_path / "pred",
-               "--generation_config", json.dumps({"max_new_tokens": 4}))
+    proc = cli(
+        "predict",
+        "--model",
+        artifact,
+        "--dataset",
+        data,
+        "--data_dir",
+        state,
+        "--output_directory",
+        tmp_path / "pred",
+        "--generation_config",
+        json.dumps({"max_new_tokens": 4}),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     preds = pd.read_csv(tmp_path / "pred" / "predictions.csv", keep_default_na=False)
     assert len(preds) == len(frame)
@@ -53,7 +83,16 @@ def test_llm_train_and_predict_through_the_cli(tmp_path):
     hits = sum(p.strip() == a for p, a in zip(preds["answer_predictions"], frame["answer"]))
     assert hits >= len(frame) // 2, list(zip(preds["answer_predictions"], frame["answer"]))
 
-    proc = cli("predict", "--model", artifact, "--dataset", data, "--data_dir", state,
-               "--generation_config", json.dumps({"max_new_tokenz": 4}))
+    proc = cli(
+        "predict",
+        "--model",
+        artifact,
+        "--dataset",
+        data,
+        "--data_dir",
+        state,
+        "--generation_config",
+        json.dumps({"max_new_tokenz": 4}),
+    )
     assert proc.returncode != 0 and "generation_config.max_new_tokenz" in proc.stderr
     assert "Traceback" not in proc.stderr

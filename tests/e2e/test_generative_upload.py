@@ -9,10 +9,8 @@ import os
 import subprocess
 import sys
 
-
 from tests.e2e.conftest import HUB_TOKEN
 from tests.generative.conftest import build_tiny_model, llm_config, task_frame
-
 
 LOAD = r"""
 import sys
@@ -31,8 +29,6 @@ print("MERGED", tok.decode(b[0][ids["input_ids"].shape[1]:]))
 """
 
 
-
-
 def test_adapter_and_merged_artifacts_round_trip_through_the_hub(hub, tmp_path):
     from huggingface_hub import snapshot_download
 
@@ -49,22 +45,33 @@ def test_adapter_and_merged_artifacts_round_trip_through_the_hub(hub, tmp_path):
         ds = trainer.upload_dataset(data, "task.jsonl")
         jobs = {}
         for repo, merge in (("acme/tiny-lora", False), ("acme/tiny-merged", True)):
-            cfg = llm_config(base, adapter={**lora, "postprocessor": {
-                "merge_adapter_into_base_model": merge}}, trainer=short)
+            cfg = llm_config(
+                base,
+                adapter={**lora, "postprocessor": {"merge_adapter_into_base_model": merge}},
+                trainer=short,
+            )
             job = trainer.create_job(cfg, training_set_id=ds.id, upload_to=repo)
             jobs[repo] = trainer.wait(job.id)
             assert jobs[repo].state == trainer_pb2.Job.SUCCEEDED, jobs[repo].error
         trainer.close()
-    dirs = {repo: snapshot_download(repo, endpoint=hub.endpoint, token=HUB_TOKEN,
-                                    cache_dir=tmp_path / "hf-cache") for repo in jobs}
+    dirs = {
+        repo: snapshot_download(
+            repo, endpoint=hub.endpoint, token=HUB_TOKEN, cache_dir=tmp_path / "hf-cache"
+        )
+        for repo in jobs
+    }
     adapter_files = set(os.listdir(dirs["acme/tiny-lora"]))
     merged_files = set(os.listdir(dirs["acme/tiny-merged"]))
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= adapter_files
     assert {"config.json", "model.safetensors", "generation_config.json"} <= merged_files
     assert "library_name: peft" in open(os.path.join(dirs["acme/tiny-lora"], "README.md")).read()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(base), dirs["acme/tiny-lora"],
-                           dirs["acme/tiny-merged"]], capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD, str(base), dirs["acme/tiny-lora"], dirs["acme/tiny-merged"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ADAPTER" in proc.stdout and "MERGED" in proc.stdout

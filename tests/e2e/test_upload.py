@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import os
 
-
 from tests.e2e.conftest import HUB_TOKEN, subset, text_config
-
-
-
 
 
 def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_data, minilm):
@@ -30,14 +26,19 @@ def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_d
         assert job.upload_id
         # One commit for the artifact on top of the repo's initial commit.
         assert len(hub.commits_on("acme/spam-head")) == 2
-        local = snapshot_download("acme/spam-head", endpoint=hub.endpoint, token=HUB_TOKEN,
-                                  cache_dir=tmp_path / "hf-cache")
+        local = snapshot_download(
+            "acme/spam-head",
+            endpoint=hub.endpoint,
+            token=HUB_TOKEN,
+            cache_dir=tmp_path / "hf-cache",
+        )
         names = set(os.listdir(local))
         assert {"head.safetensors", "tunewire.json", "README.md"} <= names
         card = open(os.path.join(local, "README.md")).read()
         assert "base_model" in card and HUB_TOKEN not in card
         mine = trainer.predict(job.id, ds.id)
         theirs = trainer.predict(local, ds.id)
-        assert list(predictions_frame(theirs)["label_predictions"]) == \
-            list(predictions_frame(mine)["label_predictions"])
+        assert list(predictions_frame(theirs)["label_predictions"]) == list(
+            predictions_frame(mine)["label_predictions"]
+        )
         trainer.close()

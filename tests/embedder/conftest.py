@@ -25,8 +25,10 @@ def rel_error(got, expected) -> float:
     return float((np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)).max())
 
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-         "november oscar papa quebec romeo sierra tango uniform victor whiskey xray").split()
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray"
+).split()
 
 
 @contextlib.contextmanager
@@ -34,8 +36,10 @@ def served(cache_dir, registry, **servicer_kwargs):
     """An embedder service (its own cache, the session's models) behind a loopback server:
     (service, address)."""
     service = EmbedderService(EmbeddingCache(cache_dir), registry=registry)
-    running = create_server([Service(SERVICE_NAME, EmbedderServicer(service, **servicer_kwargs),
-                                     add_to_server)], ServerSettings(host="127.0.0.1", port=0))
+    running = create_server(
+        [Service(SERVICE_NAME, EmbedderServicer(service, **servicer_kwargs), add_to_server)],
+        ServerSettings(host="127.0.0.1", port=0),
+    )
     try:
         yield service, f"127.0.0.1:{running.port}"
     finally:
@@ -69,17 +73,33 @@ def tiny_llama_path(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny-llama")
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(TEXTS * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", model_max_length=64)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=64,
+    )
     assert tokenizer.pad_token is None
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaModel(config).save_pretrained(out)
     return str(out)
 

@@ -50,7 +50,10 @@ def test_queue_batches_rows_of_several_requests_together():
     b = queue.append([[5, 6]], MEAN)
     rows = queue.next_batch(100)
     assert sorted((row.request is a, row.index) for row in rows) == [
-        (False, 0), (True, 0), (True, 1)]
+        (False, 0),
+        (True, 0),
+        (True, 1),
+    ]
     queue.deliver(rows, np.stack([np.full(2, len(row.ids), np.float32) for row in rows]))
     assert a.done and b.done and queue.pending_rows == 0
     np.testing.assert_array_equal(a.result(), [[3, 3], [1, 1]])
@@ -105,4 +108,8 @@ def test_a_request_queued_in_chunks_is_admitted_by_its_first_chunk():
         queue.extend(refused, [[1]])
     rows = queue.next_batch(100)
     queue.deliver(rows, np.zeros((len(rows), 2), np.float32))
-    assert admitted.done and sorted(row.index for row in rows if row.request is admitted) == [0, 1, 2]
+    assert admitted.done and sorted(row.index for row in rows if row.request is admitted) == [
+        0,
+        1,
+        2,
+    ]

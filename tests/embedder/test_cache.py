@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from services.embedder import fingerprint as fp_mod
-from services.embedder.cache import (EmbeddingCache, cache_path, decode_vector, encode_vector,
-                                     open_readonly)
+from services.embedder.cache import (
+    EmbeddingCache,
+    cache_path,
+    decode_vector,
+    encode_vector,
+    open_readonly,
+)
 
 
 def _items(n: int, dim: int = 16, seed: int = 0, dtype=np.float32):
@@ -195,8 +200,19 @@ def test_whole_answers_round_trip(cache):
 
 def test_batch_keys_name_the_exact_list_of_texts():
     key, encode = fp_mod.batch_key, fp_mod.encode_texts
-    lists = [[], [""], ["", ""], ["a", "b"], ["ab"], ["a\0b"], ["a", "\0b"], ["b", "a"], ["naïve"],
-             ["a", "bc"], ["ab", "c"]]
+    lists = [
+        [],
+        [""],
+        ["", ""],
+        ["a", "b"],
+        ["ab"],
+        ["a\0b"],
+        ["a", "\0b"],
+        ["b", "a"],
+        ["naïve"],
+        ["a", "bc"],
+        ["ab", "c"],
+    ]
     assert len({key("f" * 64, encode(texts)) for texts in lists}) == len(lists)
     assert key("f" * 64, encode(["a"])) != key("e" * 64, encode(["a"]))
     assert key("f" * 64, encode(["a"])) != fp_mod.cache_key("f" * 64, "a")
@@ -217,19 +233,21 @@ def test_encoded_batch_is_header_then_the_raw_vectors():
 
     matrix = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]  # not contiguous
     value = encode_batch(matrix, distinct=3)
-    assert value[-matrix.nbytes:] == np.ascontiguousarray(matrix).tobytes()
+    assert value[-matrix.nbytes :] == np.ascontiguousarray(matrix).tobytes()
     assert len(value) == 14 + matrix.nbytes
 
 
 def test_keys_on_disk_never_change():
     """Entries written by earlier versions must still be found: the key functions are pinned."""
     assert fp_mod.cache_key("f" * 64, "a").hex() == (
-        "6a41aa22e15c45d40fb2822ee5effebfda61cf092b55a418aeec8e0cd89fd15b")
+        "6a41aa22e15c45d40fb2822ee5effebfda61cf092b55a418aeec8e0cd89fd15b"
+    )
     # Whole answers: keyed by the texts' wire form as the SDK sends it, joined since the
     # `joined` field (answers stored under earlier forms are found by requests in those forms;
     # the SDK's next replay stores them again under its own).
     assert fp_mod.encode_texts(["a", "b"]) == b"\x1a\x07\x0a\x03a\x00b\x10\x02"
     assert fp_mod.batch_key("f" * 64, fp_mod.encode_texts(["a", "b"])).hex() == (
-        "7f9f31aac29be6e727e0942fffa6fd0a7693bd28df2c64ae097a2426ed07eaed")
+        "7f9f31aac29be6e727e0942fffa6fd0a7693bd28df2c64ae097a2426ed07eaed"
+    )
     # Texts holding a NUL go as records, the form every key had before.
     assert fp_mod.encode_texts(["a\0b"]) == b"\x12\x03a\x00b"

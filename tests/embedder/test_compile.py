@@ -74,8 +74,14 @@ def test_bf16_blocks_compiled_with_eager_rounding_stay_on_the_eager_vectors():
     from tunewire.block_compile import compile_blocks, uncompile_blocks
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=344, num_hidden_layers=8,
-                         num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = LlamaModel(config).to(torch.bfloat16).eval()
     ids = torch.randint(0, 300, (4, 64))
 

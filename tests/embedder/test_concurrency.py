@@ -9,7 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.sdk import EmbedderClient, EncoderSpec as SdkSpec
+from clients.sdk import EmbedderClient
+from clients.sdk import EncoderSpec as SdkSpec
 from services.embedder.app import Settings, start
 from services.embedder.cache import EmbeddingCache
 from services.embedder.inflight import InFlight
@@ -33,18 +34,17 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def app(tmp_path, minilm_path):
-    app = start(Settings(port=0, data_dir=tmp_path / "data", preload=[minilm_path],
-                         device="cpu"))
+    app = start(Settings(port=0, data_dir=tmp_path / "data", preload=[minilm_path], device="cpu"))
     yield app
     app.stop()
 
 
 def test_sixteen_clients_with_overlapping_texts_get_the_vectors_of_one_client_alone(
-        app, tmp_path, registry, minilm_path):
+    app, tmp_path, registry, minilm_path
+):
     alone_service = EmbedderService(EmbeddingCache(tmp_path / "alone"), registry=registry)
     try:
-        alone = dict(zip(POOL, alone_service.embed(EncoderSpec(model=minilm_path),
-                                                   POOL).vectors))
+        alone = dict(zip(POOL, alone_service.embed(EncoderSpec(model=minilm_path), POOL).vectors))
     finally:
         alone_service.close()
     # Client i streams 8 texts starting at i: neighbours share 7 of them.
@@ -88,16 +88,32 @@ def test_a_large_request_streams_back_in_chunks(tmp_path, registry, minilm_path)
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
             spec = embedder_pb2.EncoderSpec(model=minilm_path)
             texts = POOL[:5]
-            replies = list(stub.StreamEmbed(iter([
-                embedder_pb2.EmbedRequest(encoder=spec, texts=texts),
-                embedder_pb2.EmbedRequest(encoder=spec, texts=texts[:1])]), timeout=60))
+            replies = list(
+                stub.StreamEmbed(
+                    iter(
+                        [
+                            embedder_pb2.EmbedRequest(encoder=spec, texts=texts),
+                            embedder_pb2.EmbedRequest(encoder=spec, texts=texts[:1]),
+                        ]
+                    ),
+                    timeout=60,
+                )
+            )
         assert [(r.offset, from_proto(r.embeddings).shape[0], r.last) for r in replies] == [
-            (0, 2, False), (2, 2, False), (4, 1, True), (0, 1, True)]
+            (0, 2, False),
+            (2, 2, False),
+            (4, 1, True),
+            (0, 1, True),
+        ]
         assert (replies[0].cache_misses, replies[1].cache_misses, replies[3].cache_hits) == (
-            5, 0, 1)
+            5,
+            0,
+            1,
+        )
         whole = service.embed(EncoderSpec(model=minilm_path), texts).vectors
         np.testing.assert_array_equal(
-            np.concatenate([from_proto(r.embeddings) for r in replies[:3]]), whole)
+            np.concatenate([from_proto(r.embeddings) for r in replies[:3]]), whole
+        )
         sdk = EmbedderClient(address)  # the SDK reassembles split answers
         try:
             result = sdk.embed_many(texts + texts[:2], SdkSpec(minilm_path), batch_size=7)
@@ -112,7 +128,7 @@ def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry
     transaction: the same chunks, and the SDK's views hold what protobuf parses."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
-    texts = [f"{w} number {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS + 6]
+    texts = [f"{w} number {i}" for i, w in enumerate(WORDS * 3)][: BATCH_ENTRY_MIN_TEXTS + 6]
     # Chunks of 30 float16 vectors.
     with served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
         sdk = EmbedderClient(address)
@@ -120,24 +136,34 @@ def test_replays_served_from_the_memory_map_are_bit_identical(tmp_path, registry
             spec = SdkSpec(minilm_path, dtype="float16")
             runs = [list(sdk.stream(texts, spec, batch_size=len(texts))) for _ in range(3)]
             with grpc.insecure_channel(address, options=channel_options()) as channel:
-                parsed = list(embedder_pb2_grpc.EmbedderServiceStub(channel).StreamEmbed(iter([
-                    embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts)]), timeout=60))
+                parsed = list(
+                    embedder_pb2_grpc.EmbedderServiceStub(channel).StreamEmbed(
+                        iter([embedder_pb2.EmbedRequest(encoder=spec.to_proto(), texts=texts)]),
+                        timeout=60,
+                    )
+                )
         finally:
             sdk.close()
     assert [(c.offset, len(c.vectors), c.last) for c in runs[0]] == [
-        (0, 30, False), (30, 30, False), (60, 10, True)]
+        (0, 30, False),
+        (30, 30, False),
+        (60, 10, True),
+    ]
     assert [c.cache_misses for c in runs[0]] == [70, 0, 0]
     assert [c.cache_hits for c in runs[1]] == [c.cache_hits for c in runs[2]] == [70, 0, 0]
     assert service.counters().computed_texts == 70
     for run in runs[1:]:
         assert [(c.offset, c.last, c.vectors.tobytes()) for c in run] == [
-            (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]]
+            (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]
+        ]
     assert [(r.offset, r.last, r.embeddings.data) for r in parsed] == [
-        (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]]
+        (c.offset, c.last, c.vectors.tobytes()) for c in runs[0]
+    ]
 
 
 def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
-        tmp_path, registry, minilm_path, monkeypatch):
+    tmp_path, registry, minilm_path, monkeypatch
+):
     """A request stored whole by the service is found by the servicer from the request's bytes
     (no per-text lookups); requests laid out otherwise still get their own texts' vectors."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
@@ -148,22 +174,30 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
         domain = EncoderSpec(model=minilm_path, dtype="float16")
         service.embed(domain, texts)  # computed
         expected = service.embed(domain, texts).vectors  # all hits: stored whole
-        normalized = service.embed(EncoderSpec(model=minilm_path, dtype="float16", normalize=True),
-                                   texts).vectors
+        normalized = service.embed(
+            EncoderSpec(model=minilm_path, dtype="float16", normalize=True), texts
+        ).vectors
         lookups = []
         get_matrix = service.cache.get_matrix
-        monkeypatch.setattr(service.cache, "get_matrix",
-                            lambda keys, *a: lookups.append(len(keys)) or get_matrix(keys, *a))
+        monkeypatch.setattr(
+            service.cache,
+            "get_matrix",
+            lambda keys, *a: lookups.append(len(keys)) or get_matrix(keys, *a),
+        )
 
         def encoder(**kw) -> bytes:
-            return embedder_pb2.EmbedRequest(encoder=SdkSpec(minilm_path, **kw).to_proto()
-                                             ).SerializeToString()
+            return embedder_pb2.EmbedRequest(
+                encoder=SdkSpec(minilm_path, **kw).to_proto()
+            ).SerializeToString()
 
         body = embedder_pb2.EmbedRequest(texts=texts).SerializeToString()
-        layouts = {"texts first": body + encoder(dtype="float16"),
-                   "a second encoder after the texts": encoder(dtype="float16") + body +
-                   encoder(dtype="float16", normalize=True),
-                   "texts then an unknown field": encoder(dtype="float16") + body + b"\x78\x01"}
+        layouts = {
+            "texts first": body + encoder(dtype="float16"),
+            "a second encoder after the texts": encoder(dtype="float16")
+            + body
+            + encoder(dtype="float16", normalize=True),
+            "texts then an unknown field": encoder(dtype="float16") + body + b"\x78\x01",
+        }
         sdk = EmbedderClient(address)
         try:
             whole = [c.vectors for c in sdk.stream(texts, spec, batch_size=len(texts))]
@@ -172,9 +206,14 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
                 call = channel.stream_stream("/tunewire.v1.EmbedderService/StreamEmbed")
                 # One call per request: in one stream the second could begin before the first
                 # stored its answer whole.
-                answers = {name: [embedder_pb2.EmbedResponse.FromString(r)
-                                  for _ in range(2) for r in call(iter([raw]), timeout=60)]
-                           for name, raw in layouts.items()}
+                answers = {
+                    name: [
+                        embedder_pb2.EmbedResponse.FromString(r)
+                        for _ in range(2)
+                        for r in call(iter([raw]), timeout=60)
+                    ]
+                    for name, raw in layouts.items()
+                }
         finally:
             sdk.close()
     assert len(whole) == 1 and whole[0].tobytes() == expected.tobytes()
@@ -185,13 +224,17 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
         assert from_proto(again.embeddings).tobytes() == want.tobytes(), name
 
 
-def test_replays_then_new_texts_in_one_stream_are_answered_in_order(tmp_path, registry, minilm_path):
+def test_replays_then_new_texts_in_one_stream_are_answered_in_order(
+    tmp_path, registry, minilm_path
+):
     """Replays (answered at `begin`), a request the model computes and an invalid one in one
     stream: each answered in request order, the error in its place."""
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
-    first, second = ([f"{w} replay {b} {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
-                     for b in range(2))
+    first, second = (
+        [f"{w} replay {b} {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
+        for b in range(2)
+    )
     fresh = [f"{w} fresh {i}" for i, w in enumerate(WORDS)]
     with served(tmp_path / "c", registry) as (service, address):
         domain = EncoderSpec(model=minilm_path, dtype="float16")
@@ -207,21 +250,33 @@ def test_replays_then_new_texts_in_one_stream_are_answered_in_order(tmp_path, re
         bad = request(["x"], embedder_pb2.EncoderSpec(model=" "))
         with grpc.insecure_channel(address, options=channel_options()) as channel:
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
-            replies = list(stub.StreamEmbed(iter([request(first), request(second), request(fresh),
-                                                  request(first)]), timeout=60))
+            replies = list(
+                stub.StreamEmbed(
+                    iter([request(first), request(second), request(fresh), request(first)]),
+                    timeout=60,
+                )
+            )
             with pytest.raises(grpc.RpcError) as at_once:
                 list(stub.StreamEmbed(iter([bad, request(first)]), timeout=60))
             got = []
             with pytest.raises(grpc.RpcError) as later:
-                for reply in stub.StreamEmbed(iter([request(first), bad, request(second)]), timeout=60):
+                for reply in stub.StreamEmbed(
+                    iter([request(first), bad, request(second)]), timeout=60
+                ):
                     got.append(reply)
         fresh_vectors = service.embed(domain, fresh).vectors
     vectors = [from_proto(r.embeddings) for r in replies]
-    assert [v.tobytes() for v in vectors] == [stored[first[0]].tobytes(), stored[second[0]].tobytes(),
-                                              fresh_vectors.tobytes(), stored[first[0]].tobytes()]
+    assert [v.tobytes() for v in vectors] == [
+        stored[first[0]].tobytes(),
+        stored[second[0]].tobytes(),
+        fresh_vectors.tobytes(),
+        stored[first[0]].tobytes(),
+    ]
     assert [r.cache_misses for r in replies] == [0, 0, len(fresh), 0]
     for error in (at_once.value, later.value):
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "encoder.model" in error.details()
+        assert (
+            error.code() == grpc.StatusCode.INVALID_ARGUMENT and "encoder.model" in error.details()
+        )
     assert [from_proto(r.embeddings).tobytes() for r in got] == [stored[first[0]].tobytes()]
 
 
@@ -232,9 +287,17 @@ def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
     with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as channel:
         stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
         with encoder.lock:
-            responses = stub.StreamEmbed(iter([embedder_pb2.EmbedRequest(
-                encoder=embedder_pb2.EncoderSpec(model=minilm_path),
-                texts=["never computed one", "never computed two"])]), timeout=60)
+            responses = stub.StreamEmbed(
+                iter(
+                    [
+                        embedder_pb2.EmbedRequest(
+                            encoder=embedder_pb2.EncoderSpec(model=minilm_path),
+                            texts=["never computed one", "never computed two"],
+                        )
+                    ]
+                ),
+                timeout=60,
+            )
             codes = []
 
             def consume() -> None:
@@ -261,8 +324,9 @@ def test_cancelled_caller_at_the_service_raises_and_computes_nothing(service, mi
     gone = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         with entry.encoder.lock:
-            future = pool.submit(service.embed, EncoderSpec(model=minilm_path),
-                                 ["left early"], gone.is_set)
+            future = pool.submit(
+                service.embed, EncoderSpec(model=minilm_path), ["left early"], gone.is_set
+            )
             _wait_for(lambda: entry.queue.pending_rows == 1)
             gone.set()
         with pytest.raises(Cancelled):

@@ -10,15 +10,17 @@ from tests.embedder.conftest import TEXTS
 from tunewire.errors import InvalidArgument, NotFound
 
 
-def _reference(path: str, texts: list[str], layer: int | None = None,
-               max_length: int = 512) -> np.ndarray:
+def _reference(
+    path: str, texts: list[str], layer: int | None = None, max_length: int = 512
+) -> np.ndarray:
     """Plain transformers: one padded batch, manual masked mean pooling."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+    batch = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
     hidden = out.last_hidden_state if layer is None else out.hidden_states[layer]
@@ -122,8 +124,11 @@ def test_hub_snapshot_in_cache_resolves_to_its_commit(monkeypatch, tmp_path, min
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "models--tunewire-test--minilm"
-    shutil.copytree(minilm_path, repo / "snapshots" / commit,
-                    ignore=shutil.ignore_patterns("1_Pooling", "README.md"))
+    shutil.copytree(
+        minilm_path,
+        repo / "snapshots" / commit,
+        ignore=shutil.ignore_patterns("1_Pooling", "README.md"),
+    )
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

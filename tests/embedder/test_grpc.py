@@ -15,8 +15,15 @@ from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, tensor_pb2
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, minilm_path):
-    app = start(Settings(port=0, data_dir=tmp_path_factory.mktemp("data"),
-                         preload=[minilm_path], max_texts=8, device="cpu"))
+    app = start(
+        Settings(
+            port=0,
+            data_dir=tmp_path_factory.mktemp("data"),
+            preload=[minilm_path],
+            max_texts=8,
+            device="cpu",
+        )
+    )
     yield app
     app.stop()
 
@@ -57,9 +64,18 @@ def test_embed_then_hits_and_matches_the_domain_service(stub, server, minilm_pat
 
 
 def test_float16_on_the_wire(stub, minilm_path):
-    reply = stub.Embed(embedder_pb2.EmbedRequest(
-        encoder=_spec(minilm_path, dtype=tensor_pb2.DTYPE_FLOAT16, normalize=True,
-                      pooling=embedder_pb2.POOLING_CLS), texts=TEXTS[:2]), timeout=60)
+    reply = stub.Embed(
+        embedder_pb2.EmbedRequest(
+            encoder=_spec(
+                minilm_path,
+                dtype=tensor_pb2.DTYPE_FLOAT16,
+                normalize=True,
+                pooling=embedder_pb2.POOLING_CLS,
+            ),
+            texts=TEXTS[:2],
+        ),
+        timeout=60,
+    )
     assert reply.embeddings.dtype == tensor_pb2.DTYPE_FLOAT16
     vectors = from_proto(reply.embeddings).astype(np.float32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)
@@ -71,50 +87,98 @@ def test_stream_embed_answers_each_request_in_order(stub, minilm_path):
     replies = list(stub.StreamEmbed(requests, timeout=60))
     assert [from_proto(r.embeddings).shape[0] for r in replies] == [1, 2, 3]
     assert replies[2].cache_hits == 1 and replies[2].cache_misses == 1
-    np.testing.assert_array_equal(from_proto(replies[2].embeddings)[0],
-                                  from_proto(replies[0].embeddings)[0])
+    np.testing.assert_array_equal(
+        from_proto(replies[2].embeddings)[0], from_proto(replies[0].embeddings)[0]
+    )
 
 
 def test_encoder_info(stub, minilm_path):
-    info = stub.GetEncoderInfo(embedder_pb2.GetEncoderInfoRequest(
-        encoder=_spec(minilm_path, max_length=128)), timeout=60)
+    info = stub.GetEncoderInfo(
+        embedder_pb2.GetEncoderInfoRequest(encoder=_spec(minilm_path, max_length=128)), timeout=60
+    )
     assert (info.dimension, info.model_type, info.max_length, info.device) == (
-        384, "bert", 128, "cpu")
-    reply = stub.Embed(embedder_pb2.EmbedRequest(encoder=_spec(minilm_path, max_length=128),
-                                                 texts=["x"]), timeout=60)
+        384,
+        "bert",
+        128,
+        "cpu",
+    )
+    reply = stub.Embed(
+        embedder_pb2.EmbedRequest(encoder=_spec(minilm_path, max_length=128), texts=["x"]),
+        timeout=60,
+    )
     assert reply.fingerprint == info.fingerprint
 
 
 def test_cache_stats(stub, minilm_path):
-    stub.Embed(embedder_pb2.EmbedRequest(encoder=_spec(minilm_path), texts=["stats one"]),
-               timeout=60)
+    stub.Embed(
+        embedder_pb2.EmbedRequest(encoder=_spec(minilm_path), texts=["stats one"]), timeout=60
+    )
     stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest(), timeout=10)
     assert stats.entries >= 1 and stats.misses >= 1 and stats.bytes > 0
     assert stats.map_size >= 1 << 30
 
 
-@pytest.mark.parametrize("request_, field", [
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model=""), texts=["a"]),
-     "encoder.model"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(
-        model="/no/such/dir", max_length=-3), texts=["a"]), "encoder.max_length"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(
-        model="/no/such/dir", dtype=tensor_pb2.DTYPE_INT64), texts=["a"]), "encoder.dtype"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
-                               texts=["a"] * 9), "texts"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
-                               texts=["a", "é" * (1 << 19) + "a"]), "texts[1]"),  # 1 MiB + 1
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
-                               texts=["a"], joined=embedder_pb2.JoinedTexts(utf8=b"b", count=1)),
-     "joined"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
-                               joined=embedder_pb2.JoinedTexts(utf8=b"\0" * 8, count=9)),
-     "joined.count"),
-    (embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
-                               joined=embedder_pb2.JoinedTexts(
-                                   utf8=b"a\0" + "é".encode() * (1 << 19) + b"a", count=2)),
-     "joined.utf8"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (
+            embedder_pb2.EmbedRequest(encoder=embedder_pb2.EncoderSpec(model=""), texts=["a"]),
+            "encoder.model",
+        ),
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir", max_length=-3), texts=["a"]
+            ),
+            "encoder.max_length",
+        ),
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(
+                    model="/no/such/dir", dtype=tensor_pb2.DTYPE_INT64
+                ),
+                texts=["a"],
+            ),
+            "encoder.dtype",
+        ),
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"), texts=["a"] * 9
+            ),
+            "texts",
+        ),
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                texts=["a", "é" * (1 << 19) + "a"],
+            ),
+            "texts[1]",
+        ),  # 1 MiB + 1
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                texts=["a"],
+                joined=embedder_pb2.JoinedTexts(utf8=b"b", count=1),
+            ),
+            "joined",
+        ),
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                joined=embedder_pb2.JoinedTexts(utf8=b"\0" * 8, count=9),
+            ),
+            "joined.count",
+        ),
+        (
+            embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
+                joined=embedder_pb2.JoinedTexts(
+                    utf8=b"a\0" + "é".encode() * (1 << 19) + b"a", count=2
+                ),
+            ),
+            "joined.utf8",
+        ),
+    ],
+)
 def test_bad_request_is_invalid_argument_with_field(stub, request_, field):
     with pytest.raises(grpc.RpcError) as exc:
         stub.Embed(request_, timeout=10)
@@ -125,8 +189,12 @@ def test_bad_request_is_invalid_argument_with_field(stub, request_, field):
 
 def test_missing_model_is_not_found_with_field(stub):
     with pytest.raises(grpc.RpcError) as exc:
-        stub.GetEncoderInfo(embedder_pb2.GetEncoderInfoRequest(
-            encoder=embedder_pb2.EncoderSpec(model="/no/such/dir")), timeout=10)
+        stub.GetEncoderInfo(
+            embedder_pb2.GetEncoderInfoRequest(
+                encoder=embedder_pb2.EncoderSpec(model="/no/such/dir")
+            ),
+            timeout=10,
+        )
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
     err = from_rpc_error(exc.value)
     assert err.field == "encoder.model" and "does not exist" in err.message
@@ -149,31 +217,44 @@ def test_joined_texts_are_answered_as_their_records(stub, server, minilm_path):
     texts = ["joined one", "", "naïve café ☕", "joined one", "zwei"]
     spec = _spec(minilm_path, dtype=tensor_pb2.DTYPE_FLOAT16)
     records = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=texts), timeout=60)
-    joined = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, joined=embedder_pb2.JoinedTexts(
-        utf8="\0".join(texts).encode(), count=len(texts))), timeout=60)
+    joined = stub.Embed(
+        embedder_pb2.EmbedRequest(
+            encoder=spec,
+            joined=embedder_pb2.JoinedTexts(utf8="\0".join(texts).encode(), count=len(texts)),
+        ),
+        timeout=60,
+    )
     assert from_proto(joined.embeddings).shape == (len(texts), 384)
     assert joined.embeddings.data == records.embeddings.data
     assert (joined.cache_hits, joined.cache_misses) == (4, 0)  # distinct texts, all cached
-    one_empty = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, joined=embedder_pb2.JoinedTexts(
-        utf8=b"", count=1)), timeout=60)
+    one_empty = stub.Embed(
+        embedder_pb2.EmbedRequest(encoder=spec, joined=embedder_pb2.JoinedTexts(utf8=b"", count=1)),
+        timeout=60,
+    )
     assert from_proto(one_empty.embeddings).tobytes() == from_proto(records.embeddings)[1].tobytes()
 
 
-@pytest.mark.parametrize("utf8, count, field, words", [
-    (b"fine\0bad \xff byte", 2, "joined.utf8", "byte 9"),
-    (b"a\0b", 3, "joined.count", "holds 2"),
-    (b"a\0b", 1, "joined.count", "holds 2"),
-    (b"", 2, "joined.count", "holds 1"),
-    (b"a", 0, "joined.count", "holds 1"),
-])
-def test_bad_joined_texts_are_refused_and_nothing_is_cached(stub, server, minilm_path, utf8,
-                                                             count, field, words):
+@pytest.mark.parametrize(
+    "utf8, count, field, words",
+    [
+        (b"fine\0bad \xff byte", 2, "joined.utf8", "byte 9"),
+        (b"a\0b", 3, "joined.count", "holds 2"),
+        (b"a\0b", 1, "joined.count", "holds 2"),
+        (b"", 2, "joined.count", "holds 1"),
+        (b"a", 0, "joined.count", "holds 1"),
+    ],
+)
+def test_bad_joined_texts_are_refused_and_nothing_is_cached(
+    stub, server, minilm_path, utf8, count, field, words
+):
     entries = server.service.cache_stats().entries
     with pytest.raises(grpc.RpcError) as exc:
-        stub.Embed(embedder_pb2.EmbedRequest(encoder=_spec(minilm_path),
-                                             joined=embedder_pb2.JoinedTexts(utf8=utf8,
-                                                                             count=count)),
-                   timeout=60)
+        stub.Embed(
+            embedder_pb2.EmbedRequest(
+                encoder=_spec(minilm_path), joined=embedder_pb2.JoinedTexts(utf8=utf8, count=count)
+            ),
+            timeout=60,
+        )
     err = from_rpc_error(exc.value)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.field == field and words in err.message
@@ -207,21 +288,35 @@ def test_the_sdk_refuses_an_answer_with_too_few_vectors():
     from tunewire.errors import TunewireError
 
     def embed(request, context):
-        return embedder_pb2.EmbedResponse(embeddings=tensor_pb2.Tensor(
-            dtype=tensor_pb2.DTYPE_FLOAT32, shape=[len(request.texts), 4],
-            data=b"\0" * 16 * len(request.texts)), last=True)
+        return embedder_pb2.EmbedResponse(
+            embeddings=tensor_pb2.Tensor(
+                dtype=tensor_pb2.DTYPE_FLOAT32,
+                shape=[len(request.texts), 4],
+                data=b"\0" * 16 * len(request.texts),
+            ),
+            last=True,
+        )
 
     def stream_embed(requests, context):
         for request in requests:
             yield embed(request, context)
 
-    codec = dict(request_deserializer=embedder_pb2.EmbedRequest.FromString,
-                 response_serializer=embedder_pb2.EmbedResponse.SerializeToString)
+    codec = dict(
+        request_deserializer=embedder_pb2.EmbedRequest.FromString,
+        response_serializer=embedder_pb2.EmbedResponse.SerializeToString,
+    )
     old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    old.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "tunewire.v1.EmbedderService", {
-            "Embed": grpc.unary_unary_rpc_method_handler(embed, **codec),
-            "StreamEmbed": grpc.stream_stream_rpc_method_handler(stream_embed, **codec)})])
+    old.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "tunewire.v1.EmbedderService",
+                {
+                    "Embed": grpc.unary_unary_rpc_method_handler(embed, **codec),
+                    "StreamEmbed": grpc.stream_stream_rpc_method_handler(stream_embed, **codec),
+                },
+            )
+        ]
+    )
     port = old.add_insecure_port("127.0.0.1:0")
     old.start()
     client = EmbedderClient(f"127.0.0.1:{port}")
@@ -230,8 +325,10 @@ def test_the_sdk_refuses_an_answer_with_too_few_vectors():
         with pytest.raises(TunewireError) as exc:
             client.embed(["a", "b"], EncoderSpec("m"))
         assert exc.value.reason == "INCOMPLETE_ANSWER" and "0 vectors for 2 texts" in str(exc.value)
-        assert len(client.embed_many(["a\0b", "c\0d", "e\0f"], EncoderSpec("m"),
-                                     batch_size=2).vectors) == 3  # records, two requests
+        assert (
+            len(client.embed_many(["a\0b", "c\0d", "e\0f"], EncoderSpec("m"), batch_size=2).vectors)
+            == 3
+        )  # records, two requests
         with pytest.raises(TunewireError) as exc:
             client.embed_many(["a", "b", "c"], EncoderSpec("m"), batch_size=2)
         assert exc.value.reason == "INCOMPLETE_ANSWER" and "0 vectors for 2 texts" in str(exc.value)

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from clients.sdk import EmbedderClient, EncoderSpec as SdkSpec
+from clients.sdk import EmbedderClient
+from clients.sdk import EncoderSpec as SdkSpec
 from services.embedder import service as service_module
 from services.embedder.app import Settings
 from services.embedder.fingerprint import encode_texts
@@ -43,7 +44,8 @@ def test_only_answers_made_of_bytes_are_kept():
 
 
 def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
-        tmp_path, registry, minilm_path, monkeypatch):
+    tmp_path, registry, minilm_path, monkeypatch
+):
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
     model = tmp_path / "model"
@@ -53,6 +55,7 @@ def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
     with served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
         sdk = EmbedderClient(address)
         try:
+
             def stream():
                 chunks = list(sdk.stream(texts, spec, batch_size=len(texts)))
                 return [c.vectors.tobytes() for c in chunks], chunks[0].cache_hits
@@ -74,8 +77,11 @@ def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
             assert from_map == from_memory == computed and hits_map == hits_memory == len(texts)
 
             config = model / "config.json"
-            config.write_text(config.read_text().replace('"hidden_dropout_prob": 0.1',
-                                                         '"hidden_dropout_prob": 0.2'))
+            config.write_text(
+                config.read_text().replace(
+                    '"hidden_dropout_prob": 0.1', '"hidden_dropout_prob": 0.2'
+                )
+            )
             monkeypatch.setattr(service_module, "SIGNATURE_CHECK_SECONDS", 0.0)
             changed = list(sdk.stream(texts, spec, batch_size=len(texts)))
         finally:
@@ -85,8 +91,8 @@ def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
 
 
 def test_a_zero_budget_keeps_nothing(tmp_path, registry, minilm_path):
-    from services.embedder.service import BATCH_ENTRY_MIN_TEXTS, EmbedderService
     from services.embedder.cache import EmbeddingCache
+    from services.embedder.service import BATCH_ENTRY_MIN_TEXTS, EmbedderService
 
     service = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry, hot_answer_bytes=0)
     try:

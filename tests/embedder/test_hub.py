@@ -37,7 +37,8 @@ def service(cache):
 
 
 def test_private_hub_model_needs_hf_token_then_matches_the_local_copy(
-        hub, monkeypatch, service, tiny_llama_path):
+    hub, monkeypatch, service, tiny_llama_path
+):
     _, commit = hub
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(NotFound) as err:

@@ -21,8 +21,11 @@ def test_env_fallbacks_and_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("TUNEWIRE_DATA_DIR", str(tmp_path))
     settings = settings_from_args(build_parser().parse_args([]))
     assert (settings.host, settings.port, settings.data_dir) == ("0.0.0.0", 6001, tmp_path)
-    settings = settings_from_args(build_parser().parse_args(
-        ["--port", "7", "--max-batch-tokens", "512", "--preload", "a", "b"]))
+    settings = settings_from_args(
+        build_parser().parse_args(
+            ["--port", "7", "--max-batch-tokens", "512", "--preload", "a", "b"]
+        )
+    )
     assert (settings.port, settings.max_batch_tokens, settings.preload) == (7, 512, ["a", "b"])
 
 
@@ -35,14 +38,20 @@ def _free_port() -> int:
 def test_serves_until_sigterm(tmp_path):
     port = _free_port()
     env = {**os.environ, "TUNEWIRE_PORT": str(port), "TUNEWIRE_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.embedder", "--data-dir",
-                             str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.embedder", "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="tunewire.v1.EmbedderService"), timeout=10)
+                health_pb2.HealthCheckRequest(service="tunewire.v1.EmbedderService"), timeout=10
+            )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert (tmp_path / "cache" / "embeddings.lmdb" / "data.mdb").exists()
         proc.send_signal(signal.SIGTERM)

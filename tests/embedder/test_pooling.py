@@ -6,10 +6,12 @@ import torch
 from services.embedder.pooling import pool
 
 # Two rows: row 0 has 3 real tokens, row 1 has 2. Hidden size 2.
-H = torch.tensor([
-    [[1.0, 2.0], [3.0, -4.0], [5.0, 6.0], [100.0, 100.0]],
-    [[-1.0, 0.0], [7.0, 8.0], [100.0, 100.0], [100.0, 100.0]],
-])
+H = torch.tensor(
+    [
+        [[1.0, 2.0], [3.0, -4.0], [5.0, 6.0], [100.0, 100.0]],
+        [[-1.0, 0.0], [7.0, 8.0], [100.0, 100.0], [100.0, 100.0]],
+    ]
+)
 RIGHT = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
 
 

@@ -43,10 +43,17 @@ def test_hits_survive_a_restart_of_the_service(tmp_path, registry, minilm_path):
         cache.close()
 
 
-@pytest.mark.parametrize("change", [
-    {"pooling": "cls"}, {"max_length": 8}, {"normalize": True}, {"dtype": "float16"},
-    {"layer": 2}, {"instruction": "passage: "},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pooling": "cls"},
+        {"max_length": 8},
+        {"normalize": True},
+        {"dtype": "float16"},
+        {"layer": 2},
+        {"instruction": "passage: "},
+    ],
+)
 def test_any_setting_change_is_a_different_key(service, minilm_path, change):
     base = EncoderSpec(model=minilm_path)
     first = service.embed(base, TEXTS[:3])
@@ -99,9 +106,11 @@ def test_empty_request_and_output_size_limit(service, minilm_path):
 
 
 def test_bad_spec_values_name_the_field(service, minilm_path):
-    for spec, field in [(EncoderSpec(model=minilm_path, pooling="median"), "encoder.pooling"),
-                        (EncoderSpec(model=minilm_path, dtype="int8"), "encoder.dtype"),
-                        (EncoderSpec(model=minilm_path, max_length=-1), "encoder.max_length")]:
+    for spec, field in [
+        (EncoderSpec(model=minilm_path, pooling="median"), "encoder.pooling"),
+        (EncoderSpec(model=minilm_path, dtype="int8"), "encoder.dtype"),
+        (EncoderSpec(model=minilm_path, max_length=-1), "encoder.max_length"),
+    ]:
         with pytest.raises(InvalidArgument) as err:
             service.embed(spec, ["x"])
         assert err.value.field == field
@@ -118,15 +127,17 @@ def test_registry_keeps_at_most_n_models(minilm_path, tiny_llama_path, tmp_path)
     assert registry.loaded() == [minilm_path, str(copy)]
 
 
-def test_local_weights_changed_on_disk_give_a_new_fingerprint(tmp_path, minilm_path, cache,
-                                                               monkeypatch):
+def test_local_weights_changed_on_disk_give_a_new_fingerprint(
+    tmp_path, minilm_path, cache, monkeypatch
+):
     copy = tmp_path / "model"
     shutil.copytree(minilm_path, copy)
     service = EmbedderService(cache)
     first = service.embed(EncoderSpec(model=str(copy)), TEXTS[:2])
     config = copy / "config.json"
-    config.write_text(config.read_text().replace('"hidden_dropout_prob": 0.1',
-                                                 '"hidden_dropout_prob": 0.2'))
+    config.write_text(
+        config.read_text().replace('"hidden_dropout_prob": 0.1', '"hidden_dropout_prob": 0.2')
+    )
     # The files are compared with the disk at most every SIGNATURE_CHECK_SECONDS.
     monkeypatch.setattr(service_module, "SIGNATURE_CHECK_SECONDS", 3600.0)
     assert service.embed(EncoderSpec(model=str(copy)), TEXTS[:2]).fingerprint == first.fingerprint
@@ -147,8 +158,10 @@ def test_different_pooling_never_shares_a_forward_pass(service, minilm_path):
     mean, cls = EncoderSpec(model=minilm_path), EncoderSpec(model=minilm_path, pooling="cls")
     with ThreadPoolExecutor(2) as pool:
         with entry.encoder.lock:  # the model is busy: both requests queue up behind it
-            futures = [pool.submit(service.embed, mean, TEXTS[:3]),
-                       pool.submit(service.embed, cls, TEXTS[:3])]
+            futures = [
+                pool.submit(service.embed, mean, TEXTS[:3]),
+                pool.submit(service.embed, cls, TEXTS[:3]),
+            ]
             _wait_for(lambda: entry.queue.pending_rows == 6)
         got_mean, got_cls = (f.result(timeout=60).vectors for f in futures)
     assert service.batches == 2 and service.computed_texts == 6
@@ -166,8 +179,10 @@ def test_same_settings_from_two_clients_share_a_forward_pass(tmp_path, registry,
         entry = service.registry.get(minilm_path)
         with ThreadPoolExecutor(2) as pool:
             with entry.encoder.lock:
-                futures = [pool.submit(service.embed, EncoderSpec(model=minilm_path), texts)
-                           for texts in (texts_a, texts_b)]
+                futures = [
+                    pool.submit(service.embed, EncoderSpec(model=minilm_path), texts)
+                    for texts in (texts_a, texts_b)
+                ]
                 _wait_for(lambda: entry.queue.pending_rows == 4)
             got = np.concatenate([f.result(timeout=60).vectors for f in futures])
         assert service.batches == 1 and service.computed_texts == 4
@@ -202,7 +217,8 @@ def test_a_request_of_many_chunks_matches_the_encoder_text_by_text(service, mini
     result = service.embed(EncoderSpec(model=minilm_path), texts)
     encoder = service.registry.get(minilm_path).encoder
     ids = encoder.tokenize(texts, encoder.max_length)
-    expected = np.concatenate([encoder.run([row], pooling="mean", layer=0, normalize=False)
-                               .numpy() for row in ids])
+    expected = np.concatenate(
+        [encoder.run([row], pooling="mean", layer=0, normalize=False).numpy() for row in ids]
+    )
     assert result.misses == len(texts) and service.batches >= len(texts) * 10 // 256
     np.testing.assert_allclose(result.vectors, expected, rtol=1e-4, atol=1e-5)

@@ -42,17 +42,27 @@ def _reference(path: str, texts: list[str], pooling: str, layer: int = 0) -> np.
 @pytest.fixture(scope="module")
 def encoders(minilm_path, tiny_llama_path):
     cpu = torch.device("cpu")
-    return {name: Encoder(resolve(path), cpu) for name, path in
-            (("minilm", minilm_path), ("llama", tiny_llama_path))}
+    return {
+        name: Encoder(resolve(path), cpu)
+        for name, path in (("minilm", minilm_path), ("llama", tiny_llama_path))
+    }
 
 
-@pytest.mark.parametrize("name, pooling, layer", [
-    ("minilm", "mean", 0), ("minilm", "cls", 0), ("minilm", "max", 0), ("minilm", "mean", 3),
-    ("llama", "mean", 0), ("llama", "last", 0), ("llama", "max", 1),
-])
-def test_packed_and_padded_match_plain_transformers_float32(encoders, minilm_path,
-                                                            tiny_llama_path, name, pooling,
-                                                            layer):
+@pytest.mark.parametrize(
+    "name, pooling, layer",
+    [
+        ("minilm", "mean", 0),
+        ("minilm", "cls", 0),
+        ("minilm", "max", 0),
+        ("minilm", "mean", 3),
+        ("llama", "mean", 0),
+        ("llama", "last", 0),
+        ("llama", "max", 1),
+    ],
+)
+def test_packed_and_padded_match_plain_transformers_float32(
+    encoders, minilm_path, tiny_llama_path, name, pooling, layer
+):
     encoder = encoders[name]
     encoder.load()
     assert encoder.packed, "the probe should keep the packed path for BERT and Llama"
@@ -60,8 +70,7 @@ def test_packed_and_padded_match_plain_transformers_float32(encoders, minilm_pat
     expected = _reference(path, TEXTS, pooling, layer)
     ids = encoder.tokenize(TEXTS, encoder.max_length)
     for packed in (True, False):
-        got = encoder.run(ids, pooling=pooling, layer=layer, normalize=False,
-                          packed=packed).numpy()
+        got = encoder.run(ids, pooling=pooling, layer=layer, normalize=False, packed=packed).numpy()
         assert rel_error(got, expected) < 1e-5, (packed, rel_error(got, expected))
 
 
@@ -96,13 +105,15 @@ def test_pool_packed_equals_pool_on_the_padded_batch():
     padded = torch.zeros(len(lengths), width, 8)
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for i, h in enumerate(hidden):
-        padded[i, :len(h)] = h
-        mask[i, :len(h)] = 1
+        padded[i, : len(h)] = h
+        mask[i, : len(h)] = 1
     cu = pack([[0] * n for n in lengths]).cu_seq_lens
     for mode in ("mean", "cls", "last", "max", "sum"):
         for normalize in (False, True):
-            torch.testing.assert_close(pool_packed(torch.cat(hidden), cu, mode, normalize),
-                                       pool(padded, mask, mode, normalize))
+            torch.testing.assert_close(
+                pool_packed(torch.cat(hidden), cu, mode, normalize),
+                pool(padded, mask, mode, normalize),
+            )
 
 
 def test_pack_positions_restart_per_text():

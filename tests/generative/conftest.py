@@ -19,8 +19,28 @@ from services.trainer.context import JobContext, Progress
 from services.trainer.recipes.generative.launch import run_generative_job
 from tunewire.config import resolve, to_dict
 
-NAMES = ["alba", "bruno", "carla", "dario", "elena", "fabio", "gina", "hugo", "ines", "jonas",
-         "kira", "luca", "maya", "nico", "olga", "pablo", "rosa", "sven", "tina", "umar"]
+NAMES = [
+    "alba",
+    "bruno",
+    "carla",
+    "dario",
+    "elena",
+    "fabio",
+    "gina",
+    "hugo",
+    "ines",
+    "jonas",
+    "kira",
+    "luca",
+    "maya",
+    "nico",
+    "olga",
+    "pablo",
+    "rosa",
+    "sven",
+    "tina",
+    "umar",
+]
 COLORS = ["red", "blue", "green", "black", "white", "amber"]
 FRUITS = ["apple", "pear", "plum", "fig", "lime", "kiwi"]
 
@@ -43,14 +63,27 @@ def build_tiny_model(out: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=128, tie_word_embeddings=True,
-                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                      pad_token_id=fast.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+    )
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
         # With std-0.02 tied embeddings the logits of a 64-wide model span ~1 nat at most, so a
@@ -73,9 +106,16 @@ def llm_config(base: Path, **overrides) -> dict:
         "input_features": [{"name": "name", "type": "text"}],
         "output_features": [{"name": "answer", "type": "text"}],
         "prompt": {"template": "what does {name} like ? answer :"},
-        "trainer": {"type": "finetune", "epochs": 100, "batch_size": 4, "learning_rate": 0.003,
-                    "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.05},
-                    "eval_steps": 100, "early_stop": -1, "steps_per_checkpoint": 1000},
+        "trainer": {
+            "type": "finetune",
+            "epochs": 100,
+            "batch_size": 4,
+            "learning_rate": 0.003,
+            "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.05},
+            "eval_steps": 100,
+            "early_stop": -1,
+            "steps_per_checkpoint": 1000,
+        },
         "generation": {"max_new_tokens": 4},
         "backend": {"trainer": {"use_gpu": False}},
     }
@@ -101,15 +141,24 @@ class Recorder:
             return [e for e in self.events if isinstance(e, cls)]
 
 
-def job_context(tmp: Path, raw: dict, *, train=None, validation=None, test=None, attempt=1,
-                job_id="job-1") -> tuple[JobContext, Recorder]:
+def job_context(
+    tmp: Path, raw: dict, *, train=None, validation=None, test=None, attempt=1, job_id="job-1"
+) -> tuple[JobContext, Recorder]:
     cfg = resolve(raw)
     rec = Recorder()
     df = task_frame()
-    ctx = JobContext(job_id=job_id, config=cfg, config_dict=to_dict(cfg), work_dir=tmp / "work",
-                     artifact_dir=tmp / "artifact", train=df if train is None else train,
-                     validation=df if validation is None else validation, test=test,
-                     emit=rec, attempt=attempt)
+    ctx = JobContext(
+        job_id=job_id,
+        config=cfg,
+        config_dict=to_dict(cfg),
+        work_dir=tmp / "work",
+        artifact_dir=tmp / "artifact",
+        train=df if train is None else train,
+        validation=df if validation is None else validation,
+        test=test,
+        emit=rec,
+        attempt=attempt,
+    )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     return ctx, rec
 
@@ -137,8 +186,13 @@ print(json.dumps(out))
 
 def fresh_process_generate(artifact: Path, prompts: list[str]) -> list[str]:
     """Load the artifact with plain transformers/peft in a new interpreter (no tunewire import)."""
-    done = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, str(artifact), json.dumps(prompts)],
-                          capture_output=True, text=True, timeout=180, cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_GENERATE, str(artifact), json.dumps(prompts)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd="/",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -147,13 +201,16 @@ def prompts(df) -> list[str]:
     return [f"what does {n} like ? answer :" for n in df["name"]]
 
 
-def worker_losses(tiny_model, tmp_path, *, steps: int, use_gpu: bool, workers: int,
-                  strategy: str = "ddp") -> list[float]:
+def worker_losses(
+    tiny_model, tmp_path, *, steps: int, use_gpu: bool, workers: int, strategy: str = "ddp"
+) -> list[float]:
     """Per-step losses at a global batch of 4: one worker at batch 4, or two at batch 2 each."""
     trainer = {"epochs": 1, "train_steps": steps, "eval_steps": None, "batch_size": 4 // workers}
     backend = {"use_gpu": use_gpu, "num_workers": workers, "strategy": strategy}
-    ctx, rec = job_context(tmp_path, llm_config(tiny_model, trainer=trainer,
-                                                backend={"trainer": backend}),
-                           validation=task_frame().iloc[:0])
+    ctx, rec = job_context(
+        tmp_path,
+        llm_config(tiny_model, trainer=trainer, backend={"trainer": backend}),
+        validation=task_frame().iloc[:0],
+    )
     run_generative_job(ctx)
     return [e.loss for e in rec.of(Progress)]

@@ -54,7 +54,9 @@ def test_packed_rows_reset_positions(tiny):
     assert batch.n_real == sum(len(s.input_ids) for s in samples)
     # The labelled positions are found on the host and travel with the batch.
     labelled = (batch.labels.reshape(-1) != IGNORE).nonzero().squeeze(1)
-    assert torch.equal(batch.targets, labelled) and torch.equal(batch.to(torch.device("cpu")).targets, labelled)
+    assert torch.equal(batch.targets, labelled) and torch.equal(
+        batch.to(torch.device("cpu")).targets, labelled
+    )
     assert batch.n_target == sum(s.n_target for s in samples)
 
 
@@ -81,8 +83,12 @@ def test_rows_without_boundaries_or_padding_run_dense_with_the_same_loss(tiny):
     packed = collate_packed([[s] for s in same], width, tok.pad_token_id)
     padded = collate_padded(same, tok.pad_token_id)
     assert packed.dense and padded.dense and packed.to(torch.device("cpu")).dense
-    assert not collate_packed([[s] for s in same], width + 1, tok.pad_token_id).dense  # a padded tail
-    short = dataclasses.replace(same[0], input_ids=same[0].input_ids[:-1], labels=same[0].labels[:-1])
+    assert not collate_packed(
+        [[s] for s in same], width + 1, tok.pad_token_id
+    ).dense  # a padded tail
+    short = dataclasses.replace(
+        same[0], input_ids=same[0].input_ids[:-1], labels=same[0].labels[:-1]
+    )
     assert not collate_padded([*same, short], tok.pad_token_id).dense  # rows of several lengths
     assert not collate_packed([[same[0]], [short]], width, tok.pad_token_id).dense
     with torch.no_grad():
@@ -104,7 +110,7 @@ def test_no_cross_contamination_inside_a_packed_row(tiny):
     def loss_of_second(first):
         batch = collate_packed([[first, b]], 32, tok.pad_token_id)
         labels = batch.labels.clone()
-        labels[0, :len(first.input_ids)] = IGNORE  # score only the second sample
+        labels[0, : len(first.input_ids)] = IGNORE  # score only the second sample
         batch = dataclasses.replace(batch, labels=labels, targets=None)  # targets found anew
         with torch.no_grad():
             return float(wrapper(batch).loss_sum)
@@ -125,8 +131,9 @@ def test_fused_cross_entropy_matches_reference(monkeypatch):
     (stats.loss_sum * 0.5).backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
-    ref = torch.nn.functional.cross_entropy((h @ w.t()).reshape(-1, 50), labels.reshape(-1),
-                                            reduction="sum", ignore_index=IGNORE)
+    ref = torch.nn.functional.cross_entropy(
+        (h @ w.t()).reshape(-1, 50), labels.reshape(-1), reduction="sum", ignore_index=IGNORE
+    )
     (ref * 0.5).backward()
     assert stats.loss_sum.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from services.trainer.context import Progress
-from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.data import build_samples, collate_packed
+from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import CausalLMWithLoss, load_model, load_tokenizer
 from tests.generative.conftest import (
     fresh_process_generate,
@@ -29,8 +29,9 @@ from tests.generative.conftest import (
 from tunewire.config import resolve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
-                               reason="needs bitsandbytes")
+needs_bnb = pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes"
+)
 
 LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 GPU = {"trainer": {"use_gpu": True}}
@@ -53,8 +54,13 @@ def test_quantized_base_holds_bitsandbytes_layers(tiny_model, bits):
 @needs_bnb
 @pytest.mark.parametrize("bits", [4, 8])
 def test_qlora_trains_and_its_adapter_loads_in_stock_peft(tiny_model, tmp_path, bits):
-    raw = llm_config(tiny_model, adapter=LORA, quantization={"bits": bits}, backend=GPU,
-                     trainer={"epochs": 20, "learning_rate": 0.02, "eval_steps": None})
+    raw = llm_config(
+        tiny_model,
+        adapter=LORA,
+        quantization={"bits": bits},
+        backend=GPU,
+        trainer={"epochs": 20, "learning_rate": 0.02, "eval_steps": None},
+    )
     ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:0])
     run_generative_job(ctx)
     losses = [e.loss for e in rec.of(Progress)]
@@ -66,8 +72,12 @@ def test_qlora_trains_and_its_adapter_loads_in_stock_peft(tiny_model, tmp_path, 
 
 
 def test_bf16_lora_with_compiled_layers_learns(tiny_model, tmp_path):
-    raw = llm_config(tiny_model, adapter=LORA, backend=GPU,
-                     trainer={"epochs": 20, "learning_rate": 0.02, "eval_steps": None, "compile": True})
+    raw = llm_config(
+        tiny_model,
+        adapter=LORA,
+        backend=GPU,
+        trainer={"epochs": 20, "learning_rate": 0.02, "eval_steps": None, "compile": True},
+    )
     ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:0])
     run_generative_job(ctx)
     losses = [e.loss for e in rec.of(Progress)]
@@ -112,8 +122,9 @@ def test_dense_rows_match_varlen_attention(tiny_model, compile):
 @pytest.fixture(scope="module")
 def one_gpu(tiny_model, tmp_path_factory) -> list[float]:
     """The one-GPU reference, run once for every strategy it is compared with."""
-    return worker_losses(tiny_model, tmp_path_factory.mktemp("one"), steps=4, use_gpu=True,
-                         workers=1)
+    return worker_losses(
+        tiny_model, tmp_path_factory.mktemp("one"), steps=4, use_gpu=True, workers=1
+    )
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

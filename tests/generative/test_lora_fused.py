@@ -29,11 +29,19 @@ def peft_lm(dtype: torch.dtype = torch.float32, **lora_kwargs) -> torch.nn.Modul
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=LAYERS,
-                      num_attention_heads=4, num_key_value_heads=2, attention_bias=True,
-                      mlp_bias=True)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                      **lora_kwargs)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        mlp_bias=True,
+    )
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, **lora_kwargs
+    )
     return get_peft_model(LlamaForCausalLM(cfg), lora).to(dtype)
 
 
@@ -61,9 +69,11 @@ def fused_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     return fused, fuse_lora(fused)
 
 
-@pytest.mark.parametrize("lora_kwargs", [{}, {"lora_dropout": 0.1}, {"use_rslora": True},
-                                         {"use_dora": True}, {"lora_bias": True}],
-                         ids=["plain", "dropout", "rslora", "dora", "lora_bias"])
+@pytest.mark.parametrize(
+    "lora_kwargs",
+    [{}, {"lora_dropout": 0.1}, {"use_rslora": True}, {"use_dora": True}, {"lora_bias": True}],
+    ids=["plain", "dropout", "rslora", "dora", "lora_bias"],
+)
 def test_matches_peft_forward_and_gradients(lora_kwargs):
     ref = peft_lm(**lora_kwargs)
     fused, count = fused_copy(ref)
@@ -118,7 +128,9 @@ def test_bf16_is_as_close_to_fp32_as_peft():
         exact = forward_backward(exact_model, ids)
         for name, model in (("peft", ref), ("ours", fused)):
             got = forward_backward(model, ids)
-            errors[name] += [float((got[k].float() - e).norm() / e.norm()) for k, e in exact.items()]
+            errors[name] += [
+                float((got[k].float() - e).norm() / e.norm()) for k, e in exact.items()
+            ]
     peft, ours = (sum(v) / len(v) for v in (errors["peft"], errors["ours"]))
     assert ours <= 1.25 * peft, (ours, peft)
 
@@ -151,7 +163,7 @@ def test_compiled_decoder_layer_matches_eager(train):
         x.grad = None
         torch.manual_seed(1)
         y = fn(x, position_embeddings=pos)
-        (y ** 2).sum().backward()
+        (y**2).sum().backward()
         grads = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
         return {"y": y.detach(), "x": x.grad, **grads}
 
@@ -167,15 +179,28 @@ def test_compiled_decoder_layer_matches_eager(train):
 
 def recipe_losses(tiny_model: Path, tmp: Path, *, fused: bool, steps: int = 6) -> list[float]:
     """Loss per step of our recipe (packed batches, dropout on) with or without the fusion."""
-    raw = llm_config(tiny_model, adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": 0.1,
-                                          "target_modules": "all-linear"},
-                     trainer={"epochs": 1, "train_steps": steps, "learning_rate": 0.02,
-                              "eval_steps": None})
+    raw = llm_config(
+        tiny_model,
+        adapter={
+            "type": "lora",
+            "r": 8,
+            "alpha": 16,
+            "dropout": 0.1,
+            "target_modules": "all-linear",
+        },
+        trainer={"epochs": 1, "train_steps": steps, "learning_rate": 0.02, "eval_steps": None},
+    )
     cfg = resolve(raw)
     (tmp / "inputs").mkdir(parents=True)
     task_frame().to_parquet(tmp / "inputs" / "train.parquet", index=False)
-    job = WorkerJob(job_id="j", job_dir=tmp, artifact_dir=tmp / "artifact", attempt=1, cfg=cfg,
-                    config_dict=to_dict(cfg))
+    job = WorkerJob(
+        job_id="j",
+        job_dir=tmp,
+        artifact_dir=tmp / "artifact",
+        attempt=1,
+        cfg=cfg,
+        config_dict=to_dict(cfg),
+    )
     recipe = GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cpu"))
     unfused = mock.patch.object(lora_fused, "fuse_lora", lambda model: 0)
     with contextlib.nullcontext() if fused else unfused:

@@ -24,6 +24,7 @@ from tunewire.errors import FailedPrecondition, InvalidArgument
 
 LORA = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0}
 
+
 @pytest.fixture(scope="module")
 def full_job(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
@@ -51,8 +52,14 @@ def test_full_artifact_loads_in_a_fresh_process(full_job):
     ctx, _, _ = full_job
     art = ctx.artifact_dir
     names = {p.name for p in art.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-            "resolved_config.json", "tunewire.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "resolved_config.json",
+        "tunewire.json",
+    } <= names
     meta = json.loads((art / "tunewire.json").read_text())
     assert meta["kind"] == "full_model" and meta["task"] == "text-generation"
     assert meta["job_id"] == "job-1" and "token_accuracy" in meta["metrics"]["validation"]["answer"]
@@ -74,8 +81,11 @@ def test_generation_overrides(full_job):
 @pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
 def test_lora_artifacts_load_in_a_fresh_process(tiny_model, tmp_path, merge):
     adapter = {**LORA, "postprocessor": {"merge_adapter_into_base_model": merge}}
-    raw = llm_config(tiny_model, adapter={**adapter, "r": 16, "alpha": 32, "target_modules": "all-linear"},
-                     trainer={"epochs": 12, "learning_rate": 0.02, "eval_steps": None})
+    raw = llm_config(
+        tiny_model,
+        adapter={**adapter, "r": 16, "alpha": 32, "target_modules": "all-linear"},
+        trainer={"epochs": 12, "learning_rate": 0.02, "eval_steps": None},
+    )
     ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:0])
     run_generative_job(ctx)
     losses = [e.loss for e in rec.of(Progress)]
@@ -136,14 +146,14 @@ def test_resumed_job_continues_the_same_loss_curve(tiny_model, tmp_path):
 @pytest.fixture(scope="module")
 def one_worker_cpu(tiny_model, tmp_path_factory) -> list[float]:
     """The one-worker reference, run once for every strategy it is compared with."""
-    return worker_losses(tiny_model, tmp_path_factory.mktemp("one"), steps=3, use_gpu=False,
-                         workers=1)
+    return worker_losses(
+        tiny_model, tmp_path_factory.mktemp("one"), steps=3, use_gpu=False, workers=1
+    )
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(tiny_model, tmp_path, one_worker_cpu, strategy):
-    two = worker_losses(tiny_model, tmp_path, steps=3, use_gpu=False, workers=2,
-                        strategy=strategy)
+    two = worker_losses(tiny_model, tmp_path, steps=3, use_gpu=False, workers=2, strategy=strategy)
     assert len(one_worker_cpu) == 3 and two == pytest.approx(one_worker_cpu, rel=1e-4)
 
 
@@ -164,8 +174,16 @@ def test_template_naming_a_missing_column_fails_clearly(tiny_model, tmp_path):
 def test_early_stopping_restores_the_best_weights(tiny_model, tmp_path):
     """A learning rate far too high makes validation loss worsen: training stops early and the
     artifact carries the best evaluation's weights, whose metrics are the ones reported."""
-    raw = llm_config(tiny_model, trainer={"epochs": 50, "learning_rate": 0.5, "eval_steps": 1,
-                                          "early_stop": 2, "learning_rate_scheduler": {}})
+    raw = llm_config(
+        tiny_model,
+        trainer={
+            "epochs": 50,
+            "learning_rate": 0.5,
+            "eval_steps": 1,
+            "early_stop": 2,
+            "learning_rate_scheduler": {},
+        },
+    )
     ctx, rec = job_context(tmp_path, raw, validation=task_frame().head(4))
     result = run_generative_job(ctx)
     messages = [e.message for e in rec.of(Log)]

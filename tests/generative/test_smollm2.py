@@ -49,17 +49,22 @@ def smollm2(tmp_path_factory) -> Path:
 
 
 def test_smollm2_lora_end_to_end(smollm2, tmp_path):
-    rows = [{"instruction": f"Reply with the word {w}.", "output": w}
-            for w in ["apple", "river", "stone", "cloud", "green", "seven", "music", "table"]]
+    rows = [
+        {"instruction": f"Reply with the word {w}.", "output": w}
+        for w in ["apple", "river", "stone", "cloud", "green", "seven", "music", "table"]
+    ]
     df = pd.DataFrame(rows)
-    raw = {"model_type": "llm", "base_model": str(smollm2),
-           "input_features": [{"name": "instruction", "type": "text"}],
-           "output_features": [{"name": "output", "type": "text"}],
-           "prompt": {"use_chat_template": True},
-           "adapter": {"type": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
-           "trainer": {"type": "finetune", "train_steps": 4, "batch_size": 4, "learning_rate": 1e-4},
-           "generation": {"max_new_tokens": 4},
-           "backend": {"trainer": {"use_gpu": False}}}
+    raw = {
+        "model_type": "llm",
+        "base_model": str(smollm2),
+        "input_features": [{"name": "instruction", "type": "text"}],
+        "output_features": [{"name": "output", "type": "text"}],
+        "prompt": {"use_chat_template": True},
+        "adapter": {"type": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
+        "trainer": {"type": "finetune", "train_steps": 4, "batch_size": 4, "learning_rate": 1e-4},
+        "generation": {"max_new_tokens": 4},
+        "backend": {"trainer": {"use_gpu": False}},
+    }
     ctx, rec = job_context(tmp_path, raw, train=df, validation=df.head(4), test=df.head(4))
     result = run_generative_job(ctx)
     losses = [e.loss for e in rec.of(Progress)]

@@ -44,8 +44,15 @@ def artifact_root(tmp_path) -> Path:
 def gateway(tmp_path, hub, artifact_root):
     from services.hub_gateway.app import Settings, start
 
-    app = start(Settings(data_dir=tmp_path / "gw", port=0, endpoint=hub.endpoint, token=TOKEN,
-                         artifact_roots=[artifact_root]))
+    app = start(
+        Settings(
+            data_dir=tmp_path / "gw",
+            port=0,
+            endpoint=hub.endpoint,
+            token=TOKEN,
+            artifact_roots=[artifact_root],
+        )
+    )
     yield app
     app.close(grace=1.0)
 
@@ -63,25 +70,44 @@ def _build_tiny_models(root: Path) -> tuple[Path, Path]:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    sentences = ["the quick brown fox jumps over the lazy dog",
-                 "tunewire uploads models to the hub in one commit",
-                 "a tiny llama learns nothing but loads everywhere"] * 20
+    sentences = [
+        "the quick brown fox jumps over the lazy dog",
+        "tunewire uploads models to the hub in one commit",
+        "a tiny llama learns nothing but loads everywhere",
+    ] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(sentences, trainers.BpeTrainer(
-        vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", pad_token="<pad>")
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    tok.train_from_iterator(
+        sentences,
+        trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     full = root / "full"
     model.save_pretrained(full)
     tokenizer.save_pretrained(full)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                  task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     adapter = root / "adapter"
     peft_model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)

@@ -23,23 +23,87 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_ludwig_and_dashed_spellings_parse_the_same():
-    ludwig = parse(["upload", "hf_hub", "--repo_id", "o/n", "--model_path", "p", "--private",
-                    "--commit_message", "m", "--commit_description", "d", "--dry_run",
-                    "--create_pr", "--hub_gateway", "h:1"])
-    dashed = parse(["upload", "hf_hub", "--repo-id", "o/n", "--model-path", "p", "-p",
-                    "-c", "m", "-d", "d", "--dry-run", "--create-pr", "--hub-gateway", "h:1"])
-    short = parse(["upload", "hf_hub", "-r", "o/n", "-m", "p", "-p", "-c", "m", "-d", "d",
-                   "--dry_run", "--create_pr", "--hub-gateway", "h:1"])
+    ludwig = parse(
+        [
+            "upload",
+            "hf_hub",
+            "--repo_id",
+            "o/n",
+            "--model_path",
+            "p",
+            "--private",
+            "--commit_message",
+            "m",
+            "--commit_description",
+            "d",
+            "--dry_run",
+            "--create_pr",
+            "--hub_gateway",
+            "h:1",
+        ]
+    )
+    dashed = parse(
+        [
+            "upload",
+            "hf_hub",
+            "--repo-id",
+            "o/n",
+            "--model-path",
+            "p",
+            "-p",
+            "-c",
+            "m",
+            "-d",
+            "d",
+            "--dry-run",
+            "--create-pr",
+            "--hub-gateway",
+            "h:1",
+        ]
+    )
+    short = parse(
+        [
+            "upload",
+            "hf_hub",
+            "-r",
+            "o/n",
+            "-m",
+            "p",
+            "-p",
+            "-c",
+            "m",
+            "-d",
+            "d",
+            "--dry_run",
+            "--create_pr",
+            "--hub-gateway",
+            "h:1",
+        ]
+    )
     assert vars(ludwig) == vars(dashed) == vars(short)
     assert ludwig.private is True and ludwig.repo_id == "o/n" and ludwig.func is upload.run
     assert parse(["upload", "hf_hub", "-r", "o/n", "-m", "p"]).private is False
 
 
-def test_dry_run_prints_files_and_card_and_sends_nothing(hub, full_model, tmp_path, capsys,
-                                                         monkeypatch):
+def test_dry_run_prints_files_and_card_and_sends_nothing(
+    hub, full_model, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    args = parse(["upload", "hf_hub", "-r", "org/dry", "-m", str(full_model), "--dry_run",
-                  "--endpoint", hub.endpoint, "--data_dir", str(tmp_path / "state")])
+    args = parse(
+        [
+            "upload",
+            "hf_hub",
+            "-r",
+            "org/dry",
+            "-m",
+            str(full_model),
+            "--dry_run",
+            "--endpoint",
+            hub.endpoint,
+            "--data_dir",
+            str(tmp_path / "state"),
+        ]
+    )
     assert upload.run(args) == 0
     out = capsys.readouterr().out
     assert "full_model artifact" in out and "model.safetensors" in out and "README.md" in out
@@ -48,8 +112,21 @@ def test_dry_run_prints_files_and_card_and_sends_nothing(hub, full_model, tmp_pa
 
 
 def test_upload_through_a_gateway(hub, gateway_address, adapter_model, capsys):
-    args = parse(["upload", "hf_hub", "-r", "org/cli", "-m", str(adapter_model), "-p",
-                  "-c", "from the CLI", "--hub-gateway", gateway_address])
+    args = parse(
+        [
+            "upload",
+            "hf_hub",
+            "-r",
+            "org/cli",
+            "-m",
+            str(adapter_model),
+            "-p",
+            "-c",
+            "from the CLI",
+            "--hub-gateway",
+            gateway_address,
+        ]
+    )
     assert upload.run(args) == 0
     out = capsys.readouterr()
     assert "uploaded 5 files (0 unchanged) to org/cli" in out.out
@@ -60,24 +137,69 @@ def test_upload_through_a_gateway(hub, gateway_address, adapter_model, capsys):
 
 def test_errors_are_one_line_without_traceback(hub, gateway_address, full_model, capsys):
     (full_model / "config.json").unlink()
-    args = parse(["upload", "hf_hub", "-r", "org/bad", "-m", str(full_model),
-                  "--hub-gateway", gateway_address])
+    args = parse(
+        [
+            "upload",
+            "hf_hub",
+            "-r",
+            "org/bad",
+            "-m",
+            str(full_model),
+            "--hub-gateway",
+            gateway_address,
+        ]
+    )
     assert upload.run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model_path: full_model artifact is missing: config.json")
     assert "Traceback" not in "\n".join(err)
-    assert upload.run(parse(["upload", "hf_hub", "-r", "not-a-repo-id", "-m", str(full_model),
-                             "--hub-gateway", gateway_address])) == 2
+    assert (
+        upload.run(
+            parse(
+                [
+                    "upload",
+                    "hf_hub",
+                    "-r",
+                    "not-a-repo-id",
+                    "-m",
+                    str(full_model),
+                    "--hub-gateway",
+                    gateway_address,
+                ]
+            )
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow
 def test_cli_entry_point_dry_run(hub, adapter_model, tmp_path):
-    env = {**os.environ, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1",
-           "TUNEWIRE_DATA_DIR": str(tmp_path / "state")}
+    env = {
+        **os.environ,
+        "HF_TOKEN": TOKEN,
+        "HF_HUB_DISABLE_XET": "1",
+        "TUNEWIRE_DATA_DIR": str(tmp_path / "state"),
+    }
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "clients" / "cli.py"), "upload", "hf_hub", "--repo-id",
-         "org/entry", "--model-path", str(adapter_model), "--dry-run", "--endpoint", hub.endpoint],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "clients" / "cli.py"),
+            "upload",
+            "hf_hub",
+            "--repo-id",
+            "org/entry",
+            "--model-path",
+            str(adapter_model),
+            "--dry-run",
+            "--endpoint",
+            hub.endpoint,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "peft_adapter artifact" in proc.stdout and "library_name: peft" in proc.stdout
     assert hub.count("commits") == 0

@@ -47,10 +47,12 @@ def test_health_is_serving(gateway_address):
 
 
 def test_round_trip_full_model_and_adapter_load_with_stock_code(
-        hub, gateway_address, full_model, adapter_model, tmp_path):
+    hub, gateway_address, full_model, adapter_model, tmp_path
+):
     full = upload_to_hf_hub("org/tiny-llama", full_model, private=True, gateway=gateway_address)
-    adapter = upload_to_hf_hub("org/tiny-lora", adapter_model, gateway=gateway_address,
-                               commit_message="LoRA on tiny llama")
+    adapter = upload_to_hf_hub(
+        "org/tiny-lora", adapter_model, gateway=gateway_address, commit_message="LoRA on tiny llama"
+    )
     assert full.state == pb.Upload.SUCCEEDED and adapter.state == pb.Upload.SUCCEEDED
     assert full.artifact_kind == "full_model" and adapter.artifact_kind == "peft_adapter"
     # private honoured; one commit per upload on top of the repo's initial one.
@@ -60,31 +62,43 @@ def test_round_trip_full_model_and_adapter_load_with_stock_code(
     assert hub.count("commits") == 2
     assert full.commit_oid == hub.commits_on("org/tiny-llama")[0]
     lfs = {f.path for f in full.files if f.lfs}
-    assert lfs == {"model.safetensors"} and hub.files_at("org/tiny-llama")["model.safetensors"]["lfs"]
+    assert (
+        lfs == {"model.safetensors"} and hub.files_at("org/tiny-llama")["model.safetensors"]["lfs"]
+    )
     # the card: generated for the full model, PEFT's empty template replaced for the adapter.
     assert "AutoModelForCausalLM.from_pretrained('org/tiny-llama')" in full.model_card
-    assert "library_name: peft" in adapter.model_card and "More Information Needed" not in \
-        adapter.model_card
+    assert (
+        "library_name: peft" in adapter.model_card
+        and "More Information Needed" not in adapter.model_card
+    )
 
     cache = tmp_path / "hf-cache"
-    full_dir = snapshot_download("org/tiny-llama", endpoint=hub.endpoint, token=TOKEN,
-                                 cache_dir=cache)
-    adapter_dir = snapshot_download("org/tiny-lora", endpoint=hub.endpoint, token=TOKEN,
-                                    cache_dir=cache)
-    assert (full_model / "model.safetensors").read_bytes() == \
-        open(os.path.join(full_dir, "model.safetensors"), "rb").read()
+    full_dir = snapshot_download(
+        "org/tiny-llama", endpoint=hub.endpoint, token=TOKEN, cache_dir=cache
+    )
+    adapter_dir = snapshot_download(
+        "org/tiny-lora", endpoint=hub.endpoint, token=TOKEN, cache_dir=cache
+    )
+    assert (full_model / "model.safetensors").read_bytes() == open(
+        os.path.join(full_dir, "model.safetensors"), "rb"
+    ).read()
     with pytest.raises(Exception):  # private: nothing without the token
-        snapshot_download("org/tiny-llama", endpoint=hub.endpoint, token=False,
-                          cache_dir=tmp_path / "anon")
+        snapshot_download(
+            "org/tiny-llama", endpoint=hub.endpoint, token=False, cache_dir=tmp_path / "anon"
+        )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", LOAD_AND_GENERATE, full_dir, adapter_dir],
-                          capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_GENERATE, full_dir, adapter_dir],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GENERATED" in proc.stdout
 
 
-def test_large_file_goes_through_lfs_and_a_dropped_put_is_retried(
-        hub, gateway_address, full_model):
+def test_large_file_goes_through_lfs_and_a_dropped_put_is_retried(hub, gateway_address, full_model):
     big = os.urandom(10 * 1024 * 1024 + 123)  # above the Hub's 10 MB threshold for any file
     (full_model / "extra.dat").write_bytes(big)
     hub.fail("PUT", r"^/lfs-upload/", None, times=1)  # drop the connection mid-body
@@ -115,15 +129,19 @@ def test_rate_limit_honours_retry_after(hub, gateway_address, adapter_model):
 
 
 def test_rejected_token_is_unauthenticated_commits_nothing_and_never_leaks(
-        hub, tmp_path, full_model):
+    hub, tmp_path, full_model
+):
     from services.hub_gateway.app import Settings, start
 
     wrong = "hf_WRONG_secret_value_77"
     token_file = tmp_path / "token"
     token_file.write_text(wrong + "\n")
     with capture_logs() as logs:
-        app = start(Settings(data_dir=tmp_path / "gw401", port=0, endpoint=hub.endpoint,
-                             token_file=token_file))
+        app = start(
+            Settings(
+                data_dir=tmp_path / "gw401", port=0, endpoint=hub.endpoint, token_file=token_file
+            )
+        )
         try:
             with pytest.raises(Unauthenticated) as info:
                 upload_to_hf_hub("org/denied", full_model, gateway=f"127.0.0.1:{app.port}")
@@ -137,8 +155,9 @@ def test_rejected_token_is_unauthenticated_commits_nothing_and_never_leaks(
     assert hub.count("commits") == 0 and hub.repo("org/denied") is None
     assert wrong not in str(info.value) and wrong not in str(upload) and wrong not in str(events)
     assert wrong not in repr(logs) and TOKEN not in repr(logs)
-    stored = "".join(p.read_text(errors="ignore") for p in (tmp_path / "gw401").rglob("*")
-                     if p.is_file())
+    stored = "".join(
+        p.read_text(errors="ignore") for p in (tmp_path / "gw401").rglob("*") if p.is_file()
+    )
     assert wrong not in stored
 
 
@@ -175,16 +194,22 @@ def test_artifact_roots(hub, gateway_address, artifact_root, full_model, tmp_pat
             client.create_upload(pb.UploadSpec(repo_id="org/x", artifact_path=str(full_model)))
         assert info.value.field == "spec.artifact_path"
         with pytest.raises(PermissionDenied):
-            client.create_upload(pb.UploadSpec(
-                repo_id="org/x", artifact_path=str(artifact_root / ".." / full_model.name)))
+            client.create_upload(
+                pb.UploadSpec(
+                    repo_id="org/x", artifact_path=str(artifact_root / ".." / full_model.name)
+                )
+            )
         inside = artifact_root / "run1"
         full_model.rename(inside)
         upload = client.create_upload(pb.UploadSpec(repo_id="org/x", artifact_path=str(inside)))
         done = client.wait(upload.id)
         assert done.state == pb.Upload.SUCCEEDED and hub.count("commits") == 1
         with pytest.raises(PermissionDenied) as info:
-            client.create_upload(pb.UploadSpec(repo_id="org/x", artifact_path=str(inside),
-                                               endpoint="http://elsewhere.example"))
+            client.create_upload(
+                pb.UploadSpec(
+                    repo_id="org/x", artifact_path=str(inside), endpoint="http://elsewhere.example"
+                )
+            )
         assert info.value.field == "spec.endpoint"
     finally:
         client.close()
@@ -235,7 +260,8 @@ def test_revision_missing_is_not_found(hub, gateway_address, adapter_model):
 def test_create_pr_leaves_main_untouched(hub, gateway_address, adapter_model):
     upload_to_hf_hub("org/pr", adapter_model, gateway=gateway_address)
     (adapter_model / "adapter_config.json").write_text(
-        (adapter_model / "adapter_config.json").read_text().replace('"r": 4', '"r": 4 '))
+        (adapter_model / "adapter_config.json").read_text().replace('"r": 4', '"r": 4 ')
+    )
     main_head = hub.commits_on("org/pr")[0]
     upload = upload_to_hf_hub("org/pr", adapter_model, gateway=gateway_address, create_pr=True)
     assert "/discussions/1" in upload.commit_url
@@ -248,8 +274,9 @@ def test_authors_card_is_kept_unless_overwritten(gateway_address, full_model):
     (full_model / "README.md").write_text("---\nlicense: mit\n---\n# My own words\n")
     kept = upload_to_hf_hub("org/card", full_model, gateway=gateway_address, dry_run=True)
     assert kept.model_card.endswith("# My own words\n")
-    replaced = upload_to_hf_hub("org/card", full_model, gateway=gateway_address, dry_run=True,
-                                overwrite_model_card=True)
+    replaced = upload_to_hf_hub(
+        "org/card", full_model, gateway=gateway_address, dry_run=True, overwrite_model_card=True
+    )
     assert "library_name: transformers" in replaced.model_card
     # the trainer's card, rendered before the repo was known, is re-rendered with the repo id
     (full_model / "README.md").write_text(render_model_card(full_model))
@@ -257,8 +284,9 @@ def test_authors_card_is_kept_unless_overwritten(gateway_address, full_model):
     assert "from_pretrained('org/card')" in rerendered.model_card
 
 
-def test_streamed_copies_are_released_when_uploads_end(gateway, gateway_address, adapter_model,
-                                                       tmp_path):
+def test_streamed_copies_are_released_when_uploads_end(
+    gateway, gateway_address, adapter_model, tmp_path
+):
     dry = upload_to_hf_hub("org/rel", adapter_model, gateway=gateway_address, dry_run=True)
     done = upload_to_hf_hub("org/rel", adapter_model, gateway=gateway_address)
     for upload in (dry, done):

@@ -12,8 +12,11 @@ from tunewire.errors import PermissionDenied, Unavailable
 
 
 def files_of(root) -> list[LocalFile]:
-    return [LocalFile(p.name, p, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.iterdir()) if p.is_file()]
+    return [
+        LocalFile(p.name, p, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.iterdir())
+        if p.is_file()
+    ]
 
 
 def test_gives_up_after_max_attempts_with_growing_delays(hub, adapter_model):
@@ -23,7 +26,7 @@ def test_gives_up_after_max_attempts_with_growing_delays(hub, adapter_model):
     with pytest.raises(Unavailable) as info:
         client.upload("org/down", files_of(adapter_model))
     assert info.value.reason == "HUB_UNAVAILABLE" and "4 attempts" in str(info.value)
-    assert len(delays) == 3 and all(0.5 <= d / 2 ** i <= 1.0 for i, d in enumerate(delays))
+    assert len(delays) == 3 and all(0.5 <= d / 2**i <= 1.0 for i, d in enumerate(delays))
     assert hub.count("commits") == 0
 
 

@@ -29,8 +29,11 @@ def test_environment_fallbacks(monkeypatch, tmp_path):
     assert (s.port, s.data_dir, s.trainer_address) == (6001, tmp_path, "trainer:50052")
     assert s.artifact_roots == [Path("/a"), Path("/b")]
     assert s.token_file == Path("/secrets/hf/token") and s.endpoint == "http://hub.local"
-    s = settings_from_args(build_parser().parse_args(
-        ["--port", "7", "--artifact-root", "/c", "--artifact_root", "/d", "--trainer", "t:1"]))
+    s = settings_from_args(
+        build_parser().parse_args(
+            ["--port", "7", "--artifact-root", "/c", "--artifact_root", "/d", "--trainer", "t:1"]
+        )
+    )
     assert s.port == 7 and s.artifact_roots == [Path("/c"), Path("/d")]
     assert s.trainer_address == "t:1"
 
@@ -43,18 +46,37 @@ def test_serves_until_sigterm(tmp_path):
         port = sock.getsockname()[1]
     env = {**os.environ, "TUNEWIRE_LOG_FORMAT": "json", "HF_TOKEN": "hf_never_logged_123"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.hub_gateway", "--port", str(port), "--data-dir",
-         str(tmp_path / "data"), "--endpoint", "http://127.0.0.1:9"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "services.hub_gateway",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and status != health_pb2.HealthCheckResponse.SERVING:
             try:
                 with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                    status = health_pb2_grpc.HealthStub(ch).Check(
-                        health_pb2.HealthCheckRequest(service="tunewire.v1.HubGatewayService"),
-                        timeout=2).status
+                    status = (
+                        health_pb2_grpc.HealthStub(ch)
+                        .Check(
+                            health_pb2.HealthCheckRequest(service="tunewire.v1.HubGatewayService"),
+                            timeout=2,
+                        )
+                        .status
+                    )
             except grpc.RpcError:
                 time.sleep(0.3)
         assert status == health_pb2.HealthCheckResponse.SERVING

@@ -15,13 +15,24 @@ def front_matter(card: str) -> dict:
 
 
 def test_predictive_card_from_tunewire_json(tmp_path):
-    (tmp_path / "tunewire.json").write_text(json.dumps({
-        "kind": "predictive", "base_model": "sentence-transformers/all-MiniLM-L6-v2",
-        "task": "text-classification", "datasets": ["sms_spam"], "job_id": "job-123",
-        "metrics": {"test": {"label": {"accuracy": 0.975, "loss": 0.08}},
-                    "validation": {"label": {"accuracy": 0.96}}}}))
-    (tmp_path / "resolved_config.json").write_text(json.dumps(
-        {"model_type": "ecd", "trainer": {"epochs": 3, "learning_rate": 0.001}}))
+    (tmp_path / "tunewire.json").write_text(
+        json.dumps(
+            {
+                "kind": "predictive",
+                "base_model": "sentence-transformers/all-MiniLM-L6-v2",
+                "task": "text-classification",
+                "datasets": ["sms_spam"],
+                "job_id": "job-123",
+                "metrics": {
+                    "test": {"label": {"accuracy": 0.975, "loss": 0.08}},
+                    "validation": {"label": {"accuracy": 0.96}},
+                },
+            }
+        )
+    )
+    (tmp_path / "resolved_config.json").write_text(
+        json.dumps({"model_type": "ecd", "trainer": {"epochs": 3, "learning_rate": 0.001}})
+    )
     card = render_model_card(tmp_path, repo_id="org/spam")
     meta = front_matter(card)
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,9 +49,15 @@ def test_predictive_card_from_tunewire_json(tmp_path):
 
 
 def test_peft_card_from_adapter_config(tmp_path):
-    (tmp_path / "adapter_config.json").write_text(json.dumps(
-        {"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "peft_type": "LORA",
-         "r": 8}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "peft_type": "LORA",
+                "r": 8,
+            }
+        )
+    )
     card = render_model_card(tmp_path, repo_id="org/lora")
     meta = front_matter(card)
     assert meta["library_name"] == "peft"
@@ -52,8 +69,9 @@ def test_peft_card_from_adapter_config(tmp_path):
 
 
 def test_local_base_model_paths_stay_out_of_the_metadata(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"_name_or_path": "/mnt/cache/llama", "model_type": "llama"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"_name_or_path": "/mnt/cache/llama", "model_type": "llama"})
+    )
     meta = front_matter(render_model_card(tmp_path))
     assert "base_model" not in meta
     assert meta["library_name"] == "transformers" and "llama" in meta["tags"]

@@ -14,8 +14,10 @@ from tunewire.errors import InvalidArgument, NotFound, PermissionDenied
 
 def test_paths_under_a_root_are_allowed(tmp_path):
     (tmp_path / "root" / "run1").mkdir(parents=True)
-    assert resolve_under_roots(str(tmp_path / "root" / "run1"), [tmp_path / "root"]) == \
-        (tmp_path / "root" / "run1").resolve()
+    assert (
+        resolve_under_roots(str(tmp_path / "root" / "run1"), [tmp_path / "root"])
+        == (tmp_path / "root" / "run1").resolve()
+    )
 
 
 def test_dotdot_and_symlinks_out_of_the_roots_are_refused(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from clients.hub import upload_to_hf_hub
 from tests.hub_gateway.conftest import TOKEN
 from tunewire.errors import FailedPrecondition, NotFound, Unavailable
-from tunewire.server import Service, ServerSettings, create_server
+from tunewire.server import ServerSettings, Service, create_server
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -40,9 +40,16 @@ class ArtifactTrainer(trainer_pb2_grpc.TrainerServiceServicer):
 @pytest.fixture
 def trainer(adapter_model):
     servicer = ArtifactTrainer({"job-1": adapter_model})
-    running = create_server([Service("tunewire.v1.TrainerService", servicer,
-                                      trainer_pb2_grpc.add_TrainerServiceServicer_to_server)],
-                            ServerSettings(port=0))
+    running = create_server(
+        [
+            Service(
+                "tunewire.v1.TrainerService",
+                servicer,
+                trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+            )
+        ],
+        ServerSettings(port=0),
+    )
     yield servicer, f"127.0.0.1:{running.port}"
     running.stop(None)
 
@@ -51,8 +58,15 @@ def trainer(adapter_model):
 def job_gateway(tmp_path, hub, trainer):
     from services.hub_gateway.app import Settings, start
 
-    app = start(Settings(data_dir=tmp_path / "gwjob", port=0, endpoint=hub.endpoint, token=TOKEN,
-                         trainer_address=trainer[1]))
+    app = start(
+        Settings(
+            data_dir=tmp_path / "gwjob",
+            port=0,
+            endpoint=hub.endpoint,
+            token=TOKEN,
+            trainer_address=trainer[1],
+        )
+    )
     yield f"127.0.0.1:{app.port}"
     app.close(grace=1.0)
 

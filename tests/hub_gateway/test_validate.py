@@ -24,8 +24,10 @@ TOKENIZER = {"tokenizer.json": "{}"}
 
 
 def test_peft_adapter_complete(tmp_path):
-    root = make(tmp_path / "a", {"adapter_config.json": "{}", "adapter_model.safetensors": b"x",
-                                 **TOKENIZER})
+    root = make(
+        tmp_path / "a",
+        {"adapter_config.json": "{}", "adapter_model.safetensors": b"x", **TOKENIZER},
+    )
     result = validate(root)
     assert result.kind is ArtifactKind.PEFT_ADAPTER and result.ok
 
@@ -40,8 +42,15 @@ def test_peft_adapter_lists_every_missing_file(tmp_path):
 
 
 def test_tokenizer_config_with_vocab_is_enough(tmp_path):
-    root = make(tmp_path / "a", {"adapter_config.json": "{}", "adapter_model.bin": b"x",
-                                 "tokenizer_config.json": "{}", "vocab.json": "{}"})
+    root = make(
+        tmp_path / "a",
+        {
+            "adapter_config.json": "{}",
+            "adapter_model.bin": b"x",
+            "tokenizer_config.json": "{}",
+            "vocab.json": "{}",
+        },
+    )
     assert validate(root).ok
     (root / "vocab.json").unlink()
     assert validate(root).missing
@@ -55,23 +64,36 @@ def test_full_model_single_file(tmp_path, weights):
 
 
 def test_sharded_model_checks_every_shard_named_by_the_index(tmp_path):
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
-                            "b": "model-00002-of-00002.safetensors"}}
-    root = make(tmp_path / "m", {"config.json": "{}", **TOKENIZER,
-                                 "model.safetensors.index.json": json.dumps(index),
-                                 "model-00001-of-00002.safetensors": b"x"})
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    root = make(
+        tmp_path / "m",
+        {
+            "config.json": "{}",
+            **TOKENIZER,
+            "model.safetensors.index.json": json.dumps(index),
+            "model-00001-of-00002.safetensors": b"x",
+        },
+    )
     result = validate(root)
-    assert result.missing == ["model-00002-of-00002.safetensors (named by "
-                              "model.safetensors.index.json)"]
+    assert result.missing == [
+        "model-00002-of-00002.safetensors (named by model.safetensors.index.json)"
+    ]
     make(root, {"model-00002-of-00002.safetensors": b"y"})
     assert validate(root).ok
 
 
 def test_shards_without_index(tmp_path):
-    root = make(tmp_path / "m", {"config.json": "{}", **TOKENIZER,
-                                 "model-00001-of-00001.safetensors": b"x"})
-    assert validate(root).missing == ["model.safetensors.index.json (the index of the sharded "
-                                      "weights)"]
+    root = make(
+        tmp_path / "m", {"config.json": "{}", **TOKENIZER, "model-00001-of-00001.safetensors": b"x"}
+    )
+    assert validate(root).missing == [
+        "model.safetensors.index.json (the index of the sharded weights)"
+    ]
 
 
 def test_full_model_without_weights_or_tokenizer(tmp_path):
@@ -80,8 +102,10 @@ def test_full_model_without_weights_or_tokenizer(tmp_path):
 
 
 def test_predictive_artifact(tmp_path):
-    root = make(tmp_path / "p", {"tunewire.json": json.dumps({"kind": "predictive"}),
-                                 "head.safetensors": b"x"})
+    root = make(
+        tmp_path / "p",
+        {"tunewire.json": json.dumps({"kind": "predictive"}), "head.safetensors": b"x"},
+    )
     result = validate(root)
     assert result.kind is ArtifactKind.PREDICTIVE
     assert result.missing == ["training_set_metadata.json"]
@@ -97,15 +121,28 @@ def test_unknown_kind_and_non_model_folders_are_refused(tmp_path):
 def test_symlink_out_of_the_artifact_is_refused(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("do not publish")
-    root = make(tmp_path / "a", {"adapter_config.json": "{}", "adapter_model.safetensors": b"x",
-                                 **TOKENIZER})
+    root = make(
+        tmp_path / "a",
+        {"adapter_config.json": "{}", "adapter_model.safetensors": b"x", **TOKENIZER},
+    )
     os.symlink(secret, root / "extra.txt")
     with pytest.raises(InvalidArgument, match="links outside"):
         validate(root)
 
 
 def test_tooling_dirs_are_not_artifact_files(tmp_path):
-    root = make(tmp_path / "a", {"adapter_config.json": "{}", "adapter_model.safetensors": b"x",
-                                 **TOKENIZER, ".git/HEAD": "ref", "__pycache__/x.pyc": b"x"})
-    assert validate(root).files == ["adapter_config.json", "adapter_model.safetensors",
-                                    "tokenizer.json"]
+    root = make(
+        tmp_path / "a",
+        {
+            "adapter_config.json": "{}",
+            "adapter_model.safetensors": b"x",
+            **TOKENIZER,
+            ".git/HEAD": "ref",
+            "__pycache__/x.pyc": b"x",
+        },
+    )
+    assert validate(root).files == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+    ]

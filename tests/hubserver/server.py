@@ -28,7 +28,8 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", 
 _LFS_SPEC = "version https://git-lfs.github.com/spec/v1\n"
 _API_REPO = re.compile(
     r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<op>preupload|commit|paths-info|tree|revision)"
-    r"/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?$")
+    r"/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?$"
+)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -96,8 +97,13 @@ class HubStore:
 
     def entry(self, path: str, data: bytes | None, sha256: str, size: int, lfs: bool) -> dict:
         blob = git_blob_sha1(lfs_pointer(sha256, size)) if lfs else git_blob_sha1(data or b"")
-        return {"sha256": sha256, "size": size, "lfs": lfs, "blob": blob,
-                "pointer_size": len(lfs_pointer(sha256, size)) if lfs else 0}
+        return {
+            "sha256": sha256,
+            "size": size,
+            "lfs": lfs,
+            "blob": blob,
+            "pointer_size": len(lfs_pointer(sha256, size)) if lfs else 0,
+        }
 
     def create_repo(self, repo_id: str, private: bool) -> bool:
         """False when it exists already."""
@@ -108,17 +114,29 @@ class HubStore:
             sha = self.put_object(data)
             files = {".gitattributes": self.entry(".gitattributes", data, sha, len(data), False)}
             oid = self._commit_oid(None, files, "initial commit")
-            repo = {"id": repo_id, "private": private, "branches": {"main": oid},
-                    "commits": {oid: {"parent": None, "summary": "initial commit",
-                                      "description": "", "files": files, "time": time.time()}},
-                    "prs": 0}
+            repo = {
+                "id": repo_id,
+                "private": private,
+                "branches": {"main": oid},
+                "commits": {
+                    oid: {
+                        "parent": None,
+                        "summary": "initial commit",
+                        "description": "",
+                        "files": files,
+                        "time": time.time(),
+                    }
+                },
+                "prs": 0,
+            }
             self.save(repo_id, repo)
             return True
 
     @staticmethod
     def _commit_oid(parent: str | None, files: dict, summary: str) -> str:
-        payload = json.dumps([parent, sorted((p, e["blob"]) for p, e in files.items()), summary,
-                              time.time_ns()])
+        payload = json.dumps(
+            [parent, sorted((p, e["blob"]) for p, e in files.items()), summary, time.time_ns()]
+        )
         return hashlib.sha1(payload.encode()).hexdigest()
 
     def resolve(self, repo: dict, rev: str) -> str | None:
@@ -128,8 +146,9 @@ class HubStore:
             return rev
         return None
 
-    def commit(self, repo_id: str, rev: str, header: dict, ops: list[tuple[str, dict]],
-               create_pr: bool) -> tuple[str, str | None]:
+    def commit(
+        self, repo_id: str, rev: str, header: dict, ops: list[tuple[str, dict]], create_pr: bool
+    ) -> tuple[str, str | None]:
         """Apply ops atomically on top of `rev`; returns (commit oid, pr branch or None)."""
         with self.lock:
             repo = self.load(repo_id)
@@ -150,9 +169,13 @@ class HubStore:
                     files[value["path"]] = value["entry"]
             summary = header.get("summary") or ""
             oid = self._commit_oid(parent, files, summary)
-            repo["commits"][oid] = {"parent": parent, "summary": summary,
-                                    "description": header.get("description") or "",
-                                    "files": files, "time": time.time()}
+            repo["commits"][oid] = {
+                "parent": parent,
+                "summary": summary,
+                "description": header.get("description") or "",
+                "files": files,
+                "time": time.time(),
+            }
             branch = rev
             pr = None
             if create_pr:
@@ -168,7 +191,7 @@ class HubStore:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "HubServer"
+    server: HubServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         self.server.hub.request_log.append(f"{self.command} {self.path}")
@@ -179,8 +202,14 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-              content_type: str = "application/json", length: int | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        length: int | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -193,8 +222,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(value).encode(), headers)
 
-    def _error(self, status: int, message: str, code: str | None = None,
-               extra: dict[str, str] | None = None) -> None:
+    def _error(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         headers = {"X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code
@@ -205,8 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.server.hub
         with hub.lock:
             for fault in hub.faults:
-                if (fault.times > 0 and fault.method == self.command
-                        and re.search(fault.path, urlsplit(self.path).path)):
+                if (
+                    fault.times > 0
+                    and fault.method == self.command
+                    and re.search(fault.path, urlsplit(self.path).path)
+                ):
                     fault.times -= 1
                     break
             else:
@@ -242,8 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _readable(self, repo: dict | None, repo_id: str) -> bool:
         hub = self.server.hub
-        if repo is None or (repo["private"] and hub.tokens is not None
-                            and self._token() not in hub.tokens):
+        if repo is None or (
+            repo["private"] and hub.tokens is not None and self._token() not in hub.tokens
+        ):
             self._body()
             self._error(404, f"Repository {repo_id} not found", "RepoNotFound")
             return False
@@ -288,8 +326,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"name": "user", "type": "user"})
         match = _API_REPO.match(path)
         if match:
-            return self._api(match["repo"], match["op"], unquote(match["rev"] or ""),
-                             unquote(match["path"] or ""), query)
+            return self._api(
+                match["repo"],
+                match["op"],
+                unquote(match["rev"] or ""),
+                unquote(match["path"] or ""),
+                query,
+            )
         match = re.match(r"^/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$", path)
         if match and self.command == "POST":
             return self._lfs_batch(match["repo"])
@@ -316,8 +359,10 @@ class _Handler(BaseHTTPRequestHandler):
         private = bool(payload.get("private")) or payload.get("visibility") == "private"
         created = self.server.hub.store.create_repo(repo_id, private)
         if not created:
-            return self._json(409, {"error": "You already created this model repo",
-                                    "url": f"{self.base}/{repo_id}"})
+            return self._json(
+                409,
+                {"error": "You already created this model repo", "url": f"{self.base}/{repo_id}"},
+            )
         self._count("repos_created")
         self._json(200, {"url": f"{self.base}/{repo_id}", "name": repo_id, "id": repo_id})
 
@@ -336,10 +381,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._body()
                 return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             files = repo["commits"][oid]["files"]
-            return self._json(200, {"id": repo_id, "modelId": repo_id, "sha": oid,
-                                    "private": repo["private"], "author": repo_id.split("/")[0],
-                                    "siblings": [{"rfilename": p} for p in sorted(files)],
-                                    "tags": [], "downloads": 0, "likes": 0})
+            return self._json(
+                200,
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": oid,
+                    "private": repo["private"],
+                    "author": repo_id.split("/")[0],
+                    "siblings": [{"rfilename": p} for p in sorted(files)],
+                    "tags": [],
+                    "downloads": 0,
+                    "likes": 0,
+                },
+            )
         oid = store.resolve(repo, rev)
         if oid is None:
             self._body()
@@ -362,8 +417,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _tree_entry(path: str, entry: dict) -> dict:
         out = {"type": "file", "path": path, "oid": entry["blob"], "size": entry["size"]}
         if entry["lfs"]:
-            out["lfs"] = {"oid": entry["sha256"], "size": entry["size"],
-                          "pointerSize": entry["pointer_size"]}
+            out["lfs"] = {
+                "oid": entry["sha256"],
+                "size": entry["size"],
+                "pointerSize": entry["pointer_size"],
+            }
         return out
 
     def _tree(self, files: dict, prefix: str, recursive: bool) -> list[dict]:
@@ -371,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
         for path in sorted(files):
             if prefix and not path.startswith(prefix + "/"):
                 continue
-            rest = path[len(prefix) + 1:] if prefix else path
+            rest = path[len(prefix) + 1 :] if prefix else path
             parts = rest.split("/")
             for i in range(1, len(parts)):
                 if not recursive and i > 1:
@@ -380,8 +438,14 @@ class _Handler(BaseHTTPRequestHandler):
             if recursive or len(parts) == 1:
                 out.append(self._tree_entry(path, files[path]))
         for d in sorted(dirs):
-            out.append({"type": "directory", "path": d,
-                        "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0})
+            out.append(
+                {
+                    "type": "directory",
+                    "path": d,
+                    "oid": hashlib.sha1(d.encode()).hexdigest(),
+                    "size": 0,
+                }
+            )
         return out
 
     def _preupload(self, files: dict) -> None:
@@ -395,8 +459,14 @@ class _Handler(BaseHTTPRequestHandler):
             oid = None
             if remote is not None:
                 oid = remote["sha256"] if remote["lfs"] else remote["blob"]
-            out.append({"path": path, "uploadMode": "lfs" if lfs else "regular",
-                        "shouldIgnore": False, "oid": oid})
+            out.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
         self._json(200, {"files": out, "commitOid": None})
 
     def _commit(self, repo_id: str, rev: str, query: dict) -> None:
@@ -416,10 +486,19 @@ class _Handler(BaseHTTPRequestHandler):
             elif key == "lfsFile":
                 sha, size = value["oid"], value.get("size")
                 if not store.has_object(sha, size):
-                    return self._error(422, f"LFS object {sha} for {value['path']} was not uploaded")
+                    return self._error(
+                        422, f"LFS object {sha} for {value['path']} was not uploaded"
+                    )
                 size = (store.objects / sha).stat().st_size
-                ops.append((key, {"path": value["path"],
-                                  "entry": store.entry(value["path"], None, sha, size, True)}))
+                ops.append(
+                    (
+                        key,
+                        {
+                            "path": value["path"],
+                            "entry": store.entry(value["path"], None, sha, size, True),
+                        },
+                    )
+                )
             elif key in ("deletedFile", "deletedFolder"):
                 ops.append((key, value))
             else:
@@ -432,8 +511,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             return self._error(412, str(exc))
         self._count("commits")
-        body = {"success": True, "commitOid": oid, "commitUrl": f"{self.base}/{repo_id}/commit/{oid}",
-                "commitMessage": header.get("summary", "")}
+        body = {
+            "success": True,
+            "commitOid": oid,
+            "commitUrl": f"{self.base}/{repo_id}/commit/{oid}",
+            "commitMessage": header.get("summary", ""),
+        }
         if pr:
             number = pr.rsplit("/", 1)[-1]
             body["pullRequestUrl"] = f"{self.base}/{repo_id}/discussions/{number}"
@@ -456,8 +539,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "verify": {"href": f"{self.base}/lfs-verify/{repo_id}/{oid}", "header": {}},
                 }
             objects.append(item)
-        self._json(200, {"transfer": "basic", "objects": objects},
-                   {"Content-Type": "application/vnd.git-lfs+json"})
+        self._json(
+            200,
+            {"transfer": "basic", "objects": objects},
+            {"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def _lfs_put(self, repo_id: str, oid: str) -> None:
         data = self._body()
@@ -484,23 +570,30 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         entry = repo["commits"][oid]["files"].get(path)
         if entry is None:
-            return self._error(404, f"Entry not found: {path}", "EntryNotFound",
-                               {"X-Repo-Commit": oid})
+            return self._error(
+                404, f"Entry not found: {path}", "EntryNotFound", {"X-Repo-Commit": oid}
+            )
         data = b"" if self.command == "HEAD" else store.read_object(entry["sha256"])
         headers = {"X-Repo-Commit": oid, "Accept-Ranges": "bytes"}
         if entry["lfs"]:
-            headers.update({"ETag": f'"{entry["blob"]}"', "X-Linked-Etag": f'"{entry["sha256"]}"',
-                            "X-Linked-Size": str(entry["size"])})
+            headers.update(
+                {
+                    "ETag": f'"{entry["blob"]}"',
+                    "X-Linked-Etag": f'"{entry["sha256"]}"',
+                    "X-Linked-Size": str(entry["size"]),
+                }
+            )
         else:
             headers["ETag"] = f'"{entry["blob"]}"'
-        self._send(200, data, headers, content_type="application/octet-stream",
-                   length=entry["size"])
+        self._send(
+            200, data, headers, content_type="application/octet-stream", length=entry["size"]
+        )
 
 
 class HubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, hub: "TestHub") -> None:
+    def __init__(self, hub: TestHub) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hub = hub
         self.base_url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -514,8 +607,9 @@ class TestHub:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, root: Path, *, tokens: set[str] | None = None,
-                 lfs_threshold: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self, root: Path, *, tokens: set[str] | None = None, lfs_threshold: int = 10 * 1024 * 1024
+    ) -> None:
         self.store = HubStore(root, lfs_threshold)
         self.tokens = tokens
         self.faults: list[Fault] = []
@@ -523,16 +617,23 @@ class TestHub:
         self.request_log: list[str] = []
         self.lock = threading.Lock()
         self._server = HubServer(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="test-hub",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="test-hub", daemon=True
+        )
         self._thread.start()
 
     @property
     def endpoint(self) -> str:
         return self._server.base_url
 
-    def fail(self, method: str, path: str, status: int | None, times: int = 1,
-             headers: dict[str, str] | None = None) -> None:
+    def fail(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         with self.lock:
             self.faults.append(Fault(method, path, status, times, dict(headers or {})))
 

@@ -32,12 +32,29 @@ from typing import Any
 import yaml
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-_SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "components", "namespace", "labels",
-                   "patches", "images"}
-CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "ClusterRole", "ClusterRoleBinding",
-                  "StorageClass", "PriorityClass", "CustomResourceDefinition", "RuntimeClass",
-                  "IngressClass", "ValidatingWebhookConfiguration",
-                  "MutatingWebhookConfiguration"}
+_SUPPORTED_KEYS = {
+    "apiVersion",
+    "kind",
+    "resources",
+    "components",
+    "namespace",
+    "labels",
+    "patches",
+    "images",
+}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "PersistentVolume",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "StorageClass",
+    "PriorityClass",
+    "CustomResourceDefinition",
+    "RuntimeClass",
+    "IngressClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+}
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 # Strategic-merge keys of the lists we patch, by field name (from the Kubernetes API's
@@ -136,8 +153,9 @@ def _check_unique(objects: list[dict], where: Path) -> None:
 
 def _apply_patch(objects: list[dict], patch: dict, where: Path) -> None:
     group, kind, _, name = object_id(patch)
-    targets = [o for o in objects if object_id(o)[:2] == (group, kind)
-               and o["metadata"]["name"] == name]
+    targets = [
+        o for o in objects if object_id(o)[:2] == (group, kind) and o["metadata"]["name"] == name
+    ]
     if len(targets) != 1:
         raise KustomizeError(f"{where}: patch for {kind}/{name} matches {len(targets)} objects")
     merged = strategic_merge(targets[0], patch)
@@ -167,7 +185,9 @@ def strategic_merge(base: Any, patch: Any, field: str | None = None) -> Any:
             return copy.deepcopy(patch)
         out = copy.deepcopy(base)
         for item in patch:
-            match = [i for i, b in enumerate(out) if isinstance(b, dict) and b.get(key) == item[key]]
+            match = [
+                i for i, b in enumerate(out) if isinstance(b, dict) and b.get(key) == item[key]
+            ]
             if match:
                 out[match[0]] = strategic_merge(out[match[0]], item, None)
             else:
@@ -253,4 +273,6 @@ def _apply_image(objects: list[dict], spec: dict, where: Path) -> None:
                 container["image"] = f"{name}@{spec['digest']}"
                 continue
             tag = spec.get("newTag", tag)
-            container["image"] = name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+            container["image"] = (
+                name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+            )

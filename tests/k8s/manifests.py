@@ -111,8 +111,20 @@ def selects(selector: dict | None, labels: dict) -> bool:
     return True
 
 
-_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_UNITS = {
+    "": 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
 
 
 def quantity(value) -> float:
@@ -130,10 +142,10 @@ def expand(value: str, env: dict[str, str]) -> str:
         if value.startswith("$$", i):
             out.append("$")
             i += 2
-        elif value.startswith("$(", i) and ")" in value[i + 2:]:
+        elif value.startswith("$(", i) and ")" in value[i + 2 :]:
             end = value.index(")", i + 2)
-            name = value[i + 2:end]
-            out.append(env[name] if name in env else value[i:end + 1])
+            name = value[i + 2 : end]
+            out.append(env[name] if name in env else value[i : end + 1])
             i = end + 1
         else:
             out.append(value[i])

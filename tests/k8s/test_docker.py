@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.k8s.manifests import KUSTOMIZATIONS, ROOT, pytorchjob, rendered, workloads, pod_templates
 from tests.k8s.kustomize import split_image
+from tests.k8s.manifests import KUSTOMIZATIONS, ROOT, pod_templates, pytorchjob, rendered, workloads
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
@@ -68,8 +68,9 @@ def test_bases_are_pinned():
         if base in _stages():
             continue  # built on another stage of this file
         image, tag, digest = split_image(base)
-        assert digest or (tag and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag)), \
+        assert digest or (tag and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag)), (
             f"stage {name}: base {base} is not pinned to an exact version"
+        )
 
 
 def _resolved(stage):
@@ -109,9 +110,13 @@ def test_install_script():
     text = script.read_text()
     # torch first from PyTorch's index (CPU or CUDA), then the project itself.
     assert text.index("download.pytorch.org/whl/cpu") < text.index("pip install /app")
-    assert 'torch==${TORCH_VERSION}' in text
-    out = subprocess.run(["sh", str(script), "tpu"], capture_output=True, text=True,
-                         env={"TORCH_VERSION": "0", "PATH": "/usr/bin:/bin"})
+    assert "torch==${TORCH_VERSION}" in text
+    out = subprocess.run(
+        ["sh", str(script), "tpu"],
+        capture_output=True,
+        text=True,
+        env={"TORCH_VERSION": "0", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 2 and "unknown variant" in out.stderr
     if shutil.which("shellcheck"):
         assert subprocess.run(["shellcheck", str(script)]).returncode == 0
@@ -124,23 +129,40 @@ def _ignored(path: str, patterns: list[str]) -> bool:
         pattern = pattern.lstrip("!").strip("/")
         parts = path.split("/")
         prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, "*/" + pattern.removeprefix("**/"))
-               for p in prefixes):
+        if any(
+            fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, "*/" + pattern.removeprefix("**/"))
+            for p in prefixes
+        ):
             ignored = not negate
     return ignored
 
 
 def test_dockerignore_keeps_what_the_build_needs():
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
-    needed = ["pyproject.toml", "docker/install.sh", "clients/cli.py", "clients/resolve.py",
-              "tunewire/server.py", "tunewire/v1/trainer_pb2.py",
-              "services/embedder/__main__.py", "services/trainer/__main__.py",
-              "services/hub_gateway/__main__.py"]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    needed = [
+        "pyproject.toml",
+        "docker/install.sh",
+        "clients/cli.py",
+        "clients/resolve.py",
+        "tunewire/server.py",
+        "tunewire/v1/trainer_pb2.py",
+        "services/embedder/__main__.py",
+        "services/trainer/__main__.py",
+        "services/hub_gateway/__main__.py",
+    ]
     for path in needed:
         assert not _ignored(path, patterns), f"{path} is excluded from the build context"
-    for path in [".git/config", ".venv/bin/python", "tests/k8s/test_docker.py",
-                 "services/__pycache__/x.pyc", "k8s/base/embedder.yaml"]:
+    for path in [
+        ".git/config",
+        ".venv/bin/python",
+        "tests/k8s/test_docker.py",
+        "services/__pycache__/x.pyc",
+        "k8s/base/embedder.yaml",
+    ]:
         assert _ignored(path, patterns), f"{path} would be sent to the Docker daemon"
 
 
@@ -148,6 +170,9 @@ def test_torch_pinned_as_the_setup_script_does():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     pinned = set(re.findall(r"torch==([0-9][0-9.]*)", setup))
     assert len(pinned) == 1, pinned
-    versions = {rest.partition("=")[2] for word, rest in _instructions()
-                if word == "ARG" and rest.startswith("TORCH_VERSION=")}
+    versions = {
+        rest.partition("=")[2]
+        for word, rest in _instructions()
+        if word == "ARG" and rest.startswith("TORCH_VERSION=")
+    }
     assert versions == pinned, f"Dockerfile torch {versions}, scripts/setup.sh {pinned}"

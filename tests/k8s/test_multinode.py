@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -36,8 +35,9 @@ def _job():
 
 
 def _run_script(script, env, cwd, timeout):
-    return subprocess.run(["/bin/sh", "-c", script], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["/bin/sh", "-c", script], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -48,7 +48,8 @@ def test_command_line_parses_as_torchrun(index, tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "torchrun").write_text(
-        f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+        f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+    )
     (fake / "torchrun").chmod(0o755)
     run_env = {**env, "JOB_COMPLETION_INDEX": str(index), "PATH": f"{fake}:/usr/bin:/bin"}
     out = _run_script(c["args"][0], run_env, tmp_path, 30)
@@ -68,8 +69,9 @@ def test_command_line_parses_as_torchrun(index, tmp_path):
 def test_pytorchjob_command_matches_the_indexed_job():
     _, c, _ = _job()
     (pc,) = pytorchjob()["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
-    normalise = (lambda s: s.replace("$JOB_COMPLETION_INDEX", "$RANK")
-                 .replace('"$RDZV_ENDPOINT"', '"tunewire-generative-master-0:29400"'))
+    normalise = lambda s: s.replace("$JOB_COMPLETION_INDEX", "$RANK").replace(
+        '"$RDZV_ENDPOINT"', '"tunewire-generative-master-0:29400"'
+    )
     assert normalise(c["args"][0]) == pc["args"][0]
 
 
@@ -110,15 +112,27 @@ def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
     mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "jobs")
     job_dir = tmp_path / "jobs" / env["JOB_DIR"].removeprefix(mount + "/")
     job_dir.mkdir(parents=True)
-    base_env = {**env, "JOB_DIR": str(job_dir),
-                "RDZV_ENDPOINT": f"127.0.0.1:{_free_port()}",
-                "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-                "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
-                "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen(["/bin/sh", "-c", c["args"][0]],
-                              env={**base_env, "JOB_COMPLETION_INDEX": str(i)}, cwd=pkg,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in (0, 1)]
+    base_env = {
+        **env,
+        "JOB_DIR": str(job_dir),
+        "RDZV_ENDPOINT": f"127.0.0.1:{_free_port()}",
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+    }
+    nodes = [
+        subprocess.Popen(
+            ["/bin/sh", "-c", c["args"][0]],
+            env={**base_env, "JOB_COMPLETION_INDEX": str(i)},
+            cwd=pkg,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     logs = []
     try:
         for node in nodes:

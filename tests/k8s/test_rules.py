@@ -13,9 +13,22 @@ import pytest
 import yaml
 
 from tests.k8s.kustomize import split_image
-from tests.k8s.manifests import (HEALTH_NAMES, JOB_LAYERS, KUSTOMIZATIONS, ROOT, SERVICE_LAYERS,
-                                 container_env, deployed_with, find, pod_templates, pytorchjob,
-                                 quantity, rendered, selects, workloads)
+from tests.k8s.manifests import (
+    HEALTH_NAMES,
+    JOB_LAYERS,
+    KUSTOMIZATIONS,
+    ROOT,
+    SERVICE_LAYERS,
+    container_env,
+    deployed_with,
+    find,
+    pod_templates,
+    pytorchjob,
+    quantity,
+    rendered,
+    selects,
+    workloads,
+)
 
 ALL = list(KUSTOMIZATIONS)
 # Secrets the operator creates (k8s/README.md says how); no Secret values live in the repository.
@@ -174,23 +187,27 @@ def test_services_select_pods_and_ports(name):
     templates = [(d, t) for d in workloads(docs) for t in pod_templates(d)]
     for svc in (d for d in docs if d["kind"] == "Service"):
         selector = svc["spec"]["selector"]
-        hits = [(d, t) for d, t in templates
-                if d["metadata"]["namespace"] == svc["metadata"]["namespace"]
-                and selects({"matchLabels": selector}, t["metadata"].get("labels"))]
+        hits = [
+            (d, t)
+            for d, t in templates
+            if d["metadata"]["namespace"] == svc["metadata"]["namespace"]
+            and selects({"matchLabels": selector}, t["metadata"].get("labels"))
+        ]
         assert hits, f"{name}: Service {svc['metadata']['name']} selects no pod template"
         for port in svc["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for d, t in hits:
                 container_ports = [p for c in t["spec"]["containers"] for p in c.get("ports", [])]
-                assert any(p.get("name") == target or p["containerPort"] == target
-                           for p in container_ports), \
-                    f"Service {svc['metadata']['name']} port {target} not on {d['metadata']['name']}"
+                assert any(
+                    p.get("name") == target or p["containerPort"] == target for p in container_ports
+                ), f"Service {svc['metadata']['name']} port {target} not on {d['metadata']['name']}"
     # A StatefulSet's serviceName is a headless Service that selects it.
     for sts in (d for d in docs if d["kind"] == "StatefulSet"):
         svc = find(docs, "Service", sts["spec"]["serviceName"])
         assert svc["spec"].get("clusterIP") == "None"
-        assert selects({"matchLabels": svc["spec"]["selector"]},
-                       sts["spec"]["template"]["metadata"]["labels"])
+        assert selects(
+            {"matchLabels": svc["spec"]["selector"]}, sts["spec"]["template"]["metadata"]["labels"]
+        )
     # A workload's selector selects its own template.
     for d in docs:
         if d["kind"] in ("Deployment", "StatefulSet"):
@@ -221,8 +238,9 @@ def test_references_exist(name):
                     secrets_used.setdefault(v["secret"]["secretName"], set()).update(keys)
             for c in spec.get("initContainers", []) + spec["containers"]:
                 for m in c.get("volumeMounts", []):
-                    assert m["name"] in volumes or m["name"] in vct, \
+                    assert m["name"] in volumes or m["name"] in vct, (
                         f"{doc['metadata']['name']}/{c['name']}: volume {m['name']} undefined"
+                    )
                 for src in c.get("envFrom", []):
                     if "configMapRef" in src:
                         assert ("ConfigMap", ns, src["configMapRef"]["name"]) in have, src
@@ -234,7 +252,8 @@ def test_references_exist(name):
                         assert ("ConfigMap", ns, ref["configMapKeyRef"]["name"]) in have
                     if "secretKeyRef" in ref:
                         secrets_used.setdefault(ref["secretKeyRef"]["name"], set()).add(
-                            ref["secretKeyRef"]["key"])
+                            ref["secretKeyRef"]["key"]
+                        )
     for secret in secrets_used:
         in_cluster = any(k == "Secret" and n == secret for k, _, n in have)
         assert in_cluster or secret in EXTERNAL_SECRETS, f"Secret {secret} is defined nowhere"
@@ -243,11 +262,13 @@ def test_references_exist(name):
         # The README's command creates the Secret with the keys the pods mount.
         command = re.search(
             rf"kubectl (?:-n \S+ )?create secret generic {secret}(\s+(?:\\\n\s*)?--from-\S+)+",
-            readme)
+            readme,
+        )
         assert command, f"k8s/README.md must say how to create the Secret {secret}"
         for key in secrets_used[secret]:
-            assert f"--from-file={key}=" in command.group(0) or \
-                f"--from-literal={key}=" in command.group(0), f"{secret}: key {key}"
+            assert f"--from-file={key}=" in command.group(
+                0
+            ) or f"--from-literal={key}=" in command.group(0), f"{secret}: key {key}"
 
 
 @pytest.mark.parametrize("name", SERVICE_LAYERS)
@@ -263,8 +284,11 @@ def test_every_service_workload_has_a_disruption_budget(name):
 
 # --- Network reachability ---------------------------------------------------------------------
 
-KUBE_DNS = {"namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}, "ns_labels":
-            {"kubernetes.io/metadata.name": "kube-system"}}
+KUBE_DNS = {
+    "namespace": "kube-system",
+    "labels": {"k8s-app": "kube-dns"},
+    "ns_labels": {"kubernetes.io/metadata.name": "kube-system"},
+}
 INTERNET = {"external": True}
 
 
@@ -285,8 +309,10 @@ def _peer_matches(peer, policy_ns, endpoint):
 def _port_matches(rule, port, protocol):
     if not rule.get("ports"):
         return True
-    return any(p.get("protocol", "TCP") == protocol and p.get("port") in (None, port)
-               for p in rule["ports"])
+    return any(
+        p.get("protocol", "TCP") == protocol and p.get("port") in (None, port)
+        for p in rule["ports"]
+    )
 
 
 def _allowed(policies, direction, pod, peer, port, protocol):
@@ -294,35 +320,48 @@ def _allowed(policies, direction, pod, peer, port, protocol):
     if pod.get("external"):
         return True  # outside the cluster: no policy applies
     field, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
-    applying = [p for p in policies if p["metadata"]["namespace"] == pod["namespace"]
-                and selects(p["spec"]["podSelector"], pod["labels"])
-                and direction in p["spec"].get("policyTypes", ["Ingress"])]
+    applying = [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == pod["namespace"]
+        and selects(p["spec"]["podSelector"], pod["labels"])
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+    ]
     if not applying:
         return True
     for policy in applying:
         for rule in policy["spec"].get(field, []):
             peers = rule.get(peers_key)
-            if (not peers or any(_peer_matches(x, pod["namespace"], peer) for x in peers)) \
-                    and _port_matches(rule, port, protocol):
+            if (
+                not peers or any(_peer_matches(x, pod["namespace"], peer) for x in peers)
+            ) and _port_matches(rule, port, protocol):
                 return True
     return False
 
 
 def _can_connect(policies, src, dst, port, protocol="TCP"):
-    return (_allowed(policies, "Egress", src, dst, port, protocol)
-            and _allowed(policies, "Ingress", dst, src, port, protocol))
+    return _allowed(policies, "Egress", src, dst, port, protocol) and _allowed(
+        policies, "Ingress", dst, src, port, protocol
+    )
 
 
 def _pods(docs):
-    ns_labels = {d["metadata"]["name"]: {"kubernetes.io/metadata.name": d["metadata"]["name"],
-                                         **d["metadata"].get("labels", {})}
-                 for d in docs if d["kind"] == "Namespace"}
+    ns_labels = {
+        d["metadata"]["name"]: {
+            "kubernetes.io/metadata.name": d["metadata"]["name"],
+            **d["metadata"].get("labels", {}),
+        }
+        for d in docs
+        if d["kind"] == "Namespace"
+    }
     pods = {}
     for doc in workloads(docs):
         ns = doc["metadata"]["namespace"]
         pods[doc["metadata"]["name"]] = {
-            "namespace": ns, "labels": pod_templates(doc)[0]["metadata"]["labels"],
-            "ns_labels": ns_labels.get(ns, {"kubernetes.io/metadata.name": ns})}
+            "namespace": ns,
+            "labels": pod_templates(doc)[0]["metadata"]["labels"],
+            "ns_labels": ns_labels.get(ns, {"kubernetes.io/metadata.name": ns}),
+        }
     return pods
 
 
@@ -335,19 +374,34 @@ def test_network_policies_allow_only_what_each_caller_needs(name):
     cli, trainer, embedder = pods["tunewire-train-cli"], pods["trainer"], pods["embedder"]
     gateway, worker = pods["hub-gateway"], pods["tunewire-generative"]
     allowed = [
-        (cli, trainer, 50052), (trainer, embedder, 50051), (trainer, gateway, 50053),
-        (gateway, trainer, 50052), (gateway, INTERNET, 443),
-        (embedder, INTERNET, 443), (trainer, INTERNET, 443),  # model downloads
-        (worker, worker, 29400), (worker, worker, 41234),  # rendezvous, NCCL/gloo
+        (cli, trainer, 50052),
+        (trainer, embedder, 50051),
+        (trainer, gateway, 50053),
+        (gateway, trainer, 50052),
+        (gateway, INTERNET, 443),
+        (embedder, INTERNET, 443),
+        (trainer, INTERNET, 443),  # model downloads
+        (worker, worker, 29400),
+        (worker, worker, 41234),  # rendezvous, NCCL/gloo
     ]
     for src, dst, port in allowed:
         assert _can_connect(policies, src, dst, port), (src, dst, port)
     denied = [
-        (cli, embedder, 50051), (cli, gateway, 50053), (cli, INTERNET, 443),
-        (embedder, trainer, 50052), (embedder, gateway, 50053), (gateway, embedder, 50051),
-        (trainer, INTERNET, 80), (gateway, INTERNET, 80), (worker, trainer, 50052),
-        (worker, embedder, 50051), (cli, worker, 29400), (trainer, worker, 29400),
-        (INTERNET, trainer, 50052), (INTERNET, embedder, 50051), (INTERNET, gateway, 50053),
+        (cli, embedder, 50051),
+        (cli, gateway, 50053),
+        (cli, INTERNET, 443),
+        (embedder, trainer, 50052),
+        (embedder, gateway, 50053),
+        (gateway, embedder, 50051),
+        (trainer, INTERNET, 80),
+        (gateway, INTERNET, 80),
+        (worker, trainer, 50052),
+        (worker, embedder, 50051),
+        (cli, worker, 29400),
+        (trainer, worker, 29400),
+        (INTERNET, trainer, 50052),
+        (INTERNET, embedder, 50051),
+        (INTERNET, gateway, 50053),
     ]
     for src, dst, port in denied:
         assert not _can_connect(policies, src, dst, port), (src, dst, port)
@@ -363,20 +417,23 @@ def test_network_policies_allow_only_what_each_caller_needs(name):
 
 # --- Settings that must agree ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", SERVICE_LAYERS + ("train-cli",))
 def test_service_addresses_name_real_services(name):
     docs = deployed_with(name)
     settings = find(docs, "ConfigMap", "tunewire-settings")
     ns = settings["metadata"]["namespace"]
-    expected = {"TUNEWIRE_EMBEDDER": ("embedder", 50051), "TUNEWIRE_TRAINER": ("trainer", 50052),
-                "TUNEWIRE_HUB_GATEWAY": ("hub-gateway", 50053)}
+    expected = {
+        "TUNEWIRE_EMBEDDER": ("embedder", 50051),
+        "TUNEWIRE_TRAINER": ("trainer", 50052),
+        "TUNEWIRE_HUB_GATEWAY": ("hub-gateway", 50053),
+    }
     for var, (svc_name, port) in expected.items():
         value = settings["data"][var]
         if var == "TUNEWIRE_EMBEDDER" and "," in value:
             _check_replica_list(docs, value, ns, port)
             continue
-        match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)",
-                             value)
+        match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", value)
         assert match, f"{var}={value}: not a dns:/// cluster name"
         assert match.group(2) == ns, f"{var} names namespace {match.group(2)}, deployed in {ns}"
         svc = find(docs, "Service", match.group(1))
@@ -391,8 +448,9 @@ def _check_replica_list(docs, value: str, ns: str, port: int) -> None:
     sts = find(docs, "StatefulSet", "embedder")
     names = []
     for item in value.split(","):
-        match = re.fullmatch(r"embedder-(\d+)\.([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)",
-                             item)
+        match = re.fullmatch(
+            r"embedder-(\d+)\.([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", item
+        )
         assert match, f"TUNEWIRE_EMBEDDER item {item}: not a replica's stable name"
         assert match.group(2) == sts["spec"]["serviceName"] and match.group(3) == ns
         assert int(match.group(4)) == port
@@ -475,11 +533,17 @@ def test_train_cli_job_uses_flags_the_cli_has():
     import sys
 
     (c,) = find(rendered("train-cli"), "Job", "tunewire-train-cli")["spec"]["template"]["spec"][
-        "containers"]
+        "containers"
+    ]
     script = ROOT / c["command"][1]
     assert script.is_file(), f"{script} does not exist"
-    out = subprocess.run([sys.executable, str(script), c["args"][0], "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script), c["args"][0], "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     accepted = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", out.stdout))
     for arg in c["args"][1:]:

@@ -8,13 +8,19 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tests.k8s.manifests import (HEALTH_NAMES, JOB_LAYERS, SERVICE_LAYERS, container_env,
-                                 deployed_with, grpc_containers, rendered)
+from tests.k8s.manifests import (
+    HEALTH_NAMES,
+    JOB_LAYERS,
+    SERVICE_LAYERS,
+    container_env,
+    deployed_with,
+    grpc_containers,
+    rendered,
+)
 
 AUTH_SECRET = "tunewire-auth"
 # The key of tunewire-auth that each caller's own token comes from (k8s/README.md's table).
-PEER_TOKEN_KEY = {"services.trainer": "trainer-token",
-                  "services.hub_gateway": "hub-gateway-token"}
+PEER_TOKEN_KEY = {"services.trainer": "trainer-token", "services.hub_gateway": "hub-gateway-token"}
 CLIENT_TOKEN_KEY = "client-token"
 
 
@@ -26,8 +32,11 @@ def secret_file(template: dict, container: dict, path: str) -> tuple[str, str]:
     """(Secret name, key) of the file at `path` in `container`: the mount holding it must be a
     read-only Secret volume whose items put that key exactly there."""
     volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
-    mounts = [m for m in container.get("volumeMounts", [])
-              if PurePosixPath(path).is_relative_to(m["mountPath"])]
+    mounts = [
+        m
+        for m in container.get("volumeMounts", [])
+        if PurePosixPath(path).is_relative_to(m["mountPath"])
+    ]
     assert mounts, f"{path} is on no volume of {container['name']}"
     mount = max(mounts, key=lambda m: len(m["mountPath"]))
     assert mount.get("readOnly") is True, f"{mount['mountPath']} must be read-only"
@@ -81,10 +90,23 @@ def test_every_grpc_client_job_presents_its_token(layer):
 
 
 def test_secret_file_refuses_a_path_no_item_puts_there():
-    template = {"spec": {"volumes": [{"name": "auth", "secret": {
-        "secretName": AUTH_SECRET, "items": [{"key": "tokens", "path": "tokens"}]}}]}}
-    c = {"name": "x", "volumeMounts": [{"name": "auth", "mountPath": "/var/run/auth",
-                                        "readOnly": True}]}
+    template = {
+        "spec": {
+            "volumes": [
+                {
+                    "name": "auth",
+                    "secret": {
+                        "secretName": AUTH_SECRET,
+                        "items": [{"key": "tokens", "path": "tokens"}],
+                    },
+                }
+            ]
+        }
+    }
+    c = {
+        "name": "x",
+        "volumeMounts": [{"name": "auth", "mountPath": "/var/run/auth", "readOnly": True}],
+    }
     assert secret_file(template, c, "/var/run/auth/tokens") == (AUTH_SECRET, "tokens")
     with pytest.raises(AssertionError, match="no item"):
         secret_file(template, c, "/var/run/auth/token")

@@ -17,8 +17,17 @@ import textwrap
 import pytest
 
 from tests.k8s.kustomize import render
-from tests.k8s.manifests import (HEALTH_NAMES, K8S, container_env, deployed_with, expand,
-                                 grpc_containers, pod_templates, rendered, workloads)
+from tests.k8s.manifests import (
+    HEALTH_NAMES,
+    K8S,
+    container_env,
+    deployed_with,
+    expand,
+    grpc_containers,
+    pod_templates,
+    rendered,
+    workloads,
+)
 from tests.k8s.test_security import secret_file
 from tunewire.server_flags import security_from_args
 from tunewire.tls import ClientSecurity
@@ -26,17 +35,23 @@ from tunewire.tls import ClientSecurity
 TLS_SECRET = "tunewire-tls"
 CALLS_PEERS = {"services.trainer", "services.hub_gateway"}
 # What the components add to a container, by name, and nothing else.
-TLS_ENV = {"TUNEWIRE_SERVER_TLS_CERT", "TUNEWIRE_SERVER_TLS_KEY", "TUNEWIRE_TLS_CA",
-           "TUNEWIRE_HEALTH_PORT"}
+TLS_ENV = {
+    "TUNEWIRE_SERVER_TLS_CERT",
+    "TUNEWIRE_SERVER_TLS_KEY",
+    "TUNEWIRE_TLS_CA",
+    "TUNEWIRE_HEALTH_PORT",
+}
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 
 def _with_component(tmp_path, layer: str) -> list[dict]:
     """`layer` with k8s/components/tls, as an operator's own overlay would include it."""
-    (tmp_path / "kustomization.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "kustomization.yaml").write_text(
+        textwrap.dedent(f"""\
         resources: [{K8S / "overlays" / layer if layer != "base" else K8S / "base"}]
         components: [{K8S / "components" / "tls"}]
-        """))
+        """)
+    )
     return render(tmp_path)
 
 
@@ -58,8 +73,7 @@ def _parsed(module: str, c: dict, env: dict[str, str], monkeypatch):
     return parser.parse_args([expand(a, env) for a in c.get("args", [])])
 
 
-def test_every_server_serves_tls_from_the_secret_and_is_probed_in_plaintext(tls_docs,
-                                                                            monkeypatch):
+def test_every_server_serves_tls_from_the_secret_and_is_probed_in_plaintext(tls_docs, monkeypatch):
     found = set()
     servers = [(t, c, m) for t, c, m in grpc_containers(tls_docs) if m != "cli"]
     for template, c, module in servers:
@@ -120,11 +134,11 @@ def _key(doc: dict) -> tuple[str, str]:
     return doc["kind"], doc["metadata"]["name"]
 
 
-@pytest.mark.parametrize("with_tls, without", [("cpu-dev-tls", "cpu-dev"),
-                                               ("train-cli-tls", "train-cli")])
+@pytest.mark.parametrize(
+    "with_tls, without", [("cpu-dev-tls", "cpu-dev"), ("train-cli-tls", "train-cli")]
+)
 def test_the_components_change_nothing_else(with_tls, without):
-    assert sorted(_without_tls(rendered(with_tls)), key=_key) == \
-        sorted(rendered(without), key=_key)
+    assert sorted(_without_tls(rendered(with_tls)), key=_key) == sorted(rendered(without), key=_key)
 
 
 @pytest.mark.parametrize("layer", ["base", "cpu-dev", "gpu", "train-cli"])
@@ -132,4 +146,3 @@ def test_without_the_components_nothing_mentions_tls(layer):
     text = repr(rendered(layer))
     assert TLS_SECRET not in text
     assert not any(name in text for name in TLS_ENV)
-

@@ -19,8 +19,12 @@ CLI = Path(sys.executable).with_name("kubernetes-validate")
 
 
 def _cli(path: Path, version: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CLI), "--strict", "-k", version, str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(CLI), "--strict", "-k", version, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("name", list(KUSTOMIZATIONS))
@@ -66,9 +70,14 @@ def test_pytorchjob_validates_where_schemas_exist():
         assert spec["restartPolicy"] in {"Always", "OnFailure", "Never", "ExitCode"}
         containers = spec["template"]["spec"]["containers"]
         assert "pytorch" in [c["name"] for c in containers]  # the operator's required name
-        template = {"apiVersion": "v1", "kind": "PodTemplate",
-                    "metadata": {"name": f"pytorchjob-{role.lower()}",
-                                 "namespace": job["metadata"]["namespace"]},
-                    "template": spec["template"]}
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {
+                "name": f"pytorchjob-{role.lower()}",
+                "namespace": job["metadata"]["namespace"],
+            },
+            "template": spec["template"],
+        }
         for version in VERSIONS:
             kubernetes_validate.validate(template, version, strict=True)

@@ -20,21 +20,40 @@ def tiny_llama(tmp_path_factory, example_data) -> str:  # noqa: F811 - the impor
     from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-llama")
-    corpus = [t for name in ("trec_questions.csv", "sms_spam.csv")
-              for t in pd.read_csv(example_data / name, dtype=str, keep_default_na=False)["text"]]
+    corpus = [
+        t
+        for name in ("trec_questions.csv", "sms_spam.csv")
+        for t in pd.read_csv(example_data / name, dtype=str, keep_default_na=False)["text"]
+    ]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe_trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe_trainer = trainers.BpeTrainer(
+        vocab_size=2000,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(corpus, bpe_trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", model_max_length=128)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=128,
+    )
     assert tokenizer.pad_token is None
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaModel(config).save_pretrained(out)
     return str(out)
 

@@ -31,23 +31,33 @@ def mixed(example_data) -> pd.DataFrame:
     cat = rng.choice(list(CATS), size=len(sms))
     flag = rng.random(len(sms)) < 0.4
     spam = sms["label"] == "1"
-    return pd.DataFrame({
-        "text": sms["text"],
-        "question": trec["text"].sample(n=len(sms), random_state=1).to_numpy(),
-        "num": np.round(num, 4), "cat": cat, "flag": np.where(flag, "yes", "no"),
-        "spam": spam.map({True: "spam", False: "ham"}),
-        "score": np.round(3 * num + np.vectorize(CATS.get)(cat)
-                          + rng.normal(scale=0.1, size=len(sms)), 4),
-        "tags": [" ".join([f"cat{c}"] + (["flagged"] if f else []) + (["junk"] if s else []))
-                 for c, f, s in zip(cat, flag, spam)],
-        "vec": [f"{n:.4f} {-2 * n:.4f} {float(f)}" for n, f in zip(num, flag)],
-    })
+    return pd.DataFrame(
+        {
+            "text": sms["text"],
+            "question": trec["text"].sample(n=len(sms), random_state=1).to_numpy(),
+            "num": np.round(num, 4),
+            "cat": cat,
+            "flag": np.where(flag, "yes", "no"),
+            "spam": spam.map({True: "spam", False: "ham"}),
+            "score": np.round(
+                3 * num + np.vectorize(CATS.get)(cat) + rng.normal(scale=0.1, size=len(sms)), 4
+            ),
+            "tags": [
+                " ".join([f"cat{c}"] + (["flagged"] if f else []) + (["junk"] if s else []))
+                for c, f, s in zip(cat, flag, spam)
+            ],
+            "vec": [f"{n:.4f} {-2 * n:.4f} {float(f)}" for n, f in zip(num, flag)],
+        }
+    )
 
 
 def text(name: str, model: str, max_len: int = 64) -> dict:
-    return {"name": name, "type": "text",
-            "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
-            "preprocessing": {"max_sequence_length": max_len}}
+    return {
+        "name": name,
+        "type": "text",
+        "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+        "preprocessing": {"max_sequence_length": max_len},
+    }
 
 
 SPLIT = {"split": {"type": "random", "probabilities": [0.7, 0.1, 0.2]}}
@@ -56,11 +66,13 @@ SPLIT = {"split": {"type": "random", "probabilities": [0.7, 0.1, 0.2]}}
 @pytest.fixture(scope="module")
 def mixed_job(trainer, mixed, minilm):
     cfg = {
-        "input_features": [text("text", minilm), text("question", minilm, 32),
-                           {"name": "num", "type": "number"},
-                           {"name": "cat", "type": "category",
-                            "encoder": {"type": "dense", "embedding_size": 8}},
-                           {"name": "flag", "type": "binary"}],
+        "input_features": [
+            text("text", minilm),
+            text("question", minilm, 32),
+            {"name": "num", "type": "number"},
+            {"name": "cat", "type": "category", "encoder": {"type": "dense", "embedding_size": 8}},
+            {"name": "flag", "type": "binary"},
+        ],
         "combiner": {"type": "concat", "num_fc_layers": 1, "output_size": 128},
         "output_features": [
             {"name": "spam", "type": "binary"},
@@ -68,8 +80,13 @@ def mixed_job(trainer, mixed, minilm):
             {"name": "tags", "type": "set"},
             {"name": "vec", "type": "vector"},
         ],
-        "trainer": {"epochs": 40, "batch_size": 64, "learning_rate": 0.003, "early_stop": 8,
-                    "validation_field": "combined"},
+        "trainer": {
+            "epochs": 40,
+            "batch_size": 64,
+            "learning_rate": 0.003,
+            "early_stop": 8,
+            "validation_field": "combined",
+        },
         "preprocessing": SPLIT,
     }
     ds = trainer.upload_dataset(mixed.to_csv(index=False).encode(), "mixed.csv")
@@ -81,8 +98,10 @@ def test_several_inputs_and_outputs(mixed_job):
     job, _, _ = mixed_job
     test = metrics_dict(job.metrics)["test"]
     assert test["spam"]["accuracy"] >= 0.92, test["spam"]  # majority: 0.87
-    print("\nmixed inputs, test split:", {f: {k: round(v, 3) for k, v in m.items()}
-                                        for f, m in test.items()})
+    print(
+        "\nmixed inputs, test split:",
+        {f: {k: round(v, 3) for k, v in m.items()} for f, m in test.items()},
+    )
     # Without num and cat, score's R² would be about 0 (text and question are unrelated to it).
     assert test["score"]["r2"] >= 0.9, test["score"]
     assert test["tags"]["jaccard"] >= 0.85, test["tags"]  # needs cat, flag and the text
@@ -93,11 +112,19 @@ def test_several_inputs_and_outputs(mixed_job):
 
 def test_predict_decodes_every_output_as_training_did(mixed_job, trainer, services):
     job, _, ds = mixed_job
-    own = pd.read_csv(services.data_dir / "jobs" / job.id / "test_predictions.csv", dtype=str,
-                      keep_default_na=False)
+    own = pd.read_csv(
+        services.data_dir / "jobs" / job.id / "test_predictions.csv",
+        dtype=str,
+        keep_default_na=False,
+    )
     preds = predictions_frame(trainer.predict(job.artifact_path, ds.id))
-    assert {"spam_predictions", "score_predictions", "tags_predictions", "vec_predictions",
-            "tags_probabilities_junk"} <= set(preds.columns)
+    assert {
+        "spam_predictions",
+        "score_predictions",
+        "tags_predictions",
+        "vec_predictions",
+        "tags_probabilities_junk",
+    } <= set(preds.columns)
     assert len(preds) == 1200
     # Every test-split row's predictions are among predict's (same model, same decoding).
     got = set(map(tuple, preds[["spam_predictions", "tags_predictions"]].to_numpy()))
@@ -112,9 +139,12 @@ def test_plots_beside_the_artifact_and_in_the_summary(mixed_job, services):
     artifact = Path(job.artifact_path)
     record = json.loads((services.data_dir / "jobs" / job.id / "job.json").read_text())
     extras = record["summary"]["extras"]
-    assert {"plots/learning_curves.png", "plots/spam_test_confusion_matrix.png",
-            "plots/score_test_predicted_vs_true.png",
-            "plots/vec_test_predicted_vs_true.png"} <= set(extras)
+    assert {
+        "plots/learning_curves.png",
+        "plots/spam_test_confusion_matrix.png",
+        "plots/score_test_predicted_vs_true.png",
+        "plots/vec_test_predicted_vs_true.png",
+    } <= set(extras)
     for rel in extras:
         data = (artifact / rel).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, rel
@@ -124,18 +154,24 @@ def test_plots_beside_the_artifact_and_in_the_summary(mixed_job, services):
 
 def imbalanced(example_data, n_ham: int = 900, n_spam: int = 45) -> bytes:
     sms = pd.read_csv(example_data / "sms_spam.csv", dtype=str, keep_default_na=False)
-    rows = pd.concat([sms[sms["label"] == "0"].sample(n=n_ham, random_state=0),
-                      sms[sms["label"] == "1"].sample(n=n_spam, random_state=0)])
+    rows = pd.concat(
+        [
+            sms[sms["label"] == "0"].sample(n=n_ham, random_state=0),
+            sms[sms["label"] == "1"].sample(n=n_spam, random_state=0),
+        ]
+    )
     return rows.sample(frac=1.0, random_state=0).to_csv(index=False).encode()
 
 
 def spam_config(minilm: str, output: dict, epochs: int = 15) -> dict:
-    return {"input_features": [text("text", minilm)],
-            "output_features": [{"name": "label", **output}],
-            "trainer": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.001,
-                        "early_stop": -1},
-            "preprocessing": {"split": {"type": "stratify", "column": "label",
-                                        "probabilities": [0.6, 0.2, 0.2]}}}
+    return {
+        "input_features": [text("text", minilm)],
+        "output_features": [{"name": "label", **output}],
+        "trainer": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.001, "early_stop": -1},
+        "preprocessing": {
+            "split": {"type": "stratify", "column": "label", "probabilities": [0.6, 0.2, 0.2]}
+        },
+    }
 
 
 def test_class_weight_and_focal_loss_lift_minority_recall(trainer, example_data, minilm):
@@ -143,42 +179,56 @@ def test_class_weight_and_focal_loss_lift_minority_recall(trainer, example_data,
     weighted and the focal loss (weighted the same) find more of the spam."""
     ds = trainer.upload_dataset(imbalanced(example_data), "imbalanced.csv")
     recall = {}
-    for name, loss in {"plain": {}, "weighted": {"positive_class_weight": 10.0},
-                       "focal": {"type": "focal", "gamma": 2.0,
-                                 "positive_class_weight": 10.0}}.items():
-        job, _ = run_job(trainer, spam_config(minilm, {"type": "binary", "loss": loss},
-                                              epochs=4), dataset_id=ds.id)
+    for name, loss in {
+        "plain": {},
+        "weighted": {"positive_class_weight": 10.0},
+        "focal": {"type": "focal", "gamma": 2.0, "positive_class_weight": 10.0},
+    }.items():
+        job, _ = run_job(
+            trainer,
+            spam_config(minilm, {"type": "binary", "loss": loss}, epochs=4),
+            dataset_id=ds.id,
+        )
         recall[name] = metrics_dict(job.metrics)["test"]["label"]
-    print("\nimbalanced spam (5 %), 4 epochs:", {k: round(v["recall"], 3)
-                                                for k, v in recall.items()})
+    print(
+        "\nimbalanced spam (5 %), 4 epochs:", {k: round(v["recall"], 3) for k, v in recall.items()}
+    )
     assert recall["weighted"]["recall"] > recall["plain"]["recall"] + 0.1, recall
     assert recall["focal"]["recall"] > recall["plain"]["recall"] + 0.1, recall
     assert recall["focal"]["roc_auc"] > 0.95, recall
 
 
-def test_calibration_fits_a_temperature_that_lowers_validation_nll(trainer, example_data,
-                                                                   minilm):
+def test_calibration_fits_a_temperature_that_lowers_validation_nll(trainer, example_data, minilm):
     """A wide head trained long on few rows is over-confident; the fitted temperature (> 1)
     lowers the validation NLL, travels in the artifact, and predict applies it."""
     from services.trainer.recipes.predictive.model import load
 
-    rows = pd.read_csv(example_data / "trec_questions.csv", dtype=str,
-                       keep_default_na=False).sample(n=600, random_state=3)
+    rows = pd.read_csv(
+        example_data / "trec_questions.csv", dtype=str, keep_default_na=False
+    ).sample(n=600, random_state=3)
     ds = trainer.upload_dataset(rows.to_csv(index=False).encode(), "calib.csv")
-    cfg = spam_config(minilm, {"type": "category", "calibration": True,
-                               "decoder": {"num_fc_layers": 2, "fc_output_size": 512}},
-                      epochs=60)
+    cfg = spam_config(
+        minilm,
+        {
+            "type": "category",
+            "calibration": True,
+            "decoder": {"num_fc_layers": 2, "fc_output_size": 512},
+        },
+        epochs=60,
+    )
     cfg["trainer"]["learning_rate"] = 0.003
     job, events = run_job(trainer, cfg, dataset_id=ds.id)
     artifact = Path(job.artifact_path)
     report = json.loads((artifact / "tunewire.json").read_text())["calibration"]["label"]
-    print("\ncalibration:", {k: round(v, 4) if isinstance(v, float) else v
-                             for k, v in report.items()})
+    print(
+        "\ncalibration:", {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
+    )
     assert report["split"] == "validation"
     assert report["temperature"] > 1.2, report
     assert report["nll_after"] < report["nll_before"], report
     assert report["ece_after"] < report["ece_before"], report
     loaded = load(artifact)
     assert float(loaded.model.outputs["label"].temperature) == pytest.approx(
-        report["temperature"], rel=1e-6)
+        report["temperature"], rel=1e-6
+    )
     assert any("calibration of label" in m for m in logs(events))

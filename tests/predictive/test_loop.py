@@ -29,21 +29,37 @@ HEADS = {
     "batch-norm, focal, clipped, cosine": {
         "combiner": {"num_fc_layers": 1, "output_size": 32},
         "output_features": [
-            {"name": "y", "type": "category", "calibration": True,
-             "loss": {"class_weights": {"high": 2.0}},
-             "decoder": {"num_fc_layers": 1, "fc_output_size": 16, "fc_norm": "batch"}},
-            {"name": "z", "type": "binary", "loss": {"type": "focal", "weight": 0.5}}],
-        "trainer": {"gradient_clipping": {"clipglobalnorm": 0.5},
-                    "regularization_type": "l1_l2", "regularization_lambda": 1e-4,
-                    "optimizer": {"type": "adamw", "weight_decay": 0.01},
-                    "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.2}}},
+            {
+                "name": "y",
+                "type": "category",
+                "calibration": True,
+                "loss": {"class_weights": {"high": 2.0}},
+                "decoder": {"num_fc_layers": 1, "fc_output_size": 16, "fc_norm": "batch"},
+            },
+            {"name": "z", "type": "binary", "loss": {"type": "focal", "weight": 0.5}},
+        ],
+        "trainer": {
+            "gradient_clipping": {"clipglobalnorm": 0.5},
+            "regularization_type": "l1_l2",
+            "regularization_lambda": 1e-4,
+            "optimizer": {"type": "adamw", "weight_decay": 0.01},
+            "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.2},
+        },
+    },
     "layer-norm, amsgrad, linear": {
         "output_features": [
-            {"name": "y", "type": "category",
-             "decoder": {"num_fc_layers": 2, "fc_output_size": 16, "fc_norm": "layer"}},
-            {"name": "z", "type": "binary", "loss": {"positive_class_weight": 3.0}}],
-        "trainer": {"optimizer": {"type": "adam", "amsgrad": True},
-                    "learning_rate_scheduler": {"decay": "linear"}}},
+            {
+                "name": "y",
+                "type": "category",
+                "decoder": {"num_fc_layers": 2, "fc_output_size": 16, "fc_norm": "layer"},
+            },
+            {"name": "z", "type": "binary", "loss": {"positive_class_weight": 3.0}},
+        ],
+        "trainer": {
+            "optimizer": {"type": "adam", "amsgrad": True},
+            "learning_rate_scheduler": {"decay": "linear"},
+        },
+    },
 }
 
 
@@ -56,24 +72,50 @@ def frame(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": a, "b": b, "c": c, "y": y, "z": z})
 
 
-def job(tmp_path, device: torch.device, seed: int = 0, head: dict | None = None,
-        cuda_graph: bool = True) -> tuple[JobContext, HeadTrainer]:
+def job(
+    tmp_path, device: torch.device, seed: int = 0, head: dict | None = None, cuda_graph: bool = True
+) -> tuple[JobContext, HeadTrainer]:
     """The three-split job on `frame`s; `head` replaces the outputs and combiner and adds to
     the trainer section."""
     head = head or {}
-    cfg = resolve({
-        "input_features": [{"name": "a", "type": "number"}, {"name": "b", "type": "number"},
-                           {"name": "c", "type": "category"}],
-        "output_features": head.get("output_features", [
-            {"name": "y", "type": "category", "calibration": True},
-            {"name": "z", "type": "binary"}]),
-        **({"combiner": head["combiner"]} if "combiner" in head else {}),
-        "trainer": {"epochs": EPOCHS, "batch_size": BATCH, "learning_rate": 0.01,
-                    "early_stop": -1, "eval_batch_size": 32, **head.get("trainer", {})}})
+    cfg = resolve(
+        {
+            "input_features": [
+                {"name": "a", "type": "number"},
+                {"name": "b", "type": "number"},
+                {"name": "c", "type": "category"},
+            ],
+            "output_features": head.get(
+                "output_features",
+                [
+                    {"name": "y", "type": "category", "calibration": True},
+                    {"name": "z", "type": "binary"},
+                ],
+            ),
+            **({"combiner": head["combiner"]} if "combiner" in head else {}),
+            "trainer": {
+                "epochs": EPOCHS,
+                "batch_size": BATCH,
+                "learning_rate": 0.01,
+                "early_stop": -1,
+                "eval_batch_size": 32,
+                **head.get("trainer", {}),
+            },
+        }
+    )
     raw = to_dict(cfg)
     splits = {"train": frame(100, 1), "validation": frame(30, 2), "test": frame(30, 3)}
-    ctx = JobContext("job-loop", cfg, raw, tmp_path / "work", tmp_path / "artifact",
-                     splits["train"], splits["validation"], splits["test"], emit=lambda ev: None)
+    ctx = JobContext(
+        "job-loop",
+        cfg,
+        raw,
+        tmp_path / "work",
+        tmp_path / "artifact",
+        splits["train"],
+        splits["validation"],
+        splits["test"],
+        emit=lambda ev: None,
+    )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(cfg, splits)
     torch.manual_seed(seed)
@@ -94,7 +136,7 @@ def reference_epoch_losses(trainer: HeadTrainer, seed: int) -> list[float]:
     for _ in range(EPOCHS):
         order, seen, running = torch.randperm(n, generator=gen), 0, 0.0
         for start in range(0, n, BATCH):
-            idx = order[start:start + BATCH].numpy()
+            idx = order[start : start + BATCH].numpy()
             out = model({k: torch.from_numpy(v[idx]) for k, v in x.items()})
             loss, _ = model.loss(out, {k: torch.from_numpy(v[idx]) for k, v in y.items()})
             optimizer.zero_grad(set_to_none=True)
@@ -115,8 +157,11 @@ def test_the_loop_takes_the_seeded_batches_and_reports_their_weighted_mean_loss(
 
 
 def test_the_learning_rate_follows_the_schedule_step_by_step(tmp_path):
-    _, trainer = job(tmp_path, torch.device("cpu"), head={"trainer": {
-        "learning_rate_scheduler": {"decay": "linear", "warmup_fraction": 0.25}}})
+    _, trainer = job(
+        tmp_path,
+        torch.device("cpu"),
+        head={"trainer": {"learning_rate_scheduler": {"decay": "linear", "warmup_fraction": 0.25}}},
+    )
     seen: list[float] = []
     step = trainer.optimizer.step
 
@@ -131,14 +176,17 @@ def test_the_learning_rate_follows_the_schedule_step_by_step(tmp_path):
     assert len(seen) == total
     assert seen[:warmup] == pytest.approx([0.01 * (k + 1) / warmup for k in range(warmup)])
     assert seen[warmup:] == pytest.approx(
-        [0.01 * (1 - (k - warmup) / (total - warmup)) for k in range(warmup, total)])
+        [0.01 * (1 - (k - warmup) / (total - warmup)) for k in range(warmup, total)]
+    )
 
 
 def test_warm_up_steps_rewound_before_capture_leave_no_trace(tmp_path):
     """What a CUDA graph's capture needs first (real steps on real batches) is undone: weights,
     batch-norm statistics, Adam's moments and step, the loss sum and the dropout RNG."""
-    head = {**HEADS["batch-norm, focal, clipped, cosine"], "combiner": {
-        "num_fc_layers": 1, "output_size": 32, "dropout": 0.3}}
+    head = {
+        **HEADS["batch-norm, focal, clipped, cosine"],
+        "combiner": {"num_fc_layers": 1, "output_size": 32, "dropout": 0.3},
+    }
     cpu = torch.device("cpu")
     _, plain = job(tmp_path / "plain", cpu, head=head)
     _, warmed = job(tmp_path / "warmed", cpu, head=head)
@@ -151,8 +199,9 @@ def test_warm_up_steps_rewound_before_capture_leave_no_trace(tmp_path):
     assert warmed.optimizer.state and float(warmed.loss_sum) > 0
     rewind.restore()
     warmed.train(7)
-    assert [h["train_loss"] for h in warmed.history] == \
-        pytest.approx([h["train_loss"] for h in plain.history], rel=1e-6)
+    assert [h["train_loss"] for h in warmed.history] == pytest.approx(
+        [h["train_loss"] for h in plain.history], rel=1e-6
+    )
     for (name, a), b in zip(plain.model.state_dict().items(), warmed.model.state_dict().values()):
         torch.testing.assert_close(b, a, msg=name)
 
@@ -171,12 +220,15 @@ def test_the_graphed_step_trains_as_the_eager_step(tmp_path, name):
     schedule: the same per-epoch losses and the same weights, up to float rounding."""
     runs = {}
     for graphed in (False, True):
-        _, trainer = job(tmp_path / str(graphed), torch.device("cuda"), head=HEADS[name],
-                         cuda_graph=graphed)
+        _, trainer = job(
+            tmp_path / str(graphed), torch.device("cuda"), head=HEADS[name], cuda_graph=graphed
+        )
         trainer.train(7)
         assert (trainer.graphed is not None) == graphed, trainer.eager_reason
-        runs[graphed] = ([h["train_loss"] for h in trainer.history],
-                         {k: v.cpu() for k, v in trainer.model.state_dict().items()})
+        runs[graphed] = (
+            [h["train_loss"] for h in trainer.history],
+            {k: v.cpu() for k, v in trainer.model.state_dict().items()},
+        )
         trainer.release()
     (eager_losses, eager_state), (graph_losses, graph_state) = runs[False], runs[True]
     assert graph_losses == pytest.approx(eager_losses, rel=1e-5)
@@ -202,8 +254,11 @@ def test_dropout_trains_under_the_graph_and_repeats_with_the_seed(tmp_path):
 
 @needs_cuda
 def test_sgd_runs_eagerly_on_the_gpu_and_says_why(tmp_path):
-    _, trainer = job(tmp_path, torch.device("cuda"), head={"trainer": {
-        "optimizer": {"type": "sgd", "momentum": 0.9}}})
+    _, trainer = job(
+        tmp_path,
+        torch.device("cuda"),
+        head={"trainer": {"optimizer": {"type": "sgd", "momentum": 0.9}}},
+    )
     trainer.train(7)
     assert trainer.graphed is None
     assert "sgd" in trainer.eager_reason
@@ -220,10 +275,13 @@ def test_a_head_trained_on_the_gpu_evaluates_and_saves_as_on_the_cpu(tmp_path):
         assert all(t.device.type == "cpu" for per in logits.values() for t in per.values())
         write_artifact(ctx, trainer, {}, metrics, logits, {"calibration": report})
         assert pm.load(ctx.artifact_dir).model.outputs["y"].temperature.device.type == "cpu"
-        results[device] = ([h["train_loss"] for h in trainer.history],
-                           {(m.split, m.feature, m.name): m.value for m in metrics})
+        results[device] = (
+            [h["train_loss"] for h in trainer.history],
+            {(m.split, m.feature, m.name): m.value for m in metrics},
+        )
         trainer.release()
     (cpu_losses, cpu_metrics), (gpu_losses, gpu_metrics) = results["cpu"], results["cuda"]
     assert gpu_losses == pytest.approx(cpu_losses, rel=1e-3)
     assert gpu_metrics[("test", "y", "accuracy")] == pytest.approx(
-        cpu_metrics[("test", "y", "accuracy")], abs=0.07)
+        cpu_metrics[("test", "y", "accuracy")], abs=0.07
+    )

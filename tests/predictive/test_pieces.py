@@ -21,9 +21,11 @@ LLM = {"type": "llm", "base_model": "/models/llama"}
 
 
 def config(encoder=None, inputs=(), outputs=({"name": "y", "type": "category"},), **extra):
-    return {"input_features": [{"name": "text", "type": "text", "encoder": encoder or LLM},
-                               *inputs],
-            "output_features": list(outputs), **extra}
+    return {
+        "input_features": [{"name": "text", "type": "text", "encoder": encoder or LLM}, *inputs],
+        "output_features": list(outputs),
+        **extra,
+    }
 
 
 def test_llm_encoder_defaults_to_last_token_and_adapter_turns_cache_off():
@@ -39,57 +41,126 @@ def test_llm_encoder_defaults_to_last_token_and_adapter_turns_cache_off():
 
 
 def test_several_inputs_and_outputs_resolve_with_their_sections():
-    cfg = resolve(config(inputs=[{"name": "n", "type": "number"},
-                                 {"name": "c", "type": "category", "encoder": {"type": "onehot"}},
-                                 {"name": "b", "type": "binary"}],
-                         outputs=[{"name": "s", "type": "set"}, {"name": "v", "type": "vector"},
-                                  {"name": "k", "type": "binary", "calibration": True,
-                                   "loss": {"type": "focal"}}],
-                         combiner={"type": "concat", "num_fc_layers": 2, "output_size": 32},
-                         trainer={"validation_field": "combined"}))
+    cfg = resolve(
+        config(
+            inputs=[
+                {"name": "n", "type": "number"},
+                {"name": "c", "type": "category", "encoder": {"type": "onehot"}},
+                {"name": "b", "type": "binary"},
+            ],
+            outputs=[
+                {"name": "s", "type": "set"},
+                {"name": "v", "type": "vector"},
+                {"name": "k", "type": "binary", "calibration": True, "loss": {"type": "focal"}},
+            ],
+            combiner={"type": "concat", "num_fc_layers": 2, "output_size": 32},
+            trainer={"validation_field": "combined"},
+        )
+    )
     assert cfg.input_features[1].preprocessing.normalization == "zscore"
     assert cfg.input_features[2].encoder.type == "onehot"
     assert [o.loss.type for o in cfg.output_features] == [
-        "sigmoid_cross_entropy", "mean_squared_error", "focal"]
+        "sigmoid_cross_entropy",
+        "mean_squared_error",
+        "focal",
+    ]
     resolved = to_dict(cfg)
     assert to_dict(resolve(resolved)) == resolved
 
 
-@pytest.mark.parametrize("raw, field, words", [
-    (config({**LLM, "trainable": True}), "input_features[0].encoder.trainable", "full fine"),
-    (config({**LLM, "adapter": {"type": "lora"}}), "input_features[0].encoder.adapter",
-     "trainable: true"),
-    (config({**LLM, "quantization": {"bits": 4}}), "input_features[0].encoder.quantization",
-     "bitsandbytes"),
-    (config({**LLM, "trainable": True, "adapter": {"type": "ia3"}}),
-     "input_features[0].encoder.adapter.type", "lora"),
-    ({**config({**LLM, "trainable": True, "adapter": {}}),
-      "input_features": [{"name": "text", "type": "text",
-                          "encoder": {**LLM, "trainable": True, "adapter": {}},
-                          "preprocessing": {"cache_encoder_embeddings": True}}]},
-     "input_features[0].preprocessing.cache_encoder_embeddings", "trainable"),
-    (config(inputs=[{"name": "t2", "type": "text",
-                     "encoder": {**LLM, "trainable": True, "adapter": {}}}],
-            encoder={**LLM, "trainable": True, "adapter": {}}),
-     "input_features[1].encoder.trainable", "one adapted"),
-    (config(outputs=[{"name": "y", "type": "number", "calibration": True}]),
-     "output_features[0].calibration", "temperature"),
-    (config(outputs=[{"name": "y", "type": "set", "loss": {"type": "focal"}}]),
-     "output_features[0].loss.type", "sigmoid_cross_entropy"),
-    (config(inputs=[{"name": "n", "type": "number", "encoder": {"type": "dense"}}]),
-     "input_features[1].encoder.type", "passthrough"),
-    (config(inputs=[{"name": "c", "type": "category", "preprocessing": {"lowercase": True}}]),
-     "input_features[1].preprocessing.lowercase", "unknown key"),
-    (config(combiner={"type": "transformer"}), "combiner.type", "concat"),
-    (config(trainer={"validation_field": "combined", "validation_metric": "accuracy"}),
-     "trainer.validation_metric", "combined"),
-    (config(trainer={"gradient_clipping": {"clipnrom": 1.0}}), "trainer.gradient_clipping",
-     "unknown key 'clipnrom'"),
-    (config(trainer={"learning_rate_scheduler": {"warmup_evaluations": 2}}),
-     "trainer.learning_rate_scheduler.warmup_evaluations", "warmup_fraction"),
-    (config(trainer={"learning_rate_scheduler": {"decay": "cosine", "t_0": 5}}),
-     "trainer.learning_rate_scheduler.t_0", "restarts"),
-])
+@pytest.mark.parametrize(
+    "raw, field, words",
+    [
+        (config({**LLM, "trainable": True}), "input_features[0].encoder.trainable", "full fine"),
+        (
+            config({**LLM, "adapter": {"type": "lora"}}),
+            "input_features[0].encoder.adapter",
+            "trainable: true",
+        ),
+        (
+            config({**LLM, "quantization": {"bits": 4}}),
+            "input_features[0].encoder.quantization",
+            "bitsandbytes",
+        ),
+        (
+            config({**LLM, "trainable": True, "adapter": {"type": "ia3"}}),
+            "input_features[0].encoder.adapter.type",
+            "lora",
+        ),
+        (
+            {
+                **config({**LLM, "trainable": True, "adapter": {}}),
+                "input_features": [
+                    {
+                        "name": "text",
+                        "type": "text",
+                        "encoder": {**LLM, "trainable": True, "adapter": {}},
+                        "preprocessing": {"cache_encoder_embeddings": True},
+                    }
+                ],
+            },
+            "input_features[0].preprocessing.cache_encoder_embeddings",
+            "trainable",
+        ),
+        (
+            config(
+                inputs=[
+                    {
+                        "name": "t2",
+                        "type": "text",
+                        "encoder": {**LLM, "trainable": True, "adapter": {}},
+                    }
+                ],
+                encoder={**LLM, "trainable": True, "adapter": {}},
+            ),
+            "input_features[1].encoder.trainable",
+            "one adapted",
+        ),
+        (
+            config(outputs=[{"name": "y", "type": "number", "calibration": True}]),
+            "output_features[0].calibration",
+            "temperature",
+        ),
+        (
+            config(outputs=[{"name": "y", "type": "set", "loss": {"type": "focal"}}]),
+            "output_features[0].loss.type",
+            "sigmoid_cross_entropy",
+        ),
+        (
+            config(inputs=[{"name": "n", "type": "number", "encoder": {"type": "dense"}}]),
+            "input_features[1].encoder.type",
+            "passthrough",
+        ),
+        (
+            config(
+                inputs=[{"name": "c", "type": "category", "preprocessing": {"lowercase": True}}]
+            ),
+            "input_features[1].preprocessing.lowercase",
+            "unknown key",
+        ),
+        (config(combiner={"type": "transformer"}), "combiner.type", "concat"),
+        (
+            config(trainer={"validation_field": "combined", "validation_metric": "accuracy"}),
+            "trainer.validation_metric",
+            "combined",
+        ),
+        (
+            config(trainer={"gradient_clipping": {"clipnrom": 1.0}}),
+            "trainer.gradient_clipping",
+            "unknown key 'clipnrom'",
+        ),
+        (
+            config(trainer={"learning_rate_scheduler": {"warmup_evaluations": 2}}),
+            "trainer.learning_rate_scheduler.warmup_evaluations",
+            "warmup_fraction",
+        ),
+        (
+            config(trainer={"learning_rate_scheduler": {"decay": "cosine", "t_0": 5}}),
+            "trainer.learning_rate_scheduler.t_0",
+            "restarts",
+        ),
+    ],
+)
 def test_refused_with_the_key(raw, field, words):
     with pytest.raises(ConfigError) as info:
         resolve(raw)
@@ -118,21 +189,25 @@ def test_set_and_vector_outputs_encode_and_score():
     assert m["accuracy"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("weights, words", [([1.0, 2.0], "2 weights for 3 classes"),
-                                             ({"x": 3.0}, "'x' is not in the training labels")])
+@pytest.mark.parametrize(
+    "weights, words",
+    [([1.0, 2.0], "2 weights for 3 classes"), ({"x": 3.0}, "'x' is not in the training labels")],
+)
 def test_class_weights_that_do_not_fit_the_labels_are_refused_by_path(weights, words):
     from services.trainer.recipes.predictive.data import prepare
     from tunewire.errors import InvalidArgument
 
-    cfg = resolve(config(outputs=[{"name": "y", "type": "category",
-                                   "loss": {"class_weights": weights}}]))
+    cfg = resolve(
+        config(outputs=[{"name": "y", "type": "category", "loss": {"class_weights": weights}}])
+    )
     train = pd.DataFrame({"text": ["a", "b", "c"], "y": ["p", "q", "r"]})
     with pytest.raises(InvalidArgument) as info:
         prepare(cfg, {"train": train})
     assert info.value.field == "output_features[0].loss.class_weights"
     assert words in info.value.message
-    ok = resolve(config(outputs=[{"name": "y", "type": "category",
-                                  "loss": {"class_weights": {"q": 4.0}}}]))
+    ok = resolve(
+        config(outputs=[{"name": "y", "type": "category", "loss": {"class_weights": {"q": 4.0}}}])
+    )
     assert prepare(ok, {"train": train}).outputs["y"].vocab == ["p", "q", "r"]
 
 
@@ -140,8 +215,10 @@ def test_number_binary_category_inputs_encode_with_training_metadata():
     from tunewire.config.ecd import InputFeature
 
     train = pd.DataFrame({"n": ["1", "3", None], "b": ["yes", "no", ""], "c": ["x", "y", "x"]})
-    feats = {k: InputFeature(name=k, type=t) for k, t in
-             (("n", "number"), ("b", "binary"), ("c", "category"))}
+    feats = {
+        k: InputFeature(name=k, type=t)
+        for k, t in (("n", "number"), ("b", "binary"), ("c", "category"))
+    }
     metas = {k: fit_input(train, f, "p") for k, f in feats.items()}
     assert metas["n"].fill == 2.0 and metas["c"].vocab == ["<UNK>", "x", "y"]
     new = pd.DataFrame({"n": ["2", "abc"], "b": ["yes", None], "c": ["y", "never seen"]})
@@ -156,13 +233,16 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero_and_discounts_easy_examples()
     assert focal_loss(logits, target, 0.0) == pytest.approx(float(F.cross_entropy(logits, target)))
     weights = torch.rand(5) + 0.5
     assert focal_loss(logits, target, 0.0, weights) == pytest.approx(
-        float(F.cross_entropy(logits, target, weight=weights)), rel=1e-5)
+        float(F.cross_entropy(logits, target, weight=weights)), rel=1e-5
+    )
     z, t = torch.randn(64), (torch.rand(64) > 0.5).float()
     assert focal_loss(z, t, 0.0, binary=True) == pytest.approx(
-        float(F.binary_cross_entropy_with_logits(z, t)), rel=1e-5)
+        float(F.binary_cross_entropy_with_logits(z, t)), rel=1e-5
+    )
     easy = torch.tensor([[6.0, 0.0]])
     assert focal_loss(easy, torch.tensor([0]), 2.0) < 1e-3 * float(
-        F.cross_entropy(easy, torch.tensor([0])))
+        F.cross_entropy(easy, torch.tensor([0]))
+    )
 
 
 def test_temperature_scaling_recovers_the_temperature_that_made_logits_overconfident():
@@ -176,7 +256,8 @@ def test_temperature_scaling_recovers_the_temperature_that_made_logits_overconfi
     assert C.fit_temperature(z * 0.5, y, binary=True) == pytest.approx(0.5, rel=0.15)
     probs = torch.softmax(true_logits * 3.0, -1).numpy()
     assert C.expected_calibration_error(probs, target.numpy()) > C.expected_calibration_error(
-        torch.softmax(true_logits, -1).numpy(), target.numpy())
+        torch.softmax(true_logits, -1).numpy(), target.numpy()
+    )
 
 
 def test_export_conditions_name_what_is_missing():
@@ -186,13 +267,24 @@ def test_export_conditions_name_what_is_missing():
     from services.trainer.recipes.predictive.export import export_blocker, score_weight
 
     def ctx_model(encoder: dict, decoder: dict, n_classes: int = 3):
-        cfg = resolve(config(encoder, outputs=[{"name": "y", "type": "category",
-                                                "decoder": decoder}]))
+        cfg = resolve(
+            config(encoder, outputs=[{"name": "y", "type": "category", "decoder": decoder}])
+        )
         meta = OutputMetadata("y", "category", "y", vocab=[f"c{i}" for i in range(n_classes)])
-        model = pm.PredictiveModel([pm.InputSpec("text", "text", 8)], cfg.combiner,
-                                   [(cfg.output_features[0], meta)])
-        ctx = JobContext("j", cfg, {}, None, None, None,  # type: ignore[arg-type]
-                         None, None, print)
+        model = pm.PredictiveModel(
+            [pm.InputSpec("text", "text", 8)], cfg.combiner, [(cfg.output_features[0], meta)]
+        )
+        ctx = JobContext(
+            "j",
+            cfg,
+            {},
+            None,
+            None,
+            None,  # type: ignore[arg-type]
+            None,
+            None,
+            print,
+        )
         return ctx, model
 
     linear = {"num_fc_layers": 0, "use_bias": False}
@@ -203,8 +295,9 @@ def test_export_conditions_name_what_is_missing():
     assert torch.allclose(weight, model.outputs["y"].head.out.weight / 2.0)
     assert labels == ["c0", "c1", "c2"]
     assert "without bias" in export_blocker(*ctx_model(LLM, {"num_fc_layers": 0}))
-    assert "reduce_output: last" in export_blocker(*ctx_model({**LLM, "reduce_output": "mean"},
-                                                              linear))
+    assert "reduce_output: last" in export_blocker(
+        *ctx_model({**LLM, "reduce_output": "mean"}, linear)
+    )
     assert "one linear layer" in export_blocker(*ctx_model(LLM, {"use_bias": False}))
     json.dumps(to_dict(ctx.config))  # the config stays JSON-able with typed input sections
 
@@ -217,22 +310,56 @@ def test_format_1_artifacts_still_load(tmp_path):
     from services.trainer.heads import MLPHead
     from services.trainer.recipes.predictive.model import load
 
-    raw = config({"type": "auto_transformer", "pretrained_model_name_or_path": "/m"},
-                 outputs=[{"name": "label", "type": "binary",
-                           "decoder": {"num_fc_layers": 1, "fc_output_size": 4}}])
+    raw = config(
+        {"type": "auto_transformer", "pretrained_model_name_or_path": "/m"},
+        outputs=[
+            {
+                "name": "label",
+                "type": "binary",
+                "decoder": {"num_fc_layers": 1, "fc_output_size": 4},
+            }
+        ],
+    )
     (tmp_path / "resolved_config.json").write_text(json.dumps(to_dict(resolve(raw))))
-    (tmp_path / "training_set_metadata.json").write_text(json.dumps({"label": {
-        "name": "label", "type": "binary", "column": "label", "vocab": ["ham", "spam"],
-        "mean": 0.0, "std": 1.0, "normalization": None}}))
+    (tmp_path / "training_set_metadata.json").write_text(
+        json.dumps(
+            {
+                "label": {
+                    "name": "label",
+                    "type": "binary",
+                    "column": "label",
+                    "vocab": ["ham", "spam"],
+                    "mean": 0.0,
+                    "std": 1.0,
+                    "normalization": None,
+                }
+            }
+        )
+    )
     head = MLPHead(8, 1, [{"output_size": 4, "dropout": 0.0, "activation": "relu"}])
     state = {f"head.{k}": v for k, v in head.state_dict().items()}
     state |= {"pos_weight": torch.tensor(1.0), "class_weights": torch.tensor([1.0])}
     save_file(state, tmp_path / "head.safetensors")
-    (tmp_path / "tunewire.json").write_text(json.dumps({
-        "format_version": 1, "kind": "predictive", "encoder": {
-            "model": "/m", "pooling": "mean", "max_length": 64, "normalize": False, "layer": 0,
-            "dtype": "float32", "revision": "", "fingerprint": "f", "dimension": 8},
-        "head": {"input_dim": 8, "output_feature": "label"}}))
+    (tmp_path / "tunewire.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "kind": "predictive",
+                "encoder": {
+                    "model": "/m",
+                    "pooling": "mean",
+                    "max_length": 64,
+                    "normalize": False,
+                    "layer": 0,
+                    "dtype": "float32",
+                    "revision": "",
+                    "fingerprint": "f",
+                    "dimension": 8,
+                },
+                "head": {"input_dim": 8, "output_feature": "label"},
+            }
+        )
+    )
     loaded = load(tmp_path)
     assert loaded.encoders["text"].feature == "text" and loaded.encoders["text"].dimension == 8
     x = torch.randn(5, 8)

@@ -10,8 +10,12 @@ import pytest
 
 from tests.reliability.certs import CA
 
-TOKENS = {"admin": "adm-7f3c9e1d2b", "train": "trn-4a8b2c6d0e", "embed": "emb-9d1e5f3a7c",
-          "read": "rd-2c6e0a4b8d"}
+TOKENS = {
+    "admin": "adm-7f3c9e1d2b",
+    "train": "trn-4a8b2c6d0e",
+    "embed": "emb-9d1e5f3a7c",
+    "read": "rd-2c6e0a4b8d",
+}
 
 
 def write_tokens(path: Path, tokens: dict[str, str] = TOKENS) -> Path:
@@ -29,8 +33,12 @@ def pki(tmp_path_factory):
     """A CA with a server and a client certificate."""
     root = tmp_path_factory.mktemp("pki")
     ca = CA(root)
-    return {"ca": ca, "server": ca.issue("server"),
-            "client": ca.issue("client", common="trainer", server=False), "dir": root}
+    return {
+        "ca": ca,
+        "server": ca.issue("server"),
+        "client": ca.issue("client", common="trainer", server=False),
+        "dir": root,
+    }
 
 
 def code_of(call) -> grpc.StatusCode:

@@ -5,20 +5,57 @@ values, and (where the fuzz is given them) ids that exist, so that calls get pas
 
 from __future__ import annotations
 
-from hypothesis import strategies as st
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from hypothesis import strategies as st
 
-TRAVERSALS = ["../../../../etc/passwd", "/etc/passwd", "..", ".", "a/../../b", "job-../..",
-              "ds-../../x", "..\\..\\windows", "~/.ssh/id_rsa", "%2e%2e%2f%2e%2e", "/", "//x",
-              "a\x00b", "file:///etc/passwd", "org/../../repo"]
-ODD = ["", " ", "\n", "\ud7ff\ue000", "é" * 50, "😀" * 20, "\u202e", "null", "NaN", "-1",
-       "{}", "[]", '{"a": ', "x" * 5000]
+TRAVERSALS = [
+    "../../../../etc/passwd",
+    "/etc/passwd",
+    "..",
+    ".",
+    "a/../../b",
+    "job-../..",
+    "ds-../../x",
+    "..\\..\\windows",
+    "~/.ssh/id_rsa",
+    "%2e%2e%2f%2e%2e",
+    "/",
+    "//x",
+    "a\x00b",
+    "file:///etc/passwd",
+    "org/../../repo",
+]
+ODD = [
+    "",
+    " ",
+    "\n",
+    "\ud7ff\ue000",
+    "é" * 50,
+    "😀" * 20,
+    "\u202e",
+    "null",
+    "NaN",
+    "-1",
+    "{}",
+    "[]",
+    '{"a": ',
+    "x" * 5000,
+]
 
-_INT_BOUNDS = {FieldDescriptor.TYPE_INT32: 31, FieldDescriptor.TYPE_SINT32: 31,
-               FieldDescriptor.TYPE_SFIXED32: 31, FieldDescriptor.TYPE_INT64: 63,
-               FieldDescriptor.TYPE_SINT64: 63, FieldDescriptor.TYPE_SFIXED64: 63}
-_UINT_BOUNDS = {FieldDescriptor.TYPE_UINT32: 32, FieldDescriptor.TYPE_FIXED32: 32,
-                FieldDescriptor.TYPE_UINT64: 64, FieldDescriptor.TYPE_FIXED64: 64}
+_INT_BOUNDS = {
+    FieldDescriptor.TYPE_INT32: 31,
+    FieldDescriptor.TYPE_SINT32: 31,
+    FieldDescriptor.TYPE_SFIXED32: 31,
+    FieldDescriptor.TYPE_INT64: 63,
+    FieldDescriptor.TYPE_SINT64: 63,
+    FieldDescriptor.TYPE_SFIXED64: 63,
+}
+_UINT_BOUNDS = {
+    FieldDescriptor.TYPE_UINT32: 32,
+    FieldDescriptor.TYPE_FIXED32: 32,
+    FieldDescriptor.TYPE_UINT64: 64,
+    FieldDescriptor.TYPE_FIXED64: 64,
+}
 
 
 def strings(known: list[str]) -> st.SearchStrategy[str]:
@@ -33,8 +70,10 @@ def scalar(field: FieldDescriptor, known: list[str]) -> st.SearchStrategy:
     if t == FieldDescriptor.TYPE_STRING:
         return strings(known)
     if t == FieldDescriptor.TYPE_BYTES:
-        return st.one_of(st.binary(max_size=256), st.sampled_from(
-            [b"", b"\xff\xfe\x00", b"a,b\n1,2\n", b'{"a": 1}\n{', b"\x00" * 64]))
+        return st.one_of(
+            st.binary(max_size=256),
+            st.sampled_from([b"", b"\xff\xfe\x00", b"a,b\n1,2\n", b'{"a": 1}\n{', b"\x00" * 64]),
+        )
     if t == FieldDescriptor.TYPE_BOOL:
         return st.booleans()
     if t in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
@@ -44,7 +83,7 @@ def scalar(field: FieldDescriptor, known: list[str]) -> st.SearchStrategy:
         return st.one_of(st.sampled_from(values), st.integers(-5, 1000))
     if t in _INT_BOUNDS:
         bits = _INT_BOUNDS[t]
-        return st.one_of(st.integers(-3, 70_000), st.integers(-(2 ** bits), 2 ** bits - 1))
+        return st.one_of(st.integers(-3, 70_000), st.integers(-(2**bits), 2**bits - 1))
     if t in _UINT_BOUNDS:
         return st.integers(0, 2 ** _UINT_BOUNDS[t] - 1)
     raise TypeError(f"no strategy for field type {t} ({field.full_name})")
@@ -54,11 +93,14 @@ def scalar(field: FieldDescriptor, known: list[str]) -> st.SearchStrategy:
 def message(draw, descriptor: Descriptor, cls, known: list[str], depth: int = 0):
     """An instance of `cls` with a random subset of its fields set (one member per oneof)."""
     msg = cls()
-    chosen_oneofs = {o.name: draw(st.sampled_from([f.name for f in o.fields]))
-                     for o in descriptor.oneofs}
+    chosen_oneofs = {
+        o.name: draw(st.sampled_from([f.name for f in o.fields])) for o in descriptor.oneofs
+    }
     for field in descriptor.fields:
-        if field.containing_oneof is not None and \
-                chosen_oneofs[field.containing_oneof.name] != field.name:
+        if (
+            field.containing_oneof is not None
+            and chosen_oneofs[field.containing_oneof.name] != field.name
+        ):
             continue
         if not draw(st.booleans()):
             continue
@@ -66,8 +108,7 @@ def message(draw, descriptor: Descriptor, cls, known: list[str], depth: int = 0)
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 3 or field.message_type.full_name.startswith("google.protobuf"):
                 continue
-            sub_cls = type(getattr(msg, field.name).add() if repeated
-                           else getattr(msg, field.name))
+            sub_cls = type(getattr(msg, field.name).add() if repeated else getattr(msg, field.name))
             if repeated:
                 getattr(msg, field.name).pop()
             sub = message(field.message_type, sub_cls, known, depth + 1)

@@ -49,16 +49,34 @@ class Proc:
                 self.kill()
 
 
-def start(service: str, args: list[str], log: Path, env: dict[str, str] | None = None,
-          port: int | None = None, timeout: float = 90.0) -> Proc:
+def start(
+    service: str,
+    args: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    timeout: float = 90.0,
+) -> Proc:
     """Start a service and wait until its health is SERVING (or fail with its log)."""
     port = port or free_port()
-    full_env = {**os.environ, "TUNEWIRE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
-                **(env or {})}
+    full_env = {**os.environ, "TUNEWIRE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
     fh = open(log, "ab")
-    popen = subprocess.Popen([sys.executable, "-m", f"services.{service}", "--host", "127.0.0.1",
-                              "--port", str(port), *args], cwd=ROOT, env=full_env,
-                             stdout=fh, stderr=subprocess.STDOUT)
+    popen = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            f"services.{service}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *args,
+        ],
+        cwd=ROOT,
+        env=full_env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+    )
     fh.close()
     proc = Proc(service, port, popen, log)
     channel = grpc.insecure_channel(proc.address)
@@ -67,18 +85,22 @@ def start(service: str, args: list[str], log: Path, env: dict[str, str] | None =
     try:
         while True:
             if popen.poll() is not None:
-                raise RuntimeError(f"{service} exited {popen.returncode}:\n"
-                                   f"{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{service} exited {popen.returncode}:\n{log.read_text()[-3000:]}"
+                )
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return proc
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"{service} not SERVING after {timeout}s:\n"
-                                   f"{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"{service} not SERVING after {timeout}s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.2)
     finally:
         channel.close()

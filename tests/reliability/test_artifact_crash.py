@@ -19,9 +19,12 @@ from services.trainer.datasets import DatasetStore
 from services.trainer.jobs import JobRunner, JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = {"input_features": [{"name": "text", "type": "text",
-                              "encoder": {"pretrained_model_name_or_path": "/m"}}],
-          "output_features": [{"name": "label", "type": "binary"}]}
+CONFIG = {
+    "input_features": [
+        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
+    ],
+    "output_features": [{"name": "label", "type": "binary"}],
+}
 FILES = 40
 
 # The child: a runner whose recipe writes FILES artifact files slowly, so a kill lands mid-write.
@@ -59,11 +62,17 @@ def whole_recipe(ctx: JobContext) -> JobResult:
 
 def test_sigkill_mid_artifact_leaves_nothing_that_looks_whole(tmp_path):
     datasets = DatasetStore(tmp_path / "datasets")
-    ds = datasets.put([pd.DataFrame({"text": ["a", "b"], "label": ["0", "1"]})
-                       .to_csv(index=False).encode()], "d.csv")
+    ds = datasets.put(
+        [pd.DataFrame({"text": ["a", "b"], "label": ["0", "1"]}).to_csv(index=False).encode()],
+        "d.csv",
+    )
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD.format(files=FILES, config=CONFIG), str(tmp_path), ds.id],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         for line in child.stdout:  # kill once a third of the files are written
             if line.startswith("wrote") and int(line.split()[1]) >= FILES // 3:

@@ -20,10 +20,12 @@ from tunewire import auth
 from tunewire.errors import from_rpc_error
 from tunewire.server import ServerSecurity, channel_options
 from tunewire.tls import ClientSecurity, ServerTLS
-from tunewire.v1 import (embedder_pb2, hub_gateway_pb2, trainer_pb2, trainer_pb2_grpc)
+from tunewire.v1 import embedder_pb2, hub_gateway_pb2, trainer_pb2, trainer_pb2_grpc
 
-CONFIG = '{"input_features": [{"name": "t", "type": "text"}], ' \
-         '"output_features": [{"name": "y", "type": "binary"}]}'
+CONFIG = (
+    '{"input_features": [{"name": "t", "type": "text"}], '
+    '"output_features": [{"name": "y", "type": "binary"}]}'
+)
 
 
 @pytest.fixture
@@ -31,8 +33,11 @@ def trainer_with(tmp_path):
     apps = []
 
     def start(security: ServerSecurity, embedder: str | None = None):
-        app = start_trainer(TrainerSettings(data_dir=tmp_path / f"t{len(apps)}", port=0,
-                                            embedder=embedder, security=security))
+        app = start_trainer(
+            TrainerSettings(
+                data_dir=tmp_path / f"t{len(apps)}", port=0, embedder=embedder, security=security
+            )
+        )
         apps.append(app)
         return app
 
@@ -76,17 +81,32 @@ def test_token_statuses_by_role(trainer_with, tokens_file):
     assert err.code == grpc.StatusCode.PERMISSION_DENIED and err.reason == "ROLE_NOT_ALLOWED"
     assert err.metadata["required_role"] == "train"
     embedder_only, _ = stub(app.port, ClientSecurity(token=TOKENS["embed"]))
-    assert code_of(lambda: embedder_only.GetJob(trainer_pb2.GetJobRequest(id="job-x"))) \
+    assert (
+        code_of(lambda: embedder_only.GetJob(trainer_pb2.GetJobRequest(id="job-x")))
         == grpc.StatusCode.PERMISSION_DENIED
+    )
     for role in ("train", "admin"):
         client, _ = stub(app.port, ClientSecurity(token=TOKENS[role]))
         # Past auth: the missing data set is the service's own INVALID_ARGUMENT.
-        assert code_of(lambda: client.CreateJob(trainer_pb2.CreateJobRequest(
-            config_json=CONFIG))) == grpc.StatusCode.INVALID_ARGUMENT
+        assert (
+            code_of(lambda: client.CreateJob(trainer_pb2.CreateJobRequest(config_json=CONFIG)))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
     # A client-streaming RPC is refused before the server reads the stream.
-    assert code_of(lambda: reader.UploadDataset(iter([trainer_pb2.UploadDatasetRequest(
-        metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="a.csv"))]))) \
+    assert (
+        code_of(
+            lambda: reader.UploadDataset(
+                iter(
+                    [
+                        trainer_pb2.UploadDatasetRequest(
+                            metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="a.csv")
+                        )
+                    ]
+                )
+            )
+        )
         == grpc.StatusCode.PERMISSION_DENIED
+    )
     with pytest.raises(grpc.RpcError) as info:
         anon.UploadDataset(iter([trainer_pb2.UploadDatasetRequest(chunk=b"x")]))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -103,7 +123,8 @@ def test_health_needs_no_token_and_reflection_can_be_turned_off(trainer_with, to
     def list_services(port: int, token: str | None) -> grpc.StatusCode:
         _, channel = stub(port, ClientSecurity(token=token))
         calls = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         return code_of(lambda: list(calls))
 
     assert list_services(on.port, None) == grpc.StatusCode.UNAUTHENTICATED
@@ -136,11 +157,13 @@ def test_token_file_errors_never_echo_the_token():
     assert "s3cr3t" not in str(info.value) and "tokens:1" in str(info.value)
 
 
-def test_tls_refuses_plaintext_and_mutual_tls_refuses_clients_without_a_cert(trainer_with,
-                                                                             tokens_file, pki):
+def test_tls_refuses_plaintext_and_mutual_tls_refuses_clients_without_a_cert(
+    trainer_with, tokens_file, pki
+):
     server, client, ca = pki["server"], pki["client"], pki["ca"].path
-    tls = trainer_with(ServerSecurity(auth_tokens_file=tokens_file,
-                                      tls=ServerTLS(server.cert, server.key)))
+    tls = trainer_with(
+        ServerSecurity(auth_tokens_file=tokens_file, tls=ServerTLS(server.cert, server.key))
+    )
     mtls = trainer_with(ServerSecurity(tls=ServerTLS(server.cert, server.key, ca)))
     req = trainer_pb2.ListJobsRequest()
     plain, _ = stub(tls.port, ClientSecurity(token=TOKENS["read"]))
@@ -176,34 +199,47 @@ def test_server_certificate_is_reloaded_when_its_files_change(trainer_with, tmp_
     shutil.rmtree(live)
 
 
-def test_trainer_calls_the_embedder_with_its_service_token(trainer_with, tmp_path, tokens_file,
-                                                           monkeypatch):
-    embedder = start_embedder(EmbedderSettings(
-        port=0, data_dir=tmp_path / "emb", security=ServerSecurity(auth_tokens_file=tokens_file)))
+def test_trainer_calls_the_embedder_with_its_service_token(
+    trainer_with, tmp_path, tokens_file, monkeypatch
+):
+    embedder = start_embedder(
+        EmbedderSettings(
+            port=0, data_dir=tmp_path / "emb", security=ServerSecurity(auth_tokens_file=tokens_file)
+        )
+    )
     try:
         address = f"127.0.0.1:{embedder.port}"
         # The trainer's outgoing channel reads TUNEWIRE_TOKEN when it first calls the embedder.
         anonymous = trainer_with(ServerSecurity(), embedder=address)
         with_token = trainer_with(ServerSecurity(), embedder=address)
         csv = b"t,y\nhello,1\nbye,0\n"
-        config = ('{"input_features": [{"name": "t", "type": "text", "encoder": {"type": '
-                  '"auto_transformer", "pretrained_model_name_or_path": "/no/such/model"}}], '
-                  '"output_features": [{"name": "y", "type": "binary"}]}')
+        config = (
+            '{"input_features": [{"name": "t", "type": "text", "encoder": {"type": '
+            '"auto_transformer", "pretrained_model_name_or_path": "/no/such/model"}}], '
+            '"output_features": [{"name": "y", "type": "binary"}]}'
+        )
         errors = {}
-        for name, app, token in (("anonymous", anonymous, None),
-                                 ("with_token", with_token, TOKENS["train"])):
+        for name, app, token in (
+            ("anonymous", anonymous, None),
+            ("with_token", with_token, TOKENS["train"]),
+        ):
             if token:
                 monkeypatch.setenv("TUNEWIRE_TOKEN", token)
             else:
                 monkeypatch.delenv("TUNEWIRE_TOKEN", raising=False)
             client, _ = stub(app.port)
-            ds = client.UploadDataset(iter([
-                trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest
-                                                 .Metadata(filename="d.csv")),
-                trainer_pb2.UploadDatasetRequest(chunk=csv)]))
+            ds = client.UploadDataset(
+                iter(
+                    [
+                        trainer_pb2.UploadDatasetRequest(
+                            metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="d.csv")
+                        ),
+                        trainer_pb2.UploadDatasetRequest(chunk=csv),
+                    ]
+                )
+            )
             with pytest.raises(grpc.RpcError) as info:
-                client.CreateJob(trainer_pb2.CreateJobRequest(config_json=config,
-                                                              dataset_id=ds.id))
+                client.CreateJob(trainer_pb2.CreateJobRequest(config_json=config, dataset_id=ds.id))
             errors[name] = from_rpc_error(info.value)
         assert errors["anonymous"].reason == "PEER_AUTH_FAILED"
         assert errors["anonymous"].code == grpc.StatusCode.FAILED_PRECONDITION
@@ -214,25 +250,35 @@ def test_trainer_calls_the_embedder_with_its_service_token(trainer_with, tmp_pat
         embedder.stop()
 
 
-def test_cli_takes_token_and_certificates_from_flags_or_env(trainer_with, tokens_file, pki,
-                                                             capsys, monkeypatch):
+def test_cli_takes_token_and_certificates_from_flags_or_env(
+    trainer_with, tokens_file, pki, capsys, monkeypatch
+):
     from clients.cli import main
 
     server, client, ca = pki["server"], pki["client"], pki["ca"].path
-    app = trainer_with(ServerSecurity(auth_tokens_file=tokens_file,
-                                      tls=ServerTLS(server.cert, server.key, ca)))
+    app = trainer_with(
+        ServerSecurity(auth_tokens_file=tokens_file, tls=ServerTLS(server.cert, server.key, ca))
+    )
     address = f"127.0.0.1:{app.port}"
-    for name in ("TUNEWIRE_TOKEN", "TUNEWIRE_TOKEN_FILE", "TUNEWIRE_TLS_CA", "TUNEWIRE_TLS_CERT",
-                 "TUNEWIRE_TLS_KEY"):
+    for name in (
+        "TUNEWIRE_TOKEN",
+        "TUNEWIRE_TOKEN_FILE",
+        "TUNEWIRE_TLS_CA",
+        "TUNEWIRE_TLS_CERT",
+        "TUNEWIRE_TLS_KEY",
+    ):
         monkeypatch.delenv(name, raising=False)
     mtls = ["--tls-ca", str(ca), "--tls-cert", str(client.cert), "--tls-key", str(client.key)]
-    assert main(["jobs", "list", "--trainer", address, "--json", "--token", TOKENS["read"],
-                 *mtls]) == 0
+    assert (
+        main(["jobs", "list", "--trainer", address, "--json", "--token", TOKENS["read"], *mtls])
+        == 0
+    )
     assert capsys.readouterr().out.strip().splitlines()[-1] == "[]"  # --json: the last line
     # No token: one line naming the problem, usage exit code; the token never printed.
     assert main(["jobs", "list", "--trainer", address, *mtls]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines()
-              if line.startswith("error:")]  # the server's own log shares this stderr here
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")
+    ]  # the server's own log shares this stderr here
     assert len(errors) == 1 and "requires a token" in errors[0]
     # The same from the environment.
     monkeypatch.setenv("TUNEWIRE_TOKEN", TOKENS["read"])

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from clients.sdk import connect
 from tests.reliability.certs import CA, _atomic_write
 from tests.reliability.conftest import code_of
-from tunewire.server import Service, ServerSecurity, ServerSettings, create_server
+from tunewire.server import ServerSecurity, ServerSettings, Service, create_server
 from tunewire.tls import ClientSecurity, ServerTLS
 
 WHO = "/tunewire.test.Who/Name"
@@ -42,29 +42,48 @@ def _watch(request: bytes, context: grpc.ServicerContext):
 
 
 def _add(_servicer, server: grpc.Server) -> None:
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("tunewire.test.Who", {
-        "Name": grpc.unary_unary_rpc_method_handler(_who),
-        "Watch": grpc.unary_stream_rpc_method_handler(_watch)})])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "tunewire.test.Who",
+                {
+                    "Name": grpc.unary_unary_rpc_method_handler(_who),
+                    "Watch": grpc.unary_stream_rpc_method_handler(_watch),
+                },
+            )
+        ]
+    )
 
 
 @pytest.fixture
 def rotation(tmp_path):
     """A server trusting client CA 1 from a file that the test may rotate, and client
     certificate files (from CA 1, common name client-1) at fixed paths."""
-    server_ca, ca1, ca2 = CA(tmp_path / "sca", "server CA"), CA(tmp_path / "ca1", "client CA 1"), \
-        CA(tmp_path / "ca2", "client CA 2")
+    server_ca, ca1, ca2 = (
+        CA(tmp_path / "sca", "server CA"),
+        CA(tmp_path / "ca1", "client CA 1"),
+        CA(tmp_path / "ca2", "client CA 2"),
+    )
     server = server_ca.issue("server")
     live = tmp_path / "live"
     live.mkdir()
     client_ca = live / "client-ca.pem"
     shutil.copy(ca1.path, client_ca)
     ca1.issue("client", common="client-1", server=False, directory=live)
-    running = create_server([Service("tunewire.test.Who", None, _add)], ServerSettings(
-        security=ServerSecurity(tls=ServerTLS(server.cert, server.key, client_ca))))
+    running = create_server(
+        [Service("tunewire.test.Who", None, _add)],
+        ServerSettings(security=ServerSecurity(tls=ServerTLS(server.cert, server.key, client_ca))),
+    )
     running.set_ready("tunewire.test.Who")
     old = ca1.issue("old-client", common="client-1", server=False, directory=tmp_path)
-    yield {"address": f"127.0.0.1:{running.port}", "server_ca": server_ca.path,
-           "client_ca": client_ca, "live": live, "ca2": ca2, "old": old}
+    yield {
+        "address": f"127.0.0.1:{running.port}",
+        "server_ca": server_ca.path,
+        "client_ca": client_ca,
+        "live": live,
+        "ca2": ca2,
+        "old": old,
+    }
     running.stop(None).wait()
 
 
@@ -89,8 +108,9 @@ def test_long_lived_client_uses_the_rotated_certificate(rotation):
         _rotate(r)
         # The server no longer accepts the old certificate on a new connection...
         stale = _client(r, r["old"].cert, r["old"].key)
-        assert code_of(lambda: stale.unary_unary(WHO)(b"", timeout=5)) == \
-            grpc.StatusCode.UNAVAILABLE
+        assert (
+            code_of(lambda: stale.unary_unary(WHO)(b"", timeout=5)) == grpc.StatusCode.UNAVAILABLE
+        )
         # ...and the client made before the rotation carries on with the new one.
         assert who(b"", timeout=5) == b"client-2"
         assert who.with_call(b"", timeout=5)[0] == b"client-2"
@@ -128,8 +148,10 @@ def test_a_broken_rotation_keeps_the_working_channel(rotation, tmp_path):
     r = rotation
     ca = tmp_path / "server-ca.pem"
     shutil.copy(r["server_ca"], ca)
-    channel = connect(r["address"], ClientSecurity(ca=ca, cert=r["live"] / "client.crt",
-                                                   key=r["live"] / "client.key"))
+    channel = connect(
+        r["address"],
+        ClientSecurity(ca=ca, cert=r["live"] / "client.crt", key=r["live"] / "client.key"),
+    )
     who = channel.unary_unary(WHO)
     assert who(b"", timeout=5) == b"client-1"
     with capture_logs() as logs:

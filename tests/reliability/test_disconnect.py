@@ -15,9 +15,12 @@ from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-CONFIG = {"input_features": [{"name": "text", "type": "text",
-                              "encoder": {"pretrained_model_name_or_path": "/m"}}],
-          "output_features": [{"name": "label", "type": "binary"}]}
+CONFIG = {
+    "input_features": [
+        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
+    ],
+    "output_features": [{"name": "label", "type": "binary"}],
+}
 
 
 class Tracked:
@@ -74,8 +77,9 @@ def test_cancelled_stream_embed_ends_the_server_stream(tmp_path, minilm, monkeyp
 
     stream = Tracked(EmbedderServicer.StreamEmbed)
     # Patched before the server registers the servicer's bound methods.
-    monkeypatch.setattr(EmbedderServicer, "StreamEmbed",
-                        lambda self, it, ctx: stream(self, it, ctx))
+    monkeypatch.setattr(
+        EmbedderServicer, "StreamEmbed", lambda self, it, ctx: stream(self, it, ctx)
+    )
     app = start_embedder(EmbedderSettings(port=0, data_dir=tmp_path, preload=[minilm]))
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:

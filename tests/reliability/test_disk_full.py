@@ -19,17 +19,21 @@ from services.trainer.jobs import JobRunner, JobStore
 from tunewire.errors import from_rpc_error
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 
-CONFIG = {"input_features": [{"name": "text", "type": "text",
-                              "encoder": {"pretrained_model_name_or_path": "/m"}}],
-          "output_features": [{"name": "label", "type": "binary"}]}
+CONFIG = {
+    "input_features": [
+        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
+    ],
+    "output_features": [{"name": "label", "type": "binary"}],
+}
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     yield mount
@@ -37,10 +41,16 @@ def small_disk(tmp_path):
 
 
 def upload(stub, data: bytes, name: str = "d.csv"):
-    return stub.UploadDataset(iter([
-        trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest.Metadata(
-            filename=name)),
-        trainer_pb2.UploadDatasetRequest(chunk=data)]))
+    return stub.UploadDataset(
+        iter(
+            [
+                trainer_pb2.UploadDatasetRequest(
+                    metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename=name)
+                ),
+                trainer_pb2.UploadDatasetRequest(chunk=data),
+            ]
+        )
+    )
 
 
 def test_upload_onto_a_full_disk_is_resource_exhausted_and_leaves_nothing(small_disk):

@@ -14,15 +14,32 @@ from hypothesis import strategies as st
 
 from tests.reliability import fuzz
 from tunewire.server import channel_options
-from tunewire.v1 import (embedder_pb2, embedder_pb2_grpc, hub_gateway_pb2, hub_gateway_pb2_grpc,
-                         trainer_pb2, trainer_pb2_grpc)
+from tunewire.v1 import (
+    embedder_pb2,
+    embedder_pb2_grpc,
+    hub_gateway_pb2,
+    hub_gateway_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 
 EXAMPLES = 30
-BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED,
-       grpc.StatusCode.DATA_LOSS}
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+BAD = {
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.DATA_LOSS,
+}
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,27 +58,51 @@ def stack(tmp_path_factory, minilm):
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_OFFLINE", "1")  # a fuzzed model name must never reach for the network
     hub = TestHub(root / "hub")
-    embedder = start_embedder(EmbedderSettings(port=0, data_dir=root / "emb", max_texts=16,
-                                               preload=[minilm]))
-    trainer = start_trainer(TrainerSettings(data_dir=root / "trn", port=0,
-                                            embedder=f"127.0.0.1:{embedder.port}"))
+    embedder = start_embedder(
+        EmbedderSettings(port=0, data_dir=root / "emb", max_texts=16, preload=[minilm])
+    )
+    trainer = start_trainer(
+        TrainerSettings(data_dir=root / "trn", port=0, embedder=f"127.0.0.1:{embedder.port}")
+    )
     trainer.core.runner.stop(timeout=2)
     artifacts = root / "artifact-root"
     (artifacts / "model").mkdir(parents=True)
     (artifacts / "model" / "config.json").write_text("{}")
-    gateway = start_gateway(GatewaySettings(
-        data_dir=root / "gw", port=0, trainer_address=f"127.0.0.1:{trainer.port}",
-        artifact_roots=[artifacts], endpoint=hub.endpoint, token="hf_fuzz"))
-    ds = trainer.core.datasets.put([b"text,label,score\nhello,yes,0.5\nbye,no,1.5\n"
-                                    b"good,yes,2\nbad,no,3\n"], "seed.csv")
+    gateway = start_gateway(
+        GatewaySettings(
+            data_dir=root / "gw",
+            port=0,
+            trainer_address=f"127.0.0.1:{trainer.port}",
+            artifact_roots=[artifacts],
+            endpoint=hub.endpoint,
+            token="hf_fuzz",
+        )
+    )
+    ds = trainer.core.datasets.put(
+        [b"text,label,score\nhello,yes,0.5\nbye,no,1.5\ngood,yes,2\nbad,no,3\n"], "seed.csv"
+    )
     job = trainer.core.runner.submit(base_config(minilm), dataset_id=ds.id)
-    channels = {name: grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options())
-                for name, app in (("embedder", embedder), ("trainer", trainer),
-                                  ("gateway", gateway))}
-    known = [ds.id, job.id, minilm, str(artifacts), str(artifacts / "model"), "model",
-             "org/repo", hub.endpoint]
-    yield {"channels": channels, "known": known, "dataset": ds.id, "minilm": minilm,
-           "trainer": trainer}
+    channels = {
+        name: grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options())
+        for name, app in (("embedder", embedder), ("trainer", trainer), ("gateway", gateway))
+    }
+    known = [
+        ds.id,
+        job.id,
+        minilm,
+        str(artifacts),
+        str(artifacts / "model"),
+        "model",
+        "org/repo",
+        hub.endpoint,
+    ]
+    yield {
+        "channels": channels,
+        "known": known,
+        "dataset": ds.id,
+        "minilm": minilm,
+        "trainer": trainer,
+    }
     for channel in channels.values():
         channel.close()
     gateway.close(None)
@@ -73,11 +114,17 @@ def stack(tmp_path_factory, minilm):
 
 
 def base_config(model: str) -> dict:
-    return {"input_features": [{"name": "text", "type": "text",
-                                "encoder": {"type": "auto_transformer",
-                                            "pretrained_model_name_or_path": model}}],
-            "output_features": [{"name": "label", "type": "binary"}],
-            "trainer": {"epochs": 1}}
+    return {
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+            }
+        ],
+        "output_features": [{"name": "label", "type": "binary"}],
+        "trainer": {"epochs": 1},
+    }
 
 
 def call(stub_method, request, kind: str):
@@ -100,37 +147,112 @@ def call(stub_method, request, kind: str):
 
 # (service stub, pb module, method, request class, kind)
 RPCS = [
-    (embedder_pb2_grpc.EmbedderServiceStub, "embedder", "Embed", embedder_pb2.EmbedRequest,
-     "unary"),
-    (embedder_pb2_grpc.EmbedderServiceStub, "embedder", "StreamEmbed", embedder_pb2.EmbedRequest,
-     "bidi"),
-    (embedder_pb2_grpc.EmbedderServiceStub, "embedder", "GetEncoderInfo",
-     embedder_pb2.GetEncoderInfoRequest, "unary"),
-    (embedder_pb2_grpc.EmbedderServiceStub, "embedder", "GetCacheStats",
-     embedder_pb2.GetCacheStatsRequest, "unary"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "UploadDataset",
-     trainer_pb2.UploadDatasetRequest, "stream_in"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "GetDataset", trainer_pb2.GetDatasetRequest,
-     "unary"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "CreateJob", trainer_pb2.CreateJobRequest,
-     "unary"),
+    (
+        embedder_pb2_grpc.EmbedderServiceStub,
+        "embedder",
+        "Embed",
+        embedder_pb2.EmbedRequest,
+        "unary",
+    ),
+    (
+        embedder_pb2_grpc.EmbedderServiceStub,
+        "embedder",
+        "StreamEmbed",
+        embedder_pb2.EmbedRequest,
+        "bidi",
+    ),
+    (
+        embedder_pb2_grpc.EmbedderServiceStub,
+        "embedder",
+        "GetEncoderInfo",
+        embedder_pb2.GetEncoderInfoRequest,
+        "unary",
+    ),
+    (
+        embedder_pb2_grpc.EmbedderServiceStub,
+        "embedder",
+        "GetCacheStats",
+        embedder_pb2.GetCacheStatsRequest,
+        "unary",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "UploadDataset",
+        trainer_pb2.UploadDatasetRequest,
+        "stream_in",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "GetDataset",
+        trainer_pb2.GetDatasetRequest,
+        "unary",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "CreateJob",
+        trainer_pb2.CreateJobRequest,
+        "unary",
+    ),
     (trainer_pb2_grpc.TrainerServiceStub, "trainer", "GetJob", trainer_pb2.GetJobRequest, "unary"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "ListJobs", trainer_pb2.ListJobsRequest,
-     "unary"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "CancelJob", trainer_pb2.CancelJobRequest,
-     "unary"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "WatchJob", trainer_pb2.WatchJobRequest,
-     "stream_out"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "Predict", trainer_pb2.PredictRequest,
-     "unary"),
-    (trainer_pb2_grpc.TrainerServiceStub, "trainer", "DownloadArtifact",
-     trainer_pb2.DownloadArtifactRequest, "stream_out"),
-    (hub_gateway_pb2_grpc.HubGatewayServiceStub, "gateway", "CreateUpload",
-     hub_gateway_pb2.CreateUploadRequest, "stream_in"),
-    (hub_gateway_pb2_grpc.HubGatewayServiceStub, "gateway", "GetUpload",
-     hub_gateway_pb2.GetUploadRequest, "unary"),
-    (hub_gateway_pb2_grpc.HubGatewayServiceStub, "gateway", "WatchUpload",
-     hub_gateway_pb2.WatchUploadRequest, "stream_out"),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "ListJobs",
+        trainer_pb2.ListJobsRequest,
+        "unary",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "CancelJob",
+        trainer_pb2.CancelJobRequest,
+        "unary",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "WatchJob",
+        trainer_pb2.WatchJobRequest,
+        "stream_out",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "Predict",
+        trainer_pb2.PredictRequest,
+        "unary",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
+        "DownloadArtifact",
+        trainer_pb2.DownloadArtifactRequest,
+        "stream_out",
+    ),
+    (
+        hub_gateway_pb2_grpc.HubGatewayServiceStub,
+        "gateway",
+        "CreateUpload",
+        hub_gateway_pb2.CreateUploadRequest,
+        "stream_in",
+    ),
+    (
+        hub_gateway_pb2_grpc.HubGatewayServiceStub,
+        "gateway",
+        "GetUpload",
+        hub_gateway_pb2.GetUploadRequest,
+        "unary",
+    ),
+    (
+        hub_gateway_pb2_grpc.HubGatewayServiceStub,
+        "gateway",
+        "WatchUpload",
+        hub_gateway_pb2.WatchUploadRequest,
+        "stream_out",
+    ),
 ]
 
 
@@ -144,15 +266,18 @@ def test_the_fuzz_covers_every_rpc():
 
 def assert_serving(stack) -> None:
     for name, channel in stack["channels"].items():
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                           timeout=5).status
+        status = (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(), timeout=5)
+            .status
+        )
         assert status == health_pb2.HealthCheckResponse.SERVING, name
 
 
-@pytest.mark.parametrize("stub_cls,server,method,request_cls,kind", RPCS,
-                         ids=[r[2] for r in RPCS])
-def test_fuzzed_requests_get_a_meaningful_status(stack, stub_cls, server, method, request_cls,
-                                                 kind):
+@pytest.mark.parametrize("stub_cls,server,method,request_cls,kind", RPCS, ids=[r[2] for r in RPCS])
+def test_fuzzed_requests_get_a_meaningful_status(
+    stack, stub_cls, server, method, request_cls, kind
+):
     stub_method = getattr(stub_cls(stack["channels"][server]), method)
     single = fuzz.requests(request_cls, stack["known"])
     strategy = single if kind in ("unary", "stream_out") else st.lists(single, max_size=4)
@@ -164,8 +289,9 @@ def test_fuzzed_requests_get_a_meaningful_status(stack, stub_cls, server, method
         code = call(stub_method, request, kind)
         seen[code] = seen.get(code, 0) + 1
         allowed_timeout = kind == "stream_out" and code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert code not in BAD and (code != grpc.StatusCode.DEADLINE_EXCEEDED
-                                    or allowed_timeout), f"{method}: {code} for {request!r}"[:2000]
+        assert code not in BAD and (code != grpc.StatusCode.DEADLINE_EXCEEDED or allowed_timeout), (
+            f"{method}: {code} for {request!r}"[:2000]
+        )
 
     run()
     assert_serving(stack)
@@ -173,10 +299,17 @@ def test_fuzzed_requests_get_a_meaningful_status(stack, stub_cls, server, method
     assert sum(seen.values()) >= (EXAMPLES // 2 if request_cls.DESCRIPTOR.fields else 1)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.floats() | st.integers(-10**6, 10**6)
-                    | st.sampled_from(fuzz.TRAVERSALS + fuzz.ODD[:12]),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=10), inner, max_size=3), max_leaves=8)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats()
+    | st.integers(-(10**6), 10**6)
+    | st.sampled_from(fuzz.TRAVERSALS + fuzz.ODD[:12]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -187,8 +320,9 @@ def mutated_configs(draw, model: str) -> dict:
     for _ in range(draw(st.integers(1, 3))):
         node = cfg
         while isinstance(node, (dict, list)) and node and draw(st.booleans()):
-            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict)
-                                       else range(len(node))))
+            key = draw(
+                st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node)))
+            )
             if not isinstance(node[key], (dict, list)) or not node[key]:
                 break
             node = node[key]
@@ -207,16 +341,23 @@ def test_fuzzed_configs_are_invalid_argument_or_accepted(stack):
     stub = trainer_pb2_grpc.TrainerServiceStub(stack["channels"]["trainer"])
     seen: dict[grpc.StatusCode, int] = {}
 
-    @settings(max_examples=60, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(mutated_configs(stack["minilm"]))
     def run(cfg):
         text = json.dumps(copy.deepcopy(cfg), allow_nan=True)
-        code = call(stub.CreateJob, trainer_pb2.CreateJobRequest(
-            config_json=text, dataset_id=stack["dataset"]), "unary")
+        code = call(
+            stub.CreateJob,
+            trainer_pb2.CreateJobRequest(config_json=text, dataset_id=stack["dataset"]),
+            "unary",
+        )
         seen[code] = seen.get(code, 0) + 1
-        assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
-                        grpc.StatusCode.FAILED_PRECONDITION), f"{code} for {text}"
+        assert code in (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ), f"{code} for {text}"
 
     run()
     assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 10

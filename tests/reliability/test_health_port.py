@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.reliability.conftest import code_of
-from tunewire.server import Service, ServerSecurity, ServerSettings, create_server
+from tunewire.server import ServerSecurity, ServerSettings, Service, create_server
 from tunewire.tls import ClientSecurity, ServerTLS
 
 NAME = "tunewire.test.Hold"
@@ -30,8 +30,13 @@ def _add(release: threading.Event, entered: threading.Event):
         return b"done"
 
     def add(_servicer, server: grpc.Server) -> None:
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-            NAME, {"Hold": grpc.unary_unary_rpc_method_handler(hold)})])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    NAME, {"Hold": grpc.unary_unary_rpc_method_handler(hold)}
+                )
+            ]
+        )
 
     return add
 
@@ -39,13 +44,17 @@ def _add(release: threading.Event, entered: threading.Event):
 @pytest.fixture
 def server(pki):
     release, entered = threading.Event(), threading.Event()
-    running = create_server([Service(NAME, None, _add(release, entered))], ServerSettings(
-        security=ServerSecurity(tls=ServerTLS(pki["server"].cert, pki["server"].key),
-                                health_port=0)))
+    running = create_server(
+        [Service(NAME, None, _add(release, entered))],
+        ServerSettings(
+            security=ServerSecurity(
+                tls=ServerTLS(pki["server"].cert, pki["server"].key), health_port=0
+            )
+        ),
+    )
     tls = ClientSecurity(ca=pki["ca"].path).channel(f"127.0.0.1:{running.port}", [])
     plain = grpc.insecure_channel(f"127.0.0.1:{running.health_port}")
-    yield {"running": running, "tls": tls, "plain": plain, "release": release,
-           "entered": entered}
+    yield {"running": running, "tls": tls, "plain": plain, "release": release, "entered": entered}
     release.set()
     running.stop(None).wait(5)
     tls.close()
@@ -53,8 +62,11 @@ def server(pki):
 
 
 def _status(channel: grpc.Channel, service: str = NAME) -> int:
-    return health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=service), timeout=5).status
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        .status
+    )
 
 
 def test_health_port_reports_what_the_tls_port_reports(server):
@@ -74,7 +86,8 @@ def test_health_port_serves_health_only_and_the_main_port_refuses_plaintext(serv
     hold = plain.unary_unary(HOLD)
     assert code_of(lambda: hold(b"", timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
     reflect = reflection_pb2_grpc.ServerReflectionStub(plain).ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
     assert code_of(lambda: list(reflect)) == grpc.StatusCode.UNIMPLEMENTED
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as main_plain:
         assert code_of(lambda: _status(main_plain)) == grpc.StatusCode.UNAVAILABLE

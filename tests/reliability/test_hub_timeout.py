@@ -48,11 +48,11 @@ def test_silent_hub_times_out_and_gives_up_unavailable(silent_hub, tmp_path, mon
     allow_test_hub(monkeypatch)
     endpoint, held = silent_hub
     (tmp_path / "config.json").write_text("{}")
-    files = [LocalFile("config.json", tmp_path / "config.json", 2,
-                       hashlib.sha256(b"{}").hexdigest())]
+    files = [
+        LocalFile("config.json", tmp_path / "config.json", 2, hashlib.sha256(b"{}").hexdigest())
+    ]
     delays: list[float] = []
-    client = HubClient(endpoint, "hf_x", max_attempts=3, sleep=delays.append,
-                       http_timeout_s=1.0)
+    client = HubClient(endpoint, "hf_x", max_attempts=3, sleep=delays.append, http_timeout_s=1.0)
     started = time.monotonic()
     try:
         with pytest.raises(Unavailable) as info:

@@ -23,15 +23,21 @@ from tunewire.errors import ResourceExhausted, from_rpc_error
 from tunewire.server import ServerSecurity, ServerSettings, Service, channel_options, create_server
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-CONFIG = {"input_features": [{"name": "text", "type": "text",
-                              "encoder": {"pretrained_model_name_or_path": "/m"}}],
-          "output_features": [{"name": "label", "type": "binary"}]}
+CONFIG = {
+    "input_features": [
+        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
+    ],
+    "output_features": [{"name": "label", "type": "binary"}],
+}
 
 
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory, minilm):
-    app = start_embedder(EmbedderSettings(port=0, data_dir=tmp_path_factory.mktemp("emb"),
-                                          max_texts=8, preload=[minilm]))
+    app = start_embedder(
+        EmbedderSettings(
+            port=0, data_dir=tmp_path_factory.mktemp("emb"), max_texts=8, preload=[minilm]
+        )
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options())
     yield embedder_pb2_grpc.EmbedderServiceStub(channel)
     channel.close()
@@ -39,10 +45,16 @@ def embedder(tmp_path_factory, minilm):
 
 
 def upload(stub, data: bytes, name: str = "d.csv") -> trainer_pb2.Dataset:
-    return stub.UploadDataset(iter([
-        trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest.Metadata(
-            filename=name)),
-        trainer_pb2.UploadDatasetRequest(chunk=data)]))
+    return stub.UploadDataset(
+        iter(
+            [
+                trainer_pb2.UploadDatasetRequest(
+                    metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename=name)
+                ),
+                trainer_pb2.UploadDatasetRequest(chunk=data),
+            ]
+        )
+    )
 
 
 def test_texts_per_request_and_text_length(embedder, minilm):
@@ -58,8 +70,7 @@ def test_texts_per_request_and_text_length(embedder, minilm):
     assert from_rpc_error(info.value).field == "texts[1]"
     # Under the cap a long text is truncated to max_length tokens, so it embeds like its prefix.
     long_text = "word " * 20_000
-    resp = embedder.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=[long_text,
-                                                                         "word " * 40]))
+    resp = embedder.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=[long_text, "word " * 40]))
     import numpy as np
 
     from tunewire.tensors import from_proto
@@ -71,9 +82,16 @@ def test_texts_per_request_and_text_length(embedder, minilm):
 def test_message_size_is_resource_exhausted(tmp_path):
     core = TrainerCore(tmp_path, embedder_address=None)
     core.start()
-    running = create_server([Service("tunewire.v1.TrainerService", TrainerServicer(core),
-                                     trainer_pb2_grpc.add_TrainerServiceServicer_to_server)],
-                            ServerSettings(max_message_bytes=64 * 1024))
+    running = create_server(
+        [
+            Service(
+                "tunewire.v1.TrainerService",
+                TrainerServicer(core),
+                trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+            )
+        ],
+        ServerSettings(max_message_bytes=64 * 1024),
+    )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
@@ -104,8 +122,9 @@ def test_data_set_size_limit_leaves_nothing_behind(tmp_path):
 
 
 def test_concurrent_calls_beyond_the_cap_are_resource_exhausted(tmp_path):
-    app = start_trainer(TrainerSettings(data_dir=tmp_path, port=0,
-                                        security=ServerSecurity(max_concurrent_rpcs=2)))
+    app = start_trainer(
+        TrainerSettings(data_dir=tmp_path, port=0, security=ServerSecurity(max_concurrent_rpcs=2))
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         health = health_pb2_grpc.HealthStub(channel)
@@ -114,12 +133,13 @@ def test_concurrent_calls_beyond_the_cap_are_resource_exhausted(tmp_path):
         for w in watches:
             next(w)
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        assert code_of(lambda: stub.ListJobs(trainer_pb2.ListJobsRequest())) \
+        assert (
+            code_of(lambda: stub.ListJobs(trainer_pb2.ListJobsRequest()))
             == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         watches[0].cancel()
         deadline = time.monotonic() + 5
-        while code_of(lambda: stub.ListJobs(trainer_pb2.ListJobsRequest())) \
-                != grpc.StatusCode.OK:
+        while code_of(lambda: stub.ListJobs(trainer_pb2.ListJobsRequest())) != grpc.StatusCode.OK:
             assert time.monotonic() < deadline, "a freed slot was never reused"
             time.sleep(0.05)
         watches[1].cancel()
@@ -154,8 +174,13 @@ def wait_state(store: JobStore, job_id: str, states, timeout: float = 10.0):
 def test_job_over_its_wall_clock_limit_fails_with_the_reason(tmp_path, datasets):
     store_ds, ds_id = datasets
     store = JobStore(tmp_path / "jobs")
-    runner = JobRunner(store, store_ds, tmp_path / "artifacts", dispatcher=lambda _: slow_recipe,
-                       max_job_seconds=0.5)
+    runner = JobRunner(
+        store,
+        store_ds,
+        tmp_path / "artifacts",
+        dispatcher=lambda _: slow_recipe,
+        max_job_seconds=0.5,
+    )
     runner.start()
     try:
         rec = runner.submit(CONFIG, dataset_id=ds_id)
@@ -180,8 +205,13 @@ def test_wall_clock_counts_from_the_first_start_across_restarts(tmp_path, datase
     # What a trainer killed two minutes into the job leaves on disk.
     store.update(rec.id, state="RUNNING", attempts=1, start_time=time.time() - 120)
     reopened = JobStore(tmp_path / "jobs")
-    again = JobRunner(reopened, store_ds, tmp_path / "artifacts",
-                      dispatcher=lambda _: slow_recipe, max_job_seconds=60)
+    again = JobRunner(
+        reopened,
+        store_ds,
+        tmp_path / "artifacts",
+        dispatcher=lambda _: slow_recipe,
+        max_job_seconds=60,
+    )
     again.start()
     try:
         done = wait_state(reopened, rec.id, ("FAILED", "SUCCEEDED", "CANCELLED"))
@@ -194,8 +224,9 @@ def test_wall_clock_counts_from_the_first_start_across_restarts(tmp_path, datase
 def test_job_queue_cap_is_resource_exhausted(tmp_path, datasets):
     store_ds, ds_id = datasets
     store = JobStore(tmp_path / "jobs")
-    runner = JobRunner(store, store_ds, tmp_path / "artifacts", dispatcher=lambda _: slow_recipe,
-                       max_queued_jobs=2)  # not started: jobs stay QUEUED
+    runner = JobRunner(
+        store, store_ds, tmp_path / "artifacts", dispatcher=lambda _: slow_recipe, max_queued_jobs=2
+    )  # not started: jobs stay QUEUED
     runner.submit(CONFIG, dataset_id=ds_id)
     runner.submit(CONFIG, dataset_id=ds_id)
     with pytest.raises(ResourceExhausted) as info:

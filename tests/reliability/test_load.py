@@ -13,8 +13,16 @@ pytestmark = pytest.mark.slow
 
 def test_32_clients_get_only_ok_or_the_intended_resource_exhausted(tmp_path):
     with stack(tmp_path, max_queued_jobs=2) as (embedder, trainer, model, dataset_id, token):
-        result = run_load(embedder, trainer, model, dataset_id, clients=32, seconds=5.0,
-                          job_clients=4, token=token)
+        result = run_load(
+            embedder,
+            trainer,
+            model,
+            dataset_id,
+            clients=32,
+            seconds=5.0,
+            job_clients=4,
+            token=token,
+        )
     ops = result["operations"]
     assert result["errors"] == [], result["errors"]
     assert all(op["errors"] == 0 for op in ops.values())

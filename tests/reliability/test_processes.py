@@ -37,14 +37,20 @@ def spam_csv(rows: int) -> bytes:
 
 
 def config(model: str, epochs: int) -> dict:
-    return {"model_type": "ecd",
-            "input_features": [{"name": "text", "type": "text",
-                                "encoder": {"type": "auto_transformer",
-                                            "pretrained_model_name_or_path": model},
-                                "preprocessing": {"max_sequence_length": 32}}],
-            "output_features": [{"name": "label", "type": "binary"}],
-            "trainer": {"epochs": epochs, "batch_size": 16, "early_stop": -1},
-            "preprocessing": {"split": {"type": "random", "probabilities": [0.8, 0.1, 0.1]}}}
+    return {
+        "model_type": "ecd",
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+                "preprocessing": {"max_sequence_length": 32},
+            }
+        ],
+        "output_features": [{"name": "label", "type": "binary"}],
+        "trainer": {"epochs": epochs, "batch_size": 16, "early_stop": -1},
+        "preprocessing": {"split": {"type": "random", "probabilities": [0.8, 0.1, 0.1]}},
+    }
 
 
 class Cluster:
@@ -56,24 +62,49 @@ class Cluster:
         (root / "secrets" / "train").write_text(TOKENS["train"] + "\n")
         (root / "secrets" / "read").write_text(TOKENS["read"] + "\n")
         auth = ["--auth-tokens-file", str(self.tokens)]
-        self.embedder = procs.start("embedder", ["--data-dir", str(root / "emb"), "--preload",
-                                                 minilm, *auth], root / "embedder.log")
+        self.embedder = procs.start(
+            "embedder",
+            ["--data-dir", str(root / "emb"), "--preload", minilm, *auth],
+            root / "embedder.log",
+        )
         self.trainer_port = procs.free_port()
         self.gateway = procs.start(
-            "hub_gateway", ["--data-dir", str(root / "gw"), "--trainer",
-                            f"127.0.0.1:{self.trainer_port}", "--endpoint", hub.endpoint,
-                            "--service-token-file", str(root / "secrets" / "read"), *auth],
-            root / "gateway.log", env={"HF_TOKEN": HF_TOKEN})
+            "hub_gateway",
+            [
+                "--data-dir",
+                str(root / "gw"),
+                "--trainer",
+                f"127.0.0.1:{self.trainer_port}",
+                "--endpoint",
+                hub.endpoint,
+                "--service-token-file",
+                str(root / "secrets" / "read"),
+                *auth,
+            ],
+            root / "gateway.log",
+            env={"HF_TOKEN": HF_TOKEN},
+        )
         self.trainer = self.start_trainer()
         self.security = ClientSecurity(token=TOKENS["admin"])
 
     def start_trainer(self) -> procs.Proc:
         return procs.start(
-            "trainer", ["--data-dir", str(self.root / "trn"), "--embedder", self.embedder.address,
-                        "--hub-gateway", self.gateway.address, "--auth-tokens-file",
-                        str(self.tokens), "--service-token-file",
-                        str(self.root / "secrets" / "train")],
-            self.root / "trainer.log", port=self.trainer_port)
+            "trainer",
+            [
+                "--data-dir",
+                str(self.root / "trn"),
+                "--embedder",
+                self.embedder.address,
+                "--hub-gateway",
+                self.gateway.address,
+                "--auth-tokens-file",
+                str(self.tokens),
+                "--service-token-file",
+                str(self.root / "secrets" / "train"),
+            ],
+            self.root / "trainer.log",
+            port=self.trainer_port,
+        )
 
     def client(self) -> TrainerClient:
         address = self.trainer.address
@@ -103,8 +134,11 @@ def cluster(tmp_path_factory, minilm):
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_trainer_killed_mid_job_resumes_and_keeps_data_and_earlier_artifacts(cluster):
@@ -116,8 +150,11 @@ def test_trainer_killed_mid_job_resumes_and_keeps_data_and_earlier_artifacts(clu
     before = tree_digest(artifacts / first.id)
     job = client.create_job(config(cluster.minilm, 40), dataset_id=ds.id)
     for event in client.watch(job.id):
-        if event.WhichOneof("event") == "progress" and event.progress.phase == "training" \
-                and event.progress.epoch >= 2:
+        if (
+            event.WhichOneof("event") == "progress"
+            and event.progress.phase == "training"
+            and event.progress.epoch >= 2
+        ):
             break
     cluster.trainer.kill()
     client.close()
@@ -130,8 +167,11 @@ def test_trainer_killed_mid_job_resumes_and_keeps_data_and_earlier_artifacts(clu
     done = client.wait(job.id)
     assert done.state == trainer_pb2.Job.SUCCEEDED, done.error
     assert done.attempts == 2
-    messages = [e.state_change.message for e in client.watch(job.id)
-                if e.WhichOneof("event") == "state_change"]
+    messages = [
+        e.state_change.message
+        for e in client.watch(job.id)
+        if e.WhichOneof("event") == "state_change"
+    ]
     assert any("restarted" in m for m in messages)
     stored = client.get_dataset(ds.id)
     data_file = cluster.root / "trn" / "datasets" / ds.id / "data.csv"
@@ -144,8 +184,9 @@ def test_trainer_killed_mid_job_resumes_and_keeps_data_and_earlier_artifacts(clu
 def test_no_token_in_any_log_record_artifact_or_model_card(cluster):
     client = cluster.client()
     ds = client.upload_dataset(spam_csv(120), "small.csv")
-    job = client.create_job(config(cluster.minilm, 2), dataset_id=ds.id,
-                            upload_to="acme/reliability")
+    job = client.create_job(
+        config(cluster.minilm, 2), dataset_id=ds.id, upload_to="acme/reliability"
+    )
     done = client.wait(job.id)
     assert done.state == trainer_pb2.Job.SUCCEEDED, done.error
     # The gateway's upload ran with the trainer's token and reached the Hub with the HF token.
@@ -153,8 +194,10 @@ def test_no_token_in_any_log_record_artifact_or_model_card(cluster):
     client.close()
     # Refused calls carrying secrets are logged without them, and the error does not echo them.
     for token in ("guess-SECRET-0f9a", TOKENS["read"]):
-        refused = TrainerClient(cluster.trainer.address, channel=connect(
-            cluster.trainer.address, ClientSecurity(token=token)))
+        refused = TrainerClient(
+            cluster.trainer.address,
+            channel=connect(cluster.trainer.address, ClientSecurity(token=token)),
+        )
         with pytest.raises(TunewireError) as info:
             refused.create_job(config(cluster.minilm, 1), dataset_id=ds.id)
         assert token not in str(info.value)
@@ -182,8 +225,9 @@ def test_embedder_killed_mid_write_leaves_only_whole_cache_entries(cluster, tmp_
 
     def stream() -> None:
         try:
-            client.embed_many(texts, spec, batch_size=64,
-                              progress=lambda done, _total: got.append(done))
+            client.embed_many(
+                texts, spec, batch_size=64, progress=lambda done, _total: got.append(done)
+            )
         except TunewireError:
             pass  # the server died under us, as intended
 
@@ -204,8 +248,7 @@ def test_embedder_killed_mid_write_leaves_only_whole_cache_entries(cluster, tmp_
         values = [bytes(v) for _, v in txn.cursor()]
     env.close()
     assert len(values) >= 3 * 64
-    assert all(decode_vector(v) is not None and decode_vector(v).shape == (384,)
-               for v in values)
+    assert all(decode_vector(v) is not None and decode_vector(v).shape == (384,) for v in values)
     # A restarted embedder opens the same cache and serves those entries as hits.
     emb = procs.start("embedder", ["--data-dir", str(tmp_path)], tmp_path / "embedder.log")
     client = EmbedderClient(emb.address)

@@ -22,13 +22,25 @@ from tests.reliability.procs import free_port
 from tunewire.errors import from_rpc_error
 from tunewire.server import channel_options
 from tunewire.tls import ClientSecurity
-from tunewire.v1 import (embedder_pb2, embedder_pb2_grpc, hub_gateway_pb2,
-                         hub_gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc)
+from tunewire.v1 import (
+    embedder_pb2,
+    embedder_pb2_grpc,
+    hub_gateway_pb2,
+    hub_gateway_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
-CLIENT_ENV = ("TUNEWIRE_TOKEN", "TUNEWIRE_TOKEN_FILE", "TUNEWIRE_TLS", "TUNEWIRE_TLS_CA",
-              "TUNEWIRE_TLS_CERT", "TUNEWIRE_TLS_KEY")
+CLIENT_ENV = (
+    "TUNEWIRE_TOKEN",
+    "TUNEWIRE_TOKEN_FILE",
+    "TUNEWIRE_TLS",
+    "TUNEWIRE_TLS_CA",
+    "TUNEWIRE_TLS_CERT",
+    "TUNEWIRE_TLS_KEY",
+)
 
 
 def _free_base() -> int:
@@ -45,8 +57,9 @@ def _free(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(tmp_path,
-                                                                            tokens_file, pki):
+def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(
+    tmp_path, tokens_file, pki
+):
     server, ca = pki["server"], pki["ca"].path
     service_token = tmp_path / "service-token"
     service_token.write_text(TOKENS["train"] + "\n")
@@ -55,10 +68,29 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(tmp_
     env["TUNEWIRE_TLS_CA"] = str(ca)  # how the three services verify each other
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen(
-        [*CLI, "serve", "all", "--port", str(base), "--data_dir", str(tmp_path / "state"),
-         "--auth-tokens-file", str(tokens_file), "--service-token-file", str(service_token),
-         "--tls-cert", str(server.cert), "--tls-key", str(server.key), "--no-reflection"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            *CLI,
+            "serve",
+            "all",
+            "--port",
+            str(base),
+            "--data_dir",
+            str(tmp_path / "state"),
+            "--auth-tokens-file",
+            str(tokens_file),
+            "--service-token-file",
+            str(service_token),
+            "--tls-cert",
+            str(server.cert),
+            "--tls-key",
+            str(server.key),
+            "--no-reflection",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
     def channel(token: str | None = None, tls: bool = True, port: int = base + 1):
         security = ClientSecurity(token=token, ca=ca if tls else None)
@@ -72,18 +104,22 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(tmp_
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             assert time.monotonic() < deadline, f"trainer not SERVING: {status}"
             try:
-                status = health.Check(health_pb2.HealthCheckRequest(
-                    service="tunewire.v1.TrainerService"), timeout=2).status
+                status = health.Check(
+                    health_pb2.HealthCheckRequest(service="tunewire.v1.TrainerService"), timeout=2
+                ).status
             except grpc.RpcError:
                 time.sleep(0.3)
         # Every one of the three servers refuses a call without a token, takes the right one.
         calls = {
             base: lambda ch: embedder_pb2_grpc.EmbedderServiceStub(ch).GetCacheStats(
-                embedder_pb2.GetCacheStatsRequest(), timeout=5),
+                embedder_pb2.GetCacheStatsRequest(), timeout=5
+            ),
             base + 1: lambda ch: trainer_pb2_grpc.TrainerServiceStub(ch).ListJobs(
-                trainer_pb2.ListJobsRequest(), timeout=5),
+                trainer_pb2.ListJobsRequest(), timeout=5
+            ),
             base + 2: lambda ch: hub_gateway_pb2_grpc.HubGatewayServiceStub(ch).GetUpload(
-                hub_gateway_pb2.GetUploadRequest(id="no-such-upload"), timeout=5),
+                hub_gateway_pb2.GetUploadRequest(id="no-such-upload"), timeout=5
+            ),
         }
         for port, call in calls.items():
             assert code_of(lambda: call(channel(port=port))) == grpc.StatusCode.UNAUTHENTICATED
@@ -93,22 +129,39 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(tmp_
         plain = channel(TOKENS["read"], tls=False)
         assert code_of(lambda: calls[base + 1](plain)) == grpc.StatusCode.UNAVAILABLE
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel(TOKENS["read"]))
-        assert code_of(lambda: list(reflect.ServerReflectionInfo(iter(
-            [reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))) == \
-            grpc.StatusCode.UNIMPLEMENTED
+        assert (
+            code_of(
+                lambda: list(
+                    reflect.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                    )
+                )
+            )
+            == grpc.StatusCode.UNIMPLEMENTED
+        )
         # The trainer calls the embedder with the service token over TLS: a bad encoder path is
         # then the client's INVALID_ARGUMENT (not PEER_AUTH_FAILED or UNAVAILABLE).
         trainer = trainer_pb2_grpc.TrainerServiceStub(channel(TOKENS["train"]))
-        ds = trainer.UploadDataset(iter([
-            trainer_pb2.UploadDatasetRequest(metadata=trainer_pb2.UploadDatasetRequest.Metadata(
-                filename="d.csv")),
-            trainer_pb2.UploadDatasetRequest(chunk=b"t,y\nhello,1\nbye,0\n")]), timeout=30)
-        config = ('{"input_features": [{"name": "t", "type": "text", "encoder": {"type": '
-                  '"auto_transformer", "pretrained_model_name_or_path": "/no/such/model"}}], '
-                  '"output_features": [{"name": "y", "type": "binary"}]}')
+        ds = trainer.UploadDataset(
+            iter(
+                [
+                    trainer_pb2.UploadDatasetRequest(
+                        metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="d.csv")
+                    ),
+                    trainer_pb2.UploadDatasetRequest(chunk=b"t,y\nhello,1\nbye,0\n"),
+                ]
+            ),
+            timeout=30,
+        )
+        config = (
+            '{"input_features": [{"name": "t", "type": "text", "encoder": {"type": '
+            '"auto_transformer", "pretrained_model_name_or_path": "/no/such/model"}}], '
+            '"output_features": [{"name": "y", "type": "binary"}]}'
+        )
         with pytest.raises(grpc.RpcError) as info:
-            trainer.CreateJob(trainer_pb2.CreateJobRequest(config_json=config, dataset_id=ds.id),
-                              timeout=60)
+            trainer.CreateJob(
+                trainer_pb2.CreateJobRequest(config_json=config, dataset_id=ds.id), timeout=60
+            )
         err = from_rpc_error(info.value)
         assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err
         assert err.field.startswith("input_features[0].encoder")
@@ -123,8 +176,9 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(tmp_
         log.close()
 
 
-def test_serve_all_refuses_security_its_services_could_not_honour(tmp_path, tokens_file, pki,
-                                                                  capsys, monkeypatch):
+def test_serve_all_refuses_security_its_services_could_not_honour(
+    tmp_path, tokens_file, pki, capsys, monkeypatch
+):
     from clients.cli import main
 
     for name in CLIENT_ENV:

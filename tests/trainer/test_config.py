@@ -8,13 +8,19 @@ import json
 
 import pytest
 
-from tunewire.config import ConfigError, load, resolve, to_dict
-from tunewire.config import ecd, trainer
+from tunewire.config import ConfigError, ecd, load, resolve, to_dict, trainer
 
 BASE = {
-    "input_features": [{"name": "text", "type": "text",
-                        "encoder": {"type": "auto_transformer",
-                                    "pretrained_model_name_or_path": "/models/minilm"}}],
+    "input_features": [
+        {
+            "name": "text",
+            "type": "text",
+            "encoder": {
+                "type": "auto_transformer",
+                "pretrained_model_name_or_path": "/models/minilm",
+            },
+        }
+    ],
     "output_features": [{"name": "label", "type": "binary"}],
 }
 
@@ -41,26 +47,35 @@ def test_defaults_are_written_and_round_trip():
     assert to_dict(resolve(resolved)) == resolved
 
 
-@pytest.mark.parametrize("config, field", [
-    (with_(trainer={"optimzer": {"type": "adam"}}), "trainer.optimzer"),
-    (with_(input_features__0__encoder__pooling="mean"), "input_features[0].encoder.pooling"),
-    (with_(output_features__0__type="image"), "output_features[0].type"),
-    (with_(input_features__0__type="audio"), "input_features[0].type"),
-    (with_(trainer={"epochs": "ten"}), "trainer.epochs"),
-    (with_(trainer={"epochs": 0}), "trainer.epochs"),
-    (with_(trainer={"learning_rate": -1}), "trainer.learning_rate"),
-    (with_(preprocessing={"split": {"probabilities": [0.5, 0.5]}}),
-     "preprocessing.split.probabilities"),
-    (with_(preprocessing={"split": {"type": "stratify"}}), "preprocessing.split.column"),
-    (with_(output_features__0__loss={"type": "huber"}), "output_features[0].loss.type"),
-    (with_(output_features__0__decoder={"fc_dropout": 1.5}),
-     "output_features[0].decoder.fc_dropout"),
-    (with_(input_features__0__encoder__reduce_output="attention"),
-     "input_features[0].encoder.reduce_output"),
-    (with_(model_type="gbm"), "model_type"),
-    ({"output_features": BASE["output_features"]}, "input_features"),
-    (with_(trainer={"validation_field": "nope"}), "trainer.validation_field"),
-])
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        (with_(trainer={"optimzer": {"type": "adam"}}), "trainer.optimzer"),
+        (with_(input_features__0__encoder__pooling="mean"), "input_features[0].encoder.pooling"),
+        (with_(output_features__0__type="image"), "output_features[0].type"),
+        (with_(input_features__0__type="audio"), "input_features[0].type"),
+        (with_(trainer={"epochs": "ten"}), "trainer.epochs"),
+        (with_(trainer={"epochs": 0}), "trainer.epochs"),
+        (with_(trainer={"learning_rate": -1}), "trainer.learning_rate"),
+        (
+            with_(preprocessing={"split": {"probabilities": [0.5, 0.5]}}),
+            "preprocessing.split.probabilities",
+        ),
+        (with_(preprocessing={"split": {"type": "stratify"}}), "preprocessing.split.column"),
+        (with_(output_features__0__loss={"type": "huber"}), "output_features[0].loss.type"),
+        (
+            with_(output_features__0__decoder={"fc_dropout": 1.5}),
+            "output_features[0].decoder.fc_dropout",
+        ),
+        (
+            with_(input_features__0__encoder__reduce_output="attention"),
+            "input_features[0].encoder.reduce_output",
+        ),
+        (with_(model_type="gbm"), "model_type"),
+        ({"output_features": BASE["output_features"]}, "input_features"),
+        (with_(trainer={"validation_field": "nope"}), "trainer.validation_field"),
+    ],
+)
 def test_bad_configs_name_the_key(config, field):
     with pytest.raises(ConfigError) as info:
         resolve(config)
@@ -81,9 +96,17 @@ def test_ludwig_older_fc_spelling_moves_to_the_decoder():
     assert (out.decoder.num_fc_layers, out.decoder.fc_output_size) == (2, 32)
 
 
-SECTIONS = [trainer.OptimizerConfig, trainer.LearningRateSchedulerConfig, trainer.TrainerConfig,
-            ecd.TextPreprocessing, ecd.DecoderConfig, ecd.LossConfig, ecd.SplitConfig,
-            ecd.GlobalPreprocessing, ecd.CombinerConfig]
+SECTIONS = [
+    trainer.OptimizerConfig,
+    trainer.LearningRateSchedulerConfig,
+    trainer.TrainerConfig,
+    ecd.TextPreprocessing,
+    ecd.DecoderConfig,
+    ecd.LossConfig,
+    ecd.SplitConfig,
+    ecd.GlobalPreprocessing,
+    ecd.CombinerConfig,
+]
 
 
 @pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)
@@ -100,12 +123,15 @@ def test_every_section_has_defaults_and_refuses_unknown_keys(cls):
 def test_load_yaml_and_relative_model_paths(tmp_path):
     (tmp_path / "models" / "enc").mkdir(parents=True)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("input_features:\n  - name: t\n    type: text\n    encoder:\n"
-                   "      pretrained_model_name_or_path: models/enc\n"
-                   "output_features:\n  - name: y\n    type: binary\n")
+    cfg.write_text(
+        "input_features:\n  - name: t\n    type: text\n    encoder:\n"
+        "      pretrained_model_name_or_path: models/enc\n"
+        "output_features:\n  - name: y\n    type: binary\n"
+    )
     raw = load(cfg)
     assert raw["input_features"][0]["encoder"]["pretrained_model_name_or_path"] == str(
-        (tmp_path / "models" / "enc").resolve())
+        (tmp_path / "models" / "enc").resolve()
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("input_features: [\n")
     with pytest.raises(ConfigError):

@@ -47,14 +47,17 @@ def test_same_bytes_same_id_and_survives_reopen(tmp_path):
     assert [p.name for p in (tmp_path / "ds").iterdir()] == [a.id]
 
 
-@pytest.mark.parametrize("payload, name, needle", [
-    (b"", "e.csv", "empty"),
-    (b"text,label\n", "h.csv", "no rows"),
-    (b"\xff\xfe\x00bad", "x.csv", "UTF-8"),
-    (b'{"a": 1}\n{"a": ', "x.jsonl", "cannot parse"),
-    (b"not parquet", "x.parquet", "cannot parse"),
-    (b"a,b\n1,2\n", "x.xlsx", "format"),
-])
+@pytest.mark.parametrize(
+    "payload, name, needle",
+    [
+        (b"", "e.csv", "empty"),
+        (b"text,label\n", "h.csv", "no rows"),
+        (b"\xff\xfe\x00bad", "x.csv", "UTF-8"),
+        (b'{"a": 1}\n{"a": ', "x.jsonl", "cannot parse"),
+        (b"not parquet", "x.parquet", "cannot parse"),
+        (b"a,b\n1,2\n", "x.xlsx", "format"),
+    ],
+)
 def test_bad_files(tmp_path, payload, name, needle):
     store = DatasetStore(tmp_path / "ds")
     with pytest.raises(InvalidArgument) as info:

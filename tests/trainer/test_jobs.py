@@ -15,9 +15,12 @@ from services.trainer.datasets import DatasetStore
 from services.trainer.jobs import JobRunner, JobStore
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
-CONFIG = {"input_features": [{"name": "text", "type": "text",
-                              "encoder": {"pretrained_model_name_or_path": "/m"}}],
-          "output_features": [{"name": "label", "type": "binary"}]}
+CONFIG = {
+    "input_features": [
+        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
+    ],
+    "output_features": [{"name": "label", "type": "binary"}],
+}
 
 
 @pytest.fixture
@@ -146,12 +149,18 @@ def test_restart_resumes_a_job_that_was_running(tmp_path, dataset):
 def test_restart_fails_a_job_out_of_attempts(tmp_path, dataset):
     datasets, ds_id = dataset
     store = JobStore(tmp_path / "jobs")
-    runner = JobRunner(store, datasets, tmp_path / "artifacts", dispatcher=lambda _t: ok_recipe,
-                       max_attempts=1)
+    runner = JobRunner(
+        store, datasets, tmp_path / "artifacts", dispatcher=lambda _t: ok_recipe, max_attempts=1
+    )
     rec = runner.submit(CONFIG, dataset_id=ds_id)  # queued, runner not started
     store.update(rec.id, state="RUNNING", attempts=1)
-    runner2 = JobRunner(JobStore(tmp_path / "jobs"), datasets, tmp_path / "artifacts",
-                        dispatcher=lambda _t: ok_recipe, max_attempts=1)
+    runner2 = JobRunner(
+        JobStore(tmp_path / "jobs"),
+        datasets,
+        tmp_path / "artifacts",
+        dispatcher=lambda _t: ok_recipe,
+        max_attempts=1,
+    )
     runner2.start()
     rec2 = runner2.store.get(rec.id)
     assert rec2.state == "FAILED" and "not retried" in rec2.error

@@ -24,9 +24,12 @@ def test_cosine_runs_from_the_peak_down_to_eta_min():
 
 
 def test_exponential_and_constant():
-    f = lr_factor(LearningRateSchedulerConfig(decay="exponential", decay_rate=0.5, decay_steps=10),
-                  1.0, 100)
+    f = lr_factor(
+        LearningRateSchedulerConfig(decay="exponential", decay_rate=0.5, decay_steps=10), 1.0, 100
+    )
     assert f(20) == pytest.approx(0.25)
     assert not scheduled(LearningRateSchedulerConfig())
     assert lr_factor(LearningRateSchedulerConfig(), 1.0, 10)(7) == 1.0
-    assert math.isclose(lr_factor(LearningRateSchedulerConfig(warmup_fraction=0.5), 1.0, 10)(0), 0.2)
+    assert math.isclose(
+        lr_factor(LearningRateSchedulerConfig(warmup_fraction=0.5), 1.0, 10)(0), 0.2
+    )

@@ -59,6 +59,7 @@ def resolve(raw: dict) -> Any:
     model_type = raw.get("model_type", "ecd")
     if model_type == "ecd":
         from tunewire.config.ecd import parse_ecd
+
         return parse_ecd(raw)
     if model_type == "llm":
         try:

@@ -26,7 +26,8 @@ class LoraConfig:
     alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (alpha / r)."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names to adapt; null: PEFT's default per model."})
+        default=None, metadata={"help": "Module names to adapt; null: PEFT's default per model."}
+    )
     bias: Literal["none", "all", "lora_only"] = "none"
 
     def __post_init__(self) -> None:
@@ -38,39 +39,55 @@ class LoraConfig:
 @dataclass
 class EncoderConfig:
     type: Literal["auto_transformer", "bert", "llm"] = field(
-        default="auto_transformer", metadata={"help": "Encoder family."})
+        default="auto_transformer", metadata={"help": "Encoder family."}
+    )
     pretrained_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Local directory or Hub id of the encoder."})
+        default=None, metadata={"help": "Local directory or Hub id of the encoder."}
+    )
     base_model: str | None = field(default=None, metadata={"help": "Encoder for type: llm."})
     trainable: bool = field(default=False, metadata={"help": "Adapt the encoder (needs adapter)."})
     reduce_output: Literal["mean", "avg", "cls_pooled", "cls", "last", "max", "sum"] | None = field(
-        default=None, metadata={"help": "Pooling over the tokens; default: last for llm, "
-                                        "else mean."})
+        default=None,
+        metadata={"help": "Pooling over the tokens; default: last for llm, else mean."},
+    )
     max_sequence_length: int | None = None
     layer: int = field(default=0, metadata={"help": "Hidden layer to pool (0/-1: last)."})
     normalize: bool = field(default=False, metadata={"help": "L2-normalise the embedding."})
     revision: str | None = None
     pretrained_kwargs: dict | None = None
     adapter: LoraConfig | None = field(
-        default=None, metadata={"help": "PEFT adapter trained with the head (trainable: true)."})
+        default=None, metadata={"help": "PEFT adapter trained with the head (trainable: true)."}
+    )
     quantization: dict | None = None
 
     def __post_init__(self) -> None:
         if self.type == "llm":
             check(self.base_model is not None, "is required for encoder type llm", "base_model")
         else:
-            check(self.pretrained_model_name_or_path is not None,
-                  "is required for this encoder type", "pretrained_model_name_or_path")
+            check(
+                self.pretrained_model_name_or_path is not None,
+                "is required for this encoder type",
+                "pretrained_model_name_or_path",
+            )
         if self.reduce_output is None:
             # A causal LM has read the whole text only at its last token.
             self.reduce_output = "last" if self.type == "llm" else "mean"
-        check(not self.trainable or self.adapter is not None,
-              "full fine-tuning of the encoder is not built; add adapter: {type: lora} or use "
-              "trainable: false", "trainable")
-        check(self.adapter is None or self.trainable,
-              "an adapter is trained with the encoder: set trainable: true", "adapter")
-        check(self.quantization is None,
-              "encoder quantization is not built (it needs bitsandbytes on a GPU)", "quantization")
+        check(
+            not self.trainable or self.adapter is not None,
+            "full fine-tuning of the encoder is not built; add adapter: {type: lora} or use "
+            "trainable: false",
+            "trainable",
+        )
+        check(
+            self.adapter is None or self.trainable,
+            "an adapter is trained with the encoder: set trainable: true",
+            "adapter",
+        )
+        check(
+            self.quantization is None,
+            "encoder quantization is not built (it needs bitsandbytes on a GPU)",
+            "quantization",
+        )
         check(self.pretrained_kwargs is None, "is not supported", "pretrained_kwargs")
 
     @property
@@ -92,23 +109,30 @@ class EncoderConfig:
 class TextPreprocessing:
     max_sequence_length: int | None = field(default=256, metadata={"help": "Tokens kept per text."})
     cache_encoder_embeddings: bool | None = field(
-        default=None, metadata={"help": "Compute frozen embeddings once, through the embedder "
-                                        "cache; default: true unless the encoder is trainable."})
+        default=None,
+        metadata={
+            "help": "Compute frozen embeddings once, through the embedder "
+            "cache; default: true unless the encoder is trainable."
+        },
+    )
     lowercase: bool = False
     missing_value_strategy: Literal["fill_with_const", "drop_row"] = "fill_with_const"
     fill_value: str = ""
     tokenizer: str | None = None
 
     def __post_init__(self) -> None:
-        check(self.max_sequence_length is None or self.max_sequence_length >= 1,
-              "must be >= 1", "max_sequence_length")
+        check(
+            self.max_sequence_length is None or self.max_sequence_length >= 1,
+            "must be >= 1",
+            "max_sequence_length",
+        )
 
 
 @dataclass
 class NumberPreprocessing:
     normalization: Literal["zscore", "minmax"] | None = field(
-        default="zscore", metadata={"help": "Fitted on the training split, kept in the "
-                                            "artifact."})
+        default="zscore", metadata={"help": "Fitted on the training split, kept in the artifact."}
+    )
     missing_value_strategy: Literal["fill_with_const", "fill_with_mean"] = "fill_with_mean"
     fill_value: float = 0.0
 
@@ -116,14 +140,16 @@ class NumberPreprocessing:
 @dataclass
 class BinaryPreprocessing:
     missing_value_strategy: Literal["fill_with_false"] = field(
-        default="fill_with_false", metadata={"help": "A missing value reads as the false class."})
+        default="fill_with_false", metadata={"help": "A missing value reads as the false class."}
+    )
     fallback_true_label: str | None = None
 
 
 @dataclass
 class CategoryPreprocessing:
     missing_value_strategy: Literal["fill_with_unk"] = field(
-        default="fill_with_unk", metadata={"help": "Missing and unseen values read as <UNK>."})
+        default="fill_with_unk", metadata={"help": "Missing and unseen values read as <UNK>."}
+    )
     most_common: int = field(default=10000, metadata={"help": "Vocabulary size; rarer: <UNK>."})
 
     def __post_init__(self) -> None:
@@ -140,7 +166,8 @@ class PassthroughEncoder:
 @dataclass
 class CategoryEncoder:
     type: Literal["onehot", "sparse", "dense"] = field(
-        default="dense", metadata={"help": "onehot/sparse: one-hot; dense: a learned embedding."})
+        default="dense", metadata={"help": "onehot/sparse: one-hot; dense: a learned embedding."}
+    )
     embedding_size: int = field(default=50, metadata={"help": "Width of the dense embedding."})
     dropout: float = 0.0
 
@@ -179,9 +206,12 @@ class InputFeature:
     @staticmethod
     def precheck(data: dict) -> None:
         check("name" in data, "is required", "name")
-        check(data.get("type") in INPUT_TYPES,
-              f"input feature type {data.get('type')!r} is not supported (supported: "
-              f"{', '.join(INPUT_TYPES)})", "type")
+        check(
+            data.get("type") in INPUT_TYPES,
+            f"input feature type {data.get('type')!r} is not supported (supported: "
+            f"{', '.join(INPUT_TYPES)})",
+            "type",
+        )
 
     def __post_init__(self) -> None:
         if self.column is None:
@@ -196,10 +226,12 @@ class InputFeature:
             enc, pre = self.encoder, self.preprocessing
             if pre.cache_encoder_embeddings is None:
                 pre.cache_encoder_embeddings = not enc.trainable
-            check(not (enc.trainable and pre.cache_encoder_embeddings),
-                  "cannot cache embeddings of a trainable encoder (its output changes as it "
-                  "trains); set it false or make the encoder frozen",
-                  "preprocessing.cache_encoder_embeddings")
+            check(
+                not (enc.trainable and pre.cache_encoder_embeddings),
+                "cannot cache embeddings of a trainable encoder (its output changes as it "
+                "trains); set it false or make the encoder frozen",
+                "preprocessing.cache_encoder_embeddings",
+            )
             if enc.max_sequence_length is None:
                 enc.max_sequence_length = pre.max_sequence_length
 
@@ -221,8 +253,12 @@ class DecoderConfig:
     fc_use_bias: bool = True
     fc_layers: list[dict] | None = None
     use_bias: bool = field(
-        default=True, metadata={"help": "Bias of the output projection; false lets a one-layer "
-                                        "head export as a stock *ForSequenceClassification."})
+        default=True,
+        metadata={
+            "help": "Bias of the output projection; false lets a one-layer "
+            "head export as a stock *ForSequenceClassification."
+        },
+    )
 
     def __post_init__(self) -> None:
         check(self.num_fc_layers >= 0, "must be >= 0", "num_fc_layers")
@@ -233,13 +269,26 @@ class DecoderConfig:
 
 @dataclass
 class LossConfig:
-    type: Literal["binary_weighted_cross_entropy", "softmax_cross_entropy",
-                  "sigmoid_cross_entropy", "focal", "mean_squared_error", "mean_absolute_error",
-                  "huber"] | None = None
+    type: (
+        Literal[
+            "binary_weighted_cross_entropy",
+            "softmax_cross_entropy",
+            "sigmoid_cross_entropy",
+            "focal",
+            "mean_squared_error",
+            "mean_absolute_error",
+            "huber",
+        ]
+        | None
+    ) = None
     positive_class_weight: float | None = None
     class_weights: list[float] | dict | None = field(
-        default=None, metadata={"help": "Per-class weights (category, set): a list in vocabulary "
-                                        "order or {class: weight}; unnamed classes weigh 1."})
+        default=None,
+        metadata={
+            "help": "Per-class weights (category, set): a list in vocabulary "
+            "order or {class: weight}; unnamed classes weigh 1."
+        },
+    )
     weight: float = field(default=1.0, metadata={"help": "This output's share of the summed loss."})
     gamma: float = field(default=2.0, metadata={"help": "Focusing exponent of the focal loss."})
     robust_lambda: float = 0.0
@@ -259,7 +308,8 @@ class OutputPreprocessing:
     fallback_true_label: str | None = None
     normalization: Literal["zscore", "minmax"] | None = None
     tokenizer: Literal["space", "comma"] = field(
-        default="space", metadata={"help": "How set and vector labels are split."})
+        default="space", metadata={"help": "How set and vector labels are split."}
+    )
 
 
 @dataclass
@@ -276,15 +326,19 @@ class OutputFeature:
     fc_dropout: float | None = None
     top_k: int = 3
     calibration: bool = field(
-        default=False, metadata={"help": "Temperature scaling fitted on the validation split."})
+        default=False, metadata={"help": "Temperature scaling fitted on the validation split."}
+    )
     vector_size: int | None = field(default=None, metadata={"help": "vector: length (inferred)."})
 
     @staticmethod
     def precheck(data: dict) -> None:
         check("name" in data, "is required", "name")
-        check(data.get("type") in OUTPUT_TYPES,
-              f"output feature type {data.get('type')!r} is not supported (supported: "
-              f"{', '.join(OUTPUT_TYPES)})", "type")
+        check(
+            data.get("type") in OUTPUT_TYPES,
+            f"output feature type {data.get('type')!r} is not supported (supported: "
+            f"{', '.join(OUTPUT_TYPES)})",
+            "type",
+        )
 
     def __post_init__(self) -> None:
         if self.column is None:
@@ -297,22 +351,34 @@ class OutputFeature:
                 setattr(self, key, None)
         if self.decoder.type is None:
             self.decoder.type = "classifier" if self.type == "category" else "regressor"
-        default_loss = {"binary": "binary_weighted_cross_entropy",
-                        "category": "softmax_cross_entropy", "number": "mean_squared_error",
-                        "set": "sigmoid_cross_entropy", "vector": "mean_squared_error"}
+        default_loss = {
+            "binary": "binary_weighted_cross_entropy",
+            "category": "softmax_cross_entropy",
+            "number": "mean_squared_error",
+            "set": "sigmoid_cross_entropy",
+            "vector": "mean_squared_error",
+        }
         if self.loss.type is None:
             self.loss.type = default_loss[self.type]
         regression = {"mean_squared_error", "mean_absolute_error", "huber"}
-        allowed = {"binary": {"binary_weighted_cross_entropy", "focal"},
-                   "category": {"softmax_cross_entropy", "focal"},
-                   "number": regression, "set": {"sigmoid_cross_entropy"},
-                   "vector": regression}[self.type]
-        check(self.loss.type in allowed,
-              f"loss {self.loss.type!r} does not fit a {self.type} output "
-              f"(use {', '.join(sorted(allowed))})", "loss.type")
-        check(not self.calibration or self.type in CALIBRATABLE,
-              f"calibration (temperature scaling) is for {' and '.join(CALIBRATABLE)} outputs",
-              "calibration")
+        allowed = {
+            "binary": {"binary_weighted_cross_entropy", "focal"},
+            "category": {"softmax_cross_entropy", "focal"},
+            "number": regression,
+            "set": {"sigmoid_cross_entropy"},
+            "vector": regression,
+        }[self.type]
+        check(
+            self.loss.type in allowed,
+            f"loss {self.loss.type!r} does not fit a {self.type} output "
+            f"(use {', '.join(sorted(allowed))})",
+            "loss.type",
+        )
+        check(
+            not self.calibration or self.type in CALIBRATABLE,
+            f"calibration (temperature scaling) is for {' and '.join(CALIBRATABLE)} outputs",
+            "calibration",
+        )
         if self.preprocessing.normalization is None and self.type == "number":
             self.preprocessing.normalization = "zscore"
 
@@ -324,11 +390,18 @@ class SplitConfig:
     column: str | None = None
 
     def __post_init__(self) -> None:
-        check(self.type in ("random", "fixed", "stratify", "hash"),
-              f"split type {self.type!r} is not supported", "type")
-        check(len(self.probabilities) == 3 and all(p >= 0 for p in self.probabilities)
-              and abs(sum(self.probabilities) - 1.0) < 1e-6,
-              "must be three non-negative numbers that sum to 1", "probabilities")
+        check(
+            self.type in ("random", "fixed", "stratify", "hash"),
+            f"split type {self.type!r} is not supported",
+            "type",
+        )
+        check(
+            len(self.probabilities) == 3
+            and all(p >= 0 for p in self.probabilities)
+            and abs(sum(self.probabilities) - 1.0) < 1e-6,
+            "must be three non-negative numbers that sum to 1",
+            "probabilities",
+        )
         check(self.probabilities[0] > 0, "the training fraction must be > 0", "probabilities")
         if self.type in ("fixed", "stratify", "hash"):
             check(bool(self.column), f"is required for split type {self.type!r}", "column")
@@ -357,7 +430,8 @@ class CombinerConfig:
 
     type: Literal["concat"] = field(default="concat", metadata={"help": "Only concat is built."})
     fc_layers: list[dict] | None = field(
-        default=None, metadata={"help": "[{output_size, dropout, activation}] per hidden layer."})
+        default=None, metadata={"help": "[{output_size, dropout, activation}] per hidden layer."}
+    )
     num_fc_layers: int = field(default=0, metadata={"help": "Hidden layers after the concat."})
     output_size: int = field(default=256, metadata={"help": "Width of each hidden layer."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer."})
@@ -390,10 +464,16 @@ class EcdConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        check(len(self.input_features) >= 1, "at least one input feature is required",
-              "input_features")
-        check(len(self.output_features) >= 1, "at least one output feature is required",
-              "output_features")
+        check(
+            len(self.input_features) >= 1,
+            "at least one input feature is required",
+            "input_features",
+        )
+        check(
+            len(self.output_features) >= 1,
+            "at least one output feature is required",
+            "output_features",
+        )
         check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
         check(self.defaults is None, "is not supported; set options per feature", "defaults")
         names = [f.name for f in [*self.input_features, *self.output_features]]
@@ -402,12 +482,14 @@ class EcdConfig:
             raise ValueError_at("input_features", f"feature name {sorted(dup)[0]!r} is used twice")
         if self.trainer.type == "finetune":
             raise ValueError_at("trainer.type", "`finetune` belongs to model_type: llm")
-        trainable = [i for i, f in enumerate(self.input_features)
-                     if f.type == "text" and f.encoder.trainable]
+        trainable = [
+            i for i, f in enumerate(self.input_features) if f.type == "text" and f.encoder.trainable
+        ]
         if len(trainable) > 1:
-            raise ValueError_at(f"input_features[{trainable[1]}].encoder.trainable",
-                                "one adapted (trainable) text encoder per model is built; "
-                                "keep the others frozen")
+            raise ValueError_at(
+                f"input_features[{trainable[1]}].encoder.trainable",
+                "one adapted (trainable) text encoder per model is built; keep the others frozen",
+            )
         if self.trainer.validation_field is None:
             self.trainer.validation_field = self.output_features[0].name
         if self.trainer.validation_metric is None:
@@ -418,12 +500,16 @@ class EcdConfig:
             self.trainer.eval_batch_size = 1024
         if self.trainer.learning_rate == "auto":
             self.trainer.learning_rate = 0.001
-        check(self.trainer.validation_field in [o.name for o in self.output_features]
-              + ["combined"], "must name an output feature or be 'combined'",
-              "trainer.validation_field")
-        check(self.trainer.validation_field != "combined"
-              or self.trainer.validation_metric == "loss",
-              "only the loss is computed for 'combined'", "trainer.validation_metric")
+        check(
+            self.trainer.validation_field in [o.name for o in self.output_features] + ["combined"],
+            "must name an output feature or be 'combined'",
+            "trainer.validation_field",
+        )
+        check(
+            self.trainer.validation_field != "combined" or self.trainer.validation_metric == "loss",
+            "only the loss is computed for 'combined'",
+            "trainer.validation_metric",
+        )
 
 
 def ValueError_at(field_path: str, message: str) -> ValueError:

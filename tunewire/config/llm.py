@@ -30,7 +30,9 @@ from tunewire.config.schema import ConfigError, check, join, parse
 from tunewire.config.trainer import TrainerConfig
 
 # Ludwig's default prompt when only `prompt.task` is given.
-DEFAULT_TASK_TEMPLATE = "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:"
+DEFAULT_TASK_TEMPLATE = (
+    "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:"
+)
 
 # What `generation` writes when the user says nothing: greedy, short answers.
 GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
@@ -39,14 +41,18 @@ GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "do_sample": False,
 @dataclass
 class TextFeaturePreprocessing:
     max_sequence_length: int | None = field(
-        default=None, metadata={"help": "Tokens kept for this feature (null: global limit)."})
+        default=None, metadata={"help": "Tokens kept for this feature (null: global limit)."}
+    )
     lowercase: bool = False
     missing_value_strategy: Literal["fill_with_const", "drop_row"] = "drop_row"
     fill_value: str = ""
 
     def __post_init__(self) -> None:
-        check(self.max_sequence_length is None or self.max_sequence_length >= 1,
-              "must be >= 1", "max_sequence_length")
+        check(
+            self.max_sequence_length is None or self.max_sequence_length >= 1,
+            "must be >= 1",
+            "max_sequence_length",
+        )
 
 
 @dataclass
@@ -59,9 +65,11 @@ class TextFeature:
     @staticmethod
     def precheck(data: dict) -> None:
         check("name" in data, "is required", "name")
-        check(data.get("type") == "text",
-              f"feature type {data.get('type')!r} is not supported for model_type llm (use text)",
-              "type")
+        check(
+            data.get("type") == "text",
+            f"feature type {data.get('type')!r} is not supported for model_type llm (use text)",
+            "type",
+        )
 
     def __post_init__(self) -> None:
         if self.column is None:
@@ -71,10 +79,15 @@ class TextFeature:
 @dataclass
 class PromptConfig:
     template: str | None = field(
-        default=None, metadata={"help": "Prompt with {column} placeholders; {__task__}, {__sample__}."})
-    task: str | None = field(default=None, metadata={"help": "Task text; uses Ludwig's default template."})
+        default=None,
+        metadata={"help": "Prompt with {column} placeholders; {__task__}, {__sample__}."},
+    )
+    task: str | None = field(
+        default=None, metadata={"help": "Task text; uses Ludwig's default template."}
+    )
     use_chat_template: bool = field(
-        default=False, metadata={"help": "Wrap the prompt in the tokenizer's chat template."})
+        default=False, metadata={"help": "Wrap the prompt in the tokenizer's chat template."}
+    )
     retrieval: dict | None = None
 
     def __post_init__(self) -> None:
@@ -83,19 +96,28 @@ class PromptConfig:
             self.template = DEFAULT_TASK_TEMPLATE
         if self.template is not None:
             try:
-                names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+                names = [
+                    f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None
+                ]
             except ValueError as exc:
                 check(False, f"is not a valid template: {exc}", "template")
-            check(all(n.isidentifier() for n in names),
-                  "placeholders must be plain column names like {question}", "template")
-            check("__task__" not in names or self.task is not None,
-                  "uses {__task__} but prompt.task is not set", "template")
+            check(
+                all(n.isidentifier() for n in names),
+                "placeholders must be plain column names like {question}",
+                "template",
+            )
+            check(
+                "__task__" not in names or self.task is not None,
+                "uses {__task__} but prompt.task is not set",
+                "template",
+            )
 
 
 @dataclass
 class PostprocessorConfig:
     merge_adapter_into_base_model: bool = field(
-        default=False, metadata={"help": "Write a merged full model instead of an adapter."})
+        default=False, metadata={"help": "Write a merged full model instead of an adapter."}
+    )
     progressbar: bool = False
 
 
@@ -106,7 +128,8 @@ class LoraAdapter:
     alpha: int | None = field(default=16, metadata={"help": "Scaling numerator (alpha / r)."})
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Module names; null: the model's defaults; 'all-linear'."})
+        default=None, metadata={"help": "Module names; null: the model's defaults; 'all-linear'."}
+    )
     bias_type: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     use_dora: bool = False
@@ -117,9 +140,16 @@ class LoraAdapter:
     def __post_init__(self) -> None:
         check(self.r >= 1, "must be >= 1", "r")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
-        check(self.pretrained_adapter_weights is None, "is not supported", "pretrained_adapter_weights")
-        check(self.init_lora_weights != "loftq", "loftq initialisation is not supported",
-              "init_lora_weights")
+        check(
+            self.pretrained_adapter_weights is None,
+            "is not supported",
+            "pretrained_adapter_weights",
+        )
+        check(
+            self.init_lora_weights != "loftq",
+            "loftq initialisation is not supported",
+            "init_lora_weights",
+        )
         if self.alpha is None:
             self.alpha = 2 * self.r
 
@@ -155,7 +185,11 @@ class Ia3Adapter:
     postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
     def __post_init__(self) -> None:
-        check(self.pretrained_adapter_weights is None, "is not supported", "pretrained_adapter_weights")
+        check(
+            self.pretrained_adapter_weights is None,
+            "is not supported",
+            "pretrained_adapter_weights",
+        )
 
 
 ADAPTERS: dict[str, type] = {"lora": LoraAdapter, "adalora": AdaloraAdapter, "ia3": Ia3Adapter}
@@ -163,7 +197,9 @@ ADAPTERS: dict[str, type] = {"lora": LoraAdapter, "adalora": AdaloraAdapter, "ia
 
 @dataclass
 class QuantizationConfig:
-    bits: Literal[4, 8] = field(default=4, metadata={"help": "bitsandbytes weight bits (CUDA only)."})
+    bits: Literal[4, 8] = field(
+        default=4, metadata={"help": "bitsandbytes weight bits (CUDA only)."}
+    )
     llm_int8_threshold: float = 6.0
     llm_int8_has_fp16_weight: bool = False
     bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
@@ -177,31 +213,44 @@ class LlmPreprocessing:
     sample_ratio: float = 1.0
     sample_size: int | None = None
     global_max_sequence_length: int | None = field(
-        default=None, metadata={"help": "Prompt + target tokens; null: the model's context length."})
+        default=None, metadata={"help": "Prompt + target tokens; null: the model's context length."}
+    )
     sequence_packing: bool = field(
-        default=True, metadata={"help": "Pack samples into full rows (no cross-attention)."})
+        default=True, metadata={"help": "Pack samples into full rows (no cross-attention)."}
+    )
 
     def __post_init__(self) -> None:
         check(0.0 < self.sample_ratio <= 1.0, "must be in (0, 1]", "sample_ratio")
-        check(self.global_max_sequence_length is None or self.global_max_sequence_length >= 2,
-              "must be >= 2", "global_max_sequence_length")
+        check(
+            self.global_max_sequence_length is None or self.global_max_sequence_length >= 2,
+            "must be >= 2",
+            "global_max_sequence_length",
+        )
 
 
 @dataclass
 class DistributedTrainer:
     strategy: Literal["ddp", "fsdp"] = field(
-        default="ddp", metadata={"help": "ddp replicates; fsdp is FSDP2 (fully_shard)."})
+        default="ddp", metadata={"help": "ddp replicates; fsdp is FSDP2 (fully_shard)."}
+    )
     num_workers: int = field(default=1, metadata={"help": "Worker processes (GPUs) per node."})
     nnodes: int = field(default=1, metadata={"help": "Nodes; > 1 needs a multi-node launcher."})
     use_gpu: bool = field(default=True, metadata={"help": "false: train on CPU (gloo)."})
     reshard_after_forward: bool = field(
-        default=True, metadata={"help": "fsdp: free gathered layer weights after forward (false: "
-                                        "keep them for backward, one all-gather less, more memory)."})
+        default=True,
+        metadata={
+            "help": "fsdp: free gathered layer weights after forward (false: "
+            "keep them for backward, one all-gather less, more memory)."
+        },
+    )
 
     @staticmethod
     def precheck(data: dict) -> None:
-        check(data.get("strategy") not in ("deepspeed", "horovod"),
-              f"strategy {data.get('strategy')!r} is not built; use ddp or fsdp (FSDP2)", "strategy")
+        check(
+            data.get("strategy") not in ("deepspeed", "horovod"),
+            f"strategy {data.get('strategy')!r} is not built; use ddp or fsdp (FSDP2)",
+            "strategy",
+        )
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 1, "must be >= 1", "num_workers")
@@ -219,9 +268,12 @@ class BackendConfig:
 
     @staticmethod
     def precheck(data: dict) -> None:
-        check(data.get("type", "local") == "local",
-              f"backend {data.get('type')!r} is not built; training runs as torchrun workers "
-              "(backend.type: local, backend.trainer.num_workers / strategy)", "type")
+        check(
+            data.get("type", "local") == "local",
+            f"backend {data.get('type')!r} is not built; training runs as torchrun workers "
+            "(backend.type: local, backend.trainer.num_workers / strategy)",
+            "type",
+        )
 
 
 @dataclass
@@ -231,7 +283,9 @@ class LlmConfig:
     output_features: list[TextFeature]
     model_type: Literal["llm"] = "llm"
     prompt: PromptConfig = field(default_factory=PromptConfig)
-    adapter: Any = field(default=None, metadata={"help": "lora | adalora | ia3; null: full fine-tuning."})
+    adapter: Any = field(
+        default=None, metadata={"help": "lora | adalora | ia3; null: full fine-tuning."}
+    )
     quantization: QuantizationConfig | None = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     generation: dict = field(default_factory=dict, metadata={"help": "GenerationConfig fields."})
@@ -244,33 +298,51 @@ class LlmConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        check(len(self.input_features) == 1, "model_type llm takes exactly one text input feature",
-              "input_features")
-        check(len(self.output_features) == 1, "model_type llm takes exactly one text output feature",
-              "output_features")
+        check(
+            len(self.input_features) == 1,
+            "model_type llm takes exactly one text input feature",
+            "input_features",
+        )
+        check(
+            len(self.output_features) == 1,
+            "model_type llm takes exactly one text output feature",
+            "output_features",
+        )
         check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
         check(self.defaults is None, "is not supported; set options per feature", "defaults")
-        check(self.model_parameters is None,
-              "is not supported (rope_scaling, neftune_noise_alpha)", "model_parameters")
+        check(
+            self.model_parameters is None,
+            "is not supported (rope_scaling, neftune_noise_alpha)",
+            "model_parameters",
+        )
         if isinstance(self.adapter, dict):
             kind = self.adapter.get("type", "lora")
             if kind not in ADAPTERS:
-                raise ConfigError(f"adapter {kind!r} is not one of {', '.join(map(repr, ADAPTERS))}",
-                                  field="adapter.type")
+                raise ConfigError(
+                    f"adapter {kind!r} is not one of {', '.join(map(repr, ADAPTERS))}",
+                    field="adapter.type",
+                )
             self.adapter = parse(ADAPTERS[kind], {**self.adapter, "type": kind}, "adapter")
         elif self.adapter is not None and not isinstance(self.adapter, tuple(ADAPTERS.values())):
-            raise ConfigError("expected a mapping with a type (lora, adalora, ia3) or null",
-                              field="adapter")
+            raise ConfigError(
+                "expected a mapping with a type (lora, adalora, ia3) or null", field="adapter"
+            )
         self._resolve_trainer()
         self._resolve_generation()
         if self.quantization is not None:
-            check(self.adapter is not None,
-                  "a quantized base model can only be trained with an adapter", "quantization")
+            check(
+                self.adapter is not None,
+                "a quantized base model can only be trained with an adapter",
+                "quantization",
+            )
 
     def _resolve_trainer(self) -> None:
         t = self.trainer
-        check(t.type == "finetune",
-              f"trainer type {t.type!r} does not train an llm; use type: finetune", "trainer.type")
+        check(
+            t.type == "finetune",
+            f"trainer type {t.type!r} does not train an llm; use type: finetune",
+            "trainer.type",
+        )
         if t.batch_size == "auto":
             t.batch_size = 4
         if t.eval_batch_size in (None, "auto"):
@@ -283,28 +355,47 @@ class LlmConfig:
                 t.gradient_accumulation_steps = 1
             else:
                 per_step = t.batch_size * world
-                check(t.effective_batch_size % per_step == 0,
-                      f"must be a multiple of batch_size × workers ({per_step})",
-                      "trainer.effective_batch_size")
+                check(
+                    t.effective_batch_size % per_step == 0,
+                    f"must be a multiple of batch_size × workers ({per_step})",
+                    "trainer.effective_batch_size",
+                )
                 t.gradient_accumulation_steps = t.effective_batch_size // per_step
         effective = t.batch_size * t.gradient_accumulation_steps * world
-        check(t.effective_batch_size in ("auto", effective),
-              f"is {t.effective_batch_size} but batch_size × gradient_accumulation_steps × workers "
-              f"is {effective}", "trainer.effective_batch_size")
+        check(
+            t.effective_batch_size in ("auto", effective),
+            f"is {t.effective_batch_size} but batch_size × gradient_accumulation_steps × workers "
+            f"is {effective}",
+            "trainer.effective_batch_size",
+        )
         t.effective_batch_size = effective
         if t.validation_field is None:
             t.validation_field = self.output_features[0].name
         if t.validation_metric is None:
             t.validation_metric = "loss"
-        check(t.validation_metric in ("loss", "perplexity", "token_accuracy"),
-              "must be loss, perplexity or token_accuracy", "trainer.validation_metric")
-        check(t.regularization_type is None, "is not supported for llm", "trainer.regularization_type")
-        check(t.regularization_lambda == 0.0, "is not supported for llm", "trainer.regularization_lambda")
-        check(t.bucketing_field is None, "is not supported (packing fills rows instead)",
-              "trainer.bucketing_field")
-        check(t.optimizer.type in ("adam", "adamw", "sgd"),
-              f"optimizer {t.optimizer.type!r} is not built for llm (adam, adamw, sgd)",
-              "trainer.optimizer.type")
+        check(
+            t.validation_metric in ("loss", "perplexity", "token_accuracy"),
+            "must be loss, perplexity or token_accuracy",
+            "trainer.validation_metric",
+        )
+        check(
+            t.regularization_type is None, "is not supported for llm", "trainer.regularization_type"
+        )
+        check(
+            t.regularization_lambda == 0.0,
+            "is not supported for llm",
+            "trainer.regularization_lambda",
+        )
+        check(
+            t.bucketing_field is None,
+            "is not supported (packing fills rows instead)",
+            "trainer.bucketing_field",
+        )
+        check(
+            t.optimizer.type in ("adam", "adamw", "sgd"),
+            f"optimizer {t.optimizer.type!r} is not built for llm (adam, adamw, sgd)",
+            "trainer.optimizer.type",
+        )
 
     def _resolve_generation(self) -> None:
         from transformers import GenerationConfig
@@ -336,8 +427,10 @@ class LlmConfig:
 def parse_llm(data: dict, path: str = "") -> LlmConfig:
     """Validate a `model_type: llm` config and fill every default."""
     if "tuner" in data:
-        raise ConfigError("Ludwig's older `tuner` key is now `adapter` (same fields); rename it",
-                          field=join(path, "tuner"))
+        raise ConfigError(
+            "Ludwig's older `tuner` key is now `adapter` (same fields); rename it",
+            field=join(path, "tuner"),
+        )
     for key in ("base_model", "input_features", "output_features"):
         if key not in data:
             raise ConfigError("is required", field=join(path, key))

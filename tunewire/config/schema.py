@@ -42,15 +42,18 @@ def parse(cls: type, data: Any, path: str = "") -> Any:
             precheck(data)
         except ValueError as exc:
             field = getattr(exc, "field", None)
-            raise ConfigError(str(exc), field=join(path, field) if field else (path or None)) from None
+            raise ConfigError(
+                str(exc), field=join(path, field) if field else (path or None)
+            ) from None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         allowed = ", ".join(sorted(fields))
         raise ConfigError(f"unknown key (allowed here: {allowed})", field=join(path, unknown[0]))
-    kwargs = {name: _convert(hints[name], data[name], join(path, name))
-              for name in fields if name in data}
+    kwargs = {
+        name: _convert(hints[name], data[name], join(path, name)) for name in fields if name in data
+    }
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -76,13 +79,17 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return _convert(arg, value, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[-1] if len(errors) == 1 else ConfigError(
-            f"{value!r} does not fit {_describe(tp)}", field=path)
+        raise (
+            errors[-1]
+            if len(errors) == 1
+            else ConfigError(f"{value!r} does not fit {_describe(tp)}", field=path)
+        )
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, choices))}",
-                              field=path)
+            raise ConfigError(
+                f"{value!r} is not one of {', '.join(map(repr, choices))}", field=path
+            )
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

@@ -15,16 +15,22 @@ from tunewire.config.schema import check
 @dataclass
 class OptimizerConfig:
     type: Literal["adam", "adamw", "sgd", "paged_adamw", "paged_adamw_8bit", "adamw_8bit"] = field(
-        default="adam", metadata={"help": "Optimizer; adam/adamw use torch's fused kernels on GPU."})
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas."})
+        default="adam", metadata={"help": "Optimizer; adam/adamw use torch's fused kernels on GPU."}
+    )
+    betas: list[float] = field(
+        default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas."}
+    )
     eps: float = field(default=1e-8, metadata={"help": "Adam epsilon."})
     weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay (adamw)."})
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum."})
     amsgrad: bool = field(default=False, metadata={"help": "Adam's AMSGrad variant."})
 
     def __post_init__(self) -> None:
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-              "must be two numbers in [0, 1)", "betas")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "must be two numbers in [0, 1)",
+            "betas",
+        )
         check(self.eps > 0, "must be > 0", "eps")
         check(self.weight_decay >= 0, "must be >= 0", "weight_decay")
 
@@ -32,7 +38,8 @@ class OptimizerConfig:
 @dataclass
 class LearningRateSchedulerConfig:
     decay: Literal["linear", "cosine", "exponential"] | None = field(
-        default=None, metadata={"help": "Decay after warmup; null keeps the rate constant."})
+        default=None, metadata={"help": "Decay after warmup; null keeps the rate constant."}
+    )
     warmup_fraction: float = field(default=0.0, metadata={"help": "Fraction of steps warming up."})
     warmup_evaluations: int = field(default=0, metadata={"help": "Ludwig's alternative warmup."})
     decay_rate: float = field(default=0.96, metadata={"help": "Exponential decay rate."})
@@ -44,57 +51,109 @@ class LearningRateSchedulerConfig:
 
     def __post_init__(self) -> None:
         check(0.0 <= self.warmup_fraction < 1.0, "must be in [0, 1)", "warmup_fraction")
-        check(self.reduce_on_plateau == 0,
-              "reduce_on_plateau is not supported; use decay", "reduce_on_plateau")
-        check(self.warmup_evaluations == 0, "is not supported; use warmup_fraction",
-              "warmup_evaluations")
+        check(
+            self.reduce_on_plateau == 0,
+            "reduce_on_plateau is not supported; use decay",
+            "reduce_on_plateau",
+        )
+        check(
+            self.warmup_evaluations == 0,
+            "is not supported; use warmup_fraction",
+            "warmup_evaluations",
+        )
         check(self.t_0 is None, "cosine restarts are not supported", "t_0")
 
 
 @dataclass
 class TrainerConfig:
     type: Literal["trainer", "finetune", "none"] = field(
-        default="trainer", metadata={"help": "`trainer` (ecd) or `finetune` (llm)."})
+        default="trainer", metadata={"help": "`trainer` (ecd) or `finetune` (llm)."}
+    )
     epochs: int = field(default=100, metadata={"help": "Passes over the training set."})
     train_steps: int | None = field(default=None, metadata={"help": "Stop after this many steps."})
-    batch_size: int | Literal["auto"] = field(default="auto", metadata={"help": "Examples per step."})
-    eval_batch_size: int | Literal["auto"] | None = field(default=None, metadata={"help": "Examples per eval step."})
-    gradient_accumulation_steps: int | Literal["auto"] = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    effective_batch_size: int | Literal["auto"] = field(default="auto", metadata={"help": "batch_size × accumulation × world size."})
-    learning_rate: float | Literal["auto"] = field(default=0.001, metadata={"help": "Peak learning rate."})
-    learning_rate_scheduler: LearningRateSchedulerConfig = field(default_factory=LearningRateSchedulerConfig)
+    batch_size: int | Literal["auto"] = field(
+        default="auto", metadata={"help": "Examples per step."}
+    )
+    eval_batch_size: int | Literal["auto"] | None = field(
+        default=None, metadata={"help": "Examples per eval step."}
+    )
+    gradient_accumulation_steps: int | Literal["auto"] = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
+    effective_batch_size: int | Literal["auto"] = field(
+        default="auto", metadata={"help": "batch_size × accumulation × world size."}
+    )
+    learning_rate: float | Literal["auto"] = field(
+        default=0.001, metadata={"help": "Peak learning rate."}
+    )
+    learning_rate_scheduler: LearningRateSchedulerConfig = field(
+        default_factory=LearningRateSchedulerConfig
+    )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     regularization_type: Literal["l1", "l2", "l1_l2"] | None = None
-    regularization_lambda: float = field(default=0.0, metadata={"help": "Weight of the regularization term."})
-    gradient_clipping: dict | None = field(default=None, metadata={"help": "{clipglobalnorm: 0.5} etc."})
-    early_stop: int = field(default=5, metadata={"help": "Evaluations without improvement before stopping; -1 disables."})
-    validation_field: str | None = field(default=None, metadata={"help": "Output feature to watch; default: the first."})
-    validation_metric: str | None = field(default=None, metadata={"help": "Metric to watch; default: loss."})
-    steps_per_checkpoint: int = field(default=0, metadata={"help": "Checkpoint every N steps (0: each epoch)."})
-    checkpoints_per_epoch: int = field(default=0, metadata={"help": "Alternative to steps_per_checkpoint."})
+    regularization_lambda: float = field(
+        default=0.0, metadata={"help": "Weight of the regularization term."}
+    )
+    gradient_clipping: dict | None = field(
+        default=None, metadata={"help": "{clipglobalnorm: 0.5} etc."}
+    )
+    early_stop: int = field(
+        default=5,
+        metadata={"help": "Evaluations without improvement before stopping; -1 disables."},
+    )
+    validation_field: str | None = field(
+        default=None, metadata={"help": "Output feature to watch; default: the first."}
+    )
+    validation_metric: str | None = field(
+        default=None, metadata={"help": "Metric to watch; default: loss."}
+    )
+    steps_per_checkpoint: int = field(
+        default=0, metadata={"help": "Checkpoint every N steps (0: each epoch)."}
+    )
+    checkpoints_per_epoch: int = field(
+        default=0, metadata={"help": "Alternative to steps_per_checkpoint."}
+    )
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate every N steps (llm)."})
-    evaluate_training_set: bool = field(default=False, metadata={"help": "Also report train metrics."})
-    should_shuffle: bool = field(default=True, metadata={"help": "Shuffle the training set each epoch."})
-    enable_gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward."})
-    use_mixed_precision: bool = field(default=False, metadata={"help": "bf16/fp16 autocast where available."})
+    evaluate_training_set: bool = field(
+        default=False, metadata={"help": "Also report train metrics."}
+    )
+    should_shuffle: bool = field(
+        default=True, metadata={"help": "Shuffle the training set each epoch."}
+    )
+    enable_gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward."}
+    )
+    use_mixed_precision: bool = field(
+        default=False, metadata={"help": "bf16/fp16 autocast where available."}
+    )
     bucketing_field: str | None = None
     max_batch_size: int = 1099511627776
     skip_all_evaluation: bool = False
     compile: bool = False
-    seed: int | None = field(default=None, metadata={"help": "Overrides the top-level seed for training."})
+    seed: int | None = field(
+        default=None, metadata={"help": "Overrides the top-level seed for training."}
+    )
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "must be >= 1", "epochs")
         check(self.train_steps is None or self.train_steps >= 1, "must be >= 1", "train_steps")
         check(self.batch_size == "auto" or self.batch_size >= 1, "must be >= 1", "batch_size")
-        check(self.learning_rate == "auto" or self.learning_rate > 0, "must be > 0", "learning_rate")
-        check(self.gradient_accumulation_steps == "auto" or self.gradient_accumulation_steps >= 1,
-              "must be >= 1", "gradient_accumulation_steps")
+        check(
+            self.learning_rate == "auto" or self.learning_rate > 0, "must be > 0", "learning_rate"
+        )
+        check(
+            self.gradient_accumulation_steps == "auto" or self.gradient_accumulation_steps >= 1,
+            "must be >= 1",
+            "gradient_accumulation_steps",
+        )
         check(self.regularization_lambda >= 0, "must be >= 0", "regularization_lambda")
         check(self.early_stop >= -1, "must be -1 (off) or >= 0", "early_stop")
         if self.gradient_clipping is not None:
             allowed = {"clipglobalnorm", "clipnorm", "clipvalue"}
             extra = sorted(set(self.gradient_clipping) - allowed)
             # The message names the first unknown key, so it is built only when there is one.
-            check(not extra, f"unknown key {extra[0]!r} (allowed: {sorted(allowed)})" if extra
-                  else "", "gradient_clipping")
+            check(
+                not extra,
+                f"unknown key {extra[0]!r} (allowed: {sorted(allowed)})" if extra else "",
+                "gradient_clipping",
+            )

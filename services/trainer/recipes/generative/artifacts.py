@@ -37,13 +37,23 @@ def _fresh_model(cfg: LlmConfig, trainable: dict[str, torch.Tensor], dtype: torc
     state = {k.removeprefix(WRAPPER_PREFIX): v for k, v in trainable.items()}
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
-        raise RuntimeError(f"trained weights do not fit the base model: {result.unexpected_keys[:3]}")
+        raise RuntimeError(
+            f"trained weights do not fit the base model: {result.unexpected_keys[:3]}"
+        )
     return model
 
 
-def write(artifact_dir: Path, *, cfg: LlmConfig, config_dict: dict, tokenizer,
-          trainable: dict[str, torch.Tensor], metrics: list[dict], job_id: str,
-          dtype: torch.dtype) -> None:
+def write(
+    artifact_dir: Path,
+    *,
+    cfg: LlmConfig,
+    config_dict: dict,
+    tokenizer,
+    trainable: dict[str, torch.Tensor],
+    metrics: list[dict],
+    job_id: str,
+    dtype: torch.dtype,
+) -> None:
     from transformers import GenerationConfig
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -52,12 +62,18 @@ def write(artifact_dir: Path, *, cfg: LlmConfig, config_dict: dict, tokenizer,
         model = model.merge_and_unload()
     model.save_pretrained(artifact_dir)
     tokenizer.save_pretrained(artifact_dir)
-    GenerationConfig(**cfg.generation, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id).save_pretrained(artifact_dir)
+    GenerationConfig(
+        **cfg.generation, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    ).save_pretrained(artifact_dir)
     (artifact_dir / "resolved_config.json").write_text(json.dumps(config_dict, indent=2))
     nested: dict = {}
     for m in metrics:
         nested.setdefault(m["split"], {}).setdefault(m["feature"], {})[m["name"]] = m["value"]
-    meta = {"kind": kind(cfg), "base_model": cfg.base_model, "task": "text-generation",
-            "metrics": nested, "job_id": job_id}
+    meta = {
+        "kind": kind(cfg),
+        "base_model": cfg.base_model,
+        "task": "text-generation",
+        "metrics": nested,
+        "job_id": job_id,
+    }
     (artifact_dir / "tunewire.json").write_text(json.dumps(meta, indent=2))

@@ -37,8 +37,12 @@ def dense_kernels(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
     return sdpa_kernel(order, set_priority=True)
 
 
@@ -67,8 +71,16 @@ def register() -> str:
     def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
         cu = kwargs.get("cu_seq_lens_q")
         if cu is None:
-            return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                          scaling=scaling, dropout=dropout, **kwargs)
+            return sdpa_attention_forward(
+                module,
+                query,
+                key,
+                value,
+                attention_mask,
+                scaling=scaling,
+                dropout=dropout,
+                **kwargs,
+            )
         # [batch, heads, len, dim] -> [tokens, heads, dim]: the batch is one flat varlen stream.
         b, hq, n, d = query.shape
         q = query.transpose(1, 2).reshape(b * n, hq, d)

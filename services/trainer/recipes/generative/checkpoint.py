@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -23,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 _LOAD = StateDictOptions(full_state_dict=True, strict=False)
@@ -48,7 +48,11 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -97,8 +101,9 @@ def latest(root: Path) -> Path | None:
 def load(path: Path, model, optimizer, rank: int) -> dict:
     """Restore weights, optimizer and this rank's RNG; return the saved training state."""
     load_trainable(model, torch.load(path / "model.pt", weights_only=True))
-    set_optimizer_state_dict(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False),
-                             options=_LOAD)
+    set_optimizer_state_dict(
+        model, optimizer, torch.load(path / "optimizer.pt", weights_only=False), options=_LOAD
+    )
     rng = path / f"rng_{rank}.pt"
     if rng.exists():
         set_rng_state(torch.load(rng, weights_only=False))

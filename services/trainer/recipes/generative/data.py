@@ -48,21 +48,29 @@ def render_prompt(cfg: LlmConfig, row: dict, tokenizer=None) -> str:
         try:
             prompt = template.format(**values)
         except KeyError as exc:
-            raise ValueError(f"prompt.template names column {exc.args[0]!r}, which the data set "
-                             f"lacks (columns: {', '.join(map(str, row))})") from None
+            raise ValueError(
+                f"prompt.template names column {exc.args[0]!r}, which the data set "
+                f"lacks (columns: {', '.join(map(str, row))})"
+            ) from None
     if cfg.prompt.use_chat_template:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("prompt.use_chat_template is set but the tokenizer has no chat template")
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                               tokenize=False, add_generation_prompt=True)
+            raise ValueError(
+                "prompt.use_chat_template is set but the tokenizer has no chat template"
+            )
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     return prompt
 
 
 def max_lengths(cfg: LlmConfig, model_max: int) -> tuple[int, int | None, int | None]:
     """(total, prompt, target) token limits from the config and the model's context length."""
     total = cfg.preprocessing.global_max_sequence_length or model_max
-    return (min(total, model_max), cfg.input.preprocessing.max_sequence_length,
-            cfg.output.preprocessing.max_sequence_length)
+    return (
+        min(total, model_max),
+        cfg.input.preprocessing.max_sequence_length,
+        cfg.output.preprocessing.max_sequence_length,
+    )
 
 
 def encode_prompt(tokenizer, prompt: str, limit: int | None) -> list[int]:
@@ -72,7 +80,9 @@ def encode_prompt(tokenizer, prompt: str, limit: int | None) -> list[int]:
     return ids
 
 
-def encode_sample(tokenizer, prompt: str, target: str, limits: tuple[int, int | None, int | None]) -> Sample:
+def encode_sample(
+    tokenizer, prompt: str, target: str, limits: tuple[int, int | None, int | None]
+) -> Sample:
     """Tokenise one prompt/target pair; truncation cuts the prompt's start, then the target's end."""
     total, prompt_limit, target_limit = limits
     p = encode_prompt(tokenizer, prompt, prompt_limit)
@@ -82,7 +92,7 @@ def encode_sample(tokenizer, prompt: str, target: str, limits: tuple[int, int | 
     t = t + [tokenizer.eos_token_id]
     if len(p) + len(t) > total:
         keep_prompt = max(total - len(t), min(len(p), total // 2))
-        p = p[len(p) - keep_prompt:] if keep_prompt > 0 else []
+        p = p[len(p) - keep_prompt :] if keep_prompt > 0 else []
         t = t[: total - len(p)]
     return Sample(input_ids=p + t, labels=[IGNORE] * len(p) + t)
 
@@ -139,11 +149,20 @@ class Batch:
     def n_target(self) -> int:
         return int(self.targets.shape[0])
 
-    def to(self, device: torch.device) -> "Batch":
-        move = (lambda t: None if t is None else to_device(t, device))
-        return Batch(move(self.input_ids), move(self.labels), move(self.position_ids),
-                     move(self.attention_mask), move(self.cu_seqlens), self.max_seqlen, self.n_samples,
-                     self.n_real, move(self.targets), self.dense)
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: None if t is None else to_device(t, device)
+        return Batch(
+            move(self.input_ids),
+            move(self.labels),
+            move(self.position_ids),
+            move(self.attention_mask),
+            move(self.cu_seqlens),
+            self.max_seqlen,
+            self.n_samples,
+            self.n_real,
+            move(self.targets),
+            self.dense,
+        )
 
 
 def _shifted(sample: Sample) -> list[int]:
@@ -163,7 +182,9 @@ def collate_padded(samples: list[Sample], pad_id: int) -> Batch:
         labels[i, :n] = torch.tensor(_shifted(s))
         mask[i, :n] = 1
     n_real = int(mask.sum())
-    return Batch(ids, labels, None, mask, None, width, len(samples), n_real, dense=n_real == mask.numel())
+    return Batch(
+        ids, labels, None, mask, None, width, len(samples), n_real, dense=n_real == mask.numel()
+    )
 
 
 def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch:
@@ -179,9 +200,9 @@ def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch
         at = 0
         for s in row:
             n = len(s.input_ids)
-            ids[r, at:at + n] = torch.tensor(s.input_ids)
-            labels[r, at:at + n] = torch.tensor(_shifted(s))
-            pos[r, at:at + n] = torch.arange(n)
+            ids[r, at : at + n] = torch.tensor(s.input_ids)
+            labels[r, at : at + n] = torch.tensor(_shifted(s))
+            pos[r, at : at + n] = torch.arange(n)
             at += n
             bounds.append(r * row_len + at)
         if at < row_len:
@@ -190,8 +211,17 @@ def collate_packed(rows: list[list[Sample]], row_len: int, pad_id: int) -> Batch
     cu = torch.tensor(bounds, dtype=torch.int32)
     # max_seqlen: the row length bounds every segment; a constant keeps compiled graphs static.
     dense = all(len(row) == 1 and len(row[0].input_ids) == row_len for row in rows)
-    return Batch(ids, labels, pos, None, cu, row_len, sum(len(r) for r in rows),
-                 sum(len(s.input_ids) for r in rows for s in r), dense=dense)
+    return Batch(
+        ids,
+        labels,
+        pos,
+        None,
+        cu,
+        row_len,
+        sum(len(r) for r in rows),
+        sum(len(s.input_ids) for r in rows for s in r),
+        dense=dense,
+    )
 
 
 def pack_rows(samples: list[Sample], row_len: int) -> list[list[Sample]]:
@@ -219,8 +249,19 @@ class BatchPlan:
     samples per rank. A micro-batch index splits the same way on every rank, so resuming at
     optimizer step k skips exactly k × accumulation micro-batches."""
 
-    def __init__(self, samples: list[Sample], *, batch_size: int, row_len: int, packed: bool,
-                 pad_id: int, world: int, rank: int, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self,
+        samples: list[Sample],
+        *,
+        batch_size: int,
+        row_len: int,
+        packed: bool,
+        pad_id: int,
+        world: int,
+        rank: int,
+        shuffle: bool,
+        seed: int,
+    ) -> None:
         self.samples, self.batch_size, self.row_len = samples, batch_size, row_len
         self.packed, self.pad_id, self.world, self.rank = packed, pad_id, world, rank
         self.shuffle, self.seed = shuffle, seed
@@ -237,10 +278,10 @@ class BatchPlan:
         # last, short one is spread over ranks, and dropped only when some rank would get nothing.
         batches = []
         for start in range(0, len(units), per_step):
-            chunk = units[start:start + per_step]
+            chunk = units[start : start + per_step]
             if len(chunk) < self.world:
                 break
-            batches.append(self._collate(chunk[self.rank::self.world]))
+            batches.append(self._collate(chunk[self.rank :: self.world]))
         return batches
 
     def _collate(self, units: list) -> Batch:

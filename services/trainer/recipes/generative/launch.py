@@ -42,16 +42,31 @@ TERMINATE_GRACE_S = 15.0
 
 def worker_command(job_dir: Path, nproc: int) -> list[str]:
     """The single-node launch; multi-node runs use the same module under a cluster's torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc_per_node", str(nproc), "-m", WORKER_MODULE, "--job-dir", str(job_dir)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        WORKER_MODULE,
+        "--job-dir",
+        str(job_dir),
+    ]
 
 
 def write_inputs(ctx: JobContext, job_dir: Path) -> None:
     inputs = job_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     (inputs / "config.json").write_text(json.dumps(ctx.config_dict))
-    (inputs / "job.json").write_text(json.dumps(
-        {"job_id": ctx.job_id, "attempt": ctx.attempt, "artifact_dir": str(ctx.artifact_dir)}))
+    (inputs / "job.json").write_text(
+        json.dumps(
+            {"job_id": ctx.job_id, "attempt": ctx.attempt, "artifact_dir": str(ctx.artifact_dir)}
+        )
+    )
     for name in ("train", "validation", "test"):
         df = getattr(ctx, name)
         path = inputs / f"{name}.parquet"
@@ -67,14 +82,19 @@ def _check_resources(ctx: JobContext) -> int:
         raise FailedPrecondition(
             f"backend.trainer.nnodes is {trainer.nnodes}: multi-node jobs are started by the "
             f"cluster (k8s Indexed Job / PyTorchJob running `torchrun -m {WORKER_MODULE}`), "
-            "not by the trainer service", field="backend.trainer.nnodes")
+            "not by the trainer service",
+            field="backend.trainer.nnodes",
+        )
     if trainer.use_gpu:
         import torch
 
         have = torch.cuda.device_count()
         if have and trainer.num_workers > have:
-            raise FailedPrecondition(f"backend.trainer.num_workers is {trainer.num_workers} but "
-                                     f"this trainer has {have} GPUs", field="backend.trainer.num_workers")
+            raise FailedPrecondition(
+                f"backend.trainer.num_workers is {trainer.num_workers} but "
+                f"this trainer has {have} GPUs",
+                field="backend.trainer.num_workers",
+            )
     return trainer.num_workers
 
 
@@ -82,9 +102,17 @@ def _relay(ctx: JobContext, event: dict) -> dict | None:
     """Forward one worker event to the job's stream; returns it when it ends the run."""
     kind = event.get("event")
     if kind == "progress":
-        ctx.emit(Progress(phase=event["phase"], epoch=event["epoch"], step=event["step"],
-                          total_steps=event["total_steps"], loss=event["loss"],
-                          throughput=event["throughput"], unit=event["unit"]))
+        ctx.emit(
+            Progress(
+                phase=event["phase"],
+                epoch=event["epoch"],
+                step=event["step"],
+                total_steps=event["total_steps"],
+                loss=event["loss"],
+                throughput=event["throughput"],
+                unit=event["unit"],
+            )
+        )
     elif kind == "metrics":
         ctx.emit(Metrics([MetricValue(**m) for m in event["metrics"]]))
     elif kind == "log":
@@ -116,15 +144,25 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     events_path.unlink(missing_ok=True)  # a previous attempt's events were relayed then
     stderr_path = job_dir / f"worker.{ctx.attempt}.log"
     cmd = worker_command(job_dir, nproc)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
     bound = log.bind(job_id=ctx.job_id, attempt=ctx.attempt, nproc=nproc)
     bound.info("generative worker starting", command=" ".join(cmd))
     reader = EventReader(events_path)
     final: dict | None = None
     with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=stderr, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=stderr,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             while True:
                 for event in reader.poll():

@@ -35,15 +35,25 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 # `custom_op` with a registered backward cost ~22 us of host time per call on CPU against
 # ~8 us here, and a LoRA step on a 1B model makes 224 such calls.
 _LIB = torch.library.Library("tunewire", "FRAGMENT")
-_LIB.define("lora_linear(Tensor x, Tensor? x_lora, Tensor weight, Tensor? bias, Tensor lora_a, "
-            "Tensor lora_b, float scaling) -> (Tensor, Tensor)")
-_LIB.define("lora_linear_backward(Tensor grad, Tensor lora_in, Tensor weight, Tensor lora_a, "
-            "Tensor lora_b, Tensor xa_s, float scaling, bool fold) -> (Tensor, Tensor, Tensor, Tensor)")
+_LIB.define(
+    "lora_linear(Tensor x, Tensor? x_lora, Tensor weight, Tensor? bias, Tensor lora_a, "
+    "Tensor lora_b, float scaling) -> (Tensor, Tensor)"
+)
+_LIB.define(
+    "lora_linear_backward(Tensor grad, Tensor lora_in, Tensor weight, Tensor lora_a, "
+    "Tensor lora_b, Tensor xa_s, float scaling, bool fold) -> (Tensor, Tensor, Tensor, Tensor)"
+)
 
 
-def _lora_linear(x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Tensor,
-                 bias: torch.Tensor | None, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                 scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _lora_linear(
+    x: torch.Tensor,
+    x_lora: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, xa_s): y = x @ W^T + b + xa_s @ B^T with xa_s = (x_lora @ A^T) * s on 2-D inputs, where
     x_lora is dropout(x), or x itself when None. xa_s is returned for the backward to keep."""
     lora_in = x if x_lora is None else x_lora
@@ -57,10 +67,16 @@ def _lora_linear(x: torch.Tensor, x_lora: torch.Tensor | None, weight: torch.Ten
     return y, xa_s
 
 
-def _lora_linear_backward(grad: torch.Tensor, lora_in: torch.Tensor, weight: torch.Tensor,
-                          lora_a: torch.Tensor, lora_b: torch.Tensor, xa_s: torch.Tensor,
-                          scaling: float, fold: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lora_linear_backward(
+    grad: torch.Tensor,
+    lora_in: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    xa_s: torch.Tensor,
+    scaling: float,
+    fold: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, gxa, grad_A, grad_B) for a frozen base. gxa is the gradient of lora_in @ A^T;
     with `fold` (no dropout: lora_in is x) its input gradient is accumulated into grad_x's GEMM."""
     gxa = _scaled_mm(grad, lora_b, scaling)  # [T, r]
@@ -77,8 +93,12 @@ def _lora_linear_fake(x, x_lora, weight, bias, lora_a, lora_b, scaling):
 
 
 def _lora_linear_backward_fake(grad, lora_in, weight, lora_a, lora_b, xa_s, scaling, fold):
-    return (grad.new_empty(grad.shape[0], weight.shape[1]), grad.new_empty(grad.shape[0], lora_a.shape[0]),
-            torch.empty_like(lora_a), torch.empty_like(lora_b))
+    return (
+        grad.new_empty(grad.shape[0], weight.shape[1]),
+        grad.new_empty(grad.shape[0], lora_a.shape[0]),
+        torch.empty_like(lora_a),
+        torch.empty_like(lora_b),
+    )
 
 
 _LIB.impl("lora_linear", _lora_linear, "CompositeExplicitAutograd")
@@ -102,7 +122,8 @@ class LoraLinearFn(torch.autograd.Function):
     def backward(ctx, grad):
         lora_in, weight, lora_a, lora_b, xa_s = ctx.saved_tensors
         grad_x, gxa, grad_a, grad_b = torch.ops.tunewire.lora_linear_backward(
-            grad, lora_in, weight, lora_a, lora_b, xa_s, ctx.scaling, not ctx.dropout)
+            grad, lora_in, weight, lora_a, lora_b, xa_s, ctx.scaling, not ctx.dropout
+        )
         grad_x_lora = gxa @ lora_a if ctx.dropout else None
         return grad_x, grad_x_lora, None, None, grad_a, grad_b, None
 
@@ -121,8 +142,15 @@ class FusedLoraLinear(LoraLinear):
         dropout = self.lora_dropout[adapter]
         flat = x.reshape(-1, x.shape[-1])
         x_lora = None if isinstance(dropout, nn.Identity) or not dropout.training else dropout(flat)
-        y = LoraLinearFn.apply(flat, x_lora, base.weight, base.bias, self.lora_A[adapter].weight,
-                               self.lora_B[adapter].weight, self.scaling[adapter])
+        y = LoraLinearFn.apply(
+            flat,
+            x_lora,
+            base.weight,
+            base.bias,
+            self.lora_A[adapter].weight,
+            self.lora_B[adapter].weight,
+            self.scaling[adapter],
+        )
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def _fusable_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
@@ -140,7 +168,12 @@ class FusedLoraLinear(LoraLinear):
         if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
             return None  # the fused backward is for a frozen base (LoRA's own case)
         dtype = base.weight.dtype
-        if not (x.dtype == dtype == self.lora_A[adapter].weight.dtype == self.lora_B[adapter].weight.dtype):
+        if not (
+            x.dtype
+            == dtype
+            == self.lora_A[adapter].weight.dtype
+            == self.lora_B[adapter].weight.dtype
+        ):
             return None
         if torch.is_autocast_enabled(x.device.type):
             return None
@@ -154,8 +187,11 @@ def fuse_lora(model: nn.Module) -> int:
     `SVDLinear` and other subclasses keep their own forward."""
     count = 0
     for module in model.modules():
-        if (type(module) is LoraLinear and type(module.get_base_layer()) is nn.Linear
-                and not module.fan_in_fan_out):
+        if (
+            type(module) is LoraLinear
+            and type(module.get_base_layer()) is nn.Linear
+            and not module.fan_in_fan_out
+        ):
             module.__class__ = FusedLoraLinear
             count += 1
     return count

@@ -57,8 +57,14 @@ class LossStats:
 
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        chunk: int,
+        with_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         need_h = with_grad and hidden.requires_grad
         need_w = with_grad and weight.requires_grad
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -68,13 +74,13 @@ class _FusedLinearCE(torch.autograd.Function):
         fn = _chunk_fn(hidden.device)
         n_chunks = -(-hidden.shape[0] // chunk)
         for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk]
-            t = targets[start:start + chunk]
+            h = hidden[start : start + chunk]
+            t = targets[start : start + chunk]
             chunk_loss, chunk_correct, probs = fn(h @ weight.t(), t, need_h or need_w)
             loss += chunk_loss
             correct += chunk_correct
             if need_h:
-                grad_h[start:start + chunk] = probs @ weight
+                grad_h[start : start + chunk] = probs @ weight
             if need_w:
                 part = probs.t() @ h
                 if n_chunks == 1:
@@ -94,8 +100,12 @@ class _FusedLinearCE(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         keep: torch.Tensor | None = None) -> LossStats:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    keep: torch.Tensor | None = None,
+) -> LossStats:
     """Summed NLL of `labels` under `hidden @ weight.T`; positions labelled IGNORE are skipped.
 
     `hidden` is [..., d], `labels` the matching [...] already shifted (labels[i] follows token i).

@@ -13,8 +13,8 @@ from services.trainer.recipes.generative import attention
 from services.trainer.recipes.generative.data import Batch
 from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
 from tunewire.block_compile import compile_blocks
-from tunewire.devices import compute_dtype
 from tunewire.config.llm import AdaloraAdapter, Ia3Adapter, LlmConfig, LoraAdapter
+from tunewire.devices import compute_dtype
 
 
 class PreconditionError(RuntimeError):
@@ -38,20 +38,29 @@ def quantization_config(cfg: LlmConfig, device: torch.device):
     if q is None:
         return None
     if device.type != "cuda":
-        raise PreconditionError(f"quantization.bits: {q.bits} needs a CUDA GPU (bitsandbytes); "
-                                "none is available to this job")
+        raise PreconditionError(
+            f"quantization.bits: {q.bits} needs a CUDA GPU (bitsandbytes); "
+            "none is available to this job"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise PreconditionError(f"quantization.bits: {q.bits} needs the bitsandbytes package, "
-                                "which is not installed on the trainer")
+        raise PreconditionError(
+            f"quantization.bits: {q.bits} needs the bitsandbytes package, "
+            "which is not installed on the trainer"
+        )
     from transformers import BitsAndBytesConfig
 
     if q.bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=q.llm_int8_threshold,
-                                  llm_int8_has_fp16_weight=q.llm_int8_has_fp16_weight)
-    return BitsAndBytesConfig(load_in_4bit=True,
-                              bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
-                              bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
-                              bnb_4bit_quant_type=q.bnb_4bit_quant_type)
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_threshold=q.llm_int8_threshold,
+            llm_int8_has_fp16_weight=q.llm_int8_has_fp16_weight,
+        )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
+        bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+        bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+    )
 
 
 def peft_config(adapter, total_steps: int):
@@ -59,27 +68,48 @@ def peft_config(adapter, total_steps: int):
     from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType
 
     if isinstance(adapter, AdaloraAdapter):
-        return AdaLoraConfig(task_type=TaskType.CAUSAL_LM, target_r=adapter.target_r,
-                             init_r=adapter.init_r, tinit=adapter.tinit, tfinal=adapter.tfinal,
-                             deltaT=adapter.deltaT, beta1=adapter.beta1, beta2=adapter.beta2,
-                             orth_reg_weight=adapter.orth_reg_weight, lora_alpha=adapter.alpha,
-                             lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
-                             total_step=adapter.total_step or total_steps)
+        return AdaLoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            target_r=adapter.target_r,
+            init_r=adapter.init_r,
+            tinit=adapter.tinit,
+            tfinal=adapter.tfinal,
+            deltaT=adapter.deltaT,
+            beta1=adapter.beta1,
+            beta2=adapter.beta2,
+            orth_reg_weight=adapter.orth_reg_weight,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
+            total_step=adapter.total_step or total_steps,
+        )
     if isinstance(adapter, LoraAdapter):
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.r, lora_alpha=adapter.alpha,
-                          lora_dropout=adapter.dropout, target_modules=adapter.target_modules,
-                          bias=adapter.bias_type, use_rslora=adapter.use_rslora,
-                          use_dora=adapter.use_dora, init_lora_weights=adapter.init_lora_weights)
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
+            bias=adapter.bias_type,
+            use_rslora=adapter.use_rslora,
+            use_dora=adapter.use_dora,
+            init_lora_weights=adapter.init_lora_weights,
+        )
     if isinstance(adapter, Ia3Adapter):
-        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=adapter.target_modules,
-                         feedforward_modules=adapter.feedforward_modules,
-                         fan_in_fan_out=adapter.fan_in_fan_out,
-                         modules_to_save=adapter.modules_to_save,
-                         init_ia3_weights=adapter.init_ia3_weights)
+        return IA3Config(
+            task_type=TaskType.CAUSAL_LM,
+            target_modules=adapter.target_modules,
+            feedforward_modules=adapter.feedforward_modules,
+            fan_in_fan_out=adapter.fan_in_fan_out,
+            modules_to_save=adapter.modules_to_save,
+            init_ia3_weights=adapter.init_ia3_weights,
+        )
     raise TypeError(f"unknown adapter {type(adapter).__name__}")
 
 
-def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_steps: int) -> nn.Module:
+def load_model(
+    cfg: LlmConfig, device: torch.device, *, packed: bool, total_steps: int
+) -> nn.Module:
     """The base model on `device` with the job's adapter applied and checkpointing set."""
     from transformers import AutoModelForCausalLM
 
@@ -104,7 +134,9 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     compiling = cfg.trainer.compile and device.type == "cuda"
     if cfg.adapter is not None:
         from peft import get_peft_model
@@ -113,15 +145,20 @@ def load_model(cfg: LlmConfig, device: torch.device, *, packed: bool, total_step
 
         # On a bf16 GPU the adapter stays bf16 too (torchtune's choice): fp32 adapter weights would
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
-        model = get_peft_model(model, peft_config(cfg.adapter, total_steps),
-                               autocast_adapter_dtype=dtype == torch.float32)
+        model = get_peft_model(
+            model,
+            peft_config(cfg.adapter, total_steps),
+            autocast_adapter_dtype=dtype == torch.float32,
+        )
         fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
     if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
         compile_blocks(core_model(model).get_decoder())
     if type(core_model(model).get_output_embeddings()) is not nn.Linear:
-        raise PreconditionError("the LM head must stay a plain linear layer (do not target lm_head "
-                                "with the adapter): the fused loss reads its weight directly")
+        raise PreconditionError(
+            "the LM head must stay a plain linear layer (do not target lm_head "
+            "with the adapter): the fused loss reads its weight directly"
+        )
     return model
 
 
@@ -148,18 +185,30 @@ class CausalLMWithLoss(nn.Module):
         elif batch.position_ids is not None:
             kwargs["position_ids"] = batch.position_ids
             if core.config._attn_implementation == attention.NAME:
-                kwargs.update(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
-                              max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen,
-                              attention_mask=attention.prepared_mask(batch.input_ids.device))
+                kwargs.update(
+                    cu_seq_lens_q=batch.cu_seqlens,
+                    cu_seq_lens_k=batch.cu_seqlens,
+                    max_length_q=batch.max_seqlen,
+                    max_length_k=batch.max_seqlen,
+                    attention_mask=attention.prepared_mask(batch.input_ids.device),
+                )
         else:
             kwargs["attention_mask"] = batch.attention_mask
         with kernels:
             hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
-        return linear_cross_entropy(hidden, core.get_output_embeddings().weight, batch.labels, batch.targets)
+        return linear_cross_entropy(
+            hidden, core.get_output_embeddings().weight, batch.labels, batch.targets
+        )
 
 
-def parallelize(module: CausalLMWithLoss, strategy: str, device: torch.device, world: int,
-                *, reshard_after_forward: bool = True) -> nn.Module:
+def parallelize(
+    module: CausalLMWithLoss,
+    strategy: str,
+    device: torch.device,
+    world: int,
+    *,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
     """Single process as is; DDP replicates; FSDP2 shards each decoder layer and the root."""
     if world == 1:
         return module

@@ -33,8 +33,9 @@ def load_artifact(artifact_dir: Path, device: torch.device):
         try:
             model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         except OSError as exc:
-            raise FailedPrecondition(f"the adapter's base model {base!r} cannot be loaded: {exc}",
-                                     field="model") from None
+            raise FailedPrecondition(
+                f"the adapter's base model {base!r} cannot be loaded: {exc}", field="model"
+            ) from None
         model = PeftModel.from_pretrained(model, artifact_dir)
     else:
         model = AutoModelForCausalLM.from_pretrained(artifact_dir, dtype=dtype)
@@ -51,24 +52,30 @@ def generation_config(artifact_dir: Path, overrides: dict | None):
     known = set(GenerationConfig().to_dict())
     for key, value in (overrides or {}).items():
         if key not in known:
-            raise InvalidArgument("is not a GenerationConfig field", field=f"generation_config.{key}")
+            raise InvalidArgument(
+                "is not a GenerationConfig field", field=f"generation_config.{key}"
+            )
         setattr(gen, key, value)
     try:
         gen.validate(strict=True)
     except (ValueError, TypeError) as exc:
-        raise InvalidArgument(f"invalid generation settings: {exc}", field="generation_config") from None
+        raise InvalidArgument(
+            f"invalid generation settings: {exc}", field="generation_config"
+        ) from None
     return gen
 
 
-def predict_generative(artifact_dir: Path, df: pd.DataFrame,
-                       generation_overrides: dict | None) -> tuple[list[str], list[MetricValue]]:
+def predict_generative(
+    artifact_dir: Path, df: pd.DataFrame, generation_overrides: dict | None
+) -> tuple[list[str], list[MetricValue]]:
     """Generated text per row; loss/perplexity/token_accuracy ("test") where the output column is
     present."""
     artifact_dir = Path(artifact_dir)
     cfg = parse_llm(json.loads((artifact_dir / "resolved_config.json").read_text()))
     if cfg.input.column not in df.columns:
-        raise InvalidArgument(f"the data set lacks the input column {cfg.input.column!r}",
-                              field="dataset_id")
+        raise InvalidArgument(
+            f"the data set lacks the input column {cfg.input.column!r}", field="dataset_id"
+        )
     gen = generation_config(artifact_dir, generation_overrides)
     device = default_device()
     model, tokenizer = load_artifact(artifact_dir, device)
@@ -85,9 +92,11 @@ def _generate(cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.device
     prompts = [render_prompt(cfg, row, tokenizer) for row in df.to_dict("records")]
     out: list[str] = []
     for start in range(0, len(prompts), BATCH):
-        enc = tokenizer(prompts[start:start + BATCH], return_tensors="pt", padding=True).to(device)
+        enc = tokenizer(prompts[start : start + BATCH], return_tensors="pt", padding=True).to(
+            device
+        )
         ids = model.generate(**enc, generation_config=gen)
-        new = ids[:, enc["input_ids"].shape[1]:]
+        new = ids[:, enc["input_ids"].shape[1] :]
         out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return out
 
@@ -99,12 +108,16 @@ def _metrics(cfg, model, tokenizer, df: pd.DataFrame, device: torch.device) -> l
     wrapper = CausalLMWithLoss(model)
     loss = tokens = correct = 0.0
     for start in range(0, len(samples), BATCH):
-        stats = wrapper(collate_padded(samples[start:start + BATCH], tokenizer.pad_token_id).to(device))
+        stats = wrapper(
+            collate_padded(samples[start : start + BATCH], tokenizer.pad_token_id).to(device)
+        )
         loss += float(stats.loss_sum)
         tokens += float(stats.n_tokens)
         correct += float(stats.n_correct)
     mean = loss / max(tokens, 1.0)
     feature = cfg.output.name
-    return [MetricValue("test", feature, "loss", mean),
-            MetricValue("test", feature, "perplexity", math.exp(min(mean, 50.0))),
-            MetricValue("test", feature, "token_accuracy", correct / max(tokens, 1.0))]
+    return [
+        MetricValue("test", feature, "loss", mean),
+        MetricValue("test", feature, "perplexity", math.exp(min(mean, 50.0))),
+        MetricValue("test", feature, "token_accuracy", correct / max(tokens, 1.0)),
+    ]

@@ -130,11 +130,15 @@ class GenerativeRecipe:
     def _setup_data(self, seed: int) -> None:
         from transformers import AutoConfig
 
-        model_max = getattr(AutoConfig.from_pretrained(self.cfg.base_model), "max_position_embeddings", 2048)
+        model_max = getattr(
+            AutoConfig.from_pretrained(self.cfg.base_model), "max_position_embeddings", 2048
+        )
         try:
-            self.samples = {name: build_samples(self.cfg, df, self.tokenizer, model_max)
-                            for name in ("train", "validation", "test")
-                            if (df := self.job.split(name)) is not None and len(df)}
+            self.samples = {
+                name: build_samples(self.cfg, df, self.tokenizer, model_max)
+                for name in ("train", "validation", "test")
+                if (df := self.job.split(name)) is not None and len(df)
+            }
         except ValueError as exc:
             raise PreconditionError(str(exc)) from None
         if not self.samples.get("train"):
@@ -142,9 +146,17 @@ class GenerativeRecipe:
         self.row_len = max(len(s.input_ids) for split in self.samples.values() for s in split)
         self.packed = self.cfg.preprocessing.sequence_packing
         t = self.cfg.trainer
-        self.plan = BatchPlan(self.samples["train"], batch_size=t.batch_size, row_len=self.row_len,
-                              packed=self.packed, pad_id=self.tokenizer.pad_token_id,
-                              world=self.world, rank=self.rank, shuffle=t.should_shuffle, seed=seed)
+        self.plan = BatchPlan(
+            self.samples["train"],
+            batch_size=t.batch_size,
+            row_len=self.row_len,
+            packed=self.packed,
+            pad_id=self.tokenizer.pad_token_id,
+            world=self.world,
+            rank=self.rank,
+            shuffle=t.should_shuffle,
+            seed=seed,
+        )
         self.accum = t.gradient_accumulation_steps
         micro = len(self.plan.epoch(0))
         if micro == 0:
@@ -156,8 +168,13 @@ class GenerativeRecipe:
         lm = load_model(self.cfg, self.device, packed=self.packed, total_steps=self.total_steps)
         self.lm = lm
         dist = self.cfg.backend.trainer
-        self.model = parallelize(CausalLMWithLoss(lm), dist.strategy, self.device, self.world,
-                                 reshard_after_forward=dist.reshard_after_forward)
+        self.model = parallelize(
+            CausalLMWithLoss(lm),
+            dist.strategy,
+            self.device,
+            self.world,
+            reshard_after_forward=dist.reshard_after_forward,
+        )
         self.fsdp = self.world > 1 and self.cfg.backend.trainer.strategy == "fsdp"
 
     def _setup_optimizer(self) -> None:
@@ -165,16 +182,27 @@ class GenerativeRecipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         fused = {"fused": True} if self.device.type == "cuda" else {}
         if o.type == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=o.momentum,
-                                             weight_decay=o.weight_decay)
+            self.optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
         else:
             cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
-            self.optimizer = cls(params, lr=lr, betas=tuple(o.betas), eps=o.eps,
-                                 weight_decay=o.weight_decay, amsgrad=o.amsgrad, **fused)
+            self.optimizer = cls(
+                params,
+                lr=lr,
+                betas=tuple(o.betas),
+                eps=o.eps,
+                weight_decay=o.weight_decay,
+                amsgrad=o.amsgrad,
+                **fused,
+            )
 
     def _setup_scheduler(self) -> None:
-        factor = lr_factor(self.cfg.trainer.learning_rate_scheduler, self.cfg.trainer.learning_rate,
-                           self.total_steps)
+        factor = lr_factor(
+            self.cfg.trainer.learning_rate_scheduler,
+            self.cfg.trainer.learning_rate,
+            self.total_steps,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _maybe_resume(self) -> None:
@@ -185,8 +213,15 @@ class GenerativeRecipe:
             return
         state = checkpoint.load(last, self.model, self.optimizer, self.rank)
         self.scheduler.load_state_dict(state["scheduler"])
-        for key in ("step", "epoch", "step_in_epoch", "best_metric", "best_step",
-                    "evals_without_improvement", "losses"):
+        for key in (
+            "step",
+            "epoch",
+            "step_in_epoch",
+            "best_metric",
+            "best_step",
+            "evals_without_improvement",
+            "losses",
+        ):
             setattr(self, key, state[key])
         self.events.log(f"resumed from checkpoint at step {self.step} (attempt {self.job.attempt})")
 
@@ -202,16 +237,20 @@ class GenerativeRecipe:
             for i in range(self.step_in_epoch, self.steps_per_epoch):
                 if pending is None:
                     self._clock = time.perf_counter()
-                totals = self._train_step(batches[i * self.accum:(i + 1) * self.accum])
+                totals = self._train_step(batches[i * self.accum : (i + 1) * self.accum])
                 # The previous step is read only now, with this one queued behind it: the host
                 # never waits for an idle GPU, and the GPU never waits for the host's logging.
                 if pending is not None:
                     self._report(pending)
                 self.step += 1
                 self.step_in_epoch = i + 1
-                pending = _PendingStep(self.step, self.epoch + 1, self.scheduler.get_last_lr()[0], totals)
+                pending = _PendingStep(
+                    self.step, self.epoch + 1, self.scheduler.get_last_lr()[0], totals
+                )
                 end_of_epoch = self.step_in_epoch == self.steps_per_epoch
-                evaluate = bool(t.eval_steps and self.step % t.eval_steps == 0) or (end_of_epoch and not t.eval_steps)
+                evaluate = bool(t.eval_steps and self.step % t.eval_steps == 0) or (
+                    end_of_epoch and not t.eval_steps
+                )
                 checkpoint_due = self._checkpoint_due(end_of_epoch)
                 if evaluate or checkpoint_due or end_of_epoch or self.step >= self.total_steps:
                     self._report(pending)
@@ -227,21 +266,33 @@ class GenerativeRecipe:
                 self.epoch += 1
                 self.step_in_epoch = 0
 
-    def _report(self, done: "_PendingStep") -> None:
+    def _report(self, done: _PendingStep) -> None:
         """Record a finished step: its loss, and its throughput since the previous one finished."""
         loss, tokens, real = done.totals.read()
         now = time.perf_counter()
         throughput, self._clock = real / max(now - self._clock, 1e-9), now
         self.losses.append((done.step, loss))
-        self.events.progress(phase="train", epoch=done.epoch, step=done.step,
-                             total_steps=self.total_steps, loss=loss, throughput=throughput,
-                             unit="tokens/s", lr=done.lr, target_tokens=tokens)
+        self.events.progress(
+            phase="train",
+            epoch=done.epoch,
+            step=done.step,
+            total_steps=self.total_steps,
+            loss=loss,
+            throughput=throughput,
+            unit="tokens/s",
+            lr=done.lr,
+            target_tokens=tokens,
+        )
 
-    def _train_step(self, micro: list[Batch]) -> "StepTotals":
+    def _train_step(self, micro: list[Batch]) -> StepTotals:
         """Queue one optimizer step over `micro`; its global (mean loss, target tokens, real
         tokens) come from the returned StepTotals once the device has run it."""
-        counts = to_device(torch.tensor([sum(b.n_target for b in micro), sum(b.n_real for b in micro)],
-                                         dtype=torch.float64), self.device)
+        counts = to_device(
+            torch.tensor(
+                [sum(b.n_target for b in micro), sum(b.n_real for b in micro)], dtype=torch.float64
+            ),
+            self.device,
+        )
         self._all_reduce(counts)
         # Sum over tokens / global count, × world because DDP/FSDP average gradients; a device
         # tensor, so the host does not wait for the all-reduce.
@@ -249,7 +300,11 @@ class GenerativeRecipe:
         loss_sum = torch.zeros((), device=self.device)
         for j, batch in enumerate(micro):
             last = j == len(micro) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            sync = (
+                contextlib.nullcontext()
+                if last or not hasattr(self.model, "no_sync")
+                else self.model.no_sync()
+            )
             with sync:
                 stats = self.model(batch.to(self.device))
                 (stats.loss_sum * scale).backward()
@@ -280,13 +335,18 @@ class GenerativeRecipe:
             return False
         metrics = self.evaluate("validation")
         feature = self.cfg.output.name
-        self.events.metrics([{"split": "validation", "feature": feature, "name": k, "value": v}
-                             for k, v in metrics.items()])
+        self.events.metrics(
+            [
+                {"split": "validation", "feature": feature, "name": k, "value": v}
+                for k, v in metrics.items()
+            ]
+        )
         self._log_decoded_samples()
         name = self.cfg.trainer.validation_metric
         value = metrics[name]
-        better = (self.best_metric is None
-                  or (value > self.best_metric if name == "token_accuracy" else value < self.best_metric))
+        better = self.best_metric is None or (
+            value > self.best_metric if name == "token_accuracy" else value < self.best_metric
+        )
         if better:
             self.best_metric, self.best_step = value, self.step
             self.evals_without_improvement = 0
@@ -299,8 +359,10 @@ class GenerativeRecipe:
             self.evals_without_improvement += 1
         patience = self.cfg.trainer.early_stop
         if patience > 0 and self.evals_without_improvement >= patience:
-            self.events.log(f"early stopping at step {self.step}: {name} has not improved for "
-                            f"{patience} evaluations (best {self.best_metric:.4g} at step {self.best_step})")
+            self.events.log(
+                f"early stopping at step {self.step}: {name} has not improved for "
+                f"{patience} evaluations (best {self.best_metric:.4g} at step {self.best_step})"
+            )
             return True
         return False
 
@@ -311,25 +373,31 @@ class GenerativeRecipe:
         samples = self.samples[split]
         bs = self.cfg.trainer.eval_batch_size
         units = pack_rows(samples, self.row_len) if self.packed else list(samples)
-        mine = units[self.rank::self.world]
+        mine = units[self.rank :: self.world]
         rounds = math.ceil(math.ceil(len(units) / self.world) / bs)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         for r in range(rounds):
-            chunk = mine[r * bs:(r + 1) * bs]
+            chunk = mine[r * bs : (r + 1) * bs]
             # A rank with nothing left still runs a forward (FSDP2 all-gathers) on ignored labels.
             batch = self._collate(chunk) if chunk else self._ignored(units[0])
             stats = self.model(batch.to(self.device))
-            totals += torch.stack([stats.loss_sum.double(), stats.n_tokens.double(),
-                                   stats.n_correct.double()])
+            totals += torch.stack(
+                [stats.loss_sum.double(), stats.n_tokens.double(), stats.n_correct.double()]
+            )
         self._all_reduce(totals)
         self.model.train()
         loss = float(totals[0] / totals[1].clamp(min=1))
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-                "token_accuracy": float(totals[2] / totals[1].clamp(min=1))}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "token_accuracy": float(totals[2] / totals[1].clamp(min=1)),
+        }
 
     def _collate(self, units: list) -> Batch:
         pad = self.tokenizer.pad_token_id
-        return collate_packed(units, self.row_len, pad) if self.packed else collate_padded(units, pad)
+        return (
+            collate_packed(units, self.row_len, pad) if self.packed else collate_padded(units, pad)
+        )
 
     def _ignored(self, unit) -> Batch:
         batch = self._collate([unit])
@@ -353,12 +421,20 @@ class GenerativeRecipe:
             for row in rows:
                 prompt = render_prompt(self.cfg, row, self.tokenizer)
                 ids = self.tokenizer(prompt, return_tensors="pt").to(self.device)
-                out = self.lm.generate(**ids, max_new_tokens=min(32, self.cfg.generation["max_new_tokens"]),
-                                       do_sample=False, use_cache=True,
-                                       pad_token_id=self.tokenizer.pad_token_id)
-                text = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-                self.events.log(f"sample at step {self.step}: {prompt[-80:]!r} -> {text!r} "
-                                f"(expected {str(row[self.cfg.output.column])!r})")
+                out = self.lm.generate(
+                    **ids,
+                    max_new_tokens=min(32, self.cfg.generation["max_new_tokens"]),
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+                text = self.tokenizer.decode(
+                    out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+                self.events.log(
+                    f"sample at step {self.step}: {prompt[-80:]!r} -> {text!r} "
+                    f"(expected {str(row[self.cfg.output.column])!r})"
+                )
         finally:
             if self.fsdp:
                 self.model.reshard()
@@ -368,14 +444,20 @@ class GenerativeRecipe:
         """Restore the best weights, then metrics on validation and test."""
         if self.job.best.exists() and self.best_step != self.step:
             checkpoint.load_trainable(self.model, torch.load(self.job.best, weights_only=True))
-            self.events.log(f"restored the best weights (step {self.best_step}, "
-                            f"{self.cfg.trainer.validation_metric} {self.best_metric:.4g})")
+            self.events.log(
+                f"restored the best weights (step {self.best_step}, "
+                f"{self.cfg.trainer.validation_metric} {self.best_metric:.4g})"
+            )
         out = []
         for split in ("train", "validation", "test"):
-            if split not in self.samples or (split == "train" and not self.cfg.trainer.evaluate_training_set):
+            if split not in self.samples or (
+                split == "train" and not self.cfg.trainer.evaluate_training_set
+            ):
                 continue
             for name, value in self.evaluate(split).items():
-                out.append({"split": split, "feature": self.cfg.output.name, "name": name, "value": value})
+                out.append(
+                    {"split": split, "feature": self.cfg.output.name, "name": name, "value": value}
+                )
         if out:
             self.events.metrics(out)
         self.final_metrics = out
@@ -384,21 +466,35 @@ class GenerativeRecipe:
     # ---- persistence -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        extra = {"step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                 "best_metric": self.best_metric, "best_step": self.best_step,
-                 "evals_without_improvement": self.evals_without_improvement,
-                 "losses": self.losses, "scheduler": self.scheduler.state_dict(),
-                 "config": self.job.config_dict}
-        path = checkpoint.save(self.job.checkpoints, self.step, self.model, self.optimizer, extra, self.rank)
+        extra = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "losses": self.losses,
+            "scheduler": self.scheduler.state_dict(),
+            "config": self.job.config_dict,
+        }
+        path = checkpoint.save(
+            self.job.checkpoints, self.step, self.model, self.optimizer, extra, self.rank
+        )
         self.events.log(f"checkpoint saved at step {self.step}: {path.name}")
 
     def save_artifact(self) -> None:
         state = checkpoint.trainable_state(self.model)
         if self.rank == 0:
-            artifacts.write(self.job.artifact_dir, cfg=self.cfg, config_dict=self.job.config_dict,
-                            tokenizer=self.tokenizer, trainable=state,
-                            metrics=self.final_metrics, job_id=self.job.job_id,
-                            dtype=compute_dtype(self.device))
+            artifacts.write(
+                self.job.artifact_dir,
+                cfg=self.cfg,
+                config_dict=self.job.config_dict,
+                tokenizer=self.tokenizer,
+                trainable=state,
+                metrics=self.final_metrics,
+                job_id=self.job.job_id,
+                dtype=compute_dtype(self.device),
+            )
             self.events.log(f"artifact written: {artifacts.kind(self.cfg)}")
 
     def cleanup(self) -> None:

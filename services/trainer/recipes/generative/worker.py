@@ -42,8 +42,9 @@ def _init_distributed(use_gpu: bool) -> torch.device:
         backend = "gloo"
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
-    dist.init_process_group(backend, timeout=timedelta(minutes=30),
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend, timeout=timedelta(minutes=30), device_id=device if device.type == "cuda" else None
+    )
     return device
 
 
@@ -53,9 +54,14 @@ def load_job(job_dir: Path) -> WorkerJob:
     inputs = job_dir / "inputs"
     config_dict = json.loads((inputs / "config.json").read_text())
     meta = json.loads((inputs / "job.json").read_text())
-    return WorkerJob(job_id=meta["job_id"], job_dir=job_dir, artifact_dir=Path(meta["artifact_dir"]),
-                     attempt=int(meta.get("attempt", 1)), cfg=parse_llm(config_dict),
-                     config_dict=config_dict)
+    return WorkerJob(
+        job_id=meta["job_id"],
+        job_dir=job_dir,
+        artifact_dir=Path(meta["artifact_dir"]),
+        attempt=int(meta.get("attempt", 1)),
+        cfg=parse_llm(config_dict),
+        config_dict=config_dict,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     events = EventWriter(args.job_dir / "events.jsonl", enabled=rank == 0)
     code = 0
     try:
-        events.log(f"worker started: rank 0 of {dist.get_world_size()} on {device}, "
-                   f"torch {torch.__version__}")
+        events.log(
+            f"worker started: rank 0 of {dist.get_world_size()} on {device}, "
+            f"torch {torch.__version__}"
+        )
         recipe = GenerativeRecipe(job, events, device)
         recipe.setup()
         recipe.train()

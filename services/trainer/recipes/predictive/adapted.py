@@ -24,14 +24,12 @@ from torch import nn
 from services.embedder.pooling import pool
 from services.trainer.context import JobContext, JobResult, Log
 from services.trainer.recipes.predictive import model as pm
-from tunewire.devices import default_device
 from services.trainer.recipes.predictive.export import export_if_possible
-from services.trainer.recipes.predictive.finish import (calibrate_and_evaluate,
-                                                        write_artifact)
+from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
 from services.trainer.recipes.predictive.loop import HeadTrainer
-from services.trainer.recipes.predictive.recipe import (begin, build_model,
-                                                        embed_frozen_features)
+from services.trainer.recipes.predictive.recipe import begin, build_model, embed_frozen_features
 from tunewire.config.ecd import EcdConfig, EncoderConfig
+from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
 
 log = structlog.get_logger(__name__)
@@ -43,8 +41,9 @@ EVAL_BATCH = 64
 class AdaptedEncoder(nn.Module):
     """Texts → pooled vectors through a (LoRA-wrapped) transformers encoder."""
 
-    def __init__(self, encoder: nn.Module, tokenizer, ref: pm.EncoderRef,
-                 device: torch.device) -> None:
+    def __init__(
+        self, encoder: nn.Module, tokenizer, ref: pm.EncoderRef, device: torch.device
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -52,8 +51,9 @@ class AdaptedEncoder(nn.Module):
         self.device = device
 
     @classmethod
-    def load_base(cls, ref: pm.EncoderRef, device: torch.device | None = None,
-                  field: str = "model") -> tuple[nn.Module, object]:
+    def load_base(
+        cls, ref: pm.EncoderRef, device: torch.device | None = None, field: str = "model"
+    ) -> tuple[nn.Module, object]:
         """The base encoder (float32, frozen) and its tokenizer, set up as the embedder's;
         `field` is the config path that errors name."""
         from transformers import AutoModel, AutoTokenizer
@@ -62,38 +62,52 @@ class AdaptedEncoder(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(ref.model)
             base = AutoModel.from_pretrained(ref.model, dtype=torch.float32)
         except OSError as exc:
-            raise InvalidArgument(f"cannot load encoder {ref.model!r}: {exc}",
-                                  field=field) from None
+            raise InvalidArgument(
+                f"cannot load encoder {ref.model!r}: {exc}", field=field
+            ) from None
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
-                raise InvalidArgument("the tokenizer has neither a pad nor an eos token",
-                                      field=field)
+                raise InvalidArgument(
+                    "the tokenizer has neither a pad nor an eos token", field=field
+                )
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "right"
         base.requires_grad_(False)
         return base.to(device or default_device()), tokenizer
 
     def _max_length(self) -> int:
-        limits = [int(self.tokenizer.model_max_length),
-                  int(getattr(self.encoder.config, "max_position_embeddings", 0) or 0)]
+        limits = [
+            int(self.tokenizer.model_max_length),
+            int(getattr(self.encoder.config, "max_position_embeddings", 0) or 0),
+        ]
         limits = [n for n in limits if 0 < n < 1_000_000]
         model_limit = min(limits) if limits else 512
         return min(self.ref.max_length, model_limit) if self.ref.max_length else model_limit
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(texts, truncation=True, max_length=self._max_length(),
-                               padding=True, add_special_tokens=True, return_tensors="pt")
+        batch = self.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self._max_length(),
+            padding=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         ids, mask = batch["input_ids"], batch["attention_mask"]
         empty = mask.sum(dim=1) == 0
         if empty.any():
             # As the embedder: a text with no tokens becomes one eos (or pad) token.
-            filler = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None \
+            filler = (
+                self.tokenizer.eos_token_id
+                if self.tokenizer.eos_token_id is not None
                 else self.tokenizer.pad_token_id
+            )
             ids[empty, 0], mask[empty, 0] = int(filler), 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         layer = self.ref.layer
-        out = self.encoder(input_ids=ids, attention_mask=mask,
-                           output_hidden_states=layer not in (0, -1))
+        out = self.encoder(
+            input_ids=ids, attention_mask=mask, output_hidden_states=layer not in (0, -1)
+        )
         hidden = out.last_hidden_state if layer in (0, -1) else out.hidden_states[layer]
         return pool(hidden, mask, self.ref.pooling, normalize=self.ref.normalize)
 
@@ -105,8 +119,13 @@ def wrap_lora(base: nn.Module, enc: EncoderConfig, field: str = "encoder") -> nn
 
     adapter = enc.adapter
     assert adapter is not None  # the config refuses trainable without an adapter
-    lora = LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                      target_modules=adapter.target_modules, bias=adapter.bias)
+    lora = LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=adapter.target_modules,
+        bias=adapter.bias,
+    )
     try:
         return get_peft_model(base, lora)
     except ValueError as exc:  # e.g. target modules that the model does not have
@@ -131,25 +150,43 @@ class AdaptedRecipe:
 
     def setup(self) -> None:
         self.rng, self.data, self.encoders = begin(self.ctx)
-        i, feature = next((i, f) for i, f in enumerate(self.cfg.input_features)
-                          if f.type == "text" and f.encoder.trainable)
+        i, feature = next(
+            (i, f)
+            for i, f in enumerate(self.cfg.input_features)
+            if f.type == "text" and f.encoder.trainable
+        )
         path = f"input_features[{i}].encoder"
         self.ref = self.encoders[feature.name]
         frozen = [r for r in self.encoders.values() if not r.adapted]
         self.embed_stats = embed_frozen_features(self.ctx, self.data, frozen)
-        base, tokenizer = AdaptedEncoder.load_base(self.ref,
-                                                   field=f"{path}.{feature.encoder.model_key}")
+        base, tokenizer = AdaptedEncoder.load_base(
+            self.ref, field=f"{path}.{feature.encoder.model_key}"
+        )
         self.ref.dimension = int(base.config.hidden_size)
-        self.encoder = AdaptedEncoder(wrap_lora(base, feature.encoder, path), tokenizer,
-                                      self.ref, next(base.parameters()).device)
+        self.encoder = AdaptedEncoder(
+            wrap_lora(base, feature.encoder, path),
+            tokenizer,
+            self.ref,
+            next(base.parameters()).device,
+        )
         trainable = sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.encoder.parameters())
-        self.ctx.emit(Log(f"adapting {self.ref.model} with LoRA: {trainable} of {total} "
-                          "encoder parameters train"))
+        self.ctx.emit(
+            Log(
+                f"adapting {self.ref.model} with LoRA: {trainable} of {total} "
+                "encoder parameters train"
+            )
+        )
         self.model = build_model(self.cfg, self.data, self.encoders)
-        self.trainer = HeadTrainer(self.ctx, self.model, self.data, self._inputs,
-                                   extra=self.encoder, eval_batch_size=EVAL_BATCH,
-                                   device=self.encoder.device)
+        self.trainer = HeadTrainer(
+            self.ctx,
+            self.model,
+            self.data,
+            self._inputs,
+            extra=self.encoder,
+            eval_batch_size=EVAL_BATCH,
+            device=self.encoder.device,
+        )
 
     def _inputs(self, split: str, idx: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
         """The adapted feature's vectors of rows `idx`, on the encoder's (and head's) device;
@@ -163,8 +200,7 @@ class AdaptedRecipe:
         self.trainer.train(int(self.rng.integers(2**31)))
 
     def evaluate(self) -> JobResult:
-        self.calibration, self.metrics, self.logits = calibrate_and_evaluate(self.ctx,
-                                                                            self.trainer)
+        self.calibration, self.metrics, self.logits = calibrate_and_evaluate(self.ctx, self.trainer)
         return JobResult(metrics=self.metrics)
 
     def save_artifact(self) -> list[str]:
@@ -172,13 +208,26 @@ class AdaptedRecipe:
             self.encoder.encoder.save_pretrained(str(directory / pm.ADAPTER_DIR))
             # Merging changes the wrapped model in place: only after the adapter is saved.
             return [pm.ADAPTER_DIR] + export_if_possible(
-                self.ctx, self.model, self.encoders, directory,
-                base=lambda: self.encoder.encoder.merge_and_unload())
+                self.ctx,
+                self.model,
+                self.encoders,
+                directory,
+                base=lambda: self.encoder.encoder.merge_and_unload(),
+            )
 
-        return write_artifact(self.ctx, self.trainer, self.encoders, self.metrics, self.logits,
-                              {"embedding": self.embed_stats, "calibration": self.calibration,
-                               "encoder_adapter": pm.ADAPTER_DIR},
-                              extra_files=adapter_and_export)
+        return write_artifact(
+            self.ctx,
+            self.trainer,
+            self.encoders,
+            self.metrics,
+            self.logits,
+            {
+                "embedding": self.embed_stats,
+                "calibration": self.calibration,
+                "encoder_adapter": pm.ADAPTER_DIR,
+            },
+            extra_files=adapter_and_export,
+        )
 
     def cleanup(self) -> None:
         if hasattr(self, "trainer"):

@@ -31,8 +31,13 @@ def fits(device: torch.device, nbytes: int) -> bool:
 class SplitTensors:
     """One split's fixed inputs and targets, as tensors on `home` (where they are kept)."""
 
-    def __init__(self, x: dict[str, np.ndarray], y: dict[str, np.ndarray],
-                 home: torch.device, device: torch.device) -> None:
+    def __init__(
+        self,
+        x: dict[str, np.ndarray],
+        y: dict[str, np.ndarray],
+        home: torch.device,
+        device: torch.device,
+    ) -> None:
         self.home = home
         self.device = device
         self.x = {k: torch.from_numpy(v).to(home) for k, v in x.items()}
@@ -40,14 +45,16 @@ class SplitTensors:
 
     def take(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """`rows` (int64, on `home`) → (inputs, targets) of those rows, on the training device."""
+
         def pick(t: torch.Tensor) -> torch.Tensor:
             return t.index_select(0, rows).to(self.device, non_blocking=True)
 
         return ({k: pick(v) for k, v in self.x.items()}, {k: pick(v) for k, v in self.y.items()})
 
 
-def place(x: dict[str, dict[str, np.ndarray]], y: dict[str, dict[str, np.ndarray]],
-          device: torch.device) -> dict[str, SplitTensors]:
+def place(
+    x: dict[str, dict[str, np.ndarray]], y: dict[str, dict[str, np.ndarray]], device: torch.device
+) -> dict[str, SplitTensors]:
     """split → its SplitTensors: all on `device` when they fit there together, else all in host
     memory (one home for every split, so row indices live in one place)."""
     nbytes = sum(a.nbytes for per in (*x.values(), *y.values()) for a in per.values())

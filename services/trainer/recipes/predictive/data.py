@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from services.trainer.features import (InputMetadata, OutputMetadata, check_columns,
-                                       encode_input, encode_output, fit_input, fit_output, texts)
+from services.trainer.features import (
+    InputMetadata,
+    OutputMetadata,
+    check_columns,
+    encode_input,
+    encode_output,
+    fit_input,
+    fit_output,
+    texts,
+)
 from services.trainer.recipes.predictive.outputs import class_weights
 from tunewire.config.ecd import EcdConfig
 from tunewire.errors import InvalidArgument
@@ -46,8 +54,9 @@ def input_columns(cfg: EcdConfig) -> dict[str, str]:
 
 
 def output_columns(cfg: EcdConfig) -> dict[str, str]:
-    return {f"output_features[{i}].column": str(f.column)
-            for i, f in enumerate(cfg.output_features)}
+    return {
+        f"output_features[{i}].column": str(f.column) for i, f in enumerate(cfg.output_features)
+    }
 
 
 def _labelled(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -72,8 +81,9 @@ def prepare(cfg: EcdConfig, splits: dict[str, pd.DataFrame | None]) -> Prepared:
             df = _labelled(df, list(out_cols.values()))
         data.frames[name] = df
     if len(data.frames.get("train", [])) == 0:
-        raise InvalidArgument("the training split has no labelled rows",
-                              field="output_features[0].column")
+        raise InvalidArgument(
+            "the training split has no labelled rows", field="output_features[0].column"
+        )
     train = data.frames["train"]
     for i, f in enumerate(cfg.output_features):
         data.outputs[f.name] = fit_output(train, f, f"output_features[{i}].column")
@@ -85,18 +95,28 @@ def prepare(cfg: EcdConfig, splits: dict[str, pd.DataFrame | None]) -> Prepared:
         data.x[name] = encode_inputs(cfg, data.inputs, df)
         data.texts[name] = split_texts(cfg, df)
         if all(m.column in df.columns for m in data.outputs.values()):
-            data.y[name] = {n: encode_output(df, m, f"output_features[{i}].column")
-                            for i, (n, m) in enumerate(data.outputs.items())}
+            data.y[name] = {
+                n: encode_output(df, m, f"output_features[{i}].column")
+                for i, (n, m) in enumerate(data.outputs.items())
+            }
     return data
 
 
-def encode_inputs(cfg: EcdConfig, metas: dict[str, InputMetadata], df: pd.DataFrame
-                  ) -> dict[str, np.ndarray]:
-    return {f.name: encode_input(df, metas[f.name], f"input_features[{i}].column")
-            for i, f in enumerate(cfg.input_features) if f.type != "text"}
+def encode_inputs(
+    cfg: EcdConfig, metas: dict[str, InputMetadata], df: pd.DataFrame
+) -> dict[str, np.ndarray]:
+    return {
+        f.name: encode_input(df, metas[f.name], f"input_features[{i}].column")
+        for i, f in enumerate(cfg.input_features)
+        if f.type != "text"
+    }
 
 
 def split_texts(cfg: EcdConfig, df: pd.DataFrame) -> dict[str, list[str]]:
-    return {f.name: texts(df, str(f.column), lowercase=f.preprocessing.lowercase,
-                          fill=f.preprocessing.fill_value)
-            for f in cfg.input_features if f.type == "text"}
+    return {
+        f.name: texts(
+            df, str(f.column), lowercase=f.preprocessing.lowercase, fill=f.preprocessing.fill_value
+        )
+        for f in cfg.input_features
+        if f.type == "text"
+    }

@@ -7,8 +7,8 @@ by splits (or by jobs) is computed once. The trainer never loads a frozen encode
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -25,29 +25,40 @@ class EmbedStats:
     per_feature: dict[str, dict] = field(default_factory=dict)
 
 
-def embed_frozen(embedder, refs: list[EncoderRef], texts: dict[str, dict[str, list[str]]], *,
-                 check_fingerprint: bool = False,
-                 progress: Callable[[int, int], None] | None = None,
-                 cancelled: Callable[[], bool] | None = None
-                 ) -> tuple[dict[str, dict[str, np.ndarray]], EmbedStats]:
+def embed_frozen(
+    embedder,
+    refs: list[EncoderRef],
+    texts: dict[str, dict[str, list[str]]],
+    *,
+    check_fingerprint: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> tuple[dict[str, dict[str, np.ndarray]], EmbedStats]:
     """`texts`: split → feature → texts. Returns split → feature → float32 [n, d] and the
     stats; fills each ref's fingerprint and dimension (or, with `check_fingerprint`, insists that the
     embedder still has the fingerprint the model was trained on)."""
     if embedder is None:
-        raise FailedPrecondition("no embedder is configured for this trainer",
-                                 field="input_features.encoder")
+        raise FailedPrecondition(
+            "no embedder is configured for this trainer", field="input_features.encoder"
+        )
     out: dict[str, dict[str, np.ndarray]] = {split: {} for split in texts}
     stats = EmbedStats()
     started = time.monotonic()
     for ref in refs:
         unique = list(dict.fromkeys(t for per in texts.values() for t in per[ref.feature]))
         result = embedder.embed_many(unique, ref.spec(), progress=progress, cancelled=cancelled)
-        if check_fingerprint and result.fingerprint and ref.fingerprint \
-                and result.fingerprint != ref.fingerprint:
+        if (
+            check_fingerprint
+            and result.fingerprint
+            and ref.fingerprint
+            and result.fingerprint != ref.fingerprint
+        ):
             # Same settings, different weights or tokenizer: the head would be fed the wrong space.
             raise FailedPrecondition(
                 f"the encoder {ref.model!r} now has fingerprint {result.fingerprint[:12]}, the "
-                f"model was trained on {ref.fingerprint[:12]}", field="model")
+                f"model was trained on {ref.fingerprint[:12]}",
+                field="model",
+            )
         ref.fingerprint = result.fingerprint
         ref.dimension = int(result.vectors.shape[1])
         index = {t: i for i, t in enumerate(unique)}
@@ -57,7 +68,10 @@ def embed_frozen(embedder, refs: list[EncoderRef], texts: dict[str, dict[str, li
         stats.texts += len(unique)
         stats.cache_hits += result.cache_hits
         stats.cache_misses += result.cache_misses
-        stats.per_feature[ref.feature] = {"texts": len(unique), "cache_hits": result.cache_hits,
-                                          "cache_misses": result.cache_misses}
+        stats.per_feature[ref.feature] = {
+            "texts": len(unique),
+            "cache_hits": result.cache_hits,
+            "cache_misses": result.cache_misses,
+        }
     stats.seconds = time.monotonic() - started
     return out, stats

@@ -14,8 +14,8 @@ job's log says which condition failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import structlog
 import torch
@@ -46,8 +46,10 @@ def export_blocker(ctx: JobContext, model: PredictiveModel) -> str | None:
         return "a binary threshold other than 0.5 has no place in the checkpoint"
     head = next(iter(model.outputs.values())).head
     if len(head.body) or head.out.bias is not None:
-        return ("the decoder must be one linear layer without bias "
-                "(decoder: {num_fc_layers: 0, use_bias: false})")
+        return (
+            "the decoder must be one linear layer without bias "
+            "(decoder: {num_fc_layers: 0, use_bias: false})"
+        )
     return None
 
 
@@ -60,12 +62,20 @@ def score_weight(model: PredictiveModel) -> tuple[torch.Tensor, list[str]]:
     return weight, list(head.meta.vocab)
 
 
-def export_sequence_classification(directory: Path, ref: EncoderRef, model: PredictiveModel,
-                                   base: Callable[[], nn.Module] | None = None) -> Path:
+def export_sequence_classification(
+    directory: Path,
+    ref: EncoderRef,
+    model: PredictiveModel,
+    base: Callable[[], nn.Module] | None = None,
+) -> Path:
     """Write `directory/hf_sequence_classification/`. `base()` gives the (merged) encoder when
     the trainer holds it; without it the frozen weights load from `ref.model`."""
-    from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification,
-                              AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     config = AutoConfig.from_pretrained(ref.model)
     tokenizer = AutoTokenizer.from_pretrained(ref.model)
@@ -80,16 +90,22 @@ def export_sequence_classification(directory: Path, ref: EncoderRef, model: Pred
     classifier = AutoModelForSequenceClassification.from_config(config)
     if not isinstance(getattr(classifier, "score", None), nn.Linear):
         # BERT-style classifiers pool [CLS] through a pooler: not what the head was trained on.
-        raise ValueError(f"{type(classifier).__name__} is not a decoder-only classifier that "
-                         "scores the last token")
-    encoder = base() if base is not None else AutoModel.from_pretrained(ref.model,
-                                                                         dtype=torch.float32)
+        raise ValueError(
+            f"{type(classifier).__name__} is not a decoder-only classifier that "
+            "scores the last token"
+        )
+    encoder = (
+        base() if base is not None else AutoModel.from_pretrained(ref.model, dtype=torch.float32)
+    )
     prefix = classifier.base_model_prefix
-    missing, unexpected = getattr(classifier, prefix).load_state_dict(encoder.state_dict(),
-                                                                      strict=False)
+    missing, unexpected = getattr(classifier, prefix).load_state_dict(
+        encoder.state_dict(), strict=False
+    )
     if missing or unexpected:
-        raise RuntimeError(f"encoder weights do not fit {type(classifier).__name__}: missing "
-                           f"{missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"encoder weights do not fit {type(classifier).__name__}: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}"
+        )
     with torch.no_grad():
         classifier.score.weight.copy_(weight.to(classifier.score.weight.dtype))
     out = directory / EXPORT_DIR
@@ -98,9 +114,13 @@ def export_sequence_classification(directory: Path, ref: EncoderRef, model: Pred
     return out
 
 
-def export_if_possible(ctx: JobContext, model: PredictiveModel, encoders: dict[str, EncoderRef],
-                       directory: Path, base: Callable[[], nn.Module] | None = None
-                       ) -> list[str]:
+def export_if_possible(
+    ctx: JobContext,
+    model: PredictiveModel,
+    encoders: dict[str, EncoderRef],
+    directory: Path,
+    base: Callable[[], nn.Module] | None = None,
+) -> list[str]:
     """Export when the model's shape allows (see the module docstring); `base` as in
     export_sequence_classification. Returns the exported folder, relative, or nothing."""
     reason = export_blocker(ctx, model)

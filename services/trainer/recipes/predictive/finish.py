@@ -4,8 +4,8 @@ where the head allows it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import structlog
@@ -19,9 +19,13 @@ from tunewire.config import to_dict
 
 log = structlog.get_logger(__name__)
 
-TASKS = {"binary": "text-classification", "category": "text-classification",
-         "set": "text-classification", "number": "text-classification",
-         "vector": "feature-extraction"}
+TASKS = {
+    "binary": "text-classification",
+    "category": "text-classification",
+    "set": "text-classification",
+    "number": "text-classification",
+    "vector": "feature-extraction",
+}
 
 
 def calibrate(ctx: JobContext, trainer: HeadTrainer) -> dict[str, dict]:
@@ -33,8 +37,12 @@ def calibrate(ctx: JobContext, trainer: HeadTrainer) -> dict[str, dict]:
         return report
     split = "validation" if "validation" in trainer.y else "train"
     if split == "train":
-        ctx.emit(Log("calibration: no validation split, fitting the temperature on the training "
-                     "split (it will be too low)"))
+        ctx.emit(
+            Log(
+                "calibration: no validation split, fitting the temperature on the training "
+                "split (it will be too low)"
+            )
+        )
     logits = trainer.logits(split)
     for f in wanted:
         head = trainer.model.outputs[f.name]
@@ -45,18 +53,25 @@ def calibrate(ctx: JobContext, trainer: HeadTrainer) -> dict[str, dict]:
         head.temperature.fill_(temperature)
         after = head.scores(logits[f.name])
         report[f.name] = {
-            "split": split, "temperature": temperature,
+            "split": split,
+            "temperature": temperature,
             "nll_before": C.nll(logits[f.name], target, binary, 1.0),
             "nll_after": C.nll(logits[f.name], target, binary, temperature),
             "ece_before": C.expected_calibration_error(before, target.numpy()),
-            "ece_after": C.expected_calibration_error(after, target.numpy())}
-        ctx.emit(Log(f"calibration of {f.name}: temperature {temperature:.3f}, {split} ECE "
-                     f"{report[f.name]['ece_before']:.4f} → {report[f.name]['ece_after']:.4f}"))
+            "ece_after": C.expected_calibration_error(after, target.numpy()),
+        }
+        ctx.emit(
+            Log(
+                f"calibration of {f.name}: temperature {temperature:.3f}, {split} ECE "
+                f"{report[f.name]['ece_before']:.4f} → {report[f.name]['ece_after']:.4f}"
+            )
+        )
     return report
 
 
-def calibrate_and_evaluate(ctx: JobContext, trainer: HeadTrainer
-                           ) -> tuple[dict[str, dict], list[MetricValue], dict]:
+def calibrate_and_evaluate(
+    ctx: JobContext, trainer: HeadTrainer
+) -> tuple[dict[str, dict], list[MetricValue], dict]:
     """Calibration first, so the reported metrics are those of the probabilities served."""
     report = calibrate(ctx, trainer)
     metrics, logits = trainer.evaluate()
@@ -70,20 +85,35 @@ def metrics_tree(values: list[MetricValue]) -> dict:
     return tree
 
 
-def write_artifact(ctx: JobContext, trainer: HeadTrainer, encoders: dict[str, pm.EncoderRef],
-                   metrics: list[MetricValue], logits: dict[str, dict[str, torch.Tensor]],
-                   manifest_extra: dict, extra_files: Callable[[Path], list[str]] | None = None
-                   ) -> list[str]:
+def write_artifact(
+    ctx: JobContext,
+    trainer: HeadTrainer,
+    encoders: dict[str, pm.EncoderRef],
+    metrics: list[MetricValue],
+    logits: dict[str, dict[str, torch.Tensor]],
+    manifest_extra: dict,
+    extra_files: Callable[[Path], list[str]] | None = None,
+) -> list[str]:
     """Write the artifact; returns the extra files (relative to it) for the job summary."""
     from services.trainer.recipes.predictive.plots import write_plots
 
     directory = ctx.artifact_dir
     model = trainer.model
     first = next(iter(model.outputs.values())).meta.type
-    pm.save(model, directory, encoders=encoders, config=to_dict(ctx.config),
-            manifest_extra={"job_id": ctx.job_id, "task": TASKS[first],
-                            "metrics": metrics_tree(metrics), "history": trainer.history,
-                            "best_epoch": trainer.best_epoch, **manifest_extra})
+    pm.save(
+        model,
+        directory,
+        encoders=encoders,
+        config=to_dict(ctx.config),
+        manifest_extra={
+            "job_id": ctx.job_id,
+            "task": TASKS[first],
+            "metrics": metrics_tree(metrics),
+            "history": trainer.history,
+            "best_epoch": trainer.best_epoch,
+            **manifest_extra,
+        },
+    )
     if "test" in logits:
         _test_predictions(model, logits["test"], ctx.work_dir / "test_predictions.csv")
     extras = write_plots(directory, model, trainer, logits)
@@ -98,8 +128,9 @@ def write_artifact(ctx: JobContext, trainer: HeadTrainer, encoders: dict[str, pm
     return extras
 
 
-def _test_predictions(model: pm.PredictiveModel, logits: dict[str, torch.Tensor],
-                      path: Path) -> None:
+def _test_predictions(
+    model: pm.PredictiveModel, logits: dict[str, torch.Tensor], path: Path
+) -> None:
     frame = pd.DataFrame()
     for name, head in model.outputs.items():
         preds, probs, names = head.decode(head.scores(logits[name]))

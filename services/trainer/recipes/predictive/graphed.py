@@ -14,7 +14,7 @@ rate is a device tensor updated in place between replays; nothing in the step wa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -30,13 +30,17 @@ class Rewind:
     (batch-norm statistics), the optimizer's state (put back as Adam and AdamW create it: zeros,
     step 0), the running loss sum and the RNG of `device` (dropout)."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_sum: torch.Tensor) -> None:
+    def __init__(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, loss_sum: torch.Tensor
+    ) -> None:
         self.module, self.optimizer, self.loss_sum = module, optimizer, loss_sum
         self.kept = [t.detach().clone() for t in module.state_dict().values()]
         self.device = loss_sum.device
-        self.rng = (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda"
-                    else torch.get_rng_state())
+        self.rng = (
+            torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else torch.get_rng_state()
+        )
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -58,8 +62,14 @@ class GraphedStep:
     The warm-up runs are real steps; all they move is rewound before capture, so the first
     replay starts where an eager first step would."""
 
-    def __init__(self, step: Step, batch: int, module: nn.Module,
-                 optimizer: torch.optim.Optimizer, loss_sum: torch.Tensor) -> None:
+    def __init__(
+        self,
+        step: Step,
+        batch: int,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_sum: torch.Tensor,
+    ) -> None:
         device = loss_sum.device
         self.rows = torch.arange(batch, device=device)  # the graph reads its batch from here
         rewind = Rewind(module, optimizer, loss_sum)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import structlog
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from services.trainer.clipping import clip_gradients
-from services.trainer.context import JobContext, Log, MetricValue, Metrics, Progress
+from services.trainer.context import JobContext, Log, Metrics, MetricValue, Progress
 from services.trainer.metrics import improves
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
@@ -38,8 +38,12 @@ log = structlog.get_logger(__name__)
 BatchInputs = Callable[[str, np.ndarray, bool], dict[str, torch.Tensor]]
 
 
-def make_optimizer(cfg: EcdConfig, params: list[nn.Parameter], capturable: bool = False,
-                   lr: float | torch.Tensor | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    cfg: EcdConfig,
+    params: list[nn.Parameter],
+    capturable: bool = False,
+    lr: float | torch.Tensor | None = None,
+) -> torch.optim.Optimizer:
     """Fused: one kernel per step for all parameters on a GPU, one pass over each on a CPU,
     instead of half a dozen elementwise ops per parameter (the same update up to rounding).
     `capturable` (Adam/AdamW) keeps the step count on the device, for a CUDA graph; `lr` as a
@@ -48,14 +52,23 @@ def make_optimizer(cfg: EcdConfig, params: list[nn.Parameter], capturable: bool 
     lr = float(cfg.trainer.learning_rate) if lr is None else lr
     if opt.type in ("adam", "adamw"):
         cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
-        return cls(params, lr=lr, betas=tuple(opt.betas), eps=opt.eps,
-                   weight_decay=opt.weight_decay, amsgrad=opt.amsgrad, fused=True,
-                   capturable=capturable)
+        return cls(
+            params,
+            lr=lr,
+            betas=tuple(opt.betas),
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            amsgrad=opt.amsgrad,
+            fused=True,
+            capturable=capturable,
+        )
     if opt.type == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum,
-                               weight_decay=opt.weight_decay, fused=True)
-    raise InvalidArgument(f"optimizer {opt.type!r} is for generative models",
-                          field="trainer.optimizer.type")
+        return torch.optim.SGD(
+            params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, fused=True
+        )
+    raise InvalidArgument(
+        f"optimizer {opt.type!r} is for generative models", field="trainer.optimizer.type"
+    )
 
 
 class HeadTrainer:
@@ -64,10 +77,17 @@ class HeadTrainer:
     `batch_inputs` gives the others per batch. The model stays on `device`; `logits()` and `y`
     are on the CPU, for calibration, plots and the artifact."""
 
-    def __init__(self, ctx: JobContext, model: PredictiveModel, data: Prepared,
-                 batch_inputs: BatchInputs | None = None, extra: nn.Module | None = None,
-                 eval_batch_size: int | None = None, device: torch.device | None = None,
-                 cuda_graph: bool = True) -> None:
+    def __init__(
+        self,
+        ctx: JobContext,
+        model: PredictiveModel,
+        data: Prepared,
+        batch_inputs: BatchInputs | None = None,
+        extra: nn.Module | None = None,
+        eval_batch_size: int | None = None,
+        device: torch.device | None = None,
+        cuda_graph: bool = True,
+    ) -> None:
         """`cuda_graph=False` keeps every step eager on a GPU too: the escape hatch, and the
         reference the graphed path is tested against."""
         self.ctx = ctx
@@ -88,14 +108,18 @@ class HeadTrainer:
         self.eager_reason = self._eager_reason() if cuda_graph else "turned off"
         graphed = self.eager_reason is None
         # A captured step reads a scheduled rate from the device; a constant one is baked in.
-        lr = (torch.tensor(float(tcfg.learning_rate), device=self.device)
-              if graphed and scheduled(tcfg.learning_rate_scheduler) else None)
+        lr = (
+            torch.tensor(float(tcfg.learning_rate), device=self.device)
+            if graphed and scheduled(tcfg.learning_rate_scheduler)
+            else None
+        )
         self.optimizer = make_optimizer(self.cfg, self.params, capturable=graphed, lr=lr)
         self.graphed: GraphedStep | None = None  # captured when training starts
         # Σ loss × rows of an epoch, on the device: read once an epoch, not once a step.
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.y = {split: {k: torch.from_numpy(v) for k, v in ys.items()}
-                  for split, ys in data.y.items()}
+        self.y = {
+            split: {k: torch.from_numpy(v) for k, v in ys.items()} for split, ys in data.y.items()
+        }
         self.history: list[dict] = []
         self.best_epoch: int | None = None
 
@@ -111,8 +135,11 @@ class HeadTrainer:
         field_name, metric = tcfg.validation_field, tcfg.validation_metric or "loss"
         best, best_state, stale, step = None, None, 0, 0
         peak_lr = float(tcfg.learning_rate)
-        lr_at = (lr_factor(tcfg.learning_rate_scheduler, peak_lr, total)
-                 if scheduled(tcfg.learning_rate_scheduler) else None)
+        lr_at = (
+            lr_factor(tcfg.learning_rate_scheduler, peak_lr, total)
+            if scheduled(tcfg.learning_rate_scheduler)
+            else None
+        )
         graphed = self._graph(batch)
         loss_sum = self.loss_sum
         # The shuffle comes from a CPU generator, as it always has: the same seed gives the same
@@ -138,29 +165,49 @@ class HeadTrainer:
                     break
             # The epoch's one wait for the device; its time belongs to the epoch's throughput.
             train_loss = float(loss_sum) / max(seen, 1)
-            self.ctx.emit(Progress("training", epoch=epoch, step=step, total_steps=total,
-                                   loss=train_loss,
-                                   throughput=seen / max(time.monotonic() - started, 1e-9)))
+            self.ctx.emit(
+                Progress(
+                    "training",
+                    epoch=epoch,
+                    step=step,
+                    total_steps=total,
+                    loss=train_loss,
+                    throughput=seen / max(time.monotonic() - started, 1e-9),
+                )
+            )
             values = self.split_metrics(monitor)
-            self.history.append({"epoch": epoch, "train_loss": train_loss, "split": monitor,
-                                 "metrics": values})
-            self.ctx.emit(Metrics([MetricValue(monitor, f, k, v)
-                                   for f, vs in values.items() for k, v in vs.items()]))
+            self.history.append(
+                {"epoch": epoch, "train_loss": train_loss, "split": monitor, "metrics": values}
+            )
+            self.ctx.emit(
+                Metrics(
+                    [
+                        MetricValue(monitor, f, k, v)
+                        for f, vs in values.items()
+                        for k, v in vs.items()
+                    ]
+                )
+            )
             watched = values[field_name]
             if metric not in watched:
                 raise InvalidArgument(
                     f"validation_metric {metric!r} is not computed for output {field_name!r} "
                     f"(available: {', '.join(sorted(watched))})",
-                    field="trainer.validation_metric")
+                    field="trainer.validation_metric",
+                )
             if improves(metric, watched[metric], best):
                 best, stale, self.best_epoch = watched[metric], 0, epoch
                 best_state = self._snapshot()
             else:
                 stale += 1
                 if tcfg.early_stop >= 0 and stale > tcfg.early_stop:
-                    self.ctx.emit(Log(f"early stop at epoch {epoch}: {monitor} {field_name} "
-                                      f"{metric} has not improved for {stale} epochs "
-                                      f"(best {best:.4f})"))
+                    self.ctx.emit(
+                        Log(
+                            f"early stop at epoch {epoch}: {monitor} {field_name} "
+                            f"{metric} has not improved for {stale} epochs "
+                            f"(best {best:.4f})"
+                        )
+                    )
                     break
             if step >= total:
                 break
@@ -168,8 +215,9 @@ class HeadTrainer:
             self._restore(best_state)
         self._set_mode(train=False)
 
-    def _train_step(self, rows: torch.Tensor | None, placed: torch.Tensor,
-                    loss_sum: torch.Tensor) -> None:
+    def _train_step(
+        self, rows: torch.Tensor | None, placed: torch.Tensor, loss_sum: torch.Tensor
+    ) -> None:
         """One optimizer step on the rows `placed` (where the split's tensors live), adding
         loss × rows to `loss_sum`. Run eagerly, or once under capture as the graphed step, so
         it never waits for the device. `rows` (the same rows on the CPU) is needed only when an
@@ -205,18 +253,27 @@ class HeadTrainer:
         if self.graphed is not None:
             return self.graphed
         if self.eager_reason is not None:
-            log.info("training step runs eagerly", job_id=self.ctx.job_id,
-                     reason=self.eager_reason)
+            log.info("training step runs eagerly", job_id=self.ctx.job_id, reason=self.eager_reason)
             if self.device.type == "cuda":
-                self.ctx.emit(Log("the training step runs eagerly, not as a CUDA graph: "
-                                  f"{self.eager_reason}"))
+                self.ctx.emit(
+                    Log(f"the training step runs eagerly, not as a CUDA graph: {self.eager_reason}")
+                )
             return None
         self._set_mode(train=True)
         started = time.monotonic()
-        self.graphed = GraphedStep(lambda placed, acc: self._train_step(None, placed, acc),
-                                   batch, self.model, self.optimizer, self.loss_sum)
-        log.info("training step captured as a CUDA graph", job_id=self.ctx.job_id, batch=batch,
-                 seconds=round(time.monotonic() - started, 3))
+        self.graphed = GraphedStep(
+            lambda placed, acc: self._train_step(None, placed, acc),
+            batch,
+            self.model,
+            self.optimizer,
+            self.loss_sum,
+        )
+        log.info(
+            "training step captured as a CUDA graph",
+            job_id=self.ctx.job_id,
+            batch=batch,
+            seconds=round(time.monotonic() - started, 3),
+        )
         return self.graphed
 
     def _set_lr(self, value: float) -> None:
@@ -227,16 +284,18 @@ class HeadTrainer:
             else:
                 group["lr"] = value
 
-    def _batches(self, split: str, order: torch.Tensor, size: int
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(
+        self, split: str, order: torch.Tensor, size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`order` (CPU) in slices of `size`: (rows on the CPU, the same rows where the split's
         fixed tensors live). The order crosses to the device once, not once a batch."""
         placed = order.to(self.splits[split].home)
         for start in range(0, len(order), size):
-            yield order[start:start + size], placed[start:start + size]
+            yield order[start : start + size], placed[start : start + size]
 
-    def _inputs(self, split: str, rows: torch.Tensor | None, placed: torch.Tensor, train: bool
-                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _inputs(
+        self, split: str, rows: torch.Tensor | None, placed: torch.Tensor, train: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The model's inputs and the targets of `rows`, on the training device."""
         x, y = self.splits[split].take(placed)
         if self.batch_inputs is not None:
@@ -259,8 +318,11 @@ class HeadTrainer:
         """The head whole, and of `extra` only what trains (a frozen base is never copied)."""
         state = {f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.extra is not None:
-            state |= {f"extra.{k}": p.detach().clone()
-                      for k, p in self.extra.named_parameters() if p.requires_grad}
+            state |= {
+                f"extra.{k}": p.detach().clone()
+                for k, p in self.extra.named_parameters()
+                if p.requires_grad
+            }
         return state
 
     def _restore(self, state: dict[str, torch.Tensor]) -> None:
@@ -296,15 +358,17 @@ class HeadTrainer:
         """Every row's logits, on the CPU."""
         return {k: v.cpu() for k, v in self._device_logits(split).items()}
 
-    def split_metrics(self, split: str, logits: dict[str, torch.Tensor] | None = None
-                      ) -> dict[str, dict[str, float]]:
+    def split_metrics(
+        self, split: str, logits: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, dict[str, float]]:
         """feature → metrics (with its loss), plus "combined" → {loss: Σ weight · loss};
         `logits` on the training device (computed here when not given)."""
         logits = logits if logits is not None else self._device_logits(split)
         y = self.y[split]
         with torch.no_grad():
             total, losses = self.model.loss(
-                logits, {k: v.to(self.device) for k, v in self.splits[split].y.items()})
+                logits, {k: v.to(self.device) for k, v in self.splits[split].y.items()}
+            )
         values: dict[str, dict[str, float]] = {}
         for name, head in self.model.outputs.items():
             values[name] = head.metrics(head.scores(logits[name].cpu()), y[name].numpy())
@@ -325,7 +389,6 @@ class HeadTrainer:
             all_logits[split] = {k: v.cpu() for k, v in logits.items()}
             if split in self.y:
                 for feature, metrics in self.split_metrics(split, logits).items():
-                    values += [MetricValue(split, feature, k, float(v))
-                               for k, v in metrics.items()]
+                    values += [MetricValue(split, feature, k, float(v)) for k, v in metrics.items()]
         self.ctx.emit(Metrics(values))
         return values, all_logits

@@ -53,9 +53,15 @@ class EncoderRef:
     def spec(self):
         from clients.sdk import EncoderSpec
 
-        return EncoderSpec(model=self.model, pooling=self.pooling, max_length=self.max_length,
-                           normalize=self.normalize, dtype=self.dtype, layer=self.layer,
-                           revision=self.revision)
+        return EncoderSpec(
+            model=self.model,
+            pooling=self.pooling,
+            max_length=self.max_length,
+            normalize=self.normalize,
+            dtype=self.dtype,
+            layer=self.layer,
+            revision=self.revision,
+        )
 
 
 def encoder_refs(cfg: EcdConfig) -> dict[str, EncoderRef]:
@@ -65,11 +71,16 @@ def encoder_refs(cfg: EcdConfig) -> dict[str, EncoderRef]:
         if f.type != "text":
             continue
         enc = f.encoder
-        refs[f.name] = EncoderRef(model=enc.model, pooling=enc.pooling,
-                                  max_length=int(enc.max_sequence_length or 0),
-                                  normalize=enc.normalize, layer=enc.layer,
-                                  revision=enc.revision or "", feature=f.name,
-                                  adapted=enc.trainable)
+        refs[f.name] = EncoderRef(
+            model=enc.model,
+            pooling=enc.pooling,
+            max_length=int(enc.max_sequence_length or 0),
+            normalize=enc.normalize,
+            layer=enc.layer,
+            revision=enc.revision or "",
+            feature=f.name,
+            adapted=enc.trainable,
+        )
     return refs
 
 
@@ -105,8 +116,9 @@ def _input_width(spec: InputSpec) -> int:
 
 
 class PredictiveModel(nn.Module):
-    def __init__(self, inputs: list[InputSpec], combiner: CombinerConfig,
-                 outputs: list[tuple]) -> None:
+    def __init__(
+        self, inputs: list[InputSpec], combiner: CombinerConfig, outputs: list[tuple]
+    ) -> None:
         """`outputs`: [(OutputFeature, OutputMetadata)] in config order."""
         super().__init__()
         self.inputs = inputs
@@ -115,16 +127,20 @@ class PredictiveModel(nn.Module):
         for spec in inputs:
             if spec.type == "category":
                 assert spec.meta is not None
-                module = CategoryInput(len(spec.meta.vocab), spec.encoder["type"],
-                                       int(spec.encoder["embedding_size"]),
-                                       float(spec.encoder["dropout"]))
+                module = CategoryInput(
+                    len(spec.meta.vocab),
+                    spec.encoder["type"],
+                    int(spec.encoder["embedding_size"]),
+                    float(spec.encoder["dropout"]),
+                )
                 self.categories[spec.name] = module
                 width += module.output_dim
             else:
                 width += _input_width(spec)
         self.combiner = FCStack(width, combiner_specs(combiner), bias=True)
-        self.outputs = nn.ModuleDict({f.name: OutputHead(self.combiner.output_dim, f, meta)
-                                      for f, meta in outputs})
+        self.outputs = nn.ModuleDict(
+            {f.name: OutputHead(self.combiner.output_dim, f, meta) for f, meta in outputs}
+        )
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         parts = []
@@ -138,11 +154,13 @@ class PredictiveModel(nn.Module):
         hidden = self.combiner(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
         return {name: head(hidden) for name, head in self.outputs.items()}
 
-    def loss(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(Σ weight · loss, each output's loss); an output without targets adds nothing."""
-        parts = {name: head.loss(out[name], y[name]) for name, head in self.outputs.items()
-                 if name in y}
+        parts = {
+            name: head.loss(out[name], y[name]) for name, head in self.outputs.items() if name in y
+        }
         total: torch.Tensor | None = None
         for name, value in parts.items():
             # Spelled out, not sum(w * v): no `0 +` and no `1.0 *` kernels in every step.
@@ -152,35 +170,54 @@ class PredictiveModel(nn.Module):
         return total, parts  # type: ignore[return-value]
 
 
-def input_specs(cfg: EcdConfig, metas: dict[str, InputMetadata],
-                dims: dict[str, int]) -> list[InputSpec]:
+def input_specs(
+    cfg: EcdConfig, metas: dict[str, InputMetadata], dims: dict[str, int]
+) -> list[InputSpec]:
     specs = []
     for f in cfg.input_features:
         enc = {}
         if f.type == "category":
-            enc = {"type": f.encoder.type, "embedding_size": f.encoder.embedding_size,
-                   "dropout": f.encoder.dropout}
+            enc = {
+                "type": f.encoder.type,
+                "embedding_size": f.encoder.embedding_size,
+                "dropout": f.encoder.dropout,
+            }
         specs.append(InputSpec(f.name, f.type, dims.get(f.name, 0), metas.get(f.name), enc))
     return specs
 
 
-def save(model: PredictiveModel, directory: Path, *, encoders: dict[str, EncoderRef],
-         config: dict, manifest_extra: dict) -> None:
+def save(
+    model: PredictiveModel,
+    directory: Path,
+    *,
+    encoders: dict[str, EncoderRef],
+    config: dict,
+    manifest_extra: dict,
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              directory / HEAD_FILE)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        directory / HEAD_FILE,
+    )
     metadata = {name: head.meta.to_dict() for name, head in model.outputs.items()}
     metadata["inputs"] = {s.name: s.meta.to_dict() for s in model.inputs if s.meta is not None}
     (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     first = next(iter(encoders.values()), None)
-    manifest = {"format_version": 2, "kind": "predictive", "library": "tunewire",
-                "base_model": first.model if first else None,
-                "encoders": {k: v.__dict__ for k, v in encoders.items()},
-                "head": {"inputs": [{"name": s.name, "type": s.type, "dimension": s.dimension}
-                                    for s in model.inputs],
-                         "outputs": list(model.outputs)},
-                **manifest_extra}
+    manifest = {
+        "format_version": 2,
+        "kind": "predictive",
+        "library": "tunewire",
+        "base_model": first.model if first else None,
+        "encoders": {k: v.__dict__ for k, v in encoders.items()},
+        "head": {
+            "inputs": [
+                {"name": s.name, "type": s.type, "dimension": s.dimension} for s in model.inputs
+            ],
+            "outputs": list(model.outputs),
+        },
+        **manifest_extra,
+    }
     (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
 
 
@@ -211,8 +248,9 @@ def load(directory: Path) -> Loaded:
     return Loaded(model, encoders, config, manifest)
 
 
-def _upgrade_v1(manifest: dict, config: EcdConfig, state: dict[str, torch.Tensor]
-                ) -> tuple[dict, dict[str, torch.Tensor]]:
+def _upgrade_v1(
+    manifest: dict, config: EcdConfig, state: dict[str, torch.Tensor]
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """Format 1 (one text input, one output, written before several features existed): the
     encoder under `encoder`, the head's keys unprefixed and no temperature. Read as format 2, so
     artifacts already in people's data directories keep predicting."""
@@ -224,8 +262,9 @@ def _upgrade_v1(manifest: dict, config: EcdConfig, state: dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def logits_in_batches(model: PredictiveModel, batch_inputs, n: int, batch_size: int
-                      ) -> dict[str, torch.Tensor]:
+def logits_in_batches(
+    model: PredictiveModel, batch_inputs, n: int, batch_size: int
+) -> dict[str, torch.Tensor]:
     """Run the model over n rows, `batch_inputs(idx)` giving each batch's input tensors."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in model.outputs}

@@ -32,19 +32,27 @@ def class_weights(feature: OutputFeature, meta: OutputMetadata, path: str) -> li
     if isinstance(weights, dict):
         unknown = sorted(set(map(str, weights)) - set(meta.vocab))
         if unknown:
-            raise InvalidArgument(f"class {unknown[0]!r} is not in the training labels "
-                                  f"({', '.join(meta.vocab[:6])})",
-                                  field=f"{path}.loss.class_weights")
+            raise InvalidArgument(
+                f"class {unknown[0]!r} is not in the training labels ({', '.join(meta.vocab[:6])})",
+                field=f"{path}.loss.class_weights",
+            )
         return [float(weights.get(c, 1.0)) for c in meta.vocab]
     if weights and len(weights) != output_size(meta):
-        raise InvalidArgument(f"has {len(weights)} weights for {output_size(meta)} classes "
-                              f"({', '.join(meta.vocab[:6])})",
-                              field=f"{path}.loss.class_weights")
+        raise InvalidArgument(
+            f"has {len(weights)} weights for {output_size(meta)} classes "
+            f"({', '.join(meta.vocab[:6])})",
+            field=f"{path}.loss.class_weights",
+        )
     return [float(w) for w in weights] if weights else [1.0] * output_size(meta)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
-               weight: torch.Tensor | None = None, binary: bool = False) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float,
+    weight: torch.Tensor | None = None,
+    binary: bool = False,
+) -> torch.Tensor:
     """Lin et al.'s focal loss: cross-entropy scaled by (1 - p_true)^gamma, so the many easy
     examples of the majority class stop drowning the few hard ones."""
     if binary:
@@ -64,18 +72,28 @@ class OutputHead(nn.Module):
         self.feature = feature
         self.meta = meta
         dec = feature.decoder
-        self.head = MLPHead(input_dim, output_size(meta), layer_specs(dec), norm=dec.fc_norm,
-                            bias=dec.fc_use_bias, out_bias=dec.use_bias)
-        self.register_buffer("pos_weight", torch.tensor(
-            float(feature.loss.positive_class_weight or 1.0)))
-        self.register_buffer("class_weights", torch.tensor(
-            class_weights(feature, meta, "output_features"), dtype=torch.float32))
+        self.head = MLPHead(
+            input_dim,
+            output_size(meta),
+            layer_specs(dec),
+            norm=dec.fc_norm,
+            bias=dec.fc_use_bias,
+            out_bias=dec.use_bias,
+        )
+        self.register_buffer(
+            "pos_weight", torch.tensor(float(feature.loss.positive_class_weight or 1.0))
+        )
+        self.register_buffer(
+            "class_weights",
+            torch.tensor(class_weights(feature, meta, "output_features"), dtype=torch.float32),
+        )
         self.register_buffer("temperature", torch.tensor(1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(x)
-        return out.squeeze(-1) if output_size(self.meta) == 1 and self.meta.type != "vector" \
-            else out
+        return (
+            out.squeeze(-1) if output_size(self.meta) == 1 and self.meta.type != "vector" else out
+        )
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         kind = self.feature.loss.type
@@ -116,12 +134,17 @@ class OutputHead(nn.Module):
             probs = np.stack([1.0 - scores, scores], axis=1).astype(np.float32)
             return ([vocab[int(s >= self.feature.threshold)] for s in scores], probs, list(vocab))
         if kind == "category":
-            return ([vocab[i] for i in scores.argmax(axis=1)], scores.astype(np.float32),
-                    list(vocab))
+            return (
+                [vocab[i] for i in scores.argmax(axis=1)],
+                scores.astype(np.float32),
+                list(vocab),
+            )
         sep = self.meta.separator or " "
         if kind == "set":
-            preds = [sep.join(vocab[j] for j in np.flatnonzero(row >= self.feature.threshold))
-                     for row in scores]
+            preds = [
+                sep.join(vocab[j] for j in np.flatnonzero(row >= self.feature.threshold))
+                for row in scores
+            ]
             return preds, scores.astype(np.float32), list(vocab)
         if kind == "vector":
             return [sep.join(repr(float(v)) for v in row) for row in scores], None, []

@@ -39,8 +39,12 @@ def learning_curves(path: Path, history: list[dict]) -> None:
     axes = fig.subplots(1, 1 + len(outputs), squeeze=False)
     ax = axes[0, 0]
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    ax.plot(epochs, [h["metrics"]["combined"]["loss"] for h in history], marker="o",
-            label=f"{history[0]['split']} loss")
+    ax.plot(
+        epochs,
+        [h["metrics"]["combined"]["loss"] for h in history],
+        marker="o",
+        label=f"{history[0]['split']} loss",
+    )
     ax.set(xlabel="epoch", ylabel="loss", title="loss")
     ax.legend()
     for ax, name in zip(axes[0, 1:], outputs):
@@ -51,8 +55,9 @@ def learning_curves(path: Path, history: list[dict]) -> None:
         ax.legend(fontsize="small")
     # Margins in inches (tick labels, axis labels, titles), whatever the number of panels.
     width = fig.get_figwidth()
-    fig.subplots_adjust(left=0.6 / width, right=1 - 0.15 / width, bottom=0.13, top=0.92,
-                        wspace=0.25)
+    fig.subplots_adjust(
+        left=0.6 / width, right=1 - 0.15 / width, bottom=0.13, top=0.92, wspace=0.25
+    )
     fig.savefig(path, dpi=90)
 
 
@@ -64,21 +69,33 @@ def confusion(path: Path, name: str, vocab: list[str], y: np.ndarray, pred: np.n
     image = left.imshow(counts, cmap="Blues")
     if len(vocab) <= ANNOTATED_CLASSES:
         for (i, j), c in np.ndenumerate(counts):
-            left.text(j, i, str(c), ha="center", va="center",
-                      color="white" if c > counts.max() / 2 else "black")
+            left.text(
+                j,
+                i,
+                str(c),
+                ha="center",
+                va="center",
+                color="white" if c > counts.max() / 2 else "black",
+            )
     else:  # a colour scale says what the shades count instead
         fig.colorbar(image, ax=left, fraction=0.046, pad=0.04)
     ticks = range(len(vocab))
-    left.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true",
-             title=f"{name}: confusion matrix")
+    left.set(
+        xticks=ticks,
+        yticks=ticks,
+        xlabel="predicted",
+        ylabel="true",
+        title=f"{name}: confusion matrix",
+    )
     left.set_xticklabels(vocab, rotation=45, ha="right")
     left.set_yticklabels(vocab)
     width = 0.27
     for k, metric in enumerate(("precision", "recall", "f1")):
         right.bar(np.arange(len(vocab)) + (k - 1) * width, scores[metric], width, label=metric)
     right.set_xticks(list(ticks))
-    right.set_xticklabels([f"{v}\n(n={int(s)})" for v, s in zip(vocab, scores["support"])],
-                          rotation=45, ha="right")
+    right.set_xticklabels(
+        [f"{v}\n(n={int(s)})" for v, s in zip(vocab, scores["support"])], rotation=45, ha="right"
+    )
     right.set(ylim=(0, 1), title=f"{name}: per-class metrics")
     right.legend()
     fig.tight_layout()
@@ -97,8 +114,9 @@ def scatter(path: Path, name: str, y: np.ndarray, pred: np.ndarray) -> None:
     fig.savefig(path, dpi=90)
 
 
-def write_plots(directory: Path, model, trainer, logits: dict[str, dict[str, torch.Tensor]]
-                ) -> list[str]:
+def write_plots(
+    directory: Path, model, trainer, logits: dict[str, dict[str, torch.Tensor]]
+) -> list[str]:
     """Write every plot that fits the outputs; returns their paths relative to `directory`."""
     out = directory / PLOTS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +136,13 @@ def write_plots(directory: Path, model, trainer, logits: dict[str, dict[str, tor
             confusion(directory / file, name, meta.vocab, y, scores.argmax(axis=1))
         elif meta.type == "binary":
             file += "confusion_matrix.png"
-            confusion(directory / file, name, meta.vocab, y,
-                      (scores >= head.feature.threshold).astype(np.int64))
+            confusion(
+                directory / file,
+                name,
+                meta.vocab,
+                y,
+                (scores >= head.feature.threshold).astype(np.int64),
+            )
         elif meta.type in ("number", "vector"):
             file += "predicted_vs_true.png"
             true = decode_number(y.astype(np.float64), meta)

@@ -14,8 +14,12 @@ import torch
 from services.trainer.context import MetricValue
 from services.trainer.features import check_columns, encode_output
 from services.trainer.recipes.predictive import model as pm
-from services.trainer.recipes.predictive.data import (encode_inputs, input_columns,
-                                                      output_columns, split_texts)
+from services.trainer.recipes.predictive.data import (
+    encode_inputs,
+    input_columns,
+    output_columns,
+    split_texts,
+)
 from services.trainer.recipes.predictive.embed import embed_frozen
 
 
@@ -27,8 +31,9 @@ class FeatureOutput:
     class_names: list[str]
 
 
-def predict_predictive(artifact_dir: Path, df: pd.DataFrame, embedder, evaluate: bool
-                       ) -> tuple[list[FeatureOutput], list[MetricValue]]:
+def predict_predictive(
+    artifact_dir: Path, df: pd.DataFrame, embedder, evaluate: bool
+) -> tuple[list[FeatureOutput], list[MetricValue]]:
     loaded = pm.load(artifact_dir)
     cfg, model = loaded.config, loaded.model
     check_columns(df, input_columns(cfg), "data set")
@@ -64,6 +69,7 @@ def predict_predictive(artifact_dir: Path, df: pd.DataFrame, embedder, evaluate:
         outputs.append(FeatureOutput(name, *head.decode(scores)))
         if evaluate:
             y = encode_output(df, head.meta, f"output_features[{i}].column")
-            metrics += [MetricValue("test", name, k, float(v))
-                        for k, v in head.metrics(scores, y).items()]
+            metrics += [
+                MetricValue("test", name, k, float(v)) for k, v in head.metrics(scores, y).items()
+            ]
     return outputs, metrics
