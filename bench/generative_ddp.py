@@ -190,7 +190,8 @@ def main() -> None:
 def table(results: dict) -> str:
     ref = results.get("1 GPU")
     lines = [
-        "| run | tokens/s (median) | vs 1 GPU | max abs loss diff vs 1 GPU | max rel diff | final loss |",
+        "| run | tokens/s (median) | vs 1 GPU | max abs loss diff vs 1 GPU | max rel diff"
+        " | final loss |",
         "|---|---|---|---|---|---|",
     ]
     for name, r in results.items():

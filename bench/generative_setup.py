@@ -83,7 +83,7 @@ def build_model_dir(out: Path, shape: dict, device: str) -> Path:
         # Explicit init: a model built under a device context can keep uninitialised memory,
         # and NaN/zero weights also run faster than real ones (wrong timings).
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for name, p in model.named_parameters():  # noqa: B007
                 p.normal_(0.0, 0.02) if p.dim() > 1 else p.fill_(1.0)
     if device == "cuda":
         model = model.to(torch.bfloat16)

@@ -188,10 +188,10 @@ def run_baseline(name, model_dir, device, df, *, lora, batch, warmup, steps) -> 
     def step(i: int) -> torch.Tensor:
         x = ids[i * batch : (i + 1) * batch].to(device)
         with amp:
-            loss = model(input_ids=x, labels=x).loss
+            loss = model(input_ids=x, labels=x).loss  # noqa: F821
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.step()  # noqa: F821
+        opt.zero_grad(set_to_none=True)  # noqa: F821
         return loss.detach()  # read after the timed steps: no per-step host sync, as ours
 
     for i in range(warmup):
@@ -373,7 +373,8 @@ def table(results: dict[str, dict], weights: int) -> str:
         f"(target >= 1.6x), memory {ratio(best_full, 'baseline full', 'mem')} (target <= 1x)",
         f"- LoRA ({best_lora}) vs baseline: tokens/s {ratio(best_lora, 'baseline LoRA', 'tok_s')} "
         f"(target >= 2x), memory {ratio(best_lora, 'baseline LoRA', 'mem')} (target <= 0.6x)",
-        f"- mixed lengths, packed vs padded real tokens/s: {ratio('mixed packed', 'mixed padded', 'tok_s')} "
+        "- mixed lengths, packed vs padded real tokens/s: "
+        f"{ratio('mixed packed', 'mixed padded', 'tok_s')} "
         "(target >= 1.6x)",
     ]
     return "\n".join(lines)

@@ -130,7 +130,8 @@ def main() -> None:
     if model_name == "model":  # the offline package's folder: name its package instead
         model_name = Path(args.model).parent.name
     lines = [
-        f"### predictive_cache: {datetime.date.today()}, {platform.processor() or platform.machine()}"
+        f"### predictive_cache: {datetime.date.today()}, "
+        f"{platform.processor() or platform.machine()}"
         f" ({torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"transformers {transformers.__version__}",
         f"model {model_name}, {len(texts)} texts, {args.epochs} epochs, batch "

@@ -190,7 +190,7 @@ def run_encoder_every_epoch(
     @torch.no_grad()
     def batch_inputs(split_name: str, idx: np.ndarray, _train: bool) -> dict[str, torch.Tensor]:
         texts = data.texts[split_name]["text"]
-        return {"text": encoder([texts[i] for i in idx]).cpu()}
+        return {"text": encoder([texts[i] for i in idx]).cpu()}  # noqa: F821
 
     _sync(device)
     started = time.perf_counter()

@@ -87,7 +87,8 @@ def channel_target(address: str) -> str:
 
 def channel_options_for(address: str) -> list[tuple[str, Any]]:
     """Channel options for `address`: the servers' message limits and keepalive, plus
-    `round_robin` load balancing for `dns:` targets (a headless Service resolves to every replica)."""
+    `round_robin` load balancing for `dns:` targets (a headless Service resolves to every
+    replica)."""
     options = list(channel_options())
     if channel_target(address).startswith("dns:"):
         options.append(("grpc.lb_policy_name", "round_robin"))

@@ -119,8 +119,9 @@ def _load_snippet(kind: str, repo: str, base_model: str | None, task: str | None
             "```\n"
         )
     return (
-        "The task head (`head.safetensors`) sits on the pooled hidden states of the encoder named in\n"
-        "`tunewire.json`; `training_set_metadata.json` holds the label vocabulary and normalisation.\n\n"
+        "The task head (`head.safetensors`) sits on the pooled hidden states of the encoder\n"
+        "named in `tunewire.json`; `training_set_metadata.json` holds the label vocabulary and\n"
+        "normalisation.\n\n"
         "```python\n"
         "from huggingface_hub import snapshot_download\n"
         "from safetensors.torch import load_file\n\n"

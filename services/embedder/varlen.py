@@ -8,8 +8,8 @@ The attention function registered here under ATTN_NAME serves both paths of one 
 given `cu_seq_lens_q` it attends within each text (the operator `attend`) - on CUDA through
 PyTorch's own varlen flash-attention kernel (`aten._flash_attention_forward`, the FA2 kernel
 PyTorch ships, so no flash-attn package is needed), on CPU with SDPA per text - and without them
-it is transformers' plain SDPA with the padding mask. Its mask function builds the usual SDPA mask for padded batches
-and none for packed ones (which would be [tokens x tokens]).
+it is transformers' plain SDPA with the padding mask. Its mask function builds the usual SDPA
+mask for padded batches and none for packed ones (which would be [tokens x tokens]).
 """
 
 from __future__ import annotations

@@ -332,7 +332,7 @@ class UploadManager:
                 batch = events[next_index:]
             if not batch:
                 return
-            for event in batch:
+            for event in batch:  # noqa: UP028
                 yield event
             next_index += len(batch)
             if batch[-1].state in TERMINAL:

@@ -1,1 +1,1 @@
-"""The trainer service: data sets, the durable job queue, training recipes, prediction, artifacts."""
+"""The trainer service: data sets, the durable job queue, recipes, prediction, artifacts."""

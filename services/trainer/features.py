@@ -47,7 +47,8 @@ def check_columns(df: pd.DataFrame, columns: dict[str, str], where: str) -> None
     for path, col in columns.items():
         if col not in df.columns:
             raise InvalidArgument(
-                f"column {col!r} is not in the {where} (columns: {', '.join(map(str, df.columns))})",
+                f"column {col!r} is not in the {where} "
+                f"(columns: {', '.join(map(str, df.columns))})",
                 field=path,
             )
 

@@ -21,7 +21,7 @@ def _specs(
                 "dropout": float(l.get("dropout", dropout)),
                 "activation": l.get("activation", activation),
             }
-            for l in fc_layers
+            for l in fc_layers  # noqa: E741
         ]
     return [{"output_size": size, "dropout": dropout, "activation": activation}] * count
 

@@ -33,8 +33,8 @@ LOAD_AND_GENERATE = textwrap.dedent("""
     base = AutoModelForCausalLM.from_pretrained(full)
     tuned = PeftModel.from_pretrained(base, adapter)
     assert any("lora_A" in n for n, _ in tuned.named_parameters())
-    out = tuned.generate(**AutoTokenizer.from_pretrained(adapter)("a tiny llama", return_tensors="pt"),
-                         max_new_tokens=3, do_sample=False)
+    inputs = AutoTokenizer.from_pretrained(adapter)("a tiny llama", return_tensors="pt")
+    out = tuned.generate(**inputs, max_new_tokens=3, do_sample=False)
     print("GENERATED", out.shape[1])
 """)
 
@@ -82,7 +82,7 @@ def test_round_trip_full_model_and_adapter_load_with_stock_code(
     assert (full_model / "model.safetensors").read_bytes() == open(
         os.path.join(full_dir, "model.safetensors"), "rb"
     ).read()
-    with pytest.raises(Exception):  # private: nothing without the token
+    with pytest.raises(Exception):  # private: nothing without the token  # noqa: B017
         snapshot_download(
             "org/tiny-llama", endpoint=hub.endpoint, token=False, cache_dir=tmp_path / "anon"
         )

@@ -115,7 +115,7 @@ def test_pods_run_as_the_image_user(name):
 @pytest.mark.parametrize("name", ALL)
 def test_images_pinned_to_the_project_version(name):
     gpu = name in ("gpu", "generative-multinode")
-    for doc, _, c in _containers(_docs_with_pytorchjob(name)):
+    for doc, _, c in _containers(_docs_with_pytorchjob(name)):  # noqa: B007
         image_name, tag, digest = split_image(c["image"])
         assert tag or digest, f"{c['image']}: untagged"
         assert tag != "latest", c["image"]

@@ -47,7 +47,7 @@ def trainer_with(tmp_path):
         app.close()
 
 
-def stub(port: int, security: ClientSecurity = ClientSecurity()):
+def stub(port: int, security: ClientSecurity = ClientSecurity()):  # noqa: B008
     channel = security.channel(f"127.0.0.1:{port}", channel_options())
     return trainer_pb2_grpc.TrainerServiceStub(channel), channel
 

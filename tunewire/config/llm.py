@@ -5,8 +5,8 @@ output feature, `prompt`, `adapter` (lora/adalora/ia3), `quantization`, `trainer
 `generation` and `preprocessing`. What Ludwig has and we do not build is refused by name; unknown
 keys are errors with their path; every default is written back (see `to_dict`).
 
-`backend` is Ludwig's key for where training runs. Ludwig's `ray` backend is not built: training runs
-as `torchrun` workers, so `backend.type` is `local` and `backend.trainer` says how many:
+`backend` is Ludwig's key for where training runs. Ludwig's `ray` backend is not built: training
+runs as `torchrun` workers, so `backend.type` is `local` and `backend.trainer` says how many:
 
     backend:
       type: local

@@ -1,4 +1,4 @@
-"""Training checkpoints: trainable weights, optimizer, scheduler, RNG and position, one folder a step.
+"""Training checkpoints: trainable weights, optimizer, scheduler, RNG and position, a folder a step.
 
 The same code serves one process, DDP and FSDP2: torch's distributed state-dict API gathers full
 (unsharded) tensors, rank 0 writes them, and on resume every rank reads the same files and takes its
@@ -32,7 +32,8 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full trainable weights (a collective: every rank calls; rank 0 gets the tensors).
 
     Only parameters that train: a quantized base adds its frozen weights' quantization state
-    (absmax, quant_map...) to the state dict as extra entries that no frozen-parameter filter sees."""
+    (absmax, quant_map...) to the state dict as extra entries that no frozen-parameter filter
+    sees."""
     inner = getattr(model, "module", model)  # DDP's wrapper; the state-dict keys omit its prefix
     trainable = {name: p for name, p in inner.named_parameters() if p.requires_grad}
     if not any(isinstance(p, DTensor) for p in trainable.values()):

@@ -83,7 +83,9 @@ def encode_prompt(tokenizer, prompt: str, limit: int | None) -> list[int]:
 def encode_sample(
     tokenizer, prompt: str, target: str, limits: tuple[int, int | None, int | None]
 ) -> Sample:
-    """Tokenise one prompt/target pair; truncation cuts the prompt's start, then the target's end."""
+    """Tokenise one prompt/target pair.
+
+    Truncation cuts the prompt's start, then the target's end."""
     total, prompt_limit, target_limit = limits
     p = encode_prompt(tokenizer, prompt, prompt_limit)
     t = tokenizer(target, add_special_tokens=False)["input_ids"]

@@ -35,8 +35,8 @@ def embed_frozen(
     cancelled: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], EmbedStats]:
     """`texts`: split → feature → texts. Returns split → feature → float32 [n, d] and the
-    stats; fills each ref's fingerprint and dimension (or, with `check_fingerprint`, insists that the
-    embedder still has the fingerprint the model was trained on)."""
+    stats; fills each ref's fingerprint and dimension (or, with `check_fingerprint`, insists that
+    the embedder still has the fingerprint the model was trained on)."""
     if embedder is None:
         raise FailedPrecondition(
             "no embedder is configured for this trainer", field="input_features.encoder"

@@ -3,8 +3,8 @@ cache), number/binary/category features beside them, a concat combiner and a hea
 
 Life: `setup()` (columns checked, labels and inputs encoded, embeddings fetched once for every
 distinct text of every split) → `train()` (the shared loop) → `evaluate()` (calibration,
-metrics) → `save_artifact()` → `cleanup()`. The encoder never runs here: the embedder owns it, which is
-what lets a second job on the same texts cost nothing. A trainable text encoder goes to
+metrics) → `save_artifact()` → `cleanup()`. The encoder never runs here: the embedder owns it,
+which is what lets a second job on the same texts cost nothing. A trainable text encoder goes to
 `adapted.py` instead.
 """
 
