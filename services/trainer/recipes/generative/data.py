@@ -140,7 +140,7 @@ class Batch:
     # `nonzero` would make the host wait for the whole forward before queueing the loss.
     targets: torch.Tensor = field(default=None)  # type: ignore[assignment]
     # Every row is one whole sample, no padding: plain causal attention over each row is exact,
-    # and dense causal kernels beat varlen ones (bench/results/generative_h200.md).
+    # and dense causal kernels beat varlen ones (bench/results/generative_train_h200.md).
     dense: bool = False
 
     def __post_init__(self) -> None:

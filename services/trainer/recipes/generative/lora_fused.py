@@ -30,7 +30,7 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 # The GEMMs run inside two operators, which torch.compile keeps opaque (a node each) instead of
 # tracing into them: traced by torch 2.11 on CUDA, in-place GEMMs inside an autograd.Function
 # gave all-zero LoRA gradients, and out-of-place ones ran slower (inductor split each accumulate
-# into a GEMM and an add); see bench/results/generative_h200.md. The operators are registered
+# into a GEMM and an add); see bench/results/generative_train_h200.md. The operators are registered
 # with `torch.library.Library` below autograd, and a thin autograd.Function joins them: a
 # `custom_op` with a registered backward cost ~22 us of host time per call on CPU against
 # ~8 us here, and a LoRA step on a 1B model makes 224 such calls.
