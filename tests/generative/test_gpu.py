@@ -3,7 +3,8 @@ bf16 LoRA with per-layer compilation, dense causal attention against varlen, and
 against one.
 
 They skip without CUDA (CI has none); the device machine runs them with
-`python -m pytest tests/generative/test_gpu.py` (bench/results/generative_train_h200.md records the run).
+`python -m pytest tests/generative/test_gpu.py` (bench/results/generative_train_h200.md records
+the run).
 """
 
 from __future__ import annotations
