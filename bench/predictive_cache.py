@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clients.sdk import EmbedderClient, EncoderSpec  # noqa: E402
-from services.trainer.heads import MLPHead  # noqa: E402
+from tunewire.heads import MLPHead  # noqa: E402
 
 
 def load_texts(n: int) -> tuple[list[str], np.ndarray]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tunewire.features import decode_number
+
 
 def binary_metrics(
     y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5
@@ -143,3 +145,18 @@ def improves(metric: str, new: float, best: float | None) -> bool:
     if best is None or np.isnan(best):
         return not np.isnan(new)
     return new > best if metric in HIGHER_IS_BETTER else new < best
+
+
+def output_metrics(head, scores: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    """One output head's metrics on the original scale (`head`: a tunewire.heads.OutputHead);
+    `targets` as encoded by tunewire.features.encode_output."""
+    kind, feature = head.meta.type, head.feature
+    if kind == "binary":
+        return binary_metrics(targets, scores, feature.threshold)
+    if kind == "category":
+        return category_metrics(targets, scores, feature.top_k)
+    if kind == "set":
+        return set_metrics(targets, scores, feature.threshold)
+    if kind == "vector":
+        return number_metrics(targets.astype(np.float64), scores)
+    return number_metrics(decode_number(targets.astype(np.float64), head.meta), scores)

@@ -99,7 +99,7 @@ class TrainerCore:
         and column instead of failing the job later."""
         if config.model_type != "ecd":
             return
-        from services.trainer.features import encode_output, fit_output
+        from tunewire.features import encode_output, fit_output
 
         for ds_id in dataset_ids:
             df = self.datasets.load(ds_id)
@@ -114,7 +114,8 @@ class TrainerCore:
         create, not the job. (An adapted encoder loads in the trainer, when the job runs.)"""
         if config.model_type != "ecd":
             return
-        from services.trainer.recipes.predictive.model import encoder_refs
+        from services.trainer.recipes.predictive.embed import encoder_spec
+        from tunewire.heads import encoder_refs
 
         refs = encoder_refs(config)
         for i, feature in enumerate(config.input_features):
@@ -123,7 +124,7 @@ class TrainerCore:
                 continue
             path = f"input_features[{i}].encoder.{feature.encoder.model_key}"
             try:
-                self.embedder().info(ref.spec())
+                self.embedder().info(encoder_spec(ref))
             except TunewireError as err:
                 if (
                     err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
@@ -196,7 +197,7 @@ class TrainerCore:
             raise FailedPrecondition(
                 "generative prediction is not built in this trainer", field="model"
             ) from None
-        from services.trainer.recipes.predictive.predict import FeatureOutput
+        from tunewire.heads import FeatureOutput
 
         texts, metrics = predict_generative(artifact, df, generation_overrides)
         if not evaluate:

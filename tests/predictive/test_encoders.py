@@ -225,9 +225,9 @@ def test_adapted_encoder_pools_as_the_embedder_does(pooling, embedder, tiny_llam
 
     from clients.sdk import EncoderSpec
     from services.trainer.recipes.predictive.adapted import AdaptedEncoder, wrap_lora
-    from services.trainer.recipes.predictive.model import EncoderRef
     from tunewire.config.ecd import EncoderConfig
     from tunewire.config.schema import parse
+    from tunewire.heads import EncoderRef
 
     ref = EncoderRef(
         model=tiny_llama,

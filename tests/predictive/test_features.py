@@ -201,7 +201,7 @@ def test_class_weight_and_focal_loss_lift_minority_recall(trainer, example_data,
 def test_calibration_fits_a_temperature_that_lowers_validation_nll(trainer, example_data, minilm):
     """A wide head trained long on few rows is over-confident; the fitted temperature (> 1)
     lowers the validation NLL, travels in the artifact, and predict applies it."""
-    from services.trainer.recipes.predictive.model import load
+    from tunewire.heads import load
 
     rows = pd.read_csv(
         example_data / "trec_questions.csv", dtype=str, keep_default_na=False

@@ -12,10 +12,10 @@ import torch
 from torch.nn import functional as F
 
 from services.trainer import metrics as M
-from services.trainer.features import encode_input, encode_output, fit_input, fit_output
 from services.trainer.recipes.predictive import calibration as C
-from services.trainer.recipes.predictive.outputs import focal_loss
 from tunewire.config import ConfigError, resolve, to_dict
+from tunewire.features import encode_input, encode_output, fit_input, fit_output
+from tunewire.heads import focal_loss
 
 LLM = {"type": "llm", "base_model": "/models/llama"}
 
@@ -262,9 +262,9 @@ def test_temperature_scaling_recovers_the_temperature_that_made_logits_overconfi
 
 def test_export_conditions_name_what_is_missing():
     from services.trainer.context import JobContext
-    from services.trainer.features import OutputMetadata
-    from services.trainer.recipes.predictive import model as pm
     from services.trainer.recipes.predictive.export import export_blocker, score_weight
+    from tunewire import heads as pm
+    from tunewire.features import OutputMetadata
 
     def ctx_model(encoder: dict, decoder: dict, n_classes: int = 3):
         cfg = resolve(
@@ -307,8 +307,7 @@ def test_format_1_artifacts_still_load(tmp_path):
     head's keys unprefixed) loads into today's model with the same weights."""
     from safetensors.torch import save_file
 
-    from services.trainer.heads import MLPHead
-    from services.trainer.recipes.predictive.model import load
+    from tunewire.heads import MLPHead, load
 
     raw = config(
         {"type": "auto_transformer", "pretrained_model_name_or_path": "/m"},

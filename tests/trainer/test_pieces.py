@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from services.trainer import metrics as M
-from services.trainer.features import encode_output, fit_output
 from services.trainer.splits import split
 from tunewire.config.ecd import OutputFeature, SplitConfig
 from tunewire.config.schema import parse
 from tunewire.errors import InvalidArgument
+from tunewire.features import encode_output, fit_output
 
 
 def test_random_split_fractions_and_determinism():

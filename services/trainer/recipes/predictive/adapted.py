@@ -23,11 +23,11 @@ from torch import nn
 
 from services.embedder.pooling import pool
 from services.trainer.context import JobContext, JobResult, Log
-from services.trainer.recipes.predictive import model as pm
 from services.trainer.recipes.predictive.export import export_if_possible
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from services.trainer.recipes.predictive.recipe import begin, build_model, embed_frozen_features
+from tunewire import heads as pm
 from tunewire.config.ecd import EcdConfig, EncoderConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument

@@ -1,8 +1,9 @@
 """The splits as model inputs and targets: columns checked, rows without labels dropped, the
 training set metadata fitted on the training split, non-text inputs encoded, texts collected.
 
-Both predictive recipes (frozen and adapted encoder) start here; `predict` uses `encode_inputs`
-with the metadata stored in the artifact, so a row is encoded the same way in both places.
+Both predictive recipes (frozen and adapted encoder) start here; `predict` and online serving use
+`tunewire.features.encode_inputs` with the metadata stored in the artifact, so a row is encoded
+the same way everywhere.
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from services.trainer.features import (
+from tunewire.config.ecd import EcdConfig
+from tunewire.errors import InvalidArgument
+from tunewire.features import (
     InputMetadata,
     OutputMetadata,
     check_columns,
-    encode_input,
+    encode_inputs,
     encode_output,
     fit_input,
     fit_output,
-    texts,
+    split_texts,
 )
-from services.trainer.recipes.predictive.outputs import class_weights
-from tunewire.config.ecd import EcdConfig
-from tunewire.errors import InvalidArgument
+from tunewire.heads import class_weights
 
 SPLITS = ("train", "validation", "test")
 
@@ -100,23 +101,3 @@ def prepare(cfg: EcdConfig, splits: dict[str, pd.DataFrame | None]) -> Prepared:
                 for i, (n, m) in enumerate(data.outputs.items())
             }
     return data
-
-
-def encode_inputs(
-    cfg: EcdConfig, metas: dict[str, InputMetadata], df: pd.DataFrame
-) -> dict[str, np.ndarray]:
-    return {
-        f.name: encode_input(df, metas[f.name], f"input_features[{i}].column")
-        for i, f in enumerate(cfg.input_features)
-        if f.type != "text"
-    }
-
-
-def split_texts(cfg: EcdConfig, df: pd.DataFrame) -> dict[str, list[str]]:
-    return {
-        f.name: texts(
-            df, str(f.column), lowercase=f.preprocessing.lowercase, fill=f.preprocessing.fill_value
-        )
-        for f in cfg.input_features
-        if f.type == "text"
-    }

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from services.trainer.context import JobContext, Log
-from services.trainer.recipes.predictive.model import EncoderRef, PredictiveModel
+from tunewire.heads import EncoderRef, PredictiveModel
 
 log = structlog.get_logger(__name__)
 

@@ -13,8 +13,8 @@ import torch
 
 from services.trainer.context import JobContext, Log, MetricValue
 from services.trainer.recipes.predictive import calibration as C
-from services.trainer.recipes.predictive import model as pm
 from services.trainer.recipes.predictive.loop import HeadTrainer
+from tunewire import heads as pm
 from tunewire.config import to_dict
 
 log = structlog.get_logger(__name__)

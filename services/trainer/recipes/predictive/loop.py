@@ -22,15 +22,15 @@ from torch import nn
 
 from services.trainer.clipping import clip_gradients
 from services.trainer.context import JobContext, Log, Metrics, MetricValue, Progress
-from services.trainer.metrics import improves
+from services.trainer.metrics import improves, output_metrics
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
 from services.trainer.recipes.predictive.graphed import GraphedStep
-from services.trainer.recipes.predictive.model import PredictiveModel, logits_in_batches
 from services.trainer.schedule import lr_factor, scheduled
 from tunewire.config.ecd import EcdConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
+from tunewire.heads import PredictiveModel, logits_in_batches
 
 log = structlog.get_logger(__name__)
 
@@ -371,7 +371,7 @@ class HeadTrainer:
             )
         values: dict[str, dict[str, float]] = {}
         for name, head in self.model.outputs.items():
-            values[name] = head.metrics(head.scores(logits[name].cpu()), y[name].numpy())
+            values[name] = output_metrics(head, head.scores(logits[name].cpu()), y[name].numpy())
             values[name]["loss"] = float(losses[name])
         values["combined"] = {"loss": float(total)}
         return values

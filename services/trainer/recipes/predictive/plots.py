@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from services.trainer import metrics as M
-from services.trainer.features import decode_number
+from tunewire.features import decode_number
 
 PLOTS_DIR = "plots"
 # Counts are written in the confusion matrix's cells up to this many classes: beyond it they are

@@ -4,7 +4,6 @@ artifact's `encoder_adapter/`, then the head."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +11,12 @@ import pandas as pd
 import torch
 
 from services.trainer.context import MetricValue
-from services.trainer.features import check_columns, encode_output
-from services.trainer.recipes.predictive import model as pm
-from services.trainer.recipes.predictive.data import (
-    encode_inputs,
-    input_columns,
-    output_columns,
-    split_texts,
-)
+from services.trainer.metrics import output_metrics
+from services.trainer.recipes.predictive.data import input_columns, output_columns
 from services.trainer.recipes.predictive.embed import embed_frozen
-
-
-@dataclass
-class FeatureOutput:
-    feature: str
-    predictions: list[str]
-    probabilities: np.ndarray | None
-    class_names: list[str]
+from tunewire import heads as pm
+from tunewire.features import check_columns, encode_inputs, encode_output, split_texts
+from tunewire.heads import FeatureOutput
 
 
 def predict_predictive(
@@ -70,6 +58,7 @@ def predict_predictive(
         if evaluate:
             y = encode_output(df, head.meta, f"output_features[{i}].column")
             metrics += [
-                MetricValue("test", name, k, float(v)) for k, v in head.metrics(scores, y).items()
+                MetricValue("test", name, k, float(v))
+                for k, v in output_metrics(head, scores, y).items()
             ]
     return outputs, metrics

@@ -17,12 +17,12 @@ import structlog
 import torch
 
 from services.trainer.context import JobContext, JobResult, Log, Progress
-from services.trainer.recipes.predictive import model as pm
 from services.trainer.recipes.predictive.data import Prepared, prepare
 from services.trainer.recipes.predictive.embed import embed_frozen
 from services.trainer.recipes.predictive.export import export_if_possible
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
 from services.trainer.recipes.predictive.loop import HeadTrainer
+from tunewire import heads as pm
 from tunewire.config.ecd import EcdConfig
 
 log = structlog.get_logger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from tunewire.config.ecd import InputFeature, OutputFeature
+from tunewire.config.ecd import EcdConfig, InputFeature, OutputFeature
 from tunewire.errors import InvalidArgument
 
 _TRUE = {"true", "t", "yes", "y", "1", "1.0", "on", "positive", "pos"}
@@ -282,3 +282,23 @@ def _norm(v) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v).strip()
+
+
+def encode_inputs(
+    cfg: EcdConfig, metas: dict[str, InputMetadata], df: pd.DataFrame
+) -> dict[str, np.ndarray]:
+    return {
+        f.name: encode_input(df, metas[f.name], f"input_features[{i}].column")
+        for i, f in enumerate(cfg.input_features)
+        if f.type != "text"
+    }
+
+
+def split_texts(cfg: EcdConfig, df: pd.DataFrame) -> dict[str, list[str]]:
+    return {
+        f.name: texts(
+            df, str(f.column), lowercase=f.preprocessing.lowercase, fill=f.preprocessing.fill_value
+        )
+        for f in cfg.input_features
+        if f.type == "text"
+    }
