@@ -114,3 +114,17 @@ def test_base_model_is_required():
     with pytest.raises(ConfigError) as info:
         resolve(raw)
     assert info.value.field == "base_model"
+
+
+def test_a_union_mismatch_lists_what_is_allowed():
+    with pytest.raises(ConfigError) as info:
+        resolve({**BASE, "trainer": {"eval_batch_size": "big"}})
+    assert info.value.field == "trainer.eval_batch_size"
+    assert "expected an integer, 'auto' or null" in str(info.value)
+
+
+def test_a_ludwig_trainer_we_do_not_build_is_named():
+    with pytest.raises(ConfigError) as info:
+        resolve({**BASE, "trainer": {"type": "dpo", "dpo_beta": 0.1}})
+    assert info.value.field == "trainer.type"
+    assert "'dpo'" in str(info.value) and "preference" in str(info.value)

@@ -161,7 +161,7 @@ class AdaloraAdapter(LoraAdapter):
     init_r: int = 12
     tinit: int = 0
     tfinal: int = 0
-    deltaT: int = 1
+    delta_t: int = 1
     beta1: float = 0.85
     beta2: float = 0.85
     orth_reg_weight: float = 0.5

@@ -82,7 +82,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         raise (
             errors[-1]
             if len(errors) == 1
-            else ConfigError(f"{value!r} does not fit {_describe(tp)}", field=path)
+            else ConfigError(f"{value!r} is not allowed here: expected {_describe(tp)}", field=path)
         )
     if origin is Literal:
         choices = get_args(tp)
@@ -123,8 +123,31 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     return value
 
 
+_KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    type(None): "null",
+}
+
+
 def _describe(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """What a type accepts, in words: `an integer or 'auto'`, `'l1', 'l2' or null`."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in get_args(tp) if a is not type(None)]
+        if type(None) in get_args(tp):
+            parts.append("null")
+    elif origin is Literal:
+        parts = [repr(c) for c in get_args(tp)]
+    elif origin in (list, tuple):
+        return "a list"
+    elif origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    else:
+        return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
 def to_dict(obj: Any) -> Any:

@@ -11,6 +11,9 @@ from typing import Literal
 
 from tunewire.config.schema import check
 
+# Ludwig's llm trainers that train on preferences or rewards rather than targets.
+LUDWIG_PREFERENCE_TRAINERS = ("dpo", "kto", "orpo", "grpo")
+
 
 @dataclass
 class OptimizerConfig:
@@ -133,6 +136,23 @@ class TrainerConfig:
     seed: int | None = field(
         default=None, metadata={"help": "Overrides the top-level seed for training."}
     )
+
+    @staticmethod
+    def precheck(data: dict) -> None:
+        # The type first: a Ludwig trainer we do not build is named as such, not reported through
+        # the first of its own keys (`dpo_beta`) as unknown here.
+        kind = data.get("type", "trainer")
+        check(
+            kind not in LUDWIG_PREFERENCE_TRAINERS,
+            f"trainer type {kind!r} (Ludwig's preference-tuning trainer) is not built; "
+            "use finetune",
+            "type",
+        )
+        check(
+            kind in ("trainer", "finetune", "none"),
+            f"trainer type {kind!r} is not one of 'trainer' (ecd), 'finetune' or 'none' (llm)",
+            "type",
+        )
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "must be >= 1", "epochs")

@@ -24,8 +24,16 @@ def kind(cfg: LlmConfig) -> str:
     return "peft_adapter" if cfg.adapter is not None and not cfg.merge_adapter else "full_model"
 
 
-def _fresh_model(cfg: LlmConfig, trainable: dict[str, torch.Tensor], dtype: torch.dtype):
-    """A CPU copy of the base (with the adapter, if any) holding the trained weights."""
+def _fresh_model(
+    cfg: LlmConfig,
+    trainable: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    *,
+    total_steps: int = 1,
+    rank_pattern: dict | None = None,
+):
+    """A CPU copy of the base (with the adapter, if any) holding the trained weights; an AdaLoRA
+    `rank_pattern` makes peft save each layer at the rank it kept."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -33,7 +41,9 @@ def _fresh_model(cfg: LlmConfig, trainable: dict[str, torch.Tensor], dtype: torc
 
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
     if cfg.adapter is not None:
-        model = get_peft_model(model, peft_config(cfg.adapter, total_steps=1))
+        model = get_peft_model(model, peft_config(cfg.adapter, total_steps=total_steps))
+        if rank_pattern is not None:
+            model.peft_config["default"].rank_pattern = rank_pattern
     state = {k.removeprefix(WRAPPER_PREFIX): v for k, v in trainable.items()}
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
@@ -53,11 +63,13 @@ def write(
     metrics: list[dict],
     job_id: str,
     dtype: torch.dtype,
+    total_steps: int = 1,
+    rank_pattern: dict | None = None,
 ) -> None:
     from transformers import GenerationConfig
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    model = _fresh_model(cfg, trainable, dtype)
+    model = _fresh_model(cfg, trainable, dtype, total_steps=total_steps, rank_pattern=rank_pattern)
     if cfg.adapter is not None and cfg.merge_adapter:
         model = model.merge_and_unload()
     model.save_pretrained(artifact_dir)

@@ -74,7 +74,7 @@ def peft_config(adapter, total_steps: int):
             init_r=adapter.init_r,
             tinit=adapter.tinit,
             tfinal=adapter.tfinal,
-            deltaT=adapter.deltaT,
+            deltaT=adapter.delta_t,
             beta1=adapter.beta1,
             beta2=adapter.beta2,
             orth_reg_weight=adapter.orth_reg_weight,

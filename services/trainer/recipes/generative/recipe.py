@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from services.trainer.clipping import clip_gradients
-from services.trainer.recipes.generative import artifacts, checkpoint
+from services.trainer.recipes.generative import adalora, artifacts, checkpoint
 from services.trainer.recipes.generative.data import (
     IGNORE,
     Batch,
@@ -42,7 +42,7 @@ from services.trainer.recipes.generative.model import (
     parallelize,
 )
 from services.trainer.schedule import lr_factor
-from tunewire.config.llm import AdaloraAdapter, LlmConfig
+from tunewire.config.llm import LlmConfig
 from tunewire.devices import compute_dtype
 
 N_DECODED_SAMPLES = 3
@@ -176,6 +176,7 @@ class GenerativeRecipe:
             reshard_after_forward=dist.reshard_after_forward,
         )
         self.fsdp = self.world > 1 and self.cfg.backend.trainer.strategy == "fsdp"
+        self.adalora = adalora.is_adalora(lm)
 
     def _setup_optimizer(self) -> None:
         o, lr = self.cfg.trainer.optimizer, self.cfg.trainer.learning_rate
@@ -307,14 +308,19 @@ class GenerativeRecipe:
             )
             with sync:
                 stats = self.model(batch.to(self.device))
-                (stats.loss_sum * scale).backward()
+                loss = stats.loss_sum * scale
+                if self.adalora:
+                    # Once per optimizer step in all: each micro-batch adds its share, and the
+                    # DDP average over ranks of identical terms leaves it whole.
+                    loss = loss + adalora.orthogonal_penalty(self.lm) / len(micro)
+                loss.backward()
             loss_sum += stats.loss_sum.detach()
         clip_gradients(self.model.parameters(), self.cfg.trainer.gradient_clipping)
         self.optimizer.step()
         self.scheduler.step()
+        if self.adalora:
+            adalora.allocate(self.lm, self.step + 1)  # reads the gradients: before they go
         self.optimizer.zero_grad(set_to_none=True)
-        if isinstance(self.cfg.adapter, AdaloraAdapter):
-            self.lm.base_model.update_and_allocate(self.step + 1)
         self._all_reduce(loss_sum)
         return StepTotals(torch.cat([loss_sum.double().reshape(1), counts]))
 
@@ -494,6 +500,8 @@ class GenerativeRecipe:
                 metrics=self.final_metrics,
                 job_id=self.job.job_id,
                 dtype=compute_dtype(self.device),
+                total_steps=self.total_steps,
+                rank_pattern=adalora.rank_pattern(self.lm) if self.adalora else None,
             )
             self.events.log(f"artifact written: {artifacts.kind(self.cfg)}")
 
