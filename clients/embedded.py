@@ -70,7 +70,14 @@ def start_embedded(
     apps = []
     try:
         embedder = start_embedder(
-            EmbedderSettings(host=host, port=ports[0], data_dir=data_dir, security=security)
+            EmbedderSettings(
+                host=host,
+                port=ports[0],
+                data_dir=data_dir,
+                security=security,
+                artifact_roots=[data_dir / "artifacts", Path.cwd()],
+                allow_any_artifact_path=True,
+            )
         )
         apps.append(embedder)
         embedder_address = f"{dial}:{embedder.port}"
@@ -92,6 +99,7 @@ def start_embedded(
         )
         apps.append(trainer)
         trainer_address = f"{dial}:{trainer.port}"
+        embedder.set_trainer(trainer_address)
         if start_gateway is not None:
             gateway = start_gateway(
                 GatewaySettings(

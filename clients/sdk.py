@@ -236,6 +236,33 @@ class EmbedderClient:
     def cache_stats(self) -> embedder_pb2.GetCacheStatsResponse:
         return self.stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
 
+    def predict_rows(self, model: str, rows, timeout: float | None = None):
+        """Online prediction with a predictive model (a job id or an artifact directory the
+        embedder may read): `rows` a DataFrame, a list of dicts or one dict (column → value).
+        Returns a DataFrame of Ludwig's columns: `<f>_predictions`, and for classifiers
+        `<f>_probability`, `<f>_probabilities` and `<f>_probabilities_<class>`. Nothing is
+        stored on the servers but the texts' vectors in the embedding cache."""
+        import pandas as pd
+
+        return pd.DataFrame(self.predict_columns(model, _columns(rows), timeout))
+
+    @rpc_errors
+    def predict_columns(
+        self, model: str, columns: dict[str, list], timeout: float | None = None
+    ) -> dict[str, list]:
+        """`predict_rows` column-wise, without pandas: input column → values in, Ludwig-named
+        output column → values out (what an HTTP server answers with)."""
+        request = embedder_pb2.PredictRowsRequest(model=model)
+        for name, values in columns.items():
+            column = request.columns.add(name=str(name))
+            for i, value in enumerate(values):
+                cell = _cell(value)
+                if cell is None:
+                    column.missing.append(i)
+                    cell = ""
+                column.values.append(cell)
+        return ludwig_columns(self.stub.PredictRows(request, timeout=timeout))
+
     def close(self) -> None:
         self.channel.close()
 
@@ -257,9 +284,16 @@ class TrainerClient:
     # Data sets -------------------------------------------------------------------------------
     @rpc_errors
     def upload_dataset(
-        self, source: str | Path | bytes, filename: str | None = None, fmt: str | None = None
+        self, source, filename: str | None = None, fmt: str | None = None
     ) -> trainer_pb2.Dataset:
-        """Stream a file (path) or in-memory bytes (with a filename) to the trainer."""
+        """Stream a file (path), in-memory bytes (with a filename) or a pandas DataFrame (sent as
+        Parquet, so its column types arrive as they are) to the trainer."""
+        if hasattr(source, "to_parquet"):
+            import io
+
+            buffer = io.BytesIO()
+            source.to_parquet(buffer, index=False)
+            source, filename, fmt = buffer.getvalue(), filename or "dataframe.parquet", "parquet"
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
@@ -431,6 +465,45 @@ def predictions_frame(resp: trainer_pb2.PredictResponse):
     return pd.DataFrame(cols)
 
 
+def ludwig_columns(resp) -> dict[str, list]:
+    """A PredictRowsResponse (or PredictResponse) → Ludwig-named output columns."""
+    from tunewire.heads import FeatureOutput
+    from tunewire.heads import ludwig_columns as columns
+
+    return columns(
+        [
+            FeatureOutput(
+                f.feature,
+                list(f.predictions),
+                tensors.from_proto(f.probabilities) if f.probabilities.shape else None,
+                list(f.class_names),
+            )
+            for f in resp.features
+        ]
+    )
+
+
+def _columns(rows) -> dict[str, list]:
+    """A DataFrame, a list of dicts or one dict → column name → values (None where absent)."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
+        return {str(c): rows[c].tolist() for c in rows.columns}
+    if isinstance(rows, dict):
+        rows = [rows]
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def _cell(value) -> str | None:
+    """A value as the trainer reads a CSV cell: None/NaN missing, 3.0 as "3", True as "True"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return _cell(value.item())
+    return str(value)
+
+
 def _read_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while chunk := fh.read(STREAM_CHUNK_BYTES):
@@ -446,5 +519,6 @@ __all__ = [
     "connect",
     "metrics_dict",
     "predictions_frame",
+    "ludwig_columns",
     "TERMINAL_STATES",
 ]

@@ -49,6 +49,9 @@ METHOD_ROLES: dict[str, str] = {
     _EMB + "StreamEmbed": EMBED,
     _EMB + "GetEncoderInfo": EMBED,  # loads the model: as costly as embedding
     _EMB + "GetCacheStats": READ,
+    # A job's head is fetched from the trainer with the caller's token: the trainer then checks
+    # that this caller may read that job (DownloadArtifact, READ).
+    _EMB + "PredictRows": EMBED,
     _TRN + "UploadDataset": TRAIN,
     _TRN + "GetDataset": READ,
     _TRN + "CreateJob": TRAIN,

@@ -83,6 +83,27 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=defaults.hot_answer_bytes,
         help="memory for whole answers kept as sent, for replays (0: none)",
     )
+    parser.add_argument(
+        "--trainer",
+        default=os.environ.get("TUNEWIRE_TRAINER", ""),
+        help="trainer address HOST:PORT that PredictRows fetches a job's head from, with the "
+        "caller's token (env TUNEWIRE_TRAINER)",
+    )
+    parser.add_argument(
+        "--artifact-root",
+        dest="artifact_roots",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="directory PredictRows may read artifacts under (repeatable)",
+    )
+    parser.add_argument(
+        "--head-cache-bytes",
+        type=int,
+        default=defaults.head_cache_bytes,
+        help="memory for predictive heads kept warm (least recently used evicted)",
+    )
     add_security_flags(parser)
     return parser
 
@@ -102,6 +123,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         varlen=args.varlen,
         compile=args.compile,
         hot_answer_bytes=args.hot_answer_bytes,
+        trainer=args.trainer,
+        artifact_roots=list(args.artifact_roots),
+        head_cache_bytes=args.head_cache_bytes,
         security=security_from_args(args),
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 import torch
 
+from services.embedder.artifact_fetch import TrainerArtifacts
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from services.embedder.cache import (
     DEFAULT_MAP_SIZE,
@@ -19,6 +20,7 @@ from services.embedder.cache import (
     EmbeddingCache,
     cache_path,
 )
+from services.embedder.heads import DEFAULT_HEAD_CACHE_BYTES, HeadCache
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
 from services.embedder.service import EmbedderService
 from services.embedder.servicer import (
@@ -57,6 +59,12 @@ class Settings:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     # Whole answers kept in memory as sent, for replays (0: none); see hot_answers.py.
     hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES
+    # Online prediction (PredictRows): the trainer a job's head is fetched from ("": none), the
+    # directories local artifacts may be read from, and the memory for heads kept warm.
+    trainer: str = ""
+    artifact_roots: list[Path] = field(default_factory=list)
+    allow_any_artifact_path: bool = False
+    head_cache_bytes: int = DEFAULT_HEAD_CACHE_BYTES
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     def __post_init__(self) -> None:
@@ -75,6 +83,12 @@ class Settings:
 class App:
     running: RunningServer
     service: EmbedderService
+    heads: HeadCache | None = None
+
+    def set_trainer(self, address: str) -> None:
+        """Fetch jobs' heads from the trainer at `address` (set once it has started)."""
+        if self.heads is not None:
+            self.heads.fetch = TrainerArtifacts(address)
 
     @property
     def port(self) -> int:
@@ -107,8 +121,18 @@ def start(settings: Settings) -> App:
         compile=settings.compile,
         hot_answer_bytes=settings.hot_answer_bytes,
     )
+    fetch = TrainerArtifacts(settings.trainer) if settings.trainer else None
+    heads = HeadCache(
+        settings.artifact_roots,
+        fetch,
+        settings.head_cache_bytes,
+        allow_any_path=settings.allow_any_artifact_path,
+    )
     servicer = EmbedderServicer(
-        service, max_texts=settings.max_texts, max_text_bytes=settings.max_text_bytes
+        service,
+        max_texts=settings.max_texts,
+        max_text_bytes=settings.max_text_bytes,
+        heads=heads,
     )
     running = create_server(
         [Service(SERVICE_NAME, servicer, add_to_server)],
@@ -128,4 +152,4 @@ def start(settings: Settings) -> App:
         data_dir=str(settings.data_dir),
         preloaded=settings.preload,
     )
-    return App(running=running, service=service)
+    return App(running=running, service=service, heads=heads)

@@ -40,7 +40,11 @@ import grpc
 import numpy as np
 import structlog
 
+from services.embedder.heads import HeadCache
+from services.embedder.predicting import predict_rows
 from services.embedder.service import Answered, EmbedderService, EmbedJob, EmbedResult, EncoderSpec
+from tunewire import tensors
+from tunewire.auth import bearer_token
 from tunewire.errors import InvalidArgument
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
@@ -244,6 +248,12 @@ def add_to_server(servicer: EmbedderServicer, server: grpc.Server) -> None:
             embedder_pb2.GetCacheStatsRequest,
             embedder_pb2.GetCacheStatsResponse,
         ),
+        "PredictRows": handler(
+            grpc.unary_unary_rpc_method_handler,
+            servicer.PredictRows,
+            embedder_pb2.PredictRowsRequest,
+            embedder_pb2.PredictRowsResponse,
+        ),
     }
     name = "tunewire.v1.EmbedderService"
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
@@ -258,8 +268,11 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
         stream_window: int = DEFAULT_STREAM_WINDOW,
         chunk_bytes: int = STREAM_CHUNK_BYTES,
+        heads: HeadCache | None = None,
     ) -> None:
+        """`heads` serves PredictRows (none: every artifact is refused as outside the roots)."""
         self.service = service
+        self.heads = heads or HeadCache()
         self.max_texts = max_texts
         self.max_text_bytes = max_text_bytes
         self.stream_window = stream_window
@@ -412,3 +425,53 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             shared_batches=work.shared_batches,
             dropped_texts=work.dropped_texts,
         )
+
+    def PredictRows(
+        self, request, context: grpc.ServicerContext
+    ) -> embedder_pb2.PredictRowsResponse:
+        columns = self._row_columns(request.columns)
+        head = self.heads.get(request.model, bearer_token(context.invocation_metadata()))
+        result = predict_rows(self.service, head, columns, lambda: not context.is_active())
+        out = embedder_pb2.PredictRowsResponse(
+            rows=result.rows, cache_hits=result.cache_hits, cache_misses=result.cache_misses
+        )
+        for f in result.outputs:
+            fp = out.features.add(
+                feature=f.feature, predictions=f.predictions, class_names=f.class_names
+            )
+            if f.probabilities is not None:
+                fp.probabilities.CopyFrom(tensors.to_proto(f.probabilities))
+        return out
+
+    def _row_columns(self, columns) -> dict[str, list]:
+        """RowColumn messages → column name → values (None where missing), within the limits
+        on texts per request and bytes per text."""
+        out: dict[str, list] = {}
+        for i, column in enumerate(columns):
+            if not column.name:
+                raise InvalidArgument("is required", field=f"columns[{i}].name")
+            if column.name in out:
+                raise InvalidArgument(f"column {column.name!r} twice", field=f"columns[{i}].name")
+            if len(column.values) > self.max_texts:
+                raise InvalidArgument(
+                    f"{len(column.values)} rows in one request; the limit is {self.max_texts}",
+                    field=f"columns[{i}].values",
+                )
+            values: list = list(column.values)
+            for j, value in enumerate(values):
+                if len(value) > self.max_text_bytes // 4 and len(value.encode()) > (
+                    self.max_text_bytes
+                ):
+                    raise InvalidArgument(
+                        f"value is over {self.max_text_bytes} bytes",
+                        field=f"columns[{i}].values[{j}]",
+                    )
+            for row in column.missing:
+                if row >= len(values):
+                    raise InvalidArgument(
+                        f"row {row} is past the column's {len(values)} values",
+                        field=f"columns[{i}].missing",
+                    )
+                values[row] = None
+            out[column.name] = values
+        return out

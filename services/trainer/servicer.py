@@ -10,7 +10,7 @@ from services.trainer.datasets import DatasetRecord
 from services.trainer.jobs import JobRecord, StoredEvent
 from services.trainer.service import TrainerCore
 from tunewire import tensors
-from tunewire.errors import InvalidArgument
+from tunewire.errors import InvalidArgument, NotFound
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.timestamps import to_timestamp as _ts
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
@@ -182,7 +182,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def DownloadArtifact(self, request, context):
         root = self.core.artifact_dir(request.job_id)
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        if request.paths:
+            present = {p.relative_to(root).as_posix(): p for p in files}
+            for i, wanted in enumerate(request.paths):
+                if wanted not in present:
+                    raise NotFound(
+                        f"the artifact of {request.job_id} has no file {wanted!r}",
+                        field=f"paths[{i}]",
+                    )
+            files = [present[w] for w in dict.fromkeys(request.paths)]
+        for path in files:
             rel = path.relative_to(root).as_posix()
             digest = hashlib.sha256()
             with open(path, "rb") as fh:

@@ -103,3 +103,22 @@ def text_config(model: str, output: dict, *, max_len: int = 64, epochs: int = 30
 def subset(path: Path, n: int, seed: int = 0) -> bytes:
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     return df.sample(n=min(n, len(df)), random_state=seed).to_csv(index=False).encode()
+
+
+SPAMMY = "WINNER!! You have won a FREE prize of 1000 cash! Call 09061701461 now to claim, txt STOP"
+
+
+@pytest.fixture(scope="session")
+def sms_spam_job(trainer, example_data, minilm):
+    """A small SMS model (labels ham/spam, category output) trained on MiniLM in a few seconds:
+    online prediction's fixture. Returns the finished job."""
+    from tunewire.v1 import trainer_pb2
+
+    df = pd.read_csv(example_data / "sms_spam.csv", dtype=str, keep_default_na=False)
+    df = df.sample(n=800, random_state=5).reset_index(drop=True)
+    df["label"] = df["label"].map({"0": "ham", "1": "spam"})
+    ds = trainer.upload_dataset(df.to_csv(index=False).encode(), "sms_ham_spam.csv")
+    cfg = text_config(minilm, {"name": "label", "type": "category"}, epochs=15)
+    job = trainer.wait(trainer.create_job(cfg, dataset_id=ds.id).id)
+    assert job.state == trainer_pb2.Job.SUCCEEDED, job.error
+    return job

@@ -176,6 +176,13 @@ RPCS = [
         "unary",
     ),
     (
+        embedder_pb2_grpc.EmbedderServiceStub,
+        "embedder",
+        "PredictRows",
+        embedder_pb2.PredictRowsRequest,
+        "unary",
+    ),
+    (
         trainer_pb2_grpc.TrainerServiceStub,
         "trainer",
         "UploadDataset",

@@ -1,4 +1,5 @@
 from tunewire.v1 import tensor_pb2 as _tensor_pb2
+from tunewire.v1 import trainer_pb2 as _trainer_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -122,3 +123,33 @@ class GetCacheStatsResponse(_message.Message):
     shared_batches: int
     dropped_texts: int
     def __init__(self, entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., map_size: _Optional[int] = ..., forward_passes: _Optional[int] = ..., computed_texts: _Optional[int] = ..., shared_batches: _Optional[int] = ..., dropped_texts: _Optional[int] = ...) -> None: ...
+
+class PredictRowsRequest(_message.Message):
+    __slots__ = ("model", "columns")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    columns: _containers.RepeatedCompositeFieldContainer[RowColumn]
+    def __init__(self, model: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[RowColumn, _Mapping]]] = ...) -> None: ...
+
+class RowColumn(_message.Message):
+    __slots__ = ("name", "values", "missing")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    missing: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., missing: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PredictRowsResponse(_message.Message):
+    __slots__ = ("features", "rows", "cache_hits", "cache_misses")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[_trainer_pb2.FeaturePredictions]
+    rows: int
+    cache_hits: int
+    cache_misses: int
+    def __init__(self, features: _Optional[_Iterable[_Union[_trainer_pb2.FeaturePredictions, _Mapping]]] = ..., rows: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...

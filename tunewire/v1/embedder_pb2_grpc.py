@@ -56,6 +56,11 @@ class EmbedderServiceStub:
                 request_serializer=tunewire_dot_v1_dot_embedder__pb2.GetCacheStatsRequest.SerializeToString,
                 response_deserializer=tunewire_dot_v1_dot_embedder__pb2.GetCacheStatsResponse.FromString,
                 _registered_method=True)
+        self.PredictRows = channel.unary_unary(
+                '/tunewire.v1.EmbedderService/PredictRows',
+                request_serializer=tunewire_dot_v1_dot_embedder__pb2.PredictRowsRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_embedder__pb2.PredictRowsResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServiceServicer:
@@ -93,6 +98,16 @@ class EmbedderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictRows(self, request, context):
+        """Online prediction with a predictive (ECD) model: rows inline, no data set, no job. Each text
+        feature is embedded through the cache (a hit costs one lookup), then the model's head runs
+        here. The head is fetched once from the trainer (on the caller's behalf) or read from a local
+        artifact, and kept in memory. Nothing is stored but the texts' vectors in the cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +130,11 @@ def add_EmbedderServiceServicer_to_server(servicer, server):
                     servicer.GetCacheStats,
                     request_deserializer=tunewire_dot_v1_dot_embedder__pb2.GetCacheStatsRequest.FromString,
                     response_serializer=tunewire_dot_v1_dot_embedder__pb2.GetCacheStatsResponse.SerializeToString,
+            ),
+            'PredictRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictRows,
+                    request_deserializer=tunewire_dot_v1_dot_embedder__pb2.PredictRowsRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_embedder__pb2.PredictRowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +247,33 @@ class EmbedderService:
             '/tunewire.v1.EmbedderService/GetCacheStats',
             tunewire_dot_v1_dot_embedder__pb2.GetCacheStatsRequest.SerializeToString,
             tunewire_dot_v1_dot_embedder__pb2.GetCacheStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.EmbedderService/PredictRows',
+            tunewire_dot_v1_dot_embedder__pb2.PredictRowsRequest.SerializeToString,
+            tunewire_dot_v1_dot_embedder__pb2.PredictRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,
