@@ -267,11 +267,18 @@ class EmbedderClient:
         self.channel.close()
 
 
+# Ludwig's `data_format` names (and their aliases) → the wire enum.
 _FORMATS = {
     "csv": trainer_pb2.DATASET_FORMAT_CSV,
     "tsv": trainer_pb2.DATASET_FORMAT_TSV,
+    "json": trainer_pb2.DATASET_FORMAT_JSON,
     "jsonl": trainer_pb2.DATASET_FORMAT_JSONL,
+    "ndjson": trainer_pb2.DATASET_FORMAT_JSONL,
     "parquet": trainer_pb2.DATASET_FORMAT_PARQUET,
+    "excel": trainer_pb2.DATASET_FORMAT_EXCEL,
+    "xlsx": trainer_pb2.DATASET_FORMAT_EXCEL,
+    "feather": trainer_pb2.DATASET_FORMAT_FEATHER,
+    "orc": trainer_pb2.DATASET_FORMAT_ORC,
 }
 
 
@@ -286,14 +293,25 @@ class TrainerClient:
     def upload_dataset(
         self, source, filename: str | None = None, fmt: str | None = None
     ) -> trainer_pb2.Dataset:
-        """Stream a file (path), in-memory bytes (with a filename) or a pandas DataFrame (sent as
-        Parquet, so its column types arrive as they are) to the trainer."""
+        """Stream a file (path), a Hub data set file (`hf://datasets/ORG/NAME[/FILE]`, read
+        with the caller's own Hub token), in-memory bytes (with a filename) or a pandas DataFrame
+        (sent as Parquet, so its column types arrive as they are) to the trainer. `fmt` is
+        Ludwig's `data_format` name; without it the file name's extension says."""
+        if fmt and fmt.lower() not in _FORMATS:
+            raise TunewireError(
+                f"data format {fmt!r} is not one of {', '.join(sorted(_FORMATS))}",
+                field="data_format",
+            )
+        from clients import hf_data
+
         if hasattr(source, "to_parquet"):
             import io
 
             buffer = io.BytesIO()
             source.to_parquet(buffer, index=False)
             source, filename, fmt = buffer.getvalue(), filename or "dataframe.parquet", "parquet"
+        elif hf_data.is_hub_path(source):
+            source = hf_data.fetch(str(source))
         if isinstance(source, (str, Path)):
             path = Path(source)
             if not path.is_file():
@@ -315,7 +333,7 @@ class TrainerClient:
         def requests():
             yield trainer_pb2.UploadDatasetRequest(
                 metadata=trainer_pb2.UploadDatasetRequest.Metadata(
-                    filename=filename, format=_FORMATS.get(fmt or "", 0)
+                    filename=filename, format=_FORMATS.get((fmt or "").lower(), 0)
                 )
             )
             for chunk in data:

@@ -3,7 +3,8 @@
 A client streams a file's bytes; they land in a temporary file, are parsed once to check that
 they are a readable table (and to count rows and columns), then renamed into
 `<data_dir>/datasets/<id>/` so a crash never leaves a half-stored data set. The id derives from the
-sha256 of the bytes: uploading the same file twice stores it once.
+sha256 of the bytes and the format they are read as: uploading the same file twice stores it once,
+and the same bytes uploaded as another format (a `.csv` renamed `.tsv`) are that other table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from zipfile import BadZipFile
 
 import pandas as pd
 import structlog
@@ -27,17 +29,27 @@ from tunewire.paths import check_path_text
 
 log = structlog.get_logger(__name__)
 
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+# Ludwig's formats that pandas reads from bytes without running code; pickle, hdf5, html, sas,
+# spss, stata and fixed-width are refused by name (see `guess_format`).
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "excel", "feather", "orc")
 _EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "tsv",
     ".txt": "tsv",
+    # Ludwig reads `.json` as one array of records and `.jsonl` as one object a line.
+    ".json": "json",
     ".jsonl": "jsonl",
-    ".json": "jsonl",
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".pq": "parquet",
+    ".xlsx": "excel",
+    ".xlsm": "excel",
+    ".feather": "feather",
+    ".orc": "orc",
 }
+# Ludwig's format names that name one of ours.
+ALIASES = {"xlsx": "excel", "xls": "excel", "pq": "parquet", "ndjson": "jsonl"}
+_REFUSED = ("fwf", "hdf5", "html", "pickle", "sas", "spss", "stata", "df")
 DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
 
 
@@ -52,6 +64,20 @@ class DatasetRecord:
     sha256: str
 
 
+def check_format(fmt: str) -> str:
+    """A format name as Ludwig spells it (`--data_format`), or InvalidArgument naming it."""
+    fmt = ALIASES.get(fmt.lower(), fmt.lower())
+    if fmt in FORMATS:
+        return fmt
+    why = (
+        "is one of Ludwig's formats that tunewire does not read (it would run code or need a "
+        "reader the server does not ship); convert it to parquet or csv"
+        if fmt in _REFUSED
+        else "is not a data format"
+    )
+    raise InvalidArgument(f"{fmt!r} {why}; formats: {', '.join(FORMATS)}", field="metadata.format")
+
+
 def guess_format(filename: str) -> str:
     suffix = Path(filename).suffix.lower()
     if suffix not in _EXTENSIONS:
@@ -63,19 +89,44 @@ def guess_format(filename: str) -> str:
     return _EXTENSIONS[suffix]
 
 
+def sniff_separator(path: Path) -> str:
+    """The separator of a `.csv` file, detected as Ludwig does: `csv.Sniffer` over the first
+    100 KiB, choosing among comma, tab and pipe, comma when it cannot tell."""
+    import csv
+
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        sample = fh.read(100 * 1024)
+    if "\n" in sample[:-1]:
+        sample = sample[: sample.rindex("\n")]  # a cut last line would mislead the sniffer
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",\t|").delimiter
+    except csv.Error:
+        return ","
+
+
 def read_table(path: Path, fmt: str) -> pd.DataFrame:
     """Parse a stored file; malformed content is an InvalidArgument that says what and where."""
+    sep = {"csv": None, "tsv": "\t"}.get(fmt)
     try:
         if fmt == "csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+            sep = sniff_separator(path)
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
         elif fmt == "tsv":
             df = pd.read_csv(
                 path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8", quoting=3
             )
+        elif fmt == "json":
+            df = _read_json_records(path)
         elif fmt == "jsonl":
             df = pd.read_json(path, lines=True, dtype=False)
         elif fmt == "parquet":
             df = pd.read_parquet(path)
+        elif fmt == "excel":
+            df = pd.read_excel(path, engine="openpyxl")
+        elif fmt == "feather":
+            df = pd.read_feather(path)
+        elif fmt == "orc":
+            df = pd.read_orc(path)
         else:
             raise InvalidArgument(f"unknown format {fmt!r}", field="metadata.format")
     except InvalidArgument:
@@ -84,17 +135,32 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
         raise InvalidArgument(
             f"the file is not valid UTF-8 ({exc.reason} at byte {exc.start})", field="dataset"
         ) from None
-    # TypeError: pandas' JSON reader on lines that are not objects (`[1, 2]`, `3`).
-    except (ValueError, TypeError, pd.errors.ParserError, OSError) as exc:
+    # TypeError: pandas' JSON reader on lines that are not objects (`[1, 2]`, `3`); KeyError and
+    # BadZipFile: openpyxl on bytes that are not a workbook.
+    except (ValueError, TypeError, KeyError, pd.errors.ParserError, OSError, BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidArgument(f"cannot parse the file as {fmt}: {first}", field="dataset") from None
-    if fmt in ("csv", "tsv"):
-        _check_header(path, "," if fmt == "csv" else "\t")
+    if sep is not None:
+        _check_header(path, sep)
     df.columns = [str(c).strip() for c in df.columns]
     # An unnamed leading index column (pandas' to_csv default) is not a feature.
     if len(df.columns) and df.columns[0] in ("", "Unnamed: 0"):
         df = df.drop(columns=df.columns[0])
     return df
+
+
+def _read_json_records(path: Path) -> pd.DataFrame:
+    """A `.json` file as Ludwig reads it: one array of records (pandas' `read_json`). JSON lines
+    under a `.json` name get a message that names the right format rather than pandas' own."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip()
+    if head[:1] == b"{" and b"\n{" in head:
+        raise InvalidArgument(
+            "a .json data set is one array of records ([{...}, {...}]); this file has one object "
+            "a line: name it .jsonl or give the format jsonl",
+            field="dataset",
+        )
+    return pd.read_json(path, dtype=False)
 
 
 def _check_header(path: Path, sep: str) -> None:
@@ -129,11 +195,7 @@ class DatasetStore:
         self._frames: dict[str, pd.DataFrame] = {}
 
     def put(self, chunks: Iterable[bytes], filename: str, fmt: str | None = None) -> DatasetRecord:
-        fmt = fmt or guess_format(filename)
-        if fmt not in FORMATS:
-            raise InvalidArgument(
-                f"format must be one of {', '.join(FORMATS)}", field="metadata.format"
-            )
+        fmt = check_format(fmt) if fmt else guess_format(filename)
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".upload-")
@@ -152,7 +214,8 @@ class DatasetStore:
             if size == 0:
                 raise InvalidArgument("the data set is empty", field="dataset")
             sha = digest.hexdigest()
-            ds_id = f"ds-{sha[:20]}"
+            # The format is part of the identity: the same bytes read as tsv are another table.
+            ds_id = f"ds-{hashlib.sha256(f'{sha}:{fmt}'.encode()).hexdigest()[:20]}"
             final = self.root / ds_id
             if (final / "meta.json").exists():
                 return self.get(ds_id)

@@ -20,6 +20,10 @@ _FORMAT_NAMES = {
     trainer_pb2.DATASET_FORMAT_TSV: "tsv",
     trainer_pb2.DATASET_FORMAT_JSONL: "jsonl",
     trainer_pb2.DATASET_FORMAT_PARQUET: "parquet",
+    trainer_pb2.DATASET_FORMAT_JSON: "json",
+    trainer_pb2.DATASET_FORMAT_EXCEL: "excel",
+    trainer_pb2.DATASET_FORMAT_FEATHER: "feather",
+    trainer_pb2.DATASET_FORMAT_ORC: "orc",
 }
 _FORMAT_VALUES = {v: k for k, v in _FORMAT_NAMES.items()}
 _STATES = {

@@ -27,9 +27,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx")
 _LFS_SPEC = "version https://git-lfs.github.com/spec/v1\n"
 _API_REPO = re.compile(
-    r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<op>preupload|commit|paths-info|tree|revision)"
+    r"^/api/(?P<kind>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/(?P<op>preupload|commit|paths-info|tree|revision)"
     r"/(?P<rev>[^/]+)(?:/(?P<path>.*))?)?$"
 )
+
+
+def _store_key(kind: str, repo_id: str) -> str:
+    """Model repos are stored under their id, data set repos under `datasets/<id>` (the Hub's
+    URL scheme), so a model and a data set may share a name."""
+    return f"datasets/{repo_id}" if kind in ("dataset", "datasets") else repo_id
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -327,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         match = _API_REPO.match(path)
         if match:
             return self._api(
-                match["repo"],
+                _store_key(match["kind"], match["repo"]),
                 match["op"],
                 unquote(match["rev"] or ""),
                 unquote(match["path"] or ""),
@@ -342,9 +348,13 @@ class _Handler(BaseHTTPRequestHandler):
         match = re.match(r"^/lfs-verify/(?P<repo>[^/]+/[^/]+)/(?P<oid>[0-9a-f]{64})$", path)
         if match and self.command == "POST":
             return self._lfs_verify(match["oid"])
-        match = re.match(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$", path)
+        match = re.match(
+            r"^/(?P<kind>datasets/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$",
+            path,
+        )
         if match and self.command in ("GET", "HEAD"):
-            return self._resolve(match["repo"], unquote(match["rev"]), unquote(match["file"]))
+            key = _store_key("datasets" if match["kind"] else "models", match["repo"])
+            return self._resolve(key, unquote(match["rev"]), unquote(match["file"]))
         self._body()
         self._error(404, f"no route for {self.command} {path}")
 
@@ -355,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = json.loads(self._body() or b"{}")
         name, org = payload.get("name"), payload.get("organization") or "user"
-        repo_id = f"{org}/{name}"
+        repo_id = _store_key(payload.get("type") or "model", f"{org}/{name}")
         private = bool(payload.get("private")) or payload.get("visibility") == "private"
         created = self.server.hub.store.create_repo(repo_id, private)
         if not created:
@@ -364,7 +374,8 @@ class _Handler(BaseHTTPRequestHandler):
                 {"error": "You already created this model repo", "url": f"{self.base}/{repo_id}"},
             )
         self._count("repos_created")
-        self._json(200, {"url": f"{self.base}/{repo_id}", "name": repo_id, "id": repo_id})
+        shown = repo_id.removeprefix("datasets/")
+        self._json(200, {"url": f"{self.base}/{repo_id}", "name": shown, "id": shown})
 
     def _api(self, repo_id: str, op: str | None, rev: str, sub: str, query: dict) -> None:
         store = self.server.hub.store
@@ -381,14 +392,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._body()
                 return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             files = repo["commits"][oid]["files"]
+            shown = repo_id.removeprefix("datasets/")
             return self._json(
                 200,
                 {
-                    "id": repo_id,
-                    "modelId": repo_id,
+                    "id": shown,
+                    "modelId": shown,
                     "sha": oid,
                     "private": repo["private"],
-                    "author": repo_id.split("/")[0],
+                    "author": shown.split("/")[0],
                     "siblings": [{"rfilename": p} for p in sorted(files)],
                     "tags": [],
                     "downloads": 0,

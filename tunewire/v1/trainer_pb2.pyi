@@ -18,11 +18,19 @@ class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_FORMAT_TSV: _ClassVar[DatasetFormat]
     DATASET_FORMAT_JSONL: _ClassVar[DatasetFormat]
     DATASET_FORMAT_PARQUET: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_JSON: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_EXCEL: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_FEATHER: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_ORC: _ClassVar[DatasetFormat]
 DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_FORMAT_CSV: DatasetFormat
 DATASET_FORMAT_TSV: DatasetFormat
 DATASET_FORMAT_JSONL: DatasetFormat
 DATASET_FORMAT_PARQUET: DatasetFormat
+DATASET_FORMAT_JSON: DatasetFormat
+DATASET_FORMAT_EXCEL: DatasetFormat
+DATASET_FORMAT_FEATHER: DatasetFormat
+DATASET_FORMAT_ORC: DatasetFormat
 
 class UploadDatasetRequest(_message.Message):
     __slots__ = ("metadata", "chunk")

@@ -8,6 +8,11 @@ give the same loss on the same samples:
   each sample. Attention must not cross samples: transformers turns reset position ids into a
   block-diagonal causal mask (SDPA/eager), and `attention.py`'s varlen kernel gets `cu_seq_lens`.
 - padded: one sample per row, right-padded to the longest, with an attention mask.
+
+TRL's data set formats read as they are (`conversation.py`): a `messages` column of chat turns
+(name it as both the input and the output feature) is rendered with the tokenizer's chat template
+with the loss on the assistant turns only; `prompt`/`completion` columns are a plain input and
+output, or chat turns rendered with the template.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from services.trainer.recipes.generative import conversation
 from tunewire.config.llm import LlmConfig
 
 IGNORE = -100
@@ -34,7 +40,11 @@ class Sample:
 
 
 def render_prompt(cfg: LlmConfig, row: dict, tokenizer=None) -> str:
-    """The prompt text for one row: the template with {column}s filled, or the raw input."""
+    """The prompt text for one row: the template with {column}s filled, or the raw input; chat
+    turns (TRL's formats) rendered with the chat template, up to the assistant's answer."""
+    turns = conversation.turns(row.get(cfg.input.column))
+    if turns is not None:
+        return conversation.prompt_text(cfg, turns, tokenizer)
     text = str(row[cfg.input.column])
     if cfg.input.preprocessing.lowercase:
         text = text.lower()
@@ -104,6 +114,11 @@ def build_samples(cfg: LlmConfig, df: pd.DataFrame, tokenizer, model_max: int) -
     limits = max_lengths(cfg, model_max)
     samples = []
     for row in df.to_dict("records"):
+        chat = conversation.sample(cfg, row, tokenizer, limits[0])
+        if chat is not None:
+            if chat[0]:  # empty: a missing completion, or nothing to learn left after truncation
+                samples.append(Sample(*chat))
+            continue
         target = row.get(cfg.output.column)
         if target is None or (isinstance(target, float) and pd.isna(target)):
             if cfg.output.preprocessing.missing_value_strategy == "drop_row":
