@@ -371,7 +371,7 @@ def _peer_settings_missing(sec: argparse.Namespace) -> str | None:
     if sec.auth_tokens_file and not (sec.service_token_file or env("TUNEWIRE_TOKEN")):
         return (
             "--auth-tokens-file needs --service-token-file (or TUNEWIRE_TOKEN): the token, "
-            "of role train, that the services present to each other"
+            "of role service, that the services present to each other"
         )
     if sec.tls_cert and not (env("TUNEWIRE_TLS_CA") or env("TUNEWIRE_TLS")):
         return (

@@ -1,23 +1,46 @@
-"""Bearer-token authentication and role checks for every tunewire server.
+"""Bearer-token authentication, principals and role checks for every tunewire server.
 
-Tokens live in a file (a mounted Kubernetes Secret in a cluster), one `TOKEN ROLE` per line, `#`
-comments allowed; the file is re-read when it changes, so a rotated Secret takes effect without a
-restart. Clients send `authorization: Bearer TOKEN` in the call metadata.
+Tokens live in a file (a mounted Kubernetes Secret in a cluster), one line per token, `#` comments
+allowed; the file is re-read when it changes, so a rotated Secret takes effect without a restart.
+Clients send `authorization: Bearer TOKEN` in the call metadata.
+
+A line is `TOKEN ROLE NAME [HUB_NAMESPACES]`. NAME is the *principal*: the owner of the data
+sets, jobs, artifacts and uploads its calls create (several tokens may name one principal, e.g.
+during a rotation). HUB_NAMESPACES is a comma-separated list of Hub owners the principal may
+upload to (`*`: any); it defaults to NAME. An old `TOKEN ROLE` line still loads: its principal is
+named `token-<8 hex digits of the token's sha256>`, and a warning says so.
 
 Each RPC needs one role (`METHOD_ROLES`, the one table); a role grants itself and the roles listed
 in `GRANTS`. Health checks need no token so that Kubernetes probes work; an RPC missing from the
 table needs `admin` (fail closed). A missing or unknown token is UNAUTHENTICATED, a known token
 whose role does not grant the RPC's role is PERMISSION_DENIED.
 
+A `service` token (the trainer, the hub gateway) calls its peers *on behalf of* a principal: it
+names that principal in the metadata `x-tunewire-on-behalf-of`, and the call then runs as that
+principal, allowed only what both the service and that principal's role grant. Any other token
+naming a principal other than its own is PERMISSION_DENIED; a service naming a principal the
+tokens file does not know is UNAUTHENTICATED. Without a tokens file a server has no principals
+(one user; `LOCAL`), and the header means nothing.
+
+Servicers read the caller with `current_principal()`: the interceptor binds it in a contextvar
+around each step of the handler, so it holds in sync handlers (a pool thread) and async ones (a
+task) alike. Outgoing calls made while serving a principal, or inside `acting_for(name)` (a job
+run by the trainer for its owner), carry the header (`tunewire.tls` adds it next to the token).
+
 Tokens are held only as sha256 digests and never logged; logs name a token by the first 8 hex
 digits of its digest (`token_id`), which identifies it to an operator without revealing it.
+Errors about the tokens file name the line and column, never a value that might be a token.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import inspect
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +52,20 @@ from tunewire.watch import WatchedFile
 
 log = structlog.get_logger("tunewire.auth")
 
-ADMIN, TRAIN, EMBED, READ = "admin", "train", "embed", "read"
-ROLES = (ADMIN, TRAIN, EMBED, READ)
-# What each role may do: a train token also embeds (its jobs need vectors) and reads.
+ADMIN, TRAIN, EMBED, READ, SERVICE = "admin", "train", "embed", "read", "service"
+ROLES = (ADMIN, TRAIN, EMBED, READ, SERVICE)
+# What each role may do: a train token also embeds (its jobs need vectors) and reads. A service
+# token does what the trainer and gateway need of their peers, never admin's RPCs.
 GRANTS: dict[str, frozenset[str]] = {
     ADMIN: frozenset(ROLES),
     TRAIN: frozenset({TRAIN, EMBED, READ}),
     EMBED: frozenset({EMBED}),
     READ: frozenset({READ}),
+    SERVICE: frozenset({TRAIN, EMBED, READ}),
 }
+# The metadata a service token uses to name the principal it acts for.
+ON_BEHALF_OF = "x-tunewire-on-behalf-of"
+ANY_NAMESPACE = "*"
 
 _EMB, _TRN, _HUB = (
     "/tunewire.v1.EmbedderService/",
@@ -82,32 +110,113 @@ def required_role(method: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
+    """Who a call runs as. `name` owns what the call creates; `namespaces` are the Hub owners it
+    may upload to (`*`: any); `token_id` names the token presented; `via` the token_id of the
+    service that acts for it, if one does."""
+
+    name: str
     role: str
-    token_id: str
+    token_id: str = ""
+    namespaces: tuple[str, ...] = ()
+    via: str = ""
+
+    @property
+    def sees_all(self) -> bool:
+        """admin, and the one user of a server without tokens, see every principal's work."""
+        return self.role == ADMIN or self is LOCAL
+
+    def owns(self, owner: str) -> bool:
+        """May this principal see a resource owned by `owner`?"""
+        return self.sees_all or owner == self.name
+
+    def may_upload_to(self, namespace: str) -> bool:
+        return self is LOCAL or ANY_NAMESPACE in self.namespaces or namespace in self.namespaces
 
 
-def parse_tokens(text: str, source: str) -> dict[bytes, Principal]:
-    """`TOKEN ROLE` lines → {sha256(token): Principal}. Errors name the line, never the token."""
-    tokens: dict[bytes, Principal] = {}
+# The caller of a server that has no tokens file: one user, who sees and may do everything. Its
+# name, "", is the owner of what such a server stores (admin sees it if tokens come later).
+LOCAL = Principal(name="", role=ADMIN, namespaces=(ANY_NAMESPACE,))
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def legacy_name(token: str) -> str:
+    """The principal of a `TOKEN ROLE` line, which names none."""
+    return f"token-{token_id(token)}"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A parsed tokens file: by token digest, and by principal name (for service assertions)."""
+
+    by_digest: dict[bytes, Principal]
+    by_name: dict[str, Principal]
+
+
+def parse_tokens(text: str, source: str) -> Tokens:
+    """`TOKEN ROLE NAME [HUB_NAMESPACES]` lines (or old `TOKEN ROLE` ones). Errors name the line
+    and the column, never a value: a line written the wrong way round would put its token in the
+    error, and so in the log."""
+    by_digest: dict[bytes, Principal] = {}
+    by_name: dict[str, Principal] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
+        where = f"{source}:{number}"
         parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{source}:{number}: expected 'TOKEN ROLE'")
-        token, role = parts
-        if role not in GRANTS:
+        if not 2 <= len(parts) <= 4:
             raise ValueError(
-                f"{source}:{number}: unknown role {role!r} (roles: {', '.join(ROLES)})"
+                f"{where}: expected 'TOKEN ROLE NAME [HUB_NAMESPACES]' ({len(parts)} fields)"
+            )
+        token, role = parts[0], parts[1]
+        if role not in GRANTS:
+            hint = (
+                " (the line starts with a role: write the token first)" if token in GRANTS else ""
+            )
+            raise ValueError(
+                f"{where}: the second field is not a role (roles: {', '.join(ROLES)}){hint}"
+            )
+        if len(parts) == 2:
+            name = legacy_name(token)
+            log.warning(
+                "auth token line names no principal; named by a hash of its token",
+                source=source,
+                line=number,
+                principal=name,
+                format="TOKEN ROLE NAME [HUB_NAMESPACES]",
+            )
+        else:
+            name = parts[2]
+            if not _NAME.fullmatch(name):
+                raise ValueError(
+                    f"{where}: the third field (NAME) must be letters, digits and . _ @ - "
+                    "(at most 128, starting with a letter or digit)"
+                )
+        namespaces = tuple(parts[3].split(",")) if len(parts) == 4 else (name,)
+        for ns in namespaces:
+            if ns != ANY_NAMESPACE and not _NAMESPACE.fullmatch(ns):
+                raise ValueError(
+                    f"{where}: the fourth field (HUB_NAMESPACES) must be Hub owner names "
+                    "separated by commas, or *"
+                )
+        principal = Principal(name, role, token_id(token), namespaces)
+        known = by_name.get(name)
+        if known is not None and (known.role, known.namespaces) != (role, namespaces):
+            raise ValueError(
+                f"{where}: principal {name!r} appears earlier with another role or namespaces"
             )
         digest = hashlib.sha256(token.encode()).digest()
-        if digest in tokens and tokens[digest].role != role:
-            raise ValueError(f"{source}:{number}: the same token appears with two roles")
-        tokens[digest] = Principal(role, token_id(token))
-    if not tokens:
+        if digest in by_digest and by_digest[digest].name != name:
+            raise ValueError(f"{where}: the same token appears for two principals")
+        if digest in by_digest and by_digest[digest].role != role:
+            raise ValueError(f"{where}: the same token appears with two roles")
+        by_digest[digest] = principal
+        by_name.setdefault(name, principal)
+    if not by_digest:
         raise ValueError(f"{source}: no tokens")
-    return tokens
+    return Tokens(by_digest, by_name)
 
 
 class TokenFile:
@@ -122,19 +231,30 @@ class TokenFile:
         self._tokens = parse_tokens(data.decode("utf-8", "replace"), str(self.path))
         self._data = data
 
-    def lookup(self, token: str) -> Principal | None:
+    def _current(self) -> Tokens:
         data, _ = self._file.read()
         with self._lock:
             if data != self._data:
                 try:
                     self._tokens = parse_tokens(data.decode("utf-8", "replace"), str(self.path))
-                    log.info("auth tokens reloaded", path=str(self.path), tokens=len(self._tokens))
+                    log.info(
+                        "auth tokens reloaded",
+                        path=str(self.path),
+                        tokens=len(self._tokens.by_digest),
+                    )
                 except ValueError as exc:
                     log.error(
                         "auth token file rejected; keeping the previous tokens", error=str(exc)
                     )
                 self._data = data
-            return self._tokens.get(hashlib.sha256(token.encode()).digest())
+            return self._tokens
+
+    def lookup(self, token: str) -> Principal | None:
+        return self._current().by_digest.get(hashlib.sha256(token.encode()).digest())
+
+    def principal(self, name: str) -> Principal | None:
+        """The principal called `name` (as its first token line defines it), or None."""
+        return self._current().by_name.get(name)
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -148,14 +268,145 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
+def asserted_principal(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The principal named in `x-tunewire-on-behalf-of`, or None."""
+    for key, value in metadata or ():
+        if key == ON_BEHALF_OF:
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            return text.strip()
+    return None
+
+
+# -- the calling principal ----------------------------------------------------------------------
+
+_CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "tunewire_caller", default=None
+)
+_ACTING_FOR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tunewire_acting_for", default=None
+)
+
+
+def current_principal() -> Principal:
+    """The principal the current call runs as; `LOCAL` on a server without tokens (or outside a
+    call)."""
+    return _CALLER.get() or LOCAL
+
+
+def acting_for_name() -> str:
+    """The principal outgoing calls from here act for ("" for none): the one set by
+    `acting_for`, else the caller being served."""
+    name = _ACTING_FOR.get()
+    if name is not None:
+        return name
+    caller = _CALLER.get()
+    return caller.name if caller is not None else ""
+
+
+@contextlib.contextmanager
+def acting_for(name: str) -> Iterator[None]:
+    """Outgoing calls in this block act for `name` ("" for nobody: the service as itself)."""
+    reset = _ACTING_FOR.set(name)
+    try:
+        yield
+    finally:
+        _ACTING_FOR.reset(reset)
+
+
+@contextlib.contextmanager
+def _as_caller(principal: Principal) -> Iterator[None]:
+    reset = _CALLER.set(principal)
+    try:
+        yield
+    finally:
+        _CALLER.reset(reset)
+
+
+def bind_principal(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
+    """`handler` with `principal` as `current_principal()` during each step of its behaviour.
+    Streaming behaviours are bound around each `next`, never across a yield, so nothing leaks to
+    another call sharing the thread (sync) or lingers in a task (async)."""
+
+    def bind(behaviour: Callable) -> Callable:
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def agen(request, context):
+                with _as_caller(principal):
+                    stream = behaviour(request, context)
+                try:
+                    while True:
+                        with _as_caller(principal):
+                            try:
+                                item = await stream.__anext__()
+                            except StopAsyncIteration:
+                                return
+                        yield item
+                finally:
+                    with _as_caller(principal):
+                        await stream.aclose()
+
+            return agen
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def coro(request, context):
+                with _as_caller(principal):
+                    return await behaviour(request, context)
+
+            return coro
+
+        def call(request, context):
+            with _as_caller(principal):
+                result = behaviour(request, context)
+            if not isinstance(result, Iterator):
+                return result
+            return _bound_iterator(result)
+
+        def _bound_iterator(stream: Iterator):
+            try:
+                while True:
+                    with _as_caller(principal):
+                        try:
+                            item = next(stream)
+                        except StopIteration:
+                            return
+                    yield item
+            finally:  # a cancelled call closes this; close the handler's stream as its caller
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    with _as_caller(principal):
+                        close()
+
+        return call
+
+    return _rebuild(handler, bind)
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` whose behaviour is `wrap(behaviour)`."""
+    makers: list[tuple[Callable | None, Callable]] = [
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+    ]
+    for present, make in makers:
+        if present:
+            return make(wrap(present), handler.request_deserializer, handler.response_serializer)
+    raise ValueError("the handler has no behaviour")
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Refuses calls without a token whose role grants the method's role (see METHOD_ROLES)."""
+    """Refuses calls without a token whose role grants the method's role (see METHOD_ROLES), and
+    runs the others as their principal (`current_principal()`)."""
 
     def __init__(self, tokens: TokenFile) -> None:
         self.tokens = tokens
 
-    def check(self, method: str, metadata) -> TunewireError | None:
-        """The error refusing this call, or None when it may proceed."""
+    def authorize(self, method: str, metadata) -> Principal | TunewireError | None:
+        """The principal this call runs as, the error refusing it, or None for a public
+        method."""
         if method in PUBLIC_METHODS:
             return None
         token = bearer_token(metadata)
@@ -174,17 +425,48 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 reason="ROLE_NOT_ALLOWED",
                 metadata={"required_role": needed},
             )
-        return None
+        asserted = asserted_principal(metadata)
+        if asserted is None or asserted == principal.name:
+            return principal
+        if principal.role != SERVICE:
+            return PermissionDenied(
+                f"only a {SERVICE!r} token may act for another principal "
+                f"(this token's role is {principal.role!r})",
+                reason="PRINCIPAL_ASSERTION_NOT_ALLOWED",
+            )
+        actor = self.tokens.principal(asserted)
+        if actor is None:
+            return Unauthenticated(
+                "the principal this service acts for is not known to this server",
+                reason="PRINCIPAL_UNKNOWN",
+            )
+        if needed not in GRANTS[actor.role]:
+            return PermissionDenied(
+                f"principal {actor.name!r} (role {actor.role!r}) may not call {method} "
+                f"(it needs {needed!r})",
+                reason="ROLE_NOT_ALLOWED",
+                metadata={"required_role": needed},
+            )
+        return Principal(
+            actor.name, actor.role, actor.token_id, actor.namespaces, principal.token_id
+        )
+
+    def check(self, method: str, metadata) -> TunewireError | None:
+        """The error refusing this call, or None when it may proceed."""
+        outcome = self.authorize(method, metadata)
+        return outcome if isinstance(outcome, TunewireError) else None
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        err = self.check(method, handler_call_details.invocation_metadata)
-        if err is None:
+        outcome = self.authorize(method, handler_call_details.invocation_metadata)
+        if outcome is None:
             return handler
-        return _refusing(handler, method, err)
+        if isinstance(outcome, Principal):
+            return bind_principal(handler, outcome)
+        return _refusing(handler, method, outcome)
 
 
 def _refusing(

@@ -61,7 +61,7 @@ class ServerSecurity:
     """Auth, TLS, reflection and the concurrency cap; the defaults are the plain loopback
     server (no token, no TLS, reflection on)."""
 
-    # `TOKEN ROLE` lines (tunewire.auth); None: no authentication.
+    # `TOKEN ROLE NAME [HUB_NAMESPACES]` lines (tunewire.auth); None: no authentication.
     auth_tokens_file: Path | None = None
     tls: ServerTLS | None = None
     reflection: bool = True

@@ -2,7 +2,7 @@
 
 One definition so that the three services spell them the same way:
 
-    --auth-tokens-file   TUNEWIRE_AUTH_TOKENS_FILE   `TOKEN ROLE` lines; unset: no auth
+    --auth-tokens-file   TUNEWIRE_AUTH_TOKENS_FILE   `TOKEN ROLE NAME [NS]` lines; unset: no auth
     --tls-cert/--tls-key TUNEWIRE_SERVER_TLS_CERT/_KEY  serve TLS with this certificate
     --tls-client-ca      TUNEWIRE_SERVER_TLS_CLIENT_CA  require client certificates (mutual TLS)
     --no-reflection      TUNEWIRE_NO_REFLECTION=1       turn server reflection off
@@ -37,8 +37,8 @@ def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) ->
         "--auth_tokens_file",
         type=Path,
         default=_path("TUNEWIRE_AUTH_TOKENS_FILE"),
-        help="'TOKEN ROLE' lines (roles: admin, train, embed, read), reloaded when "
-        "changed; without it the server takes calls without a token "
+        help="'TOKEN ROLE NAME [HUB_NAMESPACES]' lines (roles: admin, train, embed, read, "
+        "service), reloaded when changed; without it the server takes calls without a token "
         "(env TUNEWIRE_AUTH_TOKENS_FILE)",
     )
     p.add_argument(

@@ -9,7 +9,9 @@ Clients: `ClientSecurity.from_env()` reads TUNEWIRE_TOKEN / TUNEWIRE_TOKEN_FILE,
 TUNEWIRE_TLS_CA, TUNEWIRE_TLS_CERT, TUNEWIRE_TLS_KEY and TUNEWIRE_TLS=1 (TLS verified against the
 system's roots, for servers with a public certificate). With none of them set, a channel is
 plain and carries no token: loopback and in-cluster use stay as they were. A channel made from
-certificate files follows them (`tunewire.reloading_channel`), as the servers do.
+certificate files follows them (`tunewire.reloading_channel`), as the servers do. A channel with
+a token also names, in `x-tunewire-on-behalf-of`, the principal the calling code serves
+(`tunewire.auth.acting_for_name`), so a service's calls to its peers act for that principal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import grpc
 import structlog
 
+from tunewire.auth import ON_BEHALF_OF, acting_for_name
 from tunewire.reloading_channel import ReloadingChannel
 from tunewire.watch import WatchedFile
 
@@ -83,8 +86,14 @@ class _BearerInterceptor(
         self._token = token
 
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [(k, v) for k, v in (details.metadata or ()) if k != "authorization"]
+        metadata = [
+            (k, v) for k, v in (details.metadata or ()) if k not in ("authorization", ON_BEHALF_OF)
+        ]
         metadata.append(("authorization", f"Bearer {self._token()}"))
+        # A service serving a principal (or running its job) calls its peers on its behalf.
+        acting_for = acting_for_name()
+        if acting_for:
+            metadata.append((ON_BEHALF_OF, acting_for))
         return _CallDetails(
             details.method,
             details.timeout,

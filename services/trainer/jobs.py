@@ -39,6 +39,7 @@ from services.trainer.context import (
     Progress,
 )
 from services.trainer.datasets import DatasetStore
+from tunewire.auth import acting_for, current_principal
 from tunewire.config import resolve, to_dict
 from tunewire.errors import (
     FailedPrecondition,
@@ -80,6 +81,7 @@ class JobRecord:
     end_time: float = 0.0
     attempts: int = 0
     summary: dict = field(default_factory=dict)
+    owner: str = ""  # the principal that created it (tunewire.auth; "" without tokens)
 
 
 @dataclass
@@ -317,6 +319,7 @@ class JobRunner:
             request_id=request_id,
             upload_to=upload_to,
             create_time=time.time(),
+            owner=current_principal().name,
         )
         with self._lock:
             self.store.create(rec)
@@ -384,7 +387,9 @@ class JobRunner:
             if self.store.get(job_id).state != QUEUED:
                 continue
             try:
-                self._run(job_id)
+                # The embedder and the gateway see this job's calls as made for its owner.
+                with acting_for(self.store.get(job_id).owner):
+                    self._run(job_id)
             except Exception:  # noqa: BLE001 - a runner bug must not kill the worker thread
                 log.exception("job runner failed", job_id=job_id)
                 self._finish(job_id, FAILED, error="internal error in the trainer")

@@ -43,9 +43,10 @@ TEST_TOKEN = "test-token-from-secret"
 
 
 def _secret_file(key: str) -> str:
-    """What a Secret's file holds here: the `TOKEN ROLE` list of tunewire-auth accepts
-    TEST_TOKEN; every other file (a caller's own token, the Hub token) is that token."""
-    return f"{TEST_TOKEN} admin\n" if key == "tokens" else f"{TEST_TOKEN}\n"
+    """What a Secret's file holds here: the `TOKEN ROLE NAME [HUB_NAMESPACES]` list of
+    tunewire-auth accepts TEST_TOKEN; every other file (a caller's own token, the Hub token) is
+    that token."""
+    return f"{TEST_TOKEN} admin operator *\n" if key == "tokens" else f"{TEST_TOKEN}\n"
 
 
 def _free_port() -> int:

@@ -15,11 +15,15 @@ TOKENS = {
     "train": "trn-4a8b2c6d0e",
     "embed": "emb-9d1e5f3a7c",
     "read": "rd-2c6e0a4b8d",
+    "service": "svc-5e1b7d3f9a",
 }
 
 
 def write_tokens(path: Path, tokens: dict[str, str] = TOKENS) -> Path:
-    path.write_text("# test tokens\n" + "".join(f"{t} {role}\n" for role, t in tokens.items()))
+    """`TOKEN ROLE NAME [HUB_NAMESPACES]` lines: each role's token is its own principal, named
+    after the role; admin may upload to any Hub namespace."""
+    lines = [f"{t} {role} {role}{' *' if role == 'admin' else ''}\n" for role, t in tokens.items()]
+    path.write_text("# test tokens\n" + "".join(lines))
     return path
 
 

@@ -59,8 +59,8 @@ class Cluster:
     def __init__(self, root: Path, minilm: str, hub) -> None:
         self.root, self.minilm, self.hub = root, minilm, hub
         self.tokens = write_tokens(root / "secrets" / "tokens")
-        (root / "secrets" / "train").write_text(TOKENS["train"] + "\n")
-        (root / "secrets" / "read").write_text(TOKENS["read"] + "\n")
+        # The trainer and the gateway act for their callers: `service` tokens.
+        (root / "secrets" / "service").write_text(TOKENS["service"] + "\n")
         auth = ["--auth-tokens-file", str(self.tokens)]
         self.embedder = procs.start(
             "embedder",
@@ -78,7 +78,7 @@ class Cluster:
                 "--endpoint",
                 hub.endpoint,
                 "--service-token-file",
-                str(root / "secrets" / "read"),
+                str(root / "secrets" / "service"),
                 *auth,
             ],
             root / "gateway.log",
@@ -100,7 +100,7 @@ class Cluster:
                 "--auth-tokens-file",
                 str(self.tokens),
                 "--service-token-file",
-                str(self.root / "secrets" / "train"),
+                str(self.root / "secrets" / "service"),
             ],
             self.root / "trainer.log",
             port=self.trainer_port,

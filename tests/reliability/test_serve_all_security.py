@@ -62,7 +62,7 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(
 ):
     server, ca = pki["server"], pki["ca"].path
     service_token = tmp_path / "service-token"
-    service_token.write_text(TOKENS["train"] + "\n")
+    service_token.write_text(TOKENS["service"] + "\n")
     base = _free_base()
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV}
     env["TUNEWIRE_TLS_CA"] = str(ca)  # how the three services verify each other
