@@ -17,7 +17,14 @@ import structlog
 
 from services.hub_gateway.staging import StagingWriter, resolve_under_roots
 from services.hub_gateway.uploads import UploadEvent, UploadManager, UploadRecord, UploadSpec
-from tunewire.errors import FailedPrecondition, InvalidArgument, Unavailable, from_rpc_error
+from tunewire.auth import current_principal
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    from_rpc_error,
+)
 from tunewire.timestamps import to_timestamp as _ts
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc
@@ -93,10 +100,12 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidArgument("the first message must carry the upload spec", field="spec")
+        caller = current_principal()
         spec = spec_from_proto(first.spec)
         spec.check()
         self.manager.check_endpoint(spec.endpoint)
-        existing = self.manager.find_by_request(spec.request_id)
+        self.manager.check_namespace(spec, caller)
+        existing = self.manager.find_by_request(spec, caller)
         if existing is not None:
             for _ in request_iterator:  # the retried stream's files are the ones we already have
                 pass
@@ -106,9 +115,18 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
                 "name a trainer job or an artifact path, not both", field="spec.artifact_path"
             )
         if spec.artifact_path:
+            if not caller.sees_all:
+                # The roots hold every principal's artifacts; a job is reached by its id, which
+                # the trainer checks against the caller.
+                raise PermissionDenied(
+                    "only admin may upload from a path on the gateway's disk; "
+                    "name the job (spec.job_id) or stream the files",
+                    field="spec.artifact_path",
+                    reason="ARTIFACT_PATH_NOT_ALLOWED",
+                )
             self._no_files(request_iterator, "spec.artifact_path")
             source = resolve_under_roots(spec.artifact_path, self.artifact_roots)
-            return upload_to_proto(self.manager.create(spec, source, owned=False))
+            return upload_to_proto(self.manager.create(spec, source, owned=False, principal=caller))
         staging = self.staging_root / uuid.uuid4().hex
         try:
             if spec.job_id:
@@ -129,7 +147,7 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
                         "set spec.job_id or spec.artifact_path)",
                         field="file",
                     )
-            return upload_to_proto(self.manager.create(spec, staging, owned=True))
+            return upload_to_proto(self.manager.create(spec, staging, owned=True, principal=caller))
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when the upload took it
 
@@ -148,6 +166,8 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
                 field="spec.job_id",
                 reason="NO_TRAINER",
             )
+        # In this request's thread: the trainer sees the call as made for this caller
+        # (tunewire.auth), so another principal's job id is NOT_FOUND there.
         log.info("fetching artifact from the trainer", job_id=job_id)
         try:
             StagingWriter(dest, field="job_id").write_all(
@@ -164,10 +184,13 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
             ) from None
 
     def GetUpload(self, request: pb.GetUploadRequest, context: grpc.ServicerContext) -> pb.Upload:
-        return upload_to_proto(self.manager.get(request.id))
+        return upload_to_proto(self.manager.get(request.id, current_principal()))
 
     def WatchUpload(
         self, request: pb.WatchUploadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.UploadEvent]:
-        for event in self.manager.watch(request.id, request.from_sequence, context.is_active):
+        caller = current_principal()
+        for event in self.manager.watch(
+            request.id, request.from_sequence, context.is_active, caller
+        ):
             yield event_to_proto(event)

@@ -5,6 +5,11 @@ PENDING → RUNNING → SUCCEEDED | FAILED. Each upload owns `<data_dir>/uploads
 WatchUpload replays), `README.md` when the gateway renders the card, and `files/` when the artifact
 was streamed. A client that disconnects loses nothing; a gateway that restarts resumes unfinished
 uploads, which is safe because an upload is a diff against the remote followed by one commit.
+
+Every upload belongs to the principal that created it (`tunewire.auth`): another principal gets
+NOT_FOUND for it, admin sees all. A principal uploads only to its Hub namespaces. Request ids
+(idempotency keys) are the principal's own and bound to the spec they first came with: the same
+id with another spec is ALREADY_EXISTS, never someone else's upload.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ import structlog
 
 from services.hub_gateway.hub_client import CommitResult, HubClient, LocalFile
 from services.hub_gateway.validate import require_valid
-from tunewire.errors import InvalidArgument, NotFound, PermissionDenied, TunewireError
+from tunewire.auth import LOCAL, Principal
+from tunewire.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TunewireError,
+)
 from tunewire.model_card import render_model_card
 
 log = structlog.get_logger("tunewire.hub_gateway.uploads")
@@ -84,6 +96,7 @@ class UploadRecord:
     bytes_sent: int = 0
     create_time: float = 0.0
     end_time: float = 0.0
+    owner: str = ""  # the principal that created it ("" on a server without tokens)
 
     @classmethod
     def from_json(cls, data: dict) -> UploadRecord:
@@ -155,8 +168,10 @@ class UploadManager:
         tmp.write_text(json.dumps(dataclasses.asdict(rec), indent=1))
         tmp.replace(path)
 
-    def _request_file(self, request_id: str) -> Path:
-        return self.root / "requests" / hashlib.sha256(request_id.encode()).hexdigest()[:32]
+    def _request_file(self, owner: str, request_id: str) -> Path:
+        """Where `owner`'s request id is recorded (a server without tokens keeps the old name)."""
+        key = f"{owner}\n{request_id}" if owner else request_id
+        return self.root / "requests" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def _load(self) -> None:
         """Read every record and event log; queue the uploads a previous process left unfinished."""
@@ -214,23 +229,58 @@ class UploadManager:
                 reason="ENDPOINT_NOT_ALLOWED",
             )
 
-    def find_by_request(self, request_id: str) -> UploadRecord | None:
-        """The upload an earlier create with this idempotency key made, if any."""
-        if not request_id:
-            return None
-        path = self._request_file(request_id)
-        if path.exists():
-            return self.get(path.read_text().strip())
-        return None
+    @staticmethod
+    def check_namespace(spec: UploadSpec, principal: Principal) -> None:
+        """The gateway's Hub token can write wherever its owner can; a principal may use it only
+        for the Hub namespaces its tokens-file line grants."""
+        namespace = spec.repo_id.split("/", 1)[0]
+        if not principal.may_upload_to(namespace) and not principal.may_upload_to(
+            namespace.lower()
+        ):
+            allowed = ", ".join(principal.namespaces) or "none"
+            raise PermissionDenied(
+                f"principal {principal.name!r} may not upload to the Hub namespace "
+                f"{namespace!r} (its namespaces: {allowed})",
+                field="spec.repo_id",
+                reason="NAMESPACE_NOT_ALLOWED",
+            )
 
-    def create(self, spec: UploadSpec, source: Path, *, owned: bool) -> UploadRecord:
-        """Validate the artifact in `source`, render its card, record the upload and start it
-        (or, for a dry run, finish it at once). `owned`: `source` is a staging folder that the
-        upload takes over (moved under its own directory)."""
+    def find_by_request(
+        self, spec: UploadSpec, principal: Principal = LOCAL
+    ) -> UploadRecord | None:
+        """The upload an earlier create with this principal's idempotency key made, if any;
+        ALREADY_EXISTS when that create asked for something else."""
+        if not spec.request_id:
+            return None
+        path = self._request_file(principal.name, spec.request_id)
+        if not path.exists():
+            return None
+        existing = self.get(path.read_text().strip())
+        if existing.spec != spec:
+            raise AlreadyExists(
+                f"request id {spec.request_id!r} was used for another upload "
+                f"({existing.id}); use a new request id for a new upload",
+                field="spec.request_id",
+                reason="REQUEST_ID_REUSED",
+            )
+        return existing
+
+    def create(
+        self, spec: UploadSpec, source: Path, *, owned: bool, principal: Principal = LOCAL
+    ) -> UploadRecord:
+        """Validate the artifact in `source`, render its card, record the upload (owned by
+        `principal`) and start it (or, for a dry run, finish it at once). `owned`: `source` is a
+        staging folder that the upload takes over (moved under its own directory)."""
         spec.check()
         self.check_endpoint(spec.endpoint)
+        self.check_namespace(spec, principal)
         with self._create_lock:
-            existing = self.find_by_request(spec.request_id)
+            try:
+                existing = self.find_by_request(spec, principal)
+            except AlreadyExists:
+                if owned:
+                    shutil.rmtree(source, ignore_errors=True)
+                raise
             if existing is not None:
                 if owned:
                     shutil.rmtree(source, ignore_errors=True)
@@ -242,6 +292,7 @@ class UploadManager:
                 if owned:
                     source = Path(shutil.move(str(source), str(updir / "files")))
                 rec = self._prepare(upload_id, spec, source)
+                rec.owner = principal.name
             except BaseException:
                 shutil.rmtree(updir, ignore_errors=True)
                 raise
@@ -249,10 +300,11 @@ class UploadManager:
                 self._records[upload_id] = rec
                 self._events[upload_id] = []
             if spec.request_id:
-                self._request_file(spec.request_id).write_text(upload_id)
+                self._request_file(principal.name, spec.request_id).write_text(upload_id)
         log.info(
             "upload created",
             upload_id=upload_id,
+            principal=principal.name,
             repo_id=spec.repo_id,
             kind=rec.artifact_kind,
             files=len(rec.files),
@@ -308,19 +360,25 @@ class UploadManager:
             return Path(rec.card_path)
         return Path(rec.source_dir) / name
 
-    def get(self, upload_id: str) -> UploadRecord:
+    def get(self, upload_id: str, principal: Principal = LOCAL) -> UploadRecord:
+        """The upload, if `principal` may see it; another principal's is NOT_FOUND, word for
+        word what a missing one gets."""
         with self._lock:
             rec = self._records.get(upload_id)
-        if rec is None:
+        if rec is None or not principal.owns(rec.owner):
             raise NotFound(f"no upload {upload_id!r}", field="id")
         return rec
 
     def watch(
-        self, upload_id: str, from_sequence: int = 0, is_active: Callable[[], bool] = lambda: True
+        self,
+        upload_id: str,
+        from_sequence: int = 0,
+        is_active: Callable[[], bool] = lambda: True,
+        principal: Principal = LOCAL,
     ) -> Iterator[UploadEvent]:
         """Every event from `from_sequence` on, then new ones as they come, until the upload ends
         (or the caller goes away, or the manager closes)."""
-        self.get(upload_id)
+        self.get(upload_id, principal)
         next_index = max(0, from_sequence - 1)
         while True:
             with self._changed:
