@@ -9,6 +9,7 @@ from pathlib import Path
 from services.embedder.app import Settings, start
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from tunewire.logging import configure
+from tunewire.model_roots import add_model_root_flags, roots_from_args
 from tunewire.server import wait_for_termination
 from tunewire.server_flags import add_security_flags, security_from_args
 
@@ -55,8 +56,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--cache-max-size",
         type=int,
         default=defaults.cache_max_size,
-        help="bytes the LMDB cache may grow to; past it writes fail with "
-        "RESOURCE_EXHAUSTED (CACHE_FULL)",
+        help="bytes the LMDB cache may grow to (at least its initial 1 GiB map); past it "
+        "writes fail with RESOURCE_EXHAUSTED (CACHE_FULL)",
     )
     parser.add_argument(
         "--no-varlen",
@@ -76,6 +77,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         type=int,
         default=defaults.max_text_bytes,
         help="longest text (UTF-8 bytes) before INVALID_ARGUMENT",
+    )
+    parser.add_argument(
+        "--max-instruction-bytes",
+        type=int,
+        default=defaults.max_instruction_bytes,
+        help="longest instruction (UTF-8 bytes, put before every text) before INVALID_ARGUMENT",
     )
     parser.add_argument(
         "--hot-answer-bytes",
@@ -104,6 +111,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=defaults.head_cache_bytes,
         help="memory for predictive heads kept warm (least recently used evicted)",
     )
+    add_model_root_flags(parser)
     add_security_flags(parser)
     return parser
 
@@ -119,6 +127,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.device,
         preload=list(args.preload),
         max_text_bytes=args.max_text_bytes,
+        max_instruction_bytes=args.max_instruction_bytes,
         cache_max_size=args.cache_max_size,
         varlen=args.varlen,
         compile=args.compile,
@@ -126,18 +135,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         trainer=args.trainer,
         artifact_roots=list(args.artifact_roots),
         head_cache_bytes=args.head_cache_bytes,
+        model_roots=roots_from_args(args, args.data_dir),
+        hub_models=args.hub_models,
         security=security_from_args(args),
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # one line and exit 2, like any other bad flag
+        parser.error(str(exc))
     configure()
     # Progress bars are for terminals; a server's log is structured lines only.
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    app = start(settings_from_args(args))
+    app = start(settings)
     wait_for_termination([app.running], on_stop=app.close)
 
 

@@ -24,11 +24,13 @@ from services.embedder.heads import DEFAULT_HEAD_CACHE_BYTES, HeadCache
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
 from services.embedder.service import EmbedderService
 from services.embedder.servicer import (
+    DEFAULT_MAX_INSTRUCTION_BYTES,
     DEFAULT_MAX_TEXT_BYTES,
     DEFAULT_MAX_TEXTS,
     EmbedderServicer,
     add_to_server,
 )
+from tunewire.model_roots import ModelRoots, looks_local
 from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
 
 log = structlog.get_logger(__name__)
@@ -57,6 +59,8 @@ class Settings:
     # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
     # the encoder's max_length in tokens.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+    # Longer instructions (UTF-8 bytes; put before every text) are INVALID_ARGUMENT.
+    max_instruction_bytes: int = DEFAULT_MAX_INSTRUCTION_BYTES
     # Whole answers kept in memory as sent, for replays (0: none); see hot_answers.py.
     hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES
     # Online prediction (PredictRows): the trainer a job's head is fetched from ("": none), the
@@ -65,6 +69,11 @@ class Settings:
     artifact_roots: list[Path] = field(default_factory=list)
     allow_any_artifact_path: bool = False
     head_cache_bytes: int = DEFAULT_HEAD_CACHE_BYTES
+    # Directories local models must lie under (tunewire/model_roots.py); None: anywhere (the
+    # embedded, single-user mode). `python -m services.embedder` always sets them.
+    model_roots: list[Path] | None = None
+    # Hub ids may be loaded (downloaded unless HF_HUB_OFFLINE).
+    hub_models: bool = True
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     def __post_init__(self) -> None:
@@ -77,6 +86,14 @@ class Settings:
             raise ValueError("max_texts must be >= 1")
         if self.hot_answer_bytes < 0:
             raise ValueError("hot_answer_bytes must be >= 0")
+        if self.max_instruction_bytes < 0:
+            raise ValueError("max_instruction_bytes must be >= 0")
+        if self.cache_max_size < self.cache_map_size:
+            # Raising it quietly to the floor would let the cache grow past what was asked.
+            raise ValueError(
+                f"cache_max_size {self.cache_max_size} is below the cache's initial map size "
+                f"{self.cache_map_size}: give at least {self.cache_map_size} bytes"
+            )
 
 
 @dataclass
@@ -104,12 +121,20 @@ class App:
         self.close()
 
 
+def _roots(settings: Settings) -> ModelRoots:
+    """The settings' roots, plus every local model the operator preloads."""
+    if settings.model_roots is None:
+        return ModelRoots(None, settings.hub_models)
+    preloaded = [Path(m) for m in settings.preload if looks_local(m) or Path(m).is_dir()]
+    return ModelRoots.of([*settings.model_roots, *preloaded], settings.hub_models)
+
+
 def start(settings: Settings) -> App:
     """Open the cache, start the server (NOT_SERVING), preload models, then report SERVING."""
     cache = EmbeddingCache(
         cache_path(settings.data_dir),
         map_size=settings.cache_map_size,
-        max_map_size=max(settings.cache_max_size, settings.cache_map_size),
+        max_map_size=settings.cache_max_size,
     )
     device = torch.device(settings.device) if settings.device else None
     service = EmbedderService(
@@ -120,6 +145,7 @@ def start(settings: Settings) -> App:
         varlen=settings.varlen,
         compile=settings.compile,
         hot_answer_bytes=settings.hot_answer_bytes,
+        roots=_roots(settings),
     )
     fetch = TrainerArtifacts(settings.trainer) if settings.trainer else None
     heads = HeadCache(
@@ -133,6 +159,7 @@ def start(settings: Settings) -> App:
         max_texts=settings.max_texts,
         max_text_bytes=settings.max_text_bytes,
         heads=heads,
+        max_instruction_bytes=settings.max_instruction_bytes,
     )
     running = create_server(
         [Service(SERVICE_NAME, servicer, add_to_server)],

@@ -45,6 +45,7 @@ from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
 from tunewire.devices import default_device
 from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
+from tunewire.model_roots import ModelRoots
 
 log = structlog.get_logger(__name__)
 
@@ -133,10 +134,11 @@ class EncoderRegistry:
         max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS,
         varlen: bool = True,
         compile: bool | None = None,
+        roots: ModelRoots | None = None,
     ) -> None:
         """`varlen` False keeps every model on the padded path (no packed batches); `compile`
         compiles each model's blocks at load, None where the device is a GPU (see
-        `compile_by_default`)."""
+        `compile_by_default`); `roots` what may be loaded (default: any model)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
@@ -144,6 +146,7 @@ class EncoderRegistry:
         self.max_queued_tokens = max_queued_tokens
         self.varlen = varlen
         self.compile = compile
+        self.roots = roots or ModelRoots.anywhere()
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -185,7 +188,7 @@ class EncoderRegistry:
         return entry
 
     def _load(self, model: str, revision: str) -> _Loaded:
-        source = resolve(model, revision)
+        source = resolve(model, revision, self.roots)
         signature = _signature(source)
         device = self.device or default_device()
         encoder = Encoder(
@@ -324,6 +327,7 @@ class EmbedderService:
         varlen: bool = True,
         compile: bool | None = None,
         hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES,
+        roots: ModelRoots | None = None,
     ) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
         every model padded; `compile` as EncoderRegistry's; `hot_answer_bytes` bounds the whole
@@ -333,7 +337,7 @@ class EmbedderService:
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(
-            max_loaded_models, device, max_queued_tokens, varlen, compile
+            max_loaded_models, device, max_queued_tokens, varlen, compile, roots
         )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start

@@ -58,6 +58,9 @@ DEFAULT_MAX_TEXTS = 4096
 DEFAULT_STREAM_WINDOW = 4
 # A hard cap per text: past it tokenising alone costs more than the call is worth.
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
+# The instruction is put before every text of a request (and is part of the fingerprint): an
+# instruction of a few sentences is what instruction-tuned encoders take.
+DEFAULT_MAX_INSTRUCTION_BYTES = 8 << 10
 
 _POOLING = {
     embedder_pb2.POOLING_UNSPECIFIED: "mean",
@@ -74,7 +77,9 @@ _DTYPE = {
 }
 
 
-def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
+def spec_from_proto(
+    msg: embedder_pb2.EncoderSpec, max_instruction_bytes: int = DEFAULT_MAX_INSTRUCTION_BYTES
+) -> EncoderSpec:
     """Validate and convert an EncoderSpec; errors name the field as `encoder.<name>`."""
     if not msg.model.strip():
         raise InvalidArgument(
@@ -85,6 +90,14 @@ def spec_from_proto(msg: embedder_pb2.EncoderSpec) -> EncoderSpec:
         raise InvalidArgument(
             f"max_length must be >= 0 (0 = the model's limit), got {msg.max_length}",
             field="encoder.max_length",
+        )
+    if (
+        len(msg.instruction) > max_instruction_bytes // 4
+        and (size := len(msg.instruction.encode())) > max_instruction_bytes
+    ):
+        raise InvalidArgument(
+            f"the instruction is {size} bytes; the limit is {max_instruction_bytes}",
+            field="encoder.instruction",
         )
     if msg.pooling not in _POOLING:
         raise InvalidArgument(f"unknown pooling value {msg.pooling}", field="encoder.pooling")
@@ -269,12 +282,14 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         stream_window: int = DEFAULT_STREAM_WINDOW,
         chunk_bytes: int = STREAM_CHUNK_BYTES,
         heads: HeadCache | None = None,
+        max_instruction_bytes: int = DEFAULT_MAX_INSTRUCTION_BYTES,
     ) -> None:
         """`heads` serves PredictRows (none: every artifact is refused as outside the roots)."""
         self.service = service
         self.heads = heads or HeadCache()
         self.max_texts = max_texts
         self.max_text_bytes = max_text_bytes
+        self.max_instruction_bytes = max_instruction_bytes
         self.stream_window = stream_window
         self.chunk_bytes = chunk_bytes
 
@@ -282,7 +297,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         self, received: _Received, render: Callable[[EmbedResult], object]
     ) -> EmbedJob | Answered:
         request = received.message
-        spec = spec_from_proto(request.encoder)
+        spec = spec_from_proto(request.encoder, self.max_instruction_bytes)
         # Both read lazily: a replay answered whole never needs its texts as str.
         joined = request.HasField("joined")
         if joined and request.texts:
@@ -400,7 +415,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def GetEncoderInfo(
         self, request, context: grpc.ServicerContext
     ) -> embedder_pb2.GetEncoderInfoResponse:
-        info = self.service.info(spec_from_proto(request.encoder))
+        info = self.service.info(spec_from_proto(request.encoder, self.max_instruction_bytes))
         return embedder_pb2.GetEncoderInfoResponse(
             fingerprint=info.fingerprint,
             dimension=info.dimension,

@@ -15,6 +15,7 @@ from pathlib import Path
 import structlog
 
 from tunewire.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from tunewire.model_roots import ModelRoots
 
 log = structlog.get_logger(__name__)
 
@@ -34,28 +35,23 @@ class ModelSource:
     commit: str | None = None  # the resolved Hub commit
 
 
-def _looks_like_path(model: str) -> bool:
-    # A Hub id is "name" or "owner/name"; anything else, or anything that exists here, is a path.
-    return (
-        model.startswith(("/", ".", "~"))
-        or model.count("/") > 1
-        or Path(model).expanduser().exists()
-    )
-
-
 def _offline() -> bool:
     from huggingface_hub import constants
 
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or constants.HF_HUB_OFFLINE
 
 
-def resolve(model: str, revision: str = "") -> ModelSource:
-    """Map a model reference to a local directory, or raise a domain error a person can act on."""
+def resolve(model: str, revision: str = "", roots: ModelRoots | None = None) -> ModelSource:
+    """Map a model reference to a local directory, or raise a domain error a person can act on.
+    `roots`: what this server may read (tunewire.model_roots; default anywhere), checked before
+    the filesystem is asked anything."""
+    roots = roots or ModelRoots.anywhere()
     if not model.strip():
         raise InvalidArgument(
             "the encoder model is empty: give a local directory or a Hub id", field=FIELD
         )
-    if _looks_like_path(model):
+    roots.check(model, FIELD)
+    if roots.is_local(model):
         if revision:
             raise InvalidArgument(
                 f"a revision applies to Hub ids only, not to local directory {model!r}",

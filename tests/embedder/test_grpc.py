@@ -148,6 +148,15 @@ def test_cache_stats(stub, minilm_path):
         ),
         (
             embedder_pb2.EmbedRequest(
+                encoder=embedder_pb2.EncoderSpec(
+                    model="/no/such/dir", instruction="é" * (4 << 10) + "a"
+                ),
+                texts=["a"],
+            ),
+            "encoder.instruction",
+        ),  # 8 KiB + 1
+        (
+            embedder_pb2.EmbedRequest(
                 encoder=embedder_pb2.EncoderSpec(model="/no/such/dir"),
                 texts=["a", "é" * (1 << 19) + "a"],
             ),

@@ -62,3 +62,17 @@ def test_serves_until_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_cache_limit_below_the_floor_is_a_one_line_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.embedder", "--data-dir", str(tmp_path)]
+        + ["--cache-max-size", "1000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "cache_max_size 1000 is below" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()

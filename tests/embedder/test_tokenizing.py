@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from transformers import AutoTokenizer
 
 from services.embedder.tokenizing import ParallelTokenizer
-from tests.embedder.conftest import TEXTS
+from tests.embedder.conftest import TEXTS, WORDS
 
 
 def test_chunks_give_the_tokenizers_ids_in_order(minilm_path):
@@ -32,3 +32,53 @@ def test_concurrent_callers_with_different_truncation_never_collide(minilm_path)
 
     with ThreadPoolExecutor(6) as pool:
         assert all(pool.map(run, lengths * 3))
+
+
+class _Spy:
+    """A tokenizer that records the longest input it was given (shared by its thread copies)."""
+
+    def __init__(self, tokenizer, longest: list[int]) -> None:
+        self._tokenizer, self.longest = tokenizer, longest
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return _Spy(copy.deepcopy(self._tokenizer, memo), self.longest)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, inputs, **kwargs):
+        self.longest.append(max(map(len, inputs)))
+        return self._tokenizer(inputs, **kwargs)
+
+
+def test_long_texts_are_cut_before_tokenising_and_give_the_whole_texts_ids(minilm_path):
+    """The tokenizer sees a bounded prefix of a 1 MB text, never the text (it encodes all of
+    its input before truncating, at ~50 bytes a character); the ids are those of the whole."""
+    from services.embedder.tokenizing import first_chars
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    long_words = " ".join(WORDS * 6000)  # ~330k characters of words
+    texts = [long_words, "字" * 200_000, "short text", "x" * 300 + " end"]
+    longest: list[int] = []
+    parallel = ParallelTokenizer(_Spy(tokenizer, longest), workers=2, chunk_texts=2)
+    got = parallel(texts, 64, "query: ")
+    expected = tokenizer(["query: " + t for t in texts], truncation=True, max_length=64)
+    assert got == expected["input_ids"]
+    assert len(got[0]) == 64 and len(got[1]) == 64
+    assert max(longest) <= first_chars(64)
+
+
+def test_a_prefix_that_fills_too_few_tokens_is_tokenised_again_longer(minilm_path):
+    """Characters the tokenizer drops (whitespace, control characters) do not make a text
+    shorter than it is: its ids are still the whole text's, from prefixes grown one at a time."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    spaced = " " * 20_000 + " ".join(WORDS * 200)
+    controls = "\x00\x01" * 5_000 + " ".join(WORDS * 200)
+    longest: list[int] = []
+    parallel = ParallelTokenizer(_Spy(tokenizer, longest), workers=1)
+    got = parallel([spaced, controls], 32)
+    assert got == tokenizer([spaced, controls], truncation=True, max_length=32)["input_ids"]
+    assert len(got[0]) == 32 and len(got[1]) == 32
+    assert max(longest) < len(spaced)  # grown until full, not to the whole text

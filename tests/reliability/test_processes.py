@@ -217,7 +217,11 @@ def test_no_token_in_any_log_record_artifact_or_model_card(cluster):
 
 
 def test_embedder_killed_mid_write_leaves_only_whole_cache_entries(cluster, tmp_path):
-    emb = procs.start("embedder", ["--data-dir", str(tmp_path)], tmp_path / "embedder.log")
+    emb = procs.start(
+        "embedder",
+        ["--data-dir", str(tmp_path), "--model-root", str(Path(cluster.minilm).parent)],
+        tmp_path / "embedder.log",
+    )
     spec = EncoderSpec(cluster.minilm, max_length=16)
     texts = [f"fault text number {i} with a few words" for i in range(6000)]
     client = EmbedderClient(emb.address)
@@ -250,7 +254,11 @@ def test_embedder_killed_mid_write_leaves_only_whole_cache_entries(cluster, tmp_
     assert len(values) >= 3 * 64
     assert all(decode_vector(v) is not None and decode_vector(v).shape == (384,) for v in values)
     # A restarted embedder opens the same cache and serves those entries as hits.
-    emb = procs.start("embedder", ["--data-dir", str(tmp_path)], tmp_path / "embedder.log")
+    emb = procs.start(
+        "embedder",
+        ["--data-dir", str(tmp_path), "--model-root", str(Path(cluster.minilm).parent)],
+        tmp_path / "embedder.log",
+    )
     client = EmbedderClient(emb.address)
     result = client.embed(texts[:64], spec)
     assert result.cache_hits == 64 and result.vectors.shape == (64, 384)
