@@ -49,6 +49,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=env("HF_ENDPOINT"),
         help="Hub endpoint URL (env HF_ENDPOINT; default https://huggingface.co)",
     )
+    p.add_argument(
+        "--max-message-bytes",
+        "--max_message_bytes",
+        type=int,
+        default=int(env("TUNEWIRE_GATEWAY_MAX_MESSAGE_BYTES", str(4 << 20))),
+        help="largest gRPC message (an upload chunk; clients send 2 MiB); beyond it "
+        "RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--max-receiving-uploads",
+        "--max_receiving_uploads",
+        type=int,
+        default=int(env("TUNEWIRE_MAX_RECEIVING_UPLOADS", "8")),
+        help="uploads received at once; one more is RESOURCE_EXHAUSTED (UPLOADS_BUSY)",
+    )
     add_security_flags(p, calls_peers=True)
     return p
 
@@ -65,6 +80,8 @@ def settings_from_args(args: argparse.Namespace):
         artifact_roots=list(roots),
         token_file=args.token_file,
         endpoint=args.endpoint,
+        max_message_bytes=args.max_message_bytes,
+        max_receiving_uploads=args.max_receiving_uploads,
         security=security_from_args(args),
     )
 

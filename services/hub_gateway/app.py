@@ -14,9 +14,11 @@ import structlog
 
 from services.hub_gateway.hub_client import HubClient
 from services.hub_gateway.servicer import SERVICE_NAME, HubGatewayServicer
+from services.hub_gateway.staging import DEFAULT_MAX_RECEIVING_UPLOADS, UploadSlots
 from services.hub_gateway.uploads import UploadManager
 from tunewire.errors import FailedPrecondition
 from tunewire.server import (
+    STREAM_CHUNK_BYTES,
     RunningServer,
     ServerSecurity,
     ServerSettings,
@@ -30,6 +32,9 @@ from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2_grpc
 log = structlog.get_logger("tunewire.hub_gateway")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# Clients send files in chunks of STREAM_CHUNK_BYTES (2 MiB); gRPC holds a received message
+# about three times over while parsing it, so a 64 MiB message cost ~170 MB per upload.
+DEFAULT_MAX_MESSAGE_BYTES = 2 * STREAM_CHUNK_BYTES
 
 
 @dataclass
@@ -46,7 +51,17 @@ class Settings:
     # A token given directly (embedded mode, tests); wins over the file and HF_TOKEN.
     token: str | None = field(default=None, repr=False)
     workers: int = 2
+    # Largest message (an upload chunk); larger is RESOURCE_EXHAUSTED from gRPC.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Uploads being received at once; one more is RESOURCE_EXHAUSTED (UPLOADS_BUSY).
+    max_receiving_uploads: int = DEFAULT_MAX_RECEIVING_UPLOADS
     security: ServerSecurity = field(default_factory=ServerSecurity)
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 64 * 1024:
+            raise ValueError("max_message_bytes must be at least 64 KiB")
+        if self.max_receiving_uploads < 1:
+            raise ValueError("max_receiving_uploads must be >= 1")
 
 
 def resolve_endpoint(settings: Settings) -> str:
@@ -109,7 +124,11 @@ def start(settings: Settings) -> App:
     staging = data_dir / "uploads" / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     servicer = HubGatewayServicer(
-        manager, staging, [Path(r) for r in settings.artifact_roots], trainer
+        manager,
+        staging,
+        [Path(r) for r in settings.artifact_roots],
+        trainer,
+        UploadSlots(settings.max_receiving_uploads),
     )
     running = create_server(
         [
@@ -117,7 +136,12 @@ def start(settings: Settings) -> App:
                 SERVICE_NAME, servicer, hub_gateway_pb2_grpc.add_HubGatewayServiceServicer_to_server
             )
         ],
-        ServerSettings(host=settings.host, port=settings.port, security=settings.security),
+        ServerSettings(
+            host=settings.host,
+            port=settings.port,
+            max_message_bytes=settings.max_message_bytes,
+            security=settings.security,
+        ),
     )
     running.set_ready(SERVICE_NAME)
     log.info(

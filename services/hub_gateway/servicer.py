@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import structlog
 
-from services.hub_gateway.staging import StagingWriter, resolve_under_roots
+from services.hub_gateway.staging import StagingWriter, UploadSlots, resolve_under_roots
 from services.hub_gateway.uploads import UploadEvent, UploadManager, UploadRecord, UploadSpec
 from tunewire.auth import current_principal
 from tunewire.errors import (
@@ -88,11 +88,13 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
         staging_root: Path,
         artifact_roots: list[Path],
         trainer: Callable[[], trainer_pb2_grpc.TrainerServiceStub] | None,
+        slots: UploadSlots | None = None,
     ) -> None:
         self.manager = manager
         self.staging_root = staging_root
         self.artifact_roots = artifact_roots
         self.trainer = trainer
+        self.slots = slots or UploadSlots()
 
     def CreateUpload(
         self, request_iterator: Iterator[pb.CreateUploadRequest], context: grpc.ServicerContext
@@ -128,28 +130,34 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
             source = resolve_under_roots(spec.artifact_path, self.artifact_roots)
             return upload_to_proto(self.manager.create(spec, source, owned=False, principal=caller))
         staging = self.staging_root / uuid.uuid4().hex
-        try:
-            if spec.job_id:
-                self._no_files(request_iterator, "spec.job_id")
-                self._fetch_job_artifact(spec.job_id, staging)
-            else:
-                writer = StagingWriter(staging, field="file")
-                for req in request_iterator:
-                    if not req.HasField("file"):
-                        raise InvalidArgument(
-                            "only the first message may carry the spec", field="spec"
-                        )
-                    writer.write(req.file)
-                writer.close()
-                if not writer.done:
-                    raise InvalidArgument(
-                        "no files were sent (stream the artifact's files, or "
-                        "set spec.job_id or spec.artifact_path)",
-                        field="file",
-                    )
-            return upload_to_proto(self.manager.create(spec, staging, owned=True, principal=caller))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already when the upload took it
+        with self.slots.take():
+            try:
+                if spec.job_id:
+                    self._no_files(request_iterator, "spec.job_id")
+                    self._fetch_job_artifact(spec.job_id, staging)
+                else:
+                    self._receive_files(request_iterator, staging)
+                return upload_to_proto(
+                    self.manager.create(spec, staging, owned=True, principal=caller)
+                )
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone already when taken
+
+    @staticmethod
+    def _receive_files(request_iterator: Iterator[pb.CreateUploadRequest], staging: Path) -> None:
+        """Each chunk to disk as it arrives (staging.py): one message in memory at a time."""
+        writer = StagingWriter(staging, field="file")
+        for req in request_iterator:
+            if not req.HasField("file"):
+                raise InvalidArgument("only the first message may carry the spec", field="spec")
+            writer.write(req.file)
+        writer.close()
+        if not writer.done:
+            raise InvalidArgument(
+                "no files were sent (stream the artifact's files, or "
+                "set spec.job_id or spec.artifact_path)",
+                field="file",
+            )
 
     @staticmethod
     def _no_files(request_iterator: Iterator[pb.CreateUploadRequest], field: str) -> None:

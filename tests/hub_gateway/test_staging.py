@@ -67,3 +67,28 @@ def test_truncated_stream_is_refused(tmp_path):
     writer.write(Chunk("a.bin", b"partial"))
     with pytest.raises(InvalidArgument, match="before its last chunk"):
         writer.close()
+
+
+@pytest.mark.parametrize("order", [["a", "a/b"], ["a/b", "a"], ["x/a", "x/a/b/c"]])
+def test_a_path_that_is_both_a_file_and_a_folder_is_refused(tmp_path, order):
+    """Was INTERNAL (NotADirectoryError / IsADirectoryError from the filesystem)."""
+    writer = StagingWriter(tmp_path / "s")
+    digest = hashlib.sha256(b"x").hexdigest()
+    writer.write(Chunk(order[0], b"x", last=True, sha256=digest))
+    with pytest.raises(InvalidArgument) as info:
+        writer.write(Chunk(order[1], b"x", last=True, sha256=digest))
+    assert info.value.field == "file.path" and "file" in info.value.message
+
+
+def test_upload_slots_refuse_beyond_the_limit():
+    from services.hub_gateway.staging import UploadSlots
+    from tunewire.errors import ResourceExhausted
+
+    slots = UploadSlots(2)
+    with slots.take(), slots.take():
+        with pytest.raises(ResourceExhausted) as info:
+            with slots.take():
+                pass
+        assert info.value.reason == "UPLOADS_BUSY"
+    with slots.take():  # released again
+        pass
