@@ -11,6 +11,7 @@ from services.trainer.jobs import JobRecord, StoredEvent
 from services.trainer.service import TrainerCore
 from tunewire import tensors
 from tunewire.errors import InvalidArgument, NotFound
+from tunewire.json_input import parse_json
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.timestamps import to_timestamp as _ts
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
@@ -123,10 +124,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def CreateJob(self, request, context):
         if not request.config_json:
             raise InvalidArgument("is required", field="config_json")
-        try:
-            raw = json.loads(request.config_json)
-        except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"not valid JSON: {exc}", field="config_json") from None
+        raw = parse_json(request.config_json, "config_json")
         rec = self.core.create_job(
             raw,
             dataset_id=request.dataset_id,
@@ -164,12 +162,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def Predict(self, request, context):
         overrides = None
         if request.generation_config_json:
-            try:
-                overrides = json.loads(request.generation_config_json)
-            except json.JSONDecodeError as exc:
-                raise InvalidArgument(
-                    f"not valid JSON: {exc}", field="generation_config_json"
-                ) from None
+            overrides = parse_json(request.generation_config_json, "generation_config_json")
         features, metrics = self.core.predict(
             request.model, request.dataset_id, request.evaluate, overrides
         )

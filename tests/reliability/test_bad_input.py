@@ -151,6 +151,43 @@ def test_json_nan_in_a_config_is_invalid_argument(stubs):
     )
 
 
+def _config(model: str, decoder: dict | None = None, **sections) -> str:
+    import json
+
+    text = {"name": "text", "type": "text"}
+    text["encoder"] = {"type": "auto_transformer", "pretrained_model_name_or_path": model}
+    output = {"name": "y", "type": "binary", **({"decoder": decoder} if decoder else {})}
+    return json.dumps({"input_features": [text], "output_features": [output], **sections})
+
+
+@pytest.mark.parametrize(
+    "config,field",
+    [
+        (lambda m: "[" * 100_000, "config_json"),  # was INTERNAL (RecursionError)
+        (lambda m: '{"trainer": {"epochs": ' + "1" * 5000 + "}}", "config_json"),  # INTERNAL
+        (lambda m: "[" * 65 + "]" * 65, "config_json"),
+        (lambda m: _config(m, trainer={"epochs": 1e12}), "trainer.epochs"),
+        (
+            lambda m: _config(m, {"fc_output_size": 1e11}),  # was INTERNAL (RuntimeError)
+            "output_features[0].decoder.fc_output_size",
+        ),
+        (
+            lambda m: _config(m, combiner={"fc_layers": [{"output_size": 10**6}]}),
+            "combiner.fc_layers[0].output_size",
+        ),  # any fc_layers was INTERNAL (IndexError)
+    ],
+)
+def test_hostile_configs_are_invalid_argument_with_the_field(stubs, config, field):
+    ds = upload(stubs["trainer"], b"text,y\na,1\nb,0\n", "hostile.csv")
+    with pytest.raises(grpc.RpcError) as info:
+        stubs["trainer"].CreateJob(
+            trainer_pb2.CreateJobRequest(config_json=config(stubs["minilm"]), dataset_id=ds.id),
+            timeout=30,
+        )
+    assert info.value.code() == INVALID, info.value.details()
+    assert from_rpc_error(info.value).field == field
+
+
 def test_megabyte_texts_and_empty_strings(stubs):
     big = "long " * 200_000  # 1 MB of text in one cell
     ds = upload(stubs["trainer"], f"text,label\n{big},1\n,0\nshort,1\n".encode(), "big.csv")

@@ -7,7 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tunewire.config.schema import ConfigError, check, join, parse
+from tunewire.config.schema import (
+    MAX_FC_LAYERS,
+    MAX_LAYER_WIDTH,
+    MAX_LORA_RANK,
+    ConfigError,
+    check,
+    check_range,
+    join,
+    parse,
+)
 from tunewire.config.trainer import TrainerConfig
 
 REDUCE_OUTPUTS = ("mean", "avg", "cls_pooled", "cls", "last", "max", "sum")
@@ -31,7 +40,7 @@ class LoraConfig:
     bias: Literal["none", "all", "lora_only"] = "none"
 
     def __post_init__(self) -> None:
-        check(self.r >= 1, "must be >= 1", "r")
+        check_range(self.r, 1, MAX_LORA_RANK, "r")
         check(self.alpha >= 1, "must be >= 1", "alpha")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
 
@@ -239,7 +248,16 @@ class InputFeature:
 def _check_fc_layers(layers: list[dict] | None) -> None:
     for i, layer in enumerate(layers or []):
         extra = set(layer) - {"output_size", "dropout", "activation"}
-        check(not extra, f"unknown key {sorted(extra)[0]!r}", f"fc_layers[{i}]")
+        # The message names the first unknown key, so it is built only when there is one.
+        check(not extra, f"unknown key {sorted(extra)[0]!r}" if extra else "", f"fc_layers[{i}]")
+        size = layer.get("output_size", 1)
+        check(
+            isinstance(size, int) and not isinstance(size, bool),
+            "must be an integer",
+            f"fc_layers[{i}].output_size",
+        )
+        check_range(size, 1, MAX_LAYER_WIDTH, f"fc_layers[{i}].output_size")
+    check(len(layers or []) <= MAX_FC_LAYERS, f"at most {MAX_FC_LAYERS} layers", "fc_layers")
 
 
 @dataclass
@@ -261,8 +279,8 @@ class DecoderConfig:
     )
 
     def __post_init__(self) -> None:
-        check(self.num_fc_layers >= 0, "must be >= 0", "num_fc_layers")
-        check(self.fc_output_size >= 1, "must be >= 1", "fc_output_size")
+        check_range(self.num_fc_layers, 0, MAX_FC_LAYERS, "num_fc_layers")
+        check_range(self.fc_output_size, 1, MAX_LAYER_WIDTH, "fc_output_size")
         check(0.0 <= self.fc_dropout < 1.0, "must be in [0, 1)", "fc_dropout")
         _check_fc_layers(self.fc_layers)
 
@@ -438,8 +456,8 @@ class CombinerConfig:
     activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"
 
     def __post_init__(self) -> None:
-        check(self.num_fc_layers >= 0, "must be >= 0", "num_fc_layers")
-        check(self.output_size >= 1, "must be >= 1", "output_size")
+        check_range(self.num_fc_layers, 0, MAX_FC_LAYERS, "num_fc_layers")
+        check_range(self.output_size, 1, MAX_LAYER_WIDTH, "output_size")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
         _check_fc_layers(self.fc_layers)
 

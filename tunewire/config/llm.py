@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunewire.config.ecd import SplitConfig
-from tunewire.config.schema import ConfigError, check, join, parse
+from tunewire.config.schema import MAX_LORA_RANK, ConfigError, check, check_range, join, parse
 from tunewire.config.trainer import TrainerConfig
 
 # Ludwig's default prompt when only `prompt.task` is given.
@@ -138,7 +138,7 @@ class LoraAdapter:
     postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
     def __post_init__(self) -> None:
-        check(self.r >= 1, "must be >= 1", "r")
+        check_range(self.r, 1, MAX_LORA_RANK, "r")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
         check(
             self.pretrained_adapter_weights is None,

@@ -161,6 +161,22 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+# Bounds on sizes a config can ask for: far beyond any real model of these kinds, far below
+# what would exhaust a server (a head 1e11 units wide was "internal error: RuntimeError").
+MAX_LAYER_WIDTH = 1 << 16
+MAX_FC_LAYERS = 64
+MAX_LORA_RANK = 4096
+# Passes and optimizer steps of one job (Ludwig's default is 100 epochs); the runner also
+# bounds a job's events (services/trainer), whatever these allow.
+MAX_EPOCHS = 10_000
+MAX_TRAIN_STEPS = 10_000_000
+
+
+def check_range(value: int, low: int, high: int, field: str) -> None:
+    """`value` in [low, high], else the ValueError `check` raises."""
+    check(low <= value <= high, f"must be between {low} and {high}", field)
+
+
 def check(condition: bool, message: str, field: str | None = None) -> None:
     """Raise a ValueError that `parse` reports at `<section path>.<field>`."""
     if not condition:

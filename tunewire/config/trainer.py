@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tunewire.config.schema import check
+from tunewire.config.schema import MAX_EPOCHS, MAX_TRAIN_STEPS, check, check_range
 
 # Ludwig's llm trainers that train on preferences or rewards rather than targets.
 LUDWIG_PREFERENCE_TRAINERS = ("dpo", "kto", "orpo", "grpo")
@@ -155,8 +155,9 @@ class TrainerConfig:
         )
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 1, "must be >= 1", "epochs")
-        check(self.train_steps is None or self.train_steps >= 1, "must be >= 1", "train_steps")
+        check_range(self.epochs, 1, MAX_EPOCHS, "epochs")
+        if self.train_steps is not None:
+            check_range(self.train_steps, 1, MAX_TRAIN_STEPS, "train_steps")
         check(self.batch_size == "auto" or self.batch_size >= 1, "must be >= 1", "batch_size")
         check(
             self.learning_rate == "auto" or self.learning_rate > 0, "must be > 0", "learning_rate"
