@@ -54,6 +54,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="largest data set upload; beyond it RESOURCE_EXHAUSTED",
     )
     p.add_argument(
+        "--max-dataset-memory-bytes",
+        "--max_dataset_memory_bytes",
+        type=int,
+        default=int(env("TUNEWIRE_MAX_DATASET_MEMORY_BYTES", str(2 * 1024**3))),
+        help="largest data set parsed in memory; beyond it RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--dataset-cache-bytes",
+        "--dataset_cache_bytes",
+        type=int,
+        default=int(env("TUNEWIRE_DATASET_CACHE_BYTES", str(1024**3))),
+        help="memory for parsed data sets kept between jobs (least recently used evicted)",
+    )
+    p.add_argument(
         "--max-job-seconds",
         "--max_job_seconds",
         type=float,
@@ -83,6 +97,8 @@ def settings_from_args(args: argparse.Namespace):
         workers=args.workers,
         model_roots=list(args.model_root),
         max_dataset_bytes=args.max_dataset_bytes,
+        max_dataset_memory_bytes=args.max_dataset_memory_bytes,
+        dataset_cache_bytes=args.dataset_cache_bytes,
         max_job_seconds=args.max_job_seconds,
         max_queued_jobs=args.max_queued_jobs,
         security=security_from_args(args),

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES
+from services.trainer.datasets import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_MAX_DATASET_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+)
 from services.trainer.service import TrainerCore
 from services.trainer.servicer import TrainerServicer
 from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
@@ -28,6 +32,10 @@ class Settings:
     # Limits: a bigger upload is RESOURCE_EXHAUSTED; a job running longer is FAILED; a submit
     # beyond the queue is RESOURCE_EXHAUSTED. 0 turns the last two off.
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    # A data set larger than this parsed is RESOURCE_EXHAUSTED; parsed data sets are kept in
+    # memory up to dataset_cache_bytes, least recently used evicted.
+    max_dataset_memory_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    dataset_cache_bytes: int = DEFAULT_CACHE_BYTES
     max_job_seconds: float = 0.0
     max_queued_jobs: int = 0
     security: ServerSecurity = field(default_factory=ServerSecurity)
@@ -55,6 +63,8 @@ def start(settings: Settings) -> App:
         allowed_model_roots=settings.model_roots,
         allow_any_model_path=settings.allow_any_model_path,
         max_dataset_bytes=settings.max_dataset_bytes,
+        max_dataset_memory_bytes=settings.max_dataset_memory_bytes,
+        dataset_cache_bytes=settings.dataset_cache_bytes,
         max_job_seconds=settings.max_job_seconds,
         max_queued_jobs=settings.max_queued_jobs,
     )

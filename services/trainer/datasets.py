@@ -5,6 +5,13 @@ they are a readable table (and to count rows and columns), then renamed into
 `<data_dir>/datasets/<id>/` so a crash never leaves a half-stored data set. The id derives from the
 sha256 of the bytes and the format they are read as: uploading the same file twice stores it once,
 and the same bytes uploaded as another format (a `.csv` renamed `.tsv`) are that other table.
+
+Memory and time are bounded. CSV, TSV and JSON lines are parsed in pieces: the parsed size is
+added up as it grows, a table past `max_frame_bytes` is RESOURCE_EXHAUSTED before it is whole, and
+between pieces the parse stops when its caller is gone (`cancelled`). The header of a delimited
+file is checked first, in one pass (repeated names; more than `MAX_COLUMNS` columns is refused:
+100,000 columns took pandas alone seconds). Parsed frames are kept in a cache bounded by bytes
+(frame_cache.py).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from zipfile import BadZipFile
@@ -24,7 +32,9 @@ from zipfile import BadZipFile
 import pandas as pd
 import structlog
 
-from tunewire.errors import InvalidArgument, NotFound, ResourceExhausted
+from services.trainer.frame_cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
+from services.trainer.frame_cache import FrameCache, frame_bytes
+from tunewire.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted
 from tunewire.paths import check_path_text
 
 log = structlog.get_logger(__name__)
@@ -51,6 +61,16 @@ _EXTENSIONS = {
 ALIASES = {"xlsx": "excel", "xls": "excel", "pq": "parquet", "ndjson": "jsonl"}
 _REFUSED = ("fwf", "hdf5", "html", "pickle", "sas", "spss", "stata", "df")
 DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
+# A parsed table larger than this (pandas' deep memory use) is RESOURCE_EXHAUSTED.
+DEFAULT_MAX_FRAME_BYTES = 2 * 1024**3
+MAX_COLUMNS = 10_000
+# Rows of a first piece, and the memory each later piece aims at.
+_FIRST_ROWS = 256
+_PIECE_BYTES = 32 << 20
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -104,21 +124,36 @@ def sniff_separator(path: Path) -> str:
         return ","
 
 
-def read_table(path: Path, fmt: str) -> pd.DataFrame:
-    """Parse a stored file; malformed content is an InvalidArgument that says what and where."""
+def read_table(
+    path: Path,
+    fmt: str,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    cancelled: Callable[[], bool] = _never,
+) -> pd.DataFrame:
+    """Parse a stored file; malformed content is an InvalidArgument that says what and where, a
+    table over `max_bytes` parsed is RESOURCE_EXHAUSTED, and `cancelled()` true stops the parse
+    (Cancelled) between pieces."""
     sep = {"csv": None, "tsv": "\t"}.get(fmt)
     try:
-        if fmt == "csv":
-            sep = sniff_separator(path)
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
-        elif fmt == "tsv":
-            df = pd.read_csv(
-                path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8", quoting=3
+        if fmt in ("csv", "tsv"):
+            sep = sniff_separator(path) if fmt == "csv" else "\t"
+            _check_header(path, sep)
+            options = {"quoting": 3} if fmt == "tsv" else {}
+            reader = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8",
+                iterator=True,
+                **options,
             )
+            df = _pieces(reader, max_bytes, cancelled)
         elif fmt == "json":
             df = _read_json_records(path)
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False)
+            reader = pd.read_json(path, lines=True, dtype=False, chunksize=_FIRST_ROWS)
+            df = _pieces(reader, max_bytes, cancelled)
         elif fmt == "parquet":
             df = pd.read_parquet(path)
         elif fmt == "excel":
@@ -129,7 +164,7 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
             df = pd.read_orc(path)
         else:
             raise InvalidArgument(f"unknown format {fmt!r}", field="metadata.format")
-    except InvalidArgument:
+    except (InvalidArgument, ResourceExhausted, Cancelled):
         raise
     except UnicodeDecodeError as exc:
         raise InvalidArgument(
@@ -140,13 +175,45 @@ def read_table(path: Path, fmt: str) -> pd.DataFrame:
     except (ValueError, TypeError, KeyError, pd.errors.ParserError, OSError, BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidArgument(f"cannot parse the file as {fmt}: {first}", field="dataset") from None
-    if sep is not None:
-        _check_header(path, sep)
+    _check_size(frame_bytes(df), max_bytes)
     df.columns = [str(c).strip() for c in df.columns]
     # An unnamed leading index column (pandas' to_csv default) is not a feature.
     if len(df.columns) and df.columns[0] in ("", "Unnamed: 0"):
         df = df.drop(columns=df.columns[0])
     return df
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ResourceExhausted(
+            f"the data set takes more than {max_bytes} bytes of memory parsed "
+            "(--max-dataset-memory-bytes): split it or raise the limit",
+            field="dataset",
+            reason="DATASET_TOO_LARGE",
+        )
+
+
+def _pieces(reader, max_bytes: int, cancelled: Callable[[], bool]) -> pd.DataFrame:
+    """A table read piece by piece from a pandas reader (CSV: pieces sized to `_PIECE_BYTES`
+    from the rows read so far), its size checked and `cancelled` asked after each piece."""
+    frames: list[pd.DataFrame] = []
+    used = rows = 0
+    with reader:
+        while True:
+            if cancelled():
+                raise Cancelled("the client went away; the data set was not stored")
+            want = _FIRST_ROWS if not rows else max(1, int(_PIECE_BYTES * rows / max(used, 1)))
+            try:
+                piece = reader.get_chunk(want) if hasattr(reader, "get_chunk") else next(reader)
+            except StopIteration:
+                break
+            frames.append(piece)
+            used += frame_bytes(piece)
+            rows += len(piece)
+            _check_size(used, max_bytes)
+    if not frames:  # a header and no rows
+        return pd.DataFrame()
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _read_json_records(path: Path) -> pd.DataFrame:
@@ -165,13 +232,23 @@ def _read_json_records(path: Path) -> pd.DataFrame:
 
 def _check_header(path: Path, sep: str) -> None:
     """pandas renames a repeated column to `name.1` without a word; a repeated name is a
-    mistake the uploader should hear about, not a column to guess at."""
+    mistake the uploader should hear about, not a column to guess at. One pass (counting each
+    name against every other took minutes for 100,000 columns), before pandas parses anything."""
     import csv
 
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh, delimiter=sep), [])
-    names = [h.strip() for h in header]
-    repeated = sorted({n for n in names if names.count(n) > 1 and n})
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh, delimiter=sep), [])
+    except csv.Error as exc:
+        raise InvalidArgument(f"cannot read the header: {exc}", field="dataset") from None
+    if len(header) > MAX_COLUMNS:
+        raise ResourceExhausted(
+            f"the data set has {len(header)} columns; the limit is {MAX_COLUMNS}",
+            field="dataset",
+            reason="TOO_MANY_COLUMNS",
+        )
+    counts = Counter(h.strip() for h in header)
+    repeated = sorted(name for name, n in counts.items() if n > 1 and name)
     if repeated:
         raise InvalidArgument(
             f"column names appear more than once: {', '.join(repeated)}", field="dataset"
@@ -181,7 +258,15 @@ def _check_header(path: Path, sep: str) -> None:
 class DatasetStore:
     """Content-addressed data sets under `<root>`."""
 
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> None:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        """`max_bytes`: largest upload; `max_frame_bytes`: largest table parsed; `cache_bytes`:
+        memory for parsed tables kept between jobs."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         # Partial uploads and stagings of a crashed process: never renamed, so never visible.
@@ -191,10 +276,18 @@ class DatasetStore:
             else:
                 leftover.unlink(missing_ok=True)
         self.max_bytes = max_bytes
+        self.max_frame_bytes = max_frame_bytes
         self._lock = threading.Lock()
-        self._frames: dict[str, pd.DataFrame] = {}
+        self._frames = FrameCache(cache_bytes)
 
-    def put(self, chunks: Iterable[bytes], filename: str, fmt: str | None = None) -> DatasetRecord:
+    def put(
+        self,
+        chunks: Iterable[bytes],
+        filename: str,
+        fmt: str | None = None,
+        cancelled: Callable[[], bool] = _never,
+    ) -> DatasetRecord:
+        """Store an upload; `cancelled()` true (the client went away) stops the parse."""
         fmt = check_format(fmt) if fmt else guess_format(filename)
         digest = hashlib.sha256()
         size = 0
@@ -219,7 +312,7 @@ class DatasetStore:
             final = self.root / ds_id
             if (final / "meta.json").exists():
                 return self.get(ds_id)
-            df = read_table(tmp, fmt)
+            df = read_table(tmp, fmt, self.max_frame_bytes, cancelled)
             if len(df) == 0:
                 raise InvalidArgument("the data set has no rows", field="dataset")
             record = DatasetRecord(
@@ -249,14 +342,15 @@ class DatasetStore:
         return DatasetRecord(**json.loads(meta.read_text()))
 
     def load(self, ds_id: str) -> pd.DataFrame:
-        """The parsed table (memoised: data sets are immutable)."""
-        with self._lock:
-            if ds_id in self._frames:
-                return self._frames[ds_id].copy()
+        """The parsed table (kept in the bounded cache: data sets are immutable); a copy, so a
+        caller's changes never reach the cache."""
+        cached = self._frames.get(ds_id)
+        if cached is not None:
+            return cached.copy()
         record = self.get(ds_id)
-        df = read_table(self._dir(ds_id) / f"data.{record.format}", record.format)
-        with self._lock:
-            self._frames[ds_id] = df
+        path = self._dir(ds_id) / f"data.{record.format}"
+        df = read_table(path, record.format, self.max_frame_bytes)
+        self._frames.put(ds_id, df)
         return df.copy()
 
     def _dir(self, ds_id: str) -> Path:

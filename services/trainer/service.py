@@ -9,7 +9,12 @@ from typing import Any
 import structlog
 
 from services.trainer.context import MetricValue
-from services.trainer.datasets import DEFAULT_MAX_DATASET_BYTES, DatasetStore
+from services.trainer.datasets import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_MAX_DATASET_BYTES,
+    DEFAULT_MAX_FRAME_BYTES,
+    DatasetStore,
+)
 from services.trainer.jobs import JobRecord, JobRunner, JobStore
 from tunewire.errors import (
     FailedPrecondition,
@@ -35,11 +40,18 @@ class TrainerCore:
         allowed_model_roots: list[Path] | None = None,
         allow_any_model_path: bool = False,
         max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+        max_dataset_memory_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        dataset_cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_job_seconds: float = 0.0,
         max_queued_jobs: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.datasets = DatasetStore(self.data_dir / "datasets", max_bytes=max_dataset_bytes)
+        self.datasets = DatasetStore(
+            self.data_dir / "datasets",
+            max_bytes=max_dataset_bytes,
+            max_frame_bytes=max_dataset_memory_bytes,
+            cache_bytes=dataset_cache_bytes,
+        )
         self.jobs = JobStore(self.data_dir / "jobs")
         self.artifacts_root = self.data_dir / "artifacts"
         self.embedder_address = embedder_address

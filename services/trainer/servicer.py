@@ -115,7 +115,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not meta.filename:
             raise InvalidArgument("is required", field="metadata.filename")
         chunks = (req.chunk for req in request_iterator if req.WhichOneof("part") == "chunk")
-        rec = self.core.datasets.put(chunks, meta.filename, _FORMAT_NAMES.get(meta.format))
+        rec = self.core.datasets.put(
+            chunks,
+            meta.filename,
+            _FORMAT_NAMES.get(meta.format),
+            cancelled=lambda: not context.is_active(),
+        )
         return dataset_proto(rec)
 
     def GetDataset(self, request, context):
