@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from tunewire.errors import TunewireError, from_rpc_error
 from tunewire.server import STREAM_CHUNK_BYTES, channel_options
 from tunewire.tls import ClientSecurity
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from tunewire.wire import embed_request
+from tunewire.wire import embed_request, text_batches
 
 POOLINGS = {
     "mean": embedder_pb2.POOLING_MEAN,
@@ -175,17 +176,20 @@ class EmbedderClient:
         timeout: float | None = None,
     ) -> Iterator[EmbedChunk]:
         """The vectors of `texts` in order, chunk by chunk as they arrive, over one StreamEmbed
-        call of `batch_size` texts a message; nothing is sent once `cancelled()` is true.
-        Each chunk's vectors are a view of the message gRPC received (see clients.embed_wire)."""
+        call of at most `batch_size` texts and `DEFAULT_REQUEST_BYTES` of text a message (so
+        long texts never make a message past the limit); nothing is sent once `cancelled()` is
+        true. Each chunk's vectors are a view of the message gRPC received (see
+        clients.embed_wire)."""
         proto_spec = spec.to_proto()
+        sent: deque[int] = deque()  # texts of each request sent, in order
 
         def requests() -> Iterator[embedder_pb2.EmbedRequest]:
-            for start in range(0, len(texts), batch_size):
+            for start, end in text_batches(texts, batch_size):
                 if cancelled is not None and cancelled():
                     return
-                yield embed_request(proto_spec, texts[start : start + batch_size])
+                sent.append(end - start)
+                yield embed_request(proto_spec, texts[start:end])
 
-        answered = 0  # texts of the requests answered in full
         for resp, data in self._stream_embed(requests(), timeout=timeout):
             chunk = EmbedChunk(
                 tensors.from_data(resp.embeddings, data),
@@ -197,8 +201,7 @@ class EmbedderClient:
             )
             if chunk.last:
                 rows = chunk.offset + len(chunk.vectors)
-                _check_answered(rows, min(batch_size, len(texts) - answered))
-                answered += rows
+                _check_answered(rows, sent.popleft())
             yield chunk
 
     @rpc_errors

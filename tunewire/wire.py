@@ -5,7 +5,7 @@ embedder keys whole answers by (`embed_request`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tunewire.v1 import embedder_pb2
 
@@ -32,6 +32,28 @@ def embed_request(
             request.joined.count = len(texts)
             return request
     return embedder_pb2.EmbedRequest(encoder=encoder, texts=texts)
+
+
+# Texts a StreamEmbed message carries at most, in bytes: well under the 64 MiB message limit,
+# with room for the encoder spec (70 texts of 1 MiB in one message went past it).
+DEFAULT_REQUEST_BYTES = 16 << 20
+
+
+def text_batches(
+    texts: Sequence[str], max_texts: int, max_bytes: int = DEFAULT_REQUEST_BYTES
+) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive batches of `texts`: at most `max_texts` texts and
+    `max_bytes` of UTF-8 (with a few bytes of framing each) a batch, and at least one text, so
+    a single text over `max_bytes` goes alone (the server then says it is too long)."""
+    start, size = 0, 0
+    for i, text in enumerate(texts):
+        length = (len(text) if text.isascii() else len(text.encode("utf-8", "replace"))) + 6
+        if i > start and (i - start >= max_texts or size + length > max_bytes):
+            yield start, i
+            start, size = i, 0
+        size += length
+    if start < len(texts):
+        yield start, len(texts)
 
 
 def encode_varint(value: int) -> bytes:
