@@ -116,7 +116,7 @@ def llm_config(base: Path, **overrides) -> dict:
             "early_stop": -1,
             "steps_per_checkpoint": 1000,
         },
-        "generation": {"max_new_tokens": 4},
+        "generation": {"max_new_tokens": 4, "do_sample": False},
         "backend": {"trainer": {"use_gpu": False}},
     }
     for key, value in overrides.items():

@@ -26,9 +26,27 @@ def test_defaults_are_written_and_round_trip():
     d = to_dict(cfg)
     assert d["trainer"]["type"] == "finetune"
     assert d["trainer"]["gradient_accumulation_steps"] == 4
-    assert d["trainer"]["learning_rate"] == 2e-4 and d["trainer"]["optimizer"]["type"] == "adamw"
-    assert d["adapter"]["r"] == 8 and d["adapter"]["alpha"] == 16
-    assert d["generation"] == {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
+    # Ludwig's finetune trainer: its ecd trainer with batch_size 1 and eval_batch_size 2.
+    t = d["trainer"]
+    assert t["learning_rate"] == 0.001 and t["optimizer"]["type"] == "adam"
+    assert t["epochs"] == 100 and t["early_stop"] == 5 and t["eval_batch_size"] == 2
+    assert t["gradient_clipping"] == {"clipglobalnorm": 0.5, "clipnorm": None, "clipvalue": None}
+    assert d["adapter"]["r"] == 8 and d["adapter"]["alpha"] == 16  # null: 2 × r
+    assert d["adapter"]["init_lora_weights"] == "default"
+    assert d["generation"] == {
+        "max_new_tokens": None,  # Ludwig's rule: half the base model's context, known at load
+        "do_sample": True,
+        "temperature": 0.1,
+        "top_k": 50,
+        "top_p": 1.0,
+        "num_beams": 1,
+    }
+    assert d["prompt"]["retrieval"] == {
+        "type": None,
+        "index_name": None,
+        "model_name": None,
+        "k": 0,
+    }
     assert d["backend"] == {
         "type": "local",
         "trainer": {
@@ -44,7 +62,7 @@ def test_defaults_are_written_and_round_trip():
 
 def test_full_finetuning_and_task_prompt():
     cfg = resolve({**BASE, "prompt": {"task": "Summarise"}, "generation": {"max_new_tokens": 5}})
-    assert cfg.adapter is None and cfg.trainer.learning_rate == 2e-5
+    assert cfg.adapter is None and cfg.trainer.learning_rate == 0.001
     assert cfg.prompt.template == DEFAULT_TASK_TEMPLATE
     assert cfg.generation["max_new_tokens"] == 5
 
@@ -81,6 +99,9 @@ def test_adapter_kinds_and_merge():
         ({"backend": {"type": "ray"}}, "backend.type"),
         ({"backend": {"trainer": {"strategy": "deepspeed"}}}, "backend.trainer.strategy"),
         ({"prompt": {"template": "{a-b}"}}, "prompt.template"),
+        ({"prompt": {"template": "say {instruction}", "task": "t"}}, "prompt.template"),
+        ({"prompt": {"template": "no placeholder"}}, "prompt.template"),
+        ({"prompt": {"retrieval": {"k": 2}}}, "prompt.retrieval.k"),
         ({"output_features": [{"name": "o", "type": "category"}]}, "output_features[0].type"),
         (
             {"input_features": [{"name": "a", "type": "text"}, {"name": "b", "type": "text"}]},
@@ -128,3 +149,40 @@ def test_a_ludwig_trainer_we_do_not_build_is_named():
         resolve({**BASE, "trainer": {"type": "dpo", "dpo_beta": 0.1}})
     assert info.value.field == "trainer.type"
     assert "'dpo'" in str(info.value) and "preference" in str(info.value)
+
+
+def test_ludwig_defaults_where_the_user_said_nothing():
+    cfg = resolve(
+        {
+            **BASE,
+            "adapter": {"type": "lora", "r": 4},
+            "quantization": {"bits": 4},
+            "output_features": [
+                {"name": "output", "type": "text", "preprocessing": {"max_sequence_length": 20}}
+            ],
+            "trainer": {"gradient_clipping": {"clipvalue": 1.0}},
+        }
+    )
+    assert cfg.adapter.alpha == 8
+    assert cfg.quantization.bnb_4bit_compute_dtype == "float16"
+    assert cfg.generation["max_new_tokens"] == 32  # Ludwig: at least its 32
+    assert cfg.trainer.gradient_clipping == {
+        "clipglobalnorm": 0.5,
+        "clipnorm": None,
+        "clipvalue": 1.0,
+    }
+    assert (
+        resolve({**BASE, "trainer": {"gradient_clipping": None}}).trainer.gradient_clipping is None
+    )
+    assert resolve({**BASE, "prompt": {"task": "t"}}).prompt.template.endswith("ASSISTANT:\n")
+
+
+def test_generation_blocks_transformers_only_warns_about_are_accepted():
+    # Ludwig's examples set temperature with do_sample false; transformers ignores and warns.
+    cfg = resolve({**BASE, "generation": {"temperature": 0.5, "do_sample": False}})
+    assert cfg.generation["temperature"] == 0.5
+    assert any("temperature" in w for w in cfg.warnings)
+    assert resolve(BASE).warnings == []
+    with pytest.raises(ConfigError) as info:
+        resolve({**BASE, "generation": {"max_new_tokens": -1}})
+    assert info.value.field == "generation"

@@ -141,6 +141,7 @@ def reference_epoch_losses(trainer: HeadTrainer, seed: int) -> list[float]:
             loss, _ = model.loss(out, {k: torch.from_numpy(v[idx]) for k, v in y.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)  # Ludwig's default clipping
             optimizer.step()
             seen += len(idx)
             running += loss.item() * len(idx)

@@ -31,11 +31,53 @@ from tunewire.config.trainer import TrainerConfig
 
 # Ludwig's default prompt when only `prompt.task` is given.
 DEFAULT_TASK_TEMPLATE = (
-    "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:"
+    "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:\n"
 )
 
-# What `generation` writes when the user says nothing: greedy, short answers.
-GENERATION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "do_sample": False, "num_beams": 1}
+# Ludwig's generation defaults where the user says nothing: low-temperature sampling.
+# `max_new_tokens` null means Ludwig's rule (`resolve_max_new_tokens`).
+GENERATION_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": None,
+    "do_sample": True,
+    "temperature": 0.1,
+    "top_k": 50,
+    "top_p": 1.0,
+    "num_beams": 1,
+}
+LUDWIG_MAX_NEW_TOKENS = 32
+
+# Read only when sampling; transformers refuses to save them beside do_sample: false.
+SAMPLING_ONLY = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+)
+
+
+def generation_for_transformers(generation: dict) -> dict:
+    """The generation settings as transformers takes them: with `do_sample: false`, the sampling
+    knobs (which Ludwig's defaults set and transformers ignores) are left out."""
+    out = {k: v for k, v in generation.items() if v is not None or k != "max_new_tokens"}
+    if not out.get("do_sample", False):
+        for key in SAMPLING_ONLY:
+            out.pop(key, None)
+    return out
+
+
+def resolve_max_new_tokens(cfg: LlmConfig, context_len: int | None) -> int | None:
+    """Ludwig's rule when `generation.max_new_tokens` is unset: the output feature's
+    max_sequence_length, else the global one (at least 32 either way), else half the base model's
+    context window (None while that is not known)."""
+    explicit = cfg.output.preprocessing.max_sequence_length
+    if explicit is None:
+        explicit = cfg.preprocessing.global_max_sequence_length
+    if explicit is not None:
+        return max(LUDWIG_MAX_NEW_TOKENS, explicit)
+    return None if context_len is None else context_len // 2
 
 
 @dataclass
@@ -77,6 +119,32 @@ class TextFeature:
 
 
 @dataclass
+class RetrievalConfig:
+    """Ludwig's `prompt.retrieval`: few-shot examples from the training set (type null: none)."""
+
+    type: Literal["random", "semantic"] | None = None
+    index_name: str | None = None
+    model_name: str | None = None
+    k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.k == 0:
+            self.k = 1
+        check(self.type is not None or self.k == 0, "must be 0 when retrieval.type is null", "k")
+        check(self.k >= 0, "must be >= 0", "k")
+        check(
+            self.type is not None or self.model_name is None,
+            "is set but retrieval.type is null",
+            "model_name",
+        )
+        check(
+            self.type != "semantic" or self.model_name is not None,
+            "is required for semantic retrieval",
+            "model_name",
+        )
+
+
+@dataclass
 class PromptConfig:
     template: str | None = field(
         default=None,
@@ -88,10 +156,16 @@ class PromptConfig:
     use_chat_template: bool = field(
         default=False, metadata={"help": "Wrap the prompt in the tokenizer's chat template."}
     )
-    retrieval: dict | None = None
+    retrieval: RetrievalConfig | None = field(default_factory=lambda: RetrievalConfig())
 
     def __post_init__(self) -> None:
-        check(self.retrieval is None, "retrieval-augmented prompts are not supported", "retrieval")
+        if self.retrieval is None:
+            self.retrieval = RetrievalConfig()
+        check(
+            self.retrieval.type is None,
+            f"retrieval type {self.retrieval.type!r} (few-shot prompts) is not built yet",
+            "retrieval.type",
+        )
         if self.template is None and self.task is not None:
             self.template = DEFAULT_TASK_TEMPLATE
         if self.template is not None:
@@ -111,6 +185,16 @@ class PromptConfig:
                 "uses {__task__} but prompt.task is not set",
                 "template",
             )
+            check(
+                self.task is None or "__task__" in names,
+                "prompt.task is set, so the template must place it with {__task__} (as in Ludwig)",
+                "template",
+            )
+            check(
+                bool(names),
+                "must name at least one column, or {__sample__} for the input feature",
+                "template",
+            )
 
 
 @dataclass
@@ -125,7 +209,9 @@ class PostprocessorConfig:
 class LoraAdapter:
     type: Literal["lora"] = "lora"
     r: int = field(default=8, metadata={"help": "Rank of the update matrices."})
-    alpha: int | None = field(default=16, metadata={"help": "Scaling numerator (alpha / r)."})
+    alpha: int | None = field(
+        default=None, metadata={"help": "Scaling numerator (alpha / r); null: 2 × r, as Ludwig."}
+    )
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names; null: the model's defaults; 'all-linear'."}
@@ -133,7 +219,7 @@ class LoraAdapter:
     bias_type: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: bool | Literal["gaussian", "pissa", "olora", "loftq"] = True
+    init_lora_weights: bool | Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
     pretrained_adapter_weights: str | None = None
     postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
@@ -202,7 +288,9 @@ class QuantizationConfig:
     )
     llm_int8_threshold: float = 6.0
     llm_int8_has_fp16_weight: bool = False
-    bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    bnb_4bit_compute_dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float16", metadata={"help": "Ludwig's default; bfloat16 is faster on Ampere+."}
+    )
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
 
@@ -298,6 +386,9 @@ class LlmConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        # Not a config key: what validation noticed without refusing (said in the first event).
+        self.warnings: list[str] = []
+        self.differences: list[str] = []
         check(
             len(self.input_features) == 1,
             "model_type llm takes exactly one text input feature",
@@ -344,12 +435,21 @@ class LlmConfig:
             "trainer.type",
         )
         if t.batch_size == "auto":
-            t.batch_size = 4
+            self.differences.append("trainer.batch_size: auto is not tuned for throughput")
+            t.batch_size = 1 if t.effective_batch_size == "auto" else None
         if t.eval_batch_size in (None, "auto"):
-            t.eval_batch_size = t.batch_size
+            t.eval_batch_size = t.batch_size or 2
         if t.learning_rate == "auto":
             t.learning_rate = 2e-5 if self.adapter is None else 2e-4
+            self.differences.append(
+                f"trainer.learning_rate: auto is {t.learning_rate} here "
+                "(Ludwig searches for a rate)"
+            )
         world = self.backend.trainer.world_size
+        if t.batch_size is None:  # auto with an effective size: Ludwig derives it
+            accum = 1 if t.gradient_accumulation_steps == "auto" else t.gradient_accumulation_steps
+            t.batch_size = max(1, t.effective_batch_size // accum // world)
+            t.eval_batch_size = t.eval_batch_size or 2
         if t.gradient_accumulation_steps == "auto":
             if t.effective_batch_size == "auto":
                 t.gradient_accumulation_steps = 1
@@ -379,11 +479,8 @@ class LlmConfig:
             "trainer.validation_metric",
         )
         check(
-            t.regularization_type is None, "is not supported for llm", "trainer.regularization_type"
-        )
-        check(
             t.regularization_lambda == 0.0,
-            "is not supported for llm",
+            "is not supported for llm (regularization_type is read only when it is > 0)",
             "trainer.regularization_lambda",
         )
         check(
@@ -398,15 +495,22 @@ class LlmConfig:
         )
 
     def _resolve_generation(self) -> None:
+        """Ludwig's defaults under the user's keys. What transformers refuses is an error; what it
+        only warns about (e.g. `temperature` without `do_sample`) is accepted, and the warning is
+        kept in `self.warnings` for the job's first event."""
         from transformers import GenerationConfig
 
         known = set(GenerationConfig().to_dict())
         for key in self.generation:
             if key not in known:
                 raise ConfigError("is not a GenerationConfig field", field=join("generation", key))
+        user_set_max = self.generation.get("max_new_tokens") is not None
         merged = {**GENERATION_DEFAULTS, **self.generation}
+        if not user_set_max:
+            merged["max_new_tokens"] = resolve_max_new_tokens(self, None)
+        self.warnings.extend(_transformers_generation_warnings(self.generation))
         try:
-            GenerationConfig(**merged).validate(strict=True)
+            GenerationConfig(**generation_for_transformers(merged)).validate(strict=True)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid generation settings: {exc}", field="generation") from None
         self.generation = merged
@@ -424,6 +528,35 @@ class LlmConfig:
         return self.adapter is not None and self.adapter.postprocessor.merge_adapter_into_base_model
 
 
+def _transformers_generation_warnings(generation: dict) -> list[str]:
+    """What transformers says, without refusing, about the user's own generation keys."""
+    import logging
+    import warnings
+
+    from transformers import GenerationConfig
+
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("transformers.generation.configuration_utils")
+    handler = _Keep(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                GenerationConfig(**generation).validate()
+            except (ValueError, TypeError):
+                pass  # refused below, with the merged settings
+    finally:
+        logger.removeHandler(handler)
+    notes = records + [str(w.message) for w in caught]
+    return [f"generation: {' '.join(n.split())}" for n in dict.fromkeys(notes)]
+
+
 def parse_llm(data: dict, path: str = "") -> LlmConfig:
     """Validate a `model_type: llm` config and fill every default."""
     if "tuner" in data:
@@ -436,15 +569,28 @@ def parse_llm(data: dict, path: str = "") -> LlmConfig:
             raise ConfigError("is required", field=join(path, key))
     data = dict(data)
     trainer = dict(data.get("trainer") or {})
-    # Ludwig's llm trainer defaults differ from ecd's; applied only where the user said nothing.
+    # Ludwig's finetune trainer is its ecd trainer with batch_size 1 and eval_batch_size 2.
     trainer.setdefault("type", "finetune")
-    trainer.setdefault("epochs", 3)
-    trainer.setdefault("early_stop", 5)
-    trainer.setdefault("batch_size", "auto")
-    trainer.setdefault("learning_rate", "auto")
+    trainer.setdefault("batch_size", 1)
+    trainer.setdefault("eval_batch_size", 2)
     if trainer.get("effective_batch_size", "auto") != "auto":
         trainer.setdefault("gradient_accumulation_steps", "auto")
-    if isinstance(trainer.get("optimizer", {}), dict):
-        trainer["optimizer"] = {"type": "adamw", **trainer.get("optimizer", {})}
     data["trainer"] = trainer
     return parse(LlmConfig, data, path)
+
+
+def differences_from_ludwig(cfg: LlmConfig) -> list[str]:
+    """Where this job, as configured, deliberately does something other than Ludwig 0.17 would:
+    recorded in the artifact's tunewire.json, listed in docs/ludwig.md, said in the first event."""
+    out = list(getattr(cfg, "differences", []))
+    if cfg.preprocessing.sequence_packing:
+        out.append(
+            "preprocessing.sequence_packing: on by default (Ludwig packs only with "
+            "trainer.packing: true); samples share rows, attention never crosses them"
+        )
+    if isinstance(cfg.adapter, AdaloraAdapter) and cfg.adapter.total_step is None:
+        out.append(
+            "adapter.total_step: null is the job's count of optimizer steps "
+            "(Ludwig 0.17 schedules the rank budget over 10000)"
+        )
+    return out

@@ -11,6 +11,9 @@ from typing import Literal
 
 from tunewire.config.schema import MAX_EPOCHS, MAX_TRAIN_STEPS, check, check_range
 
+# Ludwig's gradient clipping when the user says nothing.
+CLIPPING_DEFAULTS = {"clipglobalnorm": 0.5, "clipnorm": None, "clipvalue": None}
+
 # Ludwig's llm trainers that train on preferences or rewards rather than targets.
 LUDWIG_PREFERENCE_TRAINERS = ("dpo", "kto", "orpo", "grpo")
 
@@ -93,12 +96,15 @@ class TrainerConfig:
         default_factory=LearningRateSchedulerConfig
     )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    regularization_type: Literal["l1", "l2", "l1_l2"] | None = None
+    regularization_type: Literal["l1", "l2", "l1_l2"] | None = field(
+        default="l2", metadata={"help": "Read only when regularization_lambda > 0."}
+    )
     regularization_lambda: float = field(
         default=0.0, metadata={"help": "Weight of the regularization term."}
     )
     gradient_clipping: dict | None = field(
-        default=None, metadata={"help": "{clipglobalnorm: 0.5} etc."}
+        default_factory=lambda: dict(CLIPPING_DEFAULTS),
+        metadata={"help": "Ludwig's: global norm 0.5; null disables clipping."},
     )
     early_stop: int = field(
         default=5,
@@ -178,3 +184,6 @@ class TrainerConfig:
                 f"unknown key {extra[0]!r} (allowed: {sorted(allowed)})" if extra else "",
                 "gradient_clipping",
             )
+            # Ludwig fills the keys left out with its defaults (so clipvalue alone still clips
+            # the global norm at 0.5).
+            self.gradient_clipping = {**CLIPPING_DEFAULTS, **self.gradient_clipping}

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import torch
 
-from tunewire.config.llm import LlmConfig
+from tunewire.config.llm import (
+    LlmConfig,
+    generation_for_transformers,
+    resolve_max_new_tokens,
+)
 
 WRAPPER_PREFIX = "lm."
 
@@ -74,8 +78,12 @@ def write(
         model = model.merge_and_unload()
     model.save_pretrained(artifact_dir)
     tokenizer.save_pretrained(artifact_dir)
+    generation = generation_for_transformers(cfg.generation)
+    if generation.get("max_new_tokens") is None:
+        context = getattr(model.config, "max_position_embeddings", None)
+        generation["max_new_tokens"] = resolve_max_new_tokens(cfg, context) or 32
     GenerationConfig(
-        **cfg.generation, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        **generation, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     ).save_pretrained(artifact_dir)
     (artifact_dir / "resolved_config.json").write_text(json.dumps(config_dict, indent=2))
     nested: dict = {}

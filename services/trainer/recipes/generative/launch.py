@@ -30,6 +30,7 @@ from services.trainer.context import (
     Progress,
 )
 from services.trainer.recipes.generative.events import EventReader
+from tunewire.config.llm import differences_from_ludwig
 from tunewire.errors import FailedPrecondition, Internal
 
 log = structlog.get_logger(__name__)
@@ -138,6 +139,8 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     """Train `ctx.config` (model_type llm) in a torchrun worker; the artifact lands in
     `ctx.artifact_dir`. Resumes from the job's last checkpoint when one exists."""
     nproc = _check_resources(ctx)
+    if ctx.attempt == 1:
+        _say_differences(ctx)
     job_dir = ctx.work_dir / "worker"
     write_inputs(ctx, job_dir)
     events_path = job_dir / "events.jsonl"
@@ -183,6 +186,7 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     rc = proc.returncode
     bound.info("generative worker exited", returncode=rc)
     if rc == 0 and final is not None and final.get("event") == "result":
+        _record_differences(ctx)
         _write_model_card(ctx.artifact_dir)
         return JobResult(metrics=[MetricValue(**m) for m in final["metrics"]])
     # torchrun exits 1 whatever its worker's code was: the error event says which kind it was.
@@ -190,6 +194,23 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     if (final or {}).get("reason") == "failed_precondition":
         raise FailedPrecondition(message)
     raise Internal(f"generative worker failed (exit code {rc}): {message}")
+
+
+def _say_differences(ctx: JobContext) -> None:
+    """The job's first event: where it differs from Ludwig on purpose, and what validation
+    noticed without refusing (once, not per attempt)."""
+    notes = differences_from_ludwig(ctx.config) + list(getattr(ctx.config, "warnings", []))
+    if notes:
+        ctx.emit(Log("differences from Ludwig and warnings: " + "; ".join(notes)))
+
+
+def _record_differences(ctx: JobContext) -> None:
+    """tunewire.json says where the job differs from Ludwig (worked out here, from the config as
+    the user wrote it: the worker sees only the resolved one)."""
+    meta_path = ctx.artifact_dir / "tunewire.json"
+    meta = json.loads(meta_path.read_text())
+    meta["differences_from_ludwig"] = differences_from_ludwig(ctx.config)
+    meta_path.write_text(json.dumps(meta, indent=2))
 
 
 def _tail(path: Path, lines: int = 5) -> str:

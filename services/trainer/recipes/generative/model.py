@@ -93,7 +93,9 @@ def peft_config(adapter, total_steps: int):
             bias=adapter.bias_type,
             use_rslora=adapter.use_rslora,
             use_dora=adapter.use_dora,
-            init_lora_weights=adapter.init_lora_weights,
+            init_lora_weights=(
+                True if adapter.init_lora_weights == "default" else adapter.init_lora_weights
+            ),
         )
     if isinstance(adapter, Ia3Adapter):
         return IA3Config(

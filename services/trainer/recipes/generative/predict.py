@@ -13,7 +13,7 @@ import torch
 from services.trainer.context import MetricValue
 from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
 from services.trainer.recipes.generative.model import CausalLMWithLoss
-from tunewire.config.llm import parse_llm
+from tunewire.config.llm import SAMPLING_ONLY, parse_llm
 from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
@@ -56,6 +56,10 @@ def generation_config(artifact_dir: Path, overrides: dict | None):
                 "is not a GenerationConfig field", field=f"generation_config.{key}"
             )
         setattr(gen, key, value)
+    if not gen.do_sample:  # the artifact's sampling knobs mean nothing to greedy decoding
+        for key in SAMPLING_ONLY:
+            if hasattr(gen, key):
+                setattr(gen, key, None)
     try:
         gen.validate(strict=True)
     except (ValueError, TypeError) as exc:
@@ -79,6 +83,7 @@ def predict_generative(
     gen = generation_config(artifact_dir, generation_overrides)
     device = default_device()
     model, tokenizer = load_artifact(artifact_dir, device)
+    torch.manual_seed(cfg.seed)  # Ludwig samples by default: the same call gives the same text
     texts = _generate(cfg, model, tokenizer, df, gen, device)
     metrics = []
     if cfg.output.column in df.columns:

@@ -429,7 +429,7 @@ class GenerativeRecipe:
                 ids = self.tokenizer(prompt, return_tensors="pt").to(self.device)
                 out = self.lm.generate(
                     **ids,
-                    max_new_tokens=min(32, self.cfg.generation["max_new_tokens"]),
+                    max_new_tokens=min(32, self.cfg.generation["max_new_tokens"] or 32),
                     do_sample=False,
                     use_cache=True,
                     pad_token_id=self.tokenizer.pad_token_id,
