@@ -1,10 +1,11 @@
 """Uploads as resources: an id, a state machine, durable records and a replayable event log.
 
 PENDING → RUNNING → SUCCEEDED | FAILED. Each upload owns `<data_dir>/uploads/<id>/`: `upload.json`
-(the record, rewritten atomically), `events.jsonl` (append-only, sequence-numbered, what
-WatchUpload replays), `README.md` when the gateway renders the card, and `files/` when the artifact
-was streamed. A client that disconnects loses nothing; a gateway that restarts resumes unfinished
-uploads, which is safe because an upload is a diff against the remote followed by one commit.
+(the record, rewritten atomically), `events.jsonl` (append-only, sequence numbers from 1, what
+WatchUpload replays; both kept by `tunewire.records`), `README.md` when the gateway renders the
+card, and `files/` when the artifact was streamed. A client that disconnects loses nothing; a
+gateway that restarts resumes unfinished uploads, which is safe because an upload is a diff
+against the remote followed by one commit.
 
 Every upload belongs to the principal that created it (`tunewire.auth`): another principal gets
 NOT_FOUND for it, admin sees all. A principal uploads only to its Hub namespaces. Request ids
@@ -14,9 +15,7 @@ id with another spec is ALREADY_EXISTS, never someone else's upload.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import shutil
 import threading
 import time
@@ -39,6 +38,7 @@ from tunewire.errors import (
     TunewireError,
 )
 from tunewire.model_card import render_model_card
+from tunewire.records import RecordStore
 
 log = structlog.get_logger("tunewire.hub_gateway.uploads")
 
@@ -146,76 +146,58 @@ class UploadManager:
         (self.root / "requests").mkdir(exist_ok=True)
         self._hub = hub
         self.endpoint = endpoint.rstrip("/")
-        self._lock = threading.Lock()
-        # Serialises creates (the idempotency check and the record) without holding `_lock`,
-        # which readers need, while an artifact is hashed.
+        # Serialises creates (the idempotency check and the record) without holding the store's
+        # lock, which readers need, while an artifact is hashed.
         self._create_lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._records: dict[str, UploadRecord] = {}
-        self._events: dict[str, list[UploadEvent]] = {}
+        self._store: RecordStore[UploadRecord, UploadEvent] = RecordStore(
+            self.root,
+            "upload.json",
+            UploadRecord.from_json,
+            lambda d: UploadEvent(**d),
+            lambda rec: rec.state in TERMINAL,
+            first_sequence=1,
+        )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
-        self._closed = False
-        self._load()
+        self._resume()
 
     # -- persistence ----------------------------------------------------------------------------
 
     def _dir(self, upload_id: str) -> Path:
-        return self.root / upload_id
-
-    def _save(self, rec: UploadRecord) -> None:
-        path = self._dir(rec.id) / "upload.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(rec), indent=1))
-        tmp.replace(path)
+        return self._store.dir(upload_id)
 
     def _request_file(self, owner: str, request_id: str) -> Path:
         """Where `owner`'s request id is recorded (a server without tokens keeps the old name)."""
         key = f"{owner}\n{request_id}" if owner else request_id
         return self.root / "requests" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
-    def _load(self) -> None:
-        """Read every record and event log; queue the uploads a previous process left unfinished."""
-        resume = []
-        for path in sorted(self.root.glob("*/upload.json")):
-            rec = UploadRecord.from_json(json.loads(path.read_text()))
-            events_path = path.parent / "events.jsonl"
-            events = []
-            if events_path.exists():
-                for line in events_path.read_text().splitlines():
-                    try:
-                        events.append(UploadEvent(**json.loads(line)))
-                    except (ValueError, TypeError):
-                        break  # a torn last line from a crash: the rest is intact
-            self._records[rec.id], self._events[rec.id] = rec, events
+    def _resume(self) -> None:
+        """Queue the uploads a previous process left unfinished."""
+        for rec in self._store.all():
             if rec.state not in TERMINAL:
-                resume.append(rec.id)
-        for upload_id in resume:
-            log.info("resuming upload after restart", upload_id=upload_id)
-            self._emit(self._records[upload_id], "resumed after a gateway restart")
-            self._pool.submit(self._run, upload_id)
+                log.info("resuming upload after restart", upload_id=rec.id)
+                self._emit(rec, "resumed after a gateway restart")
+                self._pool.submit(self._run, rec.id)
 
     # -- events ---------------------------------------------------------------------------------
 
     def _emit(self, rec: UploadRecord, message: str) -> None:
-        """Record `rec`'s current state as the next event (caller may hold the lock or not)."""
-        with self._changed:
-            events = self._events.setdefault(rec.id, [])
-            event = UploadEvent(
-                upload_id=rec.id,
-                sequence=len(events) + 1,
-                state=rec.state,
-                bytes_sent=rec.bytes_sent,
-                bytes_total=rec.bytes_total,
-                files_done=len(rec.files) if rec.state == SUCCEEDED else 0,
-                files_total=len(rec.files),
-                message=message,
-                time=time.time(),
+        """Record `rec`'s current state and, as the next event, what happened."""
+        with self._store.lock:
+            self._store.save(rec)
+            self._store.append(
+                rec.id,
+                lambda sequence: UploadEvent(
+                    upload_id=rec.id,
+                    sequence=sequence,
+                    state=rec.state,
+                    bytes_sent=rec.bytes_sent,
+                    bytes_total=rec.bytes_total,
+                    files_done=len(rec.files) if rec.state == SUCCEEDED else 0,
+                    files_total=len(rec.files),
+                    message=message,
+                    time=time.time(),
+                ),
             )
-            events.append(event)
-            with (self._dir(rec.id) / "events.jsonl").open("a") as fh:
-                fh.write(json.dumps(dataclasses.asdict(event)) + "\n")
-            self._save(rec)
-            self._changed.notify_all()
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -296,9 +278,7 @@ class UploadManager:
             except BaseException:
                 shutil.rmtree(updir, ignore_errors=True)
                 raise
-            with self._lock:
-                self._records[upload_id] = rec
-                self._events[upload_id] = []
+            self._store.create(rec)
             if spec.request_id:
                 self._request_file(principal.name, spec.request_id).write_text(upload_id)
         log.info(
@@ -312,8 +292,9 @@ class UploadManager:
         )
         if spec.dry_run:
             self._release_files(rec)
-            rec.state, rec.end_time = SUCCEEDED, time.time()
-            self._emit(rec, "dry run: validated and rendered, nothing sent")
+            with self._store.lock:
+                rec.state, rec.end_time = SUCCEEDED, time.time()
+                self._emit(rec, "dry run: validated and rendered, nothing sent")
         else:
             self._emit(rec, "queued")
             self._pool.submit(self._run, upload_id)
@@ -363,8 +344,7 @@ class UploadManager:
     def get(self, upload_id: str, principal: Principal = LOCAL) -> UploadRecord:
         """The upload, if `principal` may see it; another principal's is NOT_FOUND, word for
         word what a missing one gets."""
-        with self._lock:
-            rec = self._records.get(upload_id)
+        rec = self._store.get(upload_id)
         if rec is None or not principal.owns(rec.owner):
             raise NotFound(f"no upload {upload_id!r}", field="id")
         return rec
@@ -379,30 +359,17 @@ class UploadManager:
         """Every event from `from_sequence` on, then new ones as they come, until the upload ends
         (or the caller goes away, or the manager closes)."""
         self.get(upload_id, principal)
-        next_index = max(0, from_sequence - 1)
-        while True:
-            with self._changed:
-                events = self._events[upload_id]
-                while next_index >= len(events) and not self._closed and is_active():
-                    if self._records[upload_id].state in TERMINAL and events:
-                        return
-                    self._changed.wait(0.5)
-                batch = events[next_index:]
-            if not batch:
-                return
-            for event in batch:  # noqa: UP028
-                yield event
-            next_index += len(batch)
-            if batch[-1].state in TERMINAL:
-                return
+        return self._store.follow(upload_id, from_sequence, is_active)
 
     # -- the work -------------------------------------------------------------------------------
 
     def _run(self, upload_id: str) -> None:
-        rec = self._records[upload_id]
+        rec = self._store.get(upload_id)
+        assert rec is not None
         structlog.contextvars.bind_contextvars(upload_id=upload_id)
-        rec.state = RUNNING
-        self._emit(rec, f"uploading {len(rec.files)} files to {rec.spec.repo_id}")
+        with self._store.lock:
+            rec.state = RUNNING
+            self._emit(rec, f"uploading {len(rec.files)} files to {rec.spec.repo_id}")
         try:
             result = self._upload(rec)
         except TunewireError as exc:
@@ -462,16 +429,17 @@ class UploadManager:
 
     def _finish(self, rec: UploadRecord, state: str, message: str, reason: str) -> None:
         self._release_files(rec)
-        rec.state, rec.end_time = state, time.time()
         if state == FAILED:
-            rec.error, rec.error_reason = message, reason
             log.info("upload failed", reason=reason, error=message)
         else:
             log.info("upload succeeded", commit=rec.commit_oid)
-        self._emit(rec, message)
+        # The state and its event change together: a watcher never sees one without the other.
+        with self._store.lock:
+            rec.state, rec.end_time = state, time.time()
+            if state == FAILED:
+                rec.error, rec.error_reason = message, reason
+            self._emit(rec, message)
 
     def close(self, wait: bool = True) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
+        self._store.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)

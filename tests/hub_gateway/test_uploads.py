@@ -61,3 +61,30 @@ def test_watch_follows_live_events(tmp_path, hub, adapter_model):
     watcher.join(30)
     manager.close()
     assert seen[-1].state == SUCCEEDED and seen[-1].files_done == seen[-1].files_total == 5
+
+
+def test_a_torn_last_event_does_not_hide_later_events_after_restart(tmp_path, hub, adapter_model):
+    """A gateway killed mid-append leaves half a line; what the next process appends must
+    still be there after another restart."""
+    started, release = threading.Event(), threading.Event()
+
+    def dying_hub() -> HubClient:
+        started.set()
+        release.wait(30)
+        raise Crash()
+
+    first = UploadManager(tmp_path / "gw", dying_hub, hub.endpoint)
+    rec = first.create(UploadSpec(repo_id="org/torn"), adapter_model, owned=False)
+    assert started.wait(10)
+    with (tmp_path / "gw" / "uploads" / rec.id / "events.jsonl").open("a") as fh:
+        fh.write('{"upload_id": "' + rec.id + '", "sequ')  # the crash
+    second = UploadManager(tmp_path / "gw", lambda: HubClient(hub.endpoint, TOKEN), hub.endpoint)
+    assert list(second.watch(rec.id))[-1].state == SUCCEEDED
+    release.set()
+    first.close()
+    second.close()
+    third = UploadManager(tmp_path / "gw", lambda: HubClient(hub.endpoint, TOKEN), hub.endpoint)
+    events = list(third.watch(rec.id))
+    third.close()
+    assert events[-1].state == SUCCEEDED
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
