@@ -119,7 +119,8 @@ def llm_config(
     max_len: int = 1024,
     accumulation: int = 1,
 ) -> dict:
-    from tunewire.config import resolve, to_dict
+    from services.trainer.model_types import resolve
+    from tunewire.config import to_dict
 
     raw = {
         "model_type": "llm",

@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 from clients.sdk import EmbedderClient, EncoderSpec, TrainerClient, metrics_dict  # noqa: E402
 from services.trainer.context import JobContext  # noqa: E402
+from services.trainer.model_types import resolve  # noqa: E402
 from services.trainer.recipes.predictive.adapted import AdaptedEncoder  # noqa: E402
 from services.trainer.recipes.predictive.data import prepare  # noqa: E402
 from services.trainer.recipes.predictive.loop import HeadTrainer  # noqa: E402
 from services.trainer.recipes.predictive.recipe import build_model, seed_everything  # noqa: E402
 from services.trainer.splits import split  # noqa: E402
 from tunewire import heads as pm  # noqa: E402
-from tunewire.config import resolve  # noqa: E402
 
 LLAMA_1B = dict(
     hidden_size=2048,

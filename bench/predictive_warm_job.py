@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from predictive_headline import job_config, mixed_texts  # noqa: E402
 
 from clients.sdk import EmbedResult  # noqa: E402
+from services.trainer.admission import Admission  # noqa: E402
 from services.trainer.datasets import DatasetStore  # noqa: E402
-from services.trainer.jobs import SUCCEEDED, JobRunner, JobStore  # noqa: E402
+from services.trainer.job_store import SUCCEEDED, JobStore  # noqa: E402
+from services.trainer.runner import JobRunner  # noqa: E402
 
 
 class WarmCache:
@@ -98,7 +100,12 @@ def main() -> None:
     datasets = DatasetStore(work / "datasets")
     store = JobStore(work / "jobs")
     embedder = WarmCache(list(df["text"]), list(df["label"]), args.dim)
-    runner = JobRunner(store, datasets, work / "artifacts", embedder_factory=lambda: embedder)
+    runner = JobRunner(
+        store,
+        Admission(datasets, lambda: embedder),
+        work / "artifacts",
+        embedder_factory=lambda: embedder,
+    )
     ds = datasets.put([df.to_csv(index=False).encode()], "warm.csv")
     args.random_llama_1b, args.pooling, args.max_length = True, "last", 128
     cfg = job_config("stub-encoder", args)

@@ -116,7 +116,8 @@ def trainer_client(args):
 def cmd_train(args) -> int:
     from clients.progress import ProgressPrinter
     from clients.sdk import metrics_dict
-    from tunewire.config import load, resolve
+    from services.trainer.model_types import resolve
+    from tunewire.config import load
     from tunewire.v1 import trainer_pb2
 
     raw = load(args.config)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from tunewire.config.ecd import CombinerConfig, DecoderConfig, EcdConfig, OutputFeature
+from tunewire.config.ecd import CombinerConfig, DecoderConfig, EcdConfig, OutputFeature, parse_ecd
 from tunewire.errors import InvalidArgument
 from tunewire.features import InputMetadata, OutputMetadata, decode_number
 
@@ -438,10 +438,8 @@ class Loaded:
 
 
 def load(directory: Path) -> Loaded:
-    from tunewire.config import resolve
-
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    config = resolve(json.loads((directory / CONFIG_FILE).read_text()))
+    config = parse_ecd(json.loads((directory / CONFIG_FILE).read_text()))
     metadata = json.loads((directory / METADATA_FILE).read_text())
     state = load_file(directory / HEAD_FILE)
     if manifest.get("format_version", 1) == 1:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from services.trainer.admission import Admission
 from services.trainer.context import MetricValue
 from services.trainer.datasets import (
     DEFAULT_CACHE_BYTES,
@@ -15,14 +15,14 @@ from services.trainer.datasets import (
     DEFAULT_MAX_FRAME_BYTES,
     DatasetStore,
 )
-from services.trainer.jobs import JobRecord, JobRunner, JobStore
+from services.trainer.job_store import JobRecord, JobStore
+from services.trainer.model_types import PredictRequest, artifact_model_type
+from services.trainer.runner import JobRunner
 from tunewire.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    TunewireError,
-    Unavailable,
 )
 from tunewire.paths import check_path_text
 
@@ -59,9 +59,10 @@ class TrainerCore:
         self._embedder = None
         self.allowed_model_roots = [self.artifacts_root, *(allowed_model_roots or [])]
         self.allow_any_model_path = allow_any_model_path
+        self.admission = Admission(self.datasets, self.embedder, embedder_address or "")
         self.runner = JobRunner(
             self.jobs,
-            self.datasets,
+            self.admission,
             self.artifacts_root,
             embedder_factory=self.embedder if embedder_address else None,
             uploader=self._upload if hub_gateway_address else None,
@@ -98,63 +99,7 @@ class TrainerCore:
 
     # ------------------------------------------------------------------------------------ jobs
     def create_job(self, raw: dict, **kwargs: Any) -> JobRecord:
-        ids = [kwargs.get(k, "") for k in ("dataset_id", "training_set_id", "validation_set_id")]
-
-        def validate(config) -> None:
-            self._validate_labels(config, [i for i in ids if i])
-            self._validate_encoder(config)
-
-        return self.runner.submit(raw, validate=validate, **kwargs)
-
-    def _validate_labels(self, config, dataset_ids: list[str]) -> None:
-        """Parse every labelled output column now, so a bad label fails the create with its row
-        and column instead of failing the job later."""
-        if config.model_type != "ecd":
-            return
-        from tunewire.features import encode_output, fit_output
-
-        for ds_id in dataset_ids:
-            df = self.datasets.load(ds_id)
-            for i, feature in enumerate(config.output_features):
-                labels = df[feature.column]
-                df_l = df[~(labels.isna() | (labels.astype(str).str.strip() == ""))]
-                path = f"output_features[{i}].column"
-                encode_output(df_l, fit_output(df_l, feature, path), path)
-
-    def _validate_encoder(self, config) -> None:
-        """Ask the embedder to load each frozen text encoder now, so a bad path fails the
-        create, not the job. (An adapted encoder loads in the trainer, when the job runs.)"""
-        if config.model_type != "ecd":
-            return
-        from services.trainer.recipes.predictive.embed import encoder_spec
-        from tunewire.heads import encoder_refs
-
-        refs = encoder_refs(config)
-        for i, feature in enumerate(config.input_features):
-            ref = refs.get(feature.name)
-            if ref is None or ref.adapted:
-                continue
-            path = f"input_features[{i}].encoder.{feature.encoder.model_key}"
-            try:
-                self.embedder().info(encoder_spec(ref))
-            except TunewireError as err:
-                if (
-                    err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-                    or err.code.name == "UNAVAILABLE"
-                ):
-                    raise Unavailable(
-                        f"the embedder at {self.embedder_address} is unreachable", field="embedder"
-                    ) from None
-                if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                    # The trainer's own credentials, not the client's config, are at fault.
-                    raise FailedPrecondition(
-                        f"the embedder refused the trainer's token: {err.message}",
-                        field="embedder",
-                        reason="PEER_AUTH_FAILED",
-                    ) from None
-                raise InvalidArgument(
-                    f"the embedder cannot load this encoder: {err.message}", field=path
-                ) from None
+        return self.runner.submit(raw, **kwargs)
 
     # -------------------------------------------------------------------------------- models
     def artifact_dir(self, job_id: str) -> Path:
@@ -196,26 +141,10 @@ class TrainerCore:
         artifact = self.resolve_model(model)
         if not dataset_id:
             raise InvalidArgument("is required", field="dataset_id")
-        df = self.datasets.load(dataset_id)
-        manifest_path = artifact / "tunewire.json"
-        kind = json.loads(manifest_path.read_text()).get("kind") if manifest_path.exists() else None
-        if kind == "predictive":
-            from services.trainer.recipes.predictive.predict import predict_predictive
-
-            return predict_predictive(artifact, df, self.embedder(), evaluate)
-        try:
-            from services.trainer.recipes.generative.predict import predict_generative
-        except ImportError:
-            raise FailedPrecondition(
-                "generative prediction is not built in this trainer", field="model"
-            ) from None
-        from tunewire.heads import FeatureOutput
-
-        texts, metrics = predict_generative(artifact, df, generation_overrides)
-        if not evaluate:
-            metrics = []
-        name = _generative_output_name(artifact)
-        return [FeatureOutput(name, texts, None, [])], metrics
+        request = PredictRequest(
+            artifact, self.datasets.load(dataset_id), evaluate, self.embedder, generation_overrides
+        )
+        return artifact_model_type(artifact).predict(request)
 
     # ---------------------------------------------------------------------------------- upload
     def _upload(self, rec: JobRecord) -> str:
@@ -234,13 +163,3 @@ class TrainerCore:
             request_id=f"{rec.id}-upload",
         )
         return getattr(result, "id", "")
-
-
-def _generative_output_name(artifact: Path) -> str:
-    cfg_path = artifact / "resolved_config.json"
-    if cfg_path.exists():
-        cfg = json.loads(cfg_path.read_text())
-        outs = cfg.get("output_features") or []
-        if outs:
-            return outs[0].get("name", "output")
-    return "output"

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 
 from services.trainer.datasets import DatasetRecord
-from services.trainer.jobs import JobRecord, StoredEvent
+from services.trainer.job_store import JobRecord, StoredEvent
 from services.trainer.service import TrainerCore
 from tunewire import tensors
 from tunewire.errors import InvalidArgument, NotFound

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from services.trainer.context import JobContext, Progress
+from services.trainer.model_types import resolve
 from services.trainer.recipes.generative.launch import run_generative_job
-from tunewire.config import resolve, to_dict
+from tunewire.config import to_dict
 
 NAMES = [
     "alba",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunewire.config import ConfigError, resolve, to_dict
+from services.trainer.model_types import resolve
+from tunewire.config import ConfigError, to_dict
 from tunewire.config.llm import DEFAULT_TASK_TEMPLATE, LoraAdapter, parse_llm
 
 BASE = {

@@ -10,11 +10,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from services.trainer.context import Progress
+from services.trainer.model_types import resolve
 from services.trainer.recipes.generative.data import IGNORE, build_samples, render_prompt
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.predict import predict_generative
 from tests.generative.conftest import COLORS, job_context, llm_config, task_frame
-from tunewire.config import resolve
 from tunewire.errors import FailedPrecondition
 
 # User turns end with "answer :", assistant turns with EOS; the tiny vocabulary knows the words.

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.trainer.model_types import resolve
 from services.trainer.recipes.generative import loss as loss_mod
 from services.trainer.recipes.generative.data import (
     IGNORE,
@@ -20,7 +21,6 @@ from services.trainer.recipes.generative.data import (
 from services.trainer.recipes.generative.loss import linear_cross_entropy
 from services.trainer.recipes.generative.model import CausalLMWithLoss
 from tests.generative.conftest import llm_config, task_frame
-from tunewire.config import resolve
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from services.trainer.context import Progress
+from services.trainer.model_types import resolve
 from services.trainer.recipes.generative.data import build_samples, collate_packed
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import CausalLMWithLoss, load_model, load_tokenizer
@@ -27,7 +28,6 @@ from tests.generative.conftest import (
     task_frame,
     worker_losses,
 )
-from tunewire.config import resolve
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_bnb = pytest.mark.skipif(

@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from services.trainer.model_types import resolve
 from services.trainer.recipes.generative import lora_fused
 from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.lora_fused import FusedLoraLinear, fuse_lora
 from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
 from tests.generative.conftest import llm_config, task_frame
-from tunewire.config import resolve, to_dict
+from tunewire.config import to_dict
 
 LAYERS = 2
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down

@@ -495,7 +495,7 @@ def test_generative_job_is_consistent():
 
 
 def test_train_cli_job_input_is_a_valid_config_and_data_set():
-    from tunewire.config import resolve
+    from services.trainer.model_types import resolve
 
     docs = rendered("train-cli")
     job = find(docs, "Job", "tunewire-train-cli")

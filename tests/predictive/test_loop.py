@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from services.trainer.context import JobContext
+from services.trainer.model_types import resolve
 from services.trainer.recipes.predictive.data import prepare
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
 from services.trainer.recipes.predictive.graphed import Rewind
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from services.trainer.recipes.predictive.recipe import build_model
 from tunewire import heads as pm
-from tunewire.config import resolve, to_dict
+from tunewire.config import to_dict
 
 EPOCHS, BATCH = 3, 16  # 100 training rows: six batches of 16 and a last one of 4
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

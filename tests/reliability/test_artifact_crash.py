@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from services.trainer.admission import Admission
 from services.trainer.context import JobContext, JobResult, MetricValue
 from services.trainer.datasets import DatasetStore
-from services.trainer.jobs import JobRunner, JobStore
+from services.trainer.job_store import JobStore
+from services.trainer.runner import JobRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
@@ -33,7 +35,9 @@ import sys, time
 from pathlib import Path
 from services.trainer.context import JobResult, MetricValue
 from services.trainer.datasets import DatasetStore
-from services.trainer.jobs import JobRunner, JobStore
+from services.trainer.admission import Admission
+from services.trainer.job_store import JobStore
+from services.trainer.runner import JobRunner
 
 root = Path(sys.argv[1])
 
@@ -45,7 +49,8 @@ def slow_artifact(ctx):
         time.sleep(0.05)
     return JobResult([MetricValue("test", "label", "accuracy", 1.0)])
 
-runner = JobRunner(JobStore(root / "jobs"), DatasetStore(root / "datasets"), root / "artifacts",
+admission = Admission(DatasetStore(root / "datasets"))
+runner = JobRunner(JobStore(root / "jobs"), admission, root / "artifacts",
                    dispatcher=lambda _: slow_artifact)
 runner.start()
 runner.submit({config!r}, dataset_id=sys.argv[2])
@@ -89,7 +94,7 @@ def test_sigkill_mid_artifact_leaves_nothing_that_looks_whole(tmp_path):
     store = JobStore(tmp_path / "jobs")
     assert store.get(job_id).state == "RUNNING" and store.get(job_id).artifact_path == ""
 
-    runner = JobRunner(store, datasets, artifacts, dispatcher=lambda _: whole_recipe)
+    runner = JobRunner(store, Admission(datasets), artifacts, dispatcher=lambda _: whole_recipe)
     runner.start()
     try:
         deadline = time.monotonic() + 10

@@ -11,11 +11,13 @@ import grpc
 import pandas as pd
 import pytest
 
+from services.trainer.admission import Admission
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
 from services.trainer.context import JobContext, JobResult, MetricValue
 from services.trainer.datasets import DatasetStore
-from services.trainer.jobs import JobRunner, JobStore
+from services.trainer.job_store import JobStore
+from services.trainer.runner import JobRunner
 from tunewire.errors import from_rpc_error
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -84,7 +86,9 @@ def test_job_writing_past_a_full_disk_fails_with_the_reason(small_disk, tmp_path
         return JobResult([MetricValue("test", "label", "accuracy", 1.0)])
 
     store = JobStore(small_disk / "jobs")
-    runner = JobRunner(store, datasets, small_disk / "artifacts", dispatcher=lambda _: big_artifact)
+    runner = JobRunner(
+        store, Admission(datasets), small_disk / "artifacts", dispatcher=lambda _: big_artifact
+    )
     runner.start()
     try:
         rec = runner.submit(CONFIG, dataset_id=ds.id)

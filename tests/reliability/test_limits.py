@@ -11,11 +11,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.embedder.app import Settings as EmbedderSettings
 from services.embedder.app import start as start_embedder
+from services.trainer.admission import Admission
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
 from services.trainer.context import JobContext, JobResult
 from services.trainer.datasets import DatasetStore
-from services.trainer.jobs import JobRunner, JobStore
+from services.trainer.job_store import JobStore
+from services.trainer.runner import JobRunner
 from services.trainer.service import TrainerCore
 from services.trainer.servicer import TrainerServicer
 from tests.reliability.conftest import code_of
@@ -176,7 +178,7 @@ def test_job_over_its_wall_clock_limit_fails_with_the_reason(tmp_path, datasets)
     store = JobStore(tmp_path / "jobs")
     runner = JobRunner(
         store,
-        store_ds,
+        Admission(store_ds),
         tmp_path / "artifacts",
         dispatcher=lambda _: slow_recipe,
         max_job_seconds=0.5,
@@ -200,14 +202,16 @@ def test_job_over_its_wall_clock_limit_fails_with_the_reason(tmp_path, datasets)
 def test_wall_clock_counts_from_the_first_start_across_restarts(tmp_path, datasets):
     store_ds, ds_id = datasets
     store = JobStore(tmp_path / "jobs")
-    first = JobRunner(store, store_ds, tmp_path / "artifacts", dispatcher=lambda _: slow_recipe)
+    first = JobRunner(
+        store, Admission(store_ds), tmp_path / "artifacts", dispatcher=lambda _: slow_recipe
+    )
     rec = first.submit(CONFIG, dataset_id=ds_id)
     # What a trainer killed two minutes into the job leaves on disk.
     store.update(rec.id, state="RUNNING", attempts=1, start_time=time.time() - 120)
     reopened = JobStore(tmp_path / "jobs")
     again = JobRunner(
         reopened,
-        store_ds,
+        Admission(store_ds),
         tmp_path / "artifacts",
         dispatcher=lambda _: slow_recipe,
         max_job_seconds=60,
@@ -225,7 +229,11 @@ def test_job_queue_cap_is_resource_exhausted(tmp_path, datasets):
     store_ds, ds_id = datasets
     store = JobStore(tmp_path / "jobs")
     runner = JobRunner(
-        store, store_ds, tmp_path / "artifacts", dispatcher=lambda _: slow_recipe, max_queued_jobs=2
+        store,
+        Admission(store_ds),
+        tmp_path / "artifacts",
+        dispatcher=lambda _: slow_recipe,
+        max_queued_jobs=2,
     )  # not started: jobs stay QUEUED
     runner.submit(CONFIG, dataset_id=ds_id)
     runner.submit(CONFIG, dataset_id=ds_id)

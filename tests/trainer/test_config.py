@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tunewire.config import ConfigError, ecd, load, resolve, to_dict, trainer
+from services.trainer.model_types import resolve
+from tunewire.config import ConfigError, ecd, load, to_dict, trainer
 
 BASE = {
     "input_features": [

@@ -10,9 +10,11 @@ import time
 import pandas as pd
 import pytest
 
+from services.trainer.admission import Admission
 from services.trainer.context import JobCancelled, JobContext, JobResult, MetricValue, Progress
 from services.trainer.datasets import DatasetStore
-from services.trainer.jobs import JobRunner, JobStore
+from services.trainer.job_store import JobRecord, JobStore
+from services.trainer.runner import JobRunner
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 CONFIG = {
@@ -42,7 +44,9 @@ def wait_state(store: JobStore, job_id: str, states, timeout=60.0):
 
 def make_runner(tmp_path, datasets, recipe, **kw):
     store = JobStore(tmp_path / "jobs")
-    runner = JobRunner(store, datasets, tmp_path / "artifacts", dispatcher=lambda _t: recipe, **kw)
+    runner = JobRunner(
+        store, Admission(datasets), tmp_path / "artifacts", dispatcher=lambda _t: recipe, **kw
+    )
     runner.start()
     return store, runner
 
@@ -150,13 +154,17 @@ def test_restart_fails_a_job_out_of_attempts(tmp_path, dataset):
     datasets, ds_id = dataset
     store = JobStore(tmp_path / "jobs")
     runner = JobRunner(
-        store, datasets, tmp_path / "artifacts", dispatcher=lambda _t: ok_recipe, max_attempts=1
+        store,
+        Admission(datasets),
+        tmp_path / "artifacts",
+        dispatcher=lambda _t: ok_recipe,
+        max_attempts=1,
     )
     rec = runner.submit(CONFIG, dataset_id=ds_id)  # queued, runner not started
     store.update(rec.id, state="RUNNING", attempts=1)
     runner2 = JobRunner(
         JobStore(tmp_path / "jobs"),
-        datasets,
+        Admission(datasets),
         tmp_path / "artifacts",
         dispatcher=lambda _t: ok_recipe,
         max_attempts=1,
@@ -165,3 +173,18 @@ def test_restart_fails_a_job_out_of_attempts(tmp_path, dataset):
     rec2 = runner2.store.get(rec.id)
     assert rec2.state == "FAILED" and "not retried" in rec2.error
     runner2.stop()
+
+
+def test_a_torn_last_event_does_not_hide_later_events_after_restart(tmp_path):
+    """A trainer killed mid-append leaves half a line; the events written after the restart must
+    survive the next restart too (they used to be glued to the fragment and lost)."""
+    store = JobStore(tmp_path / "jobs")
+    store.create(JobRecord(id="job-1", state="RUNNING", config={}))
+    store.append_event("job-1", "log", {"message": "one"})
+    with (tmp_path / "jobs" / "job-1" / "events.jsonl").open("a") as fh:
+        fh.write('{"sequence": 1, "time": 1.0, "kind": "lo')  # the crash
+    reopened = JobStore(tmp_path / "jobs")
+    reopened.append_event("job-1", "log", {"message": "two"})
+    reopened.update("job-1", state="SUCCEEDED")
+    events = list(JobStore(tmp_path / "jobs").follow("job-1"))
+    assert [(e.sequence, e.data["message"]) for e in events] == [(0, "one"), (1, "two")]

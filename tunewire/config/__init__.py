@@ -1,7 +1,9 @@
 """The config schema in Ludwig's vocabulary, one module per model type.
 
-`resolve(raw)` validates a user's config (a dict from YAML/JSON) and returns the typed config with
-every default filled in; `to_dict(resolved)` is what a job records and an artifact carries.
+Each model type's `parse_*` validates a user's config (a dict from YAML/JSON) and returns the typed
+config with every default filled in; the trainer's table of model types
+(`services/trainer/model_types.py`, `resolve`) picks the parser. `to_dict(resolved)` is what a job
+records and an artifact carries.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import yaml
 
 from tunewire.config.schema import ConfigError, to_dict
 
-__all__ = ["ConfigError", "load", "resolve", "to_dict"]
+__all__ = ["ConfigError", "load", "to_dict"]
 
 
 def load(path: str | Path) -> dict:
@@ -50,21 +52,3 @@ def _absolutize_model_paths(node: Any, base: Path) -> None:
     elif isinstance(node, list):
         for item in node:
             _absolutize_model_paths(item, base)
-
-
-def resolve(raw: dict) -> Any:
-    """Validate and fill defaults; the model type picks the schema (ecd when absent)."""
-    if not isinstance(raw, dict):
-        raise ConfigError("the config must be a mapping", field="config")
-    model_type = raw.get("model_type", "ecd")
-    if model_type == "ecd":
-        from tunewire.config.ecd import parse_ecd
-
-        return parse_ecd(raw)
-    if model_type == "llm":
-        try:
-            from tunewire.config.llm import parse_llm
-        except ImportError:
-            raise ConfigError("model_type llm is not built yet", field="model_type") from None
-        return parse_llm(raw)
-    raise ConfigError(f"{model_type!r} is not one of 'ecd', 'llm'", field="model_type")

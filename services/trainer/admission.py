@@ -1,0 +1,137 @@
+"""Admission: a job's config parsed, validated and resolved once, and the data it names checked,
+before the job is recorded; and, when it runs, its splits loaded from those data sets.
+
+Everything a job can be refused for is found here, at create time, with the field path: the
+config (through the model type's schema), the data sets and their columns, the split column, and
+the model type's own checks (for a predictive job, labels that parse and encoders the embedder can
+load). The resolved config is what the job records and its recipe receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from services.trainer.datasets import DatasetStore
+from services.trainer.model_types import model_type, resolve
+from services.trainer.splits import split
+from tunewire.errors import InvalidArgument
+
+Splits = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """The data sets a job names: one to split, or a training set with optional others."""
+
+    dataset_id: str = ""
+    training_set_id: str = ""
+    validation_set_id: str = ""
+    test_set_id: str = ""
+
+    def named(self) -> dict[str, str]:
+        """Field name -> data set id, for those given."""
+        ids = {
+            "dataset_id": self.dataset_id,
+            "training_set_id": self.training_set_id,
+            "validation_set_id": self.validation_set_id,
+            "test_set_id": self.test_set_id,
+        }
+        return {k: v for k, v in ids.items() if v}
+
+    def labelled(self) -> list[str]:
+        """The data sets whose labels train or select the model (a test set may lack them)."""
+        return [i for i in (self.dataset_id, self.training_set_id, self.validation_set_id) if i]
+
+
+class Admission:
+    """Admits jobs against the trainer's data sets (and its embedder, for model types that
+    need it); `embedder` makes the shared client on first use."""
+
+    def __init__(
+        self,
+        datasets: DatasetStore,
+        embedder: Callable[[], Any] | None = None,
+        embedder_address: str = "",
+    ) -> None:
+        self.datasets = datasets
+        self.embedder = embedder
+        self.embedder_address = embedder_address
+
+    def admit(self, raw_config: dict, inputs: JobInputs) -> Any:
+        """The resolved config of a job that may run; raises the first thing that is wrong."""
+        config = resolve(raw_config)
+        self._check_datasets(config, inputs)
+        model_type(config.model_type).admit(config, self, inputs)
+        return config
+
+    def _check_datasets(self, config: Any, inputs: JobInputs) -> None:
+        if not inputs.dataset_id and not inputs.training_set_id:
+            raise InvalidArgument(
+                "give a data set (dataset_id) or a training set", field="dataset_id"
+            )
+        if inputs.dataset_id and inputs.training_set_id:
+            raise InvalidArgument(
+                "give either dataset_id or training_set_id, not both", field="training_set_id"
+            )
+        columns_needed = _columns_needed(config)
+        for field_name, ds_id in inputs.named().items():
+            record = self.datasets.get(ds_id)
+            for path, column in columns_needed.items():
+                label = path.startswith("output_features")
+                if column not in record.columns and not (label and field_name == "test_set_id"):
+                    raise InvalidArgument(
+                        f"column {column!r} is not in data set {ds_id} "
+                        f"(columns: {', '.join(record.columns)})",
+                        field=path,
+                    )
+        split_config = getattr(getattr(config, "preprocessing", None), "split", None)
+        if (
+            inputs.dataset_id
+            and split_config is not None
+            and split_config.type in ("fixed", "stratify", "hash")
+        ):
+            record = self.datasets.get(inputs.dataset_id)
+            if split_config.column not in record.columns:
+                raise InvalidArgument(
+                    f"split column {split_config.column!r} is not in the data set",
+                    field="preprocessing.split.column",
+                )
+
+    def load_splits(self, config: Any, inputs: JobInputs) -> Splits:
+        """(train, validation, test): the one data set sampled and split as the config says, or
+        the sets given."""
+        if inputs.dataset_id:
+            df = self.datasets.load(inputs.dataset_id)
+            pre = getattr(config, "preprocessing", None)
+            if pre is not None and pre.sample_ratio < 1.0:
+                df = df.sample(frac=pre.sample_ratio, random_state=config.seed).reset_index(
+                    drop=True
+                )
+            if pre is not None and getattr(pre, "sample_size", None):
+                df = df.sample(
+                    n=min(pre.sample_size, len(df)), random_state=config.seed
+                ).reset_index(drop=True)
+            return split(df, pre.split, config.seed)
+
+        def load(ds_id: str) -> pd.DataFrame | None:
+            return self.datasets.load(ds_id) if ds_id else None
+
+        return (
+            self.datasets.load(inputs.training_set_id),
+            load(inputs.validation_set_id),
+            load(inputs.test_set_id),
+        )
+
+
+def _columns_needed(config: Any) -> dict[str, str]:
+    """config path -> column, for every feature the config reads."""
+    out = {}
+    for i, f in enumerate(getattr(config, "input_features", []) or []):
+        out[f"input_features[{i}].column"] = f.column
+    for i, f in enumerate(getattr(config, "output_features", []) or []):
+        out[f"output_features[{i}].column"] = f.column
+    return out

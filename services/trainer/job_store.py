@@ -1,0 +1,106 @@
+"""Training jobs as durable resources: the record of each job and its event log.
+
+Each job lives in `<data_dir>/jobs/<id>/`: `job.json` (the record, replaced atomically on every
+change) and `events.jsonl` (append-only, one event a line, sequence numbers from 0), kept by
+`tunewire.records`. The runner (`runner.py`) is the only writer; the servicer reads and follows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunewire.errors import NotFound
+from tunewire.records import RecordStore
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass
+class JobRecord:
+    id: str
+    state: str
+    config: dict  # resolved, every default written
+    dataset_id: str = ""
+    training_set_id: str = ""
+    validation_set_id: str = ""
+    test_set_id: str = ""
+    request_id: str = ""
+    upload_to: str = ""
+    upload_id: str = ""
+    metrics: list[dict] = field(default_factory=list)
+    artifact_path: str = ""
+    error: str = ""
+    create_time: float = 0.0
+    start_time: float = 0.0
+    end_time: float = 0.0
+    attempts: int = 0
+    summary: dict = field(default_factory=dict)
+    owner: str = ""  # the principal that created it (tunewire.auth; "" without tokens)
+
+
+@dataclass
+class StoredEvent:
+    sequence: int
+    time: float
+    kind: str  # state | progress | metrics | log
+    data: dict
+
+
+class JobStore:
+    """Job records and event logs on disk, with in-memory followers for Watch."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._store: RecordStore[JobRecord, StoredEvent] = RecordStore(
+            self.root,
+            "job.json",
+            lambda d: JobRecord(**d),
+            lambda d: StoredEvent(**d),
+            lambda rec: rec.state in TERMINAL,
+        )
+        # Held around a change that must look like one to a follower (a state and its event).
+        self.lock = self._store.lock
+
+    def create(self, rec: JobRecord) -> JobRecord:
+        return self._store.create(rec)
+
+    def get(self, job_id: str) -> JobRecord:
+        rec = self._store.get(job_id)
+        if rec is None:
+            raise NotFound(f"no job {job_id!r}", field="id")
+        return rec
+
+    def find_by_request(self, request_id: str) -> JobRecord | None:
+        if not request_id:
+            return None
+        return next((j for j in self._store.all() if j.request_id == request_id), None)
+
+    def all(self) -> list[JobRecord]:
+        return sorted(self._store.all(), key=lambda j: (j.create_time, j.id))
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        return self._store.update(job_id, **changes)
+
+    def append_event(self, job_id: str, kind: str, data: dict) -> StoredEvent:
+        return self._store.append(job_id, lambda seq: StoredEvent(seq, time.time(), kind, data))
+
+    def follow(
+        self, job_id: str, from_sequence: int = 0, alive: Callable[[], bool] = lambda: True
+    ) -> Iterator[StoredEvent]:
+        """Replay events from `from_sequence`, then wait for new ones until the job ends."""
+        self.get(job_id)
+        return self._store.follow(job_id, from_sequence, alive)
+
+    def work_dir(self, job_id: str) -> Path:
+        return self._store.dir(job_id)

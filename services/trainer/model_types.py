@@ -1,0 +1,127 @@
+"""The trainer's one table of model types: how each parses its config, checks a job at admission,
+trains, and predicts from its artifact.
+
+Ludwig's `model_type` picks the row: `ecd` (the default; a predictive head over encoders) or `llm`
+(generative fine-tuning). Recipes are imported when a row's function is called, so parsing a config
+(the CLI does it before any upload) does not load torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from services.trainer.context import JobContext, JobResult, MetricValue
+from tunewire.config.ecd import parse_ecd
+from tunewire.config.llm import parse_llm
+from tunewire.config.schema import ConfigError
+
+if TYPE_CHECKING:
+    from services.trainer.admission import Admission, JobInputs
+    from tunewire.heads import FeatureOutput
+
+Predictions = tuple[list["FeatureOutput"], list[MetricValue]]
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What prediction from an artifact may use; each model type takes the parts it needs."""
+
+    artifact: Path
+    data: pd.DataFrame
+    evaluate: bool
+    embedder: Callable[[], Any]  # the embedder client, asked for only by predictive artifacts
+    generation_overrides: dict | None = None
+
+
+@dataclass(frozen=True)
+class ModelType:
+    name: str
+    parse: Callable[[dict], Any]  # raw config -> resolved config (every default written)
+    admit: Callable[[Any, Admission, JobInputs], None]  # checks needing the data or services
+    run: Callable[[JobContext], JobResult]
+    predict: Callable[[PredictRequest], Predictions]
+
+
+# ------------------------------------------------------------------------------------ ecd
+def _admit_ecd(config: Any, admission: Admission, inputs: JobInputs) -> None:
+    from services.trainer.recipes.predictive.admission import check_encoders, check_labels
+
+    check_labels(config, admission.datasets, inputs.labelled())
+    check_encoders(config, admission.embedder, admission.embedder_address)
+
+
+def _run_ecd(ctx: JobContext) -> JobResult:
+    from services.trainer.recipes.predictive.recipe import run_predictive_job
+
+    return run_predictive_job(ctx)
+
+
+def _predict_ecd(req: PredictRequest) -> Predictions:
+    from services.trainer.recipes.predictive.predict import predict_predictive
+
+    return predict_predictive(req.artifact, req.data, req.embedder(), req.evaluate)
+
+
+# ------------------------------------------------------------------------------------ llm
+def _admit_llm(config: Any, admission: Admission, inputs: JobInputs) -> None:
+    """Nothing beyond the columns: the worker checks the model and the devices when it starts."""
+
+
+def _run_llm(ctx: JobContext) -> JobResult:
+    from services.trainer.recipes.generative.launch import run_generative_job
+
+    return run_generative_job(ctx)
+
+
+def _predict_llm(req: PredictRequest) -> Predictions:
+    from services.trainer.recipes.generative.predict import predict_generative
+
+    texts, metrics = predict_generative(req.artifact, req.data, req.generation_overrides)
+    name = _generative_output_name(req.artifact)
+    return [FeatureOutput(name, texts, None, [])], metrics if req.evaluate else []
+
+
+def _generative_output_name(artifact: Path) -> str:
+    cfg_path = artifact / "resolved_config.json"
+    if cfg_path.exists():
+        outs = json.loads(cfg_path.read_text()).get("output_features") or []
+        if outs:
+            return outs[0].get("name", "output")
+    return "output"
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    t.name: t
+    for t in (
+        ModelType("ecd", parse_ecd, _admit_ecd, _run_ecd, _predict_ecd),
+        ModelType("llm", parse_llm, _admit_llm, _run_llm, _predict_llm),
+    )
+}
+
+
+def model_type(name: str) -> ModelType:
+    if not isinstance(name, str) or name not in MODEL_TYPES:
+        allowed = ", ".join(repr(n) for n in MODEL_TYPES)
+        raise ConfigError(f"{name!r} is not one of {allowed}", field="model_type")
+    return MODEL_TYPES[name]
+
+
+def resolve(raw: dict) -> Any:
+    """Validate a user's config (a dict from YAML/JSON) and fill every default; the model type
+    picks the schema (ecd when absent)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a mapping", field="config")
+    return model_type(raw.get("model_type", "ecd")).parse(raw)
+
+
+def artifact_model_type(artifact: Path) -> ModelType:
+    """A predictive artifact says so in its manifest; anything else is a generative model."""
+    manifest = artifact / "tunewire.json"
+    kind = json.loads(manifest.read_text()).get("kind") if manifest.exists() else None
+    return MODEL_TYPES["ecd" if kind == "predictive" else "llm"]
