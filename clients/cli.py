@@ -392,7 +392,7 @@ def _serve_all(args, extra: list[str]) -> int:
     from tunewire.errors import InvalidArgument
     from tunewire.logging import configure, get_logger
     from tunewire.server import wait_for_termination
-    from tunewire.server_flags import export_peer_token, security_from_args
+    from tunewire.server_flags import export_peer_token, security_from_args, warn_if_exposed
 
     sec, unknown = _serve_all_parser().parse_known_args(extra)
     if unknown:
@@ -409,6 +409,7 @@ def _serve_all(args, extra: list[str]) -> int:
     security = security_from_args(sec)
     export_peer_token(sec)
     configure()
+    warn_if_exposed(args.host or "127.0.0.1", security, "all")
     base = args.port if args.port is not None else 50051
     services = start_embedded(
         args.data_dir,

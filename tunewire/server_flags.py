@@ -18,8 +18,11 @@ calls its peers trusting a CA, possibly presenting a client certificate.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from pathlib import Path
+
+import structlog
 
 from tunewire.server import DEFAULT_MAX_CONCURRENT_RPCS, ServerSecurity
 from tunewire.tls import ServerTLS
@@ -98,12 +101,63 @@ def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) ->
         )
 
 
+_FILE_FLAGS = (
+    ("auth_tokens_file", "--auth-tokens-file"),
+    ("tls_cert", "--tls-cert"),
+    ("tls_key", "--tls-key"),
+    ("tls_client_ca", "--tls-client-ca"),
+)
+
+
+def _check_readable(args: argparse.Namespace) -> None:
+    """Each file a flag names is readable now: at start a missing tokens file or certificate
+    is one line naming the flag, not a traceback from the first reload."""
+    for attr, flag in _FILE_FLAGS:
+        path = getattr(args, attr, None)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise SystemExit(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+
+
+_LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine."""
+    name = host.strip("[]")
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard: assume reachable
+
+
+def warn_if_exposed(host: str, security: ServerSecurity, service: str) -> None:
+    """A server reachable from other machines with neither tokens nor TLS takes anyone's calls
+    in plaintext: said loudly at start (embedded use on loopback says nothing)."""
+    if is_loopback(host) or security.auth_tokens_file is not None or security.tls is not None:
+        return
+    structlog.get_logger("tunewire.security").warning(
+        "UNPROTECTED: serving on a non-loopback address with no --auth-tokens-file and no "
+        "--tls-cert; anyone who reaches this port may call every RPC, in plaintext",
+        service=service,
+        host=host,
+    )
+
+
 def security_from_args(args: argparse.Namespace) -> ServerSecurity:
-    """ServerSecurity from parsed flags; a half-given TLS pair is a usage error."""
+    """ServerSecurity from parsed flags; a half-given TLS pair is a usage error, and so is a
+    named file that cannot be read."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    _check_readable(args)
     tls = (
         ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
         if args.tls_cert is not None
@@ -133,6 +187,7 @@ def serve(name: str, args: argparse.Namespace, start, settings, on_stop) -> int:
     from tunewire.logging import get_logger
     from tunewire.server import wait_for_termination
 
+    warn_if_exposed(args.host, settings.security, name)
     app = start(settings)
     get_logger(f"services.{name}").info(
         f"{name} serving", port=app.port, data_dir=str(args.data_dir)

@@ -11,7 +11,7 @@ from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from tunewire.logging import configure
 from tunewire.model_roots import add_model_root_flags, roots_from_args
 from tunewire.server import wait_for_termination
-from tunewire.server_flags import add_security_flags, security_from_args
+from tunewire.server_flags import add_security_flags, security_from_args, warn_if_exposed
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    warn_if_exposed(settings.host, settings.security, "embedder")
     app = start(settings)
     wait_for_termination([app.running], on_stop=app.close)
 
