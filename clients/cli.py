@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -172,8 +173,24 @@ def cmd_train(args) -> int:
     if job.upload_id:
         summary["upload_id"] = job.upload_id
     if args.json:
-        print(json.dumps(summary))
+        print(_json(summary))
     return 0 if job.state == trainer_pb2.Job.SUCCEEDED else EXIT_FAILED
+
+
+def _finite(value):
+    """`value` with every NaN or infinity made None: JSON has no NaN (a metric that needs two
+    classes is undefined on one), and `--json` output must parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value, **kwargs) -> str:
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -215,7 +232,7 @@ def cmd_predict(args) -> int:
     print(f"{resp.rows} predictions written to {path}", file=sys.stderr)
     if args.json:
         print(
-            json.dumps(
+            _json(
                 {
                     "predictions": str(path.resolve()),
                     "rows": resp.rows,
@@ -236,9 +253,9 @@ def cmd_evaluate(args) -> int:
         out_dir = Path(args.output_directory)
         out_dir.mkdir(parents=True, exist_ok=True)
         predictions_frame(resp).to_csv(out_dir / "predictions.csv", index=False)
-        (out_dir / "test_statistics.json").write_text(json.dumps(metrics, indent=2))
+        (out_dir / "test_statistics.json").write_text(_json(metrics, indent=2))
     if args.json:
-        print(json.dumps({"rows": resp.rows, "metrics": metrics}))
+        print(_json({"rows": resp.rows, "metrics": metrics}))
     return 0
 
 
@@ -283,7 +300,7 @@ def cmd_embed(args) -> int:
     )
     if args.json:
         print(
-            json.dumps(
+            _json(
                 {
                     "output": str(Path(args.output).resolve()),
                     "shape": list(result.vectors.shape),
@@ -308,7 +325,7 @@ def cmd_jobs(args) -> int:
         if args.action == "list":
             jobs = trainer.list_jobs()
             if args.json:
-                print(json.dumps([MessageToDict(j) for j in jobs]))
+                print(_json([MessageToDict(j) for j in jobs]))
             for j in jobs:
                 print(
                     f"{j.id}  {trainer_pb2.Job.State.Name(j.state):<10} {j.error}",
@@ -331,7 +348,7 @@ def cmd_jobs(args) -> int:
         "artifact": job.artifact_path,
         "error": job.error,
     }
-    print(json.dumps(summary) if args.json else f"{job.id} {state} {job.error}".strip())
+    print(_json(summary) if args.json else f"{job.id} {state} {job.error}".strip())
     return 0
 
 

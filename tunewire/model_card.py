@@ -26,6 +26,25 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# Files of an artifact that may name the server's paths (a local base model, an encoder).
+CONFIG_FILES = ("resolved_config.json", "adapter_config.json", "config.json", "tunewire.json")
+_LOCAL_PATH = re.compile(r"^(/|~|\./|\.\./|[A-Za-z]:[\\/])")
+
+
+def without_local_paths(value: Any) -> Any:
+    """`value` with every string that is a local path replaced by `<local>/` and its last
+    component: what the Hub shows must not map the server's disk, and a local path means
+    nothing to whoever downloads the model."""
+    if isinstance(value, str) and _LOCAL_PATH.match(value):
+        name = value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        return f"<local>/{name}"
+    if isinstance(value, dict):
+        return {k: without_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    return value
+
+
 def _hub_model_id(value: Any) -> str | None:
     """A base model the Hub can link to; local paths (the trainer's cache) are left out because the
     Hub rejects them in `base_model`."""
@@ -148,6 +167,8 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
         or resolved.get("base_model")
         or config.get("_name_or_path")
     )
+    # What the card shows of the configs: never the server's paths.
+    meta, adapter, config, resolved = map(without_local_paths, (meta, adapter, config, resolved))
     task = meta.get("task") or ("text-generation" if kind != "predictive" else None)
     datasets = [str(d) for d in (meta.get("datasets") or []) if d]
     metrics = _flatten_metrics(meta.get("metrics"))

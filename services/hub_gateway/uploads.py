@@ -16,6 +16,7 @@ id with another spec is ALREADY_EXISTS, never someone else's upload.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
 import time
@@ -37,7 +38,7 @@ from tunewire.errors import (
     PermissionDenied,
     TunewireError,
 )
-from tunewire.model_card import render_model_card
+from tunewire.model_card import CONFIG_FILES, render_model_card, without_local_paths
 from tunewire.records import RecordStore
 
 log = structlog.get_logger("tunewire.hub_gateway.uploads")
@@ -87,6 +88,8 @@ class UploadRecord:
     artifact_kind: str = ""
     model_card: str = ""
     card_path: str = ""  # the rendered README.md to send, when the artifact's own is not kept
+    # name -> a copy to send instead: config files with the server's paths taken out
+    redacted: dict[str, str] = field(default_factory=dict)
     files: list[FileRecord] = field(default_factory=list)
     commit_url: str = ""
     commit_oid: str = ""
@@ -329,6 +332,9 @@ class UploadManager:
             rec.card_path = str(card)
             if "README.md" not in names:
                 names.append("README.md")
+        for name in CONFIG_FILES:
+            if name in names:
+                self._redact(rec, source / name, self._dir(upload_id) / name)
         for name in sorted(names):
             path = self._local_path(rec, name)
             rec.files.append(FileRecord(path=name, size=path.stat().st_size, sha256=_sha256(path)))
@@ -336,9 +342,24 @@ class UploadManager:
         return rec
 
     @staticmethod
+    def _redact(rec: UploadRecord, source: Path, copy: Path) -> None:
+        """Send a copy of the JSON file `source` without the server's local paths, when it
+        holds any (a local base model or encoder; tunewire/model_card.py)."""
+        try:
+            value = json.loads(source.read_text())
+        except (OSError, ValueError):
+            return  # validation has passed it; nothing of ours to take out
+        public = without_local_paths(value)
+        if public != value:
+            copy.write_text(json.dumps(public, indent=2))
+            rec.redacted[source.name] = str(copy)
+
+    @staticmethod
     def _local_path(rec: UploadRecord, name: str) -> Path:
         if name == "README.md" and rec.card_path:
             return Path(rec.card_path)
+        if name in rec.redacted:
+            return Path(rec.redacted[name])
         return Path(rec.source_dir) / name
 
     def get(self, upload_id: str, principal: Principal = LOCAL) -> UploadRecord:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+import structlog
 
 
 @dataclass
@@ -89,8 +90,28 @@ class Recipe(Protocol):
 
     def train(self) -> None: ...
 
-    def save_artifact(self) -> None: ...
+    def save_artifact(self) -> list[str] | None: ...
 
     def evaluate(self) -> JobResult: ...
 
     def cleanup(self) -> None: ...
+
+
+def run_recipe(recipe: Recipe) -> JobResult:
+    """A recipe's life: setup, train, evaluate, save the artifact, clean up. A cleanup that
+    fails after the job has failed is logged and the job's own error is raised: a half-set-up
+    recipe's cleanup (an AttributeError for what setup never made) once hid a clear error
+    about the data behind "internal error: AttributeError"."""
+    try:
+        recipe.setup()
+        recipe.train()
+        result = recipe.evaluate()
+        result.extras = recipe.save_artifact() or []
+    except BaseException:
+        try:
+            recipe.cleanup()
+        except Exception:  # noqa: BLE001 - the job's error is the one to report
+            structlog.get_logger(__name__).exception("cleanup failed after the job failed")
+        raise
+    recipe.cleanup()
+    return result

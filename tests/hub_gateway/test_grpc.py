@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -293,3 +294,29 @@ def test_streamed_copies_are_released_when_uploads_end(
         updir = tmp_path / "gw" / "uploads" / upload.id
         assert (updir / "upload.json").is_file() and not (updir / "files").exists()
     assert not any((tmp_path / "gw" / "uploads" / ".staging").iterdir())
+
+
+def test_server_paths_never_reach_the_hub(hub, gateway_address, adapter_model, tmp_path):
+    """PEFT writes the base model's local path into adapter_config.json, the trainer its model
+    paths into resolved_config.json: the Hub gets copies naming only the last component."""
+    secret = "/srv/private/models/base-llama"
+    adapter = json.loads((adapter_model / "adapter_config.json").read_text())
+    adapter["base_model_name_or_path"] = secret
+    (adapter_model / "adapter_config.json").write_text(json.dumps(adapter))
+    (adapter_model / "resolved_config.json").write_text(
+        json.dumps({"model_type": "llm", "base_model": secret, "trainer": {"epochs": 1}})
+    )
+    upload = upload_to_hf_hub("org/no-paths", adapter_model, gateway=gateway_address)
+    assert upload.state == pb.Upload.SUCCEEDED
+    assert secret not in upload.model_card and "<local>/base-llama" in upload.model_card
+    path = snapshot_download(
+        "org/no-paths", endpoint=hub.endpoint, token=TOKEN, cache_dir=tmp_path / "c"
+    )
+    sent = {p.name: p.read_text() for p in Path(path).iterdir() if p.suffix in (".json", ".md")}
+    assert "resolved_config.json" in sent and "adapter_config.json" in sent
+    assert not [name for name, text in sent.items() if "/srv/private" in text]
+    assert json.loads(sent["adapter_config.json"])["base_model_name_or_path"] == (
+        "<local>/base-llama"
+    )
+    # the artifact on disk is the trainer's, untouched
+    assert secret in (adapter_model / "adapter_config.json").read_text()

@@ -230,6 +230,8 @@ class AdaptedRecipe:
         )
 
     def cleanup(self) -> None:
+        # Whatever setup got as far as making (it may have failed part way).
         if hasattr(self, "trainer"):
             self.trainer.release()
-        self.data.release()
+        if hasattr(self, "data"):
+            self.data.release()

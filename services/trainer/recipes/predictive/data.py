@@ -69,6 +69,26 @@ def _labelled(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+def one_class_splits(cfg: EcdConfig, data: Prepared) -> list[str]:
+    """Warnings for binary and category outputs whose labels in a split are all one class:
+    such a model learns nothing, and metrics that need two classes (roc_auc) are undefined."""
+    warnings = []
+    for f in cfg.output_features:
+        if f.type not in ("binary", "category"):
+            continue
+        for split, df in data.frames.items():
+            if f.column not in df.columns:
+                continue
+            classes = df[f.column].astype(str).str.strip().unique()
+            if len(classes) == 1:
+                warnings.append(
+                    f"warning: every label of {f.name!r} in the {split} split is {classes[0]!r}; "
+                    "the model learns one class and metrics that need two (roc_auc) are "
+                    "undefined (null)"
+                )
+    return warnings
+
+
 def prepare(cfg: EcdConfig, splits: dict[str, pd.DataFrame | None]) -> Prepared:
     data = Prepared()
     out_cols = output_columns(cfg)

@@ -16,8 +16,8 @@ import numpy as np
 import structlog
 import torch
 
-from services.trainer.context import JobContext, JobResult, Log, Progress
-from services.trainer.recipes.predictive.data import Prepared, prepare
+from services.trainer.context import JobContext, JobResult, Log, Progress, run_recipe
+from services.trainer.recipes.predictive.data import Prepared, one_class_splits, prepare
 from services.trainer.recipes.predictive.embed import embed_frozen
 from services.trainer.recipes.predictive.export import export_if_possible
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
@@ -112,6 +112,9 @@ def begin(ctx: JobContext) -> tuple[np.random.Generator, Prepared, dict[str, pm.
     """What both recipes start from: seeded generators, the prepared splits, the encoders."""
     rng = seed_everything(ctx.config)
     data = prepare(ctx.config, {"train": ctx.train, "validation": ctx.validation, "test": ctx.test})
+    for warning in one_class_splits(ctx.config, data):
+        log.warning("one-class split", job_id=ctx.job_id, message=warning)
+        ctx.emit(Log(warning))
     return rng, data, pm.encoder_refs(ctx.config)
 
 
@@ -147,9 +150,11 @@ class PredictiveRecipe:
         )
 
     def cleanup(self) -> None:
+        # Whatever setup got as far as making (it may have failed part way).
         if hasattr(self, "trainer"):
             self.trainer.release()
-        self.data.release()
+        if hasattr(self, "data"):
+            self.data.release()
 
 
 def run_predictive_job(ctx: JobContext) -> JobResult:
@@ -160,11 +165,4 @@ def run_predictive_job(ctx: JobContext) -> JobResult:
         recipe: PredictiveRecipe | AdaptedRecipe = AdaptedRecipe(ctx)
     else:
         recipe = PredictiveRecipe(ctx)
-    try:
-        recipe.setup()
-        recipe.train()
-        result = recipe.evaluate()
-        result.extras = recipe.save_artifact()
-        return result
-    finally:
-        recipe.cleanup()
+    return run_recipe(recipe)
