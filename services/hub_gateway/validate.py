@@ -22,6 +22,7 @@ class ArtifactKind(str, Enum):
     PEFT_ADAPTER = "peft_adapter"
     FULL_MODEL = "full_model"
     PREDICTIVE = "predictive"
+    ZERO_SHOT = "zero_shot"  # trainer.type none: predictions and metrics, no weights
 
 
 # Files that travel with any folder but are never part of a model: local tooling state.
@@ -145,6 +146,13 @@ def validate(root: Path) -> Validation:
     files = list_files(root)
     names = set(files)
     kind = detect_kind(root, names)
+    if kind is ArtifactKind.ZERO_SHOT:
+        raise InvalidArgument(
+            "a zero-shot artifact (trainer.type none) holds no trained weights, only a reference "
+            "to its base model and its predictions: there is nothing to upload",
+            field="model_path",
+            reason="NOTHING_TRAINED",
+        )
     missing: list[str] = []
     if kind is ArtifactKind.PEFT_ADAPTER:
         if "adapter_config.json" not in names:

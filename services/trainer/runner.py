@@ -49,7 +49,12 @@ from services.trainer.job_store import (
 from services.trainer.model_types import model_type, resolve
 from tunewire.auth import acting_for, current_principal
 from tunewire.config import to_dict
-from tunewire.errors import FailedPrecondition, ResourceExhausted, TunewireError
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    TunewireError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +174,12 @@ class JobRunner:
             )
         inputs = JobInputs(dataset_id, training_set_id, validation_set_id, test_set_id)
         config = self.admission.admit(raw_config, inputs)
+        if upload_to and getattr(getattr(config, "trainer", None), "type", "") == "none":
+            raise InvalidArgument(
+                "trainer.type is none (zero-shot): nothing is trained, so there is nothing to "
+                "upload; set trainer.type: finetune, or leave upload_to empty",
+                field="upload_to",
+            )
         rec = JobRecord(
             id=f"job-{uuid.uuid4().hex[:12]}",
             state=QUEUED,

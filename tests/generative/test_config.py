@@ -21,7 +21,7 @@ def test_defaults_are_written_and_round_trip():
         {
             **BASE,
             "adapter": {"type": "lora"},
-            "trainer": {"batch_size": 2, "effective_batch_size": 8},
+            "trainer": {"type": "finetune", "batch_size": 2, "effective_batch_size": 8},
         }
     )
     d = to_dict(cfg)
@@ -62,16 +62,25 @@ def test_defaults_are_written_and_round_trip():
 
 
 def test_full_finetuning_and_task_prompt():
-    cfg = resolve({**BASE, "prompt": {"task": "Summarise"}, "generation": {"max_new_tokens": 5}})
+    cfg = resolve(
+        {
+            **BASE,
+            "prompt": {"task": "Summarise"},
+            "generation": {"max_new_tokens": 5},
+            "trainer": {"type": "finetune"},
+        }
+    )
     assert cfg.adapter is None and cfg.trainer.learning_rate == 0.001
     assert cfg.prompt.template == DEFAULT_TASK_TEMPLATE
     assert cfg.generation["max_new_tokens"] == 5
 
 
 def test_adapter_kinds_and_merge():
+    ft = {"type": "finetune"}
     cfg = resolve(
         {
             **BASE,
+            "trainer": ft,
             "adapter": {
                 "type": "lora",
                 "r": 4,
@@ -81,8 +90,8 @@ def test_adapter_kinds_and_merge():
         }
     )
     assert isinstance(cfg.adapter, LoraAdapter) and cfg.merge_adapter
-    assert resolve({**BASE, "adapter": {"type": "adalora"}}).adapter.type == "adalora"
-    assert resolve({**BASE, "adapter": {"type": "ia3"}}).adapter.type == "ia3"
+    for kind in ("adalora", "ia3"):
+        assert resolve({**BASE, "trainer": ft, "adapter": {"type": kind}}).adapter.type == kind
 
 
 @pytest.mark.parametrize(
@@ -93,7 +102,10 @@ def test_adapter_kinds_and_merge():
         ({"adapter": {"type": "prefix"}}, "adapter.type"),
         ({"trainer": {"optimzer": {}}}, "trainer.optimzer"),
         ({"trainer": {"type": "trainer"}}, "trainer.type"),
-        ({"trainer": {"batch_size": 3, "effective_batch_size": 8}}, "trainer.effective_batch_size"),
+        (
+            {"trainer": {"type": "finetune", "batch_size": 3, "effective_batch_size": 8}},
+            "trainer.effective_batch_size",
+        ),
         ({"generation": {"max_new_tokenz": 3}}, "generation.max_new_tokenz"),
         ({"quantization": {"bits": 3}}, "quantization.bits"),
         ({"quantization": {"bits": 4}}, "quantization"),
@@ -114,7 +126,7 @@ def test_adapter_kinds_and_merge():
         ),
         ({"colour": 1}, "colour"),
         (
-            {"trainer": {"learning_rate_scheduler": {"warmup_evaluations": 2}}},
+            {"trainer": {"type": "finetune", "learning_rate_scheduler": {"warmup_evaluations": 2}}},
             "trainer.learning_rate_scheduler.warmup_evaluations",
         ),
     ],
@@ -161,7 +173,7 @@ def test_ludwig_defaults_where_the_user_said_nothing():
             "output_features": [
                 {"name": "output", "type": "text", "preprocessing": {"max_sequence_length": 20}}
             ],
-            "trainer": {"gradient_clipping": {"clipvalue": 1.0}},
+            "trainer": {"type": "finetune", "gradient_clipping": {"clipvalue": 1.0}},
         }
     )
     assert cfg.adapter.alpha == 8
@@ -173,7 +185,10 @@ def test_ludwig_defaults_where_the_user_said_nothing():
         "clipvalue": 1.0,
     }
     assert (
-        resolve({**BASE, "trainer": {"gradient_clipping": None}}).trainer.gradient_clipping is None
+        resolve(
+            {**BASE, "trainer": {"type": "finetune", "gradient_clipping": None}}
+        ).trainer.gradient_clipping
+        is None
     )
     assert resolve({**BASE, "prompt": {"task": "t"}}).prompt.template.endswith("ASSISTANT:\n")
 
@@ -187,3 +202,19 @@ def test_generation_blocks_transformers_only_warns_about_are_accepted():
     with pytest.raises(ConfigError) as info:
         resolve({**BASE, "generation": {"max_new_tokens": -1}})
     assert info.value.field == "generation"
+
+
+def test_no_trainer_section_is_ludwigs_zero_shot_trainer():
+    cfg = resolve(BASE)
+    assert cfg.trainer.type == "none"
+    assert to_dict(parse_llm(to_dict(cfg))) == to_dict(cfg)
+    # What Ludwig's inference-only trainer writes loads; a training key of one's own is refused.
+    saved = {"type": "none", "epochs": 3, "learning_rate": 0.0002, "packing": False}
+    assert resolve({**BASE, "trainer": saved}).trainer.type == "none"
+    for patch, field in [
+        ({"trainer": {"epochs": 2}}, "trainer.epochs"),
+        ({"adapter": {"type": "lora"}}, "adapter"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            resolve({**BASE, **patch})
+        assert info.value.field == field and "finetune" in str(info.value)

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunewire.config.ecd import SplitConfig
-from tunewire.config.schema import MAX_LORA_RANK, ConfigError, check, check_range, join, parse
+from tunewire.config.schema import (
+    MAX_LORA_RANK,
+    ConfigError,
+    check,
+    check_range,
+    join,
+    parse,
+    to_dict,
+)
 from tunewire.config.trainer import TrainerConfig
 
 # Ludwig's default prompt when only `prompt.task` is given.
@@ -430,10 +438,21 @@ class LlmConfig:
     def _resolve_trainer(self) -> None:
         t = self.trainer
         check(
-            t.type == "finetune",
-            f"trainer type {t.type!r} does not train an llm; use type: finetune",
+            t.type in ("finetune", "none"),
+            f"trainer type {t.type!r} is for ecd; an llm takes finetune or none",
             "trainer.type",
         )
+        if t.type == "none":
+            check(
+                self.adapter is None,
+                "trainer.type is none (zero-shot, nothing trained): an adapter would stay at "
+                "its initialisation; drop it, or set trainer.type: finetune",
+                "adapter",
+            )
+            if t.eval_batch_size in (None, "auto"):
+                t.eval_batch_size = 2
+            t.batch_size = 1 if t.batch_size == "auto" else t.batch_size  # Ludwig's; unread
+            return
         if t.batch_size == "auto":
             self.differences.append("trainer.batch_size: auto is not tuned for throughput")
             t.batch_size = 1 if t.effective_batch_size == "auto" else None
@@ -557,6 +576,59 @@ def _transformers_generation_warnings(generation: dict) -> list[str]:
     return [f"generation: {' '.join(n.split())}" for n in dict.fromkeys(notes)]
 
 
+# What the `none` trainer reads: evaluation only.
+_NONE_TRAINER_READS = {
+    "type",
+    "eval_batch_size",
+    "evaluate_training_set",
+    "skip_all_evaluation",
+    "seed",
+}
+# Ludwig's inference-only trainer writes these training keys too; at these values (or at ours, as
+# a resolved config writes them) they say nothing, so a saved config loads.
+_LUDWIG_NONE_TRAINER = {
+    "learning_rate": 0.0002,
+    "batch_size": 1,
+    "base_learning_rate": 0.0,
+    "should_shuffle": True,
+    "epochs": 3,
+    "train_steps": None,
+    "eval_steps": None,
+    "steps_per_checkpoint": 0,
+    "checkpoints_per_epoch": 0,
+    "early_stop": -1,
+    "packing": False,
+    "packing_max_sequences_per_pack": 8,
+    "validation_field": None,
+    "validation_metric": None,
+    "enable_profiling": False,
+}
+
+
+def _inference_only_trainer(trainer: dict, path: str) -> dict:
+    """Ludwig's `trainer.type: none`: nothing is trained, so a training key with a value of its
+    own would be silently ignored; it is refused, naming the key. What is left is what we parse."""
+    ours = to_dict(TrainerConfig(type="none"))
+    kept = {}
+    for key, value in trainer.items():
+        if key in _NONE_TRAINER_READS:
+            kept[key] = value
+        elif key == "profiler" and not trainer.get("enable_profiling"):
+            continue
+        elif key in ours and value == ours[key]:
+            kept[key] = value
+        elif key in _LUDWIG_NONE_TRAINER and value == _LUDWIG_NONE_TRAINER[key]:
+            continue
+        else:
+            raise ConfigError(
+                "trainer.type is none (Ludwig's default for an llm: zero-shot generation, "
+                "nothing trained), so this key would have no effect; set trainer.type: finetune "
+                "to train",
+                field=join(path, key),
+            )
+    return kept
+
+
 def parse_llm(data: dict, path: str = "") -> LlmConfig:
     """Validate a `model_type: llm` config and fill every default."""
     if "tuner" in data:
@@ -569,8 +641,12 @@ def parse_llm(data: dict, path: str = "") -> LlmConfig:
             raise ConfigError("is required", field=join(path, key))
     data = dict(data)
     trainer = dict(data.get("trainer") or {})
+    # Ludwig's llm trainer is `none` (zero-shot) unless a type says otherwise.
+    trainer.setdefault("type", "none")
+    if trainer["type"] == "none":
+        data["trainer"] = _inference_only_trainer(trainer, join(path, "trainer"))
+        return parse(LlmConfig, data, path)
     # Ludwig's finetune trainer is its ecd trainer with batch_size 1 and eval_batch_size 2.
-    trainer.setdefault("type", "finetune")
     trainer.setdefault("batch_size", 1)
     trainer.setdefault("eval_batch_size", 2)
     if trainer.get("effective_batch_size", "auto") != "auto":

@@ -151,7 +151,7 @@ class TrainerConfig:
         check(
             kind not in LUDWIG_PREFERENCE_TRAINERS,
             f"trainer type {kind!r} (Ludwig's preference-tuning trainer) is not built; "
-            "use finetune",
+            "use finetune or none",
             "type",
         )
         check(

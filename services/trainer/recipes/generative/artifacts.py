@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch
 
-from tunewire.config.llm import (
-    LlmConfig,
-    generation_for_transformers,
-    resolve_max_new_tokens,
-)
+from tunewire.config.llm import LlmConfig
 
 WRAPPER_PREFIX = "lm."
 
 
+ZERO_SHOT = "zero_shot"
+
+
 def kind(cfg: LlmConfig) -> str:
+    if cfg.trainer.type == "none":
+        return ZERO_SHOT
     return "peft_adapter" if cfg.adapter is not None and not cfg.merge_adapter else "full_model"
 
 
@@ -70,7 +71,7 @@ def write(
     total_steps: int = 1,
     rank_pattern: dict | None = None,
 ) -> None:
-    from transformers import GenerationConfig
+    from services.trainer.recipes.generative.predict import generation_from_config
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
     model = _fresh_model(cfg, trainable, dtype, total_steps=total_steps, rank_pattern=rank_pattern)
@@ -78,22 +79,44 @@ def write(
         model = model.merge_and_unload()
     model.save_pretrained(artifact_dir)
     tokenizer.save_pretrained(artifact_dir)
-    generation = generation_for_transformers(cfg.generation)
-    if generation.get("max_new_tokens") is None:
-        context = getattr(model.config, "max_position_embeddings", None)
-        generation["max_new_tokens"] = resolve_max_new_tokens(cfg, context) or 32
-    GenerationConfig(
-        **generation, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    ).save_pretrained(artifact_dir)
+    generation_from_config(cfg, tokenizer, model.config).save_pretrained(artifact_dir)
     (artifact_dir / "resolved_config.json").write_text(json.dumps(config_dict, indent=2))
-    nested: dict = {}
-    for m in metrics:
-        nested.setdefault(m["split"], {}).setdefault(m["feature"], {})[m["name"]] = m["value"]
     meta = {
         "kind": kind(cfg),
         "base_model": cfg.base_model,
         "task": "text-generation",
-        "metrics": nested,
+        "metrics": _metrics_tree(metrics),
+        "job_id": job_id,
+    }
+    (artifact_dir / "tunewire.json").write_text(json.dumps(meta, indent=2))
+
+
+def _metrics_tree(metrics: list[dict]) -> dict:
+    nested: dict = {}
+    for m in metrics:
+        nested.setdefault(m["split"], {}).setdefault(m["feature"], {})[m["name"]] = m["value"]
+    return nested
+
+
+def write_zero_shot(
+    artifact_dir: Path,
+    *,
+    cfg: LlmConfig,
+    config_dict: dict,
+    predictions,
+    metrics: list[dict],
+    job_id: str,
+) -> None:
+    """What a `trainer.type: none` job leaves: the resolved config, the predictions and metrics,
+    and a reference to the base model (no weights: nothing was trained)."""
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    (artifact_dir / "resolved_config.json").write_text(json.dumps(config_dict, indent=2))
+    predictions.to_csv(artifact_dir / "predictions.csv", index=False)
+    meta = {
+        "kind": ZERO_SHOT,
+        "base_model": cfg.base_model,
+        "task": "text-generation",
+        "metrics": _metrics_tree(metrics),
         "job_id": job_id,
     }
     (artifact_dir / "tunewire.json").write_text(json.dumps(meta, indent=2))

@@ -187,7 +187,8 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     bound.info("generative worker exited", returncode=rc)
     if rc == 0 and final is not None and final.get("event") == "result":
         _record_differences(ctx)
-        _write_model_card(ctx.artifact_dir)
+        if ctx.config.trainer.type != "none":  # a zero-shot artifact is not a model to share
+            _write_model_card(ctx.artifact_dir)
         return JobResult(metrics=[MetricValue(**m) for m in final["metrics"]])
     # torchrun exits 1 whatever its worker's code was: the error event says which kind it was.
     message = (final or {}).get("message") or _tail(stderr_path)

@@ -13,20 +13,39 @@ import torch
 from services.trainer.context import MetricValue
 from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
 from services.trainer.recipes.generative.model import CausalLMWithLoss
-from tunewire.config.llm import SAMPLING_ONLY, parse_llm
+from tunewire.config.llm import (
+    SAMPLING_ONLY,
+    generation_for_transformers,
+    parse_llm,
+    resolve_max_new_tokens,
+)
 from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 
 BATCH = 8
 
 
-def load_artifact(artifact_dir: Path, device: torch.device):
-    """(model, tokenizer) from an adapter or a full/merged artifact, in eval mode on `device`."""
+def is_zero_shot(artifact_dir: Path) -> bool:
+    meta = artifact_dir / "tunewire.json"
+    return meta.exists() and json.loads(meta.read_text()).get("kind") == "zero_shot"
+
+
+def load_artifact(artifact_dir: Path, device: torch.device, base_model: str | None = None):
+    """(model, tokenizer) from an adapter or a full/merged artifact, in eval mode on `device`; a
+    zero-shot artifact's are the base model's own (`base_model`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter_cfg = artifact_dir / "adapter_config.json"
     dtype = compute_dtype(device)
-    if adapter_cfg.exists():
+    if base_model is not None:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+        except OSError as exc:
+            raise FailedPrecondition(
+                f"the base model {base_model!r} cannot be loaded: {exc}", field="model"
+            ) from None
+        artifact_dir = Path(base_model)  # the tokenizer too
+    elif adapter_cfg.exists():
         from peft import PeftModel
 
         base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
@@ -45,10 +64,26 @@ def load_artifact(artifact_dir: Path, device: torch.device):
     return model.to(device).eval(), tokenizer
 
 
-def generation_config(artifact_dir: Path, overrides: dict | None):
+def generation_from_config(cfg, tokenizer, model_config):
+    """The GenerationConfig a job's `generation` section means (Ludwig's max_new_tokens rule
+    applied with the model's context length)."""
     from transformers import GenerationConfig
 
-    gen = GenerationConfig.from_pretrained(artifact_dir)
+    settings = generation_for_transformers(cfg.generation)
+    if settings.get("max_new_tokens") is None:
+        context = getattr(model_config, "max_position_embeddings", None)
+        settings["max_new_tokens"] = resolve_max_new_tokens(cfg, context) or 32
+    return GenerationConfig(
+        **settings, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+
+
+def generation_config(artifact_dir: Path, overrides: dict | None, base=None):
+    """The artifact's generation settings (a zero-shot artifact's, `base`: built from its
+    resolved config), with the call's overrides."""
+    from transformers import GenerationConfig
+
+    gen = base if base is not None else GenerationConfig.from_pretrained(artifact_dir)
     known = set(GenerationConfig().to_dict())
     for key, value in (overrides or {}).items():
         if key not in known:
@@ -80,11 +115,15 @@ def predict_generative(
         raise InvalidArgument(
             f"the data set lacks the input column {cfg.input.column!r}", field="dataset_id"
         )
-    gen = generation_config(artifact_dir, generation_overrides)
     device = default_device()
-    model, tokenizer = load_artifact(artifact_dir, device)
+    zero_shot = is_zero_shot(artifact_dir)
+    model, tokenizer = load_artifact(
+        artifact_dir, device, base_model=cfg.base_model if zero_shot else None
+    )
+    base = generation_from_config(cfg, tokenizer, model.config) if zero_shot else None
+    gen = generation_config(artifact_dir, generation_overrides, base)
     torch.manual_seed(cfg.seed)  # Ludwig samples by default: the same call gives the same text
-    texts = _generate(cfg, model, tokenizer, df, gen, device)
+    texts = generate_texts(cfg, model, tokenizer, df, gen, device)
     metrics = []
     if cfg.output.column in df.columns:
         metrics = _metrics(cfg, model, tokenizer, df, device)
@@ -92,7 +131,7 @@ def predict_generative(
 
 
 @torch.no_grad()
-def _generate(cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.device) -> list[str]:
+def generate_texts(cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.device) -> list[str]:
     tokenizer.padding_side = "left"  # generation continues from each prompt's last token
     prompts = [render_prompt(cfg, row, tokenizer) for row in df.to_dict("records")]
     out: list[str] = []

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.model import PreconditionError
 from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
+from services.trainer.recipes.generative.zero_shot import ZeroShotRecipe
 
 EXIT_PRECONDITION = 3
 
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             f"worker started: rank 0 of {dist.get_world_size()} on {device}, "
             f"torch {torch.__version__}"
         )
-        recipe = GenerativeRecipe(job, events, device)
+        zero_shot = job.cfg.trainer.type == "none"
+        recipe = (ZeroShotRecipe if zero_shot else GenerativeRecipe)(job, events, device)
         recipe.setup()
         recipe.train()
         metrics = recipe.final_evaluation()
