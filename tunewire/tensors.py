@@ -44,7 +44,7 @@ def from_proto(tensor: tensor_pb2.Tensor) -> np.ndarray:
 
 def from_data(tensor: tensor_pb2.Tensor, data: bytes | memoryview) -> np.ndarray:
     """The array of `tensor`'s dtype and shape over `data` (no copy), which a caller may hold
-    apart from the message (clients.embed_wire leaves it in the received buffer)."""
+    apart from the message (tunewire.clients.embed_wire leaves it in the received buffer)."""
     dtype = numpy_dtype(tensor.dtype)
     shape = tuple(int(s) for s in tensor.shape)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

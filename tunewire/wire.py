@@ -1,6 +1,6 @@
 """Protobuf wire-format pieces for messages we encode or walk by hand: the embedder's one-copy
 responses and its request reader (services/embedder/servicer.py), the SDK's zero-copy reader
-(clients/embed_wire.py), and the one form of a request's texts that the SDK sends and the
+(tunewire/clients/embed_wire.py), and the one form of a request's texts that the SDK sends and the
 embedder keys whole answers by (`embed_request`)."""
 
 from __future__ import annotations

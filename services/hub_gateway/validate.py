@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from tunewire.artifact_files import list_files
 from tunewire.errors import InvalidArgument
 
 
@@ -25,8 +26,6 @@ class ArtifactKind(str, Enum):
     ZERO_SHOT = "zero_shot"  # trainer.type none: predictions and metrics, no weights
 
 
-# Files that travel with any folder but are never part of a model: local tooling state.
-_IGNORED_PARTS = {".git", ".cache", "__pycache__", ".ipynb_checkpoints"}
 _SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-(\d{5})\.(safetensors|bin)$")
 _VOCAB_FILES = (
     "vocab.json",
@@ -48,23 +47,6 @@ class Validation:
     @property
     def ok(self) -> bool:
         return not self.missing
-
-
-def list_files(root: Path) -> list[str]:
-    """Every regular file under `root` as a '/'-separated relative path, sorted, tooling dirs
-    excluded. Symlinks pointing outside `root` are refused: an artifact must be self-contained."""
-    root = root.resolve()
-    out = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if any(part in _IGNORED_PARTS for part in rel.parts) or not path.is_file():
-            continue
-        if not path.resolve().is_relative_to(root):
-            raise InvalidArgument(
-                f"{rel.as_posix()} links outside the artifact", field="model_path"
-            )
-        out.append(rel.as_posix())
-    return out
 
 
 def _read_json(root: Path, name: str) -> dict[str, Any] | None:

@@ -18,6 +18,8 @@ from services.trainer.datasets import (
 from services.trainer.job_store import JobRecord, JobStore
 from services.trainer.model_types import PredictRequest, artifact_model_type
 from services.trainer.runner import JobRunner
+from tunewire.clients.hub_gateway import HubGatewayClient
+from tunewire.clients.sharding import embedder_client
 from tunewire.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -25,6 +27,7 @@ from tunewire.errors import (
     PermissionDenied,
 )
 from tunewire.paths import check_path_text
+from tunewire.v1 import hub_gateway_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -92,8 +95,6 @@ class TrainerCore:
                 raise FailedPrecondition(
                     "this trainer has no embedder configured", field="embedder"
                 )
-            from clients.sharding import embedder_client
-
             self._embedder = embedder_client(self.embedder_address)
         return self._embedder
 
@@ -149,17 +150,11 @@ class TrainerCore:
     # ---------------------------------------------------------------------------------- upload
     def _upload(self, rec: JobRecord) -> str:
         """Upload a finished job's artifact through the hub gateway; returns the upload id."""
-        try:
-            from clients.hub import upload_to_hf_hub
-        except ImportError:
-            raise FailedPrecondition(
-                "the hub gateway client is not available", field="upload_to"
-            ) from None
-        result = upload_to_hf_hub(
-            rec.upload_to,
-            None,
-            gateway=self.hub_gateway_address,
-            job_id=rec.id,
-            request_id=f"{rec.id}-upload",
+        spec = hub_gateway_pb2.UploadSpec(
+            repo_id=rec.upload_to, job_id=rec.id, request_id=f"{rec.id}-upload"
         )
-        return getattr(result, "id", "")
+        client = HubGatewayClient(self.hub_gateway_address)
+        try:
+            return client.upload(spec).id
+        finally:
+            client.close()

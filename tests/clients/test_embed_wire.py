@@ -1,6 +1,6 @@
-"""clients.embed_wire: the zero-copy StreamEmbed deserializer gives exactly what protobuf parses,
-for the server's messages, protobuf's own, odd but valid ones (merges, unknown fields, unpacked
-shapes), and broken ones (the same error)."""
+"""tunewire.clients.embed_wire: the zero-copy StreamEmbed deserializer gives exactly what protobuf
+parses, for the server's messages, protobuf's own, odd but valid ones (merges, unknown fields,
+unpacked shapes), and broken ones (the same error)."""
 
 import random
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 
-from clients.embed_wire import split_response
 from services.embedder.servicer import encode_response
+from tunewire.clients.embed_wire import split_response
 from tunewire.tensors import from_data, to_proto
 from tunewire.v1 import embedder_pb2
 from tunewire.wire import encode_varint

@@ -1,4 +1,4 @@
-"""clients/resolve.py: targets, channel options, rendezvous sharding."""
+"""tunewire/clients/addresses.py: targets, channel options, rendezvous sharding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from clients.resolve import channel_options_for, channel_target, resolve_replicas, shard_for
+from tunewire.clients.addresses import (
+    channel_options_for,
+    channel_target,
+    resolve_replicas,
+    shard_for,
+)
 from tunewire.server import channel_options
 
 

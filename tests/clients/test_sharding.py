@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clients.sdk import EmbedderClient, EncoderSpec
-from clients.sharding import ShardedEmbedderClient, embedder_client
+from tunewire.clients.sharding import ShardedEmbedderClient, embedder_client
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,7 @@ def test_dockerignore_keeps_what_the_build_needs():
         "pyproject.toml",
         "docker/install.sh",
         "clients/cli.py",
-        "clients/resolve.py",
+        "tunewire/clients/addresses.py",
         "tunewire/server.py",
         "tunewire/v1/trainer_pb2.py",
         "services/embedder/__main__.py",

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tunewire.clients.embedder import EncoderSpec
 from tunewire.errors import FailedPrecondition
 from tunewire.heads import EncoderRef
 
 
-def encoder_spec(ref: EncoderRef):
-    """The SDK's EncoderSpec for a text feature's encoder: the embedder's cache key."""
-    from clients.sdk import EncoderSpec
-
+def encoder_spec(ref: EncoderRef) -> EncoderSpec:
+    """The embedder's EncoderSpec for a text feature's encoder: its cache key."""
     return EncoderSpec(
         model=ref.model,
         pooling=ref.pooling,

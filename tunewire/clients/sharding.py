@@ -3,7 +3,8 @@
 Each replica owns its own LMDB cache (k8s/base/embedder.yaml), so a text must keep reaching the
 replica that already holds its vector. The shard key is sha256(encoder spec, text) — the same
 inputs as the server's cache key minus the weight fingerprint, which a client cannot know — and
-`clients.resolve.shard_for` picks the replica by rendezvous hashing (see that module for why).
+`tunewire.clients.addresses.shard_for` picks the replica by rendezvous hashing (see that module
+for why).
 
 An address with commas (`embedder-0.embedder:50051,embedder-1.embedder:50051`) gives a
 `ShardedEmbedderClient`; a single address the plain `EmbedderClient`.
@@ -18,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from clients.resolve import shard_for
-from clients.sdk import EmbedderClient, EmbedResult, EncoderSpec
+from tunewire.clients.addresses import shard_for
+from tunewire.clients.embedder import EmbedderClient, EmbedResult, EncoderSpec
 from tunewire.errors import TunewireError
 
 

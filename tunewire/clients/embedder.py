@@ -1,0 +1,252 @@
+"""The embedder's client: the encoder spec, embedding (one call, or streamed in chunks that stay
+in gRPC's buffers) and online prediction. The trainer uses it as the SDK does."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from tunewire import tensors
+from tunewire.clients.embed_wire import split_response
+from tunewire.clients.rpc import connect, rpc_errors, rpc_iter
+from tunewire.errors import TunewireError
+from tunewire.v1 import embedder_pb2, embedder_pb2_grpc
+from tunewire.wire import embed_request, text_batches
+
+POOLINGS = {
+    "mean": embedder_pb2.POOLING_MEAN,
+    "avg": embedder_pb2.POOLING_MEAN,
+    "cls": embedder_pb2.POOLING_CLS,
+    "cls_pooled": embedder_pb2.POOLING_CLS,
+    "last": embedder_pb2.POOLING_LAST,
+    "max": embedder_pb2.POOLING_MAX,
+    "sum": embedder_pb2.POOLING_SUM,
+}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything besides the text that determines a vector (and so its cache key)."""
+
+    model: str
+    pooling: str = "mean"
+    max_length: int = 0
+    normalize: bool = False
+    dtype: str = "float32"
+    layer: int = 0
+    instruction: str = ""
+    revision: str = ""
+
+    def to_proto(self) -> embedder_pb2.EncoderSpec:
+        if self.pooling not in POOLINGS:
+            raise TunewireError(f"pooling must be one of {', '.join(POOLINGS)}", field="pooling")
+        if self.dtype not in tensors.DTYPE_NAMES:
+            raise TunewireError("dtype must be float32 or float16", field="dtype")
+        return embedder_pb2.EncoderSpec(
+            model=self.model,
+            revision=self.revision,
+            pooling=POOLINGS[self.pooling],
+            max_length=self.max_length,
+            normalize=self.normalize,
+            dtype=tensors.DTYPE_NAMES[self.dtype],
+            layer=self.layer,
+            instruction=self.instruction,
+        )
+
+
+@dataclass
+class EmbedResult:
+    vectors: np.ndarray
+    cache_hits: int
+    cache_misses: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class EmbedChunk:
+    """One StreamEmbed response: the vectors of a request's texts offset..offset+len-1."""
+
+    vectors: np.ndarray  # read-only, a view of the received message: no copy was made
+    offset: int
+    last: bool  # the request's last chunk
+    cache_hits: int  # on a request's first chunk only, so that sums count each text once
+    cache_misses: int
+    fingerprint: str
+
+
+def _check_answered(vectors: int, texts: int) -> None:
+    """A request must get a vector per text; a server that predates `EmbedRequest.joined`, for
+    one, reads a joined request as no texts."""
+    if vectors != texts:
+        raise TunewireError(
+            f"the embedder answered {vectors} vectors for {texts} texts", reason="INCOMPLETE_ANSWER"
+        )
+
+
+class EmbedderClient:
+    def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
+        self.address = address
+        self.channel = channel or connect(address)
+        self.stub = embedder_pb2_grpc.EmbedderServiceStub(self.channel)
+        # StreamEmbed with the vectors left in the received buffers (tunewire.clients.embed_wire).
+        self._stream_embed = self.channel.stream_stream(
+            "/tunewire.v1.EmbedderService/StreamEmbed",
+            request_serializer=embedder_pb2.EmbedRequest.SerializeToString,
+            response_deserializer=split_response,
+            _registered_method=True,
+        )
+
+    @rpc_errors
+    def embed(
+        self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
+    ) -> EmbedResult:
+        resp = self.stub.Embed(embed_request(spec.to_proto(), texts), timeout=timeout)
+        vectors = tensors.from_proto(resp.embeddings)
+        _check_answered(len(vectors), len(texts))
+        return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)
+
+    @rpc_iter
+    def stream(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        batch_size: int = 256,
+        cancelled: Callable[[], bool] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[EmbedChunk]:
+        """The vectors of `texts` in order, chunk by chunk as they arrive, over one StreamEmbed
+        call of at most `batch_size` texts and `DEFAULT_REQUEST_BYTES` of text a message (so
+        long texts never make a message past the limit); nothing is sent once `cancelled()` is
+        true. Each chunk's vectors are a view of the message gRPC received (see
+        tunewire.clients.embed_wire)."""
+        proto_spec = spec.to_proto()
+        sent: deque[int] = deque()  # texts of each request sent, in order
+
+        def requests() -> Iterator[embedder_pb2.EmbedRequest]:
+            for start, end in text_batches(texts, batch_size):
+                if cancelled is not None and cancelled():
+                    return
+                sent.append(end - start)
+                yield embed_request(proto_spec, texts[start:end])
+
+        for resp, data in self._stream_embed(requests(), timeout=timeout):
+            chunk = EmbedChunk(
+                tensors.from_data(resp.embeddings, data),
+                resp.offset,
+                resp.last,
+                resp.cache_hits,
+                resp.cache_misses,
+                resp.fingerprint,
+            )
+            if chunk.last:
+                rows = chunk.offset + len(chunk.vectors)
+                _check_answered(rows, sent.popleft())
+            yield chunk
+
+    @rpc_errors
+    def embed_many(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        batch_size: int = 256,
+        progress: Callable[[int, int], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> EmbedResult:
+        """Embed any number of texts over one StreamEmbed call, `batch_size` texts a message."""
+        parts: list[np.ndarray] = []
+        hits = misses = done = 0
+        fingerprint = ""
+        if not texts:
+            raise TunewireError("no texts to embed", field="texts")
+        for chunk in self.stream(texts, spec, batch_size, cancelled):
+            parts.append(chunk.vectors)
+            hits += chunk.cache_hits
+            misses += chunk.cache_misses
+            fingerprint = chunk.fingerprint
+            done += len(chunk.vectors)
+            if progress is not None:
+                progress(done, len(texts))
+        if done != len(texts):
+            raise TunewireError("embedding stream ended early (cancelled)", reason="CANCELLED")
+        return EmbedResult(np.concatenate(parts), hits, misses, fingerprint)
+
+    @rpc_errors
+    def info(self, spec: EncoderSpec) -> embedder_pb2.GetEncoderInfoResponse:
+        return self.stub.GetEncoderInfo(embedder_pb2.GetEncoderInfoRequest(encoder=spec.to_proto()))
+
+    @rpc_errors
+    def cache_stats(self) -> embedder_pb2.GetCacheStatsResponse:
+        return self.stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
+
+    def predict_rows(self, model: str, rows, timeout: float | None = None):
+        """Online prediction with a predictive model (a job id or an artifact directory the
+        embedder may read): `rows` a DataFrame, a list of dicts or one dict (column → value).
+        Returns a DataFrame of Ludwig's columns: `<f>_predictions`, and for classifiers
+        `<f>_probability`, `<f>_probabilities` and `<f>_probabilities_<class>`. Nothing is
+        stored on the servers but the texts' vectors in the embedding cache."""
+        import pandas as pd
+
+        return pd.DataFrame(self.predict_columns(model, _columns(rows), timeout))
+
+    @rpc_errors
+    def predict_columns(
+        self, model: str, columns: dict[str, list], timeout: float | None = None
+    ) -> dict[str, list]:
+        """`predict_rows` column-wise, without pandas: input column → values in, Ludwig-named
+        output column → values out (what an HTTP server answers with)."""
+        request = embedder_pb2.PredictRowsRequest(model=model)
+        for name, values in columns.items():
+            column = request.columns.add(name=str(name))
+            for i, value in enumerate(values):
+                cell = _cell(value)
+                if cell is None:
+                    column.missing.append(i)
+                    cell = ""
+                column.values.append(cell)
+        return ludwig_columns(self.stub.PredictRows(request, timeout=timeout))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def ludwig_columns(resp) -> dict[str, list]:
+    """A PredictRowsResponse (or PredictResponse) → Ludwig-named output columns."""
+    from tunewire.heads import FeatureOutput
+    from tunewire.heads import ludwig_columns as columns
+
+    return columns(
+        [
+            FeatureOutput(
+                f.feature,
+                list(f.predictions),
+                tensors.from_proto(f.probabilities) if f.probabilities.shape else None,
+                list(f.class_names),
+            )
+            for f in resp.features
+        ]
+    )
+
+
+def _columns(rows) -> dict[str, list]:
+    """A DataFrame, a list of dicts or one dict → column name → values (None where absent)."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
+        return {str(c): rows[c].tolist() for c in rows.columns}
+    if isinstance(rows, dict):
+        rows = [rows]
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def _cell(value) -> str | None:
+    """A value as the trainer reads a CSV cell: None/NaN missing, 3.0 as "3", True as "True"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return _cell(value.item())
+    return str(value)
