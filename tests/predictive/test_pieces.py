@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from services.trainer import metrics as M
 from services.trainer.model_types import resolve
 from services.trainer.recipes.predictive import calibration as C
+from services.trainer.recipes.predictive import metrics as M
 from tunewire.config import ConfigError, to_dict
 from tunewire.features import encode_input, encode_output, fit_input, fit_output
 from tunewire.heads import focal_loss

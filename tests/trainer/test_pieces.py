@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.trainer import metrics as M
+from services.trainer.recipes.predictive import metrics as M
 from services.trainer.splits import split
 from tunewire.config.ecd import OutputFeature, SplitConfig
 from tunewire.config.schema import parse

@@ -22,10 +22,10 @@ from torch import nn
 
 from services.trainer.clipping import clip_gradients
 from services.trainer.context import JobContext, Log, Metrics, MetricValue, Progress
-from services.trainer.metrics import improves, output_metrics
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
 from services.trainer.recipes.predictive.graphed import GraphedStep
+from services.trainer.recipes.predictive.metrics import improves, output_metrics
 from services.trainer.schedule import lr_factor, scheduled
 from tunewire.config.ecd import EcdConfig
 from tunewire.devices import default_device

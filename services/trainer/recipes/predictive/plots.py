@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.trainer import metrics as M
+from services.trainer.recipes.predictive import metrics as M
 from tunewire.features import decode_number
 
 PLOTS_DIR = "plots"

@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 
 from services.trainer.context import MetricValue
-from services.trainer.metrics import output_metrics
 from services.trainer.recipes.predictive.data import input_columns, output_columns
 from services.trainer.recipes.predictive.embed import embed_frozen
+from services.trainer.recipes.predictive.metrics import output_metrics
 from tunewire import heads as pm
 from tunewire.features import check_columns, encode_inputs, encode_output, split_texts
 from tunewire.heads import FeatureOutput
