@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,12 +118,27 @@ class RecordStore(Generic[R, E]):
 
     # ------------------------------------------------------------------------------- records
     def create(self, rec: R) -> R:
+        """Write a new resource's record; it exists (in memory too) only once that worked, so a
+        full disk leaves nothing behind that a retry would find."""
         with self.lock:
             self.dir(rec.id).mkdir(parents=True, exist_ok=True)
+            try:
+                write_atomic(self.dir(rec.id) / self.record_file, dataclasses.asdict(rec))
+            except BaseException:
+                shutil.rmtree(self.dir(rec.id), ignore_errors=True)
+                raise
             self._records[rec.id] = rec
             self._events[rec.id] = []
-            self.save(rec)
+            self._changed.notify_all()
         return rec
+
+    def discard(self, rec_id: str) -> None:
+        """Forget a resource whose creation could not be completed, on disk and in memory."""
+        with self.lock:
+            self._records.pop(rec_id, None)
+            self._events.pop(rec_id, None)
+            shutil.rmtree(self.dir(rec_id), ignore_errors=True)
+            self._changed.notify_all()
 
     def get(self, rec_id: str) -> R | None:
         with self.lock:

@@ -75,6 +75,10 @@ class JobStore:
     def create(self, rec: JobRecord) -> JobRecord:
         return self._store.create(rec)
 
+    def discard(self, job_id: str) -> None:
+        """Remove a job whose creation did not complete (its first event could not be written)."""
+        self._store.discard(job_id)
+
     def get(self, job_id: str) -> JobRecord:
         rec = self._store.get(job_id)
         if rec is None:

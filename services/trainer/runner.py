@@ -194,10 +194,17 @@ class JobRunner:
             owner=current_principal().name,
         )
         with self._lock:
+            # Recorded whole or not at all: on a full disk the record or its first event fails
+            # (RESOURCE_EXHAUSTED DISK_FULL at the interceptor), and no QUEUED job that never
+            # runs is left for the same request id to return.
             self.store.create(rec)
+            try:
+                self._event(rec.id, "state", {"state": QUEUED, "message": "queued"})
+            except BaseException:
+                self.store.discard(rec.id)
+                raise
             self._cancel[rec.id] = threading.Event()
             self._configs[rec.id] = config
-        self._event(rec.id, "state", {"state": QUEUED, "message": "queued"})
         self._queue.put(rec.id)
         log.info("job queued", job_id=rec.id, model_type=config.model_type)
         return rec

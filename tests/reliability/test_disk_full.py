@@ -128,3 +128,57 @@ def test_embedder_with_a_full_cache_disk_answers_without_internal(small_disk, mi
     finally:
         channel.close()
         app.stop(None)
+
+
+def _fill(disk, leave_pages: int) -> None:
+    """Fill the tmpfs, then free `leave_pages` pages of 4 KiB."""
+    import os
+
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    size = os.fstat(fd).st_size
+    os.ftruncate(fd, max(0, (size // 4096 - leave_pages) * 4096))
+    os.close(fd)
+
+
+@pytest.mark.parametrize("leave_pages", [0, 1])  # no room at all; room for the record only
+def test_create_job_on_a_full_disk_leaves_no_job_behind(small_disk, tmp_path, leave_pages):
+    """Was RESOURCE_EXHAUSTED with a QUEUED job left that never ran, and that the same
+    request id kept returning."""
+    import errno
+
+    datasets = DatasetStore(tmp_path / "datasets")
+    df = pd.DataFrame({"text": ["a", "b"], "label": ["0", "1"]})
+    ds = datasets.put([df.to_csv(index=False).encode()], "d.csv")
+    ran: list[str] = []
+
+    def recipe(ctx: JobContext) -> JobResult:
+        ran.append(ctx.job_id)
+        ctx.artifact_dir.mkdir(parents=True)
+        return JobResult([MetricValue("test", "label", "accuracy", 1.0)])
+
+    store = JobStore(small_disk / "jobs")
+    runner = JobRunner(
+        store, Admission(datasets), small_disk / "artifacts", dispatcher=lambda _: recipe
+    )
+    runner.start()
+    try:
+        _fill(small_disk, leave_pages)
+        with pytest.raises(OSError) as info:
+            runner.submit(CONFIG, dataset_id=ds.id, request_id="retry-me")
+        assert info.value.errno == errno.ENOSPC
+        assert store.all() == [] and list((small_disk / "jobs").iterdir()) == []
+        assert JobStore(small_disk / "jobs").all() == []  # nothing on disk for a restart
+        (small_disk / "filler").unlink()
+        rec = runner.submit(CONFIG, dataset_id=ds.id, request_id="retry-me")  # a new job
+        deadline = time.monotonic() + 10
+        while store.get(rec.id).state != "SUCCEEDED":
+            assert time.monotonic() < deadline, store.get(rec.id)
+            time.sleep(0.05)
+        assert ran == [rec.id]
+    finally:
+        runner.stop()
