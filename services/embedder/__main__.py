@@ -9,6 +9,7 @@ from pathlib import Path
 from services.embedder.app import Settings, start
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from tunewire.logging import configure
+from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.model_roots import add_model_root_flags, roots_from_args
 from tunewire.server import wait_for_termination
 from tunewire.server_flags import add_security_flags, security_from_args, warn_if_exposed
@@ -90,6 +91,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=defaults.hot_answer_bytes,
         help="memory for whole answers kept as sent, for replays (0: none)",
     )
+    add_model_flag(parser)
     parser.add_argument(
         "--trainer",
         default=os.environ.get("TUNEWIRE_TRAINER", ""),
@@ -133,6 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         compile=args.compile,
         hot_answer_bytes=args.hot_answer_bytes,
         trainer=args.trainer,
+        models=models_from_args(args),
         artifact_roots=list(args.artifact_roots),
         head_cache_bytes=args.head_cache_bytes,
         model_roots=roots_from_args(args, args.data_dir),

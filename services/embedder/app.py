@@ -66,6 +66,8 @@ class Settings:
     # Online prediction (PredictRows): the trainer a job's head is fetched from ("": none), the
     # directories local artifacts may be read from, and the memory for heads kept warm.
     trainer: str = ""
+    # Encoders by name (--model NAME=PATH): a request may say NAME for PATH; they are preloaded.
+    models: dict[str, str] = field(default_factory=dict)
     artifact_roots: list[Path] = field(default_factory=list)
     allow_any_artifact_path: bool = False
     head_cache_bytes: int = DEFAULT_HEAD_CACHE_BYTES
@@ -122,10 +124,11 @@ class App:
 
 
 def _roots(settings: Settings) -> ModelRoots:
-    """The settings' roots, plus every local model the operator preloads."""
+    """The settings' roots, plus every local model the operator preloads or names (--model)."""
     if settings.model_roots is None:
         return ModelRoots(None, settings.hub_models)
-    preloaded = [Path(m) for m in settings.preload if looks_local(m) or Path(m).is_dir()]
+    chosen = [*settings.preload, *settings.models.values()]
+    preloaded = [Path(m) for m in chosen if looks_local(m) or Path(m).is_dir()]
     return ModelRoots.of([*settings.model_roots, *preloaded], settings.hub_models)
 
 
@@ -154,6 +157,7 @@ def start(settings: Settings) -> App:
         settings.head_cache_bytes,
         allow_any_path=settings.allow_any_artifact_path,
     )
+    service.registry.names.update(settings.models)
     servicer = EmbedderServicer(
         service,
         max_texts=settings.max_texts,
@@ -166,7 +170,7 @@ def start(settings: Settings) -> App:
         ServerSettings(host=settings.host, port=settings.port, security=settings.security),
     )
     try:
-        for model in settings.preload:
+        for model in dict.fromkeys([*settings.preload, *settings.models.values()]):
             service.preload(model)
     except BaseException:
         running.stop(None)

@@ -150,8 +150,11 @@ class EncoderRegistry:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
+        # Encoders named at start (--model NAME=PATH): NAME → PATH.
+        self.names: dict[str, str] = {}
 
     def get(self, model: str, revision: str = "") -> _Loaded:
+        model = self.names.get(model, model)
         key = (model, revision)
         entry = self._lookup(key)
         if entry is not None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tunewire.logging import configure
+from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args, serve
 
 
@@ -81,6 +82,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=int(env("TUNEWIRE_MAX_QUEUED_JOBS", "0")),
         help="jobs waiting to run before CreateJob is RESOURCE_EXHAUSTED (0: no cap)",
     )
+    add_model_flag(p)
     add_security_flags(p, calls_peers=True)
     return p
 
@@ -101,6 +103,7 @@ def settings_from_args(args: argparse.Namespace):
         dataset_cache_bytes=args.dataset_cache_bytes,
         max_job_seconds=args.max_job_seconds,
         max_queued_jobs=args.max_queued_jobs,
+        models=models_from_args(args),
         security=security_from_args(args),
     )
 

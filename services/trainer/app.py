@@ -29,6 +29,8 @@ class Settings:
     # Embedded mode reads model paths anywhere the user can; a server only under its roots.
     allow_any_model_path: bool = False
     model_roots: list[Path] = field(default_factory=list)
+    # Encoders by name (--model NAME=PATH): a job config may say NAME for PATH.
+    models: dict[str, str] = field(default_factory=dict)
     # Limits: a bigger upload is RESOURCE_EXHAUSTED; a job running longer is FAILED; a submit
     # beyond the queue is RESOURCE_EXHAUSTED. 0 turns the last two off.
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
@@ -67,6 +69,7 @@ def start(settings: Settings) -> App:
         dataset_cache_bytes=settings.dataset_cache_bytes,
         max_job_seconds=settings.max_job_seconds,
         max_queued_jobs=settings.max_queued_jobs,
+        model_names=settings.models,
     )
     running = create_server(
         [

@@ -26,6 +26,7 @@ from tunewire.errors import (
     NotFound,
     PermissionDenied,
 )
+from tunewire.model_names import rename_models
 from tunewire.paths import check_path_text
 from tunewire.v1 import hub_gateway_pb2
 
@@ -47,8 +48,12 @@ class TrainerCore:
         dataset_cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_job_seconds: float = 0.0,
         max_queued_jobs: int = 0,
+        model_names: dict[str, str] | None = None,
     ) -> None:
+        """`model_names`: NAME → PATH of the encoders named at start; a config may say NAME, and
+        a registered PATH is readable as if under a model root."""
         self.data_dir = Path(data_dir)
+        self.model_names = dict(model_names or {})
         self.datasets = DatasetStore(
             self.data_dir / "datasets",
             max_bytes=max_dataset_bytes,
@@ -60,7 +65,11 @@ class TrainerCore:
         self.embedder_address = embedder_address
         self.hub_gateway_address = hub_gateway_address
         self._embedder = None
-        self.allowed_model_roots = [self.artifacts_root, *(allowed_model_roots or [])]
+        self.allowed_model_roots = [
+            self.artifacts_root,
+            *(allowed_model_roots or []),
+            *(Path(p) for p in self.model_names.values() if Path(p).is_absolute()),
+        ]
         self.allow_any_model_path = allow_any_model_path
         self.admission = Admission(self.datasets, self.embedder, embedder_address or "")
         self.runner = JobRunner(
@@ -100,6 +109,8 @@ class TrainerCore:
 
     # ------------------------------------------------------------------------------------ jobs
     def create_job(self, raw: dict, **kwargs: Any) -> JobRecord:
+        if self.model_names:  # the job's config (and so its artifact) records the path
+            raw = rename_models(raw, self.model_names)
         return self.runner.submit(raw, **kwargs)
 
     # -------------------------------------------------------------------------------- models

@@ -1,0 +1,119 @@
+"""The HTTP front door as one FastAPI application: OpenAI's and TEI's embedding APIs, Ludwig
+serve's prediction API, `/health`, `/models`, and the framework's OpenAPI page (`/docs`,
+`/openapi.json`).
+
+It is the app layer: it calls the services through the SDK with the caller's own bearer token
+(see backend.py) and keeps no state of its own. Past `max_concurrent` requests in flight it
+answers 429 at once, in the calling API's error shape, as TEI does when overloaded.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from clients.http import ludwig_routes, openai_routes, tei_routes
+from clients.http.backend import Backend
+from clients.http.errors import ludwig_error, openai_error, tei_error
+from tunewire.auth import bearer_token
+from tunewire.errors import InvalidArgument, ResourceExhausted, TunewireError
+
+DEFAULT_MAX_CONCURRENT = 512
+
+
+def token_of(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    return bearer_token([("authorization", header)]) if header else None
+
+
+def _error_shape(path: str):
+    if path.startswith("/v1/"):
+        return openai_error
+    if path in ("/embed", "/info"):
+        return tei_error
+    return ludwig_error
+
+
+class _ConcurrencyLimit:
+    """ASGI middleware: at most `limit` HTTP requests in flight, the rest 429 at once."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            err = ResourceExhausted(
+                f"the server is overloaded: {self.limit} requests in flight",
+                reason="OVERLOADED",
+            )
+            return await _error_shape(scope["path"])(err)(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
+def create_app(backend: Backend, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
+    app = FastAPI(
+        title="tunewire",
+        summary="Embeddings (OpenAI and TEI APIs) and predictions (Ludwig serve's API) from "
+        "tunewire's services.",
+        version="1",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        err = InvalidArgument(first.get("msg", "invalid request"), field=where)
+        response = _error_shape(request.url.path)(err)
+        if request.url.path in ("/embed",):
+            response.status_code = 422  # TEI answers a body it cannot parse with 422
+        return response
+
+    @app.get("/health", tags=["health"])
+    async def health():
+        if await run_in_threadpool(backend.healthy):
+            return {"status": "ok"}
+        return JSONResponse({"status": "unavailable"}, status_code=503)
+
+    @app.get("/models", tags=["health"])
+    async def models(request: Request):
+        """The encoders served by name, the artifact served at /predict, and (with a trainer)
+        the caller's finished jobs, each a model for /models/{model}/predict."""
+        out = {
+            "embedding_models": [
+                {"name": m.name, "path": m.path, "default": m.name == backend.default_model}
+                for m in backend.models.values()
+            ],
+            "served_model": backend.served_model,
+        }
+        if backend.trainer is not None:
+            token = token_of(request)
+
+            def jobs():
+                backend.as_caller(token)
+                from tunewire.v1 import trainer_pb2
+
+                return [
+                    j.id
+                    for j in backend.trainer.list_jobs()
+                    if j.state == trainer_pb2.Job.SUCCEEDED
+                ]
+
+            try:
+                out["jobs"] = await run_in_threadpool(jobs)
+            except TunewireError as err:
+                return ludwig_error(err)
+        return out
+
+    app.include_router(openai_routes.router(backend, token_of))
+    app.include_router(tei_routes.router(backend, token_of, max_concurrent))
+    app.include_router(ludwig_routes.router(backend, token_of))
+    app.add_middleware(_ConcurrencyLimit, limit=max_concurrent)
+    return app

@@ -1,0 +1,231 @@
+"""What the HTTP routes call: the services, through the SDK, on the caller's behalf.
+
+Every call carries the HTTP caller's own bearer token (from its `Authorization` header) to the
+gRPC services, which authenticate and authorise it exactly as they do a gRPC caller: the front
+door holds no token of its own and decides nothing about who may do what. TLS to the services
+is the usual client setting (TUNEWIRE_TLS_CA/_CERT/_KEY).
+
+Encoders are served by the names given at start (`--model NAME=PATH`); how each pools,
+normalises and truncates comes from its sentence-transformers files when the path is local
+(tunewire.model_names.pooling_defaults), and its tokenizer, when local, counts tokens for
+`usage` and for refusing over-long inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.sdk import EmbedderClient, EncoderSpec, TrainerClient, connect
+from tunewire.errors import InvalidArgument, NotFound
+from tunewire.model_names import pooling_defaults
+from tunewire.tls import ClientSecurity
+
+_caller_token: ContextVar[str | None] = ContextVar("tunewire_http_caller_token", default=None)
+
+
+class _ForwardToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the current HTTP caller's token (if it sent one) to each gRPC call."""
+
+    def _details(self, details):
+        token = _caller_token.get()
+        if not token:
+            return details
+        metadata = [(k, v) for k, v in (details.metadata or ()) if k != "authorization"]
+        metadata.append(("authorization", f"Bearer {token}"))
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(_Details.of(details)), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(_Details.of(details)), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(_Details.of(details)), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(_Details.of(details)), request_iterator)
+
+
+class _Details(grpc.ClientCallDetails):
+    __slots__ = ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = (
+            credentials,
+            wait_for_ready,
+            compression,
+        )
+
+    @classmethod
+    def of(cls, d) -> _Details:
+        return cls(
+            d.method,
+            d.timeout,
+            d.metadata,
+            d.credentials,
+            getattr(d, "wait_for_ready", None),
+            getattr(d, "compression", None),
+        )
+
+    def _replace(self, **kw) -> _Details:
+        out = _Details.of(self)
+        for k, v in kw.items():
+            setattr(out, k, v)
+        return out
+
+
+def forwarding_channel(address: str) -> grpc.Channel:
+    """A channel to a service with the usual TLS settings and no token of its own: each call
+    carries the HTTP caller's."""
+    security = replace(ClientSecurity.from_env(), token=None, token_file=None)
+    return grpc.intercept_channel(connect(address, security), _ForwardToken())
+
+
+@dataclass
+class EncoderModel:
+    """A named encoder as the HTTP routes serve it."""
+
+    name: str
+    path: str
+    spec: EncoderSpec
+    normalize: bool = False  # what its sentence-transformers files say
+    tokenizer: object | None = None  # tokenizers.Tokenizer, when the path is local
+    dimension: int = 0
+    max_length: int = 0
+    loaded: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def token_counts(self, texts: list[str]) -> list[int] | None:
+        """Tokens per text (special tokens included, nothing truncated), or None without a
+        local tokenizer."""
+        if self.tokenizer is None:
+            return None
+        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+
+
+def _tokenizer(path: str):
+    file = Path(path) / "tokenizer.json"
+    if not file.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(file))
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+class Backend:
+    """The services behind the HTTP front door."""
+
+    def __init__(
+        self,
+        embedder: str,
+        trainer: str | None = None,
+        models: dict[str, str] | None = None,
+        served_model: str | None = None,
+    ) -> None:
+        """`models`: NAME → PATH of the encoders served; the first is TEI's default model.
+        `served_model`: the artifact `serve http --model_path` serves at /predict."""
+        self.embedder_address = embedder
+        self._embedder_channel = forwarding_channel(embedder)
+        self.embedder = EmbedderClient(embedder, channel=self._embedder_channel)
+        self.trainer = (
+            TrainerClient(trainer, channel=forwarding_channel(trainer)) if trainer else None
+        )
+        self.served_model = served_model
+        self.models: dict[str, EncoderModel] = {}
+        for name, path in (models or {}).items():
+            st = pooling_defaults(path)
+            # The embedder knows NAME too (serve all, serve http in-process; --model there).
+            spec = EncoderSpec(model=path, pooling=st.pooling, max_length=st.max_seq_length)
+            self.models[name] = EncoderModel(name, path, spec, st.normalize, _tokenizer(path))
+        self.default_model = next(iter(self.models), None)
+
+    @staticmethod
+    def as_caller(token: str | None):
+        """Context for a call made on behalf of the HTTP caller holding `token`."""
+        return _caller_token.set(token)
+
+    def model(self, name: str | None) -> EncoderModel:
+        if name is None:
+            if self.default_model is None:
+                raise NotFound(
+                    "no embedding model is served: start with --model NAME=PATH", field="model"
+                )
+            name = self.default_model
+        model = self.models.get(name)
+        if model is None:
+            served = ", ".join(self.models) or "none"
+            raise NotFound(f"the model {name!r} does not exist (served: {served})", field="model")
+        if not model.loaded:
+            with model.lock:
+                if not model.loaded:
+                    info = self.embedder.info(model.spec)
+                    model.dimension, model.max_length = int(info.dimension), int(info.max_length)
+                    model.loaded = True
+        return model
+
+    def embed(
+        self, model: EncoderModel, texts: list[str], normalize: bool, truncate: bool
+    ) -> tuple[np.ndarray, int]:
+        """Vectors [n, d] float32 and the prompt's tokens (0 without a local tokenizer).
+        Without `truncate`, an input over the model's max length is InvalidArgument
+        (reason INPUT_TOO_LONG) naming its index."""
+        counts = model.token_counts(texts)
+        tokens = 0
+        if counts is not None:
+            limit = model.max_length
+            for i, count in enumerate(counts):
+                if limit and count > limit and not truncate:
+                    raise InvalidArgument(
+                        f"input {i} has {count} tokens; the model {model.name!r} takes at most "
+                        f"{limit}",
+                        field=f"input[{i}]",
+                        reason="INPUT_TOO_LONG",
+                        metadata={"tokens": str(count), "max": str(limit)},
+                    )
+            tokens = sum(min(c, limit) if limit else c for c in counts)
+        spec = replace(model.spec, normalize=normalize)
+        result = self.embedder.embed(texts, spec)
+        return np.asarray(result.vectors, dtype=np.float32), tokens
+
+    def predict(self, model: str, columns: dict[str, list]) -> dict[str, list]:
+        return self.embedder.predict_columns(model, columns)
+
+    def healthy(self) -> bool:
+        """The embedder answers SERVING (the trainer, when there is one, too)."""
+        channels = [self._embedder_channel]
+        if self.trainer is not None:
+            channels.append(self.trainer.channel)
+        try:
+            for channel in channels:
+                status = (
+                    health_pb2_grpc.HealthStub(channel)
+                    .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    .status
+                )
+                if status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+        except grpc.RpcError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.embedder.close()
+        if self.trainer is not None:
+            self.trainer.close()

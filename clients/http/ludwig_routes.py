@@ -1,0 +1,128 @@
+"""Ludwig serve's API for trained models: `POST /models/{model}/predict` and
+`/models/{model}/batch_predict` (a model is a job id or an artifact directory), and with
+`serve http --model_path` the same at `/predict` and `/batch_predict`.
+
+`predict` takes one row as form, multipart or JSON fields named after the input features and
+answers one object of Ludwig's output columns (`<f>_predictions`, `<f>_probability`,
+`<f>_probabilities`, `<f>_probabilities_<class>`). `batch_predict` takes a `dataset` field (form
+or JSON, the table in pandas "split" orientation: columns, data, optional index) and answers in
+that orientation. Rows go to the embedder's online prediction: no data set, no job.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from clients.http.backend import Backend
+from clients.http.errors import ludwig_error
+from tunewire.errors import InvalidArgument, TunewireError
+
+
+async def _fields(request: Request) -> dict:
+    """The request's fields: a JSON object, or form / multipart fields (files read as text)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.form()
+        out = {}
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):
+                value = (await value.read()).decode("utf-8", "replace")
+            out[key] = value
+        return out
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise InvalidArgument(f"the body is not JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the body must be a JSON object of fields", field="body")
+    return body
+
+
+def _split_table(value) -> tuple[dict[str, list], list]:
+    """pandas "split" orientation → (columns, index)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise InvalidArgument(f"not JSON: {exc}", field="dataset") from None
+    if not isinstance(value, dict) or "columns" not in value or "data" not in value:
+        raise InvalidArgument(
+            'must be a table in pandas "split" orientation: {"columns": [...], "data": [[...]]}',
+            field="dataset",
+        )
+    names, rows = value["columns"], value["data"]
+    if not isinstance(names, list) or not isinstance(rows, list):
+        raise InvalidArgument("columns and data must be lists", field="dataset")
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(names):
+            raise InvalidArgument(
+                f"row {i} does not have {len(names)} values", field=f"dataset.data[{i}]"
+            )
+    index = value.get("index") or list(range(len(rows)))
+    return {str(n): [row[j] for row in rows] for j, n in enumerate(names)}, index
+
+
+def router(backend: Backend, token_of) -> APIRouter:
+    api = APIRouter(tags=["Ludwig serve"])
+
+    async def predict(model: str, request: Request):
+        token = token_of(request)
+        try:
+            fields = await _fields(request)
+            columns = {k: [v] for k, v in fields.items()}
+
+            def work():
+                backend.as_caller(token)
+                return backend.predict(model, columns)
+
+            out = await run_in_threadpool(work)
+        except TunewireError as err:
+            return ludwig_error(err)
+        return {name: values[0] for name, values in out.items()}
+
+    async def batch_predict(model: str, request: Request):
+        token = token_of(request)
+        try:
+            fields = await _fields(request)
+            if "dataset" not in fields:
+                raise InvalidArgument("is required", field="dataset")
+            columns, index = _split_table(fields["dataset"])
+
+            def work():
+                backend.as_caller(token)
+                return backend.predict(model, columns)
+
+            out = await run_in_threadpool(work)
+        except TunewireError as err:
+            return ludwig_error(err)
+        names = list(out)
+        return {
+            "index": index,
+            "columns": names,
+            "data": [[out[n][i] for n in names] for i in range(len(index))],
+        }
+
+    @api.post("/models/{model:path}/predict")
+    async def predict_model(model: str, request: Request):
+        return await predict(model, request)
+
+    @api.post("/models/{model:path}/batch_predict")
+    async def batch_predict_model(model: str, request: Request):
+        return await batch_predict(model, request)
+
+    if backend.served_model is not None:
+        served = backend.served_model
+
+        @api.post("/predict")
+        async def predict_served(request: Request):
+            return await predict(served, request)
+
+        @api.post("/batch_predict")
+        async def batch_predict_served(request: Request):
+            return await batch_predict(served, request)
+
+    return api

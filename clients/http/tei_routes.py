@@ -1,0 +1,77 @@
+"""text-embeddings-inference's API on the default model (the first `--model`): `POST /embed`
+and `GET /info`.
+
+`inputs` a string or a list; `normalize` defaults to true and `truncate` to false, so an input
+longer than the model's limit is refused with 413 and TEI's error body, as TEI does. The answer
+is always a list of vectors.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from clients.http.backend import Backend
+from clients.http.errors import tei_error
+from tunewire.errors import InvalidArgument, TunewireError
+
+
+class EmbedRequest(BaseModel):
+    inputs: str | list[str]
+    normalize: bool = True
+    truncate: bool = False
+    truncation_direction: str = "Right"
+
+
+def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
+    api = APIRouter(tags=["TEI"])
+
+    @api.post("/embed")
+    async def embed(body: EmbedRequest, request: Request):
+        token = token_of(request)
+
+        def work():
+            backend.as_caller(token)
+            if body.truncation_direction.lower() != "right":
+                raise InvalidArgument(
+                    "only Right truncation is supported", field="truncation_direction"
+                )
+            texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+            if not texts:
+                raise InvalidArgument("`inputs` cannot be empty", field="inputs")
+            vectors, _ = backend.embed(
+                backend.model(None), texts, normalize=body.normalize, truncate=body.truncate
+            )
+            return vectors.tolist()
+
+        try:
+            return await run_in_threadpool(work)
+        except TunewireError as err:
+            return tei_error(err)
+
+    @api.get("/info")
+    async def info(request: Request):
+        token = token_of(request)
+
+        def work():
+            backend.as_caller(token)
+            return backend.model(None)
+
+        try:
+            model = await run_in_threadpool(work)
+        except TunewireError as err:
+            return tei_error(err)
+        return {
+            "model_id": model.name,
+            "model_sha": None,
+            "model_dtype": "float32",
+            "model_type": {"embedding": {"pooling": model.spec.pooling}},
+            "max_concurrent_requests": max_concurrent,
+            "max_input_length": model.max_length,
+            "max_client_batch_size": 4096,
+            "dimension": model.dimension,
+            "version": "tunewire",
+        }
+
+    return api

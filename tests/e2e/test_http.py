@@ -1,0 +1,194 @@
+"""The HTTP front door over real HTTP on loopback: the official `openai` client, TEI's and
+Ludwig serve's request shapes, vectors equal to the gRPC path's, a trained SMS model predicting
+`spam`, the error envelopes (401, 404, 413, 429), and nothing stored by a prediction."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from clients.http.app import create_app
+from clients.http.backend import Backend
+from clients.http.server import HttpSettings, RunningHttp
+from clients.sdk import EncoderSpec
+from tests.e2e.conftest import SPAMMY
+from tests.e2e.test_online import HAM, stored
+
+
+def serve(backend: Backend, **kw) -> RunningHttp:
+    return RunningHttp(create_app(backend, **kw), HttpSettings(port=0)).start()
+
+
+@pytest.fixture(scope="module")
+def http(services, minilm):
+    backend = Backend(
+        services.embedder_address, services.trainer_address, models={"minilm": minilm}
+    )
+    running = serve(backend)
+    yield f"http://127.0.0.1:{running.port}"
+    running.stop()
+    backend.close()
+
+
+def grpc_vectors(embedder, minilm, texts, normalize=True):
+    spec = EncoderSpec(model=minilm, pooling="mean", max_length=256, normalize=normalize)
+    return embedder.embed(texts, spec).vectors
+
+
+def test_openai_client_embeddings_equal_the_grpc_vectors(http, embedder, minilm):
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused", max_retries=0)
+    texts = ["a cat sat on the mat", "tunewire serves embeddings"]
+    got = client.embeddings.create(model="minilm", input=texts)  # base64, the client's default
+    want = grpc_vectors(embedder, minilm, texts)
+    assert [d.index for d in got.data] == [0, 1] and got.model == "minilm"
+    np.testing.assert_array_equal(np.array([d.embedding for d in got.data], np.float32), want)
+    assert got.usage.prompt_tokens == got.usage.total_tokens > 2 * 2
+    as_float = client.embeddings.create(model="minilm", input=texts[0], encoding_format="float")
+    np.testing.assert_allclose(as_float.data[0].embedding, want[0], rtol=1e-6)
+    same = client.embeddings.create(model="minilm", input=texts[:1], dimensions=384)
+    assert len(same.data[0].embedding) == 384
+    assert [m.id for m in client.models.list().data] == ["minilm"]
+    assert client.models.retrieve("minilm").id == "minilm"
+
+
+def test_openai_errors_use_its_envelope(http):
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as err:
+        client.embeddings.create(model="nope", input="x")
+    assert err.value.body["code"] == "model_not_found" and err.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="minilm", input="x", dimensions=64)
+    assert err.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="minilm", input=["ok", ""])
+    assert err.value.body["param"] == "input[1]"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="minilm", input="word " * 400)
+    assert "at most 256" in err.value.body["message"]
+    raw = httpx.post(f"{http}/v1/embeddings", json={"input": "x"})
+    assert raw.status_code == 400 and raw.json()["error"]["param"] == "model"
+
+
+def test_tei_embed_and_info(http, embedder, minilm):
+    got = httpx.post(f"{http}/embed", json={"inputs": "a cat sat on the mat"})
+    assert got.status_code == 200
+    np.testing.assert_allclose(
+        got.json(), grpc_vectors(embedder, minilm, ["a cat sat on the mat"]), rtol=1e-6
+    )
+    raw = httpx.post(f"{http}/embed", json={"inputs": ["x", "y"], "normalize": False}).json()
+    np.testing.assert_allclose(raw, grpc_vectors(embedder, minilm, ["x", "y"], False), rtol=1e-6)
+    long = httpx.post(f"{http}/embed", json={"inputs": "word " * 400})
+    assert long.status_code == 413 and long.json()["error_type"] == "Validation"
+    assert httpx.post(f"{http}/embed", json={"inputs": "word " * 400, "truncate": True}).is_success
+    assert httpx.post(f"{http}/embed", json={"nope": 1}).status_code == 422
+    info = httpx.get(f"{http}/info").json()
+    assert info["model_id"] == "minilm" and info["max_input_length"] == 256
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+
+
+def test_ludwig_predict_says_spam_and_stores_nothing(http, sms_spam_job, services, embedder):
+    before = stored(services)
+    url = f"{http}/models/{sms_spam_job.id}"
+    form = httpx.post(f"{url}/predict", data={"text": SPAMMY})
+    assert form.status_code == 200, form.text
+    assert form.json()["label_predictions"] == "spam"
+    body = form.json()
+    assert body["label_probability"] == body["label_probabilities_spam"] > 0.5
+    assert body["label_probabilities"] == [
+        body["label_probabilities_ham"],
+        body["label_probability"],
+    ]
+    as_json = httpx.post(f"{url}/predict", json={"text": HAM}).json()
+    assert as_json["label_predictions"] == "ham"
+    multipart = httpx.post(f"{url}/predict", files={"text": (None, SPAMMY)}).json()
+    assert multipart == body
+    # The same as over gRPC.
+    grpc = embedder.predict_rows(sms_spam_job.id, {"text": SPAMMY})
+    assert grpc["label_probabilities_spam"][0] == pytest.approx(body["label_probabilities_spam"])
+    table = {"columns": ["text"], "index": [7, 9], "data": [[SPAMMY], [HAM]]}
+    batch = httpx.post(f"{url}/batch_predict", data={"dataset": json.dumps(table)}).json()
+    assert batch["index"] == [7, 9]
+    col = batch["columns"].index("label_predictions")
+    assert [row[col] for row in batch["data"]] == ["spam", "ham"]
+    assert httpx.post(f"{url}/batch_predict", json={"dataset": table}).json() == batch
+    missing = httpx.post(f"{url}/predict", json={"message": SPAMMY})
+    assert missing.status_code == 400 and "'text'" in missing.json()["error"]
+    assert (
+        httpx.post(f"{http}/models/job-000000000000/predict", json={"text": "x"}).status_code == 404
+    )
+    assert stored(services) == before
+
+
+def test_model_path_is_served_at_predict(services, sms_spam_job, trainer, tmp_path):
+    local = trainer.download_artifact(sms_spam_job.id, tmp_path / "artifact")
+    backend = Backend(services.embedder_address, served_model=str(local))
+    running = serve(backend)
+    try:
+        base = f"http://127.0.0.1:{running.port}"
+        assert (
+            httpx.post(f"{base}/predict", data={"text": SPAMMY}).json()["label_predictions"]
+            == "spam"
+        )
+        by_path = httpx.post(f"{base}/models/{local}/predict", json={"text": HAM})
+        assert by_path.json()["label_predictions"] == "ham"
+        assert httpx.get(f"{base}/models").json()["served_model"] == str(local)
+        # No encoder named: TEI's default model does not exist.
+        assert httpx.post(f"{base}/embed", json={"inputs": "x"}).status_code == 404
+    finally:
+        running.stop()
+        backend.close()
+
+
+def test_health_models_and_openapi(http):
+    assert httpx.get(f"{http}/health").json() == {"status": "ok"}
+    models = httpx.get(f"{http}/models").json()
+    assert models["embedding_models"][0]["name"] == "minilm"
+    paths = httpx.get(f"{http}/openapi.json").json()["paths"]
+    assert {"/v1/embeddings", "/embed", "/models/{model}/predict"} <= set(paths)
+    assert httpx.get(f"{http}/docs").status_code == 200
+
+
+def test_overload_is_429_in_each_shape(services, minilm):
+    backend = Backend(services.embedder_address, models={"minilm": minilm})
+    running = serve(backend, max_concurrent=0)
+    try:
+        base = f"http://127.0.0.1:{running.port}"
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            client.embeddings.create(model="minilm", input="x")
+        tei = httpx.post(f"{base}/embed", json={"inputs": "x"})
+        assert tei.status_code == 429 and tei.json()["error_type"] == "Overloaded"
+    finally:
+        running.stop()
+        backend.close()
+
+
+def test_the_callers_token_reaches_the_services(tmp_path, minilm):
+    """401 for a bad key, in OpenAI's envelope; the right key works: the front door forwards
+    the caller's bearer token and the embedder decides."""
+    from services.embedder.app import Settings, start
+    from tunewire.server import ServerSecurity
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("good-token embed\n")
+    app = start(
+        Settings(port=0, data_dir=tmp_path, security=ServerSecurity(auth_tokens_file=tokens))
+    )
+    backend = Backend(f"127.0.0.1:{app.port}", models={"minilm": minilm})
+    running = serve(backend)
+    try:
+        base = f"http://127.0.0.1:{running.port}/v1"
+        bad = openai.OpenAI(base_url=base, api_key="bad-token", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as err:
+            bad.embeddings.create(model="minilm", input="x")
+        assert err.value.body["type"] == "authentication_error"
+        good = openai.OpenAI(base_url=base, api_key="good-token", max_retries=0)
+        assert len(good.embeddings.create(model="minilm", input="x").data[0].embedding) == 384
+    finally:
+        running.stop()
+        backend.close()
+        app.stop()
