@@ -19,6 +19,10 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python clients/cli.py` from a checkout
+    # The checkout's root in place of this script's directory, whose `http` package (the HTTP
+    # front door, clients.http) would otherwise shadow the standard library's.
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tunewire.errors import TunewireError  # noqa: E402
@@ -360,6 +364,10 @@ def cmd_serve(args, extra: list[str]) -> int:
         from services.trainer.__main__ import main
     elif args.service == "hub_gateway":
         from services.hub_gateway.__main__ import main
+    elif args.service == "http":
+        from clients.commands.serve_http import serve_http
+
+        return serve_http(args, extra)
     else:
         return _serve_all(args, extra)
     argv = list(extra)
@@ -376,10 +384,14 @@ def _serve_all_parser() -> argparse.ArgumentParser:
     """`serve all`'s own options: the services' security flags, from the one definition in
     tunewire/server_flags.py. Parsed from what the `serve` parser leaves over, because for
     `serve trainer` and the others those same flags pass through to the service's main."""
+    from clients.commands.serve_http import add_http_flags
+    from tunewire.model_names import add_model_flag
     from tunewire.server_flags import add_security_flags
 
     p = argparse.ArgumentParser(prog="clients/cli.py serve all", add_help=False)
     add_security_flags(p, calls_peers=True)
+    add_model_flag(p)
+    add_http_flags(p)
     return p
 
 
@@ -423,7 +435,12 @@ def _serve_all(args, extra: list[str]) -> int:
             "serve all: --health-port (or TUNEWIRE_HEALTH_PORT) is for one service's own process",
             field="serve",
         )
+    from clients.commands.serve_http import HTTP_PORT_OFFSET, start_http
+    from clients.http.backend import Backend
+    from tunewire.model_names import models_from_args
+
     security = security_from_args(sec)
+    models = models_from_args(sec)
     export_peer_token(sec)
     configure()
     warn_if_exposed(args.host or "127.0.0.1", security, "all")
@@ -433,17 +450,32 @@ def _serve_all(args, extra: list[str]) -> int:
         host=args.host or "127.0.0.1",
         ports=(base, base + 1, base + 2),
         security=security,
+        models=models,
+    )
+    backend = Backend(services.embedder_address, services.trainer_address, models)
+    http = start_http(
+        backend,
+        args.host or "127.0.0.1",
+        base + HTTP_PORT_OFFSET if base else 0,
+        sec.max_concurrent_requests,
+        (sec.tls_cert, sec.tls_key, sec.tls_client_ca),
     )
     get_logger("tunewire.cli").info(
         "serving",
         embedder=services.embedder_address,
         trainer=services.trainer_address,
         hub_gateway=services.hub_gateway_address,
+        http=f"{http.scheme}://{args.host or '127.0.0.1'}:{http.port}",
         data_dir=str(services.data_dir),
     )
-    wait_for_termination(
-        [a.running for a in services._apps], on_stop=lambda: [a.close() for a in services._apps]
-    )
+
+    def stop() -> None:
+        http.stop()
+        backend.close()
+        for app in services._apps:
+            app.close()
+
+    wait_for_termination([a.running for a in services._apps], on_stop=stop)
     return 0
 
 
@@ -522,20 +554,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run long-lived servers until SIGTERM")
     p.add_argument(
-        "service", nargs="?", default="all", choices=["embedder", "trainer", "hub_gateway", "all"]
+        "service",
+        nargs="?",
+        default="all",
+        choices=["embedder", "trainer", "hub_gateway", "http", "all"],
     )
     p.add_argument(
         "--port",
         type=int,
         default=None,
-        help="port (for all: the embedder's; trainer +1, hub_gateway +2)",
+        help="port (for all: the embedder's; trainer +1, hub_gateway +2, http +3; "
+        "http alone: 8000)",
     )
     p.add_argument("--host", default=None)
     p.add_argument(*_flag("--data_dir"), dest="data_dir", type=Path, default=None)
     p.epilog = (
         "serve all also takes the services' security flags: "
         + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
-        + " (python -m services.trainer --help describes them); a named service takes its own."
+        + " (python -m services.trainer --help describes them); a named service takes its own. "
+        "serve http takes --embedder, --trainer, --model NAME=PATH, --model_path ARTIFACT, "
+        "--max-concurrent-requests and --tls-cert/--tls-key/--tls-client-ca."
     )
     p.set_defaults(func=cmd_serve, passthrough=True)
 

@@ -52,9 +52,11 @@ def start_embedded(
     host: str = "127.0.0.1",
     ports: tuple[int, int, int] = (0, 0, 0),
     security: ServerSecurity | None = None,
+    models: dict[str, str] | None = None,
 ) -> Embedded:
     """Start all three services; ports 0 pick free ones. `security` (tokens, TLS, reflection,
-    the concurrency cap) applies to all three; their calls to each other then take their token
+    the concurrency cap) applies to all three; `models` (NAME → PATH, `--model`) goes to the
+    embedder and the trainer; their calls to each other then take their token
     and TLS settings from the environment (`ClientSecurity.from_env`), as separate services do."""
     from services.embedder.app import Settings as EmbedderSettings
     from services.embedder.app import start as start_embedder
@@ -77,6 +79,7 @@ def start_embedded(
                 security=security,
                 artifact_roots=[data_dir / "artifacts", Path.cwd()],
                 allow_any_artifact_path=True,
+                models=dict(models or {}),
             )
         )
         apps.append(embedder)
@@ -95,6 +98,7 @@ def start_embedded(
                 embedder=embedder_address,
                 allow_any_model_path=True,
                 security=security,
+                models=dict(models or {}),
             )
         )
         apps.append(trainer)

@@ -1,15 +1,15 @@
 """Fetching a job's head files from the trainer, on the caller's behalf.
 
-The embedder presents the caller's own bearer token (forwarded from its call), so the trainer
-applies its ownership rules to the caller, not to the embedder; TLS settings are the embedder's
-own (TUNEWIRE_TLS_* as for any service-to-service call). A caller without a token (a server with
-auth off) is fetched for with the embedder's own token, if it has one.
+With a token of its own (TUNEWIRE_TOKEN / TUNEWIRE_TOKEN_FILE: a `service` token) the embedder
+calls as itself acting for the caller: the call runs inside the PredictRows handler, so
+`tunewire.tls` names the caller's principal in `x-tunewire-on-behalf-of`, and the trainer applies
+its ownership rules to the caller. Without one it presents the caller's own bearer token instead,
+which the trainer judges the same way. TLS settings are the embedder's own (TUNEWIRE_TLS_*).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -27,16 +27,13 @@ class TrainerArtifacts:
 
     def __init__(self, address: str, security: ClientSecurity | None = None) -> None:
         security = security or ClientSecurity.from_env()
-        self._own_token = security._token_source()
-        # No token on the channel itself: each call carries the one it acts for.
-        self._channel = replace(security, token=None, token_file=None).channel(
-            address, channel_options()
-        )
+        self._own_token = bool(security.token or security.token_file)
+        self._channel = security.channel(address, channel_options())
         self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
 
     def __call__(self, job_id: str, token: str | None, files: tuple[str, ...], dest: Path) -> None:
-        token = token or (self._own_token() if self._own_token else None)
-        metadata = [("authorization", f"Bearer {token}")] if token else None
+        forward = token and not self._own_token
+        metadata = [("authorization", f"Bearer {token}")] if forward else None
         request = trainer_pb2.DownloadArtifactRequest(job_id=job_id, paths=list(files))
         handle, digest = None, None
         try:

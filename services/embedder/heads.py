@@ -1,10 +1,10 @@
 """Predictive heads kept warm next to the encoders, for online prediction.
 
 A head comes from a local artifact directory (under the embedder's artifact roots) or, by job id,
-from the trainer's `DownloadArtifact`: only the four files a head needs, fetched with the caller's
-own credentials, so the trainer decides whether this caller may read this job (its owner, as
-everywhere). A fetched head is cached per (job, caller's token) - another caller is authorised by
-the trainer again, never served from someone else's fetch - and evicted least recently used
+from the trainer's `DownloadArtifact`: only the four files a head needs, fetched on the caller's
+behalf (artifact_fetch.py), so the trainer decides whether this caller may read this job (its
+owner, as everywhere). A fetched head is cached per (job, caller) - another caller is authorised
+by the trainer again, never served from someone else's fetch - and evicted least recently used
 beyond a byte budget. Local artifacts are cached per (path, files' size and mtime), so a
 retrained artifact written over the old one is noticed.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import structlog
 
 from tunewire import heads as th
+from tunewire.auth import current_principal
 from tunewire.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from tunewire.features import InputMetadata
 from tunewire.paths import check_path_text
@@ -102,8 +103,12 @@ class HeadCache:
             raise InvalidArgument("is required: a job id or an artifact directory", field="model")
         check_path_text(model, "model")
         if is_job_id(model):
+            # Per caller: another one is authorised by the trainer again, never served from
+            # someone else's fetch.
+            caller = current_principal().name
             digest = hashlib.sha256((token or "").encode()).hexdigest()[:16]
-            return self._get(("job", model, digest), lambda: self._fetched(model, token))
+            key = ("job", model, caller, digest)
+            return self._get(key, lambda: self._fetched(model, token))
         path = self._local(model)
         signature = tuple(
             (name, (path / name).stat().st_size, (path / name).stat().st_mtime_ns)

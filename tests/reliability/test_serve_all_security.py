@@ -44,10 +44,10 @@ CLIENT_ENV = (
 
 
 def _free_base() -> int:
-    """A port p with p, p+1 and p+2 free (serve all's three ports)."""
+    """A port p with p..p+3 free (serve all's three gRPC ports and its HTTP port)."""
     while True:
         base = free_port()
-        if base + 2 < 65536 and all(_free(base + i) for i in range(3)):
+        if base + 3 < 65536 and all(_free(base + i) for i in range(4)):
             return base
 
 
