@@ -128,7 +128,10 @@ class Admission:
 
 
 def _columns_needed(config: Any) -> dict[str, str]:
-    """config path -> column, for every feature the config reads."""
+    """config path -> column, for every feature the config reads (a config that knows better,
+    e.g. an llm prompt built from other columns, says so itself)."""
+    if hasattr(config, "columns_read"):
+        return config.columns_read()
     out = {}
     for i, f in enumerate(getattr(config, "input_features", []) or []):
         out[f"input_features[{i}].column"] = f.column

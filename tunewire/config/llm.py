@@ -126,6 +126,14 @@ class TextFeature:
             self.column = self.name
 
 
+TEMPLATE_KEYWORDS = ("__sample__", "__task__", "__context__")
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of a prompt template, in order."""
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+
+
 @dataclass
 class RetrievalConfig:
     """Ludwig's `prompt.retrieval`: few-shot examples from the training set (type null: none)."""
@@ -533,6 +541,26 @@ class LlmConfig:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid generation settings: {exc}", field="generation") from None
         self.generation = merged
+
+    @property
+    def reads_input_column(self) -> bool:
+        """Whether the input feature's own column is read: with no template, or one that places
+        it with {__sample__}. Otherwise Ludwig fills the feature (e.g. `prompt`) from the
+        template's columns, and it need not be a column at all."""
+        if self.prompt.template is None:
+            return True
+        return "__sample__" in template_fields(self.prompt.template)
+
+    def columns_read(self) -> dict[str, str]:
+        """config path -> data set column, for every column this config reads."""
+        out = {}
+        if self.reads_input_column:
+            out["input_features[0].column"] = self.input.column
+        for name in template_fields(self.prompt.template or ""):
+            if name not in TEMPLATE_KEYWORDS:
+                out.setdefault(f"prompt.template.{name}", name)
+        out["output_features[0].column"] = self.output.column
+        return out
 
     @property
     def input(self) -> TextFeature:

@@ -45,15 +45,21 @@ def render_prompt(cfg: LlmConfig, row: dict, tokenizer=None) -> str:
     turns = conversation.turns(row.get(cfg.input.column))
     if turns is not None:
         return conversation.prompt_text(cfg, turns, tokenizer)
-    text = str(row[cfg.input.column])
-    if cfg.input.preprocessing.lowercase:
+    # Ludwig builds an input feature that is not a column (e.g. `prompt`) from the template alone.
+    text = str(row[cfg.input.column]) if cfg.input.column in row else None
+    if text is not None and cfg.input.preprocessing.lowercase:
         text = text.lower()
     template = cfg.prompt.template
+    if text is None and cfg.reads_input_column:
+        raise ValueError(
+            f"the data set lacks the input column {cfg.input.column!r}, which the prompt "
+            "places (no template, or {__sample__})"
+        )
     if template is None:
         prompt = text
     else:
         values = {k: ("" if v is None else str(v)) for k, v in row.items()}
-        values["__sample__"] = text
+        values["__sample__"] = text or ""
         values["__task__"] = cfg.prompt.task or ""
         try:
             prompt = template.format(**values)
@@ -124,7 +130,7 @@ def build_samples(cfg: LlmConfig, df: pd.DataFrame, tokenizer, model_max: int) -
             if cfg.output.preprocessing.missing_value_strategy == "drop_row":
                 continue
             target = cfg.output.preprocessing.fill_value
-        if row.get(cfg.input.column) is None:
+        if cfg.input.column in row and row[cfg.input.column] is None:
             if cfg.input.preprocessing.missing_value_strategy == "drop_row":
                 continue
             row[cfg.input.column] = cfg.input.preprocessing.fill_value

@@ -111,10 +111,11 @@ def predict_generative(
     present."""
     artifact_dir = Path(artifact_dir)
     cfg = parse_llm(json.loads((artifact_dir / "resolved_config.json").read_text()))
-    if cfg.input.column not in df.columns:
-        raise InvalidArgument(
-            f"the data set lacks the input column {cfg.input.column!r}", field="dataset_id"
-        )
+    for path, column in cfg.columns_read().items():
+        if column not in df.columns and not path.startswith("output_features"):
+            raise InvalidArgument(
+                f"the data set lacks the column {column!r} ({path})", field="dataset_id"
+            )
     device = default_device()
     zero_shot = is_zero_shot(artifact_dir)
     model, tokenizer = load_artifact(

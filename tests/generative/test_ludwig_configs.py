@@ -1,0 +1,91 @@
+"""Configs as Ludwig's README and docs publish them (models swapped for the tiny local one) run
+with Ludwig's meaning."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from services.trainer.admission import _columns_needed
+from services.trainer.context import Progress
+from services.trainer.model_types import resolve
+from services.trainer.recipes.generative.data import render_prompt
+from services.trainer.recipes.generative.launch import run_generative_job
+from services.trainer.recipes.generative.predict import predict_generative
+from tests.generative.conftest import job_context
+from tunewire.errors import InvalidArgument
+
+# Ludwig's README: the input feature `prompt` is no column; the template builds it.
+README_LLM = """
+model_type: llm
+base_model: BASE
+quantization:
+  bits: 4
+adapter:
+  type: lora
+prompt:
+  template: |
+    ### Instruction: {instruction}
+    ### Input: {input}
+    ### Response:
+input_features:
+  - name: prompt
+    type: text
+output_features:
+  - name: output
+    type: text
+trainer:
+  type: finetune
+  learning_rate: 0.0001
+  batch_size: 1
+  gradient_accumulation_steps: 16
+  epochs: 3
+  learning_rate_scheduler:
+    decay: cosine
+    warmup_fraction: 0.01
+backend:
+  type: local
+"""
+
+
+def readme_config(base) -> dict:
+    return yaml.safe_load(README_LLM.replace("BASE", str(base)))
+
+
+def alpaca_frame() -> pd.DataFrame:
+    rows = [
+        {"instruction": "what does", "input": name, "output": f"{color} {fruit}"}
+        for name, color, fruit in [
+            ("alba", "red", "apple"),
+            ("bruno", "blue", "pear"),
+            ("carla", "green", "plum"),
+            ("dario", "black", "fig"),
+        ]
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_the_readme_prompt_feature_is_built_from_the_template(tiny_model):
+    cfg = resolve(readme_config(tiny_model))  # quantization resolves; it needs a GPU to run
+    assert cfg.trainer.gradient_accumulation_steps == 16 and cfg.trainer.batch_size == 1
+    # The data set needs the template's columns and the output, not a `prompt` column.
+    assert set(_columns_needed(cfg).values()) == {"instruction", "input", "output"}
+    row = alpaca_frame().iloc[0].to_dict()
+    assert render_prompt(cfg, row) == "### Instruction: what does\n### Input: alba\n### Response:\n"
+
+
+def test_the_readme_config_trains_on_cpu(tiny_model, tmp_path):
+    raw = readme_config(tiny_model)
+    del raw["quantization"]  # bitsandbytes needs CUDA; the rest of the shape is the README's
+    raw["trainer"].update(gradient_accumulation_steps=2, epochs=1)
+    raw["backend"]["trainer"] = {"use_gpu": False}
+    df = alpaca_frame()
+    ctx, rec = job_context(tmp_path, raw, train=df, validation=df.iloc[:0])
+    run_generative_job(ctx)
+    steps = rec.of(Progress)
+    assert len(steps) == 2  # 4 examples, 1 a micro-batch, 2 micro-batches an optimizer step
+    texts, _ = predict_generative(ctx.artifact_dir, df.drop(columns=["output"]), None)
+    assert len(texts) == len(df)
+    with pytest.raises(InvalidArgument):  # the template's columns are needed to predict
+        predict_generative(ctx.artifact_dir, df.drop(columns=["input"]), None)
