@@ -5,10 +5,11 @@ allowed; the file is re-read when it changes, so a rotated Secret takes effect w
 Clients send `authorization: Bearer TOKEN` in the call metadata.
 
 A line is `TOKEN ROLE NAME [HUB_NAMESPACES]`. NAME is the *principal*: the owner of the data
-sets, jobs, artifacts and uploads its calls create (several tokens may name one principal, e.g.
-during a rotation). HUB_NAMESPACES is a comma-separated list of Hub owners the principal may
-upload to (`*`: any); it defaults to NAME. An old `TOKEN ROLE` line still loads: its principal is
-named `token-<8 hex digits of the token's sha256>`, and a warning says so.
+sets, jobs, artifacts and uploads its calls create. Several tokens may name one principal (a
+rotation; a read-only token beside a train one), with one set of namespaces. HUB_NAMESPACES is a
+comma-separated list of Hub owners the principal may upload to (`*`: any); it defaults to NAME.
+An old `TOKEN ROLE` line still loads: its principal is named `token-<8 hex digits of the token's
+sha256>`, and a warning says so.
 
 Each RPC needs one role (`METHOD_ROLES`, the one table); a role grants itself and the roles listed
 in `GRANTS`. Health checks need no token so that Kubernetes probes work; an RPC missing from the
@@ -151,7 +152,7 @@ class Tokens:
     """A parsed tokens file: by token digest, and by principal name (for service assertions)."""
 
     by_digest: dict[bytes, Principal]
-    by_name: dict[str, Principal]
+    by_name: dict[str, tuple[Principal, ...]]  # one per role the principal's tokens have
 
 
 def parse_tokens(text: str, source: str) -> Tokens:
@@ -159,7 +160,7 @@ def parse_tokens(text: str, source: str) -> Tokens:
     and the column, never a value: a line written the wrong way round would put its token in the
     error, and so in the log."""
     by_digest: dict[bytes, Principal] = {}
-    by_name: dict[str, Principal] = {}
+    by_name: dict[str, tuple[Principal, ...]] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -202,18 +203,17 @@ def parse_tokens(text: str, source: str) -> Tokens:
                     "separated by commas, or *"
                 )
         principal = Principal(name, role, token_id(token), namespaces)
-        known = by_name.get(name)
-        if known is not None and (known.role, known.namespaces) != (role, namespaces):
-            raise ValueError(
-                f"{where}: principal {name!r} appears earlier with another role or namespaces"
-            )
+        known = by_name.get(name, ())
+        if known and known[0].namespaces != namespaces:
+            raise ValueError(f"{where}: principal {name!r} appears earlier with other namespaces")
         digest = hashlib.sha256(token.encode()).digest()
         if digest in by_digest and by_digest[digest].name != name:
             raise ValueError(f"{where}: the same token appears for two principals")
         if digest in by_digest and by_digest[digest].role != role:
             raise ValueError(f"{where}: the same token appears with two roles")
         by_digest[digest] = principal
-        by_name.setdefault(name, principal)
+        if role not in {p.role for p in known}:
+            by_name[name] = (*known, principal)
     if not by_digest:
         raise ValueError(f"{source}: no tokens")
     return Tokens(by_digest, by_name)
@@ -252,9 +252,14 @@ class TokenFile:
     def lookup(self, token: str) -> Principal | None:
         return self._current().by_digest.get(hashlib.sha256(token.encode()).digest())
 
-    def principal(self, name: str) -> Principal | None:
-        """The principal called `name` (as its first token line defines it), or None."""
-        return self._current().by_name.get(name)
+    def principal(self, name: str, needs: str = READ) -> Principal | None:
+        """The principal called `name` with the least powerful of its roles that grants `needs`;
+        None when no token names it; a principal without such a role when none grants it."""
+        known = self._current().by_name.get(name, ())
+        able = sorted(
+            (p for p in known if needs in GRANTS[p.role]), key=lambda p: len(GRANTS[p.role])
+        )
+        return able[0] if able else (known[0] if known else None)
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -434,7 +439,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 f"(this token's role is {principal.role!r})",
                 reason="PRINCIPAL_ASSERTION_NOT_ALLOWED",
             )
-        actor = self.tokens.principal(asserted)
+        actor = self.tokens.principal(asserted, needed)
         if actor is None:
             return Unauthenticated(
                 "the principal this service acts for is not known to this server",

@@ -12,6 +12,11 @@ between pieces the parse stops when its caller is gone (`cancelled`). The header
 file is checked first, in one pass (repeated names; more than `MAX_COLUMNS` columns is refused:
 100,000 columns took pandas alone seconds). Parsed frames are kept in a cache bounded by bytes
 (frame_cache.py).
+
+A data set belongs to the principal that uploaded it (`tunewire.auth`), and its id covers that
+principal too: a retried upload gets the same id, two principals' identical files are two data
+sets, and another principal asking for it gets NOT_FOUND, as for an id that does not exist
+(admin sees all). Lookups check the caller being served unless told whom to check.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import structlog
 
 from services.trainer.frame_cache import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
 from services.trainer.frame_cache import FrameCache, frame_bytes
+from tunewire.auth import Principal, current_principal
 from tunewire.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted
 from tunewire.paths import check_path_text
 
@@ -82,6 +88,7 @@ class DatasetRecord:
     columns: list[str]
     size_bytes: int
     sha256: str
+    owner: str = ""  # the principal that uploaded it ("" on a trainer without tokens)
 
 
 def check_format(fmt: str) -> str:
@@ -286,8 +293,11 @@ class DatasetStore:
         filename: str,
         fmt: str | None = None,
         cancelled: Callable[[], bool] = _never,
+        principal: Principal | None = None,
     ) -> DatasetRecord:
-        """Store an upload; `cancelled()` true (the client went away) stops the parse."""
+        """Store an upload as a data set of `principal` (default: the caller being served);
+        `cancelled()` true (the client went away) stops the parse."""
+        owner = (principal or current_principal()).name
         fmt = check_format(fmt) if fmt else guess_format(filename)
         digest = hashlib.sha256()
         size = 0
@@ -308,15 +318,17 @@ class DatasetStore:
                 raise InvalidArgument("the data set is empty", field="dataset")
             sha = digest.hexdigest()
             # The format is part of the identity: the same bytes read as tsv are another table.
-            ds_id = f"ds-{hashlib.sha256(f'{sha}:{fmt}'.encode()).hexdigest()[:20]}"
+            # So is the owner (none without tokens: the ids of a single-user trainer stay).
+            identity = f"{owner}\n{sha}:{fmt}" if owner else f"{sha}:{fmt}"
+            ds_id = f"ds-{hashlib.sha256(identity.encode()).hexdigest()[:20]}"
             final = self.root / ds_id
             if (final / "meta.json").exists():
-                return self.get(ds_id)
+                return self.get(ds_id, principal)
             df = read_table(tmp, fmt, self.max_frame_bytes, cancelled)
             if len(df) == 0:
                 raise InvalidArgument("the data set has no rows", field="dataset")
             record = DatasetRecord(
-                ds_id, Path(filename).name, fmt, len(df), list(df.columns), size, sha
+                ds_id, Path(filename).name, fmt, len(df), list(df.columns), size, sha, owner
             )
             staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".staging-"))
             shutil.move(str(tmp), staging / f"data.{fmt}")
@@ -335,19 +347,22 @@ class DatasetStore:
         with open(path, "rb") as fh:
             return self.put(iter(lambda: fh.read(1 << 20), b""), path.name)
 
-    def get(self, ds_id: str) -> DatasetRecord:
+    def get(self, ds_id: str, principal: Principal | None = None) -> DatasetRecord:
+        """The data set's record if `principal` (default: the caller being served) may see it;
+        NOT_FOUND otherwise, word for word as for a missing id."""
         meta = self._dir(ds_id) / "meta.json"
-        if not meta.exists():
+        record = DatasetRecord(**json.loads(meta.read_text())) if meta.exists() else None
+        if record is None or not (principal or current_principal()).owns(record.owner):
             raise NotFound(f"no data set {ds_id!r}", field="dataset_id")
-        return DatasetRecord(**json.loads(meta.read_text()))
+        return record
 
-    def load(self, ds_id: str) -> pd.DataFrame:
-        """The parsed table (kept in the bounded cache: data sets are immutable); a copy, so a
-        caller's changes never reach the cache."""
+    def load(self, ds_id: str, principal: Principal | None = None) -> pd.DataFrame:
+        """The parsed table (kept in the bounded cache: data sets are immutable), if `principal`
+        may see it; a copy, so a caller's changes never reach the cache."""
+        record = self.get(ds_id, principal)
         cached = self._frames.get(ds_id)
         if cached is not None:
             return cached.copy()
-        record = self.get(ds_id)
         path = self._dir(ds_id) / f"data.{record.format}"
         df = read_table(path, record.format, self.max_frame_bytes)
         self._frames.put(ds_id, df)

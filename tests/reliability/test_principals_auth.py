@@ -30,13 +30,13 @@ def test_lines_name_principals_and_their_hub_namespaces():
         "tok-r admin root *\n",
         "tokens",
     )
-    alice = tokens.by_name["alice"]
+    (alice,) = tokens.by_name["alice"]
     assert alice.role == "train" and alice.namespaces == ("alice", "alice-lab")
-    assert tokens.by_name["bob"].namespaces == ("bob",)  # default: its own name
+    assert tokens.by_name["bob"][0].namespaces == ("bob",)  # default: its own name
     assert alice.may_upload_to("alice-lab") and not alice.may_upload_to("bob")
-    assert tokens.by_name["root"].may_upload_to("anything")
+    assert tokens.by_name["root"][0].may_upload_to("anything")
     assert len(tokens.by_digest) == 5
-    assert alice.owns("alice") and not alice.owns("bob") and tokens.by_name["root"].owns("bob")
+    assert alice.owns("alice") and not alice.owns("bob") and tokens.by_name["root"][0].owns("bob")
 
 
 def test_an_old_two_column_line_loads_named_by_a_hash_with_a_warning():
@@ -80,9 +80,18 @@ def test_role_token_order_is_named_and_a_reload_logs_no_token(tmp_path):
     assert "s3cr3t" not in repr(logs)
 
 
-def test_a_principal_has_one_role_and_a_token_one_principal():
-    with pytest.raises(ValueError, match="another role"):
-        auth.parse_tokens("t1 train alice\nt2 admin alice\n", "tokens")
+def test_a_principal_may_hold_tokens_of_several_roles_but_one_set_of_namespaces(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("t1 train alice\nt2 read alice\n")
+    tokens = auth.TokenFile(path)
+    assert tokens.lookup("t2").name == "alice" and tokens.lookup("t2").role == "read"
+    # Acting for alice, a service gets the least role of hers that grants the call.
+    assert tokens.principal("alice", "read").role == "read"
+    assert tokens.principal("alice", "train").role == "train"
+    assert tokens.principal("alice", "admin").role in ("train", "read")  # none grants it
+    assert tokens.principal("nobody") is None
+    with pytest.raises(ValueError, match="other namespaces"):
+        auth.parse_tokens("t1 train alice alice\nt2 read alice org\n", "tokens")
     with pytest.raises(ValueError, match="two principals"):
         auth.parse_tokens("t1 train alice\nt1 train bob\n", "tokens")
 
