@@ -131,7 +131,10 @@ class Principal:
         return self.sees_all or owner == self.name
 
     def may_upload_to(self, namespace: str) -> bool:
-        return self is LOCAL or ANY_NAMESPACE in self.namespaces or namespace in self.namespaces
+        """May this principal upload to the Hub owner `namespace`? (The Hub's owner names are
+        case-insensitive.)"""
+        allowed = {n.lower() for n in self.namespaces}
+        return self is LOCAL or ANY_NAMESPACE in allowed or namespace.lower() in allowed
 
 
 # The caller of a server that has no tokens file: one user, who sees and may do everything. Its

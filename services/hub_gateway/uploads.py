@@ -219,9 +219,7 @@ class UploadManager:
         """The gateway's Hub token can write wherever its owner can; a principal may use it only
         for the Hub namespaces its tokens-file line grants."""
         namespace = spec.repo_id.split("/", 1)[0]
-        if not principal.may_upload_to(namespace) and not principal.may_upload_to(
-            namespace.lower()
-        ):
+        if not principal.may_upload_to(namespace):
             allowed = ", ".join(principal.namespaces) or "none"
             raise PermissionDenied(
                 f"principal {principal.name!r} may not upload to the Hub namespace "

@@ -3,6 +3,10 @@
 Each job lives in `<data_dir>/jobs/<id>/`: `job.json` (the record, replaced atomically on every
 change) and `events.jsonl` (append-only, one event a line, sequence numbers from 0), kept by
 `tunewire.records`. The runner (`runner.py`) is the only writer; the servicer reads and follows.
+
+A job belongs to the principal that created it (`tunewire.auth`): reading one checks the caller
+being served (unless told whom to check), and another principal's job is NOT_FOUND, word for word
+as for a missing id; admin sees all. Request ids are per principal.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunewire.auth import Principal, current_principal
 from tunewire.errors import NotFound
 from tunewire.records import RecordStore
 
@@ -47,6 +52,8 @@ class JobRecord:
     attempts: int = 0
     summary: dict = field(default_factory=dict)
     owner: str = ""  # the principal that created it (tunewire.auth; "" without tokens)
+    # What the request with `request_id` asked for (request_digest): a reuse must match it.
+    request_digest: str = ""
 
 
 @dataclass
@@ -79,19 +86,31 @@ class JobStore:
         """Remove a job whose creation did not complete (its first event could not be written)."""
         self._store.discard(job_id)
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, principal: Principal | None = None) -> JobRecord:
+        """The job, if `principal` (default: the caller being served; everyone's outside a call)
+        may see it."""
         rec = self._store.get(job_id)
-        if rec is None:
+        if rec is None or not (principal or current_principal()).owns(rec.owner):
             raise NotFound(f"no job {job_id!r}", field="id")
         return rec
 
-    def find_by_request(self, request_id: str) -> JobRecord | None:
+    def find_by_request(self, owner: str, request_id: str) -> JobRecord | None:
+        """`owner`'s job made by the request with this id, if any."""
         if not request_id:
             return None
-        return next((j for j in self._store.all() if j.request_id == request_id), None)
+        return next(
+            (j for j in self._store.all() if j.request_id == request_id and j.owner == owner),
+            None,
+        )
 
     def all(self) -> list[JobRecord]:
+        """Every principal's jobs (the runner's view: queue limits count them all)."""
         return sorted(self._store.all(), key=lambda j: (j.create_time, j.id))
+
+    def visible(self, principal: Principal | None = None) -> list[JobRecord]:
+        """The jobs `principal` (default: the caller being served) may see."""
+        principal = principal or current_principal()
+        return [j for j in self.all() if principal.owns(j.owner)]
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
         return self._store.update(job_id, **changes)

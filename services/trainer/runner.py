@@ -12,6 +12,8 @@ when complete, so a crash never leaves a half artifact that looks whole.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import queue
 import shutil
@@ -47,11 +49,13 @@ from services.trainer.job_store import (
     JobStore,
 )
 from services.trainer.model_types import model_type, resolve
-from tunewire.auth import acting_for, current_principal
+from tunewire.auth import Principal, acting_for, current_principal
 from tunewire.config import to_dict
 from tunewire.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     TunewireError,
 )
@@ -159,11 +163,18 @@ class JobRunner:
         request_id: str = "",
         upload_to: str = "",
     ) -> JobRecord:
-        """Admit a job (everything it needs checked before any work), record it and queue it."""
-        if request_id:
-            existing = self.store.find_by_request(request_id)
-            if existing is not None:
-                return existing
+        """Admit a job (everything it needs checked before any work), record it and queue it.
+        It belongs to the caller being served (`tunewire.auth`); a request id is that caller's
+        own and bound to this request (the same id with another request is ALREADY_EXISTS)."""
+        caller = current_principal()
+        digest = request_digest(
+            raw_config, dataset_id, training_set_id, validation_set_id, test_set_id, upload_to
+        )
+        existing = _same_request(self.store.find_by_request(caller.name, request_id), digest)
+        if existing is not None:
+            return existing
+        if upload_to:
+            check_namespace(caller, upload_to)
         if (
             self.max_queued_jobs
             and sum(j.state == QUEUED for j in self.store.all()) >= self.max_queued_jobs
@@ -191,9 +202,14 @@ class JobRunner:
             request_id=request_id,
             upload_to=upload_to,
             create_time=time.time(),
-            owner=current_principal().name,
+            owner=caller.name,
+            request_digest=digest if request_id else "",
         )
         with self._lock:
+            # Two creates with one request id may have been admitted side by side: one job.
+            existing = _same_request(self.store.find_by_request(caller.name, request_id), digest)
+            if existing is not None:
+                return existing
             # Recorded whole or not at all: on a full disk the record or its first event fails
             # (RESOURCE_EXHAUSTED DISK_FULL at the interceptor), and no QUEUED job that never
             # runs is left for the same request id to return.
@@ -371,3 +387,36 @@ class _Deadline:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+def request_digest(raw_config: dict, *inputs: str) -> str:
+    """What a CreateJob asked for, as a hash: its config and its data set and upload fields."""
+    canonical = json.dumps([raw_config, *inputs], sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_request(existing: JobRecord | None, digest: str) -> JobRecord | None:
+    """The job of an earlier request with this id, when it asked for the same thing; a reuse of
+    the id for another request is ALREADY_EXISTS. (A job recorded before requests had digests
+    is taken to match.)"""
+    if existing is None or not existing.request_digest or existing.request_digest == digest:
+        return existing
+    raise AlreadyExists(
+        f"request id {existing.request_id!r} was used for another job ({existing.id}); "
+        "use a new request id for a new job",
+        field="request_id",
+        reason="REQUEST_ID_REUSED",
+    )
+
+
+def check_namespace(principal: Principal, upload_to: str) -> None:
+    """The gateway would refuse this upload after the whole job has run: refuse it now."""
+    namespace = upload_to.split("/", 1)[0]
+    if not principal.may_upload_to(namespace):
+        allowed = ", ".join(principal.namespaces) or "none"
+        raise PermissionDenied(
+            f"principal {principal.name!r} may not upload to the Hub namespace {namespace!r} "
+            f"(its namespaces: {allowed})",
+            field="upload_to",
+            reason="NAMESPACE_NOT_ALLOWED",
+        )

@@ -18,6 +18,7 @@ from services.trainer.datasets import (
 from services.trainer.job_store import JobRecord, JobStore
 from services.trainer.model_types import PredictRequest, artifact_model_type
 from services.trainer.runner import JobRunner
+from tunewire.auth import current_principal
 from tunewire.clients.hub_gateway import HubGatewayClient
 from tunewire.clients.sharding import embedder_client
 from tunewire.errors import (
@@ -139,6 +140,7 @@ class TrainerCore:
             raise PermissionDenied(
                 "the trainer may not read models outside its artifact roots", field="model"
             )
+        self._check_artifact_owner(path, model)
         if (
             not (path / "tunewire.json").is_file()
             and not (path / "adapter_config.json").is_file()
@@ -146,6 +148,18 @@ class TrainerCore:
         ):
             raise NotFound(f"no model artifact at {model!r}", field="model")
         return path
+
+    def _check_artifact_owner(self, path: Path, model: str) -> None:
+        """A path under the artifacts root is a job's artifact: the job's owner's, like the job
+        (NOT_FOUND for another principal, as for a path holding no model)."""
+        root = self.artifacts_root.resolve()
+        if root not in path.parents or current_principal().sees_all:
+            return
+        job_id = path.relative_to(root).parts[0]
+        try:
+            self.jobs.get(job_id)
+        except NotFound:
+            raise NotFound(f"no model artifact at {model!r}", field="model") from None
 
     def predict(
         self, model: str, dataset_id: str, evaluate: bool, generation_overrides: dict | None

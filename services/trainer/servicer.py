@@ -145,7 +145,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return job_proto(self.core.jobs.get(request.id))
 
     def ListJobs(self, request, context):
-        jobs = self.core.jobs.all()
+        jobs = self.core.jobs.visible()
         size = request.page_size if request.page_size > 0 else 100
         try:
             start = int(request.page_token or 0)

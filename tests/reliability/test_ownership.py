@@ -175,6 +175,11 @@ def test_a_read_token_downloads_only_its_principals_artifacts(cluster, alices_jo
         bob.CreateJob(pb.CreateJobRequest(config_json=config_json(minilm), dataset_id=ds.id)).id,
     )
     assert his.state == pb.Job.SUCCEEDED
+    # His own model does not read her data set either.
+    her_ds, _ = alices_job
+    request = pb.PredictRequest(model=his.id, dataset_id=her_ds.id)
+    assert refused(lambda: bob.Predict(request))[0] == grpc.StatusCode.NOT_FOUND
+    assert bob.Predict(pb.PredictRequest(model=his.id, dataset_id=ds.id)).rows == 24
     code, _ = refused(lambda: reader.DownloadArtifact(pb.DownloadArtifactRequest(job_id=his.id)))
     assert code == grpc.StatusCode.NOT_FOUND
 
