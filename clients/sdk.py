@@ -117,6 +117,11 @@ class TrainerClient:
         return self.stub.UploadDataset(requests())
 
     @rpc_errors
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete one of the caller's data sets (NOT_FOUND for another principal's)."""
+        self.stub.DeleteDataset(trainer_pb2.DeleteDatasetRequest(dataset_id=dataset_id))
+
+    @rpc_errors
     def get_dataset(self, dataset_id: str) -> trainer_pb2.Dataset:
         return self.stub.GetDataset(trainer_pb2.GetDatasetRequest(id=dataset_id))
 

@@ -83,6 +83,7 @@ METHOD_ROLES: dict[str, str] = {
     _EMB + "PredictRows": EMBED,
     _TRN + "UploadDataset": TRAIN,
     _TRN + "GetDataset": READ,
+    _TRN + "DeleteDataset": TRAIN,
     _TRN + "CreateJob": TRAIN,
     _TRN + "GetJob": READ,
     _TRN + "ListJobs": READ,

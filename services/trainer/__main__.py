@@ -82,6 +82,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=int(env("TUNEWIRE_MAX_QUEUED_JOBS", "0")),
         help="jobs waiting to run before CreateJob is RESOURCE_EXHAUSTED (0: no cap)",
     )
+    p.add_argument(
+        "--dataset-ttl-seconds",
+        "--dataset_ttl_seconds",
+        type=float,
+        default=float(env("TUNEWIRE_DATASET_TTL_SECONDS", str(7 * 24 * 3600))),
+        help="a data set no job references is deleted after this long unused (0: never)",
+    )
+    p.add_argument(
+        "--max-unreferenced-dataset-bytes",
+        "--max_unreferenced_dataset_bytes",
+        type=int,
+        default=int(env("TUNEWIRE_MAX_UNREFERENCED_DATASET_BYTES", str(10 * 1024**3))),
+        help="bytes of data sets no job references kept; beyond it the least recently used "
+        "go (0: no cap)",
+    )
     add_model_flag(p)
     add_security_flags(p, calls_peers=True)
     return p
@@ -104,6 +119,8 @@ def settings_from_args(args: argparse.Namespace):
         max_job_seconds=args.max_job_seconds,
         max_queued_jobs=args.max_queued_jobs,
         models=models_from_args(args),
+        dataset_ttl_seconds=args.dataset_ttl_seconds,
+        max_unreferenced_dataset_bytes=args.max_unreferenced_dataset_bytes,
         security=security_from_args(args),
     )
 

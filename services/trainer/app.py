@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.trainer.dataset_retention import (
+    DEFAULT_MAX_UNREFERENCED_BYTES,
+    DEFAULT_TTL_S,
+    Retention,
+)
 from services.trainer.datasets import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_MAX_DATASET_BYTES,
@@ -31,6 +36,10 @@ class Settings:
     model_roots: list[Path] = field(default_factory=list)
     # Encoders by name (--model NAME=PATH): a job config may say NAME for PATH.
     models: dict[str, str] = field(default_factory=dict)
+    # Data sets no job references end: unused this long (0: never), and beyond this many bytes
+    # the least recently used go (0: no cap). See dataset_retention.py.
+    dataset_ttl_seconds: float = DEFAULT_TTL_S
+    max_unreferenced_dataset_bytes: int = DEFAULT_MAX_UNREFERENCED_BYTES
     # Limits: a bigger upload is RESOURCE_EXHAUSTED; a job running longer is FAILED; a submit
     # beyond the queue is RESOURCE_EXHAUSTED. 0 turns the last two off.
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
@@ -70,6 +79,9 @@ def start(settings: Settings) -> App:
         max_job_seconds=settings.max_job_seconds,
         max_queued_jobs=settings.max_queued_jobs,
         model_names=settings.models,
+        dataset_retention=Retention(
+            settings.dataset_ttl_seconds, settings.max_unreferenced_dataset_bytes
+        ),
     )
     running = create_server(
         [

@@ -362,11 +362,24 @@ class DatasetStore:
         record = self.get(ds_id, principal)
         cached = self._frames.get(ds_id)
         if cached is not None:
+            self._used(ds_id)
             return cached.copy()
+        self._used(ds_id)
         path = self._dir(ds_id) / f"data.{record.format}"
         df = read_table(path, record.format, self.max_frame_bytes)
         self._frames.put(ds_id, df)
         return df.copy()
+
+    def _used(self, ds_id: str) -> None:
+        """meta.json's mtime is the data set's last use, for the retention (dataset_retention)."""
+        try:
+            os.utime(self._dir(ds_id) / "meta.json")
+        except FileNotFoundError:
+            pass
+
+    def forget(self, ds_id: str) -> None:
+        """Drop a deleted data set's parsed table from memory."""
+        self._frames.discard(ds_id)
 
     def _dir(self, ds_id: str) -> Path:
         if not ds_id or "/" in ds_id or "\\" in ds_id or ds_id.startswith("."):

@@ -9,13 +9,14 @@ import structlog
 
 from services.trainer.admission import Admission
 from services.trainer.context import MetricValue
+from services.trainer.dataset_retention import DatasetLifecycle, Retention
 from services.trainer.datasets import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_MAX_DATASET_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
     DatasetStore,
 )
-from services.trainer.job_store import JobRecord, JobStore
+from services.trainer.job_store import TERMINAL, JobRecord, JobStore
 from services.trainer.model_types import PredictRequest, artifact_model_type
 from services.trainer.runner import JobRunner
 from tunewire.auth import current_principal
@@ -50,6 +51,7 @@ class TrainerCore:
         max_job_seconds: float = 0.0,
         max_queued_jobs: int = 0,
         model_names: dict[str, str] | None = None,
+        dataset_retention: Retention | None = None,
     ) -> None:
         """`model_names`: NAME → PATH of the encoders named at start; a config may say NAME, and
         a registered PATH is readable as if under a model root."""
@@ -62,6 +64,12 @@ class TrainerCore:
             cache_bytes=dataset_cache_bytes,
         )
         self.jobs = JobStore(self.data_dir / "jobs")
+        self.dataset_lifecycle = DatasetLifecycle(
+            self.datasets,
+            lambda: self._job_datasets(only_active=False),
+            lambda: self._job_datasets(only_active=True),
+            dataset_retention,
+        )
         self.artifacts_root = self.data_dir / "artifacts"
         self.embedder_address = embedder_address
         self.hub_gateway_address = hub_gateway_address
@@ -86,6 +94,17 @@ class TrainerCore:
 
     def start(self) -> None:
         self.runner.start()
+        self.dataset_lifecycle.start()
+
+    def _job_datasets(self, only_active: bool) -> set[str]:
+        """The data set ids job records name (only_active: of queued or running jobs)."""
+        out: set[str] = set()
+        for rec in self.jobs.all():
+            if only_active and rec.state in TERMINAL:
+                continue
+            ids = (rec.dataset_id, rec.training_set_id, rec.validation_set_id, rec.test_set_id)
+            out.update(i for i in ids if i)
+        return out
 
     def set_hub_gateway(self, address: str) -> None:
         """Point uploads at a gateway started after the trainer (embedded mode)."""
@@ -93,6 +112,7 @@ class TrainerCore:
         self.runner.uploader = self._upload
 
     def close(self) -> None:
+        self.dataset_lifecycle.stop()
         self.runner.stop()
         if self._embedder is not None:
             self._embedder.close()

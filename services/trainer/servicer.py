@@ -10,6 +10,7 @@ from services.trainer.datasets import DatasetRecord
 from services.trainer.job_store import JobRecord, StoredEvent
 from services.trainer.service import TrainerCore
 from tunewire import tensors
+from tunewire.auth import current_principal
 from tunewire.errors import InvalidArgument, NotFound
 from tunewire.json_input import parse_json
 from tunewire.server import STREAM_CHUNK_BYTES
@@ -125,6 +126,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def GetDataset(self, request, context):
         return dataset_proto(self.core.datasets.get(request.id))
+
+    def DeleteDataset(self, request, context):
+        if not request.dataset_id:
+            raise InvalidArgument("is required", field="dataset_id")
+        self.core.dataset_lifecycle.delete(request.dataset_id, current_principal())
+        return trainer_pb2.DeleteDatasetResponse()
 
     def CreateJob(self, request, context):
         if not request.config_json:

@@ -56,6 +56,9 @@ def test_online_equals_the_trainers_batch_predict(sms_spam_job, embedder, traine
     online = embedder.predict_rows(sms_spam_job.id, rows)
     ds = trainer.upload_dataset(rows)  # a DataFrame, sent as Parquet
     batch = predictions_frame(trainer.predict(sms_spam_job.id, ds.id))
+    trainer.delete_dataset(ds.id)  # the comparison's data set goes too
+    with pytest.raises(NotFound):
+        trainer.get_dataset(ds.id)
     assert list(online["label_predictions"]) == list(batch["label_predictions"])
     np.testing.assert_allclose(
         online["label_probabilities_spam"], batch["label_probabilities_spam"], rtol=1e-6

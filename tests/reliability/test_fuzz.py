@@ -207,6 +207,13 @@ RPCS = [
     (
         trainer_pb2_grpc.TrainerServiceStub,
         "trainer",
+        "DeleteDataset",
+        trainer_pb2.DeleteDatasetRequest,
+        "unary",
+    ),
+    (
+        trainer_pb2_grpc.TrainerServiceStub,
+        "trainer",
         "ListJobs",
         trainer_pb2.ListJobsRequest,
         "unary",

@@ -45,6 +45,11 @@ class TrainerServiceStub:
                 request_serializer=tunewire_dot_v1_dot_trainer__pb2.GetDatasetRequest.SerializeToString,
                 response_deserializer=tunewire_dot_v1_dot_trainer__pb2.Dataset.FromString,
                 _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/tunewire.v1.TrainerService/DeleteDataset',
+                request_serializer=tunewire_dot_v1_dot_trainer__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=tunewire_dot_v1_dot_trainer__pb2.DeleteDatasetResponse.FromString,
+                _registered_method=True)
         self.CreateJob = channel.unary_unary(
                 '/tunewire.v1.TrainerService/CreateJob',
                 request_serializer=tunewire_dot_v1_dot_trainer__pb2.CreateJobRequest.SerializeToString,
@@ -96,6 +101,15 @@ class TrainerServiceServicer:
 
     def GetDataset(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Deletes one of the caller's data sets (another principal's is NOT_FOUND). One a queued or
+        running job reads is FAILED_PRECONDITION. Data sets no job references also end by
+        themselves (the trainer's retention: a TTL since last use and a byte cap, oldest first).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -159,6 +173,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetDataset,
                     request_deserializer=tunewire_dot_v1_dot_trainer__pb2.GetDatasetRequest.FromString,
                     response_serializer=tunewire_dot_v1_dot_trainer__pb2.Dataset.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=tunewire_dot_v1_dot_trainer__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=tunewire_dot_v1_dot_trainer__pb2.DeleteDatasetResponse.SerializeToString,
             ),
             'CreateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJob,
@@ -251,6 +270,33 @@ class TrainerService:
             '/tunewire.v1.TrainerService/GetDataset',
             tunewire_dot_v1_dot_trainer__pb2.GetDatasetRequest.SerializeToString,
             tunewire_dot_v1_dot_trainer__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunewire.v1.TrainerService/DeleteDataset',
+            tunewire_dot_v1_dot_trainer__pb2.DeleteDatasetRequest.SerializeToString,
+            tunewire_dot_v1_dot_trainer__pb2.DeleteDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,
