@@ -1,5 +1,5 @@
-"""The predictive recipe with a PEFT-adapted text encoder (`trainable: true` + `adapter: lora`):
-LoRA weights and the head trained end to end, in this process.
+"""The predictive recipe's second kind of encoder: a PEFT-adapted text encoder (`trainable: true`
++ `adapter: lora`), its LoRA weights trained with the head, end to end, in this process.
 
 This is the one path where the trainer loads an encoder itself: an encoder that changes as it
 trains has no fixed vectors to cache, so the embedder cannot help (and asking for its cache is a
@@ -8,27 +8,20 @@ usual. Tokenising (right padding, truncation, special tokens) and pooling (the e
 functions, imported) match the embedder, so before the first step the adapted encoder gives the
 embedder's vectors.
 
-Life: `setup()` (data, frozen features, encoder + LoRA, model) → `train()` (the shared loop,
-texts through the encoder per batch) → `evaluate()` → `save_artifact()` (the head as always, the
-adapter in `encoder_adapter/` by PEFT's `save_pretrained`, the merged export where it fits) →
-`cleanup()`.
+The recipe (`recipe.py`) runs it per batch; the artifact keeps the adapter in `encoder_adapter/`
+(PEFT's `save_pretrained`), and `load_adapted` brings it back for prediction.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import structlog
 import torch
 from torch import nn
 
 from services.embedder.pooling import pool
-from services.trainer.context import JobContext, JobResult, Log
-from services.trainer.recipes.predictive.export import export_if_possible
-from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
-from services.trainer.recipes.predictive.loop import HeadTrainer
-from services.trainer.recipes.predictive.recipe import begin, build_model, embed_frozen_features
+from services.trainer.context import JobContext, Log
 from tunewire import heads as pm
-from tunewire.config.ecd import EcdConfig, EncoderConfig
+from tunewire.config.ecd import EncoderConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
 
@@ -142,96 +135,24 @@ def load_adapted(ref: pm.EncoderRef, adapter_dir) -> AdaptedEncoder:
     return encoder.eval()
 
 
-class AdaptedRecipe:
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
-        self.cfg: EcdConfig = ctx.config
-        self.log = log.bind(job_id=ctx.job_id)
-
-    def setup(self) -> None:
-        self.rng, self.data, self.encoders = begin(self.ctx)
-        i, feature = next(
-            (i, f)
-            for i, f in enumerate(self.cfg.input_features)
-            if f.type == "text" and f.encoder.trainable
-        )
-        path = f"input_features[{i}].encoder"
-        self.ref = self.encoders[feature.name]
-        frozen = [r for r in self.encoders.values() if not r.adapted]
-        self.embed_stats = embed_frozen_features(self.ctx, self.data, frozen)
-        base, tokenizer = AdaptedEncoder.load_base(
-            self.ref, field=f"{path}.{feature.encoder.model_key}"
-        )
-        self.ref.dimension = int(base.config.hidden_size)
-        self.encoder = AdaptedEncoder(
-            wrap_lora(base, feature.encoder, path),
-            tokenizer,
-            self.ref,
-            next(base.parameters()).device,
-        )
-        trainable = sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.encoder.parameters())
-        self.ctx.emit(
-            Log(
-                f"adapting {self.ref.model} with LoRA: {trainable} of {total} "
-                "encoder parameters train"
-            )
-        )
-        self.model = build_model(self.cfg, self.data, self.encoders)
-        self.trainer = HeadTrainer(
-            self.ctx,
-            self.model,
-            self.data,
-            self._inputs,
-            extra=self.encoder,
-            eval_batch_size=EVAL_BATCH,
-            device=self.encoder.device,
-        )
-
-    def _inputs(self, split: str, idx: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
-        """The adapted feature's vectors of rows `idx`, on the encoder's (and head's) device;
-        the other inputs are fixed and the trainer takes them itself."""
-        texts = self.data.texts[split][self.ref.feature]
-        chunk = [texts[i] for i in idx]
-        with torch.set_grad_enabled(train):
-            return {self.ref.feature: self.encoder(chunk)}
-
-    def train(self) -> None:
-        self.trainer.train(int(self.rng.integers(2**31)))
-
-    def evaluate(self) -> JobResult:
-        self.calibration, self.metrics, self.logits = calibrate_and_evaluate(self.ctx, self.trainer)
-        return JobResult(metrics=self.metrics)
-
-    def save_artifact(self) -> list[str]:
-        def adapter_and_export(directory) -> list[str]:
-            self.encoder.encoder.save_pretrained(str(directory / pm.ADAPTER_DIR))
-            # Merging changes the wrapped model in place: only after the adapter is saved.
-            return [pm.ADAPTER_DIR] + export_if_possible(
-                self.ctx,
-                self.model,
-                self.encoders,
-                directory,
-                base=lambda: self.encoder.encoder.merge_and_unload(),
-            )
-
-        return write_artifact(
-            self.ctx,
-            self.trainer,
-            self.encoders,
-            self.metrics,
-            self.logits,
-            {
-                "embedding": self.embed_stats,
-                "calibration": self.calibration,
-                "encoder_adapter": pm.ADAPTER_DIR,
-            },
-            extra_files=adapter_and_export,
-        )
-
-    def cleanup(self) -> None:
-        # Whatever setup got as far as making (it may have failed part way).
-        if hasattr(self, "trainer"):
-            self.trainer.release()
-        if hasattr(self, "data"):
-            self.data.release()
+def adapt(ctx: JobContext, encoders: dict[str, pm.EncoderRef]) -> AdaptedEncoder:
+    """The job's trainable text feature's encoder, loaded here with LoRA around it; its ref gets
+    the encoder's width."""
+    i, feature = next(
+        (i, f)
+        for i, f in enumerate(ctx.config.input_features)
+        if f.type == "text" and f.encoder.trainable
+    )
+    path = f"input_features[{i}].encoder"
+    ref = encoders[feature.name]
+    base, tokenizer = AdaptedEncoder.load_base(ref, field=f"{path}.{feature.encoder.model_key}")
+    ref.dimension = int(base.config.hidden_size)
+    encoder = AdaptedEncoder(
+        wrap_lora(base, feature.encoder, path), tokenizer, ref, next(base.parameters()).device
+    )
+    trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in encoder.parameters())
+    ctx.emit(
+        Log(f"adapting {ref.model} with LoRA: {trainable} of {total} encoder parameters train")
+    )
+    return encoder

@@ -1,22 +1,27 @@
-"""The predictive recipe with frozen encoders: text embeddings from the embedder (through its
-cache), number/binary/category features beside them, a concat combiner and a head per output.
+"""The predictive recipe: text features through their encoders, number/binary/category features
+beside them, a concat combiner and a head per output (`tunewire.heads`).
 
-Life: `setup()` (columns checked, labels and inputs encoded, embeddings fetched once for every
-distinct text of every split) → `train()` (the shared loop) → `evaluate()` (calibration,
-metrics) → `save_artifact()` → `cleanup()`. The encoder never runs here: the embedder owns it,
-which is what lets a second job on the same texts cost nothing. A trainable text encoder goes to
-`adapted.py` instead.
+Encoders come in two kinds. A frozen one never runs here: the embedder owns it and its vectors
+are fetched once for every distinct text of every split, through the embedder's cache, which is
+what lets a second job on the same texts cost nothing. An adapted one (`trainable: true` with a
+LoRA adapter, `adapted.py`) is loaded here and trained with the head, texts through it per batch.
+
+Life: `setup()` (labels and inputs encoded, frozen vectors fetched, the adapted encoder loaded,
+the model built) → `train()` (the shared loop, `loop.py`) → `evaluate()` (calibration, metrics)
+→ `save_artifact()` (the head, the adapter, the stock export where it fits) → `cleanup()`.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import structlog
 import torch
 
 from services.trainer.context import JobContext, JobResult, Log, Progress, run_recipe
+from services.trainer.recipes.predictive.adapted import EVAL_BATCH, AdaptedEncoder, adapt
 from services.trainer.recipes.predictive.data import Prepared, one_class_splits, prepare
 from services.trainer.recipes.predictive.embed import embed_frozen
 from services.trainer.recipes.predictive.export import export_if_possible
@@ -108,28 +113,54 @@ def build_model(
     return pm.PredictiveModel(specs, cfg.combiner, outputs)
 
 
-def begin(ctx: JobContext) -> tuple[np.random.Generator, Prepared, dict[str, pm.EncoderRef]]:
-    """What both recipes start from: seeded generators, the prepared splits, the encoders."""
-    rng = seed_everything(ctx.config)
-    data = prepare(ctx.config, {"train": ctx.train, "validation": ctx.validation, "test": ctx.test})
-    for warning in one_class_splits(ctx.config, data):
-        log.warning("one-class split", job_id=ctx.job_id, message=warning)
-        ctx.emit(Log(warning))
-    return rng, data, pm.encoder_refs(ctx.config)
-
-
 class PredictiveRecipe:
+    """A head over encoders of two kinds: frozen ones, whose vectors come once from the embedder
+    (through its cache), and at most one adapted text encoder, trained here with LoRA and run on
+    every batch (`adapted.py`)."""
+
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
         self.cfg: EcdConfig = ctx.config
         self.log = log.bind(job_id=ctx.job_id)
+        self.adapted: AdaptedEncoder | None = None
 
     def setup(self) -> None:
-        self.rng, self.data, self.encoders = begin(self.ctx)
-        self.embed_stats = embed_frozen_features(self.ctx, self.data, list(self.encoders.values()))
+        ctx = self.ctx
+        self.rng = seed_everything(self.cfg)
+        self.data = prepare(
+            self.cfg, {"train": ctx.train, "validation": ctx.validation, "test": ctx.test}
+        )
+        for warning in one_class_splits(self.cfg, self.data):
+            self.log.warning("one-class split", message=warning)
+            ctx.emit(Log(warning))
+        self.encoders = pm.encoder_refs(self.cfg)
+        frozen = [r for r in self.encoders.values() if not r.adapted]
+        self.embed_stats = embed_frozen_features(ctx, self.data, frozen)
+        if len(frozen) < len(self.encoders):
+            self.adapted = adapt(ctx, self.encoders)
         self.model = build_model(self.cfg, self.data, self.encoders)
-        # Every input is fixed (cached vectors, encoded columns): nothing to compute per batch.
-        self.trainer = HeadTrainer(self.ctx, self.model, self.data)
+        if self.adapted is None:
+            # Every input is fixed (cached vectors, encoded columns): nothing to compute per batch.
+            self.trainer = HeadTrainer(ctx, self.model, self.data)
+        else:
+            self.trainer = HeadTrainer(
+                ctx,
+                self.model,
+                self.data,
+                self._adapted_inputs,
+                extra=self.adapted,
+                eval_batch_size=EVAL_BATCH,
+                device=self.adapted.device,
+            )
+
+    def _adapted_inputs(self, split: str, idx: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
+        """The adapted feature's vectors of rows `idx`, on the encoder's (and head's) device;
+        the other inputs are fixed and the trainer takes them itself."""
+        assert self.adapted is not None
+        feature = self.adapted.ref.feature
+        texts = self.data.texts[split][feature]
+        with torch.set_grad_enabled(train):
+            return {feature: self.adapted([texts[i] for i in idx])}
 
     def train(self) -> None:
         self.trainer.train(int(self.rng.integers(2**31)))
@@ -139,14 +170,28 @@ class PredictiveRecipe:
         return JobResult(metrics=self.metrics)
 
     def save_artifact(self) -> list[str]:
+        summary = {"embedding": self.embed_stats, "calibration": self.calibration}
+        if self.adapted is not None:
+            summary["encoder_adapter"] = pm.ADAPTER_DIR
         return write_artifact(
             self.ctx,
             self.trainer,
             self.encoders,
             self.metrics,
             self.logits,
-            {"embedding": self.embed_stats, "calibration": self.calibration},
-            extra_files=lambda d: export_if_possible(self.ctx, self.model, self.encoders, d),
+            summary,
+            extra_files=self._extra_files,
+        )
+
+    def _extra_files(self, directory: Path) -> list[str]:
+        """The adapter (if any) and the stock transformers export where the head fits one."""
+        if self.adapted is None:
+            return export_if_possible(self.ctx, self.model, self.encoders, directory)
+        peft_model = self.adapted.encoder
+        peft_model.save_pretrained(str(directory / pm.ADAPTER_DIR))
+        # Merging changes the wrapped model in place: only after the adapter is saved.
+        return [pm.ADAPTER_DIR] + export_if_possible(
+            self.ctx, self.model, self.encoders, directory, base=peft_model.merge_and_unload
         )
 
     def cleanup(self) -> None:
@@ -158,11 +203,5 @@ class PredictiveRecipe:
 
 
 def run_predictive_job(ctx: JobContext) -> JobResult:
-    """The ecd entry point: a trainable (adapted) text encoder runs the PEFT recipe."""
-    if any(f.type == "text" and f.encoder.trainable for f in ctx.config.input_features):
-        from services.trainer.recipes.predictive.adapted import AdaptedRecipe
-
-        recipe: PredictiveRecipe | AdaptedRecipe = AdaptedRecipe(ctx)
-    else:
-        recipe = PredictiveRecipe(ctx)
-    return run_recipe(recipe)
+    """The ecd entry point."""
+    return run_recipe(PredictiveRecipe(ctx))
