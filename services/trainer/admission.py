@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from services.trainer.datasets import DatasetStore
-from services.trainer.model_types import model_type, resolve
+from services.trainer.model_types import AdmissionChecks, model_type, resolve
 from services.trainer.splits import split
 from tunewire.errors import InvalidArgument
 
@@ -65,7 +65,10 @@ class Admission:
         """The resolved config of a job that may run; raises the first thing that is wrong."""
         config = resolve(raw_config)
         self._check_datasets(config, inputs)
-        model_type(config.model_type).admit(config, self, inputs)
+        checks = AdmissionChecks(
+            self.datasets, inputs.labelled(), self.embedder, self.embedder_address
+        )
+        model_type(config.model_type).admit(config, checks)
         return config
 
     def _check_datasets(self, config: Any, inputs: JobInputs) -> None:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from services.trainer.context import JobContext, JobResult, MetricValue
+from services.trainer.datasets import DatasetStore
 from tunewire.config.ecd import parse_ecd
 from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
 
 if TYPE_CHECKING:
-    from services.trainer.admission import Admission, JobInputs
     from tunewire.heads import FeatureOutput
 
 Predictions = tuple[list["FeatureOutput"], list[MetricValue]]
@@ -40,20 +40,30 @@ class PredictRequest:
 
 
 @dataclass(frozen=True)
+class AdmissionChecks:
+    """What a model type's own admission checks may use."""
+
+    datasets: DatasetStore
+    labelled: list[str]  # the ids of the job's data sets whose labels train or select the model
+    embedder: Callable[[], Any] | None  # the embedder client, made on first use
+    embedder_address: str
+
+
+@dataclass(frozen=True)
 class ModelType:
     name: str
     parse: Callable[[dict], Any]  # raw config -> resolved config (every default written)
-    admit: Callable[[Any, Admission, JobInputs], None]  # checks needing the data or services
+    admit: Callable[[Any, AdmissionChecks], None]  # checks needing the data or other services
     run: Callable[[JobContext], JobResult]
     predict: Callable[[PredictRequest], Predictions]
 
 
 # ------------------------------------------------------------------------------------ ecd
-def _admit_ecd(config: Any, admission: Admission, inputs: JobInputs) -> None:
+def _admit_ecd(config: Any, checks: AdmissionChecks) -> None:
     from services.trainer.recipes.predictive.admission import check_encoders, check_labels
 
-    check_labels(config, admission.datasets, inputs.labelled())
-    check_encoders(config, admission.embedder, admission.embedder_address)
+    check_labels(config, checks.datasets, checks.labelled)
+    check_encoders(config, checks.embedder, checks.embedder_address)
 
 
 def _run_ecd(ctx: JobContext) -> JobResult:
@@ -69,7 +79,7 @@ def _predict_ecd(req: PredictRequest) -> Predictions:
 
 
 # ------------------------------------------------------------------------------------ llm
-def _admit_llm(config: Any, admission: Admission, inputs: JobInputs) -> None:
+def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
     """Nothing beyond the columns: the worker checks the model and the devices when it starts."""
 
 
