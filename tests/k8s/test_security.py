@@ -115,3 +115,32 @@ def test_secret_file_refuses_a_path_no_item_puts_there():
     c["volumeMounts"][0]["readOnly"] = False
     with pytest.raises(AssertionError, match="read-only"):
         secret_file(template, c, "/var/run/auth/tokens")
+
+
+def test_the_readmes_tokens_secret_is_in_the_principals_format(tmp_path):
+    """k8s/README.md's commands for the Secret write a tokens list the servers load: the trainer
+    and the gateway as `service` principals (they act for their callers), the CLI Job's token as
+    a `train` principal of its own with its Hub namespace, each key's token on its own line."""
+    import re
+    import subprocess
+
+    from tests.k8s.manifests import ROOT
+    from tunewire import auth
+
+    text = (ROOT / "k8s" / "README.md").read_text()
+    block = re.search(r"```sh\n(for who in trainer.*?)```", text, re.S).group(1)
+    script = block[: block.index("kubectl")]  # the files, not the cluster
+    # `openssl rand -hex 32` without needing openssl here.
+    shim = "openssl() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; }\n"
+    script = shim + script
+    subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, check=True)
+    tokens = auth.parse_tokens((tmp_path / "tokens").read_text(), "tokens")
+    for key, role in (
+        ("trainer-token", auth.SERVICE),
+        ("hub-gateway-token", auth.SERVICE),
+        ("client-token", auth.TRAIN),
+    ):
+        token = (tmp_path / key).read_text().strip()
+        principal = tokens.by_digest[auth.hashlib.sha256(token.encode()).digest()]
+        assert principal.role == role and not principal.name.startswith("token-"), key
+    assert len({p.name for p in tokens.by_digest.values()}) == 3
