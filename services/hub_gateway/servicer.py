@@ -58,6 +58,7 @@ def upload_to_proto(rec: UploadRecord) -> pb.Upload:
         commit_oid=rec.commit_oid,
         error=rec.error,
         error_reason=rec.error_reason,
+        owner=rec.owner,
         bytes_total=rec.bytes_total,
         bytes_sent=rec.bytes_sent,
         create_time=_ts(rec.create_time),

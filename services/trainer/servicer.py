@@ -46,6 +46,7 @@ def dataset_proto(rec: DatasetRecord) -> trainer_pb2.Dataset:
         columns=rec.columns,
         size_bytes=rec.size_bytes,
         sha256=rec.sha256,
+        owner=rec.owner,
     )
 
 
@@ -71,6 +72,7 @@ def job_proto(rec: JobRecord) -> trainer_pb2.Job:
         upload_to=rec.upload_to,
         upload_id=rec.upload_id,
         attempts=rec.attempts,
+        owner=rec.owner,
     )
     for name in ("create_time", "start_time", "end_time"):
         ts = _ts(getattr(rec, name))

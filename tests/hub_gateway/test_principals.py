@@ -82,7 +82,7 @@ def test_namespaces_and_ownership(secured, hub, adapter_model):
     with pytest.raises(NotFound):
         list(bob.watch(mine.id))
     assert alice.get(mine.id).state == pb.Upload.SUCCEEDED
-    assert admin.get(mine.id).id == mine.id
+    assert admin.get(mine.id).owner == "alice"
     assert hub.count("commits") == 0
 
 

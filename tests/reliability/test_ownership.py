@@ -157,9 +157,9 @@ def test_bob_cannot_reach_alices_job_or_data(cluster, alices_job, minilm):
     assert alice.GetJob(pb.GetJobRequest(id=job.id)).state == pb.Job.SUCCEEDED
     assert [e.sequence for e in alice.WatchJob(pb.WatchJobRequest(id=job.id))]
     assert job.id in [j.id for j in alice.ListJobs(pb.ListJobsRequest()).jobs]
-    assert admin.GetJob(pb.GetJobRequest(id=job.id)).id == job.id
+    assert admin.GetJob(pb.GetJobRequest(id=job.id)).owner == "alice"  # admin sees whose
     assert job.id in [j.id for j in admin.ListJobs(pb.ListJobsRequest()).jobs]
-    assert admin.GetDataset(pb.GetDatasetRequest(id=ds.id)).id == ds.id
+    assert admin.GetDataset(pb.GetDatasetRequest(id=ds.id)).owner == "alice"
 
 
 def test_a_read_token_downloads_only_its_principals_artifacts(cluster, alices_job, minilm):

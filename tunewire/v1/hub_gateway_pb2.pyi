@@ -73,7 +73,7 @@ class UploadedFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., lfs: _Optional[bool] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class Upload(_message.Message):
-    __slots__ = ("id", "state", "spec", "files", "artifact_kind", "model_card", "commit_url", "commit_oid", "error", "bytes_total", "bytes_sent", "create_time", "end_time", "error_reason")
+    __slots__ = ("id", "state", "spec", "files", "artifact_kind", "model_card", "commit_url", "commit_oid", "error", "bytes_total", "bytes_sent", "create_time", "end_time", "error_reason", "owner")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Upload.State]
@@ -100,6 +100,7 @@ class Upload(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: Upload.State
     spec: UploadSpec
@@ -114,7 +115,8 @@ class Upload(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     error_reason: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[Upload.State, str]] = ..., spec: _Optional[_Union[UploadSpec, _Mapping]] = ..., files: _Optional[_Iterable[_Union[UploadedFile, _Mapping]]] = ..., artifact_kind: _Optional[str] = ..., model_card: _Optional[str] = ..., commit_url: _Optional[str] = ..., commit_oid: _Optional[str] = ..., error: _Optional[str] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_reason: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[Upload.State, str]] = ..., spec: _Optional[_Union[UploadSpec, _Mapping]] = ..., files: _Optional[_Iterable[_Union[UploadedFile, _Mapping]]] = ..., artifact_kind: _Optional[str] = ..., model_card: _Optional[str] = ..., commit_url: _Optional[str] = ..., commit_oid: _Optional[str] = ..., error: _Optional[str] = ..., bytes_total: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error_reason: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class GetUploadRequest(_message.Message):
     __slots__ = ("id",)

@@ -48,7 +48,7 @@ class UploadDatasetRequest(_message.Message):
     def __init__(self, metadata: _Optional[_Union[UploadDatasetRequest.Metadata, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "filename", "format", "rows", "columns", "size_bytes", "sha256")
+    __slots__ = ("id", "filename", "format", "rows", "columns", "size_bytes", "sha256", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Dataset(_message.Message):
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     filename: str
     format: DatasetFormat
@@ -63,7 +64,8 @@ class Dataset(_message.Message):
     columns: _containers.RepeatedScalarFieldContainer[str]
     size_bytes: int
     sha256: str
-    def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class DeleteDatasetRequest(_message.Message):
     __slots__ = ("dataset_id",)
@@ -112,7 +114,7 @@ class Metric(_message.Message):
     def __init__(self, split: _Optional[str] = ..., feature: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "config_json", "dataset_id", "training_set_id", "validation_set_id", "test_set_id", "request_id", "metrics", "artifact_path", "error", "create_time", "start_time", "end_time", "upload_to", "upload_id", "attempts")
+    __slots__ = ("id", "state", "config_json", "dataset_id", "training_set_id", "validation_set_id", "test_set_id", "request_id", "metrics", "artifact_path", "error", "create_time", "start_time", "end_time", "upload_to", "upload_id", "attempts", "owner")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Job.State]
@@ -144,6 +146,7 @@ class Job(_message.Message):
     UPLOAD_TO_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: Job.State
     config_json: str
@@ -161,7 +164,8 @@ class Job(_message.Message):
     upload_to: str
     upload_id: str
     attempts: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[Job.State, str]] = ..., config_json: _Optional[str] = ..., dataset_id: _Optional[str] = ..., training_set_id: _Optional[str] = ..., validation_set_id: _Optional[str] = ..., test_set_id: _Optional[str] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., artifact_path: _Optional[str] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., upload_to: _Optional[str] = ..., upload_id: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[Job.State, str]] = ..., config_json: _Optional[str] = ..., dataset_id: _Optional[str] = ..., training_set_id: _Optional[str] = ..., validation_set_id: _Optional[str] = ..., test_set_id: _Optional[str] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., artifact_path: _Optional[str] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., upload_to: _Optional[str] = ..., upload_id: _Optional[str] = ..., attempts: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)
