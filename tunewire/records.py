@@ -175,6 +175,11 @@ class RecordStore(Generic[R, E]):
             self._changed.notify_all()
             return event
 
+    def count(self, rec_id: str) -> int:
+        """Events the resource has."""
+        with self.lock:
+            return len(self._events.get(rec_id, ()))
+
     def events(self, rec_id: str) -> list[E]:
         with self.lock:
             return list(self._events[rec_id])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tunewire.logging import configure
 from tunewire.model_names import add_model_flag, models_from_args
+from tunewire.model_roots import add_model_root_flags, roots_from_args
 from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args, serve
 
 
@@ -39,14 +40,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=int(env("TUNEWIRE_TRAINER_WORKERS", "1")),
         help="jobs run at once",
     )
-    p.add_argument(
-        "--model-root",
-        "--model_root",
-        type=Path,
-        action="append",
-        default=[],
-        help="extra directory Predict may read artifacts from (repeatable)",
-    )
+    add_model_root_flags(p, help_extra="; jobs and Predict read models under these")
     p.add_argument(
         "--max-dataset-bytes",
         "--max_dataset_bytes",
@@ -112,7 +106,8 @@ def settings_from_args(args: argparse.Namespace):
         embedder=args.embedder,
         hub_gateway=args.hub_gateway,
         workers=args.workers,
-        model_roots=list(args.model_root),
+        model_roots=roots_from_args(args, args.data_dir),
+        hub_models=args.hub_models,
         max_dataset_bytes=args.max_dataset_bytes,
         max_dataset_memory_bytes=args.max_dataset_memory_bytes,
         dataset_cache_bytes=args.dataset_cache_bytes,

@@ -19,6 +19,7 @@ from services.trainer.datasets import DatasetStore
 from services.trainer.model_types import AdmissionChecks, model_type, resolve
 from services.trainer.splits import split
 from tunewire.errors import InvalidArgument
+from tunewire.model_roots import ModelRoots
 
 Splits = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]
 
@@ -56,20 +57,37 @@ class Admission:
         datasets: DatasetStore,
         embedder: Callable[[], Any] | None = None,
         embedder_address: str = "",
+        roots: ModelRoots | None = None,
     ) -> None:
+        """`roots`: the models this trainer's jobs may load (default: any, embedded mode)."""
         self.datasets = datasets
         self.embedder = embedder
         self.embedder_address = embedder_address
+        self.roots = roots or ModelRoots.anywhere()
 
     def admit(self, raw_config: dict, inputs: JobInputs) -> Any:
         """The resolved config of a job that may run; raises the first thing that is wrong."""
         config = resolve(raw_config)
+        self._check_models(config)
         self._check_datasets(config, inputs)
         checks = AdmissionChecks(
             self.datasets, inputs.labelled(), self.embedder, self.embedder_address
         )
         model_type(config.model_type).admit(config, checks)
         return config
+
+    def _check_models(self, config: Any) -> None:
+        """Models the trainer itself loads (an llm's base model, an adapted encoder) must be
+        under its model roots or allowed Hub ids: checked here, not by the model loader when
+        the job runs (`base_model: /etc` failed then, with a raw multi-line error). Frozen
+        encoders are the embedder's to check, against its own roots."""
+        base_model = getattr(config, "base_model", None)
+        if isinstance(base_model, str):
+            self.roots.check(base_model, "base_model")
+        for i, f in enumerate(getattr(config, "input_features", None) or []):
+            encoder = getattr(f, "encoder", None)
+            if encoder is not None and getattr(encoder, "trainable", False) and encoder.model:
+                self.roots.check(encoder.model, f"input_features[{i}].encoder.{encoder.model_key}")
 
     def _check_datasets(self, config: Any, inputs: JobInputs) -> None:
         if not inputs.dataset_id and not inputs.training_set_id:

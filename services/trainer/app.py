@@ -40,6 +40,8 @@ class Settings:
     # the least recently used go (0: no cap). See dataset_retention.py.
     dataset_ttl_seconds: float = DEFAULT_TTL_S
     max_unreferenced_dataset_bytes: int = DEFAULT_MAX_UNREFERENCED_BYTES
+    # Hub ids may be base models and encoders (tunewire/model_roots.py).
+    hub_models: bool = True
     # Limits: a bigger upload is RESOURCE_EXHAUSTED; a job running longer is FAILED; a submit
     # beyond the queue is RESOURCE_EXHAUSTED. 0 turns the last two off.
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
@@ -73,6 +75,7 @@ def start(settings: Settings) -> App:
         workers=settings.workers,
         allowed_model_roots=settings.model_roots,
         allow_any_model_path=settings.allow_any_model_path,
+        hub_models=settings.hub_models,
         max_dataset_bytes=settings.max_dataset_bytes,
         max_dataset_memory_bytes=settings.max_dataset_memory_bytes,
         dataset_cache_bytes=settings.dataset_cache_bytes,

@@ -118,6 +118,9 @@ class JobStore:
     def append_event(self, job_id: str, kind: str, data: dict) -> StoredEvent:
         return self._store.append(job_id, lambda seq: StoredEvent(seq, time.time(), kind, data))
 
+    def event_count(self, job_id: str) -> int:
+        return self._store.count(job_id)
+
     def follow(
         self, job_id: str, from_sequence: int = 0, alive: Callable[[], bool] = lambda: True
     ) -> Iterator[StoredEvent]:

@@ -63,6 +63,9 @@ from tunewire.errors import (
 log = structlog.get_logger(__name__)
 
 Dispatcher = Callable[[JobContext], JobResult]
+# Events a job records at most besides its state changes: recipes report per epoch or a bounded
+# number of steps, so this is the backstop that keeps a job's log (on disk and in memory) finite.
+DEFAULT_MAX_EVENTS_PER_JOB = 100_000
 
 
 def dispatch(name: str) -> Dispatcher:
@@ -86,8 +89,10 @@ class JobRunner:
         dispatcher: Callable[[str], Dispatcher] = dispatch,
         max_job_seconds: float = 0.0,
         max_queued_jobs: int = 0,
+        max_events_per_job: int = DEFAULT_MAX_EVENTS_PER_JOB,
     ) -> None:
         self.store = store
+        self.max_events_per_job = max_events_per_job
         self.admission = admission
         self.artifacts_root = Path(artifacts_root)
         self.artifacts_root.mkdir(parents=True, exist_ok=True)
@@ -360,6 +365,20 @@ class JobRunner:
             self._event(job_id, "log", {"message": ev.message})
 
     def _event(self, job_id: str, kind: str, data: dict) -> None:
+        """Record an event; past `max_events_per_job`, only state changes (said once)."""
+        if kind != "state":
+            count = self.store.event_count(job_id)
+            if count >= self.max_events_per_job:
+                return
+            if count == self.max_events_per_job - 1:
+                kind, data = (
+                    "log",
+                    {
+                        "message": f"this job reached its limit of {self.max_events_per_job} "
+                        "events: later progress, metrics and log events are not recorded (its "
+                        "state changes and final metrics are)"
+                    },
+                )
         self.store.append_event(job_id, kind, data)
 
     def _finish(self, job_id: str, state: str, error: str = "") -> None:

@@ -29,6 +29,7 @@ from tunewire.errors import (
     PermissionDenied,
 )
 from tunewire.model_names import rename_models
+from tunewire.model_roots import ModelRoots, under
 from tunewire.paths import check_path_text
 from tunewire.v1 import hub_gateway_pb2
 
@@ -45,6 +46,7 @@ class TrainerCore:
         workers: int = 1,
         allowed_model_roots: list[Path] | None = None,
         allow_any_model_path: bool = False,
+        hub_models: bool = True,
         max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
         max_dataset_memory_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         dataset_cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -76,11 +78,20 @@ class TrainerCore:
         self._embedder = None
         self.allowed_model_roots = [
             self.artifacts_root,
+            self.data_dir / "models",
             *(allowed_model_roots or []),
             *(Path(p) for p in self.model_names.values() if Path(p).is_absolute()),
         ]
         self.allow_any_model_path = allow_any_model_path
-        self.admission = Admission(self.datasets, self.embedder, embedder_address or "")
+        # What jobs may load here (base models, adapted encoders): tunewire/model_roots.py.
+        self.model_roots = (
+            ModelRoots(None, hub_models)
+            if allow_any_model_path
+            else ModelRoots.of(self.allowed_model_roots, hub_models)
+        )
+        self.admission = Admission(
+            self.datasets, self.embedder, embedder_address or "", roots=self.model_roots
+        )
         self.runner = JobRunner(
             self.jobs,
             self.admission,
@@ -153,10 +164,7 @@ class TrainerCore:
         if model.startswith("job-") and "/" not in model:
             return self.artifact_dir(model)
         path = Path(model).expanduser().resolve()
-        if not self.allow_any_model_path and not any(
-            path == root.resolve() or root.resolve() in path.parents
-            for root in self.allowed_model_roots
-        ):
+        if not self.allow_any_model_path and not under(path, self.allowed_model_roots):
             raise PermissionDenied(
                 "the trainer may not read models outside its artifact roots", field="model"
             )

@@ -2,6 +2,10 @@
 
 A file (not a pipe) so that the launcher can re-read it after a restart and a crashed worker's last
 words survive. Only rank 0 writes. Kinds: progress, metrics, log, result, error.
+
+Bounded: a job of millions of steps writes about `MAX_PROGRESS` progress lines, one every
+`stride(total_steps)` steps and the last, not one a step (the file, the launcher's relay and the
+trainer's event log all grew with the steps).
 """
 
 from __future__ import annotations
@@ -10,6 +14,19 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+# Progress lines a job writes at most (about: the last step is always written).
+MAX_PROGRESS = 10_000
+
+
+def stride(total_steps: int) -> int:
+    """Steps between two progress lines for a job of `total_steps`."""
+    return max(1, -(-int(total_steps) // MAX_PROGRESS))
+
+
+def keeps(step: int, total_steps: int) -> bool:
+    """Whether `step` is one of those reported (every `stride`-th, and the last)."""
+    return step % stride(total_steps) == 0 or step >= total_steps
 
 
 class EventWriter:
@@ -22,7 +39,9 @@ class EventWriter:
             self._fh.write(json.dumps({"event": kind, "time": time.time(), **fields}) + "\n")
 
     def progress(self, **fields: Any) -> None:
-        self.write("progress", **fields)
+        """A step's progress, if it is one of those reported (`keeps`)."""
+        if keeps(int(fields.get("step", 0)), int(fields.get("total_steps", 0))):
+            self.write("progress", **fields)
 
     def log(self, message: str) -> None:
         self.write("log", message=message)

@@ -32,7 +32,7 @@ from services.trainer.recipes.generative.data import (
     render_prompt,
     to_device,
 )
-from services.trainer.recipes.generative.events import EventWriter
+from services.trainer.recipes.generative.events import EventWriter, keeps
 from services.trainer.recipes.generative.model import (
     CausalLMWithLoss,
     PreconditionError,
@@ -272,7 +272,8 @@ class GenerativeRecipe:
         loss, tokens, real = done.totals.read()
         now = time.perf_counter()
         throughput, self._clock = real / max(now - self._clock, 1e-9), now
-        self.losses.append((done.step, loss))
+        if keeps(done.step, self.total_steps):  # the loss curve as reported, bounded in size
+            self.losses.append((done.step, loss))
         self.events.progress(
             phase="train",
             epoch=done.epoch,

@@ -9,7 +9,13 @@ from typing import Any
 from services.trainer.datasets import DatasetStore
 from services.trainer.recipes.predictive.embed import encoder_spec
 from tunewire.config.ecd import EcdConfig
-from tunewire.errors import FailedPrecondition, InvalidArgument, TunewireError, Unavailable
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    TunewireError,
+    Unavailable,
+)
 from tunewire.features import encode_output, fit_output
 from tunewire.heads import encoder_refs
 
@@ -47,6 +53,9 @@ def check_encoders(
                 raise Unavailable(
                     f"the embedder at {embedder_address} is unreachable", field="embedder"
                 ) from None
+            if err.reason in ("OUTSIDE_MODEL_ROOTS", "HUB_MODELS_OFF"):
+                # The embedder's model roots refuse this path: the config's to change.
+                raise PermissionDenied(err.message, field=path, reason=err.reason) from None
             if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
                 # The trainer's own credentials, not the client's config, are at fault.
                 raise FailedPrecondition(
