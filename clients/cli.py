@@ -577,12 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve, passthrough=True)
 
-    try:
-        from clients.commands import upload
-    except ImportError:
-        pass
-    else:
-        upload.add_parser(sub)
+    from clients.commands import upload
+
+    upload.add_parser(sub)
     return parser
 
 

@@ -60,6 +60,8 @@ def start_embedded(
     and TLS settings from the environment (`ClientSecurity.from_env`), as separate services do."""
     from services.embedder.app import Settings as EmbedderSettings
     from services.embedder.app import start as start_embedder
+    from services.hub_gateway.app import Settings as GatewaySettings
+    from services.hub_gateway.app import start as start_gateway
     from services.trainer.app import Settings as TrainerSettings
     from services.trainer.app import start as start_trainer
 
@@ -84,12 +86,6 @@ def start_embedded(
         )
         apps.append(embedder)
         embedder_address = f"{dial}:{embedder.port}"
-        gateway_address = None
-        try:
-            from services.hub_gateway.app import Settings as GatewaySettings
-            from services.hub_gateway.app import start as start_gateway
-        except ImportError:
-            start_gateway = None
         trainer = start_trainer(
             TrainerSettings(
                 data_dir=data_dir,
@@ -104,20 +100,19 @@ def start_embedded(
         apps.append(trainer)
         trainer_address = f"{dial}:{trainer.port}"
         embedder.set_trainer(trainer_address)
-        if start_gateway is not None:
-            gateway = start_gateway(
-                GatewaySettings(
-                    host=host,
-                    port=ports[2],
-                    data_dir=data_dir,
-                    trainer_address=trainer_address,
-                    artifact_roots=[data_dir / "artifacts", Path.cwd()],
-                    security=security,
-                )
+        gateway = start_gateway(
+            GatewaySettings(
+                host=host,
+                port=ports[2],
+                data_dir=data_dir,
+                trainer_address=trainer_address,
+                artifact_roots=[data_dir / "artifacts", Path.cwd()],
+                security=security,
             )
-            apps.append(gateway)
-            gateway_address = f"{dial}:{gateway.port}"
-            trainer.core.set_hub_gateway(gateway_address)
+        )
+        apps.append(gateway)
+        gateway_address = f"{dial}:{gateway.port}"
+        trainer.core.set_hub_gateway(gateway_address)
     except BaseException:
         for app in reversed(apps):
             app.running.stop(None)

@@ -1,8 +1,8 @@
 """Regenerate tunewire/v1/*_pb2*.py from protos/ with grpcio-tools.
 
-The generated modules are committed; tests/test_protos_fresh.py regenerates into a temporary
-directory and fails when the committed copy differs. Import paths equal the proto package
-(`tunewire.v1.trainer_pb2`), so no rewriting is needed.
+The generated modules are committed; tests/test_contract.py (test_generated_code_is_fresh)
+regenerates them into a temporary directory and fails when the committed copy differs. Import
+paths equal the proto package (`tunewire.v1.trainer_pb2`), so no rewriting is needed.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 `create_server()` builds a grpc.Server with the message-size limits, keepalive and connection-age
 options every service uses, an interceptor that binds request context to the log and maps domain
 errors to gRPC status (the one table is in `tunewire.errors`), the standard health service (each
-service NOT_SERVING until its owner marks it ready) and server reflection. It returns
-`(server, port)` so tests can bind port 0.
+service NOT_SERVING until its owner marks it ready) and server reflection. It returns a
+`RunningServer` that carries the bound port, so tests can bind port 0.
 
 `ServerSecurity` adds what a server exposed beyond loopback needs: bearer-token auth
 (`tunewire.auth`, health stays open), TLS or mutual TLS with reloaded certificates

@@ -22,7 +22,6 @@ sets, and another principal asking for it gets NOT_FOUND, as for an id that does
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -386,10 +385,3 @@ class DatasetStore:
             raise InvalidArgument(f"malformed data set id {ds_id[:64]!r}", field="dataset_id")
         check_path_text(ds_id, "dataset_id")
         return self.root / ds_id
-
-
-def table_bytes(df: pd.DataFrame) -> bytes:
-    """Serialise a frame as CSV (for tests and the SDK's in-memory uploads)."""
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    return buf.getvalue().encode()

@@ -19,7 +19,6 @@ from tunewire.config.schema import (
 )
 from tunewire.config.trainer import TrainerConfig
 
-REDUCE_OUTPUTS = ("mean", "avg", "cls_pooled", "cls", "last", "max", "sum")
 INPUT_TYPES = ("text", "number", "binary", "category")
 OUTPUT_TYPES = ("binary", "category", "number", "set", "vector")
 # Output types whose head emits logits of a distribution that temperature scaling can calibrate.

@@ -9,7 +9,6 @@ error. Cancellation terminates the whole process group.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -32,6 +31,7 @@ from services.trainer.context import (
 from services.trainer.recipes.generative.events import EventReader
 from tunewire.config.llm import differences_from_ludwig
 from tunewire.errors import FailedPrecondition, Internal
+from tunewire.model_card import render_model_card
 
 log = structlog.get_logger(__name__)
 
@@ -220,12 +220,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def _write_model_card(artifact_dir: Path) -> None:
-    """The README.md card, when the model-card module is available (another part writes it)."""
-    if importlib.util.find_spec("tunewire.model_card") is None:
-        log.warning("tunewire.model_card is not available; artifact has no README.md card")
-        return
-    from tunewire.model_card import render_model_card
-
+    """The README.md card (the gateway re-renders it with the repo id on upload)."""
     card = render_model_card(artifact_dir)
     if isinstance(card, str):
         (artifact_dir / "README.md").write_text(card)

@@ -16,6 +16,7 @@ from services.trainer.recipes.predictive import calibration as C
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from tunewire import heads as pm
 from tunewire.config import to_dict
+from tunewire.model_card import render_model_card
 
 log = structlog.get_logger(__name__)
 
@@ -120,10 +121,6 @@ def write_artifact(
     if extra_files is not None:
         extras += extra_files(directory)
     ctx.emit(Log(f"beside the artifact: {', '.join(extras)}"))
-    try:
-        from tunewire.model_card import render_model_card
-    except ImportError:
-        return extras
     (directory / "README.md").write_text(render_model_card(directory))
     return extras
 
