@@ -90,7 +90,10 @@ class TrainerCore:
             else ModelRoots.of(self.allowed_model_roots, hub_models)
         )
         self.admission = Admission(
-            self.datasets, self.embedder, embedder_address or "", roots=self.model_roots
+            self.datasets,
+            self.embedder if embedder_address else None,
+            embedder_address or "",
+            roots=self.model_roots,
         )
         self.runner = JobRunner(
             self.jobs,
