@@ -21,6 +21,9 @@ from services.trainer.splits import split
 from tunewire.errors import InvalidArgument
 from tunewire.model_roots import ModelRoots
 
+# The embedder's default --max-text-bytes: a longer text cell is refused at admission.
+DEFAULT_MAX_TEXT_BYTES = 1 << 20
+
 Splits = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]
 
 
@@ -58,23 +61,55 @@ class Admission:
         embedder: Callable[[], Any] | None = None,
         embedder_address: str = "",
         roots: ModelRoots | None = None,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
     ) -> None:
-        """`roots`: the models this trainer's jobs may load (default: any, embedded mode)."""
+        """`roots`: the models this trainer's jobs may load (default: any, embedded mode);
+        `max_text_bytes`: the longest text cell a job may hold."""
         self.datasets = datasets
         self.embedder = embedder
         self.embedder_address = embedder_address
         self.roots = roots or ModelRoots.anywhere()
+        self.max_text_bytes = max_text_bytes
 
     def admit(self, raw_config: dict, inputs: JobInputs) -> Any:
         """The resolved config of a job that may run; raises the first thing that is wrong."""
         config = resolve(raw_config)
         self._check_models(config)
         self._check_datasets(config, inputs)
+        self._check_text_cells(config, inputs)
         checks = AdmissionChecks(
             self.datasets, inputs.labelled(), self.embedder, self.embedder_address
         )
         model_type(config.model_type).admit(config, checks)
         return config
+
+    def _check_text_cells(self, config: Any, inputs: JobInputs) -> None:
+        """No text cell longer than `max_text_bytes`: the embedder refuses one (its
+        --max-text-bytes, 1 MiB by default), and a tokenizer would hold it whole, so a job
+        holding one fails here, naming the column and row, not in the middle of its run."""
+        columns = {
+            path: f.column for path, f in _features(config) if getattr(f, "type", "") == "text"
+        }
+        if not columns:
+            return
+        for field_name, ds_id in inputs.named().items():
+            df = self.datasets.load(ds_id)
+            for path, column in columns.items():
+                if column not in df.columns:
+                    continue
+                text = df[column].astype(str)
+                long = text[text.str.len() > self.max_text_bytes // 4]  # else under the limit
+                if long.empty:
+                    continue
+                sizes = long.str.encode("utf-8").str.len()
+                over = sizes[sizes > self.max_text_bytes]
+                if not over.empty:
+                    row = int(over.index[0])
+                    raise InvalidArgument(
+                        f"row {row} of column {column!r} in data set {ds_id} ({field_name}) is "
+                        f"{int(over.iloc[0])} bytes; texts are at most {self.max_text_bytes}",
+                        field=path,
+                    )
 
     def _check_models(self, config: Any) -> None:
         """Models the trainer itself loads (an llm's base model, an adapted encoder) must be
@@ -146,6 +181,15 @@ class Admission:
             load(inputs.validation_set_id),
             load(inputs.test_set_id),
         )
+
+
+def _features(config: Any) -> list[tuple[str, Any]]:
+    """(config path of its column, feature) for every input and output feature."""
+    out = []
+    for kind in ("input_features", "output_features"):
+        for i, f in enumerate(getattr(config, kind, []) or []):
+            out.append((f"{kind}[{i}].column", f))
+    return out
 
 
 def _columns_needed(config: Any) -> dict[str, str]:

@@ -210,6 +210,34 @@ def test_megabyte_texts_and_empty_strings(stubs):
     assert code_of(lambda: stubs["trainer"].CreateJob(trainer_pb2.CreateJobRequest())) == INVALID
 
 
+def test_a_text_cell_over_the_limit_is_refused_at_create_with_its_row(stubs):
+    """Such a cell failed the job part way (the embedder refuses texts over 1 MiB)."""
+    import json
+
+    huge = "é" * (1 << 19) + "x"  # 1 MiB + 1 byte of UTF-8, in half as many characters
+    ds = upload(stubs["trainer"], f"text,label\nfine,1\n{huge},0\n".encode(), "huge.csv")
+    config = {
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {
+                    "type": "auto_transformer",
+                    "pretrained_model_name_or_path": stubs["minilm"],
+                },
+            }
+        ],
+        "output_features": [{"name": "label", "type": "binary"}],
+    }
+    with pytest.raises(grpc.RpcError) as info:
+        stubs["trainer"].CreateJob(
+            trainer_pb2.CreateJobRequest(config_json=json.dumps(config), dataset_id=ds.id)
+        )
+    err = from_rpc_error(info.value)
+    assert info.value.code() == INVALID and err.field == "input_features[0].column"
+    assert "row 1 of column 'text'" in err.message and str((1 << 20) + 1) in err.message
+
+
 def test_duplicate_ids_are_idempotent(stubs):
     first = upload(stubs["trainer"], b"text,label\nsame,1\nbytes,0\n", "a.csv")
     again = upload(stubs["trainer"], b"text,label\nsame,1\nbytes,0\n", "b.csv")
