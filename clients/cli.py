@@ -287,8 +287,8 @@ def cmd_embed(args) -> int:
     with contextlib.ExitStack() as stack:
         address = args.embedder
         if not address:
-            from clients.embedded import default_data_dir
             from services.embedder.app import Settings, start
+            from tunewire.paths import default_data_dir
 
             app = start(Settings(port=0, data_dir=Path(args.data_dir or default_data_dir())))
             stack.callback(app.stop)

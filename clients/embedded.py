@@ -8,22 +8,17 @@ embedded services start on the same directory.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from tunewire.paths import default_data_dir
 from tunewire.server import ServerSecurity
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_DATA_DIR = ".tunewire"
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("TUNEWIRE_DATA_DIR", DEFAULT_DATA_DIR))
 
 
 @dataclass

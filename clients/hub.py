@@ -44,7 +44,7 @@ def _gateway(
     if address:
         yield address
         return
-    from clients.embedded import default_data_dir
+    from tunewire.paths import default_data_dir
 
     data_dir = Path(data_dir or default_data_dir()).resolve()
     if job_id:

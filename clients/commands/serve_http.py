@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tunewire.errors import InvalidArgument
 from tunewire.model_names import add_model_flag, models_from_args
+from tunewire.paths import default_data_dir
 
 DEFAULT_HTTP_PORT = 8000  # as `ludwig serve`
 HTTP_PORT_OFFSET = 3  # `serve all`: the embedder's port + 3
@@ -91,7 +92,7 @@ def serve_http(args, extra: list[str]) -> int:
         app = start(
             Settings(
                 port=0,
-                data_dir=Path(args.data_dir or ".tunewire").resolve(),
+                data_dir=Path(args.data_dir or default_data_dir()).resolve(),
                 models=models,
                 artifact_roots=[Path(model_path)],
             )

@@ -26,11 +26,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("TUNEWIRE_PORT", defaults.port))
     )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("TUNEWIRE_DATA_DIR", defaults.data_dir)),
-    )
+    parser.add_argument("--data-dir", type=Path, default=defaults.data_dir)
     parser.add_argument(
         "--max-batch-tokens",
         type=int,

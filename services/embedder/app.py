@@ -31,6 +31,7 @@ from services.embedder.servicer import (
     add_to_server,
 )
 from tunewire.model_roots import ModelRoots, looks_local
+from tunewire.paths import default_data_dir
 from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,7 @@ SERVICE_NAME = "tunewire.v1.EmbedderService"
 class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
-    data_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "tunewire")
+    data_dir: Path = field(default_factory=default_data_dir)
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
     max_loaded_models: int = 2
     preload: list[str] = field(default_factory=list)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tunewire.logging import configure
+from tunewire.paths import default_data_dir
 from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args, serve
 
 
@@ -18,9 +19,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     env = os.environ.get
     p.add_argument("--host", default=env("TUNEWIRE_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("TUNEWIRE_PORT", "50053")))
-    p.add_argument(
-        "--data-dir", "--data_dir", type=Path, default=Path(env("TUNEWIRE_DATA_DIR", ".data"))
-    )
+    p.add_argument("--data-dir", "--data_dir", type=Path, default=default_data_dir())
     p.add_argument(
         "--trainer",
         default=env("TUNEWIRE_TRAINER"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from tunewire.logging import configure
 from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.model_roots import add_model_root_flags, roots_from_args
+from tunewire.paths import default_data_dir
 from tunewire.server_flags import add_security_flags, export_peer_token, security_from_args, serve
 
 
@@ -20,9 +21,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     env = os.environ.get
     p.add_argument("--host", default=env("TUNEWIRE_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("TUNEWIRE_PORT", "50052")))
-    p.add_argument(
-        "--data-dir", "--data_dir", type=Path, default=Path(env("TUNEWIRE_DATA_DIR", ".data"))
-    )
+    p.add_argument("--data-dir", "--data_dir", type=Path, default=default_data_dir())
     p.add_argument(
         "--embedder",
         default=env("TUNEWIRE_EMBEDDER"),
