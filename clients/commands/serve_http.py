@@ -76,7 +76,10 @@ def serve_http(args, extra: list[str]) -> int:
     from clients.http.backend import Backend
     from tunewire.logging import configure, get_logger
 
-    opts, unknown = http_parser().parse_known_args(extra)
+    parser = http_parser()
+    parser.add_argument("--host")  # given to `serve` itself, or to python -m clients.http
+    parser.add_argument("--port", type=int)
+    opts, unknown = parser.parse_known_args(extra)
     if unknown:
         raise InvalidArgument(f"unknown options for serve http: {' '.join(unknown)}", field="serve")
     models = models_from_args(opts)

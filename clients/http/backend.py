@@ -208,22 +208,17 @@ class Backend:
         return self.embedder.predict_columns(model, columns)
 
     def healthy(self) -> bool:
-        """The embedder answers SERVING (the trainer, when there is one, too)."""
-        channels = [self._embedder_channel]
-        if self.trainer is not None:
-            channels.append(self.trainer.channel)
+        """The embedder answers SERVING. (The trainer is needed only to fetch a job's model by
+        id; a front door whose trainer is away still embeds and serves local artifacts.)"""
         try:
-            for channel in channels:
-                status = (
-                    health_pb2_grpc.HealthStub(channel)
-                    .Check(health_pb2.HealthCheckRequest(), timeout=2)
-                    .status
-                )
-                if status != health_pb2.HealthCheckResponse.SERVING:
-                    return False
+            status = (
+                health_pb2_grpc.HealthStub(self._embedder_channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                .status
+            )
         except grpc.RpcError:
             return False
-        return True
+        return status == health_pb2.HealthCheckResponse.SERVING
 
     def close(self) -> None:
         self.embedder.close()

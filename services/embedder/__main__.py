@@ -12,7 +12,12 @@ from tunewire.logging import configure
 from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.model_roots import add_model_root_flags, roots_from_args
 from tunewire.server import wait_for_termination
-from tunewire.server_flags import add_security_flags, security_from_args, warn_if_exposed
+from tunewire.server_flags import (
+    add_security_flags,
+    export_peer_token,
+    security_from_args,
+    warn_if_exposed,
+)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -110,7 +115,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="memory for predictive heads kept warm (least recently used evicted)",
     )
     add_model_root_flags(parser)
-    add_security_flags(parser)
+    add_security_flags(parser, calls_peers=True)
     return parser
 
 
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = settings_from_args(args)
     except ValueError as exc:  # one line and exit 2, like any other bad flag
         parser.error(str(exc))
+    export_peer_token(args)
     configure()
     # Progress bars are for terminals; a server's log is structured lines only.
     from transformers.utils import logging as hf_logging

@@ -136,11 +136,25 @@ def _service_of(container):
 def test_long_running_containers_have_grpc_probes(name):
     docs = rendered(name)
     long_running = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
-    assert {d["metadata"]["name"] for d in long_running} == {"embedder", "trainer", "hub-gateway"}
+    assert {d["metadata"]["name"] for d in long_running} == {
+        "embedder",
+        "trainer",
+        "hub-gateway",
+        "http",
+    }
     for doc in long_running:
         for c in doc["spec"]["template"]["spec"]["containers"]:
             where = f"{name}: {doc['metadata']['name']}/{c['name']}"
             module = _service_of(c)
+            if module == "clients.http":  # the HTTP front door: HTTP probes of /health
+                port_arg = int(c["args"][c["args"].index("--port") + 1])
+                assert port_arg in {p["containerPort"] for p in c["ports"]}, where
+                for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    probe = c.get(kind, {}).get("httpGet", {})
+                    got = (probe.get("path"), probe.get("port"))
+                    assert got == ("/health", port_arg), f"{where}: {kind}"
+                assert doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 30
+                continue
             assert module in HEALTH_NAMES, f"{where}: runs {c.get('command')}"
             ports = {p["containerPort"] for p in c["ports"]}
             port_arg = int(c["args"][c["args"].index("--port") + 1])
@@ -372,10 +386,15 @@ def test_network_policies_allow_only_what_each_caller_needs(name):
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     pods = _pods(docs)
     cli, trainer, embedder = pods["tunewire-train-cli"], pods["trainer"], pods["embedder"]
-    gateway, worker = pods["hub-gateway"], pods["tunewire-generative"]
+    gateway, worker, http = pods["hub-gateway"], pods["tunewire-generative"], pods["http"]
+    http_client = {**cli, "labels": {"tunewire.io/http-client": "true"}}
     allowed = [
         (cli, trainer, 50052),
         (trainer, embedder, 50051),
+        (embedder, trainer, 50052),  # a job's head, for online prediction
+        (http_client, http, 8000),
+        (http, embedder, 50051),
+        (http, trainer, 50052),
         (trainer, gateway, 50053),
         (gateway, trainer, 50052),
         (gateway, INTERNET, 443),
@@ -390,8 +409,11 @@ def test_network_policies_allow_only_what_each_caller_needs(name):
         (cli, embedder, 50051),
         (cli, gateway, 50053),
         (cli, INTERNET, 443),
-        (embedder, trainer, 50052),
         (embedder, gateway, 50053),
+        (cli, http, 8000),
+        (http, gateway, 50053),
+        (http, INTERNET, 443),
+        (INTERNET, http, 8000),
         (gateway, embedder, 50051),
         (trainer, INTERNET, 80),
         (gateway, INTERNET, 80),

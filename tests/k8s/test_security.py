@@ -20,7 +20,11 @@ from tests.k8s.manifests import (
 
 AUTH_SECRET = "tunewire-auth"
 # The key of tunewire-auth that each caller's own token comes from (k8s/README.md's table).
-PEER_TOKEN_KEY = {"services.trainer": "trainer-token", "services.hub_gateway": "hub-gateway-token"}
+PEER_TOKEN_KEY = {
+    "services.embedder": "embedder-token",
+    "services.trainer": "trainer-token",
+    "services.hub_gateway": "hub-gateway-token",
+}
 CLIENT_TOKEN_KEY = "client-token"
 
 

@@ -33,7 +33,7 @@ from tunewire.server_flags import security_from_args
 from tunewire.tls import ClientSecurity
 
 TLS_SECRET = "tunewire-tls"
-CALLS_PEERS = {"services.trainer", "services.hub_gateway"}
+CALLS_PEERS = {"services.embedder", "services.trainer", "services.hub_gateway"}
 # What the components add to a container, by name, and nothing else.
 TLS_ENV = {
     "TUNEWIRE_SERVER_TLS_CERT",
@@ -69,6 +69,8 @@ def _parsed(module: str, c: dict, env: dict[str, str], monkeypatch):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    # The Secret's files exist in the pod, not here: parse without the start-up readability check.
+    monkeypatch.setattr("tunewire.server_flags._check_readable", lambda args: None)
     parser = importlib.import_module(f"{module}.__main__").build_parser()
     return parser.parse_args([expand(a, env) for a in c.get("args", [])])
 
@@ -125,8 +127,10 @@ def _without_tls(docs: list[dict]) -> list[dict]:
                 if "ports" in c:
                     c["ports"] = [p for p in c["ports"] if p["name"] != "health"]
                 for probe in PROBES:
-                    if probe in c:
+                    if probe in c and "grpc" in c[probe]:
                         c[probe]["grpc"]["port"] = int(c["args"][c["args"].index("--port") + 1])
+                    elif probe in c:  # the HTTP front door's probes go over HTTPS
+                        c[probe]["httpGet"].pop("scheme", None)
     return docs
 
 
