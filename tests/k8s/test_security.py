@@ -122,8 +122,8 @@ def test_secret_file_refuses_a_path_no_item_puts_there():
 
 
 def test_the_readmes_tokens_secret_is_in_the_principals_format(tmp_path):
-    """k8s/README.md's commands for the Secret write a tokens list the servers load: the trainer
-    and the gateway as `service` principals (they act for their callers), the CLI Job's token as
+    """k8s/README.md's commands for the Secret write a tokens list the servers load: the
+    embedder, the trainer and the gateway as `service` principals (they act for their callers), the CLI Job's token as
     a `train` principal of its own with its Hub namespace, each key's token on its own line."""
     import re
     import subprocess
@@ -132,7 +132,7 @@ def test_the_readmes_tokens_secret_is_in_the_principals_format(tmp_path):
     from tunewire import auth
 
     text = (ROOT / "k8s" / "README.md").read_text()
-    block = re.search(r"```sh\n(for who in trainer.*?)```", text, re.S).group(1)
+    block = re.search(r"```sh\n(for who in embedder trainer.*?)```", text, re.S).group(1)
     script = block[: block.index("kubectl")]  # the files, not the cluster
     # `openssl rand -hex 32` without needing openssl here.
     shim = "openssl() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; }\n"
@@ -140,6 +140,7 @@ def test_the_readmes_tokens_secret_is_in_the_principals_format(tmp_path):
     subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, check=True)
     tokens = auth.parse_tokens((tmp_path / "tokens").read_text(), "tokens")
     for key, role in (
+        ("embedder-token", auth.SERVICE),
         ("trainer-token", auth.SERVICE),
         ("hub-gateway-token", auth.SERVICE),
         ("client-token", auth.TRAIN),
@@ -147,4 +148,4 @@ def test_the_readmes_tokens_secret_is_in_the_principals_format(tmp_path):
         token = (tmp_path / key).read_text().strip()
         principal = tokens.by_digest[auth.hashlib.sha256(token.encode()).digest()]
         assert principal.role == role and not principal.name.startswith("token-"), key
-    assert len({p.name for p in tokens.by_digest.values()}) == 3
+    assert len({p.name for p in tokens.by_digest.values()}) == 4
