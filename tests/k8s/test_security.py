@@ -123,8 +123,9 @@ def test_secret_file_refuses_a_path_no_item_puts_there():
 
 def test_the_readmes_tokens_secret_is_in_the_principals_format(tmp_path):
     """k8s/README.md's commands for the Secret write a tokens list the servers load: the
-    embedder, the trainer and the gateway as `service` principals (they act for their callers), the CLI Job's token as
-    a `train` principal of its own with its Hub namespace, each key's token on its own line."""
+    embedder, the trainer and the gateway as `service` principals (they act for their callers),
+    the CLI Job's token as a `train` principal of its own with its Hub namespace, each key's
+    token on its own line."""
     import re
     import subprocess
 
