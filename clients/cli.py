@@ -25,9 +25,8 @@ if __package__ in (None, ""):  # `python clients/cli.py` from a checkout
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clients.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, exit_code  # noqa: E402
 from tunewire.errors import TunewireError  # noqa: E402
-
-EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _flag(*names: str) -> list[str]:
@@ -601,20 +600,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: service unavailable: {err}", file=sys.stderr)
         else:
             print(f"error: {err}", file=sys.stderr)
-        return (
-            EXIT_USAGE
-            if err.code.name
-            in (
-                "INVALID_ARGUMENT",
-                "NOT_FOUND",
-                "FAILED_PRECONDITION",
-                "PERMISSION_DENIED",
-                "UNAUTHENTICATED",
-            )
-            else EXIT_FAILED
-        )
+        return exit_code(err)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

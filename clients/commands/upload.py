@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from clients.exit_codes import EXIT_FAILED, EXIT_USAGE, exit_code
 from tunewire.errors import TunewireError
 
 
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model_path and not args.job_id:
         print("error: give -m/--model_path or --job", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     def on_event(event) -> None:
         print(f"[{event.sequence}] {event.message}", file=sys.stderr)
@@ -134,21 +135,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except TunewireError as err:
         print(f"error: {err}", file=sys.stderr)
-        return (
-            2
-            if err.code.name
-            in (
-                "INVALID_ARGUMENT",
-                "NOT_FOUND",
-                "FAILED_PRECONDITION",
-                "PERMISSION_DENIED",
-                "UNAUTHENTICATED",
-            )
-            else 1
-        )
+        return exit_code(err)
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if args.dry_run:
         print(
             f"{upload.artifact_kind} artifact, {len(upload.files)} files, "
