@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tunewire.config.ecd import CombinerConfig, DecoderConfig, EcdConfig, OutputFeature, parse_ecd
+from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import InvalidArgument
 from tunewire.features import InputMetadata, OutputMetadata, decode_number
 
@@ -270,6 +271,18 @@ class EncoderRef:
     dimension: int = 0
     feature: str = ""
     adapted: bool = False
+
+    def spec(self) -> EncoderSpec:
+        """The embedder's spec for this encoder: the cache key the head was trained on."""
+        return EncoderSpec(
+            model=self.model,
+            revision=self.revision,
+            pooling=self.pooling,
+            max_length=self.max_length,
+            normalize=self.normalize,
+            dtype=self.dtype,
+            layer=self.layer,
+        )
 
 
 def encoder_refs(cfg: EcdConfig) -> dict[str, EncoderRef]:

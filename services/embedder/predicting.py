@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from services.embedder.heads import ServedHead
-from services.embedder.service import EmbedderService, EncoderSpec
+from services.embedder.service import EmbedderService
 from tunewire import heads as th
 from tunewire.errors import FailedPrecondition, InvalidArgument
 from tunewire.features import encode_inputs, split_texts
@@ -28,19 +28,6 @@ class RowsPrediction:
     rows: int
     cache_hits: int
     cache_misses: int
-
-
-def encoder_spec(ref: th.EncoderRef) -> EncoderSpec:
-    """The embedder's spec for a text feature's frozen encoder: the cache key it trained on."""
-    return EncoderSpec(
-        model=ref.model,
-        revision=ref.revision,
-        pooling=ref.pooling,
-        max_length=ref.max_length,
-        normalize=ref.normalize,
-        dtype=ref.dtype,
-        layer=ref.layer,
-    )
 
 
 def rows_frame(head: ServedHead, columns: dict[str, list]) -> pd.DataFrame:
@@ -78,7 +65,7 @@ def predict_rows(
     hits = misses = 0
     for feature, texts in split_texts(head.config, df).items():
         ref = head.encoders[feature]
-        result = service.embed(encoder_spec(ref), texts, cancelled)
+        result = service.embed(ref.spec(), texts, cancelled)
         if ref.fingerprint and result.fingerprint != ref.fingerprint:
             # Same settings, different weights or tokenizer: the head would read the wrong space.
             raise FailedPrecondition(

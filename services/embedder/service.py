@@ -44,6 +44,7 @@ from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
 from tunewire.devices import default_device
+from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tunewire.model_roots import ModelRoots
 
@@ -55,20 +56,6 @@ DEFAULT_MAX_OUTPUT_BYTES = 48 * 1024 * 1024
 # Requests of at least this many texts, answered wholly from the cache, are stored whole too
 # (see cache.py); smaller ones gain little from it.
 BATCH_ENTRY_MIN_TEXTS = 64
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Everything besides the text that determines a vector (the proto's EncoderSpec)."""
-
-    model: str
-    revision: str = ""
-    pooling: str = "mean"
-    max_length: int = 0  # 0 = the model's limit
-    normalize: bool = False
-    dtype: str = "float32"
-    layer: int = 0  # 0 or -1 = last; negative from the end; positive into hidden_states
-    instruction: str = ""
 
 
 class EmbedResult(NamedTuple):

@@ -1,5 +1,6 @@
-"""The embedder's client: the encoder spec, embedding (one call, or streamed in chunks that stay
-in gRPC's buffers) and online prediction. The trainer uses it as the SDK does."""
+"""The embedder's client: embedding (one call, or streamed in chunks that stay in gRPC's buffers)
+and online prediction, for an encoder named by `tunewire.encoder_spec.EncoderSpec`. The trainer
+uses it as the SDK does."""
 
 from __future__ import annotations
 
@@ -13,49 +14,10 @@ import numpy as np
 from tunewire import tensors
 from tunewire.clients.embed_wire import split_response
 from tunewire.clients.rpc import connect, rpc_errors, rpc_iter
+from tunewire.encoder_spec import POOLINGS, EncoderSpec
 from tunewire.errors import TunewireError
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc
 from tunewire.wire import embed_request, text_batches
-
-POOLINGS = {
-    "mean": embedder_pb2.POOLING_MEAN,
-    "avg": embedder_pb2.POOLING_MEAN,
-    "cls": embedder_pb2.POOLING_CLS,
-    "cls_pooled": embedder_pb2.POOLING_CLS,
-    "last": embedder_pb2.POOLING_LAST,
-    "max": embedder_pb2.POOLING_MAX,
-    "sum": embedder_pb2.POOLING_SUM,
-}
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Everything besides the text that determines a vector (and so its cache key)."""
-
-    model: str
-    pooling: str = "mean"
-    max_length: int = 0
-    normalize: bool = False
-    dtype: str = "float32"
-    layer: int = 0
-    instruction: str = ""
-    revision: str = ""
-
-    def to_proto(self) -> embedder_pb2.EncoderSpec:
-        if self.pooling not in POOLINGS:
-            raise TunewireError(f"pooling must be one of {', '.join(POOLINGS)}", field="pooling")
-        if self.dtype not in tensors.DTYPE_NAMES:
-            raise TunewireError("dtype must be float32 or float16", field="dtype")
-        return embedder_pb2.EncoderSpec(
-            model=self.model,
-            revision=self.revision,
-            pooling=POOLINGS[self.pooling],
-            max_length=self.max_length,
-            normalize=self.normalize,
-            dtype=tensors.DTYPE_NAMES[self.dtype],
-            layer=self.layer,
-            instruction=self.instruction,
-        )
 
 
 @dataclass
@@ -250,3 +212,13 @@ def _cell(value) -> str | None:
     if isinstance(value, (np.floating, np.integer, np.bool_)):
         return _cell(value.item())
     return str(value)
+
+
+__all__ = [
+    "POOLINGS",
+    "EmbedChunk",
+    "EmbedResult",
+    "EmbedderClient",
+    "EncoderSpec",
+    "ludwig_columns",
+]

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from services.trainer.datasets import DatasetStore
-from services.trainer.recipes.predictive.embed import encoder_spec
 from tunewire.config.ecd import EcdConfig
 from tunewire.errors import (
     FailedPrecondition,
@@ -47,7 +46,7 @@ def check_encoders(
             continue
         path = f"input_features[{i}].encoder.{feature.encoder.model_key}"
         try:
-            embedder().info(encoder_spec(ref))
+            embedder().info(ref.spec())
         except TunewireError as err:
             if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or err.code.name == "UNAVAILABLE":
                 raise Unavailable(

@@ -12,22 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tunewire.clients.embedder import EncoderSpec
 from tunewire.errors import FailedPrecondition
 from tunewire.heads import EncoderRef
-
-
-def encoder_spec(ref: EncoderRef) -> EncoderSpec:
-    """The embedder's EncoderSpec for a text feature's encoder: its cache key."""
-    return EncoderSpec(
-        model=ref.model,
-        pooling=ref.pooling,
-        max_length=ref.max_length,
-        normalize=ref.normalize,
-        dtype=ref.dtype,
-        layer=ref.layer,
-        revision=ref.revision,
-    )
 
 
 @dataclass
@@ -60,9 +46,7 @@ def embed_frozen(
     started = time.monotonic()
     for ref in refs:
         unique = list(dict.fromkeys(t for per in texts.values() for t in per[ref.feature]))
-        result = embedder.embed_many(
-            unique, encoder_spec(ref), progress=progress, cancelled=cancelled
-        )
+        result = embedder.embed_many(unique, ref.spec(), progress=progress, cancelled=cancelled)
         if (
             check_fingerprint
             and result.fingerprint
