@@ -139,3 +139,15 @@ def test_load_yaml_and_relative_model_paths(tmp_path):
         load(bad)
     with pytest.raises(ConfigError):
         load(tmp_path / "missing.yaml")
+
+
+def test_backend_is_one_definition_and_a_predictive_model_refuses_workers():
+    """ecd and llm share Ludwig's `backend`; only llm runs torchrun workers, so a predictive
+    config that asks for them is refused, not ignored."""
+    assert resolve({**BASE, "backend": {"type": "local"}}).backend.type == "local"
+    with pytest.raises(ConfigError) as info:
+        resolve({**BASE, "backend": {"trainer": {"num_workers": 2}}})
+    assert info.value.field == "backend.trainer"
+    with pytest.raises(ConfigError) as info:
+        resolve({**BASE, "backend": {"type": "ray"}})
+    assert info.value.field == "backend.type" and "not built" in str(info.value)

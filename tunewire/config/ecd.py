@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tunewire.config.backend import BackendConfig, DistributedTrainer
 from tunewire.config.schema import (
     MAX_FC_LAYERS,
     MAX_LAYER_WIDTH,
@@ -462,11 +463,6 @@ class CombinerConfig:
 
 
 @dataclass
-class BackendConfig:
-    type: Literal["local"] = "local"
-
-
-@dataclass
 class EcdConfig:
     input_features: list[InputFeature]
     output_features: list[OutputFeature]
@@ -499,6 +495,12 @@ class EcdConfig:
             raise ValueError_at("input_features", f"feature name {sorted(dup)[0]!r} is used twice")
         if self.trainer.type == "finetune":
             raise ValueError_at("trainer.type", "`finetune` belongs to model_type: llm")
+        if self.backend is not None and self.backend.trainer != DistributedTrainer():
+            raise ValueError_at(
+                "backend.trainer",
+                "a predictive model trains in the trainer's own process; torchrun workers "
+                "(backend.trainer) are for model_type: llm",
+            )
         trainable = [
             i for i, f in enumerate(self.input_features) if f.type == "text" and f.encoder.trainable
         ]

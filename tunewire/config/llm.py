@@ -25,6 +25,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tunewire.config.backend import BackendConfig
 from tunewire.config.ecd import SplitConfig
 from tunewire.config.schema import (
     MAX_LORA_RANK,
@@ -329,54 +330,6 @@ class LlmPreprocessing:
             self.global_max_sequence_length is None or self.global_max_sequence_length >= 2,
             "must be >= 2",
             "global_max_sequence_length",
-        )
-
-
-@dataclass
-class DistributedTrainer:
-    strategy: Literal["ddp", "fsdp"] = field(
-        default="ddp", metadata={"help": "ddp replicates; fsdp is FSDP2 (fully_shard)."}
-    )
-    num_workers: int = field(default=1, metadata={"help": "Worker processes (GPUs) per node."})
-    nnodes: int = field(default=1, metadata={"help": "Nodes; > 1 needs a multi-node launcher."})
-    use_gpu: bool = field(default=True, metadata={"help": "false: train on CPU (gloo)."})
-    reshard_after_forward: bool = field(
-        default=True,
-        metadata={
-            "help": "fsdp: free gathered layer weights after forward (false: "
-            "keep them for backward, one all-gather less, more memory)."
-        },
-    )
-
-    @staticmethod
-    def precheck(data: dict) -> None:
-        check(
-            data.get("strategy") not in ("deepspeed", "horovod"),
-            f"strategy {data.get('strategy')!r} is not built; use ddp or fsdp (FSDP2)",
-            "strategy",
-        )
-
-    def __post_init__(self) -> None:
-        check(self.num_workers >= 1, "must be >= 1", "num_workers")
-        check(self.nnodes >= 1, "must be >= 1", "nnodes")
-
-    @property
-    def world_size(self) -> int:
-        return self.num_workers * self.nnodes
-
-
-@dataclass
-class BackendConfig:
-    type: Literal["local"] = field(default="local", metadata={"help": "torchrun workers."})
-    trainer: DistributedTrainer = field(default_factory=DistributedTrainer)
-
-    @staticmethod
-    def precheck(data: dict) -> None:
-        check(
-            data.get("type", "local") == "local",
-            f"backend {data.get('type')!r} is not built; training runs as torchrun workers "
-            "(backend.type: local, backend.trainer.num_workers / strategy)",
-            "type",
         )
 
 
