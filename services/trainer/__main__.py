@@ -51,14 +51,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--max-dataset-memory-bytes",
         "--max_dataset_memory_bytes",
         type=int,
-        default=int(env("TUNEWIRE_MAX_DATASET_MEMORY_BYTES", str(2 * 1024**3))),
+        default=int(env("TUNEWIRE_MAX_DATASET_MEMORY_BYTES", str(512 * 1024**2))),
         help="largest data set parsed in memory; beyond it RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--dataset-cache-bytes",
         "--dataset_cache_bytes",
         type=int,
-        default=int(env("TUNEWIRE_DATASET_CACHE_BYTES", str(1024**3))),
+        default=int(env("TUNEWIRE_DATASET_CACHE_BYTES", str(512 * 1024**2))),
         help="memory for parsed data sets kept between jobs (least recently used evicted)",
     )
     p.add_argument(

@@ -66,12 +66,18 @@ _EXTENSIONS = {
 ALIASES = {"xlsx": "excel", "xls": "excel", "pq": "parquet", "ndjson": "jsonl"}
 _REFUSED = ("fwf", "hdf5", "html", "pickle", "sas", "spss", "stata", "df")
 DEFAULT_MAX_DATASET_BYTES = 2 * 1024**3
-# A parsed table larger than this (pandas' deep memory use) is RESOURCE_EXHAUSTED.
-DEFAULT_MAX_FRAME_BYTES = 2 * 1024**3
+# A parsed table larger than this (pandas' deep memory use) is RESOURCE_EXHAUSTED. A table is held
+# about three times over while a job is admitted (parsed, labels filtered) and again while one
+# runs (its splits): with the cache beside them, 512 MiB keeps the trainer within the cpu-dev
+# pod's 6 GiB (tests/reliability/test_memory.py).
+DEFAULT_MAX_FRAME_BYTES = 512 * 1024**2
 MAX_COLUMNS = 10_000
-# Rows of a first piece, and the memory each later piece aims at.
+# Rows of a first piece; each later piece aims at this fraction of the size limit (32 MiB of a
+# 2 GiB limit), at least _MIN_PIECE_BYTES: parsing a piece holds it as Python objects a while,
+# several times its size, so pieces grow with the limit, not with the file.
 _FIRST_ROWS = 256
-_PIECE_BYTES = 32 << 20
+_PIECES_PER_LIMIT = 64
+_MIN_PIECE_BYTES = 1 << 20
 
 
 def _never() -> bool:
@@ -200,15 +206,17 @@ def _check_size(size: int, max_bytes: int) -> None:
 
 
 def _pieces(reader, max_bytes: int, cancelled: Callable[[], bool]) -> pd.DataFrame:
-    """A table read piece by piece from a pandas reader (CSV: pieces sized to `_PIECE_BYTES`
-    from the rows read so far), its size checked and `cancelled` asked after each piece."""
+    """A table read piece by piece from a pandas reader (CSV: pieces sized to a fraction of
+    `max_bytes` from the rows read so far), its size checked and `cancelled` asked after each
+    piece."""
+    piece_bytes = max(_MIN_PIECE_BYTES, max_bytes // _PIECES_PER_LIMIT)
     frames: list[pd.DataFrame] = []
     used = rows = 0
     with reader:
         while True:
             if cancelled():
                 raise Cancelled("the client went away; the data set was not stored")
-            want = _FIRST_ROWS if not rows else max(1, int(_PIECE_BYTES * rows / max(used, 1)))
+            want = _FIRST_ROWS if not rows else max(1, int(piece_bytes * rows / max(used, 1)))
             try:
                 piece = reader.get_chunk(want) if hasattr(reader, "get_chunk") else next(reader)
             except StopIteration:
@@ -357,17 +365,18 @@ class DatasetStore:
 
     def load(self, ds_id: str, principal: Principal | None = None) -> pd.DataFrame:
         """The parsed table (kept in the bounded cache: data sets are immutable), if `principal`
-        may see it; a copy, so a caller's changes never reach the cache."""
+        may see it; a shallow copy: pandas copies on write, so a caller's changes never reach
+        the cache, and no caller pays for a deep copy it does not need."""
         record = self.get(ds_id, principal)
         cached = self._frames.get(ds_id)
         if cached is not None:
             self._used(ds_id)
-            return cached.copy()
+            return cached.copy(deep=False)
         self._used(ds_id)
         path = self._dir(ds_id) / f"data.{record.format}"
         df = read_table(path, record.format, self.max_frame_bytes)
         self._frames.put(ds_id, df)
-        return df.copy()
+        return df.copy(deep=False)
 
     def _used(self, ds_id: str) -> None:
         """meta.json's mtime is the data set's last use, for the retention (dataset_retention)."""

@@ -17,7 +17,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_MAX_BYTES = 512 << 20
 
 
 def frame_bytes(df: pd.DataFrame) -> int:

@@ -49,6 +49,16 @@ class Proc:
                 self.kill()
 
 
+def memory(pid: int) -> tuple[int, int]:
+    """(resident, peak resident) bytes of process `pid`: VmRSS and VmHWM from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024  # kB
+    return fields["VmRSS"], fields["VmHWM"]
+
+
 def start(
     service: str,
     args: list[str],
