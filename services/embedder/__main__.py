@@ -8,6 +8,7 @@ from pathlib import Path
 
 from services.embedder.app import Settings, start
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
+from services.embedder.service import CACHE_SCOPES
 from tunewire.logging import configure
 from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.model_roots import add_model_root_flags, roots_from_args
@@ -92,6 +93,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=defaults.hot_answer_bytes,
         help="memory for whole answers kept as sent, for replays (0: none)",
     )
+    parser.add_argument(
+        "--cache-scope",
+        choices=CACHE_SCOPES,
+        default=os.environ.get("TUNEWIRE_CACHE_SCOPE", defaults.cache_scope),
+        help="shared: one embedding cache for every principal (a hit tells a caller that someone "
+        "embedded the text); principal: each principal hits only what it embedded itself "
+        "(env TUNEWIRE_CACHE_SCOPE)",
+    )
     add_model_flag(parser)
     parser.add_argument(
         "--trainer",
@@ -135,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         varlen=args.varlen,
         compile=args.compile,
         hot_answer_bytes=args.hot_answer_bytes,
+        cache_scope=args.cache_scope,
         trainer=args.trainer,
         models=models_from_args(args),
         artifact_roots=list(args.artifact_roots),
@@ -148,6 +158,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cache_scope not in CACHE_SCOPES:  # argparse checks a flag's choices, not its env
+        parser.error(f"TUNEWIRE_CACHE_SCOPE must be one of {', '.join(CACHE_SCOPES)}")
     try:
         settings = settings_from_args(args)
     except ValueError as exc:  # one line and exit 2, like any other bad flag

@@ -22,7 +22,7 @@ from services.embedder.cache import (
 )
 from services.embedder.heads import DEFAULT_HEAD_CACHE_BYTES, HeadCache
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
-from services.embedder.service import EmbedderService
+from services.embedder.service import SHARED, EmbedderService
 from services.embedder.servicer import (
     DEFAULT_MAX_INSTRUCTION_BYTES,
     DEFAULT_MAX_TEXT_BYTES,
@@ -64,6 +64,8 @@ class Settings:
     max_instruction_bytes: int = DEFAULT_MAX_INSTRUCTION_BYTES
     # Whole answers kept in memory as sent, for replays (0: none); see hot_answers.py.
     hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES
+    # "shared": one cache for every principal; "principal": each hits only its own (service.py).
+    cache_scope: str = SHARED
     # Online prediction (PredictRows): the trainer a job's head is fetched from ("": none), the
     # directories local artifacts may be read from, and the memory for heads kept warm.
     trainer: str = ""
@@ -150,6 +152,7 @@ def start(settings: Settings) -> App:
         compile=settings.compile,
         hot_answer_bytes=settings.hot_answer_bytes,
         roots=_roots(settings),
+        cache_scope=settings.cache_scope,
     )
     fetch = TrainerArtifacts(settings.trainer) if settings.trainer else None
     heads = HeadCache(

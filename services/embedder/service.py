@@ -6,10 +6,17 @@ no concurrent request is already computing (and wait for those that one is), com
 ones in token-budget batches shared with concurrent requests for the same model, write them back
 in one transaction, and answer in the request's order. A request of many texts answered wholly
 from the cache is stored whole as well, so the same request again costs one read (cache.py).
+
+The cache is shared by every caller (`cache_scope` "shared"), which tells one principal what
+another embedded: a hit shows in `cache_hits` and in latency. With `cache_scope` "principal" the
+cache keys (entries, whole answers, hot answers, in-flight claims) include the calling principal
+(`tunewire.auth.current_principal`), so a principal hits only what it embedded itself, at the
+price of computing the same text once per principal. A server without tokens has one principal.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -43,10 +50,15 @@ from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
+from tunewire.auth import current_principal
 from tunewire.devices import default_device
 from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tunewire.model_roots import ModelRoots
+
+# Who may hit whose cache entries (module docstring).
+SHARED, PRINCIPAL = "shared", "principal"
+CACHE_SCOPES = (SHARED, PRINCIPAL)
 
 log = structlog.get_logger(__name__)
 
@@ -318,10 +330,15 @@ class EmbedderService:
         compile: bool | None = None,
         hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES,
         roots: ModelRoots | None = None,
+        cache_scope: str = SHARED,
     ) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
         every model padded; `compile` as EncoderRegistry's; `hot_answer_bytes` bounds the whole
-        answers kept in memory as sent (hot_answers.py)."""
+        answers kept in memory as sent (hot_answers.py); `cache_scope` "principal" keeps each
+        principal's cache entries apart (module docstring)."""
+        if cache_scope not in CACHE_SCOPES:
+            raise ValueError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
+        self.cache_scope = cache_scope
         self.cache = cache
         self.hot = HotAnswers(hot_answer_bytes)
         self.max_batch_tokens = max_batch_tokens
@@ -334,6 +351,14 @@ class EmbedderService:
         self.batches = 0  # forward passes since start
         self.shared_batches = 0  # forward passes holding rows of more than one request
         self._inflight = InFlight()
+
+    def _scoped(self, fp: str) -> str:
+        """The fingerprint cache keys are made from: `fp` itself when the cache is shared, else
+        one of the calling principal's own."""
+        name = current_principal().name if self.cache_scope == PRINCIPAL else ""
+        if not name:
+            return fp
+        return hashlib.sha256(f"principal\n{name}\n{fp}".encode()).hexdigest()
 
     def preload(self, model: str, revision: str = "") -> None:
         """Open and load the weights of `model` now, so the first request does not pay for it."""
@@ -407,6 +432,7 @@ class EmbedderService:
         encoder = entry.encoder
         settings = self._settings(encoder, spec)
         fp = fingerprint(entry.weights, entry.tokenizer, settings)
+        key_fp = self._scoped(fp)  # what cache keys are made of; `fp` is what the caller sees
         dtype = OUTPUT_DTYPES[spec.dtype]
         dim = encoder.dimension
         if len(texts) * dim * dtype.itemsize > self.max_output_bytes:
@@ -421,11 +447,11 @@ class EmbedderService:
             wire = encode_texts(texts) if texts_wire is None else bytes(texts_wire)
             # A replay is found by its texts' bytes (a dict compares them whole), which costs
             # less than the sha256 of the whole-answer key, needed only when it is not hot.
-            hot = self.hot.get((fp, render, wire))
+            hot = self.hot.get((key_fp, render, wire))
             if hot is not None:
                 self.cache.count_hits(hot.distinct)
                 return Answered(hot.rendered)
-            whole = batch_key(fp, wire)
+            whole = batch_key(key_fp, wire)
             found = self.cache.read_batch(
                 whole,
                 dtype,
@@ -437,11 +463,11 @@ class EmbedderService:
                 ),
             )
             if found is not None:
-                self.hot.put((fp, render, wire), *found, key_bytes=len(wire))
+                self.hot.put((key_fp, render, wire), *found, key_bytes=len(wire))
                 return Answered(found[0])
         texts = list(texts)
         distinct = list(dict.fromkeys(texts))
-        keys = cache_keys(fp, distinct)
+        keys = cache_keys(key_fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
         return EmbedJob(
