@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -25,21 +23,15 @@ if __package__ in (None, ""):  # `python clients/cli.py` from a checkout
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clients.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, exit_code  # noqa: E402
+from clients.commands.parsing import Parser, add_logging_level, flag  # noqa: E402
+from clients.commands.parsing import json_text as _json  # noqa: E402
+from clients.exit_codes import EXIT_INTERRUPTED, exit_code  # noqa: E402
 from tunewire.errors import TunewireError  # noqa: E402
 
-
-def _flag(*names: str) -> list[str]:
-    """Ludwig's underscore spelling plus the dashed one."""
-    out = []
-    for n in names:
-        out.append(n)
-        if n.startswith("--") and "_" in n:
-            out.append(n.replace("_", "-"))
-    return out
+_flag = flag  # Ludwig's underscore spelling plus the dashed one
 
 
-def _add_connection(p: argparse.ArgumentParser, service: str = "trainer") -> None:
+def add_connection(p: argparse.ArgumentParser, service: str = "trainer") -> None:
     env = {"trainer": "TUNEWIRE_TRAINER", "embedder": "TUNEWIRE_EMBEDDER"}[service]
     p.add_argument(
         f"--{service}",
@@ -53,9 +45,10 @@ def _add_connection(p: argparse.ArgumentParser, service: str = "trainer") -> Non
         type=Path,
         default=None,
         help="state directory for the embedded services (env TUNEWIRE_DATA_DIR, "
-        "default ./.tunewire)",
+        "default: ./.tunewire)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="show service logs")
+    p.add_argument("-v", "--verbose", action="store_true", help="show service logs (-l info)")
+    add_logging_level(p)
     sec = p.add_argument_group("security (a remote server's token and TLS)")
     sec.add_argument(
         "--token",
@@ -116,152 +109,6 @@ def trainer_client(args):
             client.close()
 
 
-# ----------------------------------------------------------------------------------- train
-def cmd_train(args) -> int:
-    from clients.progress import ProgressPrinter
-    from clients.sdk import metrics_dict
-    from services.trainer.model_types import resolve
-    from tunewire.config import load
-    from tunewire.v1 import trainer_pb2
-
-    raw = load(args.config)
-    resolve(raw)  # validate at the edge, before any service starts
-    sets = {
-        "dataset": args.dataset,
-        "training_set": args.training_set,
-        "validation_set": args.validation_set,
-        "test_set": args.test_set,
-    }
-    if not args.dataset and not args.training_set:
-        raise TunewireError("give --dataset or --training_set", field="dataset")
-    for name, path in sets.items():
-        if path and not Path(path).is_file():
-            raise TunewireError(f"{path!r} does not exist", field=name)
-    with trainer_client(args) as trainer:
-        ids = {name: trainer.upload_dataset(path).id for name, path in sets.items() if path}
-        job = trainer.create_job(
-            raw,
-            dataset_id=ids.get("dataset", ""),
-            training_set_id=ids.get("training_set", ""),
-            validation_set_id=ids.get("validation_set", ""),
-            test_set_id=ids.get("test_set", ""),
-            request_id=args.request_id,
-            upload_to=args.upload_to or "",
-        )
-        print(f"job {job.id} queued", file=sys.stderr)
-        printer = ProgressPrinter(enabled=not args.quiet)
-        try:
-            job = trainer.wait(job.id, on_event=printer)
-        except KeyboardInterrupt:
-            printer.close()
-            print(f"\ninterrupted; cancelling job {job.id}", file=sys.stderr)
-            trainer.cancel_job(job.id)
-            raise
-        printer.close()
-        artifact = job.artifact_path
-        if job.state == trainer_pb2.Job.SUCCEEDED and args.output_directory:
-            artifact = str(
-                trainer.download_artifact(job.id, Path(args.output_directory) / job.id).resolve()
-            )
-    metrics = metrics_dict(job.metrics)
-    state = trainer_pb2.Job.State.Name(job.state)
-    _print_metrics(metrics)
-    if job.state == trainer_pb2.Job.SUCCEEDED:
-        print(f"artifact: {artifact}", file=sys.stderr)
-    else:
-        print(f"job {job.id} {state.lower()}: {job.error}", file=sys.stderr)
-    summary = {"job_id": job.id, "state": state, "metrics": metrics, "artifact": artifact}
-    if job.error:
-        summary["error"] = job.error
-    if job.upload_id:
-        summary["upload_id"] = job.upload_id
-    if args.json:
-        print(_json(summary))
-    return 0 if job.state == trainer_pb2.Job.SUCCEEDED else EXIT_FAILED
-
-
-def _finite(value):
-    """`value` with every NaN or infinity made None: JSON has no NaN (a metric that needs two
-    classes is undefined on one), and `--json` output must parse."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _json(value, **kwargs) -> str:
-    return json.dumps(_finite(value), allow_nan=False, **kwargs)
-
-
-def _print_metrics(metrics: dict) -> None:
-    for split in ("train", "validation", "test"):
-        for feature, values in metrics.get(split, {}).items():
-            text = "  ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
-            print(f"{split:<10} {feature}: {text}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- predict, evaluate
-def _predict(args, evaluate: bool):
-    generation = None
-    if getattr(args, "generation_config", None):
-        value = args.generation_config
-        try:
-            generation = json.loads(Path(value).read_text() if Path(value).is_file() else value)
-        except (json.JSONDecodeError, OSError) as exc:
-            raise TunewireError(
-                f"not a JSON object or file: {exc}", field="generation_config"
-            ) from None
-    if not Path(args.dataset).is_file():
-        raise TunewireError(f"{args.dataset!r} does not exist", field="dataset")
-    model = args.model
-    if Path(model).exists():
-        model = str(Path(model).resolve())
-    with trainer_client(args) as trainer:
-        ds = trainer.upload_dataset(args.dataset)
-        return trainer.predict(model, ds.id, evaluate=evaluate, generation_config=generation)
-
-
-def cmd_predict(args) -> int:
-    from clients.sdk import metrics_dict, predictions_frame
-
-    resp = _predict(args, evaluate=False)
-    out_dir = Path(args.output_directory)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "predictions.csv"
-    predictions_frame(resp).to_csv(path, index=False)
-    print(f"{resp.rows} predictions written to {path}", file=sys.stderr)
-    if args.json:
-        print(
-            _json(
-                {
-                    "predictions": str(path.resolve()),
-                    "rows": resp.rows,
-                    "metrics": metrics_dict(resp.metrics),
-                }
-            )
-        )
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from clients.sdk import metrics_dict, predictions_frame
-
-    resp = _predict(args, evaluate=True)
-    metrics = metrics_dict(resp.metrics)
-    _print_metrics(metrics)
-    if args.output_directory:
-        out_dir = Path(args.output_directory)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        predictions_frame(resp).to_csv(out_dir / "predictions.csv", index=False)
-        (out_dir / "test_statistics.json").write_text(_json(metrics, indent=2))
-    if args.json:
-        print(_json({"rows": resp.rows, "metrics": metrics}))
-    return 0
-
-
 # ------------------------------------------------------------------------------------ embed
 def cmd_embed(args) -> int:
     import numpy as np
@@ -294,7 +141,11 @@ def cmd_embed(args) -> int:
             address = f"127.0.0.1:{app.port}"
         client = EmbedderClient(address, channel=_channel(args, address) if args.embedder else None)
         stack.callback(client.close)
-        result = client.embed_many(texts, spec)
+        from clients.progress import count_progress
+
+        progress, done = count_progress("embedding")
+        stack.callback(done)
+        result = client.embed_many(texts, spec, progress=None if args.quiet else progress)
     np.save(args.output, result.vectors)
     print(
         f"{len(texts)} vectors of dimension {result.vectors.shape[1]} written to "
@@ -480,75 +331,52 @@ def _serve_all(args, extra: list[str]) -> int:
 
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clients/cli.py", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="tunewire", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="fine-tune a model from a config and a data set")
-    p.add_argument("-c", "--config", required=True, help="YAML or JSON config (Ludwig's)")
-    p.add_argument("--dataset", help="one data set, split by preprocessing.split")
-    p.add_argument(*_flag("--training_set"), dest="training_set")
-    p.add_argument(*_flag("--validation_set"), dest="validation_set")
-    p.add_argument(*_flag("--test_set"), dest="test_set")
-    p.add_argument(
-        *_flag("--output_directory"),
-        dest="output_directory",
-        help="download the artifact to OUTPUT_DIRECTORY/<job id>",
-    )
-    p.add_argument(
-        *_flag("--upload_to"),
-        dest="upload_to",
-        help="upload the artifact to this Hub repo (ORG/NAME) on success",
-    )
-    p.add_argument(
-        *_flag("--request_id"),
-        dest="request_id",
-        help="idempotency key: a retried train with the same key reuses the job",
-    )
-    p.add_argument("--json", action="store_true", help="end stdout with a JSON summary")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    _add_connection(p)
-    p.set_defaults(func=cmd_train)
+    from clients.commands import config_commands, predicting, training, visualize
 
-    for name, func, helptext in (
-        ("predict", cmd_predict, "predictions for a data set"),
-        ("evaluate", cmd_evaluate, "metrics on a labelled data set"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("-m", "--model", required=True, help="an artifact directory or a job id")
-        p.add_argument("--dataset", required=True)
-        p.add_argument(
-            *_flag("--output_directory"),
-            dest="output_directory",
-            default="results" if name == "predict" else None,
-        )
-        p.add_argument(
-            *_flag("--generation_config"),
-            dest="generation_config",
-            help="generation overrides: a JSON object or a JSON file",
-        )
-        p.add_argument("--json", action="store_true")
-        _add_connection(p)
-        p.set_defaults(func=func)
+    training.add_train_parser(sub, "train", "fine-tune a model from a config and a data set")
+    training.add_train_parser(
+        sub, "experiment", "train, then evaluate on the test data (Ludwig's experiment)"
+    )
+    predicting.add_predict_parsers(sub)
+    visualize.add_parser(sub)
+    config_commands.add_parsers(sub)
 
     p = sub.add_parser("embed", help="embed the lines of a text file to a .npy file")
     p.add_argument("-m", "--model", required=True, help="encoder: local directory or Hub id")
     p.add_argument("--input", required=True, help="text file, one text per line")
     p.add_argument("--output", required=True, help="output .npy path")
-    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last", "max", "sum"])
-    p.add_argument(*_flag("--max_length"), dest="max_length", type=int, default=0)
-    p.add_argument("--normalize", action="store_true")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--layer", type=int, default=0)
+    p.add_argument(
+        "--pooling",
+        default="mean",
+        choices=["mean", "cls", "last", "max", "sum"],
+        help="how token vectors become one",
+    )
+    p.add_argument(
+        *_flag("--max_length"),
+        dest="max_length",
+        type=int,
+        default=0,
+        help="tokens kept per text; 0: the model's limit",
+    )
+    p.add_argument("--normalize", action="store_true", help="unit-length vectors")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "float16"], help="vector dtype"
+    )
+    p.add_argument("--layer", type=int, default=0, help="hidden layer to pool; 0: the last")
     p.add_argument("--instruction", default="", help="prefix for every text")
-    p.add_argument("--json", action="store_true")
-    _add_connection(p, "embedder")
+    p.add_argument("--json", action="store_true", help="end stdout with a JSON summary")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_connection(p, "embedder")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
-    p.add_argument("action", choices=["list", "get", "watch", "cancel"])
-    p.add_argument("job_id", nargs="?")
-    p.add_argument("--json", action="store_true")
-    _add_connection(p)
+    p.add_argument("action", choices=["list", "get", "watch", "cancel"], help="what to do")
+    p.add_argument("job_id", nargs="?", help="the job (all but list)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_connection(p)
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("serve", help="run long-lived servers until SIGTERM")
@@ -565,8 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="port (for all: the embedder's; trainer +1, hub_gateway +2, http +3; "
         "http alone: 8000)",
     )
-    p.add_argument("--host", default=None)
-    p.add_argument(*_flag("--data_dir"), dest="data_dir", type=Path, default=None)
+    p.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    p.add_argument(
+        *_flag("--data_dir"),
+        dest="data_dir",
+        type=Path,
+        default=None,
+        help="state directory (env TUNEWIRE_DATA_DIR; default: ./.tunewire)",
+    )
     p.epilog = (
         "serve all also takes the services' security flags: "
         + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
@@ -576,21 +410,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve, passthrough=True)
 
-    from clients.commands import upload
+    from clients.commands import check_install, upload
 
     upload.add_parser(sub)
+    check_install.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Model loaders' own tqdm bars (transformers, huggingface_hub) would interleave with ours;
+    # set before they are imported, and inherited by the worker processes.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # The command's own parser knows its flags, so it can say "did you mean".
+        commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command != "serve":
         from tunewire.logging import configure
 
-        configure(level="INFO" if getattr(args, "verbose", False) else "WARNING")
+        level = getattr(args, "logging_level", "warning")
+        if getattr(args, "verbose", False) and level == "warning":
+            level = "info"
+        configure(level=level.upper())
     try:
         if getattr(args, "passthrough", False):
             return args.func(args, extra)

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import grpc
 
-from tunewire import tensors
 from tunewire.clients.embedder import (
     POOLINGS,
     EmbedChunk,
@@ -203,13 +202,20 @@ class TrainerClient:
         dataset_id: str,
         evaluate: bool = False,
         generation_config: dict | None = None,
+        split: str = "full",
+        batch_size: int = 0,
     ) -> trainer_pb2.PredictResponse:
+        """Predictions for `dataset_id` (the rows of one `split`, as the model's own
+        preprocessing.split assigns them, Ludwig's `--split`), with metrics and Ludwig's test
+        statistics (`test_statistics_json`) when `evaluate`."""
         return self.stub.Predict(
             trainer_pb2.PredictRequest(
                 model=model,
                 dataset_id=dataset_id,
                 evaluate=evaluate,
                 generation_config_json=json.dumps(generation_config) if generation_config else "",
+                split=split,
+                batch_size=batch_size,
             )
         )
 
@@ -248,19 +254,10 @@ def metrics_dict(metrics: Iterable[trainer_pb2.Metric]) -> dict:
 
 
 def predictions_frame(resp: trainer_pb2.PredictResponse):
-    """PredictResponse → a pandas DataFrame: `<feature>_predictions` and
-    `<feature>_probabilities_<class>` columns, Ludwig's naming."""
+    """PredictResponse → a pandas DataFrame of Ludwig's prediction columns (`ludwig_columns`)."""
     import pandas as pd
 
-    cols: dict = {}
-    for feat in resp.features:
-        cols[f"{feat.feature}_predictions"] = list(feat.predictions)
-        if feat.probabilities.shape:
-            probs = tensors.from_proto(feat.probabilities)
-            cols[f"{feat.feature}_probability"] = probs.max(axis=1)
-            for j, name in enumerate(feat.class_names):
-                cols[f"{feat.feature}_probabilities_{name}"] = probs[:, j]
-    return pd.DataFrame(cols)
+    return pd.DataFrame(ludwig_columns(resp))
 
 
 def _read_chunks(path: Path) -> Iterator[bytes]:

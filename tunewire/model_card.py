@@ -15,7 +15,9 @@ from typing import Any
 import yaml
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_LIBRARY = {"peft_adapter": "peft", "full_model": "transformers", "predictive": "tunewire"}
+# What the Hub loads the repo root with. A predictive artifact's root (a head on a named encoder)
+# is no library's format, so its card names none rather than one the Hub cannot load.
+_LIBRARY = {"peft_adapter": "peft", "full_model": "transformers"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -62,18 +64,35 @@ def _kind(artifact_dir: Path, meta: dict[str, Any]) -> str:
 
 
 def _flatten_metrics(metrics: Any) -> list[tuple[str, str, str, float]]:
-    """split→feature→metric→value as sorted rows, skipping values that are not numbers."""
-    rows = []
+    """split→feature→metric→value as sorted rows, skipping values that are not numbers, and
+    Ludwig's `combined` loss where one output makes it the same number as that output's."""
+    rows = set()
     if isinstance(metrics, dict):
         for split, features in metrics.items():
-            for feature, values in (features or {}).items():
+            features = features or {}
+            outputs = [f for f in features if f != "combined"]
+            for feature, values in features.items():
+                if feature == "combined" and len(outputs) == 1:
+                    continue
                 for name, value in (values or {}).items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        rows.append((str(split), str(feature), str(name), float(value)))
+                        rows.add((str(split), str(feature), str(name), float(value)))
     return sorted(rows)
 
 
-def _front_matter(
+def _no_server_paths(value: Any) -> Any:
+    """The config as a reader may see it: a local path (the trainer's disk) becomes its last
+    part, the model's name."""
+    if isinstance(value, dict):
+        return {k: _no_server_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_server_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
+        return Path(value).name or value
+    return value
+
+
+def _card_data(
     kind: str,
     base_model: str | None,
     pipeline_tag: str | None,
@@ -81,45 +100,44 @@ def _front_matter(
     datasets: list[str],
     metrics: list[tuple[str, str, str, float]],
     name: str,
-) -> dict[str, Any]:
-    front: dict[str, Any] = {}
-    if base_model:
-        front["base_model"] = base_model
-    front["library_name"] = _LIBRARY.get(kind, "tunewire")
-    if pipeline_tag:
-        front["pipeline_tag"] = pipeline_tag
-    front["tags"] = tags
-    if datasets:
-        front["datasets"] = datasets
-    if metrics:
-        dataset_name = datasets[0] if datasets else "training data"
-        results = []
-        for split in sorted({m[0] for m in metrics}):
-            results.append(
-                {
-                    "task": {"type": pipeline_tag or "other"},
-                    "dataset": {"type": dataset_name, "name": dataset_name, "split": split},
-                    "metrics": [
-                        {"type": metric, "value": value, "name": f"{split} {feature} {metric}"}
-                        for s, feature, metric, value in metrics
-                        if s == split
-                    ],
-                }
-            )
-        front["model-index"] = [{"name": name, "results": results}]
-    return front
+):
+    """huggingface_hub's ModelCardData: it writes the Hub's metadata keys (model-index from
+    EvalResults) and checks their shape."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_name = datasets[0] if datasets else "training data"
+    results = [
+        EvalResult(
+            task_type=pipeline_tag or "other",
+            dataset_type=dataset_name,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=metric,
+            metric_value=value,
+            metric_name=f"{split} {feature} {metric}",
+        )
+        for split, feature, metric, value in metrics
+    ]
+    return ModelCardData(
+        base_model=base_model,
+        library_name=_LIBRARY.get(kind),
+        pipeline_tag=pipeline_tag,
+        tags=tags,
+        datasets=datasets or None,
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
 
 
-def _load_snippet(kind: str, repo: str, base_model: str | None, task: str | None) -> str:
+def _load_snippet(kind: str, where: str, task: str | None, st_folder: bool) -> str:
+    """How to load it: `where` is the Hub repo id, or "." (this folder) before an upload."""
     if kind == "peft_adapter":
-        base = base_model or "<base model>"
         return (
             "```python\n"
-            "from peft import PeftModel\n"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f"base = AutoModelForCausalLM.from_pretrained({base!r})\n"
-            f"model = PeftModel.from_pretrained(base, {repo!r})\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({repo!r})\n"
+            "from peft import AutoPeftModelForCausalLM\n"
+            "from transformers import AutoTokenizer\n\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained({where!r})  # loads its base too\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({where!r})\n"
             'inputs = tokenizer("Hello", return_tensors="pt")\n'
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))\n"
             "```\n"
@@ -133,27 +151,41 @@ def _load_snippet(kind: str, repo: str, base_model: str | None, task: str | None
         return (
             "```python\n"
             f"from transformers import {auto}, AutoTokenizer\n\n"
-            f"model = {auto}.from_pretrained({repo!r})\n"
-            f"tokenizer = AutoTokenizer.from_pretrained({repo!r})\n"
+            f"model = {auto}.from_pretrained({where!r})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({where!r})\n"
             "```\n"
         )
-    return (
+    text = (
         "The task head (`head.safetensors`) sits on the pooled hidden states of the encoder\n"
         "named in `tunewire.json`; `training_set_metadata.json` holds the label vocabulary and\n"
-        "normalisation.\n\n"
-        "```python\n"
-        "from huggingface_hub import snapshot_download\n"
-        "from safetensors.torch import load_file\n\n"
-        f"path = snapshot_download({repo!r})\n"
-        'head = load_file(f"{path}/head.safetensors")  # the task head\'s weights\n'
-        "```\n\n"
-        "To predict with it, give the downloaded folder to tunewire's `predict`.\n"
+        "normalisation. To predict with it, give the folder to tunewire's `predict`.\n"
     )
+    if st_folder:
+        sub = f"{where}/sentence_transformers" if where != "." else "sentence_transformers"
+        text += (
+            "\nThe same model as a sentence-transformers pipeline (encoder, pooling, the head's\n"
+            "layers): `encode` gives the head's logits, `labels.json` names the classes.\n\n"
+            "```python\n"
+            "from sentence_transformers import SentenceTransformer\n\n"
+            + (
+                "from huggingface_hub import snapshot_download\n\n"
+                f"path = snapshot_download({where!r}) + '/sentence_transformers'\n"
+                if where != "."
+                else f"path = {sub!r}\n"
+            )
+            + "logits = SentenceTransformer(path).encode(['some text'])\n"
+            "```\n"
+        )
+    return text
 
 
 def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
-    """The README.md for `artifact_dir`: YAML front matter (base_model, library_name,
-    pipeline_tag, tags, datasets, model-index), a loading snippet, metrics and training config."""
+    """The README.md for `artifact_dir`, made with huggingface_hub's ModelCard: metadata
+    (base_model, library_name, pipeline_tag, tags, datasets, model-index), a loading snippet,
+    metrics and the training config. Without `repo_id` (the trainer writing the artifact) the
+    snippet loads from the folder itself; the hub gateway renders it again with the repo."""
+    from huggingface_hub import ModelCard
+
     artifact_dir = Path(artifact_dir)
     meta = _read_json(artifact_dir / "tunewire.json")
     adapter = _read_json(artifact_dir / "adapter_config.json")
@@ -170,23 +202,20 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     # What the card shows of the configs: never the server's paths.
     meta, adapter, config, resolved = map(without_local_paths, (meta, adapter, config, resolved))
     task = meta.get("task") or ("text-generation" if kind != "predictive" else None)
-    datasets = [str(d) for d in (meta.get("datasets") or []) if d]
+    datasets = [str(d) for d in (meta.get("datasets") or []) if d and _hub_model_id(str(d))]
     metrics = _flatten_metrics(meta.get("metrics"))
     tags = ["tunewire", kind.replace("_", "-")]
     if adapter.get("peft_type"):
         tags.append(str(adapter["peft_type"]).lower())
     if config.get("model_type"):
         tags.append(str(config["model_type"]))
-    repo = repo_id or "<repo_id>"
-    name = repo.split("/")[-1]
+    st_folder = (artifact_dir / "sentence_transformers" / "modules.json").is_file()
+    if st_folder:
+        tags.append("sentence-transformers")
+    where = repo_id or "."
+    name = repo_id.split("/")[-1] if repo_id else str(meta.get("job_id") or artifact_dir.name)
 
-    front = _front_matter(kind, base_model, task, tags, datasets, metrics, name)
-    parts = [
-        "---\n",
-        yaml.safe_dump(front, sort_keys=False, allow_unicode=True),
-        "---\n\n",
-        f"# {name}\n\n",
-    ]
+    data = _card_data(kind, base_model, task, tags, datasets, metrics, name)
     what = {
         "peft_adapter": "A PEFT adapter",
         "full_model": "A fine-tuned model",
@@ -194,8 +223,13 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     }.get(kind, "A model")
     on_base = f" on [{base_model}](https://huggingface.co/{base_model})" if base_model else ""
     job = f" (job `{meta['job_id']}`)" if meta.get("job_id") else ""
-    parts.append(f"{what}{on_base}, trained with tunewire{job}.\n\n")
-    parts += ["## How to load it\n\n", _load_snippet(kind, repo, base_model, task), "\n"]
+    parts = [
+        f"# {name}\n\n",
+        f"{what}{on_base}, trained with tunewire{job}.\n\n",
+        "## How to load it\n\n",
+        _load_snippet(kind, where, task, st_folder),
+        "\n",
+    ]
     if metrics:
         parts.append("## Metrics\n\n| split | feature | metric | value |\n|---|---|---|---|\n")
         parts += [f"| {s} | {f} | {m} | {v:.6g} |\n" for s, f, m, v in metrics]
@@ -203,7 +237,7 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     if resolved:
         parts += [
             "## Training configuration\n\n```yaml\n",
-            yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True),
+            yaml.safe_dump(_no_server_paths(resolved), sort_keys=False, allow_unicode=True),
             "```\n",
         ]
     elif adapter or config:
@@ -212,7 +246,8 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
         )
         parts += [
             f"## {title}\n\n```json\n",
-            json.dumps(shown, indent=2, sort_keys=True),
+            json.dumps(_no_server_paths(shown), indent=2, sort_keys=True),
             "\n```\n",
         ]
-    return "".join(parts)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "".join(parts))
+    return str(card)

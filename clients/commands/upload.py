@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from clients.commands.parsing import boolean
 from clients.exit_codes import EXIT_FAILED, EXIT_USAGE, exit_code
 from tunewire.errors import TunewireError
 
@@ -50,8 +51,19 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         *_flags("-p", "--private"),
         dest="private",
-        action="store_true",
-        help="create the repo private",
+        nargs="?",
+        const=True,
+        default=False,
+        type=boolean,
+        metavar="true|false",
+        help="create the repo private: the bare flag, or Ludwig's -p true|false",
+    )
+    p.add_argument(
+        *_flags("-t", "--repo_type"),
+        dest="repo_type",
+        default="model",
+        choices=["model", "dataset", "space"],
+        help="the repo's type; the hub gateway uploads model artifacts, so only model is built",
     )
     p.add_argument(*_flags("-c", "--commit_message"), dest="commit_message", default=None)
     p.add_argument(*_flags("-d", "--commit_description"), dest="commit_description", default=None)
@@ -111,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model_path and not args.job_id:
         print("error: give -m/--model_path or --job", file=sys.stderr)
+        return EXIT_USAGE
+    if args.repo_type != "model":
+        print(
+            f"error: repo_type: tunewire uploads model artifacts; a {args.repo_type} repo is "
+            "not built (upload data sets with huggingface_hub's HfApi.upload_file)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
 
     def on_event(event) -> None:

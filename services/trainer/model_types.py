@@ -25,7 +25,8 @@ from tunewire.config.schema import ConfigError
 if TYPE_CHECKING:
     from tunewire.heads import FeatureOutput
 
-Predictions = tuple[list["FeatureOutput"], list[MetricValue]]
+# (outputs per feature, metrics, Ludwig's test_statistics.json): the last two with `evaluate`.
+Predictions = tuple[list["FeatureOutput"], list[MetricValue], dict]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class PredictRequest:
     evaluate: bool
     embedder: Callable[[], Any]  # the embedder client, asked for only by predictive artifacts
     generation_overrides: dict | None = None
+    batch_size: int = 0  # rows per forward pass; 0: the model's own
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def _run_ecd(ctx: JobContext) -> JobResult:
 def _predict_ecd(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.predictive.predict import predict_predictive
 
-    return predict_predictive(req.artifact, req.data, req.embedder(), req.evaluate)
+    return predict_predictive(req.artifact, req.data, req.embedder(), req.evaluate, req.batch_size)
 
 
 # ------------------------------------------------------------------------------------ llm
@@ -92,9 +94,15 @@ def _run_llm(ctx: JobContext) -> JobResult:
 def _predict_llm(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.generative.predict import predict_generative
 
-    texts, metrics = predict_generative(req.artifact, req.data, req.generation_overrides)
+    texts, metrics = predict_generative(
+        req.artifact, req.data, req.generation_overrides, req.batch_size
+    )
     name = _generative_output_name(req.artifact)
-    return [FeatureOutput(name, texts, None, [])], metrics if req.evaluate else []
+    metrics = metrics if req.evaluate else []
+    statistics: dict = {}  # Ludwig's test statistics: feature -> metric -> value
+    for m in metrics:
+        statistics.setdefault(m.feature, {})[m.name] = m.value
+    return [FeatureOutput(name, texts, None, [])], metrics, statistics
 
 
 def _generative_output_name(artifact: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -193,15 +194,34 @@ class TrainerCore:
             raise NotFound(f"no model artifact at {model!r}", field="model") from None
 
     def predict(
-        self, model: str, dataset_id: str, evaluate: bool, generation_overrides: dict | None
-    ) -> tuple[list, list[MetricValue]]:
+        self,
+        model: str,
+        dataset_id: str,
+        evaluate: bool,
+        generation_overrides: dict | None,
+        split: str = "",
+        batch_size: int = 0,
+    ) -> tuple[list, list[MetricValue], dict]:
+        """(outputs per feature, metrics, Ludwig's test statistics): the last two with
+        `evaluate` only."""
         artifact = self.resolve_model(model)
         if not dataset_id:
             raise InvalidArgument("is required", field="dataset_id")
+        if batch_size < 0:
+            raise InvalidArgument("must be positive (0: the model's own)", field="batch_size")
+        df = self.datasets.load(dataset_id)
+        kind = artifact_model_type(artifact)
+        if split not in ("", "full"):
+            from services.trainer.splits import rows_of_split
+
+            config = kind.parse(json.loads((artifact / "resolved_config.json").read_text()))
+            df = rows_of_split(df, config, split)
+            if df.empty:
+                raise InvalidArgument(f"the {split} split of this data set is empty", field="split")
         request = PredictRequest(
-            artifact, self.datasets.load(dataset_id), evaluate, self.embedder, generation_overrides
+            artifact, df, evaluate, self.embedder, generation_overrides, batch_size
         )
-        return artifact_model_type(artifact).predict(request)
+        return kind.predict(request)
 
     # ---------------------------------------------------------------------------------- upload
     def _upload(self, rec: JobRecord) -> str:

@@ -177,10 +177,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         overrides = None
         if request.generation_config_json:
             overrides = parse_json(request.generation_config_json, "generation_config_json")
-        features, metrics = self.core.predict(
-            request.model, request.dataset_id, request.evaluate, overrides
+        features, metrics, statistics = self.core.predict(
+            request.model,
+            request.dataset_id,
+            request.evaluate,
+            overrides,
+            split=request.split,
+            batch_size=request.batch_size,
         )
-        out = trainer_pb2.PredictResponse(metrics=[metric_proto(m.__dict__) for m in metrics])
+        out = trainer_pb2.PredictResponse(
+            metrics=[metric_proto(m.__dict__) for m in metrics],
+            test_statistics_json=json.dumps(statistics) if statistics else "",
+        )
         for f in features:
             fp = trainer_pb2.FeaturePredictions(
                 feature=f.feature, predictions=f.predictions, class_names=f.class_names

@@ -93,3 +93,28 @@ def _assign(order: np.ndarray, n: int, probabilities: list[float]) -> np.ndarray
     assign[order[:n_train]] = 0
     assign[order[n_train : n_train + n_val]] = 1
     return assign
+
+
+SPLIT_NAMES = {"training": 0, "train": 0, "validation": 1, "test": 2}
+
+
+def rows_of_split(df: pd.DataFrame, config, name: str) -> pd.DataFrame:
+    """Ludwig's `--split` at prediction time: the rows of data set `df` that a job with this
+    resolved `config` put in split `name` ("full" or "" for all), by the same sampling and
+    `preprocessing.split` with the same seed."""
+    if name in ("", "full"):
+        return df
+    if name not in SPLIT_NAMES:
+        raise InvalidArgument(
+            f"split {name!r} is not one of full, training, validation, test", field="split"
+        )
+    pre = getattr(config, "preprocessing", None)
+    if pre is None or getattr(pre, "split", None) is None:
+        raise InvalidArgument("the model's config has no preprocessing.split", field="split")
+    if pre.sample_ratio < 1.0:
+        df = df.sample(frac=pre.sample_ratio, random_state=config.seed).reset_index(drop=True)
+    if getattr(pre, "sample_size", None):
+        df = df.sample(n=min(pre.sample_size, len(df)), random_state=config.seed).reset_index(
+            drop=True
+        )
+    return split(df, pre.split, config.seed)[SPLIT_NAMES[name]]

@@ -107,6 +107,8 @@ def test_train_predict_evaluate_embedded(tmp_path, small_csv, minilm):
         small_csv,
         "--data_dir",
         data_dir,
+        "--output_directory",
+        tmp_path / "eval",
         "--json",
     )
     assert proc.returncode == 0, proc.stderr
@@ -153,6 +155,8 @@ def test_embed_matches_the_sdk(tmp_path, minilm, embedder):
         tmp_path / "state",
     )
     assert proc.returncode == 0, proc.stderr
+    assert "embedding" in proc.stderr and "4/4" in proc.stderr  # its progress, with a count
+    assert "Loading weights" not in proc.stderr  # the loader's own bar stays out
     got = np.load(tmp_path / "out.npy")
     assert got.shape == (4, 384)
     want = embedder.embed(lines, EncoderSpec(minilm, normalize=True, max_length=32)).vectors

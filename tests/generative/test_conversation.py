@@ -121,6 +121,15 @@ def test_a_job_on_messages_learns_and_predicts_the_assistant_answer(chat_model, 
     run_generative_job(ctx)
     losses = [e.loss for e in rec.of(Progress)]
     assert losses[-1] < 0.3 * losses[0]
+    # Ludwig's training_statistics.json and TensorBoard logs, read back with tensorboard's reader.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stats = json.loads((ctx.artifact_dir / "training_statistics.json").read_text())
+    assert all(isinstance(v, float) for v in stats["training"]["messages"]["loss"])
+    assert stats["test"]["messages"]["token_accuracy"][0] >= 0.0
+    board = EventAccumulator(str(ctx.artifact_dir / "logs" / "training")).Reload()
+    assert len(board.Scalars("combined/loss")) == len(losses)
+    assert {"learning_rate", "throughput/tokens_per_s"} <= set(board.Tags()["scalars"])
     texts, metrics = predict_generative(ctx.artifact_dir, chats.head(6), None)
     # It answers as the assistant turns did: a colour and a fruit, then the end of the turn.
     assert all(len(t.split()) == 2 and t.split()[0] in COLORS for t in texts), texts

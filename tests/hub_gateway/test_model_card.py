@@ -36,7 +36,7 @@ def test_predictive_card_from_tunewire_json(tmp_path):
     card = render_model_card(tmp_path, repo_id="org/spam")
     meta = front_matter(card)
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert meta["library_name"] == "tunewire"
+    assert "library_name" not in meta  # the Hub loads a predictive head with no library
     assert meta["pipeline_tag"] == "text-classification"
     assert meta["datasets"] == ["sms_spam"]
     results = meta["model-index"][0]["results"]
@@ -64,7 +64,7 @@ def test_peft_card_from_adapter_config(tmp_path):
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["pipeline_tag"] == "text-generation"
     assert "lora" in meta["tags"] and "model-index" not in meta
-    assert "PeftModel.from_pretrained(base, 'org/lora')" in card
+    assert "AutoPeftModelForCausalLM.from_pretrained('org/lora')" in card
     assert '"r": 8' in card
 
 
@@ -75,3 +75,30 @@ def test_local_base_model_paths_stay_out_of_the_metadata(tmp_path):
     meta = front_matter(render_model_card(tmp_path))
     assert "base_model" not in meta
     assert meta["library_name"] == "transformers" and "llama" in meta["tags"]
+
+
+def test_no_placeholders_duplicates_or_server_paths(tmp_path):
+    """Before an upload the card loads from the folder itself; Ludwig's combined loss (the same
+    number as the one output's) is not listed twice; local paths become model names."""
+    from huggingface_hub import ModelCard
+
+    (tmp_path / "tunewire.json").write_text(
+        json.dumps(
+            {
+                "kind": "predictive",
+                "task": "text-classification",
+                "job_id": "job-9",
+                "metrics": {"test": {"label": {"loss": 0.1}, "combined": {"loss": 0.1}}},
+            }
+        )
+    )
+    encoder = {"pretrained_model_name_or_path": "/srv/models/all-MiniLM-L6-v2"}
+    (tmp_path / "resolved_config.json").write_text(
+        json.dumps({"input_features": [{"name": "text", "encoder": encoder}]})
+    )
+    card = render_model_card(tmp_path)
+    assert "<" not in card.split("---\n")[1] and "<repo_id>" not in card
+    assert "/srv/" not in card and "all-MiniLM-L6-v2" in card
+    assert card.count("| test |") == 1
+    parsed = ModelCard(card)
+    assert parsed.data.model_name == "job-9" and len(parsed.data.eval_results) == 1

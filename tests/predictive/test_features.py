@@ -145,9 +145,13 @@ def test_plots_beside_the_artifact_and_in_the_summary(mixed_job, services):
         "plots/score_test_predicted_vs_true.png",
         "plots/vec_test_predicted_vs_true.png",
     } <= set(extras)
-    for rel in extras:
+    assert {"training_statistics.json", "test_statistics.json", "logs/"} <= set(extras)
+    for rel in (e for e in extras if e.endswith(".png")):
         data = (artifact / rel).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, rel
+    # Ludwig's per-feature extras: a confusion matrix for the binary output, none for numbers.
+    stats = json.loads((artifact / "test_statistics.json").read_text())
+    assert "confusion_matrix" in stats["spam"] and "confusion_matrix" not in stats["score"]
     assert any("plots/learning_curves.png" in m for m in logs(events))
     assert any("no stock *ForSequenceClassification export" in m for m in logs(events))
 

@@ -256,16 +256,20 @@ class JobEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[JobEvent.StateChange, _Mapping]] = ..., progress: _Optional[_Union[JobEvent.Progress, _Mapping]] = ..., metrics: _Optional[_Union[JobEvent.Metrics, _Mapping]] = ..., log: _Optional[_Union[JobEvent.Log, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "dataset_id", "evaluate", "generation_config_json")
+    __slots__ = ("model", "dataset_id", "evaluate", "generation_config_json", "split", "batch_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     dataset_id: str
     evaluate: bool
     generation_config_json: str
-    def __init__(self, model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., evaluate: _Optional[bool] = ..., generation_config_json: _Optional[str] = ...) -> None: ...
+    split: str
+    batch_size: int
+    def __init__(self, model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., evaluate: _Optional[bool] = ..., generation_config_json: _Optional[str] = ..., split: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class FeaturePredictions(_message.Message):
     __slots__ = ("feature", "predictions", "probabilities", "class_names")
@@ -280,14 +284,16 @@ class FeaturePredictions(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., predictions: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("features", "metrics", "rows")
+    __slots__ = ("features", "metrics", "rows", "test_statistics_json")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    TEST_STATISTICS_JSON_FIELD_NUMBER: _ClassVar[int]
     features: _containers.RepeatedCompositeFieldContainer[FeaturePredictions]
     metrics: _containers.RepeatedCompositeFieldContainer[Metric]
     rows: int
-    def __init__(self, features: _Optional[_Iterable[_Union[FeaturePredictions, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., rows: _Optional[int] = ...) -> None: ...
+    test_statistics_json: str
+    def __init__(self, features: _Optional[_Iterable[_Union[FeaturePredictions, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., rows: _Optional[int] = ..., test_statistics_json: _Optional[str] = ...) -> None: ...
 
 class DownloadArtifactRequest(_message.Message):
     __slots__ = ("job_id", "paths")

@@ -29,6 +29,7 @@ from services.trainer.context import (
     Progress,
 )
 from services.trainer.recipes.generative.events import EventReader
+from services.trainer.recipes.generative.reports import RunRecord
 from tunewire.config.llm import differences_from_ludwig
 from tunewire.errors import FailedPrecondition, Internal
 from tunewire.model_card import render_model_card
@@ -156,6 +157,7 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     bound = log.bind(job_id=ctx.job_id, attempt=ctx.attempt, nproc=nproc)
     bound.info("generative worker starting", command=" ".join(cmd))
     reader = EventReader(events_path)
+    record = RunRecord()  # for training_statistics.json and the TensorBoard logs
     final: dict | None = None
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
@@ -169,6 +171,7 @@ def run_generative_job(ctx: JobContext) -> JobResult:
         try:
             while True:
                 for event in reader.poll():
+                    record.add(event)
                     final = _relay(ctx, event) or final
                 if proc.poll() is not None:
                     break
@@ -182,11 +185,13 @@ def run_generative_job(ctx: JobContext) -> JobResult:
                 _terminate(proc)
             raise
     for event in reader.poll():
+        record.add(event)
         final = _relay(ctx, event) or final
     rc = proc.returncode
     bound.info("generative worker exited", returncode=rc)
     if rc == 0 and final is not None and final.get("event") == "result":
         _record_differences(ctx)
+        record.write(ctx.artifact_dir, ctx.config.output_features[0].name, final["metrics"])
         if ctx.config.trainer.type != "none":  # a zero-shot artifact is not a model to share
             _write_model_card(ctx.artifact_dir)
         return JobResult(metrics=[MetricValue(**m) for m in final["metrics"]])

@@ -105,10 +105,10 @@ def generation_config(artifact_dir: Path, overrides: dict | None, base=None):
 
 
 def predict_generative(
-    artifact_dir: Path, df: pd.DataFrame, generation_overrides: dict | None
+    artifact_dir: Path, df: pd.DataFrame, generation_overrides: dict | None, batch_size: int = 0
 ) -> tuple[list[str], list[MetricValue]]:
-    """Generated text per row; loss/perplexity/token_accuracy ("test") where the output column is
-    present."""
+    """Generated text per row, `batch_size` rows a pass (default 8); loss/perplexity/
+    token_accuracy ("test") where the output column is present."""
     artifact_dir = Path(artifact_dir)
     cfg = parse_llm(json.loads((artifact_dir / "resolved_config.json").read_text()))
     for path, column in cfg.columns_read().items():
@@ -124,20 +124,23 @@ def predict_generative(
     base = generation_from_config(cfg, tokenizer, model.config) if zero_shot else None
     gen = generation_config(artifact_dir, generation_overrides, base)
     torch.manual_seed(cfg.seed)  # Ludwig samples by default: the same call gives the same text
-    texts = generate_texts(cfg, model, tokenizer, df, gen, device)
+    batch = batch_size or BATCH
+    texts = generate_texts(cfg, model, tokenizer, df, gen, device, batch)
     metrics = []
     if cfg.output.column in df.columns:
-        metrics = _metrics(cfg, model, tokenizer, df, device)
+        metrics = _metrics(cfg, model, tokenizer, df, device, batch)
     return texts, metrics
 
 
 @torch.no_grad()
-def generate_texts(cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.device) -> list[str]:
+def generate_texts(
+    cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.device, batch: int = BATCH
+) -> list[str]:
     tokenizer.padding_side = "left"  # generation continues from each prompt's last token
     prompts = [render_prompt(cfg, row, tokenizer) for row in df.to_dict("records")]
     out: list[str] = []
-    for start in range(0, len(prompts), BATCH):
-        enc = tokenizer(prompts[start : start + BATCH], return_tensors="pt", padding=True).to(
+    for start in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[start : start + batch], return_tensors="pt", padding=True).to(
             device
         )
         ids = model.generate(**enc, generation_config=gen)
@@ -147,14 +150,16 @@ def generate_texts(cfg, model, tokenizer, df: pd.DataFrame, gen, device: torch.d
 
 
 @torch.no_grad()
-def _metrics(cfg, model, tokenizer, df: pd.DataFrame, device: torch.device) -> list[MetricValue]:
+def _metrics(
+    cfg, model, tokenizer, df: pd.DataFrame, device: torch.device, batch: int
+) -> list[MetricValue]:
     model_max = getattr(model.config, "max_position_embeddings", 2048)
     samples = build_samples(cfg, df, tokenizer, model_max)
     wrapper = CausalLMWithLoss(model)
     loss = tokens = correct = 0.0
-    for start in range(0, len(samples), BATCH):
+    for start in range(0, len(samples), batch):
         stats = wrapper(
-            collate_padded(samples[start : start + BATCH], tokenizer.pad_token_id).to(device)
+            collate_padded(samples[start : start + batch], tokenizer.pad_token_id).to(device)
         )
         loss += float(stats.loss_sum)
         tokens += float(stats.n_tokens)

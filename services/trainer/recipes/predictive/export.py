@@ -123,6 +123,7 @@ def export_if_possible(
 ) -> list[str]:
     """Export when the model's shape allows (see the module docstring); `base` as in
     export_sequence_classification. Returns the exported folder, relative, or nothing."""
+    exported = _sentence_transformers(ctx, model, encoders, directory)
     reason = export_blocker(ctx, model)
     if reason is None:
         ref = next(iter(encoders.values()))
@@ -133,7 +134,30 @@ def export_if_possible(
             reason = f"{type(exc).__name__}: {exc}"
         else:
             ctx.emit(Log(f"exported a stock transformers checkpoint to {EXPORT_DIR}/"))
-            return [EXPORT_DIR]
+            return [*exported, EXPORT_DIR]
     ctx.emit(Log(f"no stock *ForSequenceClassification export: {reason}"))
     log.info("export skipped", job_id=ctx.job_id, reason=reason)
+    return exported
+
+
+def _sentence_transformers(
+    ctx: JobContext, model: PredictiveModel, encoders: dict[str, EncoderRef], directory: Path
+) -> list[str]:
+    """The sentence-transformers folder (st_export.py) where the model is one."""
+    from services.trainer.recipes.predictive import st_export
+
+    reason = st_export.st_blocker(ctx.config, model, encoders)
+    if reason is None:
+        feature = ctx.config.input_features[0]
+        lowercase = bool(getattr(getattr(feature, "preprocessing", None), "lowercase", False))
+        try:
+            st_export.export_sentence_transformers(
+                directory, next(iter(encoders.values())), model, lowercase
+            )
+        except (ImportError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            ctx.emit(Log(f"exported a sentence-transformers model to {st_export.EXPORT_DIR}/"))
+            return [st_export.EXPORT_DIR]
+    ctx.emit(Log(f"no sentence-transformers export: {reason}"))
     return []

@@ -97,6 +97,7 @@ def write_artifact(
 ) -> list[str]:
     """Write the artifact; returns the extra files (relative to it) for the job summary."""
     from services.trainer.recipes.predictive.plots import write_plots
+    from services.trainer.recipes.predictive.reports import write_reports
 
     directory = ctx.artifact_dir
     model = trainer.model
@@ -118,6 +119,7 @@ def write_artifact(
     if "test" in logits:
         _test_predictions(model, logits["test"], ctx.work_dir / "test_predictions.csv")
     extras = write_plots(directory, model, trainer, logits)
+    extras += write_reports(directory, model, trainer, metrics, logits)
     if extra_files is not None:
         extras += extra_files(directory)
     ctx.emit(Log(f"beside the artifact: {', '.join(extras)}"))

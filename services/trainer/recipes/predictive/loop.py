@@ -165,6 +165,7 @@ class HeadTrainer:
                     break
             # The epoch's one wait for the device; its time belongs to the epoch's throughput.
             train_loss = float(loss_sum) / max(seen, 1)
+            throughput = seen / max(time.monotonic() - started, 1e-9)
             self.ctx.emit(
                 Progress(
                     "training",
@@ -172,12 +173,20 @@ class HeadTrainer:
                     step=step,
                     total_steps=total,
                     loss=train_loss,
-                    throughput=seen / max(time.monotonic() - started, 1e-9),
+                    throughput=throughput,
                 )
             )
             values = self.split_metrics(monitor)
             self.history.append(
-                {"epoch": epoch, "train_loss": train_loss, "split": monitor, "metrics": values}
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "train_loss": train_loss,
+                    "split": monitor,
+                    "metrics": values,
+                    "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
+                    "throughput": throughput,
+                }
             )
             self.ctx.emit(
                 Metrics(
@@ -384,7 +393,7 @@ class HeadTrainer:
             if split not in self.data.frames:
                 continue
             n = self.data.size(split)
-            self.ctx.emit(Progress("evaluating", step=n, total_steps=n))
+            self.ctx.emit(Progress(f"evaluating {split}", step=n, total_steps=n))
             logits = self._device_logits(split)
             all_logits[split] = {k: v.cpu() for k, v in logits.items()}
             if split in self.y:

@@ -14,14 +14,16 @@ from services.trainer.context import MetricValue
 from services.trainer.recipes.predictive.data import input_columns, output_columns
 from services.trainer.recipes.predictive.embed import embed_frozen
 from services.trainer.recipes.predictive.metrics import output_metrics
+from services.trainer.recipes.predictive.reports import predict_statistics
 from tunewire import heads as pm
 from tunewire.features import check_columns, encode_inputs, encode_output, split_texts
 from tunewire.heads import FeatureOutput
 
 
 def predict_predictive(
-    artifact_dir: Path, df: pd.DataFrame, embedder, evaluate: bool
-) -> tuple[list[FeatureOutput], list[MetricValue]]:
+    artifact_dir: Path, df: pd.DataFrame, embedder, evaluate: bool, batch_size: int = 0
+) -> tuple[list[FeatureOutput], list[MetricValue], dict]:
+    """Outputs per feature; with `evaluate`, metrics and Ludwig's test statistics too."""
     loaded = pm.load(artifact_dir)
     cfg, model = loaded.config, loaded.model
     check_columns(df, input_columns(cfg), "data set")
@@ -48,17 +50,24 @@ def predict_predictive(
             out[ref.feature] = encoder([texts[ref.feature][i] for i in idx]).cpu()
         return out
 
-    size = EVAL_BATCH if encoder is not None else int(cfg.trainer.eval_batch_size)
+    size = batch_size or (EVAL_BATCH if encoder is not None else int(cfg.trainer.eval_batch_size))
     logits = pm.logits_in_batches(model, batch, len(df), size)
     outputs: list[FeatureOutput] = []
     metrics: list[MetricValue] = []
+    labels: dict[str, np.ndarray] = {}
     for i, (name, head) in enumerate(model.outputs.items()):
         scores = head.scores(logits[name])
         outputs.append(FeatureOutput(name, *head.decode(scores)))
         if evaluate:
-            y = encode_output(df, head.meta, f"output_features[{i}].column")
+            y = labels[name] = encode_output(df, head.meta, f"output_features[{i}].column")
             metrics += [
                 MetricValue("test", name, k, float(v))
                 for k, v in output_metrics(head, scores, y).items()
             ]
-    return outputs, metrics
+    if evaluate:  # the loss too, as training reports it: per output and combined
+        with torch.no_grad():
+            total, losses = model.loss(logits, {k: torch.from_numpy(v) for k, v in labels.items()})
+        metrics += [MetricValue("test", k, "loss", float(v)) for k, v in losses.items()]
+        metrics.append(MetricValue("test", "combined", "loss", float(total)))
+    statistics = predict_statistics(model, labels, logits, metrics) if evaluate else {}
+    return outputs, metrics, statistics
