@@ -122,7 +122,7 @@ def cmd_init_config(args) -> int:
 
 
 def cmd_render_config(args) -> int:
-    from clients.commands.training import load_config
+    from clients.commands.common import load_config
     from services.trainer.model_types import resolve
     from tunewire.config import to_dict
 
@@ -131,7 +131,7 @@ def cmd_render_config(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    from clients.commands.training import add_config_flags, add_data_format
+    from clients.commands.common import add_config_flags, add_data_format
 
     p = sub.add_parser(
         "init_config",

@@ -8,18 +8,12 @@ import sys
 from pathlib import Path
 
 from clients.commands import layout
+from clients.commands.common import add_data_format, check_data, print_metrics
+from clients.commands.connection import add_connection, trainer_client
 from clients.commands.parsing import flag, json_text
-from clients.commands.training import add_data_format, check_data
 from tunewire.errors import TunewireError
 
 SPLITS = ("full", "training", "validation", "test")
-
-
-def print_metrics(metrics: dict) -> None:
-    for split in ("train", "validation", "test"):
-        for feature, values in metrics.get(split, {}).items():
-            text = "  ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
-            print(f"{split:<10} {feature}: {text}", file=sys.stderr)
 
 
 def _generation(args) -> dict | None:
@@ -35,8 +29,6 @@ def _generation(args) -> dict | None:
 
 
 def _predict(args, evaluate: bool):
-    from clients.cli import trainer_client
-
     check_data(args.dataset, "dataset")
     generation = _generation(args)
     model = args.model
@@ -116,8 +108,6 @@ def cmd_evaluate(args) -> int:
 
 
 def add_predict_parsers(sub) -> None:
-    from clients.cli import add_connection
-
     for name, func, helptext in (
         ("predict", cmd_predict, "predictions for a data set"),
         ("evaluate", cmd_evaluate, "predictions, metrics, test statistics and plots"),

@@ -11,44 +11,18 @@ from pathlib import Path
 
 from clients import exit_codes
 from clients.commands import layout
+from clients.commands.common import (
+    DEFAULT_SEED,
+    SETS,
+    add_config_flags,
+    add_data_flags,
+    check_data,
+    load_config,
+    print_metrics,
+)
+from clients.commands.connection import add_connection, trainer_client
 from clients.commands.parsing import flag, json_text
 from tunewire.errors import TunewireError
-
-DEFAULT_SEED = 42
-SETS = ("dataset", "training_set", "validation_set", "test_set")
-
-
-def add_config_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
-    group = p.add_mutually_exclusive_group(required=required)
-    group.add_argument("-c", "--config", help="YAML or JSON config file (Ludwig's)")
-    group.add_argument(
-        "-cs",
-        *flag("--config_str"),
-        dest="config_str",
-        help="the config as a JSON or YAML string",
-    )
-
-
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dataset",
-        help="one data set, split by preprocessing.split: a file or hf://datasets/ORG/NAME[/FILE]",
-    )
-    p.add_argument(*flag("--training_set"), dest="training_set", help="the training split")
-    p.add_argument(*flag("--validation_set"), dest="validation_set", help="the validation split")
-    p.add_argument(*flag("--test_set"), dest="test_set", help="the test split")
-    add_data_format(p)
-
-
-def add_data_format(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        *flag("--data_format"),
-        dest="data_format",
-        default=None,
-        type=str.lower,
-        help="csv, tsv, json (a records array), jsonl, parquet, excel, feather or orc; "
-        "default: from the file name's extension",
-    )
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, experiment: bool) -> None:
@@ -100,39 +74,6 @@ def add_run_flags(p: argparse.ArgumentParser, *, experiment: bool) -> None:
             action="store_true",
             help=f"do not save {what}",
         )
-
-
-def load_config(args) -> dict:
-    """The config from -c or --config_str, with -rs applied, validated at the edge."""
-    import yaml
-
-    from services.trainer.model_types import resolve
-    from tunewire.config import ConfigError, load
-
-    if args.config_str is not None:
-        try:
-            raw = yaml.safe_load(args.config_str)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse --config_str: {exc}", field="config_str") from None
-        if not isinstance(raw, dict):
-            raise ConfigError("--config_str must be a mapping", field="config_str")
-    else:
-        raw = load(args.config)
-    if getattr(args, "random_seed", None) is not None:
-        raw["seed"] = args.random_seed
-    resolve(raw)  # before any service starts
-    return raw
-
-
-def check_data(path: str | None, field: str) -> None:
-    if not path:
-        return
-    from clients import hf_data
-
-    if hf_data.is_hub_path(path):
-        hf_data.parse(path, field)
-    elif not Path(path).is_file():
-        raise TunewireError(f"{path!r} does not exist", field=field)
 
 
 @dataclass
@@ -243,8 +184,6 @@ def run_training(args, trainer, raw: dict, sets: dict, *, experiment: bool) -> T
 
 
 def report(outcome: TrainOutcome, as_json: bool) -> int:
-    from clients.commands.predicting import print_metrics
-
     summary = outcome.summary
     print_metrics(summary["metrics"])
     if outcome.ok:
@@ -263,8 +202,6 @@ def report(outcome: TrainOutcome, as_json: bool) -> int:
 
 
 def cmd_train(args) -> int:
-    from clients.cli import trainer_client
-
     raw, sets = check_inputs(args)
     with trainer_client(args) as trainer:
         outcome = run_training(args, trainer, raw, sets, experiment=False)
@@ -274,7 +211,6 @@ def cmd_train(args) -> int:
 def cmd_experiment(args) -> int:
     """Ludwig's `experiment`: train, then evaluate the model on the test data (the --test_set,
     or the test split of --dataset), writing test_statistics.json and the test predictions."""
-    from clients.cli import trainer_client
     from clients.commands.predicting import write_evaluation
 
     raw, sets = check_inputs(args)
@@ -300,8 +236,6 @@ def cmd_experiment(args) -> int:
 
 
 def add_train_parser(sub, name: str, helptext: str) -> argparse.ArgumentParser:
-    from clients.cli import add_connection
-
     experiment = name == "experiment"
     p = sub.add_parser(name, help=helptext, description=helptext)
     add_config_flags(p)
