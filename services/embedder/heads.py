@@ -26,6 +26,7 @@ from tunewire import heads as th
 from tunewire.auth import current_principal
 from tunewire.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from tunewire.features import InputMetadata
+from tunewire.model_roots import under
 from tunewire.paths import check_path_text
 
 log = structlog.get_logger(__name__)
@@ -119,9 +120,7 @@ class HeadCache:
 
     def _local(self, model: str) -> Path:
         path = Path(model).expanduser().resolve()
-        if not self.allow_any_path and not any(
-            path == root or root in path.parents for root in self.roots
-        ):
+        if not self.allow_any_path and not under(path, self.roots):
             raise PermissionDenied(
                 "the embedder may not read artifacts outside its artifact roots", field="model"
             )

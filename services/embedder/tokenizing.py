@@ -8,15 +8,8 @@ parallel, each thread with a private copy made once (the encoding itself release
 `submit` hands back the chunks' futures in order, so the caller can queue the first chunks for the
 model while later ones are still being tokenised (service.py).
 
-Texts are cut to a prefix of characters before the tokenizer sees them. A fast tokenizer encodes
-the whole input and truncates afterwards, at about 50 bytes of memory per character: 64 texts of
-1 MiB took a gigabyte and more for 512 tokens of each. The prefix starts at `START_CHARS_PER_TOKEN`
-characters per token of `max_length` (cut back to the last whitespace, so no word is split where
-tokenizers split at whitespace), and the tokenizer then truncates exactly. A text whose prefix gave
-fewer than `max_length` tokens although more text followed (characters the tokenizer drops, very
-long tokens, a fused unknown run) is tokenised again with a prefix `GROWTH` times longer, alone,
-until it fills `max_length` or is whole: the result is what tokenising the whole text gives, and the
-memory is that of the characters actually needed, one long text at a time per thread.
+Texts are cut to a prefix of characters before the tokenizer sees them (tunewire/truncation.py:
+a fast tokenizer encodes all of its input before truncating, ~50 bytes a character).
 """
 
 from __future__ import annotations
@@ -26,34 +19,12 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from tunewire.truncation import truncated_ids
+
 # Texts per chunk: small enough that a batch's worth of tokens arrives early, large enough that
 # the per-call overhead (truncation set-up, a future) stays small next to the encoding.
 CHUNK_TEXTS = 64
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
-# Characters per token of the first prefix: above English's ~4.5 for BERT-style vocabularies.
-START_CHARS_PER_TOKEN = 8
-# Characters added to every prefix, for the special tokens and a cut at whitespace.
-PREFIX_MARGIN_CHARS = 64
-# How much longer each retried prefix is.
-GROWTH = 4
-
-
-def prefix(instruction: str, text: str, chars: int) -> str:
-    """The first `chars` characters of `instruction + text` (never building the whole), cut back
-    to the last whitespace in its second half when there is more text after it."""
-    if len(instruction) >= chars:
-        return instruction[:chars]
-    rest = chars - len(instruction)
-    if len(text) <= rest:
-        return instruction + text
-    head = text[:rest]
-    cut = max(head.rfind(" ", rest // 2), head.rfind("\n", rest // 2))
-    return instruction + (head[:cut] if cut > 0 else head)
-
-
-def first_chars(max_length: int) -> int:
-    """Characters of the first prefix for `max_length` tokens."""
-    return max_length * START_CHARS_PER_TOKEN + PREFIX_MARGIN_CHARS
 
 
 class ParallelTokenizer:
@@ -94,11 +65,7 @@ class ParallelTokenizer:
 
     def _encode(self, texts: list[str], max_length: int, instruction: str) -> list[list[int]]:
         tokenizer = self._own()
-        chars = first_chars(max_length)
-        rows = self._ids(tokenizer, [prefix(instruction, t, chars) for t in texts], max_length)
-        for i, text in enumerate(texts):
-            if len(rows[i]) < max_length and len(instruction) + len(text) > chars:
-                rows[i] = self._refill(tokenizer, instruction, text, max_length, chars)
+        rows = truncated_ids(tokenizer, texts, max_length, instruction)
         # A tokenizer that adds no special tokens gives [] for "": a zero-length row cannot go
         # through a model, so it becomes one eos (or pad) token.
         filler = [
@@ -109,22 +76,3 @@ class ParallelTokenizer:
             )
         ]
         return [ids or filler for ids in rows]
-
-    @staticmethod
-    def _ids(tokenizer, inputs: list[str], max_length: int) -> list[list[int]]:
-        encoded = tokenizer(
-            inputs, truncation=True, max_length=max_length, padding=False, add_special_tokens=True
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
-
-    def _refill(
-        self, tokenizer, instruction: str, text: str, max_length: int, chars: int
-    ) -> list[int]:
-        """A prefix of `chars` characters gave fewer than `max_length` tokens: longer prefixes,
-        one at a time, until one fills `max_length` or holds the whole text."""
-        whole = len(instruction) + len(text)
-        while True:
-            chars = min(chars * GROWTH, whole)
-            ids = self._ids(tokenizer, [prefix(instruction, text, chars)], max_length)[0]
-            if len(ids) >= max_length or chars >= whole:
-                return ids

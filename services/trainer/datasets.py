@@ -167,6 +167,7 @@ def read_table(
             reader = pd.read_json(path, lines=True, dtype=False, chunksize=_FIRST_ROWS)
             df = _pieces(reader, max_bytes, cancelled)
         elif fmt == "parquet":
+            _check_size(_parquet_bytes(path), max_bytes)  # before reading: it compresses
             df = pd.read_parquet(path)
         elif fmt == "excel":
             df = pd.read_excel(path, engine="openpyxl")
@@ -193,6 +194,14 @@ def read_table(
     if len(df.columns) and df.columns[0] in ("", "Unnamed: 0"):
         df = df.drop(columns=df.columns[0])
     return df
+
+
+def _parquet_bytes(path: Path) -> int:
+    """The uncompressed size of a Parquet file's data, from its footer (nothing else read)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
 
 
 def _check_size(size: int, max_bytes: int) -> None:

@@ -56,7 +56,7 @@ class _Spy:
 def test_long_texts_are_cut_before_tokenising_and_give_the_whole_texts_ids(minilm_path):
     """The tokenizer sees a bounded prefix of a 1 MB text, never the text (it encodes all of
     its input before truncating, at ~50 bytes a character); the ids are those of the whole."""
-    from services.embedder.tokenizing import first_chars
+    from tunewire.truncation import first_chars
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     long_words = " ".join(WORDS * 6000)  # ~330k characters of words

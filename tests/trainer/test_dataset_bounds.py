@@ -90,3 +90,16 @@ def test_a_frame_larger_than_the_cache_is_not_kept():
     cache = FrameCache(max_bytes=10)
     cache.put("big", pd.DataFrame({"a": ["x" * 100]}))
     assert cache.get("big") is None and cache.bytes == 0
+
+
+def test_a_parquet_file_too_large_uncompressed_is_refused_before_it_is_read(tmp_path):
+    """Parquet compresses: 1 MB on disk can be far more in memory; its footer says how much."""
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["same text again " * 20] * 20_000, "label": ["1"] * 20_000}).to_parquet(
+        path, row_group_size=5_000
+    )
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ResourceExhausted) as info:
+        read_table(path, "parquet", max_bytes=1_000_000)
+    assert info.value.reason == "DATASET_TOO_LARGE"
+    assert len(read_table(path, "parquet")) == 20_000

@@ -24,6 +24,7 @@ from tunewire import heads as pm
 from tunewire.config.ecd import EncoderConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
+from tunewire.truncation import truncated_ids
 
 log = structlog.get_logger(__name__)
 
@@ -78,24 +79,22 @@ class AdaptedEncoder(nn.Module):
         return min(self.ref.max_length, model_limit) if self.ref.max_length else model_limit
 
     def forward(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self._max_length(),
-            padding=True,
-            add_special_tokens=True,
-            return_tensors="pt",
+        # Long texts are cut before tokenising, as the embedder cuts them (tunewire/truncation):
+        # a tokenizer holds its whole input, ~50 bytes a character.
+        rows = truncated_ids(self.tokenizer, texts, self._max_length())
+        # As the embedder: a text with no tokens becomes one eos (or pad) token.
+        filler = (
+            self.tokenizer.eos_token_id
+            if self.tokenizer.eos_token_id is not None
+            else self.tokenizer.pad_token_id
         )
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        empty = mask.sum(dim=1) == 0
-        if empty.any():
-            # As the embedder: a text with no tokens becomes one eos (or pad) token.
-            filler = (
-                self.tokenizer.eos_token_id
-                if self.tokenizer.eos_token_id is not None
-                else self.tokenizer.pad_token_id
-            )
-            ids[empty, 0], mask[empty, 0] = int(filler), 1
+        rows = [row or [int(filler)] for row in rows]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # right padding
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         layer = self.ref.layer
         out = self.encoder(
