@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""tunewire's command line: train, predict, evaluate, embed, jobs, serve, upload.
+"""tunewire's command line: Ludwig's train, experiment, predict, evaluate, visualize, init_config,
+render_config, check_install and upload, plus embed, jobs and serve.
 
 Without a server address (`--trainer`, `TUNEWIRE_TRAINER`; `--embedder` for embed) the three
 services start in this process on loopback ports with their state under one data directory

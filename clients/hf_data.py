@@ -90,11 +90,7 @@ def fetch(source: str, field: str = "dataset") -> Path:
             )
         )
     except RepositoryNotFoundError:
-        raise NotFound(
-            f"no data set repo {where.repo_id!r} on the Hub (or it is private: set HF_TOKEN or "
-            "run `hf auth login`)",
-            field=field,
-        ) from None
+        raise _no_repo(where, field) from None
     except RevisionNotFoundError:
         raise NotFound(
             f"{where.repo_id!r} has no revision {where.revision!r}", field=field
@@ -108,8 +104,18 @@ def fetch(source: str, field: str = "dataset") -> Path:
         ) from None
     except EntryNotFoundError:
         raise NotFound(f"{where.url!r}: no such file in the repo", field=field) from None
+    except FileNotFoundError:  # HfFileSystem's word for a repo it cannot see
+        raise _no_repo(where, field) from None
     except HfHubHTTPError as exc:
         raise Unavailable(f"the Hub refused {where.url!r}: {exc}", field=field) from None
+
+
+def _no_repo(where: HubDataPath, field: str) -> NotFound:
+    return NotFound(
+        f"no data set repo {where.repo_id!r} on the Hub (or it is private: set HF_TOKEN or "
+        "run `hf auth login`)",
+        field=field,
+    )
 
 
 def _endpoint() -> str | None:

@@ -61,9 +61,42 @@ def test_upload_to_a_data_set_repo_is_refused_by_name(tmp_path, capsys):
 
 
 def test_the_console_script_is_the_cli_main():
+    import os
+    import subprocess
+    import sys
+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["tunewire"].split(":")
     assert module == "clients.cli" and func == "main"
+    # scripts/setup.sh's `pip install -e .` put it beside the interpreter.
+    script = Path(sys.executable).parent / "tunewire"
+    done = subprocess.run(
+        [str(script), "init_confg"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert done.returncode == 2 and "did you mean 'init_config'" in done.stderr
+
+
+def test_ludwigs_run_directories_and_skip_flags(tmp_path):
+    from clients.commands.layout import experiment_dir, place_run
+
+    first = experiment_dir(tmp_path, "exp", "run")
+    assert [first.name, experiment_dir(tmp_path, "exp", "run").name] == ["exp_run", "exp_run_0"]
+    assert experiment_dir(tmp_path, "exp", "run").name == "exp_run_1"
+    model = first / "model"
+    (model / "logs" / "training").mkdir(parents=True)
+    (model / "logs" / "training" / "events.out.tfevents.1").write_bytes(b"x")
+    (model / "head.safetensors").write_bytes(b"x")
+    (model / "training_statistics.json").write_text("{}")
+    place_run(model, first, keep_model=False, keep_statistics=True, keep_logs=True)
+    assert (first / "training_statistics.json").is_file()
+    assert not (model / "head.safetensors").exists()
+    assert (model / "logs" / "training" / "events.out.tfevents.1").is_file()
+    place_run(model, first, keep_model=False, keep_statistics=True, keep_logs=False)
+    assert not model.exists()
 
 
 def _metrics_event(values) -> trainer_pb2.JobEvent:

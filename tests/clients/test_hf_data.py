@@ -84,3 +84,21 @@ def test_the_trainer_stores_the_hub_bytes_as_a_data_set(hub, monkeypatch, tmp_pa
     assert (ds.filename, ds.rows, list(ds.columns)) == ("train.csv", 3, ["text", "label"])
     assert as_tsv.id != ds.id and list(as_tsv.columns) == ["text,label"]
     assert pd.read_csv(hf_data.fetch("hf://datasets/org/sms")).shape == (3, 2)
+
+
+def test_the_cli_reads_a_hub_data_set_with_the_users_token(hub, monkeypatch, tmp_path, capsys):
+    import yaml
+
+    from clients.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "auto.yaml"
+    code = main(
+        ["init_config", "--dataset", "hf://datasets/org/sms", "--target", "label", "-o", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    config = yaml.safe_load(out.read_text())
+    assert config["output_features"] == [{"name": "label", "type": "binary"}]
+    monkeypatch.delenv("HF_TOKEN")
+    code = main(["init_config", "--dataset", "hf://datasets/org/private-nope", "--target", "x"])
+    assert code == 2 and "HF_TOKEN" in capsys.readouterr().err
