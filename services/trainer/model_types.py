@@ -18,6 +18,7 @@ import pandas as pd
 
 from services.trainer.context import JobContext, JobResult, MetricValue
 from services.trainer.datasets import DatasetStore
+from services.trainer.optimizer import check_optimizer
 from tunewire.config.ecd import parse_ecd
 from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
@@ -64,6 +65,7 @@ class ModelType:
 def _admit_ecd(config: Any, checks: AdmissionChecks) -> None:
     from services.trainer.recipes.predictive.admission import check_encoders, check_labels
 
+    check_optimizer(config.trainer.optimizer)
     check_labels(config, checks.datasets, checks.labelled)
     check_encoders(config, checks.embedder, checks.embedder_address)
 
@@ -82,7 +84,8 @@ def _predict_ecd(req: PredictRequest) -> Predictions:
 
 # ------------------------------------------------------------------------------------ llm
 def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
-    """Nothing beyond the columns: the worker checks the model and the devices when it starts."""
+    """The optimizer; the worker checks the model and the devices when it starts."""
+    check_optimizer(config.trainer.optimizer)
 
 
 def _run_llm(ctx: JobContext) -> JobResult:

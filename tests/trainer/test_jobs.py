@@ -188,3 +188,16 @@ def test_a_torn_last_event_does_not_hide_later_events_after_restart(tmp_path):
     reopened.update("job-1", state="SUCCEEDED")
     events = list(JobStore(tmp_path / "jobs").follow("job-1"))
     assert [(e.sequence, e.data["message"]) for e in events] == [(0, "one"), (1, "two")]
+
+
+def test_an_optimizer_that_is_not_built_is_refused_at_admission(tmp_path, dataset):
+    """Ludwig lists bitsandbytes' optimizers; they are refused naming the key, never replaced
+    by Adam (the generative recipe used to run Adam for paged_adamw)."""
+    datasets, ds_id = dataset
+    store, runner = make_runner(tmp_path, datasets, ok_recipe)
+    paged = {**CONFIG, "trainer": {"optimizer": {"type": "paged_adamw"}}}
+    with pytest.raises(InvalidArgument) as info:
+        runner.submit(paged, dataset_id=ds_id)
+    assert info.value.field == "trainer.optimizer.type" and "not built" in str(info.value)
+    assert store.all() == []
+    runner.stop()

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from services.trainer.clipping import clip_gradients
+from services.trainer.optimizer import build_optimizer
 from services.trainer.recipes.generative import adalora, artifacts, checkpoint
 from services.trainer.recipes.generative.data import (
     IGNORE,
@@ -179,24 +180,12 @@ class GenerativeRecipe:
         self.adalora = adalora.is_adalora(lm)
 
     def _setup_optimizer(self) -> None:
-        o, lr = self.cfg.trainer.optimizer, self.cfg.trainer.learning_rate
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        if o.type == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay
-            )
-        else:
-            cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
-            self.optimizer = cls(
-                params,
-                lr=lr,
-                betas=tuple(o.betas),
-                eps=o.eps,
-                weight_decay=o.weight_decay,
-                amsgrad=o.amsgrad,
-                **fused,
-            )
+        self.optimizer = build_optimizer(
+            self.cfg.trainer.optimizer,
+            (p for p in self.model.parameters() if p.requires_grad),
+            self.cfg.trainer.learning_rate,
+            fused=self.device.type == "cuda",
+        )
 
     def _setup_scheduler(self) -> None:
         factor = lr_factor(

@@ -22,6 +22,7 @@ from torch import nn
 
 from services.trainer.clipping import clip_gradients
 from services.trainer.context import JobContext, Log, Metrics, MetricValue, Progress
+from services.trainer.optimizer import build_optimizer
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
 from services.trainer.recipes.predictive.graphed import GraphedStep
@@ -36,39 +37,6 @@ log = structlog.get_logger(__name__)
 
 # (split, row indices, training?) -> the inputs computed per batch for those rows (any device)
 BatchInputs = Callable[[str, np.ndarray, bool], dict[str, torch.Tensor]]
-
-
-def make_optimizer(
-    cfg: EcdConfig,
-    params: list[nn.Parameter],
-    capturable: bool = False,
-    lr: float | torch.Tensor | None = None,
-) -> torch.optim.Optimizer:
-    """Fused: one kernel per step for all parameters on a GPU, one pass over each on a CPU,
-    instead of half a dozen elementwise ops per parameter (the same update up to rounding).
-    `capturable` (Adam/AdamW) keeps the step count on the device, for a CUDA graph; `lr` as a
-    device tensor lets a schedule change it between replays."""
-    opt = cfg.trainer.optimizer
-    lr = float(cfg.trainer.learning_rate) if lr is None else lr
-    if opt.type in ("adam", "adamw"):
-        cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
-        return cls(
-            params,
-            lr=lr,
-            betas=tuple(opt.betas),
-            eps=opt.eps,
-            weight_decay=opt.weight_decay,
-            amsgrad=opt.amsgrad,
-            fused=True,
-            capturable=capturable,
-        )
-    if opt.type == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, fused=True
-        )
-    raise InvalidArgument(
-        f"optimizer {opt.type!r} is for generative models", field="trainer.optimizer.type"
-    )
 
 
 class HeadTrainer:
@@ -111,9 +79,9 @@ class HeadTrainer:
         lr = (
             torch.tensor(float(tcfg.learning_rate), device=self.device)
             if graphed and scheduled(tcfg.learning_rate_scheduler)
-            else None
+            else float(tcfg.learning_rate)
         )
-        self.optimizer = make_optimizer(self.cfg, self.params, capturable=graphed, lr=lr)
+        self.optimizer = build_optimizer(tcfg.optimizer, self.params, lr, capturable=graphed)
         self.graphed: GraphedStep | None = None  # captured when training starts
         # Σ loss × rows of an epoch, on the device: read once an epoch, not once a step.
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
