@@ -17,7 +17,7 @@ import pandas as pd
 
 from services.trainer.datasets import DatasetStore
 from services.trainer.model_types import AdmissionChecks, model_type, resolve
-from services.trainer.splits import split
+from services.trainer.splits import split_dataset
 from tunewire.errors import InvalidArgument
 from tunewire.model_roots import ModelRoots
 
@@ -161,17 +161,7 @@ class Admission:
         """(train, validation, test): the one data set sampled and split as the config says, or
         the sets given."""
         if inputs.dataset_id:
-            df = self.datasets.load(inputs.dataset_id)
-            pre = getattr(config, "preprocessing", None)
-            if pre is not None and pre.sample_ratio < 1.0:
-                df = df.sample(frac=pre.sample_ratio, random_state=config.seed).reset_index(
-                    drop=True
-                )
-            if pre is not None and getattr(pre, "sample_size", None):
-                df = df.sample(
-                    n=min(pre.sample_size, len(df)), random_state=config.seed
-                ).reset_index(drop=True)
-            return split(df, pre.split, config.seed)
+            return split_dataset(self.datasets.load(inputs.dataset_id), config)
 
         def load(ds_id: str) -> pd.DataFrame | None:
             return self.datasets.load(ds_id) if ds_id else None

@@ -98,23 +98,31 @@ def _assign(order: np.ndarray, n: int, probabilities: list[float]) -> np.ndarray
 SPLIT_NAMES = {"training": 0, "train": 0, "validation": 1, "test": 2}
 
 
-def rows_of_split(df: pd.DataFrame, config, name: str) -> pd.DataFrame:
-    """Ludwig's `--split` at prediction time: the rows of data set `df` that a job with this
-    resolved `config` put in split `name` ("full" or "" for all), by the same sampling and
-    `preprocessing.split` with the same seed."""
-    if name in ("", "full"):
-        return df
-    if name not in SPLIT_NAMES:
-        raise InvalidArgument(
-            f"split {name!r} is not one of full, training, validation, test", field="split"
-        )
+def split_dataset(
+    df: pd.DataFrame, config
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, test) of one data set as a job with this resolved `config` makes
+    them: `preprocessing.sample_ratio`/`sample_size` first, then `preprocessing.split`, both with
+    the config's seed. Training and `--split` at prediction time both come here."""
     pre = getattr(config, "preprocessing", None)
     if pre is None or getattr(pre, "split", None) is None:
-        raise InvalidArgument("the model's config has no preprocessing.split", field="split")
+        raise InvalidArgument("the config has no preprocessing.split", field="split")
     if pre.sample_ratio < 1.0:
         df = df.sample(frac=pre.sample_ratio, random_state=config.seed).reset_index(drop=True)
     if getattr(pre, "sample_size", None):
         df = df.sample(n=min(pre.sample_size, len(df)), random_state=config.seed).reset_index(
             drop=True
         )
-    return split(df, pre.split, config.seed)[SPLIT_NAMES[name]]
+    return split(df, pre.split, config.seed)
+
+
+def rows_of_split(df: pd.DataFrame, config, name: str) -> pd.DataFrame:
+    """Ludwig's `--split` at prediction time: the rows of data set `df` that a job with this
+    resolved `config` put in split `name` ("full" or "" for all)."""
+    if name in ("", "full"):
+        return df
+    if name not in SPLIT_NAMES:
+        raise InvalidArgument(
+            f"split {name!r} is not one of full, training, validation, test", field="split"
+        )
+    return split_dataset(df, config)[SPLIT_NAMES[name]]
