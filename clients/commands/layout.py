@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -53,7 +52,7 @@ def description(
             return None
 
     return {
-        "command": " ".join(command),
+        "command": " ".join(_scrub(command)),
         "config": config,
         **datasets,
         "data_format": data_format or "auto",
@@ -64,8 +63,27 @@ def description(
         "transformers_version": ver("transformers"),
         "python_version": platform.python_version(),
         "platform": platform.platform(),
-        "argv": sys.argv,
     }
+
+
+SECRET_FLAGS = ("--token",)
+
+
+def _scrub(argv: list[str]) -> list[str]:
+    """The command line without a bearer token's value (description.json is shared)."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in SECRET_FLAGS:
+            out.append(arg)
+            hide = True
+        elif arg.startswith(tuple(f"{f}=" for f in SECRET_FLAGS)):
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
 
 
 def place_run(

@@ -98,9 +98,7 @@ def _assign(order: np.ndarray, n: int, probabilities: list[float]) -> np.ndarray
 SPLIT_NAMES = {"training": 0, "train": 0, "validation": 1, "test": 2}
 
 
-def split_dataset(
-    df: pd.DataFrame, config
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def split_dataset(df: pd.DataFrame, config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(train, validation, test) of one data set as a job with this resolved `config` makes
     them: `preprocessing.sample_ratio`/`sample_size` first, then `preprocessing.split`, both with
     the config's seed. Training and `--split` at prediction time both come here."""

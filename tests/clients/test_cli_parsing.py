@@ -147,3 +147,18 @@ def test_on_a_terminal_the_bars_are_rich():
     printer(event)
     printer.close()
     assert "embedding" in out.getvalue() and "5/10" in out.getvalue()
+
+
+def test_description_json_keeps_no_token():
+    from clients.commands.layout import description
+
+    desc = description(
+        command=["tunewire", "train", "--token", "s3cret", "--token=also"],
+        config={},
+        datasets={"dataset": "d.csv"},
+        data_format=None,
+        random_seed=42,
+        job_id="job-1",
+    )
+    assert "s3cret" not in str(desc) and "also" not in str(desc)
+    assert desc["command"] == "tunewire train --token *** --token=***"
