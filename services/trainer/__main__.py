@@ -76,6 +76,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="jobs waiting to run before CreateJob is RESOURCE_EXHAUSTED (0: no cap)",
     )
     p.add_argument(
+        "--max-events-per-job",
+        "--max_events_per_job",
+        type=int,
+        default=int(env("TUNEWIRE_MAX_EVENTS_PER_JOB", "100000")),
+        help="events a job records besides its state changes; later ones are not recorded",
+    )
+    p.add_argument(
         "--dataset-ttl-seconds",
         "--dataset_ttl_seconds",
         type=float,
@@ -112,6 +119,7 @@ def settings_from_args(args: argparse.Namespace):
         dataset_cache_bytes=args.dataset_cache_bytes,
         max_job_seconds=args.max_job_seconds,
         max_queued_jobs=args.max_queued_jobs,
+        max_events_per_job=args.max_events_per_job,
         models=models_from_args(args),
         dataset_ttl_seconds=args.dataset_ttl_seconds,
         max_unreferenced_dataset_bytes=args.max_unreferenced_dataset_bytes,

@@ -51,6 +51,8 @@ class Settings:
     dataset_cache_bytes: int = DEFAULT_CACHE_BYTES
     max_job_seconds: float = 0.0
     max_queued_jobs: int = 0
+    # Events a job records besides its state changes (runner.py).
+    max_events_per_job: int = 100_000
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
@@ -81,6 +83,7 @@ def start(settings: Settings) -> App:
         dataset_cache_bytes=settings.dataset_cache_bytes,
         max_job_seconds=settings.max_job_seconds,
         max_queued_jobs=settings.max_queued_jobs,
+        max_events_per_job=settings.max_events_per_job,
         model_names=settings.models,
         dataset_retention=Retention(
             settings.dataset_ttl_seconds, settings.max_unreferenced_dataset_bytes

@@ -19,7 +19,7 @@ from services.trainer.datasets import (
 )
 from services.trainer.job_store import TERMINAL, JobRecord, JobStore
 from services.trainer.model_types import PredictRequest, artifact_model_type
-from services.trainer.runner import JobRunner
+from services.trainer.runner import DEFAULT_MAX_EVENTS_PER_JOB, JobRunner
 from tunewire.auth import current_principal
 from tunewire.clients.hub_gateway import HubGatewayClient
 from tunewire.clients.sharding import embedder_client
@@ -53,6 +53,7 @@ class TrainerCore:
         dataset_cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_job_seconds: float = 0.0,
         max_queued_jobs: int = 0,
+        max_events_per_job: int = DEFAULT_MAX_EVENTS_PER_JOB,
         model_names: dict[str, str] | None = None,
         dataset_retention: Retention | None = None,
     ) -> None:
@@ -105,6 +106,7 @@ class TrainerCore:
             workers=workers,
             max_job_seconds=max_job_seconds,
             max_queued_jobs=max_queued_jobs,
+            max_events_per_job=max_events_per_job,
         )
 
     def start(self) -> None:

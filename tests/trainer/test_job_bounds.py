@@ -45,3 +45,10 @@ def test_the_worker_writes_a_bounded_number_of_progress_lines(tmp_path):
     assert MAX_PROGRESS // 2 <= len(lines) <= MAX_PROGRESS + 1
     assert lines[-1]["step"] == total
     assert all(keeps(s, 100) for s in range(1, 101))  # a short job reports every step
+
+
+def test_the_event_limit_is_a_trainer_flag(tmp_path):
+    from services.trainer.__main__ import build_parser, settings_from_args
+
+    args = build_parser().parse_args(["--data-dir", str(tmp_path), "--max-events-per-job", "7"])
+    assert settings_from_args(args).max_events_per_job == 7
