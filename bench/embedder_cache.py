@@ -7,10 +7,12 @@ one that answers each request of a bidirectional stream with a prebuilt `bytes` 
 process streams the data set through StreamEmbed, `--chunk-bytes` of vectors a request (the
 embedder's own chunk size), and in turn the same number of chunks of that size from the raw server:
 the ratio is what the embedder's own work (cache keys, LMDB reads, protobuf) costs against gRPC
-itself. The first stream of the cached set answers text by text (one key, one lookup each) and
-stores each request's answer whole; the figures after it are replays (one lookup a request;
-the first from the memory map, the rest from the embedder's hot answers unless
-`--hot-answer-bytes 0`).
+itself. The first stream of the cached set answers text by text (one key, one lookup each, from
+the memory map) and stores each request's answer whole; the replays after it cost one lookup a
+request (the first from the memory map, the rest from the embedder's hot answers unless
+`--hot-answer-bytes 0`). Then the same texts are streamed in a new order each time (a job whose
+texts are cached, but not as the same requests): text by text, from the vectors the embedder
+keeps by text (`--hot-vector-bytes 0`: from the memory map).
 Then the client, as a trainer on the same host would, reads the same vectors straight
 from the memory-mapped cache (`open_readonly`, keys precomputed, `--read-keys` a call).
 Our client is the SDK's `EmbedderClient.stream`, which sends each request's texts joined by NUL
@@ -73,7 +75,13 @@ def vectors_for(n: int, dim: int) -> np.ndarray:
 
 
 def _serve(
-    data_dir: str, models: dict[int, str], n: int, chunk_bytes: int, hot_answer_bytes: int, conn
+    data_dir: str,
+    models: dict[int, str],
+    n: int,
+    chunk_bytes: int,
+    hot_answer_bytes: int,
+    hot_vector_bytes: int,
+    conn,
 ) -> None:
     """Child process: fill the cache, start both servers, report ports, wait for the parent."""
     from concurrent import futures
@@ -87,7 +95,14 @@ def _serve(
     from services.embedder.service import EncoderSpec
     from tunewire.server import MAX_MESSAGE_BYTES
 
-    app = start(Settings(port=0, data_dir=Path(data_dir), hot_answer_bytes=hot_answer_bytes))
+    app = start(
+        Settings(
+            port=0,
+            data_dir=Path(data_dir),
+            hot_answer_bytes=hot_answer_bytes,
+            hot_vector_bytes=hot_vector_bytes,
+        )
+    )
     texts = texts_for(n)
     fingerprints = {}
     for dim, model in models.items():
@@ -185,6 +200,7 @@ def read_direct(data_dir: str, fp: str, texts: list[str], dim: int, per_call: in
 
 def main(argv: list[str] | None = None) -> None:
     from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
+    from services.embedder.hot_vectors import DEFAULT_HOT_VECTOR_BYTES
     from tunewire.server import STREAM_CHUNK_BYTES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -199,6 +215,13 @@ def main(argv: list[str] | None = None) -> None:
         default=DEFAULT_HOT_ANSWER_BYTES,
         help="the embedder's memory for whole answers as sent; 0 serves every "
         "replay from the memory map",
+    )
+    parser.add_argument(
+        "--hot-vector-bytes",
+        type=int,
+        default=DEFAULT_HOT_VECTOR_BYTES,
+        help="the embedder's memory for vectors kept by text; 0 reads every text-by-text "
+        "request from the memory map",
     )
     parser.add_argument(
         "--tokenizer-from",
@@ -224,7 +247,15 @@ def main(argv: list[str] | None = None) -> None:
         parent, child = ctx.Pipe()
         server = ctx.Process(
             target=_serve,
-            args=(data_dir, models, args.n_texts, args.chunk_bytes, args.hot_answer_bytes, child),
+            args=(
+                data_dir,
+                models,
+                args.n_texts,
+                args.chunk_bytes,
+                args.hot_answer_bytes,
+                args.hot_vector_bytes,
+                child,
+            ),
         )
         server.start()
         try:
@@ -256,11 +287,37 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     for _ in range(args.repeats)
                 ]
+                # The same cached texts in a new order each time: no request matches a stored
+                # whole answer, so every one is answered text by text.
+                shuffled = []
+                for repeat in range(args.repeats):
+                    order = np.random.default_rng(repeat).permutation(args.n_texts)
+                    raw_s = stream_raw(raw_port, chunks)[0]
+                    ours_s = stream_embedder(
+                        embed_port,
+                        models[dim],
+                        [texts[i] for i in order],
+                        per_request,
+                        expected[order],
+                    )
+                    shuffled.append((raw_s, ours_s))
                 direct = statistics.median(
                     read_direct(data_dir, fingerprints[dim], texts, dim, args.read_keys)
                     for _ in range(args.repeats)
                 )
-                rows.append((dim, per_request, payload, raw_bytes, raw_first, first, pairs, direct))
+                rows.append(
+                    (
+                        dim,
+                        per_request,
+                        payload,
+                        raw_bytes,
+                        raw_first,
+                        first,
+                        pairs,
+                        shuffled,
+                        direct,
+                    )
+                )
         finally:
             parent.send("done")
             server.join(60)
@@ -278,12 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.n_texts} cached texts per dimension, float16, chunks of {args.chunk_bytes} "
         f"bytes, median of {args.repeats}; server and client in separate processes; "
-        f"hot answers: {args.hot_answer_bytes} bytes"
+        f"hot answers: {args.hot_answer_bytes} bytes, hot vectors: {args.hot_vector_bytes} bytes"
     )
     print()
     print("| dim | path | vectors/s | MB/s | vs raw gRPC |")
     print("|---:|---|---:|---:|---:|")
-    for dim, per_request, payload, raw_bytes, raw_first, first, pairs, direct in rows:
+    for dim, per_request, payload, raw_bytes, raw_first, first, pairs, shuffled, direct in rows:
         raw = statistics.median(raw_s for raw_s, _ in pairs)
         ours = statistics.median(ours_s for _, ours_s in pairs)
         raw_mbs = raw_bytes / raw / 1e6
@@ -297,6 +354,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"({per_request} texts a request)",
                 first,
                 payload / first / (raw_bytes / raw_first),
+            ),
+            (
+                "embedder StreamEmbed, the cached set in another order each time, text by text",
+                statistics.median(ours_s for _, ours_s in shuffled),
+                statistics.median(
+                    payload / ours_s / (raw_bytes / raw_s) for raw_s, ours_s in shuffled
+                ),
             ),
             (
                 "embedder StreamEmbed, the cached set again (whole answers)",

@@ -124,6 +124,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="memory for predictive heads kept warm (least recently used evicted)",
     )
     add_model_root_flags(parser)
+    parser.add_argument(
+        "--hot-vector-bytes",
+        type=int,
+        default=defaults.hot_vector_bytes,
+        help="memory for vectors kept by text, for text-by-text reads (0: none)",
+    )
     add_security_flags(parser, calls_peers=True)
     return parser
 
@@ -151,6 +157,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         head_cache_bytes=args.head_cache_bytes,
         model_roots=roots_from_args(args, args.data_dir),
         hub_models=args.hub_models,
+        hot_vector_bytes=args.hot_vector_bytes,
         security=security_from_args(args),
     )
 

@@ -22,6 +22,7 @@ from services.embedder.cache import (
 )
 from services.embedder.heads import DEFAULT_HEAD_CACHE_BYTES, HeadCache
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES
+from services.embedder.hot_vectors import DEFAULT_HOT_VECTOR_BYTES
 from services.embedder.service import SHARED, EmbedderService
 from services.embedder.servicer import (
     DEFAULT_MAX_INSTRUCTION_BYTES,
@@ -79,6 +80,8 @@ class Settings:
     model_roots: list[Path] | None = None
     # Hub ids may be loaded (downloaded unless HF_HUB_OFFLINE).
     hub_models: bool = True
+    # Vectors kept in memory by text, for text-by-text reads (0: none); see hot_vectors.py.
+    hot_vector_bytes: int = DEFAULT_HOT_VECTOR_BYTES
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,8 @@ class Settings:
                 f"cache_max_size {self.cache_max_size} is below the cache's initial map size "
                 f"{self.cache_map_size}: give at least {self.cache_map_size} bytes"
             )
+        if self.hot_vector_bytes < 0:
+            raise ValueError("hot_vector_bytes must be >= 0")
 
 
 @dataclass
@@ -151,6 +156,7 @@ def start(settings: Settings) -> App:
         varlen=settings.varlen,
         compile=settings.compile,
         hot_answer_bytes=settings.hot_answer_bytes,
+        hot_vector_bytes=settings.hot_vector_bytes,
         roots=_roots(settings),
         cache_scope=settings.cache_scope,
     )

@@ -20,8 +20,10 @@ Replays at speed: a request answered wholly from the cache also stores its answe
 requests costs one read per request instead of one per text - per-text Python work (hashing,
 lookups) is what limits a warm stream of small vectors. Content-addressed like every entry, so
 never stale; it costs the space of those vectors once more, for data sets read twice only.
-`read_batch` hands the stored answer to its caller as a view of the memory map, so the server
-copies it once, into the response.
+Such answers are committed behind the request by one writer thread, many to a transaction
+(`put_later`; readable from memory until then): a 2 MiB write and its fsync per request had
+been most of a text-by-text stream's cost. `read_batch` hands the stored answer to its caller
+as a view of the memory map, so the server copies it once, into the response.
 
 Hits at speed: `get_matrix` copies each found vector once, from the memory map straight into
 its row of one matrix; a warm data set streams from it, and a same-host trainer reads through
@@ -48,6 +50,8 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; sparse on disk, doubled on demand
 DEFAULT_MAX_MAP_SIZE = 256 << 30
+# Whole answers handed to the writer thread and not yet committed, at most (put_later blocks).
+MAX_PENDING_BYTES = 64 << 20
 _HEADER = struct.Struct("<BBI")  # version, dtype code, dimension
 _VERSION = 1
 # A whole request's answer: version, dtype code, dimension, rows, distinct texts.
@@ -133,6 +137,21 @@ def encode_batch(matrix: np.ndarray, distinct: int) -> bytes:
     )
 
 
+def _use_batch(
+    value, dtype: np.dtype, dim: int, rows: int, use: Callable[[np.ndarray, int], T]
+) -> tuple[T, int] | None:
+    """(`use(vectors, distinct)`, distinct) for a stored whole answer of [rows, dim] of `dtype`,
+    or None if `value` is not one."""
+    dtype = np.dtype(dtype).newbyteorder("<")
+    if value is None or len(value) != _BATCH_HEADER.size + rows * dim * dtype.itemsize:
+        return None
+    version, code, got_dim, got_rows, distinct = _BATCH_HEADER.unpack_from(value)
+    if (version, _DTYPES.get(code), got_dim, got_rows) != (_BATCH_VERSION, dtype, dim, rows):
+        return None
+    matrix = np.frombuffer(value, dtype=dtype, offset=_BATCH_HEADER.size)
+    return use(matrix.reshape(rows, dim), distinct), distinct
+
+
 @dataclass
 class CacheStats:
     entries: int
@@ -204,6 +223,12 @@ class EmbeddingCache:
         self._counter_lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        # Whole answers waiting for the writer thread (put_later), readable meanwhile.
+        self._pending: dict[bytes, bytes] = {}
+        self._pending_bytes = 0
+        self._pending_lock = self._pending_cond = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closed = False
         self._log = log.bind(cache=str(self.path))
         self._log.info(
             "cache opened",
@@ -241,25 +266,66 @@ class EmbeddingCache:
         distinct-text count), or None if there is none. `use` runs inside the read transaction
         and `vectors` is a read-only view of the memory map, valid only during the call: the
         caller copies the vectors once, straight into what it sends, instead of out of the map
-        first and into a response after."""
-        dtype = np.dtype(dtype).newbyteorder("<")
-        with self._resize.shared(), self._env.begin(buffers=True) as txn:
-            value = txn.get(key)
-            if value is None or len(value) != _BATCH_HEADER.size + rows * dim * dtype.itemsize:
-                return None
-            version, code, got_dim, got_rows, distinct = _BATCH_HEADER.unpack_from(value)
-            if (version, _DTYPES.get(code), got_dim, got_rows) != (
-                _BATCH_VERSION,
-                dtype,
-                dim,
-                rows,
-            ):
-                return None
-            matrix = np.frombuffer(value, dtype=dtype, offset=_BATCH_HEADER.size)
-            out = use(matrix.reshape(rows, dim), distinct)
+        first and into a response after. An answer still waiting for the writer (`put_later`)
+        is read from memory."""
+        with self._pending_lock:
+            value = self._pending.get(key)
+        if value is not None:
+            out = _use_batch(value, dtype, dim, rows, use)
+        else:
+            with self._resize.shared(), self._env.begin(buffers=True) as txn:
+                out = _use_batch(txn.get(key), dtype, dim, rows, use)
+        if out is None:
+            return None
         with self._counter_lock:
-            self._hits += distinct
-        return out
+            self._hits += out[1]
+        return out[0]
+
+    def put_later(self, key: bytes, value: bytes) -> None:
+        """Store `value` under `key` from the writer thread, many to a transaction: for whole
+        answers, an optimisation whose commit (a 2 MiB write and its fsync) need not hold up the
+        request that made it. Readable by `read_batch` at once; blocks while more than
+        `MAX_PENDING_BYTES` wait; dropped with a warning if the cache is full."""
+        with self._pending_cond:
+            self._pending_cond.wait_for(
+                lambda: self._pending_bytes < MAX_PENDING_BYTES or self._closed
+            )
+            if self._closed:
+                return
+            old = self._pending.get(key)
+            self._pending[key] = value
+            self._pending_bytes += len(value) - (len(old) if old is not None else 0)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_pending, name="cache-writer", daemon=True
+                )
+                self._writer.start()
+            self._pending_cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every `put_later` value is committed (or dropped)."""
+        with self._pending_cond:
+            self._pending_cond.wait_for(lambda: not self._pending)
+
+    def _write_pending(self) -> None:
+        while True:
+            with self._pending_cond:
+                self._pending_cond.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                items = list(self._pending.items())
+            try:
+                self.put_many(items)
+            except ResourceExhausted as exc:
+                self._log.warning("whole answers not stored", error=exc.message, count=len(items))
+            except Exception:  # noqa: BLE001 - an optimisation: the answers were sent anyway
+                self._log.exception("whole answers not stored", count=len(items))
+            with self._pending_cond:
+                for key, value in items:
+                    if self._pending.get(key) is value:
+                        del self._pending[key]
+                        self._pending_bytes -= len(value)
+                self._pending_cond.notify_all()
 
     def count_hits(self, n: int) -> None:
         """Count `n` hits served without a read (an answer kept in memory, hot_answers.py)."""
@@ -303,6 +369,7 @@ class EmbeddingCache:
         self._log.info("cache map grown", old_map_size=old, map_size=new)
 
     def stats(self) -> CacheStats:
+        self.flush()  # entries and bytes count what was handed to put_later
         with self._resize.shared():
             stat = self._env.stat()
             info = self._env.info()
@@ -318,6 +385,13 @@ class EmbeddingCache:
         )
 
     def close(self) -> None:
+        self.flush()
+        with self._pending_cond:
+            self._closed = True
+            self._pending_cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         with self._write_lock, self._resize.exclusive():
             self._env.close()
         self._log.info("cache closed")

@@ -47,13 +47,14 @@ from services.embedder.fingerprint import (
     weights_identity,
 )
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
+from services.embedder.hot_vectors import DEFAULT_HOT_VECTOR_BYTES, HotVectors
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
 from tunewire.devices import default_device
 from tunewire.encoder_spec import EncoderSpec
-from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
+from tunewire.errors import Cancelled, InvalidArgument
 from tunewire.model_roots import ModelRoots
 
 # Who may hit whose cache entries (module docstring).
@@ -255,6 +256,7 @@ class EmbedJob:
     waiting: list[tuple[int, Flight]]  # rows another request is computing
     whole: bytes | None = None  # all hits: store the answer whole under this key
     render: Callable[[EmbedResult], Any] | None = None  # what `finish` returns; None: the result
+    key_fingerprint: str = ""  # what its cache keys are made of (the caller's scope)
 
     def finish(self, cancelled: Callable[[], bool] | None = None) -> Any:
         matrix = self.matrix
@@ -274,13 +276,9 @@ class EmbedJob:
             index = {text: i for i, text in enumerate(self.distinct)}
             vectors = matrix[[index[t] for t in self.texts]] if self.texts else matrix[:0]
         hits = len(self.distinct) - computed
+        self.service.hot_vectors.put(self.key_fingerprint, self.distinct, matrix)
         if self.whole is not None:
-            try:
-                self.service.cache.put_many(
-                    [(self.whole, encode_batch(vectors, len(self.distinct)))]
-                )
-            except ResourceExhausted as exc:  # an optimisation only: answer all the same
-                log.warning("whole answer not stored", error=exc.message)
+            self.service.cache.put_later(self.whole, encode_batch(vectors, len(self.distinct)))
         log.debug(
             "embedded",
             texts=len(self.texts),
@@ -331,16 +329,19 @@ class EmbedderService:
         hot_answer_bytes: int = DEFAULT_HOT_ANSWER_BYTES,
         roots: ModelRoots | None = None,
         cache_scope: str = SHARED,
+        hot_vector_bytes: int = DEFAULT_HOT_VECTOR_BYTES,
     ) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
         every model padded; `compile` as EncoderRegistry's; `hot_answer_bytes` bounds the whole
-        answers kept in memory as sent (hot_answers.py); `cache_scope` "principal" keeps each
-        principal's cache entries apart (module docstring)."""
+        answers kept in memory as sent (hot_answers.py), `hot_vector_bytes` the vectors kept by
+        text (hot_vectors.py); `cache_scope` "principal" keeps each principal's cache entries
+        apart (module docstring)."""
         if cache_scope not in CACHE_SCOPES:
             raise ValueError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
         self.cache_scope = cache_scope
         self.cache = cache
         self.hot = HotAnswers(hot_answer_bytes)
+        self.hot_vectors = HotVectors(hot_vector_bytes)
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(
@@ -441,7 +442,7 @@ class EmbedderService:
                 f"{self.max_output_bytes} byte response limit: send fewer texts per request",
                 field="texts",
             )
-        whole = None
+        whole = wire = None
         if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
             # bytes, not a view: a memoryview compares with bytes item by item (~0.7 ms here).
             wire = encode_texts(texts) if texts_wire is None else bytes(texts_wire)
@@ -451,6 +452,11 @@ class EmbedderService:
             if hot is not None:
                 self.cache.count_hits(hot.distinct)
                 return Answered(hot.rendered)
+        texts = list(texts)
+        kept = self.hot_vectors.get(key_fp, texts)
+        if kept is not None:  # every text read or computed lately: no hash, no LMDB lookup
+            return Answered(self._answer_kept(fp, key_fp, texts, kept, wire, render))
+        if wire is not None:
             whole = batch_key(key_fp, wire)
             found = self.cache.read_batch(
                 whole,
@@ -465,7 +471,6 @@ class EmbedderService:
             if found is not None:
                 self.hot.put((key_fp, render, wire), *found, key_bytes=len(wire))
                 return Answered(found[0])
-        texts = list(texts)
         distinct = list(dict.fromkeys(texts))
         keys = cache_keys(key_fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
@@ -483,7 +488,29 @@ class EmbedderService:
             [(missing[i], f) for i, f in waiting],
             whole if not missing else None,
             render,
+            key_fp,
         )
+
+    def _answer_kept(
+        self,
+        fp: str,
+        key_fp: str,
+        texts: list[str],
+        vectors: np.ndarray,
+        wire: bytes | None,
+        render: Callable[[EmbedResult], Any] | None,
+    ) -> Any:
+        """The answer to a request whose every text is in `hot_vectors` (`vectors`, in request
+        order), counted as cache hits. Kept as sent for a replay (`wire`: the texts' bytes, for
+        requests large enough), but not stored whole in the cache: the sha256 of its key would
+        cost about what this answer did."""
+        distinct = len(set(texts)) if len(texts) > 1 else len(texts)
+        self.cache.count_hits(distinct)
+        result = EmbedResult(vectors, distinct, 0, fp)
+        rendered = result if render is None else render(result)
+        if wire is not None:
+            self.hot.put((key_fp, render, wire), rendered, distinct, key_bytes=len(wire))
+        return rendered
 
     def _compute(
         self,

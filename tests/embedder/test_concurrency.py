@@ -166,9 +166,11 @@ def test_a_replay_is_found_whole_by_its_wire_bytes_and_no_layout_fools_it(
 ):
     """A request stored whole by the service is found by the servicer from the request's bytes
     (no per-text lookups); requests laid out otherwise still get their own texts' vectors."""
+    from services.embedder.hot_vectors import HotVectors
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
     with served(tmp_path / "c", registry) as (service, address):
+        service.hot_vectors = HotVectors(0)  # text by text from the map: the lookups counted
         texts = [f"{w} wire {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
         spec = SdkSpec(minilm_path, dtype="float16")
         domain = EncoderSpec(model=minilm_path, dtype="float16")

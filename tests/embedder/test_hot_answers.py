@@ -11,6 +11,7 @@ from services.embedder import service as service_module
 from services.embedder.app import Settings
 from services.embedder.fingerprint import encode_texts
 from services.embedder.hot_answers import HotAnswers, rendered_size
+from services.embedder.hot_vectors import HotVectors
 from tests.embedder.conftest import WORDS, served
 
 
@@ -53,6 +54,7 @@ def test_replays_from_memory_are_exact_counted_and_follow_the_model_on_disk(
     texts = [f"{w} hot {i}" for i, w in enumerate(WORDS * 3)][:BATCH_ENTRY_MIN_TEXTS]
     spec = SdkSpec(str(model), dtype="float16")
     with served(tmp_path / "c", registry, chunk_bytes=384 * 2 * 30) as (service, address):
+        service.hot_vectors = HotVectors(0)  # text-by-text reads from the map (test_hot_vectors)
         sdk = EmbedderClient(address)
         try:
 

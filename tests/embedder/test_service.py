@@ -192,8 +192,10 @@ def test_same_settings_from_two_clients_share_a_forward_pass(tmp_path, registry,
 
 
 def test_a_replayed_request_is_answered_whole_from_the_cache(service, minilm_path):
+    from services.embedder.hot_vectors import HotVectors
     from services.embedder.service import BATCH_ENTRY_MIN_TEXTS
 
+    service.hot_vectors = HotVectors(0)  # text by text from the map (test_hot_vectors.py)
     texts = [f"replayed text number {i}" for i in range(BATCH_ENTRY_MIN_TEXTS)] + ["dup"] * 2
     spec = EncoderSpec(model=minilm_path, dtype="float16")
     first = service.embed(spec, texts)  # computed text by text
