@@ -118,7 +118,12 @@ def llm_config(
     compile: bool = False,
     max_len: int = 1024,
     accumulation: int = 1,
+    liger: bool = False,
+    quantization: dict | None = None,
 ) -> dict:
+    """A job config for the benches, pinning every trainer key the figures rely on (batch,
+    accumulation, packing, optimizer, no clipping, no activation checkpointing, compile,
+    kernels), so a change of defaults elsewhere does not move them."""
     from services.trainer.model_types import resolve
     from tunewire.config import to_dict
 
@@ -128,6 +133,7 @@ def llm_config(
         "input_features": [{"name": "prompt", "type": "text"}],
         "output_features": [{"name": "target", "type": "text"}],
         "adapter": adapter,
+        "quantization": quantization,
         "preprocessing": {"global_max_sequence_length": max_len, "sequence_packing": packing},
         "trainer": {
             "type": "finetune",
@@ -137,6 +143,10 @@ def llm_config(
             "learning_rate": 1e-5,
             "steps_per_checkpoint": 100000,
             "compile": compile,
+            "use_liger_kernel": liger,
+            "gradient_clipping": None,  # none, as the baseline (null disables)
+            "optimizer": {"type": "adamw"},  # fused AdamW, the baseline's optimizer
+            "enable_gradient_checkpointing": False,
             "should_shuffle": False,
         },
         "backend": {"trainer": {"strategy": strategy, "num_workers": workers, "nnodes": nnodes}},

@@ -218,3 +218,21 @@ def test_no_trainer_section_is_ludwigs_zero_shot_trainer():
         with pytest.raises(ConfigError) as info:
             resolve({**BASE, **patch})
         assert info.value.field == field and "finetune" in str(info.value)
+
+
+def test_liger_kernels_are_an_llm_trainer_option():
+    cfg = resolve({**BASE, "trainer": {"type": "finetune", "use_liger_kernel": True}})
+    assert to_dict(cfg)["trainer"]["use_liger_kernel"] is True
+    ecd = {
+        "input_features": [{"name": "x", "type": "number"}],
+        "output_features": [{"name": "y", "type": "binary"}],
+        "trainer": {"use_liger_kernel": True},
+    }
+    with pytest.raises(ConfigError) as info:
+        resolve(ecd)
+    assert info.value.field == "trainer.use_liger_kernel"
+    with pytest.raises(ConfigError, match="eager") as info:
+        resolve(
+            {**BASE, "trainer": {"type": "finetune", "use_liger_kernel": True, "compile": True}}
+        )
+    assert info.value.field == "trainer.use_liger_kernel"

@@ -164,6 +164,13 @@ def test_quantization_without_gpu_is_a_failed_precondition(tiny_model, tmp_path)
         run_generative_job(ctx)
 
 
+def test_liger_kernels_without_gpu_are_a_failed_precondition(tiny_model, tmp_path):
+    raw = llm_config(tiny_model, trainer={"use_liger_kernel": True})
+    ctx, _ = job_context(tmp_path, raw)
+    with pytest.raises(FailedPrecondition, match=r"trainer\.use_liger_kernel: true needs a CUDA"):
+        run_generative_job(ctx)
+
+
 def test_template_naming_a_missing_column_fails_clearly(tiny_model, tmp_path):
     raw = llm_config(tiny_model, prompt={"template": "what does {person} like ?"})
     ctx, _ = job_context(tmp_path, raw)

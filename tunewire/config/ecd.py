@@ -501,6 +501,10 @@ class EcdConfig:
                 "a predictive model trains in the trainer's own process; torchrun workers "
                 "(backend.trainer) are for model_type: llm",
             )
+        if self.trainer.use_liger_kernel:
+            raise ValueError_at(
+                "trainer.use_liger_kernel", "Liger's kernels are for model_type: llm only"
+            )
         trainable = [
             i for i, f in enumerate(self.input_features) if f.type == "text" and f.encoder.trainable
         ]

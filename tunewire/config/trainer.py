@@ -139,6 +139,13 @@ class TrainerConfig:
     max_batch_size: int = 1099511627776
     skip_all_evaluation: bool = False
     compile: bool = False
+    use_liger_kernel: bool = field(
+        default=False,
+        metadata={
+            "help": "llm on a CUDA GPU: Liger's fused RMSNorm, SwiGLU and RoPE kernels "
+            "(needs the liger-kernel package)."
+        },
+    )
     seed: int | None = field(
         default=None, metadata={"help": "Overrides the top-level seed for training."}
     )

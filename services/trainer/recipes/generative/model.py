@@ -125,6 +125,10 @@ def load_model(
     if quant is None:
         model.to(device)
     model.config.use_cache = False
+    if cfg.trainer.use_liger_kernel:
+        from services.trainer.recipes.generative.kernels import apply_liger
+
+        apply_liger(model, device)
     if quant is not None:
         # What PEFT's prepare_model_for_kbit_training does, less its upcast of every unquantized
         # weight to fp32: that is for fp16 bases, and fp32 activations would leave flash attention.
