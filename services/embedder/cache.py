@@ -247,6 +247,11 @@ class EmbeddingCache:
             self._misses += len(out) - found
         return out
 
+    def contains(self, key: bytes) -> bool:
+        """Whether anything is stored under `key` (a marker such as `fingerprint.loaded_key`)."""
+        with self._resize.shared(), self._env.begin(buffers=True) as txn:
+            return txn.get(key) is not None
+
     def get_matrix(
         self, keys: list[bytes], dtype: np.dtype, dim: int
     ) -> tuple[np.ndarray, list[int]]:

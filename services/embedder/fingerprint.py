@@ -113,6 +113,12 @@ def cache_keys(fingerprint_hex: str, texts: Iterable[str]) -> list[bytes]:
     return [sha256(prefix + text.encode("utf-8")).digest() for text in texts]
 
 
+def loaded_key(weights: str, tokenizer: str) -> bytes:
+    """32-byte cache key that marks an encoder's files (by their content identities) as having
+    loaded in this cache's embedder once; distinct from every vector and whole-answer key."""
+    return hashlib.sha256(f"loaded\0{weights}\0{tokenizer}".encode()).digest()
+
+
 def cache_key(fingerprint_hex: str, text: str) -> bytes:
     """`cache_keys` of one text."""
     return cache_keys(fingerprint_hex, [text])[0]

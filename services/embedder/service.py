@@ -43,6 +43,7 @@ from services.embedder.fingerprint import (
     cache_keys,
     encode_texts,
     fingerprint,
+    loaded_key,
     tokenizer_identity,
     weights_identity,
 )
@@ -54,7 +55,7 @@ from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
 from tunewire.devices import default_device
 from tunewire.encoder_spec import EncoderSpec
-from tunewire.errors import Cancelled, InvalidArgument
+from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tunewire.model_roots import ModelRoots
 
 # Who may hit whose cache entries (module docstring).
@@ -390,9 +391,18 @@ class EmbedderService:
         return fingerprint(entry.weights, entry.tokenizer, self._settings(entry.encoder, spec))
 
     def info(self, spec: EncoderSpec) -> EncoderInfo:
-        """Describe an encoder, loading its weights so that a broken model fails here, early."""
+        """Describe an encoder, loading its weights so that a broken model fails here, early -
+        unless files of the same content (weights and tokenizer identities) loaded in this
+        cache's embedder before: a job whose texts are all cached then needs no weights at all
+        (loading them was most of a warm job's time on a CPU)."""
         entry = self.registry.get(spec.model, spec.revision)
-        entry.encoder.load()
+        marker = loaded_key(entry.weights, entry.tokenizer)
+        if not self.cache.contains(marker):
+            entry.encoder.load()
+            try:
+                self.cache.put_many([(marker, b"1")])
+            except ResourceExhausted as exc:  # an optimisation only: describe it all the same
+                log.warning("loaded marker not stored", error=exc.message)
         settings = self._settings(entry.encoder, spec)
         return EncoderInfo(
             fingerprint=fingerprint(entry.weights, entry.tokenizer, settings),

@@ -162,3 +162,32 @@ def test_empty_text_works_on_a_tokenizer_without_special_tokens(service, tiny_ll
     result = service.embed(spec, ["", "not empty"])
     assert result.vectors.shape == (2, 32) and np.isfinite(result.vectors).all()
     assert not np.array_equal(result.vectors[0], result.vectors[1])
+
+
+def test_info_loads_the_weights_once_per_content_in_a_cache(tmp_path, minilm_path, monkeypatch):
+    """A warm job needs no weights: files of a content that loaded once are only described."""
+    import shutil
+
+    from services.embedder import service as service_module
+    from services.embedder.cache import EmbeddingCache
+    from services.embedder.service import EmbedderService, EncoderRegistry
+    from tunewire.errors import FailedPrecondition
+
+    monkeypatch.setattr(service_module, "SIGNATURE_CHECK_SECONDS", 0.0)
+    model = tmp_path / "model"
+    shutil.copytree(minilm_path, model)
+    first = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=EncoderRegistry())
+    try:
+        described = first.info(EncoderSpec(model=str(model)))
+        assert first.registry.get(str(model)).encoder.loaded
+    finally:
+        first.close()
+    again = EmbedderService(EmbeddingCache(tmp_path / "c"), registry=EncoderRegistry())
+    try:
+        assert again.info(EncoderSpec(model=str(model))) == described
+        assert not again.registry.get(str(model)).encoder.loaded
+        (model / "model.safetensors").write_bytes(b"not weights")  # new content: loaded, fails
+        with pytest.raises(FailedPrecondition, match="cannot load the weights"):
+            again.info(EncoderSpec(model=str(model)))
+    finally:
+        again.close()
