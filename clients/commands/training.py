@@ -4,6 +4,7 @@ statistics out in Ludwig's layout (clients/commands/layout.py)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -99,8 +100,6 @@ def run_training(args, trainer, raw: dict, sets: dict, *, experiment: bool) -> T
     """Upload the data, run the job to its end with progress, lay the outputs out."""
     from clients.progress import ProgressPrinter
     from clients.sdk import metrics_dict
-    from services.trainer.model_types import resolve
-    from tunewire.config import to_dict
     from tunewire.v1 import trainer_pb2
 
     ids = {
@@ -152,7 +151,7 @@ def run_training(args, trainer, raw: dict, sets: dict, *, experiment: bool) -> T
                 run_dir / "description.json",
                 layout.description(
                     command=sys.argv,
-                    config=to_dict(resolve(raw)),
+                    config=json.loads(job.config_json),  # as the trainer resolved it
                     datasets={k: str(v) for k, v in sets.items() if v},
                     data_format=args.data_format,
                     random_seed=seed,
