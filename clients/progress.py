@@ -34,7 +34,8 @@ def phase_label(phase: str) -> str:
     """A server's phase ("train", "evaluating test") in one spelling: "training", ..."""
     head, _, rest = phase.partition(" ")
     head = _PHASES.get(head, head)
-    rest = {"train": "training"}.get(rest, rest)  # Ludwig's split names
+    # Ludwig's split names: "train" is "training", also in "embedding train+validation+test".
+    rest = "+".join({"train": "training"}.get(part, part) for part in rest.split("+"))
     return f"{head} {rest}".strip()
 
 

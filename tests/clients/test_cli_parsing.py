@@ -126,6 +126,7 @@ def test_progress_lines_name_the_phase_and_split_with_elapsed_and_eta():
     assert phase_label("train") == "training" and phase_label("evaluating train") == (
         "evaluating training"
     )
+    assert phase_label("embedding train+test") == "embedding training+test"
     out = io.StringIO()
     printer = ProgressPrinter(stream=out)
     event = trainer_pb2.JobEvent()

@@ -133,6 +133,7 @@ def test_experiment_writes_ludwigs_layout(run):
         assert (out / f"label_{plot}.png").stat().st_size > 1000
     # Progress named its phases, had elapsed/ETA, and no loader bar leaked through.
     assert "evaluating test" in proc.stderr and "elapsed" in proc.stderr
+    assert "embedding training+validation+test" in proc.stderr
     assert "Loading weights" not in proc.stderr and "it/s]" not in proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -39,16 +39,17 @@ def seed_everything(cfg: EcdConfig) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def embed_progress(ctx: JobContext):
-    """A progress callback for embed calls: throughput events, and cancellation honoured."""
+def embed_progress(ctx: JobContext, splits: list[str] | None = None):
+    """A progress callback for embed calls: throughput events, and cancellation honoured. The
+    phase names the splits whose texts are embedded (together: a text shared by splits is
+    computed once)."""
     started = time.monotonic()
+    phase = "embedding" + (f" {'+'.join(splits)}" if splits else "")
 
     def progress(done: int, total: int) -> None:
         elapsed = max(time.monotonic() - started, 1e-9)
         ctx.emit(
-            Progress(
-                "embedding", step=done, total_steps=total, throughput=done / elapsed, unit="texts/s"
-            )
+            Progress(phase, step=done, total_steps=total, throughput=done / elapsed, unit="texts/s")
         )
         ctx.check_cancelled()
 
@@ -76,7 +77,7 @@ def embed_frozen_features(ctx: JobContext, data: Prepared, refs: list[pm.Encoder
         ctx.embedder,
         refs,
         data.texts,
-        progress=embed_progress(ctx),
+        progress=embed_progress(ctx, list(data.texts)),
         cancelled=ctx.cancel_event.is_set,
     )
     ctx.check_cancelled()
