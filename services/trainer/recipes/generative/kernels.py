@@ -16,7 +16,7 @@ import importlib.util
 import torch
 from torch import nn
 
-from services.trainer.recipes.generative.model import PreconditionError
+from services.trainer.recipes.generative.errors import PreconditionError
 
 KEY = "trainer.use_liger_kernel"
 

@@ -11,14 +11,11 @@ from torch import nn
 
 from services.trainer.recipes.generative import attention
 from services.trainer.recipes.generative.data import Batch
+from services.trainer.recipes.generative.errors import PreconditionError
 from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
 from tunewire.block_compile import compile_blocks
 from tunewire.config.llm import AdaloraAdapter, Ia3Adapter, LlmConfig, LoraAdapter
 from tunewire.devices import compute_dtype
-
-
-class PreconditionError(RuntimeError):
-    """The job cannot run on this machine as configured (missing GPU, package...)."""
 
 
 def load_tokenizer(base: str):

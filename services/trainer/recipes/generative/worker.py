@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from services.trainer.recipes.generative.errors import PreconditionError
 from services.trainer.recipes.generative.events import EventWriter
-from services.trainer.recipes.generative.model import PreconditionError
 from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
 from services.trainer.recipes.generative.zero_shot import ZeroShotRecipe
 
