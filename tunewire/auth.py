@@ -48,7 +48,8 @@ from pathlib import Path
 import grpc
 import structlog
 
-from tunewire.errors import PermissionDenied, TunewireError, Unauthenticated, to_status
+from tunewire.calls import refusing
+from tunewire.errors import PermissionDenied, TunewireError, Unauthenticated
 from tunewire.watch import WatchedFile
 
 log = structlog.get_logger("tunewire.auth")
@@ -406,7 +407,7 @@ def _rebuild(
     raise ValueError("the handler has no behaviour")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a token whose role grants the method's role (see METHOD_ROLES), and
     runs the others as their principal (`current_principal()`)."""
 
@@ -465,49 +466,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
         outcome = self.authorize(method, metadata)
         return outcome if isinstance(outcome, TunewireError) else None
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+    async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         outcome = self.authorize(method, handler_call_details.invocation_metadata)
-        if outcome is None:
+        if isinstance(outcome, Principal):
+            # In this call's own task (grpc.aio runs each call in one), before the interceptors
+            # after this one: they count open streams by it (`admitted_principal`).
+            _CALLER.set(outcome)
+        handler = await continuation(handler_call_details)
+        if handler is None or outcome is None:
             return handler
         if isinstance(outcome, Principal):
             return bind_principal(handler, outcome)
-        return _refusing(handler, method, outcome)
+        err = outcome
+
+        def log_refusal(context) -> None:
+            log.warning(
+                "request refused",
+                method=method,
+                code=err.code.name,
+                reason=err.reason,
+                peer=context.peer(),
+            )
+
+        return refusing(handler, err, log_refusal)
 
 
-def _refusing(
-    handler: grpc.RpcMethodHandler, method: str, err: TunewireError
-) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that aborts with `err` without reading input."""
-    status = to_status(err)
-
-    def refuse(context: grpc.ServicerContext) -> None:
-        log.warning(
-            "request refused",
-            method=method,
-            code=err.code.name,
-            reason=err.reason,
-            peer=context.peer(),
-        )
-        context.abort_with_status(status)
-
-    def unary(_request, context):
-        refuse(context)
-
-    def streaming(_request, context):
-        refuse(context)
-        yield  # never reached: makes this a generator, as streaming handlers are
-
-    makers: list[tuple[Callable | None, Callable, Callable]] = [
-        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, unary),
-        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, unary),
-        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, streaming),
-        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, streaming),
-    ]
-    for present, make, behaviour in makers:
-        if present:
-            return make(behaviour, handler.request_deserializer, handler.response_serializer)
-    raise ValueError(f"handler for {method} has no behaviour")
+def admitted_principal() -> Principal | None:
+    """The principal AuthInterceptor admitted the current call as; None when it refused the
+    call, for a public method, and on a server without tokens (for the call interceptor)."""
+    return _CALLER.get()

@@ -83,6 +83,13 @@ class Cancelled(TunewireError):
     reason = "CANCELLED"
 
 
+class DeadlineExceeded(TunewireError):
+    """The server gave up waiting (e.g. a client stream idle past its timeout)."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
 class Internal(TunewireError):
     code = grpc.StatusCode.INTERNAL
     reason = "INTERNAL"
@@ -100,6 +107,7 @@ _BY_CODE: dict[grpc.StatusCode, type[TunewireError]] = {
         Unauthenticated,
         PermissionDenied,
         Cancelled,
+        DeadlineExceeded,
         Internal,
     )
 }

@@ -7,6 +7,9 @@ lives in `<root>/<id>/`: `<record>.json`, rewritten whole through a temporary fi
 sequence and then follows live. Records and events are dataclasses; the store keeps them in memory
 and on disk and wakes followers when either changes.
 
+Followers on an event loop (the async Watch RPCs of grpc.aio servers) use `watch`, which holds
+no thread while it waits: every change also bumps `changes` (tunewire.changes), which they await.
+
 A process killed in the middle of an append leaves a torn last line. On open that tail is cut off
 the file (and logged), so the next append starts on a line of its own instead of being glued to
 the fragment, which would make it, and every event after it, unreadable at the next restart.
@@ -14,16 +17,19 @@ the fragment, which would make it, and every event after it, unreadable at the n
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
+
+from tunewire.changes import Changes
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +107,7 @@ class RecordStore(Generic[R, E]):
         self.first_sequence = first_sequence
         self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)
+        self.changes = Changes()
         self._records: dict[str, R] = {}
         self._events: dict[str, list[E]] = {}
         self._closed = False
@@ -130,6 +137,7 @@ class RecordStore(Generic[R, E]):
             self._records[rec.id] = rec
             self._events[rec.id] = []
             self._changed.notify_all()
+            self.changes.notify()
         return rec
 
     def discard(self, rec_id: str) -> None:
@@ -139,6 +147,7 @@ class RecordStore(Generic[R, E]):
             self._events.pop(rec_id, None)
             shutil.rmtree(self.dir(rec_id), ignore_errors=True)
             self._changed.notify_all()
+            self.changes.notify()
 
     def get(self, rec_id: str) -> R | None:
         with self.lock:
@@ -153,6 +162,7 @@ class RecordStore(Generic[R, E]):
         with self.lock:
             write_atomic(self.dir(rec.id) / self.record_file, dataclasses.asdict(rec))
             self._changed.notify_all()
+            self.changes.notify()
 
     def update(self, rec_id: str, **changes: Any) -> R:
         with self.lock:
@@ -173,6 +183,7 @@ class RecordStore(Generic[R, E]):
                 fh.write(line)
             events.append(event)
             self._changed.notify_all()
+            self.changes.notify()
             return event
 
     def count(self, rec_id: str) -> int:
@@ -202,8 +213,31 @@ class RecordStore(Generic[R, E]):
             yield from batch
             index += len(batch)
 
+    def _since(self, rec_id: str, index: int) -> tuple[list[E], bool]:
+        with self.lock:
+            ended = self._closed or self.is_terminal(self._records[rec_id])
+            return self._events[rec_id][index:], ended
+
+    async def watch(self, rec_id: str, from_sequence: int = 0) -> AsyncIterator[E]:
+        """`follow` for an event loop: the same events, but waiting holds no thread (each look
+        at the store is a short step in a worker thread, since writers hold its lock across
+        disk writes)."""
+        index = max(0, from_sequence - self.first_sequence)
+        while True:
+            seen = self.changes.version
+            batch, ended = await asyncio.to_thread(self._since, rec_id, index)
+            for event in batch:
+                yield event
+            index += len(batch)
+            if batch:
+                continue  # more may have come while these were sent
+            if ended:
+                return
+            await self.changes.wait(seen, timeout=30.0)
+
     def close(self) -> None:
         """Release every follower."""
         with self.lock:
             self._closed = True
             self._changed.notify_all()
+            self.changes.notify()

@@ -1,26 +1,31 @@
 """One server bootstrap for all three services.
 
-`create_server()` builds a grpc.Server with the message-size limits, keepalive and connection-age
-options every service uses, an interceptor that binds request context to the log and maps domain
-errors to gRPC status (the one table is in `tunewire.errors`), the standard health service (each
-service NOT_SERVING until its owner marks it ready) and server reflection. It returns a
-`RunningServer` that carries the bound port, so tests can bind port 0.
+`create_server()` builds a grpc.aio server running on its own event-loop thread, with the
+message-size limits, keepalive and connection-age options every service uses, the shared
+interceptors (auth, then `tunewire.calls`: request context, caps on open streams and unary calls,
+idle timeout of client streams, the one mapping of domain errors to status, metrics and traces),
+the standard health service (each service NOT_SERVING until its owner marks it ready) and server
+reflection. It returns a `RunningServer` whose `port` tests bind as 0.
+
+Why asyncio: a threaded server gives every open call a thread, so a few long streams (WatchJob,
+Health.Watch, a stalled upload) starve every other call, health checks included. Here streaming
+handlers are `async` and hold no thread while they wait; synchronous unary handlers run in a
+thread pool (grpc.aio's migration pool); concurrency is bounded by explicit caps
+(`tunewire.calls.CallLimits`), not by threads.
 
 `ServerSecurity` adds what a server exposed beyond loopback needs: bearer-token auth
 (`tunewire.auth`, health stays open), TLS or mutual TLS with reloaded certificates
-(`tunewire.tls`), reflection off, and a cap on concurrent calls (RESOURCE_EXHAUSTED beyond it).
-Its `health_port` adds a second, plaintext port serving grpc.health.v1 only, because the kubelet's
-native gRPC probes cannot speak TLS: without it a TLS server would never turn ready.
+(`tunewire.tls`), reflection off, and the caps. Its `health_port` adds a second, plaintext port
+serving grpc.health.v1 only, because the kubelet's native gRPC probes cannot speak TLS.
 """
 
 from __future__ import annotations
 
-import errno
+import asyncio
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,20 +33,39 @@ from typing import Any
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from tunewire.auth import AuthInterceptor, TokenFile
-from tunewire.errors import ResourceExhausted, TunewireError, to_status
+from tunewire.auth import AuthInterceptor, TokenFile, admitted_principal
+from tunewire.calls import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_HEALTH_WATCHES,
+    DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
+    DEFAULT_STREAM_IDLE_TIMEOUT_S,
+    MAX_ERROR_MESSAGE_CHARS,
+    CallInterceptor,
+    CallLimits,
+    OpenCalls,
+)
 from tunewire.tls import ServerTLS
 
 log = structlog.get_logger("tunewire.server")
 
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_RPCS",
+    "MAX_ERROR_MESSAGE_CHARS",
+    "RunningServer",
+    "ServerSecurity",
+    "ServerSettings",
+    "Service",
+    "create_server",
+    "wait_for_termination",
+]
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Chunks of large streams stay well under the message limit.
 STREAM_CHUNK_BYTES = 2 * 1024 * 1024
-# Calls in flight (including long Watch streams) before new ones get RESOURCE_EXHAUSTED.
-DEFAULT_MAX_CONCURRENT_RPCS = 128
 
 
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
@@ -58,143 +82,46 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
 
 @dataclass
 class ServerSecurity:
-    """Auth, TLS, reflection and the concurrency cap; the defaults are the plain loopback
-    server (no token, no TLS, reflection on)."""
+    """Auth, TLS, reflection and the caps; the defaults are the plain loopback server (no
+    token, no TLS, reflection on, the default caps)."""
 
     # `TOKEN ROLE NAME [HUB_NAMESPACES]` lines (tunewire.auth); None: no authentication.
     auth_tokens_file: Path | None = None
     tls: ServerTLS | None = None
     reflection: bool = True
-    # None: unlimited (calls queue for a worker thread instead of being refused).
+    # Unary calls in progress (running or queued for a thread) before new ones get
+    # RESOURCE_EXHAUSTED; None: unlimited. Streams are not counted here (below).
     max_concurrent_rpcs: int | None = DEFAULT_MAX_CONCURRENT_RPCS
     # A plaintext port answering grpc.health.v1 only (the kubelet's probes); None: none, 0: any.
     health_port: int | None = None
+    # Open streams per principal (all callers of a server without tokens are one principal).
+    max_streams_per_principal: int | None = DEFAULT_MAX_STREAMS_PER_PRINCIPAL
+    # Open Health.Watch streams on the server (they need no token, so one cap for all).
+    max_health_watches: int | None = DEFAULT_MAX_HEALTH_WATCHES
+    # A client stream silent this long while the server owes it nothing is DEADLINE_EXCEEDED.
+    stream_idle_timeout_s: float | None = DEFAULT_STREAM_IDLE_TIMEOUT_S
+
+    def limits(self) -> CallLimits:
+        return CallLimits(
+            max_streams_per_principal=self.max_streams_per_principal,
+            max_health_watches=self.max_health_watches,
+            max_unary_calls=self.max_concurrent_rpcs,
+            stream_idle_timeout_s=self.stream_idle_timeout_s,
+        )
 
 
 @dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 0
-    max_workers: int = 16
+    # Threads for synchronous handlers (short unary work); streams do not hold them.
+    max_workers: int = 32
     max_message_bytes: int = MAX_MESSAGE_BYTES
     # Servers close connections after this long so clients re-resolve DNS (headless Services).
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 30.0
     security: ServerSecurity = field(default_factory=ServerSecurity)
-    extra_interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
-
-
-class _ContextInterceptor(grpc.ServerInterceptor):
-    """Binds request id and method to the log context and maps domain errors to status."""
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:12]
-
-        def bind() -> None:
-            structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
-
-        def fail(context: grpc.ServicerContext, exc: BaseException) -> None:
-            exc = _disk_full(exc) or exc
-            if isinstance(exc, TunewireError):
-                _bound_message(exc)
-                log.info(
-                    "request failed",
-                    code=exc.code.name,
-                    reason=exc.reason,
-                    field=exc.field,
-                    error=exc.message,
-                )
-                context.abort_with_status(to_status(exc))
-            log.exception("unhandled error")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
-
-        def wrap_unary(fn):
-            def inner(request, context):
-                bind()
-                try:
-                    return fn(request, context)
-                except grpc.RpcError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status here, once
-                    if _aborted(context):
-                        raise
-                    fail(context, exc)
-
-            return inner
-
-        def wrap_stream(fn):
-            def inner(request, context):
-                bind()
-                try:
-                    yield from fn(request, context)
-                except grpc.RpcError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    if _aborted(context):
-                        raise
-                    fail(context, exc)
-
-            return inner
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            wrap_stream(handler.stream_stream),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-
-
-# Status details travel in trailing metadata, which clients cap (8 KiB by default); a message
-# echoing a huge client-sent value would turn into RESOURCE_EXHAUSTED on the client.
-MAX_ERROR_MESSAGE_CHARS = 1024
-
-
-def _bound_message(err: TunewireError) -> None:
-    if len(err.message) > MAX_ERROR_MESSAGE_CHARS:
-        err.message = err.message[:MAX_ERROR_MESSAGE_CHARS] + "… (truncated)"
-    if err.field and len(err.field) > 256:
-        err.field = err.field[:256]
-
-
-def _disk_full(exc: BaseException) -> ResourceExhausted | None:
-    """A full disk or quota is the server's resource running out, not an internal bug."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(
-            "the server's disk is full; free space or raise its quota, then retry",
-            reason="DISK_FULL",
-        )
-    return None
-
-
-def _aborted(context: grpc.ServicerContext) -> bool:
-    # context.abort() raises a plain Exception after setting the code; let it through untouched.
-    try:
-        return context.code() is not None
-    except Exception:  # noqa: BLE001
-        return False
+    extra_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
 
 
 @dataclass
@@ -203,7 +130,51 @@ class Service:
 
     name: str  # full service name, e.g. "tunewire.v1.EmbedderService"
     servicer: Any
-    add: Callable[[Any, grpc.Server], None]
+    add: Callable[[Any, grpc.aio.Server], None]
+
+
+class _LoopThread:
+    """An asyncio event loop on its own daemon thread; the server lives on it, and blocking
+    callers (app start-up, tests, SIGTERM) reach it with `run`."""
+
+    def __init__(self, name: str, io_workers: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        # Blocking work of async handlers (disk, LMDB, job records: `asyncio.to_thread`).
+        self.io_pool = futures.ThreadPoolExecutor(io_workers, thread_name_prefix=f"{name}-io")
+        self.loop.set_default_executor(self.io_pool)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Coroutine) -> futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        """Stop the loop (from any thread but its own) once its work is done."""
+
+        async def finish() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            self.run(finish(), timeout=5)
+        except Exception:  # noqa: BLE001 - shutting down regardless
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.io_pool.shutdown(wait=False, cancel_futures=True)
+
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class RunningServer:
@@ -212,11 +183,14 @@ class RunningServer:
 
     def __init__(
         self,
-        server: grpc.Server,
+        server: grpc.aio.Server,
         port: int,
-        health_servicer: health.HealthServicer,
+        health_servicer: HealthServicer,
         names: list[str],
-        health_server: grpc.Server | None = None,
+        loop: _LoopThread,
+        pool: futures.ThreadPoolExecutor,
+        open_calls: OpenCalls,
+        health_server: grpc.aio.Server | None = None,
         health_port: int | None = None,
     ) -> None:
         self.server = server
@@ -225,78 +199,71 @@ class RunningServer:
         self.names = names
         self.health_server = health_server
         self.health_port = health_port
+        self._loop = loop
+        self._pool = pool
+        self._open_calls = open_calls
+        self._status = {name: _NOT_SERVING for name in names}
+        self._stopped: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop.loop
+
+    def open_streams(self, principal: str | None = None) -> int:
+        """Streams open now: a principal's (its `principal_key`), or Health.Watch streams."""
+
+        async def count() -> int:
+            if principal is None:
+                return self._open_calls.count(("health-watch", ""))
+            return self._open_calls.count(("streams", principal))
+
+        return self._loop.run(count(), timeout=10)
 
     def set_ready(self, name: str, ready: bool = True) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        self.health.set(name, status)
-        if all(self._status(n) == health_pb2.HealthCheckResponse.SERVING for n in self.names):
-            self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        else:
-            self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        """Report `name` SERVING (or NOT_SERVING); "" (the whole server) follows all of them."""
+        with self._lock:
+            self._status[name] = _SERVING if ready else _NOT_SERVING
+            overall = _SERVING if all(s == _SERVING for s in self._status.values()) else None
+            updates = [(name, self._status[name]), ("", overall or _NOT_SERVING)]
 
-    def _status(self, name: str) -> int:
-        try:
-            return self.health.Check(health_pb2.HealthCheckRequest(service=name), None).status
-        except Exception:  # noqa: BLE001
-            return health_pb2.HealthCheckResponse.UNKNOWN
+        async def apply() -> None:
+            for service, status in updates:
+                await self.health.set(service, status)
+
+        self._loop.run(apply(), timeout=10)
 
     def stop(self, grace: float | None = 10.0) -> threading.Event:
         """Stop accepting calls, let in-flight ones finish within `grace` seconds. The health
         port keeps answering (NOT_SERVING) until the main server has stopped, so the probes see
         the drain rather than a refused connection; the event is set once both are down."""
-        self.health.enter_graceful_shutdown()
-        stopped = self.server.stop(grace)
-        if self.health_server is None:
-            return stopped
-        done = threading.Event()
-        health_server = self.health_server
+        with self._lock:
+            if self._stopped is not None:
+                return self._stopped
+            self._stopped = done = threading.Event()
 
-        def stop_health() -> None:
-            stopped.wait()
-            health_server.stop(None).wait()
-            done.set()
+        async def drain() -> None:
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+            if self.health_server is not None:
+                await self.health_server.stop(None)
 
-        threading.Thread(target=stop_health, name="health-stop", daemon=True).start()
+        def finish(_future) -> None:
+            # Off the loop: closing the loop waits for it. Handlers still running in the pool
+            # (they cannot be cancelled) finish on their own; nothing waits for them.
+            def close() -> None:
+                self._loop.close()
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                done.set()
+
+            threading.Thread(target=close, name="server-close", daemon=True).start()
+
+        self._loop.submit(drain()).add_done_callback(finish)
         return done
 
 
-# The kubelet sends a few probes at a time; beyond this many calls (Watch streams hold one each)
-# the health port refuses at once rather than queue a probe behind them until it times out.
-HEALTH_PORT_MAX_RPCS = 4
-
-
-def _health_only_server(
-    health_servicer: health.HealthServicer, host: str, port: int
-) -> tuple[grpc.Server, int]:
-    """A plaintext server with nothing but grpc.health.v1, sharing `health_servicer` with the
-    main server so both report the same status. No reflection, no auth (health is open on the
-    main port too), no service: a plaintext caller learns only what a probe learns."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=HEALTH_PORT_MAX_RPCS, thread_name_prefix="grpc-health"
-        ),
-        options=[("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=HEALTH_PORT_MAX_RPCS,
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"could not bind the health port {host}:{port}")
-    server.start()
-    return server, bound
-
-
-def create_server(
-    services: Iterable[Service], settings: ServerSettings | None = None
-) -> RunningServer:
-    """Build, bind and start a server; returns it with the bound port."""
-    settings = settings or ServerSettings()
-    services = list(services)
-    options = [
+def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", 60_000),
@@ -307,31 +274,84 @@ def create_server(
         ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
         ("grpc.so_reuseport", 0),
     ]
-    security = settings.security
-    # Auth runs first: a refused call reaches nothing else.
-    auth = (
-        [AuthInterceptor(TokenFile(security.auth_tokens_file))]
-        if security.auth_tokens_file is not None
-        else []
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-        interceptors=[*auth, *settings.extra_interceptors, _ContextInterceptor()],
-        options=options,
-        maximum_concurrent_rpcs=security.max_concurrent_rpcs,
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+
+
+async def _health_only_server(
+    health_servicer: HealthServicer, host: str, port: int, calls: CallInterceptor
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with nothing but grpc.health.v1, sharing `health_servicer` (and the
+    Health.Watch cap) with the main server so both report the same status. No reflection, no
+    auth (health is open on the main port too), no service: a plaintext caller learns only what
+    a probe learns. Its handlers are async: a probe never waits behind Watch streams."""
+    server = grpc.aio.server(interceptors=[calls], options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = []
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind the health port {host}:{port}")
+    await server.start()
+    return server, bound
+
+
+def create_server(
+    services: Iterable[Service], settings: ServerSettings | None = None
+) -> RunningServer:
+    """Build, bind and start a server on its own event-loop thread; returns it with the bound
+    port. Its services report NOT_SERVING until `set_ready`."""
+    settings = settings or ServerSettings()
+    services = list(services)
+    names = [svc.name for svc in services]
+    loop = _LoopThread(f"grpc-{settings.port or 'any'}", io_workers=16)
+    pool = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix="grpc")
+    try:
+        server, port, health_servicer, open_calls, health_server, health_port = loop.run(
+            _start(services, settings, pool), timeout=60
+        )
+    except BaseException:
+        loop.close()
+        pool.shutdown(wait=False)
+        raise
+    security = settings.security
+    log.info(
+        "server started",
+        services=names,
+        address=f"{settings.host}:{port}",
+        tls="mutual" if security.tls and security.tls.client_ca else bool(security.tls),
+        auth=security.auth_tokens_file is not None,
+        reflection=security.reflection,
+        max_concurrent_rpcs=security.max_concurrent_rpcs,
+        max_streams_per_principal=security.max_streams_per_principal,
+        max_health_watches=security.max_health_watches,
+        stream_idle_timeout_s=security.stream_idle_timeout_s,
+        health_port=health_port,
+    )
+    return RunningServer(
+        server, port, health_servicer, names, loop, pool, open_calls, health_server, health_port
+    )
+
+
+async def _start(services: list[Service], settings: ServerSettings, pool):
+    security = settings.security
+    auth = security.auth_tokens_file is not None
+    # Auth runs first: a refused call reaches nothing else (and holds no slot).
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [AuthInterceptor(TokenFile(security.auth_tokens_file))] if auth else []
+    )
+    calls = CallInterceptor(security.limits(), OpenCalls(), auth=auth, principal=admitted_principal)
+    server = grpc.aio.server(
+        migration_thread_pool=pool,
+        interceptors=[*interceptors, *settings.extra_interceptors, calls],
+        options=_server_options(settings),
+    )
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for svc in services:
         svc.add(svc.servicer, server)
-        names.append(svc.name)
-        health_servicer.set(svc.name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(svc.name, _NOT_SERVING)
+    await health_servicer.set("", _NOT_SERVING)
     if security.reflection:
         reflection.enable_server_reflection(
             [
-                *names,
+                *(svc.name for svc in services),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -346,21 +366,24 @@ def create_server(
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     health_server, health_port = None, None
     if security.health_port is not None:
-        health_server, health_port = _health_only_server(
-            health_servicer, settings.host, security.health_port
+        # The health port's own interceptor shares the main server's open-call counts, so
+        # Health.Watch has one cap across both ports.
+        health_calls = CallInterceptor(
+            CallLimits(
+                max_streams_per_principal=None,
+                max_health_watches=security.max_health_watches,
+                max_unary_calls=None,
+                stream_idle_timeout_s=None,
+            ),
+            calls.open,
+            auth=False,
+            principal=admitted_principal,
         )
-    server.start()
-    log.info(
-        "server started",
-        services=names,
-        address=f"{settings.host}:{port}",
-        tls="mutual" if security.tls and security.tls.client_ca else bool(security.tls),
-        auth=security.auth_tokens_file is not None,
-        reflection=security.reflection,
-        max_concurrent_rpcs=security.max_concurrent_rpcs,
-        health_port=health_port,
-    )
-    return RunningServer(server, port, health_servicer, names, health_server, health_port)
+        health_server, health_port = await _health_only_server(
+            health_servicer, settings.host, security.health_port, health_calls
+        )
+    await server.start()
+    return server, port, health_servicer, calls.open, health_server, health_port
 
 
 def wait_for_termination(

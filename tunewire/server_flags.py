@@ -6,7 +6,12 @@ One definition so that the three services spell them the same way:
     --tls-cert/--tls-key TUNEWIRE_SERVER_TLS_CERT/_KEY  serve TLS with this certificate
     --tls-client-ca      TUNEWIRE_SERVER_TLS_CLIENT_CA  require client certificates (mutual TLS)
     --no-reflection      TUNEWIRE_NO_REFLECTION=1       turn server reflection off
-    --max-concurrent-rpcs TUNEWIRE_MAX_CONCURRENT_RPCS  calls in flight before RESOURCE_EXHAUSTED
+    --max-concurrent-rpcs TUNEWIRE_MAX_CONCURRENT_RPCS  unary calls in progress before
+                                                        RESOURCE_EXHAUSTED (streams: below)
+    --max-streams-per-principal TUNEWIRE_MAX_STREAMS_PER_PRINCIPAL  open streams per caller
+    --max-health-watches TUNEWIRE_MAX_HEALTH_WATCHES    open Health.Watch streams per server
+    --stream-idle-timeout TUNEWIRE_STREAM_IDLE_TIMEOUT  seconds a client stream may stay silent
+    --metrics-port       TUNEWIRE_METRICS_PORT          serve Prometheus metrics on /metrics
     --service-token-file TUNEWIRE_TOKEN_FILE            token this service sends to the others
     --health-port        TUNEWIRE_HEALTH_PORT           plaintext port serving health only
 
@@ -24,13 +29,24 @@ from pathlib import Path
 
 import structlog
 
-from tunewire.server import DEFAULT_MAX_CONCURRENT_RPCS, ServerSecurity
+from tunewire.calls import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_HEALTH_WATCHES,
+    DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
+    DEFAULT_STREAM_IDLE_TIMEOUT_S,
+)
+from tunewire.server import ServerSecurity
 from tunewire.tls import ServerTLS
 
 
 def _path(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else default
 
 
 def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) -> None:
@@ -77,8 +93,47 @@ def add_security_flags(p: argparse.ArgumentParser, calls_peers: bool = False) ->
         "--max-concurrent-rpcs",
         "--max_concurrent_rpcs",
         type=int,
-        default=int(os.environ.get("TUNEWIRE_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS)),
-        help="calls in flight before new ones get RESOURCE_EXHAUSTED (0: no cap)",
+        default=_env_int("TUNEWIRE_MAX_CONCURRENT_RPCS", DEFAULT_MAX_CONCURRENT_RPCS),
+        help="unary calls in progress (running or waiting for a thread) before new ones get "
+        "RESOURCE_EXHAUSTED; streams are capped per principal instead (0: no cap; "
+        f"default {DEFAULT_MAX_CONCURRENT_RPCS}; env TUNEWIRE_MAX_CONCURRENT_RPCS)",
+    )
+    p.add_argument(
+        "--max-streams-per-principal",
+        "--max_streams_per_principal",
+        type=int,
+        default=_env_int("TUNEWIRE_MAX_STREAMS_PER_PRINCIPAL", DEFAULT_MAX_STREAMS_PER_PRINCIPAL),
+        help="streams (WatchJob, uploads, StreamEmbed...) one principal may hold open; beyond "
+        "it the new stream gets RESOURCE_EXHAUSTED (0: no cap; default "
+        f"{DEFAULT_MAX_STREAMS_PER_PRINCIPAL}; env TUNEWIRE_MAX_STREAMS_PER_PRINCIPAL)",
+    )
+    p.add_argument(
+        "--max-health-watches",
+        "--max_health_watches",
+        type=int,
+        default=_env_int("TUNEWIRE_MAX_HEALTH_WATCHES", DEFAULT_MAX_HEALTH_WATCHES),
+        help="Health.Watch streams (no token needed) open on this server at once (0: no cap; "
+        f"default {DEFAULT_MAX_HEALTH_WATCHES}; env TUNEWIRE_MAX_HEALTH_WATCHES)",
+    )
+    p.add_argument(
+        "--stream-idle-timeout",
+        "--stream_idle_timeout",
+        type=float,
+        default=float(
+            os.environ.get("TUNEWIRE_STREAM_IDLE_TIMEOUT") or DEFAULT_STREAM_IDLE_TIMEOUT_S
+        ),
+        metavar="SECONDS",
+        help="a client stream (upload, StreamEmbed) that sends nothing for this long while the "
+        "server owes it nothing is closed with DEADLINE_EXCEEDED (0: never; default "
+        f"{DEFAULT_STREAM_IDLE_TIMEOUT_S:g}; env TUNEWIRE_STREAM_IDLE_TIMEOUT)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        "--metrics_port",
+        type=int,
+        default=_env_int("TUNEWIRE_METRICS_PORT", None),
+        help="serve Prometheus metrics (and nothing else, no token) over HTTP on this port at "
+        "/metrics (env TUNEWIRE_METRICS_PORT; default: off)",
     )
     p.add_argument(
         "--health-port",
@@ -169,6 +224,9 @@ def security_from_args(args: argparse.Namespace) -> ServerSecurity:
         reflection=args.reflection,
         max_concurrent_rpcs=args.max_concurrent_rpcs or None,
         health_port=args.health_port,
+        max_streams_per_principal=args.max_streams_per_principal or None,
+        max_health_watches=args.max_health_watches or None,
+        stream_idle_timeout_s=args.stream_idle_timeout or None,
     )
 
 
@@ -181,16 +239,42 @@ def export_peer_token(args: argparse.Namespace) -> None:
         os.environ.pop("TUNEWIRE_TOKEN", None)
 
 
+def start_operations(args: argparse.Namespace, service_name: str):
+    """Metrics on --metrics-port and traces to OTEL_EXPORTER_OTLP_ENDPOINT, where set, before
+    the servers start; returns the metrics server (None when off) for the caller to close."""
+    from tunewire import tracing
+
+    tracing.configure_from_env(service_name)
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return None
+    from tunewire import metrics
+
+    try:
+        return metrics.serve(port)
+    except OSError as exc:
+        raise SystemExit(f"--metrics-port {port}: {exc.strerror or exc}") from None
+
+
 def serve(name: str, args: argparse.Namespace, start, settings, on_stop) -> int:
-    """The shared tail of every service's `main`: log where it serves, then block until SIGTERM
-    and drain. `start(settings)` returns the app; `on_stop(app)` closes its stores."""
+    """The shared tail of every service's `main`: metrics and traces, log where it serves,
+    then block until SIGTERM and drain. `start(settings)` returns the app; `on_stop(app)`
+    closes its stores."""
+    from tunewire import tracing
     from tunewire.logging import get_logger
     from tunewire.server import wait_for_termination
 
     warn_if_exposed(args.host, settings.security, name)
+    metrics_server = start_operations(args, f"tunewire-{name}")
     app = start(settings)
     get_logger(f"services.{name}").info(
-        f"{name} serving", port=app.port, data_dir=str(args.data_dir)
+        f"{name} serving",
+        port=app.port,
+        data_dir=str(args.data_dir),
+        metrics_port=metrics_server.port if metrics_server else None,
     )
     wait_for_termination([app.running], on_stop=lambda: on_stop(app))
+    if metrics_server is not None:
+        metrics_server.close()
+    tracing.shutdown()
     return 0

@@ -12,12 +12,11 @@ from services.embedder.service import CACHE_SCOPES
 from tunewire.logging import configure
 from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.model_roots import add_model_root_flags, roots_from_args
-from tunewire.server import wait_for_termination
 from tunewire.server_flags import (
     add_security_flags,
     export_peer_token,
     security_from_args,
-    warn_if_exposed,
+    serve,
 )
 
 
@@ -177,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    warn_if_exposed(settings.host, settings.security, "embedder")
-    app = start(settings)
-    wait_for_termination([app.running], on_stop=app.close)
+    serve("embedder", args, start, settings, lambda app: app.close())
 
 
 if __name__ == "__main__":

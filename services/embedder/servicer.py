@@ -3,16 +3,17 @@
 Validation errors are raised as `tunewire.errors.*` with the field path; the shared interceptor
 maps them to status codes, so nothing is caught here.
 
-StreamEmbed answers requests found whole in the cache in gRPC's own thread as it reads them (a
-warm stream pays no thread hop a request). From the first request the model must work on, it
-works on up to `stream_window` requests of the stream at once (a reader thread takes requests
-while earlier ones compute, so one client's tokenisation overlaps the model and its rows fill
-shared batches). Answers go strictly in order, each split into chunks of at most
-`chunk_bytes`. Backpressure end to end: gRPC flow control blocks our `yield` when the client
-reads slowly, the window (or, while answering from the cache, this very thread) then stops the
-reading, and the client's sends block in turn. A client that goes away (cancel, deadline,
-dropped connection) makes `context.is_active()` false; its texts still queued for the model are
-dropped uncomputed.
+StreamEmbed runs on the server's event loop (grpc.aio), so an open stream holds no thread while
+it waits for its client: a hundred idle streams cost memory, not the server's threads. Each
+request is begun (validated, looked up in the cache, its texts claimed) in a worker thread, in
+request order; up to `stream_window` requests of the stream are at work at once, those the model
+must compute in a pool of the stream's own (so one client's tokenisation overlaps the model and
+its rows fill shared batches). Answers go strictly in order, each split into chunks of at most
+`chunk_bytes`. Backpressure end to end: gRPC flow control holds our `yield` when the client reads
+slowly, the window then stops the reading, and the client's sends block in turn. A client that
+goes away (cancel, deadline, dropped connection) ends the call; its texts still queued for the
+model are dropped uncomputed. A client that sends nothing while owed nothing is closed by the
+server's idle timeout (`tunewire.calls.IdleRequests`).
 
 Responses are serialised here, by `encode_response`, into the bytes gRPC sends: the vectors are
 copied once, straight into the message, instead of into a Tensor, a response and a serialised
@@ -30,10 +31,10 @@ each.
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import grpc
@@ -45,6 +46,7 @@ from services.embedder.predicting import predict_rows
 from services.embedder.service import Answered, EmbedderService, EmbedJob, EmbedResult, EncoderSpec
 from tunewire import tensors
 from tunewire.auth import bearer_token
+from tunewire.calls import IdleRequests
 from tunewire.errors import InvalidArgument
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
@@ -217,6 +219,17 @@ def _whole_response(result: EmbedResult) -> bytes:
     )
 
 
+def _abandon(begun: asyncio.Future) -> None:
+    """A request begun for a stream that has ended: release its claims without computing."""
+    if begun.cancelled() or begun.exception() is not None:
+        return
+    job = begun.result()
+    if not isinstance(job, Answered):
+        threading.Thread(
+            target=job.finish, args=(lambda: True,), name="stream-embed-abandon", daemon=True
+        ).start()
+
+
 def _serialize(message: bytes | embedder_pb2.EmbedResponse) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
@@ -347,70 +360,75 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     def Embed(self, request, context: grpc.ServicerContext) -> bytes:
         return self._begin(request, _whole_response).finish(lambda: not context.is_active())
 
-    def StreamEmbed(self, request_iterator, context: grpc.ServicerContext) -> Iterator[bytes]:
-        # While every request is answered from the cache, answer each in gRPC's own thread as it
-        # is read: no thread hop per request (a warm stream's replays cost only their send).
-        # The first request that needs the model hands the rest of the stream to `_pipelined`.
-        for request in request_iterator:
-            job = self._begin(request, self._chunks)
-            if not isinstance(job, Answered):
-                yield from self._pipelined(job, request_iterator, context)
-                return
-            yield from job.rendered
+    async def StreamEmbed(self, request_iterator, context) -> AsyncIterator[bytes]:
+        """Runs on the server's event loop: an open stream holds no thread while it waits for
+        the client (the server's idle timeout closes one that stays silent while owed nothing).
+        Requests are begun in request order (cache lookup and claims) in a worker thread, up to
+        `stream_window` at once; those that need the model compute in a pool of the stream's
+        own; answers go out in order."""
+        loop = asyncio.get_running_loop()
+        ended = threading.Event()  # the call is over: its texts still queued are dropped
+        context.add_done_callback(lambda _ctx: ended.set())
+        window = asyncio.Semaphore(self.stream_window)
+        pending: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
+        owed = 0  # requests read and not yet answered in full
+        pools: list[ThreadPoolExecutor] = []
+        if isinstance(request_iterator, IdleRequests):
+            request_iterator.busy = lambda: owed > 0
 
-    def _pipelined(
-        self, first: EmbedJob, request_iterator, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
-        """Answer `first` and the rest of the stream in order, with up to `stream_window`
-        requests at work at once: a reader thread takes requests (cache lookup and claims in
-        request order) while earlier ones compute in a pool."""
+        def compute(job: EmbedJob) -> asyncio.Future:
+            if not pools:
+                pools.append(
+                    ThreadPoolExecutor(self.stream_window, thread_name_prefix="stream-embed")
+                )
+            return loop.run_in_executor(pools[0], job.finish, ended.is_set)
 
-        def cancelled() -> bool:
-            return not context.is_active()
-
-        window = threading.Semaphore(self.stream_window)
-        pending: queue.Queue[Future | None] = queue.Queue()
-        closing = threading.Event()
-        pool = ThreadPoolExecutor(self.stream_window, thread_name_prefix="stream-embed")
-        window.acquire()
-        pending.put(pool.submit(first.finish, cancelled))
-
-        def read() -> None:
+        async def read() -> None:
+            nonlocal owed
             try:
-                for request in request_iterator:
-                    while not window.acquire(timeout=0.1):  # `window` requests in flight
-                        if closing.is_set() or cancelled():
-                            return
-                    answer: Future = Future()
+                async for request in request_iterator:
+                    await window.acquire()
+                    owed += 1
+                    answer = loop.create_future()
+                    begin = asyncio.ensure_future(
+                        asyncio.to_thread(self._begin, request, self._chunks)
+                    )
                     try:
-                        job = self._begin(request, self._chunks)
+                        job = await asyncio.shield(begin)
+                    except asyncio.CancelledError:
+                        begin.add_done_callback(_abandon)
+                        raise
                     except Exception as exc:  # noqa: BLE001 - answered in order, below
                         answer.set_exception(exc)
                     else:
                         if isinstance(job, Answered):
                             answer.set_result(job.rendered)
                         else:
-                            answer = pool.submit(job.finish, cancelled)
-                    pending.put(answer)
-            except Exception as exc:  # noqa: BLE001 - the call ended under the reader
-                log.info("stream input ended", error=type(exc).__name__)
+                            answer = compute(job)
+                    pending.put_nowait(answer)
+            except Exception as exc:  # noqa: BLE001 - e.g. the idle timeout: ends the stream
+                failed = loop.create_future()
+                failed.set_exception(exc)
+                pending.put_nowait(failed)
             finally:
-                pending.put(None)
+                pending.put_nowait(None)
 
-        reader = threading.Thread(target=read, name="stream-embed-reader", daemon=True)
-        reader.start()
+        reader = asyncio.create_task(read())
         try:
-            while (future := pending.get()) is not None:
+            while (answer := await pending.get()) is not None:
                 try:
-                    chunks = future.result()
+                    chunks = await answer
                 finally:
                     window.release()
-                yield from chunks
+                for chunk in chunks:
+                    yield chunk
+                owed -= 1
         finally:
-            closing.set()
-            # Jobs already begun still run: each releases its claims (at once if the client
-            # went away), so no other request waits on texts nobody computes.
-            pool.shutdown(wait=False)
+            reader.cancel()
+            # Jobs already begun still run: each releases its claims (at once once the call
+            # has ended), so no other request waits on texts nobody computes.
+            for pool in pools:
+                pool.shutdown(wait=False)
 
     def GetEncoderInfo(
         self, request, context: grpc.ServicerContext

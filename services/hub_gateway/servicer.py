@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
 import structlog
 
 from services.hub_gateway.staging import StagingWriter, UploadSlots, resolve_under_roots
-from services.hub_gateway.uploads import UploadEvent, UploadManager, UploadRecord, UploadSpec
+from services.hub_gateway.uploads import (
+    UploadEvent,
+    UploadManager,
+    UploadRecord,
+    UploadSpec,
+)
 from tunewire.auth import current_principal
 from tunewire.errors import (
     FailedPrecondition,
@@ -25,6 +30,7 @@ from tunewire.errors import (
     Unavailable,
     from_rpc_error,
 )
+from tunewire.streams import client_stream
 from tunewire.timestamps import to_timestamp as _ts
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc
@@ -97,6 +103,7 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
         self.trainer = trainer
         self.slots = slots or UploadSlots()
 
+    @client_stream  # read on the event loop; staged and hashed in a thread of its own
     def CreateUpload(
         self, request_iterator: Iterator[pb.CreateUploadRequest], context: grpc.ServicerContext
     ) -> pb.Upload:
@@ -195,11 +202,11 @@ class HubGatewayServicer(hub_gateway_pb2_grpc.HubGatewayServiceServicer):
     def GetUpload(self, request: pb.GetUploadRequest, context: grpc.ServicerContext) -> pb.Upload:
         return upload_to_proto(self.manager.get(request.id, current_principal()))
 
-    def WatchUpload(
-        self, request: pb.WatchUploadRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.UploadEvent]:
+    async def WatchUpload(
+        self, request: pb.WatchUploadRequest, context
+    ) -> AsyncIterator[pb.UploadEvent]:
+        """Every event from `from_sequence` on, then new ones until the upload ends; on the
+        event loop, so a watcher holds no thread while it waits."""
         caller = current_principal()
-        for event in self.manager.watch(
-            request.id, request.from_sequence, context.is_active, caller
-        ):
+        async for event in self.manager.watch_async(request.id, request.from_sequence, caller):
             yield event_to_proto(event)

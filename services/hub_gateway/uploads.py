@@ -15,13 +15,14 @@ id with another spec is ALREADY_EXISTS, never someone else's upload.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,6 +380,14 @@ class UploadManager:
         (or the caller goes away, or the manager closes)."""
         self.get(upload_id, principal)
         return self._store.follow(upload_id, from_sequence, is_active)
+
+    async def watch_async(
+        self, upload_id: str, from_sequence: int = 0, principal: Principal = LOCAL
+    ) -> AsyncIterator[UploadEvent]:
+        """`watch` for an event loop (the async WatchUpload): waiting holds no thread."""
+        await asyncio.to_thread(self.get, upload_id, principal)
+        async for event in self._store.watch(upload_id, from_sequence):
+            yield event
 
     # -- the work -------------------------------------------------------------------------------
 

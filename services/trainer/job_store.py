@@ -11,8 +11,9 @@ as for a missing id; admin sees all. Request ids are per principal.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,12 @@ class JobStore:
         """Replay events from `from_sequence`, then wait for new ones until the job ends."""
         self.get(job_id)
         return self._store.follow(job_id, from_sequence, alive)
+
+    async def watch(self, job_id: str, from_sequence: int = 0) -> AsyncIterator[StoredEvent]:
+        """`follow` for an event loop (the async WatchJob): waiting holds no thread."""
+        await asyncio.to_thread(self.get, job_id)  # NOT_FOUND, or another principal's
+        async for event in self._store.watch(job_id, from_sequence):
+            yield event
 
     def work_dir(self, job_id: str) -> Path:
         return self._store.dir(job_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from services.trainer.datasets import DatasetRecord
 from services.trainer.job_store import JobRecord, StoredEvent
@@ -14,6 +14,7 @@ from tunewire.auth import current_principal
 from tunewire.errors import InvalidArgument, NotFound
 from tunewire.json_input import parse_json
 from tunewire.server import STREAM_CHUNK_BYTES
+from tunewire.streams import client_stream
 from tunewire.timestamps import to_timestamp as _ts
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -110,6 +111,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, core: TrainerCore) -> None:
         self.core = core
 
+    @client_stream  # read on the event loop; parsed and written in a thread of its own
     def UploadDataset(self, request_iterator, context):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "metadata":
@@ -169,8 +171,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def CancelJob(self, request, context):
         return job_proto(self.core.runner.cancel(request.id))
 
-    def WatchJob(self, request, context) -> Iterator[trainer_pb2.JobEvent]:
-        for ev in self.core.jobs.follow(request.id, request.from_sequence, context.is_active):
+    async def WatchJob(self, request, context) -> AsyncIterator[trainer_pb2.JobEvent]:
+        """Replays the job's events, then follows them until it ends; on the event loop, so a
+        watcher holds no thread while it waits (tunewire.records.RecordStore.watch)."""
+        async for ev in self.core.jobs.watch(request.id, request.from_sequence):
             yield event_proto(request.id, ev)
 
     def Predict(self, request, context):

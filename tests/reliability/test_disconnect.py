@@ -1,5 +1,5 @@
-"""A client that goes away mid-stream frees the server's work: the server-side generator ends
-and its worker thread returns, instead of serving a dead stream until the job ends."""
+"""A client that goes away mid-stream frees the server's work: the server-side stream (an async
+generator on the server's event loop) ends, instead of serving a dead stream until the job ends."""
 
 from __future__ import annotations
 
@@ -24,21 +24,34 @@ CONFIG = {
 
 
 class Tracked:
-    """Wraps a generator function; `open` counts generators that have not finished."""
+    """Wraps an async generator function; `open` counts generators that have not finished."""
 
     def __init__(self, fn) -> None:
         self.fn = fn
         self.open = 0
         self.lock = threading.Lock()
 
-    def __call__(self, *args, **kwargs):
+    async def __call__(self, *args, **kwargs):
         with self.lock:
             self.open += 1
         try:
-            yield from self.fn(*args, **kwargs)
+            async for item in self.fn(*args, **kwargs):
+                yield item
         finally:
             with self.lock:
                 self.open -= 1
+
+
+def track(monkeypatch, cls, name: str) -> Tracked:
+    """Track `cls.name` (patched before a server registers the servicer's bound methods)."""
+    tracked = Tracked(getattr(cls, name))
+
+    async def method(self, request, context):
+        async for item in tracked(self, request, context):
+            yield item
+
+    monkeypatch.setattr(cls, name, method)
+    return tracked
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -48,7 +61,10 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def test_cancelled_watch_job_stops_the_server_generator(tmp_path):
+def test_cancelled_watch_job_stops_the_server_generator(tmp_path, monkeypatch):
+    from services.trainer.servicer import TrainerServicer
+
+    follow = track(monkeypatch, TrainerServicer, "WatchJob")
     app = start_trainer(TrainerSettings(data_dir=tmp_path, port=0))
     try:
         df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["0", "1", "0", "1"]})
@@ -56,8 +72,6 @@ def test_cancelled_watch_job_stops_the_server_generator(tmp_path):
         app.core.runner._stopping.set()  # workers take nothing new: the job stays QUEUED
         app.core.runner.stop(timeout=2)
         job = app.core.runner.submit(CONFIG, dataset_id=ds.id)
-        follow = Tracked(app.core.jobs.follow)
-        app.core.jobs.follow = follow
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         calls = [stub.WatchJob(trainer_pb2.WatchJobRequest(id=job.id)) for _ in range(3)]
@@ -75,11 +89,7 @@ def test_cancelled_watch_job_stops_the_server_generator(tmp_path):
 def test_cancelled_stream_embed_ends_the_server_stream(tmp_path, minilm, monkeypatch):
     from services.embedder.servicer import EmbedderServicer
 
-    stream = Tracked(EmbedderServicer.StreamEmbed)
-    # Patched before the server registers the servicer's bound methods.
-    monkeypatch.setattr(
-        EmbedderServicer, "StreamEmbed", lambda self, it, ctx: stream(self, it, ctx)
-    )
+    stream = track(monkeypatch, EmbedderServicer, "StreamEmbed")
     app = start_embedder(EmbedderSettings(port=0, data_dir=tmp_path, preload=[minilm]))
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:

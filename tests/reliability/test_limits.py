@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -123,32 +124,50 @@ def test_data_set_size_limit_leaves_nothing_behind(tmp_path):
         app.close()
 
 
-def test_concurrent_calls_beyond_the_cap_are_resource_exhausted(tmp_path):
-    app = start_trainer(
-        TrainerSettings(data_dir=tmp_path, port=0, security=ServerSecurity(max_concurrent_rpcs=2))
+def test_unary_calls_beyond_the_cap_are_resource_exhausted_and_streams_do_not_count():
+    """--max-concurrent-rpcs counts unary calls in progress; open streams are capped per
+    principal instead, so two Health.Watch streams do not fill a cap of 2."""
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def hold(_request, _context):
+        entered.release()
+        release.wait(10)
+        return b"done"
+
+    def add(_servicer, server) -> None:
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "tunewire.test.Hold", {"Hold": grpc.unary_unary_rpc_method_handler(hold)}
+                )
+            ]
+        )
+
+    running = create_server(
+        [Service("tunewire.test.Hold", None, add)],
+        ServerSettings(security=ServerSecurity(max_concurrent_rpcs=2)),
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         health = health_pb2_grpc.HealthStub(channel)
-        # Two long-lived streams fill the cap.
         watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
         for w in watches:
             next(w)
-        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        assert (
-            code_of(lambda: stub.ListJobs(trainer_pb2.ListJobsRequest()))
-            == grpc.StatusCode.RESOURCE_EXHAUSTED
-        )
-        watches[0].cancel()
-        deadline = time.monotonic() + 5
-        while code_of(lambda: stub.ListJobs(trainer_pb2.ListJobsRequest())) != grpc.StatusCode.OK:
-            assert time.monotonic() < deadline, "a freed slot was never reused"
-            time.sleep(0.05)
-        watches[1].cancel()
+        hold_call = channel.unary_unary("/tunewire.test.Hold/Hold")
+        in_flight = [hold_call.future(b"", timeout=20) for _ in range(2)]
+        for _ in in_flight:
+            assert entered.acquire(timeout=10)
+        assert code_of(lambda: hold_call(b"", timeout=10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status  # still answers
+        release.set()
+        assert [f.result() for f in in_flight] == [b"done", b"done"]
+        assert hold_call(b"", timeout=10) == b"done"  # the freed slots are reused
+        for w in watches:
+            w.cancel()
     finally:
+        release.set()
         channel.close()
-        app.running.stop(None)
-        app.close()
+        running.stop(None).wait(5)
 
 
 @pytest.fixture
