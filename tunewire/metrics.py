@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import prometheus_client
 import structlog
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import tunewire
@@ -143,6 +143,13 @@ def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = Non
     labels = labels or {}
     family = GaugeMetricFamily(name, doc, labels=list(labels))
     family.add_metric(list(labels.values()), value)
+    return family
+
+
+def counter(name: str, doc: str, value: float) -> Metric:
+    """One cumulative count as a family (exposed as `<name>_total`), for sources."""
+    family = CounterMetricFamily(name, doc)
+    family.add_metric([], value)
     return family
 
 

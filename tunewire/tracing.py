@@ -97,3 +97,56 @@ def phase(name: str, **attributes: Any) -> Iterator[Any]:
     attrs = {f"tunewire.{k}": v for k, v in attributes.items() if v is not None and v != ""}
     with _tracer.start_as_current_span(name, attributes=attrs) as span:
         yield span
+
+
+class JobTrace:
+    """Spans of one attempt of a job: a `job` span over the attempt and, inside it, one span per
+    phase its progress reports (`load data`, then each progress `phase`: train, evaluate...),
+    each carrying the job id, the request id that created it and the attempt. With tracing off
+    every method returns at once."""
+
+    def __init__(self, job_id: str, request_id: str, attempt: int, owner: str = "") -> None:
+        self._attrs = {
+            "tunewire.job_id": job_id,
+            "tunewire.request_id": request_id,
+            "tunewire.attempt": attempt,
+            "tunewire.owner": owner,
+        }
+        self._job = self._phase = None
+        self._phase_name = ""
+        if _tracer is None:
+            return
+        self._job = _tracer.start_span("job", attributes=self._attrs)
+        self.phase("load data")
+
+    def phase(self, name: str) -> None:
+        """Enter phase `name` (ending the one before) unless already in it."""
+        if self._job is None or name == self._phase_name:
+            return
+        from opentelemetry.trace import set_span_in_context
+
+        if self._phase is not None:
+            self._phase.end()
+        self._phase_name = name
+        self._phase = _tracer.start_span(
+            f"job {name}", context=set_span_in_context(self._job), attributes=self._attrs
+        )
+
+    def progress(self, event: Any) -> None:
+        """Note a job event: a progress event names the phase the job is in."""
+        name = getattr(event, "phase", None)
+        if name:
+            self.phase(name)
+
+    def end(self, state: str) -> None:
+        if self._job is None:
+            return
+        from opentelemetry.trace import Status, StatusCode
+
+        if self._phase is not None:
+            self._phase.end()
+        self._job.set_attribute("tunewire.state", state)
+        if state == "FAILED":
+            self._job.set_status(Status(StatusCode.ERROR, state))
+        self._job.end()
+        self._job = self._phase = None

@@ -6,11 +6,13 @@ memory, so a Kubernetes probe never routes traffic to a replica that would stall
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 import torch
+from prometheus_client.core import Metric
 
 from services.embedder.artifact_fetch import TrainerArtifacts
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
@@ -31,6 +33,7 @@ from services.embedder.servicer import (
     EmbedderServicer,
     add_to_server,
 )
+from tunewire import metrics
 from tunewire.model_roots import ModelRoots, looks_local
 from tunewire.paths import default_data_dir
 from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
@@ -106,11 +109,59 @@ class Settings:
             raise ValueError("hot_vector_bytes must be >= 0")
 
 
+def metrics_source(service: EmbedderService) -> Callable[[], list[Metric]]:
+    """The embedder's scrape-time metrics: cache hits, misses and size, work done, and the batch
+    queues (texts waiting for the model, in rows and tokens, over every loaded model)."""
+
+    def collect() -> list[Metric]:
+        cache, work = service.cache_stats(), service.counters()
+        queues = [entry.queue for entry in service.registry.entries()]
+        return [
+            metrics.counter(
+                "tunewire_embedder_cache_hits", "Texts answered from the cache", cache.hits
+            ),
+            metrics.counter(
+                "tunewire_embedder_cache_misses", "Texts not in the cache", cache.misses
+            ),
+            metrics.gauge(
+                "tunewire_embedder_cache_bytes", "Bytes the cache's pages hold", cache.bytes
+            ),
+            metrics.gauge("tunewire_embedder_cache_entries", "Vectors in the cache", cache.entries),
+            metrics.gauge(
+                "tunewire_embedder_cache_map_bytes", "The cache's current map size", cache.map_size
+            ),
+            metrics.counter(
+                "tunewire_embedder_forward_passes", "Forward passes run", work.forward_passes
+            ),
+            metrics.counter(
+                "tunewire_embedder_computed_texts", "Texts computed by a model", work.computed_texts
+            ),
+            metrics.counter(
+                "tunewire_embedder_dropped_texts",
+                "Queued texts dropped because their client left",
+                work.dropped_texts,
+            ),
+            metrics.gauge(
+                "tunewire_embedder_queue_rows",
+                "Texts waiting for the model",
+                sum(q.pending_rows() for q in queues),
+            ),
+            metrics.gauge(
+                "tunewire_embedder_queue_tokens",
+                "Tokens waiting for the model",
+                sum(q.queued_tokens() for q in queues),
+            ),
+        ]
+
+    return collect
+
+
 @dataclass
 class App:
     running: RunningServer
     service: EmbedderService
     heads: HeadCache | None = None
+    remove_metrics: Callable[[], None] = lambda: None
 
     def set_trainer(self, address: str) -> None:
         """Fetch jobs' heads from the trainer at `address` (set once it has started)."""
@@ -123,6 +174,7 @@ class App:
 
     def close(self) -> None:
         """Close the cache; call after the server has stopped (wait_for_termination's on_stop)."""
+        self.remove_metrics()
         self.service.close()
 
     def stop(self, grace: float | None = 5.0) -> None:
@@ -193,4 +245,9 @@ def start(settings: Settings) -> App:
         data_dir=str(settings.data_dir),
         preloaded=settings.preload,
     )
-    return App(running=running, service=service, heads=heads)
+    return App(
+        running=running,
+        service=service,
+        heads=heads,
+        remove_metrics=metrics.add_source(metrics_source(service)),
+    )

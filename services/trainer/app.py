@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from services.trainer.dataset_retention import (
     DEFAULT_MAX_UNREFERENCED_BYTES,
@@ -17,6 +20,7 @@ from services.trainer.datasets import (
 )
 from services.trainer.service import TrainerCore
 from services.trainer.servicer import TrainerServicer
+from tunewire import metrics
 from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
 from tunewire.v1 import trainer_pb2_grpc
 
@@ -56,16 +60,49 @@ class Settings:
     security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
+_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def metrics_source(core: TrainerCore) -> Callable[[], list[Metric]]:
+    """The trainer's scrape-time metrics: jobs by state (QUEUED is the queue's depth) and the
+    latest throughput each running job reported (tokens/s for generative jobs)."""
+
+    def collect() -> list[Metric]:
+        jobs = core.jobs.all()
+        by_state = GaugeMetricFamily("tunewire_trainer_jobs", "Jobs by state", labels=["state"])
+        for state in _STATES:
+            by_state.add_metric([state], sum(j.state == state for j in jobs))
+        throughput = GaugeMetricFamily(
+            "tunewire_trainer_job_throughput",
+            "The latest throughput a running job reported, in its unit (tokens/s, examples/s)",
+            labels=["job_id", "unit"],
+        )
+        for job in jobs:
+            if job.state != "RUNNING":
+                continue
+            events, _ = core.jobs.events_since(job.id, 0)
+            progress = next((e for e in reversed(events) if e.kind == "progress"), None)
+            if progress is not None:
+                throughput.add_metric(
+                    [job.id, progress.data.get("unit", "")], progress.data.get("throughput", 0.0)
+                )
+        return [by_state, throughput]
+
+    return collect
+
+
 @dataclass
 class App:
     running: RunningServer
     core: TrainerCore
+    remove_metrics: Callable[[], None] = lambda: None
 
     @property
     def port(self) -> int:
         return self.running.port
 
     def close(self) -> None:
+        self.remove_metrics()
         self.core.close()
 
 
@@ -101,4 +138,4 @@ def start(settings: Settings) -> App:
     )
     core.start()
     running.set_ready(SERVICE_NAME)
-    return App(running, core)
+    return App(running, core, metrics.add_source(metrics_source(core)))

@@ -49,6 +49,7 @@ from services.trainer.job_store import (
     JobStore,
 )
 from services.trainer.model_types import model_type, resolve
+from tunewire import tracing
 from tunewire.auth import Principal, acting_for, current_principal
 from tunewire.config import to_dict
 from tunewire.errors import (
@@ -270,6 +271,7 @@ class JobRunner:
         staging = self.artifacts_root / f".staging-{job_id}-{attempt}"
         shutil.rmtree(staging, ignore_errors=True)
         deadline = self._deadline(job_id, cancel)
+        trace = tracing.JobTrace(job_id, rec.request_id, attempt, rec.owner)
         try:
             # A job recorded before a restart was admitted by the previous process; its recorded
             # config is the resolved one, read back once here.
@@ -287,7 +289,7 @@ class JobRunner:
                 train=train,
                 validation=val,
                 test=test,
-                emit=lambda ev: self._emit(job_id, ev),
+                emit=lambda ev: (trace.progress(ev), self._emit(job_id, ev))[-1],
                 cancel_event=cancel,
                 attempt=attempt,
                 embedder=self.embedder_factory() if self.embedder_factory else None,
@@ -336,6 +338,7 @@ class JobRunner:
             if deadline is not None:
                 deadline.cancel()
             shutil.rmtree(staging, ignore_errors=True)
+            trace.end(self.store.get(job_id).state)
 
     def _deadline(self, job_id: str, cancel: threading.Event) -> _Deadline | None:
         """A timer that cancels the job when its wall-clock budget is spent."""

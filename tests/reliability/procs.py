@@ -66,8 +66,10 @@ def start(
     env: dict[str, str] | None = None,
     port: int | None = None,
     timeout: float = 90.0,
+    root: Path = ROOT,
 ) -> Proc:
-    """Start a service and wait until its health is SERVING (or fail with its log)."""
+    """Start a service and wait until its health is SERVING (or fail with its log). `root`:
+    the source tree to run it from (a benchmark's baseline runs an older checkout)."""
     port = port or free_port()
     full_env = {**os.environ, "TUNEWIRE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", **(env or {})}
     fh = open(log, "ab")
@@ -82,7 +84,7 @@ def start(
             str(port),
             *args,
         ],
-        cwd=ROOT,
+        cwd=root,
         env=full_env,
         stdout=fh,
         stderr=subprocess.STDOUT,
