@@ -7,20 +7,13 @@ import threading
 import time
 
 import grpc
-import pandas as pd
 
 from services.embedder.app import Settings as EmbedderSettings
 from services.embedder.app import start as start_embedder
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
+from tests.reliability.test_streams import queued_job
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-
-CONFIG = {
-    "input_features": [
-        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
-    ],
-    "output_features": [{"name": "label", "type": "binary"}],
-}
 
 
 class Tracked:
@@ -67,14 +60,10 @@ def test_cancelled_watch_job_stops_the_server_generator(tmp_path, monkeypatch):
     follow = track(monkeypatch, TrainerServicer, "WatchJob")
     app = start_trainer(TrainerSettings(data_dir=tmp_path, port=0))
     try:
-        df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["0", "1", "0", "1"]})
-        ds = app.core.datasets.put([df.to_csv(index=False).encode()], "d.csv")
-        app.core.runner._stopping.set()  # workers take nothing new: the job stays QUEUED
-        app.core.runner.stop(timeout=2)
-        job = app.core.runner.submit(CONFIG, dataset_id=ds.id)
+        job_id = queued_job(app)
         channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        calls = [stub.WatchJob(trainer_pb2.WatchJobRequest(id=job.id)) for _ in range(3)]
+        calls = [stub.WatchJob(trainer_pb2.WatchJobRequest(id=job_id)) for _ in range(3)]
         for call in calls:
             assert next(call).state_change.state == trainer_pb2.Job.QUEUED
         assert follow.open == 3

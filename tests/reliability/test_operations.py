@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import grpc
-import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
 from services.trainer.context import JobContext, JobResult, Progress
+from services.trainer.job_store import JobRecord
 from tests.reliability import procs
 from tests.reliability.conftest import code_of
 from tunewire import metrics, tracing
@@ -93,6 +94,23 @@ def slow_recipe(ctx: JobContext) -> JobResult:
     return JobResult(metrics=[])
 
 
+def queue_job(app, request_id: str) -> JobRecord:
+    """A job put on the runner's queue as admitted, running `slow_recipe` on no data (admission
+    and data loading are other tests' business)."""
+    runner = app.core.runner
+    runner.dispatch = lambda _model_type: slow_recipe
+    runner.admission.load_splits = lambda _config, _inputs: (None, None, None)
+    rec = app.core.jobs.create(
+        JobRecord(
+            id="job-traced", state="QUEUED", config={}, request_id=request_id, create_time=1.0
+        )
+    )
+    app.core.jobs.append_event(rec.id, "state", {"state": "QUEUED", "message": "queued"})
+    runner._configs[rec.id] = SimpleNamespace(model_type="ecd")
+    runner._queue.put(rec.id)
+    return rec
+
+
 @pytest.fixture
 def spans():
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -106,20 +124,11 @@ def spans():
 
 def test_spans_per_rpc_and_per_job_phase_carry_the_request_id(tmp_path, spans):
     app = start_trainer(TrainerSettings(data_dir=tmp_path, port=0))
-    app.core.runner.dispatch = lambda _model_type: slow_recipe
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         stub.ListJobs(trainer_pb2.ListJobsRequest(), metadata=[("x-request-id", "req-42")])
-        df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["0", "1", "0", "1"]})
-        ds = app.core.datasets.put([df.to_csv(index=False).encode()], "d.csv")
-        config = {
-            "input_features": [
-                {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
-            ],
-            "output_features": [{"name": "label", "type": "binary"}],
-        }
-        job = app.core.runner.submit(config, dataset_id=ds.id, request_id="req-job-7")
+        job = queue_job(app, request_id="req-job-7")
         deadline = time.monotonic() + 30
         while app.core.jobs.get(job.id).state not in ("SUCCEEDED", "FAILED"):
             assert time.monotonic() < deadline

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import grpc
-import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,17 +17,12 @@ from services.embedder.app import Settings as EmbedderSettings
 from services.embedder.app import start as start_embedder
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
+from services.trainer.job_store import JobRecord
 from tests.reliability.conftest import code_of
 from tunewire.errors import from_rpc_error
 from tunewire.server import ServerSecurity
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
-CONFIG = {
-    "input_features": [
-        {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "/m"}}
-    ],
-    "output_features": [{"name": "label", "type": "binary"}],
-}
 # Four principals that train: token -> principal name.
 TOKENS = {f"user{i}-tok-{i}a9c{i}": f"user{i}" for i in range(4)}
 
@@ -51,13 +46,20 @@ def stalled_upload(release: threading.Event) -> Iterator[trainer_pb2.UploadDatas
     release.wait(60)
 
 
-def queued_job(app) -> str:
-    """A job that stays QUEUED (the runner takes nothing), so its WatchJob stays open."""
-    df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["0", "1", "0", "1"]})
-    ds = app.core.datasets.put([df.to_csv(index=False).encode()], "d.csv")
-    app.core.runner._stopping.set()
-    app.core.runner.stop(timeout=2)
-    return app.core.runner.submit(CONFIG, dataset_id=ds.id).id
+def queued_job(app, owner: str = "") -> str:
+    """A job recorded as QUEUED but never given to the runner, so it stays queued and a
+    WatchJob on it stays open; it belongs to `owner` (a principal's name)."""
+    rec = app.core.jobs.create(
+        JobRecord(
+            id=f"job-{uuid.uuid4().hex[:12]}",
+            state="QUEUED",
+            config={},
+            owner=owner,
+            create_time=time.time(),
+        )
+    )
+    app.core.jobs.append_event(rec.id, "state", {"state": "QUEUED", "message": "queued"})
+    return rec.id
 
 
 @pytest.fixture
@@ -88,8 +90,8 @@ def test_open_streams_starve_nothing(trainer):
     """32 Health.Watch, 32 stalled uploads and 16 WatchJob streams from 4 principals (80 open
     calls; the threaded server had 16 threads) leave Health.Check and unary RPCs answering."""
     app = trainer()
-    job_id = queued_job(app)
     tokens = list(TOKENS)
+    jobs = {token: queued_job(app, TOKENS[token]) for token in tokens}
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     release = threading.Event()
     try:
@@ -106,7 +108,10 @@ def test_open_streams_starve_nothing(trainer):
             lambda: app.running.open_streams(TOKENS[tokens[0]]) == 32, what="32 open uploads"
         )
         follows = [
-            stub.WatchJob(trainer_pb2.WatchJobRequest(id=job_id), metadata=metadata(tokens[i % 4]))
+            stub.WatchJob(
+                trainer_pb2.WatchJobRequest(id=jobs[tokens[i % 4]]),
+                metadata=metadata(tokens[i % 4]),
+            )
             for i in range(16)
         ]
         for f in follows:
@@ -118,10 +123,12 @@ def test_open_streams_starve_nothing(trainer):
         listed = stub.ListJobs(
             trainer_pb2.ListJobsRequest(), metadata=metadata(tokens[3]), timeout=10
         )
-        assert [j.id for j in listed.jobs] == [job_id]
+        assert [j.id for j in listed.jobs] == [jobs[tokens[3]]]
         assert (
             stub.GetJob(
-                trainer_pb2.GetJobRequest(id=job_id), metadata=metadata(tokens[1]), timeout=10
+                trainer_pb2.GetJobRequest(id=jobs[tokens[1]]),
+                metadata=metadata(tokens[1]),
+                timeout=10,
             ).state
             == trainer_pb2.Job.QUEUED
         )
@@ -169,15 +176,15 @@ def test_a_silent_upload_is_closed_after_the_idle_timeout(trainer):
 
 def test_the_stream_cap_refuses_only_the_caller_over_it(trainer):
     app = trainer(max_streams_per_principal=3)
-    job_id = queued_job(app)
     alice, bob = list(TOKENS)[:2]
+    jobs = {token: queued_job(app, TOKENS[token]) for token in (alice, bob)}
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
 
         def watch(token: str):
             call = stub.WatchJob(
-                trainer_pb2.WatchJobRequest(id=job_id), metadata=metadata(token), timeout=30
+                trainer_pb2.WatchJobRequest(id=jobs[token]), metadata=metadata(token), timeout=30
             )
             return call, next(call)
 
@@ -192,9 +199,9 @@ def test_the_stream_cap_refuses_only_the_caller_over_it(trainer):
         assert first.state_change.state == trainer_pb2.Job.QUEUED
         assert (
             stub.GetJob(
-                trainer_pb2.GetJobRequest(id=job_id), metadata=metadata(alice), timeout=10
+                trainer_pb2.GetJobRequest(id=jobs[alice]), metadata=metadata(alice), timeout=10
             ).id
-            == job_id
+            == jobs[alice]
         )
         for call in [*alices, bobs]:
             call.cancel()
