@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -88,6 +89,12 @@ class Launch:
         self.grace = pod["terminationGracePeriodSeconds"]
         self.service_ports = _service_ports(docs)
         self.port = self.service_ports[self._own_service(docs)]
+        # The gRPC port is the one its Service names; every other container port (metrics) gets
+        # a free local port of its own.
+        self.container_ports = {
+            str(p["containerPort"]): self.port if p["name"] == "grpc" else _free_port()
+            for p in c["ports"]
+        }
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         self.mounts: dict[str, Path] = {}
         for m in c.get("volumeMounts", []):
@@ -125,8 +132,8 @@ class Launch:
     def _localise(self, value: str, token: bool = False) -> str:
         if token and value == "0.0.0.0":
             return "127.0.0.1"
-        if token and value in {str(p["containerPort"]) for p in self.container["ports"]}:
-            return str(self.port)
+        if token and value in self.container_ports:
+            return str(self.container_ports[value])
 
         def cluster(match):
             assert match.group(1) in self.service_ports, f"unknown service {match.group(0)}"
@@ -201,6 +208,13 @@ def test_service_starts_as_its_manifest_says(module, tmp_path):
             timeout=30,
         )
         assert launch.health_name in out.stdout.split(), out.stdout + out.stderr
+        # Prometheus metrics on the port the pod's scrape annotations name.
+        annotations = launch.workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        metrics_port = launch.container_ports[annotations["prometheus.io/port"]]
+        path = annotations["prometheus.io/path"]
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{path}", timeout=10)
+        assert b"tunewire_build_info" in scraped.read()
         # The data directory is the volume's: nothing was written to the default (./.data).
         data_dir = Path(launch.argv[launch.argv.index("--data-dir") + 1])
         assert data_dir.is_relative_to(tmp_path / "volumes")

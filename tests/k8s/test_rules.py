@@ -427,6 +427,17 @@ def test_network_policies_allow_only_what_each_caller_needs(name):
     ]
     for src, dst, port in denied:
         assert not _can_connect(policies, src, dst, port), (src, dst, port)
+    # Prometheus, in its own namespace, scrapes each service's metrics port; nobody else does.
+    scraper = {
+        "namespace": "monitoring",
+        "labels": {"tunewire.io/metrics-scraper": "true"},
+        "ns_labels": {"kubernetes.io/metadata.name": "monitoring"},
+    }
+    for service in (trainer, embedder, gateway):
+        assert _can_connect(policies, scraper, service, 9464)
+        assert not _can_connect(policies, scraper, service, 50052)
+        for other in (cli, worker, INTERNET):
+            assert not _can_connect(policies, other, service, 9464), (other, service)
     for pod in pods.values():
         assert _can_connect(policies, pod, KUBE_DNS, 53, "UDP")
         assert _can_connect(policies, pod, KUBE_DNS, 53, "TCP")
