@@ -310,6 +310,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         request_id = _request_id(metadata) or uuid.uuid4().hex[:12]
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+        caller = self.principal()
+        if caller is not None:  # who the call runs as (a service acting for it: `via`)
+            structlog.contextvars.bind_contextvars(principal=caller.name)
+            if getattr(caller, "via", ""):
+                structlog.contextvars.bind_contextvars(via=caller.via)
         refused = self._admit(method, handler)
         if refused is not None:
             metrics.count_refused(method, refused.reason)
