@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,37 @@ def memory(pid: int) -> tuple[int, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0]) * 1024  # kB
     return fields["VmRSS"], fields["VmHWM"]
+
+
+class PeakRSS:
+    """The highest resident memory of process `pid` while the `with` block runs, sampled from
+    /proc every few milliseconds (VmHWM cannot tell a request's peak from an earlier one)."""
+
+    def __init__(self, pid: int, every_s: float = 0.003) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, memory(self.pid)[0])
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = memory(self.pid)[0]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, memory(self.pid)[0])
+
+
+# glibc gives freed memory back at once (large blocks mapped, the heap trimmed), so resident
+# memory follows what a process holds, not what it once held: for measuring a request's peak.
+TIGHT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
 def start(

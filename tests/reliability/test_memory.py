@@ -1,13 +1,15 @@
 """Peak memory of each service, as a real process, for the largest request its configured limits
 admit, against the `cpu-dev` overlay's pod limit (k8s/overlays/cpu-dev).
 
-Each server runs with its request-size limits divided by SCALE and gets the largest request
-those admit; the peak resident memory it adds (VmHWM, /proc) is scaled back up and added to the
-peak it had before. The projection must stay under the pod's memory limit. What a request costs
-grows with its size (texts held, chunks parsed, pieces of a table), so this is the bound at full
-size; a part that does not grow (the tokenizer's prefix, the model) is counted SCALE times over.
-Each server is warmed first with requests that reach what is bounded by other means (the
-embedder's forward pass, by --max-batch-tokens), so what is scaled is what grows with a request.
+Each server runs with its request-size limits divided by a scale and gets the largest requests
+those admit. Its resident memory is sampled during each request (procs.PeakRSS; glibc told to
+give freed memory back at once, so the samples follow what is held); what a request adds over
+the resident memory before it is scaled back up. The projection, and the peak of the warm-up,
+must stay under the pod's memory limit. What a request costs grows with its size (texts held,
+chunks parsed, pieces of a table), so this bounds the full size; a part that does not grow (the
+tokenizer's prefix) is counted scale times over. What other settings bound (the embedder's
+forward pass, by --max-batch-tokens) is measured on a reference request of the same work and
+few bytes, and counted once.
 """
 
 from __future__ import annotations
@@ -37,14 +39,48 @@ def pod_limit(kind: str, name: str) -> float:
     return quantity(pod["containers"][0]["resources"]["limits"]["memory"])
 
 
-def projected(proc: procs.Proc, before: int, scale: int) -> tuple[float, str]:
-    """The peak at full size, and a line saying how it was reached (shown on failure)."""
-    _, after = procs.memory(proc.popen.pid)
-    full = before + (after - before) * scale
-    return full, (
-        f"{proc.name}: peak {before / MiB:.0f} MiB before, {after / MiB:.0f} MiB after a "
-        f"1/{scale} request: {full / MiB:.0f} MiB at full size"
-    )
+class Projection:
+    """Requests measured on one process: the highest full-size projection of any of them."""
+
+    def __init__(self, proc: procs.Proc, scale: int) -> None:
+        self.proc, self.scale = proc, scale
+        self.full = 0.0
+        self.lines: list[str] = []
+
+    def measure(self, reference: int = 0):
+        """A `with` block around one request (a PeakRSS, recorded on exit). `reference`: what a
+        request of the same work but few bytes added (what other settings bound, such as the
+        embedder's forward pass), counted once rather than scaled."""
+        outer = self
+
+        class _Measured(procs.PeakRSS):
+            def __enter__(self):
+                self.base = procs.memory(outer.proc.popen.pid)[0]
+                return super().__enter__()
+
+            def __exit__(self, *exc) -> None:
+                super().__exit__(*exc)
+                self.added = self.peak - self.base
+                if reference >= 0:
+                    outer.record(self.base, self.added, reference)
+
+        return _Measured(self.proc.popen.pid)
+
+    def record(self, base: int, added: int, reference: int) -> None:
+        grown = max(0, added - reference)
+        full = base + reference + grown * self.scale
+        self.full = max(self.full, full)
+        self.lines.append(
+            f"{base / MiB:.0f} MiB resident, +{reference / MiB:.0f} MiB bounded, "
+            f"+{grown / MiB:.0f} MiB more in a 1/{self.scale} request: {full / MiB:.0f} MiB "
+            "at full size"
+        )
+
+    def check(self, limit: float) -> None:
+        _, warm_peak = procs.memory(self.proc.popen.pid)  # every peak so far, warm-up included
+        how = f"{self.proc.name}: " + "; ".join(self.lines) + f" (limit {limit / MiB:.0f} MiB)"
+        print(how)
+        assert self.full < limit and warm_peak < limit, how
 
 
 def _words(n_bytes: int, seed: int) -> str:
@@ -59,25 +95,39 @@ def test_embedder(tmp_path, minilm):
     proc = procs.start(
         "embedder",
         ["--data-dir", str(tmp_path), "--preload", minilm, "--device", "cpu"]
-        + ["--max-text-bytes", str(text_bytes), "--max-instruction-bytes", str(instruction_bytes)],
+        + ["--max-text-bytes", str(text_bytes), "--max-instruction-bytes", str(instruction_bytes)]
+        + ["--max-texts", str(4096 // scale)],
         tmp_path / "embedder.log",
+        env=procs.TIGHT_MALLOC,
     )
+    projection = Projection(proc, scale)
     try:
         with grpc.insecure_channel(proc.address, options=channel_options()) as channel:
             stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
             spec = embedder_pb2.EncoderSpec(model=minilm, instruction="i" * instruction_bytes)
-            # Warm: full batches of texts at the model's 512 tokens, so the forward pass's own
-            # peak (bounded by --max-batch-tokens, whatever the request) is in `before`.
-            warm = [_words(6000, -1 - i) for i in range(64)]
-            stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=warm), timeout=300)
-            _, before = procs.memory(proc.popen.pid)
-            # As many texts at the text limit as the 64 MiB message limit, scaled, holds.
-            texts = [_words(text_bytes - 64, i) for i in range(64 * MiB // scale // text_bytes - 1)]
-            reply = stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=texts), timeout=300)
-            assert list(reply.embeddings.shape) == [len(texts), 384]
-        full, how = projected(proc, before, scale)
-        assert full < pod_limit("StatefulSet", "embedder"), how
-        print(how)
+            # Warm: the tokenizer's threads and first allocations.
+            stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=["warm", "up"]), timeout=60)
+            # As many texts at the text limit as the 64 MiB message limit, scaled, holds; then
+            # as many texts as --max-texts allows, each as long as still fits the message (at
+            # 32 tokens: what grows there is per text, and 512 tokens each is minutes of CPU).
+            short = embedder_pb2.EncoderSpec(
+                model=minilm, instruction=spec.instruction, max_length=32
+            )
+            shapes = [(64 * MiB // scale // text_bytes - 1, spec), (4096 // scale, short)]
+            for count, encoder in shapes:
+                # The reference: as many texts, each just long enough to fill max_length tokens,
+                # so the same forward passes, and few bytes.
+                tokens = encoder.max_length or 512
+                few = [_words(8 * tokens + 200, -(count * 10**6 + i)) for i in range(count)]
+                with projection.measure(reference=-1) as ref:
+                    stub.Embed(embedder_pb2.EmbedRequest(encoder=encoder, texts=few), timeout=300)
+                size = min(text_bytes, 64 * MiB // scale // count) - 64
+                texts = [_words(size, count * 10**6 + i) for i in range(count)]
+                request = embedder_pb2.EmbedRequest(encoder=encoder, texts=texts)
+                with projection.measure(reference=ref.added):
+                    reply = stub.Embed(request, timeout=300)
+                assert list(reply.embeddings.shape) == [count, 384]
+        projection.check(pod_limit("StatefulSet", "embedder"))
     finally:
         proc.stop()
 
@@ -104,7 +154,9 @@ def test_trainer(tmp_path):
         ["--data-dir", str(tmp_path / "trn"), "--max-dataset-bytes", str(2048 * MiB // scale)]
         + ["--max-dataset-memory-bytes", str(frame_limit), "--dataset-cache-bytes", str(cache)],
         tmp_path / "trainer.log",
+        env=procs.TIGHT_MALLOC,
     )
+    projection = Projection(proc, scale)
     config = {
         "input_features": [
             {"name": "text", "type": "text", "encoder": {"pretrained_model_name_or_path": "m"}}
@@ -117,18 +169,16 @@ def test_trainer(tmp_path):
         # Warm: a job admitted and run (it fails: no embedder), so every module is loaded.
         warm = client.upload_dataset(tmp_path / "small.csv")
         client.wait(client.create_job(config, dataset_id=warm.id).id)
-        _, before = procs.memory(proc.popen.pid)
         # The cache filled, then the largest table the limits admit (parsed, a CSV of these
-        # texts takes ~1.2 times its bytes), admitted as a job.
+        # texts takes ~1.2 times its bytes), each uploaded and admitted as a job that then runs.
         _table(tmp_path / "cached.csv", int(cache * 0.8 / 1.2), 1)
         _table(tmp_path / "big.csv", int(frame_limit * 0.9 / 1.2), 2)
-        for name in ("cached.csv", "big.csv"):
-            ds = client.upload_dataset(tmp_path / name)
-            client.create_job(config, dataset_id=ds.id)
+        with projection.measure():
+            for name in ("cached.csv", "big.csv"):
+                ds = client.upload_dataset(tmp_path / name)
+                client.wait(client.create_job(config, dataset_id=ds.id).id)
         client.close()
-        full, how = projected(proc, before, scale)
-        assert full < pod_limit("StatefulSet", "trainer"), how
-        print(how)
+        projection.check(pod_limit("StatefulSet", "trainer"))
     finally:
         proc.stop()
 
@@ -142,11 +192,12 @@ def test_hub_gateway(tmp_path):
         ["--data-dir", str(tmp_path / "gw"), "--endpoint", "http://127.0.0.1:9"]
         + ["--max-message-bytes", str(message), "--max-receiving-uploads", str(uploads)],
         tmp_path / "gateway.log",
+        env=procs.TIGHT_MALLOC,
     )
+    projection = Projection(proc, scale)
     try:
         with grpc.insecure_channel(proc.address, options=channel_options()) as channel:
             stub = hub_gateway_pb2_grpc.HubGatewayServiceStub(channel)
-            _, before = procs.memory(proc.popen.pid)
             data = b"\x01" * (message - 4096)  # one chunk as large as a message may be
             size = 24  # chunks a file
 
@@ -171,13 +222,13 @@ def test_hub_gateway(tmp_path):
                 except grpc.RpcError as exc:
                     assert exc.code() != grpc.StatusCode.INTERNAL, exc.details()
 
+            one(99)  # warm
             threads = [threading.Thread(target=one, args=(n,)) for n in range(uploads)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(180)
-        full, how = projected(proc, before, scale)
-        assert full < pod_limit("Deployment", "hub-gateway"), how
-        print(how)
+            with projection.measure():
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(180)
+        projection.check(pod_limit("Deployment", "hub-gateway"))
     finally:
         proc.stop()
