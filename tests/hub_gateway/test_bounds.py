@@ -4,7 +4,6 @@ gRPC, and uploads beyond `max_receiving_uploads` at once are RESOURCE_EXHAUSTED,
 from __future__ import annotations
 
 import hashlib
-import queue
 import threading
 
 import grpc
@@ -54,16 +53,19 @@ def test_a_chunk_over_the_message_limit_is_resource_exhausted(small_gateway):
 
 def test_uploads_beyond_the_limit_are_refused_while_one_is_received(small_gateway):
     stub, hub = small_gateway
-    held: queue.Queue = queue.Queue()
+    held = threading.Event()
 
     def stalled():
         yield _spec(hub, "first")
-        held.get()  # sends nothing more until the test is done
+        held.wait(60)  # sends nothing more until the test is done
 
     first = stub.CreateUpload.future(stalled(), timeout=30)
     try:
         refusal = None
         for _ in range(100):  # until the first upload holds its slot
+            if first.done():
+                # It lost the race for the one slot to a probe below (and was refused): again.
+                first = stub.CreateUpload.future(stalled(), timeout=30)
             try:
                 stub.CreateUpload(iter([_spec(hub, "second")]), timeout=10)
             except grpc.RpcError as exc:
@@ -73,5 +75,5 @@ def test_uploads_beyond_the_limit_are_refused_while_one_is_received(small_gatewa
             threading.Event().wait(0.05)
         assert refusal is not None and refusal.reason == "UPLOADS_BUSY"
     finally:
-        held.put(None)
+        held.set()
         first.cancel()
