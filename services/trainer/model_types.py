@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -22,12 +22,10 @@ from services.trainer.optimizer import check_optimizer
 from tunewire.config.ecd import parse_ecd
 from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
-
-if TYPE_CHECKING:
-    from tunewire.heads import FeatureOutput
+from tunewire.heads import FeatureOutput
 
 # (outputs per feature, metrics, Ludwig's test_statistics.json): the last two with `evaluate`.
-Predictions = tuple[list["FeatureOutput"], list[MetricValue], dict]
+Predictions = tuple[list[FeatureOutput], list[MetricValue], dict]
 
 
 @dataclass(frozen=True)
