@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from services.hub_gateway.hub_client import HubClient
 from services.hub_gateway.servicer import SERVICE_NAME, HubGatewayServicer
 from services.hub_gateway.staging import DEFAULT_MAX_RECEIVING_UPLOADS, UploadSlots
 from services.hub_gateway.uploads import UploadManager
+from tunewire import metrics
 from tunewire.errors import FailedPrecondition
 from tunewire.server import (
     STREAM_CHUNK_BYTES,
@@ -85,11 +88,26 @@ def read_token(settings: Settings) -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def metrics_source(manager: UploadManager) -> Callable[[], list[Metric]]:
+    """The gateway's scrape-time metrics: uploads by state (PENDING is the queue's depth)."""
+
+    def collect() -> list[Metric]:
+        family = GaugeMetricFamily(
+            "tunewire_hub_gateway_uploads", "Uploads by state", labels=["state"]
+        )
+        for state, count in manager.counts_by_state().items():
+            family.add_metric([state], count)
+        return [family]
+
+    return collect
+
+
 @dataclass
 class App:
     running: RunningServer
     manager: UploadManager
     trainer_channel: grpc.Channel | None
+    remove_metrics: Callable[[], None] = lambda: None
 
     @property
     def port(self) -> int:
@@ -98,6 +116,7 @@ class App:
     def close(self, grace: float | None = 5.0) -> None:
         """Stop serving, let running uploads finish, close the trainer channel."""
         self.running.stop(grace).wait()
+        self.remove_metrics()
         self.manager.close()
         if self.trainer_channel is not None:
             self.trainer_channel.close()
@@ -152,4 +171,4 @@ def start(settings: Settings) -> App:
         artifact_roots=[str(r) for r in settings.artifact_roots],
         token_configured=bool(settings.token or settings.token_file or os.environ.get("HF_TOKEN")),
     )
-    return App(running, manager, channel)
+    return App(running, manager, channel, metrics.add_source(metrics_source(manager)))

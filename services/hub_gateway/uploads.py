@@ -468,6 +468,13 @@ class UploadManager:
                 rec.error, rec.error_reason = message, reason
             self._emit(rec, message)
 
+    def counts_by_state(self) -> dict[str, int]:
+        """How many uploads are in each state (PENDING ones wait for an upload worker)."""
+        counts = dict.fromkeys((PENDING, RUNNING, SUCCEEDED, FAILED), 0)
+        for rec in self._store.all():
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+        return counts
+
     def close(self, wait: bool = True) -> None:
         self._store.close()
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -74,6 +74,28 @@ def test_a_service_process_serves_metrics_on_its_metrics_port(tmp_path):
         trn.stop()
 
 
+def test_the_gateway_reports_uploads_by_state(tmp_path):
+    from services.hub_gateway.app import Settings, start
+
+    app = start(Settings(data_dir=tmp_path, port=0))
+    server = metrics.serve(0, host="127.0.0.1")
+    try:
+        samples = scrape(server.port)
+        assert value(samples, "tunewire_hub_gateway_uploads", state="PENDING") == 0
+        assert value(samples, "tunewire_hub_gateway_uploads", state="SUCCEEDED") == 0
+    finally:
+        server.close()
+        app.close()
+    assert "tunewire_hub_gateway_uploads" not in scrape_text_after_close()
+
+
+def scrape_text_after_close() -> str:
+    """The registry's exposition once the gateway has closed (its source removed)."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.REGISTRY).decode()
+
+
 def test_the_metrics_port_serves_metrics_only(tmp_path):
     server = metrics.serve(0, host="127.0.0.1")
     try:
