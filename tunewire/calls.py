@@ -217,7 +217,13 @@ class _Call:
         self.method = method
         self.request_id = request_id
         self.start = time.perf_counter()
-        self.span = tracing.start_rpc_span(method, request_id)
+        self.span = (
+            tracing.start_rpc_span(
+                method, request_id, structlog.contextvars.get_contextvars().get("principal", "")
+            )
+            if tracing.enabled()
+            else None
+        )
         self.ended = False
 
     def end(self, code: grpc.StatusCode | None) -> None:
@@ -440,7 +446,7 @@ def _async_stream(fn, method: str, request_id: str, idle: float | None):
 def _sync_unary(fn, method: str, request_id: str, ctx: contextvars.Context):
     def inner(request, context):
         sync = SyncContext(context)
-        call = _Call(method, request_id)
+        call = ctx.run(_Call, method, request_id)  # in the call's context: its principal
         try:
             response = ctx.run(fn, request, sync)
         except Exception as exc:  # noqa: BLE001
@@ -462,7 +468,7 @@ def _sync_unary(fn, method: str, request_id: str, ctx: contextvars.Context):
 def _sync_stream(fn, method: str, request_id: str, ctx: contextvars.Context):
     def inner(request, context):
         sync = SyncContext(context)
-        call = _Call(method, request_id)
+        call = ctx.run(_Call, method, request_id)  # in the call's context: its principal
         responses = ctx.run(fn, request, sync)
         try:
             while True:

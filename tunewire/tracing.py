@@ -59,8 +59,9 @@ def shutdown() -> None:
     _tracer = _provider = None
 
 
-def start_rpc_span(method: str, request_id: str) -> Any:
-    """A started span for an RPC (`/pkg.Service/Method`), or None when tracing is off."""
+def start_rpc_span(method: str, request_id: str, principal: str = "") -> Any:
+    """A started span for an RPC (`/pkg.Service/Method`), or None when tracing is off;
+    `principal`: who the call runs as, where there are tokens."""
     if _tracer is None:
         return None
     from opentelemetry.trace import SpanKind
@@ -74,6 +75,7 @@ def start_rpc_span(method: str, request_id: str) -> Any:
             "rpc.service": service,
             "rpc.method": name,
             "tunewire.request_id": request_id,
+            **({"tunewire.principal": principal} if principal else {}),
         },
     )
 

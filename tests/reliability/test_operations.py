@@ -19,6 +19,7 @@ from services.trainer.job_store import JobRecord
 from tests.reliability import procs
 from tests.reliability.conftest import code_of
 from tunewire import metrics, tracing
+from tunewire.server import ServerSecurity
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
 
 
@@ -145,11 +146,21 @@ def spans():
 
 
 def test_spans_per_rpc_and_per_job_phase_carry_the_request_id(tmp_path, spans):
-    app = start_trainer(TrainerSettings(data_dir=tmp_path, port=0))
+    (tmp_path / "tokens").write_text("tok-alice-5f1e train alice\n")
+    app = start_trainer(
+        TrainerSettings(
+            data_dir=tmp_path / "data",
+            port=0,
+            security=ServerSecurity(auth_tokens_file=tmp_path / "tokens"),
+        )
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        stub.ListJobs(trainer_pb2.ListJobsRequest(), metadata=[("x-request-id", "req-42")])
+        stub.ListJobs(
+            trainer_pb2.ListJobsRequest(),
+            metadata=[("x-request-id", "req-42"), ("authorization", "Bearer tok-alice-5f1e")],
+        )
         job = queue_job(app, request_id="req-job-7")
         deadline = time.monotonic() + 30
         while app.core.jobs.get(job.id).state not in ("SUCCEEDED", "FAILED"):
@@ -166,6 +177,7 @@ def test_spans_per_rpc_and_per_job_phase_carry_the_request_id(tmp_path, spans):
     rpc = by_name["tunewire.v1.TrainerService/ListJobs"][0]
     assert rpc.attributes["tunewire.request_id"] == "req-42"
     assert rpc.attributes["rpc.grpc.status_code"] == "OK"
+    assert rpc.attributes["tunewire.principal"] == "alice"
     job_span = by_name["job"][0]
     assert job_span.attributes["tunewire.request_id"] == "req-job-7"
     assert job_span.attributes["tunewire.state"] == "SUCCEEDED"
