@@ -30,6 +30,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # Files of an artifact that may name the server's paths (a local base model, an encoder).
 CONFIG_FILES = ("resolved_config.json", "adapter_config.json", "config.json", "tunewire.json")
+LOCAL_PREFIX = "<local>/"  # a local path's stand-in in what reaches the Hub
 _LOCAL_PATH = re.compile(r"^(/|~|\./|\.\./|[A-Za-z]:[\\/])")
 
 
@@ -39,7 +40,7 @@ def without_local_paths(value: Any) -> Any:
     nothing to whoever downloads the model."""
     if isinstance(value, str) and _LOCAL_PATH.match(value):
         name = value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-        return f"<local>/{name}"
+        return f"{LOCAL_PREFIX}{name}"
     if isinstance(value, dict):
         return {k: without_local_paths(v) for k, v in value.items()}
     if isinstance(value, list):

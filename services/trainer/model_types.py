@@ -9,8 +9,8 @@ Ludwig's `model_type` picks the row: `ecd` (the default; a predictive head over 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class PredictRequest:
     embedder: Callable[[], Any]  # the embedder client, asked for only by predictive artifacts
     generation_overrides: dict | None = None
     batch_size: int = 0  # rows per forward pass; 0: the model's own
+    model_names: Mapping[str, str] = field(default_factory=dict)  # --model NAME=PATH
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ def _run_ecd(ctx: JobContext) -> JobResult:
 def _predict_ecd(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.predictive.predict import predict_predictive
 
-    return predict_predictive(req.artifact, req.data, req.embedder(), req.evaluate, req.batch_size)
+    return predict_predictive(
+        req.artifact, req.data, req.embedder(), req.evaluate, req.batch_size, req.model_names
+    )
 
 
 # ------------------------------------------------------------------------------------ llm

@@ -221,7 +221,13 @@ class TrainerCore:
             if df.empty:
                 raise InvalidArgument(f"the {split} split of this data set is empty", field="split")
         request = PredictRequest(
-            artifact, df, evaluate, self.embedder, generation_overrides, batch_size
+            artifact,
+            df,
+            evaluate,
+            self.embedder,
+            generation_overrides,
+            batch_size,
+            self.model_names,
         )
         return kind.predict(request)
 

@@ -1,9 +1,13 @@
 """Train → upload on success → download from a Hub-compatible server → tunewire predict on the
-downloaded predictive artifact gives the trainer's own predictions."""
+downloaded predictive artifact gives the trainer's own predictions. The uploaded files name the
+local encoder as `<local>/NAME`; a trainer that registers NAME (`--model NAME=PATH`) finds it."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 from tests.e2e.conftest import HUB_TOKEN, subset, text_config
 
@@ -16,7 +20,8 @@ def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_d
     from tunewire.v1 import trainer_pb2
 
     data = subset(example_data / "sms_spam.csv", 300, seed=21)
-    with start_embedded(tmp_path / "state") as services:
+    # MiniLM's folder is named `model`: the artifact from the Hub names it `<local>/model`.
+    with start_embedded(tmp_path / "state", models={Path(minilm).name: minilm}) as services:
         trainer = TrainerClient(services.trainer_address)
         ds = trainer.upload_dataset(data, "spam.csv")
         cfg = text_config(minilm, {"name": "label", "type": "binary"}, epochs=3, max_len=32)
@@ -42,3 +47,15 @@ def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_d
             predictions_frame(mine)["label_predictions"]
         )
         trainer.close()
+
+
+def test_a_local_encoder_nobody_registered_is_a_clear_error():
+    from services.trainer.recipes.predictive.predict import _find_local_encoders
+    from tunewire.errors import FailedPrecondition
+    from tunewire.heads import EncoderRef
+
+    ref = EncoderRef("<local>/model", "mean", 32, False, -1)
+    with pytest.raises(FailedPrecondition, match="--model model=PATH"):
+        _find_local_encoders({"text": ref}, {})
+    _find_local_encoders({"text": ref}, {"model": "/models/minilm"})
+    assert ref.model == "/models/minilm"

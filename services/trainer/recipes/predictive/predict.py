@@ -4,6 +4,7 @@ artifact's `encoder_adapter/`, then the head."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,23 @@ from services.trainer.recipes.predictive.embed import embed_frozen
 from services.trainer.recipes.predictive.metrics import output_metrics
 from services.trainer.recipes.predictive.reports import predict_statistics
 from tunewire import heads as pm
+from tunewire.errors import FailedPrecondition
 from tunewire.features import check_columns, encode_inputs, encode_output, split_texts
-from tunewire.heads import FeatureOutput
+from tunewire.heads import EncoderRef, FeatureOutput
+from tunewire.model_card import LOCAL_PREFIX
 
 
 def predict_predictive(
-    artifact_dir: Path, df: pd.DataFrame, embedder, evaluate: bool, batch_size: int = 0
+    artifact_dir: Path,
+    df: pd.DataFrame,
+    embedder,
+    evaluate: bool,
+    batch_size: int = 0,
+    model_names: Mapping[str, str] | None = None,
 ) -> tuple[list[FeatureOutput], list[MetricValue], dict]:
     """Outputs per feature; with `evaluate`, metrics and Ludwig's test statistics too."""
     loaded = pm.load(artifact_dir)
+    _find_local_encoders(loaded.encoders, model_names or {})
     cfg, model = loaded.config, loaded.model
     check_columns(df, input_columns(cfg), "data set")
     if evaluate:
@@ -71,3 +80,21 @@ def predict_predictive(
         metrics.append(MetricValue("test", "combined", "loss", float(total)))
     statistics = predict_statistics(model, labels, logits, metrics) if evaluate else {}
     return outputs, metrics, statistics
+
+
+def _find_local_encoders(encoders: Mapping[str, EncoderRef], names: Mapping[str, str]) -> None:
+    """An artifact from the Hub names an encoder that was a local path where it was trained as
+    `<local>/NAME` (the server's paths never reach the Hub): here it is the encoder registered
+    as NAME (`--model NAME=PATH`), whose fingerprint the embedder then checks against the one the
+    head was trained on."""
+    for feature, ref in encoders.items():
+        if not ref.model.startswith(LOCAL_PREFIX):
+            continue
+        name = ref.model[len(LOCAL_PREFIX) :]
+        if name not in names:
+            raise FailedPrecondition(
+                f"the artifact's encoder for {feature!r} was a local path where it was trained "
+                f"({ref.model}); start the trainer with --model {name}=PATH naming that encoder",
+                field="model",
+            )
+        ref.model = names[name]
