@@ -81,18 +81,6 @@ def _flatten_metrics(metrics: Any) -> list[tuple[str, str, str, float]]:
     return sorted(rows)
 
 
-def _no_server_paths(value: Any) -> Any:
-    """The config as a reader may see it: a local path (the trainer's disk) becomes its last
-    part, the model's name."""
-    if isinstance(value, dict):
-        return {k: _no_server_paths(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_server_paths(v) for v in value]
-    if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
-        return Path(value).name or value
-    return value
-
-
 def _card_data(
     kind: str,
     base_model: str | None,
@@ -214,7 +202,9 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     if st_folder:
         tags.append("sentence-transformers")
     where = repo_id or "."
-    name = repo_id.split("/")[-1] if repo_id else str(meta.get("job_id") or artifact_dir.name)
+    # Not the folder's name: the gateway tells the trainer's own card by rendering it again from
+    # a staged copy, and a card must not carry a server's directory names anyway.
+    name = repo_id.split("/")[-1] if repo_id else str(meta.get("job_id") or "tunewire-model")
 
     data = _card_data(kind, base_model, task, tags, datasets, metrics, name)
     what = {
@@ -238,7 +228,7 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     if resolved:
         parts += [
             "## Training configuration\n\n```yaml\n",
-            yaml.safe_dump(_no_server_paths(resolved), sort_keys=False, allow_unicode=True),
+            yaml.safe_dump(without_local_paths(resolved), sort_keys=False, allow_unicode=True),
             "```\n",
         ]
     elif adapter or config:
@@ -247,7 +237,7 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
         )
         parts += [
             f"## {title}\n\n```json\n",
-            json.dumps(_no_server_paths(shown), indent=2, sort_keys=True),
+            json.dumps(without_local_paths(shown), indent=2, sort_keys=True),
             "\n```\n",
         ]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "".join(parts))

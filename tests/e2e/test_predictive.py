@@ -50,7 +50,7 @@ def test_sms_spam_whole_data_set(trainer, embedder, example_data, minilm):
     assert m["test"]["label"]["accuracy"] >= 0.96, m["test"]
     assert m["test"]["label"]["roc_auc"] >= 0.97
     phases = {e.progress.phase for e in events if e.WhichOneof("event") == "progress"}
-    assert {"embedding", "training"} <= phases
+    assert {"embedding train+validation+test", "training", "evaluating test"} <= phases
     # Same texts, same encoder: a second job computes nothing new and is faster.
     stats = embedder.cache_stats()
     t0 = time.monotonic()

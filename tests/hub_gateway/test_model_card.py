@@ -98,7 +98,7 @@ def test_no_placeholders_duplicates_or_server_paths(tmp_path):
     )
     card = render_model_card(tmp_path)
     assert "<" not in card.split("---\n")[1] and "<repo_id>" not in card
-    assert "/srv/" not in card and "all-MiniLM-L6-v2" in card
+    assert "/srv/" not in card and "<local>/all-MiniLM-L6-v2" in card
     assert card.count("| test |") == 1
     parsed = ModelCard(card)
     assert parsed.data.model_name == "job-9" and len(parsed.data.eval_results) == 1
