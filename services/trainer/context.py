@@ -6,11 +6,12 @@ Recipes see plain Python: data frames for the splits, a resolved config, a work 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import pandas as pd
 import structlog
@@ -24,8 +25,28 @@ class MetricValue:
     value: float
 
 
+# A job's events, in one representation: what a recipe emits, what the job's log stores (`kind`
+# and `to_dict()`), what a generative worker writes on its own event file, and what the servicer
+# turns into protobuf (the only place that does).
+
+
+@dataclass
+class StateChange:
+    kind: ClassVar[str] = "state"
+    state: str  # QUEUED | RUNNING | SUCCEEDED | FAILED | CANCELLED
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "message": self.message}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StateChange:
+        return cls(data["state"], data.get("message", ""))
+
+
 @dataclass
 class Progress:
+    kind: ClassVar[str] = "progress"
     phase: str
     epoch: int = 0
     step: int = 0
@@ -34,18 +55,48 @@ class Progress:
     throughput: float = 0.0
     unit: str = "examples/s"
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Progress:
+        """A worker's progress line carries more (lr, target_tokens, for its own reports)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
 
 @dataclass
 class Metrics:
+    kind: ClassVar[str] = "metrics"
     metrics: list[MetricValue]
+
+    def to_dict(self) -> dict:
+        return {"metrics": [dataclasses.asdict(m) for m in self.metrics]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Metrics:
+        return cls([MetricValue(**m) for m in data["metrics"]])
 
 
 @dataclass
 class Log:
+    kind: ClassVar[str] = "log"
     message: str
 
+    def to_dict(self) -> dict:
+        return {"message": self.message}
 
-Event = Progress | Metrics | Log
+    @classmethod
+    def from_dict(cls, data: dict) -> Log:
+        return cls(data.get("message", ""))
+
+
+Event = StateChange | Progress | Metrics | Log
+EVENT_KINDS: dict[str, type[Event]] = {c.kind: c for c in (StateChange, Progress, Metrics, Log)}
+
+
+def event_from_dict(kind: str, data: dict) -> Event:
+    """The event a stored or relayed `(kind, data)` pair stands for."""
+    return EVENT_KINDS[kind].from_dict(data)
 
 
 class JobCancelled(Exception):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.trainer.context import Event, event_from_dict
 from tunewire.auth import Principal, current_principal
 from tunewire.errors import NotFound
 from tunewire.records import RecordStore
@@ -59,10 +60,15 @@ class JobRecord:
 
 @dataclass
 class StoredEvent:
+    """An event as the job's log keeps it: its place, its time, and the event's own dict."""
+
     sequence: int
     time: float
     kind: str  # state | progress | metrics | log
     data: dict
+
+    def event(self) -> Event:
+        return event_from_dict(self.kind, self.data)
 
 
 class JobStore:
@@ -116,8 +122,10 @@ class JobStore:
     def update(self, job_id: str, **changes: Any) -> JobRecord:
         return self._store.update(job_id, **changes)
 
-    def append_event(self, job_id: str, kind: str, data: dict) -> StoredEvent:
-        return self._store.append(job_id, lambda seq: StoredEvent(seq, time.time(), kind, data))
+    def append_event(self, job_id: str, event: Event) -> StoredEvent:
+        return self._store.append(
+            job_id, lambda seq: StoredEvent(seq, time.time(), event.kind, event.to_dict())
+        )
 
     def event_count(self, job_id: str) -> int:
         return self._store.count(job_id)

@@ -35,8 +35,7 @@ from services.trainer.context import (
     JobContext,
     JobResult,
     Log,
-    Metrics,
-    Progress,
+    StateChange,
 )
 from services.trainer.job_store import (
     CANCELLED,
@@ -136,13 +135,11 @@ class JobRunner:
             if rec.state == RUNNING:
                 with self.store.lock:
                     self.store.update(rec.id, state=QUEUED)
-                    self._event(
+                    self._emit(
                         rec.id,
-                        "state",
-                        {
-                            "state": QUEUED,
-                            "message": "the trainer restarted while this job ran; it will resume",
-                        },
+                        StateChange(
+                            QUEUED, "the trainer restarted while this job ran; it will resume"
+                        ),
                     )
             self._cancel[rec.id] = threading.Event()
             self._queue.put(rec.id)
@@ -221,7 +218,7 @@ class JobRunner:
             # runs is left for the same request id to return.
             self.store.create(rec)
             try:
-                self._event(rec.id, "state", {"state": QUEUED, "message": "queued"})
+                self._emit(rec.id, StateChange(QUEUED, "queued"))
             except BaseException:
                 self.store.discard(rec.id)
                 raise
@@ -266,7 +263,7 @@ class JobRunner:
             self.store.update(
                 job_id, state=RUNNING, attempts=attempt, start_time=rec.start_time or time.time()
             )
-            self._event(job_id, "state", {"state": RUNNING, "message": f"attempt {attempt}"})
+            self._emit(job_id, StateChange(RUNNING, f"attempt {attempt}"))
         bound = log.bind(job_id=job_id, attempt=attempt)
         staging = self.artifacts_root / f".staging-{job_id}-{attempt}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -354,42 +351,31 @@ class JobRunner:
 
     def _upload(self, job_id: str) -> None:
         rec = self.store.get(job_id)
-        self._event(job_id, "log", {"message": f"uploading the artifact to {rec.upload_to}"})
+        self._emit(job_id, Log(f"uploading the artifact to {rec.upload_to}"))
         upload_id = self.uploader(rec)  # type: ignore[misc]
         self.store.update(job_id, upload_id=upload_id)
-        self._event(job_id, "log", {"message": f"uploaded ({upload_id})"})
+        self._emit(job_id, Log(f"uploaded ({upload_id})"))
 
-    def _emit(self, job_id: str, ev: Event) -> None:
-        if isinstance(ev, Progress):
-            self._event(job_id, "progress", asdict(ev))
-        elif isinstance(ev, Metrics):
-            self._event(job_id, "metrics", {"metrics": [asdict(m) for m in ev.metrics]})
-        elif isinstance(ev, Log):
-            self._event(job_id, "log", {"message": ev.message})
-
-    def _event(self, job_id: str, kind: str, data: dict) -> None:
+    def _emit(self, job_id: str, event: Event) -> None:
         """Record an event; past `max_events_per_job`, only state changes (said once)."""
-        if kind != "state":
+        if not isinstance(event, StateChange):
             count = self.store.event_count(job_id)
             if count >= self.max_events_per_job:
                 return
             if count == self.max_events_per_job - 1:
-                kind, data = (
-                    "log",
-                    {
-                        "message": f"this job reached its limit of {self.max_events_per_job} "
-                        "events: later progress, metrics and log events are not recorded (its "
-                        "state changes and final metrics are)"
-                    },
+                event = Log(
+                    f"this job reached its limit of {self.max_events_per_job} "
+                    "events: later progress, metrics and log events are not recorded (its "
+                    "state changes and final metrics are)"
                 )
-        self.store.append_event(job_id, kind, data)
+        self.store.append_event(job_id, event)
 
     def _finish(self, job_id: str, state: str, error: str = "") -> None:
         # The state and its event change together, so a follower never sees a finished job
         # without its last event.
         with self.store.lock:
             self.store.update(job_id, state=state, error=error, end_time=time.time())
-            self._event(job_id, "state", {"state": state, "message": error or state.lower()})
+            self._emit(job_id, StateChange(state, error or state.lower()))
 
 
 class _Deadline:

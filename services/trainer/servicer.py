@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
+from services.trainer.context import Metrics, Progress, StateChange
 from services.trainer.datasets import DatasetRecord
 from services.trainer.job_store import JobRecord, StoredEvent
 from services.trainer.service import TrainerCore
@@ -82,28 +83,18 @@ def job_proto(rec: JobRecord) -> trainer_pb2.Job:
     return job
 
 
-def event_proto(job_id: str, ev: StoredEvent) -> trainer_pb2.JobEvent:
-    out = trainer_pb2.JobEvent(job_id=job_id, sequence=ev.sequence, time=_ts(ev.time))
-    d = ev.data
-    if ev.kind == "state":
-        out.state_change.state = _STATES[d["state"]]
-        out.state_change.message = d.get("message", "")
-    elif ev.kind == "progress":
-        out.progress.CopyFrom(
-            trainer_pb2.JobEvent.Progress(
-                phase=d["phase"],
-                epoch=d["epoch"],
-                step=d["step"],
-                total_steps=d["total_steps"],
-                loss=d["loss"],
-                throughput=d["throughput"],
-                unit=d["unit"],
-            )
-        )
-    elif ev.kind == "metrics":
-        out.metrics.metrics.extend(metric_proto(m) for m in d["metrics"])
+def event_proto(job_id: str, stored: StoredEvent) -> trainer_pb2.JobEvent:
+    out = trainer_pb2.JobEvent(job_id=job_id, sequence=stored.sequence, time=_ts(stored.time))
+    event = stored.event()
+    if isinstance(event, StateChange):
+        out.state_change.state = _STATES[event.state]
+        out.state_change.message = event.message
+    elif isinstance(event, Progress):
+        out.progress.CopyFrom(trainer_pb2.JobEvent.Progress(**event.to_dict()))
+    elif isinstance(event, Metrics):
+        out.metrics.metrics.extend(metric_proto(m.__dict__) for m in event.metrics)
     else:
-        out.log.message = d.get("message", "")
+        out.log.message = event.message
     return out
 
 

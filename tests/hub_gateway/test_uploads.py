@@ -13,7 +13,9 @@ class Crash(BaseException):
     """Ends a worker thread the way a killed process would: no FAILED record written."""
 
 
-def test_unfinished_upload_resumes_after_a_restart(tmp_path, hub, adapter_model):
+def dying_upload(root, hub, model, repo_id: str):
+    """An upload whose gateway "dies" mid-run: (manager, record, release); the worker thread
+    waits, RUNNING, until `release` is set, then ends without a record."""
     started, release = threading.Event(), threading.Event()
 
     def dying_hub() -> HubClient:
@@ -21,9 +23,14 @@ def test_unfinished_upload_resumes_after_a_restart(tmp_path, hub, adapter_model)
         release.wait(30)
         raise Crash()
 
-    first = UploadManager(tmp_path / "gw", dying_hub, hub.endpoint)
-    rec = first.create(UploadSpec(repo_id="org/resume"), adapter_model, owned=False)
+    manager = UploadManager(root, dying_hub, hub.endpoint)
+    rec = manager.create(UploadSpec(repo_id=repo_id), model, owned=False)
     assert started.wait(10)
+    return manager, rec, release
+
+
+def test_unfinished_upload_resumes_after_a_restart(tmp_path, hub, adapter_model):
+    first, rec, release = dying_upload(tmp_path / "gw", hub, adapter_model, "org/resume")
     assert first.get(rec.id).state == "RUNNING"
 
     # "restart": a new manager on the same data dir, with a working Hub client
@@ -66,16 +73,7 @@ def test_watch_follows_live_events(tmp_path, hub, adapter_model):
 def test_a_torn_last_event_does_not_hide_later_events_after_restart(tmp_path, hub, adapter_model):
     """A gateway killed mid-append leaves half a line; what the next process appends must
     still be there after another restart."""
-    started, release = threading.Event(), threading.Event()
-
-    def dying_hub() -> HubClient:
-        started.set()
-        release.wait(30)
-        raise Crash()
-
-    first = UploadManager(tmp_path / "gw", dying_hub, hub.endpoint)
-    rec = first.create(UploadSpec(repo_id="org/torn"), adapter_model, owned=False)
-    assert started.wait(10)
+    first, rec, release = dying_upload(tmp_path / "gw", hub, adapter_model, "org/torn")
     with (tmp_path / "gw" / "uploads" / rec.id / "events.jsonl").open("a") as fh:
         fh.write('{"upload_id": "' + rec.id + '", "sequ')  # the crash
     second = UploadManager(tmp_path / "gw", lambda: HubClient(hub.endpoint, TOKEN), hub.endpoint)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from services.trainer.admission import Admission
-from services.trainer.context import JobCancelled, JobContext, JobResult, MetricValue, Progress
+from services.trainer.context import JobCancelled, JobContext, JobResult, Log, MetricValue, Progress
 from services.trainer.datasets import DatasetStore
 from services.trainer.job_store import JobRecord, JobStore
 from services.trainer.runner import JobRunner
@@ -180,11 +180,11 @@ def test_a_torn_last_event_does_not_hide_later_events_after_restart(tmp_path):
     survive the next restart too (they used to be glued to the fragment and lost)."""
     store = JobStore(tmp_path / "jobs")
     store.create(JobRecord(id="job-1", state="RUNNING", config={}))
-    store.append_event("job-1", "log", {"message": "one"})
+    store.append_event("job-1", Log("one"))
     with (tmp_path / "jobs" / "job-1" / "events.jsonl").open("a") as fh:
         fh.write('{"sequence": 1, "time": 1.0, "kind": "lo')  # the crash
     reopened = JobStore(tmp_path / "jobs")
-    reopened.append_event("job-1", "log", {"message": "two"})
+    reopened.append_event("job-1", Log("two"))
     reopened.update("job-1", state="SUCCEEDED")
     events = list(JobStore(tmp_path / "jobs").follow("job-1"))
     assert [(e.sequence, e.data["message"]) for e in events] == [(0, "one"), (1, "two")]

@@ -24,9 +24,8 @@ from services.trainer.context import (
     JobContext,
     JobResult,
     Log,
-    Metrics,
     MetricValue,
-    Progress,
+    event_from_dict,
 )
 from services.trainer.recipes.generative.events import EventReader
 from services.trainer.recipes.generative.reports import RunRecord
@@ -103,22 +102,8 @@ def _check_resources(ctx: JobContext) -> int:
 def _relay(ctx: JobContext, event: dict) -> dict | None:
     """Forward one worker event to the job's stream; returns it when it ends the run."""
     kind = event.get("event")
-    if kind == "progress":
-        ctx.emit(
-            Progress(
-                phase=event["phase"],
-                epoch=event["epoch"],
-                step=event["step"],
-                total_steps=event["total_steps"],
-                loss=event["loss"],
-                throughput=event["throughput"],
-                unit=event["unit"],
-            )
-        )
-    elif kind == "metrics":
-        ctx.emit(Metrics([MetricValue(**m) for m in event["metrics"]]))
-    elif kind == "log":
-        ctx.emit(Log(event["message"]))
+    if kind in ("progress", "metrics", "log"):
+        ctx.emit(event_from_dict(kind, event))
     elif kind in ("result", "error"):
         return event
     return None
