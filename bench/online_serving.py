@@ -369,15 +369,15 @@ def cpu_table(r: dict) -> str:
     return "\n".join(rows)
 
 
-def gpu_table(r: dict) -> str:
+def gpu_table(r: dict, clients: int) -> str:
     ours, grpc_, base = r["tunewire_http"], r["grpc_stream_embed"], r["baseline_http"]
     return "\n".join(
         [
             "| path | texts | seconds | texts/s | vs baseline | vs gRPC StreamEmbed |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| baseline HTTP, 64 clients | {base['requests']} | {base['seconds']:.2f} | "
+            f"| baseline HTTP, {clients} clients | {base['requests']} | {base['seconds']:.2f} | "
             f"{base['rps']:.0f} | 1.00x | {base['rps'] / grpc_['rps']:.0%} |",
-            f"| **tunewire /v1/embeddings, 64 clients** | {ours['requests']} | "
+            f"| **tunewire /v1/embeddings, {clients} clients** | {ours['requests']} | "
             f"{ours['seconds']:.2f} | {ours['rps']:.0f} | {ours['rps'] / base['rps']:.2f}x | "
             f"{ours['rps'] / grpc_['rps']:.0%} |",
             f"| gRPC StreamEmbed (SDK embed_many, 256 a message) | {grpc_['requests']} | "
@@ -390,7 +390,7 @@ def gpu_table(r: dict) -> str:
 def record(path: Path, args, results: dict, gpu_run: bool) -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python " + " ".join(sys.argv)
-    table = gpu_table(results) if gpu_run else cpu_table(results)
+    table = gpu_table(results, args.clients) if gpu_run else cpu_table(results)
     what = (
         "Llama-3.2-1B shape, random bf16 weights, MiniLM's tokenizer; one text (16-"
         f"{args.max_tokens} tokens) a request, every text new (cold cache)"

@@ -195,6 +195,15 @@ class _SharedExclusiveLock:
                 self._cond.notify_all()
 
 
+@dataclass
+class _PendingWrite:
+    """One put_many call's items, waiting to be committed with others (a group commit)."""
+
+    items: list[tuple[bytes, bytes]]
+    done: bool = False
+    error: BaseException | None = None
+
+
 class EmbeddingCache:
     """Read/write cache for the embedder process: one writer at a time, many concurrent readers."""
 
@@ -219,6 +228,8 @@ class EmbeddingCache:
             sync=True,
         )
         self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_PendingWrite] = []  # put_many calls waiting for a group commit
         self._resize = _SharedExclusiveLock()
         self._counter_lock = threading.Lock()
         self._hits = 0
@@ -338,26 +349,51 @@ class EmbeddingCache:
             self._hits += n
 
     def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """Write every (key, value) in one transaction: all of them land, or none do."""
+        """Write every (key, value) in one transaction: all of them land, or none do.
+
+        Group commit: a commit waits for the disk (fsync, milliseconds), so writers that arrive
+        while one commits are written together by the next, in one transaction and one fsync,
+        instead of one fsync each behind the single write lock (many small online requests).
+        A group lands or fails as a whole, so each call's items still all land or none do; each
+        call returns once its items are durable."""
         items = list(items)
         if not items:
             return
+        mine = _PendingWrite(items)
+        with self._pending_lock:
+            self._pending.append(mine)
         with self._write_lock:
-            while True:
+            if not mine.done:  # not written by the group before: this thread writes a group
+                with self._pending_lock:
+                    group, self._pending = self._pending, []
                 try:
-                    with self._resize.shared(), self._env.begin(write=True) as txn:
-                        for key, value in items:
-                            txn.put(key, value)
-                    return
-                except lmdb.MapFullError:
-                    self._grow()
-                except lmdb.Error as exc:
-                    # The commit failed as a whole (LMDB is atomic): nothing half-written stays.
-                    raise ResourceExhausted(
-                        f"the embedding cache at {self.path} could not be written ({exc}); the "
-                        "disk is probably full",
-                        reason="DISK_FULL",
-                    ) from None
+                    self._commit([kv for write in group for kv in write.items])
+                except BaseException as exc:
+                    for write in group:
+                        write.error = exc
+                finally:
+                    for write in group:
+                        write.done = True
+        if mine.error is not None:
+            raise mine.error
+
+    def _commit(self, items: list[tuple[bytes, bytes]]) -> None:
+        """One write transaction of `items` (under the write lock), growing the map as needed."""
+        while True:
+            try:
+                with self._resize.shared(), self._env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as exc:
+                # The commit failed as a whole (LMDB is atomic): nothing half-written stays.
+                raise ResourceExhausted(
+                    f"the embedding cache at {self.path} could not be written ({exc}); the "
+                    "disk is probably full",
+                    reason="DISK_FULL",
+                ) from None
 
     def _grow(self) -> None:
         with self._resize.exclusive():

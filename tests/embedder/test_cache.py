@@ -251,3 +251,54 @@ def test_keys_on_disk_never_change():
     )
     # Texts holding a NUL go as records, the form every key had before.
     assert fp_mod.encode_texts(["a\0b"]) == b"\x12\x03a\x00b"
+
+
+def test_concurrent_writers_share_a_commit_and_all_land(tmp_path, monkeypatch):
+    """Group commit: writers arriving while one commits are written by the next commit, together;
+    each put_many returns with its items durable, and a failed group fails each of its calls."""
+    import threading
+    import time
+
+    from tunewire.errors import ResourceExhausted
+
+    cache = EmbeddingCache(tmp_path / "group.lmdb")
+    commits, real = [], cache._commit
+
+    def slow_commit(items):
+        commits.append(len(items))
+        time.sleep(0.05)  # a slow fsync: the others queue up meanwhile
+        real(items)
+
+    monkeypatch.setattr(cache, "_commit", slow_commit)
+    threads = [
+        threading.Thread(target=cache.put_many, args=([(f"k{i}".encode(), b"v" * 8)],))
+        for i in range(12)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(commits) == 12 and len(commits) < 12, commits
+    with cache._env.begin() as txn:
+        assert all(txn.get(f"k{i}".encode()) == b"v" * 8 for i in range(12))
+
+    def failing(items):
+        time.sleep(0.05)
+        raise ResourceExhausted("disk full", reason="DISK_FULL")
+
+    monkeypatch.setattr(cache, "_commit", failing)
+    errors = []
+
+    def put(i):
+        try:
+            cache.put_many([(f"x{i}".encode(), b"v")])
+        except ResourceExhausted as exc:
+            errors.append(exc.reason)
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == ["DISK_FULL"] * 4
+    cache.close()
