@@ -228,8 +228,8 @@ class EmbeddingCache:
             sync=True,
         )
         self._write_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._pending: list[_PendingWrite] = []  # put_many calls waiting for a group commit
+        self._group_lock = threading.Lock()
+        self._group: list[_PendingWrite] = []  # put_many calls waiting for a group commit
         self._resize = _SharedExclusiveLock()
         self._counter_lock = threading.Lock()
         self._hits = 0
@@ -360,12 +360,12 @@ class EmbeddingCache:
         if not items:
             return
         mine = _PendingWrite(items)
-        with self._pending_lock:
-            self._pending.append(mine)
+        with self._group_lock:
+            self._group.append(mine)
         with self._write_lock:
             if not mine.done:  # not written by the group before: this thread writes a group
-                with self._pending_lock:
-                    group, self._pending = self._pending, []
+                with self._group_lock:
+                    group, self._group = self._group, []
                 try:
                     self._commit([kv for write in group for kv in write.items])
                 except BaseException as exc:
