@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
-from services.trainer.context import JobContext, JobResult, Progress
+from services.trainer.context import JobContext, JobResult, Progress, StateChange
 from services.trainer.job_store import JobRecord
 from tests.reliability import procs
 from tests.reliability.conftest import code_of
@@ -128,7 +128,7 @@ def queue_job(app, request_id: str) -> JobRecord:
             id="job-traced", state="QUEUED", config={}, request_id=request_id, create_time=1.0
         )
     )
-    app.core.jobs.append_event(rec.id, "state", {"state": "QUEUED", "message": "queued"})
+    app.core.jobs.append_event(rec.id, StateChange("QUEUED", "queued"))
     runner._configs[rec.id] = SimpleNamespace(model_type="ecd")
     runner._queue.put(rec.id)
     return rec

@@ -17,6 +17,7 @@ from services.embedder.app import Settings as EmbedderSettings
 from services.embedder.app import start as start_embedder
 from services.trainer.app import Settings as TrainerSettings
 from services.trainer.app import start as start_trainer
+from services.trainer.context import StateChange
 from services.trainer.job_store import JobRecord
 from tests.reliability.conftest import code_of
 from tunewire.errors import from_rpc_error
@@ -58,7 +59,7 @@ def queued_job(app, owner: str = "") -> str:
             create_time=time.time(),
         )
     )
-    app.core.jobs.append_event(rec.id, "state", {"state": "QUEUED", "message": "queued"})
+    app.core.jobs.append_event(rec.id, StateChange("QUEUED", "queued"))
     return rec.id
 
 
