@@ -18,7 +18,8 @@ import pandas as pd
 from services.trainer.datasets import DatasetStore
 from services.trainer.model_types import AdmissionChecks, model_type, resolve
 from services.trainer.splits import split_dataset
-from tunewire.errors import InvalidArgument
+from tunewire.auth import Principal
+from tunewire.errors import InvalidArgument, PermissionDenied
 from tunewire.model_roots import ModelRoots
 
 # The embedder's default --max-text-bytes: a longer text cell is refused at admission.
@@ -71,11 +72,17 @@ class Admission:
         self.roots = roots or ModelRoots.anywhere()
         self.max_text_bytes = max_text_bytes
 
-    def admit(self, raw_config: dict, inputs: JobInputs) -> Any:
+    def admit(self, raw_config: dict, inputs: JobInputs, upload_to: str = "") -> Any:
         """The resolved config of a job that may run; raises the first thing that is wrong."""
         config = resolve(raw_config)
         self._check_models(config)
         self._check_datasets(config, inputs)
+        if upload_to and getattr(getattr(config, "trainer", None), "type", "") == "none":
+            raise InvalidArgument(
+                "trainer.type is none (zero-shot): nothing is trained, so there is nothing to "
+                "upload; set trainer.type: finetune, or leave upload_to empty",
+                field="upload_to",
+            )
         self._check_text_cells(config, inputs)
         checks = AdmissionChecks(
             self.datasets, inputs.labelled(), self.embedder, self.embedder_address
@@ -180,6 +187,19 @@ def _features(config: Any) -> list[tuple[str, Any]]:
         for i, f in enumerate(getattr(config, kind, []) or []):
             out.append((f"{kind}[{i}].column", f))
     return out
+
+
+def check_namespace(principal: Principal, upload_to: str) -> None:
+    """The gateway would refuse this upload after the whole job has run: refuse it now."""
+    namespace = upload_to.split("/", 1)[0]
+    if not principal.may_upload_to(namespace):
+        allowed = ", ".join(principal.namespaces) or "none"
+        raise PermissionDenied(
+            f"principal {principal.name!r} may not upload to the Hub namespace {namespace!r} "
+            f"(its namespaces: {allowed})",
+            field="upload_to",
+            reason="NAMESPACE_NOT_ALLOWED",
+        )
 
 
 def _columns_needed(config: Any) -> dict[str, str]:

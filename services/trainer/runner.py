@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from services.trainer.admission import Admission, JobInputs
+from services.trainer.admission import Admission, JobInputs, check_namespace
 from services.trainer.context import (
     Event,
     JobCancelled,
@@ -49,13 +49,11 @@ from services.trainer.job_store import (
 )
 from services.trainer.model_types import model_type, resolve
 from tunewire import tracing
-from tunewire.auth import Principal, acting_for, current_principal
+from tunewire.auth import acting_for, current_principal
 from tunewire.config import to_dict
 from tunewire.errors import (
     AlreadyExists,
     FailedPrecondition,
-    InvalidArgument,
-    PermissionDenied,
     ResourceExhausted,
     TunewireError,
 )
@@ -177,7 +175,7 @@ class JobRunner:
         if existing is not None:
             return existing
         if upload_to:
-            check_namespace(caller, upload_to)
+            check_namespace(caller, upload_to)  # before the queue: it needs no config
         if (
             self.max_queued_jobs
             and sum(j.state == QUEUED for j in self.store.all()) >= self.max_queued_jobs
@@ -187,13 +185,7 @@ class JobRunner:
                 reason="JOB_QUEUE_FULL",
             )
         inputs = JobInputs(dataset_id, training_set_id, validation_set_id, test_set_id)
-        config = self.admission.admit(raw_config, inputs)
-        if upload_to and getattr(getattr(config, "trainer", None), "type", "") == "none":
-            raise InvalidArgument(
-                "trainer.type is none (zero-shot): nothing is trained, so there is nothing to "
-                "upload; set trainer.type: finetune, or leave upload_to empty",
-                field="upload_to",
-            )
+        config = self.admission.admit(raw_config, inputs, upload_to)
         rec = JobRecord(
             id=f"job-{uuid.uuid4().hex[:12]}",
             state=QUEUED,
@@ -415,16 +407,3 @@ def _same_request(existing: JobRecord | None, digest: str) -> JobRecord | None:
         field="request_id",
         reason="REQUEST_ID_REUSED",
     )
-
-
-def check_namespace(principal: Principal, upload_to: str) -> None:
-    """The gateway would refuse this upload after the whole job has run: refuse it now."""
-    namespace = upload_to.split("/", 1)[0]
-    if not principal.may_upload_to(namespace):
-        allowed = ", ".join(principal.namespaces) or "none"
-        raise PermissionDenied(
-            f"principal {principal.name!r} may not upload to the Hub namespace {namespace!r} "
-            f"(its namespaces: {allowed})",
-            field="upload_to",
-            reason="NAMESPACE_NOT_ALLOWED",
-        )
