@@ -138,6 +138,19 @@ class Principal:
         allowed = {n.lower() for n in self.namespaces}
         return self is LOCAL or ANY_NAMESPACE in allowed or namespace.lower() in allowed
 
+    def require_namespace(self, repo_id: str, field: str) -> None:
+        """PERMISSION_DENIED on `field` unless this principal may upload to `repo_id`'s owner
+        (the gateway checks an upload's spec; the trainer a job's upload_to, before it runs)."""
+        namespace = repo_id.split("/", 1)[0]
+        if not self.may_upload_to(namespace):
+            allowed = ", ".join(self.namespaces) or "none"
+            raise PermissionDenied(
+                f"principal {self.name!r} may not upload to the Hub namespace "
+                f"{namespace!r} (its namespaces: {allowed})",
+                field=field,
+                reason="NAMESPACE_NOT_ALLOWED",
+            )
+
 
 # The caller of a server that has no tokens file: one user, who sees and may do everything. Its
 # name, "", is the owner of what such a server stores (admin sees it if tokens come later).

@@ -219,15 +219,7 @@ class UploadManager:
     def check_namespace(spec: UploadSpec, principal: Principal) -> None:
         """The gateway's Hub token can write wherever its owner can; a principal may use it only
         for the Hub namespaces its tokens-file line grants."""
-        namespace = spec.repo_id.split("/", 1)[0]
-        if not principal.may_upload_to(namespace):
-            allowed = ", ".join(principal.namespaces) or "none"
-            raise PermissionDenied(
-                f"principal {principal.name!r} may not upload to the Hub namespace "
-                f"{namespace!r} (its namespaces: {allowed})",
-                field="spec.repo_id",
-                reason="NAMESPACE_NOT_ALLOWED",
-            )
+        principal.require_namespace(spec.repo_id, "spec.repo_id")
 
     def find_by_request(
         self, spec: UploadSpec, principal: Principal = LOCAL

@@ -19,7 +19,7 @@ from services.trainer.datasets import DatasetStore
 from services.trainer.model_types import AdmissionChecks, model_type, resolve
 from services.trainer.splits import split_dataset
 from tunewire.auth import Principal
-from tunewire.errors import InvalidArgument, PermissionDenied
+from tunewire.errors import InvalidArgument
 from tunewire.model_roots import ModelRoots
 
 # The embedder's default --max-text-bytes: a longer text cell is refused at admission.
@@ -191,15 +191,7 @@ def _features(config: Any) -> list[tuple[str, Any]]:
 
 def check_namespace(principal: Principal, upload_to: str) -> None:
     """The gateway would refuse this upload after the whole job has run: refuse it now."""
-    namespace = upload_to.split("/", 1)[0]
-    if not principal.may_upload_to(namespace):
-        allowed = ", ".join(principal.namespaces) or "none"
-        raise PermissionDenied(
-            f"principal {principal.name!r} may not upload to the Hub namespace {namespace!r} "
-            f"(its namespaces: {allowed})",
-            field="upload_to",
-            reason="NAMESPACE_NOT_ALLOWED",
-        )
+    principal.require_namespace(upload_to, "upload_to")
 
 
 def _columns_needed(config: Any) -> dict[str, str]:
