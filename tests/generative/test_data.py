@@ -152,3 +152,25 @@ def test_batch_plan_shards_the_same_samples(tiny):
     assert len(one) == len(two[0]) == len(two[1])
     for whole, r0, r1 in zip(one, *two):
         assert whole.n_target == r0.n_target + r1.n_target
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_batch_size_counts_examples_packed_or_not(tiny, packed):
+    """Ludwig's batch_size is examples a step: packing lays them out, it does not add more."""
+    _, tok, cfg = tiny
+    samples = build_samples(cfg, task_frame(), tok, 128)  # 12 samples
+    plan = BatchPlan(
+        samples,
+        batch_size=5,
+        row_len=64,
+        packed=packed,
+        pad_id=tok.pad_token_id,
+        world=1,
+        rank=0,
+        shuffle=True,
+        seed=3,
+    )
+    micro = plan.epoch(0)
+    assert [b.n_samples for b in micro] == [5, 5, 2]
+    if packed:  # short samples share a row
+        assert micro[0].input_ids.shape[0] < 5

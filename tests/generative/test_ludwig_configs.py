@@ -13,7 +13,7 @@ from services.trainer.model_types import resolve
 from services.trainer.recipes.generative.data import render_prompt
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.predict import predict_generative
-from tests.generative.conftest import job_context
+from tests.generative.conftest import job_context, llm_config, task_frame
 from tunewire.errors import InvalidArgument
 
 # Ludwig's README: the input feature `prompt` is no column; the template builds it.
@@ -89,3 +89,18 @@ def test_the_readme_config_trains_on_cpu(tiny_model, tmp_path):
     assert len(texts) == len(df)
     with pytest.raises(InvalidArgument):  # the template's columns are needed to predict
         predict_generative(ctx.artifact_dir, df.drop(columns=["input"]), None)
+
+
+def test_optimizer_steps_follow_batch_size_and_effective_batch_size(tiny_model, tmp_path):
+    """12 examples, batch_size 2, effective_batch_size 8 (4 micro-batches a step): 2 optimizer
+    steps an epoch (the last takes the 2 micro-batches left), packed as by default."""
+    raw = llm_config(
+        tiny_model,
+        trainer={"epochs": 2, "batch_size": 2, "effective_batch_size": 8, "eval_steps": None},
+    )
+    ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:0])
+    assert ctx.config.trainer.gradient_accumulation_steps == 4
+    assert ctx.config.preprocessing.sequence_packing
+    run_generative_job(ctx)
+    steps = rec.of(Progress)
+    assert [s.step for s in steps] == [1, 2, 3, 4] and steps[-1].total_steps == 4

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from services.trainer.context import JobContext
+from services.trainer.context import JobContext, Metrics
 from services.trainer.model_types import resolve
 from services.trainer.recipes.predictive.data import prepare
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
@@ -287,3 +287,16 @@ def test_a_head_trained_on_the_gpu_evaluates_and_saves_as_on_the_cpu(tmp_path):
     assert gpu_metrics[("test", "y", "accuracy")] == pytest.approx(
         cpu_metrics[("test", "y", "accuracy")], abs=0.07
     )
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_evaluate_training_set_reports_train_metrics_each_epoch(tmp_path, on):
+    ctx, trainer = job(
+        tmp_path, torch.device("cpu"), head={"trainer": {"evaluate_training_set": on}}
+    )
+    seen: list = []
+    ctx.emit = seen.append
+    trainer.train(7)
+    events = [{m.split for m in e.metrics} for e in seen if isinstance(e, Metrics)]
+    assert sum(s == {"train"} for s in events) == (EPOCHS if on else 0)
+    assert sum(s == {"validation"} for s in events) == EPOCHS

@@ -365,3 +365,41 @@ def test_format_1_artifacts_still_load(tmp_path):
     x = torch.randn(5, 8)
     out = loaded.model({"text": x})["label"]
     assert torch.allclose(out, head(x).squeeze(-1))
+
+
+@pytest.mark.parametrize(
+    "trainer, field",
+    [
+        ({"use_mixed_precision": True}, "trainer.use_mixed_precision"),
+        ({"enable_gradient_checkpointing": True}, "trainer.enable_gradient_checkpointing"),
+        ({"eval_steps": 10}, "trainer.eval_steps"),
+        ({"steps_per_checkpoint": 10}, "trainer.steps_per_checkpoint"),
+        ({"checkpoints_per_epoch": 2}, "trainer.checkpoints_per_epoch"),
+        ({"skip_all_evaluation": True}, "trainer.skip_all_evaluation"),
+        ({"compile": True}, "trainer.compile"),
+        ({"bucketing_field": "text"}, "trainer.bucketing_field"),
+        ({"gradient_accumulation_steps": 4}, "trainer.gradient_accumulation_steps"),
+        ({"batch_size": 8, "effective_batch_size": 32}, "trainer.effective_batch_size"),
+        ({"optimizer": {"type": "paged_adamw"}}, "trainer.optimizer.type"),
+    ],
+)
+def test_ecd_trainer_keys_not_built_are_refused_by_name(trainer, field):
+    with pytest.raises(ConfigError) as info:
+        resolve(config(trainer=trainer))
+    assert info.value.field == field
+
+
+def test_ecd_trainer_keys_that_mean_what_they_mean_in_ludwig():
+    cfg = resolve(config(trainer={"max_batch_size": 32}))
+    assert cfg.trainer.batch_size == 32  # auto, capped
+    cfg = resolve(config(trainer={"effective_batch_size": 64}))
+    assert cfg.trainer.batch_size == 64 and cfg.trainer.gradient_accumulation_steps == 1
+    cfg = resolve(config(preprocessing={"global_max_sequence_length": 16}))
+    assert cfg.input_features[0].preprocessing.max_sequence_length == 16
+    raw = config()
+    raw["input_features"][0]["preprocessing"] = {"tokenizer": "space"}
+    with pytest.raises(ConfigError) as info:
+        resolve(raw)
+    assert info.value.field == "input_features[0].preprocessing.tokenizer"
+    raw["input_features"][0]["preprocessing"] = {"tokenizer": "hf_tokenizer"}
+    assert resolve(raw).input_features[0].preprocessing.tokenizer == "hf_tokenizer"

@@ -127,9 +127,18 @@ class TextPreprocessing:
     lowercase: bool = False
     missing_value_strategy: Literal["fill_with_const", "drop_row"] = "fill_with_const"
     fill_value: str = ""
-    tokenizer: str | None = None
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "Only the encoder's own (Ludwig's hf_tokenizer) is built."},
+    )
 
     def __post_init__(self) -> None:
+        check(
+            self.tokenizer in (None, "hf_tokenizer"),
+            f"tokenizer {self.tokenizer!r} is not built: text is tokenised by the encoder's own "
+            "tokenizer (Ludwig's hf_tokenizer, what it sets for pretrained encoders)",
+            "tokenizer",
+        )
         check(
             self.max_sequence_length is None or self.max_sequence_length >= 1,
             "must be >= 1",
@@ -513,12 +522,20 @@ class EcdConfig:
                 f"input_features[{trainable[1]}].encoder.trainable",
                 "one adapted (trainable) text encoder per model is built; keep the others frozen",
             )
+        _check_trainer_keys(self.trainer)
+        if self.preprocessing.global_max_sequence_length is not None:
+            # Ludwig caps every text feature's length at the global one.
+            cap = self.preprocessing.global_max_sequence_length
+            for f in self.input_features:
+                if f.type == "text":
+                    own = f.preprocessing.max_sequence_length
+                    f.preprocessing.max_sequence_length = cap if own is None else min(own, cap)
         if self.trainer.validation_field is None:
             self.trainer.validation_field = self.output_features[0].name
         if self.trainer.validation_metric is None:
             self.trainer.validation_metric = "loss"
         if self.trainer.batch_size == "auto":
-            self.trainer.batch_size = 128
+            self.trainer.batch_size = min(128, self.trainer.max_batch_size)
         if self.trainer.eval_batch_size in (None, "auto"):
             self.trainer.eval_batch_size = 1024
         if self.trainer.learning_rate == "auto":
@@ -533,6 +550,48 @@ class EcdConfig:
             "only the loss is computed for 'combined'",
             "trainer.validation_metric",
         )
+
+
+# ecd trainer keys that are not built, with why; a value other than Ludwig's default is refused.
+_UNBUILT_TRAINER_KEYS = {
+    "use_mixed_precision": (False, "the head trains in float32 (frozen vectors come as stored)"),
+    "enable_gradient_checkpointing": (False, "a head is a few layers; nothing to recompute"),
+    "eval_steps": (None, "an ecd job evaluates once an epoch"),
+    "steps_per_checkpoint": (0, "an ecd job keeps its best epoch in memory, no checkpoints"),
+    "checkpoints_per_epoch": (0, "an ecd job keeps its best epoch in memory, no checkpoints"),
+    "skip_all_evaluation": (False, "early stopping and the best epoch need the evaluation"),
+    "compile": (False, "on a GPU the head's step is captured as a CUDA graph already"),
+    "bucketing_field": (None, "batches are rows of fixed vectors; there is nothing to bucket"),
+}
+
+
+def _check_trainer_keys(t: TrainerConfig) -> None:
+    """Every ecd trainer key does what it does in Ludwig or is refused here, naming it."""
+    for key, (default, why) in _UNBUILT_TRAINER_KEYS.items():
+        if getattr(t, key) != default:
+            raise ValueError_at(f"trainer.{key}", f"is not built for ecd ({why})")
+    if t.optimizer.type not in ("adam", "adamw", "sgd"):
+        raise ValueError_at(
+            "trainer.optimizer.type",
+            f"{t.optimizer.type} is a bitsandbytes optimizer for quantized llm bases on a GPU; "
+            "an ecd head is small and unquantized: use adam, adamw or sgd",
+        )
+    if t.batch_size != "auto" and t.effective_batch_size not in ("auto", t.batch_size):
+        raise ValueError_at(
+            "trainer.effective_batch_size",
+            "gradient accumulation is not built for ecd: set batch_size to the effective size "
+            "(a head's batch of fixed vectors fits)",
+        )
+    if t.gradient_accumulation_steps not in ("auto", 1):
+        raise ValueError_at(
+            "trainer.gradient_accumulation_steps",
+            "gradient accumulation is not built for ecd: raise batch_size instead",
+        )
+    t.gradient_accumulation_steps = 1
+    if t.batch_size == "auto" and t.effective_batch_size != "auto":
+        t.batch_size = min(t.effective_batch_size, t.max_batch_size)
+    if t.effective_batch_size != "auto":
+        t.effective_batch_size = t.batch_size
 
 
 def ValueError_at(field_path: str, message: str) -> ValueError:

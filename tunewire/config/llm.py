@@ -650,7 +650,8 @@ def differences_from_ludwig(cfg: LlmConfig) -> list[str]:
     if cfg.preprocessing.sequence_packing:
         out.append(
             "preprocessing.sequence_packing: on by default (Ludwig packs only with "
-            "trainer.packing: true); samples share rows, attention never crosses them"
+            "trainer.packing: true); samples share rows, attention never crosses them, and a "
+            "step still takes trainer.batch_size examples"
         )
     if isinstance(cfg.adapter, AdaloraAdapter) and cfg.adapter.total_step is None:
         out.append(

@@ -267,10 +267,11 @@ def pack_rows(samples: list[Sample], row_len: int) -> list[list[Sample]]:
 class BatchPlan:
     """The micro-batches of one epoch, the same on every rank and restartable at any step.
 
-    Packed: samples are shuffled by (seed, epoch), packed into rows of `row_len`, and each
-    micro-batch takes `batch_size` rows per rank. Padded: each micro-batch takes `batch_size`
-    samples per rank. A micro-batch index splits the same way on every rank, so resuming at
-    optimizer step k skips exactly k × accumulation micro-batches."""
+    `batch_size` counts examples, as in Ludwig, packed or not: samples are shuffled by (seed,
+    epoch) and each micro-batch takes `batch_size` of them per rank. Packed, a rank's share is
+    then laid into as few rows of `row_len` as fit it (packing changes the layout of a step, not
+    how many examples make it); padded, each is a row. A micro-batch index splits the same way on
+    every rank, so resuming at optimizer step k skips exactly k × accumulation micro-batches."""
 
     def __init__(
         self,
@@ -293,21 +294,18 @@ class BatchPlan:
         order = list(self.samples)
         if self.shuffle:
             random.Random(self.seed * 100003 + epoch).shuffle(order)
-        units: list = pack_rows(order, self.row_len) if self.packed else order
-        if self.packed and self.shuffle:
-            random.Random(self.seed * 100003 + epoch + 1).shuffle(units)
         per_step = self.batch_size * self.world
         # Every rank must run the same number of micro-batches (collectives in backward): the
         # last, short one is spread over ranks, and dropped only when some rank would get nothing.
         batches = []
-        for start in range(0, len(units), per_step):
-            chunk = units[start : start + per_step]
+        for start in range(0, len(order), per_step):
+            chunk = order[start : start + per_step]
             if len(chunk) < self.world:
                 break
             batches.append(self._collate(chunk[self.rank :: self.world]))
         return batches
 
-    def _collate(self, units: list) -> Batch:
+    def _collate(self, samples: list[Sample]) -> Batch:
         if self.packed:
-            return collate_packed(units, self.row_len, self.pad_id)
-        return collate_padded(units, self.pad_id)
+            return collate_packed(pack_rows(samples, self.row_len), self.row_len, self.pad_id)
+        return collate_padded(samples, self.pad_id)

@@ -145,6 +145,17 @@ class HeadTrainer:
                 )
             )
             values = self.split_metrics(monitor)
+            if tcfg.evaluate_training_set and monitor != "train":
+                # Ludwig's evaluate_training_set: the training split's metrics every epoch too.
+                self.ctx.emit(
+                    Metrics(
+                        [
+                            MetricValue("train", f, k, v)
+                            for f, vs in self.split_metrics("train").items()
+                            for k, v in vs.items()
+                        ]
+                    )
+                )
             self.history.append(
                 {
                     "epoch": epoch,
