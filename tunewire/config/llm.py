@@ -244,11 +244,6 @@ class LoraAdapter:
         check_range(self.r, 1, MAX_LORA_RANK, "r")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
         check(
-            self.pretrained_adapter_weights is None,
-            "is not supported",
-            "pretrained_adapter_weights",
-        )
-        check(
             self.init_lora_weights != "loftq",
             "loftq initialisation is not supported",
             "init_lora_weights",
@@ -287,15 +282,104 @@ class Ia3Adapter:
     pretrained_adapter_weights: str | None = None
     postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
-    def __post_init__(self) -> None:
-        check(
-            self.pretrained_adapter_weights is None,
-            "is not supported",
-            "pretrained_adapter_weights",
-        )
+
+@dataclass
+class LohaAdapter:
+    type: Literal["loha"] = "loha"
+    r: int = 8
+    alpha: float = 8.0
+    target_modules: list[str] | str | None = None
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
-ADAPTERS: dict[str, type] = {"lora": LoraAdapter, "adalora": AdaloraAdapter, "ia3": Ia3Adapter}
+@dataclass
+class LokrAdapter:
+    type: Literal["lokr"] = "lokr"
+    r: int = 8
+    alpha: float = 8.0
+    target_modules: list[str] | str | None = None
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class VeraAdapter:
+    type: Literal["vera"] = "vera"
+    r: int = 256
+    target_modules: list[str] | str | None = None
+    projection_prng_key: int = 0
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class FourierftAdapter:
+    type: Literal["fourierft"] = "fourierft"
+    n_frequency: int = 1000
+    scaling: float = 150.0
+    target_modules: list[str] | str | None = None
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class OftAdapter:
+    type: Literal["oft"] = "oft"
+    r: int = 0
+    oft_block_size: int = 32
+    module_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    coft: bool = False
+    eps: float = 6e-5
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class BoftAdapter:
+    type: Literal["boft"] = "boft"
+    boft_block_size: int = 4
+    boft_n_butterfly_factor: int = 1
+    boft_dropout: float = 0.05
+    target_modules: list[str] | str | None = None
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class HraAdapter:
+    type: Literal["hra"] = "hra"
+    r: int = 8
+    apply_GS: bool = False
+    target_modules: list[str] | str | None = None
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class LnTuningAdapter:
+    type: Literal["ln_tuning"] = "ln_tuning"
+    target_modules: list[str] | str | None = None
+    pretrained_adapter_weights: str | None = None
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+ADAPTERS: dict[str, type] = {
+    "lora": LoraAdapter,
+    "adalora": AdaloraAdapter,
+    "ia3": Ia3Adapter,
+    "loha": LohaAdapter,
+    "lokr": LokrAdapter,
+    "vera": VeraAdapter,
+    "fourierft": FourierftAdapter,
+    "oft": OftAdapter,
+    "boft": BoftAdapter,
+    "hra": HraAdapter,
+    "ln_tuning": LnTuningAdapter,
+}
+# Ludwig lists these; PEFT provides them, but they are not wired here yet.
+LUDWIG_ADAPTERS_NOT_BUILT = ("tinylora", "c3a", "waveft", "vblora")
 
 
 @dataclass
@@ -377,6 +461,12 @@ class LlmConfig:
         )
         if isinstance(self.adapter, dict):
             kind = self.adapter.get("type", "lora")
+            check(
+                kind not in LUDWIG_ADAPTERS_NOT_BUILT,
+                f"adapter {kind!r} (in Ludwig's list) is not built here; built: "
+                + ", ".join(ADAPTERS),
+                "adapter.type",
+            )
             if kind not in ADAPTERS:
                 raise ConfigError(
                     f"adapter {kind!r} is not one of {', '.join(map(repr, ADAPTERS))}",
@@ -385,7 +475,8 @@ class LlmConfig:
             self.adapter = parse(ADAPTERS[kind], {**self.adapter, "type": kind}, "adapter")
         elif self.adapter is not None and not isinstance(self.adapter, tuple(ADAPTERS.values())):
             raise ConfigError(
-                "expected a mapping with a type (lora, adalora, ia3) or null", field="adapter"
+                "expected a mapping with a type (" + ", ".join(ADAPTERS) + ") or null",
+                field="adapter",
             )
         self._resolve_trainer()
         self._resolve_generation()

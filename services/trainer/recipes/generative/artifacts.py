@@ -39,14 +39,14 @@ def _fresh_model(
 ):
     """A CPU copy of the base (with the adapter, if any) holding the trained weights; an AdaLoRA
     `rank_pattern` makes peft save each layer at the rank it kept."""
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from services.trainer.recipes.generative import adapters
     from services.trainer.recipes.generative.model import peft_config
 
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
     if cfg.adapter is not None:
-        model = get_peft_model(model, peft_config(cfg.adapter, total_steps=total_steps))
+        model = adapters.apply(model, cfg.adapter, peft_config(cfg.adapter, total_steps))
         if rank_pattern is not None:
             model.peft_config["default"].rank_pattern = rank_pattern
     state = {k.removeprefix(WRAPPER_PREFIX): v for k, v in trainable.items()}

@@ -9,7 +9,7 @@ import importlib.util
 import torch
 from torch import nn
 
-from services.trainer.recipes.generative import attention
+from services.trainer.recipes.generative import adapters, attention
 from services.trainer.recipes.generative.data import Batch
 from services.trainer.recipes.generative.errors import PreconditionError
 from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
@@ -103,7 +103,10 @@ def peft_config(adapter, total_steps: int):
             modules_to_save=adapter.modules_to_save,
             init_ia3_weights=adapter.init_ia3_weights,
         )
-    raise TypeError(f"unknown adapter {type(adapter).__name__}")
+    config = adapters.simple_peft_config(adapter)
+    if config is None:
+        raise TypeError(f"unknown adapter {type(adapter).__name__}")
+    return config
 
 
 def load_model(
@@ -142,14 +145,13 @@ def load_model(
             )
     compiling = cfg.trainer.compile and device.type == "cuda"
     if cfg.adapter is not None:
-        from peft import get_peft_model
-
         from services.trainer.recipes.generative.lora_fused import fuse_lora
 
         # On a bf16 GPU the adapter stays bf16 too (torchtune's choice): fp32 adapter weights would
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
-        model = get_peft_model(
+        model = adapters.apply(
             model,
+            cfg.adapter,
             peft_config(cfg.adapter, total_steps),
             autocast_adapter_dtype=dtype == torch.float32,
         )
