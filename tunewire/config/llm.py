@@ -744,6 +744,11 @@ def differences_from_ludwig(cfg: LlmConfig) -> list[str]:
             "trainer.packing: true); samples share rows, attention never crosses them, and a "
             "step still takes trainer.batch_size examples"
         )
+    if cfg.backend.trainer.use_gpu and not cfg.trainer.use_mixed_precision:
+        out.append(
+            "trainer.use_mixed_precision: false, yet a GPU with bf16 trains in bf16 "
+            "(Ludwig trains in fp32)"
+        )
     if isinstance(cfg.adapter, AdaloraAdapter) and cfg.adapter.total_step is None:
         out.append(
             "adapter.total_step: null is the job's count of optimizer steps "
