@@ -97,6 +97,7 @@ def _run_llm(ctx: JobContext) -> JobResult:
 
 def _predict_llm(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.generative.predict import predict_generative
+    from tunewire.heads import FeatureOutput
 
     texts, metrics = predict_generative(
         req.artifact, req.data, req.generation_overrides, req.batch_size
