@@ -22,6 +22,8 @@ from services.trainer.optimizer import check_optimizer
 from tunewire.config.ecd import parse_ecd
 from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
+from tunewire.config.trainer import BITSANDBYTES_OPTIMIZERS
+from tunewire.errors import InvalidArgument
 from tunewire.heads import FeatureOutput
 
 # (outputs per feature, metrics, Ludwig's test_statistics.json): the last two with `evaluate`.
@@ -86,6 +88,15 @@ def _predict_ecd(req: PredictRequest) -> Predictions:
 # ------------------------------------------------------------------------------------ llm
 def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
     """The optimizer; the worker checks the model and the devices when it starts."""
+    if config.trainer.optimizer.type in BITSANDBYTES_OPTIMIZERS:
+        # Built for llm (the worker needs CUDA and bitsandbytes, and says so otherwise).
+        if not config.backend.trainer.use_gpu:
+            raise InvalidArgument(
+                f"optimizer {config.trainer.optimizer.type!r} is a bitsandbytes optimizer and "
+                "needs a CUDA GPU; backend.trainer.use_gpu is false (use adamw)",
+                field="trainer.optimizer.type",
+            )
+        return
     check_optimizer(config.trainer.optimizer)
 
 
@@ -97,7 +108,6 @@ def _run_llm(ctx: JobContext) -> JobResult:
 
 def _predict_llm(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.generative.predict import predict_generative
-    from tunewire.heads import FeatureOutput
 
     texts, metrics = predict_generative(
         req.artifact, req.data, req.generation_overrides, req.batch_size

@@ -1,6 +1,8 @@
 """`trainer.optimizer` as a torch optimizer, for both recipes: Adam/AdamW with Ludwig's keys, or
-SGD with momentum. bitsandbytes' paged and 8-bit optimizers, which Ludwig's schema lists, are not
-built; a job asking for one is refused at admission (`check_optimizer`), never run with another."""
+SGD with momentum. bitsandbytes' paged and 8-bit optimizers, which Ludwig's schema lists, are built
+for llm jobs on a GPU by the generative recipe (`recipes/generative/optimizers.py`) and refused for
+ecd at validation; any other type is refused at admission (`check_optimizer`), never run with
+another."""
 
 from __future__ import annotations
 

@@ -34,8 +34,10 @@ ADAPTERS = {
 LEARNING_RATE = {"fourierft": 0.0005}
 
 
-def trained_recipe(base: Path, tmp: Path, adapter: dict, steps: int = 4) -> GenerativeRecipe:
-    lr = LEARNING_RATE.get(adapter["type"], 0.01)
+def trained_recipe(
+    base: Path, tmp: Path, adapter: dict | None, steps: int = 4, **trainer
+) -> GenerativeRecipe:
+    lr = LEARNING_RATE.get((adapter or {}).get("type"), 0.01)
     raw = llm_config(
         base,
         adapter=adapter,
@@ -45,6 +47,7 @@ def trained_recipe(base: Path, tmp: Path, adapter: dict, steps: int = 4) -> Gene
             "batch_size": 12,
             "learning_rate": lr,
             "eval_steps": None,
+            **trainer,
         },
     )
     cfg = resolve(raw)
@@ -91,3 +94,23 @@ def test_pretrained_adapter_weights_continue_a_saved_adapter(tiny_model, tmp_pat
     fresh = trained_recipe(tiny_model, tmp_path / "c", {"type": "lora", "target_modules": QV}, 1)
     assert second.losses[0][1] < fresh.losses[0][1]
     assert not torch.allclose(logits(second.lm, second.tokenizer), after_first)
+
+
+def test_layers_to_freeze_regex_keeps_matching_weights(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    recipe = trained_recipe(
+        tiny_model, tmp_path, None, steps=2, layers_to_freeze_regex=r"layers\.0\."
+    )
+    trained = recipe.lm.state_dict()
+    name = "model.layers.{}.self_attn.q_proj.weight"
+    assert torch.equal(trained[name.format(0)], base[name.format(0)])
+    assert not torch.equal(trained[name.format(1)], base[name.format(1)])
+
+
+def test_bitsandbytes_optimizers_need_a_gpu(tiny_model, tmp_path):
+    from services.trainer.recipes.generative.model import PreconditionError
+
+    with pytest.raises(PreconditionError, match="paged_adamw.*CUDA GPU"):
+        trained_recipe(tiny_model, tmp_path, None, steps=1, optimizer={"type": "paged_adamw"})

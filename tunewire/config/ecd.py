@@ -562,6 +562,7 @@ _UNBUILT_TRAINER_KEYS = {
     "skip_all_evaluation": (False, "early stopping and the best epoch need the evaluation"),
     "compile": (False, "on a GPU the head's step is captured as a CUDA graph already"),
     "bucketing_field": (None, "batches are rows of fixed vectors; there is nothing to bucket"),
+    "layers_to_freeze_regex": (None, "a head trains whole; freeze an encoder by trainable: false"),
 }
 
 

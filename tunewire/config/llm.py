@@ -21,6 +21,7 @@ runs as `torchrun` workers, so `backend.type` is `local` and `backend.trainer` s
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -566,11 +567,14 @@ class LlmConfig:
             "is not supported (packing fills rows instead)",
             "trainer.bucketing_field",
         )
-        check(
-            t.optimizer.type in ("adam", "adamw", "sgd"),
-            f"optimizer {t.optimizer.type!r} is not built for llm (adam, adamw, sgd)",
-            "trainer.optimizer.type",
-        )
+        if t.layers_to_freeze_regex is not None:
+            try:
+                re.compile(t.layers_to_freeze_regex)
+            except re.error as exc:
+                raise ConfigError(
+                    f"is not a valid regular expression: {exc}",
+                    field="trainer.layers_to_freeze_regex",
+                ) from None
 
     def _resolve_generation(self) -> None:
         """Ludwig's defaults under the user's keys. What transformers refuses is an error; what it

@@ -228,7 +228,6 @@ LUDWIG_REFUSED: dict[str, str] = {
         "not built"
     ),
     "llm:output_features[].type: category": "classification by generation is not built yet",
-    "llm:trainer.layers_to_freeze_regex": "not built",
     "ecd:combiner.type (other than concat)": "only the concat combiner is built",
     "ecd:trainer.increase_batch_size_on_plateau*": "batch size schedules are not built",
     "ecd:trainer.learning_rate_scaling": "a single process trains a head; nothing to scale",
@@ -236,7 +235,9 @@ LUDWIG_REFUSED: dict[str, str] = {
     "ecd:trainer.contrastive_pretrain*": "not built",
     "ecd:trainer.modality_dropout, model_soup*": "not built",
     "ecd:trainer.enable_profiling, profiler": "not built",
-    "ecd and llm:trainer.optimizer.type (others than adam, adamw, sgd)": "not built",
+    "llm:trainer.optimizer.type (others than adam, adamw, sgd, paged_adamw, paged_adamw_8bit, "
+    "adamw_8bit)": "not built; the bitsandbytes ones need a CUDA GPU",
+    "ecd:trainer.optimizer.type (others than adam, adamw, sgd)": "not built",
 }
 
 

@@ -11,6 +11,9 @@ from typing import Literal
 
 from tunewire.config.schema import MAX_EPOCHS, MAX_TRAIN_STEPS, check, check_range
 
+# bitsandbytes' optimizers in Ludwig's schema: built for llm on a GPU, refused for ecd.
+BITSANDBYTES_OPTIMIZERS = ("paged_adamw", "paged_adamw_8bit", "adamw_8bit")
+
 # Ludwig's gradient clipping when the user says nothing.
 CLIPPING_DEFAULTS = {"clipglobalnorm": 0.5, "clipnorm": None, "clipvalue": None}
 
@@ -148,6 +151,9 @@ class TrainerConfig:
     )
     seed: int | None = field(
         default=None, metadata={"help": "Overrides the top-level seed for training."}
+    )
+    layers_to_freeze_regex: str | None = field(
+        default=None, metadata={"help": "Parameters whose names match stay frozen (llm)."}
     )
 
     @staticmethod

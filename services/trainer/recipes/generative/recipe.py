@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from services.trainer.clipping import clip_gradients
 from services.trainer.optimizer import build_optimizer
-from services.trainer.recipes.generative import adalora, artifacts, checkpoint
+from services.trainer.recipes.generative import adalora, artifacts, checkpoint, optimizers
 from services.trainer.recipes.generative.data import (
     IGNORE,
     Batch,
@@ -167,6 +167,9 @@ class GenerativeRecipe:
 
     def _setup_model(self) -> None:
         lm = load_model(self.cfg, self.device, packed=self.packed, total_steps=self.total_steps)
+        frozen = optimizers.freeze_matching(lm, self.cfg.trainer.layers_to_freeze_regex)
+        if frozen:
+            self.events.log(f"trainer.layers_to_freeze_regex froze {frozen} parameter tensors")
         self.lm = lm
         dist = self.cfg.backend.trainer
         self.model = parallelize(
@@ -180,11 +183,15 @@ class GenerativeRecipe:
         self.adalora = adalora.is_adalora(lm)
 
     def _setup_optimizer(self) -> None:
+        o = self.cfg.trainer.optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.type in optimizers.BITSANDBYTES:  # paged / 8-bit, for quantized bases on a GPU
+            self.optimizer = optimizers.bitsandbytes_optimizer(
+                o, params, self.cfg.trainer.learning_rate, self.device
+            )
+            return
         self.optimizer = build_optimizer(
-            self.cfg.trainer.optimizer,
-            (p for p in self.model.parameters() if p.requires_grad),
-            self.cfg.trainer.learning_rate,
-            fused=self.device.type == "cuda",
+            o, params, self.cfg.trainer.learning_rate, fused=self.device.type == "cuda"
         )
 
     def _setup_scheduler(self) -> None:
