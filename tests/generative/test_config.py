@@ -115,7 +115,11 @@ def test_adapter_kinds_and_merge():
         ({"prompt": {"template": "say {instruction}", "task": "t"}}, "prompt.template"),
         ({"prompt": {"template": "no placeholder"}}, "prompt.template"),
         ({"prompt": {"retrieval": {"k": 2}}}, "prompt.retrieval.k"),
-        ({"output_features": [{"name": "o", "type": "category"}]}, "output_features[0].type"),
+        ({"output_features": [{"name": "o", "type": "binary"}]}, "output_features[0].type"),
+        (
+            {"output_features": [{"name": "o", "type": "category"}]},
+            "output_features[0].decoder.type",
+        ),
         (
             {"input_features": [{"name": "a", "type": "text"}, {"name": "b", "type": "text"}]},
             "input_features",

@@ -104,3 +104,62 @@ def test_optimizer_steps_follow_batch_size_and_effective_batch_size(tiny_model, 
     run_generative_job(ctx)
     steps = rec.of(Progress)
     assert [s.step for s in steps] == [1, 2, 3, 4] and steps[-1].total_steps == 4
+
+
+CATEGORY_OUTPUT = {
+    "name": "answer",
+    "type": "category",
+    "preprocessing": {"fallback_label": "other"},
+    "decoder": {
+        "type": "category_extractor",
+        "match": {
+            "red": {"type": "contains", "value": "red"},
+            "blue": {"type": "regex", "value": r"\bblue\b"},
+        },
+    },
+}
+
+
+def test_category_extractor_maps_generated_text_to_a_label(tiny_model):
+    raw = llm_config(tiny_model, output_features=[CATEGORY_OUTPUT])
+    out = resolve(raw).output
+    assert out.decoder.fallback_label == "other"
+    assert out.extract_label("A RED apple") == "red"  # lower-cased, first rule that matches
+    assert out.extract_label("blue or red") == "red"
+    assert out.extract_label("blueish") == "other" and out.extract_label("so blue") == "blue"
+    bad = {**CATEGORY_OUTPUT, "decoder": {"type": "category_extractor"}}
+    with pytest.raises(Exception) as info:
+        resolve(llm_config(tiny_model, output_features=[bad]))
+    assert info.value.field == "output_features[0].decoder.match"
+
+
+def test_category_output_zero_shot_reports_accuracy(tiny_model, tmp_path):
+    raw = llm_config(tiny_model, output_features=[CATEGORY_OUTPUT])
+    del raw["trainer"]
+    df = task_frame()
+    df["answer"] = df["answer"].str.split().str[0]  # the colour: a class
+    ctx, rec = job_context(tmp_path, raw, train=df.head(6), validation=df[6:], test=None)
+    result = run_generative_job(ctx)
+    acc = {(m.split, m.name): m.value for m in result.metrics}
+    preds = pd.read_csv(ctx.artifact_dir / "predictions.csv", keep_default_na=False)
+    val = preds[preds["split"] == "validation"]
+    assert set(val["answer_predictions"]) <= {"red", "blue", "other"}
+    expected = (val["answer_predictions"] == val["answer"]).mean()
+    assert acc[("validation", "accuracy")] == pytest.approx(expected)
+    labels, metrics = predict_generative(ctx.artifact_dir, df[6:], None)
+    assert labels == list(val["answer_predictions"])
+    assert any(m.name == "accuracy" for m in metrics)
+
+
+def test_category_output_fine_tuned_reports_accuracy(tiny_model, tmp_path):
+    raw = llm_config(
+        tiny_model,
+        output_features=[CATEGORY_OUTPUT],
+        trainer={"epochs": 2, "eval_steps": None},
+    )
+    df = task_frame()
+    df["answer"] = df["answer"].str.split().str[0]
+    ctx, rec = job_context(tmp_path, raw, train=df, validation=df[:4])
+    result = run_generative_job(ctx)
+    names = {(m.split, m.name) for m in result.metrics}
+    assert {("validation", "accuracy"), ("validation", "loss")} <= names

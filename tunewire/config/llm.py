@@ -98,6 +98,9 @@ class TextFeaturePreprocessing:
     lowercase: bool = False
     missing_value_strategy: Literal["fill_with_const", "drop_row"] = "drop_row"
     fill_value: str = ""
+    fallback_label: str | None = field(
+        default=None, metadata={"help": "Category outputs: the label when none matches."}
+    )
 
     def __post_init__(self) -> None:
         check(
@@ -126,6 +129,91 @@ class TextFeature:
     def __post_init__(self) -> None:
         if self.column is None:
             self.column = self.name
+
+
+@dataclass
+class ExtractorDecoder:
+    """Ludwig's llm decoders: `text_extractor` (the generated text) or `category_extractor`
+    (the generated text, lower-cased, mapped to the first label whose `match` rule it meets:
+    `{label: {type: contains | regex, value: ...}}`; none met gives `fallback_label`)."""
+
+    type: Literal["text_extractor", "category_extractor"] = "text_extractor"
+    match: dict | None = None
+    fallback_label: str | None = field(
+        default=None, metadata={"help": "Label when no rule matches; null: Ludwig's <UNK>."}
+    )
+    constrain_to_vocabulary: bool = False
+
+    def __post_init__(self) -> None:
+        check(
+            not self.constrain_to_vocabulary,
+            "constrained decoding to the labels is not built",
+            "constrain_to_vocabulary",
+        )
+        if self.type == "category_extractor":
+            check(bool(self.match), "is required: {label: {type, value}} per class", "match")
+            for label, rule in (self.match or {}).items():
+                where = f"match.{label}"
+                check(isinstance(rule, dict), "must be {type: contains | regex, value}", where)
+                check(
+                    rule.get("type") in ("contains", "regex"),
+                    f"match type {rule.get('type')!r} is not one of 'contains', 'regex'",
+                    f"{where}.type",
+                )
+                check(isinstance(rule.get("value"), str), "must be a string", f"{where}.value")
+                if rule["type"] == "regex":
+                    try:
+                        re.compile(rule["value"])
+                    except re.error as exc:
+                        check(False, f"is not a valid regular expression: {exc}", f"{where}.value")
+            if self.fallback_label is None:
+                self.fallback_label = "<UNK>"
+
+
+@dataclass
+class LlmOutputFeature(TextFeature):
+    """The llm's output: text, or a category extracted from the generated text."""
+
+    decoder: ExtractorDecoder = field(default_factory=ExtractorDecoder)
+
+    @staticmethod
+    def precheck(data: dict) -> None:
+        check("name" in data, "is required", "name")
+        check(
+            data.get("type") in ("text", "category"),
+            f"output feature type {data.get('type')!r} is not supported for model_type llm "
+            "(use text, or category with decoder: {type: category_extractor, match: ...})",
+            "type",
+        )
+        if data.get("type") == "category":
+            decoder = data.get("decoder") or {}
+            check(
+                decoder.get("type") == "category_extractor",
+                "a category output of an llm needs decoder.type: category_extractor",
+                "decoder.type",
+            )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.decoder.type == "category_extractor" and self.preprocessing.fallback_label:
+            # Ludwig hands the feature's preprocessing.fallback_label to its decoder.
+            if self.decoder.fallback_label in (None, "<UNK>"):
+                self.decoder.fallback_label = self.preprocessing.fallback_label
+        check(
+            self.type != "text" or self.decoder.type == "text_extractor",
+            "a text output takes decoder.type: text_extractor",
+            "decoder.type",
+        )
+
+    def extract_label(self, generated: str) -> str:
+        """The class a generated text means (category outputs)."""
+        text = generated.lower()
+        for label, rule in (self.decoder.match or {}).items():
+            if rule["type"] == "contains" and rule["value"] in text:
+                return label
+            if rule["type"] == "regex" and re.search(rule["value"], text):
+                return label
+        return str(self.decoder.fallback_label)
 
 
 TEMPLATE_KEYWORDS = ("__sample__", "__task__", "__context__")
@@ -422,7 +510,7 @@ class LlmPreprocessing:
 class LlmConfig:
     base_model: str
     input_features: list[TextFeature]
-    output_features: list[TextFeature]
+    output_features: list[LlmOutputFeature]
     model_type: Literal["llm"] = "llm"
     prompt: PromptConfig = field(default_factory=PromptConfig)
     adapter: Any = field(
@@ -450,7 +538,7 @@ class LlmConfig:
         )
         check(
             len(self.output_features) == 1,
-            "model_type llm takes exactly one text output feature",
+            "model_type llm takes exactly one output feature (text or category)",
             "output_features",
         )
         check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
@@ -622,7 +710,7 @@ class LlmConfig:
         return self.input_features[0]
 
     @property
-    def output(self) -> TextFeature:
+    def output(self) -> LlmOutputFeature:
         return self.output_features[0]
 
     @property

@@ -227,7 +227,8 @@ LUDWIG_REFUSED: dict[str, str] = {
     "llm:adapter(lora).loraplus_lr_ratio, rank_pattern, alpha_pattern, layer_replication": (
         "not built"
     ),
-    "llm:output_features[].type: category": "classification by generation is not built yet",
+    "llm:output_features[].decoder.match type: json_schema": "contains and regex are built",
+    "llm:output_features[].decoder.constrain_to_vocabulary: true": "not built",
     "ecd:combiner.type (other than concat)": "only the concat combiner is built",
     "ecd:trainer.increase_batch_size_on_plateau*": "batch size schedules are not built",
     "ecd:trainer.learning_rate_scaling": "a single process trains a head; nothing to scale",

@@ -129,6 +129,12 @@ def predict_generative(
     metrics = []
     if cfg.output.column in df.columns:
         metrics = _metrics(cfg, model, tokenizer, df, device, batch)
+    if cfg.output.type == "category":  # Ludwig's category_extractor: the label is the answer
+        texts = [cfg.output.extract_label(t) for t in texts]
+        if cfg.output.column in df.columns:
+            truth = df[cfg.output.column].astype(str).tolist()
+            hits = sum(p == t for p, t in zip(texts, truth)) / max(1, len(truth))
+            metrics.append(MetricValue("test", cfg.output.name, "accuracy", hits))
     return texts, metrics
 
 

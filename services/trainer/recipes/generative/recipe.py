@@ -457,13 +457,60 @@ class GenerativeRecipe:
                 split == "train" and not self.cfg.trainer.evaluate_training_set
             ):
                 continue
-            for name, value in self.evaluate(split).items():
+            values = self.evaluate(split)
+            if self.cfg.output.type == "category":
+                values["accuracy"] = self.category_accuracy(split)
+            for name, value in values.items():
                 out.append(
                     {"split": split, "feature": self.cfg.output.name, "name": name, "value": value}
                 )
         if out:
             self.events.metrics(out)
         self.final_metrics = out
+        return out
+
+    def category_accuracy(self, split: str) -> float:
+        """Ludwig's category_extractor: generate, map the text to a label, compare."""
+        df = self.job.split(split)
+        texts = self.generate_rows(df)
+        labels = [self.cfg.output.extract_label(t) for t in texts]
+        truth = df[self.cfg.output.column].astype(str).tolist()
+        return sum(p == t for p, t in zip(labels, truth)) / max(1, len(truth))
+
+    @torch.no_grad()
+    def generate_rows(self, df: pd.DataFrame) -> list[str]:
+        """The generated answer for every row of `df`, in order; each rank generates every
+        world-th row (under FSDP all ranks must run the forward anyway)."""
+        from services.trainer.recipes.generative.predict import (
+            generate_texts,
+            generation_from_config,
+        )
+
+        gen = generation_from_config(self.cfg, self.tokenizer, core_model(self.lm).config)
+        was_training = self.lm.training
+        self.lm.eval()
+        if self.fsdp:
+            self.model.unshard()
+        try:
+            mine = generate_texts(
+                self.cfg,
+                self.lm,
+                self.tokenizer,
+                df.iloc[self.rank :: self.world],
+                gen,
+                self.device,
+            )
+        finally:
+            if self.fsdp:
+                self.model.reshard()
+            self.lm.train(was_training)
+        if self.world == 1:
+            return mine
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, mine)
+        out: list[str] = [""] * len(df)
+        for rank, texts in enumerate(parts):
+            out[rank :: self.world] = texts
         return out
 
     # ---- persistence -------------------------------------------------------------------------

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 
 from services.trainer.recipes.generative import artifacts
 from services.trainer.recipes.generative.model import load_tokenizer
-from services.trainer.recipes.generative.predict import generate_texts, generation_from_config
 from services.trainer.recipes.generative.recipe import GenerativeRecipe
 
 SPLITS = ("train", "validation", "test")
@@ -34,42 +32,48 @@ class ZeroShotRecipe(GenerativeRecipe):
 
     def final_evaluation(self) -> list[dict]:
         t = self.cfg.trainer
+        self.predictions = self._predict_all()
         out = []
         if not t.skip_all_evaluation:
             for split in SPLITS:
                 if split in self.samples and (split != "train" or t.evaluate_training_set):
+                    values = self.evaluate(split)
+                    if self.cfg.output.type == "category":
+                        values["accuracy"] = self._accuracy(split)
                     out += [
                         {"split": split, "feature": self.cfg.output.name, "name": k, "value": v}
-                        for k, v in self.evaluate(split).items()
+                        for k, v in values.items()
                     ]
         if out:
             self.events.metrics(out)
         self.final_metrics = out
-        self.predictions = self._predict_all()
         return out
 
-    @torch.no_grad()
+    def _accuracy(self, split: str) -> float:
+        rows = self.predictions[self.predictions["split"] == split]
+        name, column = self.cfg.output.name, self.cfg.output.column
+        hits = rows[f"{name}_predictions"] == rows[column].astype(str)
+        return float(hits.mean()) if len(rows) else 0.0
+
     def _predict_all(self) -> pd.DataFrame:
-        """An answer for every row of every split; each rank takes every world-th row."""
-        gen = generation_from_config(self.cfg, self.tokenizer, self.lm.config)
+        """An answer for every row of every split (a category output: its extracted label too),
+        sampling seeded per split, so predict on the artifact repeats a split's answers."""
         frames = []
         for split in SPLITS:
             df = self.job.split(split)
             if df is None or not len(df):
                 continue
-            mine = df.iloc[self.rank :: self.world]
             torch.manual_seed(self.seed + self.rank)
-            texts = generate_texts(self.cfg, self.lm, self.tokenizer, mine, gen, self.device)
-            frame = mine.copy()
+            texts = self.generate_rows(df)
+            frame = df.copy()
             frame.insert(0, "split", split)
-            frame[f"{self.cfg.output.name}_predictions"] = texts
+            name = self.cfg.output.name
+            if self.cfg.output.type == "category":
+                frame[f"{name}_response"] = texts
+                texts = [self.cfg.output.extract_label(t) for t in texts]
+            frame[f"{name}_predictions"] = texts
             frames.append(frame)
-        mine_all = pd.concat(frames) if frames else pd.DataFrame()
-        if self.world > 1:
-            gathered: list = [None] * self.world
-            dist.all_gather_object(gathered, mine_all)
-            mine_all = pd.concat(gathered)
-        return mine_all.reset_index(drop=True)
+        return pd.concat(frames).reset_index(drop=True) if frames else pd.DataFrame()
 
     def save_checkpoint(self) -> None:  # nothing trains, nothing to resume
         pass
