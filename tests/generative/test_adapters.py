@@ -27,6 +27,8 @@ ADAPTERS = {
     "ln_tuning": {},
     "ia3": {},
     "lora": {"use_dora": True, "use_rslora": True, "target_modules": QV},
+    "lora-pissa": {"init_lora_weights": "pissa", "target_modules": QV},
+    "lora-olora": {"init_lora_weights": "olora", "target_modules": QV},
 }
 
 
@@ -73,7 +75,7 @@ def test_adapter_trains_and_loads_with_stock_peft(tiny_model, tmp_path, kind):
     from peft import AutoPeftModelForCausalLM
 
     torch.manual_seed(0)
-    recipe = trained_recipe(tiny_model, tmp_path, {"type": kind, **ADAPTERS[kind]})
+    recipe = trained_recipe(tiny_model, tmp_path, {"type": kind.split("-")[0], **ADAPTERS[kind]})
     losses = [loss for _, loss in recipe.losses]
     assert len(losses) == 4 and losses[-1] < losses[0]
     loaded = AutoPeftModelForCausalLM.from_pretrained(recipe.job.artifact_dir)
