@@ -144,6 +144,15 @@ class ExtractorDecoder:
     )
     constrain_to_vocabulary: bool = False
 
+    @staticmethod
+    def precheck(data: dict) -> None:
+        kind = data.get("type", "text_extractor")
+        check(
+            kind in ("text_extractor", "category_extractor"),
+            f"decoder type {kind!r} is not built (text_extractor, category_extractor)",
+            "type",
+        )
+
     def __post_init__(self) -> None:
         check(
             not self.constrain_to_vocabulary,
