@@ -165,6 +165,11 @@ INERT: dict[str, str] = {
     "ecd:defaults": "refused unless null: set options per feature",
     "ecd:ludwig_version": "recorded, read by nobody (Ludwig writes it into saved configs)",
     "ecd:backend.type": "local only",
+    **{
+        f"ecd:backend.trainer.{k}": "refused unless the default: a head trains in the "
+        "trainer's own process (torchrun workers are for llm)"
+        for k in ("strategy", "num_workers", "nnodes", "use_gpu", "reshard_after_forward")
+    },
     "ecd:input_features[].tied": "refused unless null",
     "ecd:preprocessing.oversample_minority": "refused unless null",
     "ecd:preprocessing.undersample_majority": "refused unless null",
