@@ -90,6 +90,8 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
         _GEN + "recipe.py",
         _GEN + "model.py",
         _GEN + "zero_shot.py",
+        _GEN + "optimizers.py",
+        "services/trainer/optimizer.py",
         "services/trainer/schedule.py",
         "services/trainer/clipping.py",
         "tunewire/config/llm.py",
@@ -119,6 +121,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "ecd:trainer.": (
         _PRED + "loop.py",
         _PRED + "recipe.py",
+        "services/trainer/optimizer.py",
         "services/trainer/schedule.py",
         "services/trainer/clipping.py",
         "tunewire/config/ecd.py",
