@@ -574,8 +574,9 @@ def _check_trainer_keys(t: TrainerConfig) -> None:
     if t.optimizer.type not in ("adam", "adamw", "sgd"):
         raise ValueError_at(
             "trainer.optimizer.type",
-            f"{t.optimizer.type} is a bitsandbytes optimizer for quantized llm bases on a GPU; "
-            "an ecd head is small and unquantized: use adam, adamw or sgd",
+            f"{t.optimizer.type} is not built for ecd: it is a bitsandbytes optimizer for "
+            "quantized llm bases on a GPU, and a head is small and unquantized (use adam, "
+            "adamw or sgd)",
         )
     if t.batch_size != "auto" and t.effective_batch_size not in ("auto", t.batch_size):
         raise ValueError_at(
