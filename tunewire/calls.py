@@ -30,7 +30,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -443,6 +443,21 @@ def _async_stream(fn, method: str, request_id: str, idle: float | None):
     return inner
 
 
+def _fail_sync(exc: Exception, sync: SyncContext, context, call: _Call, ctx) -> NoReturn:
+    """End `call` for `exc` and raise: an abort already sent passes through, a downstream
+    RpcError stays what it is, and anything else becomes its status (one table, errors.py)."""
+    if sync.aborted or isinstance(exc, grpc.aio.AbortError):
+        call.end(_code_of(context) or grpc.StatusCode.UNKNOWN)
+        raise exc
+    if isinstance(exc, grpc.RpcError):
+        call.end(grpc.StatusCode.UNKNOWN)
+        raise exc
+    code, details, trailing = ctx.run(failure_status, exc)
+    call.end(code)
+    context.abort(code, details, trailing)
+    raise AssertionError("unreachable: abort raises")
+
+
 def _sync_unary(fn, method: str, request_id: str, ctx: contextvars.Context):
     def inner(request, context):
         sync = SyncContext(context)
@@ -450,15 +465,7 @@ def _sync_unary(fn, method: str, request_id: str, ctx: contextvars.Context):
         try:
             response = ctx.run(fn, request, sync)
         except Exception as exc:  # noqa: BLE001
-            if sync.aborted or isinstance(exc, grpc.aio.AbortError):
-                call.end(_code_of(context) or grpc.StatusCode.UNKNOWN)
-                raise
-            if isinstance(exc, grpc.RpcError):
-                call.end(grpc.StatusCode.UNKNOWN)
-                raise
-            code, details, trailing = ctx.run(failure_status, exc)
-            call.end(code)
-            context.abort(code, details, trailing)
+            _fail_sync(exc, sync, context, call, ctx)
         call.end(grpc.StatusCode.OK)
         return response
 
@@ -481,15 +488,7 @@ def _sync_stream(fn, method: str, request_id: str, ctx: contextvars.Context):
             call.end(grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001
-            if sync.aborted or isinstance(exc, grpc.aio.AbortError):
-                call.end(_code_of(context) or grpc.StatusCode.UNKNOWN)
-                raise
-            if isinstance(exc, grpc.RpcError):
-                call.end(grpc.StatusCode.UNKNOWN)
-                raise
-            code, details, trailing = ctx.run(failure_status, exc)
-            call.end(code)
-            context.abort(code, details, trailing)
+            _fail_sync(exc, sync, context, call, ctx)
         finally:
             responses.close()
         call.end(grpc.StatusCode.OK)
