@@ -69,17 +69,21 @@ def _split_table(value) -> tuple[dict[str, list], list]:
 def router(backend: Backend, token_of) -> APIRouter:
     api = APIRouter(tags=["Ludwig serve"])
 
+    async def _predict_as(token, model: str, columns: dict) -> dict:
+        """The backend's blocking call in a worker thread, on behalf of the caller's token."""
+
+        def work():
+            backend.as_caller(token)
+            return backend.predict(model, columns)
+
+        return await run_in_threadpool(work)
+
     async def predict(model: str, request: Request):
         token = token_of(request)
         try:
             fields = await _fields(request)
             columns = {k: [v] for k, v in fields.items()}
-
-            def work():
-                backend.as_caller(token)
-                return backend.predict(model, columns)
-
-            out = await run_in_threadpool(work)
+            out = await _predict_as(token, model, columns)
         except TunewireError as err:
             return ludwig_error(err)
         return {name: values[0] for name, values in out.items()}
@@ -91,12 +95,7 @@ def router(backend: Backend, token_of) -> APIRouter:
             if "dataset" not in fields:
                 raise InvalidArgument("is required", field="dataset")
             columns, index = _split_table(fields["dataset"])
-
-            def work():
-                backend.as_caller(token)
-                return backend.predict(model, columns)
-
-            out = await run_in_threadpool(work)
+            out = await _predict_as(token, model, columns)
         except TunewireError as err:
             return ludwig_error(err)
         names = list(out)
