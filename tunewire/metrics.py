@@ -111,6 +111,10 @@ class _Sources(Collector):
 
         return remove
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sources)
+
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             sources = list(self._sources.values())
@@ -131,6 +135,11 @@ class _Sources(Collector):
 
 _SOURCES = _Sources()
 REGISTRY.register(_SOURCES)
+
+
+def sources_registered() -> int:
+    """How many scrape-time sources are registered (a closed service has removed its own)."""
+    return len(_SOURCES)
 
 
 def add_source(source: Source) -> Callable[[], None]:
