@@ -33,6 +33,7 @@ from tunewire.config.ecd import CombinerConfig, DecoderConfig, EcdConfig, Output
 from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import InvalidArgument
 from tunewire.features import InputMetadata, OutputMetadata, decode_number
+from tunewire.model_init import building_modules
 
 # ------------------------------------------------------------------------------- fc stacks
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -450,6 +451,7 @@ class Loaded:
     manifest: dict
 
 
+@building_modules()
 def load(directory: Path) -> Loaded:
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     config = parse_ecd(json.loads((directory / CONFIG_FILE).read_text()))

@@ -41,6 +41,7 @@ from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
 from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
+from tunewire.model_init import building_modules
 
 log = structlog.get_logger(__name__)
 
@@ -191,12 +192,15 @@ class Encoder:
             self._log.info("loading weights", device=str(self.device), dtype=str(self.dtype))
             kwargs = {"attn_implementation": varlen.register()} if self._want_packed else {}
             try:
-                try:
-                    model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype, **kwargs)
-                except ValueError:  # the class does not take a custom attention function
-                    if not kwargs:
-                        raise
-                    model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
+                with building_modules():
+                    try:
+                        model = AutoModel.from_pretrained(
+                            self.source.path, dtype=self.dtype, **kwargs
+                        )
+                    except ValueError:  # the class does not take a custom attention function
+                        if not kwargs:
+                            raise
+                        model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
             except Exception as exc:  # noqa: BLE001 - safetensors, torch, size mismatches...
                 raise FailedPrecondition(
                     f"cannot load the weights in {self.source.path}: {exc}", field="encoder.model"

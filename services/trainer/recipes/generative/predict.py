@@ -21,6 +21,7 @@ from tunewire.config.llm import (
 )
 from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
+from tunewire.model_init import building_modules
 
 BATCH = 8
 
@@ -30,6 +31,7 @@ def is_zero_shot(artifact_dir: Path) -> bool:
     return meta.exists() and json.loads(meta.read_text()).get("kind") == "zero_shot"
 
 
+@building_modules()
 def load_artifact(artifact_dir: Path, device: torch.device, base_model: str | None = None):
     """(model, tokenizer) from an adapter or a full/merged artifact, in eval mode on `device`; a
     zero-shot artifact's are the base model's own (`base_model`)."""

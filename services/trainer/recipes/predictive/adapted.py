@@ -24,6 +24,7 @@ from tunewire import heads as pm
 from tunewire.config.ecd import EncoderConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
+from tunewire.model_init import building_modules
 from tunewire.truncation import truncated_ids
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,7 @@ class AdaptedEncoder(nn.Module):
         self.device = device
 
     @classmethod
+    @building_modules()
     def load_base(
         cls, ref: pm.EncoderRef, device: torch.device | None = None, field: str = "model"
     ) -> tuple[nn.Module, object]:
@@ -104,6 +106,7 @@ class AdaptedEncoder(nn.Module):
         return pool(hidden, mask, self.ref.pooling, normalize=self.ref.normalize)
 
 
+@building_modules()
 def wrap_lora(base: nn.Module, enc: EncoderConfig, field: str = "encoder") -> nn.Module:
     """The base with LoRA on `target_modules` (PEFT's default per architecture when null);
     only the LoRA weights train."""
@@ -124,6 +127,7 @@ def wrap_lora(base: nn.Module, enc: EncoderConfig, field: str = "encoder") -> nn
         raise InvalidArgument(str(exc), field=f"{field}.adapter.target_modules") from None
 
 
+@building_modules()
 def load_adapted(ref: pm.EncoderRef, adapter_dir) -> AdaptedEncoder:
     """For predict: the base encoder with the artifact's adapter, in eval mode."""
     from peft import PeftModel

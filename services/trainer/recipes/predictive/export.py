@@ -23,6 +23,7 @@ from torch import nn
 
 from services.trainer.context import JobContext, Log
 from tunewire.heads import EncoderRef, PredictiveModel
+from tunewire.model_init import building_modules
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,7 @@ def score_weight(model: PredictiveModel) -> tuple[torch.Tensor, list[str]]:
     return weight, list(head.meta.vocab)
 
 
+@building_modules()
 def export_sequence_classification(
     directory: Path,
     ref: EncoderRef,

@@ -29,6 +29,7 @@ from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, w
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from tunewire import heads as pm
 from tunewire.config.ecd import EcdConfig
+from tunewire.model_init import building_modules
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +107,7 @@ def embed_frozen_features(ctx: JobContext, data: Prepared, refs: list[pm.Encoder
     }
 
 
+@building_modules()
 def build_model(
     cfg: EcdConfig, data: Prepared, refs: dict[str, pm.EncoderRef]
 ) -> pm.PredictiveModel:

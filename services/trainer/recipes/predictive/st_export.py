@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tunewire.heads import EncoderRef, PredictiveModel
+from tunewire.model_init import building_modules
 
 EXPORT_DIR = "sentence_transformers"
 _POOLING = {"mean": "mean", "cls": "cls", "max": "max"}
@@ -51,6 +52,7 @@ def st_blocker(cfg, model: PredictiveModel, refs: dict[str, EncoderRef]) -> str 
     return None
 
 
+@building_modules()
 def _dense_layers(model: PredictiveModel) -> list[tuple[nn.Linear, str]]:
     """(linear, activation class path) for each layer, dropout dropped, temperature folded."""
     head = next(iter(model.outputs.values()))
