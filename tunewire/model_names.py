@@ -22,7 +22,8 @@ from typing import Any
 from tunewire.errors import InvalidArgument
 
 ENV = "TUNEWIRE_MODELS"  # NAME=PATH entries separated by commas
-_MODEL_KEYS = ("pretrained_model_name_or_path", "base_model")
+# Model keys of job configs: an encoder, an llm's base model, a few-shot retrieval encoder.
+_MODEL_KEYS = ("pretrained_model_name_or_path", "base_model", "model_name")
 
 
 def parse_models(values: list[str], field: str = "model") -> dict[str, str]:
@@ -64,8 +65,9 @@ def models_from_args(args: argparse.Namespace) -> dict[str, str]:
 
 
 def rename_models(config: Any, names: Mapping[str, str]) -> Any:
-    """A job config with every model key (encoder `pretrained_model_name_or_path`, `base_model`)
-    that is a registered NAME replaced by its PATH; a copy, the input untouched."""
+    """A job config with every model key (encoder `pretrained_model_name_or_path`, `base_model`,
+    `prompt.retrieval.model_name`) that is a registered NAME replaced by its PATH; a copy, the
+    input untouched."""
     if isinstance(config, dict):
         return {
             k: names.get(v, v)

@@ -37,7 +37,8 @@ class PredictRequest:
     artifact: Path
     data: pd.DataFrame
     evaluate: bool
-    embedder: Callable[[], Any]  # the embedder client, asked for only by predictive artifacts
+    # The embedder client, asked for only by predictive artifacts and semantic retrieval.
+    embedder: Callable[[], Any]
     generation_overrides: dict | None = None
     batch_size: int = 0  # rows per forward pass; 0: the model's own
     model_names: Mapping[str, str] = field(default_factory=dict)  # --model NAME=PATH
@@ -87,7 +88,19 @@ def _predict_ecd(req: PredictRequest) -> Predictions:
 
 # ------------------------------------------------------------------------------------ llm
 def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
-    """The optimizer; the worker checks the model and the devices when it starts."""
+    """The optimizer, and a semantic retrieval encoder the embedder must load; the worker
+    checks the model and the devices when it starts."""
+    retrieval = config.prompt.retrieval
+    if retrieval.type == "semantic" and checks.embedder is not None:
+        from services.trainer.encoder_check import check_encoder_loads
+        from services.trainer.recipes.generative.retrieval import encoder_spec
+
+        check_encoder_loads(
+            checks.embedder,
+            encoder_spec(retrieval.model_name),
+            "prompt.retrieval.model_name",
+            checks.embedder_address,
+        )
     if config.trainer.optimizer.type in BITSANDBYTES_OPTIMIZERS:
         # Built for llm (the worker needs CUDA and bitsandbytes, and says so otherwise).
         if not config.backend.trainer.use_gpu:
@@ -110,7 +123,7 @@ def _predict_llm(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.generative.predict import predict_generative
 
     texts, metrics = predict_generative(
-        req.artifact, req.data, req.generation_overrides, req.batch_size
+        req.artifact, req.data, req.generation_overrides, req.batch_size, req.embedder
     )
     name = _generative_output_name(req.artifact)
     metrics = metrics if req.evaluate else []

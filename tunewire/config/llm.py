@@ -43,6 +43,16 @@ from tunewire.config.trainer import TrainerConfig
 DEFAULT_TASK_TEMPLATE = (
     "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:\n"
 )
+# Ludwig's default prompt when `prompt.task` is given with `prompt.retrieval` (few-shot): the
+# retrieved examples go where {__context__} stands. Ludwig's text, kept as is: it is what the model
+# reads.
+DEFAULT_FEW_SHOT_TEMPLATE = (
+    "Below is relevant context:\n\nCONTEXT: {__context__}\n\n"
+    "CONTEXT is comprised of labeled samples whose embeddings were similar to that of the sample "
+    "input. The labels in\nthese samples could aid you in your final prediction. Given this and "
+    "no prior knowledge, follow the instructions\nbelow.\n\n"
+    "SAMPLE INPUT: {__sample__}\n\nUSER: Complete the following task: {__task__}\n\nASSISTANT:\n"
+)
 
 # Ludwig's generation defaults where the user says nothing: low-temperature sampling.
 # `max_new_tokens` null means Ludwig's rule (`resolve_max_new_tokens`).
@@ -235,12 +245,19 @@ def template_fields(template: str) -> list[str]:
 
 @dataclass
 class RetrievalConfig:
-    """Ludwig's `prompt.retrieval`: few-shot examples from the training set (type null: none)."""
+    """Ludwig's `prompt.retrieval`: each prompt gets `k` examples (input and output) from the
+    training split in its {__context__}: `random` ones, or the `semantic`ally nearest by the
+    encoder `model_name` (run by the embedder, whose cache keeps the training rows' vectors).
+    Type null: no examples (zero-shot prompts)."""
 
     type: Literal["random", "semantic"] | None = None
-    index_name: str | None = None
-    model_name: str | None = None
-    k: int = 0
+    index_name: str | None = field(
+        default=None, metadata={"help": "A Ludwig cache index name; only null is accepted."}
+    )
+    model_name: str | None = field(
+        default=None, metadata={"help": "semantic: the encoder (a path, NAME or Hub id)."}
+    )
+    k: int = field(default=0, metadata={"help": "Examples per prompt (a type with 0: 1)."})
 
     def __post_init__(self) -> None:
         if self.type is not None and self.k == 0:
@@ -256,6 +273,17 @@ class RetrievalConfig:
             self.type != "semantic" or self.model_name is not None,
             "is required for semantic retrieval",
             "model_name",
+        )
+        check(
+            self.type != "random" or self.model_name is None,
+            "is read only by semantic retrieval; random retrieval embeds nothing",
+            "model_name",
+        )
+        check(
+            self.index_name is None,
+            "names an index in Ludwig's local cache, which is not read here: the examples come "
+            "from the job's training split (kept in the artifact for predict); leave it null",
+            "index_name",
         )
 
 
@@ -276,13 +304,16 @@ class PromptConfig:
     def __post_init__(self) -> None:
         if self.retrieval is None:
             self.retrieval = RetrievalConfig()
+        few_shot = self.retrieval.type is not None
         check(
-            self.retrieval.type is None,
-            f"retrieval type {self.retrieval.type!r} (few-shot prompts) is not built yet",
+            not few_shot or self.template is not None or self.task is not None,
+            "few-shot examples are placed by a prompt: set prompt.task (Ludwig's few-shot "
+            "template) or prompt.template with {__context__} (Ludwig ignores retrieval without "
+            "either)",
             "retrieval.type",
         )
         if self.template is None and self.task is not None:
-            self.template = DEFAULT_TASK_TEMPLATE
+            self.template = DEFAULT_FEW_SHOT_TEMPLATE if few_shot else DEFAULT_TASK_TEMPLATE
         if self.template is not None:
             try:
                 names = [
@@ -308,6 +339,17 @@ class PromptConfig:
             check(
                 bool(names),
                 "must name at least one column, or {__sample__} for the input feature",
+                "template",
+            )
+            check(
+                not few_shot or "__context__" in names,
+                "prompt.retrieval is set, so the template must place the examples with "
+                "{__context__} (as in Ludwig)",
+                "template",
+            )
+            check(
+                few_shot or "__context__" not in names,
+                "uses {__context__} but prompt.retrieval.type is null (no examples to place)",
                 "template",
             )
 
@@ -706,7 +748,8 @@ class LlmConfig:
     def columns_read(self) -> dict[str, str]:
         """config path -> data set column, for every column this config reads."""
         out = {}
-        if self.reads_input_column:
+        if self.reads_input_column or self.prompt.retrieval.type is not None:
+            # Few-shot retrieval reads the input column too: examples and queries are keyed by it.
             out["input_features[0].column"] = self.input.column
         for name in template_fields(self.prompt.template or ""):
             if name not in TEMPLATE_KEYWORDS:
@@ -850,9 +893,36 @@ def differences_from_ludwig(cfg: LlmConfig) -> list[str]:
             "trainer.use_mixed_precision: false, yet a GPU with bf16 trains in bf16 "
             "(Ludwig trains in fp32)"
         )
+    out += retrieval_differences(cfg.prompt.retrieval)
     if isinstance(cfg.adapter, AdaloraAdapter) and cfg.adapter.total_step is None:
         out.append(
             "adapter.total_step: null is the job's count of optimizer steps "
             "(Ludwig 0.17 schedules the rank budget over 10000)"
+        )
+    return out
+
+
+def retrieval_differences(retrieval: RetrievalConfig) -> list[str]:
+    """Where few-shot retrieval, as configured, differs from Ludwig 0.17's."""
+    if retrieval.type is None:
+        return []
+    out = [
+        "prompt.retrieval: the examples come from the job's training split whatever the split "
+        "type (Ludwig 0.17 needs a fixed split column) and are kept in the artifact, so "
+        "predict retrieves from the same rows (Ludwig keeps an index in its local cache)"
+    ]
+    if retrieval.type == "random":
+        out.append(
+            "prompt.retrieval.type: random draws are seeded by the job's seed and the row's "
+            "input, so a row gets the same examples in every split and at predict (Ludwig draws "
+            "from numpy's global state)"
+        )
+    else:
+        out.append(
+            "prompt.retrieval.type: semantic embeds the training rows through the embedder and "
+            "its cache (Ludwig re-encodes them every run), ranks by cosine similarity (Ludwig: "
+            "L2 distance, the same order for encoders that normalise, as sentence-transformers "
+            "models do), and embeds a query as the examples are keyed, by its input alone "
+            "(Ludwig embeds the whole row, its label included)"
         )
     return out

@@ -84,6 +84,7 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "llm:adapter(": (_GEN + "model.py", _GEN + "adapters.py", _GEN + "artifacts.py"),
     # merge_adapter_into_base_model is read through LlmConfig.merge_adapter.
     **{f"llm:adapter({kind}).postprocessor.": ("tunewire/config/llm.py",) for kind in llm.ADAPTERS},
+    "llm:prompt.retrieval.": (_GEN + "retrieval.py", _GEN + "launch.py", _GEN + "predict.py"),
     "llm:input_features[]": (_GEN + "data.py", "tunewire/config/llm.py"),
     "llm:output_features[]": (_GEN + "data.py", "tunewire/config/llm.py"),
     "llm:trainer.": (
@@ -141,10 +142,10 @@ INERT: dict[str, str] = {
     "llm:hyperopt": "refused unless null: hyperparameter search is not built",
     "llm:defaults": "refused unless null: set options per feature",
     "llm:ludwig_version": "recorded, read by nobody (Ludwig writes it into saved configs)",
-    "llm:prompt.retrieval.type": "refused unless null: few-shot retrieval is not built yet",
-    "llm:prompt.retrieval.index_name": "read only with a retrieval type, which is refused",
-    "llm:prompt.retrieval.model_name": "read only with a retrieval type, which is refused",
-    "llm:prompt.retrieval.k": "read only with a retrieval type, which is refused",
+    "llm:prompt.retrieval.index_name": (
+        "refused unless null: it names an index in Ludwig's local cache; the examples here are "
+        "the job's training split, kept in the artifact"
+    ),
     "llm:trainer.learning_rate_scheduler.warmup_evaluations": "refused unless 0",
     "llm:trainer.learning_rate_scheduler.reduce_on_plateau": "refused unless 0",
     "llm:trainer.learning_rate_scheduler.t_0": "refused unless null (no cosine restarts)",
@@ -205,6 +206,14 @@ DIFFERENT: dict[str, str] = {
     "llm:prompt.template": (
         "{__sample__} is the input text as is (Ludwig JSON-escapes it, quotes stripped)"
     ),
+    "llm:prompt.retrieval.type": (
+        "examples from the training split whatever the split type (Ludwig needs a fixed split), "
+        "kept in the artifact for predict; random draws seeded by seed and the row's input"
+    ),
+    "llm:prompt.retrieval.model_name": (
+        "run by the embedder (cached: a second job over the same rows computes nothing); "
+        "cosine ranking (Ludwig: L2); a query embedded by its input alone (Ludwig: whole row)"
+    ),
     "ecd:trainer.batch_size": "auto is 128 (capped by max_batch_size), not searched",
     "ecd:input_features[](text).encoder.type": (
         "pretrained encoders only; Ludwig's own are not built"
@@ -229,7 +238,6 @@ LUDWIG_REFUSED: dict[str, str] = {
     "llm:is_multimodal": "vision-language models are not built",
     "llm:quantization.backend": "bitsandbytes only (torchao not built)",
     "llm:trainer.type: dpo, kto, orpo, grpo": "preference/reward trainers are not built",
-    "llm:prompt.retrieval.type: random, semantic": "few-shot retrieval is not built yet",
     "llm:adapter.type: tinylora, c3a, waveft, vblora": "not wired here yet",
     "llm:adapter(lora).init_lora_weights: loftq": "needs a quantized base at init; not built",
     "llm:adapter(lora).loraplus_lr_ratio, rank_pattern, alpha_pattern, layer_replication": (

@@ -59,6 +59,11 @@ def render_prompt(cfg: LlmConfig, row: dict, tokenizer=None) -> str:
         prompt = text
     else:
         values = {k: ("" if v is None else str(v)) for k, v in row.items()}
+        if "__context__" not in values and cfg.prompt.retrieval.type is not None:
+            # The trainer adds each row's examples before the worker or predict reads it.
+            raise ValueError(
+                "the prompt places few-shot examples ({__context__}) but this row has none"
+            )
         values["__sample__"] = text or ""
         values["__task__"] = cfg.prompt.task or ""
         try:

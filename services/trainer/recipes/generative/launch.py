@@ -27,8 +27,10 @@ from services.trainer.context import (
     MetricValue,
     event_from_dict,
 )
+from services.trainer.recipes.generative import retrieval
 from services.trainer.recipes.generative.events import EventReader
 from services.trainer.recipes.generative.reports import RunRecord
+from services.trainer.recipes.generative.retrieval import FewShot
 from tunewire.config.llm import differences_from_ludwig
 from tunewire.errors import FailedPrecondition, Internal
 from tunewire.model_card import render_model_card
@@ -59,7 +61,9 @@ def worker_command(job_dir: Path, nproc: int) -> list[str]:
     ]
 
 
-def write_inputs(ctx: JobContext, job_dir: Path) -> None:
+def write_inputs(ctx: JobContext, job_dir: Path, few_shot: FewShot | None = None) -> None:
+    """The worker's inputs; with `few_shot`, each split's rows carry their examples (the
+    `__context__` column their prompts place)."""
     inputs = job_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     (inputs / "config.json").write_text(json.dumps(ctx.config_dict))
@@ -70,6 +74,8 @@ def write_inputs(ctx: JobContext, job_dir: Path) -> None:
     )
     for name in ("train", "validation", "test"):
         df = getattr(ctx, name)
+        if few_shot is not None:
+            df = few_shot.apply(df)
         path = inputs / f"{name}.parquet"
         if df is not None and len(df):
             df.to_parquet(path, index=False)
@@ -128,7 +134,8 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     if ctx.attempt == 1:
         _say_differences(ctx)
     job_dir = ctx.work_dir / "worker"
-    write_inputs(ctx, job_dir)
+    few_shot = _few_shot(ctx)
+    write_inputs(ctx, job_dir, few_shot)
     events_path = job_dir / "events.jsonl"
     events_path.unlink(missing_ok=True)  # a previous attempt's events were relayed then
     stderr_path = job_dir / f"worker.{ctx.attempt}.log"
@@ -176,6 +183,8 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     bound.info("generative worker exited", returncode=rc)
     if rc == 0 and final is not None and final.get("event") == "result":
         _record_differences(ctx)
+        if few_shot is not None:  # predict takes its examples from the same rows
+            few_shot.save(ctx.artifact_dir)
         record.write(ctx.artifact_dir, ctx.config.output_features[0].name, final["metrics"])
         if ctx.config.trainer.type != "none":  # a zero-shot artifact is not a model to share
             _write_model_card(ctx.artifact_dir)
@@ -185,6 +194,18 @@ def run_generative_job(ctx: JobContext) -> JobResult:
     if (final or {}).get("reason") == "failed_precondition":
         raise FailedPrecondition(message)
     raise Internal(f"generative worker failed (exit code {rc}): {message}")
+
+
+def _few_shot(ctx: JobContext) -> FewShot | None:
+    """Ludwig's `prompt.retrieval`, done here rather than in the worker: the embedder client is
+    the trainer's, and every rank must see the same examples (see retrieval.py)."""
+    few_shot = retrieval.prepare(
+        ctx.config, ctx.train, ctx.embedder, cancelled=ctx.cancel_event.is_set
+    )
+    if few_shot is not None:
+        ctx.check_cancelled()
+        ctx.emit(Log(few_shot.summary()))
+    return few_shot
 
 
 def _say_differences(ctx: JobContext) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from services.trainer.context import MetricValue
+from services.trainer.recipes.generative import retrieval
 from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
 from services.trainer.recipes.generative.model import CausalLMWithLoss
 from tunewire.config.llm import (
@@ -107,10 +110,16 @@ def generation_config(artifact_dir: Path, overrides: dict | None, base=None):
 
 
 def predict_generative(
-    artifact_dir: Path, df: pd.DataFrame, generation_overrides: dict | None, batch_size: int = 0
+    artifact_dir: Path,
+    df: pd.DataFrame,
+    generation_overrides: dict | None,
+    batch_size: int = 0,
+    embedder: Callable[[], Any] | None = None,
 ) -> tuple[list[str], list[MetricValue]]:
     """Generated text per row, `batch_size` rows a pass (default 8); loss/perplexity/
-    token_accuracy ("test") where the output column is present."""
+    token_accuracy ("test") where the output column is present. A model made with
+    `prompt.retrieval` takes each row's examples from the pool its artifact keeps (`embedder`,
+    a function making the embedder's client, is asked for by semantic retrieval only)."""
     artifact_dir = Path(artifact_dir)
     cfg = parse_llm(json.loads((artifact_dir / "resolved_config.json").read_text()))
     for path, column in cfg.columns_read().items():
@@ -118,6 +127,9 @@ def predict_generative(
             raise InvalidArgument(
                 f"the data set lacks the column {column!r} ({path})", field="dataset_id"
             )
+    few_shot = retrieval.load(cfg, artifact_dir, embedder)
+    if few_shot is not None:
+        df = few_shot.apply(df)
     device = default_device()
     zero_shot = is_zero_shot(artifact_dir)
     model, tokenizer = load_artifact(

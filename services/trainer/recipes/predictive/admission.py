@@ -7,14 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from services.trainer.datasets import DatasetStore
+from services.trainer.encoder_check import check_encoder_loads
 from tunewire.config.ecd import EcdConfig
-from tunewire.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    PermissionDenied,
-    TunewireError,
-    Unavailable,
-)
 from tunewire.features import encode_output, fit_output
 from tunewire.heads import encoder_refs
 
@@ -45,23 +39,4 @@ def check_encoders(
         if ref is None or ref.adapted:
             continue
         path = f"input_features[{i}].encoder.{feature.encoder.model_key}"
-        try:
-            embedder().info(ref.spec())
-        except TunewireError as err:
-            if err.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED") or err.code.name == "UNAVAILABLE":
-                raise Unavailable(
-                    f"the embedder at {embedder_address} is unreachable", field="embedder"
-                ) from None
-            if err.reason in ("OUTSIDE_MODEL_ROOTS", "HUB_MODELS_OFF"):
-                # The embedder's model roots refuse this path: the config's to change.
-                raise PermissionDenied(err.message, field=path, reason=err.reason) from None
-            if err.code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-                # The trainer's own credentials, not the client's config, are at fault.
-                raise FailedPrecondition(
-                    f"the embedder refused the trainer's token: {err.message}",
-                    field="embedder",
-                    reason="PEER_AUTH_FAILED",
-                ) from None
-            raise InvalidArgument(
-                f"the embedder cannot load this encoder: {err.message}", field=path
-            ) from None
+        check_encoder_loads(embedder, ref.spec(), path, embedder_address)

