@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from services.trainer.model_types import resolve
-from tunewire.config import ConfigError, to_dict
-from tunewire.config.llm import DEFAULT_TASK_TEMPLATE, LoraAdapter, parse_llm
+from tests.generative.test_adapters import ADAPTERS
+from tunewire.config import ConfigError, schema, to_dict
+from tunewire.config.llm import (
+    DEFAULT_TASK_TEMPLATE,
+    LlmConfig,
+    LlmOutputFeature,
+    LoraAdapter,
+    PromptConfig,
+    load_resolved_llm,
+    parse_llm,
+)
+from tunewire.config.trainer import TrainerConfig
 
 BASE = {
     "model_type": "llm",
@@ -240,3 +253,70 @@ def test_liger_kernels_are_an_llm_trainer_option():
             {**BASE, "trainer": {"type": "finetune", "use_liger_kernel": True, "compile": True}}
         )
     assert info.value.field == "trainer.use_liger_kernel"
+
+
+# Every adapter the recipe trains (tests/generative/test_adapters.py), adalora, none, and the
+# other sections a resolved config carries as dataclasses.
+RESOLVED_CASES = {
+    **{f"adapter-{k}": {"adapter": {"type": k.split("-")[0], **v}} for k, v in ADAPTERS.items()},
+    "adapter-adalora": {"adapter": {"type": "adalora", "r": 4, "init_r": 6, "target_r": 2}},
+    "full-finetune": {},
+    "zero-shot": {"trainer": {"type": "none"}},
+    "quantized-category": {
+        "adapter": {"type": "lora", "postprocessor": {"merge_adapter_into_base_model": True}},
+        "quantization": {"bits": 4},
+        "output_features": [
+            {
+                "name": "output",
+                "type": "category",
+                "decoder": {
+                    "type": "category_extractor",
+                    "match": {"yes": {"type": "contains", "value": "yes"}},
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(RESOLVED_CASES))
+def test_a_resolved_config_loads_back_as_it_was(case):
+    extra = RESOLVED_CASES[case]
+    raw = {**BASE, "trainer": {"type": "finetune"}, **extra}
+    cfg = resolve(raw)
+    loaded = load_resolved_llm(json.loads(json.dumps(to_dict(cfg))))
+    assert loaded == cfg
+    assert type(loaded.adapter) is type(cfg.adapter)
+    assert to_dict(loaded) == to_dict(cfg)
+
+
+def test_the_worker_loads_the_resolved_config_without_validating_it(tmp_path, monkeypatch):
+    """Admission validated the config; the worker rebuilds it. A resolved config that today's
+    validator would refuse (here: every section's checks raise) still loads as written."""
+    from services.trainer.recipes.generative import worker
+
+    cfg = resolve({**BASE, "adapter": {"type": "lora"}, "trainer": {"type": "finetune"}})
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs" / "config.json").write_text(json.dumps(to_dict(cfg)))
+    (tmp_path / "inputs" / "job.json").write_text(
+        json.dumps({"job_id": "j", "artifact_dir": str(tmp_path / "a"), "attempt": 2})
+    )
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("validated again")
+
+    for section in (LlmConfig, LoraAdapter, TrainerConfig, PromptConfig, LlmOutputFeature):
+        monkeypatch.setattr(section, "__post_init__", refuse)
+    monkeypatch.setattr(schema, "parse", refuse)
+    job = worker.load_job(tmp_path)
+    assert job.cfg == cfg and job.attempt == 2 and job.config_dict == to_dict(cfg)
+    assert "parse_llm" not in Path(worker.__file__).read_text()
+
+
+def test_a_dict_that_to_dict_did_not_write_is_refused():
+    d = to_dict(resolve({**BASE, "trainer": {"type": "finetune"}}))
+    del d["trainer"]["epochs"]
+    with pytest.raises(TypeError, match="missing \\['epochs'\\]"):
+        load_resolved_llm(d)
+    with pytest.raises(TypeError, match="unknown \\['epochz'\\]"):
+        load_resolved_llm({**to_dict(resolve({**BASE})), "epochz": 1})

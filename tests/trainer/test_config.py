@@ -10,6 +10,7 @@ import pytest
 
 from services.trainer.model_types import resolve
 from tunewire.config import ConfigError, ecd, load, to_dict, trainer
+from tunewire.config.schema import from_dict
 
 BASE = {
     "input_features": [
@@ -46,6 +47,25 @@ def test_defaults_are_written_and_round_trip():
     assert resolved["output_features"][0]["loss"]["type"] == "binary_weighted_cross_entropy"
     # The resolved config is itself a valid config that resolves to the same thing.
     assert to_dict(resolve(resolved)) == resolved
+
+
+def test_a_resolved_config_of_every_input_type_loads_back_as_it_was():
+    """`from_dict` rebuilds each input's encoder and preprocessing as the class its type picks."""
+    raw = with_(
+        input_features=[
+            *BASE["input_features"],
+            {"name": "n", "type": "number"},
+            {"name": "b", "type": "binary"},
+            {"name": "c", "type": "category"},
+        ],
+        output_features=[{"name": "label", "type": "binary"}, {"name": "k", "type": "category"}],
+    )
+    cfg = resolve(raw)
+    loaded = from_dict(type(cfg), json.loads(json.dumps(to_dict(cfg))))
+    assert loaded == cfg
+    assert [type(f.encoder) for f in loaded.input_features] == [
+        type(f.encoder) for f in cfg.input_features
+    ]
 
 
 @pytest.mark.parametrize(

@@ -217,8 +217,20 @@ class InputFeature:
     type: str
     column: str | None = None
     # Typed by `type` (see _INPUT_SECTIONS): parsed in __post_init__, written back in full.
-    encoder: Any = field(default=None, metadata={"help": "The feature's encoder section."})
-    preprocessing: Any = field(default=None, metadata={"help": "The feature's preprocessing."})
+    encoder: Any = field(
+        default=None,
+        metadata={
+            "help": "The feature's encoder section.",
+            "one_of": lambda value, parent: _INPUT_SECTIONS[parent["type"]][0],
+        },
+    )
+    preprocessing: Any = field(
+        default=None,
+        metadata={
+            "help": "The feature's preprocessing.",
+            "one_of": lambda value, parent: _INPUT_SECTIONS[parent["type"]][1],
+        },
+    )
     tied: str | None = None
 
     @staticmethod

@@ -33,6 +33,7 @@ from tunewire.config.schema import (
     ConfigError,
     check,
     check_range,
+    from_dict,
     join,
     parse,
     to_dict,
@@ -564,8 +565,13 @@ class LlmConfig:
     output_features: list[LlmOutputFeature]
     model_type: Literal["llm"] = "llm"
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    # A dict here is parsed in __post_init__ into the ADAPTERS class its `type` names.
     adapter: Any = field(
-        default=None, metadata={"help": "lora | adalora | ia3; null: full fine-tuning."}
+        default=None,
+        metadata={
+            "help": "lora | adalora | ia3 | ...; null: full fine-tuning.",
+            "one_of": lambda value, parent: ADAPTERS[value["type"]],
+        },
     )
     quantization: QuantizationConfig | None = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -876,6 +882,12 @@ def parse_llm(data: dict, path: str = "") -> LlmConfig:
         trainer.setdefault("gradient_accumulation_steps", "auto")
     data["trainer"] = trainer
     return parse(LlmConfig, data, path)
+
+
+def load_resolved_llm(data: dict) -> LlmConfig:
+    """The `LlmConfig` that admission resolved, from its `to_dict` (a job's recorded config):
+    rebuilt as it was, not validated or defaulted again (the generative worker loads it so)."""
+    return from_dict(LlmConfig, data)
 
 
 def differences_from_ludwig(cfg: LlmConfig) -> list[str]:

@@ -161,6 +161,63 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def from_dict(cls: type, data: dict) -> Any:
+    """The exact inverse of `to_dict` for a config that was validated already (a job's resolved
+    config, written at admission): rebuilds `cls` field by field without running `__post_init__`,
+    so nothing is checked or defaulted a second time. Every field must be there and nothing else
+    (a dict that `to_dict` did not write is refused: parse that with `parse`). A field typed `Any`
+    whose value is a section names its dataclass in `metadata={"one_of": pick}`, where
+    `pick(value, parent)` gets the section's dict and its parent's."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a resolved {cls.__name__} is a mapping, not {type(data).__name__}")
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
+    missing = [f.name for f in fields if f.name not in data]
+    unknown = [k for k in data if k not in names]
+    if missing or unknown:
+        raise TypeError(
+            f"not a resolved {cls.__name__}: missing {missing}, unknown {unknown} "
+            "(to_dict writes every field)"
+        )
+    hints = typing.get_type_hints(cls)
+    obj = object.__new__(cls)
+    for f in fields:
+        value = data[f.name]
+        pick = f.metadata.get("one_of")
+        if pick is not None and isinstance(value, dict):
+            value = from_dict(pick(value, data), value)
+        else:
+            value = _rebuild(hints[f.name], value)
+        object.__setattr__(obj, f.name, value)
+    return obj
+
+
+def _rebuild(tp: Any, value: Any) -> Any:
+    """One resolved value back to what its type hint holds (dataclasses rebuilt, lists of them
+    too); plain values are copied as they are."""
+    if value is None:
+        return None
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        lists = [a for a in args if get_origin(a) in (list, tuple)]
+        if isinstance(value, dict) and len(sections) == 1:
+            return from_dict(sections[0], value)
+        if isinstance(value, list) and len(lists) == 1:
+            return _rebuild(lists[0], value)
+        if sections and isinstance(value, dict):
+            raise TypeError(f"{tp} is a union of sections: name the one with metadata one_of")
+        return to_dict(value)
+    if origin in (list, tuple):
+        (item,) = get_args(tp)[:1] or (Any,)
+        items = [_rebuild(item, v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    return to_dict(value)
+
+
 # Bounds on sizes a config can ask for: far beyond any real model of these kinds, far below
 # what would exhaust a server (a head 1e11 units wide was "internal error: RuntimeError").
 MAX_LAYER_WIDTH = 1 << 16

@@ -27,6 +27,7 @@ from services.trainer.recipes.generative.errors import PreconditionError
 from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
 from services.trainer.recipes.generative.zero_shot import ZeroShotRecipe
+from tunewire.config.llm import load_resolved_llm
 
 EXIT_PRECONDITION = 3
 
@@ -50,8 +51,8 @@ def _init_distributed(use_gpu: bool) -> torch.device:
 
 
 def load_job(job_dir: Path) -> WorkerJob:
-    from tunewire.config.llm import parse_llm
-
+    """The job as the launcher wrote it. Its config was validated and resolved once, at
+    admission; it is rebuilt here, not validated again."""
     inputs = job_dir / "inputs"
     config_dict = json.loads((inputs / "config.json").read_text())
     meta = json.loads((inputs / "job.json").read_text())
@@ -60,7 +61,7 @@ def load_job(job_dir: Path) -> WorkerJob:
         job_dir=job_dir,
         artifact_dir=Path(meta["artifact_dir"]),
         attempt=int(meta.get("attempt", 1)),
-        cfg=parse_llm(config_dict),
+        cfg=load_resolved_llm(config_dict),
         config_dict=config_dict,
     )
 
