@@ -262,6 +262,7 @@ RESOLVED_CASES = {
     "adapter-adalora": {"adapter": {"type": "adalora", "r": 4, "init_r": 6, "target_r": 2}},
     "full-finetune": {},
     "zero-shot": {"trainer": {"type": "none"}},
+    "few-shot": {"prompt": {"task": "t", "retrieval": {"type": "random", "k": 2}}},
     "quantized-category": {
         "adapter": {"type": "lora", "postprocessor": {"merge_adapter_into_base_model": True}},
         "quantization": {"bits": 4},
