@@ -250,3 +250,45 @@ def test_zero_shot_job_with_semantic_retrieval_is_a_few_shot_evaluation(
     (art / retrieval.POOL_FILE).unlink()
     with pytest.raises(FailedPrecondition, match=retrieval.POOL_FILE):
         predict_generative(art, test, None, embedder=lambda: client)
+
+
+def test_fine_tuning_with_random_retrieval_trains_on_few_shot_prompts(tiny_model, tmp_path):
+    raw = llm_config(
+        tiny_model,
+        prompt={"task": "say the color", "retrieval": {"type": "random", "k": 2}},
+        trainer={"epochs": 1, "train_steps": 2, "eval_steps": None},
+    )
+    raw["prompt"].pop("template")
+    df = task_frame()
+    ctx, _ = job_context(tmp_path, raw, train=df.head(8), validation=df[8:])
+    run_generative_job(ctx)
+
+    # What the worker trained and evaluated on: every split's rows with their examples.
+    inputs = ctx.work_dir / "worker" / "inputs"
+    few = retrieval.prepare(ctx.config, df.head(8), None)
+    for split, rows in (("train", df.head(8)), ("validation", df[8:])):
+        written = pd.read_parquet(inputs / f"{split}.parquet")
+        assert written[retrieval.CONTEXT].tolist() == few.contexts(rows)
+    art = ctx.artifact_dir
+    assert json.loads((art / retrieval.META_FILE).read_text()) == {"type": "random", "rows": 8}
+    texts, _ = predict_generative(art, df[8:], None)  # random retrieval needs no embedder
+    assert len(texts) == 4
+
+
+def test_a_semantic_encoder_the_embedder_cannot_load_fails_admission(client, tmp_path):
+    from services.trainer.model_types import AdmissionChecks, model_type
+    from tunewire.errors import InvalidArgument
+
+    cfg = parse_llm(few_shot_config(type="semantic", model_name=str(tmp_path / "nothing")))
+    checks = AdmissionChecks(None, [], lambda: client, client.address)
+    with pytest.raises(InvalidArgument) as info:
+        model_type("llm").admit(cfg, checks)
+    assert info.value.field == "prompt.retrieval.model_name"
+
+
+def test_a_named_model_stands_for_its_path_in_retrieval():
+    from tunewire.model_names import rename_models
+
+    raw = few_shot_config(type="semantic", model_name="mini")
+    renamed = rename_models(raw, {"mini": "/models/minilm"})
+    assert renamed["prompt"]["retrieval"]["model_name"] == "/models/minilm"

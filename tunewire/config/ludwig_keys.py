@@ -208,7 +208,8 @@ DIFFERENT: dict[str, str] = {
     ),
     "llm:prompt.retrieval.type": (
         "examples from the training split whatever the split type (Ludwig needs a fixed split), "
-        "kept in the artifact for predict; random draws seeded by seed and the row's input"
+        "kept in the artifact for predict (an upload carries them); random draws seeded by "
+        "seed and the row's input"
     ),
     "llm:prompt.retrieval.model_name": (
         "run by the embedder (cached: a second job over the same rows computes nothing); "

@@ -32,7 +32,7 @@ from services.trainer.recipes.generative.events import EventReader
 from services.trainer.recipes.generative.reports import RunRecord
 from services.trainer.recipes.generative.retrieval import FewShot
 from tunewire.config.llm import differences_from_ludwig
-from tunewire.errors import FailedPrecondition, Internal
+from tunewire.errors import FailedPrecondition, Internal, TunewireError
 from tunewire.model_card import render_model_card
 
 log = structlog.get_logger(__name__)
@@ -199,9 +199,13 @@ def run_generative_job(ctx: JobContext) -> JobResult:
 def _few_shot(ctx: JobContext) -> FewShot | None:
     """Ludwig's `prompt.retrieval`, done here rather than in the worker: the embedder client is
     the trainer's, and every rank must see the same examples (see retrieval.py)."""
-    few_shot = retrieval.prepare(
-        ctx.config, ctx.train, ctx.embedder, cancelled=ctx.cancel_event.is_set
-    )
+    try:
+        few_shot = retrieval.prepare(
+            ctx.config, ctx.train, ctx.embedder, cancelled=ctx.cancel_event.is_set
+        )
+    except TunewireError:
+        ctx.check_cancelled()  # an embedding stream cut short by a cancel is the cancel
+        raise
     if few_shot is not None:
         ctx.check_cancelled()
         ctx.emit(Log(few_shot.summary()))
