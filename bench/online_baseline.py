@@ -47,7 +47,7 @@ def build_app(model_dir: str, artifact: str | None, device: str, max_length: int
         loaded = heads.load(Path(artifact))
         head = loaded.model.eval()
         ref = next(iter(loaded.encoders.values()))
-        normalize, max_length = ref.normalize, ref.max_length or max_length
+        normalize, max_length = ref.spec.normalize, ref.spec.max_length or max_length
     app = FastAPI()
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """The encoder spec: everything besides a text that determines its vector, and so the embedder's
 cache key. One definition for the SDK, the embedder service (which builds it from the request),
-the trainer (from an artifact's `EncoderRef`) and the wire (`to_proto`)."""
+the trainer (an artifact's `EncoderRef` holds one) and the wire (`to_proto`)."""
 
 from __future__ import annotations
 

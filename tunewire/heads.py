@@ -19,6 +19,7 @@ buffer, so it travels in `head.safetensors` with the weights. `FeatureOutput` an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,32 +259,37 @@ ADAPTER_DIR = "encoder_adapter"
 
 @dataclass
 class EncoderRef:
-    """How a text feature's encoder runs: exactly the fields of the embedder's cache key, plus
-    whether the trainer adapted it (then its LoRA weights sit in `encoder_adapter/`)."""
+    """A text feature's encoder in an artifact: the embedder's spec it was trained on (its cache
+    key), plus what only the manifest records: the encoder's fingerprint and output width, the
+    feature it encodes, and whether the trainer adapted it (then its LoRA weights sit in
+    `encoder_adapter/`)."""
 
-    model: str
-    pooling: str
-    max_length: int
-    normalize: bool
-    layer: int
-    dtype: str = "float32"
-    revision: str = ""
-    fingerprint: str = ""
-    dimension: int = 0
+    spec: EncoderSpec
     feature: str = ""
     adapted: bool = False
+    fingerprint: str = ""
+    dimension: int = 0
 
-    def spec(self) -> EncoderSpec:
-        """The embedder's spec for this encoder: the cache key the head was trained on."""
-        return EncoderSpec(
-            model=self.model,
-            revision=self.revision,
-            pooling=self.pooling,
-            max_length=self.max_length,
-            normalize=self.normalize,
-            dtype=self.dtype,
-            layer=self.layer,
-        )
+    def to_manifest(self) -> dict:
+        """The manifest's flat record (format 2): the spec's fields beside the ref's own.
+        `instruction` is written only when set (no trained encoder has one), so the record stays
+        the one every format-2 reader knows."""
+        spec = dataclasses.asdict(self.spec)
+        if not spec["instruction"]:
+            del spec["instruction"]
+        return {
+            **spec,
+            "fingerprint": self.fingerprint,
+            "dimension": self.dimension,
+            "feature": self.feature,
+            "adapted": self.adapted,
+        }
+
+    @classmethod
+    def from_manifest(cls, record: dict) -> EncoderRef:
+        spec_keys = {f.name for f in dataclasses.fields(EncoderSpec)}
+        spec = EncoderSpec(**{k: v for k, v in record.items() if k in spec_keys})
+        return cls(spec, **{k: v for k, v in record.items() if k not in spec_keys})
 
 
 def encoder_refs(cfg: EcdConfig) -> dict[str, EncoderRef]:
@@ -293,16 +299,15 @@ def encoder_refs(cfg: EcdConfig) -> dict[str, EncoderRef]:
         if f.type != "text":
             continue
         enc = f.encoder
-        refs[f.name] = EncoderRef(
+        spec = EncoderSpec(
             model=enc.model,
             pooling=enc.pooling,
             max_length=int(enc.max_sequence_length or 0),
             normalize=enc.normalize,
             layer=enc.layer,
             revision=enc.revision or "",
-            feature=f.name,
-            adapted=enc.trainable,
         )
+        refs[f.name] = EncoderRef(spec, feature=f.name, adapted=enc.trainable)
     return refs
 
 
@@ -430,8 +435,8 @@ def save(
         "format_version": 2,
         "kind": "predictive",
         "library": "tunewire",
-        "base_model": first.model if first else None,
-        "encoders": {k: v.__dict__ for k, v in encoders.items()},
+        "base_model": first.spec.model if first else None,
+        "encoders": {k: v.to_manifest() for k, v in encoders.items()},
         "head": {
             "inputs": [
                 {"name": s.name, "type": s.type, "dimension": s.dimension} for s in model.inputs
@@ -459,7 +464,7 @@ def load(directory: Path) -> Loaded:
     state = load_file(directory / HEAD_FILE)
     if manifest.get("format_version", 1) == 1:
         manifest, state = _upgrade_v1(manifest, config, state)
-    encoders = {k: EncoderRef(**v) for k, v in manifest["encoders"].items()}
+    encoders = {k: EncoderRef.from_manifest(v) for k, v in manifest["encoders"].items()}
     in_metas = {k: InputMetadata.from_dict(v) for k, v in metadata.get("inputs", {}).items()}
     dims = {k: e.dimension for k, e in encoders.items()}
     outputs = [(f, OutputMetadata.from_dict(metadata[f.name])) for f in config.output_features]

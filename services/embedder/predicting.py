@@ -81,12 +81,12 @@ def predict_rows(
     hits = misses = 0
     for feature, texts in _texts(head, columns).items():
         ref = head.encoders[feature]
-        result = service.embed(ref.spec(), texts, cancelled)
+        result = service.embed(ref.spec, texts, cancelled)
         if ref.fingerprint and result.fingerprint != ref.fingerprint:
             # Same settings, different weights or tokenizer: the head would read the wrong space.
             raise FailedPrecondition(
-                f"the encoder {ref.model!r} now has fingerprint {result.fingerprint[:12]}, the "
-                f"model was trained on {ref.fingerprint[:12]}",
+                f"the encoder {ref.spec.model!r} now has fingerprint {result.fingerprint[:12]}, "
+                f"the model was trained on {ref.fingerprint[:12]}",
                 field="model",
             )
         x[feature] = torch.tensor(result.vectors, dtype=torch.float32)  # a copy: may be read-only

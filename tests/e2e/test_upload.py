@@ -51,11 +51,12 @@ def test_train_with_upload_to_then_predict_from_the_hub(hub, tmp_path, example_d
 
 def test_a_local_encoder_nobody_registered_is_a_clear_error():
     from services.trainer.recipes.predictive.predict import _find_local_encoders
+    from tunewire.encoder_spec import EncoderSpec
     from tunewire.errors import FailedPrecondition
     from tunewire.heads import EncoderRef
 
-    ref = EncoderRef("<local>/model", "mean", 32, False, -1)
+    ref = EncoderRef(EncoderSpec("<local>/model", "mean", 32, False, layer=-1))
     with pytest.raises(FailedPrecondition, match="--model model=PATH"):
         _find_local_encoders({"text": ref}, {})
     _find_local_encoders({"text": ref}, {"model": "/models/minilm"})
-    assert ref.model == "/models/minilm"
+    assert ref.spec.model == "/models/minilm"

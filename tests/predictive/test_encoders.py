@@ -230,11 +230,7 @@ def test_adapted_encoder_pools_as_the_embedder_does(pooling, embedder, tiny_llam
     from tunewire.heads import EncoderRef
 
     ref = EncoderRef(
-        model=tiny_llama,
-        pooling=pooling,
-        max_length=16,
-        normalize=False,
-        layer=0,
+        EncoderSpec(model=tiny_llama, pooling=pooling, max_length=16, normalize=False, layer=0),
         feature="text",
         adapted=True,
     )

@@ -15,6 +15,7 @@ from services.trainer.model_types import resolve
 from services.trainer.recipes.predictive import calibration as C
 from services.trainer.recipes.predictive import metrics as M
 from tunewire.config import ConfigError, to_dict
+from tunewire.encoder_spec import EncoderSpec
 from tunewire.features import encode_input, encode_output, fit_input, fit_output
 from tunewire.heads import focal_loss
 
@@ -361,10 +362,45 @@ def test_format_1_artifacts_still_load(tmp_path):
         )
     )
     loaded = load(tmp_path)
-    assert loaded.encoders["text"].feature == "text" and loaded.encoders["text"].dimension == 8
+    ref = loaded.encoders["text"]
+    assert ref.feature == "text" and ref.dimension == 8 and ref.fingerprint == "f"
+    assert ref.spec == EncoderSpec("/m", "mean", 64, False, layer=0)
     x = torch.randn(5, 8)
     out = loaded.model({"text": x})["label"]
     assert torch.allclose(out, head(x).squeeze(-1))
+
+
+# A format-2 manifest's encoder record, as artifacts users hold carry it.
+FORMAT_2_RECORD = {
+    "model": "/models/minilm",
+    "pooling": "last",
+    "max_length": 128,
+    "normalize": True,
+    "layer": -2,
+    "dtype": "float32",
+    "revision": "abc",
+    "fingerprint": "f00d",
+    "dimension": 384,
+    "feature": "question",
+    "adapted": True,
+}
+
+
+def test_a_format_2_encoder_record_reads_and_writes_as_it_was():
+    """The ref holds the embedder's spec; the manifest's record stays the flat one it was."""
+    from tunewire.heads import EncoderRef
+
+    ref = EncoderRef.from_manifest(FORMAT_2_RECORD)
+    assert ref.spec == EncoderSpec("/models/minilm", "last", 128, True, layer=-2, revision="abc")
+    assert (ref.feature, ref.adapted, ref.fingerprint, ref.dimension) == (
+        "question",
+        True,
+        "f00d",
+        384,
+    )
+    assert ref.to_manifest() == FORMAT_2_RECORD
+    with_instruction = {**FORMAT_2_RECORD, "instruction": "query: "}
+    assert EncoderRef.from_manifest(with_instruction).to_manifest() == with_instruction
 
 
 @pytest.mark.parametrize(

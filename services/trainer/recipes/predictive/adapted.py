@@ -55,11 +55,11 @@ class AdaptedEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(ref.model)
-            base = AutoModel.from_pretrained(ref.model, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(ref.spec.model)
+            base = AutoModel.from_pretrained(ref.spec.model, dtype=torch.float32)
         except OSError as exc:
             raise InvalidArgument(
-                f"cannot load encoder {ref.model!r}: {exc}", field=field
+                f"cannot load encoder {ref.spec.model!r}: {exc}", field=field
             ) from None
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
@@ -78,7 +78,9 @@ class AdaptedEncoder(nn.Module):
         ]
         limits = [n for n in limits if 0 < n < 1_000_000]
         model_limit = min(limits) if limits else 512
-        return min(self.ref.max_length, model_limit) if self.ref.max_length else model_limit
+        return (
+            min(self.ref.spec.max_length, model_limit) if self.ref.spec.max_length else model_limit
+        )
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         # Long texts are cut before tokenising, as the embedder cuts them (tunewire/truncation):
@@ -98,12 +100,12 @@ class AdaptedEncoder(nn.Module):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
             mask[i, : len(row)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        layer = self.ref.layer
+        layer = self.ref.spec.layer
         out = self.encoder(
             input_ids=ids, attention_mask=mask, output_hidden_states=layer not in (0, -1)
         )
         hidden = out.last_hidden_state if layer in (0, -1) else out.hidden_states[layer]
-        return pool(hidden, mask, self.ref.pooling, normalize=self.ref.normalize)
+        return pool(hidden, mask, self.ref.spec.pooling, normalize=self.ref.spec.normalize)
 
 
 @building_modules()
@@ -156,6 +158,6 @@ def adapt(ctx: JobContext, encoders: dict[str, pm.EncoderRef]) -> AdaptedEncoder
     trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     total = sum(p.numel() for p in encoder.parameters())
     ctx.emit(
-        Log(f"adapting {ref.model} with LoRA: {trainable} of {total} encoder parameters train")
+        Log(f"adapting {ref.spec.model} with LoRA: {trainable} of {total} encoder parameters train")
     )
     return encoder

@@ -39,4 +39,4 @@ def check_encoders(
         if ref is None or ref.adapted:
             continue
         path = f"input_features[{i}].encoder.{feature.encoder.model_key}"
-        check_encoder_loads(embedder, ref.spec(), path, embedder_address)
+        check_encoder_loads(embedder, ref.spec, path, embedder_address)

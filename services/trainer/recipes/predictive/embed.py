@@ -46,7 +46,7 @@ def embed_frozen(
     started = time.monotonic()
     for ref in refs:
         unique = list(dict.fromkeys(t for per in texts.values() for t in per[ref.feature]))
-        result = embedder.embed_many(unique, ref.spec(), progress=progress, cancelled=cancelled)
+        result = embedder.embed_many(unique, ref.spec, progress=progress, cancelled=cancelled)
         if (
             check_fingerprint
             and result.fingerprint
@@ -55,8 +55,8 @@ def embed_frozen(
         ):
             # Same settings, different weights or tokenizer: the head would be fed the wrong space.
             raise FailedPrecondition(
-                f"the encoder {ref.model!r} now has fingerprint {result.fingerprint[:12]}, the "
-                f"model was trained on {ref.fingerprint[:12]}",
+                f"the encoder {ref.spec.model!r} now has fingerprint {result.fingerprint[:12]}, "
+                f"the model was trained on {ref.fingerprint[:12]}",
                 field="model",
             )
         ref.fingerprint = result.fingerprint

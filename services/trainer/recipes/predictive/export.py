@@ -71,7 +71,7 @@ def export_sequence_classification(
     base: Callable[[], nn.Module] | None = None,
 ) -> Path:
     """Write `directory/hf_sequence_classification/`. `base()` gives the (merged) encoder when
-    the trainer holds it; without it the frozen weights load from `ref.model`."""
+    the trainer holds it; without it the frozen weights load from `ref.spec.model`."""
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -79,8 +79,8 @@ def export_sequence_classification(
         AutoTokenizer,
     )
 
-    config = AutoConfig.from_pretrained(ref.model)
-    tokenizer = AutoTokenizer.from_pretrained(ref.model)
+    config = AutoConfig.from_pretrained(ref.spec.model)
+    tokenizer = AutoTokenizer.from_pretrained(ref.spec.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # the embedder does the same
     tokenizer.padding_side = "right"
@@ -97,7 +97,9 @@ def export_sequence_classification(
             "scores the last token"
         )
     encoder = (
-        base() if base is not None else AutoModel.from_pretrained(ref.model, dtype=torch.float32)
+        base()
+        if base is not None
+        else AutoModel.from_pretrained(ref.spec.model, dtype=torch.float32)
     )
     prefix = classifier.base_model_prefix
     missing, unexpected = getattr(classifier, prefix).load_state_dict(

@@ -4,6 +4,7 @@ artifact's `encoder_adapter/`, then the head."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -88,13 +89,14 @@ def _find_local_encoders(encoders: Mapping[str, EncoderRef], names: Mapping[str,
     as NAME (`--model NAME=PATH`), whose fingerprint the embedder then checks against the one the
     head was trained on."""
     for feature, ref in encoders.items():
-        if not ref.model.startswith(LOCAL_PREFIX):
+        if not ref.spec.model.startswith(LOCAL_PREFIX):
             continue
-        name = ref.model[len(LOCAL_PREFIX) :]
+        name = ref.spec.model[len(LOCAL_PREFIX) :]
         if name not in names:
             raise FailedPrecondition(
                 f"the artifact's encoder for {feature!r} was a local path where it was trained "
-                f"({ref.model}); start the trainer with --model {name}=PATH naming that encoder",
+                f"({ref.spec.model}); start the trainer with --model {name}=PATH naming that "
+                "encoder",
                 field="model",
             )
-        ref.model = names[name]
+        ref.spec = dataclasses.replace(ref.spec, model=names[name])

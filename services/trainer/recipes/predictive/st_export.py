@@ -37,9 +37,9 @@ def st_blocker(cfg, model: PredictiveModel, refs: dict[str, EncoderRef]) -> str 
     ref = next(iter(refs.values()))
     if ref.adapted:
         return "the encoder was adapted (its LoRA weights are tunewire's)"
-    if ref.pooling not in _POOLING:
-        return f"pooling {ref.pooling!r} has no sentence-transformers Pooling mode here"
-    if ref.layer not in (0, -1):
+    if ref.spec.pooling not in _POOLING:
+        return f"pooling {ref.spec.pooling!r} has no sentence-transformers Pooling mode here"
+    if ref.spec.layer not in (0, -1):
         return "it pools a layer other than the last"
     if len(model.outputs) != 1:
         return "it needs exactly one output feature"
@@ -81,17 +81,17 @@ def export_sentence_transformers(
     from sentence_transformers.sentence_transformer import modules as models
 
     transformer = models.Transformer(
-        ref.model,
-        max_seq_length=ref.max_length or None,
+        ref.spec.model,
+        max_seq_length=ref.spec.max_length or None,
         do_lower_case=lowercase,
-        model_args={"revision": ref.revision} if ref.revision else {},
+        model_args={"revision": ref.spec.revision} if ref.spec.revision else {},
     )
     dim = transformer.get_embedding_dimension()
     modules: list[nn.Module] = [
         transformer,
-        models.Pooling(dim, pooling_mode=_POOLING[ref.pooling]),
+        models.Pooling(dim, pooling_mode=_POOLING[ref.spec.pooling]),
     ]
-    if ref.normalize:
+    if ref.spec.normalize:
         modules.append(models.Normalize())
     for linear, activation in _dense_layers(model):
         dense = models.Dense(
