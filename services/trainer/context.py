@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pandas as pd
 import structlog
@@ -132,10 +132,13 @@ class JobResult:
     extras: list[str] = field(default_factory=list)
 
 
+@runtime_checkable
 class Recipe(Protocol):
-    """A training recipe's fixed life (torchtune's shape)."""
-
-    def __init__(self, ctx: JobContext) -> None: ...
+    """A recipe that trains in the trainer's own process, as `run_recipe` drives it (torchtune's
+    fixed life): the predictive one (`PredictiveRecipe`). A model type's entry point is its
+    `run(ctx) -> JobResult` (`model_types.py`); a generative job's (`launch.run_generative_job`)
+    starts torchrun workers instead, each of which drives `GenerativeRecipe` itself
+    (`recipes/generative/worker.py`: a process of its own, with no service code)."""
 
     def setup(self) -> None: ...
 

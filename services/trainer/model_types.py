@@ -59,6 +59,8 @@ class ModelType:
     name: str
     parse: Callable[[dict], Any]  # raw config -> resolved config (every default written)
     admit: Callable[[Any, AdmissionChecks], None]  # checks needing the data or other services
+    # The whole run of an admitted job: in process through `run_recipe` (ecd), or by starting
+    # torchrun workers and relaying their events (llm).
     run: Callable[[JobContext], JobResult]
     predict: Callable[[PredictRequest], Predictions]
 
