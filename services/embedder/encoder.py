@@ -35,6 +35,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.embedder import varlen
+from services.embedder.cpu_threads import forward_threads, intra_op_threads
 from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
@@ -329,9 +330,13 @@ class Encoder:
         self._ensure_model()
         use_packed = self.packed if packed is None else packed
         forward = self._forward_packed if use_packed else self._forward_padded
-        vectors = forward(input_ids, pooling, layer, normalize)
         if self.device.type != "cuda":
+            lengths = [len(row) for row in input_ids]
+            tokens = sum(lengths) if use_packed else len(lengths) * max(lengths, default=0)
+            with intra_op_threads(forward_threads(tokens)):  # cpu_threads.py says why
+                vectors = forward(input_ids, pooling, layer, normalize)
             return Launched(vectors.cpu(), None)
+        vectors = forward(input_ids, pooling, layer, normalize)
         host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
         host.copy_(vectors, non_blocking=True)
         done = torch.cuda.Event()
