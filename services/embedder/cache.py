@@ -270,10 +270,29 @@ class EmbeddingCache:
         the misses (absent, or stored with another dtype/dimension), in one read transaction."""
         with self._resize.shared(), self._env.begin(buffers=True) as txn:
             matrix, missing = _read_matrix(txn, keys, dtype, dim)
+        if missing and self._pending:  # vectors handed to the writer thread, not yet committed
+            missing = self._read_pending(keys, missing, matrix, dtype, dim)
         with self._counter_lock:
             self._hits += len(keys) - len(missing)
             self._misses += len(missing)
         return matrix, missing
+
+    def _read_pending(
+        self, keys: list[bytes], missing: list[int], matrix: np.ndarray, dtype: np.dtype, dim: int
+    ) -> list[int]:
+        """Fill `matrix`'s rows at `missing` from entries waiting for the writer thread; the
+        positions still missing."""
+        header = vector_header(dtype, dim)
+        with self._pending_lock:
+            values = [self._pending.get(keys[i]) for i in missing]
+        still = []
+        for i, value in zip(missing, values, strict=True):
+            vector = None if value is None else decode_vector(value)
+            if vector is None or value[: _HEADER.size] != header:
+                still.append(i)
+            else:
+                matrix[i] = vector
+        return still
 
     def read_batch(
         self, key: bytes, dtype: np.dtype, dim: int, rows: int, use: Callable[[np.ndarray, int], T]
@@ -300,17 +319,24 @@ class EmbeddingCache:
     def put_later(self, key: bytes, value: bytes) -> None:
         """Store `value` under `key` from the writer thread, many to a transaction: for whole
         answers, an optimisation whose commit (a 2 MiB write and its fsync) need not hold up the
-        request that made it. Readable by `read_batch` at once; blocks while more than
-        `MAX_PENDING_BYTES` wait; dropped with a warning if the cache is full."""
+        request that made it. Readable by `read_batch` and `get_matrix` at once; blocks while
+        more than `MAX_PENDING_BYTES` wait; dropped with a warning if the cache is full."""
+        self.put_many_later([(key, value)])
+
+    def put_many_later(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """`put_later` for several entries: for online prediction's vectors, whose commit
+        (an fsync, 5-15 ms on a busy disk) was most of a cold single-row request's own work,
+        and which nobody reads from the file before the writer commits them."""
         with self._pending_cond:
             self._pending_cond.wait_for(
                 lambda: self._pending_bytes < MAX_PENDING_BYTES or self._closed
             )
             if self._closed:
                 return
-            old = self._pending.get(key)
-            self._pending[key] = value
-            self._pending_bytes += len(value) - (len(old) if old is not None else 0)
+            for key, value in items:
+                old = self._pending.get(key)
+                self._pending[key] = value
+                self._pending_bytes += len(value) - (len(old) if old is not None else 0)
             if self._writer is None:
                 self._writer = threading.Thread(
                     target=self._write_pending, name="cache-writer", daemon=True

@@ -2,7 +2,8 @@
 
 Each text feature's texts go through `EmbedderService.embed` under the encoder settings the
 model was trained with (so a text seen in training, or in an earlier request, is one cache
-lookup); the other features are encoded with the artifact's training set metadata, exactly as
+lookup; its misses enter the cache behind the answer, from the cache's writer thread); the
+other features are encoded with the artifact's training set metadata, exactly as
 the trainer's batch `Predict` encodes them; then the head runs on the CPU. The vectors must come
 from the encoder the head was trained on: a different fingerprint is FAILED_PRECONDITION.
 """
@@ -81,7 +82,7 @@ def predict_rows(
     hits = misses = 0
     for feature, texts in _texts(head, columns).items():
         ref = head.encoders[feature]
-        result = service.embed(ref.spec, texts, cancelled)
+        result = service.embed(ref.spec, texts, cancelled, write_behind=True)
         if ref.fingerprint and result.fingerprint != ref.fingerprint:
             # Same settings, different weights or tokenizer: the head would read the wrong space.
             raise FailedPrecondition(

@@ -258,6 +258,7 @@ class EmbedJob:
     whole: bytes | None = None  # all hits: store the answer whole under this key
     render: Callable[[EmbedResult], Any] | None = None  # what `finish` returns; None: the result
     key_fingerprint: str = ""  # what its cache keys are made of (the caller's scope)
+    write_behind: bool = False  # computed vectors committed by the cache's writer thread
 
     def finish(self, cancelled: Callable[[], bool] | None = None) -> Any:
         matrix = self.matrix
@@ -302,7 +303,11 @@ class EmbedJob:
                 self.entry, [self.distinct[i] for i in rows], self.settings, cancelled
             )
             self.matrix[rows] = vectors.astype(self.matrix.dtype)
-            service.cache.put_many(zip(keys, map(encode_vector, self.matrix[rows])))
+            entries = zip(keys, map(encode_vector, self.matrix[rows]))
+            if self.write_behind:
+                service.cache.put_many_later(entries)
+            else:
+                service.cache.put_many(entries)
         except BaseException:
             if claimed:
                 service._inflight.release(keys, None)
@@ -413,11 +418,24 @@ class EmbedderService:
         )
 
     def embed(
-        self, spec: EncoderSpec, texts: list[str], cancelled: Callable[[], bool] | None = None
+        self,
+        spec: EncoderSpec,
+        texts: list[str],
+        cancelled: Callable[[], bool] | None = None,
+        write_behind: bool = False,
     ) -> EmbedResult:
         """Vectors for `texts` in order; `cancelled` says when the caller went away (its texts
-        not yet computed are then dropped and Cancelled is raised)."""
-        return self.begin(spec, texts).finish(cancelled)
+        not yet computed are then dropped and Cancelled is raised).
+
+        `write_behind`: the computed vectors enter the cache from its writer thread, after this
+        returns (they are read from memory until then), for a caller that uses the vectors
+        itself - online prediction - where the commit's fsync was a large part of a cold
+        request. Embed and StreamEmbed keep the synchronous write: a same-host trainer reads
+        the file directly once they answer."""
+        job = self.begin(spec, texts)
+        if isinstance(job, EmbedJob):
+            job.write_behind = write_behind
+        return job.finish(cancelled)
 
     def begin(
         self,

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import threading
 
 import lmdb
 import numpy as np
@@ -302,3 +303,23 @@ def test_concurrent_writers_share_a_commit_and_all_land(tmp_path, monkeypatch):
         t.join()
     assert errors == ["DISK_FULL"] * 4
     cache.close()
+
+
+def test_vectors_written_behind_are_read_before_and_after_their_commit(cache, monkeypatch):
+    """Online prediction's misses go to the writer thread: a request for the same texts meanwhile
+    reads them from memory (not a miss), and they land in the file."""
+    keys, vectors = _items(4)
+    gate = threading.Event()
+    commit = cache._commit
+    monkeypatch.setattr(cache, "_commit", lambda items: (gate.wait(10), commit(items)))
+    cache.put_many_later(zip(keys[:3], (encode_vector(v) for v in vectors[:3])))
+    matrix, missing = cache.get_matrix(keys, np.float32, 16)
+    assert missing == [3]
+    np.testing.assert_array_equal(matrix[:3], vectors[:3])
+    assert cache.get_matrix(keys[:1], np.float16, 16)[1] == [0]  # another dtype is a miss
+    gate.set()
+    cache.flush()
+    assert not cache._pending  # committed: what follows is read from the file
+    matrix, missing = cache.get_matrix(keys, np.float32, 16)
+    assert missing == [3]
+    np.testing.assert_array_equal(matrix[:3], vectors[:3])
