@@ -82,3 +82,17 @@ def test_a_prefix_that_fills_too_few_tokens_is_tokenised_again_longer(minilm_pat
     assert got == tokenizer([spaced, controls], truncation=True, max_length=32)["input_ids"]
     assert len(got[0]) == 32 and len(got[1]) == 32
     assert max(longest) < len(spaced)  # grown until full, not to the whole text
+
+
+def test_a_few_texts_are_tokenised_inline_as_the_pool_would(minilm_path):
+    """A small request is tokenised in the calling thread (no hand-off); while another caller
+    holds the inline copy, it goes to the pool; the ids are the same either way."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    parallel = ParallelTokenizer(tokenizer, workers=2)
+    texts = TEXTS[:3]
+    expected = tokenizer(texts, truncation=True, max_length=8)["input_ids"]
+    inline = parallel.submit(texts, 8)
+    assert len(inline) == 1 and inline[0].done() and inline[0].result() == expected
+    with parallel._inline_lock:  # another request is using the inline copy
+        pooled = parallel.submit(texts, 8)
+        assert pooled[0].result() == expected
