@@ -14,6 +14,7 @@ normalises and truncates comes from its sentence-transformers files when the pat
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.concurrency import run_in_threadpool
 
+from clients.http.coalesce import Coalescer
 from clients.sdk import EmbedderClient, EncoderSpec, TrainerClient, connect
 from tunewire.errors import InvalidArgument, NotFound
 from tunewire.model_names import pooling_defaults
@@ -117,6 +120,11 @@ class EncoderModel:
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
 
 
+# Most rows (predict) and texts (embeddings) one merged call carries; see coalesce.py.
+MAX_MERGED_ROWS = 256
+MAX_MERGED_TEXTS = 256
+
+
 def _tokenizer(path: str):
     file = Path(path) / "tokenizer.json"
     if not file.is_file():
@@ -155,6 +163,9 @@ class Backend:
             spec = EncoderSpec(model=path, pooling=st.pooling, max_length=st.max_seq_length)
             self.models[name] = EncoderModel(name, path, spec, st.normalize, _tokenizer(path))
         self.default_model = next(iter(self.models), None)
+        # Concurrent single-row predictions and embeddings requests, merged (coalesce.py).
+        self._rows = Coalescer(self._predict_merged, lambda row: 1, MAX_MERGED_ROWS)
+        self._texts = Coalescer(self._embed_merged, len, MAX_MERGED_TEXTS)
 
     @staticmethod
     def as_caller(token: str | None):
@@ -180,12 +191,84 @@ class Backend:
                     model.loaded = True
         return model
 
+    async def resolve_model(self, name: str | None, token: str | None) -> EncoderModel:
+        """`model(name)` on the event loop when it is known already, else in a worker thread
+        (the first use asks the embedder for its dimension and limit)."""
+        known = self.models.get(self.default_model if name is None else name)
+        if known is not None and known.loaded:
+            return known
+
+        def ask() -> EncoderModel:
+            self.as_caller(token)
+            return self.model(name)
+
+        return await run_in_threadpool(ask)
+
+    async def embed_request(
+        self,
+        token: str | None,
+        model: EncoderModel,
+        texts: list[str],
+        normalize: bool,
+        truncate: bool,
+    ) -> tuple[np.ndarray, int]:
+        """`embed` on behalf of the caller holding `token`, in one Embed call with whatever
+        concurrent requests of the same caller, model and settings are waiting (coalesce.py)."""
+        return await self._texts.submit((token, model.name, normalize, truncate), texts)
+
+    def _embed_merged(
+        self, key: tuple, requests: list[list[str]]
+    ) -> list[tuple[np.ndarray, int] | Exception]:
+        token, name, normalize, truncate = key
+        self.as_caller(token)
+        model = self.models[name]
+        answers: list = []
+        for texts in requests:
+            try:
+                answers.append(self._prompt_tokens(model, texts, truncate))
+            except InvalidArgument as exc:  # that request's own input
+                answers.append(exc)
+        valid = [texts for texts, a in zip(requests, answers, strict=True) if isinstance(a, int)]
+        if valid:
+            spec = replace(model.spec, normalize=normalize)
+            vectors = np.asarray(
+                self.embedder.embed([t for texts in valid for t in texts], spec).vectors,
+                dtype=np.float32,
+            )
+        start = 0
+        for i, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
+            if isinstance(answer, int):
+                answers[i] = (vectors[start : start + len(texts)], answer)
+                start += len(texts)
+        return answers
+
+    async def predict_row(self, token: str | None, model: str, row: Mapping) -> dict:
+        """One row's Ludwig-named outputs on behalf of the caller holding `token`, in one
+        PredictRows call with whatever concurrent single rows for the same caller, model and
+        columns are waiting (coalesce.py)."""
+        return await self._rows.submit((token, model, tuple(sorted(row))), row)
+
+    def _predict_merged(self, key: tuple, rows: list[Mapping]) -> list[dict]:
+        token, model, names = key
+        self.as_caller(token)
+        out = self.predict(model, {name: [row[name] for row in rows] for name in names})
+        return [{name: values[i] for name, values in out.items()} for i in range(len(rows))]
+
     def embed(
         self, model: EncoderModel, texts: list[str], normalize: bool, truncate: bool
     ) -> tuple[np.ndarray, int]:
         """Vectors [n, d] float32 and the prompt's tokens (0 without a local tokenizer).
         Without `truncate`, an input over the model's max length is InvalidArgument
         (reason INPUT_TOO_LONG) naming its index."""
+        tokens = self._prompt_tokens(model, texts, truncate)
+        spec = replace(model.spec, normalize=normalize)
+        result = self.embedder.embed(texts, spec)
+        return np.asarray(result.vectors, dtype=np.float32), tokens
+
+    @staticmethod
+    def _prompt_tokens(model: EncoderModel, texts: list[str], truncate: bool) -> int:
+        """The prompt's tokens as `usage` counts them (0 without a local tokenizer);
+        InvalidArgument for an over-long input when not truncating."""
         counts = model.token_counts(texts)
         tokens = 0
         if counts is not None:
@@ -200,9 +283,7 @@ class Backend:
                         metadata={"tokens": str(count), "max": str(limit)},
                     )
             tokens = sum(min(c, limit) if limit else c for c in counts)
-        spec = replace(model.spec, normalize=normalize)
-        result = self.embedder.embed(texts, spec)
-        return np.asarray(result.vectors, dtype=np.float32), tokens
+        return tokens
 
     def predict(self, model: str, columns: dict[str, list]) -> dict[str, list]:
         return self.embedder.predict_columns(model, columns)

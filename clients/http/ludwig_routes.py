@@ -6,7 +6,8 @@
 answers one object of Ludwig's output columns (`<f>_predictions`, `<f>_probability`,
 `<f>_probabilities`, `<f>_probabilities_<class>`). `batch_predict` takes a `dataset` field (form
 or JSON, the table in pandas "split" orientation: columns, data, optional index) and answers in
-that orientation. Rows go to the embedder's online prediction: no data set, no job.
+that orientation. Rows go to the embedder's online prediction: no data set, no job; concurrent
+single-row predictions share PredictRows calls (coalesce.py).
 """
 
 from __future__ import annotations
@@ -82,11 +83,9 @@ def router(backend: Backend, token_of) -> APIRouter:
         token = token_of(request)
         try:
             fields = await _fields(request)
-            columns = {k: [v] for k, v in fields.items()}
-            out = await _predict_as(token, model, columns)
+            return await backend.predict_row(token, model, fields)
         except TunewireError as err:
             return ludwig_error(err)
-        return {name: values[0] for name, values in out.items()}
 
     async def batch_predict(model: str, request: Request):
         token = token_of(request)

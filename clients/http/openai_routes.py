@@ -14,7 +14,6 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from clients.http.backend import Backend
 from clients.http.errors import openai_error
@@ -49,21 +48,18 @@ def router(backend: Backend, token_of) -> APIRouter:
     @api.post("/v1/embeddings")
     async def create_embeddings(body: EmbeddingsRequest, request: Request):
         token = token_of(request)
-
-        def work():
-            backend.as_caller(token)
+        try:
             texts = _texts(body.input)
-            model = backend.model(body.model)
+            model = await backend.resolve_model(body.model, token)
             if body.dimensions is not None and body.dimensions != model.dimension:
                 raise InvalidArgument(
                     f"the model {model.name!r} gives {model.dimension}-dimensional vectors and "
                     "does not support shortened ones",
                     field="dimensions",
                 )
-            return model, backend.embed(model, texts, normalize=True, truncate=False)
-
-        try:
-            model, (vectors, tokens) = await run_in_threadpool(work)
+            vectors, tokens = await backend.embed_request(
+                token, model, texts, normalize=True, truncate=False
+            )
         except TunewireError as err:
             return openai_error(err)
         if body.encoding_format == "base64":

@@ -30,9 +30,7 @@ def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
     @api.post("/embed")
     async def embed(body: EmbedRequest, request: Request):
         token = token_of(request)
-
-        def work():
-            backend.as_caller(token)
+        try:
             if body.truncation_direction.lower() != "right":
                 raise InvalidArgument(
                     "only Right truncation is supported", field="truncation_direction"
@@ -40,15 +38,13 @@ def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
             texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
             if not texts:
                 raise InvalidArgument("`inputs` cannot be empty", field="inputs")
-            vectors, _ = backend.embed(
-                backend.model(None), texts, normalize=body.normalize, truncate=body.truncate
+            model = await backend.resolve_model(None, token)
+            vectors, _ = await backend.embed_request(
+                token, model, texts, normalize=body.normalize, truncate=body.truncate
             )
-            return vectors.tolist()
-
-        try:
-            return await run_in_threadpool(work)
         except TunewireError as err:
             return tei_error(err)
+        return vectors.tolist()
 
     @api.get("/info")
     async def info(request: Request):

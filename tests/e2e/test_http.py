@@ -143,6 +143,44 @@ def test_model_path_is_served_at_predict(services, sms_spam_job, trainer, tmp_pa
         backend.close()
 
 
+def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(
+    services, sms_spam_job, embedder, minilm
+):
+    """Single-row predictions and embeddings requests sent at once share calls to the embedder
+    (coalesce.py), and each answer is the one the request gets alone; an over-long input among
+    them fails only its own request, with its own field path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = Backend(services.embedder_address, models={"minilm": minilm})
+    running = serve(backend)
+    base = f"http://127.0.0.1:{running.port}"
+    texts = [f"concurrent text number {i} about cats" for i in range(24)]
+    rows = [SPAMMY if i % 2 else HAM for i in range(24)]
+
+    def embed(i: int):
+        text = "word " * 400 if i == 5 else texts[i]
+        return httpx.post(f"{base}/v1/embeddings", json={"model": "minilm", "input": text})
+
+    def predict(i: int):
+        return httpx.post(f"{base}/models/{sms_spam_job.id}/predict", json={"text": rows[i]})
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            embedded = list(pool.map(embed, range(24)))
+            predicted = list(pool.map(predict, range(24)))
+    finally:
+        running.stop()
+        backend.close()
+    assert embedded[5].status_code == 400 and embedded[5].json()["error"]["param"] == "input[0]"
+    ok = [i for i in range(24) if i != 5]
+    got = np.array([embedded[i].json()["data"][0]["embedding"] for i in ok], np.float32)
+    np.testing.assert_allclose(got, grpc_vectors(embedder, minilm, [texts[i] for i in ok]))
+    assert all(embedded[i].json()["usage"]["prompt_tokens"] > 5 for i in ok)
+    labels = [r.json()["label_predictions"] for r in predicted]
+    assert labels == ["spam" if i % 2 else "ham" for i in range(24)]
+    assert backend._rows.calls < 24 and backend._rows.merged > 0  # they did share calls
+
+
 def test_health_models_and_openapi(http):
     assert httpx.get(f"{http}/health").json() == {"status": "ok"}
     models = httpx.get(f"{http}/models").json()
