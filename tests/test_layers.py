@@ -86,6 +86,24 @@ def test_no_import_runs_up_a_layer():
     assert not upward, "imports that run back up a layer:\n" + "\n".join(upward)
 
 
+def _service(module: str) -> str | None:
+    """The service a module belongs to (`services.embedder...` -> `embedder`), if any."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "services" and len(parts) > 1 else None
+
+
+def test_no_service_imports_another_service():
+    """Services meet through the wire (the client classes in `tunewire/clients/`); logic two
+    services share lives in `tunewire/`."""
+    across = [
+        f"{MODULES[module].relative_to(ROOT)}:{line} imports {target}"
+        for module, edges in GRAPH.items()
+        for line, target in edges
+        if _service(module) and _service(target) and _service(target) != _service(module)
+    ]
+    assert not across, "a service that imports another service:\n" + "\n".join(across)
+
+
 def _cycles() -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan, iterative)."""
     edges = {m: sorted({t for _, t in GRAPH[m]}) for m in GRAPH}

@@ -36,13 +36,13 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.embedder import varlen
 from services.embedder.cpu_threads import forward_threads, intra_op_threads
-from services.embedder.pooling import pool, pool_packed
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
 from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 from tunewire.model_init import building_modules
+from tunewire.pooling import pool, pool_packed
 
 log = structlog.get_logger(__name__)
 

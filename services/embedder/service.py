@@ -50,13 +50,13 @@ from services.embedder.fingerprint import (
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
 from services.embedder.hot_vectors import DEFAULT_HOT_VECTOR_BYTES, HotVectors
 from services.embedder.inflight import Flight, InFlight
-from services.embedder.pooling import POOLING_MODES
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
 from tunewire.devices import default_device
 from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tunewire.model_roots import ModelRoots
+from tunewire.pooling import POOLING_MODES
 
 # Who may hit whose cache entries (module docstring).
 SHARED, PRINCIPAL = "shared", "principal"

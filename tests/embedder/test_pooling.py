@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from services.embedder.pooling import pool
+from tunewire.pooling import pool
 
 # Two rows: row 0 has 3 real tokens, row 1 has 2. Hidden size 2.
 H = torch.tensor(

@@ -6,11 +6,11 @@ import torch
 
 from services.embedder.batching import plan_batches
 from services.embedder.encoder import Encoder
-from services.embedder.pooling import pool, pool_packed
 from services.embedder.service import EmbedderService, EncoderRegistry, EncoderSpec
 from services.embedder.source import resolve
 from services.embedder.varlen import pack
 from tests.embedder.conftest import TEXTS, rel_error
+from tunewire.pooling import pool, pool_packed
 
 
 def _reference(path: str, texts: list[str], pooling: str, layer: int = 0) -> np.ndarray:

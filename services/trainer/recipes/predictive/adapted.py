@@ -18,13 +18,13 @@ import structlog
 import torch
 from torch import nn
 
-from services.embedder.pooling import pool
 from services.trainer.context import JobContext, Log
 from tunewire import heads as pm
 from tunewire.config.ecd import EncoderConfig
 from tunewire.devices import default_device
 from tunewire.errors import InvalidArgument
 from tunewire.model_init import building_modules
+from tunewire.pooling import pool
 from tunewire.truncation import truncated_ids
 
 log = structlog.get_logger(__name__)
