@@ -792,6 +792,9 @@ def _transformers_generation_warnings(generation: dict) -> list[str]:
     logger = logging.getLogger("transformers.generation.configuration_utils")
     handler = _Keep(level=logging.WARNING)
     logger.addHandler(handler)
+    # transformers says these once per process (`warning_once`); every config must hear them,
+    # not only the first that draws a given warning (an earlier predict's parse would eat it).
+    logger.warning_once = logger.warning  # type: ignore[attr-defined]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -801,6 +804,7 @@ def _transformers_generation_warnings(generation: dict) -> list[str]:
                 pass  # refused below, with the merged settings
     finally:
         logger.removeHandler(handler)
+        logger.__dict__.pop("warning_once", None)
     notes = records + [str(w.message) for w in caught]
     return [f"generation: {' '.join(n.split())}" for n in dict.fromkeys(notes)]
 
