@@ -6,14 +6,12 @@ keeps the pool, so predict retrieves from the same rows."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
 import torch
 
 from services.embedder.service import EncoderRegistry
-from services.trainer.context import Log
 from services.trainer.recipes.generative import retrieval
 from services.trainer.recipes.generative.data import render_prompt
 from services.trainer.recipes.generative.launch import run_generative_job
@@ -198,58 +196,6 @@ def test_semantic_retrieval_without_an_embedder_is_refused(minilm):
 
 
 # ------------------------------------------------------------------------------------- a job
-
-
-def test_zero_shot_job_with_semantic_retrieval_is_a_few_shot_evaluation(
-    tiny_model, tmp_path, client, minilm
-):
-    raw = llm_config(
-        tiny_model,
-        prompt={"task": "say the color", "retrieval": {"type": "semantic", "k": 2}},
-    )
-    raw["prompt"]["retrieval"]["model_name"] = minilm
-    raw["prompt"].pop("template")
-    del raw["trainer"]  # Ludwig's default llm trainer: none
-    df = task_frame()
-    train, test = df.head(8), df[8:]
-    ctx, rec = job_context(tmp_path, raw, train=train, validation=df.iloc[:0], test=test)
-    ctx.embedder = client
-    result = run_generative_job(ctx)
-
-    assert any(
-        "prompt.retrieval: semantic, k=2, over 8 training rows" in e.message for e in rec.of(Log)
-    )
-    art = ctx.artifact_dir
-    meta = json.loads((art / "tunewire.json").read_text())
-    assert any(d.startswith("prompt.retrieval") for d in meta["differences_from_ludwig"])
-    pool = pd.read_parquet(art / retrieval.POOL_FILE)
-    assert pool.to_dict("records") == train.to_dict("records")  # feature name = column here
-    preds = pd.read_csv(art / "predictions.csv", keep_default_na=False)
-    for row in preds[preds["split"] == "train"].to_dict("records"):
-        first = eval(row["__context__"])[0]  # noqa: S307 - our own repr of dicts
-        assert first == {"name": row["name"], "answer": row["answer"]}  # itself, as in Ludwig
-
-    # Predict retrieves from the artifact's pool: the job's answers and contexts again.
-    texts, metrics = predict_generative(art, test, None, embedder=lambda: client)
-    assert texts == list(preds[preds["split"] == "test"]["answer_predictions"])
-    job_loss = next(m.value for m in result.metrics if (m.split, m.name) == ("test", "loss"))
-    loss = next(m.value for m in metrics if m.name == "loss")
-    assert loss == pytest.approx(job_loss, rel=1e-4)
-
-    # The context reaches the model: the same artifact without retrieval scores otherwise.
-    bare = tmp_path / "bare"
-    shutil.copytree(art, bare)
-    config = json.loads((bare / "resolved_config.json").read_text())
-    config["prompt"]["retrieval"] = {"type": None, "k": 0, "model_name": None, "index_name": None}
-    config["prompt"]["template"] = DEFAULT_TASK_TEMPLATE
-    (bare / "resolved_config.json").write_text(json.dumps(config))
-    _, bare_metrics = predict_generative(bare, test, None)
-    assert next(m.value for m in bare_metrics if m.name == "loss") != pytest.approx(loss, rel=1e-3)
-
-    # Without its pool, the artifact's predict is refused, saying what is missing.
-    (art / retrieval.POOL_FILE).unlink()
-    with pytest.raises(FailedPrecondition, match=retrieval.POOL_FILE):
-        predict_generative(art, test, None, embedder=lambda: client)
 
 
 def test_fine_tuning_with_random_retrieval_trains_on_few_shot_prompts(tiny_model, tmp_path):
