@@ -48,7 +48,12 @@ from services.embedder.fingerprint import (
     weights_identity,
 )
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
-from services.embedder.hot_vectors import DEFAULT_HOT_VECTOR_BYTES, HotVectors
+from services.embedder.hot_vectors import (
+    DEFAULT_HOT_VECTOR_BYTES,
+    HotVectors,
+    Kept,
+    joined_texts,
+)
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
@@ -443,6 +448,7 @@ class EmbedderService:
         texts: Sequence[str],
         render: Callable[[EmbedResult], Any] | None = None,
         texts_wire: bytes | memoryview | None = None,
+        joined: bytes | None = None,
     ) -> EmbedJob | Answered:
         """Validate, look every distinct text up in the cache and claim the misses that no other
         request is computing. Cheap (no model work); a stream calls it in request order, so a
@@ -456,7 +462,10 @@ class EmbedderService:
 
         `texts_wire` is `texts` in wire form (fingerprint.encode_texts) when the caller has it,
         as a server does: a replay is then looked up without turning its texts into strings
-        (`texts` may be a lazy sequence, read only when the whole answer is not stored)."""
+        (`texts` may be a lazy sequence, read only when the whole answer is not stored).
+        `joined` is `texts` joined by NUL as UTF-8 when the caller has it (`EmbedRequest.joined`):
+        a request whose texts are all kept in `hot_vectors` is then answered without turning
+        them into strings."""
         entry = self.registry.get(spec.model, spec.revision)
         encoder = entry.encoder
         settings = self._settings(encoder, spec)
@@ -480,10 +489,14 @@ class EmbedderService:
             if hot is not None:
                 self.cache.count_hits(hot.distinct)
                 return Answered(hot.rendered)
+        if joined is None:
+            texts = list(texts)
+            joined = joined_texts(texts)
+        if joined is not None:
+            kept = self.hot_vectors.lookup(key_fp, joined, len(texts))
+            if kept is not None:  # every text read or computed lately: no sha256, no LMDB
+                return Answered(self._answer_kept(fp, kept, render))
         texts = list(texts)
-        kept = self.hot_vectors.get(key_fp, texts)
-        if kept is not None:  # every text read or computed lately: no hash, no LMDB lookup
-            return Answered(self._answer_kept(fp, key_fp, texts, kept, wire, render))
         if wire is not None:
             whole = batch_key(key_fp, wire)
             found = self.cache.read_batch(
@@ -519,26 +532,14 @@ class EmbedderService:
             key_fp,
         )
 
-    def _answer_kept(
-        self,
-        fp: str,
-        key_fp: str,
-        texts: list[str],
-        vectors: np.ndarray,
-        wire: bytes | None,
-        render: Callable[[EmbedResult], Any] | None,
-    ) -> Any:
-        """The answer to a request whose every text is in `hot_vectors` (`vectors`, in request
-        order), counted as cache hits. Kept as sent for a replay (`wire`: the texts' bytes, for
-        requests large enough), but not stored whole in the cache: the sha256 of its key would
-        cost about what this answer did."""
-        distinct = len(set(texts)) if len(texts) > 1 else len(texts)
-        self.cache.count_hits(distinct)
-        result = EmbedResult(vectors, distinct, 0, fp)
-        rendered = result if render is None else render(result)
-        if wire is not None:
-            self.hot.put((key_fp, render, wire), rendered, distinct, key_bytes=len(wire))
-        return rendered
+    def _answer_kept(self, fp: str, kept: Kept, render: Callable[[EmbedResult], Any] | None) -> Any:
+        """The answer to a request whose every text is in `hot_vectors`, counted as cache hits.
+        Neither kept as sent (hot answers) nor stored whole in the cache: the text-by-text path
+        costs about what a replay does, while keeping each such answer (a new 2 MiB a chunk)
+        cost a page fault for every 4 KiB of it and the sha256 of its key about the answer."""
+        self.cache.count_hits(kept.distinct)
+        result = EmbedResult(kept.vectors, kept.distinct, 0, fp)
+        return result if render is None else render(result)
 
     def _compute(
         self,

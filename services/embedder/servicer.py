@@ -338,7 +338,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         f"text {i} is {size} bytes; the limit is {self.max_text_bytes}",
                         field="joined.utf8" if joined else f"texts[{i}]",
                     )
-        return self.service.begin(spec, texts, render, received.texts_wire)
+        return self.service.begin(
+            spec, texts, render, received.texts_wire, request.joined.utf8 if joined else None
+        )
 
     def _chunks(self, result: EmbedResult) -> list[bytes]:
         """The result as serialised responses of at most `chunk_bytes` of vectors (>= 1 row)."""

@@ -1,12 +1,19 @@
-"""Vectors kept in memory by text: the ring's first-in first-out order and byte budget, and
-text-by-text requests answered from it exactly (no cache read), counted as hits, never stale."""
+"""Vectors kept in memory by text: the ring's first-in first-out order and byte budget, lookups
+exact whatever the hashes say, and text-by-text requests answered from it exactly (no cache
+read), counted as hits, never stale."""
 
 import numpy as np
 import pytest
 
+from services.embedder import hot_vectors as hot_vectors_module
 from services.embedder import service as service_module
 from services.embedder.cache import EmbeddingCache
-from services.embedder.hot_vectors import _ENTRY_OVERHEAD, HotVectors
+from services.embedder.hot_vectors import (
+    _ENTRY_OVERHEAD,
+    _PLANNED_TEXT_BYTES,
+    HotVectors,
+    text_hashes,
+)
 from tests.embedder.conftest import WORDS
 
 
@@ -18,31 +25,83 @@ def test_every_text_or_none_in_request_order_duplicates_included():
     hot = HotVectors(1 << 20)
     hot.put("fp", ["a", "b", "c"], rows(3))
     got = hot.get("fp", ["c", "a", "c"])
-    np.testing.assert_array_equal(got, rows(3)[[2, 0, 2]])
-    got[:] = 7  # a new array: what is kept does not change
-    np.testing.assert_array_equal(hot.get("fp", ["a"]), rows(1))
+    np.testing.assert_array_equal(got.vectors, rows(3)[[2, 0, 2]])
+    assert got.distinct == 2
+    got.vectors[:] = 7  # a new array: what is kept does not change
+    np.testing.assert_array_equal(hot.get("fp", ["a"]).vectors, rows(1))
     assert hot.get("fp", ["a", "zzz"]) is None  # one text missing: nothing
     assert hot.get("other fingerprint", ["a"]) is None
-    assert hot.get("fp", []).shape == (0, 4)
+    assert hot.get("fp", []).vectors.shape == (0, 4)
+    # As a server reads them: joined by NUL, with their count (which must match).
+    np.testing.assert_array_equal(hot.lookup("fp", b"b\0a", 2).vectors, rows(3)[[1, 0]])
+    assert hot.lookup("fp", b"b\0a", 3) is None and hot.lookup("fp", b"b\0a", 1) is None
 
 
 def test_the_oldest_rows_are_overwritten_within_the_budget():
-    row_cost = 4 * 2 + _ENTRY_OVERHEAD
+    row_cost = 4 * 2 + _ENTRY_OVERHEAD + _PLANNED_TEXT_BYTES  # the row, the entry, a text
     hot = HotVectors(3 * row_cost)  # three rows
     hot.put("fp", ["a", "b", "a"], rows(3))  # "a" once: its first row
     hot.put("fp", ["c", "d"], rows(2, start=10))  # "d" takes "a"'s row
     assert hot.get("fp", ["a"]) is None and len(hot) == 3
     np.testing.assert_array_equal(
-        hot.get("fp", ["b", "c", "d"]), rows(3)[[1]].tolist() + rows(2, start=10).tolist()
+        hot.get("fp", ["b", "c", "d"]).vectors,
+        rows(3)[[1]].tolist() + rows(2, start=10).tolist(),
     )
     assert hot.size_bytes <= 3 * row_cost
-    hot.put("fp2", ["x"], rows(1))  # another encoder: the least recently used one goes
+    hot.put("fp2", ["x", "y", "z"], rows(3))  # another encoder: the least recently used goes
     assert hot.get("fp", ["b"]) is None and hot.get("fp2", ["x"]) is not None
     nothing = HotVectors(0)
     nothing.put("fp", ["a"], rows(1))
     assert nothing.get("fp", ["a"]) is None and len(nothing) == 0
     with pytest.raises(ValueError):
         HotVectors(-1)
+
+
+def test_long_texts_count_in_the_budget_and_the_oldest_go():
+    hot = HotVectors(4 * (8 + _ENTRY_OVERHEAD + _PLANNED_TEXT_BYTES))  # four rows
+    hot.put("fp", ["x" * 200, "y" * 200, "z"], rows(3))
+    assert hot.size_bytes <= hot.max_bytes
+    assert hot.get("fp", ["x" * 200]) is None
+    np.testing.assert_array_equal(hot.get("fp", ["y" * 200, "z"]).vectors, rows(3)[1:])
+
+
+def test_texts_with_a_nul_are_not_kept_and_lookups_stay_exact():
+    hot = HotVectors(1 << 20)
+    hot.put("fp", ["a\0b", "a", "b", "caf\u00e9"], rows(4))
+    assert len(hot) == 3  # "a\0b" would read as two texts joined
+    assert hot.get("fp", ["a\0b"]) is None
+    np.testing.assert_array_equal(hot.get("fp", ["caf\u00e9", "b"]).vectors, rows(4)[[3, 2]])
+    assert hot.get("fp", ["\ud800"]) is None  # not UTF-8: never kept, never found
+
+
+def test_a_hash_collision_never_answers_for_another_text(monkeypatch):
+    """Every text hashes alike here: the first is kept, the others are not, and a lookup of one
+    of them finds the first text's row but is refused, because the texts differ."""
+    hot = HotVectors(1 << 20)
+    monkeypatch.setattr(
+        hot_vectors_module,
+        "text_hashes",
+        lambda joined, count: (
+            None if text_hashes(joined, count) is None else np.zeros(count, dtype=np.uint64)
+        ),
+    )
+    hot.put("fp", ["a", "b"], rows(2))
+    assert len(hot) == 1
+    np.testing.assert_array_equal(hot.get("fp", ["a"]).vectors, rows(1))
+    assert hot.get("fp", ["b"]) is None and hot.get("fp", ["a", "b"]) is None
+
+
+def test_equal_texts_hash_alike_wherever_they_sit():
+    first = text_hashes(b"one\0two\0\0one", 4)
+    assert first[0] == first[3] and len(set(first.tolist())) == 3
+    assert text_hashes("\0".join(["two", "one", ""]).encode(), 3).tolist() == [
+        first[1],
+        first[0],
+        first[2],
+    ]
+    assert text_hashes(b"ab", 1) != text_hashes(b"ba", 1)
+    assert text_hashes(b"", 0).shape == (0,) and text_hashes(b"", 1).shape == (1,)
+    assert text_hashes(b"a", 0) is None and text_hashes(b"a\0b", 1) is None
 
 
 def test_text_by_text_requests_are_answered_from_kept_vectors(
