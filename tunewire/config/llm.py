@@ -364,22 +364,34 @@ class PostprocessorConfig:
 
 
 @dataclass
-class LoraAdapter:
+class Adapter:
+    """What every adapter type takes besides its own hyperparameters (which each subclass adds
+    after these): the modules it wraps, saved adapter weights to continue from, and what is done
+    with it after training. Each subclass fixes `type`; PEFT takes the rest under the same names
+    (`services/trainer/recipes/generative/adapters.py`)."""
+
+    type: str = ""
+    target_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names; null: the model's defaults; 'all-linear'."}
+    )
+    pretrained_adapter_weights: str | None = field(
+        default=None, metadata={"help": "A saved adapter's folder: training continues it."}
+    )
+    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
+
+
+@dataclass
+class LoraAdapter(Adapter):
     type: Literal["lora"] = "lora"
     r: int = field(default=8, metadata={"help": "Rank of the update matrices."})
     alpha: int | None = field(
         default=None, metadata={"help": "Scaling numerator (alpha / r); null: 2 × r, as Ludwig."}
     )
     dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    target_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Module names; null: the model's defaults; 'all-linear'."}
-    )
     bias_type: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     use_dora: bool = False
     init_lora_weights: bool | Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
     def __post_init__(self) -> None:
         check_range(self.r, 1, MAX_LORA_RANK, "r")
@@ -413,100 +425,73 @@ class AdaloraAdapter(LoraAdapter):
 
 
 @dataclass
-class Ia3Adapter:
+class Ia3Adapter(Adapter):
     type: Literal["ia3"] = "ia3"
-    target_modules: list[str] | str | None = None
     feedforward_modules: list[str] | str | None = None
     fan_in_fan_out: bool = False
     modules_to_save: list[str] | None = None
     init_ia3_weights: bool = True
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class LohaAdapter:
+class LohaAdapter(Adapter):
     type: Literal["loha"] = "loha"
     r: int = 8
     alpha: float = 8.0
-    target_modules: list[str] | str | None = None
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class LokrAdapter:
+class LokrAdapter(Adapter):
     type: Literal["lokr"] = "lokr"
     r: int = 8
     alpha: float = 8.0
-    target_modules: list[str] | str | None = None
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class VeraAdapter:
+class VeraAdapter(Adapter):
     type: Literal["vera"] = "vera"
     r: int = 256
-    target_modules: list[str] | str | None = None
     projection_prng_key: int = 0
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class FourierftAdapter:
+class FourierftAdapter(Adapter):
     type: Literal["fourierft"] = "fourierft"
     n_frequency: int = 1000
     scaling: float = 150.0
-    target_modules: list[str] | str | None = None
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class OftAdapter:
+class OftAdapter(Adapter):
     type: Literal["oft"] = "oft"
     r: int = 0
     oft_block_size: int = 32
     module_dropout: float = 0.0
-    target_modules: list[str] | str | None = None
     coft: bool = False
     eps: float = 6e-5
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class BoftAdapter:
+class BoftAdapter(Adapter):
     type: Literal["boft"] = "boft"
     boft_block_size: int = 4
     boft_n_butterfly_factor: int = 1
     boft_dropout: float = 0.05
-    target_modules: list[str] | str | None = None
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class HraAdapter:
+class HraAdapter(Adapter):
     type: Literal["hra"] = "hra"
     r: int = 8
     apply_GS: bool = False
-    target_modules: list[str] | str | None = None
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
 @dataclass
-class LnTuningAdapter:
+class LnTuningAdapter(Adapter):
     type: Literal["ln_tuning"] = "ln_tuning"
-    target_modules: list[str] | str | None = None
-    pretrained_adapter_weights: str | None = None
-    postprocessor: PostprocessorConfig = field(default_factory=PostprocessorConfig)
 
 
-ADAPTERS: dict[str, type] = {
+ADAPTERS: dict[str, type[Adapter]] = {
     "lora": LoraAdapter,
     "adalora": AdaloraAdapter,
     "ia3": Ia3Adapter,

@@ -1,55 +1,92 @@
-"""The PEFT adapters Ludwig lists beyond LoRA/AdaLoRA/IA3, and starting from saved adapter weights.
+"""Ludwig's `adapter` section as PEFT builds it, and starting from saved adapter weights.
 
-Each `adapter.type` maps to PEFT's config class with Ludwig's field names; what PEFT saves loads
-with stock `peft`. `pretrained_adapter_weights` (a folder with adapter_config.json) continues
-training that adapter, as Ludwig does, instead of a fresh one.
+Each `adapter.type` maps to PEFT's config class with Ludwig's field names (LoRA and AdaLoRA rename
+a few); what PEFT saves loads with stock `peft`. `pretrained_adapter_weights` (a folder with
+adapter_config.json) continues training that adapter, as Ludwig does, instead of a fresh one.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from torch import nn
 
 from tunewire.config import llm as C
 
-# adapter class -> (PEFT config class name, fields passed through under the same name)
-_SIMPLE = {
-    C.LohaAdapter: ("LoHaConfig", ("r", "alpha", "target_modules")),
-    C.LokrAdapter: ("LoKrConfig", ("r", "alpha", "target_modules")),
-    C.VeraAdapter: ("VeraConfig", ("r", "target_modules", "projection_prng_key")),
-    C.FourierftAdapter: ("FourierFTConfig", ("n_frequency", "scaling", "target_modules")),
-    C.OftAdapter: (
-        "OFTConfig",
-        ("r", "oft_block_size", "module_dropout", "target_modules", "coft", "eps"),
-    ),
-    C.BoftAdapter: (
-        "BOFTConfig",
-        ("boft_block_size", "boft_n_butterfly_factor", "boft_dropout", "target_modules"),
-    ),
-    C.HraAdapter: ("HRAConfig", ("r", "apply_GS", "target_modules")),
-    C.LnTuningAdapter: ("LNTuningConfig", ("target_modules",)),
+# adapter class -> PEFT's config class, which takes the adapter's fields under the same names
+# (all but those that are ours: `Adapter`'s type, weights to continue from, postprocessor).
+SAME_NAMES = {
+    C.Ia3Adapter: "IA3Config",
+    C.LohaAdapter: "LoHaConfig",
+    C.LokrAdapter: "LoKrConfig",
+    C.VeraAdapter: "VeraConfig",
+    C.FourierftAdapter: "FourierFTConfig",
+    C.OftAdapter: "OFTConfig",
+    C.BoftAdapter: "BOFTConfig",
+    C.HraAdapter: "HRAConfig",
+    C.LnTuningAdapter: "LNTuningConfig",
 }
+OURS = ("type", "pretrained_adapter_weights", "postprocessor")
 
 
-def simple_peft_config(adapter):
-    """PEFT's config for one of the adapters in `_SIMPLE`, or None for another type."""
+def peft_config(adapter: C.Adapter, total_steps: int):
+    """PEFT's config for the job's `adapter` section (`total_steps`: AdaLoRA's default budget)."""
     import peft
 
-    entry = _SIMPLE.get(type(adapter))
-    if entry is None:
-        return None
-    cls_name, fields = entry
-    kwargs = {name: getattr(adapter, name) for name in fields}
-    return getattr(peft, cls_name)(task_type=peft.TaskType.CAUSAL_LM, **kwargs)
+    task = peft.TaskType.CAUSAL_LM
+    if isinstance(adapter, C.AdaloraAdapter):
+        return peft.AdaLoraConfig(
+            task_type=task,
+            target_r=adapter.target_r,
+            init_r=adapter.init_r,
+            tinit=adapter.tinit,
+            tfinal=adapter.tfinal,
+            deltaT=adapter.delta_t,
+            beta1=adapter.beta1,
+            beta2=adapter.beta2,
+            orth_reg_weight=adapter.orth_reg_weight,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
+            total_step=adapter.total_step or total_steps,
+        )
+    if isinstance(adapter, C.LoraAdapter):
+        return peft.LoraConfig(
+            task_type=task,
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
+            bias=adapter.bias_type,
+            use_rslora=adapter.use_rslora,
+            use_dora=adapter.use_dora,
+            init_lora_weights=(
+                True if adapter.init_lora_weights == "default" else adapter.init_lora_weights
+            ),
+        )
+    cls_name = SAME_NAMES.get(type(adapter))
+    if cls_name is None:
+        raise TypeError(f"unknown adapter {type(adapter).__name__}")
+    kwargs = {
+        f.name: getattr(adapter, f.name) for f in dataclasses.fields(adapter) if f.name not in OURS
+    }
+    return getattr(peft, cls_name)(task_type=task, **kwargs)
 
 
-def apply(model: nn.Module, adapter, config, *, autocast_adapter_dtype: bool = True) -> nn.Module:
-    """`model` with the adapter: fresh from `config`, or the saved one at
+def apply(
+    model: nn.Module, adapter: C.Adapter, total_steps: int, *, autocast_adapter_dtype: bool = True
+) -> nn.Module:
+    """`model` with the adapter: fresh from the job's section, or the saved one at
     `adapter.pretrained_adapter_weights`, trainable."""
     from peft import PeftModel, get_peft_model
 
-    path = getattr(adapter, "pretrained_adapter_weights", None)
-    if path:
+    if adapter.pretrained_adapter_weights:
         return PeftModel.from_pretrained(
-            model, path, is_trainable=True, autocast_adapter_dtype=autocast_adapter_dtype
+            model,
+            adapter.pretrained_adapter_weights,
+            is_trainable=True,
+            autocast_adapter_dtype=autocast_adapter_dtype,
         )
-    return get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
+    return get_peft_model(
+        model, peft_config(adapter, total_steps), autocast_adapter_dtype=autocast_adapter_dtype
+    )

@@ -42,11 +42,10 @@ def _fresh_model(
     from transformers import AutoModelForCausalLM
 
     from services.trainer.recipes.generative import adapters
-    from services.trainer.recipes.generative.model import peft_config
 
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
     if cfg.adapter is not None:
-        model = adapters.apply(model, cfg.adapter, peft_config(cfg.adapter, total_steps))
+        model = adapters.apply(model, cfg.adapter, total_steps)
         if rank_pattern is not None:
             model.peft_config["default"].rank_pattern = rank_pattern
     state = {k.removeprefix(WRAPPER_PREFIX): v for k, v in trainable.items()}

@@ -14,7 +14,7 @@ from services.trainer.recipes.generative.data import Batch
 from services.trainer.recipes.generative.errors import PreconditionError
 from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
 from tunewire.block_compile import compile_blocks
-from tunewire.config.llm import AdaloraAdapter, Ia3Adapter, LlmConfig, LoraAdapter
+from tunewire.config.llm import LlmConfig
 from tunewire.devices import compute_dtype
 
 
@@ -60,55 +60,6 @@ def quantization_config(cfg: LlmConfig, device: torch.device):
     )
 
 
-def peft_config(adapter, total_steps: int):
-    """The PEFT config for the job's `adapter` section."""
-    from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType
-
-    if isinstance(adapter, AdaloraAdapter):
-        return AdaLoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            target_r=adapter.target_r,
-            init_r=adapter.init_r,
-            tinit=adapter.tinit,
-            tfinal=adapter.tfinal,
-            deltaT=adapter.delta_t,
-            beta1=adapter.beta1,
-            beta2=adapter.beta2,
-            orth_reg_weight=adapter.orth_reg_weight,
-            lora_alpha=adapter.alpha,
-            lora_dropout=adapter.dropout,
-            target_modules=adapter.target_modules,
-            total_step=adapter.total_step or total_steps,
-        )
-    if isinstance(adapter, LoraAdapter):
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=adapter.r,
-            lora_alpha=adapter.alpha,
-            lora_dropout=adapter.dropout,
-            target_modules=adapter.target_modules,
-            bias=adapter.bias_type,
-            use_rslora=adapter.use_rslora,
-            use_dora=adapter.use_dora,
-            init_lora_weights=(
-                True if adapter.init_lora_weights == "default" else adapter.init_lora_weights
-            ),
-        )
-    if isinstance(adapter, Ia3Adapter):
-        return IA3Config(
-            task_type=TaskType.CAUSAL_LM,
-            target_modules=adapter.target_modules,
-            feedforward_modules=adapter.feedforward_modules,
-            fan_in_fan_out=adapter.fan_in_fan_out,
-            modules_to_save=adapter.modules_to_save,
-            init_ia3_weights=adapter.init_ia3_weights,
-        )
-    config = adapters.simple_peft_config(adapter)
-    if config is None:
-        raise TypeError(f"unknown adapter {type(adapter).__name__}")
-    return config
-
-
 def load_model(
     cfg: LlmConfig, device: torch.device, *, packed: bool, total_steps: int
 ) -> nn.Module:
@@ -150,10 +101,7 @@ def load_model(
         # On a bf16 GPU the adapter stays bf16 too (torchtune's choice): fp32 adapter weights would
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
         model = adapters.apply(
-            model,
-            cfg.adapter,
-            peft_config(cfg.adapter, total_steps),
-            autocast_adapter_dtype=dtype == torch.float32,
+            model, cfg.adapter, total_steps, autocast_adapter_dtype=dtype == torch.float32
         )
         fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
     if compiling:
