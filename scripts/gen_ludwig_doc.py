@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tunewire.config import ludwig_keys as K  # noqa: E402
+from tunewire.config import ludwig_saved as S  # noqa: E402
 
 DOC = ROOT / "docs" / "ludwig.md"
 
@@ -46,6 +47,13 @@ def _default(key: str, f: dataclasses.Field) -> str:
     return f"`{text}`" if len(text) < 40 else "(see schema)"
 
 
+def _saved_default(value: object) -> str:
+    if value is S.DERIVED:
+        return "*derived*"
+    text = json.dumps(value)
+    return text if len(text) < 40 else "(see ludwig_saved.py)"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -71,6 +79,19 @@ def render() -> str:
     ]
     for key, why in K.LUDWIG_REFUSED.items():
         out.append(f"| `{key}` | {_cell(why)} |")
+    out += [
+        "\n## Ludwig keys accepted at their default only\n",
+        "A config Ludwig saved (`model_hyperparameters.json`) writes every default, including",
+        "keys tunewire has no field for. At Ludwig's default such a key changes nothing and is",
+        "accepted; at any other value it is refused naming it. *derived*: Ludwig computes the",
+        "value itself (any value changes nothing). `defaults:` is applied to the features as",
+        "Ludwig applies it (`tunewire/config/ludwig_saved.py`).\n",
+        "| where | keys (Ludwig's default) |",
+        "|---|---|",
+    ]
+    for where, table in S.TABLES.items():
+        keys = ", ".join(f"`{k}` ({_saved_default(v)})" for k, v in table.items())
+        out.append(f"| {where} | {_cell(keys)} |")
     return "\n".join(out) + "\n"
 
 

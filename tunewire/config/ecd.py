@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunewire.config.backend import BackendConfig, DistributedTrainer
+from tunewire.config.ludwig_saved import normalise_ecd
 from tunewire.config.schema import (
     MAX_FC_LAYERS,
     MAX_LAYER_WIDTH,
@@ -509,7 +510,8 @@ class EcdConfig:
             "output_features",
         )
         check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
-        check(self.defaults is None, "is not supported; set options per feature", "defaults")
+        # `defaults:` is applied to the features before parsing (ludwig_saved), then dropped.
+        check(self.defaults is None, "is applied before parsing; pass the raw config", "defaults")
         names = [f.name for f in [*self.input_features, *self.output_features]]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -618,4 +620,4 @@ def parse_ecd(data: dict, path: str = "") -> EcdConfig:
     for key in ("input_features", "output_features"):
         if key not in data:
             raise ConfigError("is required", field=join(path, key))
-    return parse(EcdConfig, data, path)
+    return parse(EcdConfig, normalise_ecd(data, path), path)

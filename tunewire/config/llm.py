@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from tunewire.config.backend import BackendConfig
 from tunewire.config.ecd import SplitConfig
+from tunewire.config.ludwig_saved import normalise_llm
 from tunewire.config.schema import (
     MAX_LORA_RANK,
     ConfigError,
@@ -80,9 +81,11 @@ SAMPLING_ONLY = (
 
 
 def generation_for_transformers(generation: dict) -> dict:
-    """The generation settings as transformers takes them: with `do_sample: false`, the sampling
-    knobs (which Ludwig's defaults set and transformers ignores) are left out."""
-    out = {k: v for k, v in generation.items() if v is not None or k != "max_new_tokens"}
+    """The generation settings as transformers takes them: a null is left out (unset: the model's
+    or transformers' own, as a Ludwig-saved config's null token ids mean), and with
+    `do_sample: false`, the sampling knobs (which Ludwig's defaults set and transformers ignores)
+    are left out."""
+    out = {k: v for k, v in generation.items() if v is not None}
     if not out.get("do_sample", False):
         for key in SAMPLING_ONLY:
             out.pop(key, None)
@@ -584,7 +587,8 @@ class LlmConfig:
             "output_features",
         )
         check(self.hyperopt is None, "hyperopt is not supported", "hyperopt")
-        check(self.defaults is None, "is not supported; set options per feature", "defaults")
+        # `defaults:` is applied to the features before parsing (ludwig_saved), then dropped.
+        check(self.defaults is None, "is applied before parsing; pass the raw config", "defaults")
         check(
             self.model_parameters is None,
             "is not supported (rope_scaling, neftune_noise_alpha)",
@@ -857,7 +861,7 @@ def parse_llm(data: dict, path: str = "") -> LlmConfig:
     for key in ("base_model", "input_features", "output_features"):
         if key not in data:
             raise ConfigError("is required", field=join(path, key))
-    data = dict(data)
+    data = normalise_llm(data, path)
     trainer = dict(data.get("trainer") or {})
     # Ludwig's llm trainer is `none` (zero-shot) unless a type says otherwise.
     trainer.setdefault("type", "none")

@@ -140,7 +140,10 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
 INERT: dict[str, str] = {
     "llm:model_parameters": "refused unless null: rope_scaling and neftune are not built",
     "llm:hyperopt": "refused unless null: hyperparameter search is not built",
-    "llm:defaults": "refused unless null: set options per feature",
+    "llm:defaults": (
+        "applied to the features of each type as Ludwig applies it, then dropped "
+        "(tunewire/config/ludwig_saved.py)"
+    ),
     "llm:ludwig_version": "recorded, read by nobody (Ludwig writes it into saved configs)",
     "llm:prompt.retrieval.index_name": (
         "refused unless null: it names an index in Ludwig's local cache; the examples here are "
@@ -166,7 +169,10 @@ INERT: dict[str, str] = {
         for kind in llm.ADAPTERS
     },
     "ecd:hyperopt": "refused unless null: hyperparameter search is not built",
-    "ecd:defaults": "refused unless null: set options per feature",
+    "ecd:defaults": (
+        "applied to the features of each type as Ludwig applies it, then dropped "
+        "(tunewire/config/ludwig_saved.py)"
+    ),
     "ecd:ludwig_version": "recorded, read by nobody (Ludwig writes it into saved configs)",
     "ecd:backend.type": "local only",
     **{
@@ -234,10 +240,11 @@ EXTENSIONS: dict[str, str] = {
 
 # Ludwig 0.17 keys (and values) that are not accepted here at all, with why.
 LUDWIG_REFUSED: dict[str, str] = {
-    "llm:adapters": "named multi-adapter registries are not built; use one `adapter`",
-    "llm:trust_remote_code": "models with remote code are not loaded",
-    "llm:is_multimodal": "vision-language models are not built",
-    "llm:quantization.backend": "bitsandbytes only (torchao not built)",
+    "llm:adapters": "named multi-adapter registries are not built; use one `adapter` (null is "
+    "accepted)",
+    "llm:trust_remote_code": "models with remote code are not loaded (false is accepted)",
+    "llm:is_multimodal": "vision-language models are not built (false is accepted)",
+    "llm:quantization.backend": "bitsandbytes only (torchao not built; bitsandbytes is accepted)",
     "llm:trainer.type: dpo, kto, orpo, grpo": "preference/reward trainers are not built",
     "llm:adapter.type: tinylora, c3a, waveft, vblora": "not wired here yet",
     "llm:adapter(lora).init_lora_weights: loftq": "needs a quantized base at init; not built",

@@ -78,9 +78,9 @@ def generation_from_config(cfg, tokenizer, model_config):
     if settings.get("max_new_tokens") is None:
         context = getattr(model_config, "max_position_embeddings", None)
         settings["max_new_tokens"] = resolve_max_new_tokens(cfg, context) or 32
-    return GenerationConfig(
-        **settings, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
+    # The tokenizer's special tokens unless the config names its own.
+    tokens = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    return GenerationConfig(**{**tokens, **settings})
 
 
 def generation_config(artifact_dir: Path, overrides: dict | None, base=None):
