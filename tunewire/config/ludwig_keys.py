@@ -191,6 +191,7 @@ INERT: dict[str, str] = {
     "ecd:trainer.learning_rate_scheduler.eta_min": "read only with t_0, which is refused",
     "ecd:trainer.gradient_accumulation_steps": "refused unless 1 (accumulation not built)",
     "ecd:trainer.max_batch_size": "caps an auto batch_size (resolved at validation)",
+    "ecd:trainer.use_liger_kernel": "refused unless false: Liger's kernels are for model_type: llm",
     **{
         f"ecd:trainer.{k}": f"refused unless {v!r}: {why}"
         for k, (v, why) in (ecd._UNBUILT_TRAINER_KEYS.items())
