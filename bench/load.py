@@ -408,6 +408,24 @@ def _alternate(ops: dict, calls: int, open_load, expected: int, metrics_port) ->
     }
 
 
+def _report(run: dict, streams: dict[str, int], unary: str) -> dict:
+    """One server's result: the streams held open (asked for, and seen), each op's latency
+    unloaded and loaded side by side, and the verdict on the health check and `unary`."""
+    unloaded, loaded = run["unloaded"], run["loaded"]
+    table = _side_by_side(unloaded, loaded)
+    return {
+        "streams": {
+            **streams,
+            "open_per_server_metrics": run["open_per_server_metrics"],
+            "still_open_after": run["still_open_after"],
+            "not_opened": run["not_opened"],
+        },
+        "ops": table,
+        "targets": _verdict(table, unary),
+        "errors": unloaded["errors"] + loaded["errors"],
+    }
+
+
 def _side_by_side(unloaded: dict, loaded: dict) -> dict:
     rows = {}
     for op in (k for k in unloaded if k != "errors"):
@@ -555,27 +573,16 @@ def _trainer_streams(address, metrics_port, holders, probe, model, calls) -> dic
         load.run(load.watch_jobs(address, {t: jobs[t] for t in holders}, WATCH_JOBS_EACH))
         load.run(load.stalled(address, holders, STALLED, "upload"))
 
-    expected = HEALTH_WATCHES + WATCHERS * WATCH_JOBS_EACH + STALLED
+    streams = {
+        "health_watch": HEALTH_WATCHES,
+        "watch_job": WATCHERS * WATCH_JOBS_EACH,
+        "stalled_uploads": STALLED,
+    }
     try:
-        run = _alternate(ops, calls, open_load, expected, metrics_port)
+        run = _alternate(ops, calls, open_load, sum(streams.values()), metrics_port)
     finally:
         channel.close()
-    unloaded, loaded = run["unloaded"], run["loaded"]
-    seen, still_open = run["open_per_server_metrics"], run["still_open_after"]
-    table = _side_by_side(unloaded, loaded)
-    return {
-        "streams": {
-            "health_watch": HEALTH_WATCHES,
-            "watch_job": WATCHERS * WATCH_JOBS_EACH,
-            "stalled_uploads": STALLED,
-            "open_per_server_metrics": seen,
-            "still_open_after": still_open,
-            "not_opened": run["not_opened"],
-        },
-        "ops": table,
-        "targets": _verdict(table, "GetJob"),
-        "errors": unloaded["errors"] + loaded["errors"],
-    }
+    return _report(run, streams, "GetJob")
 
 
 def _embedder_streams(address, metrics_port, holders, probe, model, calls) -> dict:
@@ -595,25 +602,12 @@ def _embedder_streams(address, metrics_port, holders, probe, model, calls) -> di
         load.run(load.health_watches(address, HEALTH_WATCHES))
         load.run(load.stalled(address, holders, STALLED, "stream_embed"))
 
+    streams = {"health_watch": HEALTH_WATCHES, "stalled_stream_embed": STALLED}
     try:
-        run = _alternate(ops, calls, open_load, HEALTH_WATCHES + STALLED, metrics_port)
+        run = _alternate(ops, calls, open_load, sum(streams.values()), metrics_port)
     finally:
         channel.close()
-    unloaded, loaded = run["unloaded"], run["loaded"]
-    seen, still_open = run["open_per_server_metrics"], run["still_open_after"]
-    table = _side_by_side(unloaded, loaded)
-    return {
-        "streams": {
-            "health_watch": HEALTH_WATCHES,
-            "stalled_stream_embed": STALLED,
-            "open_per_server_metrics": seen,
-            "still_open_after": still_open,
-            "not_opened": run["not_opened"],
-        },
-        "ops": table,
-        "targets": _verdict(table, "Embed"),
-        "errors": unloaded["errors"] + loaded["errors"],
-    }
+    return _report(run, streams, "Embed")
 
 
 def _wait_for_streams(metrics_port: int | None, expected: int) -> float | None:

@@ -46,10 +46,16 @@ def _predict(args, evaluate: bool):
         )
 
 
-def write_evaluation(
-    resp, out_dir: Path, *, save_predictions: bool, save_statistics: bool, plots: bool = True
+def write_results(
+    resp,
+    out_dir: Path,
+    *,
+    save_predictions: bool,
+    save_statistics: bool = False,
+    plots: bool = False,
 ) -> list[Path]:
-    """predictions.{parquet,csv}, test_statistics.json and the evaluation plots in `out_dir`."""
+    """predictions.{parquet,csv} and, for an evaluation, test_statistics.json and the evaluation
+    plots, in `out_dir`."""
     from clients.sdk import predictions_frame
 
     written: list[Path] = []
@@ -66,13 +72,12 @@ def write_evaluation(
 
 
 def cmd_predict(args) -> int:
-    from clients.sdk import metrics_dict, predictions_frame
+    from clients.sdk import metrics_dict
 
     resp = _predict(args, evaluate=False)
     out_dir = Path(args.output_directory)
-    written = []
-    if not args.skip_save_predictions:
-        written = layout.write_predictions(predictions_frame(resp), out_dir)
+    written = write_results(resp, out_dir, save_predictions=not args.skip_save_predictions)
+    if written:
         print(f"{resp.rows} predictions written to {out_dir}", file=sys.stderr)
     if args.json:
         print(
@@ -94,11 +99,12 @@ def cmd_evaluate(args) -> int:
     resp = _predict(args, evaluate=True)
     metrics = metrics_dict(resp.metrics)
     print_metrics(metrics)
-    written = write_evaluation(
+    written = write_results(
         resp,
         Path(args.output_directory),
         save_predictions=not args.skip_save_predictions,
         save_statistics=not args.skip_save_eval_stats,
+        plots=True,
     )
     if args.json:
         print(

@@ -210,7 +210,7 @@ def cmd_train(args) -> int:
 def cmd_experiment(args) -> int:
     """Ludwig's `experiment`: train, then evaluate the model on the test data (the --test_set,
     or the test split of --dataset), writing test_statistics.json and the test predictions."""
-    from clients.commands.predicting import write_evaluation
+    from clients.commands.predicting import write_results
 
     raw, sets = check_inputs(args)
     with trainer_client(args) as trainer:
@@ -224,11 +224,12 @@ def cmd_experiment(args) -> int:
                 out_dir = Path(args.output_directory) / outcome.job.id
             if out_dir is None:
                 out_dir = Path(tempfile.mkdtemp(prefix="tunewire-experiment-"))
-            written = write_evaluation(
+            written = write_results(
                 resp,
                 out_dir,
                 save_predictions=not args.skip_save_predictions,
                 save_statistics=not args.skip_save_eval_stats,
+                plots=True,
             )
             outcome.summary["files"] = [str(p) for p in written]
     return report(outcome, args.json)
