@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from tunewire.config.ecd import CombinerConfig, DecoderConfig, EcdConfig, OutputFeature, parse_ecd
 from tunewire.encoder_spec import EncoderSpec
-from tunewire.errors import InvalidArgument
+from tunewire.errors import FailedPrecondition, InvalidArgument
 from tunewire.features import InputMetadata, OutputMetadata, decode_number
 from tunewire.model_init import building_modules
 
@@ -284,6 +284,16 @@ class EncoderRef:
             "feature": self.feature,
             "adapted": self.adapted,
         }
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        """Refuse vectors from an encoder other than the one the head was trained on: the same
+        settings with other weights or another tokenizer put the head in the wrong space."""
+        if fingerprint and self.fingerprint and fingerprint != self.fingerprint:
+            raise FailedPrecondition(
+                f"the encoder {self.spec.model!r} now has fingerprint {fingerprint[:12]}, "
+                f"the model was trained on {self.fingerprint[:12]}",
+                field="model",
+            )
 
     @classmethod
     def from_manifest(cls, record: dict) -> EncoderRef:

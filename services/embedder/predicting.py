@@ -19,7 +19,7 @@ import torch
 from services.embedder.heads import ServedHead
 from services.embedder.service import EmbedderService
 from tunewire import heads as th
-from tunewire.errors import FailedPrecondition, InvalidArgument
+from tunewire.errors import InvalidArgument
 from tunewire.features import encode_inputs
 
 
@@ -83,13 +83,7 @@ def predict_rows(
     for feature, texts in _texts(head, columns).items():
         ref = head.encoders[feature]
         result = service.embed(ref.spec, texts, cancelled, write_behind=True)
-        if ref.fingerprint and result.fingerprint != ref.fingerprint:
-            # Same settings, different weights or tokenizer: the head would read the wrong space.
-            raise FailedPrecondition(
-                f"the encoder {ref.spec.model!r} now has fingerprint {result.fingerprint[:12]}, "
-                f"the model was trained on {ref.fingerprint[:12]}",
-                field="model",
-            )
+        ref.check_fingerprint(result.fingerprint)
         x[feature] = torch.tensor(result.vectors, dtype=torch.float32)  # a copy: may be read-only
         hits, misses = hits + result.hits, misses + result.misses
     logits = head.model(x)

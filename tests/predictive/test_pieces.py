@@ -403,6 +403,18 @@ def test_a_format_2_encoder_record_reads_and_writes_as_it_was():
     assert EncoderRef.from_manifest(with_instruction).to_manifest() == with_instruction
 
 
+def test_vectors_from_another_encoder_than_the_heads_are_refused():
+    """The embedder (online prediction) and the trainer (batch prediction) both check this."""
+    from tunewire.errors import FailedPrecondition
+    from tunewire.heads import EncoderRef
+
+    ref = EncoderRef.from_manifest(FORMAT_2_RECORD)
+    ref.check_fingerprint("f00d")
+    ref.check_fingerprint("")  # an embedder that gives none: nothing to compare
+    with pytest.raises(FailedPrecondition, match="'/models/minilm' now has fingerprint beef"):
+        ref.check_fingerprint("beef")
+
+
 @pytest.mark.parametrize(
     "trainer, field",
     [

@@ -47,18 +47,8 @@ def embed_frozen(
     for ref in refs:
         unique = list(dict.fromkeys(t for per in texts.values() for t in per[ref.feature]))
         result = embedder.embed_many(unique, ref.spec, progress=progress, cancelled=cancelled)
-        if (
-            check_fingerprint
-            and result.fingerprint
-            and ref.fingerprint
-            and result.fingerprint != ref.fingerprint
-        ):
-            # Same settings, different weights or tokenizer: the head would be fed the wrong space.
-            raise FailedPrecondition(
-                f"the encoder {ref.spec.model!r} now has fingerprint {result.fingerprint[:12]}, "
-                f"the model was trained on {ref.fingerprint[:12]}",
-                field="model",
-            )
+        if check_fingerprint:
+            ref.check_fingerprint(result.fingerprint)
         ref.fingerprint = result.fingerprint
         ref.dimension = int(result.vectors.shape[1])
         index = {t: i for i, t in enumerate(unique)}
