@@ -29,7 +29,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 # Files of an artifact that may name the server's paths (a local base model, an encoder).
-CONFIG_FILES = ("resolved_config.json", "adapter_config.json", "config.json", "tunewire.json")
+CONFIG_FILES = (
+    "resolved_config.json",
+    "adapter_config.json",
+    "config.json",
+    "tunewire.json",
+    "retrieval.json",  # a few-shot model's retrieval encoder
+)
 LOCAL_PREFIX = "<local>/"  # a local path's stand-in in what reaches the Hub
 _LOCAL_PATH = re.compile(r"^(/|~|\./|\.\./|[A-Za-z]:[\\/])")
 

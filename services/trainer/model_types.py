@@ -125,7 +125,12 @@ def _predict_llm(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.generative.predict import predict_generative
 
     texts, metrics = predict_generative(
-        req.artifact, req.data, req.generation_overrides, req.batch_size, req.embedder
+        req.artifact,
+        req.data,
+        req.generation_overrides,
+        req.batch_size,
+        req.embedder,
+        req.model_names,
     )
     name = _generative_output_name(req.artifact)
     metrics = metrics if req.evaluate else []

@@ -164,6 +164,30 @@ def test_a_second_job_over_the_same_rows_hits_the_embedders_cache(embedder_addre
     assert (second.texts, second.cache_misses, second.cache_hits) == (4, 0, 4)
 
 
+def test_an_artifacts_pool_loads_with_its_encoder_by_name_and_fingerprint(client, minilm, tmp_path):
+    from tunewire.model_card import without_local_paths
+
+    cfg = parse_llm(few_shot_config(type="semantic", k=2, model_name=minilm))
+    few = retrieval.prepare(cfg, POOL, client)
+    few.save(tmp_path)
+    assert retrieval.load(cfg, tmp_path, lambda: client).contexts(QUERIES) == few.contexts(QUERIES)
+
+    # From the Hub, the encoder's local path reads <local>/NAME: --model NAME=PATH finds it.
+    meta_path = tmp_path / retrieval.META_FILE
+    meta = json.loads(meta_path.read_text())
+    hub = without_local_paths(meta)
+    meta_path.write_text(json.dumps(hub))
+    with pytest.raises(FailedPrecondition, match=r"--model model=PATH"):
+        retrieval.load(cfg, tmp_path, lambda: client)
+    named = retrieval.load(cfg, tmp_path, lambda: client, {"model": minilm})
+    assert named.contexts(QUERIES) == few.contexts(QUERIES)
+
+    # Other weights under the same name would rank the examples otherwise: refused.
+    meta_path.write_text(json.dumps({**meta, "fingerprint": "0" * 64}))
+    with pytest.raises(FailedPrecondition, match="fingerprint"):
+        retrieval.load(cfg, tmp_path, lambda: client)
+
+
 # ------------------------------------------------------------------------------------- random
 
 

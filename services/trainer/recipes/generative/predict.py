@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +115,13 @@ def predict_generative(
     generation_overrides: dict | None,
     batch_size: int = 0,
     embedder: Callable[[], Any] | None = None,
+    model_names: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[MetricValue]]:
     """Generated text per row, `batch_size` rows a pass (default 8); loss/perplexity/
     token_accuracy ("test") where the output column is present. A model made with
     `prompt.retrieval` takes each row's examples from the pool its artifact keeps (`embedder`,
-    a function making the embedder's client, is asked for by semantic retrieval only)."""
+    a function making the embedder's client, is asked for by semantic retrieval only;
+    `model_names`, `--model NAME=PATH`, finds its encoder in an artifact from the Hub)."""
     artifact_dir = Path(artifact_dir)
     cfg = parse_llm(json.loads((artifact_dir / "resolved_config.json").read_text()))
     for path, column in cfg.columns_read().items():
@@ -127,7 +129,7 @@ def predict_generative(
             raise InvalidArgument(
                 f"the data set lacks the column {column!r} ({path})", field="dataset_id"
             )
-    few_shot = retrieval.load(cfg, artifact_dir, embedder)
+    few_shot = retrieval.load(cfg, artifact_dir, embedder, model_names)
     if few_shot is not None:
         df = few_shot.apply(df)
     device = default_device()

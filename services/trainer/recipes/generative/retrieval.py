@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from services.trainer.recipes.generative import conversation
 from tunewire.config.llm import LlmConfig
 from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import FailedPrecondition
+from tunewire.model_card import LOCAL_PREFIX
 from tunewire.model_names import pooling_defaults
 
 CONTEXT = "__context__"  # the column, and the template field, that holds a row's examples
@@ -273,9 +274,15 @@ def _retrieval(
     return FewShot(cfg, pool, retriever, spec)
 
 
-def load(cfg: LlmConfig, artifact_dir: Path, embedder: Callable[[], Any]) -> FewShot | None:
+def load(
+    cfg: LlmConfig,
+    artifact_dir: Path,
+    embedder: Callable[[], Any],
+    model_names: Mapping[str, str] | None = None,
+) -> FewShot | None:
     """The retrieval an artifact was made with (None without `prompt.retrieval`); refused
-    clearly when the artifact lacks its pool."""
+    clearly when the artifact lacks its pool. `model_names` (`--model NAME=PATH`) finds an
+    encoder that was a local path where the model was trained (`<local>/NAME` from the Hub)."""
     if cfg.prompt.retrieval.type is None:
         return None
     pool_path, meta_path = artifact_dir / POOL_FILE, artifact_dir / META_FILE
@@ -291,4 +298,21 @@ def load(cfg: LlmConfig, artifact_dir: Path, embedder: Callable[[], Any]) -> Few
     examples = frame.to_dict("records")
     keys = [example_key(cfg, e[cfg.input.name]) for e in examples]
     spec = EncoderSpec(**meta["encoder"]) if meta.get("encoder") else None
+    if spec is not None:
+        spec = replace(spec, model=_named_model(spec.model, model_names or {}))
     return _retrieval(cfg, Pool(examples, keys), embedder, None, meta.get("fingerprint"), spec)
+
+
+def _named_model(model: str, names: Mapping[str, str]) -> str:
+    """An encoder path as the Hub shows it (`<local>/NAME`: the server's paths never reach the
+    Hub) is the encoder registered here as NAME; anything else is itself."""
+    if not model.startswith(LOCAL_PREFIX):
+        return model
+    name = model[len(LOCAL_PREFIX) :]
+    if name not in names:
+        raise FailedPrecondition(
+            f"the artifact's retrieval encoder was a local path where it was trained ({model}); "
+            f"start the trainer with --model {name}=PATH naming that encoder",
+            field="model",
+        )
+    return names[name]
