@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from clients.commands.parsing import flag
 from tunewire.errors import InvalidArgument
+
+if TYPE_CHECKING:  # pandas is imported where a data set is read, not by every command's parser
+    import pandas as pd
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import platform
 import shutil
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from clients.commands.parsing import json_text
+
+if TYPE_CHECKING:  # pandas is imported where predictions are written, not by every command
+    import pandas as pd
 
 STATISTICS = ("training_statistics.json", "test_statistics.json")
 LOGS_DIR = "logs"

@@ -17,8 +17,6 @@ So:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -35,19 +33,3 @@ def forward_threads(tokens: int) -> int:
     if os.environ.get("OMP_NUM_THREADS"):
         return _DEFAULT
     return max(1, _DEFAULT - 1)
-
-
-@contextmanager
-def intra_op_threads(n: int) -> Iterator[None]:
-    """Run the block with `n` intra-op threads, then restore the previous count. (OpenMP's count
-    is the calling thread's own; MKL's is process-wide, so another thread's CPU work in this
-    process may run with `n` for the duration.)"""
-    before = torch.get_num_threads()
-    if n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -35,10 +35,11 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.embedder import varlen
-from services.embedder.cpu_threads import forward_threads, intra_op_threads
+from services.embedder.cpu_threads import forward_threads
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
+from tunewire.cpu_threads import intra_op_threads
 from tunewire.devices import compute_dtype, default_device
 from tunewire.errors import FailedPrecondition, InvalidArgument
 from tunewire.model_init import building_modules

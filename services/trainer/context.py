@@ -11,10 +11,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-import pandas as pd
 import structlog
+
+if TYPE_CHECKING:  # the splits' type only: the CLI imports this module to resolve configs
+    import pandas as pd
 
 
 @dataclass

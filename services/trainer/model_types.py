@@ -12,22 +12,25 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from services.trainer.context import JobContext, JobResult, MetricValue
-from services.trainer.datasets import DatasetStore
 from services.trainer.optimizer import check_optimizer
 from tunewire.config.ecd import parse_ecd
 from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
 from tunewire.config.trainer import BITSANDBYTES_OPTIMIZERS
 from tunewire.errors import InvalidArgument
-from tunewire.heads import FeatureOutput
 
-# (outputs per feature, metrics, Ludwig's test_statistics.json): the last two with `evaluate`.
-Predictions = tuple[list[FeatureOutput], list[MetricValue], dict]
+if TYPE_CHECKING:  # for annotations only: the CLI resolves configs without torch or pandas
+    import pandas as pd
+
+    from services.trainer.datasets import DatasetStore
+    from tunewire.heads import FeatureOutput
+
+    # (outputs per feature, metrics, Ludwig's test_statistics.json): the last two with
+    # `evaluate`.
+    Predictions = tuple[list[FeatureOutput], list[MetricValue], dict]
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ def _run_llm(ctx: JobContext) -> JobResult:
 
 def _predict_llm(req: PredictRequest) -> Predictions:
     from services.trainer.recipes.generative.predict import predict_generative
+    from tunewire.heads import FeatureOutput
 
     texts, metrics = predict_generative(
         req.artifact,

@@ -7,11 +7,13 @@ another."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import torch
+from typing import TYPE_CHECKING
 
 from tunewire.config.trainer import OptimizerConfig
 from tunewire.errors import InvalidArgument
+
+if TYPE_CHECKING:  # torch is imported where an optimizer is built: the CLI checks configs
+    import torch
 
 BUILT = ("adam", "adamw", "sgd")
 
@@ -38,6 +40,8 @@ def build_optimizer(
     per parameter (the same update up to rounding). `capturable` (Adam/AdamW) keeps the step
     count on the device, for a CUDA graph; `lr` as a device tensor lets a schedule change it
     between replays."""
+    import torch
+
     check_optimizer(opt)
     params = list(params)
     kernel = {"fused": True} if fused else {}

@@ -3,7 +3,8 @@
 import torch
 
 from services.embedder import cpu_threads
-from services.embedder.cpu_threads import SMALL_BATCH_TOKENS, forward_threads, intra_op_threads
+from services.embedder.cpu_threads import SMALL_BATCH_TOKENS, forward_threads
+from tunewire.cpu_threads import intra_op_threads
 
 
 def test_small_batches_run_on_one_thread_larger_ones_leave_a_core(monkeypatch):
@@ -23,3 +24,5 @@ def test_the_count_is_restored_after_the_pass():
     with intra_op_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+    with intra_op_threads(None):  # as it is
+        assert torch.get_num_threads() == before

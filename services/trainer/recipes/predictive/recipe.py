@@ -166,10 +166,14 @@ class PredictiveRecipe:
             return {feature: self.adapted([texts[i] for i in idx])}
 
     def train(self) -> None:
-        self.trainer.train(int(self.rng.integers(2**31)))
+        with self.trainer.cpu_threads():
+            self.trainer.train(int(self.rng.integers(2**31)))
 
     def evaluate(self) -> JobResult:
-        self.calibration, self.metrics, self.logits = calibrate_and_evaluate(self.ctx, self.trainer)
+        with self.trainer.cpu_threads():
+            self.calibration, self.metrics, self.logits = calibrate_and_evaluate(
+                self.ctx, self.trainer
+            )
         return JobResult(metrics=self.metrics)
 
     def save_artifact(self) -> list[str]:
