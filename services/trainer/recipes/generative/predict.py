@@ -42,25 +42,23 @@ def load_artifact(artifact_dir: Path, device: torch.device, base_model: str | No
 
     adapter_cfg = artifact_dir / "adapter_config.json"
     dtype = compute_dtype(device)
-    if base_model is not None:
+
+    def base(name: str, what: str):
         try:
-            model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         except OSError as exc:
             raise FailedPrecondition(
-                f"the base model {base_model!r} cannot be loaded: {exc}", field="model"
+                f"{what} {name!r} cannot be loaded: {exc}", field="model"
             ) from None
+
+    if base_model is not None:
+        model = base(base_model, "the base model")
         artifact_dir = Path(base_model)  # the tokenizer too
     elif adapter_cfg.exists():
         from peft import PeftModel
 
-        base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
-        try:
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        except OSError as exc:
-            raise FailedPrecondition(
-                f"the adapter's base model {base!r} cannot be loaded: {exc}", field="model"
-            ) from None
-        model = PeftModel.from_pretrained(model, artifact_dir)
+        name = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(base(name, "the adapter's base model"), artifact_dir)
     else:
         model = AutoModelForCausalLM.from_pretrained(artifact_dir, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir)
