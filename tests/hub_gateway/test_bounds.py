@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import grpc
 import pytest
@@ -62,7 +63,8 @@ def test_uploads_beyond_the_limit_are_refused_while_one_is_received(small_gatewa
     first = stub.CreateUpload.future(stalled(), timeout=30)
     try:
         refusal = None
-        for _ in range(100):  # until the first upload holds its slot
+        deadline = time.monotonic() + 60  # by time, not tries: a loaded host is slow to start it
+        while time.monotonic() < deadline:  # until the first upload holds its slot
             if first.done():
                 # It lost the race for the one slot to a probe below (and was refused): again.
                 first = stub.CreateUpload.future(stalled(), timeout=30)
