@@ -35,6 +35,11 @@ def passed_to_peft(key: str) -> bool:
     from services.trainer.recipes.generative import adapters
     from tunewire.config import llm
 
+    eva = re.fullmatch(r"llm:adapter\(lora\)\.eva_config\.(\w+)", key)
+    if eva is not None:  # adapters.py passes the section whole to PEFT's EvaConfig
+        fields = {f.name for f in dataclasses.fields(peft.EvaConfig)}
+        assert eva[1] in fields, f"{key}: PEFT's EvaConfig has no {eva[1]!r}"
+        return True
     match = re.fullmatch(r"llm:adapter\((\w+)\)\.(\w+)", key)
     if match is None or match[2] in adapters.OURS:
         return False

@@ -29,6 +29,9 @@ ADAPTERS = {
     "lora": {"use_dora": True, "use_rslora": True, "target_modules": QV},
     "lora-pissa": {"init_lora_weights": "pissa", "target_modules": QV},
     "lora-olora": {"init_lora_weights": "olora", "target_modules": QV},
+    # r × rho components must fit the distinct inputs at target positions (about 12 here).
+    "lora-eva": {"r": 4, "init_lora_weights": "eva", "target_modules": QV},
+    "lora-orthogonal": {"init_lora_weights": "orthogonal", "target_modules": QV},
 }
 
 
@@ -116,3 +119,59 @@ def test_bitsandbytes_optimizers_need_a_gpu(tiny_model, tmp_path):
 
     with pytest.raises(PreconditionError, match="paged_adamw.*CUDA GPU"):
         trained_recipe(tiny_model, tmp_path, None, steps=1, optimizer={"type": "paged_adamw"})
+
+
+def set_up(base: Path, tmp: Path, adapter: dict, frame) -> GenerativeRecipe:
+    cfg = resolve(llm_config(base, adapter=adapter, trainer={"batch_size": 4}))
+    (tmp / "inputs").mkdir(parents=True)
+    frame.to_parquet(tmp / "inputs" / "train.parquet", index=False)
+    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
+    recipe = GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cpu"))
+    recipe.setup()
+    return recipe
+
+
+def test_eva_initialises_lora_from_the_training_datas_activations(tiny_model, tmp_path):
+    """EVA's A holds the top right-singular vectors of each layer's inputs over the job's
+    training rows (orthonormal rows, B zero), so other data gives another A."""
+    eva = {"type": "lora", "r": 4, "init_lora_weights": "eva", "target_modules": QV}
+    df = task_frame()
+    first = set_up(tiny_model, tmp_path / "a", eva, df)
+    layer = first.lm.base_model.model.model.layers[0].self_attn.q_proj
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
+    assert not b.any()
+    other = df.assign(answer=df["answer"].iloc[::-1].to_numpy())  # other targets, same words
+    second = set_up(tiny_model, tmp_path / "b", eva, other)
+    layer2 = second.lm.base_model.model.model.layers[0].self_attn.q_proj
+    assert not torch.allclose(layer2.lora_A["default"].weight, a, atol=1e-3)
+    assert first.cfg.adapter.eva_config.rho == 2.0  # Ludwig's and PEFT's default
+
+
+def test_eva_with_too_little_data_is_refused_before_training(tiny_model, tmp_path):
+    from services.trainer.recipes.generative.model import PreconditionError
+
+    eva = {"type": "lora", "r": 64, "init_lora_weights": "eva", "target_modules": QV}
+    with pytest.raises(PreconditionError, match="eva needs at least 128 target tokens"):
+        set_up(tiny_model, tmp_path, eva, task_frame().head(4))
+
+
+@pytest.mark.parametrize(
+    ("adapter", "field", "words"),
+    [
+        ({"init_lora_weights": "loftq"}, "adapter.init_lora_weights", "bitsandbytes"),
+        ({"init_lora_weights": "corda"}, "adapter.init_lora_weights", "covariance"),
+        ({"init_lora_weights": "orthogonal", "r": 5}, "adapter.init_lora_weights", "even"),
+        ({"eva_config": {"rho": 2.0}}, "adapter.eva_config", "init_lora_weights: eva"),
+        ({"init_lora_weights": "eva", "eva_config": {"rho": 0.5}}, "adapter.eva_config.rho", ">="),
+        ({"type": "adalora", "init_lora_weights": "pissa"}, "adapter.init_lora_weights", "AdaLoRA"),
+        ({"loftq_config": {"loftq_bits": 4}}, "adapter.loftq_config", "only its default"),
+    ],
+)
+def test_initialisations_not_built_are_refused_naming_the_key(tiny_model, adapter, field, words):
+    from tunewire.config import ConfigError
+
+    raw = llm_config(tiny_model, adapter={"type": "lora", **adapter})
+    with pytest.raises(ConfigError, match=words) as info:
+        resolve(raw)
+    assert info.value.field == field

@@ -384,6 +384,25 @@ class Adapter:
 
 
 @dataclass
+class EvaConfig:
+    """Ludwig's `adapter.eva_config` (PEFT's EvaConfig): EVA initialises LoRA's A from the SVD of
+    each adapted layer's inputs over the job's training data, and redistributes the ranks."""
+
+    rho: float = field(default=2.0, metadata={"help": "Rank budget factor for redistribution."})
+    tau: float = field(default=0.99, metadata={"help": "Cosine similarity to stop the SVD at."})
+    use_label_mask: bool = field(
+        default=True, metadata={"help": "Only positions with a target enter the SVD."}
+    )
+    label_mask_value: int = -100
+    whiten: bool = False
+    adjust_scaling_factors: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.rho >= 1.0, "must be >= 1", "rho")
+        check(0.0 < self.tau <= 1.0, "must be in (0, 1]", "tau")
+
+
+@dataclass
 class LoraAdapter(Adapter):
     type: Literal["lora"] = "lora"
     r: int = field(default=8, metadata={"help": "Rank of the update matrices."})
@@ -394,15 +413,48 @@ class LoraAdapter(Adapter):
     bias_type: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: bool | Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
+    init_lora_weights: (
+        bool
+        | Literal["default", "gaussian", "pissa", "olora", "eva", "orthogonal", "corda", "loftq"]
+    ) = field(
+        default="default",
+        metadata={"help": "eva: from the training data's activations (eva_config)."},
+    )
+    eva_config: EvaConfig | None = field(
+        default=None, metadata={"help": "init_lora_weights: eva only; null: PEFT's defaults."}
+    )
 
     def __post_init__(self) -> None:
         check_range(self.r, 1, MAX_LORA_RANK, "r")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
+        init = self.init_lora_weights
         check(
-            self.init_lora_weights != "loftq",
-            "loftq initialisation is not supported",
+            init != "loftq",
+            "loftq is not built: PEFT quantizes the base with bitsandbytes at initialisation "
+            "(its own NF4 quantizer was removed in PEFT 0.20), so it needs a CUDA GPU, and the "
+            "artifact would need the LoftQ-corrected base weights beside the adapter",
             "init_lora_weights",
+        )
+        check(
+            init != "corda",
+            "corda is not built: it rewrites the base weights from the training data's "
+            "covariance (W - BA), so stock peft cannot rebuild the trained model from the "
+            "adapter; it would have to be saved converted to a rank-2r LoRA of the original "
+            "base, which is not built (eva and pissa are)",
+            "init_lora_weights",
+        )
+        check(
+            init != "orthogonal" or self.r % 2 == 0,
+            "orthogonal initialisation needs an even adapter.r",
+            "init_lora_weights",
+        )
+        if init == "eva":
+            if self.eva_config is None:
+                self.eva_config = EvaConfig()
+        check(
+            self.eva_config is None or init == "eva",
+            "is read only with init_lora_weights: eva",
+            "eva_config",
         )
         if self.alpha is None:
             self.alpha = 2 * self.r
@@ -424,6 +476,11 @@ class AdaloraAdapter(LoraAdapter):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.use_dora is False, "is not supported with adalora", "use_dora")
+        check(
+            self.init_lora_weights in ("default", True),
+            "PEFT's AdaLoRA initialises its own SVD triplets; only default is built",
+            "init_lora_weights",
+        )
         check(self.init_r >= self.target_r >= 1, "needs init_r >= target_r >= 1", "target_r")
 
 

@@ -155,6 +155,17 @@ INERT: dict[str, str] = {
     "llm:trainer.learning_rate_scheduler.t_mult": "read only with t_0, which is refused",
     "llm:trainer.learning_rate_scheduler.eta_min": "read only with t_0, which is refused",
     "llm:trainer.regularization_lambda": "refused unless 0 for llm",
+    "llm:adapter(adalora).init_lora_weights": (
+        "refused unless default: PEFT's AdaLoRA initialises its own SVD triplets"
+    ),
+    **{
+        f"llm:adapter(adalora).eva_config.{k}": "read only with init_lora_weights: eva, "
+        "which adalora refuses"
+        for k in ("rho", "tau", "use_label_mask", "label_mask_value", "whiten")
+    },
+    "llm:adapter(adalora).eva_config.adjust_scaling_factors": (
+        "read only with init_lora_weights: eva, which adalora refuses"
+    ),
     "llm:trainer.regularization_type": "read only with regularization_lambda > 0 (refused)",
     "llm:trainer.bucketing_field": "refused unless null (packing fills rows instead)",
     "llm:trainer.max_batch_size": "bounds batch_size search, which is not built (auto is 1)",
@@ -248,7 +259,15 @@ LUDWIG_REFUSED: dict[str, str] = {
     "llm:quantization.backend": "bitsandbytes only (torchao not built; bitsandbytes is accepted)",
     "llm:trainer.type: dpo, kto, orpo, grpo": "preference/reward trainers are not built",
     "llm:adapter.type: tinylora, c3a, waveft, vblora": "not wired here yet",
-    "llm:adapter(lora).init_lora_weights: loftq": "needs a quantized base at init; not built",
+    "llm:adapter(lora).init_lora_weights: loftq": (
+        "PEFT quantizes the base with bitsandbytes at init (CUDA) and the artifact would need "
+        "the corrected base; not built"
+    ),
+    "llm:adapter(lora).init_lora_weights: corda": (
+        "it rewrites the base weights from the data's covariance; stock peft cannot rebuild the "
+        "trained model from the adapter without a conversion that is not built"
+    ),
+    "llm:adapter(lora).loftq_config": "accepted only at null (loftq is not built)",
     "llm:adapter(lora).loraplus_lr_ratio, rank_pattern, alpha_pattern, layer_replication": (
         "not built"
     ),

@@ -8,6 +8,7 @@ adapter_config.json) continues training that adapter, as Ludwig does, instead of
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from torch import nn
 
@@ -29,8 +30,9 @@ SAME_NAMES = {
 OURS = ("type", "pretrained_adapter_weights", "postprocessor")
 
 
-def peft_config(adapter: C.Adapter, total_steps: int):
-    """PEFT's config for the job's `adapter` section (`total_steps`: AdaLoRA's default budget)."""
+def peft_config(adapter: C.Adapter, total_steps: int, patterns: dict | None = None):
+    """PEFT's config for the job's `adapter` section (`total_steps`: AdaLoRA's default budget;
+    `patterns`: the rank_pattern/alpha_pattern EVA settled on, to rebuild a trained model)."""
     import peft
 
     task = peft.TaskType.CAUSAL_LM
@@ -63,6 +65,12 @@ def peft_config(adapter: C.Adapter, total_steps: int):
             init_lora_weights=(
                 True if adapter.init_lora_weights == "default" else adapter.init_lora_weights
             ),
+            eva_config=(
+                None
+                if adapter.eva_config is None
+                else peft.EvaConfig(**dataclasses.asdict(adapter.eva_config))
+            ),
+            **(patterns or {}),
         )
     cls_name = SAME_NAMES.get(type(adapter))
     if cls_name is None:
@@ -74,10 +82,17 @@ def peft_config(adapter: C.Adapter, total_steps: int):
 
 
 def apply(
-    model: nn.Module, adapter: C.Adapter, total_steps: int, *, autocast_adapter_dtype: bool = True
+    model: nn.Module,
+    adapter: C.Adapter,
+    total_steps: int,
+    *,
+    autocast_adapter_dtype: bool = True,
+    calibration: Callable[[], list[dict]] | None = None,
+    patterns: dict | None = None,
 ) -> nn.Module:
     """`model` with the adapter: fresh from the job's section, or the saved one at
-    `adapter.pretrained_adapter_weights`, trainable."""
+    `adapter.pretrained_adapter_weights`, trainable. An initialisation that reads data (EVA)
+    runs over `calibration()`'s batches (the job's training data) before training."""
     from peft import PeftModel, get_peft_model
 
     if adapter.pretrained_adapter_weights:
@@ -87,6 +102,29 @@ def apply(
             is_trainable=True,
             autocast_adapter_dtype=autocast_adapter_dtype,
         )
-    return get_peft_model(
-        model, peft_config(adapter, total_steps), autocast_adapter_dtype=autocast_adapter_dtype
+    model = get_peft_model(
+        model,
+        peft_config(adapter, total_steps, patterns),
+        autocast_adapter_dtype=autocast_adapter_dtype,
     )
+    if getattr(adapter, "init_lora_weights", None) == "eva" and patterns is None:
+        from peft import initialize_lora_eva_weights
+
+        if calibration is None:
+            raise ValueError("init_lora_weights: eva needs the training data's batches")
+        from services.trainer.recipes.generative.calibration import bounded_forward
+
+        batches = calibration()
+        initialize_lora_eva_weights(
+            model, batches, forward_fn=bounded_forward(len(batches)), show_progress_bar=False
+        )
+    return model
+
+
+def eva_patterns(model: nn.Module) -> dict | None:
+    """The ranks and scalings EVA settled on (None for any other adapter), so the artifact's
+    fresh copy of the model is built with the trained layers' shapes."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if getattr(config, "init_lora_weights", None) != "eva":
+        return None
+    return {"rank_pattern": dict(config.rank_pattern), "alpha_pattern": dict(config.alpha_pattern)}

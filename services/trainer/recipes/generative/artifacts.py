@@ -36,16 +36,18 @@ def _fresh_model(
     *,
     total_steps: int = 1,
     rank_pattern: dict | None = None,
+    patterns: dict | None = None,
 ):
     """A CPU copy of the base (with the adapter, if any) holding the trained weights; an AdaLoRA
-    `rank_pattern` makes peft save each layer at the rank it kept."""
+    `rank_pattern` makes peft save each layer at the rank it kept, EVA's `patterns` build each
+    layer at the rank and scaling EVA gave it."""
     from transformers import AutoModelForCausalLM
 
     from services.trainer.recipes.generative import adapters
 
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
     if cfg.adapter is not None:
-        model = adapters.apply(model, cfg.adapter, total_steps)
+        model = adapters.apply(model, cfg.adapter, total_steps, patterns=patterns)
         if rank_pattern is not None:
             model.peft_config["default"].rank_pattern = rank_pattern
     state = {k.removeprefix(WRAPPER_PREFIX): v for k, v in trainable.items()}
@@ -69,11 +71,19 @@ def write(
     dtype: torch.dtype,
     total_steps: int = 1,
     rank_pattern: dict | None = None,
+    patterns: dict | None = None,
 ) -> None:
     from services.trainer.recipes.generative.predict import generation_from_config
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    model = _fresh_model(cfg, trainable, dtype, total_steps=total_steps, rank_pattern=rank_pattern)
+    model = _fresh_model(
+        cfg,
+        trainable,
+        dtype,
+        total_steps=total_steps,
+        rank_pattern=rank_pattern,
+        patterns=patterns,
+    )
     if cfg.adapter is not None and cfg.merge_adapter:
         model = model.merge_and_unload()
     model.save_pretrained(artifact_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -61,9 +62,15 @@ def quantization_config(cfg: LlmConfig, device: torch.device):
 
 
 def load_model(
-    cfg: LlmConfig, device: torch.device, *, packed: bool, total_steps: int
+    cfg: LlmConfig,
+    device: torch.device,
+    *,
+    packed: bool,
+    total_steps: int,
+    calibration: Callable[[], list[dict]] | None = None,
 ) -> nn.Module:
-    """The base model on `device` with the job's adapter applied and checkpointing set."""
+    """The base model on `device` with the job's adapter applied and checkpointing set;
+    `calibration` gives the training batches a data-driven initialisation (EVA) reads."""
     from transformers import AutoModelForCausalLM
 
     quant = quantization_config(cfg, device)
@@ -101,7 +108,11 @@ def load_model(
         # On a bf16 GPU the adapter stays bf16 too (torchtune's choice): fp32 adapter weights would
         # make PEFT upcast every adapted layer's input and keep fp32 copies for backward.
         model = adapters.apply(
-            model, cfg.adapter, total_steps, autocast_adapter_dtype=dtype == torch.float32
+            model,
+            cfg.adapter,
+            total_steps,
+            autocast_adapter_dtype=dtype == torch.float32,
+            calibration=calibration,
         )
         fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
     if compiling:

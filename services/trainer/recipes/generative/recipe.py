@@ -21,7 +21,14 @@ import torch.distributed as dist
 
 from services.trainer.clipping import clip_gradients
 from services.trainer.optimizer import build_optimizer
-from services.trainer.recipes.generative import adalora, artifacts, checkpoint, optimizers
+from services.trainer.recipes.generative import (
+    adalora,
+    adapters,
+    artifacts,
+    calibration,
+    checkpoint,
+    optimizers,
+)
 from services.trainer.recipes.generative.data import (
     IGNORE,
     Batch,
@@ -166,7 +173,13 @@ class GenerativeRecipe:
         self.total_steps = t.train_steps or t.epochs * self.steps_per_epoch
 
     def _setup_model(self) -> None:
-        lm = load_model(self.cfg, self.device, packed=self.packed, total_steps=self.total_steps)
+        lm = load_model(
+            self.cfg,
+            self.device,
+            packed=self.packed,
+            total_steps=self.total_steps,
+            calibration=self._calibration_batches,
+        )
         frozen = optimizers.freeze_matching(lm, self.cfg.trainer.layers_to_freeze_regex)
         if frozen:
             self.events.log(f"trainer.layers_to_freeze_regex froze {frozen} parameter tensors")
@@ -181,6 +194,17 @@ class GenerativeRecipe:
         )
         self.fsdp = self.world > 1 and self.cfg.backend.trainer.strategy == "fsdp"
         self.adalora = adalora.is_adalora(lm)
+
+    def _calibration_batches(self) -> list[dict]:
+        """This rank's share of the training data, for an initialisation that reads data."""
+        adapter = self.cfg.adapter
+        return calibration.eva_batches(
+            self.samples["train"][self.rank :: self.world],
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            components=math.ceil(adapter.r * adapter.eva_config.rho),
+            targets_only=adapter.eva_config.use_label_mask,
+        )
 
     def _setup_optimizer(self) -> None:
         o = self.cfg.trainer.optimizer
@@ -546,6 +570,7 @@ class GenerativeRecipe:
                 dtype=compute_dtype(self.device),
                 total_steps=self.total_steps,
                 rank_pattern=adalora.rank_pattern(self.lm) if self.adalora else None,
+                patterns=adapters.eva_patterns(self.lm),
             )
             self.events.log(f"artifact written: {artifacts.kind(self.cfg)}")
 
