@@ -404,16 +404,11 @@ def _async_unary(fn, method: str, request_id: str, idle: float | None):
             request = IdleRequests(request, idle)
         try:
             response = await fn(request, context)
-        except grpc.aio.AbortError:
-            call.end(_code_of(context))
-            raise
         except asyncio.CancelledError:
             call.end(grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status here, once
-            code, details, trailing = failure_status(exc)
-            call.end(code)
-            await context.abort(code, details, trailing)
+            await _fail_async(exc, context, call)
         call.end(_code_of(context))
         return response
 
@@ -428,19 +423,26 @@ def _async_stream(fn, method: str, request_id: str, idle: float | None):
         try:
             async for response in fn(request, context):
                 yield response
-        except grpc.aio.AbortError:
-            call.end(_code_of(context))
-            raise
         except (asyncio.CancelledError, GeneratorExit):
             call.end(grpc.StatusCode.CANCELLED)
             raise
         except Exception as exc:  # noqa: BLE001
-            code, details, trailing = failure_status(exc)
-            call.end(code)
-            await context.abort(code, details, trailing)
+            await _fail_async(exc, context, call)
         call.end(_code_of(context))
 
     return inner
+
+
+async def _fail_async(exc: Exception, context, call: _Call) -> NoReturn:
+    """End `call` for `exc` and raise: an abort already sent passes through, and anything else
+    becomes its status (one table, errors.py)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        call.end(_code_of(context))
+        raise exc
+    code, details, trailing = failure_status(exc)
+    call.end(code)
+    await context.abort(code, details, trailing)
+    raise AssertionError("unreachable: abort raises")
 
 
 def _fail_sync(exc: Exception, sync: SyncContext, context, call: _Call, ctx) -> NoReturn:
