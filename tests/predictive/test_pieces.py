@@ -138,7 +138,7 @@ def test_several_inputs_and_outputs_resolve_with_their_sections():
                 inputs=[{"name": "c", "type": "category", "preprocessing": {"lowercase": True}}]
             ),
             "input_features[1].preprocessing.lowercase",
-            "unknown key",
+            "only its default False is accepted",
         ),
         (config(combiner={"type": "transformer"}), "combiner.type", "concat"),
         (
