@@ -197,7 +197,7 @@ def test_warm_up_steps_rewound_before_capture_leave_no_trace(tmp_path):
     torch.set_rng_state(rng)
     rewind = Rewind(warmed.model, warmed.optimizer, warmed.loss_sum)
     for _ in range(3):
-        warmed._train_step(None, torch.arange(BATCH), warmed.loss_sum)
+        warmed._train_step([(None, torch.arange(BATCH))], warmed.loss_sum)
     assert warmed.optimizer.state and float(warmed.loss_sum) > 0
     rewind.restore()
     warmed.train(7)
@@ -300,3 +300,30 @@ def test_evaluate_training_set_reports_train_metrics_each_epoch(tmp_path, on):
     events = [{m.split for m in e.metrics} for e in seen if isinstance(e, Metrics)]
     assert sum(s == {"train"} for s in events) == (EPOCHS if on else 0)
     assert sum(s == {"validation"} for s in events) == EPOCHS
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_effective_batch(tmp_path):
+    """batch_size 4 × gradient_accumulation_steps 4 makes the same optimizer steps as
+    batch_size 16: one per 16 rows (7 an epoch's 100 rows: six of 16 and the 4 left), the
+    gradient of the mean loss over those rows, so the two train to the same weights."""
+    cpu = torch.device("cpu")
+    _, whole = job(tmp_path / "whole", cpu)
+    _, accumulated = job(
+        tmp_path / "accum", cpu, head={"trainer": {"batch_size": 4, "effective_batch_size": 16}}
+    )
+    t = accumulated.cfg.trainer
+    assert (t.batch_size, t.gradient_accumulation_steps) == (4, 4)
+    steps = []
+    step = accumulated.optimizer.step
+    accumulated.optimizer.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+    whole.train(seed=5)
+    accumulated.train(seed=5)
+    assert len(steps) == 7 * EPOCHS
+    assert [h["step"] for h in accumulated.history] == [7, 14, 21]
+    losses = [h["train_loss"] for h in accumulated.history]
+    assert losses[-1] < losses[0]
+    assert losses == pytest.approx([h["train_loss"] for h in whole.history], rel=1e-5)
+    for (name, a), (_, b) in zip(
+        accumulated.model.state_dict().items(), whole.model.state_dict().items(), strict=True
+    ):
+        assert torch.allclose(a, b, atol=1e-5), name

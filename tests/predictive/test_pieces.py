@@ -426,8 +426,12 @@ def test_vectors_from_another_encoder_than_the_heads_are_refused():
         ({"skip_all_evaluation": True}, "trainer.skip_all_evaluation"),
         ({"compile": True}, "trainer.compile"),
         ({"bucketing_field": "text"}, "trainer.bucketing_field"),
-        ({"gradient_accumulation_steps": 4}, "trainer.gradient_accumulation_steps"),
-        ({"batch_size": 8, "effective_batch_size": 32}, "trainer.effective_batch_size"),
+        ({"batch_size": 8, "effective_batch_size": 36}, "trainer.effective_batch_size"),
+        (
+            {"batch_size": 8, "effective_batch_size": 32, "gradient_accumulation_steps": 2},
+            "trainer.effective_batch_size",
+        ),
+        ({"effective_batch_size": 64, "max_batch_size": 32}, "trainer.max_batch_size"),
         ({"optimizer": {"type": "paged_adamw"}}, "trainer.optimizer.type"),
     ],
 )
@@ -440,8 +444,22 @@ def test_ecd_trainer_keys_not_built_are_refused_by_name(trainer, field):
 def test_ecd_trainer_keys_that_mean_what_they_mean_in_ludwig():
     cfg = resolve(config(trainer={"max_batch_size": 32}))
     assert cfg.trainer.batch_size == 32  # auto, capped
-    cfg = resolve(config(trainer={"effective_batch_size": 64}))
-    assert cfg.trainer.batch_size == 64 and cfg.trainer.gradient_accumulation_steps == 1
+    # Ludwig's accumulation rules: effective = batch_size × gradient_accumulation_steps.
+    for given, (batch, accum, effective) in [
+        ({"effective_batch_size": 64}, (64, 1, 64)),
+        ({"effective_batch_size": 512}, (128, 4, 512)),  # auto batch_size: 128 at most
+        ({"effective_batch_size": 96, "max_batch_size": 200}, (96, 1, 96)),
+        ({"batch_size": 8, "effective_batch_size": 32}, (8, 4, 32)),
+        ({"batch_size": 8, "gradient_accumulation_steps": 3}, (8, 3, 24)),
+        ({"effective_batch_size": 32, "gradient_accumulation_steps": 4}, (8, 4, 32)),
+        ({"batch_size": 8, "gradient_accumulation_steps": "auto"}, (8, 1, 8)),
+    ]:
+        t = resolve(config(trainer=given)).trainer
+        assert (t.batch_size, t.gradient_accumulation_steps, t.effective_batch_size) == (
+            batch,
+            accum,
+            effective,
+        ), given
     cfg = resolve(config(preprocessing={"global_max_sequence_length": 16}))
     assert cfg.input_features[0].preprocessing.max_sequence_length == 16
     raw = config()

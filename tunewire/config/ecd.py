@@ -548,8 +548,6 @@ class EcdConfig:
             self.trainer.validation_field = self.output_features[0].name
         if self.trainer.validation_metric is None:
             self.trainer.validation_metric = "loss"
-        if self.trainer.batch_size == "auto":
-            self.trainer.batch_size = min(128, self.trainer.max_batch_size)
         if self.trainer.eval_batch_size in (None, "auto"):
             self.trainer.eval_batch_size = 1024
         if self.trainer.learning_rate == "auto":
@@ -592,22 +590,51 @@ def _check_trainer_keys(t: TrainerConfig) -> None:
             "quantized llm bases on a GPU, and a head is small and unquantized (use adam, "
             "adamw or sgd)",
         )
-    if t.batch_size != "auto" and t.effective_batch_size not in ("auto", t.batch_size):
+    _resolve_accumulation(t)
+
+
+AUTO_BATCH_SIZE = 128
+
+
+def _resolve_accumulation(t: TrainerConfig) -> None:
+    """Ludwig's batch_size / gradient_accumulation_steps / effective_batch_size (= batch_size ×
+    accumulation; one process trains a head): the same checks, the same 'auto' rules, with an
+    auto batch_size of 128 (capped by max_batch_size and the effective size) where Ludwig tunes
+    one for throughput. Every value is written back resolved."""
+    eff, accum = t.effective_batch_size, t.gradient_accumulation_steps
+    if eff != "auto":
+        if eff > t.max_batch_size:
+            raise ValueError_at(
+                "trainer.max_batch_size",
+                f"must be >= effective_batch_size ({eff}) (as in Ludwig)",
+            )
+        if t.batch_size != "auto" and (eff < t.batch_size or eff % t.batch_size):
+            raise ValueError_at(
+                "trainer.effective_batch_size",
+                f"must be a multiple of batch_size ({t.batch_size})",
+            )
+        if accum != "auto" and eff % accum:
+            raise ValueError_at(
+                "trainer.effective_batch_size",
+                f"must be divisible by gradient_accumulation_steps ({accum})",
+            )
+    if t.batch_size == "auto":
+        cap = min(AUTO_BATCH_SIZE, t.max_batch_size)
+        if eff == "auto":
+            t.batch_size = cap
+        elif accum != "auto":
+            t.batch_size = max(eff // accum, 1)
+        else:  # the largest batch up to the cap that divides the effective size
+            t.batch_size = max(d for d in range(1, min(cap, eff) + 1) if eff % d == 0)
+    if accum == "auto":
+        t.gradient_accumulation_steps = 1 if eff == "auto" else max(eff // t.batch_size, 1)
+    effective = t.batch_size * t.gradient_accumulation_steps
+    if eff not in ("auto", effective):
         raise ValueError_at(
             "trainer.effective_batch_size",
-            "gradient accumulation is not built for ecd: set batch_size to the effective size "
-            "(a head's batch of fixed vectors fits)",
+            f"is {eff} but batch_size × gradient_accumulation_steps is {effective}",
         )
-    if t.gradient_accumulation_steps not in ("auto", 1):
-        raise ValueError_at(
-            "trainer.gradient_accumulation_steps",
-            "gradient accumulation is not built for ecd: raise batch_size instead",
-        )
-    t.gradient_accumulation_steps = 1
-    if t.batch_size == "auto" and t.effective_batch_size != "auto":
-        t.batch_size = min(t.effective_batch_size, t.max_batch_size)
-    if t.effective_batch_size != "auto":
-        t.effective_batch_size = t.batch_size
+    t.effective_batch_size = effective
 
 
 def ValueError_at(field_path: str, message: str) -> ValueError:
@@ -620,4 +647,9 @@ def parse_ecd(data: dict, path: str = "") -> EcdConfig:
     for key in ("input_features", "output_features"):
         if key not in data:
             raise ConfigError("is required", field=join(path, key))
-    return parse(EcdConfig, normalise_ecd(data, path), path)
+    data = normalise_ecd(data, path)
+    trainer = data.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("effective_batch_size", "auto") != "auto":
+        # Ludwig's accumulation default is auto: an effective size alone sets it.
+        data["trainer"] = {"gradient_accumulation_steps": "auto", **trainer}
+    return parse(EcdConfig, data, path)

@@ -200,7 +200,6 @@ INERT: dict[str, str] = {
     "ecd:trainer.learning_rate_scheduler.t_0": "refused unless null (no cosine restarts)",
     "ecd:trainer.learning_rate_scheduler.t_mult": "read only with t_0, which is refused",
     "ecd:trainer.learning_rate_scheduler.eta_min": "read only with t_0, which is refused",
-    "ecd:trainer.gradient_accumulation_steps": "refused unless 1 (accumulation not built)",
     "ecd:trainer.max_batch_size": "caps an auto batch_size (resolved at validation)",
     "ecd:trainer.use_liger_kernel": "refused unless false: Liger's kernels are for model_type: llm",
     **{
@@ -233,7 +232,15 @@ DIFFERENT: dict[str, str] = {
         "run by the embedder (cached: a second job over the same rows computes nothing); "
         "cosine ranking (Ludwig: L2); a query embedded by its input alone (Ludwig: whole row)"
     ),
-    "ecd:trainer.batch_size": "auto is 128 (capped by max_batch_size), not searched",
+    "ecd:trainer.batch_size": (
+        "auto is 128 (capped by max_batch_size and effective_batch_size, dividing the latter), "
+        "not searched"
+    ),
+    "ecd:trainer.gradient_accumulation_steps": (
+        "Ludwig's sizes and auto rules; steps, train_steps and the schedule count optimizer "
+        "steps, and an epoch's last step takes the micro-batches left (Ludwig counts "
+        "micro-batches and drops an epoch's unfinished accumulation)"
+    ),
     "ecd:input_features[](text).encoder.type": (
         "pretrained encoders only; Ludwig's own are not built"
     ),

@@ -123,7 +123,10 @@ class HeadTrainer:
         tcfg = self.cfg.trainer
         n = self.data.size("train")
         batch = int(tcfg.batch_size)
-        total = math.ceil(n / batch) * tcfg.epochs
+        # Ludwig's gradient accumulation: `accum` micro-batches of `batch` rows make one optimizer
+        # step (effective_batch_size); steps, the schedule and train_steps count optimizer steps.
+        accum = int(tcfg.gradient_accumulation_steps)
+        total = math.ceil(math.ceil(n / batch) / accum) * tcfg.epochs
         if tcfg.train_steps:
             total = min(total, tcfg.train_steps)
         monitor = "validation" if "validation" in self.y else "train"
@@ -146,16 +149,16 @@ class HeadTrainer:
             started = time.monotonic()
             loss_sum.zero_()
             seen = 0
-            for rows, placed in self._batches("train", order, batch):
+            for micro in self._steps(self._batches("train", order, batch), accum):
                 self.ctx.check_cancelled()
                 if lr_at is not None:
                     self._set_lr(peak_lr * lr_at(step))
-                if graphed is not None and len(rows) == batch:
-                    graphed(placed)
+                if graphed is not None and len(micro[0][0]) == batch:
+                    graphed(micro[0][1])
                 else:  # no graph, or the epoch's last, smaller batch
-                    self._train_step(rows, placed, loss_sum)
+                    self._train_step(micro, loss_sum)
                 step += 1
-                seen += len(rows)
+                seen += sum(len(rows) for rows, _ in micro)
                 if step >= total:
                     break
             # The epoch's one wait for the device; its time belongs to the epoch's throughput.
@@ -230,23 +233,40 @@ class HeadTrainer:
             self._restore(best_state)
         self._set_mode(train=False)
 
+    @staticmethod
+    def _steps(batches: Iterator, accum: int) -> Iterator[list]:
+        """Micro-batches grouped `accum` to an optimizer step; an epoch's last step takes the
+        micro-batches left (Ludwig drops their gradients at the next epoch's start)."""
+        group: list = []
+        for item in batches:
+            group.append(item)
+            if len(group) == accum:
+                yield group
+                group = []
+        if group:
+            yield group
+
     def _train_step(
-        self, rows: torch.Tensor | None, placed: torch.Tensor, loss_sum: torch.Tensor
+        self, micro: list[tuple[torch.Tensor | None, torch.Tensor]], loss_sum: torch.Tensor
     ) -> None:
-        """One optimizer step on the rows `placed` (where the split's tensors live), adding
-        loss × rows to `loss_sum`. Run eagerly, or once under capture as the graphed step, so
-        it never waits for the device. `rows` (the same rows on the CPU) is needed only when an
-        encoder runs per batch."""
-        x, y = self._inputs("train", rows, placed, train=True)
+        """One optimizer step over the micro-batches `micro`, each (rows on the CPU, the same
+        rows where the split's tensors live), adding loss × rows to `loss_sum`. The gradient is
+        that of the mean loss over all their rows. Run eagerly, or once under capture as the
+        graphed step (one micro-batch), so it never waits for the device. The CPU rows are
+        needed only when an encoder runs per batch."""
         # Before the forward, not after: under capture the gradients are then the graph's own.
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self.model.loss(self.model(x), y)
-        if self.regularized:
-            loss = loss + self._regularization()
-        loss.backward()
+        rows_in_step = sum(len(placed) for _, placed in micro)
+        for rows, placed in micro:
+            x, y = self._inputs("train", rows, placed, train=True)
+            loss, _ = self.model.loss(self.model(x), y)
+            if self.regularized:
+                loss = loss + self._regularization()
+            share = len(placed) / rows_in_step
+            (loss * share if share != 1 else loss).backward()
+            loss_sum += loss.detach().double() * len(placed)
         clip_gradients(self.params, self.clipping)
         self.optimizer.step()
-        loss_sum += loss.detach().double() * len(placed)
 
     def _eager_reason(self) -> str | None:
         """Why the training step cannot be captured as a CUDA graph here; None when it can."""
@@ -256,6 +276,8 @@ class HeadTrainer:
             return "an encoder runs on every batch"
         if self.splits["train"].home != self.device:
             return "the inputs stay in host memory"
+        if int(self.cfg.trainer.gradient_accumulation_steps) > 1:
+            return "a step accumulates several micro-batches (gradient_accumulation_steps)"
         optimizer = self.cfg.trainer.optimizer.type
         if optimizer not in ("adam", "adamw"):
             return f"optimizer {optimizer} has no capturable step here (adam and adamw do)"
@@ -277,7 +299,7 @@ class HeadTrainer:
         self._set_mode(train=True)
         started = time.monotonic()
         self.graphed = GraphedStep(
-            lambda placed, acc: self._train_step(None, placed, acc),
+            lambda placed, acc: self._train_step([(None, placed)], acc),
             batch,
             self.model,
             self.optimizer,
