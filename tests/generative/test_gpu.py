@@ -1,6 +1,6 @@
 """The generative recipe on a CUDA GPU: 4- and 8-bit quantized bases (QLoRA through bitsandbytes),
-bf16 LoRA with per-layer compilation, dense causal attention against varlen, and FSDP2 on two GPUs
-against one.
+bitsandbytes' paged and 8-bit optimizers, bf16 LoRA with per-layer compilation, dense causal
+attention against varlen, and FSDP2 on two GPUs against one.
 
 They skip without CUDA (CI has none); the device machine runs them with
 `python -m pytest tests/generative/test_gpu.py` (bench/results/generative_train_h200.md records
@@ -70,6 +70,47 @@ def test_qlora_trains_and_its_adapter_loads_in_stock_peft(tiny_model, tmp_path, 
     # The adapter loads on the unquantized base in a fresh interpreter and generates.
     out = fresh_process_generate(ctx.artifact_dir, prompts(task_frame().head(2)))
     assert len(out) == 2
+
+
+@needs_bnb
+@pytest.mark.parametrize("optimizer", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
+def test_bitsandbytes_optimizers_train_a_quantized_base(tiny_model, tmp_path, optimizer):
+    """Ludwig's paged and 8-bit AdamW build as bitsandbytes' own classes and train QLoRA."""
+    import bitsandbytes.optim as bnb_optim
+
+    from services.trainer.recipes.generative.events import EventWriter
+    from services.trainer.recipes.generative.optimizers import BITSANDBYTES
+    from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
+    from tunewire.config import to_dict
+
+    cfg = resolve(
+        llm_config(
+            tiny_model,
+            adapter=LORA,
+            quantization={"bits": 4},
+            backend=GPU,
+            trainer={
+                "epochs": 20,
+                "batch_size": 12,
+                "learning_rate": 0.02,
+                "eval_steps": None,
+                "optimizer": {"type": optimizer},
+            },
+        )
+    )
+    (tmp_path / "inputs").mkdir()
+    task_frame().to_parquet(tmp_path / "inputs" / "train.parquet", index=False)
+    job = WorkerJob("j", tmp_path, tmp_path / "artifact", 1, cfg, to_dict(cfg))
+    recipe = GenerativeRecipe(
+        job, EventWriter(tmp_path / "events.jsonl", False), torch.device("cuda")
+    )
+    recipe.setup()
+    assert type(recipe.optimizer) is getattr(bnb_optim, BITSANDBYTES[optimizer])
+    recipe.train()
+    losses = [loss for _, loss in recipe.losses]
+    assert len(losses) == 20 and sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+    state = [s for s in recipe.optimizer.state.values() if s]
+    assert state, "the optimizer kept no state"
 
 
 def test_bf16_lora_with_compiled_layers_learns(tiny_model, tmp_path):
