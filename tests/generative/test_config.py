@@ -259,7 +259,7 @@ def test_liger_kernels_are_an_llm_trainer_option():
 # other sections a resolved config carries as dataclasses.
 RESOLVED_CASES = {
     **{f"adapter-{k}": {"adapter": {"type": k.split("-")[0], **v}} for k, v in ADAPTERS.items()},
-    "adapter-adalora": {"adapter": {"type": "adalora", "r": 4, "init_r": 6, "target_r": 2}},
+    "adapter-adalora": {"adapter": {"type": "adalora", "init_r": 6, "target_r": 2}},
     "full-finetune": {},
     "zero-shot": {"trainer": {"type": "none"}},
     "few-shot": {"prompt": {"task": "t", "retrieval": {"type": "random", "k": 2}}},
@@ -321,3 +321,21 @@ def test_a_dict_that_to_dict_did_not_write_is_refused():
         load_resolved_llm(d)
     with pytest.raises(TypeError, match="unknown \\['epochz'\\]"):
         load_resolved_llm({**to_dict(resolve({**BASE})), "epochz": 1})
+
+
+def test_adalora_honours_bias_type_and_refuses_what_peft_ignores():
+    """AdaLoRA takes LoRA's keys: bias_type reaches PEFT; use_rslora and r, which PEFT's AdaLoRA
+    does not read, are refused by name rather than ignored."""
+    from services.trainer.recipes.generative.adapters import peft_config
+
+    adalora = {"type": "adalora", "bias_type": "lora_only"}
+    cfg = resolve({**BASE, "adapter": adalora, "trainer": {"type": "finetune"}})
+    assert peft_config(cfg.adapter, total_steps=100).bias == "lora_only"
+    with pytest.raises(ConfigError) as err:
+        resolve(
+            {**BASE, "adapter": {**adalora, "use_rslora": True}, "trainer": {"type": "finetune"}}
+        )
+    assert err.value.field == "adapter.use_rslora"
+    with pytest.raises(ConfigError) as err:
+        resolve({**BASE, "adapter": {**adalora, "r": 16}, "trainer": {"type": "finetune"}})
+    assert err.value.field == "adapter.r" and "init_r" in str(err.value)

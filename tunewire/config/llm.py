@@ -481,6 +481,16 @@ class AdaloraAdapter(LoraAdapter):
             "PEFT's AdaLoRA initialises its own SVD triplets; only default is built",
             "init_lora_weights",
         )
+        check(
+            not self.use_rslora,
+            "is not supported with adalora (PEFT's AdaLoRA scales by alpha alone)",
+            "use_rslora",
+        )
+        check(
+            self.r == 8,
+            "is not read by adalora (PEFT ignores it): its ranks are init_r and target_r",
+            "r",
+        )
         check(self.init_r >= self.target_r >= 1, "needs init_r >= target_r >= 1", "target_r")
 
 

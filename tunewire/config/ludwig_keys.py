@@ -158,6 +158,8 @@ INERT: dict[str, str] = {
     "llm:adapter(adalora).init_lora_weights": (
         "refused unless default: PEFT's AdaLoRA initialises its own SVD triplets"
     ),
+    "llm:adapter(adalora).use_rslora": "refused unless false: PEFT's AdaLoRA scales by alpha alone",
+    "llm:adapter(adalora).r": "refused unless 8: AdaLoRA's ranks are init_r and target_r",
     **{
         f"llm:adapter(adalora).eva_config.{k}": "read only with init_lora_weights: eva, "
         "which adalora refuses"

@@ -50,6 +50,7 @@ def peft_config(adapter: C.Adapter, total_steps: int, patterns: dict | None = No
             lora_alpha=adapter.alpha,
             lora_dropout=adapter.dropout,
             target_modules=adapter.target_modules,
+            bias=adapter.bias_type,
             total_step=adapter.total_step or total_steps,
         )
     if isinstance(adapter, C.LoraAdapter):
