@@ -36,31 +36,31 @@ def peft_config(adapter: C.Adapter, total_steps: int, patterns: dict | None = No
     import peft
 
     task = peft.TaskType.CAUSAL_LM
-    if isinstance(adapter, C.AdaloraAdapter):
-        return peft.AdaLoraConfig(
-            task_type=task,
-            target_r=adapter.target_r,
-            init_r=adapter.init_r,
-            tinit=adapter.tinit,
-            tfinal=adapter.tfinal,
-            deltaT=adapter.delta_t,
-            beta1=adapter.beta1,
-            beta2=adapter.beta2,
-            orth_reg_weight=adapter.orth_reg_weight,
-            lora_alpha=adapter.alpha,
-            lora_dropout=adapter.dropout,
-            target_modules=adapter.target_modules,
-            bias=adapter.bias_type,
-            total_step=adapter.total_step or total_steps,
-        )
     if isinstance(adapter, C.LoraAdapter):
+        # LoRA's keys that AdaLoRA reads too (its config refuses the others at other values).
+        lora = {
+            "task_type": task,
+            "lora_alpha": adapter.alpha,
+            "lora_dropout": adapter.dropout,
+            "target_modules": adapter.target_modules,
+            "bias": adapter.bias_type,
+        }
+        if isinstance(adapter, C.AdaloraAdapter):
+            return peft.AdaLoraConfig(
+                **lora,
+                target_r=adapter.target_r,
+                init_r=adapter.init_r,
+                tinit=adapter.tinit,
+                tfinal=adapter.tfinal,
+                deltaT=adapter.delta_t,
+                beta1=adapter.beta1,
+                beta2=adapter.beta2,
+                orth_reg_weight=adapter.orth_reg_weight,
+                total_step=adapter.total_step or total_steps,
+            )
         return peft.LoraConfig(
-            task_type=task,
+            **lora,
             r=adapter.r,
-            lora_alpha=adapter.alpha,
-            lora_dropout=adapter.dropout,
-            target_modules=adapter.target_modules,
-            bias=adapter.bias_type,
             use_rslora=adapter.use_rslora,
             use_dora=adapter.use_dora,
             init_lora_weights=(
