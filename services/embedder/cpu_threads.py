@@ -1,4 +1,4 @@
-"""How many intra-op threads a forward pass on the CPU gets.
+"""How a CPU runs the embedder's forward passes: how many at once, and on how many threads.
 
 PyTorch runs a CPU forward pass on a team of OpenMP threads (one per core by default) that meet at
 a barrier after every parallel operation. When any other thread wants one of those cores - the
@@ -7,20 +7,23 @@ CPU-limited host - a team member is preempted mid-pass and the rest wait for it 
 on a 2-core VM under load, MiniLM on one short text took 300-400 ms with 2 threads and 25-35 ms
 with 1, and a batch of 64 texts 1.8-2.3 s against 0.5-1.0 s (bench/results/online_serving_cpu.md).
 So:
+- `PARALLEL_PASSES` batches run at once, each outside the model lock (a CPU pass is synchronous,
+  and a model in inference mode may run in several threads at once), instead of one pass split
+  across every core: independent passes never wait for each other at a barrier;
 - a small batch (up to `SMALL_BATCH_TOKENS` tokens, an online request's) runs on one thread: the
-  fork/join costs more than the split saves even on an idle host, and it never waits on a
-  preempted partner;
-- a larger batch leaves one core to the process's own Python work (all but one of torch's
-  threads), unless OMP_NUM_THREADS says how many to use, which is then honoured as given.
+  fork/join costs more than the split saves even on an idle host;
+- a larger one gets its share of torch's threads (OMP_NUM_THREADS where set, else one per core)
+  divided among the passes, at least one.
+
+(tunewire/cpu_threads.py's `intra_op_threads` sets the count around each pass.)
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 SMALL_BATCH_TOKENS = 512
+PARALLEL_PASSES = 2
 
 # torch's own count, read once: OMP_NUM_THREADS where set, else one per core.
 _DEFAULT = torch.get_num_threads()
@@ -30,6 +33,4 @@ def forward_threads(tokens: int) -> int:
     """Intra-op threads for a CPU forward pass over `tokens` tokens (padded or packed)."""
     if tokens <= SMALL_BATCH_TOKENS:
         return 1
-    if os.environ.get("OMP_NUM_THREADS"):
-        return _DEFAULT
-    return max(1, _DEFAULT - 1)
+    return max(1, _DEFAULT // PARALLEL_PASSES)

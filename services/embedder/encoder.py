@@ -35,7 +35,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.embedder import varlen
-from services.embedder.cpu_threads import forward_threads
+from services.embedder.cpu_threads import PARALLEL_PASSES, forward_threads
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
@@ -77,8 +77,9 @@ class Launched:
 
 
 class Encoder:
-    """One encoder. `launch`/`run` are not thread-safe by themselves: callers hold `lock` (one
-    batch at a time per model); `tokenize` and `tokenize_chunks` are safe from any thread.
+    """One encoder. On a GPU callers hold `lock` around `launch`/`run` (one launch at a time);
+    on a CPU they hold one of `passes` (a few passes at once: a model in inference mode may run
+    in several threads); `tokenize` and `tokenize_chunks` are safe from any thread.
 
     `varlen`: None tries the packed path (kept if the model supports it and the load-time probe
     agrees with the padded path), False always pads. `compile`: compile the model's blocks at
@@ -96,6 +97,11 @@ class Encoder:
         self.device = device or default_device()
         self.dtype = compute_dtype(self.device)
         self.lock = threading.Lock()
+        # On a CPU, forward passes that may run at once, each outside `lock` (cpu_threads.py);
+        # None on a GPU, where batches are launched in order under `lock` and run asynchronously.
+        self.passes = (
+            None if self.device.type == "cuda" else threading.BoundedSemaphore(PARALLEL_PASSES)
+        )
         self._log = log.bind(model=str(source.hub_id or source.path))
         try:
             self.config = AutoConfig.from_pretrained(source.path)

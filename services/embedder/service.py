@@ -36,7 +36,7 @@ from services.embedder.batching import (
     RunKey,
 )
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
-from services.embedder.encoder import Encoder, compile_by_default
+from services.embedder.encoder import Encoder, Launched, compile_by_default
 from services.embedder.fingerprint import (
     EmbeddingSettings,
     batch_key,
@@ -553,10 +553,10 @@ class EmbedderService:
         The texts are tokenised in chunks on the encoder's tokenizer threads, and each chunk's
         rows join every other request's rows for this model as it arrives; once a batch's worth
         of tokens is queued, this thread starts running batches while later chunks are still
-        being tokenised. Each time this thread gets the model lock it launches the queue's next
-        batch (which may be another request's), then waits for it outside the lock - so the next
-        batch is prepared while this one computes - until its own rows are all done. One launch
-        at a time per model, no model thread of our own. `cancelled` (the client went away)
+        being tokenised. Each time this thread gets the model lock it takes the queue's next
+        batch (which may be another request's) and runs it (`_run_batch`: on a GPU one launch at
+        a time, waited for outside the lock; on a CPU a few passes at once), until its own rows
+        are all done. No model thread of our own. `cancelled` (the client went away)
         drops this request's rows and raises Cancelled."""
         encoder, queue = entry.encoder, entry.queue
         chunks = encoder.tokenize_chunks(texts, settings.max_length, settings.instruction)
@@ -588,34 +588,57 @@ class EmbedderService:
         return request.result()
 
     def _run_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
-        """Launch the queue's next batch under the model lock, wait for it outside the lock and
-        deliver it; False when there was none (or `request` was done by the time of the lock)."""
+        """Take the queue's next batch under the model lock, run it and deliver it; False when
+        there was none (or `request` was done by the time of the lock).
+
+        On a GPU the batch is launched under the lock (batches reach the device in order) and
+        waited for outside it, so the next batch is prepared while this one computes. On a CPU,
+        where a pass is synchronous, the lock covers taking the batch only and the pass runs
+        beside up to `PARALLEL_PASSES - 1` others (cpu_threads.py): this thread first waits for
+        a free pass, at most one pass's time."""
         encoder, queue = entry.encoder, entry.queue
-        with encoder.lock:
-            if request.done:
-                return False
-            rows = queue.next_batch(self.max_batch_tokens, packed)
-            if not rows:
-                return False
-            run = rows[0].request.key  # one key per batch, maybe not ours
+        slot = encoder.passes
+        if slot is not None:
+            slot.acquire()
+        try:
+            with encoder.lock:
+                if request.done:
+                    return False
+                rows = queue.next_batch(self.max_batch_tokens, packed)
+                if not rows:
+                    return False
+                launched = self._launch(encoder, queue, rows) if slot is None else None
+            if slot is not None:
+                launched = self._launch(encoder, queue, rows)
+            if launched is None:
+                return True
             try:
-                launched = encoder.launch(
-                    [row.ids for row in rows],
-                    pooling=run.pooling,
-                    layer=run.layer,
-                    normalize=run.normalize,
-                )
-            except Exception as exc:  # noqa: BLE001 - to every request in the batch
+                vectors = launched.result().numpy()
+            except Exception as exc:  # noqa: BLE001 - a device error surfaces here
                 queue.fail(rows, exc)
                 return True
-        try:
-            vectors = launched.result().numpy()
-        except Exception as exc:  # noqa: BLE001 - a device error surfaces here
-            queue.fail(rows, exc)
-            return True
+        finally:
+            if slot is not None:
+                slot.release()
         queue.deliver(rows, vectors)
         self._count(rows)
         return True
+
+    @staticmethod
+    def _launch(encoder: Encoder, queue: BatchQueue, rows: list) -> Launched | None:
+        """The batch's forward pass, launched; None when it failed (then every request with
+        rows in it has failed)."""
+        run = rows[0].request.key  # one key per batch, maybe not ours
+        try:
+            return encoder.launch(
+                [row.ids for row in rows],
+                pooling=run.pooling,
+                layer=run.layer,
+                normalize=run.normalize,
+            )
+        except Exception as exc:  # noqa: BLE001 - to every request in the batch
+            queue.fail(rows, exc)
+            return None
 
     def _count(self, rows: list) -> None:
         requests = len({id(row.request) for row in rows})

@@ -1,22 +1,24 @@
-"""How many intra-op threads a CPU forward pass gets (cpu_threads.py)."""
+"""How a CPU runs the embedder's forward passes (cpu_threads.py): small batches on one thread,
+larger ones on their share of the cores, and a few passes at once, each giving the vectors a
+pass alone gives."""
 
+import threading
+
+import numpy as np
 import torch
 
 from services.embedder import cpu_threads
-from services.embedder.cpu_threads import SMALL_BATCH_TOKENS, forward_threads
+from services.embedder.cpu_threads import PARALLEL_PASSES, SMALL_BATCH_TOKENS, forward_threads
+from tests.embedder.conftest import TEXTS
 from tunewire.cpu_threads import intra_op_threads
 
 
-def test_small_batches_run_on_one_thread_larger_ones_leave_a_core(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+def test_small_batches_run_on_one_thread_larger_ones_on_their_share(monkeypatch):
     monkeypatch.setattr(cpu_threads, "_DEFAULT", 8)
     assert forward_threads(20) == forward_threads(SMALL_BATCH_TOKENS) == 1
-    assert forward_threads(SMALL_BATCH_TOKENS + 1) == 7
+    assert forward_threads(SMALL_BATCH_TOKENS + 1) == 8 // PARALLEL_PASSES
     monkeypatch.setattr(cpu_threads, "_DEFAULT", 1)
     assert forward_threads(10_000) == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the operator's count, as given
-    monkeypatch.setattr(cpu_threads, "_DEFAULT", 4)
-    assert forward_threads(10_000) == 4
 
 
 def test_the_count_is_restored_after_the_pass():
@@ -26,3 +28,35 @@ def test_the_count_is_restored_after_the_pass():
     assert torch.get_num_threads() == before
     with intra_op_threads(None):  # as it is
         assert torch.get_num_threads() == before
+
+
+def test_passes_run_at_once_and_give_the_vectors_of_one_pass(service, minilm_path):
+    """Two threads inside the model at once (each holding a pass, neither the model lock)."""
+    service.preload(minilm_path)
+    encoder = service.registry.get(minilm_path).encoder
+    assert encoder.passes is not None
+    ids = encoder.tokenize(TEXTS, 64)
+    alone = encoder.run(ids, pooling="mean", layer=0, normalize=False)
+    inside, both_in = threading.Barrier(2, timeout=30), []
+    forward = encoder._model.forward
+
+    def meeting_forward(*args, **kwargs):
+        both_in.append(inside.wait() is not None)  # returns only when both passes are inside
+        return forward(*args, **kwargs)
+
+    encoder._model.forward = meeting_forward
+    got: list = [None, None]
+
+    def run(i: int) -> None:
+        with encoder.passes:
+            got[i] = encoder.run(ids, pooling="mean", layer=0, normalize=False)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    del encoder._model.forward
+    assert both_in == [True, True]
+    for vectors in got:
+        np.testing.assert_allclose(vectors.numpy(), alone.numpy(), rtol=1e-5, atol=1e-6)
