@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from services.embedder.cpu_threads import intra_op_threads
 from services.embedder.heads import ServedHead
 from services.embedder.service import EmbedderService
 from tunewire import heads as th
+from tunewire.cpu_threads import intra_op_threads
 from tunewire.errors import InvalidArgument
 from tunewire.features import encode_inputs
 
