@@ -314,6 +314,9 @@ def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
             responses.cancel()
             consumer.join(10)
             assert codes == [grpc.StatusCode.CANCELLED]
+            # The client knows at once; the server once the cancel reaches it (under load, later
+            # than the client's join): until then its rows are still wanted.
+            _wait_for(lambda: all(row.request.cancelled() for row in queue._rows))
         _wait_for(lambda: app.service.counters().dropped_texts == before.dropped_texts + 2)
     after = app.service.counters()
     assert after.computed_texts == before.computed_texts
