@@ -32,6 +32,8 @@ ADAPTERS = {
     # r × rho components must fit the distinct inputs at target positions (about 12 here).
     "lora-eva": {"r": 4, "init_lora_weights": "eva", "target_modules": QV},
     "lora-orthogonal": {"init_lora_weights": "orthogonal", "target_modules": QV},
+    # Saved converted: a rank-2r plain LoRA of the original base.
+    "lora-corda": {"init_lora_weights": "corda", "target_modules": QV},
 }
 
 
@@ -160,7 +162,7 @@ def test_eva_with_too_little_data_is_refused_before_training(tiny_model, tmp_pat
     ("adapter", "field", "words"),
     [
         ({"init_lora_weights": "loftq"}, "adapter.init_lora_weights", "bitsandbytes"),
-        ({"init_lora_weights": "corda"}, "adapter.init_lora_weights", "covariance"),
+        ({"init_lora_weights": "corda", "use_dora": True}, "adapter.use_dora", "DoRA"),
         ({"init_lora_weights": "orthogonal", "r": 5}, "adapter.init_lora_weights", "even"),
         ({"eva_config": {"rho": 2.0}}, "adapter.eva_config", "init_lora_weights: eva"),
         ({"init_lora_weights": "eva", "eva_config": {"rho": 0.5}}, "adapter.eva_config.rho", ">="),
@@ -175,3 +177,36 @@ def test_initialisations_not_built_are_refused_naming_the_key(tiny_model, adapte
     with pytest.raises(ConfigError, match=words) as info:
         resolve(raw)
     assert info.value.field == field
+
+
+def test_corda_on_a_quantized_base_is_refused(tiny_model):
+    from tunewire.config import ConfigError
+
+    corda = {"type": "lora", "init_lora_weights": "corda"}
+    with pytest.raises(ConfigError, match="quantized") as info:
+        resolve(llm_config(tiny_model, adapter=corda, quantization={"bits": 4}))
+    assert info.value.field == "adapter.init_lora_weights"
+
+
+def test_corda_cuts_the_base_by_its_data_driven_adapter_and_saves_a_plain_lora(
+    tiny_model, tmp_path
+):
+    """CorDA rewrites the adapted base weights (W_res = W - B0 A0, from the training data's
+    covariance); the artifact is the trained adapter against the original base, a rank-2r
+    plain LoRA (PEFT's conversion), which the parametrized test shows gives the trained logits."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    corda = {"type": "lora", "init_lora_weights": "corda", "target_modules": QV}
+    recipe = trained_recipe(tiny_model, tmp_path, corda, steps=1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    name = "model.layers.0.self_attn.q_proj"
+    live = recipe.lm.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert not torch.allclose(live, base[f"{name}.weight"])  # the residual
+    a0 = recipe.corda_initial[f"base_model.model.{name}.lora_A.default.weight"]
+    b0 = recipe.corda_initial[f"base_model.model.{name}.lora_B.default.weight"]
+    scaling = recipe.cfg.adapter.alpha / recipe.cfg.adapter.r
+    assert torch.allclose(live + scaling * b0 @ a0, base[f"{name}.weight"], atol=1e-4)
+    saved = json.loads((recipe.job.artifact_dir / "adapter_config.json").read_text())
+    assert (saved["r"], saved["lora_alpha"], saved["init_lora_weights"]) == (16, 32, True)

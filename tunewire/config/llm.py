@@ -418,7 +418,10 @@ class LoraAdapter(Adapter):
         | Literal["default", "gaussian", "pissa", "olora", "eva", "orthogonal", "corda", "loftq"]
     ) = field(
         default="default",
-        metadata={"help": "eva: from the training data's activations (eva_config)."},
+        metadata={
+            "help": "eva, corda: from the training data's activations (eva: eva_config; corda: "
+            "saved as a rank-2r LoRA of the original base)."
+        },
     )
     eva_config: EvaConfig | None = field(
         default=None, metadata={"help": "init_lora_weights: eva only; null: PEFT's defaults."}
@@ -436,12 +439,10 @@ class LoraAdapter(Adapter):
             "init_lora_weights",
         )
         check(
-            init != "corda",
-            "corda is not built: it rewrites the base weights from the training data's "
-            "covariance (W - BA), so stock peft cannot rebuild the trained model from the "
-            "adapter; it would have to be saved converted to a rank-2r LoRA of the original "
-            "base, which is not built (eva and pissa are)",
-            "init_lora_weights",
+            init != "corda" or not self.use_dora,
+            "is not built with init_lora_weights: corda (its artifact is converted to a plain "
+            "LoRA of the original base, which has no DoRA magnitude)",
+            "use_dora",
         )
         check(
             init != "orthogonal" or self.r % 2 == 0,
@@ -687,6 +688,12 @@ class LlmConfig:
                 self.adapter is not None,
                 "a quantized base model can only be trained with an adapter",
                 "quantization",
+            )
+            check(
+                getattr(self.adapter, "init_lora_weights", None) != "corda",
+                "corda decomposes the base's full-precision weights; it is not built on a "
+                "quantized base",
+                "adapter.init_lora_weights",
             )
 
     def _resolve_trainer(self) -> None:

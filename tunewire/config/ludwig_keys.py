@@ -272,10 +272,6 @@ LUDWIG_REFUSED: dict[str, str] = {
         "PEFT quantizes the base with bitsandbytes at init (CUDA) and the artifact would need "
         "the corrected base; not built"
     ),
-    "llm:adapter(lora).init_lora_weights: corda": (
-        "it rewrites the base weights from the data's covariance; stock peft cannot rebuild the "
-        "trained model from the adapter without a conversion that is not built"
-    ),
     "llm:adapter(lora).loftq_config": "accepted only at null (loftq is not built)",
     "llm:adapter(lora).loraplus_lr_ratio, rank_pattern, alpha_pattern, layer_replication": (
         "not built"

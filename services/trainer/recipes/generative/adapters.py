@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from tunewire.config import llm as C
@@ -34,6 +35,7 @@ def peft_config(adapter: C.Adapter, total_steps: int, patterns: dict | None = No
     """PEFT's config for the job's `adapter` section (`total_steps`: AdaLoRA's default budget;
     `patterns`: the rank_pattern/alpha_pattern EVA settled on, to rebuild a trained model)."""
     import peft
+    from peft.tuners.lora.config import CordaConfig
 
     task = peft.TaskType.CAUSAL_LM
     if isinstance(adapter, C.LoraAdapter):
@@ -71,6 +73,7 @@ def peft_config(adapter: C.Adapter, total_steps: int, patterns: dict | None = No
                 if adapter.eva_config is None
                 else peft.EvaConfig(**dataclasses.asdict(adapter.eva_config))
             ),
+            corda_config=CordaConfig() if adapter.init_lora_weights == "corda" else None,
             **(patterns or {}),
         )
     cls_name = SAME_NAMES.get(type(adapter))
@@ -103,11 +106,10 @@ def apply(
             is_trainable=True,
             autocast_adapter_dtype=autocast_adapter_dtype,
         )
-    model = get_peft_model(
-        model,
-        peft_config(adapter, total_steps, patterns),
-        autocast_adapter_dtype=autocast_adapter_dtype,
-    )
+    config = peft_config(adapter, total_steps, patterns)
+    if getattr(adapter, "init_lora_weights", None) == "corda":
+        _corda_statistics(model, config, calibration)
+    model = get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
     if getattr(adapter, "init_lora_weights", None) == "eva" and patterns is None:
         from peft import initialize_lora_eva_weights
 
@@ -120,6 +122,55 @@ def apply(
             model, batches, forward_fn=bounded_forward(len(batches)), show_progress_bar=False
         )
     return model
+
+
+def _corda_statistics(model: nn.Module, config, calibration) -> None:
+    """CorDA's covariance of each adapted layer's inputs over the calibration rows."""
+    from peft.tuners.lora.corda import preprocess_corda
+
+    if calibration is None:
+        raise ValueError("init_lora_weights: corda needs the training data's rows")
+    rows = calibration()
+
+    @torch.no_grad()
+    def run_model() -> None:
+        for row in rows:
+            model(**row)
+
+    preprocess_corda(model, config, run_model=run_model)
+
+
+def corda_initial(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The adapter CorDA initialised (None for any other adapter), on the CPU: what the base's
+    residual was cut by, needed to save the trained adapter against the original base."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if getattr(config, "init_lora_weights", None) != "corda":
+        return None
+    return {
+        name: p.detach().to("cpu", copy=True)
+        for name, p in model.named_parameters()
+        if "lora_A" in name or "lora_B" in name
+    }
+
+
+def corda_as_lora(
+    adapter: C.LoraAdapter, trained: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]
+) -> tuple[C.LoraAdapter, dict[str, torch.Tensor]]:
+    """The trained CorDA adapter as a plain LoRA of the original base (PEFT's conversion):
+    W = W_res + B0 A0 and W + dW = W_res + B A, so dW = [B | -B0] [A ; A0], rank 2r at the same
+    scaling. `trained` keys may carry a wrapper prefix before the model's parameter names."""
+    out = {}
+    for key, value in trained.items():
+        name = next((n for n in initial if key.endswith(n)), None)
+        if name is None:
+            out[key] = value
+        elif "lora_A" in name:
+            out[key] = torch.cat([value, initial[name].to(value.dtype)], dim=0)
+        else:
+            out[key] = torch.cat([value, -initial[name].to(value.dtype)], dim=1)
+    alpha = adapter.alpha * (2**0.5 if adapter.use_rslora else 2)
+    plain = dataclasses.replace(adapter, r=2 * adapter.r, alpha=alpha, init_lora_weights="default")
+    return plain, out
 
 
 def eva_patterns(model: nn.Module) -> dict | None:

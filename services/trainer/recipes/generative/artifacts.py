@@ -37,6 +37,7 @@ def _fresh_model(
     total_steps: int = 1,
     rank_pattern: dict | None = None,
     patterns: dict | None = None,
+    adapter=None,
 ):
     """A CPU copy of the base (with the adapter, if any) holding the trained weights; an AdaLoRA
     `rank_pattern` makes peft save each layer at the rank it kept, EVA's `patterns` build each
@@ -46,8 +47,9 @@ def _fresh_model(
     from services.trainer.recipes.generative import adapters
 
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
-    if cfg.adapter is not None:
-        model = adapters.apply(model, cfg.adapter, total_steps, patterns=patterns)
+    adapter = adapter if adapter is not None else cfg.adapter
+    if adapter is not None:
+        model = adapters.apply(model, adapter, total_steps, patterns=patterns)
         if rank_pattern is not None:
             model.peft_config["default"].rank_pattern = rank_pattern
     state = {k.removeprefix(WRAPPER_PREFIX): v for k, v in trainable.items()}
@@ -72,7 +74,10 @@ def write(
     total_steps: int = 1,
     rank_pattern: dict | None = None,
     patterns: dict | None = None,
+    adapter=None,
 ) -> None:
+    """`adapter`: the section the weights in `trainable` fit, when not the job's own (a CorDA
+    adapter is saved converted to a plain LoRA of the original base)."""
     from services.trainer.recipes.generative.predict import generation_from_config
 
     artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,7 @@ def write(
         total_steps=total_steps,
         rank_pattern=rank_pattern,
         patterns=patterns,
+        adapter=adapter,
     )
     if cfg.adapter is not None and cfg.merge_adapter:
         model = model.merge_and_unload()

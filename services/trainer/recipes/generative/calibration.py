@@ -1,5 +1,6 @@
 """The job's training data as the batches a data-driven adapter initialisation reads (EVA: the SVD
-of each adapted layer's inputs), and the forward pass it runs them through.
+of each adapted layer's inputs; CorDA: their covariance), and the forward pass EVA runs them
+through.
 
 PEFT's EVA cycles over the batches until every layer's components converge, and skips a batch
 with fewer usable tokens than components: batches are grouped to hold enough tokens, too little
@@ -17,6 +18,8 @@ from services.trainer.recipes.generative.errors import PreconditionError
 
 # Passes over the calibration data before EVA is declared not converging.
 MAX_PASSES = 20
+# Samples CorDA's covariance is taken over (PEFT: a few hundred suffice for a 4k-wide model).
+CORDA_SAMPLES = 256
 
 
 def eva_batches(
@@ -82,3 +85,12 @@ def bounded_forward(batches: int) -> Callable:
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
     return forward
+
+
+def corda_batches(samples: list[Sample], *, device: torch.device) -> list[dict]:
+    """The first CORDA_SAMPLES training samples, one unpadded row each (padding would enter the
+    covariance). The same on every rank: each computes the same residual base and initial
+    adapter, as replicas must."""
+    return [
+        {"input_ids": torch.tensor([s.input_ids], device=device)} for s in samples[:CORDA_SAMPLES]
+    ]

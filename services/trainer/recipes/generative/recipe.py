@@ -180,6 +180,9 @@ class GenerativeRecipe:
             total_steps=self.total_steps,
             calibration=self._calibration_batches,
         )
+        # CorDA's initial adapter, which its artifact is saved against (before any training or
+        # a resumed checkpoint moves it).
+        self.corda_initial = adapters.corda_initial(lm)
         frozen = optimizers.freeze_matching(lm, self.cfg.trainer.layers_to_freeze_regex)
         if frozen:
             self.events.log(f"trainer.layers_to_freeze_regex froze {frozen} parameter tensors")
@@ -196,8 +199,11 @@ class GenerativeRecipe:
         self.adalora = adalora.is_adalora(lm)
 
     def _calibration_batches(self) -> list[dict]:
-        """This rank's share of the training data, for an initialisation that reads data."""
+        """The training data an initialisation that reads data takes (EVA: this rank's share;
+        CorDA: the same rows on every rank)."""
         adapter = self.cfg.adapter
+        if adapter.init_lora_weights == "corda":
+            return calibration.corda_batches(self.samples["train"], device=self.device)
         return calibration.eva_batches(
             self.samples["train"][self.rank :: self.world],
             pad_id=self.tokenizer.pad_token_id,
@@ -558,10 +564,14 @@ class GenerativeRecipe:
 
     def save_artifact(self) -> None:
         state = checkpoint.trainable_state(self.model)
+        adapter = self.cfg.adapter
+        if self.corda_initial is not None:
+            adapter, state = adapters.corda_as_lora(adapter, state, self.corda_initial)
         if self.rank == 0:
             artifacts.write(
                 self.job.artifact_dir,
                 cfg=self.cfg,
+                adapter=adapter,
                 config_dict=self.job.config_dict,
                 tokenizer=self.tokenizer,
                 trainable=state,
