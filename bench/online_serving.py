@@ -82,6 +82,16 @@ def start(argv: list[str], port: int, log: Path, env: dict | None = None) -> sub
     raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used: what a request costs the
+    server whatever the machine's load (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -228,6 +238,7 @@ def cpu(args) -> dict:
     }
     path = "/predict"
     ports: dict[str, int] = {}
+    pids: dict[str, int] = {}
     procs: list[subprocess.Popen] = []
     rounds: list[dict] = []
     try:
@@ -236,6 +247,7 @@ def cpu(args) -> dict:
             procs.append(
                 start([*argv, "--port", str(ports[name])], ports[name], work / f"{name}.log", env)
             )
+            pids[name] = procs[-1].pid
             got = Client(ports[name]).post(path, {"text": warm_text})[1]
             assert got["label_predictions"] in ("ham", "spam"), got
         for r in range(args.rounds):
@@ -243,7 +255,8 @@ def cpu(args) -> dict:
             found: dict = {name: {} for name in servers}
             for measure in ("warm_1", "cold_1", "warm_64", "cold_64"):
                 for name in order:
-                    port = ports[name]
+                    port, pid = ports[name], pids[name]
+                    cpu0 = cpu_seconds(pid)
                     if measure == "warm_1":
                         got = latency(port, path, [{"text": warm_text}] * args.warm_requests)
                     elif measure == "cold_1":
@@ -255,6 +268,8 @@ def cpu(args) -> dict:
                     else:
                         bodies = [{"text": next(fresh)} for _ in range(args.cold_clients_requests)]
                         got = throughput(port, path, bodies, args.clients)
+                    requests = got.get("requests") or got["n"] + 1  # latency: 1 warm-up
+                    got["server_cpu_ms"] = 1000 * (cpu_seconds(pid) - cpu0) / requests
                     found[name][measure] = got
             found["loadavg"] = open("/proc/loadavg").read().split()[:3]
             rounds.append(found)
@@ -277,6 +292,8 @@ def summarise(rounds: list[dict]) -> dict:
             ("cold_1", "p99_ms"),
             ("warm_64", "rps"),
             ("cold_64", "rps"),
+            ("cold_1", "server_cpu_ms"),
+            ("cold_64", "server_cpu_ms"),
         ):
             values = sorted(r[name][measure][unit] for r in rounds)
             out[name][f"{measure}.{unit}"] = {
@@ -427,6 +444,12 @@ def cpu_table(r: dict) -> str:
         rows.append(
             f"| {label}, throughput | {cell(base[k], 'req/s')} | {cell(ours[k], 'req/s')} "
             f"| {ratios(k, False)} |"
+        )
+    for key, label in (("cold_1", "1 client"), ("cold_64", "64 clients")):
+        k = f"{key}.server_cpu_ms"
+        rows.append(
+            f"| cold, {label}: server CPU time a request | {cell(base[k], 'ms')} | "
+            f"{cell(ours[k], 'ms')} | {ratios(k, True)} less |"
         )
     loads = ", ".join("/".join(rd["loadavg"]) for rd in r["rounds"])
     rows.append("")
