@@ -40,19 +40,18 @@ def artifact_root(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
-def gateway(tmp_path, hub, artifact_root):
+def start_gateway(tmp_path: Path, hub: TestHub, **settings):
+    """A gateway on port 0 in front of the test Hub, with the Hub's token; `settings` adds or
+    overrides the other `Settings` fields. The caller closes it."""
     from services.hub_gateway.app import Settings, start
 
-    app = start(
-        Settings(
-            data_dir=tmp_path / "gw",
-            port=0,
-            endpoint=hub.endpoint,
-            token=TOKEN,
-            artifact_roots=[artifact_root],
-        )
-    )
+    fields = {"data_dir": tmp_path / "gw", "port": 0, "endpoint": hub.endpoint, "token": TOKEN}
+    return start(Settings(**{**fields, **settings}))
+
+
+@pytest.fixture
+def gateway(tmp_path, hub, artifact_root):
+    app = start_gateway(tmp_path, hub, artifact_roots=[artifact_root])
     yield app
     app.close(grace=1.0)
 

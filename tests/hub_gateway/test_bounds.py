@@ -10,8 +10,7 @@ import time
 import grpc
 import pytest
 
-from services.hub_gateway.app import Settings, start
-from tests.hub_gateway.conftest import TOKEN
+from tests.hub_gateway.conftest import start_gateway
 from tunewire.errors import from_rpc_error
 from tunewire.server import channel_options
 from tunewire.v1 import hub_gateway_pb2 as pb
@@ -20,16 +19,7 @@ from tunewire.v1 import hub_gateway_pb2_grpc
 
 @pytest.fixture
 def small_gateway(tmp_path, hub):
-    app = start(
-        Settings(
-            data_dir=tmp_path / "gw",
-            port=0,
-            endpoint=hub.endpoint,
-            token=TOKEN,
-            max_message_bytes=256 * 1024,
-            max_receiving_uploads=1,
-        )
-    )
+    app = start_gateway(tmp_path, hub, max_message_bytes=256 * 1024, max_receiving_uploads=1)
     with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as channel:
         yield hub_gateway_pb2_grpc.HubGatewayServiceStub(channel), hub
     app.close()

@@ -7,7 +7,7 @@ import pytest
 
 from clients.hub import HubGatewayClient
 from clients.sdk import connect
-from tests.hub_gateway.conftest import TOKEN
+from tests.hub_gateway.conftest import start_gateway
 from tunewire.auth import acting_for
 from tunewire.errors import AlreadyExists, NotFound, PermissionDenied, Unauthenticated
 from tunewire.server import ServerSecurity
@@ -30,19 +30,13 @@ TOKENS_FILE = (
 
 @pytest.fixture
 def secured(tmp_path, hub, artifact_root):
-    from services.hub_gateway.app import Settings, start
-
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKENS_FILE)
-    app = start(
-        Settings(
-            data_dir=tmp_path / "gw",
-            port=0,
-            endpoint=hub.endpoint,
-            token=TOKEN,
-            artifact_roots=[artifact_root],
-            security=ServerSecurity(auth_tokens_file=tokens),
-        )
+    app = start_gateway(
+        tmp_path,
+        hub,
+        artifact_roots=[artifact_root],
+        security=ServerSecurity(auth_tokens_file=tokens),
     )
     clients: list[HubGatewayClient] = []
 

@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from clients.hub import upload_to_hf_hub
-from tests.hub_gateway.conftest import TOKEN
+from tests.hub_gateway.conftest import start_gateway
 from tunewire.errors import FailedPrecondition, NotFound, Unavailable
 from tunewire.server import ServerSettings, Service, create_server
 from tunewire.v1 import hub_gateway_pb2 as pb
@@ -56,17 +56,7 @@ def trainer(adapter_model):
 
 @pytest.fixture
 def job_gateway(tmp_path, hub, trainer):
-    from services.hub_gateway.app import Settings, start
-
-    app = start(
-        Settings(
-            data_dir=tmp_path / "gwjob",
-            port=0,
-            endpoint=hub.endpoint,
-            token=TOKEN,
-            trainer_address=trainer[1],
-        )
-    )
+    app = start_gateway(tmp_path, hub, data_dir=tmp_path / "gwjob", trainer_address=trainer[1])
     yield f"127.0.0.1:{app.port}"
     app.close(grace=1.0)
 
