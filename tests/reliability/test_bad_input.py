@@ -7,7 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tests.reliability.conftest import code_of
+from tests.reliability.conftest import code_of, text_input
 from tunewire.errors import from_rpc_error
 from tunewire.server import channel_options
 from tunewire.v1 import (
@@ -107,19 +107,7 @@ def create(stubs, csv: bytes, output: dict, request_id: str = "") -> grpc.Status
     import json
 
     ds = upload(stubs["trainer"], csv, "labels.csv")
-    config = {
-        "input_features": [
-            {
-                "name": "text",
-                "type": "text",
-                "encoder": {
-                    "type": "auto_transformer",
-                    "pretrained_model_name_or_path": stubs["minilm"],
-                },
-            }
-        ],
-        "output_features": [output],
-    }
+    config = {"input_features": [text_input(stubs["minilm"])], "output_features": [output]}
     return code_of(
         lambda: stubs["trainer"].CreateJob(
             trainer_pb2.CreateJobRequest(
@@ -154,10 +142,10 @@ def test_json_nan_in_a_config_is_invalid_argument(stubs):
 def _config(model: str, decoder: dict | None = None, **sections) -> str:
     import json
 
-    text = {"name": "text", "type": "text"}
-    text["encoder"] = {"type": "auto_transformer", "pretrained_model_name_or_path": model}
     output = {"name": "y", "type": "binary", **({"decoder": decoder} if decoder else {})}
-    return json.dumps({"input_features": [text], "output_features": [output], **sections})
+    return json.dumps(
+        {"input_features": [text_input(model)], "output_features": [output], **sections}
+    )
 
 
 @pytest.mark.parametrize(
@@ -217,16 +205,7 @@ def test_a_text_cell_over_the_limit_is_refused_at_create_with_its_row(stubs):
     huge = "é" * (1 << 19) + "x"  # 1 MiB + 1 byte of UTF-8, in half as many characters
     ds = upload(stubs["trainer"], f"text,label\nfine,1\n{huge},0\n".encode(), "huge.csv")
     config = {
-        "input_features": [
-            {
-                "name": "text",
-                "type": "text",
-                "encoder": {
-                    "type": "auto_transformer",
-                    "pretrained_model_name_or_path": stubs["minilm"],
-                },
-            }
-        ],
+        "input_features": [text_input(stubs["minilm"])],
         "output_features": [{"name": "label", "type": "binary"}],
     }
     with pytest.raises(grpc.RpcError) as info:
@@ -246,16 +225,7 @@ def test_duplicate_ids_are_idempotent(stubs):
 
     config = json.dumps(
         {
-            "input_features": [
-                {
-                    "name": "text",
-                    "type": "text",
-                    "encoder": {
-                        "type": "auto_transformer",
-                        "pretrained_model_name_or_path": stubs["minilm"],
-                    },
-                }
-            ],
+            "input_features": [text_input(stubs["minilm"])],
             "output_features": [{"name": "label", "type": "binary"}],
         }
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.reliability.conftest import text_input
 from tunewire.errors import from_rpc_error
 from tunewire.server import channel_options
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
@@ -75,13 +76,7 @@ def test_an_llm_base_model_outside_the_roots_is_refused_at_create(stub, base_mod
 
 def test_a_frozen_encoder_outside_the_embedders_roots_is_named_on_the_feature(stub, minilm):
     config = {
-        "input_features": [
-            {
-                "name": "text",
-                "type": "text",
-                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": minilm},
-            }
-        ],
+        "input_features": [text_input(minilm)],
         "output_features": [{"name": "label", "type": "binary"}],
     }
     code, err = _refusal(stub[0], config, b"text,label\na,1\nb,0\n")
@@ -92,18 +87,7 @@ def test_a_frozen_encoder_outside_the_embedders_roots_is_named_on_the_feature(st
 def test_an_adapted_encoder_is_checked_against_the_trainers_roots(stub, minilm):
     assert not Path(minilm).is_relative_to(stub[1])
     config = {
-        "input_features": [
-            {
-                "name": "text",
-                "type": "text",
-                "encoder": {
-                    "type": "auto_transformer",
-                    "pretrained_model_name_or_path": minilm,
-                    "trainable": True,
-                    "adapter": {"type": "lora"},
-                },
-            }
-        ],
+        "input_features": [text_input(minilm, trainable=True, adapter={"type": "lora"})],
         "output_features": [{"name": "label", "type": "binary"}],
     }
     code, err = _refusal(stub[0], config, b"text,label\na,1\nb,0\n")
