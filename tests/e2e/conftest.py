@@ -76,6 +76,27 @@ def hub(tmp_path, monkeypatch):
     server.close()
 
 
+def write_config(path: Path, model: str, *, max_len: int = 48, **trainer) -> Path:
+    """The CLI tests' config file: a binary `label` from `text` through `model`; `trainer` keys
+    override the short default schedule."""
+    import yaml
+
+    cfg = {
+        "input_features": [
+            {
+                "name": "text",
+                "type": "text",
+                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
+                "preprocessing": {"max_sequence_length": max_len},
+            }
+        ],
+        "output_features": [{"name": "label", "type": "binary"}],
+        "trainer": {"epochs": 8, "batch_size": 32, **trainer},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def text_config(model: str, output: dict, *, max_len: int = 64, epochs: int = 30, **extra) -> dict:
     cfg = {
         "model_type": "ecd",

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import subset
+from tests.e2e.conftest import subset, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
@@ -31,25 +31,6 @@ def cli(*args, cwd=None, timeout=600, env=None):
         cwd=cwd,
         env={**os.environ, **(env or {})},
     )
-
-
-def write_config(path: Path, model: str, **trainer) -> Path:
-    import yaml
-
-    cfg = {
-        "input_features": [
-            {
-                "name": "text",
-                "type": "text",
-                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": model},
-                "preprocessing": {"max_sequence_length": 48},
-            }
-        ],
-        "output_features": [{"name": "label", "type": "binary"}],
-        "trainer": {"epochs": 8, "batch_size": 32, **trainer},
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")

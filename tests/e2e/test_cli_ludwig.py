@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.e2e.conftest import write_config
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
 ROWS = 300
@@ -40,19 +42,7 @@ def run(tmp_path_factory, example_data, minilm):
     df = df.sample(n=ROWS, random_state=3).reset_index(drop=True)
     df.to_json(root / "sms.json", orient="records")
     df.to_csv(root / "sms_tabs.csv", sep="\t", index=False)  # tab-separated, named .csv
-    config = {
-        "input_features": [
-            {
-                "name": "text",
-                "type": "text",
-                "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": minilm},
-                "preprocessing": {"max_sequence_length": 32},
-            }
-        ],
-        "output_features": [{"name": "label", "type": "binary"}],
-        "trainer": {"epochs": 3, "batch_size": 32},
-    }
-    (root / "spam.yaml").write_text(yaml.safe_dump(config))
+    write_config(root / "spam.yaml", minilm, max_len=32, epochs=3)
     proc = cli(
         "experiment",
         "-c",
