@@ -274,145 +274,47 @@ def main() -> None:
     mixed = token_frame(4 * n, (32 if not args.tiny else 8, seq), shape["vocab_size"], seed=2)
     weights = matmul_weights(shape)
     common = dict(warmup=warmup, steps=steps)
+
+    def ours_row(name: str, df=uniform, *, adapter=None, packing=True, compile=False, **knobs):
+        """One of our rows, by the knobs it turns (full fine-tuning, packed, eager by default)."""
+        return lambda: run_ours(
+            name,
+            model_dir,
+            args.work,
+            device,
+            df,
+            adapter=adapter,
+            batch=ours,
+            packing=packing,
+            compile=compile,
+            **knobs,
+            **common,
+        )
+
     rows = {
         "baseline full": lambda: run_baseline(
             "bf", model_dir, device, uniform, lora=False, batch=batch, **common
         ),
-        "ours full": lambda: run_ours(
-            "of",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=None,
-            batch=ours,
-            packing=True,
-            compile=False,
-            profile_to=args.out / "profile_full.txt",
-            **common,
-        ),
-        "ours full+compile": lambda: run_ours(
-            "ofc",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=None,
-            batch=ours,
-            packing=True,
-            compile=True,
-            **common,
-        ),
+        "ours full": ours_row("of", profile_to=args.out / "profile_full.txt"),
+        "ours full+compile": ours_row("ofc", compile=True),
         "baseline LoRA": lambda: run_baseline(
             "bl", model_dir, device, uniform, lora=True, batch=batch, **common
         ),
-        "ours LoRA": lambda: run_ours(
-            "ol",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=LORA,
-            batch=ours,
-            packing=True,
-            compile=False,
-            profile_to=args.out / "profile_lora.txt",
-            **common,
-        ),
-        "ours LoRA+compile": lambda: run_ours(
-            "olc",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=LORA,
-            batch=ours,
-            packing=True,
-            compile=True,
-            profile_to=args.out / "profile_lora_compile.txt",
-            **common,
+        "ours LoRA": ours_row("ol", adapter=LORA, profile_to=args.out / "profile_lora.txt"),
+        "ours LoRA+compile": ours_row(
+            "olc", adapter=LORA, compile=True, profile_to=args.out / "profile_lora_compile.txt"
         ),
         "baseline QLoRA": lambda: run_baseline(
             "bq", model_dir, device, uniform, lora=True, qlora=True, batch=batch, **common
         ),
-        "ours QLoRA": lambda: run_ours(
-            "oq",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=LORA,
-            quantization=NF4,
-            batch=ours,
-            packing=True,
-            compile=False,
-            **common,
-        ),
-        "ours QLoRA+compile": lambda: run_ours(
-            "oqc",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=LORA,
-            quantization=NF4,
-            batch=ours,
-            packing=True,
-            compile=True,
-            **common,
-        ),
+        "ours QLoRA": ours_row("oq", adapter=LORA, quantization=NF4),
+        "ours QLoRA+compile": ours_row("oqc", adapter=LORA, quantization=NF4, compile=True),
         # Liger patches transformers' Llama rotary function process-wide: these rows go last.
         # (Liger with trainer.compile is refused: see tunewire/config/llm.py.)
-        "ours full+liger": lambda: run_ours(
-            "ofl",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=None,
-            batch=ours,
-            packing=True,
-            compile=False,
-            liger=True,
-            **common,
-        ),
-        "ours LoRA+liger": lambda: run_ours(
-            "oll",
-            model_dir,
-            args.work,
-            device,
-            uniform,
-            adapter=LORA,
-            batch=ours,
-            packing=True,
-            compile=False,
-            liger=True,
-            **common,
-        ),
-        "mixed padded": lambda: run_ours(
-            "mp",
-            model_dir,
-            args.work,
-            device,
-            mixed,
-            adapter=None,
-            batch=ours,
-            packing=False,
-            compile=False,
-            **common,
-        ),
-        "mixed packed": lambda: run_ours(
-            "mk",
-            model_dir,
-            args.work,
-            device,
-            mixed,
-            adapter=None,
-            batch=ours,
-            packing=True,
-            compile=False,
-            **common,
-        ),
+        "ours full+liger": ours_row("ofl", liger=True),
+        "ours LoRA+liger": ours_row("oll", adapter=LORA, liger=True),
+        "mixed padded": ours_row("mp", mixed, packing=False),
+        "mixed packed": ours_row("mk", mixed),
     }
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     results: dict[str, dict] = {}
