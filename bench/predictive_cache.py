@@ -25,6 +25,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import publish  # noqa: E402
 from clients.sdk import EmbedderClient, EncoderSpec  # noqa: E402
 from tunewire.heads import MLPHead  # noqa: E402
 
@@ -142,11 +143,7 @@ def main() -> None:
     ]
     for name, t, loss, computed in rows:
         lines.append(f"| {name} | {t:.2f} | {time_a / t:.1f}x | {loss:.4f} | {computed} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(args.record, "a") as fh:
-            fh.write(text + "\n\n")
+    publish(lines, args.record)
 
 
 if __name__ == "__main__":

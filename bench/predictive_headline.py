@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import publish  # noqa: E402
 from clients.sdk import EmbedderClient, EncoderSpec, TrainerClient, metrics_dict  # noqa: E402
 from services.trainer.context import JobContext  # noqa: E402
 from services.trainer.model_types import resolve  # noqa: E402
@@ -329,11 +330,7 @@ def main() -> None:
         f"| (c) warm cache: a second job, all texts cached | {time_c:.1f} | "
         f"{time_a / time_c:.1f}x | {acc_c:.3f} | {cache_c} |",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(args.record, "a") as fh:
-            fh.write(text + "\n\n")
+    publish(lines, args.record)
 
 
 if __name__ == "__main__":

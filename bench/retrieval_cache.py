@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import publish  # noqa: E402
 from clients.sdk import EmbedderClient  # noqa: E402
 from services.trainer.recipes.generative import retrieval  # noqa: E402
 from tunewire.config.llm import parse_llm  # noqa: E402
@@ -147,11 +148,7 @@ def main() -> None:
             f"| {name} | {clock.wall:.2f} | {clock.cpu:.2f} | {a.wall / clock.wall:.1f}x / "
             f"{a.cpu / max(clock.cpu, 1e-9):.1f}x | {computed} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    if args.record:
-        with open(args.record, "a") as fh:
-            fh.write(text + "\n\n")
+    publish(lines, args.record)
 
 
 if __name__ == "__main__":
