@@ -5,6 +5,8 @@ Ludwig serve's request shapes, vectors equal to the gRPC path's, a trained SMS m
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -143,6 +145,18 @@ def test_model_path_is_served_at_predict(services, sms_spam_job, trainer, tmp_pa
         backend.close()
 
 
+def _held(coalescer):
+    """Hold `coalescer`'s calls until released, so requests sent meanwhile queue up (whether
+    they merge must not depend on how fast this machine answers). Returns the release."""
+    gate, run = threading.Event(), coalescer._run
+    coalescer._run = lambda key, parts: (gate.wait(60), run(key, parts))[1]
+    return gate
+
+
+def _queued(coalescer) -> int:
+    return sum(len(parts) for parts in list(coalescer._queued.values()))
+
+
 def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(
     services, sms_spam_job, embedder, minilm
 ):
@@ -164,10 +178,21 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(
     def predict(i: int):
         return httpx.post(f"{base}/models/{sms_spam_job.id}/predict", json={"text": rows[i]})
 
-    try:
+    def sent_at_once(coalescer, send):
+        """All 24 requests in flight, 2 calls held and the other 22 queued, then released."""
+        gate = _held(coalescer)
         with ThreadPoolExecutor(24) as pool:
-            embedded = list(pool.map(embed, range(24)))
-            predicted = list(pool.map(predict, range(24)))
+            answers = pool.map(send, range(24))
+            deadline = time.monotonic() + 60
+            while _queued(coalescer) < 22 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            return list(answers)
+
+    try:
+        backend.model("minilm")  # its dimension and limit, once, before the requests
+        embedded = sent_at_once(backend._texts, embed)
+        predicted = sent_at_once(backend._rows, predict)
     finally:
         running.stop()
         backend.close()
@@ -178,7 +203,8 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(
     assert all(embedded[i].json()["usage"]["prompt_tokens"] > 5 for i in ok)
     labels = [r.json()["label_predictions"] for r in predicted]
     assert labels == ["spam" if i % 2 else "ham" for i in range(24)]
-    assert backend._rows.calls < 24 and backend._rows.merged > 0  # they did share calls
+    # 2 calls held alone, the 22 queued behind them merged into at most 2 more.
+    assert backend._texts.calls <= 4 and backend._rows.calls <= 4
 
 
 def test_health_models_and_openapi(http):
