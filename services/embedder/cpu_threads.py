@@ -12,8 +12,9 @@ So:
   across every core: independent passes never wait for each other at a barrier;
 - a small batch (up to `SMALL_BATCH_TOKENS` tokens, an online request's) runs on one thread: the
   fork/join costs more than the split saves even on an idle host;
-- a larger one gets its share of torch's threads (OMP_NUM_THREADS where set, else one per core)
-  divided among the passes, at least one.
+- a larger one started while no other pass runs gets all of torch's threads (OMP_NUM_THREADS
+  where set, else one per core) but one, left to the process's own Python work, so one large
+  request keeps the whole machine; started beside another pass, its share of them.
 
 (tunewire/cpu_threads.py's `intra_op_threads` sets the count around each pass.)
 """
@@ -29,8 +30,9 @@ PARALLEL_PASSES = 2
 _DEFAULT = torch.get_num_threads()
 
 
-def forward_threads(tokens: int) -> int:
-    """Intra-op threads for a CPU forward pass over `tokens` tokens (padded or packed)."""
+def forward_threads(tokens: int, alone: bool = False) -> int:
+    """Intra-op threads for a CPU forward pass over `tokens` tokens (padded or packed); `alone`:
+    no other pass of the model runs as it starts."""
     if tokens <= SMALL_BATCH_TOKENS:
         return 1
-    return max(1, _DEFAULT // PARALLEL_PASSES)
+    return max(1, _DEFAULT - 1 if alone else _DEFAULT // PARALLEL_PASSES)

@@ -102,6 +102,8 @@ class Encoder:
         self.passes = (
             None if self.device.type == "cuda" else threading.BoundedSemaphore(PARALLEL_PASSES)
         )
+        self._running_lock = threading.Lock()
+        self._running = 0  # CPU passes running now
         self._log = log.bind(model=str(source.hub_id or source.path))
         try:
             self.config = AutoConfig.from_pretrained(source.path)
@@ -340,8 +342,15 @@ class Encoder:
         if self.device.type != "cuda":
             lengths = [len(row) for row in input_ids]
             tokens = sum(lengths) if use_packed else len(lengths) * max(lengths, default=0)
-            with intra_op_threads(forward_threads(tokens)):  # cpu_threads.py says why
-                vectors = forward(input_ids, pooling, layer, normalize)
+            with self._running_lock:
+                alone = not self._running
+                self._running += 1
+            try:
+                with intra_op_threads(forward_threads(tokens, alone)):  # cpu_threads.py: why
+                    vectors = forward(input_ids, pooling, layer, normalize)
+            finally:
+                with self._running_lock:
+                    self._running -= 1
             return Launched(vectors.cpu(), None)
         vectors = forward(input_ids, pooling, layer, normalize)
         host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
