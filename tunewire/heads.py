@@ -67,6 +67,17 @@ def combiner_specs(cfg: CombinerConfig) -> list[dict]:
     return _specs(cfg.fc_layers, cfg.num_fc_layers, cfg.output_size, cfg.dropout, cfg.activation)
 
 
+def dense(input_dim: int, output_dim: int, bias: bool = True) -> nn.Linear:
+    """A linear layer initialised as Ludwig's defaults are (`weights_initializer:
+    xavier_uniform`, `bias_initializer: zeros`), not torch's; a saved Ludwig config carries those
+    keys at their defaults and is accepted because this honours them."""
+    layer = nn.Linear(input_dim, output_dim, bias=bias)
+    nn.init.xavier_uniform_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
 class FCStack(nn.Module):
     """[Linear → (norm) → activation → dropout] × n; `output_dim` is the last width."""
 
@@ -77,7 +88,7 @@ class FCStack(nn.Module):
         blocks: list[nn.Module] = []
         dim = input_dim
         for spec in layers:
-            blocks.append(nn.Linear(dim, spec["output_size"], bias=bias))
+            blocks.append(dense(dim, spec["output_size"], bias=bias))
             if norm == "layer":
                 blocks.append(nn.LayerNorm(spec["output_size"]))
             elif norm == "batch":
@@ -111,7 +122,7 @@ class MLPHead(nn.Module):
         super().__init__()
         stack = FCStack(input_dim, layers, norm=norm, bias=bias)
         self.body = stack.body
-        self.out = nn.Linear(stack.output_dim, out_dim, bias=out_bias)
+        self.out = dense(stack.output_dim, out_dim, bias=out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x))

@@ -221,6 +221,10 @@ def test_number_binary_category_inputs_encode_with_training_metadata():
         k: InputFeature(name=k, type=t)
         for k, t in (("n", "number"), ("b", "binary"), ("c", "category"))
     }
+    # Ludwig's default fills a missing number with 0.0; fill_with_mean is the strategy chosen.
+    feats["n"] = InputFeature(
+        name="n", type="number", preprocessing={"missing_value_strategy": "fill_with_mean"}
+    )
     metas = {k: fit_input(train, f, "p") for k, f in feats.items()}
     assert metas["n"].fill == 2.0 and metas["c"].vocab == ["<UNK>", "x", "y"]
     new = pd.DataFrame({"n": ["2", "abc"], "b": ["yes", None], "c": ["y", "never seen"]})

@@ -46,6 +46,11 @@ class LoraConfig:
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
 
 
+# Ludwig 0.17's reduce_output defaults where ours (mean over the tokens) differ: a sum of token
+# vectors grows with the text's length, and a frozen encoder's mean is what sentence embedders use.
+LUDWIG_POOLING = {"auto_transformer": "sum", "bert": "cls_pooled"}
+
+
 @dataclass
 class EncoderConfig:
     type: Literal["auto_transformer", "bert", "llm"] = field(
@@ -79,9 +84,12 @@ class EncoderConfig:
                 "is required for this encoder type",
                 "pretrained_model_name_or_path",
             )
+        # Not a config key: where the default pooling is not Ludwig's (a recorded difference).
+        self.pooling_differs: str | None = None
         if self.reduce_output is None:
             # A causal LM has read the whole text only at its last token.
             self.reduce_output = "last" if self.type == "llm" else "mean"
+            self.pooling_differs = LUDWIG_POOLING.get(self.type)
         check(
             not self.trainable or self.adapter is not None,
             "full fine-tuning of the encoder is not built; add adapter: {type: lora} or use "
@@ -127,7 +135,7 @@ class TextPreprocessing:
     )
     lowercase: bool = False
     missing_value_strategy: Literal["fill_with_const", "drop_row"] = "fill_with_const"
-    fill_value: str = ""
+    fill_value: str = field(default="<UNK>", metadata={"help": "A missing text (Ludwig's)."})
     tokenizer: str | None = field(
         default=None,
         metadata={"help": "Only the encoder's own (Ludwig's hf_tokenizer) is built."},
@@ -152,7 +160,10 @@ class NumberPreprocessing:
     normalization: Literal["zscore", "minmax"] | None = field(
         default="zscore", metadata={"help": "Fitted on the training split, kept in the artifact."}
     )
-    missing_value_strategy: Literal["fill_with_const", "fill_with_mean"] = "fill_with_mean"
+    missing_value_strategy: Literal["fill_with_const", "fill_with_mean"] = field(
+        default="fill_with_const",
+        metadata={"help": "Ludwig's default: a missing number reads as fill_value."},
+    )
     fill_value: float = 0.0
 
 
@@ -419,8 +430,11 @@ class OutputFeature:
             f"calibration (temperature scaling) is for {' and '.join(CALIBRATABLE)} outputs",
             "calibration",
         )
+        # Not a config key: Ludwig leaves a number target as is; here null is zscore (recorded).
+        self.normalization_differs = False
         if self.preprocessing.normalization is None and self.type == "number":
             self.preprocessing.normalization = "zscore"
+            self.normalization_differs = True
 
 
 @dataclass
@@ -499,6 +513,8 @@ class EcdConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        # Not a config key: deliberate differences found at parse (see differences_from_ludwig).
+        self.differences: list[str] = []
         check(
             len(self.input_features) >= 1,
             "at least one input feature is required",
@@ -652,4 +668,36 @@ def parse_ecd(data: dict, path: str = "") -> EcdConfig:
     if isinstance(trainer, dict) and trainer.get("effective_batch_size", "auto") != "auto":
         # Ludwig's accumulation default is auto: an effective size alone sets it.
         data["trainer"] = {"gradient_accumulation_steps": "auto", **trainer}
-    return parse(EcdConfig, data, path)
+    cfg = parse(EcdConfig, data, path)
+    if "combiner" not in data and len(cfg.input_features) >= LUDWIG_FT_TRANSFORMER_INPUTS:
+        cfg.differences.append(
+            f"combiner: concat (Ludwig 0.17 builds ft_transformer for "
+            f"{LUDWIG_FT_TRANSFORMER_INPUTS} or more input features and no combiner; only concat "
+            "is built here)"
+        )
+    return cfg
+
+
+# Ludwig 0.17 defaults to the ft_transformer combiner from this many inputs (ModelConfig.from_dict).
+LUDWIG_FT_TRANSFORMER_INPUTS = 3
+
+
+def differences_from_ludwig(cfg: EcdConfig) -> list[str]:
+    """Where this job, as configured, deliberately does something other than Ludwig 0.17 would:
+    recorded in the artifact's tunewire.json, listed in docs/ludwig.md, said in the first event."""
+    out = list(getattr(cfg, "differences", []))
+    for i, f in enumerate(cfg.input_features):
+        ludwig = getattr(f.encoder, "pooling_differs", None) if f.type == "text" else None
+        if ludwig is not None:
+            out.append(
+                f"input_features[{i}].encoder.reduce_output: mean over the tokens (Ludwig's "
+                f"{f.encoder.type} default is {ludwig})"
+            )
+    for i, f in enumerate(cfg.output_features):
+        if getattr(f, "normalization_differs", False):
+            out.append(
+                f"output_features[{i}].preprocessing.normalization: zscore (Ludwig's default for "
+                "a number output is null, the target as is; null is zscore here): the head "
+                "learns the normalised target and its predictions are mapped back"
+            )
+    return out

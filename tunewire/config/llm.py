@@ -941,14 +941,27 @@ def parse_llm(data: dict, path: str = "") -> LlmConfig:
     trainer.setdefault("type", "none")
     if trainer["type"] == "none":
         data["trainer"] = _inference_only_trainer(trainer, join(path, "trainer"))
-        return parse(LlmConfig, data, path)
-    # Ludwig's finetune trainer is its ecd trainer with batch_size 1 and eval_batch_size 2.
-    trainer.setdefault("batch_size", 1)
-    trainer.setdefault("eval_batch_size", 2)
-    if trainer.get("effective_batch_size", "auto") != "auto":
-        trainer.setdefault("gradient_accumulation_steps", "auto")
-    data["trainer"] = trainer
-    return parse(LlmConfig, data, path)
+    else:
+        # Ludwig's finetune trainer is its ecd trainer with batch_size 1 and eval_batch_size 2.
+        trainer.setdefault("batch_size", 1)
+        trainer.setdefault("eval_batch_size", 2)
+        if trainer.get("effective_batch_size", "auto") != "auto":
+            trainer.setdefault("gradient_accumulation_steps", "auto")
+        data["trainer"] = trainer
+    cfg = parse(LlmConfig, data, path)
+    if "missing_value_strategy" not in (_first_input(data).get("preprocessing") or {}):
+        cfg.differences.append(
+            "input_features[0].preprocessing.missing_value_strategy: drop_row (Ludwig's default "
+            "is fill_with_const with fill_value <UNK>: a row whose input is missing is kept, "
+            "its input read as the text <UNK>)"
+        )
+    return cfg
+
+
+def _first_input(data: dict) -> dict:
+    features = data.get("input_features")
+    first = features[0] if isinstance(features, list) and features else None
+    return first if isinstance(first, dict) else {}
 
 
 def load_resolved_llm(data: dict) -> LlmConfig:

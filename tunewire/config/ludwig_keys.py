@@ -243,6 +243,21 @@ DIFFERENT: dict[str, str] = {
         "steps, and an epoch's last step takes the micro-batches left (Ludwig counts "
         "micro-batches and drops an epoch's unfinished accumulation)"
     ),
+    "ecd:combiner.type": (
+        "concat when the config has no combiner; Ludwig 0.17 builds ft_transformer there for 3 "
+        "or more input features (not built here)"
+    ),
+    "ecd:input_features[](text).encoder.reduce_output": (
+        "null is mean over the tokens (last for llm); Ludwig's default is sum for "
+        "auto_transformer and cls_pooled for bert"
+    ),
+    "ecd:output_features[].preprocessing.normalization": (
+        "a number output's null is zscore (Ludwig: null, the target as is); predictions are "
+        "mapped back"
+    ),
+    "llm:input_features[].preprocessing.missing_value_strategy": (
+        "drop_row by default (Ludwig: fill_with_const, a missing input read as <UNK>)"
+    ),
     "ecd:input_features[](text).encoder.type": (
         "pretrained encoders only; Ludwig's own are not built"
     ),

@@ -135,7 +135,8 @@ def build_samples(cfg: LlmConfig, df: pd.DataFrame, tokenizer, model_max: int) -
             if cfg.output.preprocessing.missing_value_strategy == "drop_row":
                 continue
             target = cfg.output.preprocessing.fill_value
-        if cfg.input.column in row and row[cfg.input.column] is None:
+        value = row.get(cfg.input.column, "")
+        if value is None or (isinstance(value, float) and pd.isna(value)):
             if cfg.input.preprocessing.missing_value_strategy == "drop_row":
                 continue
             row[cfg.input.column] = cfg.input.preprocessing.fill_value

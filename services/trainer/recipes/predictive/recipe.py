@@ -28,7 +28,7 @@ from services.trainer.recipes.predictive.export import export_if_possible
 from services.trainer.recipes.predictive.finish import calibrate_and_evaluate, write_artifact
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from tunewire import heads as pm
-from tunewire.config.ecd import EcdConfig
+from tunewire.config.ecd import EcdConfig, differences_from_ludwig
 from tunewire.model_init import building_modules
 
 log = structlog.get_logger(__name__)
@@ -129,6 +129,9 @@ class PredictiveRecipe:
 
     def setup(self) -> None:
         ctx = self.ctx
+        differences = differences_from_ludwig(self.cfg)
+        if differences:  # the job's first event, once
+            ctx.emit(Log("differences from Ludwig: " + "; ".join(differences)))
         self.rng = seed_everything(self.cfg)
         self.data = prepare(
             self.cfg, {"train": ctx.train, "validation": ctx.validation, "test": ctx.test}
@@ -177,7 +180,11 @@ class PredictiveRecipe:
         return JobResult(metrics=self.metrics)
 
     def save_artifact(self) -> list[str]:
-        summary = {"embedding": self.embed_stats, "calibration": self.calibration}
+        summary = {
+            "embedding": self.embed_stats,
+            "calibration": self.calibration,
+            "differences_from_ludwig": differences_from_ludwig(self.cfg),
+        }
         if self.adapted is not None:
             summary["encoder_adapter"] = pm.ADAPTER_DIR
         return write_artifact(
