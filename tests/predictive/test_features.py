@@ -134,6 +134,21 @@ def test_predict_decodes_every_output_as_training_did(mixed_job, trainer, servic
     assert vec.shape == (1200, 3)
 
 
+def test_differences_from_ludwig_in_the_first_event_and_the_artifact(mixed_job):
+    """The text encoders pool by mean (Ludwig's auto_transformer: sum) and the number output is
+    z-scored (Ludwig: as is): said once, first, and kept in tunewire.json; the combiner was chosen,
+    so Ludwig's ft_transformer default for 5 inputs is not in it."""
+    job, events, _ = mixed_job
+    meta = json.loads((Path(job.artifact_path) / "tunewire.json").read_text())
+    recorded = meta["differences_from_ludwig"]
+    assert sum("encoder.reduce_output" in d for d in recorded) == 2
+    assert any(d.startswith("output_features[1].preprocessing.normalization") for d in recorded)
+    assert not any(d.startswith("combiner") for d in recorded)
+    said = [m for m in logs(events) if m.startswith("differences from Ludwig")]
+    assert said == ["differences from Ludwig: " + "; ".join(recorded)]
+    assert logs(events)[0] == said[0]
+
+
 def test_plots_beside_the_artifact_and_in_the_summary(mixed_job, services):
     job, events, _ = mixed_job
     artifact = Path(job.artifact_path)
