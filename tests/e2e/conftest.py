@@ -4,6 +4,8 @@ shared, as it is for real users)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +13,19 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
+
+
+def cli(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """`python clients/cli.py ARGS` as a person runs it, from any folder; `env` adds variables."""
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,9 @@ default or against running servers."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,21 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import subset, write_config
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
-
-
-def cli(*args, cwd=None, timeout=600, env=None):
-    return subprocess.run(
-        [*CLI, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
+from tests.e2e.conftest import CLI, cli, subset, write_config
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ documented shapes, TensorBoard logs read back with tensorboard's own reader, `ev
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.e2e.conftest import write_config
+from tests.e2e.conftest import cli, write_config
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
 ROWS = 300
-
-
-def cli(*args, cwd=None, timeout=600):
-    return subprocess.run(
-        [*CLI, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import json
 
 import pandas as pd
 
-from tests.e2e.conftest import write_config
-from tests.e2e.test_cli import cli
+from tests.e2e.conftest import cli, write_config
 from tunewire.v1 import trainer_pb2
 
 
