@@ -60,8 +60,10 @@ def test_online_equals_the_trainers_batch_predict(sms_spam_job, embedder, traine
     with pytest.raises(NotFound):
         trainer.get_dataset(ds.id)
     assert list(online["label_predictions"]) == list(batch["label_predictions"])
+    # atol: a probability near 0 (7e-6 for HAM) differs in its last bits when the head's matmul
+    # splits its sums differently (one intra-op thread online, the trainer's own count).
     np.testing.assert_allclose(
-        online["label_probabilities_spam"], batch["label_probabilities_spam"], rtol=1e-6
+        online["label_probabilities_spam"], batch["label_probabilities_spam"], rtol=1e-6, atol=1e-9
     )
     # By artifact directory too (the embedded embedder may read any path).
     local = trainer.download_artifact(sms_spam_job.id, tmp_path / "artifact")
