@@ -84,7 +84,7 @@ def export_sentence_transformers(
         ref.spec.model,
         max_seq_length=ref.spec.max_length or None,
         do_lower_case=lowercase,
-        model_args={"revision": ref.spec.revision} if ref.spec.revision else {},
+        model_kwargs={"revision": ref.spec.revision} if ref.spec.revision else {},
     )
     dim = transformer.get_embedding_dimension()
     modules: list[nn.Module] = [
