@@ -7,8 +7,10 @@ Rows, each a fresh `clients/cli.py train ... --json -q` process, timed from its 
   served, warm:    against a trainer already running (`clients/cli.py serve all`, whose cache a
                    first job filled), `--trainer HOST:PORT`
 Every run must be a real job: its own id, SUCCEEDED, trained (its metrics present).
+With `--baseline-root` another checkout (main before a change) runs the same rows, its warm runs
+alternating with this checkout's, and the per-round ratios are printed.
 
-    .venv/bin/python bench/cli_warm_job.py [--runs 3]
+    .venv/bin/python bench/cli_warm_job.py [--runs 3] [--baseline-root ../main-before]
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ CONFIG = ROOT / "examples" / "sms_spam.yaml"
 DATASET = ROOT / ".data" / "examples" / "sms_spam.csv"
 
 
-def train(extra: list[str], env: dict) -> tuple[float, dict]:
-    """Seconds for one CLI train to exit, and its JSON summary (checked: SUCCEEDED, metrics)."""
-    cmd = [sys.executable, str(ROOT / "clients" / "cli.py"), "train", "-c", str(CONFIG)]
+def train(root: Path, extra: list[str]) -> tuple[float, dict]:
+    """Seconds for one CLI train of the checkout at `root` to exit, and its JSON summary
+    (checked: SUCCEEDED, metrics)."""
+    cmd = [sys.executable, str(root / "clients" / "cli.py"), "train", "-c", str(CONFIG)]
     cmd += ["--dataset", str(DATASET), "--json", "-q", *extra]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=root)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"train failed ({proc.returncode}): {proc.stderr[-3000:]}")
@@ -63,52 +67,75 @@ def wait_serving(port: int, timeout: float = 120.0) -> None:
     raise RuntimeError(f"no server on port {port} after {timeout} s")
 
 
+def serve(root: Path, data_dir: Path) -> tuple[subprocess.Popen, list[str]]:
+    """`clients/cli.py serve all` of the checkout at `root`, and the flag that reaches it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(root / "clients" / "cli.py"), "serve", "all"]
+        + ["--port", str(port), "--data_dir", str(data_dir)],
+        env={**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"},
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_serving(port + 1)
+    return server, ["--trainer", f"127.0.0.1:{port + 1}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="warm runs per row (median)")
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. main before a change) run the same way, its warm runs "
+        "alternating with this one's; its config and data set are this checkout's",
+    )
     args = parser.parse_args()
-    path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1"}
+    sides = {"ours": ROOT}
+    if args.baseline_root is not None:
+        sides = {"baseline": args.baseline_root.resolve(), **sides}
     ids: set[str] = set()
 
     def record(summary: dict) -> None:
         assert summary["job_id"] not in ids, f"job id {summary['job_id']} seen twice"
         ids.add(summary["job_id"])
 
+    cold: dict[str, float] = {}
+    served_cold: dict[str, float] = {}
+    warm: dict[str, list[float]] = {side: [] for side in sides}
+    served: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "embedded"
-        cold, summary = train(["--data_dir", str(data_dir)], env)
-        record(summary)
-        warm = []
-        for _ in range(args.runs):
-            seconds, summary = train(["--data_dir", str(data_dir)], env)
-            record(summary)
-            warm.append(seconds)
-
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, str(ROOT / "clients" / "cli.py"), "serve", "all"]
-            + ["--port", str(port), "--data_dir", str(Path(tmp) / "served")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        servers: dict[str, tuple[subprocess.Popen, list[str]]] = {}
         try:
-            wait_serving(port + 1)
-            address = ["--trainer", f"127.0.0.1:{port + 1}"]
-            served_cold, summary = train(address, env)  # fills the served embedder's cache
-            record(summary)
-            served = []
-            for _ in range(args.runs):
-                seconds, summary = train(address, env)
+            for side, root in sides.items():
+                data_dir = ["--data_dir", str(Path(tmp) / side / "embedded")]
+                cold[side], summary = train(root, data_dir)
                 record(summary)
-                served.append(seconds)
+                servers[side] = serve(root, Path(tmp) / side / "served")
+                # fills the served embedder's cache
+                served_cold[side], summary = train(root, servers[side][1])
+                record(summary)
+            # Warm runs alternate between the checkouts (the order flips each round), so that
+            # a load that comes and goes on a shared machine falls on both.
+            for run in range(args.runs):
+                order = list(sides) if run % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    seconds, summary = train(sides[side], servers[side][1])
+                    record(summary)
+                    served[side].append(seconds)
+                for side in order:
+                    data_dir = ["--data_dir", str(Path(tmp) / side / "embedded")]
+                    seconds, summary = train(sides[side], data_dir)
+                    record(summary)
+                    warm[side].append(seconds)
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
+            for server, _ in servers.values():
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(30)
 
-    warm_s, served_s = statistics.median(warm), statistics.median(served)
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load average at end "
@@ -116,16 +143,35 @@ def main() -> None:
     )
     print(f"job: {CONFIG.relative_to(ROOT)} on {DATASET.relative_to(ROOT)}; {len(ids)} jobs")
     print()
-    print("| run | seconds (median of warm runs) | vs cold | target |")
-    print("|---|---:|---:|---|")
-    print(f"| embedded, cold (new --data_dir) | {cold:.2f} | 1.00 | |")
-    print(
-        f"| embedded, warm (same --data_dir), {args.runs} runs | {warm_s:.2f} | "
-        f"{warm_s / cold:.2f} | <= 0.10 of cold or <= 3 s |"
-    )
-    print(f"| served, first job (cold cache) | {served_cold:.2f} | {served_cold / cold:.2f} | |")
-    print(f"| served, warm, {args.runs} runs | {served_s:.2f} | {served_s / cold:.2f} | <= 1.5 s |")
-    print(f"\nwarm runs: {[round(s, 2) for s in warm]}; served: {[round(s, 2) for s in served]}")
+    print("| checkout | run | seconds (median of warm runs) | vs cold | target |")
+    print("|---|---|---:|---:|---|")
+    for side in sides:
+        warm_s, served_s = statistics.median(warm[side]), statistics.median(served[side])
+        print(f"| {side} | embedded, cold (new --data_dir) | {cold[side]:.2f} | 1.00 | |")
+        print(
+            f"| {side} | embedded, warm (same --data_dir), {args.runs} runs | {warm_s:.2f} | "
+            f"{warm_s / cold[side]:.2f} | <= 0.10 of cold or <= 3 s |"
+        )
+        print(
+            f"| {side} | served, first job (cold cache) | {served_cold[side]:.2f} | "
+            f"{served_cold[side] / cold[side]:.2f} | |"
+        )
+        print(
+            f"| {side} | served, warm, {args.runs} runs | {served_s:.2f} | "
+            f"{served_s / cold[side]:.2f} | <= 1.5 s |"
+        )
+    for side in sides:
+        print(
+            f"\n{side}: warm runs {[round(s, 2) for s in warm[side]]}; "
+            f"served {[round(s, 2) for s in served[side]]}"
+        )
+    if "baseline" in sides:
+        for name, runs in (("embedded, warm", warm), ("served, warm", served)):
+            ratios = [o / b for b, o in zip(runs["baseline"], runs["ours"], strict=True)]
+            print(
+                f"{name}: ours / baseline per round {[round(r, 2) for r in ratios]}, "
+                f"median {statistics.median(ratios):.2f}"
+            )
 
 
 if __name__ == "__main__":
