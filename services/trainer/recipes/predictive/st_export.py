@@ -73,10 +73,11 @@ def _dense_layers(model: PredictiveModel) -> list[tuple[nn.Linear, str]]:
     return pairs
 
 
-def export_sentence_transformers(
-    directory: Path, ref: EncoderRef, model: PredictiveModel, lowercase: bool = False
-) -> Path:
-    """Write `directory/sentence_transformers/`."""
+@building_modules()
+def _pipeline(ref: EncoderRef, model: PredictiveModel, lowercase: bool):
+    """The SentenceTransformer, built holding the module-building lock: loading the encoder
+    swaps torch's initialisers for no-ops while it runs (tunewire/model_init.py), which another
+    job building its head at that moment would keep."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as models
 
@@ -105,8 +106,15 @@ def export_sentence_transformers(
             if linear.bias is not None:
                 dense.linear.bias.copy_(linear.bias.detach().float())
         modules.append(dense)
+    return SentenceTransformer(modules=modules, device="cpu")
+
+
+def export_sentence_transformers(
+    directory: Path, ref: EncoderRef, model: PredictiveModel, lowercase: bool = False
+) -> Path:
+    """Write `directory/sentence_transformers/`."""
     out = directory / EXPORT_DIR
-    SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    _pipeline(ref, model, lowercase).save(str(out))
     head = next(iter(model.outputs.values()))
     (out / "labels.json").write_text(
         json.dumps(
