@@ -92,11 +92,29 @@ def text_hashes(joined: bytes, count: int) -> np.ndarray | None:
     lengths = np.empty(count, dtype=np.uint64)
     lengths[:-1] = nul - starts[:-1]
     lengths[-1] = len(buf) - starts[-1]
+    if len(buf) < _CACHED_POWERS:
+        return _segment_hashes(buf, starts, lengths)
+    # A long buffer in pieces of about _CACHED_POWERS bytes, cut between texts: the power
+    # tables and the weighted copy (8 bytes a byte) stay that size.
+    hashes = np.empty(count, dtype=np.uint64)
+    first = 0
+    while first < count:
+        end = max(first + 1, int(np.searchsorted(starts, starts[first] + _CACHED_POWERS)))
+        stop = starts[end] if end < count else len(buf)
+        hashes[first:end] = _segment_hashes(
+            buf[starts[first] : stop], starts[first:end] - starts[first], lengths[first:end]
+        )
+        first = end
+    return hashes
+
+
+def _segment_hashes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The hash of each text of `buf` starting at `starts` (each ends at the next start, or at
+    the end, its NUL included: a zero)."""
     mul, inv = _POWERS.get(len(buf) + 1)
-    # Each text's bytes times _MUL^(global position), summed per text with its closing NUL
-    # (a zero; one more past the end, so that a last empty text has a segment too): a segmented
-    # sum is several times faster than a running one. _INV^start then makes each sum start at
-    # _MUL^0.
+    # Each byte times _MUL^(position in `buf`), summed per text with its closing NUL (one more
+    # zero past the end, so that a last empty text has a segment too): a segmented sum is
+    # several times faster than a running one. _INV^start then makes each sum start at _MUL^0.
     weighted = np.zeros(len(buf) + 1, dtype=np.uint64)
     np.multiply(buf, mul[: len(buf)], out=weighted[: len(buf)])
     return np.add.reduceat(weighted, starts) * inv[starts] + lengths * _LEN

@@ -104,6 +104,14 @@ def test_equal_texts_hash_alike_wherever_they_sit():
     assert text_hashes(b"a", 0) is None and text_hashes(b"a\0b", 1) is None
 
 
+def test_long_buffers_hash_in_pieces_alike(monkeypatch):
+    texts = [f"text {i} " + "x" * (i % 7) for i in range(200)] + [""]
+    joined = "\0".join(texts).encode()
+    whole = text_hashes(joined, len(texts))
+    monkeypatch.setattr(hot_vectors_module, "_CACHED_POWERS", 64)  # a piece: a few texts
+    assert text_hashes(joined, len(texts)).tolist() == whole.tolist()
+
+
 def test_text_by_text_requests_are_answered_from_kept_vectors(
     tmp_path, registry, minilm_path, monkeypatch
 ):
