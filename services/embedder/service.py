@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -72,9 +72,34 @@ log = structlog.get_logger(__name__)
 OUTPUT_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 # Results travel in one gRPC message; stay clear of the 64 MiB limit.
 DEFAULT_MAX_OUTPUT_BYTES = 48 * 1024 * 1024
+# How many requests' hashes `_answer_kept` remembers to tell a replay from a first request.
+SEEN_REQUESTS = 65536
 # Requests of at least this many texts, answered wholly from the cache, are stored whole too
 # (see cache.py); smaller ones gain little from it.
 BATCH_ENTRY_MIN_TEXTS = 64
+
+
+class RecentHashes:
+    """The hashes of the last `size` keys put, first in first out (a collision only makes a
+    first request look like a replay: its answer is kept in memory, never wrong)."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[int] = deque()
+        self._set: set[int] = set()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def put(self, key: Hashable) -> bool:
+        """Remember `key`; whether it was remembered already."""
+        value = hash(key)
+        with self._lock:
+            if value in self._set:
+                return True
+            self._set.add(value)
+            self._order.append(value)
+            if len(self._order) > self._size:
+                self._set.discard(self._order.popleft())
+            return False
 
 
 class EmbedResult(NamedTuple):
@@ -363,6 +388,8 @@ class EmbedderService:
         self.batches = 0  # forward passes since start
         self.shared_batches = 0  # forward passes holding rows of more than one request
         self._inflight = InFlight()
+        # Requests answered lately, by the hash of their hot-answer key: which are replays.
+        self._seen = RecentHashes(SEEN_REQUESTS)
 
     def _scoped(self, fp: str) -> str:
         """The fingerprint cache keys are made from: `fp` itself when the cache is shared, else
@@ -495,7 +522,8 @@ class EmbedderService:
         if joined is not None:
             kept = self.hot_vectors.lookup(key_fp, joined, len(texts))
             if kept is not None:  # every text read or computed lately: no sha256, no LMDB
-                return Answered(self._answer_kept(fp, kept, render))
+                hot_key = None if wire is None else (key_fp, render, wire)
+                return Answered(self._answer_kept(fp, kept, render, hot_key))
         texts = list(texts)
         if wire is not None:
             whole = batch_key(key_fp, wire)
@@ -516,6 +544,8 @@ class EmbedderService:
         keys = cache_keys(key_fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
+        if wire is not None:
+            self._seen.put((key_fp, render, wire))
         return EmbedJob(
             self,
             entry,
@@ -532,14 +562,25 @@ class EmbedderService:
             key_fp,
         )
 
-    def _answer_kept(self, fp: str, kept: Kept, render: Callable[[EmbedResult], Any] | None) -> Any:
+    def _answer_kept(
+        self,
+        fp: str,
+        kept: Kept,
+        render: Callable[[EmbedResult], Any] | None,
+        hot_key: tuple | None,
+    ) -> Any:
         """The answer to a request whose every text is in `hot_vectors`, counted as cache hits.
-        Neither kept as sent (hot answers) nor stored whole in the cache: the text-by-text path
-        costs about what a replay does, while keeping each such answer (a new 2 MiB a chunk)
-        cost a page fault for every 4 KiB of it and the sha256 of its key about the answer."""
+        Kept as sent (hot answers, under `hot_key`) only when the same request came before: a
+        replay then costs nothing from its next time on, while a request seen once (a data set
+        in a new order every epoch) keeps nothing - holding a new 2 MiB a chunk cost a page fault
+        for every 4 KiB of each such answer. Not stored whole in the cache: the sha256 of its key
+        would cost about what this answer did."""
         self.cache.count_hits(kept.distinct)
         result = EmbedResult(kept.vectors, kept.distinct, 0, fp)
-        return result if render is None else render(result)
+        rendered = result if render is None else render(result)
+        if hot_key is not None and self._seen.put(hot_key):
+            self.hot.put(hot_key, rendered, kept.distinct, key_bytes=len(hot_key[2]))
+        return rendered
 
     def _compute(
         self,

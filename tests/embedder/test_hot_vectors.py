@@ -142,3 +142,28 @@ def test_text_by_text_requests_are_answered_from_kept_vectors(
         assert normalized.misses == 5
     finally:
         service.close()
+
+
+def test_a_text_by_text_answer_is_kept_as_sent_only_for_a_replay(tmp_path, registry, minilm_path):
+    """A request seen before (here computed first) is kept as a hot answer when the kept vectors
+    answer it again, so its next replay costs nothing; a request in a new order is not kept
+    until it comes a second time."""
+    service = service_module.EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
+    try:
+        spec = service_module.EncoderSpec(model=minilm_path, dtype="float16")
+        texts = [f"{w} replayed {i}" for i, w in enumerate(WORDS * 3)][:70]
+
+        def render(result):
+            return [result.vectors.tobytes()]
+
+        computed = service.begin(spec, texts, render).finish()
+        assert len(service.hot) == 0
+        assert service.begin(spec, texts, render).finish() == computed  # kept vectors
+        assert len(service.hot) == 1  # a replay: kept as sent
+        shuffled = texts[::-1]
+        first = service.begin(spec, shuffled, render).finish()
+        assert len(service.hot) == 1  # seen once: nothing kept
+        assert service.begin(spec, shuffled, render).finish() == first
+        assert len(service.hot) == 2
+    finally:
+        service.close()
