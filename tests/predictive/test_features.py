@@ -251,3 +251,51 @@ def test_calibration_fits_a_temperature_that_lowers_validation_nll(trainer, exam
         report["temperature"], rel=1e-6
     )
     assert any("calibration of label" in m for m in logs(events))
+
+
+@pytest.mark.parametrize("normalization", ["null", "unset"])
+def test_number_output_normalization_null_is_honoured_and_unset_is_zscore(
+    trainer, mixed, minilm, normalization
+):
+    """Ludwig's null (the target as is) is trained and predicted un-normalised, with no recorded
+    difference; left unset, the target is z-scored and the difference recorded. Either way predict
+    answers on the target's own scale."""
+    rows = mixed.sample(n=400, random_state=2)[["text", "num", "cat", "score"]]
+    score = {"name": "score", "type": "number"}
+    if normalization == "null":
+        score["preprocessing"] = {"normalization": None}
+    cfg = {
+        "input_features": [
+            text("text", minilm, 16),
+            {"name": "num", "type": "number"},
+            {"name": "cat", "type": "category", "encoder": {"type": "dense", "embedding_size": 8}},
+        ],
+        "output_features": [score],
+        "trainer": {"epochs": 30, "batch_size": 32, "learning_rate": 0.01},
+        "preprocessing": SPLIT,
+    }
+    ds = trainer.upload_dataset(rows.to_csv(index=False).encode(), "score.csv")
+    job, events = run_job(trainer, cfg, dataset_id=ds.id)
+    artifact = Path(job.artifact_path)
+    losses = [
+        e.progress.loss
+        for e in events
+        if e.WhichOneof("event") == "progress" and e.progress.phase == "training"
+    ]
+    assert losses[-1] < losses[0] / 4, losses
+    meta = json.loads((artifact / "training_set_metadata.json").read_text())["score"]
+    resolved = json.loads((artifact / "resolved_config.json").read_text())
+    recorded = json.loads((artifact / "tunewire.json").read_text())["differences_from_ludwig"]
+    written = resolved["output_features"][0]["preprocessing"]["normalization"]
+    differs = any(d.startswith("output_features[0].preprocessing.normalization") for d in recorded)
+    if normalization == "null":
+        assert meta["normalization"] is None and (meta["mean"], meta["std"]) == (0.0, 1.0)
+        assert written is None and not differs
+    else:
+        assert meta["normalization"] == "zscore" and meta["std"] > 1.0
+        assert written == "zscore" and differs
+    preds = predictions_frame(trainer.predict(job.artifact_path, ds.id))
+    got = preds["score_predictions"].astype(float).to_numpy()
+    want = rows["score"].to_numpy()
+    r2 = 1 - ((got - want) ** 2).sum() / ((want - want.mean()) ** 2).sum()
+    assert r2 >= 0.8, r2  # on the target's scale: a normalised answer would score below 0

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tunewire.config.ecd import differences_from_ludwig, parse_ecd
+from tunewire.config import to_dict
+from tunewire.config.ecd import EcdConfig, differences_from_ludwig, parse_ecd
 from tunewire.config.llm import differences_from_ludwig as llm_differences
 from tunewire.config.llm import parse_llm
-from tunewire.features import fit_input
+from tunewire.config.schema import from_dict
+from tunewire.features import encode_input, fit_input
 from tunewire.heads import MLPHead
 
 TEXT = {"name": "t", "type": "text", "encoder": {"pretrained_model_name_or_path": "m"}}
@@ -45,6 +47,30 @@ def test_number_output_normalised_by_default_is_recorded() -> None:
     assert any("normalization: zscore" in d for d in differences_from_ludwig(parse_ecd(raw)))
     raw["output_features"][0]["preprocessing"] = {"normalization": "minmax"}
     assert differences_from_ludwig(parse_ecd(raw)) == []
+
+
+def test_number_output_explicit_null_is_ludwigs_and_survives_the_resolved_config() -> None:
+    """Ludwig's null (the target as is) is kept, not defaulted to zscore; the resolved config
+    carries each choice (null, or unset resolved to zscore) through parse and from_dict alike."""
+    raw = _ecd([NUM])
+    for pre, want in (({"normalization": None}, None), ({}, "zscore")):
+        raw["output_features"] = [{"name": "y", "type": "number", "preprocessing": pre}]
+        resolved = to_dict(parse_ecd(raw))
+        assert resolved["output_features"][0]["preprocessing"]["normalization"] == want
+        for again in (parse_ecd(resolved), from_dict(EcdConfig, resolved)):
+            assert again.output_features[0].preprocessing.normalization == want
+            assert differences_from_ludwig(again) == []  # chosen, once resolved
+    assert parse_ecd(_ecd([NUM])).output_features[0].preprocessing.normalization is None  # binary
+
+
+def test_number_input_normalization_null_leaves_the_values_as_is() -> None:
+    """Ludwig's number input default is zscore (ours too); an explicit null is honoured."""
+    assert parse_ecd(_ecd([NUM])).input_features[0].preprocessing.normalization == "zscore"
+    feature = parse_ecd(_ecd([dict(NUM, preprocessing={"normalization": None})])).input_features[0]
+    df = pd.DataFrame({"n": [10.0, 20.0, 30.0]})
+    meta = fit_input(df, feature, "input_features[0]")
+    assert meta.normalization is None
+    assert encode_input(df, meta, "input_features[0]").ravel().tolist() == [10.0, 20.0, 30.0]
 
 
 def test_missing_number_input_reads_as_ludwigs_fill_value_zero() -> None:

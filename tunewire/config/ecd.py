@@ -353,14 +353,28 @@ class LossConfig:
         check(self.gamma >= 0.0, "must be >= 0", "gamma")
 
 
+# The default of an output's normalization, told apart from an explicit null (Ludwig's "the target
+# as is", honoured): resolved in __post_init__, never written to a resolved config.
+_UNSET = "<unset>"
+
+
 @dataclass
 class OutputPreprocessing:
     missing_value_strategy: Literal["drop_row"] = "drop_row"
     fallback_true_label: str | None = None
-    normalization: Literal["zscore", "minmax"] | None = None
+    normalization: Literal["zscore", "minmax"] | None = field(
+        default=_UNSET,  # type: ignore[assignment]
+        metadata={"help": "Number outputs: unset is zscore; null leaves the target as is."},
+    )
     tokenizer: Literal["space", "comma"] = field(
         default="space", metadata={"help": "How set and vector labels are split."}
     )
+
+    def __post_init__(self) -> None:
+        # Not a config key: whether normalization was left out (OutputFeature picks its default).
+        self.normalization_unset = self.normalization == _UNSET
+        if self.normalization_unset:
+            self.normalization = None
 
 
 @dataclass
@@ -430,9 +444,10 @@ class OutputFeature:
             f"calibration (temperature scaling) is for {' and '.join(CALIBRATABLE)} outputs",
             "calibration",
         )
-        # Not a config key: Ludwig leaves a number target as is; here null is zscore (recorded).
+        # Not a config key: Ludwig leaves a number target as is; here an unset normalization is
+        # zscore (recorded), and an explicit null is Ludwig's.
         self.normalization_differs = False
-        if self.preprocessing.normalization is None and self.type == "number":
+        if self.type == "number" and getattr(self.preprocessing, "normalization_unset", False):
             self.preprocessing.normalization = "zscore"
             self.normalization_differs = True
 
@@ -697,7 +712,8 @@ def differences_from_ludwig(cfg: EcdConfig) -> list[str]:
         if getattr(f, "normalization_differs", False):
             out.append(
                 f"output_features[{i}].preprocessing.normalization: zscore (Ludwig's default for "
-                "a number output is null, the target as is; null is zscore here): the head "
-                "learns the normalised target and its predictions are mapped back"
+                "a number output is null, the target as is; unset is zscore here, an explicit "
+                "null is honoured): the head learns the normalised target and its predictions are "
+                "mapped back"
             )
     return out

@@ -252,8 +252,8 @@ DIFFERENT: dict[str, str] = {
         "auto_transformer and cls_pooled for bert"
     ),
     "ecd:output_features[].preprocessing.normalization": (
-        "a number output's null is zscore (Ludwig: null, the target as is); predictions are "
-        "mapped back"
+        "a number output left unset is zscore (Ludwig: null, the target as is), its predictions "
+        "mapped back; an explicit null is honoured (the target as is)"
     ),
     "llm:input_features[].preprocessing.missing_value_strategy": (
         "drop_row by default (Ludwig: fill_with_const, a missing input read as <UNK>)"
@@ -311,6 +311,7 @@ DEFAULT_OVERRIDES: dict[str, object] = {
     "llm:trainer.type": "none",
     "llm:trainer.batch_size": 1,
     "llm:trainer.eval_batch_size": 2,
+    "ecd:output_features[].preprocessing.normalization": "zscore (number), else null",
 }
 
 
