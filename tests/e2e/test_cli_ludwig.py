@@ -5,6 +5,7 @@ documented shapes, TensorBoard logs read back with tensorboard's own reader, `ev
 
 from __future__ import annotations
 
+import filecmp
 import json
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def test_evaluate_a_split_of_tab_separated_csv_with_plots(run):
     assert len(pd.read_parquet(root / "eval" / "predictions.parquet")) == summary["rows"]
 
 
-def test_predict_with_data_format_and_the_model_alias(run):
+def test_predict_with_data_format_and_the_model_alias(run, minilm):
     root, _, _ = run
     (root / "rows.txt").write_text((root / "sms.json").read_text())
     proc = cli(
@@ -192,6 +193,8 @@ def test_predict_with_data_format_and_the_model_alias(run):
     probability = 1 / (1 + np.exp(-logits[:, 0]))
     column = f"label_probabilities_{labels['labels'][1]}"
     np.testing.assert_allclose(probability, preds[column][:64], atol=2e-4)
+    # The encoder's weights are taken as they are, never loaded and saved again.
+    assert filecmp.cmp(folder / "model.safetensors", Path(minilm) / "model.safetensors", False)
 
 
 def test_visualize_draws_ludwigs_plots_from_the_statistics_files(run):

@@ -12,6 +12,8 @@ last, norm layers in the head, number/set/vector outputs (their decoding is tune
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -73,11 +75,240 @@ def _dense_layers(model: PredictiveModel) -> list[tuple[nn.Linear, str]]:
     return pairs
 
 
+# The encoder's files the export takes as they are: weights, config and tokenizer. Everything
+# else in its folder (its own sentence-transformers modules, model card) describes another pipeline.
+_ENCODER_FILES = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "*.model",
+)
+_NO_LIMIT = 10**9  # tokenizers without a limit say int(1e30)
+
+
+def export_sentence_transformers(
+    directory: Path, ref: EncoderRef, model: PredictiveModel, lowercase: bool = False
+) -> Path:
+    """Write `directory/sentence_transformers/`. The encoder's files are linked or copied from its
+    folder (the weights byte for byte) and the small sentence-transformers files are written
+    here; loading the encoder only to save it again cost half a second per job. An encoder with
+    no safetensors weights in a local folder is still loaded and saved."""
+    out = directory / EXPORT_DIR
+    source = _encoder_folder(ref)
+    if source is None or not any(source.glob("*.safetensors")):
+        _pipeline(ref, model, lowercase).save(str(out))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _take_encoder_files(source, out, ref, lowercase)
+        _write_modules(out, ref, model, _max_seq_length(source, ref), lowercase)
+    head = next(iter(model.outputs.values()))
+    (out / "labels.json").write_text(
+        json.dumps(
+            {
+                "type": head.meta.type,
+                "labels": list(head.meta.vocab),
+                "threshold": float(getattr(head.feature, "threshold", 0.5) or 0.5),
+                "how": "binary: sigmoid(encode(text)[0]) is P(labels[1]); "
+                "category: labels[argmax(encode(text))]",
+            },
+            indent=2,
+        )
+    )
+    return out
+
+
+def _encoder_folder(ref: EncoderRef) -> Path | None:
+    """The encoder's local folder: its path, or its snapshot in the Hugging Face cache (never
+    downloaded here: the embedder already fetched it). None when neither is on this machine."""
+    local = Path(ref.spec.model)
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                ref.spec.model, revision=ref.spec.revision or None, local_files_only=True
+            )
+        )
+    except Exception:  # noqa: BLE001 - any miss falls back to loading through transformers
+        return None
+
+
+def _take_encoder_files(source: Path, out: Path, ref: EncoderRef, lowercase: bool) -> None:
+    """Weights linked (or copied) as they are; the tokenizer given the export's length limit and,
+    when the feature lowercases, a Lowercase normalizer, as sentence-transformers saves them."""
+    for pattern in _ENCODER_FILES:
+        for path in source.glob(pattern):
+            if path.suffix == ".safetensors":
+                _link_or_copy(path, out / path.name)
+            elif path.name == "tokenizer.json" and lowercase:
+                _lowercased_tokenizer(path, out / path.name)
+            elif path.name != "tokenizer_config.json":
+                shutil.copyfile(path, out / path.name)
+    config = source / "tokenizer_config.json"
+    if config.is_file():
+        settings = json.loads(config.read_text())
+        limit = _max_seq_length(source, ref)
+        if limit:
+            settings["model_max_length"] = limit
+        (out / config.name).write_text(json.dumps(settings, indent=2))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link when both sit on one filesystem, else a copy. Sharing the inode with the
+    encoder's cache is safe because safetensors files are never rewritten in place: safetensors
+    and transformers write a new file and rename it over the old one, and the Hugging Face cache
+    downloads to a temporary file the same way, so neither side can change the other's bytes."""
+    real = source.resolve()
+    if real.is_file() and real.stat().st_dev == target.parent.stat().st_dev:
+        try:
+            os.link(real, target)
+            return
+        except OSError:  # a filesystem without hard links, or too many links to one inode
+            pass
+    shutil.copyfile(real, target)
+
+
+def _lowercased_tokenizer(source: Path, target: Path) -> None:
+    """tokenizer.json with Lowercase first, as sentence-transformers' `do_lower_case` sets it."""
+    from tokenizers import Tokenizer
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    tokenizer = Tokenizer.from_file(str(source))
+    current = tokenizer.normalizer
+    steps = list(current) if isinstance(current, Sequence) else [current] if current else []
+    if not any(isinstance(step, Lowercase) for step in steps):
+        tokenizer.normalizer = Sequence([Lowercase(), *steps])
+    tokenizer.save(str(target))
+
+
+def _max_seq_length(source: Path, ref: EncoderRef) -> int | None:
+    """The spec's max_length, or (0) the encoder's own limit: the tokenizer's and the position
+    table's, whichever is lower, as the embedder truncates."""
+    if ref.spec.max_length:
+        return ref.spec.max_length
+    limits = []
+    for name, key in (("tokenizer_config.json", "model_max_length"), ("config.json", None)):
+        path = source / name
+        if path.is_file():
+            settings = json.loads(path.read_text())
+            limits.append(settings.get(key or "max_position_embeddings"))
+    limits = [int(n) for n in limits if isinstance(n, (int, float)) and 0 < n < _NO_LIMIT]
+    return min(limits) if limits else None
+
+
+def _write_modules(
+    out: Path, ref: EncoderRef, model: PredictiveModel, max_seq_length: int | None, lowercase: bool
+) -> None:
+    """modules.json and each module's folder, in the layout `SentenceTransformer.save` writes."""
+    import sentence_transformers
+    import transformers
+    from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFAULTS
+    from sentence_transformers.sentence_transformer import modules as models
+
+    modality, output_name = TRANSFORMER_TASK_DEFAULTS["feature-extraction"]
+    transformer_config = {
+        "transformer_task": "feature-extraction",
+        "modality_config": modality,
+        "module_output_name": output_name,
+        "do_lower_case": lowercase,
+    }
+    if max_seq_length:
+        transformer_config["max_seq_length"] = max_seq_length  # TEI reads it here
+    (out / "sentence_bert_config.json").write_text(json.dumps(transformer_config, indent=4))
+    dim = ref.dimension or json.loads((out / "config.json").read_text())["hidden_size"]
+    modules: list[nn.Module] = [models.Pooling(dim, pooling_mode=_POOLING[ref.spec.pooling])]
+    if ref.spec.normalize:
+        modules.append(models.Normalize())
+    modules += _dense_modules(model)
+    entries = [{"idx": 0, "name": "0", "path": "", "type": _class_path(models.Transformer)}]
+    for idx, module in enumerate(modules, start=1):
+        folder = f"{idx}_{type(module).__name__}"
+        (out / folder).mkdir(exist_ok=True)
+        module.save(str(out / folder), safe_serialization=True)
+        entries.append(
+            {"idx": idx, "name": str(idx), "path": folder, "type": _class_path(type(module))}
+        )
+    (out / "modules.json").write_text(json.dumps(entries, indent=2))
+    versions = {
+        "sentence_transformers": sentence_transformers.__version__,
+        "transformers": transformers.__version__,
+        "pytorch": torch.__version__,
+    }
+    config = {
+        "model_type": "SentenceTransformer",
+        "__version__": versions,
+        "prompts": {"query": "", "document": ""},
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps(config, indent=2, sort_keys=True)
+    )
+    (out / "README.md").write_text(_README.format(model=ref.spec.model))
+
+
+_README = """---
+library_name: sentence-transformers
+tags:
+- sentence-transformers
+- text-classification
+---
+
+# A tunewire classifier as a sentence-transformers model
+
+The encoder `{model}` (frozen), pooled, then the classifier head as `Dense` layers: `encode`
+returns the head's logits. `labels.json` says how to read them.
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/to/sentence_transformers")
+logits = model.encode(["some text"])
+```
+"""
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+@building_modules()
+def _dense_modules(model: PredictiveModel) -> list[nn.Module]:
+    """One sentence-transformers `Dense` per head layer, built holding the module-building lock
+    (another job loading an encoder swaps torch's initialisers meanwhile)."""
+    from sentence_transformers.sentence_transformer import modules as models
+
+    denses: list[nn.Module] = []
+    for linear, activation in _dense_layers(model):
+        dense = models.Dense(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            activation_function=_load_class(activation)(),
+        )
+        with torch.no_grad():
+            dense.linear.weight.copy_(linear.weight.detach().float())
+            if linear.bias is not None:
+                dense.linear.bias.copy_(linear.bias.detach().float())
+        denses.append(dense)
+    return denses
+
+
 @building_modules()
 def _pipeline(ref: EncoderRef, model: PredictiveModel, lowercase: bool):
-    """The SentenceTransformer, built holding the module-building lock: loading the encoder
-    swaps torch's initialisers for no-ops while it runs (tunewire/model_init.py), which another
-    job building its head at that moment would keep."""
+    """The whole SentenceTransformer, for an encoder whose files cannot be taken as they are.
+    Built holding the module-building lock: loading the encoder swaps torch's initialisers for
+    no-ops while it runs (tunewire/model_init.py), which another job building its head at that
+    moment would keep."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as models
 
@@ -94,41 +325,8 @@ def _pipeline(ref: EncoderRef, model: PredictiveModel, lowercase: bool):
     ]
     if ref.spec.normalize:
         modules.append(models.Normalize())
-    for linear, activation in _dense_layers(model):
-        dense = models.Dense(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            activation_function=_load_class(activation)(),
-        )
-        with torch.no_grad():
-            dense.linear.weight.copy_(linear.weight.detach().float())
-            if linear.bias is not None:
-                dense.linear.bias.copy_(linear.bias.detach().float())
-        modules.append(dense)
+    modules += _dense_modules(model)
     return SentenceTransformer(modules=modules, device="cpu")
-
-
-def export_sentence_transformers(
-    directory: Path, ref: EncoderRef, model: PredictiveModel, lowercase: bool = False
-) -> Path:
-    """Write `directory/sentence_transformers/`."""
-    out = directory / EXPORT_DIR
-    _pipeline(ref, model, lowercase).save(str(out))
-    head = next(iter(model.outputs.values()))
-    (out / "labels.json").write_text(
-        json.dumps(
-            {
-                "type": head.meta.type,
-                "labels": list(head.meta.vocab),
-                "threshold": float(getattr(head.feature, "threshold", 0.5) or 0.5),
-                "how": "binary: sigmoid(encode(text)[0]) is P(labels[1]); "
-                "category: labels[argmax(encode(text))]",
-            },
-            indent=2,
-        )
-    )
-    return out
 
 
 def _load_class(path: str):
