@@ -37,6 +37,7 @@ CONFIG_FILES = (
     "retrieval.json",  # a few-shot model's retrieval encoder
 )
 LOCAL_PREFIX = "<local>/"  # a local path's stand-in in what reaches the Hub
+RETRIEVAL_POOL_FILE = "retrieval_pool.parquet"  # a few-shot model's training rows
 _LOCAL_PATH = re.compile(r"^(/|~|\./|\.\./|[A-Za-z]:[\\/])")
 
 
@@ -174,6 +175,25 @@ def _load_snippet(kind: str, where: str, task: str | None, st_folder: bool) -> s
     return text
 
 
+def _training_rows_notice(artifact_dir: Path, resolved: dict[str, Any]) -> list[str]:
+    """A few-shot model carries the training rows it retrieves examples from: whoever can read
+    the repository can read them, so the card says so where a reader looks first."""
+    pool = artifact_dir / RETRIEVAL_POOL_FILE
+    if not pool.is_file():
+        return []
+    import pyarrow.parquet as pq
+
+    rows = pq.read_metadata(pool).num_rows
+    k = ((resolved.get("prompt") or {}).get("retrieval") or {}).get("k")
+    each = f"{k} examples" if k else "examples"
+    return [
+        "## Training rows in this repository\n\n",
+        f"Each prompt carries {each} retrieved from the training data (Ludwig's "
+        f"`prompt.retrieval`), so the {rows} training rows it retrieves from are stored here in "
+        f"`{RETRIEVAL_POOL_FILE}`: anyone who can read this repository can read them.\n\n",
+    ]
+
+
 def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
     """The README.md for `artifact_dir`, made with huggingface_hub's ModelCard: metadata
     (base_model, library_name, pipeline_tag, tags, datasets, model-index), a loading snippet,
@@ -227,6 +247,7 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
         _load_snippet(kind, where, task, st_folder),
         "\n",
     ]
+    parts += _training_rows_notice(artifact_dir, resolved)
     if metrics:
         parts.append("## Metrics\n\n| split | feature | metric | value |\n|---|---|---|---|\n")
         parts += [f"| {s} | {f} | {m} | {v:.6g} |\n" for s, f, m, v in metrics]

@@ -102,3 +102,20 @@ def test_no_placeholders_duplicates_or_server_paths(tmp_path):
     assert card.count("| test |") == 1
     parsed = ModelCard(card)
     assert parsed.data.model_name == "job-9" and len(parsed.data.eval_results) == 1
+
+
+def test_a_few_shot_card_says_it_carries_training_rows(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"name": ["alba", "bruno", "carla"], "answer": ["x", "y", "z"]}).to_parquet(
+        tmp_path / "retrieval_pool.parquet"
+    )
+    (tmp_path / "resolved_config.json").write_text(
+        json.dumps({"model_type": "llm", "prompt": {"retrieval": {"type": "random", "k": 2}}})
+    )
+    card = render_model_card(tmp_path, repo_id="org/few-shot")
+    assert "## Training rows in this repository" in card
+    assert "2 examples" in card and "the 3 training rows" in card
+    assert "retrieval_pool.parquet" in card
+    (tmp_path / "retrieval_pool.parquet").unlink()
+    assert "Training rows" not in render_model_card(tmp_path, repo_id="org/few-shot")

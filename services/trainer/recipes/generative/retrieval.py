@@ -32,11 +32,11 @@ from services.trainer.recipes.generative import conversation
 from tunewire.config.llm import LlmConfig
 from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import FailedPrecondition
-from tunewire.model_card import LOCAL_PREFIX
+from tunewire.model_card import LOCAL_PREFIX, RETRIEVAL_POOL_FILE
 from tunewire.model_names import pooling_defaults
 
 CONTEXT = "__context__"  # the column, and the template field, that holds a row's examples
-POOL_FILE = "retrieval_pool.parquet"
+POOL_FILE = RETRIEVAL_POOL_FILE
 META_FILE = "retrieval.json"
 _QUERY_CHUNK = 256  # queries ranked per matrix product: bounds memory on large pools
 
