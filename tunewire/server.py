@@ -173,6 +173,8 @@ class _LoopThread:
         self.io_pool.shutdown(wait=False, cancel_futures=True)
 
 
+# How long a stopping server waits for handlers still in its pool before closing its loop.
+POOL_DRAIN_S = 10.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -249,11 +251,20 @@ class RunningServer:
                 await self.health_server.stop(None)
 
         def finish(_future) -> None:
-            # Off the loop: closing the loop waits for it. Handlers still running in the pool
-            # (they cannot be cancelled) finish on their own; nothing waits for them.
+            # Off the loop: closing the loop waits for it. A handler still running in the pool
+            # writes its streamed responses through the loop: the loop keeps running until the
+            # pool is idle (bounded), or such a handler would wait for good on a stopped loop,
+            # and the interpreter's exit, which joins pool threads, with it.
             def close() -> None:
+                idle = threading.Thread(
+                    target=self._pool.shutdown,
+                    kwargs={"wait": True, "cancel_futures": True},
+                    name="server-pool-drain",
+                    daemon=True,
+                )
+                idle.start()
+                idle.join(POOL_DRAIN_S)
                 self._loop.close()
-                self._pool.shutdown(wait=False, cancel_futures=True)
                 done.set()
 
             threading.Thread(target=close, name="server-close", daemon=True).start()
