@@ -265,12 +265,23 @@ class RunningServer:
                 idle.start()
                 idle.join(POOL_DRAIN_S)
                 self._loop.close()
+                _release_at_exit(self._pool)
                 done.set()
 
             threading.Thread(target=close, name="server-close", daemon=True).start()
 
         self._loop.submit(drain()).add_done_callback(finish)
         return done
+
+
+def _release_at_exit(pool: futures.ThreadPoolExecutor) -> None:
+    """Let the interpreter exit past a stopped server's handlers that never returned (it joins
+    every pool thread at exit): nothing is left to answer them, and a process must not hang on
+    them. concurrent.futures keeps no public way to say so; without its registry, nothing."""
+    registry = getattr(futures.thread, "_threads_queues", None)
+    for thread in list(getattr(pool, "_threads", ())):
+        if registry is not None and thread.is_alive():
+            registry.pop(thread, None)
 
 
 def _server_options(settings: ServerSettings) -> list[tuple[str, Any]]:
