@@ -179,7 +179,7 @@ class HubClient:
                         reason="HUB_REPO_NOT_FOUND",
                     )
                 if status in (400, 422):
-                    return InvalidArgument(detail, reason="HUB_REJECTED")
+                    return InvalidArgument(detail, reason="HUB_REJECTED_REQUEST")
                 return FailedPrecondition(detail, reason="HUB_REJECTED")
             module = type(err).__module__.split(".")[0]
             if (

@@ -8,7 +8,15 @@ import pytest
 
 from services.hub_gateway.hub_client import HubClient, LocalFile
 from tests.hub_gateway.conftest import TOKEN
-from tunewire.errors import PermissionDenied, Unavailable
+from tunewire.clients.hub_gateway import raise_for_upload
+from tunewire.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    TunewireError,
+    Unavailable,
+)
+from tunewire.v1 import hub_gateway_pb2 as pb
 
 
 def files_of(root) -> list[LocalFile]:
@@ -59,3 +67,22 @@ def test_commit_whose_answer_was_lost_is_not_committed_twice(hub, adapter_model,
     assert len(calls) == 1 and hub.count("commits") == 1
     assert result.commit_oid == hub.commits_on("org/lost")[0]
     assert not any(f.skipped for f in result.files)
+
+
+@pytest.mark.parametrize("status", [422, 409])
+def test_a_rejection_raises_the_same_error_on_the_gateway_and_in_the_sdk(
+    hub, adapter_model, status
+):
+    """The Hub refusing a request (4xx other than auth/404): the gateway's error and the SDK's
+    error for the FAILED upload that records it are one class."""
+    hub.fail("POST", r"/preupload/", status, times=1)
+    client = HubClient(hub.endpoint, TOKEN, sleep=lambda s: None)
+    with pytest.raises(TunewireError) as info:
+        client.upload("org/rejected", files_of(adapter_model))
+    failed = pb.Upload(
+        state=pb.Upload.FAILED, error=str(info.value), error_reason=info.value.reason
+    )
+    with pytest.raises(TunewireError) as sdk:
+        raise_for_upload(failed)
+    expected = InvalidArgument if status == 422 else FailedPrecondition
+    assert type(info.value) is expected and type(sdk.value) is expected

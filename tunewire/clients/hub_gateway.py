@@ -36,6 +36,7 @@ _FAILURES: dict[str, type[TunewireError]] = {
     "HUB_REVISION_NOT_FOUND": NotFound,
     "HUB_UNAVAILABLE": Unavailable,
     "HUB_REJECTED": FailedPrecondition,
+    "HUB_REJECTED_REQUEST": InvalidArgument,
     "HUB_VERIFY_FAILED": FailedPrecondition,
     "HUB_TOKEN_UNREADABLE": FailedPrecondition,
     "ARTIFACT_CHANGED": InvalidArgument,
