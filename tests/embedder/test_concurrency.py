@@ -326,6 +326,7 @@ def test_a_client_that_went_away_has_its_queued_texts_dropped(app, minilm_path):
 
 def test_cancelled_caller_at_the_service_raises_and_computes_nothing(service, minilm_path):
     entry = service.registry.get(minilm_path)
+    entry.encoder.load()  # a first load takes the lock this test holds
     gone = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         with entry.encoder.lock:
@@ -343,6 +344,7 @@ def test_cancelled_caller_at_the_service_raises_and_computes_nothing(service, mi
 
 def test_a_text_in_flight_is_waited_for_not_computed_again(service, minilm_path):
     entry = service.registry.get(minilm_path)
+    entry.encoder.load()  # a first load takes the lock this test holds
     with ThreadPoolExecutor(2) as pool:
         with entry.encoder.lock:
             first = pool.submit(service.embed, EncoderSpec(model=minilm_path), POOL[:3])
