@@ -8,6 +8,7 @@ Ludwig's `model_type` picks the row: `ecd` (the default; a predictive head over 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from tunewire.config.ecd import parse_ecd
 from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
 from tunewire.config.trainer import BITSANDBYTES_OPTIMIZERS
-from tunewire.errors import InvalidArgument
+from tunewire.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:  # for annotations only: the CLI resolves configs without torch or pandas
     import pandas as pd
@@ -105,6 +106,14 @@ def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
             encoder_spec(retrieval.model_name),
             "prompt.retrieval.model_name",
             checks.embedder_address,
+        )
+    if config.trainer.precision == "fp8" and importlib.util.find_spec("torchao") is None:
+        # The workers share the trainer's environment: refused before any worker starts (the
+        # worker checks the GPU's compute capability, which it alone sees).
+        raise FailedPrecondition(
+            "fp8 needs the torchao package (the `gpu` extra), which is not "
+            "installed on the trainer",
+            field="trainer.precision",
         )
     if config.trainer.optimizer.type in BITSANDBYTES_OPTIMIZERS:
         # Built for llm (the worker needs CUDA and bitsandbytes, and says so otherwise).

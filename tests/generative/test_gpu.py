@@ -174,3 +174,53 @@ def one_gpu(tiny_model, tmp_path_factory) -> list[float]:
 def test_two_gpus_match_one_at_the_same_global_batch(tiny_model, tmp_path, one_gpu, strategy):
     two = worker_losses(tiny_model, tmp_path, steps=4, use_gpu=True, workers=2, strategy=strategy)
     assert len(one_gpu) == 4 and two == pytest.approx(one_gpu, rel=2e-2)
+
+
+needs_fp8 = pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None
+    or not torch.cuda.is_available()
+    or torch.cuda.get_device_capability() < (8, 9),
+    reason="needs torchao and a GPU of compute capability 8.9+",
+)
+
+
+@needs_fp8
+@pytest.mark.parametrize("adapter", [None, LORA], ids=["full", "lora"])
+def test_fp8_compiled_training_learns_and_saves_a_stock_artifact(tiny_model, tmp_path, adapter):
+    """trainer.precision: fp8 with per-layer compile: every decoder linear (an adapter's frozen
+    base) runs float8 GEMMs, the loss falls, and the artifact holds plain tensors under the
+    usual names, loaded by stock transformers/peft in a fresh interpreter."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from services.trainer.context import Log
+
+    raw = llm_config(
+        tiny_model,
+        adapter=adapter,
+        backend=GPU,
+        trainer={
+            "epochs": 20,
+            "learning_rate": 0.02 if adapter else 0.003,
+            "eval_steps": None,
+            "compile": True,
+            "precision": "fp8",
+        },
+    )
+    ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:0])
+    run_generative_job(ctx)
+    said = [e.message for e in rec.of(Log) if "float8 GEMMs" in e.message]
+    assert said and "14 linear layers" in said[0], said  # 7 per decoder layer, head excluded
+    losses = [e.loss for e in rec.of(Progress)]
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+    art = ctx.artifact_dir
+    if adapter is None:
+        saved = load_file(art / "model.safetensors")
+        stock = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+        assert set(saved) <= set(stock) and all(type(v) is torch.Tensor for v in saved.values())
+        moved = saved["model.layers.0.mlp.down_proj.weight"].float()
+        assert not torch.equal(moved, stock["model.layers.0.mlp.down_proj.weight"].float())
+    else:
+        saved = load_file(art / "adapter_model.safetensors")
+        assert saved and all("lora_" in k for k in saved)
+    assert len(fresh_process_generate(art, prompts(task_frame().head(2)))) == 2

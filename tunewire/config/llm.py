@@ -695,6 +695,33 @@ class LlmConfig:
                 "quantized base",
                 "adapter.init_lora_weights",
             )
+        self._check_precision()
+
+    def _check_precision(self) -> None:
+        """fp8 (torchao's float8 training) converts the base's bf16 linear layers: it needs a GPU
+        (the worker checks which one), trains full models and LoRA, and has nothing to convert
+        on a quantized base. Named here, at validation, not when the job runs."""
+        if self.trainer.precision != "fp8":
+            return
+        key = "trainer.precision"
+        check(
+            self.quantization is None,
+            "fp8 runs the base's bf16 linear layers as float8 GEMMs; a quantized base "
+            "(quantization) has none: drop one of the two",
+            key,
+        )
+        check(
+            self.backend.trainer.use_gpu,
+            "fp8 needs a CUDA GPU of compute capability 8.9+; backend.trainer.use_gpu is false",
+            key,
+        )
+        check(
+            self.adapter is None or self.adapter.type == "lora",
+            f"fp8 is built for full fine-tuning and adapter type lora, not {self.adapter.type!r}"
+            if self.adapter is not None
+            else "",
+            key,
+        )
 
     def _resolve_trainer(self) -> None:
         t = self.trainer

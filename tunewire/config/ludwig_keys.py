@@ -266,6 +266,12 @@ DIFFERENT: dict[str, str] = {
 EXTENSIONS: dict[str, str] = {
     "llm:prompt.use_chat_template": "wrap the prompt in the tokenizer's chat template",
     "llm:trainer.seed": "a seed for training alone (default: the top-level seed)",
+    "llm:trainer.precision": (
+        "auto (bf16 on a GPU that has it, else fp32) or fp8: torchao's float8 training of the "
+        "decoder's linears, an adapter's frozen base included (compute capability 8.9+). "
+        "Ludwig 0.17 has no training precision key; its quantization.backend: torchao with "
+        "mode float8 stores weights in fp8, a different thing (refused here)"
+    ),
     "ecd:trainer.seed": "a seed for training alone (default: the top-level seed)",
     "llm:backend.trainer.strategy": "ddp or fsdp (FSDP2) torchrun workers",
     "llm:backend.trainer.num_workers": "worker processes (GPUs) per node",

@@ -149,6 +149,14 @@ class TrainerConfig:
             "(needs the liger-kernel package)."
         },
     )
+    precision: Literal["auto", "fp8"] = field(
+        default="auto",
+        metadata={
+            "help": "llm: auto trains in bf16 on a GPU that has it, else fp32; fp8 runs the "
+            "decoder's linear layers (an adapter's frozen base) as float8 GEMMs through "
+            "torchao on a GPU of compute capability 8.9+ (needs torchao; fast with compile)."
+        },
+    )
     seed: int | None = field(
         default=None, metadata={"help": "Overrides the top-level seed for training."}
     )

@@ -87,6 +87,11 @@ def load_model(
         from services.trainer.recipes.generative.kernels import apply_liger
 
         apply_liger(model, device)
+    if cfg.trainer.precision == "fp8":
+        from services.trainer.recipes.generative import fp8
+
+        # Before the adapter: PEFT then wraps the float8 linears as LoRA's frozen `base_layer`.
+        fp8.convert(model, device)
     if quant is not None:
         # What PEFT's prepare_model_for_kbit_training does, less its upcast of every unquantized
         # weight to fp32: that is for fp16 bases, and fp32 activations would leave flash attention.

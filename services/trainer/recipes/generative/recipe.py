@@ -183,6 +183,10 @@ class GenerativeRecipe:
         # CorDA's initial adapter, which its artifact is saved against (before any training or
         # a resumed checkpoint moves it).
         self.corda_initial = adapters.corda_initial(lm)
+        if self.cfg.trainer.precision == "fp8":
+            from services.trainer.recipes.generative import fp8
+
+            self.events.log(fp8.describe(lm))
         frozen = optimizers.freeze_matching(lm, self.cfg.trainer.layers_to_freeze_regex)
         if frozen:
             self.events.log(f"trainer.layers_to_freeze_regex froze {frozen} parameter tensors")

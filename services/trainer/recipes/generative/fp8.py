@@ -1,0 +1,113 @@
+"""FP8 training on Hopper (`trainer.precision: fp8`) through torchao's float8 training.
+
+torchao's `convert_to_float8_training` swaps `nn.Linear` modules for its `Float8Linear`: the
+weights stay bf16 parameters (the optimizer, checkpoints and the artifact see the usual tensors
+under the usual names), and each GEMM casts its operands to float8 with dynamic scales on the fly,
+forward and backward. The decoder's linears are converted; the LM head is not (the fused loss
+reads its weight directly, and a float8 head costs accuracy for little speed), nor the
+embeddings (no GEMM). With an adapter the conversion runs before PEFT wraps the base, so the
+frozen base GEMMs run in float8 (`base_layer` is a `Float8Linear`) while LoRA A/B stay bf16;
+those layers take PEFT's own forward, not the fused one (lora_fused.py fuses plain `nn.Linear`
+bases only: its accumulate-into-the-GEMM trick has no float8 counterpart in `torch._scaled_mm`).
+
+torchao's float8 is built for torch.compile (inductor fuses the amax, scale and cast passes);
+eagerly those passes run as separate kernels, so `trainer.compile: true` is where it pays.
+torchao is an optional dependency (the `gpu` extra); float8 GEMMs need compute capability 8.9+
+(Ada, Hopper). Where either is missing the job fails naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import torch
+from torch import nn
+
+from services.trainer.recipes.generative.errors import PreconditionError
+
+KEY = "trainer.precision"
+MIN_CAPABILITY = (8, 9)
+# torchao's recipe. Tensorwise: one dynamic scale per tensor, cuBLAS's float8 GEMM; rowwise: a
+# scale per row (CUTLASS), more accurate, more cast work. Chosen on the H200 by throughput with
+# the loss criterion met: bench/results/fp8_convergence_h200.md.
+RECIPE = "tensorwise"
+
+
+def check_available(device: torch.device) -> None:
+    """Refuse, naming the key, where float8 training cannot run on `device`."""
+    if device.type != "cuda":
+        raise PreconditionError(
+            f"{KEY}: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); "
+            "none is available to this job"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise PreconditionError(
+            f"{KEY}: fp8 needs compute capability 8.9 or newer (Ada, Hopper); {name} is "
+            f"{capability[0]}.{capability[1]}"
+        )
+    if importlib.util.find_spec("torchao") is None:
+        raise PreconditionError(
+            f"{KEY}: fp8 needs the torchao package (the `gpu` extra), which is not installed "
+            "on the trainer"
+        )
+
+
+def float8_config(recipe: str = RECIPE, *, emulate: bool = False):
+    """torchao's config for `recipe`. `pad_inner_dim`: a packed batch holds rows × row_len
+    tokens, any count, and the weight-gradient GEMM's inner dimension is that count, which
+    `torch._scaled_mm` needs to be a multiple of 16 (padding is a no-op when it is).
+    `emulate` runs the casts but GEMMs in high precision: for tests on a CPU only."""
+    from torchao.float8 import Float8LinearConfig
+
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    return dataclasses.replace(config, pad_inner_dim=True, emulate=emulate)
+
+
+def eligible(module: nn.Module, head: nn.Module | None) -> bool:
+    """A plain linear layer other than the LM head, both of whose dims are multiples of 16
+    (`torch._scaled_mm`'s requirement)."""
+    return (
+        type(module) is nn.Linear
+        and module is not head
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
+    )
+
+
+def convert(model: nn.Module, device: torch.device, *, recipe: str = RECIPE) -> int:
+    """Swap the eligible linears of `model` (before any adapter wraps them) for torchao's
+    `Float8Linear`; returns how many. Fails naming the key where float8 cannot run."""
+    check_available(device)
+    return convert_linears(model, float8_config(recipe))
+
+
+def convert_linears(model: nn.Module, config) -> int:
+    """The swap itself (no device check: tests on a CPU pass an emulating `config`)."""
+    from torchao.float8 import convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear
+
+    head = model.get_output_embeddings()
+    convert_to_float8_training(
+        model, config=config, module_filter_fn=lambda module, _fqn: eligible(module, head)
+    )
+    count = sum(type(m) is Float8Linear for m in model.modules())
+    if count == 0:
+        raise PreconditionError(
+            f"{KEY}: fp8 found no linear layer whose dimensions are multiples of 16 in this "
+            "model; train it with precision: auto"
+        )
+    return count
+
+
+def describe(model: nn.Module) -> str:
+    """What the job's first events say about its float8 layers."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    count = sum(type(m) is Float8Linear for m in model.modules())
+    return (
+        f"{KEY}: fp8: {count} linear layers run float8 GEMMs (torchao, {RECIPE} scaling); "
+        "the LM head, embeddings and adapter weights stay bf16"
+    )
