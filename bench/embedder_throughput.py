@@ -14,6 +14,12 @@ block, symbolic token counts). Compiling happens when the weights load, before t
 and its seconds are reported apart; so is the number of graphs compiled inside the timed region
 (0 when no batch shape recompiled). `--no-compiled-rows` leaves the compiled rows out.
 
+`--host-sync-rows` adds the compiled rows as launched until 2026-12-03, waiting on the host for
+each batch before and after its forward pass (`Encoder.host_sync`), beside today's launches, and
+prints the ratio; `--profile` prints where the GPU's time goes in the direct compiled path (torch
+profiler, a few batches) and how much of the wall time the GPU was busy. `--no-eager-rows` and
+`--no-sorted-baseline` leave those rows out (a shorter run on a device).
+
 With `--check-reference`, vectors of the packed and the padded path are compared with a plain
 transformers reference (masked mean pooling, same dtype), as relative L2 error per vector.
 
@@ -205,6 +211,8 @@ def encoder_direct(
     max_length: int,
     max_batch_tokens: int,
     compile: bool,
+    host_sync: bool = False,
+    profile: bool = False,
 ) -> tuple[float, dict]:
     """The embedder's encoder without gRPC, queue or cache: pre-tokenised, token-budget batches,
     launched back to back. The model-side ceiling of the gRPC path."""
@@ -217,6 +225,7 @@ def encoder_direct(
         forget_compiled()
     encoder = Encoder(resolve(model_path), torch.device(device), compile=compile)
     encoder.load()
+    encoder.host_sync = host_sync
     ids = encoder.tokenize(texts, max_length)
     plan = plan_batches([len(r) for r in ids], max_batch_tokens, packed=encoder.packed)
     encoder.run([ids[i] for i in plan[-1].index], pooling="mean", layer=0, normalize=False)
@@ -240,9 +249,42 @@ def encoder_direct(
         "attention": str(encoder._model.config._attn_implementation),
         "non_embedding_params": non_embedding_params(encoder._model),
     }
+    if profile and device.startswith("cuda"):
+        info["profile"] = profile_batches(encoder, [[ids[i] for i in b.index] for b in plan[:4]])
     del encoder
     _free(device)
     return elapsed, info
+
+
+def profile_batches(encoder, batches: list[list[list[int]]]) -> str:
+    """Kernel table of `batches` launched back to back, and the GPU's busy time (the union of
+    its kernels' intervals) against the wall time: what is left is the GPU waiting for the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        launched = [encoder.launch(b, pooling="mean", layer=0, normalize=False) for b in batches]
+        for item in launched:
+            item.result()
+        wall = time.perf_counter() - start
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    busy, end = 0.0, float("-inf")
+    for s, e in kernels:  # microseconds; merge overlapping intervals
+        if e > end:
+            busy += e - max(s, end)
+            end = e
+    tokens = sum(len(r) for b in batches for r in b)
+    head = (
+        f"{len(batches)} batches, {tokens} tokens: wall {wall * 1e3:.1f} ms (profiled), "
+        f"GPU busy {busy / 1e3:.1f} ms ({busy / 1e6 / wall:.1%}), "
+        f"first to last kernel {(kernels[-1][1] - kernels[0][0]) / 1e3:.1f} ms\n"
+    )
+    return head + prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
@@ -263,6 +305,7 @@ def ours(
     request_size: int,
     max_batch_tokens: int,
     compile: bool,
+    host_sync: bool = False,
 ) -> tuple[float, float, dict]:
     """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
     preloaded, and with `compile` compiled, before the server reports SERVING)."""
@@ -285,6 +328,7 @@ def ours(
             )
         )
         encoder_ = app.service.registry.entries()[0].encoder
+        encoder_.host_sync = host_sync
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as ch:
                 stub = embedder_pb2_grpc.EmbedderServiceStub(ch)
@@ -453,6 +497,23 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="leave out the rows with compiled blocks",
     )
+    parser.add_argument(
+        "--host-sync-rows",
+        action="store_true",
+        help="add the compiled rows waiting on the host per batch (the launches before 2026-12-03)",
+    )
+    parser.add_argument(
+        "--no-eager-rows", dest="eager_rows", action="store_false", help="leave out eager rows"
+    )
+    parser.add_argument(
+        "--no-sorted-baseline",
+        dest="sorted_baseline",
+        action="store_false",
+        help="leave out the sorted transformers loop",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the direct compiled path (a GPU)"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -491,58 +552,73 @@ def main(argv: list[str] | None = None) -> None:
     base_s, tokens = in_worker_thread(
         baseline, model, texts, args.device, dtype, max_length, sort=False
     )
-    sorted_s, _ = in_worker_thread(
-        baseline, model, texts, args.device, dtype, max_length, sort=True
+    rows = [("transformers loop (batch 32, random order)", base_s)]
+    if args.sorted_baseline:
+        sorted_s, _ = in_worker_thread(
+            baseline, model, texts, args.device, dtype, max_length, sort=True
+        )
+        rows.append(("transformers loop (batch 32, sorted by length)", sorted_s))
+    run = dict(
+        model_path=model,
+        texts=texts,
+        device=args.device,
+        max_length=max_length,
+        max_batch_tokens=args.max_batch_tokens,
     )
-    direct_s, info = in_worker_thread(
-        encoder_direct, model, texts, args.device, max_length, args.max_batch_tokens, compile=False
-    )
-    cold_s, warm_s, counters = ours(
-        model,
-        texts,
-        args.device,
-        max_length,
-        args.request_size,
-        args.max_batch_tokens,
-        compile=False,
-    )
-    limit = args.peak_tflops * 1e12 / (2 * info["non_embedding_params"])
-    path = f"budget {args.max_batch_tokens}, {'packed' if info['packed'] else 'padded'}"
-    rows = [
-        ("transformers loop (batch 32, random order)", base_s),
-        ("transformers loop (batch 32, sorted by length)", sorted_s),
-        (f"embedder encoder direct, no gRPC ({path}, eager)", direct_s),
-        (f"embedder gRPC StreamEmbed, empty cache ({path}, eager)", cold_s),
-        ("embedder gRPC StreamEmbed, second pass (all cache hits)", warm_s),
-    ]
+    info: dict = {}
+    counters: dict = {}
+    if args.eager_rows or not args.compiled_rows:
+        direct_s, info = in_worker_thread(encoder_direct, **run, compile=False)
+        cold_s, warm_s, counters = ours(**run, request_size=args.request_size, compile=False)
+        path = f"budget {args.max_batch_tokens}, {'packed' if info['packed'] else 'padded'}"
+        rows += [
+            (f"embedder encoder direct, no gRPC ({path}, eager)", direct_s),
+            (f"embedder gRPC StreamEmbed, empty cache ({path}, eager)", cold_s),
+            ("embedder gRPC StreamEmbed, second pass (all cache hits)", warm_s),
+        ]
     compiled: dict = {}
+    ratios: list[str] = []
     if args.compiled_rows:
         # A failure here is reported, not fatal: the eager rows above still stand.
         try:
-            c_direct_s, compiled["direct"] = in_worker_thread(
-                encoder_direct,
-                model,
-                texts,
-                args.device,
-                max_length,
-                args.max_batch_tokens,
-                compile=True,
+            variants = [("", False)] + (
+                [(", host-synced as before", True)] if args.host_sync_rows else []
             )
-            c_cold_s, _, compiled["grpc"] = ours(
-                model,
-                texts,
-                args.device,
-                max_length,
-                args.request_size,
-                args.max_batch_tokens,
-                compile=True,
-            )
-            rows += [
-                (f"embedder encoder direct, no gRPC ({path}, compiled blocks)", c_direct_s),
-                (f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks)", c_cold_s),
-            ]
+            seconds: dict = {}
+            for label, host_sync in variants:
+                key = "synced" if host_sync else ""
+                d_s, compiled[f"direct{key}"] = in_worker_thread(
+                    encoder_direct,
+                    **run,
+                    compile=True,
+                    host_sync=host_sync,
+                    profile=args.profile and not host_sync,
+                )
+                c_s, w_s, compiled[f"grpc{key}"] = ours(
+                    **run, request_size=args.request_size, compile=True, host_sync=host_sync
+                )
+                info = info or compiled[f"direct{key}"]
+                counters = counters or compiled[f"grpc{key}"]
+                path = f"budget {args.max_batch_tokens}, {'packed' if info['packed'] else 'padded'}"
+                rows += [
+                    (f"embedder encoder direct, no gRPC ({path}, compiled blocks{label})", d_s),
+                    (
+                        f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks{label})",
+                        c_s,
+                    ),
+                ]
+                if not args.eager_rows and not host_sync:
+                    rows.append(("embedder gRPC StreamEmbed, second pass (all cache hits)", w_s))
+                seconds[host_sync] = (d_s, c_s)
+            if True in seconds:
+                (d_new, c_new), (d_old, c_old) = seconds[False], seconds[True]
+                ratios.append(
+                    f"launches without host waits vs host-synced as before: direct "
+                    f"{d_old / d_new:.3f}x, gRPC {c_old / c_new:.3f}x"
+                )
         except Exception as exc:  # noqa: BLE001 - a bench reports what happened
             compiled["error"] = f"{type(exc).__name__}: {exc}"
+    limit = args.peak_tflops * 1e12 / (2 * info["non_embedding_params"])
 
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -575,6 +651,9 @@ def main(argv: list[str] | None = None) -> None:
             else {k: detail[k] for k in ("compiled", "compile_s", "graphs_in_timed")}
         )
         print(f"compiled blocks, {name}: {shown}")
+    for detail in compiled.values():
+        if isinstance(detail, dict) and "profile" in detail:
+            print(f"profile, direct compiled path:\n{detail['profile']}")
     if "reference" in results:
         print(f"reference check: {results['reference']}")
     print()
@@ -586,6 +665,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {name} | {seconds:.2f} | {rate:,.0f} | {base_s / seconds:.2f}x | "
             f"{rate / limit:.1%} |"
         )
+    for line in ratios:
+        print(f"\n{line}")
     results.update(
         texts=len(texts),
         tokens=tokens,

@@ -72,11 +72,15 @@ _POOLERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _segments(cu_seq_lens: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token text index and per-text length of a packed batch."""
+def _segments(
+    cu_seq_lens: torch.Tensor, device: torch.device, tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token text index and per-text length of a packed batch of `tokens` tokens. The
+    output size is given, so that on a GPU the host does not wait for `lengths` to read it."""
     cu = cu_seq_lens.to(device=device, dtype=torch.long)
     lengths = cu[1:] - cu[:-1]
-    return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths), lengths
+    index = torch.arange(len(lengths), device=device)
+    return torch.repeat_interleave(index, lengths, output_size=tokens), lengths
 
 
 def pool_packed(
@@ -93,7 +97,7 @@ def pool_packed(
     elif mode == "last":
         pooled = hidden[cu[1:] - 1].float()
     else:
-        segment, lengths = _segments(cu, hidden.device)
+        segment, lengths = _segments(cu, hidden.device, hidden.shape[0])
         if mode == "max":
             pooled = torch.full((n, dim), float("-inf"), device=hidden.device)
             pooled.scatter_reduce_(0, segment.unsqueeze(-1).expand(-1, dim), hidden.float(), "amax")

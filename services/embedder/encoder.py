@@ -17,7 +17,9 @@ kept only if its vectors agree with the eager ones: compile time is paid at load
 
 A batch is launched under the model lock and its vectors fetched after it (`Launched.result`): on a
 GPU the forward pass runs asynchronously, so the next batch's host work (packing, pinned-memory
-copies) overlaps this one's compute.
+copies, launching the next forward) overlaps this one's compute. Nothing in a packed launch reads
+the GPU on the host (varlen.model_inputs, pooling.pool_packed say how): one such read made every
+launch wait for the batch before it, and the GPU idle while the next was packed and launched.
 """
 
 from __future__ import annotations
@@ -127,6 +129,10 @@ class Encoder:
         self._want_compile = compile
         self.compiled = False  # decided when the weights load
         self.compile_seconds = 0.0  # compiling and checking the blocks, at load
+        # True waits on the host for each packed batch before and after its forward pass, as
+        # launches did until 2026-12-03 (transformers' packed-sequence check, pooling's output
+        # size): kept so that bench/embedder_throughput.py measures both paths in one run.
+        self.host_sync = False
 
     @property
     def model_type(self) -> str:
@@ -313,6 +319,7 @@ class Encoder:
     ) -> torch.Tensor:
         packed = varlen.pack(input_ids, pin=self._pin).to(self.device)
         token_types = getattr(self._model.config, "type_vocab_size", 0) > 0
+        self._host_sync()
         out = self._model(
             **varlen.model_inputs(packed, token_types),
             output_hidden_states=layer != 0,
@@ -320,7 +327,13 @@ class Encoder:
             return_dict=True,
         )
         hidden = out.last_hidden_state if layer == 0 else out.hidden_states[layer]
-        return pool_packed(hidden[0], packed.cu_seq_lens, pooling, normalize)
+        pooled = pool_packed(hidden[0], packed.cu_seq_lens, pooling, normalize)
+        self._host_sync()
+        return pooled
+
+    def _host_sync(self) -> None:
+        if self.host_sync and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     @torch.inference_mode()
     def launch(

@@ -218,9 +218,16 @@ def register() -> str:
 
 
 def model_inputs(packed: Packed, token_types: bool) -> dict:
-    """Keyword arguments for a transformers model's forward over one packed batch."""
+    """Keyword arguments for a transformers model's forward over one packed batch.
+
+    The attention mask is an empty 4-d tensor, which transformers' mask builders pass through
+    as a prepared mask (our attention ignores it: `cu_seq_lens_q` scopes each text). Without a
+    mask they would inspect `position_ids` for packed texts and branch on the result in Python,
+    which on a GPU waits on the host for every batch queued before this one: the next batch could
+    then not be prepared while this one computes."""
     inputs = dict(
         input_ids=packed.input_ids,
+        attention_mask=packed.input_ids.new_empty((1, 1, 0, 0), dtype=torch.bool),
         position_ids=packed.position_ids,
         cu_seq_lens_q=packed.cu_seq_lens,
         cu_seq_lens_k=packed.cu_seq_lens,

@@ -131,3 +131,33 @@ def test_packed_budget_counts_real_tokens():
     # Padded, 100 + 3 + 2 costs 3 x 100 tokens: three batches; packed they fit in one.
     assert len(plan_batches([100, 3, 2], 106)) == 2
     assert [b.index for b in plan_batches([100, 3, 2], 106, packed=True)] == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("name", ["minilm", "llama"])
+def test_packed_forward_never_reads_the_device_on_the_host(encoders, name, monkeypatch):
+    """transformers' packed-sequence check and a `repeat_interleave` without its output size
+    read the GPU on the host (each launch then waited for the batch before it); the packed path
+    takes neither, and still gives the padded vectors."""
+    import transformers.masking_utils as masking
+
+    encoder = encoders[name]
+    encoder.load()
+    ids = encoder.tokenize(TEXTS, 64)
+    padded = encoder.run(ids, pooling="mean", layer=0, normalize=False, packed=False)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the packed path asked transformers for its packed-sequence check")
+
+    real = torch.repeat_interleave
+
+    def sized(*args, **kwargs):
+        assert kwargs.get("output_size") is not None, "repeat_interleave would read the device"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(masking, "find_packed_sequence_indices", refused)
+    monkeypatch.setattr(torch, "repeat_interleave", sized)
+    for pooling in ("mean", "max"):
+        packed = encoder.run(ids, pooling=pooling, layer=0, normalize=False, packed=True)
+        assert packed.shape == (len(TEXTS), encoder.dimension)
+    packed = encoder.run(ids, pooling="mean", layer=0, normalize=False, packed=True)
+    torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-5)
