@@ -95,8 +95,10 @@ def run_ours(
     liger: bool = False,
     quantization: dict | None = None,
     profile_to: Path | None = None,
+    compile_mode: str | None = None,
 ) -> dict:
     from services.trainer.recipes.generative import lora_fused
+    from services.trainer.recipes.generative import model as model_module
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
     from services.trainer.recipes.generative.worker import load_job
@@ -116,7 +118,11 @@ def run_ours(
     recipe = GenerativeRecipe(
         load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device
     )
-    recipe.setup()
+    model_module.COMPILE_MODE = compile_mode
+    try:
+        recipe.setup()
+    finally:
+        model_module.COMPILE_MODE = None
     n_fused = sum(isinstance(m, lora_fused.FusedLoraLinear) for m in recipe.lm.modules())
     micro = recipe.plan.epoch(0)
     if len(micro) < warmup + steps:
@@ -297,12 +303,22 @@ def main() -> None:
         ),
         "ours full": ours_row("of", profile_to=args.out / "profile_full.txt"),
         "ours full+compile": ours_row("ofc", compile=True),
+        # The blocks' forward and backward replayed as CUDA graphs (torch.compile's cudagraph
+        # trees): one launch a block instead of one a kernel, against a host-bound step.
+        "ours full+compile+graphs": ours_row("ofg", compile=True, compile_mode="reduce-overhead"),
         "baseline LoRA": lambda: run_baseline(
             "bl", model_dir, device, uniform, lora=True, batch=batch, **common
         ),
         "ours LoRA": ours_row("ol", adapter=LORA, profile_to=args.out / "profile_lora.txt"),
         "ours LoRA+compile": ours_row(
             "olc", adapter=LORA, compile=True, profile_to=args.out / "profile_lora_compile.txt"
+        ),
+        "ours LoRA+compile+graphs": ours_row(
+            "olg",
+            adapter=LORA,
+            compile=True,
+            compile_mode="reduce-overhead",
+            profile_to=args.out / "profile_lora_graphs.txt",
         ),
         "baseline QLoRA": lambda: run_baseline(
             "bq", model_dir, device, uniform, lora=True, qlora=True, batch=batch, **common

@@ -28,7 +28,11 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def compile_blocks(
-    model: nn.Module, *, dynamic: bool | None = None, eager_rounding: bool = False
+    model: nn.Module,
+    *,
+    dynamic: bool | None = None,
+    eager_rounding: bool = False,
+    mode: str | None = None,
 ) -> nn.ModuleList:
     """Compile every block of `model` in place (`nn.Module.compile`); returns the blocks.
 
@@ -39,11 +43,19 @@ def compile_blocks(
     `eager_rounding=True` keeps every bf16/fp16 rounding that eager PyTorch does between fused
     operators (inductor's `emulate_precision_casts`). Without it inductor keeps fused
     intermediates in fp32, which is closer to exact arithmetic but drifts away from the eager
-    model's own bf16 outputs over many layers: the embedder wants the eager vectors."""
+    model's own bf16 outputs over many layers: the embedder wants the eager vectors.
+
+    `mode` is torch.compile's (None: its default); "reduce-overhead" replays each block's
+    kernels as a CUDA graph, one launch a block instead of one a kernel."""
     blocks = transformer_blocks(model)
     options = {"emulate_precision_casts": True} if eager_rounding else None
     for block in blocks:
-        block.compile(dynamic=dynamic, options=options)
+        if mode is None:
+            block.compile(dynamic=dynamic, options=options)
+        else:  # torch.compile takes a mode or options, not both
+            if options:
+                raise ValueError("compile_blocks: eager_rounding does not combine with a mode")
+            block.compile(dynamic=dynamic, mode=mode)
     return blocks
 
 

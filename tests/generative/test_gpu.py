@@ -161,6 +161,43 @@ def test_dense_rows_match_varlen_attention(tiny_model, compile):
         assert float((grads_d[name] - g).norm() / g.norm()) < 0.03, name
 
 
+@pytest.mark.parametrize("adapter", [LORA, None], ids=["lora", "full"])
+def test_blocks_replayed_as_cuda_graphs_train_as_compiled_blocks(tiny_model, adapter, monkeypatch):
+    """Blocks compiled with mode "reduce-overhead" (each block's forward and backward replayed
+    as a CUDA graph, bench/generative_train.py's "+graphs" rows): the same losses over three
+    optimizer steps as compiled blocks launched kernel by kernel."""
+    from services.trainer.recipes.generative import model as model_module
+
+    device = torch.device("cuda")
+    cfg = resolve(llm_config(tiny_model, adapter=adapter, backend=GPU, trainer={"compile": True}))
+    tok = load_tokenizer(str(tiny_model))
+    samples = build_samples(cfg, task_frame(), tok, 512)
+    width = len(samples[0].input_ids)
+    rows = [[s] for s in samples if len(s.input_ids) == width][:8]
+    batch = collate_packed(rows, width, tok.pad_token_id).to(device)
+
+    def losses(mode: str | None) -> list[float]:
+        torch._dynamo.reset()
+        monkeypatch.setattr(model_module, "COMPILE_MODE", mode)
+        torch.manual_seed(0)
+        model = CausalLMWithLoss(load_model(cfg, device, packed=True, total_steps=10)).train()
+        trained = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=1e-3)
+        out = []
+        for _ in range(3):
+            stats = model(batch)
+            loss = stats.loss_sum / batch.n_target
+            loss.backward()
+            out.append(float(loss))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return out
+
+    plain, graphs = losses(None), losses("reduce-overhead")
+    assert plain[-1] < plain[0], plain
+    assert graphs == pytest.approx(plain, rel=1e-3), (graphs, plain)
+
+
 @pytest.fixture(scope="module")
 def one_gpu(tiny_model, tmp_path_factory) -> list[float]:
     """The one-GPU reference, run once for every strategy it is compared with."""

@@ -18,6 +18,11 @@ from tunewire.block_compile import compile_blocks
 from tunewire.config.llm import LlmConfig
 from tunewire.devices import compute_dtype
 
+# torch.compile's mode for the blocks under `trainer.compile` (None: its default, no CUDA graphs).
+# Not a config key: bench/generative_train.py sets it to compare "reduce-overhead" (each block's
+# forward and backward replayed as CUDA graphs) with the default before the recipe adopts either.
+COMPILE_MODE: str | None = None
+
 
 def load_tokenizer(base: str):
     from transformers import AutoTokenizer
@@ -122,7 +127,7 @@ def load_model(
         fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
     if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
-        compile_blocks(core_model(model).get_decoder())
+        compile_blocks(core_model(model).get_decoder(), mode=COMPILE_MODE)
     if type(core_model(model).get_output_embeddings()) is not nn.Linear:
         raise PreconditionError(
             "the LM head must stay a plain linear layer (do not target lm_head "
