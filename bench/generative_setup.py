@@ -120,10 +120,13 @@ def llm_config(
     accumulation: int = 1,
     liger: bool = False,
     quantization: dict | None = None,
+    precision: str = "auto",
+    trainer: dict | None = None,
 ) -> dict:
     """A job config for the benches, pinning every trainer key the figures rely on (batch,
     accumulation, packing, optimizer, no clipping, no activation checkpointing, compile,
-    kernels), so a change of defaults elsewhere does not move them."""
+    kernels, precision), so a change of defaults elsewhere does not move them. `trainer`: more
+    trainer keys, over these (the convergence bench's learning rate, schedule and clipping)."""
     from services.trainer.model_types import resolve
     from tunewire.config import to_dict
 
@@ -148,6 +151,8 @@ def llm_config(
             "optimizer": {"type": "adamw"},  # fused AdamW, the baseline's optimizer
             "enable_gradient_checkpointing": False,
             "should_shuffle": False,
+            "precision": precision,
+            **(trainer or {}),
         },
         "backend": {"trainer": {"strategy": strategy, "num_workers": workers, "nnodes": nnodes}},
     }

@@ -5,6 +5,9 @@ Llama-3.2-1B architecture with random weights, 1024-token samples. Rows:
   ours full / LoRA:     GenerativeRecipe.setup() + its _train_step (bf16 weights, varlen packing,
                         fused linear cross-entropy, fused AdamW, fused LoRA linears),
                         optionally per-layer torch.compile
+  ours ...+fp8:         the same with trainer.precision: fp8 (torchao float8 training, tensorwise;
+                        the rowwise rows compare torchao's other recipe); its loss against bf16's
+                        on real text is bench/fp8_convergence.py's
   packing vs padding:   ours (full) on mixed lengths 32-1024, real (non-pad) tokens/s
 MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, against 788 TFLOP/s.
 
@@ -94,10 +97,12 @@ def run_ours(
     steps,
     liger: bool = False,
     quantization: dict | None = None,
+    fp8_recipe: str | None = None,
     profile_to: Path | None = None,
     compile_mode: str | None = None,
 ) -> dict:
-    from services.trainer.recipes.generative import lora_fused
+    """`fp8_recipe`: trainer.precision fp8 with torchao's recipe of that name."""
+    from services.trainer.recipes.generative import fp8, lora_fused
     from services.trainer.recipes.generative import model as model_module
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
@@ -113,7 +118,10 @@ def run_ours(
         compile=compile,
         liger=liger,
         quantization=quantization,
+        precision="fp8" if fp8_recipe else "auto",
     )
+    if fp8_recipe:
+        fp8.RECIPE = fp8_recipe
     job_dir = write_job(work / name, cfg, df, name)
     recipe = GenerativeRecipe(
         load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device
@@ -306,6 +314,10 @@ def main() -> None:
         # The blocks' forward and backward replayed as CUDA graphs (torch.compile's cudagraph
         # trees): one launch a block instead of one a kernel, against a host-bound step.
         "ours full+compile+graphs": ours_row("ofg", compile=True, compile_mode="reduce-overhead"),
+        # FP8 (trainer.precision: fp8, torchao): counts toward the targets only with
+        # bench/fp8_convergence.py's loss criterion met. The rowwise rows compare recipes.
+        "ours full+compile+fp8": ours_row("off", compile=True, fp8_recipe="tensorwise"),
+        "ours full+compile+fp8 rowwise": ours_row("offr", compile=True, fp8_recipe="rowwise"),
         "baseline LoRA": lambda: run_baseline(
             "bl", model_dir, device, uniform, lora=True, batch=batch, **common
         ),
@@ -319,6 +331,12 @@ def main() -> None:
             compile=True,
             compile_mode="reduce-overhead",
             profile_to=args.out / "profile_lora_graphs.txt",
+        ),
+        "ours LoRA+compile+fp8": ours_row(
+            "olf", adapter=LORA, compile=True, fp8_recipe="tensorwise"
+        ),
+        "ours LoRA+compile+fp8 rowwise": ours_row(
+            "olfr", adapter=LORA, compile=True, fp8_recipe="rowwise"
         ),
         "baseline QLoRA": lambda: run_baseline(
             "bq", model_dir, device, uniform, lora=True, qlora=True, batch=batch, **common
@@ -366,7 +384,7 @@ def table(results: dict[str, dict], weights: int) -> str:
         )
 
     def best(prefix: str) -> str:
-        names = [n for n in results if n.startswith(prefix) and "QLoRA" not in n]
+        names = [n for n in results if n.startswith(prefix) and "QLoRA" not in n and "fp8" not in n]
         return max(names, key=lambda n: results[n]["tok_s"], default=prefix)
 
     best_full, best_lora = best("ours full"), best("ours LoRA")
@@ -384,6 +402,16 @@ def table(results: dict[str, dict], weights: int) -> str:
         f"- QLoRA ({best_q}) vs plain PEFT + bitsandbytes: tokens/s "
         f"{ratio(best_q, 'baseline QLoRA', 'tok_s')} (target >= 1.5x), memory "
         f"{ratio(best_q, 'baseline QLoRA', 'mem')} (target <= 1x)",
+        *(
+            f"- {n} vs baseline: tokens/s {ratio(n, base, 'tok_s')}, memory "
+            f"{ratio(n, base, 'mem')} (toward the targets only with the loss criterion of "
+            "bench/fp8_convergence.py met)"
+            for n, base in (
+                ("ours full+compile+fp8", "baseline full"),
+                ("ours LoRA+compile+fp8", "baseline LoRA"),
+            )
+            if n in results
+        ),
         "- mixed lengths, packed vs padded real tokens/s: "
         f"{ratio('mixed packed', 'mixed padded', 'tok_s')} "
         "(target >= 1.6x)",

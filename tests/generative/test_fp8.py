@@ -98,7 +98,7 @@ def test_fp8_job_without_a_gpu_is_a_failed_precondition(tiny_model, tmp_path):
 def _emulated(model: nn.Module) -> int:
     from services.trainer.recipes.generative import fp8
 
-    return fp8.convert_linears(model, fp8.float8_config(emulate=True))
+    return fp8.convert_linears(model, fp8.float8_config(fp8.RECIPE, emulate=True))
 
 
 @needs_torchao

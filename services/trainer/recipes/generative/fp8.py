@@ -55,7 +55,7 @@ def check_available(device: torch.device) -> None:
         )
 
 
-def float8_config(recipe: str = RECIPE, *, emulate: bool = False):
+def float8_config(recipe: str, *, emulate: bool = False):
     """torchao's config for `recipe`. `pad_inner_dim`: a packed batch holds rows × row_len
     tokens, any count, and the weight-gradient GEMM's inner dimension is that count, which
     `torch._scaled_mm` needs to be a multiple of 16 (padding is a no-op when it is).
@@ -77,11 +77,12 @@ def eligible(module: nn.Module, head: nn.Module | None) -> bool:
     )
 
 
-def convert(model: nn.Module, device: torch.device, *, recipe: str = RECIPE) -> int:
+def convert(model: nn.Module, device: torch.device) -> int:
     """Swap the eligible linears of `model` (before any adapter wraps them) for torchao's
-    `Float8Linear`; returns how many. Fails naming the key where float8 cannot run."""
+    `Float8Linear` with the `RECIPE` of the moment (the benches compare recipes by setting it);
+    returns how many. Fails naming the key where float8 cannot run."""
     check_available(device)
-    return convert_linears(model, float8_config(recipe))
+    return convert_linears(model, float8_config(RECIPE))
 
 
 def convert_linears(model: nn.Module, config) -> int:
