@@ -1,6 +1,7 @@
 """The generative recipe on a CUDA GPU: 4- and 8-bit quantized bases (QLoRA through bitsandbytes),
 bitsandbytes' paged and 8-bit optimizers, bf16 LoRA with per-layer compilation, dense causal
-attention against varlen, and FSDP2 on two GPUs against one.
+attention against varlen, FSDP2 on two GPUs against one, and FP8 training (torchao) with stock
+artifacts.
 
 They skip without CUDA (CI has none); the device machine runs them with
 `python -m pytest tests/generative/test_gpu.py` (bench/results/generative_train_h200.md records
