@@ -213,6 +213,7 @@ def encoder_direct(
     compile: bool,
     host_sync: bool = False,
     profile: bool = False,
+    graphs: bool = False,
 ) -> tuple[float, dict]:
     """The embedder's encoder without gRPC, queue or cache: pre-tokenised, token-budget batches,
     launched back to back. The model-side ceiling of the gRPC path."""
@@ -223,12 +224,12 @@ def encoder_direct(
 
     if compile:
         forget_compiled()
-    encoder = Encoder(resolve(model_path), torch.device(device), compile=compile)
+    encoder = Encoder(resolve(model_path), torch.device(device), compile=compile, graphs=graphs)
     encoder.load()
     encoder.host_sync = host_sync
     ids = encoder.tokenize(texts, max_length)
     plan = plan_batches([len(r) for r in ids], max_batch_tokens, packed=encoder.packed)
-    encoder.run([ids[i] for i in plan[-1].index], pooling="mean", layer=0, normalize=False)
+    primed = prime(encoder, ids, plan)
     _sync(device)
     graphs = graphs_compiled()
     start = time.perf_counter()
@@ -244,6 +245,9 @@ def encoder_direct(
         "batches": len(plan),
         "compiled": encoder.compiled,
         "compile_s": encoder.compile_seconds,
+        "graphed": encoder.graphed,
+        "primed_batches": primed,
+        "cuda_graphs": encoder._graphed.buckets if encoder.graphed else 0,
         "graphs_in_timed": graphs_compiled() - graphs,
         "flash_gqa": varlen._flash_takes_gqa,
         "attention": str(encoder._model.config._attn_implementation),
@@ -254,6 +258,22 @@ def encoder_direct(
     del encoder
     _free(device)
     return elapsed, info
+
+
+def prime(encoder, ids: list[list[int]], plan) -> int:
+    """Run one batch of each CUDA-graph bucket of `plan` (any batch where there are no graphs),
+    as a server that has run a while has: a bucket's graph is captured at its first batch,
+    which should not fall in the timed region. Returns the batches run."""
+    from services.embedder.graphs import bucket_for
+
+    seen: dict = {}
+    for batch in plan:
+        seen.setdefault(bucket_for([max(len(ids[i]), 1) for i in batch.index]), batch)
+    batches = list(seen.values()) if encoder.graphed else plan[-1:]
+    for batch in batches:
+        with encoder.lock:
+            encoder.run([ids[i] for i in batch.index], pooling="mean", layer=0, normalize=False)
+    return len(batches)
 
 
 def profile_batches(encoder, batches: list[list[list[int]]]) -> str:
@@ -306,6 +326,7 @@ def ours(
     max_batch_tokens: int,
     compile: bool,
     host_sync: bool = False,
+    graphs: bool = False,
 ) -> tuple[float, float, dict]:
     """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
     preloaded, and with `compile` compiled, before the server reports SERVING)."""
@@ -325,10 +346,16 @@ def ours(
                 device=device,
                 max_batch_tokens=max_batch_tokens,
                 compile=compile,
+                cuda_graphs=graphs,
             )
         )
         encoder_ = app.service.registry.entries()[0].encoder
         encoder_.host_sync = host_sync
+        if graphs:  # capture the buckets' graphs before the timed region, as a warm server has
+            from services.embedder.batching import plan_batches
+
+            ids = encoder_.tokenize(texts, max_length)
+            prime(encoder_, ids, plan_batches([len(r) for r in ids], max_batch_tokens, True))
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as ch:
                 stub = embedder_pb2_grpc.EmbedderServiceStub(ch)
@@ -361,6 +388,8 @@ def ours(
         for k in ("forward_passes", "computed_texts", "shared_batches", "entries")
     }
     counters.update(
+        graphed=encoder_.graphed,
+        cuda_graphs=encoder_._graphed.buckets if encoder_.graphed else 0,
         compiled=encoder_.compiled,
         compile_s=round(encoder_.compile_seconds, 1),
         graphs_in_timed=graphs_compiled() - graphs,
@@ -503,6 +532,11 @@ def main(argv: list[str] | None = None) -> None:
         help="add the compiled rows waiting on the host per batch (the launches before 2026-12-03)",
     )
     parser.add_argument(
+        "--graph-rows",
+        action="store_true",
+        help="add compiled rows whose packed batches replay CUDA graphs per shape bucket",
+    )
+    parser.add_argument(
         "--no-eager-rows", dest="eager_rows", action="store_false", help="leave out eager rows"
     )
     parser.add_argument(
@@ -581,21 +615,27 @@ def main(argv: list[str] | None = None) -> None:
     if args.compiled_rows:
         # A failure here is reported, not fatal: the eager rows above still stand.
         try:
-            variants = [("", False)] + (
-                [(", host-synced as before", True)] if args.host_sync_rows else []
-            )
+            variants = [("", "", False, False)]
+            if args.host_sync_rows:
+                variants.append((", host-synced as before", "synced", True, False))
+            if args.graph_rows:
+                variants.append((", CUDA graphs per bucket", "graphs", False, True))
             seconds: dict = {}
-            for label, host_sync in variants:
-                key = "synced" if host_sync else ""
+            for label, key, host_sync, graphs in variants:
                 d_s, compiled[f"direct{key}"] = in_worker_thread(
                     encoder_direct,
                     **run,
                     compile=True,
                     host_sync=host_sync,
                     profile=args.profile and not host_sync,
+                    graphs=graphs,
                 )
                 c_s, w_s, compiled[f"grpc{key}"] = ours(
-                    **run, request_size=args.request_size, compile=True, host_sync=host_sync
+                    **run,
+                    request_size=args.request_size,
+                    compile=True,
+                    host_sync=host_sync,
+                    graphs=graphs,
                 )
                 info = info or compiled[f"direct{key}"]
                 counters = counters or compiled[f"grpc{key}"]
@@ -607,14 +647,21 @@ def main(argv: list[str] | None = None) -> None:
                         c_s,
                     ),
                 ]
-                if not args.eager_rows and not host_sync:
+                if not args.eager_rows and not key:
                     rows.append(("embedder gRPC StreamEmbed, second pass (all cache hits)", w_s))
-                seconds[host_sync] = (d_s, c_s)
-            if True in seconds:
-                (d_new, c_new), (d_old, c_old) = seconds[False], seconds[True]
+                seconds[key] = (d_s, c_s)
+            d_new, c_new = seconds[""]
+            if "synced" in seconds:
+                d_old, c_old = seconds["synced"]
                 ratios.append(
                     f"launches without host waits vs host-synced as before: direct "
                     f"{d_old / d_new:.3f}x, gRPC {c_old / c_new:.3f}x"
+                )
+            if "graphs" in seconds:
+                d_g, c_g = seconds["graphs"]
+                ratios.append(
+                    f"CUDA graphs per bucket vs plain launches (both without host waits): "
+                    f"direct {d_new / d_g:.3f}x, gRPC {c_new / c_g:.3f}x"
                 )
         except Exception as exc:  # noqa: BLE001 - a bench reports what happened
             compiled["error"] = f"{type(exc).__name__}: {exc}"
@@ -648,7 +695,17 @@ def main(argv: list[str] | None = None) -> None:
         shown = (
             detail
             if name == "error"
-            else {k: detail[k] for k in ("compiled", "compile_s", "graphs_in_timed")}
+            else {
+                k: detail.get(k)
+                for k in (
+                    "compiled",
+                    "compile_s",
+                    "graphs_in_timed",
+                    "graphed",
+                    "cuda_graphs",
+                    "primed_batches",
+                )
+            }
         )
         print(f"compiled blocks, {name}: {shown}")
     for detail in compiled.values():

@@ -75,6 +75,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "(default: on for a GPU, off for a CPU)",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.cuda_graphs,
+        help="on a GPU, replay packed batches as CUDA graphs per shape bucket, checked against "
+        "plain launches at load (no effect on a CPU)",
+    )
+    parser.add_argument(
         "--max-text-bytes",
         type=int,
         default=defaults.max_text_bytes,
@@ -148,6 +155,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cache_max_size=args.cache_max_size,
         varlen=args.varlen,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         hot_answer_bytes=args.hot_answer_bytes,
         cache_scope=args.cache_scope,
         trainer=args.trainer,

@@ -61,6 +61,8 @@ class Settings:
     varlen: bool = True
     # torch.compile each model's blocks at load; None: on a GPU, not on a CPU.
     compile: bool | None = None
+    # Packed batches replay CUDA graphs per shape bucket on a GPU (services/embedder/graphs.py).
+    cuda_graphs: bool = False
     # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
     # the encoder's max_length in tokens.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
@@ -207,6 +209,7 @@ def start(settings: Settings) -> App:
         device=device,
         varlen=settings.varlen,
         compile=settings.compile,
+        cuda_graphs=settings.cuda_graphs,
         hot_answer_bytes=settings.hot_answer_bytes,
         hot_vector_bytes=settings.hot_vector_bytes,
         roots=_roots(settings),

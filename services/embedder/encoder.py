@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from services.embedder import varlen
 from services.embedder.cpu_threads import PARALLEL_PASSES, forward_threads
+from services.embedder.graphs import GraphedForward
 from services.embedder.source import ModelSource
 from services.embedder.tokenizing import ParallelTokenizer
 from tunewire.block_compile import compile_blocks, uncompile_blocks
@@ -85,7 +86,9 @@ class Encoder:
 
     `varlen`: None tries the packed path (kept if the model supports it and the load-time probe
     agrees with the padded path), False always pads. `compile`: compile the model's blocks at
-    load (kept if they agree with eager; `compiled` says whether they were)."""
+    load (kept if they agree with eager; `compiled` says whether they were). `graphs`: on a GPU,
+    packed batches replay CUDA graphs per shape bucket (graphs.py; kept if they agree with the
+    plain launches at load; `graphed` says whether they were)."""
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class Encoder:
         device: torch.device | None = None,
         varlen: bool | None = None,
         compile: bool = False,
+        graphs: bool = False,
     ) -> None:
 
         self.source = source
@@ -129,6 +133,8 @@ class Encoder:
         self._want_compile = compile
         self.compiled = False  # decided when the weights load
         self.compile_seconds = 0.0  # compiling and checking the blocks, at load
+        self._want_graphs = graphs
+        self._graphed: GraphedForward | None = None  # decided when the weights load
         # True waits on the host for each packed batch before and after its forward pass, as
         # launches did until 2026-12-03 (transformers' packed-sequence check, pooling's output
         # size): kept so that bench/embedder_throughput.py measures both paths in one run.
@@ -225,10 +231,13 @@ class Encoder:
             self.packed = self._probe_packed()
             if self._want_compile:
                 self.compiled = self._compile()
+            if self._want_graphs:
+                self._graphed = self._graph()
             self._log.info(
                 "weights loaded",
                 packed=self.packed,
                 compiled=self.compiled,
+                graphed=self.graphed,
                 attention=str(self._model.config._attn_implementation),
             )
         return self._model
@@ -289,6 +298,41 @@ class Encoder:
         )
         return True
 
+    @torch.inference_mode()
+    def _graph(self) -> GraphedForward | None:
+        """CUDA graphs for packed batches, kept if the probe batches give the plain launches'
+        vectors through them; None (plain launches) on a CPU, for padded models, or on failure."""
+        if self.device.type != "cuda" or not self.packed:
+            self._log.info("CUDA graphs need packed batches on a GPU: launching plainly")
+            return None
+        ids = self.tokenize(_PROBES, self.max_length)
+        shapes = [ids, ids[:1], ids[1:] + ids]
+        plain = [self._forward_packed(batch, "mean", 0, False) for batch in shapes]
+        graphed = GraphedForward(self._hidden_packed, int(self.tokenizer.pad_token_id), self.device)
+        try:
+            got = [self._forward_packed(batch, "mean", 0, False, graphed) for batch in shapes]
+        except Exception as exc:  # noqa: BLE001 - a capture a model or kernel does not allow
+            self._log.warning(
+                "capturing CUDA graphs failed, launching plainly",
+                error=f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+            )
+            return None
+        error = max(
+            float(((g - p).norm(dim=-1) / p.norm(dim=-1)).max()) for g, p in zip(got, plain)
+        )
+        if not error < _PROBE_TOLERANCE[self.dtype]:
+            self._log.warning(
+                "CUDA graphs disagree with plain launches, launching plainly", rel_error=error
+            )
+            return None
+        self._log.info("CUDA graphs per bucket", rel_error=error, buckets=graphed.buckets)
+        return graphed
+
+    @property
+    def graphed(self) -> bool:
+        """Whether packed batches replay CUDA graphs (known once the weights are loaded)."""
+        return self._graphed is not None
+
     @property
     def loaded(self) -> bool:
         return self._model is not None
@@ -315,9 +359,23 @@ class Encoder:
         return pool(hidden, mask, pooling, normalize)
 
     def _forward_packed(
-        self, input_ids: list[list[int]], pooling: str, layer: int, normalize: bool
+        self,
+        input_ids: list[list[int]],
+        pooling: str,
+        layer: int,
+        normalize: bool,
+        graphed: GraphedForward | None = None,
     ) -> torch.Tensor:
-        packed = varlen.pack(input_ids, pin=self._pin).to(self.device)
+        host = varlen.pack(input_ids, pin=self._pin)
+        graphed = graphed or self._graphed
+        if graphed is not None and layer == 0:  # the graphs hold the last hidden state only
+            self._host_sync()
+            hidden = graphed(host)
+            cu = host.cu_seq_lens.to(self.device, non_blocking=True)
+            pooled = pool_packed(hidden, cu, pooling, normalize)
+            self._host_sync()
+            return pooled
+        packed = host.to(self.device)
         token_types = getattr(self._model.config, "type_vocab_size", 0) > 0
         self._host_sync()
         out = self._model(
@@ -330,6 +388,14 @@ class Encoder:
         pooled = pool_packed(hidden[0], packed.cu_seq_lens, pooling, normalize)
         self._host_sync()
         return pooled
+
+    def _hidden_packed(self, packed: varlen.Packed) -> torch.Tensor:
+        """The last hidden state [1, tokens, dim] of a packed batch already on the device."""
+        token_types = getattr(self._model.config, "type_vocab_size", 0) > 0
+        out = self._model(
+            **varlen.model_inputs(packed, token_types), use_cache=False, return_dict=True
+        )
+        return out.last_hidden_state
 
     def _host_sync(self) -> None:
         if self.host_sync and self.device.type == "cuda":

@@ -166,10 +166,12 @@ class EncoderRegistry:
         varlen: bool = True,
         compile: bool | None = None,
         roots: ModelRoots | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         """`varlen` False keeps every model on the padded path (no packed batches); `compile`
         compiles each model's blocks at load, None where the device is a GPU (see
-        `compile_by_default`); `roots` what may be loaded (default: any model)."""
+        `compile_by_default`); `roots` what may be loaded (default: any model); `cuda_graphs`
+        replays packed batches as CUDA graphs per shape bucket on a GPU (graphs.py)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
@@ -177,6 +179,7 @@ class EncoderRegistry:
         self.max_queued_tokens = max_queued_tokens
         self.varlen = varlen
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
         self.roots = roots or ModelRoots.anywhere()
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
@@ -230,6 +233,7 @@ class EncoderRegistry:
             device,
             varlen=None if self.varlen else False,
             compile=compile_by_default(device) if self.compile is None else self.compile,
+            graphs=self.cuda_graphs,
         )
         entry = _Loaded(
             encoder,
@@ -366,12 +370,13 @@ class EmbedderService:
         roots: ModelRoots | None = None,
         cache_scope: str = SHARED,
         hot_vector_bytes: int = DEFAULT_HOT_VECTOR_BYTES,
+        cuda_graphs: bool = False,
     ) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
-        every model padded; `compile` as EncoderRegistry's; `hot_answer_bytes` bounds the whole
-        answers kept in memory as sent (hot_answers.py), `hot_vector_bytes` the vectors kept by
-        text (hot_vectors.py); `cache_scope` "principal" keeps each principal's cache entries
-        apart (module docstring)."""
+        every model padded; `compile` and `cuda_graphs` as EncoderRegistry's; `hot_answer_bytes`
+        bounds the whole answers kept in memory as sent (hot_answers.py), `hot_vector_bytes` the
+        vectors kept by text (hot_vectors.py); `cache_scope` "principal" keeps each principal's
+        cache entries apart (module docstring)."""
         if cache_scope not in CACHE_SCOPES:
             raise ValueError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
         self.cache_scope = cache_scope
@@ -381,7 +386,7 @@ class EmbedderService:
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(
-            max_loaded_models, device, max_queued_tokens, varlen, compile, roots
+            max_loaded_models, device, max_queued_tokens, varlen, compile, roots, cuda_graphs
         )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
