@@ -106,6 +106,8 @@ def test_full_model_swap_keeps_names_and_plain_tensors(tiny_model):
     from torchao.float8.float8_linear import Float8Linear
     from transformers import AutoModelForCausalLM
 
+    from services.trainer.recipes.generative import fp8
+
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert _emulated(model) == 2 * 7  # every linear of both decoder layers
@@ -117,6 +119,7 @@ def test_full_model_swap_keeps_names_and_plain_tensors(tiny_model):
     ids = torch.tensor([[4, 5, 6, 7, 8, 9, 10]])
     model(input_ids=ids, labels=ids).loss.backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert fp8.describe(model).startswith("trainer.precision: fp8: 14 linear layers")
 
 
 @needs_torchao
