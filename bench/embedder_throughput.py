@@ -169,6 +169,24 @@ def baseline(
     return elapsed, tokens
 
 
+class Rows(list):
+    """The table's (name, seconds) rows, each also printed as it is measured: a run cut short
+    (a device's time limit) keeps what it measured."""
+
+    def __init__(self, rows: list[tuple[str, float]]) -> None:
+        super().__init__()
+        self += rows
+
+    def append(self, row: tuple[str, float]) -> None:
+        print(f"measured: {row[0]}: {row[1]:.3f} s", flush=True)
+        super().append(row)
+
+    def __iadd__(self, rows):
+        for row in rows:
+            self.append(row)
+        return self
+
+
 def in_worker_thread(fn, *args, **kwargs):
     """Run `fn` in a fresh thread, as the server runs the model. On a busy CPU the main thread's
     OpenMP team was measured several times slower than a worker thread's on the same work, which
@@ -398,10 +416,16 @@ def ours(
 
 
 def reference_check(
-    model_path: str, texts: list[str], device: str, max_length: int, compiled: bool
+    model_path: str,
+    texts: list[str],
+    device: str,
+    max_length: int,
+    compiled: bool,
+    graphs: bool = False,
 ) -> dict:
     """Max relative L2 error per vector of the packed and padded paths (and with `compiled`,
-    the packed path through compiled blocks) against plain transformers (one padded batch at a
+    the packed path through compiled blocks, replayed as CUDA graphs with `graphs`) against plain
+    transformers (one padded batch at a
     time of 8, masked mean pooling) in the encoder's dtype, the target's reference, and in
     float32, which shows how far each bf16 computation is from the exact one."""
     from services.embedder.encoder import Encoder
@@ -432,9 +456,13 @@ def reference_check(
     del encoder
     if compiled:
         forget_compiled()
-        encoder = Encoder(resolve(model_path), torch.device(device), compile=True)
+        encoder = Encoder(resolve(model_path), torch.device(device), compile=True, graphs=graphs)
         encoder.load()
-        out.update(compiled=encoder.compiled, compile_s=round(encoder.compile_seconds, 1))
+        out.update(
+            compiled=encoder.compiled,
+            compile_s=round(encoder.compile_seconds, 1),
+            graphed=encoder.graphed,
+        )
         compare("compiled", encoder.run(ids, pooling="mean", layer=0, normalize=False))
         del encoder
     _free(device)
@@ -581,12 +609,17 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     if args.check_reference:
         results["reference"] = reference_check(
-            model, texts[: args.check_reference], args.device, max_length, args.compiled_rows
+            model,
+            texts[: args.check_reference],
+            args.device,
+            max_length,
+            args.compiled_rows,
+            graphs=args.graph_rows,
         )
     base_s, tokens = in_worker_thread(
         baseline, model, texts, args.device, dtype, max_length, sort=False
     )
-    rows = [("transformers loop (batch 32, random order)", base_s)]
+    rows = Rows([("transformers loop (batch 32, random order)", base_s)])
     if args.sorted_baseline:
         sorted_s, _ = in_worker_thread(
             baseline, model, texts, args.device, dtype, max_length, sort=True
