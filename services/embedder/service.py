@@ -21,6 +21,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ from services.embedder.batching import (
     RunKey,
 )
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
+from services.embedder.cpu_threads import PARALLEL_PASSES, pass_budget, split_passes
 from services.embedder.encoder import Encoder, Launched, compile_by_default
 from services.embedder.fingerprint import (
     EmbeddingSettings,
@@ -393,6 +395,8 @@ class EmbedderService:
         self.batches = 0  # forward passes since start
         self.shared_batches = 0  # forward passes holding rows of more than one request
         self._inflight = InFlight()
+        # On a CPU, threads that run a request's passes beside its own (`_help`).
+        self._helpers = ThreadPoolExecutor(PARALLEL_PASSES - 1, thread_name_prefix="cpu-pass")
         # Requests answered lately, by the hash of their hot-answer key: which are replays.
         self._seen = RecentHashes(SEEN_REQUESTS)
 
@@ -619,6 +623,10 @@ class EmbedderService:
                 queue.extend(request, chunk.result())
                 if queue.queued_tokens >= self.max_batch_tokens:
                     self._run_batch(entry, request, packed)
+            if encoder.passes is not None and split_passes(
+                queue.queued_tokens, self.max_batch_tokens
+            ):
+                self._helpers.submit(self._help, entry, request, packed)
             while not request.done:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
@@ -632,6 +640,15 @@ class EmbedderService:
                 # computes rows nobody waits for.
                 queue.cancel(request)
         return request.result()
+
+    def _help(self, entry: _Loaded, request: PendingRequest, packed: bool) -> None:
+        """Run the queue's passes beside `request`'s own thread until it is done (a CPU whose
+        lone pass would use one core: cpu_threads.py)."""
+        try:
+            while not request.done and self._run_batch(entry, request, packed):
+                pass
+        except Exception:  # noqa: BLE001 - a batch's failure reached its requests already
+            log.exception("a helper pass failed")
 
     def _run_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
         """Take the queue's next batch under the model lock, run it and deliver it; False when
@@ -650,7 +667,10 @@ class EmbedderService:
             with encoder.lock:
                 if request.done:
                     return False
-                rows = queue.next_batch(self.max_batch_tokens, packed)
+                budget = self.max_batch_tokens
+                if slot is not None:  # a CPU: the queue split over the passes (cpu_threads.py)
+                    budget = pass_budget(queue.queued_tokens, budget)
+                rows = queue.next_batch(budget, packed)
                 if not rows:
                     return False
                 launched = self._launch(encoder, queue, rows) if slot is None else None
@@ -706,4 +726,5 @@ class EmbedderService:
         return self.cache.stats()
 
     def close(self) -> None:
+        self._helpers.shutdown(wait=False, cancel_futures=True)
         self.cache.close()
