@@ -115,6 +115,7 @@ def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
             "installed on the trainer",
             field="trainer.precision",
         )
+    _check_loftq_can_run(config)
     if config.trainer.optimizer.type in BITSANDBYTES_OPTIMIZERS:
         # Built for llm (the worker needs CUDA and bitsandbytes, and says so otherwise).
         if not config.backend.trainer.use_gpu:
@@ -125,6 +126,30 @@ def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
             )
         return
     check_optimizer(config.trainer.optimizer)
+
+
+def _check_loftq_can_run(config: Any) -> None:
+    """LoftQ computes the adapter against the base bitsandbytes quantizes on a CUDA GPU: refused
+    at admission where the job's workers (started on this machine) could not run it."""
+    if getattr(config.adapter, "init_lora_weights", None) != "loftq":
+        return
+
+    import torch
+
+    why = "loftq computes the adapter against a 4-bit bitsandbytes base"
+    field = "adapter.init_lora_weights"
+    if not config.backend.trainer.use_gpu:
+        raise InvalidArgument(
+            f"{why}, which needs a CUDA GPU; backend.trainer.use_gpu is false", field=field
+        )
+    if not torch.cuda.is_available():
+        raise FailedPrecondition(
+            f"{why}, which needs a CUDA GPU; this trainer has none", field=field
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise FailedPrecondition(
+            f"{why}: the bitsandbytes package is not installed on this trainer", field=field
+        )
 
 
 def _run_llm(ctx: JobContext) -> JobResult:

@@ -123,6 +123,17 @@ def test_bitsandbytes_optimizers_need_a_gpu(tiny_model, tmp_path):
         trained_recipe(tiny_model, tmp_path, None, steps=1, optimizer={"type": "paged_adamw"})
 
 
+@pytest.mark.parametrize("kind", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
+def test_amsgrad_with_a_bitsandbytes_optimizer_is_refused(tiny_model, kind):
+    """bitsandbytes' 32-bit AdamW takes amsgrad and ignores it: refused rather than dropped."""
+    from tunewire.config import ConfigError
+
+    optimizer = {"type": kind, "amsgrad": True}
+    with pytest.raises(ConfigError, match="no AMSGrad") as info:
+        resolve(llm_config(tiny_model, trainer={"optimizer": optimizer}))
+    assert info.value.field == "trainer.optimizer.amsgrad"
+
+
 def set_up(base: Path, tmp: Path, adapter: dict, frame) -> GenerativeRecipe:
     cfg = resolve(llm_config(base, adapter=adapter, trainer={"batch_size": 4}))
     (tmp / "inputs").mkdir(parents=True)
@@ -161,13 +172,13 @@ def test_eva_with_too_little_data_is_refused_before_training(tiny_model, tmp_pat
 @pytest.mark.parametrize(
     ("adapter", "field", "words"),
     [
-        ({"init_lora_weights": "loftq"}, "adapter.init_lora_weights", "bitsandbytes"),
+        ({"init_lora_weights": "loftq"}, "adapter.loftq_config", "must be set"),
         ({"init_lora_weights": "corda", "use_dora": True}, "adapter.use_dora", "DoRA"),
         ({"init_lora_weights": "orthogonal", "r": 5}, "adapter.init_lora_weights", "even"),
         ({"eva_config": {"rho": 2.0}}, "adapter.eva_config", "init_lora_weights: eva"),
         ({"init_lora_weights": "eva", "eva_config": {"rho": 0.5}}, "adapter.eva_config.rho", ">="),
         ({"type": "adalora", "init_lora_weights": "pissa"}, "adapter.init_lora_weights", "AdaLoRA"),
-        ({"loftq_config": {"loftq_bits": 4}}, "adapter.loftq_config", "only its default"),
+        ({"loftq_config": {"loftq_bits": 4}}, "adapter.loftq_config", "init_lora_weights: loftq"),
     ],
 )
 def test_initialisations_not_built_are_refused_naming_the_key(tiny_model, adapter, field, words):

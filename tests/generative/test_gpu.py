@@ -1,7 +1,7 @@
 """The generative recipe on a CUDA GPU: 4- and 8-bit quantized bases (QLoRA through bitsandbytes),
-bitsandbytes' paged and 8-bit optimizers, bf16 LoRA with per-layer compilation, dense causal
-attention against varlen, FSDP2 on two GPUs against one, and FP8 training (torchao) with stock
-artifacts.
+LoftQ's start on the 4-bit base, bitsandbytes' paged and 8-bit optimizers, bf16 LoRA with
+per-layer compilation, dense causal attention against varlen, FSDP2 on two GPUs against one, and
+FP8 training (torchao) with stock artifacts.
 
 They skip without CUDA (CI has none); the device machine runs them with
 `python -m pytest tests/generative/test_gpu.py` (bench/results/generative_train_h200.md records
@@ -73,32 +73,27 @@ def test_qlora_trains_and_its_adapter_loads_in_stock_peft(tiny_model, tmp_path, 
     assert len(out) == 2
 
 
-@needs_bnb
-@pytest.mark.parametrize("optimizer", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
-def test_bitsandbytes_optimizers_train_a_quantized_base(tiny_model, tmp_path, optimizer):
-    """Ludwig's paged and 8-bit AdamW build as bitsandbytes' own classes and train QLoRA."""
-    import bitsandbytes.optim as bnb_optim
-
+def bnb_recipe(tiny_model, tmp_path, optimizer: str, *, epochs: int, adapter=LORA):
+    """A QLoRA recipe set up in process on the GPU (the whole set each step)."""
     from services.trainer.recipes.generative.events import EventWriter
-    from services.trainer.recipes.generative.optimizers import BITSANDBYTES
     from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
     from tunewire.config import to_dict
 
-    cfg = resolve(
-        llm_config(
-            tiny_model,
-            adapter=LORA,
-            quantization={"bits": 4},
-            backend=GPU,
-            trainer={
-                "epochs": 20,
-                "batch_size": 12,
-                "learning_rate": 0.02,
-                "eval_steps": None,
-                "optimizer": {"type": optimizer},
-            },
-        )
+    raw = llm_config(
+        tiny_model,
+        adapter=adapter,
+        backend=GPU,
+        trainer={
+            "epochs": epochs,
+            "batch_size": 12,
+            "learning_rate": 0.02,
+            "eval_steps": None,
+            "optimizer": {"type": optimizer},
+        },
     )
+    if adapter is LORA:
+        raw["quantization"] = {"bits": 4}
+    cfg = resolve(raw)
     (tmp_path / "inputs").mkdir()
     task_frame().to_parquet(tmp_path / "inputs" / "train.parquet", index=False)
     job = WorkerJob("j", tmp_path, tmp_path / "artifact", 1, cfg, to_dict(cfg))
@@ -106,12 +101,145 @@ def test_bitsandbytes_optimizers_train_a_quantized_base(tiny_model, tmp_path, op
         job, EventWriter(tmp_path / "events.jsonl", False), torch.device("cuda")
     )
     recipe.setup()
+    return recipe
+
+
+@needs_bnb
+@pytest.mark.parametrize("optimizer", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
+def test_bitsandbytes_optimizers_train_a_quantized_base(tiny_model, tmp_path, optimizer):
+    """Ludwig's paged and 8-bit AdamW build as bitsandbytes' own classes and train QLoRA."""
+    import bitsandbytes.optim as bnb_optim
+
+    from services.trainer.recipes.generative.optimizers import BITSANDBYTES
+
+    recipe = bnb_recipe(tiny_model, tmp_path, optimizer, epochs=20)
     assert type(recipe.optimizer) is getattr(bnb_optim, BITSANDBYTES[optimizer])
     recipe.train()
     losses = [loss for _, loss in recipe.losses]
     assert len(losses) == 20 and sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
     state = [s for s in recipe.optimizer.state.values() if s]
     assert state, "the optimizer kept no state"
+
+
+@needs_bnb
+@pytest.mark.parametrize("optimizer", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
+def test_bitsandbytes_optimizer_state_survives_a_checkpoint(tiny_model, tmp_path, optimizer):
+    """A resumed job restores the bitsandbytes optimizer through torch's distributed
+    state-dict API (what checkpoint.py uses), with its 32-bit state kept fp32 on bf16 weights."""
+    from services.trainer.recipes.generative import checkpoint
+
+    recipe = bnb_recipe(tiny_model, tmp_path, optimizer, epochs=3)
+    recipe.train()
+    saved = checkpoint.save(tmp_path / "ckpt", 3, recipe.model, recipe.optimizer, {}, 0)
+    fresh = type(recipe.optimizer)(
+        [p for p in recipe.model.parameters() if p.requires_grad], lr=0.02
+    )
+    checkpoint.load(saved, recipe.model, fresh, 0)
+    before = {id(p): s for p, s in recipe.optimizer.state.items()}
+    restored = list(fresh.state.items())
+    assert restored and len(restored) == len(before)
+    for p, s in restored:
+        assert s["state1"].dtype == before[id(p)]["state1"].dtype == torch.float32
+        assert torch.equal(s["state1"].cpu(), before[id(p)]["state1"].cpu())
+
+
+@needs_bnb
+@pytest.mark.parametrize("optimizer", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
+def test_bitsandbytes_optimizers_page_and_quantize_large_weights(optimizer):
+    """LoRA's weights of a tiny model are below bitsandbytes' thresholds (8-bit state from 4096
+    elements, paged buffers from 100000): a large weight takes the paged and 8-bit paths."""
+    from types import SimpleNamespace
+
+    from services.trainer.recipes.generative.optimizers import bitsandbytes_optimizer
+
+    torch.manual_seed(0)
+    target = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    weight = torch.nn.Parameter(torch.zeros_like(target))
+    o = SimpleNamespace(type=optimizer, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0)
+    opt = bitsandbytes_optimizer(o, [weight], 0.05, torch.device("cuda"))
+    losses = []
+    for _ in range(20):
+        loss = (weight.float() - target.float()).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+    state1 = opt.state[weight]["state1"]
+    assert state1.dtype == (torch.uint8 if "8bit" in optimizer else torch.float32)
+    assert getattr(state1, "is_paged", False) == optimizer.startswith("paged")
+
+
+LOFTQ = {**LORA, "init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4, "loftq_iter": 1}}
+
+
+@needs_bnb
+def test_loftq_starts_the_4bit_base_near_the_original_weights(tiny_model):
+    """Each adapted 4-bit layer starts at Q(W) + alpha/r * B A, the rank-r correction of its
+    quantization error (r=16 of at most 64 dimensions: a good part of it), in the dtype a plain
+    QLoRA adapter has."""
+    import bitsandbytes as bnb
+    from peft.tuners.lora.bnb import Linear4bit
+    from safetensors.torch import load_file
+
+    original = load_file(str(tiny_model / "model.safetensors"))
+    cfg = resolve(llm_config(tiny_model, adapter=LOFTQ, backend=GPU, trainer={"compile": False}))
+    model = load_model(cfg, torch.device("cuda"), packed=True, total_steps=10)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Linear4bit)}
+    assert len(layers) == 2 * 7
+    plain = resolve(llm_config(tiny_model, adapter=LORA, quantization={"bits": 4}, backend=GPU))
+    qlora = load_model(plain, torch.device("cuda"), packed=True, total_steps=10)
+    dtype = next(p.dtype for n, p in qlora.named_parameters() if "lora_A" in n)
+    before = after = 0.0
+    for name, layer in layers.items():
+        w = original[name.removeprefix("base_model.model.") + ".weight"].cuda().float()
+        q = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert a.dtype == b.dtype == dtype and b.abs().sum() > 0
+        start = q + layer.scaling["default"] * (b.float() @ a.float())
+        before += float((w - q).norm() ** 2)
+        after += float((w - start).norm() ** 2)
+    assert after < 0.7 * before, (after, before)
+
+
+@needs_bnb
+def test_loftq_trains_and_its_adapter_loads_in_stock_peft_on_its_4bit_base(tiny_model, tmp_path):
+    """Ludwig's example shape (no quantization block): the job trains on the 4-bit base, and the
+    artifact, loaded with stock transformers/peft on that base as resolved_config.json records
+    it (and by tunewire's predict), gives the trained model's logits."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from services.trainer.recipes.generative.predict import load_artifact
+
+    recipe = bnb_recipe(tiny_model, tmp_path, "adamw", epochs=20, adapter=LOFTQ)
+    recipe.train()
+    losses = [loss for _, loss in recipe.losses]
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+    recipe.save_artifact()
+    artifact = recipe.job.artifact_dir
+    q = json.loads((artifact / "resolved_config.json").read_text())["quantization"]
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model,
+        dtype=torch.bfloat16,
+        device_map={"": 0},
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"],
+            bnb_4bit_compute_dtype=getattr(torch, q["bnb_4bit_compute_dtype"]),
+        ),
+    )
+    stock = PeftModel.from_pretrained(base, artifact)
+    ours, _ = load_artifact(artifact, torch.device("cuda"))
+    ids = recipe.tokenizer("what does alba like ? answer :", return_tensors="pt").to("cuda")
+    with torch.no_grad():
+        trained = recipe.lm.eval()(**ids).logits.float()
+        for loaded in (stock, ours):
+            got = loaded.eval()(**ids).logits.float()
+            assert (got - trained).abs().max() < 0.05 * trained.abs().max()
 
 
 def test_bf16_lora_with_compiled_layers_learns(tiny_model, tmp_path):

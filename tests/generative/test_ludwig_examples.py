@@ -37,6 +37,16 @@ adapter: {type: lora, r: 16, alpha: 32, dropout: 0.05, init_lora_weights: pissa,
 trainer: {type: finetune, learning_rate: 0.0001, epochs: 3, batch_size: 4}
 preprocessing: {global_max_sequence_length: 512}
 """,
+    # Runs on a CUDA GPU with bitsandbytes (tests/generative/test_loftq.py: refused elsewhere).
+    "peft_advanced/loftq_lora": """
+adapter:
+  type: lora
+  r: 16
+  alpha: 32
+  init_lora_weights: loftq
+  loftq_config: {loftq_bits: 4, loftq_iter: 1}
+trainer: {type: finetune, learning_rate: 0.0001, epochs: 3, batch_size: 4}
+""",
     "peft_advanced/oft_llm": """
 adapter: {type: oft, oft_block_size: 32, module_dropout: 0.0}
 trainer: {type: finetune, learning_rate: 0.0001, epochs: 3}
@@ -50,9 +60,10 @@ trainer: {type: finetune, learning_rate: 0.001, epochs: 5, batch_size: 16}
 REFUSED = {
     "alignment/config_dpo": ("trainer: {type: dpo, dpo_beta: 0.1}", "trainer.type"),
     "peft_advanced/tinylora_llm": ("adapter: {type: tinylora, r: 2}", "adapter.type"),
-    "peft_advanced/loftq_lora": (
+    # Ludwig refuses loftq without its settings too.
+    "peft_advanced/loftq_lora (no loftq_config)": (
         "adapter: {type: lora, init_lora_weights: loftq}",
-        "adapter.init_lora_weights",
+        "adapter.loftq_config",
     ),
     "llm_structured_output/config_constrained": (
         """

@@ -403,6 +403,39 @@ class EvaConfig:
 
 
 @dataclass
+class LoftqConfig:
+    """Ludwig's `adapter.loftq_config` (PEFT's LoftQConfig). LoftQ starts each adapted layer's
+    LoRA at the best rank-r approximation of its 4-bit quantization error, so that the quantized
+    base plus the adapter starts at the original weights (PEFT's replace_lora_weights_loftq)."""
+
+    loftq_bits: int = field(
+        default=4, metadata={"help": "Bits of the quantized base: 4 (Ludwig lists 2 and 8 too)."}
+    )
+    loftq_iter: int = field(
+        default=1, metadata={"help": "Alternating quantize/SVD steps: 1 is built."}
+    )
+
+    def __post_init__(self) -> None:
+        check(
+            self.loftq_bits in (2, 4, 8), "must be one of 2, 4, 8 (Ludwig's options)", "loftq_bits"
+        )
+        check(
+            self.loftq_bits == 4,
+            "only 4 is built: the adapter is computed against the base bitsandbytes quantizes to "
+            "4 bits (PEFT's replace_lora_weights_loftq); PEFT has no 2-bit quantizer, and 8-bit "
+            "LoftQ would need the corrected base weights in the artifact",
+            "loftq_bits",
+        )
+        check(self.loftq_iter >= 1, "must be a positive integer", "loftq_iter")
+        check(
+            self.loftq_iter == 1,
+            "only 1 is built: further iterations quantize the base's weights minus the adapter, "
+            "a base no stock model's quantization gives back (the artifact would need its copy)",
+            "loftq_iter",
+        )
+
+
+@dataclass
 class LoraAdapter(Adapter):
     type: Literal["lora"] = "lora"
     r: int = field(default=8, metadata={"help": "Rank of the update matrices."})
@@ -420,23 +453,38 @@ class LoraAdapter(Adapter):
         default="default",
         metadata={
             "help": "eva, corda: from the training data's activations (eva: eva_config; corda: "
-            "saved as a rank-2r LoRA of the original base)."
+            "saved as a rank-2r LoRA of the original base); loftq: against the 4-bit base "
+            "(CUDA, bitsandbytes; loftq_config)."
         },
     )
     eva_config: EvaConfig | None = field(
         default=None, metadata={"help": "init_lora_weights: eva only; null: PEFT's defaults."}
+    )
+    loftq_config: LoftqConfig | None = field(
+        default=None, metadata={"help": "init_lora_weights: loftq only, and needed there."}
     )
 
     def __post_init__(self) -> None:
         check_range(self.r, 1, MAX_LORA_RANK, "r")
         check(0.0 <= self.dropout < 1.0, "must be in [0, 1)", "dropout")
         init = self.init_lora_weights
+        # Ludwig's rule: loftq names its settings; they mean nothing to another initialisation.
         check(
-            init != "loftq",
-            "loftq is not built: PEFT quantizes the base with bitsandbytes at initialisation "
-            "(its own NF4 quantizer was removed in PEFT 0.20), so it needs a CUDA GPU, and the "
-            "artifact would need the LoftQ-corrected base weights beside the adapter",
-            "init_lora_weights",
+            init != "loftq" or self.loftq_config is not None,
+            "must be set with init_lora_weights: loftq (as in Ludwig), e.g. "
+            "{loftq_bits: 4, loftq_iter: 1}",
+            "loftq_config",
+        )
+        check(
+            self.loftq_config is None or init == "loftq",
+            "is read only with init_lora_weights: loftq",
+            "loftq_config",
+        )
+        check(
+            init != "loftq" or not self.use_dora,
+            "is not built with init_lora_weights: loftq (DoRA's magnitude would be taken from "
+            "the base before LoftQ sets the adapter)",
+            "use_dora",
         )
         check(
             init != "corda" or not self.use_dora,
@@ -683,6 +731,8 @@ class LlmConfig:
             )
         self._resolve_trainer()
         self._resolve_generation()
+        if getattr(self.adapter, "init_lora_weights", None) == "loftq":
+            self._resolve_loftq()
         if self.quantization is not None:
             check(
                 self.adapter is not None,
@@ -721,6 +771,30 @@ class LlmConfig:
             if self.adapter is not None
             else "",
             key,
+        )
+
+    def _resolve_loftq(self) -> None:
+        """LoftQ's adapter is computed against the base bitsandbytes quantizes to 4 bits: without
+        a quantization block the job quantizes as LoftQ does (nf4, no double quantization),
+        where Ludwig holds the same quantized values dequantized; the block is written into the
+        resolved config, so the artifact records the base its adapter pairs with."""
+        if self.quantization is None:
+            self.quantization = QuantizationConfig(
+                bits=4,
+                bnb_4bit_compute_dtype="bfloat16",
+                bnb_4bit_use_double_quant=False,
+                bnb_4bit_quant_type="nf4",
+            )
+        check(
+            self.quantization.bits == 4,
+            "init_lora_weights: loftq is built for a 4-bit base (loftq_bits: 4)",
+            "quantization.bits",
+        )
+        check(
+            not self.adapter.postprocessor.merge_adapter_into_base_model,
+            "is not built with init_lora_weights: loftq: the adapter corrects the 4-bit base's "
+            "quantization error, so merged into the full-precision base it would count it twice",
+            "adapter.postprocessor.merge_adapter_into_base_model",
         )
 
     def _resolve_trainer(self) -> None:
@@ -1013,6 +1087,14 @@ def differences_from_ludwig(cfg: LlmConfig) -> list[str]:
             "(Ludwig trains in fp32)"
         )
     out += retrieval_differences(cfg.prompt.retrieval)
+    if getattr(cfg.adapter, "init_lora_weights", None) == "loftq":
+        out.append(
+            "adapter.init_lora_weights: loftq trains on the base quantized by bitsandbytes "
+            "(resolved_config.json's quantization block; without one in the config: 4-bit nf4, "
+            "no double quantization, which Ludwig holds dequantized), and the adapter pairs with "
+            "that quantized base; the initial adapter is scaled so that alpha/r times B A is "
+            "the quantization error's rank-r part (PEFT ignores alpha/r there)"
+        )
     if isinstance(cfg.adapter, AdaloraAdapter) and cfg.adapter.total_step is None:
         out.append(
             "adapter.total_step: null is the job's count of optimizer steps "

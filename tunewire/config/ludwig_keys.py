@@ -84,6 +84,8 @@ CONSUMERS: dict[str, tuple[str, ...]] = {
     "llm:adapter(": (_GEN + "model.py", _GEN + "adapters.py", _GEN + "artifacts.py"),
     # merge_adapter_into_base_model is read through LlmConfig.merge_adapter.
     **{f"llm:adapter({kind}).postprocessor.": ("tunewire/config/llm.py",) for kind in llm.ADAPTERS},
+    # loftq_config's values are checked there (4 bits, 1 iteration: what adapters.py runs).
+    "llm:adapter(lora).loftq_config.": ("tunewire/config/llm.py",),
     "llm:prompt.retrieval.": (_GEN + "retrieval.py", _GEN + "launch.py", _GEN + "predict.py"),
     "llm:input_features[]": (_GEN + "data.py", "tunewire/config/llm.py"),
     "llm:output_features[]": (_GEN + "data.py", "tunewire/config/llm.py"),
@@ -168,6 +170,11 @@ INERT: dict[str, str] = {
     "llm:adapter(adalora).eva_config.adjust_scaling_factors": (
         "read only with init_lora_weights: eva, which adalora refuses"
     ),
+    **{
+        f"llm:adapter(adalora).loftq_config.{k}": "read only with init_lora_weights: loftq, "
+        "which adalora refuses"
+        for k in ("loftq_bits", "loftq_iter")
+    },
     "llm:trainer.regularization_type": "read only with regularization_lambda > 0 (refused)",
     "llm:trainer.bucketing_field": "refused unless null (packing fills rows instead)",
     "llm:trainer.max_batch_size": "bounds batch_size search, which is not built (auto is 1)",
@@ -219,6 +226,15 @@ DIFFERENT: dict[str, str] = {
     ),
     "llm:trainer.learning_rate": "auto is 2e-4 with an adapter, 2e-5 without (no rate search)",
     "llm:trainer.batch_size": "auto is 1 (no throughput search)",
+    "llm:adapter(lora).init_lora_weights": (
+        "the others as in Ludwig (eva, corda: from the training data; corda saved as a "
+        "rank-2r LoRA of the original base); loftq (CUDA, bitsandbytes) trains on the base "
+        "quantized to 4 bits (without a "
+        "quantization block: nf4, no double quantization; Ludwig holds the same values "
+        "dequantized) and the adapter pairs with it (predict loads it so); its start is scaled "
+        "so that alpha/r times B A is the quantization error's rank-r part (PEFT ignores "
+        "alpha/r); merging it is refused"
+    ),
     "llm:adapter(adalora).total_step": (
         "null (our default) is the job's count of optimizer steps; Ludwig 0.17 writes 10000"
     ),
@@ -289,11 +305,12 @@ LUDWIG_REFUSED: dict[str, str] = {
     "llm:quantization.backend": "bitsandbytes only (torchao not built; bitsandbytes is accepted)",
     "llm:trainer.type: dpo, kto, orpo, grpo": "preference/reward trainers are not built",
     "llm:adapter.type: tinylora, c3a, waveft, vblora": "not wired here yet",
-    "llm:adapter(lora).init_lora_weights: loftq": (
-        "PEFT quantizes the base with bitsandbytes at init (CUDA) and the artifact would need "
-        "the corrected base; not built"
+    "llm:adapter(lora).loftq_config.loftq_bits: 2, 8": (
+        "4 is built (PEFT has no 2-bit quantizer; 8-bit LoftQ needs a corrected base copy)"
     ),
-    "llm:adapter(lora).loftq_config": "accepted only at null (loftq is not built)",
+    "llm:adapter(lora).loftq_config.loftq_iter > 1": (
+        "1 is built: more iterations re-quantize a corrected base the artifact cannot carry"
+    ),
     "llm:adapter(lora).loraplus_lr_ratio, rank_pattern, alpha_pattern, layer_replication": (
         "not built"
     ),

@@ -90,7 +90,6 @@ LORA = {
     "rank_pattern": None,
     "layer_replication": None,
     "loraplus_lr_ratio": None,
-    "loftq_config": None,
 }
 LLM_PREPROCESSING = {"oversample_minority": None, "undersample_majority": None}
 QUANTIZATION = {"backend": "bitsandbytes", "mode": None, "qat": False}

@@ -42,6 +42,12 @@ class OptimizerConfig:
         )
         check(self.eps > 0, "must be > 0", "eps")
         check(self.weight_decay >= 0, "must be >= 0", "weight_decay")
+        check(
+            not (self.amsgrad and self.type in BITSANDBYTES_OPTIMIZERS),
+            f"bitsandbytes' {self.type} has no AMSGrad variant (its 32-bit AdamW ignores the "
+            "flag, the 8-bit ones refuse it)",
+            "amsgrad",
+        )
 
 
 @dataclass

@@ -65,8 +65,12 @@ def peft_config(adapter: C.Adapter, total_steps: int, patterns: dict | None = No
             r=adapter.r,
             use_rslora=adapter.use_rslora,
             use_dora=adapter.use_dora,
+            # LoftQ's weights are set after PEFT builds the layers (loftq_initialise); PEFT's own
+            # "loftq" would quantize an already quantized base again.
             init_lora_weights=(
-                True if adapter.init_lora_weights == "default" else adapter.init_lora_weights
+                True
+                if adapter.init_lora_weights in ("default", "loftq")
+                else adapter.init_lora_weights
             ),
             eva_config=(
                 None
@@ -110,6 +114,8 @@ def apply(
     if getattr(adapter, "init_lora_weights", None) == "corda":
         _corda_statistics(model, config, calibration)
     model = get_peft_model(model, config, autocast_adapter_dtype=autocast_adapter_dtype)
+    if getattr(adapter, "init_lora_weights", None) == "loftq":
+        loftq_initialise(model)
     if getattr(adapter, "init_lora_weights", None) == "eva" and patterns is None:
         from peft import initialize_lora_eva_weights
 
@@ -122,6 +128,40 @@ def apply(
             model, batches, forward_fn=bounded_forward(len(batches)), show_progress_bar=False
         )
     return model
+
+
+def loftq_initialise(model: nn.Module) -> None:
+    """LoftQ on the 4-bit base (PEFT's replace_lora_weights_loftq, the one-step LoftQ it offers
+    for a base bitsandbytes has quantized): each adapted layer's B A becomes the best rank-r
+    approximation of W - dequant(Q(W)), W read from the base's safetensors files. PEFT sets B A
+    to that residual whatever alpha/r; both factors are divided by sqrt(alpha/r) here, so the
+    layer starts at Q(W) + residual, LoftQ's meaning. The adapter keeps its dtype."""
+    from pathlib import Path
+
+    from peft import replace_lora_weights_loftq
+    from peft.tuners.lora.bnb import Linear4bit
+
+    from services.trainer.recipes.generative.errors import PreconditionError
+
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit) and "default" in m.lora_A]
+    if not layers:
+        raise PreconditionError(
+            "adapter.init_lora_weights: loftq found no 4-bit layer with an adapter (target "
+            "the base's linear layers)"
+        )
+    dtype = layers[0].lora_A["default"].weight.dtype
+    name = model.get_base_model().config._name_or_path
+    try:
+        replace_lora_weights_loftq(model, model_path=name if Path(name).is_dir() else None)
+    except (ValueError, OSError) as exc:
+        raise PreconditionError(
+            f"adapter.init_lora_weights: loftq reads the base's full-precision weights from its "
+            f"safetensors files, which failed: {exc}"
+        ) from None
+    for layer in layers:
+        root = float(layer.scaling["default"]) ** 0.5
+        for factor in (layer.lora_A["default"], layer.lora_B["default"]):
+            factor.weight.data = (factor.weight.data / root).to(dtype)
 
 
 def _corda_statistics(model: nn.Module, config, calibration) -> None:

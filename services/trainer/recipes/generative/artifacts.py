@@ -10,6 +10,7 @@ same whether training ran on one process, DDP or FSDP2 (whose live parameters ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def _fresh_model(
 
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=dtype)
     adapter = adapter if adapter is not None else cfg.adapter
+    if getattr(adapter, "init_lora_weights", None) == "loftq":
+        # The trained weights are loaded over it: LoftQ's start (which needs the 4-bit base)
+        # would be computed for nothing.
+        adapter = dataclasses.replace(adapter, init_lora_weights="default", loftq_config=None)
     if adapter is not None:
         model = adapters.apply(model, adapter, total_steps, patterns=patterns)
         if rank_pattern is not None:

@@ -40,15 +40,17 @@ def quantization_config(cfg: LlmConfig, device: torch.device):
     q = cfg.quantization
     if q is None:
         return None
+    # LoftQ's quantization is implied when the config has none: name the key the user wrote.
+    key = (
+        "adapter.init_lora_weights: loftq (a 4-bit bitsandbytes base)"
+        if getattr(cfg.adapter, "init_lora_weights", None) == "loftq"
+        else f"quantization.bits: {q.bits}"
+    )
     if device.type != "cuda":
-        raise PreconditionError(
-            f"quantization.bits: {q.bits} needs a CUDA GPU (bitsandbytes); "
-            "none is available to this job"
-        )
+        raise PreconditionError(f"{key} needs a CUDA GPU (bitsandbytes); none is available here")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise PreconditionError(
-            f"quantization.bits: {q.bits} needs the bitsandbytes package, "
-            "which is not installed on the trainer"
+            f"{key} needs the bitsandbytes package, which is not installed here"
         )
     from transformers import BitsAndBytesConfig
 

@@ -15,7 +15,8 @@ import torch
 from services.trainer.context import MetricValue
 from services.trainer.recipes.generative import retrieval
 from services.trainer.recipes.generative.data import build_samples, collate_padded, render_prompt
-from services.trainer.recipes.generative.model import CausalLMWithLoss
+from services.trainer.recipes.generative.errors import PreconditionError
+from services.trainer.recipes.generative.model import CausalLMWithLoss, quantization_config
 from tunewire.config.llm import (
     SAMPLING_ONLY,
     generation_for_transformers,
@@ -42,10 +43,12 @@ def load_artifact(artifact_dir: Path, device: torch.device, base_model: str | No
 
     adapter_cfg = artifact_dir / "adapter_config.json"
     dtype = compute_dtype(device)
+    quant = paired_quantization(artifact_dir, device) if base_model is None else None
+    placed = {"quantization_config": quant, "device_map": {"": device}} if quant else {}
 
     def base(name: str, what: str):
         try:
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **placed)
         except OSError as exc:
             raise FailedPrecondition(
                 f"{what} {name!r} cannot be loaded: {exc}", field="model"
@@ -64,7 +67,26 @@ def load_artifact(artifact_dir: Path, device: torch.device, base_model: str | No
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer
+    return (model if quant else model.to(device)).eval(), tokenizer
+
+
+def paired_quantization(artifact_dir: Path, device: torch.device):
+    """The bitsandbytes settings a LoftQ adapter's base is loaded with (the ones its job trained
+    on, from resolved_config.json): its adapter corrects that quantized base's error, so on the
+    full-precision base it would count the error twice. None for every other artifact."""
+    resolved = artifact_dir / "resolved_config.json"
+    if not (artifact_dir / "adapter_config.json").exists() or not resolved.exists():
+        return None
+    raw = json.loads(resolved.read_text())
+    if (raw.get("adapter") or {}).get("init_lora_weights") != "loftq":
+        return None
+    try:
+        return quantization_config(parse_llm(raw), device)
+    except PreconditionError as exc:
+        raise FailedPrecondition(
+            f"this LoftQ adapter pairs with the 4-bit base its job trained on: {exc}",
+            field="model",
+        ) from None
 
 
 def generation_from_config(cfg, tokenizer, model_config):
