@@ -125,7 +125,7 @@ def test_bitsandbytes_optimizers_train_a_quantized_base(tiny_model, tmp_path, op
 @pytest.mark.parametrize("optimizer", ["paged_adamw", "paged_adamw_8bit", "adamw_8bit"])
 def test_bitsandbytes_optimizer_state_survives_a_checkpoint(tiny_model, tmp_path, optimizer):
     """A resumed job restores the bitsandbytes optimizer through torch's distributed
-    state-dict API (what checkpoint.py uses), with its 32-bit state kept fp32 on bf16 weights."""
+    state-dict API (what checkpoint.py uses): its state comes back as saved, dtype included."""
     from services.trainer.recipes.generative import checkpoint
 
     recipe = bnb_recipe(tiny_model, tmp_path, optimizer, epochs=3)
@@ -139,8 +139,9 @@ def test_bitsandbytes_optimizer_state_survives_a_checkpoint(tiny_model, tmp_path
     restored = list(fresh.state.items())
     assert restored and len(restored) == len(before)
     for p, s in restored:
-        assert s["state1"].dtype == before[id(p)]["state1"].dtype == torch.float32
-        assert torch.equal(s["state1"].cpu(), before[id(p)]["state1"].cpu())
+        for key in ("state1", "state2"):
+            assert s[key].dtype == before[id(p)][key].dtype
+            assert torch.equal(s[key].cpu(), before[id(p)][key].cpu())
 
 
 @needs_bnb
