@@ -175,6 +175,34 @@ def _load_snippet(kind: str, where: str, task: str | None, st_folder: bool) -> s
     return text
 
 
+def _loftq_snippet(where: str, base_model: str | None, quantization: dict[str, Any]) -> str:
+    """A LoftQ adapter corrects its 4-bit base's quantization error: it loads on that base,
+    quantized as its job quantized it (on the full-precision base it would add the error)."""
+    q = {**{"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False}, **quantization}
+    base = base_model or "BASE_MODEL"  # the base named in adapter_config.json
+    return (
+        "This LoftQ adapter pairs with its base quantized to 4 bits by bitsandbytes exactly as\n"
+        "below (a CUDA GPU); on the full-precision base it would add the quantization error\n"
+        "it corrects.\n\n"
+        "```python\n"
+        "import torch\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig\n\n"
+        "quantization = BitsAndBytesConfig(\n"
+        "    load_in_4bit=True,\n"
+        f"    bnb_4bit_quant_type={q['bnb_4bit_quant_type']!r},\n"
+        f"    bnb_4bit_use_double_quant={bool(q['bnb_4bit_use_double_quant'])},\n"
+        f"    bnb_4bit_compute_dtype=torch.{q.get('bnb_4bit_compute_dtype') or 'bfloat16'},\n"
+        ")\n"
+        "base = AutoModelForCausalLM.from_pretrained(\n"
+        f"    {base!r}, quantization_config=quantization, device_map={{'': 0}}\n"
+        ")\n"
+        f"model = PeftModel.from_pretrained(base, {where!r})\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({where!r})\n"
+        "```\n"
+    )
+
+
 def _training_rows_notice(artifact_dir: Path, resolved: dict[str, Any]) -> list[str]:
     """A few-shot model carries the training rows it retrieves examples from: whoever can read
     the repository can read them, so the card says so where a reader looks first."""
@@ -244,7 +272,10 @@ def render_model_card(artifact_dir: Path, *, repo_id: str | None = None) -> str:
         f"# {name}\n\n",
         f"{what}{on_base}, trained with tunewire{job}.\n\n",
         "## How to load it\n\n",
-        _load_snippet(kind, where, task, st_folder),
+        _loftq_snippet(where, base_model, resolved.get("quantization") or {})
+        if kind == "peft_adapter"
+        and (resolved.get("adapter") or {}).get("init_lora_weights") == "loftq"
+        else _load_snippet(kind, where, task, st_folder),
         "\n",
     ]
     parts += _training_rows_notice(artifact_dir, resolved)

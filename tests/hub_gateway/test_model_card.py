@@ -119,3 +119,29 @@ def test_a_few_shot_card_says_it_carries_training_rows(tmp_path):
     assert "retrieval_pool.parquet" in card
     (tmp_path / "retrieval_pool.parquet").unlink()
     assert "Training rows" not in render_model_card(tmp_path, repo_id="org/few-shot")
+
+
+def test_a_loftq_adapters_card_loads_it_on_its_4bit_base(tmp_path):
+    """Its adapter corrects the 4-bit base's error: the snippet quantizes the base as the job
+    did (resolved_config.json), not AutoPeftModel's full-precision base."""
+    base = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": base, "peft_type": "LORA", "r": 8})
+    )
+    quantization = {
+        "bits": 4,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": False,
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    adapter = {"type": "lora", "init_lora_weights": "loftq"}
+    (tmp_path / "resolved_config.json").write_text(
+        json.dumps({"model_type": "llm", "adapter": adapter, "quantization": quantization})
+    )
+    card = render_model_card(tmp_path, repo_id="org/loftq")
+    assert "AutoPeftModelForCausalLM" not in card
+    assert "bnb_4bit_use_double_quant=False" in card and "bnb_4bit_quant_type='nf4'" in card
+    assert f"from_pretrained(\n    {base!r}, quantization_config=quantization" in card
+    assert "PeftModel.from_pretrained(base, 'org/loftq')" in card
+    snippet = card.split("```python\n")[1].split("```")[0]
+    compile(snippet, "card", "exec")  # the snippet is valid Python
