@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from services.trainer.model_types import resolve
@@ -504,7 +505,9 @@ def test_sentence_transformers_export_takes_the_encoders_files(tmp_path, lowerca
         [pm.InputSpec("text", "text", 384)], cfg.combiner, [(cfg.output_features[0], meta)]
     )
     model.outputs["y"].temperature.fill_(1.5)
-    ref = pm.EncoderRef(EncoderSpec(model=str(minilm)), feature="text", dimension=384)
+    # normalized vectors (a Normalize module) with lowercasing, to cover both in two runs
+    spec = EncoderSpec(model=str(minilm), normalize=lowercase)
+    ref = pm.EncoderRef(spec, feature="text", dimension=384)
     out = st_export.export_sentence_transformers(tmp_path, ref, model.eval(), lowercase)
     assert filecmp.cmp(out / "model.safetensors", minilm / "model.safetensors", shallow=False)
     assert json.loads((out / "labels.json").read_text())["labels"] == ["a", "b", "c"]
@@ -513,3 +516,20 @@ def test_sentence_transformers_export_takes_the_encoders_files(tmp_path, lowerca
     assert ours.max_seq_length == loaded.max_seq_length == 512
     texts = ["Free ENTRY in 2 a wkly comp", "Ünïcode TEXT", "", "word " * 600]
     np.testing.assert_allclose(ours.encode(texts), loaded.encode(texts), atol=1e-5)
+    # The files written without sentence-transformers are those its own save writes.
+    saved = tmp_path / "saved"
+    loaded.save(str(saved))
+    for name in ("modules.json", "config_sentence_transformers.json"):
+        assert json.loads((out / name).read_text()) == json.loads((saved / name).read_text())
+    # Ours also says the length limit and lowercasing where sentence-transformers leaves a default.
+    bert = [json.loads((d / "sentence_bert_config.json").read_text()) for d in (out, saved)]
+    assert bert[1].items() <= bert[0].items()
+    for entry in json.loads((out / "modules.json").read_text())[1:]:
+        folder = entry["path"]
+        settings = [json.loads((d / folder / "config.json").read_text()) for d in (out, saved)]
+        assert settings[0] == settings[1], folder
+        if (saved / folder / "model.safetensors").exists():
+            ours_w, theirs_w = (load_file(d / folder / "model.safetensors") for d in (out, saved))
+            assert ours_w.keys() == theirs_w.keys()
+            for key, tensor in ours_w.items():
+                assert torch.equal(tensor, theirs_w[key]), (folder, key)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from tunewire.heads import EncoderRef, PredictiveModel
@@ -205,42 +207,61 @@ def _max_seq_length(source: Path, ref: EncoderRef) -> int | None:
     return min(limits) if limits else None
 
 
+# The classes the folder names, in sentence-transformers 6's layout (pyproject pins >= 6.2), and
+# the Transformer's settings for a feature-extraction encoder (its TRANSFORMER_TASK_DEFAULTS).
+_TRANSFORMER = "sentence_transformers.base.modules.transformer.Transformer"
+_MODULES = {
+    "Pooling": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+    "Normalize": "sentence_transformers.base.modules.normalize.Normalize",
+    "Dense": "sentence_transformers.base.modules.dense.Dense",
+}
+_FEATURE_EXTRACTION = {
+    "transformer_task": "feature-extraction",
+    "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+    "module_output_name": "token_embeddings",
+}
+_EMBEDDING = "sentence_embedding"  # the key Pooling, Normalize and Dense read and write
+
+
 def _write_modules(
     out: Path, ref: EncoderRef, model: PredictiveModel, max_seq_length: int | None, lowercase: bool
 ) -> None:
-    """modules.json and each module's folder, in the layout `SentenceTransformer.save` writes."""
-    import sentence_transformers
-    import transformers
-    from sentence_transformers.base.modules.transformer import TRANSFORMER_TASK_DEFAULTS
-    from sentence_transformers.sentence_transformer import modules as models
-
-    modality, output_name = TRANSFORMER_TASK_DEFAULTS["feature-extraction"]
-    transformer_config = {
-        "transformer_task": "feature-extraction",
-        "modality_config": modality,
-        "module_output_name": output_name,
-        "do_lower_case": lowercase,
-    }
+    """modules.json and each module's folder, as `SentenceTransformer.save` writes them (the
+    modules' `save_config` JSON, Dense's `linear.*` safetensors). Written here without importing
+    sentence-transformers: its import (scikit-learn, SciPy, PEFT) took 2-3 s of a warm job."""
+    transformer_config = {**_FEATURE_EXTRACTION, "do_lower_case": lowercase}
     if max_seq_length:
         transformer_config["max_seq_length"] = max_seq_length  # TEI reads it here
     (out / "sentence_bert_config.json").write_text(json.dumps(transformer_config, indent=4))
     dim = ref.dimension or json.loads((out / "config.json").read_text())["hidden_size"]
-    modules: list[nn.Module] = [models.Pooling(dim, pooling_mode=_POOLING[ref.spec.pooling])]
-    if ref.spec.normalize:
-        modules.append(models.Normalize())
-    modules += _dense_modules(model)
-    entries = [{"idx": 0, "name": "0", "path": "", "type": _class_path(models.Transformer)}]
-    for idx, module in enumerate(modules, start=1):
-        folder = f"{idx}_{type(module).__name__}"
-        (out / folder).mkdir(exist_ok=True)
-        module.save(str(out / folder), safe_serialization=True)
-        entries.append(
-            {"idx": idx, "name": str(idx), "path": folder, "type": _class_path(type(module))}
+    modules: list[tuple[str, dict, dict[str, torch.Tensor]]] = [
+        (
+            "Pooling",
+            {
+                "embedding_dimension": dim,
+                "pooling_mode": _POOLING[ref.spec.pooling],
+                "include_prompt": True,
+            },
+            {},
         )
+    ]
+    if ref.spec.normalize:
+        modules.append(
+            ("Normalize", {"module_input_name": _EMBEDDING, "module_output_name": _EMBEDDING}, {})
+        )
+    modules += _dense_modules(model)
+    entries = [{"idx": 0, "name": "0", "path": "", "type": _TRANSFORMER}]
+    for idx, (kind, config, weights) in enumerate(modules, start=1):
+        folder = out / f"{idx}_{kind}"
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=4))
+        if weights:
+            save_file(weights, str(folder / "model.safetensors"))
+        entries.append({"idx": idx, "name": str(idx), "path": folder.name, "type": _MODULES[kind]})
     (out / "modules.json").write_text(json.dumps(entries, indent=2))
     versions = {
-        "sentence_transformers": sentence_transformers.__version__,
-        "transformers": transformers.__version__,
+        "sentence_transformers": version("sentence-transformers"),
+        "transformers": version("transformers"),
         "pytorch": torch.__version__,
     }
     config = {
@@ -277,29 +298,22 @@ logits = model.encode(["some text"])
 """
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__name__}"
-
-
-@building_modules()
-def _dense_modules(model: PredictiveModel) -> list[nn.Module]:
-    """One sentence-transformers `Dense` per head layer, built holding the module-building lock
-    (another job loading an encoder swaps torch's initialisers meanwhile)."""
-    from sentence_transformers.sentence_transformer import modules as models
-
-    denses: list[nn.Module] = []
+def _dense_modules(model: PredictiveModel) -> list[tuple[str, dict, dict[str, torch.Tensor]]]:
+    """One sentence-transformers `Dense` per head layer: its config and its weights."""
+    denses = []
     for linear, activation in _dense_layers(model):
-        dense = models.Dense(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            activation_function=_load_class(activation)(),
-        )
-        with torch.no_grad():
-            dense.linear.weight.copy_(linear.weight.detach().float())
-            if linear.bias is not None:
-                dense.linear.bias.copy_(linear.bias.detach().float())
-        denses.append(dense)
+        config = {
+            "in_features": linear.in_features,
+            "out_features": linear.out_features,
+            "bias": linear.bias is not None,
+            "activation_function": activation,
+            "module_input_name": _EMBEDDING,
+            "module_output_name": _EMBEDDING,
+        }
+        weights = {"linear.weight": linear.weight.detach().float().contiguous()}
+        if linear.bias is not None:
+            weights["linear.bias"] = linear.bias.detach().float().contiguous()
+        denses.append(("Dense", config, weights))
     return denses
 
 
@@ -325,7 +339,15 @@ def _pipeline(ref: EncoderRef, model: PredictiveModel, lowercase: bool):
     ]
     if ref.spec.normalize:
         modules.append(models.Normalize())
-    modules += _dense_modules(model)
+    for _, config, weights in _dense_modules(model):
+        dense = models.Dense(
+            config["in_features"],
+            config["out_features"],
+            bias=config["bias"],
+            activation_function=_load_class(config["activation_function"])(),
+        )
+        dense.linear.load_state_dict({k.removeprefix("linear."): v for k, v in weights.items()})
+        modules.append(dense)
     return SentenceTransformer(modules=modules, device="cpu")
 
 
