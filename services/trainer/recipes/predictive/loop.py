@@ -22,6 +22,7 @@ from torch import nn
 
 from services.trainer.clipping import clip_gradients
 from services.trainer.context import JobContext, Log, Metrics, MetricValue, Progress
+from services.trainer.fused_optimizer import build_fused_optimizer
 from services.trainer.optimizer import build_optimizer
 from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
@@ -98,7 +99,13 @@ class HeadTrainer:
             if graphed and scheduled(tcfg.learning_rate_scheduler)
             else float(tcfg.learning_rate)
         )
-        self.optimizer = build_optimizer(tcfg.optimizer, self.params, lr, capturable=graphed)
+        # Eager steps call torch's fused kernels directly (no torch._dynamo import, less Python
+        # a step); a captured step needs torch.optim's capturable Adam.
+        self.optimizer = (
+            build_optimizer(tcfg.optimizer, self.params, lr, capturable=True)
+            if graphed
+            else build_fused_optimizer(tcfg.optimizer, self.params, lr)
+        )
         self.graphed: GraphedStep | None = None  # captured when training starts
         # Σ loss × rows of an epoch, on the device: read once an epoch, not once a step.
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
