@@ -115,29 +115,28 @@ def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
             "installed on the trainer",
             field="trainer.precision",
         )
-    _check_loftq_can_run(config)
+    if getattr(config.adapter, "init_lora_weights", None) == "loftq":
+        _check_bitsandbytes_can_run(
+            config,
+            "loftq computes the adapter against a 4-bit bitsandbytes base",
+            "adapter.init_lora_weights",
+        )
     if config.trainer.optimizer.type in BITSANDBYTES_OPTIMIZERS:
-        # Built for llm (the worker needs CUDA and bitsandbytes, and says so otherwise).
-        if not config.backend.trainer.use_gpu:
-            raise InvalidArgument(
-                f"optimizer {config.trainer.optimizer.type!r} is a bitsandbytes optimizer and "
-                "needs a CUDA GPU; backend.trainer.use_gpu is false (use adamw)",
-                field="trainer.optimizer.type",
-            )
+        # Built for llm (the worker needs CUDA and bitsandbytes, and says so otherwise too).
+        _check_bitsandbytes_can_run(
+            config,
+            f"optimizer {config.trainer.optimizer.type!r} is a bitsandbytes optimizer (use adamw)",
+            "trainer.optimizer.type",
+        )
         return
     check_optimizer(config.trainer.optimizer)
 
 
-def _check_loftq_can_run(config: Any) -> None:
-    """LoftQ computes the adapter against the base bitsandbytes quantizes on a CUDA GPU: refused
-    at admission where the job's workers (started on this machine) could not run it."""
-    if getattr(config.adapter, "init_lora_weights", None) != "loftq":
-        return
-
+def _check_bitsandbytes_can_run(config: Any, why: str, field: str) -> None:
+    """What bitsandbytes runs needs a CUDA GPU and the package: refused at admission where the
+    job's workers (started on this machine, in its environment) could not run it."""
     import torch
 
-    why = "loftq computes the adapter against a 4-bit bitsandbytes base"
-    field = "adapter.init_lora_weights"
     if not config.backend.trainer.use_gpu:
         raise InvalidArgument(
             f"{why}, which needs a CUDA GPU; backend.trainer.use_gpu is false", field=field

@@ -134,6 +134,34 @@ def test_amsgrad_with_a_bitsandbytes_optimizer_is_refused(tiny_model, kind):
     assert info.value.field == "trainer.optimizer.amsgrad"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize(
+    ("use_gpu", "error", "words"),
+    [(False, "InvalidArgument", "use_gpu is false"), (True, "FailedPrecondition", "has none")],
+)
+def test_a_trainer_without_cuda_refuses_bitsandbytes_optimizers_at_admission(
+    tiny_model, tmp_path, use_gpu, error, words
+):
+    import pandas as pd
+
+    from services.trainer.admission import Admission, JobInputs
+    from services.trainer.datasets import DatasetStore
+    from tunewire import errors
+
+    store = DatasetStore(tmp_path / "datasets")
+    df = pd.DataFrame({"name": ["ann", "bob"] * 4, "answer": ["tea", "milk"] * 4})
+    rec = store.put([df.to_csv(index=False).encode()], "d.csv")
+    raw = llm_config(
+        tiny_model,
+        adapter={"type": "lora"},
+        trainer={"optimizer": {"type": "paged_adamw_8bit"}},
+        backend={"trainer": {"use_gpu": use_gpu}},
+    )
+    with pytest.raises(getattr(errors, error), match=f"paged_adamw_8bit.*{words}") as info:
+        Admission(store).admit(raw, JobInputs(dataset_id=rec.id))
+    assert info.value.field == "trainer.optimizer.type"
+
+
 def set_up(base: Path, tmp: Path, adapter: dict, frame) -> GenerativeRecipe:
     cfg = resolve(llm_config(base, adapter=adapter, trainer={"batch_size": 4}))
     (tmp / "inputs").mkdir(parents=True)
