@@ -263,6 +263,12 @@ class EmbeddingCache:
         with self._resize.shared(), self._env.begin(buffers=True) as txn:
             return txn.get(key) is not None
 
+    def get_record(self, key: bytes) -> bytes | None:
+        """The bytes stored under `key` as they are (a record such as an encoder's shape, not a
+        vector; not counted as a hit or a miss)."""
+        with self._resize.shared(), self._env.begin(buffers=False) as txn:
+            return txn.get(key)
+
     def get_matrix(
         self, keys: list[bytes], dtype: np.dtype, dim: int
     ) -> tuple[np.ndarray, list[int]]:

@@ -32,10 +32,6 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-# Imported here, not lazily in the loader: transformers' lazy module is not safe to resolve from
-# two threads at once (two models loading concurrently raised ImportError on AutoConfig).
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-
 from services.embedder import varlen
 from services.embedder.cpu_threads import PARALLEL_PASSES, forward_threads
 from services.embedder.graphs import GraphedForward
@@ -49,6 +45,33 @@ from tunewire.model_init import building_modules
 from tunewire.pooling import pool, pool_packed
 
 log = structlog.get_logger(__name__)
+
+_TRANSFORMERS = threading.Lock()
+
+
+def _auto_classes():
+    """transformers' AutoConfig, AutoModel and AutoTokenizer, imported when an encoder is first
+    opened, not with this module: a process whose texts are all cached never needs them (the
+    import was ~1 s of a warm job's CPU). Under a lock: transformers' lazy module is not safe to
+    resolve from two threads at once (two models loading concurrently raised ImportError on
+    AutoConfig)."""
+    with _TRANSFORMERS:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    return AutoConfig, AutoModel, AutoTokenizer
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What the service asks of an encoder before any text needs it: its config's and its
+    tokenizer's answers. Kept by the files' identities (service.EncoderShapes), so that an
+    encoder opened before is described without opening its config and tokenizer."""
+
+    model_type: str
+    dimension: int
+    num_layers: int
+    max_length: int  # the model's own limit: the tokenizer's or the position table's, the lower
+
 
 # Tokenizers without a real limit report a huge sentinel (int(1e30)); ignore it.
 _NO_LIMIT = 1_000_000
@@ -97,6 +120,7 @@ class Encoder:
         varlen: bool | None = None,
         compile: bool = False,
         graphs: bool = False,
+        shape: EncoderShape | None = None,
     ) -> None:
 
         self.source = source
@@ -111,22 +135,11 @@ class Encoder:
         self._running_lock = threading.Lock()
         self._running = 0  # CPU passes running now
         self._log = log.bind(model=str(source.hub_id or source.path))
-        try:
-            self.config = AutoConfig.from_pretrained(source.path)
-            self.tokenizer = AutoTokenizer.from_pretrained(source.path)
-        except Exception as exc:  # noqa: BLE001 - any failure here is the model directory's
-            raise InvalidArgument(
-                f"cannot load encoder from {source.path}: {exc}", field="encoder.model"
-            ) from None
-        if self.tokenizer.pad_token is None:
-            # Decoder-only models often ship without a pad token; eos is masked out anyway.
-            if self.tokenizer.eos_token is None:
-                raise InvalidArgument(
-                    "the tokenizer has neither a pad nor an eos token", field="encoder.model"
-                )
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
-        self._tokenize = ParallelTokenizer(self.tokenizer)
+        self._open_lock = threading.Lock()
+        self._config = self._tokenizer = self._tokenizing = None
+        # Given (known from an earlier open of the same files), config and tokenizer are read
+        # when a text first needs them; else now, so that a broken directory fails here.
+        self.shape = shape if shape is not None else self._open()
         self._model: torch.nn.Module | None = None
         self._want_packed = varlen is not False
         self.packed = False  # decided when the weights load
@@ -140,27 +153,73 @@ class Encoder:
         # size): kept so that bench/embedder_throughput.py measures both paths in one run.
         self.host_sync = False
 
+    def _open(self) -> EncoderShape:
+        """Read config and tokenizer (once) and describe the encoder from them."""
+        with self._open_lock:
+            if self._tokenizer is None:
+                auto_config, _, auto_tokenizer = _auto_classes()
+                try:
+                    config = auto_config.from_pretrained(self.source.path)
+                    tokenizer = auto_tokenizer.from_pretrained(self.source.path)
+                except Exception as exc:  # noqa: BLE001 - any failure here is the directory's
+                    raise InvalidArgument(
+                        f"cannot load encoder from {self.source.path}: {exc}",
+                        field="encoder.model",
+                    ) from None
+                if tokenizer.pad_token is None:
+                    # Decoder-only models often ship without a pad token; eos is masked out.
+                    if tokenizer.eos_token is None:
+                        raise InvalidArgument(
+                            "the tokenizer has neither a pad nor an eos token",
+                            field="encoder.model",
+                        )
+                    tokenizer.pad_token = tokenizer.eos_token
+                tokenizer.padding_side = "right"
+                self._config, self._tokenizer = config, tokenizer
+                self._tokenizing = ParallelTokenizer(tokenizer)
+        config, tokenizer = self._config, self._tokenizer
+        limits = [int(tokenizer.model_max_length)]
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions:
+            limits.append(int(positions))
+        limits = [n for n in limits if 0 < n < _NO_LIMIT]
+        return EncoderShape(
+            model_type=str(getattr(config, "model_type", "unknown")),
+            dimension=int(config.hidden_size),
+            num_layers=int(config.num_hidden_layers),
+            max_length=min(limits) if limits else 512,
+        )
+
+    @property
+    def config(self):
+        """transformers' config of the model (read on first use)."""
+        if self._config is None:
+            self._open()
+        return self._config
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer, padding on the right (read on first use)."""
+        if self._tokenizer is None:
+            self._open()
+        return self._tokenizer
+
     @property
     def model_type(self) -> str:
-        return str(getattr(self.config, "model_type", "unknown"))
+        return self.shape.model_type
 
     @property
     def dimension(self) -> int:
-        return int(self.config.hidden_size)
+        return self.shape.dimension
 
     @property
     def num_layers(self) -> int:
-        return int(self.config.num_hidden_layers)
+        return self.shape.num_layers
 
     @property
     def max_length(self) -> int:
         """The model's own limit: the tokenizer's and the position table's, whichever is lower."""
-        limits = [int(self.tokenizer.model_max_length)]
-        positions = getattr(self.config, "max_position_embeddings", None)
-        if positions:
-            limits.append(int(positions))
-        limits = [n for n in limits if 0 < n < _NO_LIMIT]
-        return min(limits) if limits else 512
+        return self.shape.max_length
 
     def effective_max_length(self, requested: int) -> int:
         """0 means the model's limit; larger requests are capped at it."""
@@ -201,28 +260,33 @@ class Encoder:
 
     def tokenize(self, texts: list[str], max_length: int, instruction: str = "") -> list[list[int]]:
         """Token ids per text (instruction prefixed, truncated to max_length, special tokens)."""
-        return self._tokenize(texts, max_length, instruction)
+        if self._tokenizing is None:
+            self._open()
+        return self._tokenizing(texts, max_length, instruction)
 
     def tokenize_chunks(
         self, texts: list[str], max_length: int, instruction: str = ""
     ) -> list[Future[list[list[int]]]]:
         """`tokenize` in chunks of texts, in order, each a future tokenised in parallel."""
-        return self._tokenize.submit(texts, max_length, instruction)
+        if self._tokenizing is None:
+            self._open()
+        return self._tokenizing.submit(texts, max_length, instruction)
 
     def _ensure_model(self) -> torch.nn.Module:
         if self._model is None:
             self._log.info("loading weights", device=str(self.device), dtype=str(self.dtype))
+            _, auto_model, _ = _auto_classes()
             kwargs = {"attn_implementation": varlen.register()} if self._want_packed else {}
             try:
                 with building_modules():
                     try:
-                        model = AutoModel.from_pretrained(
+                        model = auto_model.from_pretrained(
                             self.source.path, dtype=self.dtype, **kwargs
                         )
                     except ValueError:  # the class does not take a custom attention function
                         if not kwargs:
                             raise
-                        model = AutoModel.from_pretrained(self.source.path, dtype=self.dtype)
+                        model = auto_model.from_pretrained(self.source.path, dtype=self.dtype)
             except Exception as exc:  # noqa: BLE001 - safetensors, torch, size mismatches...
                 raise FailedPrecondition(
                     f"cannot load the weights in {self.source.path}: {exc}", field="encoder.model"

@@ -57,6 +57,7 @@ from services.embedder.hot_vectors import (
     joined_texts,
 )
 from services.embedder.inflight import Flight, InFlight
+from services.embedder.shapes import EncoderShapes
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
 from tunewire.devices import default_device
@@ -169,11 +170,13 @@ class EncoderRegistry:
         compile: bool | None = None,
         roots: ModelRoots | None = None,
         cuda_graphs: bool = False,
+        shapes: EncoderShapes | None = None,
     ) -> None:
         """`varlen` False keeps every model on the padded path (no packed batches); `compile`
         compiles each model's blocks at load, None where the device is a GPU (see
         `compile_by_default`); `roots` what may be loaded (default: any model); `cuda_graphs`
-        replays packed batches as CUDA graphs per shape bucket on a GPU (graphs.py)."""
+        replays packed batches as CUDA graphs per shape bucket on a GPU (graphs.py); `shapes`
+        keeps what opening an encoder's files said, for the next process (shapes.py)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
@@ -182,6 +185,7 @@ class EncoderRegistry:
         self.varlen = varlen
         self.compile = compile
         self.cuda_graphs = cuda_graphs
+        self.shapes = shapes
         self.roots = roots or ModelRoots.anywhere()
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
@@ -230,17 +234,22 @@ class EncoderRegistry:
         source = resolve(model, revision, self.roots)
         signature = _signature(source)
         device = self.device or default_device()
+        weights, tokenizer = weights_identity(source), tokenizer_identity(source.path)
+        shape = self.shapes.get(weights, tokenizer) if self.shapes is not None else None
         encoder = Encoder(
             source,
             device,
             varlen=None if self.varlen else False,
             compile=compile_by_default(device) if self.compile is None else self.compile,
             graphs=self.cuda_graphs,
+            shape=shape,
         )
+        if shape is None and self.shapes is not None:
+            self.shapes.put(weights, tokenizer, encoder.shape)
         entry = _Loaded(
             encoder,
-            weights_identity(source),
-            tokenizer_identity(source.path),
+            weights,
+            tokenizer,
             signature,
             BatchQueue(self.max_queued_tokens),
             time.monotonic(),
@@ -388,7 +397,14 @@ class EmbedderService:
         self.max_batch_tokens = max_batch_tokens
         self.max_output_bytes = max_output_bytes
         self.registry = registry or EncoderRegistry(
-            max_loaded_models, device, max_queued_tokens, varlen, compile, roots, cuda_graphs
+            max_loaded_models,
+            device,
+            max_queued_tokens,
+            varlen,
+            compile,
+            roots,
+            cuda_graphs,
+            EncoderShapes(cache),
         )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start

@@ -224,3 +224,53 @@ def test_a_request_of_many_chunks_matches_the_encoder_text_by_text(service, mini
     )
     assert result.misses == len(texts) and service.batches >= len(texts) * 10 // 256
     np.testing.assert_allclose(result.vectors, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_restarted_service_serves_a_cached_encoder_without_importing_transformers(
+    tmp_path, minilm_path
+):
+    """What opening an encoder's files said is kept in the cache: a new process on that cache
+    describes the encoder and answers its cached texts without transformers; a text not cached
+    then opens the files and computes the vector the first process would have."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    spec = EncoderSpec(model=minilm_path)
+    cache = EmbeddingCache(tmp_path / "c.lmdb")
+    first = EmbedderService(cache)  # its own registry, keeping shapes in this cache
+    info = first.info(spec)
+    vectors = first.embed(spec, TEXTS).vectors
+    cache.close()
+    code = f"""
+import json, sys
+from services.embedder.cache import EmbeddingCache
+from services.embedder.service import EmbedderService, EncoderSpec
+cache = EmbeddingCache({str(tmp_path / "c.lmdb")!r})
+service = EmbedderService(cache)
+spec = EncoderSpec(model={minilm_path!r})
+info = service.info(spec)
+result = service.embed(spec, {TEXTS[:-1]!r})
+before = "transformers" in sys.modules
+missed = service.embed(spec, ["a text no process has embedded yet"])
+cache.close()
+print(json.dumps({{
+    "info": [info.fingerprint, info.dimension, info.model_type, info.max_length],
+    "hits": result.hits, "vectors": result.vectors.tolist(), "transformers": before,
+    "missed": [missed.misses, missed.vectors.tolist()],
+}}))
+"""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert second["info"] == [info.fingerprint, info.dimension, info.model_type, info.max_length]
+    assert second["hits"] == len(TEXTS) - 1 and not second["transformers"]
+    np.testing.assert_array_equal(np.array(second["vectors"], np.float32), vectors[:-1])
+    reference = EmbedderService(EmbeddingCache(tmp_path / "ref.lmdb"))
+    expected = reference.embed(spec, ["a text no process has embedded yet"]).vectors
+    assert second["missed"][0] == 1
+    np.testing.assert_allclose(np.array(second["missed"][1], np.float32), expected, atol=1e-6)
