@@ -44,16 +44,35 @@ def text_batches(
 ) -> Iterator[tuple[int, int]]:
     """(start, end) of consecutive batches of `texts`: at most `max_texts` texts and
     `max_bytes` of UTF-8 (with a few bytes of framing each) a batch, and at least one text, so
-    a single text over `max_bytes` goes alone (the server then says it is too long)."""
-    start, size = 0, 0
-    for i, text in enumerate(texts):
-        length = (len(text) if text.isascii() else len(text.encode("utf-8", "replace"))) + 6
-        if i > start and (i - start >= max_texts or size + length > max_bytes):
-            yield start, i
-            start, size = i, 0
-        size += length
-    if start < len(texts):
-        yield start, len(texts)
+    a single text over `max_bytes` goes alone (the server then says it is too long).
+
+    A batch of `max_texts` whose characters fit even at 4 bytes each (UTF-8's most) is taken
+    whole, its size summed in C: a step in Python per text was a tenth of a warm stream's
+    client time (thousands of short texts a request). Only a batch near `max_bytes` is sized
+    text by text."""
+    start, count = 0, len(texts)
+    while start < count:
+        end = min(start + max_texts, count)
+        window = texts[start:end]
+        if 4 * sum(map(len, window)) + _FRAMING * len(window) <= max_bytes:
+            yield start, end
+            start = end
+            continue
+        size, end = 0, start
+        for text in window:
+            length = (
+                len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+            ) + _FRAMING
+            if end > start and size + length > max_bytes:
+                break
+            size += length
+            end += 1
+        yield start, end
+        start = end
+
+
+# Bytes a text adds to a request beside its own, at most (a record's tag and length).
+_FRAMING = 6
 
 
 def encode_varint(value: int) -> bytes:

@@ -14,8 +14,10 @@ request comes as its texts joined by NUL in one buffer (what the SDK sends,
 with one `searchsorted` and checks the match exactly: the kept texts of those rows, joined by
 NUL, must equal the request's buffer byte for byte. So a hash collision (the hash is not
 cryptographic: texts can be made to collide) never answers with another text's vector; it only
-sends the request the slow way (the colliding text is not kept). Then one numpy `take` gathers
-the rows. Texts holding a NUL are never kept (their joined form is ambiguous).
+sends the request the slow way (the colliding text is not kept). Then the rows are gathered
+once, by numpy, under the lock (`answer`): straight into the response a server sends, not into
+an array that is copied into it again. Texts holding a NUL are never kept (their joined form is
+ambiguous).
 
 Entries go in first-in first-out order (the oldest row is overwritten), within a byte budget
 shared by every encoder (`max_bytes`, 0 keeps nothing; it counts the rows, the texts' bytes and
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 DEFAULT_HOT_VECTOR_BYTES = 256 * 1024 * 1024
 # What a kept text costs beside its row and its bytes: the bytes object, the list's reference,
@@ -115,8 +119,9 @@ def _segment_hashes(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) ->
     # Each byte times _MUL^(position in `buf`), summed per text with its closing NUL (one more
     # zero past the end, so that a last empty text has a segment too): a segmented sum is
     # several times faster than a running one. _INV^start then makes each sum start at _MUL^0.
-    weighted = np.zeros(len(buf) + 1, dtype=np.uint64)
+    weighted = np.empty(len(buf) + 1, dtype=np.uint64)
     np.multiply(buf, mul[: len(buf)], out=weighted[: len(buf)])
+    weighted[-1] = 0
     return np.add.reduceat(weighted, starts) * inv[starts] + lengths * _LEN
 
 
@@ -253,12 +258,12 @@ class _Ring:
         if self.nbytes() > self.max_bytes:
             self._trim()
 
-    def take(self, hashes: np.ndarray, joined: bytes) -> Kept | None:
-        """The rows of the texts `joined` (by NUL) whose `text_hashes` are `hashes`, if every
-        one is kept."""
+    def find(self, hashes: np.ndarray, joined: bytes) -> tuple[np.ndarray, int] | None:
+        """The rows of the texts `joined` (by NUL) whose `text_hashes` are `hashes`, in order,
+        and how many distinct texts they are, if every one is kept."""
         count = len(hashes)
         if not count:
-            return Kept(self.rows[:0].copy(), 0)
+            return np.empty(0, dtype=np.intp), 0
         order = np.argsort(hashes)
         sorted_hashes = hashes[order]
         pos, found = self._find(sorted_hashes)
@@ -271,7 +276,7 @@ class _Ring:
         if (b"\0".join(kept) if count > 1 else kept) != joined:
             return None
         distinct = 1 + int(np.count_nonzero(sorted_hashes[1:] != sorted_hashes[:-1]))
-        return Kept(self.rows.take(rows, axis=0), distinct)
+        return rows, distinct
 
 
 class HotVectors:
@@ -284,9 +289,18 @@ class HotVectors:
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
         self._lock = threading.Lock()  # a gather must not read a row being overwritten
 
-    def lookup(self, fingerprint: str, joined: bytes, count: int) -> Kept | None:
-        """The vectors of the `count` texts joined by NUL in `joined` (UTF-8), in order, or
-        None unless every text is kept."""
+    def answer(
+        self,
+        fingerprint: str,
+        joined: bytes,
+        count: int,
+        use: Callable[[np.ndarray, np.ndarray, int], T],
+    ) -> T | None:
+        """`use(matrix, rows, distinct)` for the `count` texts joined by NUL in `joined`
+        (UTF-8): their vectors are `matrix[rows]`, in order, `distinct` of them distinct. None
+        unless every text is kept. `use` runs under the lock, so that no row is overwritten
+        meanwhile: it must copy what it needs (once: straight into a response, say) and not
+        block."""
         if fingerprint not in self._rings:
             return None
         hashes = text_hashes(joined, count)  # outside the lock: the longest part
@@ -297,7 +311,18 @@ class HotVectors:
             if ring is None:
                 return None
             self._rings.move_to_end(fingerprint)
-            return ring.take(hashes, joined)
+            found = ring.find(hashes, joined)
+            return None if found is None else use(ring.rows, *found)
+
+    def lookup(self, fingerprint: str, joined: bytes, count: int) -> Kept | None:
+        """The vectors of the `count` texts joined by NUL in `joined` (UTF-8), in order, or
+        None unless every text is kept."""
+        return self.answer(
+            fingerprint,
+            joined,
+            count,
+            lambda matrix, rows, distinct: Kept(matrix.take(rows, axis=0), distinct),
+        )
 
     def get(self, fingerprint: str, texts: Sequence[str]) -> Kept | None:
         """`lookup` for texts as str."""

@@ -53,7 +53,6 @@ from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
 from services.embedder.hot_vectors import (
     DEFAULT_HOT_VECTOR_BYTES,
     HotVectors,
-    Kept,
     joined_texts,
 )
 from services.embedder.inflight import Flight, InFlight
@@ -110,6 +109,15 @@ class EmbedResult(NamedTuple):
     hits: int  # distinct texts served from the cache
     misses: int  # distinct texts computed
     fingerprint: str
+    # Set only for a render marked `takes_rows`: the answer is then vectors[rows] (vectors
+    # being kept rows, valid only during the call), gathered by the render into its message.
+    rows: np.ndarray | None = None
+
+    def gathered(self) -> EmbedResult:
+        """The result with vectors of its own, in request order."""
+        if self.rows is None:
+            return self._replace(vectors=self.vectors.copy())
+        return self._replace(vectors=self.vectors.take(self.rows, axis=0), rows=None)
 
 
 @dataclass(frozen=True)
@@ -272,8 +280,27 @@ class EncoderRegistry:
             return list(self._entries.values())
 
 
-def _copied(result: EmbedResult) -> EmbedResult:
-    return result._replace(vectors=result.vectors.copy())
+def takes_rows(render: Callable[[EmbedResult], Any]) -> Callable[[EmbedResult], Any]:
+    """Mark `render` as reading `EmbedResult.rows`: kept vectors then reach it as the kept
+    rows and their order, for it to gather once, straight into what it sends (other renders
+    get the vectors gathered)."""
+    render.takes_rows = True
+    return render
+
+
+def _render_rows(
+    render: Callable[[EmbedResult], Any] | None, result: EmbedResult
+) -> Callable[[np.ndarray, np.ndarray, int], tuple[Any, int]]:
+    """What `HotVectors.answer` calls with the kept rows: `render` (default: the result) of
+    `result` holding them, and their count of distinct texts."""
+
+    def use(matrix: np.ndarray, rows: np.ndarray, distinct: int) -> tuple[Any, int]:
+        kept = result._replace(vectors=matrix, hits=distinct, rows=rows)
+        if not getattr(render, "takes_rows", False):
+            kept = kept.gathered()
+        return (kept if render is None else render(kept)), distinct
+
+    return use
 
 
 class Answered(NamedTuple):
@@ -545,10 +572,13 @@ class EmbedderService:
             texts = list(texts)
             joined = joined_texts(texts)
         if joined is not None:
-            kept = self.hot_vectors.lookup(key_fp, joined, len(texts))
-            if kept is not None:  # every text read or computed lately: no sha256, no LMDB
+            # Every text read or computed lately: no sha256, no LMDB, rendered from kept rows.
+            kept = self.hot_vectors.answer(
+                key_fp, joined, len(texts), _render_rows(render, EmbedResult(None, 0, 0, fp))
+            )
+            if kept is not None:
                 hot_key = None if wire is None else (key_fp, render, wire)
-                return Answered(self._answer_kept(fp, kept, render, hot_key))
+                return Answered(self._answer_kept(*kept, hot_key))
         texts = list(texts)
         if wire is not None:
             whole = batch_key(key_fp, wire)
@@ -558,7 +588,7 @@ class EmbedderService:
                 dim,
                 len(texts),
                 lambda vectors, distinct: (
-                    (render or _copied)(EmbedResult(vectors, distinct, 0, fp)),
+                    (render or EmbedResult.gathered)(EmbedResult(vectors, distinct, 0, fp)),
                     distinct,
                 ),
             )
@@ -587,24 +617,16 @@ class EmbedderService:
             key_fp,
         )
 
-    def _answer_kept(
-        self,
-        fp: str,
-        kept: Kept,
-        render: Callable[[EmbedResult], Any] | None,
-        hot_key: tuple | None,
-    ) -> Any:
+    def _answer_kept(self, rendered: Any, distinct: int, hot_key: tuple | None) -> Any:
         """The answer to a request whose every text is in `hot_vectors`, counted as cache hits.
         Kept as sent (hot answers, under `hot_key`) only when the same request came before: a
         replay then costs nothing from its next time on, while a request seen once (a data set
         in a new order every epoch) keeps nothing - holding a new 2 MiB a chunk cost a page fault
         for every 4 KiB of each such answer. Not stored whole in the cache: the sha256 of its key
         would cost about what this answer did."""
-        self.cache.count_hits(kept.distinct)
-        result = EmbedResult(kept.vectors, kept.distinct, 0, fp)
-        rendered = result if render is None else render(result)
+        self.cache.count_hits(distinct)
         if hot_key is not None and self._seen.put(hot_key):
-            self.hot.put(hot_key, rendered, kept.distinct, key_bytes=len(hot_key[2]))
+            self.hot.put(hot_key, rendered, distinct, key_bytes=len(hot_key[2]))
         return rendered
 
     def _compute(

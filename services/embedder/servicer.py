@@ -43,11 +43,19 @@ import structlog
 
 from services.embedder.heads import HeadCache
 from services.embedder.predicting import predict_rows
-from services.embedder.service import Answered, EmbedderService, EmbedJob, EmbedResult, EncoderSpec
+from services.embedder.service import (
+    Answered,
+    EmbedderService,
+    EmbedJob,
+    EmbedResult,
+    EncoderSpec,
+    takes_rows,
+)
 from tunewire import tensors
 from tunewire.auth import bearer_token
 from tunewire.calls import IdleRequests
 from tunewire.errors import InvalidArgument
+from tunewire.filled_bytes import filled_bytes
 from tunewire.paths import check_path_text
 from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.tensors import DTYPE_NAMES
@@ -191,26 +199,43 @@ def _receive(raw: bytes) -> _Received:
     return _Received(message, len(raw), view)
 
 
-def encode_response(vectors: np.ndarray, **fields) -> bytes:
-    """A serialised EmbedResponse holding `vectors` (float32/float16, [rows, dim]) and `fields`.
+def encode_response(vectors: np.ndarray, rows: np.ndarray | None = None, **fields) -> bytes:
+    """A serialised EmbedResponse holding `vectors` (float32/float16, [count, dim]), or with
+    `rows` the vectors' rows `rows` in that order, and `fields`.
 
     Protobuf merges repeated occurrences of a message field, so the response is the small part
     (dtype, shape, counters) serialised as usual, followed by a second `embeddings` holding only
-    `data`: parsers see one Tensor, and the vectors are copied once, by the join."""
-    tensor = tensor_pb2.Tensor(dtype=DTYPE_NAMES[vectors.dtype.name], shape=list(vectors.shape))
+    `data`. The vectors are copied once, straight into the message (tunewire.filled_bytes):
+    rows are gathered there, not into an array that is then copied again."""
+    vectors = vectors.astype(vectors.dtype.newbyteorder("<"), copy=False)
+    count = len(vectors) if rows is None else len(rows)
+    row_bytes = vectors.shape[1] * vectors.itemsize
+    tensor = tensor_pb2.Tensor(
+        dtype=DTYPE_NAMES[vectors.dtype.name], shape=[count, vectors.shape[1]]
+    )
     head = embedder_pb2.EmbedResponse(embeddings=tensor, **fields).SerializeToString()
-    data = memoryview(
-        np.ascontiguousarray(vectors, dtype=vectors.dtype.newbyteorder("<")).reshape(-1)
-    ).cast("B")
-    size = encode_varint(len(data))
-    embeddings_size = encode_varint(1 + len(size) + len(data))
-    return b"".join([head, _EMBEDDINGS_TAG, embeddings_size, _DATA_TAG, size, data])
+    size = encode_varint(count * row_bytes)
+    embeddings_size = encode_varint(1 + len(size) + count * row_bytes)
+    prefix = b"".join([head, _EMBEDDINGS_TAG, embeddings_size, _DATA_TAG, size])
+
+    def fill(out: np.ndarray) -> None:
+        out[: len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+        data = out[len(prefix) :].reshape(count, row_bytes)
+        if rows is None:
+            data[...] = np.ascontiguousarray(vectors).view(np.uint8).reshape(count, row_bytes)
+        else:  # rows are in range: "clip" never clips, and writes unbuffered ("raise" buffers)
+            source = np.ascontiguousarray(vectors).view(np.uint8).reshape(-1, row_bytes)
+            source.take(rows, axis=0, out=data, mode="clip")
+
+    return filled_bytes(len(prefix) + count * row_bytes, fill)
 
 
+@takes_rows
 def _whole_response(result: EmbedResult) -> bytes:
     """Embed's answer: one response however large (the request's size is bounded instead)."""
     return encode_response(
         result.vectors,
+        result.rows,
         cache_hits=result.hits,
         cache_misses=result.misses,
         fingerprint=result.fingerprint,
@@ -342,21 +367,24 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             spec, texts, render, received.texts_wire, request.joined.utf8 if joined else None
         )
 
+    @takes_rows
     def _chunks(self, result: EmbedResult) -> list[bytes]:
         """The result as serialised responses of at most `chunk_bytes` of vectors (>= 1 row)."""
-        vectors = result.vectors
+        vectors, rows = result.vectors, result.rows
+        count = len(vectors) if rows is None else len(rows)
         row_bytes = max(vectors.shape[1] * vectors.itemsize, 1)
-        rows = max(self.chunk_bytes // row_bytes, 1)
+        step = max(self.chunk_bytes // row_bytes, 1)
         return [
             encode_response(
-                vectors[start : start + rows],
+                vectors[start : start + step] if rows is None else vectors,
+                None if rows is None else rows[start : start + step],
                 cache_hits=result.hits if start == 0 else 0,
                 cache_misses=result.misses if start == 0 else 0,
                 fingerprint=result.fingerprint,
                 offset=start,
-                last=start + rows >= len(vectors),
+                last=start + step >= count,
             )
-            for start in range(0, max(len(vectors), 1), rows)
+            for start in range(0, max(count, 1), step)
         ]
 
     def Embed(self, request, context: grpc.ServicerContext) -> bytes:

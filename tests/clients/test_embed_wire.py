@@ -52,6 +52,19 @@ def test_the_servers_responses_split_into_the_parsed_message_and_a_view_of_the_v
     assert rows == 0 or np.shares_memory(got, np.frombuffer(buf, np.uint8))  # no copy
 
 
+@pytest.mark.parametrize("dtype, dim", [(np.float16, 384), (np.float32, 7)])
+def test_a_response_of_gathered_rows_is_the_response_of_those_vectors(dtype, dim):
+    """`rows`: the rows are gathered straight into the message, in their order, repeats and
+    all: the same bytes as the response of the gathered array."""
+    kept = np.random.default_rng(1).standard_normal((50, dim)).astype(dtype)
+    rows = np.array([49, 0, 7, 7, 3], dtype=np.intp)
+    assert encode_response(kept, rows, **FIELDS) == encode_response(kept[rows], **FIELDS)
+    empty = encode_response(kept, rows[:0], **FIELDS)
+    assert empty == encode_response(kept[:0], **FIELDS)
+    big_endian = kept.astype(kept.dtype.newbyteorder(">"))
+    assert encode_response(big_endian, rows, **FIELDS) == encode_response(kept[rows], **FIELDS)
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -144,6 +144,35 @@ def test_text_by_text_requests_are_answered_from_kept_vectors(
         service.close()
 
 
+def test_a_render_marked_takes_rows_gathers_kept_rows_itself(tmp_path, registry, minilm_path):
+    """A render marked `takes_rows` gets the kept rows and their order (gathered once, by it,
+    into what it sends); the servicer's chunks of them are the chunks of the vectors."""
+    from services.embedder.servicer import EmbedderServicer
+
+    service = service_module.EmbedderService(EmbeddingCache(tmp_path / "c"), registry=registry)
+    try:
+        spec = service_module.EncoderSpec(model=minilm_path, dtype="float16")
+        texts = [f"{w} rows {i}" for i, w in enumerate(WORDS * 3)][:70]
+        computed = service.embed(spec, texts).vectors
+        order = [5, 69, 0, 5, 12]
+        seen = []
+
+        @service_module.takes_rows
+        def render(result):
+            seen.append(result.rows is not None)
+            return result.gathered()
+
+        got = service.begin(spec, [texts[i] for i in order], render).finish()
+        assert seen == [True] and got.rows is None and got.hits == 4
+        np.testing.assert_array_equal(got.vectors, computed[order])
+        servicer = EmbedderServicer(service, chunk_bytes=2 * computed.shape[1] * 2)
+        chunks = service.begin(spec, [texts[i] for i in order], servicer._chunks).finish()
+        full = service_module.EmbedResult(computed[order], 4, 0, got.fingerprint)
+        assert chunks == servicer._chunks(full) and len(chunks) == 3
+    finally:
+        service.close()
+
+
 def test_a_text_by_text_answer_is_kept_as_sent_only_for_a_replay(tmp_path, registry, minilm_path):
     """A request seen before (here computed first) is kept as a hot answer when the kept vectors
     answer it again, so its next replay costs nothing; a request in a new order is not kept

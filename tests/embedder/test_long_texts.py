@@ -19,6 +19,34 @@ def test_text_batches_are_cut_by_count_and_by_bytes():
     assert list(text_batches([], 3, 10)) == []
 
 
+def test_text_batches_sized_in_c_cut_where_a_text_by_text_count_would():
+    """A window whose characters fit at 4 bytes each is taken whole without a step per text;
+    the rest is sized text by text: the same cuts either way, multi-byte texts included."""
+
+    def by_text(texts, max_texts, max_bytes):
+        start, size = 0, 0
+        for i, text in enumerate(texts):
+            length = len(text.encode("utf-8", "replace")) + 6
+            if i > start and (i - start >= max_texts or size + length > max_bytes):
+                yield start, i
+                start, size = i, 0
+            size += length
+        if start < len(texts):
+            yield start, len(texts)
+
+    rng = np.random.default_rng(0)
+    alphabet = ["a", "b", "\u00e9", "\U0001f600", "\ud800"]
+    for _ in range(500):
+        texts = [
+            "".join(rng.choice(alphabet, size=rng.integers(0, 12)).tolist())
+            for _ in range(rng.integers(0, 30))
+        ]
+        max_texts, max_bytes = int(rng.integers(1, 9)), int(rng.integers(1, 120))
+        assert list(text_batches(texts, max_texts, max_bytes)) == list(
+            by_text(texts, max_texts, max_bytes)
+        )
+
+
 def test_seventy_megabyte_texts_embed_over_one_stream(tmp_path, registry, minilm_path):
     line = " ".join(WORDS)
     texts = [f"{i} " + line * (1_000_000 // len(line)) for i in range(70)]
