@@ -5,8 +5,9 @@
 
 With service addresses (flags, else TUNEWIRE_EMBEDDER / TUNEWIRE_TRAINER) it fronts those
 services. Without them it starts what it needs in this process: with `--model_path` alone an
-embedder that may read that artifact (Ludwig serve's one-model server), otherwise the three
-services over the data directory, as every other command does.
+embedder that may read that artifact (Ludwig serve's one-model server; its predictions are
+answered in this process, clients/http/local.py), otherwise the three services over the data
+directory, as every other command does.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def serve_http(args, extra: list[str]) -> int:
     configure()
     started: list = []  # in-process services, stopped last
     embedder, trainer = opts.embedder, opts.trainer
+    local_predict = None
     if not embedder and model_path:
         from services.embedder.app import Settings, start
 
@@ -102,13 +104,19 @@ def serve_http(args, extra: list[str]) -> int:
         )
         started.append(app)
         embedder = f"127.0.0.1:{app.port}"
+        # Ours, in this process, without tokens: predictions skip the loopback gRPC call.
+        from clients.http.local import LocalPredictions
+
+        local_predict = LocalPredictions(app.servicer)
     elif not embedder:
         from clients.embedded import start_embedded
 
         services = start_embedded(args.data_dir, models=models)
         started.append(services)
         embedder, trainer = services.embedder_address, services.trainer_address
-    backend = Backend(embedder, trainer, models, served_model=model_path)
+    backend = Backend(
+        embedder, trainer, models, served_model=model_path, local_predict=local_predict
+    )
     running = start_http(
         backend,
         args.host or "127.0.0.1",

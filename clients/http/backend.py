@@ -14,7 +14,7 @@ normalises and truncates comes from its sentence-transformers files when the pat
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -146,10 +146,14 @@ class Backend:
         trainer: str | None = None,
         models: dict[str, str] | None = None,
         served_model: str | None = None,
+        local_predict: Callable[[str, dict[str, list]], dict[str, list]] | None = None,
     ) -> None:
         """`models`: NAME → PATH of the encoders served; the first is TEI's default model.
-        `served_model`: the artifact `serve http --model_path` serves at /predict."""
+        `served_model`: the artifact `serve http --model_path` serves at /predict.
+        `local_predict`: predictions answered in this process (local.py) instead of through
+        the embedder's gRPC port, where the embedder runs here without tokens."""
         self.embedder_address = embedder
+        self._local_predict = local_predict
         self._embedder_channel = forwarding_channel(embedder)
         self.embedder = EmbedderClient(embedder, channel=self._embedder_channel)
         self.trainer = (
@@ -286,6 +290,8 @@ class Backend:
         return tokens
 
     def predict(self, model: str, columns: dict[str, list]) -> dict[str, list]:
+        if self._local_predict is not None:
+            return self._local_predict(model, columns)
         return self.embedder.predict_columns(model, columns)
 
     def healthy(self) -> bool:

@@ -164,6 +164,8 @@ class App:
     service: EmbedderService
     heads: HeadCache | None = None
     remove_metrics: Callable[[], None] = lambda: None
+    # The servicer itself, for a front door in this process (clients/http/local.py).
+    servicer: EmbedderServicer | None = None
 
     def set_trainer(self, address: str) -> None:
         """Fetch jobs' heads from the trainer at `address` (set once it has started)."""
@@ -253,4 +255,5 @@ def start(settings: Settings) -> App:
         service=service,
         heads=heads,
         remove_metrics=metrics.add_source(metrics_source(service)),
+        servicer=servicer,
     )

@@ -145,6 +145,55 @@ def test_model_path_is_served_at_predict(services, sms_spam_job, trainer, tmp_pa
         backend.close()
 
 
+def test_model_path_in_process_answers_as_over_grpc(sms_spam_job, trainer, tmp_path):
+    """`serve http --model_path`: predictions through the in-process servicer (local.py), with
+    the answers and errors the same requests get through the embedder's gRPC port."""
+    from clients.http.local import LocalPredictions
+    from services.embedder.app import Settings, start
+
+    local = trainer.download_artifact(sms_spam_job.id, tmp_path / "artifact")
+    app = start(Settings(port=0, data_dir=tmp_path / "data", artifact_roots=[local]))
+    address = f"127.0.0.1:{app.port}"
+    over_grpc = Backend(address, served_model=str(local))
+    here = Backend(address, served_model=str(local), local_predict=LocalPredictions(app.servicer))
+
+    def no_grpc(*args, **kwargs):
+        raise AssertionError("a prediction went through gRPC")
+
+    here.embedder.predict_columns = no_grpc
+    servers = [serve(over_grpc), serve(here)]
+    table = {"columns": ["text"], "index": [3, 4], "data": [[SPAMMY], [HAM]]}
+    requests = [
+        ("/predict", {"text": SPAMMY}),
+        ("/predict", {"text": HAM}),
+        ("/batch_predict", {"dataset": table}),
+        ("/predict", {"message": SPAMMY}),  # the model reads `text`
+        (f"/models/{tmp_path}/predict", {"text": SPAMMY}),  # outside the artifact roots
+        ("/models/job-000000000000/predict", {"text": SPAMMY}),  # no trainer to ask
+    ]
+    try:
+        answers = [
+            [
+                (got.status_code, got.json())
+                for got in (
+                    httpx.post(f"http://127.0.0.1:{s.port}{path}", json=body, timeout=60)
+                    for path, body in requests
+                )
+            ]
+            for s in servers
+        ]
+    finally:
+        for s in servers:
+            s.stop()
+        over_grpc.close()
+        here.close()
+        app.stop()
+    assert answers[1] == answers[0]
+    assert [status for status, _ in answers[1]][:3] == [200, 200, 200]
+    assert answers[1][0][1]["label_predictions"] == "spam"
+    assert all(status >= 400 for status, _ in answers[1][3:])
+
+
 def _held(coalescer):
     """Hold `coalescer`'s calls until released, so requests sent meanwhile queue up (whether
     they merge must not depend on how fast this machine answers). Returns the release."""

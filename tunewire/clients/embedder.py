@@ -160,19 +160,24 @@ class EmbedderClient:
     ) -> dict[str, list]:
         """`predict_rows` column-wise, without pandas: input column → values in, Ludwig-named
         output column → values out (what an HTTP server answers with)."""
-        request = embedder_pb2.PredictRowsRequest(model=model)
-        for name, values in columns.items():
-            column = request.columns.add(name=str(name))
-            for i, value in enumerate(values):
-                cell = _cell(value)
-                if cell is None:
-                    column.missing.append(i)
-                    cell = ""
-                column.values.append(cell)
-        return ludwig_columns(self.stub.PredictRows(request, timeout=timeout))
+        return ludwig_columns(self.stub.PredictRows(rows_request(model, columns), timeout=timeout))
 
     def close(self) -> None:
         self.channel.close()
+
+
+def rows_request(model: str, columns: dict[str, list]) -> embedder_pb2.PredictRowsRequest:
+    """The PredictRows request for input columns (values as CSV cells; None/NaN missing)."""
+    request = embedder_pb2.PredictRowsRequest(model=model)
+    for name, values in columns.items():
+        column = request.columns.add(name=str(name))
+        for i, value in enumerate(values):
+            cell = _cell(value)
+            if cell is None:
+                column.missing.append(i)
+                cell = ""
+            column.values.append(cell)
+    return request
 
 
 def ludwig_columns(resp) -> dict[str, list]:
@@ -221,4 +226,5 @@ __all__ = [
     "EmbedderClient",
     "EncoderSpec",
     "ludwig_columns",
+    "rows_request",
 ]
