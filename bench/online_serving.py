@@ -494,8 +494,9 @@ def record(path: Path, args, results: dict, gpu_run: bool) -> None:
     )
     text = f"""# Online serving over HTTP (`bench/online_serving.py`)
 
-tunewire's HTTP front door (clients/http, through the SDK to the embedder, which embeds through
-its cache and runs the head) against a plain FastAPI app calling transformers and the head per
+tunewire's HTTP front door (clients/http, to the embedder, which embeds through its cache and
+runs the head; with `serve http --model_path` the embedder runs in the same process and is
+called directly) against a plain FastAPI app calling transformers and the head per
 request (bench/online_baseline.py), in one run.
 
 - **Date**: {now}. **Device**: {device_line(gpu_run)}. **Versions**: {versions()}.
