@@ -221,6 +221,15 @@ class EncoderRegistry:
                     log.info("encoder evicted", model=old)
             return entry
 
+    def peek(self, model: str, revision: str = "") -> _Loaded | None:
+        """The open encoder, if open and its files checked lately; never loads nor reads a
+        file (for an event loop: `get` does both when needed)."""
+        with self._lock:
+            entry = self._entries.get((self.names.get(model, model), revision))
+        if entry is None or time.monotonic() - entry.checked_at >= SIGNATURE_CHECK_SECONDS:
+            return None
+        return entry
+
     def _lookup(self, key: tuple[str, str]) -> _Loaded | None:
         with self._lock:
             entry = self._entries.get(key)
@@ -310,6 +319,17 @@ class Answered(NamedTuple):
 
     def finish(self, cancelled: Callable[[], bool] | None = None) -> Any:
         return self.rendered
+
+
+class _Prepared(NamedTuple):
+    """A request's lookup keys (EmbedderService._prepare)."""
+
+    settings: EmbeddingSettings
+    fp: str  # the encoder's fingerprint, as the caller sees it
+    key_fp: str  # the fingerprint its cache keys are made of (the caller's scope)
+    dtype: np.dtype
+    dim: int
+    wire: bytes | None  # the texts' wire form, for a request that may be stored whole
 
 
 @dataclass
@@ -528,6 +548,7 @@ class EmbedderService:
         render: Callable[[EmbedResult], Any] | None = None,
         texts_wire: bytes | memoryview | None = None,
         joined: bytes | None = None,
+        memory_checked: bool = False,
     ) -> EmbedJob | Answered:
         """Validate, look every distinct text up in the cache and claim the misses that no other
         request is computing. Cheap (no model work); a stream calls it in request order, so a
@@ -544,41 +565,16 @@ class EmbedderService:
         (`texts` may be a lazy sequence, read only when the whole answer is not stored).
         `joined` is `texts` joined by NUL as UTF-8 when the caller has it (`EmbedRequest.joined`):
         a request whose texts are all kept in `hot_vectors` is then answered without turning
-        them into strings."""
+        them into strings. `memory_checked`: `answer_in_memory` found no answer for it just
+        before (not looked for again)."""
         entry = self.registry.get(spec.model, spec.revision)
-        encoder = entry.encoder
-        settings = self._settings(encoder, spec)
-        fp = fingerprint(entry.weights, entry.tokenizer, settings)
-        key_fp = self._scoped(fp)  # what cache keys are made of; `fp` is what the caller sees
-        dtype = OUTPUT_DTYPES[spec.dtype]
-        dim = encoder.dimension
-        if len(texts) * dim * dtype.itemsize > self.max_output_bytes:
-            raise InvalidArgument(
-                f"{len(texts)} texts x {dim} dims of {spec.dtype} exceed the "
-                f"{self.max_output_bytes} byte response limit: send fewer texts per request",
-                field="texts",
-            )
-        whole = wire = None
-        if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
-            # bytes, not a view: a memoryview compares with bytes item by item (~0.7 ms here).
-            wire = encode_texts(texts) if texts_wire is None else bytes(texts_wire)
-            # A replay is found by its texts' bytes (a dict compares them whole), which costs
-            # less than the sha256 of the whole-answer key, needed only when it is not hot.
-            hot = self.hot.get((key_fp, render, wire))
-            if hot is not None:
-                self.cache.count_hits(hot.distinct)
-                return Answered(hot.rendered)
-        if joined is None:
-            texts = list(texts)
-            joined = joined_texts(texts)
-        if joined is not None:
-            # Every text read or computed lately: no sha256, no LMDB, rendered from kept rows.
-            kept = self.hot_vectors.answer(
-                key_fp, joined, len(texts), _render_rows(render, EmbedResult(None, 0, 0, fp))
-            )
-            if kept is not None:
-                hot_key = None if wire is None else (key_fp, render, wire)
-                return Answered(self._answer_kept(*kept, hot_key))
+        req = self._prepare(entry, spec, texts, texts_wire)
+        if not memory_checked:
+            answered = self._from_memory(req, texts, render, joined)
+            if answered is not None:
+                return answered
+        settings, fp, key_fp, dtype, dim, wire = req
+        whole = None
         texts = list(texts)
         if wire is not None:
             whole = batch_key(key_fp, wire)
@@ -616,6 +612,78 @@ class EmbedderService:
             render,
             key_fp,
         )
+
+    def answer_in_memory(
+        self,
+        spec: EncoderSpec,
+        texts: Sequence[str],
+        render: Callable[[EmbedResult], Any],
+        texts_wire: bytes | memoryview,
+        joined: bytes,
+    ) -> Answered | None:
+        """`begin`'s answer when memory holds it (hot answers, or every text in `hot_vectors`),
+        else None (then `begin(..., memory_checked=True)`). Never blocks on files or a model:
+        an encoder not open, or due for its files' check, is None too. For a server's event
+        loop, where a thread's hop cost as much as a kept answer's gather."""
+        entry = self.registry.peek(spec.model, spec.revision)
+        if entry is None:
+            return None
+        req = self._prepare(entry, spec, texts, texts_wire)
+        return self._from_memory(req, texts, render, joined)
+
+    def _prepare(
+        self,
+        entry: _Loaded,
+        spec: EncoderSpec,
+        texts: Sequence[str],
+        texts_wire: bytes | memoryview | None,
+    ) -> _Prepared:
+        """What a request's lookups need: its fingerprints, output type and texts' wire form
+        (for a request large enough to be stored whole); refuses an answer over the limit."""
+        settings = self._settings(entry.encoder, spec)
+        fp = fingerprint(entry.weights, entry.tokenizer, settings)
+        dtype = OUTPUT_DTYPES[spec.dtype]
+        dim = entry.encoder.dimension
+        if len(texts) * dim * dtype.itemsize > self.max_output_bytes:
+            raise InvalidArgument(
+                f"{len(texts)} texts x {dim} dims of {spec.dtype} exceed the "
+                f"{self.max_output_bytes} byte response limit: send fewer texts per request",
+                field="texts",
+            )
+        wire = None
+        if len(texts) >= BATCH_ENTRY_MIN_TEXTS:
+            # bytes, not a view: a memoryview compares with bytes item by item (~0.7 ms here).
+            wire = encode_texts(texts) if texts_wire is None else bytes(texts_wire)
+        # The fingerprint cache keys are made of; `fp` is what the caller sees.
+        return _Prepared(settings, fp, self._scoped(fp), dtype, dim, wire)
+
+    def _from_memory(
+        self,
+        req: _Prepared,
+        texts: Sequence[str],
+        render: Callable[[EmbedResult], Any] | None,
+        joined: bytes | None,
+    ) -> Answered | None:
+        """The answer from hot answers or `hot_vectors`, rendered; None if neither holds it."""
+        if req.wire is not None:
+            # A replay is found by its texts' bytes (a dict compares them whole), which costs
+            # less than the sha256 of the whole-answer key, needed only when it is not hot.
+            hot = self.hot.get((req.key_fp, render, req.wire))
+            if hot is not None:
+                self.cache.count_hits(hot.distinct)
+                return Answered(hot.rendered)
+        if joined is None:
+            joined = joined_texts(list(texts))
+        if joined is None:
+            return None
+        # Every text read or computed lately: no sha256, no LMDB, rendered from kept rows.
+        kept = self.hot_vectors.answer(
+            req.key_fp, joined, len(texts), _render_rows(render, EmbedResult(None, 0, 0, req.fp))
+        )
+        if kept is None:
+            return None
+        hot_key = None if req.wire is None else (req.key_fp, render, req.wire)
+        return Answered(self._answer_kept(*kept, hot_key))
 
     def _answer_kept(self, rendered: Any, distinct: int, hot_key: tuple | None) -> Any:
         """The answer to a request whose every text is in `hot_vectors`, counted as cache hits.

@@ -4,8 +4,10 @@ Validation errors are raised as `tunewire.errors.*` with the field path; the sha
 maps them to status codes, so nothing is caught here.
 
 StreamEmbed runs on the server's event loop (grpc.aio), so an open stream holds no thread while
-it waits for its client: a hundred idle streams cost memory, not the server's threads. Each
-request is begun (validated, looked up in the cache, its texts claimed) in a worker thread, in
+it waits for its client: a hundred idle streams cost memory, not the server's threads. A
+request whose answer is in memory (a replay, or texts all kept by text) is answered on the loop
+itself, where a worker thread's hop cost about what such an answer does; any other is begun
+(validated, looked up in the cache, its texts claimed) in a worker thread. Either way, in
 request order; up to `stream_window` requests of the stream are at work at once, those the model
 must compute in a pool of the stream's own (so one client's tokenisation overlaps the model and
 its rows fill shared batches). Answers go strictly in order, each split into chunks of at most
@@ -332,8 +334,13 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         self.chunk_bytes = chunk_bytes
 
     def _begin(
-        self, received: _Received, render: Callable[[EmbedResult], object]
+        self,
+        received: _Received,
+        render: Callable[[EmbedResult], object],
+        memory_checked: bool = False,
     ) -> EmbedJob | Answered:
+        """Validate the request and begin it (EmbedderService.begin); `memory_checked`: it was
+        just looked for in memory (`_in_memory`)."""
         request = received.message
         spec = spec_from_proto(request.encoder, self.max_instruction_bytes)
         # Both read lazily: a replay answered whole never needs its texts as str.
@@ -364,7 +371,39 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         field="joined.utf8" if joined else f"texts[{i}]",
                     )
         return self.service.begin(
-            spec, texts, render, received.texts_wire, request.joined.utf8 if joined else None
+            spec,
+            texts,
+            render,
+            received.texts_wire,
+            request.joined.utf8 if joined else None,
+            memory_checked,
+        )
+
+    def _in_memory(
+        self, received: _Received, render: Callable[[EmbedResult], object]
+    ) -> Answered | None:
+        """The request's answer if memory holds it (EmbedderService.answer_in_memory), for the
+        event loop: only a joined request of at most `max_text_bytes` is looked for, whose
+        checks are as cheap as the lookup (the rest, and any refusal, are `_begin`'s, in a
+        worker thread)."""
+        request = received.message
+        if (
+            received.size > self.max_text_bytes
+            or not request.HasField("joined")
+            or request.texts
+            or request.joined.count > self.max_texts
+        ):
+            return None
+        try:
+            spec = spec_from_proto(request.encoder, self.max_instruction_bytes)
+        except InvalidArgument:
+            return None  # refused by `_begin`, with the same error
+        return self.service.answer_in_memory(
+            spec,
+            JoinedTextsView(request.joined),
+            render,
+            received.texts_wire,
+            request.joined.utf8,
         )
 
     @takes_rows
@@ -420,8 +459,18 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                     await window.acquire()
                     owed += 1
                     answer = loop.create_future()
+                    try:
+                        answered = self._in_memory(request, self._chunks)
+                    except Exception as exc:  # noqa: BLE001 - answered in order, below
+                        answer.set_exception(exc)
+                        pending.put_nowait(answer)
+                        continue
+                    if answered is not None:  # no thread's hop: it cost what the lookup did
+                        answer.set_result(answered.rendered)
+                        pending.put_nowait(answer)
+                        continue
                     begin = asyncio.ensure_future(
-                        asyncio.to_thread(self._begin, request, self._chunks)
+                        asyncio.to_thread(self._begin, request, self._chunks, True)
                     )
                     try:
                         job = await asyncio.shield(begin)

@@ -196,3 +196,50 @@ def test_a_text_by_text_answer_is_kept_as_sent_only_for_a_replay(tmp_path, regis
         assert len(service.hot) == 2
     finally:
         service.close()
+
+
+def test_a_stream_answers_kept_texts_on_its_loop_and_the_rest_in_a_thread(
+    tmp_path, registry, minilm_path, monkeypatch
+):
+    """Over gRPC: a request whose texts are all kept is answered on the event loop (no worker
+    thread begins it), with the same vectors; a request with a text not kept, or one refused,
+    still goes the thread's way, with the same answer or error as before."""
+    from clients.sdk import EmbedderClient, EncoderSpec
+    from services.embedder.servicer import EmbedderServicer
+    from tests.embedder.conftest import served
+    from tunewire.errors import InvalidArgument
+
+    begun = []
+    original = EmbedderServicer._begin
+
+    def counted(self, received, render, memory_checked=False):
+        begun.append(memory_checked)
+        return original(self, received, render, memory_checked)
+
+    monkeypatch.setattr(EmbedderServicer, "_begin", counted)
+    # The model's files checked once a minute here: a slow machine never finds it due, which
+    # sends a request the thread's way (where the check is made).
+    monkeypatch.setattr(service_module, "SIGNATURE_CHECK_SECONDS", 60.0)
+    texts = [f"{w} on the loop {i}" for i, w in enumerate(WORDS * 3)][:70]
+    with served(tmp_path / "c", registry) as (service, address):
+        client = EmbedderClient(address)
+        try:
+            spec = EncoderSpec(minilm_path, dtype="float16")
+            first = client.embed_many(texts, spec, batch_size=70)
+            assert begun == [True] and first.cache_misses == 70  # computed in a thread
+            order = texts[::-1]
+            again = client.embed_many(order, spec, batch_size=70)
+            assert begun == [True] and (again.cache_hits, again.cache_misses) == (70, 0)
+            np.testing.assert_array_equal(again.vectors, first.vectors[::-1])
+            mixed = client.embed_many(texts[:3] + ["never seen on the loop"], spec)
+            assert begun == [True, True] and mixed.cache_misses == 1
+            np.testing.assert_array_equal(mixed.vectors[:3], first.vectors[:3])
+            assert service.registry.peek(minilm_path) is service.registry.get(minilm_path)
+            service.registry.get(minilm_path).checked_at = 0.0  # its files' check is due
+            assert service.registry.peek(minilm_path) is None
+            assert service.registry.peek("no such model") is None
+            with pytest.raises(InvalidArgument) as err:
+                client.embed_many(texts, EncoderSpec(minilm_path, max_length=-1))
+            assert err.value.field == "encoder.max_length"
+        finally:
+            client.close()
