@@ -107,14 +107,8 @@ def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
             "prompt.retrieval.model_name",
             checks.embedder_address,
         )
-    if config.trainer.precision == "fp8" and importlib.util.find_spec("torchao") is None:
-        # The workers share the trainer's environment: refused before any worker starts (the
-        # worker checks the GPU's compute capability, which it alone sees).
-        raise FailedPrecondition(
-            "fp8 needs the torchao package (the `gpu` extra), which is not "
-            "installed on the trainer",
-            field="trainer.precision",
-        )
+    if config.trainer.precision == "fp8":
+        _check_fp8_can_run()
     if getattr(config.adapter, "init_lora_weights", None) == "loftq":
         _check_bitsandbytes_can_run(
             config,
@@ -130,6 +124,19 @@ def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
         )
         return
     check_optimizer(config.trainer.optimizer)
+
+
+def _check_fp8_can_run() -> None:
+    """torchao's float8 training needs torchao and a GPU of compute capability 8.9+: refused at
+    admission where the job's workers (started on this machine, in its environment) lack them."""
+    import torch
+
+    from services.trainer.recipes.generative import fp8
+
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    why = fp8.unavailable(device)
+    if why is not None:
+        raise FailedPrecondition(why, field="trainer.precision")
 
 
 def _check_bitsandbytes_can_run(config: Any, why: str, field: str) -> None:

@@ -91,8 +91,27 @@ def test_admission_refuses_fp8_without_torchao(tiny_model, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
 def test_fp8_job_without_a_gpu_is_a_failed_precondition(tiny_model, tmp_path):
     ctx, _ = job_context(tmp_path, fp8_config(tiny_model))
-    with pytest.raises(FailedPrecondition, match=r"trainer\.precision: fp8 needs a CUDA GPU"):
+    # Without torchao (the gpu extra) the first thing missing is the package.
+    with pytest.raises(
+        FailedPrecondition, match=r"trainer\.precision: fp8 needs (a CUDA GPU|the torchao)"
+    ):
         run_generative_job(ctx)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without CUDA")
+def test_a_trainer_without_cuda_refuses_fp8_at_admission(tiny_model, tmp_path):
+    """The trainer's machine is its workers': a job they could not run is refused up front."""
+    import pandas as pd
+
+    from services.trainer.admission import Admission, JobInputs
+    from services.trainer.datasets import DatasetStore
+
+    store = DatasetStore(tmp_path / "datasets")
+    df = pd.DataFrame({"name": ["ann", "bob"] * 4, "answer": ["tea", "milk"] * 4})
+    rec = store.put([df.to_csv(index=False).encode()], "d.csv")
+    with pytest.raises(FailedPrecondition, match="fp8 needs (a CUDA GPU|the torchao)") as info:
+        Admission(store).admit(fp8_config(tiny_model), JobInputs(dataset_id=rec.id))
+    assert info.value.field == "trainer.precision"
 
 
 def _emulated(model: nn.Module) -> int:

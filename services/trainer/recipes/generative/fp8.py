@@ -34,25 +34,30 @@ MIN_CAPABILITY = (8, 9)
 RECIPE = "tensorwise"
 
 
-def check_available(device: torch.device) -> None:
-    """Refuse, naming the key, where float8 training cannot run on `device`."""
+def unavailable(device: torch.device) -> str | None:
+    """Why float8 training cannot run on `device` (None when it can). Asked at admission too:
+    the trainer's machine and environment are its workers'."""
+    if importlib.util.find_spec("torchao") is None:
+        return "fp8 needs the torchao package (the `gpu` extra), which is not installed here"
     if device.type != "cuda":
-        raise PreconditionError(
-            f"{KEY}: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); "
-            "none is available to this job"
+        return (
+            "fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper); "
+            "none is available here"
         )
     capability = torch.cuda.get_device_capability(device)
     if capability < MIN_CAPABILITY:
-        name = torch.cuda.get_device_name(device)
-        raise PreconditionError(
-            f"{KEY}: fp8 needs compute capability 8.9 or newer (Ada, Hopper); {name} is "
-            f"{capability[0]}.{capability[1]}"
+        return (
+            f"fp8 needs compute capability 8.9 or newer (Ada, Hopper); "
+            f"{torch.cuda.get_device_name(device)} is {capability[0]}.{capability[1]}"
         )
-    if importlib.util.find_spec("torchao") is None:
-        raise PreconditionError(
-            f"{KEY}: fp8 needs the torchao package (the `gpu` extra), which is not installed "
-            "on the trainer"
-        )
+    return None
+
+
+def check_available(device: torch.device) -> None:
+    """Refuse, naming the key, where float8 training cannot run on `device`."""
+    why = unavailable(device)
+    if why is not None:
+        raise PreconditionError(f"{KEY}: {why}")
 
 
 def float8_config(recipe: str, *, emulate: bool = False):
