@@ -56,7 +56,7 @@ from services.embedder.hot_vectors import (
     joined_texts,
 )
 from services.embedder.inflight import Flight, InFlight
-from services.embedder.shapes import EncoderShapes
+from services.embedder.shapes import EncoderShapes, FileHashes
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
 from tunewire.devices import default_device
@@ -179,12 +179,14 @@ class EncoderRegistry:
         roots: ModelRoots | None = None,
         cuda_graphs: bool = False,
         shapes: EncoderShapes | None = None,
+        hashes: FileHashes | None = None,
     ) -> None:
         """`varlen` False keeps every model on the padded path (no packed batches); `compile`
         compiles each model's blocks at load, None where the device is a GPU (see
         `compile_by_default`); `roots` what may be loaded (default: any model); `cuda_graphs`
         replays packed batches as CUDA graphs per shape bucket on a GPU (graphs.py); `shapes`
-        keeps what opening an encoder's files said, for the next process (shapes.py)."""
+        and `hashes` keep what opening an encoder's files said, for the next process
+        (shapes.py)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
@@ -194,6 +196,7 @@ class EncoderRegistry:
         self.compile = compile
         self.cuda_graphs = cuda_graphs
         self.shapes = shapes
+        self.hashes = hashes
         self.roots = roots or ModelRoots.anywhere()
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
@@ -251,7 +254,8 @@ class EncoderRegistry:
         source = resolve(model, revision, self.roots)
         signature = _signature(source)
         device = self.device or default_device()
-        weights, tokenizer = weights_identity(source), tokenizer_identity(source.path)
+        weights = weights_identity(source, self.hashes)
+        tokenizer = tokenizer_identity(source.path)
         shape = self.shapes.get(weights, tokenizer) if self.shapes is not None else None
         encoder = Encoder(
             source,
@@ -452,6 +456,7 @@ class EmbedderService:
             roots,
             cuda_graphs,
             EncoderShapes(cache),
+            FileHashes(cache),
         )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start

@@ -1,8 +1,9 @@
-"""Encoder shapes (model type, width, layers, length limit) kept in the embedding cache by the
-identities of the files they were read from, so that a process that opens an encoder it opened
-before (the CLI's embedded services, run again on the same `--data_dir`) describes it without
-importing transformers or reading its config and tokenizer: a job whose texts are all cached
-then never loads the encoder stack at all.
+"""What opening an encoder's files said, kept in the embedding cache for the next process:
+their shape (model type, width, layers, length limit) by the identities of the files it was read
+from, and the weight files' content hashes by file version (fingerprint.file_key). A process that
+opens an encoder it opened before (the CLI's embedded services, run again on the same
+`--data_dir`) then describes it without importing transformers, reading its config and tokenizer
+or hashing its weights: a job whose texts are all cached never loads the encoder stack at all.
 
 The key holds the weights' and tokenizer's content identities (fingerprint.py; config.json is
 part of the weights' identity) and transformers' version, which decides how a config and a
@@ -51,3 +52,21 @@ class EncoderShapes:
             self.cache.put_many([(shape_key(weights, tokenizer), value)])
         except ResourceExhausted as exc:  # an optimisation only
             log.warning("encoder shape not stored", error=exc.message)
+
+
+class FileHashes:
+    """Weight files' content hashes by `fingerprint.file_key`, in `cache`
+    (a fingerprint.HashMemo)."""
+
+    def __init__(self, cache: EmbeddingCache) -> None:
+        self.cache = cache
+
+    def get(self, key: bytes) -> str | None:
+        raw = self.cache.get_record(key)
+        return raw.decode() if raw is not None and len(raw) == 64 else None
+
+    def put(self, key: bytes, digest: str) -> None:
+        try:
+            self.cache.put_many([(key, digest.encode())])
+        except ResourceExhausted as exc:  # an optimisation only
+            log.warning("weight file hash not stored", error=exc.message)

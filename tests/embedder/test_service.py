@@ -230,8 +230,9 @@ def test_a_restarted_service_serves_a_cached_encoder_without_importing_transform
     tmp_path, minilm_path
 ):
     """What opening an encoder's files said is kept in the cache: a new process on that cache
-    describes the encoder and answers its cached texts without transformers; a text not cached
-    then opens the files and computes the vector the first process would have."""
+    describes the encoder and answers its cached texts without transformers and without hashing
+    the weights again; a text not cached then opens the files and computes the vector the first
+    process would have."""
     import json
     import os
     import subprocess
@@ -245,11 +246,13 @@ def test_a_restarted_service_serves_a_cached_encoder_without_importing_transform
     cache.close()
     code = f"""
 import json, sys
+from services.embedder import fingerprint
 from services.embedder.cache import EmbeddingCache
 from services.embedder.service import EmbedderService, EncoderSpec
 cache = EmbeddingCache({str(tmp_path / "c.lmdb")!r})
 service = EmbedderService(cache)
 spec = EncoderSpec(model={minilm_path!r})
+fingerprint.open = None  # the weights' hashes are known: no file is read to hash it
 info = service.info(spec)
 result = service.embed(spec, {TEXTS[:-1]!r})
 before = "transformers" in sys.modules
