@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         # The command's own parser knows its flags, so it can say "did you mean".
         commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
         commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    # A run of the program (not a call from Python): its services may freeze what they import
+    # out of the cyclic collector's way (clients/embedded.py).
+    args.program = argv is None
     if args.command != "serve":
         from tunewire.logging import configure
 

@@ -83,7 +83,7 @@ def trainer_client(args):
         return
     from clients.embedded import start_embedded
 
-    with start_embedded(args.data_dir) as services:
+    with start_embedded(args.data_dir, freeze=getattr(args, "program", False)) as services:
         client = TrainerClient(services.trainer_address)
         try:
             yield client
