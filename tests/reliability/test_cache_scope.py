@@ -12,6 +12,7 @@ from tunewire.server import ServerSecurity, channel_options
 from tunewire.tls import ClientSecurity
 from tunewire.v1 import embedder_pb2 as pb
 from tunewire.v1 import embedder_pb2_grpc
+from tunewire.wire import embed_request
 
 TOKENS = {"alice": "tok-alice-c41e", "bob": "tok-bob-7d09"}
 SECRET = "alice's draft: the merger closes on Friday"
@@ -40,14 +41,24 @@ def hits_seen_by_bob(request, tmp_path, minilm):
         stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
         return stub.Embed(pb.EmbedRequest(encoder=pb.EncoderSpec(model=minilm), texts=list(texts)))
 
-    yield request.param, embed
+    def stream(who: str, *texts: str) -> int:
+        """Cache hits of one StreamEmbed request of `texts` joined, as the SDK sends them."""
+        channel = ClientSecurity(token=TOKENS[who]).channel(
+            f"127.0.0.1:{app.port}", channel_options()
+        )
+        channels.append(channel)
+        stub = embedder_pb2_grpc.EmbedderServiceStub(channel)
+        request = embed_request(pb.EncoderSpec(model=minilm), list(texts))
+        return sum(r.cache_hits for r in stub.StreamEmbed(iter([request])))
+
+    yield request.param, embed, stream
     for channel in channels:
         channel.close()
     app.stop()
 
 
 def test_a_principal_hits_only_its_own_entries_when_scoped(hits_seen_by_bob):
-    scope, embed = hits_seen_by_bob
+    scope, embed, stream = hits_seen_by_bob
     assert embed("alice", SECRET).cache_hits == 0
     assert embed("alice", SECRET).cache_hits == 1  # her own entry
     bobs = embed("bob", SECRET)
@@ -64,6 +75,11 @@ def test_a_principal_hits_only_its_own_entries_when_scoped(hits_seen_by_bob):
     embed("alice", *many)
     assert embed("alice", *many).cache_hits == 40
     assert embed("bob", *many).cache_hits == (40 if scope == "shared" else 0)
+    # Texts kept by text answer a stream on the server's loop, each principal's its own.
+    kept = [f"{SECRET} kept {i}" for i in range(70)]
+    assert stream("alice", *kept) == 0
+    assert stream("alice", *kept[::-1]) == 70
+    assert stream("bob", *kept[::-1]) == (70 if scope == "shared" else 0)
 
 
 def test_the_flag_and_its_env(monkeypatch):
