@@ -31,7 +31,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -140,6 +139,30 @@ class Kept(NamedTuple):
     distinct: int  # distinct texts among them
 
 
+def _encoded(texts: Sequence[str]) -> tuple[list[int], list[bytes], bytes]:
+    """Which of `texts` can be kept (UTF-8, no NUL: a NUL would make their joined form
+    ambiguous), those texts encoded, and them joined by NUL. All at once when every text can
+    (one join, one encode, one split), else text by text."""
+    together = "\0".join(texts)
+    if texts and together.count("\0") == len(texts) - 1:
+        try:
+            joined = together.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return list(range(len(texts))), joined.split(b"\0"), joined
+    keep, encoded = [], []
+    for i, text in enumerate(texts):
+        if "\0" in text:
+            continue
+        try:
+            encoded.append(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            continue
+        keep.append(i)
+    return keep, encoded, b"\0".join(encoded)
+
+
 class _Ring:
     """One encoder's rows, overwritten oldest first once full, and a sorted index of their
     texts' hashes (each hash at most once)."""
@@ -148,7 +171,8 @@ class _Ring:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.rows = np.empty((min(_FIRST_ROWS, max_rows), dim), dtype=dtype)
-        self.texts: list[bytes | None] = [None] * len(self.rows)  # None: a free row
+        # Each row's text (None: a free row), as objects numpy gathers without a Python step.
+        self.texts = np.full(len(self.rows), None, dtype=object)
         self.hashes = np.zeros(len(self.rows), dtype=np.uint64)  # of each row's text
         self.sorted_hashes = np.empty(0, dtype=np.uint64)
         self.sorted_rows = np.empty(0, dtype=np.intp)
@@ -170,7 +194,7 @@ class _Ring:
     def _grow(self, size: int) -> None:
         grown = np.empty((size, self.rows.shape[1]), dtype=self.rows.dtype)
         grown[: len(self.rows)] = self.rows
-        self.texts += [None] * (size - len(self.rows))
+        self.texts = np.concatenate([self.texts, np.full(size - len(self.rows), None, object)])
         self.hashes = np.concatenate([self.hashes, np.zeros(size - len(self.hashes), np.uint64)])
         self.rows = grown
 
@@ -185,25 +209,26 @@ class _Ring:
     def _slots(self, n: int) -> np.ndarray:
         """`n` rows for new texts: the next ones, growing the matrix while the budget allows,
         else wrapping round to the oldest."""
-        slots = []
-        for _ in range(n):
+        parts, left = [], n
+        while left:
             if self.next == len(self.rows):
                 size = self._grown_size()
                 if size > len(self.rows):
                     self._grow(size)
                 else:
                     self.next = 0
-            slots.append(self.next)
-            self.next += 1
-        return np.array(slots, dtype=np.intp)
+            take = min(left, len(self.rows) - self.next)
+            parts.append(np.arange(self.next, self.next + take, dtype=np.intp))
+            self.next += take
+            left -= take
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)
 
-    def _forget(self, slots: list[int]) -> None:
+    def _forget(self, slots: list[int] | np.ndarray) -> None:
         """Take the texts of `slots` (rows that hold one) out of the index."""
-        if not slots:
+        if not len(slots):
             return
-        self.text_bytes -= sum(len(self.texts[slot]) for slot in slots)
-        for slot in slots:
-            self.texts[slot] = None
+        self.text_bytes -= sum(map(len, self.texts[slots]))
+        self.texts[slots] = None
         pos, _ = self._find(self.hashes[slots])
         self.sorted_hashes = np.delete(self.sorted_hashes, pos)
         self.sorted_rows = np.delete(self.sorted_rows, pos)
@@ -221,18 +246,10 @@ class _Ring:
         self._forget(slots)
 
     def put(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        keep, encoded = [], []
-        for i, text in enumerate(texts):
-            if "\0" in text:
-                continue  # its joined form would be ambiguous
-            try:
-                encoded.append(text.encode("utf-8"))
-            except UnicodeEncodeError:
-                continue
-            keep.append(i)
+        keep, encoded, joined = _encoded(texts)
         if not keep:
             return
-        hashes = text_hashes(b"\0".join(encoded), len(encoded))
+        hashes = text_hashes(joined, len(encoded))
         # New hashes only, each once: a text already kept, or one whose hash a kept or an
         # earlier text has, is not kept again.
         _, first = np.unique(hashes, return_index=True)
@@ -244,11 +261,13 @@ class _Ring:
         slots = self._slots(len(first))
         if len(slots) > len(self.rows):  # the ring could not grow: the last texts stay
             slots, first = slots[-len(self.rows) :], first[-len(self.rows) :]
-        self._forget([slot for slot in slots.tolist() if self.texts[slot] is not None])
+        self._forget(slots[np.not_equal(self.texts[slots], None)])
         new_hashes = hashes[first]
-        for slot, i in zip(slots.tolist(), first.tolist(), strict=True):
-            self.texts[slot] = encoded[i]
-            self.text_bytes += len(encoded[i])
+        new_texts = np.empty(len(encoded), dtype=object)
+        new_texts[:] = encoded
+        new_texts = new_texts[first]
+        self.texts[slots] = new_texts
+        self.text_bytes += sum(map(len, new_texts))
         self.hashes[slots] = new_hashes
         self.rows[slots] = vectors[np.asarray(keep, dtype=np.intp)[first]]
         order = np.argsort(new_hashes)
@@ -272,8 +291,7 @@ class _Ring:
         rows = np.empty(count, dtype=np.intp)
         rows[order] = self.sorted_rows[pos]
         # Exact: the kept texts of those rows are the request's texts, byte for byte.
-        kept = itemgetter(*rows.tolist())(self.texts)
-        if (b"\0".join(kept) if count > 1 else kept) != joined:
+        if b"\0".join(self.texts.take(rows).tolist()) != joined:
             return None
         distinct = 1 + int(np.count_nonzero(sorted_hashes[1:] != sorted_hashes[:-1]))
         return rows, distinct
