@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "sms_spam.yaml"
 DATASET = ROOT / ".data" / "examples" / "sms_spam.csv"
+LOADS: list[float] = []  # the 1-minute load average as each run starts (a shared machine)
 
 
 def train(root: Path, extra: list[str]) -> tuple[float, dict]:
@@ -40,6 +41,7 @@ def train(root: Path, extra: list[str]) -> tuple[float, dict]:
     cmd = [sys.executable, str(root / "clients" / "cli.py"), "train", "-c", str(CONFIG)]
     cmd += ["--dataset", str(DATASET), "--json", "-q", *extra]
     env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    LOADS.append(os.getloadavg()[0])
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=root)
     elapsed = time.perf_counter() - started
@@ -138,8 +140,9 @@ def main() -> None:
 
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average at end "
-        f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average as runs started "
+        f"{min(LOADS):.1f}-{max(LOADS):.1f} (median {statistics.median(LOADS):.1f}); "
+        f"python {platform.python_version()}"
     )
     print(f"job: {CONFIG.relative_to(ROOT)} on {DATASET.relative_to(ROOT)}; {len(ids)} jobs")
     print()
