@@ -37,8 +37,11 @@ import numpy as np
 
 T = TypeVar("T")
 
+# What `HotVectors.answer(..., wait=False)` gives while the lock is held elsewhere: not looked up.
+BUSY = object()
+
 DEFAULT_HOT_VECTOR_BYTES = 256 * 1024 * 1024
-# What a kept text costs beside its row and its bytes: the bytes object, the list's reference,
+# What a kept text costs beside its row and its bytes: the bytes object, the array's reference,
 # its hash and its place in the sorted index.
 _ENTRY_OVERHEAD = 72
 # The text length a ring's size is planned for (longer texts make the oldest go sooner).
@@ -313,24 +316,30 @@ class HotVectors:
         joined: bytes,
         count: int,
         use: Callable[[np.ndarray, np.ndarray, int], T],
-    ) -> T | None:
+        wait: bool = True,
+    ) -> T | object | None:
         """`use(matrix, rows, distinct)` for the `count` texts joined by NUL in `joined`
         (UTF-8): their vectors are `matrix[rows]`, in order, `distinct` of them distinct. None
         unless every text is kept. `use` runs under the lock, so that no row is overwritten
         meanwhile: it must copy what it needs (once: straight into a response, say) and not
-        block."""
+        block. `wait` False: `BUSY` at once while another thread holds the lock (a put, which
+        can take milliseconds), for a caller that must not stall - an event loop."""
         if fingerprint not in self._rings:
             return None
         hashes = text_hashes(joined, count)  # outside the lock: the longest part
         if hashes is None:
             return None
-        with self._lock:
+        if not self._lock.acquire(blocking=wait):
+            return BUSY
+        try:
             ring = self._rings.get(fingerprint)
             if ring is None:
                 return None
             self._rings.move_to_end(fingerprint)
             found = ring.find(hashes, joined)
             return None if found is None else use(ring.rows, *found)
+        finally:
+            self._lock.release()
 
     def lookup(self, fingerprint: str, joined: bytes, count: int) -> Kept | None:
         """The vectors of the `count` texts joined by NUL in `joined` (UTF-8), in order, or

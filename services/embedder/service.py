@@ -51,6 +51,7 @@ from services.embedder.fingerprint import (
 )
 from services.embedder.hot_answers import DEFAULT_HOT_ANSWER_BYTES, HotAnswers
 from services.embedder.hot_vectors import (
+    BUSY,
     DEFAULT_HOT_VECTOR_BYTES,
     HotVectors,
     joined_texts,
@@ -625,16 +626,18 @@ class EmbedderService:
         render: Callable[[EmbedResult], Any],
         texts_wire: bytes | memoryview,
         joined: bytes,
-    ) -> Answered | None:
+    ) -> Answered | object | None:
         """`begin`'s answer when memory holds it (hot answers, or every text in `hot_vectors`),
-        else None (then `begin(..., memory_checked=True)`). Never blocks on files or a model:
-        an encoder not open, or due for its files' check, is None too. For a server's event
-        loop, where a thread's hop cost as much as a kept answer's gather."""
+        else None (then `begin(..., memory_checked=True)`). Never blocks on files, a model or a
+        put of kept vectors: an encoder not open, or due for its files' check, give None too,
+        and kept vectors being written (by a first read's requests) `hot_vectors.BUSY` (then
+        `begin` looks in memory again). For a server's event loop, where a thread's hop cost
+        as much as a kept answer's gather."""
         entry = self.registry.peek(spec.model, spec.revision)
         if entry is None:
             return None
         req = self._prepare(entry, spec, texts, texts_wire)
-        return self._from_memory(req, texts, render, joined)
+        return self._from_memory(req, texts, render, joined, wait=False)
 
     def _prepare(
         self,
@@ -668,8 +671,10 @@ class EmbedderService:
         texts: Sequence[str],
         render: Callable[[EmbedResult], Any] | None,
         joined: bytes | None,
-    ) -> Answered | None:
-        """The answer from hot answers or `hot_vectors`, rendered; None if neither holds it."""
+        wait: bool = True,
+    ) -> Answered | object | None:
+        """The answer from hot answers or `hot_vectors`, rendered; None if neither holds it
+        (unless `wait`, `hot_vectors.BUSY` while it is being written)."""
         if req.wire is not None:
             # A replay is found by its texts' bytes (a dict compares them whole), which costs
             # less than the sha256 of the whole-answer key, needed only when it is not hot.
@@ -683,10 +688,14 @@ class EmbedderService:
             return None
         # Every text read or computed lately: no sha256, no LMDB, rendered from kept rows.
         kept = self.hot_vectors.answer(
-            req.key_fp, joined, len(texts), _render_rows(render, EmbedResult(None, 0, 0, req.fp))
+            req.key_fp,
+            joined,
+            len(texts),
+            _render_rows(render, EmbedResult(None, 0, 0, req.fp)),
+            wait,
         )
-        if kept is None:
-            return None
+        if kept is None or kept is BUSY:
+            return kept
         hot_key = None if req.wire is None else (req.key_fp, render, req.wire)
         return Answered(self._answer_kept(*kept, hot_key))
 

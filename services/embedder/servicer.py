@@ -381,7 +381,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
 
     def _in_memory(
         self, received: _Received, render: Callable[[EmbedResult], object]
-    ) -> Answered | None:
+    ) -> Answered | object | None:
         """The request's answer if memory holds it (EmbedderService.answer_in_memory), for the
         event loop: only a joined request of at most `max_text_bytes` is looked for, whose
         checks are as cheap as the lookup (the rest, and any refusal, are `_begin`'s, in a
@@ -465,12 +465,15 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         answer.set_exception(exc)
                         pending.put_nowait(answer)
                         continue
-                    if answered is not None:  # no thread's hop: it cost what the lookup did
+                    if isinstance(
+                        answered, Answered
+                    ):  # no thread's hop: it cost what the lookup did
                         answer.set_result(answered.rendered)
                         pending.put_nowait(answer)
                         continue
+                    checked = answered is None  # else BUSY: the thread looks in memory again
                     begin = asyncio.ensure_future(
-                        asyncio.to_thread(self._begin, request, self._chunks, True)
+                        asyncio.to_thread(self._begin, request, self._chunks, checked)
                     )
                     try:
                         job = await asyncio.shield(begin)

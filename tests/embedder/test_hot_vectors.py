@@ -35,6 +35,12 @@ def test_every_text_or_none_in_request_order_duplicates_included():
     # As a server reads them: joined by NUL, with their count (which must match).
     np.testing.assert_array_equal(hot.lookup("fp", b"b\0a", 2).vectors, rows(3)[[1, 0]])
     assert hot.lookup("fp", b"b\0a", 3) is None and hot.lookup("fp", b"b\0a", 1) is None
+    # An event loop's lookup never waits for a put: `BUSY` while the lock is held elsewhere.
+    with hot._lock:
+        assert (
+            hot.answer("fp", b"b", 1, lambda *found: found, wait=False) is hot_vectors_module.BUSY
+        )
+    assert hot.answer("fp", b"b", 1, lambda m, rows, d: rows.tolist(), wait=False) == [1]
 
 
 def test_the_oldest_rows_are_overwritten_within_the_budget():
