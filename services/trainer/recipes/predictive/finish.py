@@ -13,6 +13,7 @@ import torch
 
 from services.trainer.context import JobContext, Log, MetricValue
 from services.trainer.recipes.predictive import calibration as C
+from services.trainer.recipes.predictive import plot_worker
 from services.trainer.recipes.predictive.loop import HeadTrainer
 from tunewire import heads as pm
 from tunewire.config import to_dict
@@ -95,12 +96,18 @@ def write_artifact(
     manifest_extra: dict,
     extra_files: Callable[[Path], list[str]] | None = None,
 ) -> list[str]:
-    """Write the artifact; returns the extra files (relative to it) for the job summary."""
-    from services.trainer.recipes.predictive.plots import write_plots
-    from services.trainer.recipes.predictive.reports import write_reports
+    """Write the artifact; returns the extra files (relative to it) for the job summary.
+
+    The PNGs are drawn by the plot worker (another process, on the other core) while this
+    writes the rest; the job waits for them before it returns, so a finished job has them."""
+    from services.trainer.recipes.predictive.plots import plan_plots
+    from services.trainer.recipes.predictive.reports import write_logs, write_reports
 
     directory = ctx.artifact_dir
     model = trainer.model
+    plots = plan_plots(directory, model, trainer, logits)
+    statistics, curves = write_reports(directory, model, trainer, metrics, logits)
+    drawing = plot_worker.Batch([d for _, d in plots + curves])
     first = next(iter(model.outputs.values())).meta.type
     pm.save(
         model,
@@ -118,10 +125,11 @@ def write_artifact(
     )
     if "test" in logits:
         _test_predictions(model, logits["test"], ctx.work_dir / "test_predictions.csv")
-    extras = write_plots(directory, model, trainer, logits)
-    extras += write_reports(directory, model, trainer, metrics, logits)
+    extras = [file for file, _ in plots] + statistics + [file for file, _ in curves]
+    extras += write_logs(directory, trainer, metrics)
     if extra_files is not None:
         extras += extra_files(directory)
+    drawing.wait()
     ctx.emit(Log(f"beside the artifact: {', '.join(extras)}"))
     (directory / "README.md").write_text(render_model_card(directory))
     return extras

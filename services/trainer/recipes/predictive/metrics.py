@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunewire.features import decode_number
-
 
 def binary_metrics(
     y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5
@@ -159,4 +157,6 @@ def output_metrics(head, scores: np.ndarray, targets: np.ndarray) -> dict[str, f
         return set_metrics(targets, scores, feature.threshold)
     if kind == "vector":
         return number_metrics(targets.astype(np.float64), scores)
+    from tunewire.features import decode_number
+
     return number_metrics(decode_number(targets.astype(np.float64), head.meta), scores)

@@ -13,12 +13,15 @@ length, keeps `tight_layout`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from services.trainer.recipes.predictive import metrics as M
-from tunewire.features import decode_number
+from services.trainer.recipes.predictive.plot_worker import Drawing
+
+if TYPE_CHECKING:
+    import torch
 
 PLOTS_DIR = "plots"
 # Counts are written in the confusion matrix's cells up to this many classes: beyond it they are
@@ -114,40 +117,42 @@ def scatter(path: Path, name: str, y: np.ndarray, pred: np.ndarray) -> None:
     fig.savefig(path, dpi=90)
 
 
-def write_plots(
+def plan_plots(
     directory: Path, model, trainer, logits: dict[str, dict[str, torch.Tensor]]
-) -> list[str]:
-    """Write every plot that fits the outputs; returns their paths relative to `directory`."""
+) -> list[tuple[str, Drawing]]:
+    """Every plot that fits the outputs, as (path relative to `directory`, drawing): drawn by
+    the plot worker (`plot_worker.py`) from plain data, or here."""
+    from tunewire.features import decode_number
+
     out = directory / PLOTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    written: list[str] = []
+    planned: list[tuple[str, Drawing]] = []
+    here = __name__
     if trainer.history:
-        learning_curves(out / "learning_curves.png", trainer.history)
-        written.append(f"{PLOTS_DIR}/learning_curves.png")
+        planned.append(
+            (
+                f"{PLOTS_DIR}/learning_curves.png",
+                Drawing(here, "learning_curves", (out / "learning_curves.png", trainer.history)),
+            )
+        )
     split = next((s for s in ("test", "validation") if s in trainer.y and s in logits), None)
     if split is None:
-        return written
+        return planned
     for name, head in model.outputs.items():
         meta, y = head.meta, trainer.y[split][name].numpy()
         scores = head.scores(logits[split][name])
         file = f"{PLOTS_DIR}/{name}_{split}_"
         if meta.type == "category":
             file += "confusion_matrix.png"
-            confusion(directory / file, name, meta.vocab, y, scores.argmax(axis=1))
+            args = (directory / file, name, list(meta.vocab), y, scores.argmax(axis=1))
+            planned.append((file, Drawing(here, "confusion", args)))
         elif meta.type == "binary":
             file += "confusion_matrix.png"
-            confusion(
-                directory / file,
-                name,
-                meta.vocab,
-                y,
-                (scores >= head.feature.threshold).astype(np.int64),
-            )
+            pred = (scores >= head.feature.threshold).astype(np.int64)
+            args = (directory / file, name, list(meta.vocab), y, pred)
+            planned.append((file, Drawing(here, "confusion", args)))
         elif meta.type in ("number", "vector"):
             file += "predicted_vs_true.png"
             true = decode_number(y.astype(np.float64), meta)
-            scatter(directory / file, name, true, scores)
-        else:
-            continue
-        written.append(file)
-    return written
+            planned.append((file, Drawing(here, "scatter", (directory / file, name, true, scores))))
+    return planned

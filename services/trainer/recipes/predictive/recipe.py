@@ -21,6 +21,7 @@ import structlog
 import torch
 
 from services.trainer.context import JobContext, JobResult, Log, Progress, run_recipe
+from services.trainer.recipes.predictive import plot_worker
 from services.trainer.recipes.predictive.adapted import EVAL_BATCH, AdaptedEncoder, adapt
 from services.trainer.recipes.predictive.data import Prepared, one_class_splits, prepare
 from services.trainer.recipes.predictive.embed import embed_frozen
@@ -129,6 +130,7 @@ class PredictiveRecipe:
 
     def setup(self) -> None:
         ctx = self.ctx
+        plot_worker.prestart()  # it imports matplotlib while this job embeds and trains
         differences = differences_from_ludwig(self.cfg)
         if differences:  # the job's first event, once
             ctx.emit(Log("differences from Ludwig: " + "; ".join(differences)))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from services.trainer.context import MetricValue
+from services.trainer.recipes.predictive.plot_worker import Drawing
 from services.trainer.tensorboard import LOGS_DIR, write_scalars
 from tunewire import stat_plots, statistics
 
@@ -94,13 +95,14 @@ def write_reports(
     trainer,
     metrics: list[MetricValue],
     logits: dict[str, dict[str, torch.Tensor]],
-) -> list[str]:
-    """Write the statistics files, the TensorBoard logs and the curve plots; returns their
-    paths relative to `directory`."""
+) -> tuple[list[str], list[tuple[str, Drawing]]]:
+    """Write the statistics files; returns their paths relative to `directory`, and the curve
+    plots to draw (path, drawing: see plot_worker.py)."""
     written = []
     stats = training_statistics(trainer.history, metrics)
     (directory / "training_statistics.json").write_text(json.dumps(stats, indent=2))
     written.append("training_statistics.json")
+    planned: list[tuple[str, Drawing]] = []
     if "test" in logits and "test" in trainer.y:
         test = test_statistics(
             model,
@@ -110,31 +112,35 @@ def write_reports(
         )
         (directory / "test_statistics.json").write_text(json.dumps(test, indent=2))
         written.append("test_statistics.json")
-        for path in _curve_plots(test, directory / "plots"):
-            written.append(str(path.relative_to(directory)))
-    if trainer.history:
-        write_tensorboard(directory, trainer.history, metrics)
-        written.append(f"{LOGS_DIR}/")
-    return written
+        planned = _curve_plots(test, directory)
+    return written, planned
 
 
-def _curve_plots(test: dict, out: Path) -> list[Path]:
+def write_logs(directory: Path, trainer, metrics: list[MetricValue]) -> list[str]:
+    """The TensorBoard event files (`logs/`), when there is a history to log."""
+    if not trainer.history:
+        return []
+    write_tensorboard(directory, trainer.history, metrics)
+    return [f"{LOGS_DIR}/"]
+
+
+def _curve_plots(test: dict, directory: Path) -> list[tuple[str, Drawing]]:
     """ROC, precision-recall and calibration curves (the confusion matrices are drawn by
     plots.py with the per-class bars)."""
-    written = []
+    planned = []
     for feature, values in test.items():
         if not isinstance(values, dict) or "roc_curve" not in values:
             continue
-        written += [
-            stat_plots.roc_curves([test], ["test"], feature, out / f"{feature}_test_roc.png"),
-            stat_plots.precision_recall_curves(
-                [test], ["test"], feature, out / f"{feature}_test_precision_recall.png"
-            ),
-            stat_plots.calibration(
-                [test], ["test"], feature, out / f"{feature}_test_calibration.png"
-            ),
-        ]
-    return written
+        mine = [{feature: values}]
+        for kind, function in (
+            ("roc", "roc_curves"),
+            ("precision_recall", "precision_recall_curves"),
+            ("calibration", "calibration"),
+        ):
+            file = f"plots/{feature}_test_{kind}.png"
+            args = (mine, ["test"], feature, directory / file)
+            planned.append((file, Drawing(stat_plots.__name__, function, args)))
+    return planned
 
 
 def predict_statistics(model, y: dict[str, np.ndarray], logits, values) -> dict:

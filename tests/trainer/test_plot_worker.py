@@ -1,0 +1,65 @@
+"""The plot worker: figures drawn in another process are the files the job's process would
+draw, its errors come back as the real error, and a lost worker costs nothing but time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.trainer.recipes.predictive import plot_worker as W
+
+PLOTS = "services.trainer.recipes.predictive.plots"
+
+
+def _confusion(path):
+    return W.Drawing(
+        PLOTS, "confusion", (path, "y", ["a", "b"], np.array([0, 1, 1]), np.array([0, 1, 0]))
+    )
+
+
+@pytest.fixture
+def worker():
+    W._close_idle()
+    W.prestart()
+    assert len(W._idle) == 1
+    yield W._idle[0]
+    W._close_idle()
+
+
+def _png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_batch_is_drawn_by_the_worker_and_it_is_kept_for_the_next_job(worker, tmp_path):
+    batch = W.Batch([_confusion(tmp_path / "a.png"), _confusion(tmp_path / "b.png")])
+    assert batch.worker is worker
+    batch.wait()
+    assert _png(tmp_path / "a.png") and _png(tmp_path / "b.png")
+    assert W._idle == [worker] and worker.alive()
+
+
+def test_the_workers_error_is_raised_in_the_job(worker, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        W.Batch([_confusion(tmp_path / "missing" / "dir" / "a.png")]).wait()
+    assert worker.alive()  # the worker itself goes on
+
+
+def test_a_lost_worker_means_drawing_here(worker, tmp_path):
+    batch = W.Batch([_confusion(tmp_path / "a.png")])
+    worker.process.kill()
+    batch.wait()
+    assert _png(tmp_path / "a.png")
+    assert W._idle == []
+
+
+def test_without_a_worker_the_figures_are_drawn_here(tmp_path):
+    W._close_idle()
+    batch = W.Batch([_confusion(tmp_path / "a.png")])
+    assert batch.worker is None
+    batch.wait()
+    assert _png(tmp_path / "a.png")
+
+
+def test_only_plotting_functions_are_called_by_name():
+    with pytest.raises(ValueError, match="not a plotting module"):
+        W.Drawing("os", "remove", ("x",))()
