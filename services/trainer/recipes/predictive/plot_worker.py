@@ -63,7 +63,14 @@ class PlotWorker:
         )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # Not the job's stderr: a caller waiting for that pipe to close (a shell pipeline, a
+            # parent capturing output) would wait for the worker's exit too. Its errors come
+            # back on stdout, or as the same error when the job draws again.
+            stderr=subprocess.DEVNULL,
+            env=env,
         )
         self._pending = False
 
