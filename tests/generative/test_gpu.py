@@ -368,7 +368,7 @@ def test_fp8_compiled_training_learns_and_saves_a_stock_artifact(tiny_model, tmp
         backend=GPU,
         trainer={
             "epochs": 20,
-            "learning_rate": 0.02 if adapter else 0.003,
+            "learning_rate": 0.01 if adapter else 0.003,
             "eval_steps": None,
             "compile": True,
             "precision": "fp8",
