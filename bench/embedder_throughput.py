@@ -741,9 +741,6 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
         print(f"compiled blocks, {name}: {shown}")
-    for detail in compiled.values():
-        if isinstance(detail, dict) and "profile" in detail:
-            print(f"profile, direct compiled path:\n{detail['profile']}")
     if "reference" in results:
         print(f"reference check: {results['reference']}")
     print()
@@ -757,6 +754,10 @@ def main(argv: list[str] | None = None) -> None:
         )
     for line in ratios:
         print(f"\n{line}")
+    # Last, so that a reader of the output's tail (a device run's) sees the table first.
+    for name, detail in compiled.items():
+        if isinstance(detail, dict) and "profile" in detail:
+            print(f"\nprofile, {name} compiled path:\n{detail['profile']}")
     results.update(
         texts=len(texts),
         tokens=tokens,
