@@ -126,6 +126,13 @@ def load_model(
             autocast_adapter_dtype=dtype == torch.float32,
             calibration=calibration,
         )
+        if quant is not None:
+            # PEFT gives a 4-bit layer's adapter bitsandbytes' compute dtype (Ludwig's default:
+            # float16), where Adam's state underflows (eps 1e-8 is 0 in fp16) and the loss went
+            # NaN on the H200: the adapter trains in the job's dtype (bf16 there), as without one.
+            for p in model.parameters():
+                if p.requires_grad and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
         fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
     if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
