@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from services.trainer.optimizer import check_optimizer
+from services.trainer.optimizer import settings
 from tunewire.config.trainer import OptimizerConfig
 
 
@@ -128,17 +128,4 @@ def build_fused_optimizer(
 ) -> FusedOptimizer:
     """`trainer.optimizer` as a FusedOptimizer, with Ludwig's keys as `build_optimizer` takes
     them; a type that is not built is refused naming the key."""
-    check_optimizer(opt)
-    if opt.type == "sgd":
-        return FusedOptimizer(
-            "sgd", params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay
-        )
-    return FusedOptimizer(
-        opt.type,
-        params,
-        lr=lr,
-        betas=tuple(opt.betas),
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-        amsgrad=opt.amsgrad,
-    )
+    return FusedOptimizer(opt.type, params, lr=lr, **settings(opt))

@@ -42,21 +42,21 @@ def build_optimizer(
     between replays."""
     import torch
 
-    check_optimizer(opt)
-    params = list(params)
     kernel = {"fused": True} if fused else {}
     if opt.type == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **kernel
-        )
+        return torch.optim.SGD(list(params), lr=lr, **settings(opt), **kernel)
     cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
-    return cls(
-        params,
-        lr=lr,
-        betas=tuple(opt.betas),
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-        amsgrad=opt.amsgrad,
-        capturable=capturable,
-        **kernel,
-    )
+    return cls(list(params), lr=lr, **settings(opt), capturable=capturable, **kernel)
+
+
+def settings(opt: OptimizerConfig) -> dict:
+    """Ludwig's optimizer keys as torch's optimizers (and FusedOptimizer) take them."""
+    check_optimizer(opt)
+    if opt.type == "sgd":
+        return {"momentum": opt.momentum, "weight_decay": opt.weight_decay}
+    return {
+        "betas": tuple(opt.betas),
+        "eps": opt.eps,
+        "weight_decay": opt.weight_decay,
+        "amsgrad": opt.amsgrad,
+    }

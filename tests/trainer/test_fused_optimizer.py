@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from services.trainer.fused_optimizer import build_fused_optimizer
+from services.trainer.optimizer import build_optimizer
 from tunewire.config.trainer import OptimizerConfig
 from tunewire.errors import InvalidArgument
 
@@ -28,20 +29,7 @@ CASES = {
 
 
 def reference(opt: OptimizerConfig, params, lr: float) -> torch.optim.Optimizer:
-    if opt.type == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, fused=True
-        )
-    cls = torch.optim.AdamW if opt.type == "adamw" else torch.optim.Adam
-    return cls(
-        params,
-        lr=lr,
-        betas=tuple(opt.betas),
-        eps=opt.eps,
-        weight_decay=opt.weight_decay,
-        amsgrad=opt.amsgrad,
-        fused=True,
-    )
+    return build_optimizer(opt, params, lr, fused=True)
 
 
 @pytest.mark.parametrize("name", list(CASES))
