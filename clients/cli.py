@@ -195,7 +195,7 @@ def _serve_all(args, extra: list[str]) -> int:
     from clients.embedded import start_embedded
     from tunewire.errors import InvalidArgument
     from tunewire.logging import configure, get_logger
-    from tunewire.server import wait_for_termination
+    from tunewire.server import termination_requested, wait_for_termination
     from tunewire.server_flags import (
         export_peer_token,
         security_from_args,
@@ -223,6 +223,7 @@ def _serve_all(args, extra: list[str]) -> int:
     models = models_from_args(sec)
     export_peer_token(sec)
     configure()
+    stop_requested = termination_requested()
     warn_if_exposed(args.host or "127.0.0.1", security, "all")
     base = args.port if args.port is not None else 50051
     # One metrics port for the three servers: their series carry the service's name.
@@ -257,7 +258,7 @@ def _serve_all(args, extra: list[str]) -> int:
         for app in services._apps:
             app.close()
 
-    wait_for_termination([a.running for a in services._apps], on_stop=stop)
+    wait_for_termination([a.running for a in services._apps], on_stop=stop, stop=stop_requested)
     if metrics_server is not None:
         metrics_server.close()
     return 0

@@ -60,6 +60,7 @@ __all__ = [
     "ServerSettings",
     "Service",
     "create_server",
+    "termination_requested",
     "wait_for_termination",
 ]
 
@@ -408,11 +409,10 @@ async def _start(services: list[Service], settings: ServerSettings, pool):
     return server, port, health_servicer, calls.open, health_server, health_port
 
 
-def wait_for_termination(
-    running: list[RunningServer], grace: float = 30.0, on_stop: Callable[[], None] | None = None
-) -> None:
-    """Block until SIGTERM/SIGINT, then drain: health NOT_SERVING, in-flight calls get `grace`
-    seconds, then `on_stop` (close stores) runs."""
+def termination_requested() -> threading.Event:
+    """An event set by SIGTERM/SIGINT from now on: a process installs it before it starts its
+    servers, so a signal that comes while they start (health may already say SERVING) drains
+    them instead of killing the process."""
     stop = threading.Event()
 
     def handler(signum, _frame):
@@ -421,6 +421,18 @@ def wait_for_termination(
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def wait_for_termination(
+    running: list[RunningServer],
+    grace: float = 30.0,
+    on_stop: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Block until SIGTERM/SIGINT (`stop`, from `termination_requested`), then drain: health
+    NOT_SERVING, in-flight calls get `grace` seconds, then `on_stop` (close stores) runs."""
+    stop = stop or termination_requested()
     while not stop.wait(0.5):
         pass
     events = [r.stop(grace) for r in running]

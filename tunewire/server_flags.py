@@ -262,8 +262,9 @@ def serve(name: str, args: argparse.Namespace, start, settings, on_stop) -> int:
     closes its stores."""
     from tunewire import tracing
     from tunewire.logging import get_logger
-    from tunewire.server import wait_for_termination
+    from tunewire.server import termination_requested, wait_for_termination
 
+    stop_requested = termination_requested()
     warn_if_exposed(args.host, settings.security, name)
     metrics_server = start_operations(args, f"tunewire-{name}")
     app = start(settings)
@@ -273,7 +274,7 @@ def serve(name: str, args: argparse.Namespace, start, settings, on_stop) -> int:
         data_dir=str(args.data_dir),
         metrics_port=metrics_server.port if metrics_server else None,
     )
-    wait_for_termination([app.running], on_stop=lambda: on_stop(app))
+    wait_for_termination([app.running], on_stop=lambda: on_stop(app), stop=stop_requested)
     if metrics_server is not None:
         metrics_server.close()
     tracing.shutdown()
