@@ -83,3 +83,18 @@ def test_a_filled_defaults_block_with_an_effect_is_honoured_or_refused(saved):
     with pytest.raises(ConfigError) as info:
         resolve(raw)
     assert info.value.field == "input_features[1].preprocessing.outlier_strategy"
+
+
+@pytest.mark.parametrize("kind", [[], {}, 3])
+def test_a_feature_type_that_is_no_string_is_refused_by_its_field(kind):
+    """Hypothesis found `type: []` crashing the Ludwig-saved normalisation (INTERNAL)."""
+    from tunewire.errors import InvalidArgument
+
+    raw = {
+        "input_features": [{"name": "text", "type": kind, "encoder": {"type": "bert"}}],
+        "output_features": [{"name": "label", "type": "binary"}],
+        "defaults": {"text": {"encoder": {"type": "bert"}}},
+    }
+    with pytest.raises(InvalidArgument) as info:
+        resolve(raw)
+    assert info.value.field == "input_features[0].type"

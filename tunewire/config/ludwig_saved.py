@@ -313,7 +313,7 @@ def _apply_defaults(data: dict, path: str) -> None:
         if not isinstance(features, list):
             continue
         for i, feature in enumerate(features):
-            if isinstance(feature, dict) and isinstance(defaults.get(feature.get("type")), dict):
+            if isinstance(feature, dict) and isinstance(defaults.get(_kind(feature)), dict):
                 features[i] = _merge(defaults[feature["type"]], feature, exclude)
 
 
@@ -379,8 +379,15 @@ def normalise_llm(data: dict, path: str = "") -> dict:
 # ----------------------------------------------------------------------------- ecd
 
 
-def _ecd_input(feature: dict, path: str) -> None:
+def _kind(feature: dict) -> str | None:
+    """The feature's type where it is a string; anything else is left for validation to refuse
+    by its field path (a list or a dict is no key of the tables below)."""
     kind = feature.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def _ecd_input(feature: dict, path: str) -> None:
+    kind = _kind(feature)
     _drop_defaults(feature, FEATURE, path)
     _drop_section(feature, "encoder", ECD_ENCODER.get(kind, {}), path)
     pre = feature.get("preprocessing")
