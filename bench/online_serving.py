@@ -310,6 +310,116 @@ def summarise(rounds: list[dict]) -> dict:
 # --- GPU: Llama-1B shape, /v1/embeddings ---------------------------------------------------------
 
 
+def _load_process(port: int, path: str, bodies: list[dict], clients: int, ready, out) -> None:
+    """One load-generator process: `clients` threads over `bodies`, started at `ready`."""
+    ready.wait()
+    try:
+        out.put(throughput(port, path, bodies, clients))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        out.put({"error": repr(exc)})
+
+
+def spread_throughput(port: int, path: str, bodies: list[dict], clients: int, procs: int) -> dict:
+    """`throughput` from `procs` processes of `clients / procs` threads each: one Python
+    process of 64 threads parsing ~1000 answers a second would measure its own GIL."""
+    if procs <= 1:
+        return throughput(port, path, bodies, clients)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Barrier(procs + 1), ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_load_process,
+            args=(port, path, bodies[i::procs], clients // procs, ready, out),
+            daemon=True,
+        )
+        for i in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    got = [out.get(timeout=600) for _ in workers]
+    seconds = time.perf_counter() - t0
+    for w in workers:
+        w.join(10)
+    failed = [g["error"] for g in got if "error" in g]
+    if failed:
+        raise RuntimeError(f"{len(failed)} load processes failed: {failed[0]}")
+    return {"requests": len(bodies), "seconds": seconds, "rps": len(bodies) / seconds}
+
+
+class GpuBusy:
+    """The GPU's utilisation (share of time a kernel ran), sampled every 100 ms by
+    nvidia-smi for the length of a run; None where there is no nvidia-smi."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    *["nvidia-smi", "--query-gpu=utilization.gpu"],
+                    *["--format=csv,noheader,nounits", "-lms", "100", "-i", "0"],
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError:
+            self._proc = None
+            return
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), float(line.strip())))
+            except ValueError:
+                pass
+
+    def mean(self, t0: float, t1: float) -> float | None:
+        inside = [u for t, u in self.samples if t0 <= t <= t1]
+        return sum(inside) / len(inside) if inside else None
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+
+
+class Phase:
+    """One measured run against the embedder: its GPU batches (the embedder's counters before
+    and after: texts and tokens a forward pass), the GPU's busy share, and the embedder
+    process's CPU (cores used: one near 1.0 is a process bound by its GIL)."""
+
+    def __init__(self, embedder, pid: int, gpu: GpuBusy) -> None:
+        self.embedder, self.pid, self.gpu = embedder, pid, gpu
+
+    def __enter__(self) -> Phase:
+        self.before = self.embedder.cache_stats()
+        self.cpu0, self.t0 = cpu_seconds(self.pid), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.t1 = time.perf_counter()
+        self.cpu1, self.after = cpu_seconds(self.pid), self.embedder.cache_stats()
+
+    def stats(self) -> dict:
+        d = {
+            k: getattr(self.after, k) - getattr(self.before, k)
+            for k in ("forward_passes", "computed_texts", "computed_tokens")
+        }
+        passes = max(d["forward_passes"], 1)
+        busy = self.gpu.mean(self.t0, self.t1) if self.gpu else None
+        return {
+            **d,
+            "texts_per_pass": d["computed_texts"] / passes,
+            "tokens_per_pass": d["computed_tokens"] / passes,
+            "gpu_busy_pct": busy,
+            "embedder_cores": (self.cpu1 - self.cpu0) / (self.t1 - self.t0),
+        }
+
+
 def gpu(args) -> dict:
     from embedder_throughput import random_model, synthetic_texts
 
@@ -323,10 +433,21 @@ def gpu(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="online-bench-gpu-"))
     model = random_model(work / "llama", "llama", args.smoke, args.device, tokenizer)
     n, nb = args.gpu_texts, args.baseline_texts or args.gpu_texts
-    texts = synthetic_texts(model, 2 * n + nb + 128, seed=2, low=16, high=args.max_tokens)
-    ours_texts, grpc_texts, base_texts = texts[:n], texts[n : 2 * n], texts[2 * n : 2 * n + nb]
-    warm_texts = texts[2 * n + nb :]  # each server's first requests (compilation, batches)
-    results: dict = {}
+    variants = [int(w) for w in args.http_workers.split(",") if w.strip()]
+    pool = iter(
+        synthetic_texts(
+            model, (3 + len(variants)) * (n + 128) + nb, seed=2, low=16, high=args.max_tokens
+        )
+    )
+
+    def fresh(k: int) -> list[str]:  # texts no server has seen (cold cache)
+        return [next(pool) for _ in range(k)]
+
+    def bodies(k: int, fmt: str = "base64") -> list[dict]:
+        return [{"model": "llama", "input": t, "encoding_format": fmt} for t in fresh(k)]
+
+    load = args.load_procs
+    results: dict = {"load_processes": load}
     # The baseline first: it compiles nothing, so a short lease still gets its figure.
     port = free_port()
     proc = start(
@@ -338,10 +459,10 @@ def gpu(args) -> dict:
         work / "baseline.log",
     )
     try:
-        bodies = [{"model": "llama", "input": t, "encoding_format": "base64"} for t in base_texts]
-        warm = [{"model": "llama", "input": t} for t in warm_texts[:64]]
-        throughput(port, "/v1/embeddings", warm, args.clients)
-        results["baseline_http"] = throughput(port, "/v1/embeddings", bodies, args.clients)
+        throughput(port, "/v1/embeddings", bodies(64, "float"), args.clients)
+        results["baseline_http"] = spread_throughput(
+            port, "/v1/embeddings", bodies(nb), args.clients, load
+        )
     finally:
         stop(proc)
     print(json.dumps(results, indent=1), flush=True)
@@ -354,21 +475,61 @@ def gpu(args) -> dict:
         work / "tunewire.log",
         {"TUNEWIRE_DATA_DIR": str(work / "data")},
     )
+    gpu_busy = GpuBusy() if args.device != "cpu" else None
+    client = EmbedderClient(f"127.0.0.1:{base}")
+    fronts: list[subprocess.Popen] = []
     try:
-        warmup = [{"model": "llama", "input": t} for t in warm_texts[64:]]
+        # `serve all` as it starts: the front door in the embedder's process.
+        warmup = [{"model": "llama", "input": t} for t in fresh(128)]
         throughput(base + 3, "/v1/embeddings", warmup, args.clients)  # compile, first batches
-        bodies = [{"model": "llama", "input": t, "encoding_format": "base64"} for t in ours_texts]
-        results["tunewire_http"] = throughput(base + 3, "/v1/embeddings", bodies, args.clients)
-        client = EmbedderClient(f"127.0.0.1:{base}")
+        with Phase(client, proc.pid, gpu_busy) as phase:
+            got = spread_throughput(base + 3, "/v1/embeddings", bodies(n), args.clients, load)
+        results["tunewire_http"] = {**got, **phase.stats()}
+        print(json.dumps(results, indent=1), flush=True)
+        # The front door in processes of its own (`serve http --embedder --workers N`, what
+        # `serve all --http-workers N` starts), in front of the same embedder.
+        for workers in variants:
+            port = free_port()
+            front = start(
+                [
+                    *[PY, "clients/cli.py", "serve", "http", "--embedder", f"127.0.0.1:{base}"],
+                    *["--model", f"llama={model}", "--port", str(port)],
+                    *["--workers", str(workers)],
+                ],
+                port,
+                work / f"http_{workers}.log",
+            )
+            fronts.append(front)
+            try:
+                warm = [{"model": "llama", "input": t} for t in fresh(128)]
+                throughput(port, "/v1/embeddings", warm, args.clients)  # every worker's start
+                with Phase(client, proc.pid, gpu_busy) as phase:
+                    got = spread_throughput(port, "/v1/embeddings", bodies(n), args.clients, load)
+                results[f"tunewire_http_workers_{workers}"] = {**got, **phase.stats()}
+            finally:
+                stop(front)
+            print(json.dumps(results, indent=1), flush=True)
         spec = EncoderSpec(model=str(model), pooling="mean", normalize=True)
-        t0 = time.perf_counter()
-        got = client.embed_many(grpc_texts, spec, batch_size=256)
-        seconds = time.perf_counter() - t0
+        grpc_texts = fresh(n)
+        with Phase(client, proc.pid, gpu_busy) as phase:
+            t0 = time.perf_counter()
+            got = client.embed_many(grpc_texts, spec, batch_size=256)
+            seconds = time.perf_counter() - t0
         assert got.vectors.shape[0] == n
-        results["grpc_stream_embed"] = {"requests": n, "seconds": seconds, "rps": n / seconds}
-        client.close()
+        results["grpc_stream_embed"] = {
+            "requests": n,
+            "seconds": seconds,
+            "rps": n / seconds,
+            **phase.stats(),
+        }
     finally:
+        client.close()
+        for front in fronts:
+            if front.poll() is None:
+                stop(front)
         stop(proc)
+        if gpu_busy is not None:
+            gpu_busy.close()
     print(json.dumps(results, indent=1), flush=True)
     return results
 
@@ -464,21 +625,50 @@ def cpu_table(r: dict) -> str:
 
 
 def gpu_table(r: dict, clients: int) -> str:
-    ours, grpc_, base = r["tunewire_http"], r["grpc_stream_embed"], r["baseline_http"]
-    return "\n".join(
-        [
-            "| path | texts | seconds | texts/s | vs baseline | vs gRPC StreamEmbed |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| baseline HTTP, {clients} clients | {base['requests']} | {base['seconds']:.2f} | "
-            f"{base['rps']:.0f} | 1.00x | {base['rps'] / grpc_['rps']:.0%} |",
-            f"| **tunewire /v1/embeddings, {clients} clients** | {ours['requests']} | "
-            f"{ours['seconds']:.2f} | {ours['rps']:.0f} | {ours['rps'] / base['rps']:.2f}x | "
-            f"{ours['rps'] / grpc_['rps']:.0%} |",
-            f"| gRPC StreamEmbed (SDK embed_many, 256 a message) | {grpc_['requests']} | "
-            f"{grpc_['seconds']:.2f} | {grpc_['rps']:.0f} | {grpc_['rps'] / base['rps']:.2f}x | "
-            "100% |",
-        ]
-    )
+    grpc_, base = r.get("grpc_stream_embed"), r["baseline_http"]
+
+    def extra(v: dict) -> str:
+        if "texts_per_pass" not in v:
+            return " | | | |"
+        busy = "n/a" if v.get("gpu_busy_pct") is None else f"{v['gpu_busy_pct']:.0f}%"
+        return (
+            f" {v['texts_per_pass']:.1f} | {v['tokens_per_pass']:.0f} | {busy} | "
+            f"{v['embedder_cores']:.2f} |"
+        )
+
+    def row(label: str, v: dict) -> str:
+        vs_grpc = f"{v['rps'] / grpc_['rps']:.0%}" if grpc_ else "n/a"
+        return (
+            f"| {label} | {v['requests']} | {v['seconds']:.2f} | {v['rps']:.0f} | "
+            f"{v['rps'] / base['rps']:.2f}x | {vs_grpc} |" + extra(v)
+        )
+
+    rows = [
+        "| path | texts | seconds | texts/s | vs baseline | vs gRPC StreamEmbed | texts/pass "
+        "| tokens/pass | GPU busy | embedder process cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        row(f"baseline HTTP, {clients} clients", base),
+    ]
+    if "tunewire_http" in r:
+        rows.append(
+            row(
+                f"tunewire /v1/embeddings, {clients} clients, `serve all` (front door in the "
+                "embedder's process)",
+                r["tunewire_http"],
+            )
+        )
+    for key in sorted(k for k in r if k.startswith("tunewire_http_workers_")):
+        workers = key.rsplit("_", 1)[1]
+        rows.append(
+            row(
+                f"**tunewire /v1/embeddings, {clients} clients, front door in {workers} "
+                "process(es) of its own**",
+                r[key],
+            )
+        )
+    if grpc_:
+        rows.append(row("gRPC StreamEmbed (SDK embed_many, 256 a message)", grpc_))
+    return "\n".join(rows)
 
 
 def record(path: Path, args, results: dict, gpu_run: bool) -> None:
@@ -536,6 +726,15 @@ def main(argv: list[str] | None = None) -> None:
         "H200, so a short lease measures it on fewer)",
     )
     p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument(
+        "--http-workers",
+        default="4,8",
+        help="GPU: front-door process counts measured beside `serve all` (comma-separated; "
+        "empty: none)",
+    )
+    p.add_argument(
+        "--load-procs", type=int, default=4, help="GPU: load-generator processes (clients split)"
+    )
     p.add_argument("--record", type=Path)
     args = p.parse_args(argv)
     # A time limit's SIGTERM ends the run through the `finally`s that stop the servers (started

@@ -159,7 +159,7 @@ def _serve_all_parser() -> argparse.ArgumentParser:
     """`serve all`'s own options: the services' security flags, from the one definition in
     tunewire/server_flags.py. Parsed from what the `serve` parser leaves over, because for
     `serve trainer` and the others those same flags pass through to the service's main."""
-    from clients.commands.serve_http import add_http_flags
+    from clients.commands.serve_http import add_http_flags, add_http_workers_flag
     from tunewire.model_names import add_model_flag
     from tunewire.server_flags import add_security_flags
 
@@ -167,6 +167,7 @@ def _serve_all_parser() -> argparse.ArgumentParser:
     add_security_flags(p, calls_peers=True)
     add_model_flag(p)
     add_http_flags(p)
+    add_http_workers_flag(p)
     return p
 
 
@@ -215,7 +216,7 @@ def _serve_all(args, extra: list[str]) -> int:
             "serve all: --health-port (or TUNEWIRE_HEALTH_PORT) is for one service's own process",
             field="serve",
         )
-    from clients.commands.serve_http import HTTP_PORT_OFFSET, start_http
+    from clients.commands.serve_http import HTTP_PORT_OFFSET, start_http, start_http_process
     from clients.http.backend import Backend
     from tunewire.model_names import models_from_args
 
@@ -235,26 +236,38 @@ def _serve_all(args, extra: list[str]) -> int:
         security=security,
         models=models,
     )
-    backend = Backend(services.embedder_address, services.trainer_address, models)
-    http = start_http(
-        backend,
-        args.host or "127.0.0.1",
-        base + HTTP_PORT_OFFSET if base else 0,
-        sec.max_concurrent_requests,
-        (sec.tls_cert, sec.tls_key, sec.tls_client_ca),
-    )
+    host = args.host or "127.0.0.1"
+    http_port = base + HTTP_PORT_OFFSET if base else 0
+    tls = (sec.tls_cert, sec.tls_key, sec.tls_client_ca)
+    backend = None
+    if sec.http_workers:  # the front door in processes of its own, beside this one
+        http = start_http_process(
+            services.embedder_address,
+            services.trainer_address,
+            models,
+            host,
+            http_port,
+            sec.max_concurrent_requests,
+            tls,
+            sec.http_workers,
+        )
+    else:
+        backend = Backend(services.embedder_address, services.trainer_address, models)
+        http = start_http(backend, host, http_port, sec.max_concurrent_requests, tls)
     get_logger("tunewire.cli").info(
         "serving",
         embedder=services.embedder_address,
         trainer=services.trainer_address,
         hub_gateway=services.hub_gateway_address,
-        http=f"{http.scheme}://{args.host or '127.0.0.1'}:{http.port}",
+        http=f"{http.scheme}://{host}:{http.port}",
+        http_workers=sec.http_workers,
         data_dir=str(services.data_dir),
     )
 
     def stop() -> None:
         http.stop()
-        backend.close()
+        if backend is not None:
+            backend.close()
         for app in services._apps:
             app.close()
 

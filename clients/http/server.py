@@ -37,25 +37,37 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
+def bind_socket(settings: HttpSettings) -> socket.socket:
+    """The listening address, bound (port 0: a free one), for one server or several workers."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    return sock
+
+
+def tls_options(settings: HttpSettings) -> dict:
+    """uvicorn.Config's TLS arguments for `settings` (none without a certificate)."""
+    if settings.tls_cert is None:
+        return {}
+    import ssl as ssl_module
+
+    ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    if settings.tls_client_ca is not None:
+        ssl |= {
+            "ssl_ca_certs": str(settings.tls_client_ca),
+            "ssl_cert_reqs": ssl_module.CERT_REQUIRED,
+        }
+    return ssl
+
+
 class RunningHttp:
     """A uvicorn server on its own thread and event loop."""
 
     def __init__(self, app, settings: HttpSettings) -> None:
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((settings.host, settings.port))
+        self.socket = bind_socket(settings)
         self.port = self.socket.getsockname()[1]
-        ssl = {}
-        if settings.tls_cert is not None:
-            import ssl as ssl_module
-
-            ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-            if settings.tls_client_ca is not None:
-                ssl |= {
-                    "ssl_ca_certs": str(settings.tls_client_ca),
-                    "ssl_cert_reqs": ssl_module.CERT_REQUIRED,
-                }
+        ssl = tls_options(settings)
         config = uvicorn.Config(
             app,
             log_level="warning",

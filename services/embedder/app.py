@@ -139,6 +139,11 @@ def metrics_source(service: EmbedderService) -> Callable[[], list[Metric]]:
                 "tunewire_embedder_computed_texts", "Texts computed by a model", work.computed_texts
             ),
             metrics.counter(
+                "tunewire_embedder_computed_tokens",
+                "Tokens of the texts computed by a model",
+                work.computed_tokens,
+            ),
+            metrics.counter(
                 "tunewire_embedder_dropped_texts",
                 "Queued texts dropped because their client left",
                 work.dropped_texts,

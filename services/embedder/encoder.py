@@ -75,6 +75,8 @@ class EncoderShape:
 
 # Tokenizers without a real limit report a huge sentinel (int(1e30)); ignore it.
 _NO_LIMIT = 1_000_000
+# Batches a GPU holds launched at once (Encoder.launches).
+GPU_BATCHES_IN_FLIGHT = 2
 # Probe texts for the load-time check that the packed path gives the padded path's vectors, and
 # the relative error allowed there (a wrong attention scope gives errors of order 1).
 _PROBES = ["a short probe", "a somewhat longer probe text, so that the two rows differ in length"]
@@ -131,6 +133,16 @@ class Encoder:
         # None on a GPU, where batches are launched in order under `lock` and run asynchronously.
         self.passes = (
             None if self.device.type == "cuda" else threading.BoundedSemaphore(PARALLEL_PASSES)
+        )
+        # On a GPU, batches launched and not yet finished (None on a CPU). Two: one computing
+        # and the next queued behind it, so the device never waits for the host; a request
+        # arriving while both are out waits for a free one, and the rows queued meanwhile go
+        # in one batch (continuous batching) instead of each call's few texts launching a
+        # small pass of their own behind the others.
+        self.launches = (
+            threading.BoundedSemaphore(GPU_BATCHES_IN_FLIGHT)
+            if self.device.type == "cuda"
+            else None
         )
         self._running_lock = threading.Lock()
         self._running = 0  # CPU passes running now

@@ -124,12 +124,14 @@ class EmbedResult(NamedTuple):
 @dataclass(frozen=True)
 class ComputeCounters:
     """Since the service started: forward passes, texts computed, forward passes that held rows
-    of several requests (shared batches), and queued texts dropped because their client left."""
+    of several requests (shared batches), queued texts dropped because their client left, and
+    the computed texts' tokens (with forward passes: how large the batches were)."""
 
     forward_passes: int
     computed_texts: int
     shared_batches: int
     dropped_texts: int
+    computed_tokens: int = 0  # the computed texts' tokens (special tokens included)
 
 
 @dataclass(frozen=True)
@@ -461,6 +463,7 @@ class EmbedderService:
         )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
+        self.computed_tokens = 0  # their tokens
         self.batches = 0  # forward passes since start
         self.shared_batches = 0  # forward passes holding rows of more than one request
         self._inflight = InFlight()
@@ -780,21 +783,24 @@ class EmbedderService:
         beside up to `PARALLEL_PASSES - 1` others (cpu_threads.py): this thread first waits for
         a free pass, at most one pass's time."""
         encoder, queue = entry.encoder, entry.queue
-        slot = encoder.passes
+        # A CPU: one of the passes that run at once. A GPU: one of the batches it holds
+        # launched, so rows arriving while it is busy gather into the next batch.
+        slot = encoder.passes if encoder.passes is not None else encoder.launches
         if slot is not None:
             slot.acquire()
+        cpu = encoder.passes is not None
         try:
             with encoder.lock:
                 if request.done:
                     return False
                 budget = self.max_batch_tokens
-                if slot is not None:  # a CPU: the queue split over the passes (cpu_threads.py)
+                if cpu:  # the queue split over the passes (cpu_threads.py)
                     budget = pass_budget(queue.queued_tokens, budget)
                 rows = queue.next_batch(budget, packed)
                 if not rows:
                     return False
-                launched = self._launch(encoder, queue, rows) if slot is None else None
-            if slot is not None:
+                launched = None if cpu else self._launch(encoder, queue, rows)
+            if cpu:
                 launched = self._launch(encoder, queue, rows)
             if launched is None:
                 return True
@@ -828,9 +834,11 @@ class EmbedderService:
 
     def _count(self, rows: list) -> None:
         requests = len({id(row.request) for row in rows})
+        tokens = sum(len(row.ids) for row in rows)
         with self._counter_lock:
             self.batches += 1
             self.computed_texts += len(rows)
+            self.computed_tokens += tokens
             self.shared_batches += requests > 1
 
     def counters(self) -> ComputeCounters:
@@ -840,6 +848,7 @@ class EmbedderService:
                 self.computed_texts,
                 self.shared_batches,
                 sum(entry.queue.dropped_rows for entry in self.registry.entries()),
+                self.computed_tokens,
             )
 
     def cache_stats(self) -> CacheStats:

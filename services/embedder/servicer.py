@@ -539,6 +539,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             computed_texts=work.computed_texts,
             shared_batches=work.shared_batches,
             dropped_texts=work.dropped_texts,
+            computed_tokens=work.computed_tokens,
         )
 
     def PredictRows(

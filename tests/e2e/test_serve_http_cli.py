@@ -85,3 +85,100 @@ def test_serve_all_with_a_named_model_serves_http_on_port_plus_3(minilm, tmp_pat
         assert by_name.vectors[0].tolist() == pytest.approx(got.data[0].embedding, rel=1e-6)
     finally:
         _stop(proc)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def test_serve_http_workers_share_one_port_and_answer_as_one(services, embedder, minilm, tmp_path):
+    port = free_port()
+    proc = _serve(
+        [
+            *["http", "--embedder", services.embedder_address, "--model", f"mini={minilm}"],
+            *["--workers", "2", "--port", str(port)],
+        ],
+        port,
+        tmp_path,
+    )
+    try:
+        workers = [
+            pid
+            for pid in _children(proc.pid)
+            if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        texts = [f"worker text {i}" for i in range(16)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda t: client.embeddings.create(model="mini", input=t), texts))
+        from clients.sdk import EncoderSpec
+
+        want = embedder.embed(texts, EncoderSpec(minilm, max_length=256, normalize=True)).vectors
+        for answer, vector in zip(got, want, strict=True):
+            assert answer.data[0].embedding == pytest.approx(vector.tolist(), rel=1e-6)
+    finally:
+        _stop(proc)
+    assert not any(_alive(pid) for pid in workers)  # SIGTERM stopped every worker
+
+
+def test_serve_http_workers_must_be_at_least_one(services, tmp_path):
+    got = subprocess.run(
+        [*CLI, "serve", "http", "--embedder", services.embedder_address, "--workers", "0"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert got.returncode != 0 and "workers" in got.stderr and "Traceback" not in got.stderr
+
+
+@pytest.mark.slow
+def test_serve_all_http_workers_runs_the_front_door_beside_it(minilm, tmp_path):
+    while True:
+        base = free_port()
+        if base + 3 < 65536:
+            break
+    proc = _serve(
+        ["all", "--port", str(base), "--model", f"mini={minilm}", "--http-workers", "2"],
+        base + 3,
+        tmp_path,
+    )
+    try:
+        front = [
+            p
+            for p in _children(proc.pid)
+            if b"clients.http" in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        assert len(front) == 1  # `serve http --workers 2`, a process of its own
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{base + 3}/v1", api_key="k")
+        got = client.embeddings.create(model="mini", input="hello")
+        from clients.sdk import EmbedderClient, EncoderSpec
+
+        grpc_client = EmbedderClient(f"127.0.0.1:{base}")
+        by_name = grpc_client.embed(["hello"], EncoderSpec("mini", max_length=256, normalize=True))
+        grpc_client.close()
+        assert by_name.vectors[0].tolist() == pytest.approx(got.data[0].embedding, rel=1e-6)
+    finally:
+        _stop(proc)
+    assert not _alive(front[0])

@@ -110,12 +110,18 @@ def test_encoder_info(stub, minilm_path):
 
 
 def test_cache_stats(stub, minilm_path):
+    before = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest(), timeout=10)
     stub.Embed(
-        embedder_pb2.EmbedRequest(encoder=_spec(minilm_path), texts=["stats one"]), timeout=60
+        embedder_pb2.EmbedRequest(encoder=_spec(minilm_path), texts=["stats one", "and two"]),
+        timeout=60,
     )
     stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest(), timeout=10)
     assert stats.entries >= 1 and stats.misses >= 1 and stats.bytes > 0
     assert stats.map_size >= 1 << 30
+    # Two texts of 4 tokens each with [CLS] and [SEP], in one forward pass.
+    assert stats.computed_texts - before.computed_texts == 2
+    assert stats.computed_tokens - before.computed_tokens == 8
+    assert stats.forward_passes - before.forward_passes == 1
 
 
 @pytest.mark.parametrize(

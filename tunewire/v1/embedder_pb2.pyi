@@ -103,7 +103,7 @@ class GetCacheStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetCacheStatsResponse(_message.Message):
-    __slots__ = ("entries", "bytes", "hits", "misses", "map_size", "forward_passes", "computed_texts", "shared_batches", "dropped_texts")
+    __slots__ = ("entries", "bytes", "hits", "misses", "map_size", "forward_passes", "computed_texts", "shared_batches", "dropped_texts", "computed_tokens")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +113,7 @@ class GetCacheStatsResponse(_message.Message):
     COMPUTED_TEXTS_FIELD_NUMBER: _ClassVar[int]
     SHARED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     DROPPED_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     entries: int
     bytes: int
     hits: int
@@ -122,7 +123,8 @@ class GetCacheStatsResponse(_message.Message):
     computed_texts: int
     shared_batches: int
     dropped_texts: int
-    def __init__(self, entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., map_size: _Optional[int] = ..., forward_passes: _Optional[int] = ..., computed_texts: _Optional[int] = ..., shared_batches: _Optional[int] = ..., dropped_texts: _Optional[int] = ...) -> None: ...
+    computed_tokens: int
+    def __init__(self, entries: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., map_size: _Optional[int] = ..., forward_passes: _Optional[int] = ..., computed_texts: _Optional[int] = ..., shared_batches: _Optional[int] = ..., dropped_texts: _Optional[int] = ..., computed_tokens: _Optional[int] = ...) -> None: ...
 
 class PredictRowsRequest(_message.Message):
     __slots__ = ("model", "columns")
