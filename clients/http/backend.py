@@ -235,9 +235,11 @@ class Backend:
         valid = [texts for texts, a in zip(requests, answers, strict=True) if isinstance(a, int)]
         if valid:
             spec = replace(model.spec, normalize=normalize)
+            # write_behind: the answer goes to the HTTP caller, nobody reads the cache's file
+            # for it, so the call does not wait for the cache's fsync.
+            merged = [t for texts in valid for t in texts]
             vectors = np.asarray(
-                self.embedder.embed([t for texts in valid for t in texts], spec).vectors,
-                dtype=np.float32,
+                self.embedder.embed(merged, spec, write_behind=True).vectors, dtype=np.float32
             )
         start = 0
         for i, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
@@ -266,7 +268,7 @@ class Backend:
         (reason INPUT_TOO_LONG) naming its index."""
         tokens = self._prompt_tokens(model, texts, truncate)
         spec = replace(model.spec, normalize=normalize)
-        result = self.embedder.embed(texts, spec)
+        result = self.embedder.embed(texts, spec, write_behind=True)
         return np.asarray(result.vectors, dtype=np.float32), tokens
 
     @staticmethod

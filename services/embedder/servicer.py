@@ -370,7 +370,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         f"text {i} is {size} bytes; the limit is {self.max_text_bytes}",
                         field="joined.utf8" if joined else f"texts[{i}]",
                     )
-        return self.service.begin(
+        job = self.service.begin(
             spec,
             texts,
             render,
@@ -378,6 +378,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             request.joined.utf8 if joined else None,
             memory_checked,
         )
+        if request.write_behind and isinstance(job, EmbedJob):
+            job.write_behind = True
+        return job
 
     def _in_memory(
         self, received: _Received, render: Callable[[EmbedResult], object]

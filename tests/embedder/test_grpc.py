@@ -1,5 +1,7 @@
 """The embedder over real gRPC on loopback: every RPC, health, and rich errors."""
 
+import threading
+
 import grpc
 import numpy as np
 import pytest
@@ -350,3 +352,38 @@ def test_the_sdk_refuses_an_answer_with_too_few_vectors():
     finally:
         client.close()
         old.stop(None)
+
+
+def test_write_behind_answers_the_same_vectors_and_caches_them_after(
+    server, minilm_path, monkeypatch
+):
+    from clients.sdk import EmbedderClient, EncoderSpec
+
+    cache = server.service.cache
+    writes: list[str] = []
+    for name in ("put_many", "put_many_later"):
+        real = getattr(cache, name)
+
+        def record(items, real=real, name=name):
+            if threading.current_thread().name != "cache-writer":  # the request's own thread
+                writes.append(name)
+            return real(items)
+
+        monkeypatch.setattr(cache, name, record)
+    texts = ["written behind one", "written behind two"]
+    durable = ["written at once one", "written at once two"]
+    client = EmbedderClient(f"127.0.0.1:{server.port}")
+    entries = cache.stats().entries
+    try:
+        behind = client.embed(texts, EncoderSpec(minilm_path), write_behind=True)
+        assert writes == ["put_many_later"]  # the answer did not wait for a commit
+        at_once = client.embed(durable, EncoderSpec(minilm_path))
+        assert writes == ["put_many_later", "put_many"]  # the default: durable when answered
+        assert behind.cache_misses == 2 and at_once.cache_misses == 2
+        cache.flush()  # the writer thread's commit
+        assert cache.stats().entries == entries + 4
+        again = client.embed(texts, EncoderSpec(minilm_path))
+    finally:
+        client.close()
+    assert again.cache_hits == 2 and again.cache_misses == 0
+    np.testing.assert_array_equal(again.vectors, behind.vectors)

@@ -64,9 +64,17 @@ class EmbedderClient:
 
     @rpc_errors
     def embed(
-        self, texts: list[str], spec: EncoderSpec, timeout: float | None = None
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        timeout: float | None = None,
+        write_behind: bool = False,
     ) -> EmbedResult:
-        resp = self.stub.Embed(embed_request(spec.to_proto(), texts), timeout=timeout)
+        """`write_behind`: the computed vectors may enter the embedder's cache after the
+        answer (EmbedRequest.write_behind), for a caller that uses them itself."""
+        request = embed_request(spec.to_proto(), texts)
+        request.write_behind = write_behind
+        resp = self.stub.Embed(request, timeout=timeout)
         vectors = tensors.from_proto(resp.embeddings)
         _check_answered(len(vectors), len(texts))
         return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)

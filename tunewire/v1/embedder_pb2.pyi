@@ -45,14 +45,16 @@ class EncoderSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., revision: _Optional[str] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., max_length: _Optional[int] = ..., normalize: _Optional[bool] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., layer: _Optional[int] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("encoder", "texts", "joined")
+    __slots__ = ("encoder", "texts", "joined", "write_behind")
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     JOINED_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BEHIND_FIELD_NUMBER: _ClassVar[int]
     encoder: EncoderSpec
     texts: _containers.RepeatedScalarFieldContainer[str]
     joined: JoinedTexts
-    def __init__(self, encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., joined: _Optional[_Union[JoinedTexts, _Mapping]] = ...) -> None: ...
+    write_behind: bool
+    def __init__(self, encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., joined: _Optional[_Union[JoinedTexts, _Mapping]] = ..., write_behind: _Optional[bool] = ...) -> None: ...
 
 class JoinedTexts(_message.Message):
     __slots__ = ("utf8", "count")
