@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
         + " (python -m services.trainer --help describes them); a named service takes its own. "
         "serve http takes --embedder, --trainer, --model NAME=PATH, --model_path ARTIFACT, "
-        "--max-concurrent-requests and --tls-cert/--tls-key/--tls-client-ca."
+        "--workers N, --max-concurrent-requests and --tls-cert/--tls-key/--tls-client-ca."
     )
     p.set_defaults(func=cmd_serve, passthrough=True)
 
