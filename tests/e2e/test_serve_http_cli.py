@@ -182,3 +182,28 @@ def test_serve_all_http_workers_runs_the_front_door_beside_it(minilm, tmp_path):
     finally:
         _stop(proc)
     assert not _alive(front[0])
+
+
+def test_http_workers_end_when_their_supervisor_is_killed(services, minilm, tmp_path):
+    """A supervisor killed with SIGKILL (no chance to stop them) leaves no worker on the port."""
+    port = free_port()
+    proc = _serve(
+        [
+            *["http", "--embedder", services.embedder_address, "--model", f"mini={minilm}"],
+            *["--workers", "2", "--port", str(port)],
+        ],
+        port,
+        tmp_path,
+    )
+    workers = [
+        pid
+        for pid in _children(proc.pid)
+        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
