@@ -94,6 +94,9 @@ def _start(
     # The services call each other on loopback when bound to every interface: a TLS
     # certificate names localhost or 127.0.0.1, never 0.0.0.0.
     dial = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    # With tokens the services are shared: PredictRows reads a job's artifact as the job (its
+    # owner's, through the trainer), never any path on this machine, nor this folder's.
+    shared = security.auth_tokens_file is not None
     apps = []
     try:
         embedder = start_embedder(
@@ -102,8 +105,9 @@ def _start(
                 port=ports[0],
                 data_dir=data_dir,
                 security=security,
-                artifact_roots=[data_dir / "artifacts", Path.cwd()],
-                allow_any_artifact_path=True,
+                artifact_roots=[] if shared else [Path.cwd()],
+                allow_any_artifact_path=not shared,
+                job_artifact_roots=[data_dir / "artifacts"],
                 models=dict(models or {}),
             )
         )

@@ -79,6 +79,8 @@ class Settings:
     models: dict[str, str] = field(default_factory=dict)
     artifact_roots: list[Path] = field(default_factory=list)
     allow_any_artifact_path: bool = False
+    # Trainers' artifacts directories: a path in one is served as its job (heads.py).
+    job_artifact_roots: list[Path] = field(default_factory=list)
     head_cache_bytes: int = DEFAULT_HEAD_CACHE_BYTES
     # Directories local models must lie under (tunewire/model_roots.py); None: anywhere (the
     # embedded, single-user mode). `python -m services.embedder` always sets them.
@@ -228,6 +230,7 @@ def start(settings: Settings) -> App:
         fetch,
         settings.head_cache_bytes,
         allow_any_path=settings.allow_any_artifact_path,
+        job_roots=settings.job_artifact_roots,
     )
     service.registry.names.update(settings.models)
     servicer = EmbedderServicer(

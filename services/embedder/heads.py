@@ -7,6 +7,10 @@ owner, as everywhere). A fetched head is cached per (job, caller) - another call
 by the trainer again, never served from someone else's fetch - and evicted least recently used
 beyond a byte budget. Local artifacts are cached per (path, files' size and mtime), so a
 retrained artifact written over the old one is noticed.
+
+A path under a trainer's artifacts directory (`job_roots`: `serve all` and the embedded mode share
+one data directory) is a job's artifact, and is served as that job: fetched through the trainer
+on the caller's behalf, so another principal's artifact is NOT_FOUND by its path as by its id.
 """
 
 from __future__ import annotations
@@ -89,8 +93,11 @@ class HeadCache:
         fetch: Fetch | None = None,
         max_bytes: int = DEFAULT_HEAD_CACHE_BYTES,
         allow_any_path: bool = False,
+        job_roots: list[Path] | None = None,
     ) -> None:
+        """`job_roots`: trainers' artifacts directories, whose entries are jobs' artifacts."""
         self.roots = [Path(r).resolve() for r in roots or []]
+        self.job_roots = [Path(r).resolve() for r in job_roots or []]
         self.fetch = fetch
         self.max_bytes = max_bytes
         self.allow_any_path = allow_any_path
@@ -103,6 +110,8 @@ class HeadCache:
         if not model.strip():
             raise InvalidArgument("is required: a job id or an artifact directory", field="model")
         check_path_text(model, "model")
+        if not is_job_id(model):
+            model = self._job_of_path(model)
         if is_job_id(model):
             # Per caller: another one is authorised by the trainer again, never served from
             # someone else's fetch.
@@ -117,6 +126,18 @@ class HeadCache:
             if (path / name).is_file()
         )
         return self._get(("path", str(path), signature), lambda: load_head(path))
+
+    def _job_of_path(self, model: str) -> str:
+        """The job id a path under a job root names (`<root>/<job id>`), else `model` itself;
+        anything else under a job root (a subdirectory, a staging directory) holds no model."""
+        path = Path(model).expanduser().resolve()
+        for root in self.job_roots:
+            if path.is_relative_to(root):
+                parts = path.relative_to(root).parts
+                if len(parts) == 1 and is_job_id(parts[0]):
+                    return parts[0]
+                raise NotFound(f"no model artifact at {model!r}", field="model")
+        return model
 
     def _local(self, model: str) -> Path:
         path = Path(model).expanduser().resolve()

@@ -63,14 +63,17 @@ class Admission:
         embedder_address: str = "",
         roots: ModelRoots | None = None,
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        check_owner: Callable[[str, str], None] | None = None,
     ) -> None:
         """`roots`: the models this trainer's jobs may load (default: any, embedded mode);
-        `max_text_bytes`: the longest text cell a job may hold."""
+        `max_text_bytes`: the longest text cell a job may hold; `check_owner(path, field)`:
+        refuses a local model that is another principal's job's artifact."""
         self.datasets = datasets
         self.embedder = embedder
         self.embedder_address = embedder_address
         self.roots = roots or ModelRoots.anywhere()
         self.max_text_bytes = max_text_bytes
+        self.check_owner = check_owner
 
     def admit(self, raw_config: dict, inputs: JobInputs, upload_to: str = "") -> Any:
         """The resolved config of a job that may run; raises the first thing that is wrong."""
@@ -125,11 +128,18 @@ class Admission:
         encoders are the embedder's to check, against its own roots."""
         base_model = getattr(config, "base_model", None)
         if isinstance(base_model, str):
-            self.roots.check(base_model, "base_model")
+            self._check_model(base_model, "base_model")
         for i, f in enumerate(getattr(config, "input_features", None) or []):
             encoder = getattr(f, "encoder", None)
             if encoder is not None and getattr(encoder, "trainable", False) and encoder.model:
-                self.roots.check(encoder.model, f"input_features[{i}].encoder.{encoder.model_key}")
+                self._check_model(encoder.model, f"input_features[{i}].encoder.{encoder.model_key}")
+
+    def _check_model(self, reference: str, field: str) -> None:
+        """Under the roots, and not another principal's artifact (a job trained on it would
+        hand that principal's weights to this one)."""
+        self.roots.check(reference, field)
+        if self.check_owner is not None and self.roots.is_local(reference):
+            self.check_owner(reference, field)
 
     def _check_datasets(self, config: Any, inputs: JobInputs) -> None:
         if not inputs.dataset_id and not inputs.training_set_id:

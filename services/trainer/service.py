@@ -96,6 +96,9 @@ class TrainerCore:
             self.embedder if embedder_address else None,
             embedder_address or "",
             roots=self.model_roots,
+            check_owner=lambda ref, field: self._check_artifact_owner(
+                Path(ref).expanduser().resolve(), ref, field
+            ),
         )
         self.runner = JobRunner(
             self.jobs,
@@ -183,7 +186,7 @@ class TrainerCore:
             raise NotFound(f"no model artifact at {model!r}", field="model")
         return path
 
-    def _check_artifact_owner(self, path: Path, model: str) -> None:
+    def _check_artifact_owner(self, path: Path, model: str, field: str = "model") -> None:
         """A path under the artifacts root is a job's artifact: the job's owner's, like the job
         (NOT_FOUND for another principal, as for a path holding no model)."""
         root = self.artifacts_root.resolve()
@@ -193,7 +196,7 @@ class TrainerCore:
         try:
             self.jobs.get(job_id)
         except NotFound:
-            raise NotFound(f"no model artifact at {model!r}", field="model") from None
+            raise NotFound(f"no model artifact at {model!r}", field=field) from None
 
     def predict(
         self,

@@ -232,3 +232,37 @@ def test_upload_to_is_checked_against_the_owners_namespaces(cluster, minilm):
     assert err.code == grpc.StatusCode.PERMISSION_DENIED and err.field == "upload_to"
     assert err.reason == "NAMESPACE_NOT_ALLOWED"
     assert not [j for j in alice.ListJobs(pb.ListJobsRequest()).jobs if j.upload_to]
+
+
+def test_bob_cannot_train_on_alices_artifact_by_its_path(cluster, alices_job, minilm):
+    """A job whose base model or adapted encoder is her artifact would hand him her weights:
+    NOT_FOUND at CreateJob, by the field's path; her own job may start from it."""
+    import json
+
+    stub, _ = cluster
+    _, job = alices_job
+    bob, alice = stub("bob"), stub("alice")
+    ds = upload(bob, CSV)
+    llm = {
+        "model_type": "llm",
+        "base_model": job.artifact_path,
+        "input_features": [{"name": "text", "type": "text"}],
+        "output_features": [{"name": "label", "type": "text"}],
+    }
+    adapted = text_config(job.artifact_path, {"name": "label", "type": "binary"}, epochs=1)
+    adapted["input_features"][0]["encoder"] |= {"trainable": True, "adapter": {"type": "lora"}}
+    adapted["input_features"][0]["preprocessing"]["cache_encoder_embeddings"] = False
+    for cfg, field in ((llm, "base_model"), (adapted, "input_features[0].encoder")):
+        request = pb.CreateJobRequest(config_json=json.dumps(cfg), dataset_id=ds.id)
+        with pytest.raises(grpc.RpcError) as info:
+            bob.CreateJob(request)
+        err = from_rpc_error(info.value)
+        assert err.code == grpc.StatusCode.NOT_FOUND, err
+        assert err.field.startswith(field) and job.id in err.message
+    assert job.id not in [j.id for j in bob.ListJobs(pb.ListJobsRequest()).jobs]
+    # Her own path passes the check: the next one (the models come before the data sets) is
+    # what refuses her request, which names a data set that does not exist.
+    hers = pb.CreateJobRequest(config_json=json.dumps(llm), dataset_id="ds-0000")
+    with pytest.raises(grpc.RpcError) as info:
+        alice.CreateJob(hers)
+    assert from_rpc_error(info.value).field == "dataset_id"
