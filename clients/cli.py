@@ -278,6 +278,16 @@ def _serve_all(args, extra: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------------ parser
+def _serve_epilog() -> str:
+    return (
+        "serve all also takes the services' security flags: "
+        + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
+        + " (python -m services.trainer --help describes them); a named service takes its own. "
+        "serve http takes --embedder, --trainer, --model NAME=PATH, --model_path ARTIFACT, "
+        "--workers N, --max-concurrent-requests and --tls-cert/--tls-key/--tls-client-ca."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tunewire", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -349,13 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="state directory (env TUNEWIRE_DATA_DIR; default: ./.tunewire)",
     )
-    p.epilog = (
-        "serve all also takes the services' security flags: "
-        + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
-        + " (python -m services.trainer --help describes them); a named service takes its own. "
-        "serve http takes --embedder, --trainer, --model NAME=PATH, --model_path ARTIFACT, "
-        "--workers N, --max-concurrent-requests and --tls-cert/--tls-key/--tls-client-ca."
-    )
+    p.epilog_later = _serve_epilog  # made for --help only: it imports the services' flags
     p.set_defaults(func=cmd_serve, passthrough=True)
 
     from clients.commands import check_install, upload

@@ -22,21 +22,39 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from tunewire.clients.embedder import (
-    POOLINGS,
-    EmbedChunk,
-    EmbedderClient,
-    EmbedResult,
-    EncoderSpec,
-    ludwig_columns,
-)
+from tunewire.channel_limits import STREAM_CHUNK_BYTES
 from tunewire.clients.rpc import connect, rpc_errors, rpc_iter
 from tunewire.errors import TunewireError
-from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.v1 import trainer_pb2, trainer_pb2_grpc
+
+if TYPE_CHECKING:
+    from tunewire.clients.embedder import (
+        POOLINGS,
+        EmbedChunk,
+        EmbedderClient,
+        EmbedResult,
+        EncoderSpec,
+        ludwig_columns,
+    )
+
+# The embedder's client and its types (and numpy with them, ~0.07 s) are imported when first
+# named: the CLI's train against a running trainer uses none of them.
+_EMBEDDER_NAMES = frozenset(
+    {"POOLINGS", "EmbedChunk", "EmbedderClient", "EmbedResult", "EncoderSpec", "ludwig_columns"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EMBEDDER_NAMES:
+        from tunewire.clients import embedder
+
+        return getattr(embedder, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 TERMINAL_STATES = (trainer_pb2.Job.SUCCEEDED, trainer_pb2.Job.FAILED, trainer_pb2.Job.CANCELLED)
 
@@ -256,6 +274,8 @@ def metrics_dict(metrics: Iterable[trainer_pb2.Metric]) -> dict:
 def predictions_frame(resp: trainer_pb2.PredictResponse):
     """PredictResponse → a pandas DataFrame of Ludwig's prediction columns (`ludwig_columns`)."""
     import pandas as pd
+
+    from tunewire.clients.embedder import ludwig_columns
 
     return pd.DataFrame(ludwig_columns(resp))
 

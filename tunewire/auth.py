@@ -48,7 +48,6 @@ from pathlib import Path
 import grpc
 import structlog
 
-from tunewire.calls import refusing
 from tunewire.errors import PermissionDenied, TunewireError, Unauthenticated
 from tunewire.watch import WatchedFile
 
@@ -501,6 +500,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 reason=err.reason,
                 peer=context.peer(),
             )
+
+        # Here, not at the top: clients import this module (tunewire.tls, for the principal a
+        # service acts for) and need none of the server's call machinery or its metrics.
+        from tunewire.calls import refusing
 
         return refusing(handler, err, log_refusal)
 

@@ -48,6 +48,7 @@ from tunewire.calls import (
     CallLimits,
     OpenCalls,
 )
+from tunewire.channel_limits import MAX_MESSAGE_BYTES, STREAM_CHUNK_BYTES, channel_options
 from tunewire.tls import ServerTLS
 
 log = structlog.get_logger("tunewire.server")
@@ -55,6 +56,9 @@ log = structlog.get_logger("tunewire.server")
 __all__ = [
     "DEFAULT_MAX_CONCURRENT_RPCS",
     "MAX_ERROR_MESSAGE_CHARS",
+    "MAX_MESSAGE_BYTES",
+    "STREAM_CHUNK_BYTES",
+    "channel_options",
     "RunningServer",
     "ServerSecurity",
     "ServerSettings",
@@ -63,22 +67,6 @@ __all__ = [
     "termination_requested",
     "wait_for_termination",
 ]
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Chunks of large streams stay well under the message limit.
-STREAM_CHUNK_BYTES = 2 * 1024 * 1024
-
-
-def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Client channel options matching the servers' limits."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 @dataclass

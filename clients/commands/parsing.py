@@ -9,6 +9,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 
 LOGGING_LEVELS = ("critical", "error", "warning", "info", "debug", "notset")
 
@@ -39,11 +40,19 @@ def suggest(word: str, candidates: list[str]) -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors name the closest command or flag."""
+    """An ArgumentParser whose errors name the closest command or flag. `epilog_later`, when
+    set, makes the epilog when help is shown: an epilog that imports modules to list their
+    flags (serve's) then costs nothing to a command that never shows it."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", Formatter)
         super().__init__(*args, **kwargs)
+        self.epilog_later: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.epilog_later is not None:
+            self.epilog = self.epilog_later()
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from clients.commands.parsing import flag, json_text
-from tunewire import stat_plots
 from tunewire.errors import InvalidArgument
 
 # Ludwig's visualization names (and the `_from_test_statistics` spellings) → what they need.
@@ -24,6 +23,8 @@ VISUALIZATIONS = {
 
 
 def evaluation_plots(stats: dict, out_dir: Path) -> list[Path]:
+    from tunewire import stat_plots
+
     return stat_plots.evaluation_plots(stats, out_dir)
 
 
@@ -63,6 +64,8 @@ def _features(stats: list[dict], wanted: str | None, key: str | None, field: str
 
 
 def cmd_visualize(args) -> int:
+    from tunewire import stat_plots  # numpy and matplotlib: not for every command's start
+
     name = args.visualization
     out = Path(args.output_directory)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,10 @@ tunewire's domain errors, and idempotence. Each attempt first asks the Hub which
 has with the same content (`get_paths_info`, public API in huggingface_hub 0.2x and 1.x alike), so
 a retry after a commit whose answer was lost commits nothing twice, and a re-upload of an unchanged
 artifact sends no large file.
+
+`huggingface_hub` (with its HTTP stack, ~0.1 s to import) is imported by the first upload, not
+with the gateway: a process that starts the gateway and never uploads (the CLI's embedded mode)
+does not pay for it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
 from tunewire.errors import (
     FailedPrecondition,
@@ -132,6 +134,8 @@ class HubClient:
         sleep: Callable[[float], None] = time.sleep,
         http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S,
     ) -> None:
+        from huggingface_hub import HfApi
+
         use_http_timeout(http_timeout_s)
         self.endpoint = endpoint
         self._token = token
@@ -149,6 +153,8 @@ class HubClient:
 
     def _map(self, exc: BaseException, what: str, repo_id: str, revision: str) -> BaseException:
         """A domain error (permanent), a _Transient, or the exception itself (a bug: INTERNAL)."""
+        from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
+
         for err in _chain(exc):
             if isinstance(err, HfHubHTTPError) and getattr(err, "response", None) is not None:
                 status = err.response.status_code
@@ -273,6 +279,8 @@ class HubClient:
             if not changed:
                 return None
             progress(f"committing {len(changed)} of {len(files)} files", 0)
+            from huggingface_hub import CommitOperationAdd
+
             ops = [
                 CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.source))
                 for f in changed

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from services.trainer.context import JobContext, JobResult, MetricValue
 from services.trainer.optimizer import check_optimizer
 from tunewire.config.ecd import parse_ecd
-from tunewire.config.llm import parse_llm
 from tunewire.config.schema import ConfigError
 from tunewire.config.trainer import BITSANDBYTES_OPTIMIZERS
 from tunewire.errors import FailedPrecondition, InvalidArgument
@@ -93,6 +92,14 @@ def _predict_ecd(req: PredictRequest) -> Predictions:
 
 
 # ------------------------------------------------------------------------------------ llm
+def _parse_llm(raw: dict) -> Any:
+    """The llm schema is imported by the first llm config (its ~0.04 s of dataclasses are not
+    the CLI's to pay for an ecd job)."""
+    from tunewire.config.llm import parse_llm
+
+    return parse_llm(raw)
+
+
 def _admit_llm(config: Any, checks: AdmissionChecks) -> None:
     """The optimizer, and a semantic retrieval encoder the embedder must load; the worker
     checks the model and the devices when it starts."""
@@ -197,7 +204,7 @@ MODEL_TYPES: dict[str, ModelType] = {
     t.name: t
     for t in (
         ModelType("ecd", parse_ecd, _admit_ecd, _run_ecd, _predict_ecd),
-        ModelType("llm", parse_llm, _admit_llm, _run_llm, _predict_llm),
+        ModelType("llm", _parse_llm, _admit_llm, _run_llm, _predict_llm),
     )
 }
 

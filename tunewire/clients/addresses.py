@@ -24,7 +24,7 @@ import ipaddress
 import socket
 from typing import Any
 
-from tunewire.server import channel_options
+from tunewire.channel_limits import channel_options
 
 __all__ = ["channel_target", "channel_options_for", "shard_for", "resolve_replicas"]
 

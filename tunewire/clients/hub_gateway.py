@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from tunewire.artifact_files import list_files
+from tunewire.channel_limits import STREAM_CHUNK_BYTES
 from tunewire.clients.rpc import connect, rpc_errors
 from tunewire.errors import (
     FailedPrecondition,
@@ -23,7 +24,6 @@ from tunewire.errors import (
     Unavailable,
     from_rpc_error,
 )
-from tunewire.server import STREAM_CHUNK_BYTES
 from tunewire.v1 import hub_gateway_pb2 as pb
 from tunewire.v1 import hub_gateway_pb2_grpc
 

@@ -11,9 +11,9 @@ import functools
 
 import grpc
 
+from tunewire.channel_limits import channel_options
 from tunewire.clients.addresses import channel_options_for, channel_target
 from tunewire.errors import from_rpc_error
-from tunewire.server import channel_options
 from tunewire.tls import ClientSecurity
 
 
