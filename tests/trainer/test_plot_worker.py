@@ -63,3 +63,12 @@ def test_without_a_worker_the_figures_are_drawn_here(tmp_path):
 def test_only_plotting_functions_are_called_by_name():
     with pytest.raises(ValueError, match="not a plotting module"):
         W.Drawing("os", "remove", ("x",))()
+
+
+def test_an_idle_worker_is_ended_at_once_at_exit(worker, tmp_path):
+    """At the process's exit (the end of every embedded CLI run) an idle worker is killed, not
+    waited for through its interpreter's teardown: it has nothing left to write."""
+    W.Batch([_confusion(tmp_path / "a.png")]).wait()
+    assert _png(tmp_path / "a.png") and W._idle == [worker]
+    W._close_idle()
+    assert worker.process.returncode is not None and W._idle == []

@@ -99,7 +99,8 @@ def write_artifact(
     """Write the artifact; returns the extra files (relative to it) for the job summary.
 
     The PNGs are drawn by the plot worker (another process, on the other core) while this
-    writes the rest; the job waits for them before it returns, so a finished job has them."""
+    writes the rest, model card included; the job waits for them before it returns, so a
+    finished job has them."""
     from services.trainer.recipes.predictive.plots import plan_plots
     from services.trainer.recipes.predictive.reports import write_logs, write_reports
 
@@ -129,9 +130,11 @@ def write_artifact(
     extras += write_logs(directory, trainer, metrics)
     if extra_files is not None:
         extras += extra_files(directory)
+    # The card reads the manifest and the export, never the PNGs: written while they are drawn
+    # (a fresh process's first card imports huggingface_hub and jinja2, ~0.2-0.4 s).
+    (directory / "README.md").write_text(render_model_card(directory))
     drawing.wait()
     ctx.emit(Log(f"beside the artifact: {', '.join(extras)}"))
-    (directory / "README.md").write_text(render_model_card(directory))
     return extras
 
 
