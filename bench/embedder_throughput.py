@@ -16,7 +16,9 @@ and its seconds are reported apart; so is the number of graphs compiled inside t
 
 `--host-sync-rows` adds the compiled rows as launched until 2026-12-03, waiting on the host for
 each batch before and after its forward pass (`Encoder.host_sync`), beside today's launches, and
-prints the ratio; `--profile` prints where the GPU's time goes in the direct compiled path (torch
+prints the ratio; `--before-rows` adds the compiled gRPC row with the GPU pipeline as before
+2026-12-03's lander (services/embedder/landing.py) and arrival-order batches, and prints the
+ratio; `--profile` prints where the GPU's time goes in the direct compiled path (torch
 profiler, a few batches) and how much of the wall time the GPU was busy. `--no-eager-rows` and
 `--no-sorted-baseline` leave those rows out (a shorter run on a device).
 
@@ -345,9 +347,12 @@ def ours(
     compile: bool,
     host_sync: bool = False,
     graphs: bool = False,
+    as_before: bool = False,
 ) -> tuple[float, float, dict]:
     """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
-    preloaded, and with `compile` compiled, before the server reports SERVING)."""
+    preloaded, and with `compile` compiled, before the server reports SERVING). `as_before`:
+    the GPU pipeline as until 2026-12-03 (`EmbedderService.landers` and
+    `BatchQueue.arrival_order` off)."""
     from services.embedder.app import Settings, start
     from tunewire.server import channel_options
     from tunewire.tensors import from_proto
@@ -369,6 +374,8 @@ def ours(
         )
         encoder_ = app.service.registry.entries()[0].encoder
         encoder_.host_sync = host_sync
+        app.service.landers = not as_before
+        app.service.registry.entries()[0].queue.arrival_order = not as_before
         if graphs:  # capture the buckets' graphs before the timed region, as a warm server has
             from services.embedder.batching import plan_batches
 
@@ -560,6 +567,12 @@ def main(argv: list[str] | None = None) -> None:
         help="add the compiled rows waiting on the host per batch (the launches before 2026-12-03)",
     )
     parser.add_argument(
+        "--before-rows",
+        action="store_true",
+        help="add the compiled gRPC row with the GPU pipeline as before 2026-12-03 (the "
+        "launching thread waiting for its batch, packed batches sorted by length)",
+    )
+    parser.add_argument(
         "--graph-rows",
         action="store_true",
         help="add compiled rows whose packed batches replay CUDA graphs per shape bucket",
@@ -684,6 +697,22 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(("embedder gRPC StreamEmbed, second pass (all cache hits)", w_s))
                 seconds[key] = (d_s, c_s)
             d_new, c_new = seconds[""]
+            if args.before_rows:
+                b_s, _, compiled["grpc_before"] = ours(
+                    **run, request_size=args.request_size, compile=True, as_before=True
+                )
+                rows.append(
+                    (
+                        f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks, "
+                        "GPU pipeline as before)",
+                        b_s,
+                    )
+                )
+                ratios.append(
+                    f"gRPC StreamEmbed, GPU pipeline now (lander, arrival-order batches) vs as "
+                    f"before: {b_s / c_new:.3f}x; gRPC now vs the encoder driven directly: "
+                    f"{d_new / c_new:.3f}"
+                )
             if "synced" in seconds:
                 d_old, c_old = seconds["synced"]
                 ratios.append(
@@ -758,6 +787,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, detail in compiled.items():
         if isinstance(detail, dict) and "profile" in detail:
             print(f"\nprofile, {name} compiled path:\n{detail['profile']}")
+    if "reference" in results:  # again, last: a cut output keeps it
+        print(f"\nreference check: {results['reference']}")
     results.update(
         texts=len(texts),
         tokens=tokens,

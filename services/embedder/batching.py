@@ -96,6 +96,7 @@ class PendingRequest:
         self._vectors: list[np.ndarray | None] = [None] * n
         self._remaining = n
         self._queued = 0  # rows handed to the queue so far (`BatchQueue.extend`)
+        self._filling = n > 0  # counted in `BatchQueue.filling` until all rows are queued
         self.error: BaseException | None = None
         self.cancelled = cancelled or (lambda: False)
         self._finished = threading.Event()
@@ -139,11 +140,26 @@ class BatchQueue:
     - which may hold other requests' rows - launches it and, after releasing the lock, delivers
     the vectors (flat combining). So concurrent small requests share forward passes, the batch
     holding the oldest row goes first (no starvation), and a full queue is RESOURCE_EXHAUSTED at
-    once rather than a hang. Callers hold the model lock around `next_batch` + the launch."""
+    once rather than a hang. Callers hold the model lock around `next_batch` + the launch.
+
+    Packed rows go into batches in arrival order (the oldest request's rows first), so that
+    requests finish one after another: ordered by length across every queued request, a
+    stream's 4 requests in the window finished together, and the device then waited while the
+    next 4 were read and tokenised (bench/embedder_pipeline_sim.py). `filling` counts requests
+    whose rows are still being tokenised: while a batch is on the device and more rows are on
+    their way, the next batch waits for a full budget (`next_batch(partial=False)`) rather
+    than going out as a scrap that leaves the device a short queue."""
 
     def __init__(self, max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS) -> None:
         self.max_queued_tokens = max_queued_tokens
         self._lock = threading.Lock()
+        # Notified when rows are queued, computed, failed or dropped (`wait_for_change`).
+        self._changed = threading.Condition(self._lock)
+        self._generation = 0
+        self._filling = 0  # requests opened whose rows are not all queued yet
+        # False: packed batches too are the length-sorted batch holding the oldest row, as
+        # before 2026-12-03 (kept so that bench/embedder_throughput.py measures both in one run).
+        self.arrival_order = True
         self._rows: list[_Row] = []  # arrival order
         self._queued_tokens = 0
         self.dropped_rows = 0  # rows of clients that went away, removed uncomputed
@@ -160,7 +176,11 @@ class BatchQueue:
         self, n: int, key: RunKey, cancelled: Callable[[], bool] | None = None
     ) -> PendingRequest:
         """A request of `n` rows, none queued yet: `extend` queues them in order."""
-        return PendingRequest(n, key, cancelled)
+        request = PendingRequest(n, key, cancelled)
+        if request._filling:
+            with self._lock:
+                self._filling += 1
+        return request
 
     def extend(self, request: PendingRequest, input_ids: list[list[int]]) -> None:
         """Queue the request's next rows. Its first rows are refused (RESOURCE_EXHAUSTED) when
@@ -176,6 +196,9 @@ class BatchQueue:
         tokens = sum(row.tokens for row in rows)
         with self._lock:
             if start == 0 and self._rows and self._queued_tokens + tokens > self.max_queued_tokens:
+                if request._filling:  # refused: none of its rows will come
+                    request._filling = False
+                    self._filling -= 1
                 raise ResourceExhausted(
                     f"the embedder queue holds {self._queued_tokens} tokens; {tokens} more "
                     f"exceed its {self.max_queued_tokens} token limit: retry later",
@@ -183,16 +206,41 @@ class BatchQueue:
                 )
             self._rows.extend(rows)
             self._queued_tokens += tokens
-        request._queued += len(rows)
+            request._queued += len(rows)
+            if request._filling and request._queued == len(request._vectors):
+                request._filling = False
+                self._filling -= 1
+            self._notify()
+
+    @property
+    def filling(self) -> int:
+        """Requests opened whose rows are not all queued yet (more rows on their way)."""
+        with self._lock:
+            return self._filling
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until rows are queued, computed, failed or dropped, or `timeout` s."""
+        with self._changed:
+            generation = self._generation
+            self._changed.wait_for(lambda: self._generation != generation, timeout)
+
+    def _notify(self) -> None:  # under self._lock
+        self._generation += 1
+        self._changed.notify_all()
 
     @property
     def queued_tokens(self) -> int:
         with self._lock:
             return self._queued_tokens
 
-    def next_batch(self, max_batch_tokens: int, packed: bool = False) -> list[_Row]:
-        """The token-budget batch that holds the oldest row, among rows of the same RunKey.
-        Rows of requests whose client went away are dropped first, never computed."""
+    def next_batch(
+        self, max_batch_tokens: int, packed: bool = False, partial: bool = True
+    ) -> list[_Row]:
+        """The token-budget batch that holds the oldest row, among rows of the same RunKey:
+        packed, the rows in arrival order that fit (first fit); padded, the length-sorted
+        batch that holds it (least padding). Rows of requests whose client went away are
+        dropped first, never computed. `partial` False: none ([]) unless a full budget's
+        tokens are queued or no request is still queueing rows."""
         with self._lock:
             gone = [row for row in self._rows if row.request.cancelled()]
             if gone:
@@ -200,11 +248,17 @@ class BatchQueue:
                 self.dropped_rows += len(gone)
             if not self._rows:
                 return []
+            if not partial and self._filling and self._queued_tokens < max_batch_tokens:
+                return []
             key = self._rows[0].request.key
             candidates = [row for row in self._rows if row.request.key == key]
-            plan = plan_batches([len(row.ids) for row in candidates], max_batch_tokens, packed)
-            chosen = next(batch for batch in plan if 0 in batch.index)
-            taken = [candidates[i] for i in chosen.index]
+            if packed and self.arrival_order:
+                taken = _first_fit(candidates, max_batch_tokens)
+            else:
+                lengths = [len(row.ids) for row in candidates]
+                plan = plan_batches(lengths, max_batch_tokens, packed)
+                chosen = next(batch for batch in plan if 0 in batch.index)
+                taken = [candidates[i] for i in chosen.index]
             self._remove(taken)
         return taken
 
@@ -215,6 +269,7 @@ class BatchQueue:
                 row.request._remaining -= 1
                 if row.request._remaining == 0:
                     row.request._finished.set()
+            self._notify()
 
     def fail(self, rows: list[_Row], error: BaseException) -> None:
         """Fail every request that had a row in a failed batch, and drop its other rows."""
@@ -229,6 +284,10 @@ class BatchQueue:
             self._remove(rows)
             if request.cancelled():
                 self.dropped_rows += len(rows)
+            if request._filling:  # no more of its rows will come
+                request._filling = False
+                self._filling -= 1
+            self._notify()
 
     def _remove(self, rows: list[_Row]) -> None:
         gone = {id(row) for row in rows}
@@ -239,3 +298,18 @@ class BatchQueue:
     def pending_rows(self) -> int:
         with self._lock:
             return len(self._rows)
+
+
+def _first_fit(rows: list[_Row], max_batch_tokens: int) -> list[_Row]:
+    """Rows in arrival order, each taken if it still fits the budget (the first always: a row
+    longer than the budget gets a batch to itself)."""
+    taken: list[_Row] = []
+    total = 0
+    for row in rows:
+        if taken and total + row.tokens > max_batch_tokens:
+            if total >= max_batch_tokens:  # nothing more can fit
+                break
+            continue
+        taken.append(row)
+        total += row.tokens
+    return taken

@@ -16,13 +16,14 @@ price of computing the same text once per principal. A server without tokens has
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,6 +58,7 @@ from services.embedder.hot_vectors import (
     joined_texts,
 )
 from services.embedder.inflight import Flight, InFlight
+from services.embedder.landing import Lander
 from services.embedder.shapes import EncoderShapes, FileHashes
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
@@ -153,6 +155,15 @@ class _Loaded:
     signature: tuple  # (name, size, mtime) of the directory's files, to notice edits on disk
     queue: BatchQueue  # misses of every request for this model
     checked_at: float = 0.0  # time.monotonic() of the last signature check
+    # On a GPU, batches launched whose vectors are not fetched yet (`in_flight_change`).
+    in_flight: int = 0
+    _in_flight_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # On a GPU, fetches launched batches' vectors and delivers them (landing.py).
+    lander: Lander = field(default_factory=Lander, repr=False)
+
+    def in_flight_change(self, step: int) -> None:
+        with self._in_flight_lock:
+            self.in_flight += step
 
 
 # How often a loaded local model's files are compared with the disk: listing and stat-ing them
@@ -471,6 +482,11 @@ class EmbedderService:
         self._helpers = ThreadPoolExecutor(PARALLEL_PASSES - 1, thread_name_prefix="cpu-pass")
         # Requests answered lately, by the hash of their hot-answer key: which are replays.
         self._seen = RecentHashes(SEEN_REQUESTS)
+        # False: on a GPU the thread that launched a batch waits for it and delivers it, and
+        # a batch short of the budget goes out whenever a launch slot is free, as until
+        # 2026-12-03 (with `BatchQueue.arrival_order` False: bench/embedder_throughput.py's
+        # rows "as before"). True: the lander delivers (landing.py).
+        self.landers = True
 
     def _scoped(self, fp: str) -> str:
         """The fingerprint cache keys are made from: `fp` itself when the cache is shared, else
@@ -728,9 +744,9 @@ class EmbedderService:
         of tokens is queued, this thread starts running batches while later chunks are still
         being tokenised. Each time this thread gets the model lock it takes the queue's next
         batch (which may be another request's) and runs it (`_run_batch`: on a GPU one launch at
-        a time, waited for outside the lock; on a CPU a few passes at once), until its own rows
-        are all done. No model thread of our own. `cancelled` (the client went away)
-        drops this request's rows and raises Cancelled."""
+        a time, its vectors delivered by the model's lander thread; on a CPU a few passes at
+        once), until its own rows are all done. `cancelled` (the client went away) drops this
+        request's rows and raises Cancelled."""
         encoder, queue = entry.encoder, entry.queue
         chunks = encoder.tokenize_chunks(texts, settings.max_length, settings.instruction)
         packed = encoder.packed_batches
@@ -744,7 +760,10 @@ class EmbedderService:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
                 queue.extend(request, chunk.result())
-                if queue.queued_tokens >= self.max_batch_tokens:
+                # A GPU with nothing launched takes what is queued now (the rest of this
+                # request's chunks make the next batch); else batches go out full.
+                idle_gpu = encoder.passes is None and self.landers and not entry.in_flight
+                if idle_gpu or queue.queued_tokens >= self.max_batch_tokens:
                     self._run_batch(entry, request, packed)
             if encoder.passes is not None and split_passes(
                 queue.queued_tokens, self.max_batch_tokens
@@ -754,7 +773,9 @@ class EmbedderService:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
                 if not self._run_batch(entry, request, packed):
-                    request.wait(0.05)  # our remaining rows are in another thread's batch
+                    # Our remaining rows are in another thread's batch, or wait for a full
+                    # batch behind the one on the device: woken by the queue's next change.
+                    queue.wait_for_change(0.05)
         finally:
             for chunk in chunks:
                 chunk.cancel()  # not yet started: nobody needs its tokens now
@@ -774,33 +795,79 @@ class EmbedderService:
             log.exception("a helper pass failed")
 
     def _run_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
-        """Take the queue's next batch under the model lock, run it and deliver it; False when
-        there was none (or `request` was done by the time of the lock).
+        """Take the queue's next batch under the model lock and run it; False when there was
+        none, no launch slot was free, or `request` was done by the time of the lock.
 
         On a GPU the batch is launched under the lock (batches reach the device in order) and
-        waited for outside it, so the next batch is prepared while this one computes. On a CPU,
-        where a pass is synchronous, the lock covers taking the batch only and the pass runs
-        beside up to `PARALLEL_PASSES - 1` others (cpu_threads.py): this thread first waits for
-        a free pass, at most one pass's time."""
+        handed to the model's lander (landing.py), which fetches and delivers its vectors: this
+        thread goes back to its own work at once. On a CPU, where a pass is synchronous, the lock
+        covers taking the batch only and the pass runs beside up to `PARALLEL_PASSES - 1` others
+        (cpu_threads.py): this thread first waits for a free pass, at most one pass's time."""
+        if entry.encoder.passes is None:
+            if not self.landers:
+                return self._launch_and_wait(entry, request, packed)
+            return self._launch_batch(entry, request, packed)
         encoder, queue = entry.encoder, entry.queue
-        # A CPU: one of the passes that run at once. A GPU: one of the batches it holds
-        # launched, so rows arriving while it is busy gather into the next batch.
-        slot = encoder.passes if encoder.passes is not None else encoder.launches
-        if slot is not None:
-            slot.acquire()
-        cpu = encoder.passes is not None
+        with encoder.passes:
+            with encoder.lock:
+                if request.done:
+                    return False
+                # The queue split over the passes (cpu_threads.py).
+                budget = pass_budget(queue.queued_tokens, self.max_batch_tokens)
+                rows = queue.next_batch(budget, packed)
+            if not rows:
+                return False
+            launched = self._launch(encoder, queue, rows)
+            if launched is None:
+                return True
+            vectors = launched.result().numpy()
+        queue.deliver(rows, vectors)
+        self._count(rows)
+        return True
+
+    def _launch_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
+        """A GPU's `_run_batch`: launch the next batch if one of the batches the device holds
+        launched (`Encoder.launches`) is free, and leave its vectors to the lander. With a
+        batch already on the device, a batch short of the budget waits while more rows are
+        being tokenised (BatchQueue.next_batch's `partial`), so the device's queue holds a full
+        batch rather than a scrap."""
+        encoder, queue = entry.encoder, entry.queue
+        slot = encoder.launches
+        if slot is not None and not slot.acquire(blocking=False):
+            return False  # both out: rows queued meanwhile gather into the next batch
+        handed = False
         try:
             with encoder.lock:
                 if request.done:
                     return False
-                budget = self.max_batch_tokens
-                if cpu:  # the queue split over the passes (cpu_threads.py)
-                    budget = pass_budget(queue.queued_tokens, budget)
-                rows = queue.next_batch(budget, packed)
+                rows = queue.next_batch(self.max_batch_tokens, packed, not entry.in_flight)
                 if not rows:
                     return False
-                launched = None if cpu else self._launch(encoder, queue, rows)
-            if cpu:
+                launched = self._launch(encoder, queue, rows)
+                if launched is None:
+                    return True
+                entry.in_flight_change(1)
+                entry.lander.put(launched, rows, functools.partial(self._landed, entry, rows))
+                handed = True
+            return True
+        finally:
+            if not handed and slot is not None:
+                slot.release()
+
+    def _launch_and_wait(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
+        """A GPU's `_run_batch` as until 2026-12-03 (`landers` False): launch under the lock,
+        then wait for the vectors on this thread and deliver them."""
+        encoder, queue = entry.encoder, entry.queue
+        slot = encoder.launches
+        if slot is not None:
+            slot.acquire()
+        try:
+            with encoder.lock:
+                if request.done:
+                    return False
+                rows = queue.next_batch(self.max_batch_tokens, packed)
+                if not rows:
+                    return False
                 launched = self._launch(encoder, queue, rows)
             if launched is None:
                 return True
@@ -815,6 +882,23 @@ class EmbedderService:
         queue.deliver(rows, vectors)
         self._count(rows)
         return True
+
+    def _landed(
+        self,
+        entry: _Loaded,
+        rows: list,
+        vectors: np.ndarray | None,
+        error: BaseException | None,
+    ) -> None:
+        """On the lander's thread: a launched batch's vectors (or its device error) arrived."""
+        entry.in_flight_change(-1)
+        if entry.encoder.launches is not None:
+            entry.encoder.launches.release()
+        if error is not None:
+            entry.queue.fail(rows, error)
+            return
+        entry.queue.deliver(rows, vectors)
+        self._count(rows)
 
     @staticmethod
     def _launch(encoder: Encoder, queue: BatchQueue, rows: list) -> Launched | None:
