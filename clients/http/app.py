@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from clients.http import ludwig_routes, openai_routes, tei_routes
@@ -34,6 +35,14 @@ def _error_shape(path: str):
     if path in ("/embed", "/info"):
         return tei_error
     return ludwig_error
+
+
+def _framework_error(request: Request, err: TunewireError, status: int) -> JSONResponse:
+    """`err` in the shape of the route asked for, with `status`, except that TEI answers a body
+    it cannot parse with 422."""
+    response = _error_shape(request.url.path)(err)
+    response.status_code = 422 if request.url.path == "/embed" and status == 400 else status
+    return response
 
 
 class _ConcurrencyLimit:
@@ -70,10 +79,20 @@ def create_app(backend: Backend, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -
     async def invalid_body(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
-        err = InvalidArgument(first.get("msg", "invalid request"), field=where)
-        response = _error_shape(request.url.path)(err)
-        if request.url.path in ("/embed",):
-            response.status_code = 422  # TEI answers a body it cannot parse with 422
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":  # its loc is the character's position
+            where = "body"
+            message = f"the body is not JSON: {first.get('ctx', {}).get('error', message)}"
+        return _framework_error(request, InvalidArgument(message, field=where), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def framework_error(request: Request, exc: StarletteHTTPException):
+        """The framework's own refusals (a body that does not decode or nests too deep, a path
+        or method no route has) in the route's error shape, not FastAPI's {"detail": ...}."""
+        field = "body" if exc.status_code == 400 else None
+        err = InvalidArgument(str(exc.detail), field=field)
+        response = _framework_error(request, err, exc.status_code)
+        response.headers.update(exc.headers or {})
         return response
 
     @app.get("/health", tags=["health"])

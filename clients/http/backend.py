@@ -13,6 +13,7 @@ normalises and truncates comes from its sentence-transformers files when the pat
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -123,6 +124,19 @@ class EncoderModel:
 # Most rows (predict) and texts (embeddings) one merged call carries; see coalesce.py.
 MAX_MERGED_ROWS = 256
 MAX_MERGED_TEXTS = 256
+
+
+def _input_error(exc: InvalidArgument) -> InvalidArgument:
+    """The embedder's error about its Embed request's texts (`joined.count`, `joined.utf8`:
+    "text 3 is N bytes", `texts[3]`), named by the HTTP request's `input`, `input[3]`."""
+    if exc.field in ("joined.count", "texts"):
+        return InvalidArgument(exc.message, field="input", reason="TOO_MANY_INPUTS")
+    item = re.fullmatch(r"texts\[(\d+)\]", exc.field or "") or (
+        exc.field == "joined.utf8" and re.match(r"text (\d+) ", exc.message)
+    )
+    if item:
+        return InvalidArgument(exc.message, field=f"input[{item[1]}]", reason="INPUT_TOO_LONG")
+    return exc
 
 
 def _tokenizer(path: str):
@@ -238,9 +252,13 @@ class Backend:
             # write_behind: the answer goes to the HTTP caller, nobody reads the cache's file
             # for it, so the call does not wait for the cache's fsync.
             merged = [t for texts in valid for t in texts]
-            vectors = np.asarray(
-                self.embedder.embed(merged, spec, write_behind=True).vectors, dtype=np.float32
-            )
+            try:
+                result = self.embedder.embed(merged, spec, write_behind=True)
+            except InvalidArgument as exc:
+                # Alone (coalesce.py sends each request alone after such an error), the Embed
+                # request's texts are this request's inputs: named so.
+                raise (_input_error(exc) if len(valid) == 1 else exc) from None
+            vectors = np.asarray(result.vectors, dtype=np.float32)
         start = 0
         for i, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
             if isinstance(answer, int):

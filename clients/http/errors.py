@@ -23,8 +23,8 @@ STATUS = {
 
 
 def http_status(err: TunewireError) -> int:
-    if err.reason == "INPUT_TOO_LONG":
-        return 413  # as TEI answers an input over the model's limit
+    if err.reason in ("INPUT_TOO_LONG", "TOO_MANY_INPUTS"):
+        return 413  # as TEI answers an input over the model's limit, or too many inputs
     return STATUS.get(err.code.name, 500)
 
 

@@ -16,9 +16,11 @@ import json
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException
 
 from clients.http.backend import Backend
 from clients.http.errors import ludwig_error
+from clients.http.inputs import unicode_values
 from tunewire.errors import InvalidArgument, TunewireError
 
 
@@ -26,7 +28,10 @@ async def _fields(request: Request) -> dict:
     """The request's fields: a JSON object, or form / multipart fields (files read as text)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
+        try:
+            form = await request.form()
+        except (MultiPartException, ValueError) as exc:  # python-multipart's are ValueErrors
+            raise InvalidArgument(f"the form does not parse: {exc}", field="body") from None
         out = {}
         for key, value in form.multi_items():
             if hasattr(value, "read"):
@@ -36,11 +41,22 @@ async def _fields(request: Request) -> dict:
     raw = await request.body()
     try:
         body = json.loads(raw) if raw else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise InvalidArgument(f"the body is not JSON: {exc}", field="body") from None
     if not isinstance(body, dict):
         raise InvalidArgument("the body must be a JSON object of fields", field="body")
+    unicode_values(body, "")
     return body
+
+
+def _row(fields: dict) -> dict:
+    """One row's fields, each one value: a list or an object is no cell of a table."""
+    for name, value in fields.items():
+        if isinstance(value, (list, dict)):
+            raise InvalidArgument(
+                "must be one value (a string, number, boolean or null)", field=str(name)
+            )
+    return fields
 
 
 def _split_table(value) -> tuple[dict[str, list], list]:
@@ -82,7 +98,7 @@ def router(backend: Backend, token_of) -> APIRouter:
     async def predict(model: str, request: Request):
         token = token_of(request)
         try:
-            fields = await _fields(request)
+            fields = _row(await _fields(request))
             return await backend.predict_row(token, model, fields)
         except TunewireError as err:
             return ludwig_error(err)

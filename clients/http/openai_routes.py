@@ -10,38 +10,25 @@ answers for text-embedding-ada-002. `usage` counts the input's tokens with the m
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from clients.http import inputs
 from clients.http.backend import Backend
 from clients.http.errors import openai_error
 from tunewire.errors import InvalidArgument, TunewireError
 
 
 class EmbeddingsRequest(BaseModel):
-    input: str | list[str] | list[int] | list[list[int]]
+    input: Annotated[Any, inputs.TEXTS_SCHEMA]
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
-
-
-def _texts(value) -> list[str]:
-    texts = [value] if isinstance(value, str) else list(value)
-    if not texts:
-        raise InvalidArgument("must not be empty", field="input")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidArgument(
-                "token arrays are not accepted: send the text", field=f"input[{i}]"
-            )
-        if not text:
-            raise InvalidArgument("must not be an empty string", field=f"input[{i}]")
-    return texts
 
 
 def router(backend: Backend, token_of) -> APIRouter:
@@ -51,7 +38,7 @@ def router(backend: Backend, token_of) -> APIRouter:
     async def create_embeddings(body: EmbeddingsRequest, request: Request):
         token = token_of(request)
         try:
-            texts = _texts(body.input)
+            texts = inputs.texts(body.input, "input", allow_empty=False)
             model = await backend.resolve_model(body.model, token)
             if body.dimensions is not None and body.dimensions != model.dimension:
                 raise InvalidArgument(

@@ -8,17 +8,20 @@ is always a list of vectors.
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from clients.http.backend import Backend
 from clients.http.errors import tei_error
+from clients.http.inputs import MAX_INPUTS, TEXTS_SCHEMA, renamed, texts
 from tunewire.errors import InvalidArgument, TunewireError
 
 
 class EmbedRequest(BaseModel):
-    inputs: str | list[str]
+    inputs: Annotated[Any, TEXTS_SCHEMA]
     normalize: bool = True
     truncate: bool = False
     truncation_direction: str = "Right"
@@ -35,15 +38,21 @@ def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
                 raise InvalidArgument(
                     "only Right truncation is supported", field="truncation_direction"
                 )
-            texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-            if not texts:
-                raise InvalidArgument("`inputs` cannot be empty", field="inputs")
+            try:
+                batch = texts(body.inputs, "inputs", allow_empty=True)
+            except InvalidArgument as err:
+                if err.reason != "INVALID_ARGUMENT":  # empty (400), too many (413)
+                    raise
+                # Not strings: TEI's body would not deserialize, which it answers with 422.
+                response = tei_error(err)
+                response.status_code = 422
+                return response
             model = await backend.resolve_model(None, token)
             vectors, _ = await backend.embed_request(
-                token, model, texts, normalize=body.normalize, truncate=body.truncate
+                token, model, batch, normalize=body.normalize, truncate=body.truncate
             )
         except TunewireError as err:
-            return tei_error(err)
+            return tei_error(renamed(err, "input", "inputs"))
         return vectors.tolist()
 
     @api.get("/info")
@@ -65,7 +74,7 @@ def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
             "model_type": {"embedding": {"pooling": model.spec.pooling}},
             "max_concurrent_requests": max_concurrent,
             "max_input_length": model.max_length,
-            "max_client_batch_size": 4096,
+            "max_client_batch_size": MAX_INPUTS,
             "dimension": model.dimension,
             "version": "tunewire",
         }

@@ -60,6 +60,10 @@ def front(tmp_path_factory, minilm):
         mp.undo()
 
 
+def json_list(n: int) -> bytes:
+    return ("[" + ", ".join(['"hi"'] * n) + "]").encode()
+
+
 def as_(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
@@ -87,3 +91,90 @@ def test_bob_cannot_predict_with_alices_model_by_its_path(front, tmp_path):
     copy = shutil.copytree(job.artifact_path, tmp_path / "copy")
     assert predict(str(copy), BOB).status_code == 403
     assert predict(str(copy), ALICE).status_code == 403
+
+
+JSON = {"content-type": "application/json"}
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def post(base: str, path: str, body: bytes, kind: str = "application/json") -> httpx.Response:
+    return httpx.post(
+        f"{base}{path}", content=body, headers={"content-type": kind, **as_(ALICE)}, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (b"{not json", "body"),
+        (b'{"model": "minilm", "input": "\xff\xfe"}', "body"),  # not UTF-8
+        (b'{"model": "minilm", "input": ' + DEEP + b"}", "body"),
+        (b'{"model": "minilm", "input": "a\\ud800b"}', "input[0]"),  # a lone surrogate
+        (b'{"model": "minilm", "input": ["ok", "\\udfff"]}', "input[1]"),
+        (b'{"model": "minilm", "input": 5}', "input"),
+        (b'{"model": "minilm", "input": null}', "input"),
+        (b'{"model": "minilm", "input": {"a": 1}}', "input"),
+        (b'{"model": "minilm", "input": [["a"]]}', "input[0]"),
+        (b'{"model": "minilm", "input": [1.5]}', "input[0]"),
+        (b'{"model": "minilm", "input": [1, 2]}', "input[0]"),  # token arrays: send text
+        (b'{"model": "minilm", "input": ["x", null]}', "input[1]"),
+        (b'{"model": "minilm", "input": "' + b"x" * (1 << 20) + b'y"}', "input[0]"),
+        (b'{"model": "minilm", "input": ' + json_list(4097) + b"}", "input"),
+    ],
+)
+def test_openai_bad_bodies_are_400_in_its_envelope(front, body, param):
+    base, _ = front
+    got = post(base, "/v1/embeddings", body)
+    assert got.status_code == 400, got.text
+    error = got.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert error["message"].startswith(f"{param}: ")
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        (b"{bad", 422, "body"),
+        (b'{"inputs": "\xff"}', 422, "body"),
+        (b'{"inputs": "a\\ud800"}', 422, "inputs[0]"),
+        (b'{"inputs": 5}', 422, "inputs"),
+        (b'{"inputs": [1, 2]}', 422, "inputs[0]"),
+        (b'{"inputs": ' + json_list(4097) + b"}", 413, "inputs"),
+        (b'{"inputs": "' + b"x" * (1 << 20) + b'y", "truncate": true}', 413, "inputs[0]"),
+    ],
+)
+def test_tei_bad_bodies_get_teis_status_and_body(front, body, status, field):
+    base, _ = front
+    got = post(base, "/embed", body)
+    assert got.status_code == status, got.text
+    assert got.json()["error_type"] == "Validation"
+    assert got.json()["error"].startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    "body, kind, field",
+    [
+        (b"{bad", "application/json", "body"),
+        (b'{"text": "a\\ud800"}', "application/json", "text"),
+        (DEEP, "application/json", "body"),
+        (b"garbage", "multipart/form-data; boundary=xyz", "body"),
+        (b"garbage", "multipart/form-data", "body"),
+        (b'{"text": ["a", "b"]}', "application/json", "text"),
+        (b'{"text": {"a": 1}}', "application/json", "text"),
+    ],
+)
+def test_ludwig_bad_bodies_are_400(front, body, kind, field):
+    base, job = front
+    got = post(base, f"/models/{job.id}/predict", body, kind)
+    assert got.status_code == 400, got.text
+    assert got.json()["error"].startswith(f"{field}: ")
+
+
+def test_framework_errors_use_each_routes_shape(front):
+    base, _ = front
+    unknown = httpx.get(f"{base}/v1/models/a/b", headers=as_(ALICE))
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"]
+    method = httpx.get(f"{base}/v1/embeddings", headers=as_(ALICE))
+    assert method.status_code == 405 and method.json()["error"]["message"]
+    assert httpx.get(f"{base}/embed").json()["error_type"] == "Validation"
+    assert "error" in httpx.get(f"{base}/nowhere").json()
