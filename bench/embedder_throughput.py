@@ -348,11 +348,13 @@ def ours(
     host_sync: bool = False,
     graphs: bool = False,
     as_before: bool = False,
+    gpu_trace: bool = False,
 ) -> tuple[float, float, dict]:
     """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
     preloaded, and with `compile` compiled, before the server reports SERVING). `as_before`:
     the GPU pipeline as until 2026-12-03 (`EmbedderService.landers` and
-    `BatchQueue.arrival_order` off)."""
+    `BatchQueue.arrival_order` off). `gpu_trace`: the cold pass runs under a CUDA-only
+    profiler, and the counters say where the GPU waited (`gpu_timeline`)."""
     from services.embedder.app import Settings, start
     from tunewire.server import channel_options
     from tunewire.tensors import from_proto
@@ -395,15 +397,27 @@ def ours(
                         )
                         for i in range(0, len(texts), request_size)
                     )
-                    rows = sum(
-                        from_proto(r.embeddings).shape[0]
-                        for r in stub.StreamEmbed(requests, timeout=3600)
-                    )
-                    assert rows == len(texts), (rows, len(texts))
-                    return time.perf_counter() - start_t
+                    got = [
+                        from_proto(r.embeddings) for r in stub.StreamEmbed(requests, timeout=3600)
+                    ]
+                    elapsed = time.perf_counter() - start_t
+                    answers.append(np.concatenate(got))
+                    assert len(answers[-1]) == len(texts), (len(answers[-1]), len(texts))
+                    return elapsed
+
+                answers: list[np.ndarray] = []
 
                 graphs = graphs_compiled()
-                cold, warm = run(), run()
+                timeline = None
+                if gpu_trace:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        cold = run()
+                    timeline = gpu_timeline(prof, cold)
+                else:
+                    cold = run()
+                warm = run()
                 stats = stub.GetCacheStats(embedder_pb2.GetCacheStatsRequest())
         finally:
             app.stop()
@@ -419,7 +433,39 @@ def ours(
         compile_s=round(encoder_.compile_seconds, 1),
         graphs_in_timed=graphs_compiled() - graphs,
     )
+    if timeline is not None:
+        counters["gpu_timeline"] = timeline
+    counters["vectors"] = answers[0]  # the cold pass's, in request order
     return cold, warm, counters
+
+
+def gpu_timeline(prof, wall: float) -> str:
+    """Where a profiled pass left the GPU idle: its kernels' busy time (the union of their
+    intervals) against the pass's wall time, the time before the first kernel and after the
+    last one (their sum: the wall time less the kernels' span), and the gaps between kernels
+    longer than 2 ms, the largest first, at their offset from the first kernel."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if not kernels:
+        return "no kernels recorded"
+    busy, end, gaps = 0.0, kernels[0][0], []
+    for s, e in kernels:  # microseconds
+        if s > end + 2000:
+            gaps.append((s - end, end - kernels[0][0]))
+        if e > end:
+            busy += e - max(s, end)
+            end = e
+    span = (end - kernels[0][0]) / 1e6
+    gaps.sort(reverse=True)
+    shown = ", ".join(f"{g / 1e3:.0f} ms at {at / 1e6:.2f} s" for g, at in gaps[:8])
+    return (
+        f"wall {wall:.3f} s, GPU busy {busy / 1e6:.3f} s ({busy / 1e6 / wall:.1%}); before the "
+        f"first kernel + after the last {wall - span:.3f} s; {len(gaps)} gaps > 2 ms "
+        f"between kernels, {sum(g for g, _ in gaps) / 1e6:.3f} s in all: {shown}"
+    )
 
 
 def reference_check(
@@ -473,7 +519,23 @@ def reference_check(
         compare("compiled", encoder.run(ids, pooling="mean", layer=0, normalize=False))
         del encoder
     _free(device)
+    out["_expected"] = expected[""]  # for the gRPC answers' check (main), not printed
     return out
+
+
+def reference_figures(reference: dict) -> dict:
+    """The reference check's figures, without the reference vectors."""
+    return {k: v for k, v in reference.items() if not k.startswith("_")}
+
+
+def grpc_errors(reference: dict, compiled: dict) -> None:
+    """Add to `reference` the max relative error of the gRPC paths' answers (the first texts,
+    those the reference holds) against plain transformers in the encoder's dtype."""
+    expected = reference["_expected"]
+    for name, detail in compiled.items():
+        if isinstance(detail, dict) and "vectors" in detail:
+            got = torch.from_numpy(detail["vectors"][: len(expected)]).double()
+            reference[f"{name}_answers_max_rel_error"] = _max_rel_error(got, expected)
 
 
 def _transformers_mean(
@@ -573,6 +635,12 @@ def main(argv: list[str] | None = None) -> None:
         "launching thread waiting for its batch, packed batches sorted by length)",
     )
     parser.add_argument(
+        "--grpc-gpu-trace",
+        action="store_true",
+        help="add a cold gRPC pass (pipeline as now) under a CUDA-only profiler and print where "
+        "the GPU waited for the host (a GPU; its time is not a row)",
+    )
+    parser.add_argument(
         "--graph-rows",
         action="store_true",
         help="add compiled rows whose packed batches replay CUDA graphs per shape bucket",
@@ -629,6 +697,7 @@ def main(argv: list[str] | None = None) -> None:
             args.compiled_rows,
             graphs=args.graph_rows,
         )
+        print(f"measured: reference check: {reference_figures(results['reference'])}", flush=True)
     base_s, tokens = in_worker_thread(
         baseline, model, texts, args.device, dtype, max_length, sort=False
     )
@@ -713,6 +782,17 @@ def main(argv: list[str] | None = None) -> None:
                     f"before: {b_s / c_new:.3f}x; gRPC now vs the encoder driven directly: "
                     f"{d_new / c_new:.3f}"
                 )
+            if args.grpc_gpu_trace and args.device.startswith("cuda"):
+                try:
+                    t_s, _, traced = ours(
+                        **run, request_size=args.request_size, compile=True, gpu_trace=True
+                    )
+                    ratios.append(
+                        f"gRPC StreamEmbed (pipeline as now) under a CUDA-only profiler, "
+                        f"{t_s:.2f} s: {traced['gpu_timeline']}"
+                    )
+                except Exception as exc:  # noqa: BLE001 - a diagnostic; the rows stand
+                    ratios.append(f"gRPC GPU trace failed: {type(exc).__name__}: {exc}")
             if "synced" in seconds:
                 d_old, c_old = seconds["synced"]
                 ratios.append(
@@ -728,6 +808,14 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:  # noqa: BLE001 - a bench reports what happened
             compiled["error"] = f"{type(exc).__name__}: {exc}"
     limit = args.peak_tflops * 1e12 / (2 * info["non_embedding_params"])
+    if "reference" in results:
+        sources = dict(compiled)
+        if counters and all(counters is not d for d in compiled.values()):
+            sources["grpc_eager"] = counters
+        grpc_errors(results["reference"], sources)
+    for detail in [counters, *compiled.values()]:
+        if isinstance(detail, dict):
+            detail.pop("vectors", None)  # checked above; not printed
 
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}")
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
@@ -771,7 +859,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"compiled blocks, {name}: {shown}")
     if "reference" in results:
-        print(f"reference check: {results['reference']}")
+        print(f"reference check: {reference_figures(results['reference'])}")
     print()
     print("| path | seconds | tokens/s | vs baseline | of FLOP limit |")
     print("|---|---:|---:|---:|---:|")
@@ -788,7 +876,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(detail, dict) and "profile" in detail:
             print(f"\nprofile, {name} compiled path:\n{detail['profile']}")
     if "reference" in results:  # again, last: a cut output keeps it
-        print(f"\nreference check: {results['reference']}")
+        print(f"\nreference check: {reference_figures(results['reference'])}")
     results.update(
         texts=len(texts),
         tokens=tokens,
