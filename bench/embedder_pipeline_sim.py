@@ -53,6 +53,7 @@ class SimulatedDevice:
         self.launch_ops = launch_ops
         self.dim = dim
         self.busy: list[tuple[float, float, int, float]] = []  # (start, end, tokens, launched)
+        self.launch_seconds: list[float] = []  # each launch's host time
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._run, daemon=True, name="sim-device").start()
 
@@ -67,6 +68,7 @@ class SimulatedDevice:
             x = x + 1
         vectors = fake_vectors(input_ids, self.dim)
         done = _Event()
+        self.launch_seconds.append(time.perf_counter() - begun)
         self._queue.put((sum(len(r) for r in input_ids), done, begun))
         return Launched(vectors, done)
 
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 spec = embedder_pb2.EncoderSpec(model=model, max_length=512)
                 stub.Embed(embedder_pb2.EmbedRequest(encoder=spec, texts=["warm up"]))
                 device.busy.clear()
+                device.launch_seconds.clear()
                 answers: list[tuple[float, int]] = []
                 got = []
                 start_t = time.perf_counter()
@@ -163,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         f"(mean {tokens / len(device.busy):,.0f} tokens); wall {wall:.3f} s, device busy "
         f"{busy:.3f} s ({busy / wall:.1%}); before the first batch {first * 1e3:.0f} ms, "
         f"after the last {last * 1e3:.0f} ms, gaps between batches {sum(gaps) * 1e3:.0f} ms "
-        f"(largest {max(gaps, default=0) * 1e3:.0f} ms); vectors in order: yes"
+        f"(largest {max(gaps, default=0) * 1e3:.0f} ms); launches' host time median "
+        f"{np.median(device.launch_seconds) * 1e3:.0f} ms, largest "
+        f"{max(device.launch_seconds) * 1e3:.0f} ms; vectors in order: yes"
         + (" (pipeline as before)" if args.as_before else "")
     )
     if args.timeline:

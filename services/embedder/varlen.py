@@ -15,6 +15,7 @@ mask for padded batches and none for packed ones (which would be [tokens x token
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import structlog
@@ -53,7 +54,9 @@ def pack(input_ids: list[list[int]], pin: bool = False) -> Packed:
     lengths = np.fromiter((len(row) for row in input_ids), dtype=np.int64, count=len(input_ids))
     cu = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
-    flat = np.fromiter((t for row in input_ids for t in row), dtype=np.int64, count=int(cu[-1]))
+    # chain.from_iterable walks the rows in C: a generator expression here cost ~2x as much of a
+    # 65k-token launch's host time, under the model lock.
+    flat = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(cu[-1]))
     positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
     tensors = [
         torch.from_numpy(flat).unsqueeze(0),
