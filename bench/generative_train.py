@@ -5,9 +5,11 @@ Llama-3.2-1B architecture with random weights, 1024-token samples. Rows:
   ours full / LoRA:     GenerativeRecipe.setup() + its _train_step (bf16 weights, varlen packing,
                         fused linear cross-entropy, fused AdamW, fused LoRA linears),
                         optionally per-layer torch.compile
-  ours ...+fp8:         the same with trainer.precision: fp8 (torchao float8 training, tensorwise;
-                        the rowwise rows compare torchao's other recipe); its loss against bf16's
-                        on real text is bench/fp8_convergence.py's
+  ours ...+fp8:         the same with trainer.precision: fp8: full fine-tuning through torchao's
+                        float8 training (tensorwise; the rowwise row compares torchao's other
+                        recipe), LoRA through the fused LoRA operator's float8 base GEMMs
+                        (tensorwise); the loss against bf16's on real text is
+                        bench/fp8_convergence.py's (--adapter lora for LoRA)
   packing vs padding:   ours (full) on mixed lengths 32-1024, real (non-pad) tokens/s
 MFU counts 6 FLOPs per token per matmul weight (4 for LoRA), LM head included, against 788 TFLOP/s.
 
@@ -156,6 +158,8 @@ def run_ours(
         "loss": losses[-1],
         "fused_lora_layers": n_fused,
     }
+    if fp8_recipe:
+        out["float8_layers"] = fp8.describe(recipe.lm)
     if adapter is not None:
         # LoRA's B starts at zero: it has moved only if gradients reached the adapter.
         out["lora_B_norm"] = float(
@@ -333,10 +337,11 @@ def main() -> None:
             profile_to=args.out / "profile_lora_graphs.txt",
         ),
         "ours LoRA+compile+fp8": ours_row(
-            "olf", adapter=LORA, compile=True, fp8_recipe="tensorwise"
-        ),
-        "ours LoRA+compile+fp8 rowwise": ours_row(
-            "olfr", adapter=LORA, compile=True, fp8_recipe="rowwise"
+            "olf",
+            adapter=LORA,
+            compile=True,
+            fp8_recipe="tensorwise",
+            profile_to=args.out / "profile_lora_fp8.txt",
         ),
         "baseline QLoRA": lambda: run_baseline(
             "bq", model_dir, device, uniform, lora=True, qlora=True, batch=batch, **common

@@ -363,16 +363,41 @@ needs_fp8 = pytest.mark.skipif(
 
 
 @needs_fp8
-@pytest.mark.parametrize("adapter", [None, LORA], ids=["full", "lora"])
-def test_fp8_compiled_training_learns_and_saves_a_stock_artifact(tiny_model, tmp_path, adapter):
-    """trainer.precision: fp8 with per-layer compile: every decoder linear (an adapter's frozen
-    base) runs float8 GEMMs, the loss falls, and the artifact holds plain tensors under the
-    usual names, loaded by stock transformers/peft in a fresh interpreter."""
+def test_fp8_fused_lora_gemms_match_their_emulation():
+    """The fused LoRA operator's real float8 GEMMs (`torch._scaled_mm`: layouts, scales, fast
+    accumulation forward only) against its float32 emulation of the same casts, on bf16."""
+    from tests.generative.test_lora_fp8 import float8_copy, relative_errors
+    from tests.generative.test_lora_fused import forward_backward, peft_lm
+
+    emulated = float8_copy(peft_lm(torch.bfloat16)).cuda()
+    real = float8_copy(peft_lm(torch.bfloat16)).cuda()
+    for m in real.modules():
+        if getattr(m, "float8", False):
+            m.float8_emulate = False
+    ids = torch.randint(0, 64, (4, 32), device="cuda")
+    errors = relative_errors(forward_backward(emulated, ids), forward_backward(real, ids))
+    assert max(errors.values()) < 0.03, errors
+
+
+@needs_fp8
+@pytest.mark.parametrize(
+    "adapter, compile",
+    [(None, True), (LORA, True), (LORA, False)],
+    ids=["full", "lora", "lora-eager"],
+)
+def test_fp8_compiled_training_learns_and_saves_a_stock_artifact(
+    tiny_model, tmp_path, adapter, compile
+):
+    """trainer.precision: fp8 with per-layer compile (and LoRA eagerly too): every decoder
+    linear runs float8 GEMMs (torchao's Float8Linear for full fine-tuning, the fused LoRA
+    operator for an adapter's frozen base), the loss falls, and the artifact holds plain tensors
+    under the usual names, loaded by stock transformers/peft in a fresh interpreter."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from services.trainer.context import Log
 
+    torch._dynamo.reset()
     raw = llm_config(
         tiny_model,
         adapter=adapter,
@@ -381,7 +406,7 @@ def test_fp8_compiled_training_learns_and_saves_a_stock_artifact(tiny_model, tmp
             "epochs": 20,
             "learning_rate": 0.01 if adapter else 0.003,
             "eval_steps": None,
-            "compile": True,
+            "compile": compile,
             "precision": "fp8",
         },
     )
@@ -389,6 +414,8 @@ def test_fp8_compiled_training_learns_and_saves_a_stock_artifact(tiny_model, tmp
     run_generative_job(ctx)
     said = [e.message for e in rec.of(Log) if "float8 GEMMs" in e.message]
     assert said and "14 linear layers" in said[0], said  # 7 per decoder layer, head excluded
+    how = "in the fused LoRA operator" if adapter else "as torchao's Float8Linear"
+    assert f"14 {how}" in said[0], said
     losses = [e.loss for e in rec.of(Progress)]
     assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
     art = ctx.artifact_dir

@@ -1,14 +1,19 @@
-"""FP8 training on Hopper (`trainer.precision: fp8`) through torchao's float8 training.
+"""FP8 training on Hopper (`trainer.precision: fp8`): full fine-tuning through torchao's float8
+training, LoRA through the fused LoRA operator's float8 base GEMMs.
 
-torchao's `convert_to_float8_training` swaps `nn.Linear` modules for its `Float8Linear`: the
-weights stay bf16 parameters (the optimizer, checkpoints and the artifact see the usual tensors
-under the usual names), and each GEMM casts its operands to float8 with dynamic scales on the fly,
-forward and backward. The decoder's linears are converted; the LM head is not (the fused loss
-reads its weight directly, and a float8 head costs accuracy for little speed), nor the
-embeddings (no GEMM). With an adapter the conversion runs before PEFT wraps the base, so the
-frozen base GEMMs run in float8 (`base_layer` is a `Float8Linear`) while LoRA A/B stay bf16;
-those layers take PEFT's own forward, not the fused one (lora_fused.py fuses plain `nn.Linear`
-bases only: its accumulate-into-the-GEMM trick has no float8 counterpart in `torch._scaled_mm`).
+Full fine-tuning: torchao's `convert_to_float8_training` swaps `nn.Linear` modules for its
+`Float8Linear`: the weights stay bf16 parameters (the optimizer, checkpoints and the artifact see
+the usual tensors under the usual names), and each GEMM casts its operands to float8 with dynamic
+scales on the fly, forward and backward. The decoder's linears are converted; the LM head is not
+(the fused loss reads its weight directly, and a float8 head costs accuracy for little speed), nor
+the embeddings (no GEMM).
+
+LoRA: the adapted linears keep their plain bf16 base and run the fused LoRA operator
+(lora_fused.py) with the base GEMMs (forward, and the input gradient; a frozen base has no weight
+gradient) in float8 with torchao's tensorwise numerics (float8_gemm.py), the rank-r branch in
+bf16. Under torchao's swap they would leave the fused path for PEFT's forward and cost what the
+float8 GEMMs save (bench/results/generative_train_h200.md). Linears no fused layer takes (not
+adapted, or a LoRA variant PEFT runs itself) get torchao's swap, after PEFT has wrapped them.
 
 torchao's float8 is built for torch.compile (inductor fuses the amax, scale and cast passes);
 eagerly those passes run as separate kernels, so `trainer.compile: true` is where it pays.
@@ -82,38 +87,70 @@ def eligible(module: nn.Module, head: nn.Module | None) -> bool:
     )
 
 
-def convert(model: nn.Module, device: torch.device) -> int:
-    """Swap the eligible linears of `model` (before any adapter wraps them) for torchao's
+def convert(model: nn.Module, device: torch.device, *, skip: list[nn.Module] = ()) -> int:
+    """Swap the eligible linears of `model` (other than those in `skip`) for torchao's
     `Float8Linear` with the `RECIPE` of the moment (the benches compare recipes by setting it);
     returns how many. Fails naming the key where float8 cannot run."""
     check_available(device)
-    return convert_linears(model, float8_config(RECIPE))
+    return convert_linears(model, float8_config(RECIPE), skip=skip)
 
 
-def convert_linears(model: nn.Module, config) -> int:
+def convert_linears(model: nn.Module, config, *, skip: list[nn.Module] = ()) -> int:
     """The swap itself (no device check: tests on a CPU pass an emulating `config`)."""
     from torchao.float8 import convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
     head = model.get_output_embeddings()
+    skipped = {id(m) for m in skip}
     convert_to_float8_training(
-        model, config=config, module_filter_fn=lambda module, _fqn: eligible(module, head)
+        model,
+        config=config,
+        module_filter_fn=lambda module, _fqn: eligible(module, head) and id(module) not in skipped,
     )
-    count = sum(type(m) is Float8Linear for m in model.modules())
-    if count == 0:
+    return sum(type(m) is Float8Linear for m in model.modules())
+
+
+def adapter_modules(model: nn.Module) -> list[nn.Module]:
+    """The adapters' own modules (LoRA's A and B are `nn.Linear`s): trained in bf16, never
+    swapped for float8."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    found = []
+    for layer in model.modules():
+        if isinstance(layer, BaseTunerLayer):
+            for name in layer.adapter_layer_names:
+                found.extend(getattr(layer, name).modules())
+    return found
+
+
+def counts(model: nn.Module) -> tuple[int, int]:
+    """(torchao `Float8Linear` layers, fused LoRA layers with float8 base GEMMs) in `model`."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    from services.trainer.recipes.generative.lora_fused import float8_layers
+
+    swapped = sum(type(m) is Float8Linear for m in model.modules())
+    return swapped, len(float8_layers(model))
+
+
+def require_some(model: nn.Module) -> None:
+    """Refuse, naming the key, a model in which no GEMM would run in float8."""
+    if sum(counts(model)) == 0:
         raise PreconditionError(
             f"{KEY}: fp8 found no linear layer whose dimensions are multiples of 16 in this "
             "model; train it with precision: auto"
         )
-    return count
 
 
 def describe(model: nn.Module) -> str:
     """What the job's first events say about its float8 layers."""
-    from torchao.float8.float8_linear import Float8Linear
-
-    count = sum(type(m) is Float8Linear for m in model.modules())
+    swapped, fused = counts(model)
+    how = []
+    if fused:
+        how.append(f"{fused} in the fused LoRA operator, tensorwise scaling")
+    if swapped:
+        how.append(f"{swapped} as torchao's Float8Linear, {RECIPE} scaling")
     return (
-        f"{KEY}: fp8: {count} linear layers run float8 GEMMs (torchao, {RECIPE} scaling); "
+        f"{KEY}: fp8: {swapped + fused} linear layers run float8 GEMMs ({'; '.join(how)}); "
         "the LM head, embeddings and adapter weights stay bf16"
     )

@@ -21,8 +21,10 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
+from services.trainer.recipes.generative.float8_gemm import E4M3, E5M2, float8_mm, to_float8
 
-def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+
+def _alpha_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """alpha * (a @ b) in one GEMM (alpha in its epilogue; beta=0, so the output is not read)."""
     return a.new_empty(a.shape[0], b.shape[1]).addmm_(a, b, beta=0, alpha=alpha)
 
@@ -58,7 +60,7 @@ def _lora_linear(
     x_lora is dropout(x), or x itself when None. xa_s is returned for the backward to keep."""
     lora_in = x if x_lora is None else x_lora
     # Scaling the [T, r] factor instead of the [T, out] product: same value, no extra pass.
-    xa_s = _scaled_mm(lora_in, lora_a.t(), scaling)
+    xa_s = _alpha_mm(lora_in, lora_a.t(), scaling)
     # The rank-r product is written first and the base GEMM adds onto it (beta=1): the base GEMM
     # is compute-bound, so reading [T, out] in its epilogue costs little; the other order made
     # the small GEMM read and rewrite [T, out], a memory-bound pass per layer.
@@ -79,7 +81,7 @@ def _lora_linear_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, gxa, grad_A, grad_B) for a frozen base. gxa is the gradient of lora_in @ A^T;
     with `fold` (no dropout: lora_in is x) its input gradient is accumulated into grad_x's GEMM."""
-    gxa = _scaled_mm(grad, lora_b, scaling)  # [T, r]
+    gxa = _alpha_mm(grad, lora_b, scaling)  # [T, r]
     if fold:  # the same order as forward: the base GEMM adds onto the rank-r product
         grad_x = gxa @ lora_a
         grad_x.addmm_(grad, weight)
@@ -101,10 +103,86 @@ def _lora_linear_backward_fake(grad, lora_in, weight, lora_a, lora_b, xa_s, scal
     )
 
 
+# With `trainer.precision: fp8` the frozen base GEMM runs in float8 (float8_gemm.py): cuBLAS's
+# float8 GEMM cannot accumulate onto an existing output, so the rank-r product is added after it
+# (a [T, out] pass; the casts of x, W and the output gradient are traced around the operators,
+# where a compiled block fuses them into neighbouring kernels).
+_LIB.define(
+    "lora_linear_fp8(Tensor x8, Tensor x_inv, Tensor w8, Tensor w_inv, Tensor lora_in, "
+    "Tensor? bias, Tensor lora_a, Tensor lora_b, float scaling, bool emulate) -> (Tensor, Tensor)"
+)
+_LIB.define(
+    "lora_linear_fp8_backward(Tensor grad, Tensor g8, Tensor g_inv, Tensor wt8, Tensor w_inv, "
+    "Tensor lora_in, Tensor lora_a, Tensor lora_b, Tensor xa_s, float scaling, bool fold, "
+    "bool emulate) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+
+
+def _lora_linear_fp8(x8, x_inv, w8, w_inv, lora_in, bias, lora_a, lora_b, scaling, emulate):
+    """(y, xa_s) as `_lora_linear`, the base GEMM from float8 x8 [T, in] and w8 [out, in]."""
+    xa_s = _alpha_mm(lora_in, lora_a.t(), scaling)
+    y = float8_mm(
+        x8.contiguous(),
+        x_inv,
+        w8.contiguous().t(),
+        w_inv,
+        out_dtype=lora_in.dtype,
+        fast_accum=True,  # torchao's choice for the forward GEMM
+        emulate=emulate,
+        bias=bias,
+    )
+    y.addmm_(xa_s, lora_b.t())
+    return y, xa_s
+
+
+def _lora_linear_fp8_backward(
+    grad, g8, g_inv, wt8, w_inv, lora_in, lora_a, lora_b, xa_s, scaling, fold, emulate
+):
+    """As `_lora_linear_backward`, the input gradient from float8 g8 [T, out] (e5m2) and
+    wt8 = W^T [in, out] (e4m3, the forward's scale)."""
+    gxa = _alpha_mm(grad, lora_b, scaling)
+    grad_x = float8_mm(
+        g8.contiguous(),
+        g_inv,
+        wt8.contiguous().t(),
+        w_inv,
+        out_dtype=grad.dtype,
+        fast_accum=False,  # torchao's choice for gradients: full-precision accumulation
+        emulate=emulate,
+    )
+    if fold:
+        grad_x.addmm_(gxa, lora_a)
+    return grad_x, gxa, gxa.t() @ lora_in, grad.t() @ xa_s
+
+
+def _lora_linear_fp8_fake(x8, x_inv, w8, w_inv, lora_in, bias, lora_a, lora_b, scaling, emulate):
+    return (
+        lora_in.new_empty(x8.shape[0], w8.shape[0]),
+        lora_in.new_empty(x8.shape[0], lora_a.shape[0]),
+    )
+
+
+def _lora_linear_fp8_backward_fake(
+    grad, g8, g_inv, wt8, w_inv, lora_in, lora_a, lora_b, xa_s, scaling, fold, emulate
+):
+    return (
+        grad.new_empty(grad.shape[0], wt8.shape[0]),
+        grad.new_empty(grad.shape[0], lora_a.shape[0]),
+        torch.empty_like(lora_a),
+        torch.empty_like(lora_b),
+    )
+
+
 _LIB.impl("lora_linear", _lora_linear, "CompositeExplicitAutograd")
 _LIB.impl("lora_linear_backward", _lora_linear_backward, "CompositeExplicitAutograd")
 torch.library.register_fake("tunewire::lora_linear", _lora_linear_fake, lib=_LIB)
 torch.library.register_fake("tunewire::lora_linear_backward", _lora_linear_backward_fake, lib=_LIB)
+_LIB.impl("lora_linear_fp8", _lora_linear_fp8, "CompositeExplicitAutograd")
+_LIB.impl("lora_linear_fp8_backward", _lora_linear_fp8_backward, "CompositeExplicitAutograd")
+torch.library.register_fake("tunewire::lora_linear_fp8", _lora_linear_fp8_fake, lib=_LIB)
+torch.library.register_fake(
+    "tunewire::lora_linear_fp8_backward", _lora_linear_fp8_backward_fake, lib=_LIB
+)
 
 
 class LoraLinearFn(torch.autograd.Function):
@@ -128,11 +206,64 @@ class LoraLinearFn(torch.autograd.Function):
         return grad_x, grad_x_lora, None, None, grad_a, grad_b, None
 
 
+class LoraLinearFp8Fn(torch.autograd.Function):
+    """`LoraLinearFn` with the frozen base GEMMs (forward and input gradient) in float8: x and W
+    cast to e4m3 forward, the output gradient to e5m2 backward, W^T recast with the forward's
+    scale (the base is frozen: no weight gradient, so no cast of x^T or grad^T)."""
+
+    @staticmethod
+    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling, emulate):
+        x8, x_scale = to_float8(x, E4M3)
+        w8, w_scale = to_float8(weight, E4M3)
+        lora_in = x if x_lora is None else x_lora
+        y, xa_s = torch.ops.tunewire.lora_linear_fp8(
+            x8,
+            x_scale.reciprocal(),
+            w8,
+            w_scale.reciprocal(),
+            lora_in,
+            bias,
+            lora_a,
+            lora_b,
+            scaling,
+            emulate,
+        )
+        ctx.save_for_backward(lora_in, weight, w_scale, lora_a, lora_b, xa_s)
+        ctx.scaling, ctx.dropout, ctx.emulate = scaling, x_lora is not None, emulate
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        lora_in, weight, w_scale, lora_a, lora_b, xa_s = ctx.saved_tensors
+        g8, g_scale = to_float8(grad, E5M2)
+        wt8, _ = to_float8(weight.t(), E4M3, w_scale)
+        grad_x, gxa, grad_a, grad_b = torch.ops.tunewire.lora_linear_fp8_backward(
+            grad,
+            g8,
+            g_scale.reciprocal(),
+            wt8.contiguous(),
+            w_scale.reciprocal(),
+            lora_in,
+            lora_a,
+            lora_b,
+            xa_s,
+            ctx.scaling,
+            not ctx.dropout,
+            ctx.emulate,
+        )
+        grad_x_lora = gxa @ lora_a if ctx.dropout else None
+        return grad_x, grad_x_lora, None, None, grad_a, grad_b, None, None
+
+
 class FusedLoraLinear(LoraLinear):
     """PEFT's LoRA `Linear` with the fused forward where it is exact, PEFT's own elsewhere.
 
     Installed by swapping the class of existing modules (`fuse_lora`), so parameters, buffers,
-    hooks and state-dict keys stay those PEFT created."""
+    hooks and state-dict keys stay those PEFT created. `float8` (set by `fuse_lora`): the base
+    GEMMs run in float8 (`LoraLinearFp8Fn`), emulated in float32 where `float8_emulate`."""
+
+    float8: bool = False
+    float8_emulate: bool = False
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter = self._fusable_adapter(x, args, kwargs)
@@ -142,7 +273,7 @@ class FusedLoraLinear(LoraLinear):
         dropout = self.lora_dropout[adapter]
         flat = x.reshape(-1, x.shape[-1])
         x_lora = None if isinstance(dropout, nn.Identity) or not dropout.training else dropout(flat)
-        y = LoraLinearFn.apply(
+        args = (
             flat,
             x_lora,
             base.weight,
@@ -151,6 +282,10 @@ class FusedLoraLinear(LoraLinear):
             self.lora_B[adapter].weight,
             self.scaling[adapter],
         )
+        if self.float8:
+            y = LoraLinearFp8Fn.apply(*args, self.float8_emulate)
+        else:
+            y = LoraLinearFn.apply(*args)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def _fusable_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
@@ -180,11 +315,13 @@ class FusedLoraLinear(LoraLinear):
         return adapter
 
 
-def fuse_lora(model: nn.Module) -> int:
+def fuse_lora(model: nn.Module, float8: bool = False, *, emulate: bool = False) -> int:
     """Give every PEFT LoRA `Linear` over a plain `nn.Linear` the fused forward; returns how many.
 
     Exact types only: quantized bases (bitsandbytes layers subclass `nn.Linear`), AdaLoRA's
-    `SVDLinear` and other subclasses keep their own forward."""
+    `SVDLinear` and other subclasses keep their own forward. `float8`: the bases whose dimensions
+    `torch._scaled_mm` takes (multiples of 16) run their GEMMs in float8 (`emulate`: in float32,
+    for a CPU); `float8_layers` counts them."""
     count = 0
     for module in model.modules():
         if (
@@ -193,5 +330,14 @@ def fuse_lora(model: nn.Module) -> int:
             and not module.fan_in_fan_out
         ):
             module.__class__ = FusedLoraLinear
+            base = module.get_base_layer()
+            if float8 and base.in_features % 16 == 0 and base.out_features % 16 == 0:
+                module.float8, module.float8_emulate = True, emulate
             count += 1
     return count
+
+
+def float8_layers(model: nn.Module) -> list[nn.Module]:
+    """The fused LoRA layers whose base GEMMs run in float8, and so their base layers, which
+    torchao's module swap must leave alone."""
+    return [m for m in model.modules() if isinstance(m, FusedLoraLinear) and m.float8]

@@ -94,11 +94,13 @@ def load_model(
         from services.trainer.recipes.generative.kernels import apply_liger
 
         apply_liger(model, device)
-    if cfg.trainer.precision == "fp8":
+    float8 = cfg.trainer.precision == "fp8"
+    if float8:
         from services.trainer.recipes.generative import fp8
 
-        # Before the adapter: PEFT then wraps the float8 linears as LoRA's frozen `base_layer`.
-        fp8.convert(model, device)
+        fp8.check_available(device)
+        if cfg.adapter is None:
+            fp8.convert(model, device)
     if quant is not None:
         # What PEFT's prepare_model_for_kbit_training does, less its upcast of every unquantized
         # weight to fp32: that is for fp16 bases, and fp32 activations would leave flash attention.
@@ -133,7 +135,18 @@ def load_model(
             for p in model.parameters():
                 if p.requires_grad and p.dtype != dtype:
                     p.data = p.data.to(dtype)
-        fuse_lora(model)  # exact, and only where PEFT's forward would run the plain LoRA case
+        # Exact, and only where PEFT's forward would run the plain LoRA case. With fp8 the fused
+        # layers run their base GEMMs in float8 (emulated where there is no CUDA: benches' --tiny).
+        fuse_lora(model, float8, emulate=device.type != "cuda")
+        if float8:
+            from services.trainer.recipes.generative.lora_fused import float8_layers
+
+            # What the fused operator does not take gets torchao's float8 (PEFT wraps it as is),
+            # other than the adapters' own linears.
+            fused = [m.get_base_layer() for m in float8_layers(model)]
+            fp8.convert(model, device, skip=fused + fp8.adapter_modules(model))
+    if float8:
+        fp8.require_some(model)
     if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
         compile_blocks(core_model(model).get_decoder(), mode=COMPILE_MODE)
