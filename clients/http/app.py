@@ -3,8 +3,9 @@ serve's prediction API, `/health`, `/models`, and the framework's OpenAPI page (
 `/openapi.json`).
 
 It is the app layer: it calls the services through the SDK with the caller's own bearer token
-(see backend.py) and keeps no state of its own. Past `max_concurrent` requests in flight it
-answers 429 at once, in the calling API's error shape, as TEI does when overloaded.
+(see backend.py) and keeps no state of its own. Past `max_concurrent` requests in flight (or
+half as many from one caller) it answers 429 at once, in the calling API's error shape, as TEI
+does when overloaded; a body over its size or time limit is 413 or 408 (limits.py).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from starlette.responses import JSONResponse
 
 from clients.http import ludwig_routes, openai_routes, tei_routes
 from clients.http.backend import Backend
-from clients.http.errors import ludwig_error, openai_error, tei_error
+from clients.http.errors import error_shape, ludwig_error
+from clients.http.limits import DEFAULT_MAX_CONCURRENT, BodyLimit, ConcurrencyLimit, env_limits
 from tunewire.auth import bearer_token
-from tunewire.errors import InvalidArgument, ResourceExhausted, TunewireError
-
-DEFAULT_MAX_CONCURRENT = 512
+from tunewire.errors import InvalidArgument, TunewireError
 
 
 def token_of(request: Request) -> str | None:
@@ -29,45 +29,25 @@ def token_of(request: Request) -> str | None:
     return bearer_token([("authorization", header)]) if header else None
 
 
-def _error_shape(path: str):
-    if path.startswith("/v1/"):
-        return openai_error
-    if path in ("/embed", "/info"):
-        return tei_error
-    return ludwig_error
-
-
 def _framework_error(request: Request, err: TunewireError, status: int) -> JSONResponse:
     """`err` in the shape of the route asked for, with `status`, except that TEI answers a body
     it cannot parse with 422."""
-    response = _error_shape(request.url.path)(err)
+    response = error_shape(request.url.path)(err)
     response.status_code = 422 if request.url.path == "/embed" and status == 400 else status
     return response
 
 
-class _ConcurrencyLimit:
-    """ASGI middleware: at most `limit` HTTP requests in flight, the rest 429 at once."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit, self.active = app, limit, 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if self.active >= self.limit:
-            err = ResourceExhausted(
-                f"the server is overloaded: {self.limit} requests in flight",
-                reason="OVERLOADED",
-            )
-            return await _error_shape(scope["path"])(err)(scope, receive, send)
-        self.active += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.active -= 1
-
-
-def create_app(backend: Backend, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
+def create_app(
+    backend: Backend,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_per_caller: int | None = None,
+    max_body_bytes: int | None = None,
+    body_timeout_s: float | None = None,
+) -> FastAPI:
+    """The app; `max_per_caller` (default: half of `max_concurrent`, so one caller never
+    holds every slot), `max_body_bytes` and `body_timeout_s` (default: from the environment,
+    limits.env_limits) are limits.py's."""
+    env_bytes, env_timeout = env_limits()
     app = FastAPI(
         title="tunewire",
         summary="Embeddings (OpenAI and TEI APIs) and predictions (Ludwig serve's API) from "
@@ -134,5 +114,15 @@ def create_app(backend: Backend, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -
     app.include_router(openai_routes.router(backend, token_of))
     app.include_router(tei_routes.router(backend, token_of, max_concurrent))
     app.include_router(ludwig_routes.router(backend, token_of))
-    app.add_middleware(_ConcurrencyLimit, limit=max_concurrent)
+    # The last added runs first: a request takes its slot, then its body is read.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_body_bytes or env_bytes,
+        timeout_s=body_timeout_s or env_timeout,
+    )
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=max_concurrent,
+        per_caller=max(1, max_concurrent // 2) if max_per_caller is None else max_per_caller,
+    )
     return app

@@ -69,3 +69,13 @@ def tei_error(err: TunewireError) -> JSONResponse:
 def ludwig_error(err: TunewireError) -> JSONResponse:
     """Ludwig serve's body, {"error": message}, with a status that says what went wrong."""
     return JSONResponse({"error": _message(err)}, status_code=http_status(err))
+
+
+def error_shape(path: str):
+    """The error body of the API `path` belongs to: OpenAI's under /v1/, TEI's at /embed and
+    /info, else Ludwig serve's."""
+    if path.startswith("/v1/"):
+        return openai_error
+    if path in ("/embed", "/info"):
+        return tei_error
+    return ludwig_error

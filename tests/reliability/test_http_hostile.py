@@ -6,6 +6,8 @@ answer is the right status in the route's error shape, with the field's path; no
 from __future__ import annotations
 
 import shutil
+import socket
+import time
 
 import httpx
 import pandas as pd
@@ -22,8 +24,8 @@ TOKENS = f"{ALICE} train alice\n{BOB} train bob\ntok-svc-77d0 service svc\n"
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory, minilm):
-    """(base URL, Alice's finished job): `serve all --auth-tokens-file` as start_embedded
-    starts it, and the front door on a free port."""
+    """(base URL, Alice's finished job, the front door's backend): `serve all
+    --auth-tokens-file` as start_embedded starts it, and the front door on a free port."""
     from clients.embedded import start_embedded
     from clients.sdk import TrainerClient, connect
     from tunewire.server import ServerSecurity
@@ -51,7 +53,7 @@ def front(tmp_path_factory, minilm):
     )
     assert job.artifact_path, job.error
     try:
-        yield f"http://127.0.0.1:{http.port}", job
+        yield f"http://127.0.0.1:{http.port}", job, backend
     finally:
         trainer.close()
         http.stop()
@@ -69,7 +71,7 @@ def as_(token: str) -> dict:
 
 
 def test_bob_cannot_predict_with_alices_model_by_its_path(front, tmp_path):
-    base, job = front
+    base, job, _ = front
     row = {"text": "win free cash"}
 
     def predict(model: str, token: str) -> httpx.Response:
@@ -123,7 +125,7 @@ def post(base: str, path: str, body: bytes, kind: str = "application/json") -> h
     ],
 )
 def test_openai_bad_bodies_are_400_in_its_envelope(front, body, param):
-    base, _ = front
+    base, _, _ = front
     got = post(base, "/v1/embeddings", body)
     assert got.status_code == 400, got.text
     error = got.json()["error"]
@@ -144,7 +146,7 @@ def test_openai_bad_bodies_are_400_in_its_envelope(front, body, param):
     ],
 )
 def test_tei_bad_bodies_get_teis_status_and_body(front, body, status, field):
-    base, _ = front
+    base, _, _ = front
     got = post(base, "/embed", body)
     assert got.status_code == status, got.text
     assert got.json()["error_type"] == "Validation"
@@ -164,17 +166,80 @@ def test_tei_bad_bodies_get_teis_status_and_body(front, body, status, field):
     ],
 )
 def test_ludwig_bad_bodies_are_400(front, body, kind, field):
-    base, job = front
+    base, job, _ = front
     got = post(base, f"/models/{job.id}/predict", body, kind)
     assert got.status_code == 400, got.text
     assert got.json()["error"].startswith(f"{field}: ")
 
 
 def test_framework_errors_use_each_routes_shape(front):
-    base, _ = front
+    base, _, _ = front
     unknown = httpx.get(f"{base}/v1/models/a/b", headers=as_(ALICE))
     assert unknown.status_code == 404 and unknown.json()["error"]["type"]
     method = httpx.get(f"{base}/v1/embeddings", headers=as_(ALICE))
     assert method.status_code == 405 and method.json()["error"]["message"]
     assert httpx.get(f"{base}/embed").json()["error_type"] == "Validation"
     assert "error" in httpx.get(f"{base}/nowhere").json()
+
+
+def raw_request(port: int, head: bytes) -> socket.socket:
+    """A connection that has sent `head` (a request line, headers and maybe some body)."""
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.sendall(head)
+    conn.settimeout(30)
+    return conn
+
+
+def status_of(conn: socket.socket) -> int:
+    answer = b""
+    while b"\r\n" not in answer:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return int(answer.split(b" ")[1])
+
+
+def head(path: str, token: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{"
+    ).encode()
+
+
+def test_bodies_are_bounded_in_size_and_time_and_callers_in_slots(front):
+    """A body declared or streamed past the limit is 413 before it is read whole; one that does
+    not arrive in time is 408; one caller holding its slots does not keep another out."""
+    _, _, backend = front
+    app = create_app(backend, max_concurrent=4, max_body_bytes=4096, body_timeout_s=1.5)
+    running = RunningHttp(app, HttpSettings(port=0)).start()
+    port, base = running.port, f"http://127.0.0.1:{running.port}"
+    held: list[socket.socket] = []
+    try:
+        huge = raw_request(port, head("/v1/embeddings", ALICE, 10**11))
+        assert status_of(huge) == 413  # nothing of it read
+        streamed = httpx.post(
+            f"{base}/embed",
+            content=iter([b'{"inputs": "'] + [b"x" * 1024] * 8 + [b'"}']),
+            headers=as_(ALICE),
+        )
+        assert streamed.status_code == 413 and streamed.json()["error_type"] == "Validation"
+        # Alice's two slots (half of 4) held by bodies that never come; her third request is
+        # 429 at once, Bob's is answered; hers are 408 once their time is up.
+        started = time.monotonic()
+        held = [raw_request(port, head("/v1/embeddings", ALICE, 100)) for _ in range(2)]
+        time.sleep(0.3)
+        third = httpx.post(
+            f"{base}/v1/embeddings", json={"model": "minilm", "input": "x"}, headers=as_(ALICE)
+        )
+        assert third.status_code == 429 and third.json()["error"]["code"] == "rate_limit_exceeded"
+        bob = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=as_(BOB))
+        assert bob.status_code == 200, bob.text
+        assert [status_of(conn) for conn in held] == [408, 408]
+        assert time.monotonic() - started < 10
+        again = httpx.post(f"{base}/embed", json={"inputs": "hello"}, headers=as_(ALICE))
+        assert again.status_code == 200
+    finally:
+        for conn in held:
+            conn.close()
+        running.stop()
