@@ -122,9 +122,9 @@ def _lora_linear_fp8(x8, x_inv, w8, w_inv, lora_in, bias, lora_a, lora_b, scalin
     """(y, xa_s) as `_lora_linear`, the base GEMM from float8 x8 [T, in] and w8 [out, in]."""
     xa_s = _alpha_mm(lora_in, lora_a.t(), scaling)
     y = float8_mm(
-        x8.contiguous(),
+        x8,
         x_inv,
-        w8.contiguous().t(),
+        w8.t(),
         w_inv,
         out_dtype=lora_in.dtype,
         fast_accum=True,  # torchao's choice for the forward GEMM
@@ -142,9 +142,9 @@ def _lora_linear_fp8_backward(
     wt8 = W^T [in, out] (e4m3, the forward's scale)."""
     gxa = _alpha_mm(grad, lora_b, scaling)
     grad_x = float8_mm(
-        g8.contiguous(),
+        g8,
         g_inv,
-        wt8.contiguous().t(),
+        wt8.t(),
         w_inv,
         out_dtype=grad.dtype,
         fast_accum=False,  # torchao's choice for gradients: full-precision accumulation
@@ -213,7 +213,9 @@ class LoraLinearFp8Fn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling, emulate):
+        # Row-major operands as `torch._scaled_mm` wants them (a no-op when they already are).
         x8, x_scale = to_float8(x, E4M3)
+        x8 = x8.contiguous()
         w8, w_scale = to_float8(weight, E4M3)
         lora_in = x if x_lora is None else x_lora
         y, xa_s = torch.ops.tunewire.lora_linear_fp8(
@@ -236,6 +238,7 @@ class LoraLinearFp8Fn(torch.autograd.Function):
     def backward(ctx, grad):
         lora_in, weight, w_scale, lora_a, lora_b, xa_s = ctx.saved_tensors
         g8, g_scale = to_float8(grad, E5M2)
+        g8 = g8.contiguous()
         wt8, _ = to_float8(weight.t(), E4M3, w_scale)
         grad_x, gxa, grad_a, grad_b = torch.ops.tunewire.lora_linear_fp8_backward(
             grad,
