@@ -143,8 +143,9 @@ def test_full_model_swap_keeps_names_and_plain_tensors(tiny_model):
 
 @needs_torchao
 def test_lora_over_float8_bases_trains_only_the_adapter(tiny_model):
-    """PEFT wraps the float8 linears as LoRA's frozen base; the fused LoRA path leaves them to
-    PEFT's forward; the trainable names are those of LoRA over a plain base."""
+    """LoRA over torchao's float8 bases (what a LoRA layer the fused operator does not take
+    runs, PEFT's forward): fuse_lora leaves them alone, the trainable names are those of LoRA
+    over a plain base. The fused operator's own float8 path: tests/generative/test_lora_fp8.py."""
     from torchao.float8.float8_linear import Float8Linear
     from transformers import AutoModelForCausalLM
 
