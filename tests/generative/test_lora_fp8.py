@@ -184,6 +184,29 @@ def test_lora_fp8_model_runs_float8_fused_layers(tiny_model, monkeypatch):
     assert not any(isinstance(m, Float8Linear) for m in (model.get_output_embeddings(),))
 
 
+def _cpu_float8_gemm() -> bool:
+    """Whether this torch has `torch._scaled_mm` on a CPU (2.13's has)."""
+    a8, scale = to_float8(torch.ones(16, 16), E4M3)
+    try:
+        torch._scaled_mm(a8, a8.t(), scale_a=scale, scale_b=scale, out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _cpu_float8_gemm(), reason="this torch has no float8 GEMM on a CPU")
+def test_real_float8_gemms_are_the_emulation_on_a_cpu():
+    """`torch._scaled_mm` itself (the path a GPU runs: operand layouts, dequantizing scales,
+    bias, e5m2 by e4m3 in backward), where torch has it on a CPU, gives the emulation's model."""
+    emulated = float8_copy(peft_lm(torch.bfloat16))
+    real = float8_copy(peft_lm(torch.bfloat16))
+    for m in float8_layers(real):
+        m.float8_emulate = False
+    ids = torch.randint(0, 64, (4, 32))
+    errors = relative_errors(forward_backward(emulated, ids), forward_backward(real, ids))
+    assert max(errors.values()) < 1e-3, errors
+
+
 @pytest.mark.slow
 def test_compiled_float8_decoder_layer_matches_eager():
     """The float8 layers trace without graph breaks (casts traced, GEMMs opaque) and inductor's
