@@ -72,3 +72,26 @@ def test_an_idle_worker_is_ended_at_once_at_exit(worker, tmp_path):
     assert _png(tmp_path / "a.png") and W._idle == [worker]
     W._close_idle()
     assert worker.process.returncode is not None and W._idle == []
+
+
+def test_the_worker_imports_only_what_it_draws_with():
+    """The worker's interpreter starts once per embedded CLI run: what it imports is its start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, sys\n"
+        "from services.trainer.recipes.predictive.plot_drawing import serve\n"
+        "serve(io.BytesIO(), io.BytesIO())\n"  # imports as the worker does, then sees EOF
+        "print(','.join(sorted({'structlog', 'torch', 'pandas', 'grpc'} & set(sys.modules))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=W.ROOT,
+        env={"PYTHONPATH": str(W.ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ""

@@ -5,6 +5,7 @@ all on the job's thread after training, while the machine's other core idles. Th
 started when a job starts (it imports matplotlib while the head trains) and draws the figures
 from plain data (numpy arrays, lists, dicts: never torch tensors) while the job writes the rest of
 its artifact; the job waits for the PNGs before it finishes, so a SUCCEEDED job has them all.
+What the worker runs is `plot_drawing` (no structlog, no subprocess: a lighter start).
 
 It is a fresh interpreter (`subprocess`, not `fork`): the trainer has gRPC and OpenMP threads,
 which a forked child must not inherit, and `multiprocessing`'s spawn would re-run the CLI's
@@ -15,44 +16,22 @@ dies, the figures are drawn in the job's process, as before (same files, same er
 from __future__ import annotations
 
 import atexit
-import gc
-import importlib
 import os
 import pickle
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
 
 import structlog
+
+from services.trainer.recipes.predictive import plot_drawing
+from services.trainer.recipes.predictive.plot_drawing import Drawing, draw_all
 
 log = structlog.get_logger(__name__)
 
 ROOT = Path(__file__).resolve().parents[4]
-# Only these modules' functions are drawn by name (the worker imports nothing else of ours).
-MODULES = ("services.trainer.recipes.predictive.plots", "tunewire.stat_plots")
-
-
-@dataclass(frozen=True)
-class Drawing:
-    """One figure to draw: `module.function(*args)`, the args plain picklable data."""
-
-    module: str
-    function: str
-    args: tuple = field(default_factory=tuple)
-
-    def __call__(self) -> Any:
-        if self.module not in MODULES:
-            raise ValueError(f"plot_worker: {self.module} is not a plotting module")
-        return getattr(importlib.import_module(self.module), self.function)(*self.args)
-
-
-def draw_all(drawings: Iterable[Drawing]) -> None:
-    for drawing in drawings:
-        drawing()
+__all__ = ["Batch", "Drawing", "PlotWorker", "draw_all", "prestart"]
 
 
 class PlotWorker:
@@ -60,7 +39,8 @@ class PlotWorker:
 
     def __init__(self) -> None:
         code = (
-            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from {__name__} import serve; serve()"
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            f"from {plot_drawing.__name__} import serve; serve()"
         )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         self.process = subprocess.Popen(
@@ -176,32 +156,3 @@ class Batch:
         if error is not None:  # the same figures here: the same files, or the real error
             log.warning("plot worker failed, drawing here", error=error)
             draw_all(self.drawings)
-
-
-def serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
-    """The worker's loop: import matplotlib first (while the job trains), then draw batches
-    until the job's process closes the pipe."""
-    import traceback
-
-    from matplotlib.backends import backend_agg  # noqa: F401
-    from matplotlib.figure import Figure  # noqa: F401 (the import is the point)
-
-    for module in MODULES:
-        importlib.import_module(module)
-    # matplotlib's ~80k objects live as long as the worker: out of the cyclic collector's way,
-    # so that a full collection while drawing (~0.1 s, every other batch) walks only figures.
-    gc.freeze()
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout.buffer
-    while True:
-        try:
-            drawings = pickle.load(stdin)
-        except EOFError:
-            return
-        try:
-            draw_all(drawings)
-            answer = None
-        except Exception:  # noqa: BLE001 (sent back; the job draws again and raises it)
-            answer = traceback.format_exc(limit=5)
-        pickle.dump(answer, stdout, protocol=pickle.HIGHEST_PROTOCOL)
-        stdout.flush()

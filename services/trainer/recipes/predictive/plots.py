@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.trainer.recipes.predictive import metrics as M
-from services.trainer.recipes.predictive.plot_worker import Drawing
+from services.trainer.recipes.predictive.plot_drawing import Drawing
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from services.trainer.context import MetricValue
-from services.trainer.recipes.predictive.plot_worker import Drawing
+from services.trainer.recipes.predictive.plot_drawing import Drawing
 from services.trainer.tensorboard import LOGS_DIR, write_scalars
 from tunewire import stat_plots, statistics
 
