@@ -59,27 +59,51 @@ def _row(fields: dict) -> dict:
     return fields
 
 
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 def _split_table(value) -> tuple[dict[str, list], list]:
-    """pandas "split" orientation → (columns, index)."""
+    """pandas "split" orientation → (columns, index); each cell one value, each column named
+    once, the index (optional) one label a row."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidArgument(f"not JSON: {exc}", field="dataset") from None
+        unicode_values(value, "dataset")
     if not isinstance(value, dict) or "columns" not in value or "data" not in value:
         raise InvalidArgument(
             'must be a table in pandas "split" orientation: {"columns": [...], "data": [[...]]}',
             field="dataset",
         )
     names, rows = value["columns"], value["data"]
-    if not isinstance(names, list) or not isinstance(rows, list):
-        raise InvalidArgument("columns and data must be lists", field="dataset")
+    if not isinstance(names, list):
+        raise InvalidArgument("must be a list of column names", field="dataset.columns")
+    if not isinstance(rows, list):
+        raise InvalidArgument("must be a list of rows", field="dataset.data")
+    seen: set[str] = set()
+    for j, name in enumerate(names):
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or str(name) in seen:
+            what = "twice" if str(name) in seen else "not a name (a string)"
+            raise InvalidArgument(f"column {name!r} is {what}", field=f"dataset.columns[{j}]")
+        seen.add(str(name))
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != len(names):
             raise InvalidArgument(
                 f"row {i} does not have {len(names)} values", field=f"dataset.data[{i}]"
             )
-    index = value.get("index") or list(range(len(rows)))
+        for j, cell in enumerate(row):
+            if not _scalar(cell):
+                raise InvalidArgument(
+                    "must be one value (a string, number, boolean or null)",
+                    field=f"dataset.data[{i}][{j}]",
+                )
+    index = value.get("index")
+    if index is None:
+        index = list(range(len(rows)))
+    elif not isinstance(index, list) or len(index) != len(rows) or not all(map(_scalar, index)):
+        raise InvalidArgument(f"must be a list of {len(rows)} row labels", field="dataset.index")
     return {str(n): [row[j] for row in rows] for j, n in enumerate(names)}, index
 
 

@@ -5,6 +5,7 @@ answer is the right status in the route's error shape, with the field's path; no
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import time
@@ -243,3 +244,29 @@ def test_bodies_are_bounded_in_size_and_time_and_callers_in_slots(front):
         for conn in held:
             conn.close()
         running.stop()
+
+
+@pytest.mark.parametrize(
+    "dataset, field",
+    [
+        ({"columns": ["text"], "data": [["a"]], "index": [1, 2, 3]}, "dataset.index"),
+        ({"columns": ["text"], "data": [["a"]], "index": 5}, "dataset.index"),
+        ({"columns": ["text"], "data": [["a"]], "index": "x"}, "dataset.index"),
+        ({"columns": [["text"]], "data": [["a"]]}, "dataset.columns[0]"),
+        ({"columns": ["text", "text"], "data": [["a", "b"]]}, "dataset.columns[1]"),
+        ({"columns": ["text"], "data": [["a"], [{"x": 1}]]}, "dataset.data[1][0]"),
+        ({"columns": ["text"], "data": [["a", "b"]]}, "dataset.data[0]"),
+        ({"columns": "text", "data": [["a"]]}, "dataset.columns"),
+        ({"columns": ["text"], "data": "a"}, "dataset.data"),
+        ('{"columns": ["text"], "data": [["\\ud800"]]}', "dataset.data[0][0]"),
+        ("[" * 50_000, "dataset"),
+    ],
+)
+def test_batch_predict_refuses_a_malformed_table_by_its_path(front, dataset, field):
+    base, job, _ = front
+    for body in ({"json": {"dataset": dataset}}, {"data": {"dataset": json.dumps(dataset)}}):
+        if isinstance(dataset, str):
+            body = {"data": {"dataset": dataset}}
+        got = httpx.post(f"{base}/models/{job.id}/batch_predict", headers=as_(ALICE), **body)
+        assert got.status_code == 400, got.text
+        assert got.json()["error"].startswith(f"{field}: ")
