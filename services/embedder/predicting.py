@@ -90,5 +90,21 @@ def predict_rows(
     # One intra-op thread: a head is a few small matrices, and a second thread only woke an
     # OpenMP worker that then spun, 4.5 ms of CPU a single-row request (cpu_threads.py).
     with intra_op_threads(1):
-        outputs = th.decode_outputs(head.model, head.model(x))
-    return RowsPrediction(outputs, n, hits, misses)
+        logits = head.model(x)
+    _check_finite(logits, n)
+    return RowsPrediction(th.decode_outputs(head.model, logits), n, hits, misses)
+
+
+def _check_finite(logits: dict[str, torch.Tensor], n: int) -> None:
+    """A row whose outputs are not finite numbers (a number far outside what the model was
+    trained on overflows it: 1e308) is refused by its index, not answered as NaN, which no JSON
+    answer can even hold."""
+    for name, values in logits.items():
+        finite = torch.isfinite(values.reshape(n, -1)).all(dim=1)
+        if not bool(finite.all()):
+            row = int((~finite).nonzero()[0])
+            raise InvalidArgument(
+                f"row {row}: the model's output {name!r} is not a finite number for this row's "
+                "values (a number far outside the range it was trained on?)",
+                field="columns",
+            )

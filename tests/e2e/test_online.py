@@ -147,3 +147,25 @@ def test_non_text_features_come_from_the_row_as_in_batch_predict(
     # The number and the category change the answer (the head reads them from the row).
     other = embedder.predict_rows(str(artifact), rows.assign(n=[9.0, 1.0, 3.0, 0.0], c="blue"))
     assert not np.allclose(other["label_probabilities_spam"], online["label_probabilities_spam"])
+
+
+def test_a_number_the_model_overflows_on_is_invalid_argument(embedder, minilm, tmp_path):
+    """1e308 in a number column: the head's output is not a number (it was NaN, which the HTTP
+    front door could not even serialise: a 500). Refused with the row; other rows still answer."""
+    artifact = str(mixed_artifact(tmp_path / "mixed", minilm))
+    rows = pd.DataFrame({"text": ["a", "b"], "n": ["3", "1e308"], "c": ["red", "red"]})
+    with pytest.raises(InvalidArgument) as err:
+        embedder.predict_rows(artifact, rows)
+    assert err.value.field == "columns" and "row 1" in err.value.message
+    fine = embedder.predict_rows(artifact, rows[:1])
+    assert np.isfinite(fine["label_probability"]).all()
+
+
+def test_a_dict_of_lists_is_columns_and_a_list_is_no_cell(sms_spam_job, embedder):
+    """`predict_rows({"text": [a, b]})` predicted one row from the text "['a', 'b']"."""
+    got = embedder.predict_rows(sms_spam_job.id, {"text": [SPAMMY, HAM]})
+    assert list(got["label_predictions"]) == ["spam", "ham"]
+    for rows in ({"text": [SPAMMY], "x": "y"}, [{"text": [SPAMMY]}]):
+        with pytest.raises(InvalidArgument) as err:
+            embedder.predict_rows(sms_spam_job.id, rows)
+        assert err.value.field == "rows"

@@ -15,7 +15,7 @@ from tunewire import tensors
 from tunewire.clients.embed_wire import split_response
 from tunewire.clients.rpc import connect, rpc_errors, rpc_iter
 from tunewire.encoder_spec import POOLINGS, EncoderSpec
-from tunewire.errors import TunewireError
+from tunewire.errors import InvalidArgument, TunewireError
 from tunewire.v1 import embedder_pb2, embedder_pb2_grpc
 from tunewire.wire import embed_request, text_batches
 
@@ -154,7 +154,8 @@ class EmbedderClient:
 
     def predict_rows(self, model: str, rows, timeout: float | None = None):
         """Online prediction with a predictive model (a job id or an artifact directory the
-        embedder may read): `rows` a DataFrame, a list of dicts or one dict (column → value).
+        embedder may read): `rows` a DataFrame, a list of dicts, one dict (column → value) or
+        a dict of columns (column → list of values).
         Returns a DataFrame of Ludwig's columns: `<f>_predictions`, and for classifiers
         `<f>_probability`, `<f>_probabilities` and `<f>_probabilities_<class>`. Nothing is
         stored on the servers but the texts' vectors in the embedding cache."""
@@ -180,6 +181,12 @@ def rows_request(model: str, columns: dict[str, list]) -> embedder_pb2.PredictRo
     for name, values in columns.items():
         column = request.columns.add(name=str(name))
         for i, value in enumerate(values):
+            if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+                raise InvalidArgument(
+                    f"row {i} of column {name!r} holds a {type(value).__name__}: a cell is one "
+                    "value",
+                    field="rows",
+                )
             cell = _cell(value)
             if cell is None:
                 column.missing.append(i)
@@ -207,10 +214,22 @@ def ludwig_columns(resp) -> dict[str, list]:
 
 
 def _columns(rows) -> dict[str, list]:
-    """A DataFrame, a list of dicts or one dict → column name → values (None where absent)."""
+    """A DataFrame, a list of dicts, one dict (a row) or a dict of lists (columns) → column
+    name → values (None where absent). A dict of lists was one row whose cells were the lists'
+    reprs."""
     if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
         return {str(c): rows[c].tolist() for c in rows.columns}
     if isinstance(rows, dict):
+        sequences = [isinstance(v, (list, tuple, np.ndarray)) for v in rows.values()]
+        if any(sequences):  # columns, as pandas.DataFrame(rows) reads them
+            lengths = {len(v) for v in rows.values() if not isinstance(v, (str, bytes))}
+            if not all(sequences) or len(lengths) != 1:
+                raise InvalidArgument(
+                    "a dict is one row (column → value) or columns (column → list of values, "
+                    "all of one length), not both",
+                    field="rows",
+                )
+            return {str(k): list(v) for k, v in rows.items()}
         rows = [rows]
     names = list(dict.fromkeys(k for row in rows for k in row))
     return {name: [row.get(name) for row in rows] for name in names}
