@@ -11,6 +11,8 @@ dicts and saved adapters are unchanged; layers outside the plain case (several o
 adapters, merged, DoRA and other variants, `lora_bias`, a trainable base, mixed dtypes,
 autocast, quantized bases) run PEFT's forward unchanged. Forward and backward are operators
 that torch.compile keeps opaque, so the same layers run eagerly and inside compiled blocks.
+With `trainer.precision: fp8` (`fuse_lora(model, float8=True)`) the base GEMMs run in float8 with
+torchao's tensorwise numerics (float8_gemm.py) and the rank-r branch stays bf16.
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ class LoraLinearFp8Fn(torch.autograd.Function):
         x8, x_scale = to_float8(x, E4M3)
         x8 = x8.contiguous()
         w8, w_scale = to_float8(weight, E4M3)
+        w8 = w8.contiguous()
         lora_in = x if x_lora is None else x_lora
         y, xa_s = torch.ops.tunewire.lora_linear_fp8(
             x8,
