@@ -172,7 +172,12 @@ class HeadCache:
                 head = self._entries.get(key)
                 if head is not None:
                     return head
-            head = load()
+            try:
+                head = load()
+            except BaseException:  # a refused load keeps no lock (one per probed id, forever)
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
             with self._lock:
                 self._loading.pop(key, None)
                 self._entries[key] = head

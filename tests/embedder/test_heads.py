@@ -50,3 +50,18 @@ def test_local_artifacts_only_under_the_roots_and_the_lru_is_by_bytes(artifact, 
     heads.get(str(artifact), None)
     heads.get(str(other), None)
     assert heads.stats() == (1, one.nbytes)  # the older one evicted
+
+
+def test_failed_loads_leave_nothing_behind(artifact):
+    """Each refused job id (a caller probing ids it does not own) used to leave its loading lock
+    in the cache forever: memory that grew with every such request."""
+
+    def fetch(job_id, token, files, dest):
+        raise NotFound("no job", field="model")
+
+    heads = HeadCache(fetch=fetch)
+    with _as_caller(BOB):
+        for i in range(50):
+            with pytest.raises(NotFound):
+                heads.get(f"job-{i:012d}", "bob-token")
+    assert heads._loading == {} and heads.stats() == (0, 0)
