@@ -648,13 +648,15 @@ class EmbedderService:
     ) -> Answered | object | None:
         """`begin`'s answer when memory holds it (hot answers, or every text in `hot_vectors`),
         else None (then `begin(..., memory_checked=True)`). Never blocks on files, a model or a
-        put of kept vectors: an encoder not open, or due for its files' check, give None too,
-        and kept vectors being written (by a first read's requests) `hot_vectors.BUSY` (then
-        `begin` looks in memory again). For a server's event loop, where a thread's hop cost
-        as much as a kept answer's gather."""
+        put of kept vectors: where it cannot look - an encoder not open or due for its files'
+        check (once a second), kept vectors being written by a first read's requests - it
+        gives `hot_vectors.BUSY`, and `begin` looks in memory itself (a request answered from
+        memory a moment ago must not be read from the cache's file text by text, and stored
+        whole, for want of a look). For a server's event loop, where a thread's hop cost as
+        much as a kept answer's gather."""
         entry = self.registry.peek(spec.model, spec.revision)
         if entry is None:
-            return None
+            return BUSY
         req = self._prepare(entry, spec, texts, texts_wire)
         return self._from_memory(req, texts, render, joined, wait=False)
 

@@ -44,6 +44,7 @@ import numpy as np
 import structlog
 
 from services.embedder.heads import HeadCache
+from services.embedder.hot_vectors import BUSY
 from services.embedder.predicting import predict_rows
 from services.embedder.service import (
     Answered,
@@ -388,7 +389,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
         """The request's answer if memory holds it (EmbedderService.answer_in_memory), for the
         event loop: only a joined request of at most `max_text_bytes` is looked for, whose
         checks are as cheap as the lookup (the rest, and any refusal, are `_begin`'s, in a
-        worker thread)."""
+        worker thread). None: not in memory; `BUSY`: not looked for (`_begin` looks)."""
         request = received.message
         if (
             received.size > self.max_text_bytes
@@ -396,11 +397,11 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             or request.texts
             or request.joined.count > self.max_texts
         ):
-            return None
+            return BUSY
         try:
             spec = spec_from_proto(request.encoder, self.max_instruction_bytes)
         except InvalidArgument:
-            return None  # refused by `_begin`, with the same error
+            return BUSY  # refused by `_begin`, with the same error
         return self.service.answer_in_memory(
             spec,
             JoinedTextsView(request.joined),
@@ -474,7 +475,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                         answer.set_result(answered.rendered)
                         pending.put_nowait(answer)
                         continue
-                    checked = answered is None  # else BUSY: the thread looks in memory again
+                    checked = answered is None  # else BUSY: the thread looks in memory
                     begin = asyncio.ensure_future(
                         asyncio.to_thread(self._begin, request, self._chunks, checked)
                     )
