@@ -136,7 +136,13 @@ class IdleRequests:
     """A client stream's requests, failing with DEADLINE_EXCEEDED (`STREAM_IDLE`) when the
     client sends nothing for `timeout_s`. The clock runs only while the server waits for the
     next message and owes the client nothing: a handler that is still working on earlier
-    requests sets `busy` (a callable), and the wait then goes on however long it takes."""
+    requests sets `busy` (a callable), and the wait then goes on however long it takes.
+
+    The read is begun at once, in the caller's own step, under a deadline that is pushed back
+    while `busy()`: a read begun in a task of its own starts a loop step later, after the
+    handler's next answer has begun to go out, and grpc.aio then finished it only once that
+    answer was sent (every read of a stream waited for the write before it: a 2 MiB answer a
+    request, read and answered in turn instead of at once)."""
 
     def __init__(self, requests: AsyncIterator[Any], timeout_s: float | None) -> None:
         self._requests = requests.__aiter__()
@@ -149,28 +155,32 @@ class IdleRequests:
     async def __anext__(self) -> Any:
         if self.timeout_s is None:
             return await self._requests.__anext__()
-        step = asyncio.ensure_future(self._requests.__anext__())
-        step.add_done_callback(_retrieve)
+        loop = asyncio.get_running_loop()
+        deadline = asyncio.timeout(None)
+        timer: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            nonlocal timer
+            if self.busy():
+                timer = loop.call_later(self.timeout_s, due)
+            else:
+                deadline.reschedule(loop.time())  # expires now: the read is cancelled
+
         try:
-            while True:
-                done, _ = await asyncio.wait({step}, timeout=self.timeout_s)
-                if done:
-                    return step.result()
-                if not self.busy():
-                    raise DeadlineExceeded(
-                        f"the client sent nothing for {self.timeout_s:g} s; the stream was "
-                        "closed (send the next message sooner, or open a new stream)",
-                        reason="STREAM_IDLE",
-                    )
+            async with deadline:
+                timer = loop.call_later(self.timeout_s, due)
+                return await self._requests.__anext__()
+        except TimeoutError:
+            if not deadline.expired():  # the read's own error, not the idle timeout
+                raise
+            raise DeadlineExceeded(
+                f"the client sent nothing for {self.timeout_s:g} s; the stream was "
+                "closed (send the next message sooner, or open a new stream)",
+                reason="STREAM_IDLE",
+            ) from None
         finally:
-            if not step.done():
-                step.cancel()
-
-
-def _retrieve(step: asyncio.Future) -> None:
-    """Mark a finished read's outcome seen (it may end after its stream was given up)."""
-    if not step.cancelled():
-        step.exception()
+            if timer is not None:
+                timer.cancel()
 
 
 def _bound_message(err: TunewireError) -> None:
