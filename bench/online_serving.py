@@ -434,11 +434,10 @@ def gpu(args) -> dict:
     model = random_model(work / "llama", "llama", args.smoke, args.device, tokenizer)
     n, nb = args.gpu_texts, args.baseline_texts or args.gpu_texts
     variants = [int(w) for w in args.http_workers.split(",") if w.strip()]
-    pool = iter(
-        synthetic_texts(
-            model, (3 + len(variants)) * (n + 128) + nb, seed=2, low=16, high=args.max_tokens
-        )
-    )
+    embedder_variants = [v.strip() for v in (args.embedder_variants or "").split(";")]
+    embedder_variants = [v for v in embedder_variants if v] if args.embedder_variants else []
+    rows = 3 + len(variants) + 2 * len(embedder_variants)
+    pool = iter(synthetic_texts(model, rows * (n + 512) + nb, seed=2, low=16, high=args.max_tokens))
 
     def fresh(k: int) -> list[str]:  # texts no server has seen (cold cache)
         return [next(pool) for _ in range(k)]
@@ -466,6 +465,8 @@ def gpu(args) -> dict:
     finally:
         stop(proc)
     print(json.dumps(results, indent=1), flush=True)
+    if embedder_variants:
+        return _embedder_variants(args, model, embedder_variants, bodies, fresh, results, work)
     base = free_port()
     while any(not _port_free(base + i) for i in range(4)):
         base = free_port()
@@ -531,6 +532,85 @@ def gpu(args) -> dict:
         if gpu_busy is not None:
             gpu_busy.close()
     print(json.dumps(results, indent=1), flush=True)
+    return results
+
+
+def _embedder_variants(args, model, variants, bodies, fresh, results, work) -> dict:
+    """For each variant (extra `serve embedder` flags; "default": none): the embedder in its
+    own process, the front door as one process of its own in front of it, its /v1/embeddings
+    row, then StreamEmbed on the same embedder."""
+    from clients.sdk import EmbedderClient, EncoderSpec
+
+    load = args.load_procs
+    gpu_busy = GpuBusy() if args.device != "cpu" else None
+    try:
+        for i, variant in enumerate(variants):
+            flags = [] if variant == "default" else variant.split()
+            label = "default" if not flags else " ".join(flags)
+            grpc_port, port = free_port(), free_port()
+            embedder = subprocess.Popen(
+                [
+                    *[PY, "clients/cli.py", "serve", "embedder", "--port", str(grpc_port)],
+                    *["--model", f"llama={model}", *flags],
+                ],
+                cwd=ROOT,
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(
+                        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
+                    ),
+                    "HF_HUB_OFFLINE": "1",
+                    "TUNEWIRE_DATA_DIR": str(work / f"data_{i}"),
+                },
+                stdout=open(work / f"embedder_{i}.log", "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            client = None
+            try:
+                front = start(  # /health answers 200 once the embedder says SERVING
+                    [
+                        *[PY, "clients/cli.py", "serve", "http", "--embedder"],
+                        *[f"127.0.0.1:{grpc_port}", "--model", f"llama={model}"],
+                        *["--port", str(port), "--workers", "1"],
+                    ],
+                    port,
+                    work / f"http_variant_{i}.log",
+                )
+                try:
+                    client = EmbedderClient(f"127.0.0.1:{grpc_port}")
+                    warm = [{"model": "llama", "input": t} for t in fresh(512)]
+                    throughput(port, "/v1/embeddings", warm, args.clients)
+                    with Phase(client, embedder.pid, gpu_busy) as phase:
+                        got = spread_throughput(
+                            port, "/v1/embeddings", bodies(args.gpu_texts), args.clients, load
+                        )
+                    results[f"variant {label}: http"] = {**got, **phase.stats()}
+                finally:
+                    stop(front)
+                spec = EncoderSpec(model=str(model), pooling="mean", normalize=True)
+                texts = fresh(args.gpu_texts)
+                with Phase(client, embedder.pid, gpu_busy) as phase:
+                    t0 = time.perf_counter()
+                    client.embed_many(texts, spec, batch_size=256)
+                    seconds = time.perf_counter() - t0
+                results[f"variant {label}: stream"] = {
+                    "requests": len(texts),
+                    "seconds": seconds,
+                    "rps": len(texts) / seconds,
+                    **phase.stats(),
+                }
+            except BaseException:
+                print((work / f"embedder_{i}.log").read_text()[-3000:], flush=True)
+                raise
+            finally:
+                if client is not None:
+                    client.close()
+                stop(embedder)
+            print(json.dumps(results, indent=1), flush=True)
+    finally:
+        if gpu_busy is not None:
+            gpu_busy.close()
     return results
 
 
@@ -668,6 +748,22 @@ def gpu_table(r: dict, clients: int) -> str:
         )
     if grpc_:
         rows.append(row("gRPC StreamEmbed (SDK embed_many, 256 a message)", grpc_))
+    for key in (k for k in r if k.startswith("variant ") and k.endswith(": http")):
+        label = key[len("variant ") : -len(": http")]
+        stream = r.get(f"variant {label}: stream")
+        http = r[key]
+        ratio = f"{http['rps'] / stream['rps']:.0%}" if stream else "n/a"
+        rows.append(
+            row(f"embedder `{label}`: /v1/embeddings, front door in 1 process", http).replace(
+                " | n/a |", f" | {ratio} |", 1
+            )
+        )
+        if stream:
+            rows.append(
+                row(f"embedder `{label}`: gRPC StreamEmbed", stream).replace(
+                    " | n/a |", " | 100% |", 1
+                )
+            )
     return "\n".join(rows)
 
 
@@ -734,6 +830,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--load-procs", type=int, default=4, help="GPU: load-generator processes (clients split)"
+    )
+    p.add_argument(
+        "--embedder-variants",
+        help="GPU: instead of `serve all`, each variant's `serve embedder` flags (';'-separated, "
+        "'default' for none) with the front door in one process of its own, and StreamEmbed on "
+        "the same embedder, e.g. 'default;--switch-interval-ms 0.5;--cuda-graphs'",
     )
     p.add_argument("--record", type=Path)
     args = p.parse_args(argv)

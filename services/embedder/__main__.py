@@ -82,6 +82,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "plain launches at load (no effect on a CPU)",
     )
     parser.add_argument(
+        "--switch-interval-ms",
+        type=_positive_ms,
+        # argparse converts a string default with `type`: a bad env value is a usage error.
+        default=os.environ.get("TUNEWIRE_SWITCH_INTERVAL_MS") or defaults.switch_interval_ms,
+        help="the interpreter's thread switch interval in ms (default: Python's, 5): how long "
+        "a GPU launch may wait for the GIL at each op (env TUNEWIRE_SWITCH_INTERVAL_MS)",
+    )
+    parser.add_argument(
         "--max-text-bytes",
         type=int,
         default=defaults.max_text_bytes,
@@ -140,6 +148,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+def _positive_ms(value: str) -> float:
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not ms > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds > 0, not {value!r}")
+    return ms
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(
         host=args.host,
@@ -156,6 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         varlen=args.varlen,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
+        switch_interval_ms=args.switch_interval_ms,
         hot_answer_bytes=args.hot_answer_bytes,
         cache_scope=args.cache_scope,
         trainer=args.trainer,

@@ -6,6 +6,7 @@ memory, so a Kubernetes probe never routes traffic to a replica that would stall
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,10 @@ class Settings:
     compile: bool | None = None
     # Packed batches replay CUDA graphs per shape bucket on a GPU (services/embedder/graphs.py).
     cuda_graphs: bool = False
+    # The interpreter's thread switch interval in this process (ms; None: Python's own, 5 ms).
+    # A GPU batch's launch releases and takes back the GIL at every op, and each take-back may
+    # wait this long for a thread busy in Python (an Embed call's parsing, lookups, answer).
+    switch_interval_ms: float | None = None
     # Texts longer than this (UTF-8 bytes) are INVALID_ARGUMENT; shorter ones are truncated to
     # the encoder's max_length in tokens.
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
@@ -211,6 +216,8 @@ def start(settings: Settings) -> App:
         max_map_size=settings.cache_max_size,
     )
     device = torch.device(settings.device) if settings.device else None
+    if settings.switch_interval_ms is not None:
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
     service = EmbedderService(
         cache,
         max_batch_tokens=settings.max_batch_tokens,

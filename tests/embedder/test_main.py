@@ -29,6 +29,28 @@ def test_env_fallbacks_and_flags(monkeypatch, tmp_path):
     assert (settings.port, settings.max_batch_tokens, settings.preload) == (7, 512, ["a", "b"])
 
 
+def test_switch_interval_from_flag_or_env_and_set_by_start(monkeypatch, tmp_path):
+    import pytest
+
+    from services.embedder.app import Settings, start
+
+    assert settings_from_args(build_parser().parse_args([])).switch_interval_ms is None
+    monkeypatch.setenv("TUNEWIRE_SWITCH_INTERVAL_MS", "0.5")
+    assert settings_from_args(build_parser().parse_args([])).switch_interval_ms == 0.5
+    args = build_parser().parse_args(["--switch-interval-ms", "2"])
+    assert settings_from_args(args).switch_interval_ms == 2.0
+    monkeypatch.setenv("TUNEWIRE_SWITCH_INTERVAL_MS", "0")
+    with pytest.raises(SystemExit):  # a usage error naming the flag, no traceback
+        build_parser().parse_args([])
+    before = sys.getswitchinterval()
+    try:
+        app = start(Settings(port=0, data_dir=tmp_path, device="cpu", switch_interval_ms=0.25))
+        app.stop()
+        assert sys.getswitchinterval() == pytest.approx(0.00025)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
