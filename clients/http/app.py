@@ -96,7 +96,6 @@ def create_app(
             token = token_of(request)
 
             def jobs():
-                backend.as_caller(token)
                 from tunewire.v1 import trainer_pb2
 
                 return [
@@ -106,7 +105,7 @@ def create_app(
                 ]
 
             try:
-                out["jobs"] = await run_in_threadpool(jobs)
+                out["jobs"] = await backend.in_thread(token, jobs)
             except TunewireError as err:
                 return ludwig_error(err)
         return out

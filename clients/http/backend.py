@@ -13,6 +13,8 @@ normalises and truncates comes from its sentence-transformers files when the pat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -124,6 +126,8 @@ class EncoderModel:
 # Most rows (predict) and texts (embeddings) one merged call carries; see coalesce.py.
 MAX_MERGED_ROWS = 256
 MAX_MERGED_TEXTS = 256
+# Worker threads (starlette's pool: 40) one caller's calls may hold at once.
+MAX_THREADS_PER_CALLER = 8
 
 
 def _input_error(exc: InvalidArgument) -> InvalidArgument:
@@ -182,8 +186,42 @@ class Backend:
             self.models[name] = EncoderModel(name, path, spec, st.normalize, _tokenizer(path))
         self.default_model = next(iter(self.models), None)
         # Concurrent single-row predictions and embeddings requests, merged (coalesce.py).
-        self._rows = Coalescer(self._predict_merged, lambda row: 1, MAX_MERGED_ROWS)
-        self._texts = Coalescer(self._embed_merged, len, MAX_MERGED_TEXTS)
+        # Each caller's share of the worker threads (caller_slot), so one caller's many
+        # requests never hold every thread while another's wait.
+        self._slots: dict[str | None, list] = {}
+        gate = self.caller_slot_of_key
+        self._rows = Coalescer(self._predict_merged, lambda row: 1, MAX_MERGED_ROWS, gate=gate)
+        self._texts = Coalescer(self._embed_merged, len, MAX_MERGED_TEXTS, gate=gate)
+
+    @contextlib.asynccontextmanager
+    async def caller_slot(self, token: str | None):
+        """One of the MAX_THREADS_PER_CALLER worker threads the caller holding `token` may
+        use at once (waited for on the event loop, holding no thread)."""
+        entry = self._slots.get(token)
+        if entry is None:
+            entry = self._slots[token] = [asyncio.Semaphore(MAX_THREADS_PER_CALLER), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._slots[token]
+
+    def caller_slot_of_key(self, key: tuple):
+        return self.caller_slot(key[0])  # the coalescers' keys begin with the token
+
+    async def in_thread(self, token: str | None, fn: Callable, *args):
+        """`fn(*args)` in a worker thread on behalf of the caller holding `token`, within that
+        caller's share of the threads."""
+
+        def work():
+            self.as_caller(token)
+            return fn(*args)
+
+        async with self.caller_slot(token):
+            return await run_in_threadpool(work)
 
     @staticmethod
     def as_caller(token: str | None):
@@ -216,11 +254,7 @@ class Backend:
         if known is not None and known.loaded:
             return known
 
-        def ask() -> EncoderModel:
-            self.as_caller(token)
-            return self.model(name)
-
-        return await run_in_threadpool(ask)
+        return await self.in_thread(token, self.model, name)
 
     async def embed_request(
         self,

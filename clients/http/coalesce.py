@@ -20,7 +20,9 @@ the embedder away) is every merged request's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -46,13 +48,16 @@ class Coalescer(Generic[K, P, R]):
         size: Callable[[P], int],
         max_items: int,
         max_in_flight: int = 2,
+        gate: Callable[[K], AbstractAsyncContextManager] | None = None,
     ) -> None:
         """`size(part)`: the items a request brings (rows, texts); a call holds at most
         `max_items` of them, or one request whatever its size. `max_in_flight` calls per key
-        run at once, so one call's transfer overlaps another's compute."""
+        run at once, so one call's transfer overlaps another's compute. `gate(key)`: entered
+        around each call's thread (the caller's share of the worker threads)."""
         if max_items < 1 or max_in_flight < 1:
             raise ValueError("max_items and max_in_flight must be >= 1")
         self._run, self._size = run, size
+        self._gate = gate or (lambda key: contextlib.nullcontext())
         self.max_items, self.max_in_flight = max_items, max_in_flight
         self._queued: dict[K, list[tuple[P, asyncio.Future]]] = {}
         self._in_flight: dict[K, int] = {}
@@ -87,17 +92,21 @@ class Coalescer(Generic[K, P, R]):
         if not queued:
             self._queued.pop(key, None)
 
+    async def _in_thread(self, key: K, parts: list[P]) -> list:
+        async with self._gate(key):
+            return await run_in_threadpool(self._run, key, parts)
+
     async def _call(self, key: K, batch: list[tuple[P, asyncio.Future]]) -> None:
         try:
             parts = [part for part, _ in batch]
             self.calls += 1
             try:
-                results = await run_in_threadpool(self._run, key, parts)
+                results = await self._in_thread(key, parts)
             except InvalidArgument:
                 if len(batch) == 1:
                     raise
                 # Maybe one request's input: each alone, each with its own answer or error.
-                alone = [run_in_threadpool(self._run, key, [part]) for part in parts]
+                alone = [self._in_thread(key, [part]) for part in parts]
                 results = [
                     r if isinstance(r, BaseException) else r[0]
                     for r in await asyncio.gather(*alone, return_exceptions=True)

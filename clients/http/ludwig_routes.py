@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException
 
 from clients.http.backend import Backend
@@ -112,12 +111,7 @@ def router(backend: Backend, token_of) -> APIRouter:
 
     async def _predict_as(token, model: str, columns: dict) -> dict:
         """The backend's blocking call in a worker thread, on behalf of the caller's token."""
-
-        def work():
-            backend.as_caller(token)
-            return backend.predict(model, columns)
-
-        return await run_in_threadpool(work)
+        return await backend.in_thread(token, backend.predict, model, columns)
 
     async def predict(model: str, request: Request):
         token = token_of(request)

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from clients.http.backend import Backend
 from clients.http.errors import tei_error
@@ -59,12 +58,8 @@ def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
     async def info(request: Request):
         token = token_of(request)
 
-        def work():
-            backend.as_caller(token)
-            return backend.model(None)
-
         try:
-            model = await run_in_threadpool(work)
+            model = await backend.in_thread(token, backend.model, None)
         except TunewireError as err:
             return tei_error(err)
         return {

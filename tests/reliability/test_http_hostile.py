@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import threading
 import time
 
 import httpx
@@ -270,3 +271,56 @@ def test_batch_predict_refuses_a_malformed_table_by_its_path(front, dataset, fie
         got = httpx.post(f"{base}/models/{job.id}/batch_predict", headers=as_(ALICE), **body)
         assert got.status_code == 400, got.text
         assert got.json()["error"].startswith(f"{field}: ")
+
+
+def test_one_callers_many_requests_leave_threads_for_another(front):
+    """45 of Alice's batch_predicts that take long (held here) hold at most her share of the
+    worker threads (8 of 40): Bob's prediction and embedding are answered meanwhile. They
+    held all 40, and Bob waited for hers to finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clients.http.backend import MAX_THREADS_PER_CALLER, _caller_token
+
+    base, job, backend = front
+    real, gate, running = backend.predict, threading.Event(), []
+
+    def slow(model, columns):
+        if _caller_token.get() == ALICE:
+            running.append(1)
+            gate.wait(60)
+        return real(model, columns)
+
+    table = {"columns": ["text"], "data": [["see you at lunch"]]}
+
+    def hers(_):
+        return httpx.post(
+            f"{base}/models/{job.id}/batch_predict",
+            json={"dataset": table},
+            headers=as_(ALICE),
+            timeout=90,
+        )
+
+    backend.predict = slow
+    try:
+        with ThreadPoolExecutor(45) as pool:
+            answers = pool.map(hers, range(45))
+            deadline = time.monotonic() + 30
+            while len(running) < MAX_THREADS_PER_CALLER and time.monotonic() < deadline:
+                time.sleep(0.05)
+            bob = httpx.post(
+                f"{base}/models/{job.id}/predict",
+                json={"text": "win cash"},
+                headers=as_(BOB),
+                timeout=20,
+            )
+            assert bob.status_code == 404  # answered (not his model), not left waiting
+            embedded = httpx.post(
+                f"{base}/embed", json={"inputs": "hi"}, headers=as_(BOB), timeout=20
+            )
+            assert embedded.status_code == 200
+            assert len(running) == MAX_THREADS_PER_CALLER
+            gate.set()
+            assert {a.status_code for a in answers} == {200}
+    finally:
+        gate.set()
+        backend.predict = real
