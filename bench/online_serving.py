@@ -14,9 +14,14 @@ embedder's own gRPC StreamEmbed over the same number of texts (tokens/s).
     python bench/online_serving.py --gpu --record bench/results/online_serving_h200.md
 
 Both servers run as their own processes (ours: `clients/cli.py serve http --model_path` on the
-CPU, `serve all` on the GPU, whose gRPC port the StreamEmbed figure uses); the load comes from
-threads here, one keep-alive connection each. On a small machine the load generator shares the
-cores with the server it measures - for both servers alike.
+CPU; on the GPU `serve all --http-workers 0`, the front door in the embedder's process, then the
+front door as `--http-workers` processes of its own in front of the same embedder, whose gRPC
+port the StreamEmbed figure uses; or, with `--embedder-variants`, `serve embedder FLAGS` per
+variant). Each row records the embedder's forward passes (texts and tokens a pass, from its
+counters), the GPU's busy share (nvidia-smi) and the embedder process's cores. The load comes
+from threads, one keep-alive connection each (on the GPU from `--load-procs` processes). On a
+small machine the load generator shares the cores with the server it measures - for both
+servers alike.
 """
 
 from __future__ import annotations
@@ -471,7 +476,10 @@ def gpu(args) -> dict:
     while any(not _port_free(base + i) for i in range(4)):
         base = free_port()
     proc = start(
-        [PY, "clients/cli.py", "serve", "all", "--port", str(base), "--model", f"llama={model}"],
+        [
+            *[PY, "clients/cli.py", "serve", "all", "--port", str(base)],
+            *["--model", f"llama={model}", "--http-workers", "0"],  # the front door in it
+        ],
         base + 3,
         work / "tunewire.log",
         {"TUNEWIRE_DATA_DIR": str(work / "data")},
@@ -480,7 +488,7 @@ def gpu(args) -> dict:
     client = EmbedderClient(f"127.0.0.1:{base}")
     fronts: list[subprocess.Popen] = []
     try:
-        # `serve all` as it starts: the front door in the embedder's process.
+        # `serve all --http-workers 0`: the front door in the embedder's process.
         warmup = [{"model": "llama", "input": t} for t in fresh(128)]
         throughput(base + 3, "/v1/embeddings", warmup, args.clients)  # compile, first batches
         with Phase(client, proc.pid, gpu_busy) as phase:

@@ -50,6 +50,12 @@ def _workers(value: str) -> int:
     return n
 
 
+# `serve all`'s front door: one process of its own beside the services. In their process, its
+# per-request Python work shared the embedder's GIL: 444 against 548 texts/s on the H200
+# (bench/results/online_serving_h200.md), while more processes than one did not add to it.
+DEFAULT_SERVE_ALL_HTTP_WORKERS = 1
+
+
 def add_http_workers_flag(p: argparse.ArgumentParser) -> None:
     """`serve all --http-workers N`."""
     p.add_argument(
@@ -57,9 +63,9 @@ def add_http_workers_flag(p: argparse.ArgumentParser) -> None:
         "--http_workers",
         dest="http_workers",
         type=_workers,
-        default=_workers(os.environ.get("TUNEWIRE_SERVE_ALL_HTTP_WORKERS", "0")),
-        help="0: the HTTP front door in this process; N: in N processes of its own beside it "
-        "(`serve http --workers N`), off this process's GIL (env "
+        default=os.environ.get("TUNEWIRE_SERVE_ALL_HTTP_WORKERS") or DEFAULT_SERVE_ALL_HTTP_WORKERS,
+        help="N: the HTTP front door in N processes of its own beside the services (`serve "
+        "http --workers N`), off their GIL (default 1); 0: in their process (env "
         "TUNEWIRE_SERVE_ALL_HTTP_WORKERS)",
     )
 

@@ -73,6 +73,10 @@ def test_serve_all_with_a_named_model_serves_http_on_port_plus_3(minilm, tmp_pat
             break
     proc = _serve(["all", "--port", str(base), "--model", f"mini={minilm}"], base + 3, tmp_path)
     try:
+        # By default the front door is a process of its own (`serve http --workers 1`).
+        assert any(
+            b"clients.http" in Path(f"/proc/{p}/cmdline").read_bytes() for p in _children(proc.pid)
+        )
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{base + 3}/v1", api_key="k")
         got = client.embeddings.create(model="mini", input="hello")
         assert len(got.data[0].embedding) == 384
@@ -154,13 +158,14 @@ def test_serve_http_workers_must_be_at_least_one(services, tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_all_http_workers_runs_the_front_door_beside_it(minilm, tmp_path):
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_serve_all_http_workers_runs_the_front_door_beside_it_or_in_it(minilm, tmp_path, workers):
     while True:
         base = free_port()
         if base + 3 < 65536:
             break
     proc = _serve(
-        ["all", "--port", str(base), "--model", f"mini={minilm}", "--http-workers", "2"],
+        ["all", "--port", str(base), "--model", f"mini={minilm}", "--http-workers", workers],
         base + 3,
         tmp_path,
     )
@@ -170,7 +175,8 @@ def test_serve_all_http_workers_runs_the_front_door_beside_it(minilm, tmp_path):
             for p in _children(proc.pid)
             if b"clients.http" in Path(f"/proc/{p}/cmdline").read_bytes()
         ]
-        assert len(front) == 1  # `serve http --workers 2`, a process of its own
+        # N: `serve http --workers N`, a process of its own; 0: none, the front door is here.
+        assert len(front) == (0 if workers == "0" else 1)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{base + 3}/v1", api_key="k")
         got = client.embeddings.create(model="mini", input="hello")
         from clients.sdk import EmbedderClient, EncoderSpec
@@ -181,7 +187,7 @@ def test_serve_all_http_workers_runs_the_front_door_beside_it(minilm, tmp_path):
         assert by_name.vectors[0].tolist() == pytest.approx(got.data[0].embedding, rel=1e-6)
     finally:
         _stop(proc)
-    assert not _alive(front[0])
+    assert not any(_alive(p) for p in front)
 
 
 def test_http_workers_end_when_their_supervisor_is_killed(services, minilm, tmp_path):
