@@ -36,7 +36,13 @@ import grpc
 import structlog
 
 from tunewire import metrics, tracing
-from tunewire.errors import DeadlineExceeded, ResourceExhausted, TunewireError, to_status
+from tunewire.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    TunewireError,
+    to_status,
+)
 
 log = structlog.get_logger("tunewire.calls")
 
@@ -153,6 +159,9 @@ class IdleRequests:
         return self
 
     async def __anext__(self) -> Any:
+        return _parsed(await self._next())
+
+    async def _next(self) -> Any:
         if self.timeout_s is None:
             return await self._requests.__anext__()
         loop = asyncio.get_running_loop()
@@ -288,14 +297,49 @@ def _behaviour(handler: grpc.RpcMethodHandler) -> Callable:
     return handler.unary_stream if handler.response_streaming else handler.unary_unary
 
 
-def _replace(handler: grpc.RpcMethodHandler, behaviour: Callable) -> grpc.RpcMethodHandler:
+def _replace(
+    handler: grpc.RpcMethodHandler, behaviour: Callable, lenient: bool = False
+) -> grpc.RpcMethodHandler:
+    """`handler` with `behaviour`; `lenient`: a request that does not parse reaches it as an
+    `Undecodable` (which `_parsed` and IdleRequests turn into INVALID_ARGUMENT)."""
     make = {
         (False, False): grpc.unary_unary_rpc_method_handler,
         (False, True): grpc.unary_stream_rpc_method_handler,
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(bool(handler.request_streaming), bool(handler.response_streaming))]
-    return make(behaviour, handler.request_deserializer, handler.response_serializer)
+    parse = handler.request_deserializer
+    if lenient and parse is not None:
+        parse = _lenient(parse)
+    return make(behaviour, parse, handler.response_serializer)
+
+
+class Undecodable:
+    """A request message that did not parse (a string field holding bytes that are not UTF-8,
+    a truncated message). grpc.aio answered it UNKNOWN, "Unexpected <class DecodeError>"."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"the request message does not parse: {self.exc}", field="request")
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or worse bytes
+            return Undecodable(exc)
+
+    return lenient
+
+
+def _parsed(request: Any) -> Any:
+    """A unary call's request, or the INVALID_ARGUMENT it did not parse into."""
+    if isinstance(request, Undecodable):
+        raise request.error()
+    return request
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
@@ -376,10 +420,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if is_async:
             # A streaming handler may also be a coroutine that writes with `context.write`
             # (grpc's aio Health.Watch): wrapped like a unary one, its None is not sent.
+            stream = bool(handler.request_streaming)
             wrapped = (
-                _async_stream(fn, method, request_id, idle)
+                _async_stream(fn, method, request_id, stream, idle)
                 if _is_async_gen(fn)
-                else _async_unary(fn, method, request_id, idle)
+                else _async_unary(fn, method, request_id, stream, idle)
             )
         else:
             if handler.request_streaming:
@@ -393,7 +438,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 if handler.response_streaming
                 else _sync_unary(fn, method, request_id, ctx)
             )
-        return _replace(handler, wrapped)
+        return _replace(handler, wrapped, lenient=True)
 
 
 def _is_async_gen(fn: Callable) -> bool:
@@ -407,13 +452,13 @@ def _request_id(metadata) -> str | None:
     return None
 
 
-def _async_unary(fn, method: str, request_id: str, idle: float | None):
+def _async_unary(fn, method: str, request_id: str, stream: bool, idle: float | None):
     async def inner(request, context):
         call = _Call(method, request_id)
-        if idle is not None:
+        if stream:  # its messages checked as they come (and timed, unless idle is None)
             request = IdleRequests(request, idle)
         try:
-            response = await fn(request, context)
+            response = await fn(_parsed(request), context)
         except asyncio.CancelledError:
             call.end(grpc.StatusCode.CANCELLED)
             raise
@@ -425,13 +470,13 @@ def _async_unary(fn, method: str, request_id: str, idle: float | None):
     return inner
 
 
-def _async_stream(fn, method: str, request_id: str, idle: float | None):
+def _async_stream(fn, method: str, request_id: str, stream: bool, idle: float | None):
     async def inner(request, context):
         call = _Call(method, request_id)
-        if idle is not None:
+        if stream:  # its messages checked as they come (and timed, unless idle is None)
             request = IdleRequests(request, idle)
         try:
-            async for response in fn(request, context):
+            async for response in fn(_parsed(request), context):
                 yield response
         except (asyncio.CancelledError, GeneratorExit):
             call.end(grpc.StatusCode.CANCELLED)
@@ -475,7 +520,7 @@ def _sync_unary(fn, method: str, request_id: str, ctx: contextvars.Context):
         sync = SyncContext(context)
         call = ctx.run(_Call, method, request_id)  # in the call's context: its principal
         try:
-            response = ctx.run(fn, request, sync)
+            response = ctx.run(fn, _parsed(request), sync)
         except Exception as exc:  # noqa: BLE001
             _fail_sync(exc, sync, context, call, ctx)
         call.end(grpc.StatusCode.OK)
@@ -488,7 +533,10 @@ def _sync_stream(fn, method: str, request_id: str, ctx: contextvars.Context):
     def inner(request, context):
         sync = SyncContext(context)
         call = ctx.run(_Call, method, request_id)  # in the call's context: its principal
-        responses = ctx.run(fn, request, sync)
+        try:
+            responses = ctx.run(fn, _parsed(request), sync)
+        except Exception as exc:  # noqa: BLE001
+            _fail_sync(exc, sync, context, call, ctx)
         try:
             while True:
                 try:

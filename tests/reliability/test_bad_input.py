@@ -58,6 +58,7 @@ def stubs(tmp_path_factory, minilm):
         "gateway": hub_gateway_pb2_grpc.HubGatewayServiceStub(chans[2]),
         "root": root,
         "minilm": minilm,
+        "embedder_address": f"127.0.0.1:{embedder.port}",
     }
     for c in chans:
         c.close()
@@ -293,3 +294,26 @@ def test_path_traversal_in_every_path_like_field(stubs, value):
         == INVALID
     )
     assert not (stubs["root"] / "etc").exists() and not (stubs["root"].parent / "b").exists()
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument(stubs):
+    """Bytes that are not UTF-8 in a string field: protobuf cannot parse the message, which
+    grpc.aio answered UNKNOWN ("Unexpected <class DecodeError>"); unary and client-streamed."""
+    channel = grpc.insecure_channel(stubs["embedder_address"], options=channel_options())
+    request = embedder_pb2.PredictRowsRequest(model="job-000000000000")
+    request.columns.add(name="text").values.append("PLACEHOLDER")
+    bad = request.SerializeToString().replace(b"PLACEHOLDER", b"\xff\xfe\xfd" * 4 + b"\xfc")
+    predict = channel.unary_unary("/tunewire.v1.EmbedderService/PredictRows")
+    streamed = channel.stream_stream("/tunewire.v1.EmbedderService/StreamEmbed")
+    embed = embedder_pb2.EmbedRequest(texts=["PLACEHOLDER"])
+    embed.encoder.model = stubs["minilm"]
+    bad_embed = embed.SerializeToString().replace(b"PLACEHOLDER", b"\xff\xfe\xfd" * 4 + b"\xfc")
+    try:
+        for call in (lambda: predict(bad), lambda: list(streamed(iter([bad_embed])))):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            err = from_rpc_error(info.value)
+            assert err.code == INVALID, err
+            assert err.field == "request" and "does not parse" in err.message
+    finally:
+        channel.close()
