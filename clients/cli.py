@@ -219,9 +219,16 @@ def _serve_all(args, extra: list[str]) -> int:
             "serve all: --health-port (or TUNEWIRE_HEALTH_PORT) is for one service's own process",
             field="serve",
         )
-    from clients.commands.serve_http import HTTP_PORT_OFFSET, start_http, start_http_process
+    from clients.commands.serve_http import (
+        HTTP_PORT_OFFSET,
+        check_http_flags,
+        start_http,
+        start_http_process,
+    )
     from clients.http.backend import Backend
     from tunewire.model_names import models_from_args
+
+    check_http_flags(sec)
 
     security = security_from_args(sec)
     models = models_from_args(sec)

@@ -40,6 +40,15 @@ def add_http_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_http_flags(opts: argparse.Namespace) -> None:
+    """What argparse's types do not say, refused by name before anything starts."""
+    from clients.http.limits import env_limits
+
+    if opts.max_concurrent_requests < 1:
+        raise InvalidArgument("must be at least 1", field="max_concurrent_requests")
+    env_limits()
+
+
 def _workers(value: str) -> int:
     try:
         n = int(value)
@@ -206,6 +215,7 @@ def serve_http(args, extra: list[str]) -> int:
     models = models_from_args(opts)
     if opts.workers < 1:
         raise InvalidArgument("must be at least 1", field="workers")
+    check_http_flags(opts)
     model_path = str(opts.model_path.resolve()) if opts.model_path else None
     if model_path and not (Path(model_path) / "tunewire.json").is_file():
         raise InvalidArgument(f"{model_path!r} is not a tunewire artifact", field="model_path")

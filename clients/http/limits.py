@@ -25,15 +25,25 @@ DEFAULT_BODY_TIMEOUT_S = 60.0
 
 def env_limits() -> tuple[int, float]:
     """(max body bytes, body timeout in seconds) from TUNEWIRE_HTTP_MAX_BODY_BYTES and
-    TUNEWIRE_HTTP_BODY_TIMEOUT, else the defaults."""
-    env = os.environ.get
-    max_bytes = int(env("TUNEWIRE_HTTP_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
-    timeout = float(env("TUNEWIRE_HTTP_BODY_TIMEOUT") or DEFAULT_BODY_TIMEOUT_S)
-    if max_bytes < 1 or not timeout > 0:
-        raise ValueError(
-            "TUNEWIRE_HTTP_MAX_BODY_BYTES and TUNEWIRE_HTTP_BODY_TIMEOUT must be positive"
-        )
-    return max_bytes, timeout
+    TUNEWIRE_HTTP_BODY_TIMEOUT, else the defaults; a value that is not a positive number is
+    InvalidArgument naming the variable."""
+    return (
+        int(_positive("TUNEWIRE_HTTP_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)),
+        _positive("TUNEWIRE_HTTP_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT_S, float),
+    )
+
+
+def _positive(name: str, default: float, kind: type) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if not value > 0 or value == float("inf"):
+        raise InvalidArgument(f"must be a positive {kind.__name__}, not {raw!r}", field=name)
+    return value
 
 
 async def _refuse(scope, receive, send, err: TunewireError, status: int) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from tunewire.errors import InvalidArgument
+
 log = structlog.get_logger(__name__)
 
 
@@ -42,7 +44,14 @@ def bind_socket(settings: HttpSettings) -> socket.socket:
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    try:
+        sock.bind((settings.host, settings.port))
+    except (OSError, OverflowError) as exc:  # in use, not ours, or no such port
+        sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidArgument(
+            f"cannot listen on {settings.host}:{settings.port}: {reason}", field="port"
+        ) from None
     return sock
 
 

@@ -324,3 +324,26 @@ def test_one_callers_many_requests_leave_threads_for_another(front):
     finally:
         gate.set()
         backend.predict = real
+
+
+def test_serve_http_refuses_bad_settings_in_one_line(tmp_path):
+    """A port in use, a negative request limit, a body limit that is no number: one line
+    naming the setting, exit 2 (a usage error), no traceback (they were tracebacks, or a
+    server that answered every request 429)."""
+    from tests.e2e.conftest import cli
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        runs = [
+            (["--port", taken.getsockname()[1]], {}, "port: cannot listen"),
+            (["--port", 0, "--max-concurrent-requests", -1], {}, "max_concurrent_requests"),
+            (["--port", 0], {"TUNEWIRE_HTTP_MAX_BODY_BYTES": "abc"}, "TUNEWIRE_HTTP_MAX_BODY"),
+        ]
+        for flags, env, said in runs:
+            got = cli("serve", "http", "--embedder", "127.0.0.1:1", *flags, env=env, timeout=60)
+            assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr
+            assert said in got.stderr.strip().splitlines()[-1]
+    finally:
+        taken.close()
