@@ -9,12 +9,17 @@ of the whole-answer key) and the renderer that made them (for StreamEmbed, the s
 chunking), so one is never stale; the byte budget, which counts the key's bytes too, bounds the
 memory (0 keeps nothing). A data set larger than the budget, replayed in order, finds nothing
 here and is read from the map as before.
+
+A key may come with a sketch, a few of its bytes (the service's: the texts' size, first and last
+bytes): a lookup whose sketch no kept answer has misses without hashing its key's bytes, which
+for a request that is no replay (the same texts in another order, say) cost a tenth of a kept
+vector answer's time, its whole texts' bytes hashed for nothing.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
@@ -25,6 +30,7 @@ class _Entry(NamedTuple):
     rendered: Any
     size: int
     distinct: int  # texts the answer counts as cache hits
+    sketch: Hashable | None = None
 
 
 def rendered_size(rendered: Any) -> int | None:
@@ -43,18 +49,31 @@ class HotAnswers:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = max_bytes
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._sketches: Counter[Hashable] = Counter()  # of the kept answers' keys
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> _Entry | None:
+    def get(self, key: Hashable, sketch: Hashable | None = None) -> _Entry | None:
+        """The answer kept under `key`; with the `sketch` it was put with, a key whose sketch
+        no kept answer has is not looked up (nor hashed)."""
+        if sketch is not None and sketch not in self._sketches:
+            return None  # read without the lock: a put racing with it is found next time
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: Hashable, rendered: Any, distinct: int, key_bytes: int = 0) -> None:
-        """Keep `rendered` under `key`; `key_bytes` is what the key holds (counted as kept)."""
+    def put(
+        self,
+        key: Hashable,
+        rendered: Any,
+        distinct: int,
+        key_bytes: int = 0,
+        sketch: Hashable | None = None,
+    ) -> None:
+        """Keep `rendered` under `key`; `key_bytes` is what the key holds (counted as kept),
+        `sketch` what `get` is given with it."""
         size = rendered_size(rendered)
         if size is None:
             return
@@ -64,12 +83,20 @@ class HotAnswers:
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._bytes -= old.size
-            self._entries[key] = _Entry(rendered, size, distinct)
+                self._drop(old)
+            self._entries[key] = _Entry(rendered, size, distinct, sketch)
             self._bytes += size
+            if sketch is not None:
+                self._sketches[sketch] += 1
             while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.size
+                self._drop(self._entries.popitem(last=False)[1])
+
+    def _drop(self, entry: _Entry) -> None:
+        self._bytes -= entry.size
+        if entry.sketch is not None:
+            self._sketches[entry.sketch] -= 1
+            if not self._sketches[entry.sketch]:
+                del self._sketches[entry.sketch]
 
     @property
     def size_bytes(self) -> int:

@@ -85,8 +85,9 @@ BATCH_ENTRY_MIN_TEXTS = 64
 
 
 class RecentHashes:
-    """The hashes of the last `size` keys put, first in first out (a collision only makes a
-    first request look like a replay: its answer is kept in memory, never wrong)."""
+    """The hashes of the last `size` keys put, first in first out (a collision, or two
+    requests of one sketch, only makes a first request look like a replay: its answer is kept
+    in memory, never wrong)."""
 
     def __init__(self, size: int) -> None:
         self._order: deque[int] = deque()
@@ -105,6 +106,30 @@ class RecentHashes:
             if len(self._order) > self._size:
                 self._set.discard(self._order.popleft())
             return False
+
+
+# Bytes of a request's texts (wire form) its hot-answer sketch samples, evenly spread: its
+# ends alone are alike in every request of a data set whose texts share a template.
+_SKETCH_BYTES = 256
+
+
+class _HotKey(NamedTuple):
+    """Where a request's whole answer is kept in memory (`HotAnswers`), and its sketch: the
+    texts' size and bytes sampled through them, which tell a request never seen (the same texts
+    in another order) without hashing all its bytes, and which `RecentHashes` remembers."""
+
+    key: tuple
+    sketch: tuple
+
+    @classmethod
+    def of(cls, key_fp: str, render: Any, wire: bytes) -> _HotKey:
+        return cls(
+            (key_fp, render, wire),
+            (key_fp, render, len(wire), wire[:: max(len(wire) // _SKETCH_BYTES, 1)]),
+        )
+
+    def put(self, hot: HotAnswers, rendered: Any, distinct: int) -> None:
+        hot.put(self.key, rendered, distinct, key_bytes=len(self.key[2]), sketch=self.sketch)
 
 
 class EmbedResult(NamedTuple):
@@ -614,14 +639,14 @@ class EmbedderService:
                 ),
             )
             if found is not None:
-                self.hot.put((key_fp, render, wire), *found, key_bytes=len(wire))
+                _HotKey.of(key_fp, render, wire).put(self.hot, *found)
                 return Answered(found[0])
         distinct = list(dict.fromkeys(texts))
         keys = cache_keys(key_fp, distinct)
         matrix, missing = self.cache.get_matrix(keys, dtype, dim)
         owned, waiting = self._inflight.claim([keys[i] for i in missing])
         if wire is not None:
-            self._seen.put((key_fp, render, wire))
+            self._seen.put(_HotKey.of(key_fp, render, wire).sketch)
         return EmbedJob(
             self,
             entry,
@@ -696,10 +721,11 @@ class EmbedderService:
     ) -> Answered | object | None:
         """The answer from hot answers or `hot_vectors`, rendered; None if neither holds it
         (unless `wait`, `hot_vectors.BUSY` while it is being written)."""
-        if req.wire is not None:
+        hot_key = None if req.wire is None else _HotKey.of(req.key_fp, render, req.wire)
+        if hot_key is not None:
             # A replay is found by its texts' bytes (a dict compares them whole), which costs
             # less than the sha256 of the whole-answer key, needed only when it is not hot.
-            hot = self.hot.get((req.key_fp, render, req.wire))
+            hot = self.hot.get(*hot_key)
             if hot is not None:
                 self.cache.count_hits(hot.distinct)
                 return Answered(hot.rendered)
@@ -717,10 +743,9 @@ class EmbedderService:
         )
         if kept is None or kept is BUSY:
             return kept
-        hot_key = None if req.wire is None else (req.key_fp, render, req.wire)
         return Answered(self._answer_kept(*kept, hot_key))
 
-    def _answer_kept(self, rendered: Any, distinct: int, hot_key: tuple | None) -> Any:
+    def _answer_kept(self, rendered: Any, distinct: int, hot_key: _HotKey | None) -> Any:
         """The answer to a request whose every text is in `hot_vectors`, counted as cache hits.
         Kept as sent (hot answers, under `hot_key`) only when the same request came before: a
         replay then costs nothing from its next time on, while a request seen once (a data set
@@ -728,8 +753,8 @@ class EmbedderService:
         for every 4 KiB of each such answer. Not stored whole in the cache: the sha256 of its key
         would cost about what this answer did."""
         self.cache.count_hits(distinct)
-        if hot_key is not None and self._seen.put(hot_key):
-            self.hot.put(hot_key, rendered, distinct, key_bytes=len(hot_key[2]))
+        if hot_key is not None and self._seen.put(hot_key.sketch):
+            hot_key.put(self.hot, rendered, distinct)
         return rendered
 
     def _compute(

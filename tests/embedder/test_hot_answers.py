@@ -31,6 +31,29 @@ def test_least_recently_used_answers_leave_first_within_the_byte_budget():
     assert hot.get("keyed") is None and hot.size_bytes == 3
 
 
+class CountedKey(str):
+    """A key that counts how often it is hashed."""
+
+    hashed = 0
+
+    def __hash__(self):
+        CountedKey.hashed += 1
+        return super().__hash__()
+
+
+def test_a_key_whose_sketch_no_answer_has_is_not_hashed():
+    hot = HotAnswers(max_bytes=10)
+    hot.put("a", b"12", distinct=1, sketch="s")
+    hot.put("b", b"34", distinct=1, sketch="s")  # one sketch, two answers
+    assert hot.get(CountedKey("zz"), sketch="t") is None and CountedKey.hashed == 0
+    assert hot.get("a", sketch="s").rendered == b"12"
+    assert hot.get(CountedKey("zz"), sketch="s") is None and CountedKey.hashed == 1
+    hot.put("c", b"56789xyzw", distinct=1, sketch="u")  # both "a" and "b" go
+    assert hot.get("b", sketch="s") is None and hot._sketches == {"u": 1}
+    hot.put("c", b"5", distinct=1, sketch="v")  # replaced: its old sketch goes with it
+    assert hot._sketches == {"v": 1} and hot.get("c", sketch="v").rendered == b"5"
+
+
 def test_only_answers_made_of_bytes_are_kept():
     hot = HotAnswers(max_bytes=1 << 20)
     hot.put("array", object(), distinct=1)
