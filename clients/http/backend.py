@@ -29,9 +29,12 @@ from starlette.concurrency import run_in_threadpool
 
 from clients.http.coalesce import Coalescer
 from clients.sdk import EmbedderClient, EncoderSpec, TrainerClient, connect
-from tunewire.errors import InvalidArgument, NotFound
+from tunewire.errors import InvalidArgument, NotFound, Unauthenticated
 from tunewire.model_names import pooling_defaults
 from tunewire.tls import ClientSecurity
+
+# Longer bearer tokens are refused here, before gRPC's metadata limit (16 KiB) refuses them.
+MAX_TOKEN_CHARS = 4096
 
 _caller_token: ContextVar[str | None] = ContextVar("tunewire_http_caller_token", default=None)
 
@@ -48,6 +51,14 @@ class _ForwardToken(
         token = _caller_token.get()
         if not token:
             return details
+        if len(token) > MAX_TOKEN_CHARS or not (token.isascii() and token.isprintable()):
+            # gRPC refuses such metadata itself ("Invalid metadata": HTTP 500), or past its
+            # size limit (RESOURCE_EXHAUSTED: 429): no token the services know looks so.
+            raise Unauthenticated(
+                "the token is not known to this server (a bearer token is at most "
+                f"{MAX_TOKEN_CHARS} printable ASCII characters)",
+                reason="TOKEN_UNKNOWN",
+            )
         metadata = [(k, v) for k, v in (details.metadata or ()) if k != "authorization"]
         metadata.append(("authorization", f"Bearer {token}"))
         return details._replace(metadata=metadata)

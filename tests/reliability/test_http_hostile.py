@@ -347,3 +347,19 @@ def test_serve_http_refuses_bad_settings_in_one_line(tmp_path):
             assert said in got.stderr.strip().splitlines()[-1]
     finally:
         taken.close()
+
+
+@pytest.mark.parametrize("token", ["é-token".encode(), b"t" * 100_000])
+def test_a_token_no_server_could_know_is_401(front, token):
+    """A non-ASCII bearer token was a 500 ("Invalid metadata" from gRPC), a 100 kB one a 429
+    (gRPC's metadata limit); both are simply unknown tokens."""
+    base, job, _ = front
+    header = [(b"authorization", b"Bearer " + token)]
+    for path, body in (
+        ("/v1/embeddings", {"model": "minilm", "input": "x"}),
+        ("/embed", {"inputs": "x"}),
+        (f"/models/{job.id}/predict", {"text": "x"}),
+    ):
+        got = httpx.post(f"{base}{path}", json=body, headers=header, timeout=30)
+        assert got.status_code == 401, (path, got.text)
+    assert httpx.get(f"{base}/models", headers=header).status_code == 401
