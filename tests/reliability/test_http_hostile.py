@@ -363,3 +363,45 @@ def test_a_token_no_server_could_know_is_401(front, token):
         got = httpx.post(f"{base}{path}", json=body, headers=header, timeout=30)
         assert got.status_code == 401, (path, got.text)
     assert httpx.get(f"{base}/models", headers=header).status_code == 401
+
+
+def test_merged_calls_never_mix_two_callers(front):
+    """Alice's and Bob's embeddings requests sent at once: the front door merges each caller's
+    own (coalesce.py), never one's texts into a call made with the other's token, and each
+    answer is its own text's vector."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    base, _, backend = front
+    coalescer = backend._texts
+    gate, run, calls = threading.Event(), coalescer._run, []
+
+    def held(key, parts):
+        gate.wait(60)
+        calls.append((key[0], [t for texts in parts for t in texts]))
+        return run(key, parts)
+
+    def send(i: int):
+        who, token = ("alice", ALICE) if i % 2 else ("bob", BOB)
+        body = {"model": "minilm", "input": f"{who} says {i}"}
+        return httpx.post(f"{base}/v1/embeddings", json=body, headers=as_(token), timeout=60)
+
+    coalescer._run = held
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            answers = pool.map(send, range(24))
+            deadline = time.monotonic() + 30
+            while sum(map(len, coalescer._queued.values())) < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            answers = list(answers)
+    finally:
+        gate.set()
+        coalescer._run = run
+    assert len(calls) < 24  # some were merged
+    for token, texts in calls:
+        assert {t.split()[0] for t in texts} == {"alice" if token == ALICE else "bob"}
+    for i, answer in enumerate(answers):
+        alone = send(i).json()["data"][0]["embedding"]
+        np.testing.assert_allclose(answer.json()["data"][0]["embedding"], alone, rtol=1e-5)
