@@ -147,8 +147,8 @@ class BatchQueue:
     stream's 4 requests in the window finished together, and the device then waited while the
     next 4 were read and tokenised (bench/embedder_pipeline_sim.py). `filling` counts requests
     whose rows are still being tokenised: while a batch is on the device and more rows are on
-    their way, the next batch waits for a full budget (`next_batch(partial=False)`) rather
-    than going out as a scrap that leaves the device a short queue."""
+    their way, the next batch waits for enough tokens (`next_batch`'s `min_tokens`: half the
+    budget on a GPU) rather than going out as a scrap that leaves the device a short queue."""
 
     def __init__(self, max_queued_tokens: int = DEFAULT_MAX_QUEUED_TOKENS) -> None:
         self.max_queued_tokens = max_queued_tokens
@@ -234,13 +234,13 @@ class BatchQueue:
             return self._queued_tokens
 
     def next_batch(
-        self, max_batch_tokens: int, packed: bool = False, partial: bool = True
+        self, max_batch_tokens: int, packed: bool = False, min_tokens: int = 0
     ) -> list[_Row]:
         """The token-budget batch that holds the oldest row, among rows of the same RunKey:
         packed, the rows in arrival order that fit (first fit); padded, the length-sorted
         batch that holds it (least padding). Rows of requests whose client went away are
-        dropped first, never computed. `partial` False: none ([]) unless a full budget's
-        tokens are queued or no request is still queueing rows."""
+        dropped first, never computed. While a request is still queueing rows, none ([])
+        unless `min_tokens` are queued."""
         with self._lock:
             gone = [row for row in self._rows if row.request.cancelled()]
             if gone:
@@ -248,7 +248,7 @@ class BatchQueue:
                 self.dropped_rows += len(gone)
             if not self._rows:
                 return []
-            if not partial and self._filling and self._queued_tokens < max_batch_tokens:
+            if self._filling and self._queued_tokens < min_tokens:
                 return []
             key = self._rows[0].request.key
             candidates = [row for row in self._rows if row.request.key == key]

@@ -59,6 +59,7 @@ from services.embedder.hot_vectors import (
 )
 from services.embedder.inflight import Flight, InFlight
 from services.embedder.landing import Lander
+from services.embedder.launching import Launcher
 from services.embedder.shapes import EncoderShapes, FileHashes
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
@@ -185,6 +186,8 @@ class _Loaded:
     _in_flight_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # On a GPU, fetches launched batches' vectors and delivers them (landing.py).
     lander: Lander = field(default_factory=Lander, repr=False)
+    # On a GPU, each service's launcher of this model's batches (launching.py), by id(service).
+    launchers: dict = field(default_factory=dict, repr=False)
 
     def in_flight_change(self, step: int) -> None:
         with self._in_flight_lock:
@@ -507,10 +510,11 @@ class EmbedderService:
         self._helpers = ThreadPoolExecutor(PARALLEL_PASSES - 1, thread_name_prefix="cpu-pass")
         # Requests answered lately, by the hash of their hot-answer key: which are replays.
         self._seen = RecentHashes(SEEN_REQUESTS)
-        # False: on a GPU the thread that launched a batch waits for it and delivers it, and
-        # a batch short of the budget goes out whenever a launch slot is free, as until
-        # 2026-12-03 (with `BatchQueue.arrival_order` False: bench/embedder_throughput.py's
-        # rows "as before"). True: the lander delivers (landing.py).
+        # False: on a GPU request threads launch batches, the thread that launched one waits
+        # for it and delivers it, and a batch short of the budget goes out whenever a launch
+        # slot is free, as until 2026-12-03 (with `BatchQueue.arrival_order` False:
+        # bench/embedder_throughput.py's rows "as before"). True: the model's launcher
+        # launches (launching.py) and its lander delivers (landing.py).
         self.landers = True
 
     def _scoped(self, fp: str) -> str:
@@ -769,9 +773,10 @@ class EmbedderService:
         The texts are tokenised in chunks on the encoder's tokenizer threads, and each chunk's
         rows join every other request's rows for this model as it arrives; once a batch's worth
         of tokens is queued, this thread starts running batches while later chunks are still
-        being tokenised. Each time this thread gets the model lock it takes the queue's next
-        batch (which may be another request's) and runs it (`_run_batch`: on a GPU one launch at
-        a time, its vectors delivered by the model's lander thread; on a CPU a few passes at
+        being tokenised. On a GPU the model's launcher thread launches the queue's batches
+        (launching.py) and its lander delivers them (landing.py) while this thread queues its
+        rows and waits. On a CPU, each time this thread gets the model lock it takes the queue's
+        next batch (which may be another request's) and runs it (`_run_batch`: a few passes at
         once), until its own rows are all done. `cancelled` (the client went away) drops this
         request's rows and raises Cancelled."""
         encoder, queue = entry.encoder, entry.queue
@@ -780,6 +785,8 @@ class EmbedderService:
         request = queue.open(
             len(texts), RunKey(settings.pooling, settings.layer, settings.normalize), cancelled
         )
+        # A GPU: the model's launcher launches, the lander delivers; this thread queues rows.
+        launcher = self._launcher(entry) if encoder.passes is None and self.landers else None
         try:
             for chunk in chunks:
                 if request.done:  # failed in a batch of another chunk's rows
@@ -787,10 +794,9 @@ class EmbedderService:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
                 queue.extend(request, chunk.result())
-                # A GPU with nothing launched takes what is queued now (the rest of this
-                # request's chunks make the next batch); else batches go out full.
-                idle_gpu = encoder.passes is None and self.landers and not entry.in_flight
-                if idle_gpu or queue.queued_tokens >= self.max_batch_tokens:
+                if launcher is not None:
+                    launcher.wake()
+                elif queue.queued_tokens >= self.max_batch_tokens:
                     self._run_batch(entry, request, packed)
             if encoder.passes is not None and split_passes(
                 queue.queued_tokens, self.max_batch_tokens
@@ -799,10 +805,11 @@ class EmbedderService:
             while not request.done:
                 if request.cancelled():
                     raise Cancelled("the client went away; its queued texts were dropped")
-                if not self._run_batch(entry, request, packed):
-                    # Our remaining rows are in another thread's batch, or wait for a full
-                    # batch behind the one on the device: woken by the queue's next change.
-                    queue.wait_for_change(0.05)
+                if launcher is not None:
+                    launcher.wake()  # (a launcher that ended idle as our rows came)
+                    request.wait(0.05)
+                elif not self._run_batch(entry, request, packed):
+                    request.wait(0.05)  # our remaining rows are in another thread's batch
         finally:
             for chunk in chunks:
                 chunk.cancel()  # not yet started: nobody needs its tokens now
@@ -811,6 +818,16 @@ class EmbedderService:
                 # computes rows nobody waits for.
                 queue.cancel(request)
         return request.result()
+
+    def _launcher(self, entry: _Loaded) -> Launcher:
+        """This service's launcher of `entry`'s batches (a registry may be shared)."""
+        with self._counter_lock:
+            launcher = entry.launchers.get(id(self))
+            if launcher is None:
+                launcher = entry.launchers[id(self)] = Launcher(
+                    functools.partial(self._launch_next, entry), entry.queue.wait_for_change
+                )
+        return launcher
 
     def _help(self, entry: _Loaded, request: PendingRequest, packed: bool) -> None:
         """Run the queue's passes beside `request`'s own thread until it is done (a CPU whose
@@ -822,18 +839,15 @@ class EmbedderService:
             log.exception("a helper pass failed")
 
     def _run_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
-        """Take the queue's next batch under the model lock and run it; False when there was
-        none, no launch slot was free, or `request` was done by the time of the lock.
+        """Take the queue's next batch under the model lock, run it and deliver it; False when
+        there was none (or `request` was done by the time of the lock).
 
-        On a GPU the batch is launched under the lock (batches reach the device in order) and
-        handed to the model's lander (landing.py), which fetches and delivers its vectors: this
-        thread goes back to its own work at once. On a CPU, where a pass is synchronous, the lock
-        covers taking the batch only and the pass runs beside up to `PARALLEL_PASSES - 1` others
-        (cpu_threads.py): this thread first waits for a free pass, at most one pass's time."""
+        On a CPU, where a pass is synchronous, the lock covers taking the batch only and the
+        pass runs beside up to `PARALLEL_PASSES - 1` others (cpu_threads.py): this thread first
+        waits for a free pass, at most one pass's time. On a GPU only with `landers` off (the
+        launcher launches otherwise): `_launch_and_wait`."""
         if entry.encoder.passes is None:
-            if not self.landers:
-                return self._launch_and_wait(entry, request, packed)
-            return self._launch_batch(entry, request, packed)
+            return self._launch_and_wait(entry, request, packed)
         encoder, queue = entry.encoder, entry.queue
         with encoder.passes:
             with encoder.lock:
@@ -852,22 +866,22 @@ class EmbedderService:
         self._count(rows)
         return True
 
-    def _launch_batch(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
-        """A GPU's `_run_batch`: launch the next batch if one of the batches the device holds
-        launched (`Encoder.launches`) is free, and leave its vectors to the lander. With a
-        batch already on the device, a batch short of the budget waits while more rows are
-        being tokenised (BatchQueue.next_batch's `partial`), so the device's queue holds a full
-        batch rather than a scrap."""
+    def _launch_next(self, entry: _Loaded) -> bool:
+        """The launcher's step on a GPU: launch the next batch if one of the batches the device
+        holds launched (`Encoder.launches`) is free, and leave its vectors to the lander;
+        whether a batch went out. With a batch already on the device, a batch under half the
+        budget waits while more rows are being tokenised (BatchQueue.next_batch's
+        `min_tokens`), so the device's queue holds half a batch's time at least, not a scrap."""
         encoder, queue = entry.encoder, entry.queue
         slot = encoder.launches
         if slot is not None and not slot.acquire(blocking=False):
             return False  # both out: rows queued meanwhile gather into the next batch
         handed = False
         try:
+            # The device busy: a batch of at least half the budget while rows are coming.
+            least = self.max_batch_tokens // 2 if entry.in_flight else 0
             with encoder.lock:
-                if request.done:
-                    return False
-                rows = queue.next_batch(self.max_batch_tokens, packed, not entry.in_flight)
+                rows = queue.next_batch(self.max_batch_tokens, encoder.packed, least)
                 if not rows:
                     return False
                 launched = self._launch(encoder, queue, rows)

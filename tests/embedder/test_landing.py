@@ -53,14 +53,14 @@ def test_a_short_batch_waits_while_rows_are_on_their_way():
     filling = queue.open(3, MEAN)
     queue.extend(filling, [[1] * 10])
     assert queue.filling == 1
-    assert queue.next_batch(100, packed=True, partial=False) == []
+    assert queue.next_batch(100, packed=True, min_tokens=50) == []
     queue.extend(filling, [[1] * 10, [1] * 10])  # all its rows are in: no more coming
     assert queue.filling == 0
-    assert len(queue.next_batch(100, packed=True, partial=False)) == 3
-    # A full budget goes out even while rows are coming.
+    assert len(queue.next_batch(100, packed=True, min_tokens=50)) == 3
+    # Enough tokens go out even while rows are coming.
     other = queue.open(2, MEAN)
-    queue.extend(other, [[1] * 100])
-    assert len(queue.next_batch(100, packed=True, partial=False)) == 1
+    queue.extend(other, [[1] * 60])
+    assert len(queue.next_batch(100, packed=True, min_tokens=50)) == 1
     queue.cancel(other)  # it will never send its last row
     assert queue.filling == 0
 
@@ -111,8 +111,8 @@ def gpu_like(minilm_path, registry, monkeypatch):
     fail = threading.Event()
 
     def launch(input_ids, **kw):
-        late = _LateLaunch(real_launch(input_ids, **kw), 0.02, fetched_on, fail.is_set())
-        return late
+        fetched_on.append(f"launched on {threading.current_thread().name}")
+        return _LateLaunch(real_launch(input_ids, **kw), 0.02, fetched_on, fail.is_set())
 
     monkeypatch.setattr(encoder, "passes", None)
     monkeypatch.setattr(encoder, "launches", threading.BoundedSemaphore(GPU_BATCHES_IN_FLIGHT))
@@ -139,10 +139,11 @@ def test_concurrent_requests_get_their_own_vectors_in_order(service, gpu_like):
         got = list(pool.map(lambda texts: service.embed(spec, texts).vectors, requests))
     for vectors, reference in zip(got, expected, strict=True):
         assert rel_error(vectors, reference) < 1e-5
-    assert service.counters().forward_passes > len(requests)
     # Every batch the service launched was fetched by the lander, not by a request's thread.
-    launched = fetched_on[len(requests) :]
-    assert launched and set(launched) == {"lander"}
+    # And launched by the model's launcher thread, not by a request's.
+    served = fetched_on[2 * len(requests) :]
+    assert served.count("lander") > len(requests)
+    assert set(served) == {"lander", "launched on launcher"}
     gate = encoder.launches
     assert all(gate.acquire(blocking=False) for _ in range(GPU_BATCHES_IN_FLIGHT))
 
@@ -160,7 +161,7 @@ def test_a_device_error_fails_the_batch_requests_and_frees_the_slots(service, gp
 
 
 def test_stream_embed_on_the_gpu_pipeline_answers_in_order(tmp_path, registry, gpu_like):
-    encoder, *_ = gpu_like
+    encoder, _, fetched_on, _ = gpu_like
     requests = [_texts(60, seed) for seed in range(10, 16)]
     expected = [
         encoder.run(encoder.tokenize(texts, 512), pooling="mean", layer=0, normalize=False)
@@ -177,8 +178,33 @@ def test_stream_embed_on_the_gpu_pipeline_answers_in_order(tmp_path, registry, g
                     timeout=120,
                 )
             )
-        assert service.counters().forward_passes > len(requests)
+    # Many batches, each fetched by the lander (the counters may be another service's: the
+    # session's registry, so its queue and launchers, is shared).
+    assert fetched_on.count("lander") > len(requests)
     got = [from_proto(reply.embeddings) for reply in replies]
     assert [len(v) for v in got] == [len(t) for t in requests]
     for vectors, reference in zip(got, expected, strict=True):
         assert rel_error(vectors, reference) < 1e-5
+
+
+def test_the_launcher_ends_when_idle_and_starts_again_on_wake(monkeypatch):
+    from services.embedder import launching
+
+    monkeypatch.setattr(launching, "IDLE_SECONDS", 0.05)
+    steps: list[str] = []
+    launcher = launching.Launcher(
+        lambda: steps.append(threading.current_thread().name) and False, time.sleep
+    )
+    launcher.wake()
+    _wait_for(lambda: launcher._thread is None and steps)
+    first = len(steps)
+    launcher.wake()
+    _wait_for(lambda: len(steps) > first)
+    assert set(steps) == {"launcher"}
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
