@@ -40,17 +40,27 @@ class Launcher:
         self._name = name
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def wake(self) -> None:
         """Make sure the thread runs (rows were queued, or a request waits for its rows)."""
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread for good (its service closed), at its next look for a batch."""
+        with self._lock:
+            self._stopped = True
 
     def _run(self) -> None:
         idle_since = time.monotonic()
         while True:
+            if self._stopped:
+                with self._lock:
+                    self._thread = None
+                return
             try:
                 launched = self._step()
             except Exception:  # noqa: BLE001 - a batch's failure reached its requests already

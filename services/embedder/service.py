@@ -888,7 +888,8 @@ class EmbedderService:
                 if launched is None:
                     return True
                 entry.in_flight_change(1)
-                entry.lander.put(launched, rows, functools.partial(self._landed, entry, rows))
+                done = functools.partial(self._landed, entry, rows, slot)
+                entry.lander.put(launched, rows, done)
                 handed = True
             return True
         finally:
@@ -928,13 +929,15 @@ class EmbedderService:
         self,
         entry: _Loaded,
         rows: list,
+        slot: threading.Semaphore | None,
         vectors: np.ndarray | None,
         error: BaseException | None,
     ) -> None:
-        """On the lander's thread: a launched batch's vectors (or its device error) arrived."""
+        """On the lander's thread: a launched batch's vectors (or its device error) arrived;
+        its launch slot is given back."""
         entry.in_flight_change(-1)
-        if entry.encoder.launches is not None:
-            entry.encoder.launches.release()
+        if slot is not None:
+            slot.release()
         if error is not None:
             entry.queue.fail(rows, error)
             return
@@ -979,6 +982,15 @@ class EmbedderService:
     def cache_stats(self) -> CacheStats:
         return self.cache.stats()
 
+    def stop_launchers(self) -> None:
+        """End this service's launcher threads (a registry shared with another service keeps
+        its models, whose queues this service must no longer take batches from)."""
+        for entry in self.registry.entries():
+            launcher = entry.launchers.pop(id(self), None)
+            if launcher is not None:
+                launcher.stop()
+
     def close(self) -> None:
+        self.stop_launchers()
         self._helpers.shutdown(wait=False, cancel_futures=True)
         self.cache.close()

@@ -67,6 +67,7 @@ def test_requests_arriving_while_the_gpu_is_busy_share_the_next_batch(
         releases[1].set()
         got = [f.result(30).vectors[0] for f in first + later]
     assert launches == [1, 1, 3]
+    service.stop_launchers()  # the session's registry is shared with later tests
     alone = service.embed(spec, texts).vectors  # cached now; equal to the gated answers
     np.testing.assert_allclose(np.stack(got), alone, rtol=1e-6)
 
@@ -79,6 +80,7 @@ def test_a_lone_request_on_an_idle_gpu_launches_at_once(service, minilm_path, mo
     monkeypatch.setattr(encoder, "passes", None)
     monkeypatch.setattr(encoder, "launches", gate)
     got = service.embed(spec, ["nothing else is running"]).vectors
+    service.stop_launchers()
     assert got.shape[0] == 1
     # Every slot is back: the gate holds nothing once the batch is delivered.
     assert all(gate.acquire(blocking=False) for _ in range(GPU_BATCHES_IN_FLIGHT))

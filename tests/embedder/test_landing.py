@@ -119,6 +119,9 @@ def gpu_like(minilm_path, registry, monkeypatch):
     monkeypatch.setattr(encoder, "launch", launch)
     yield encoder, entry, fetched_on, fail
     assert entry.in_flight == 0
+    for launcher in list(entry.launchers.values()):  # the session's registry is shared
+        launcher.stop()
+    entry.launchers.clear()
 
 
 def _texts(n: int, seed: int) -> list[str]:
