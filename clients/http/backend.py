@@ -28,8 +28,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 
 from clients.http.coalesce import Coalescer
+from clients.http.inputs import renamed_cells
 from clients.sdk import EmbedderClient, EncoderSpec, TrainerClient, connect
-from tunewire.errors import InvalidArgument, NotFound, Unauthenticated
+from tunewire.errors import InvalidArgument, NotFound, TunewireError, Unauthenticated
 from tunewire.model_names import pooling_defaults
 from tunewire.tls import ClientSecurity
 
@@ -320,7 +321,11 @@ class Backend:
     def _predict_merged(self, key: tuple, rows: list[Mapping]) -> list[dict]:
         token, model, names = key
         self.as_caller(token)
-        out = self.predict(model, {name: [row[name] for row in rows] for name in names})
+        try:
+            out = self.predict(model, {name: [row[name] for row in rows] for name in names})
+        except TunewireError as exc:
+            # Alone (coalesce.py's retry), column i is this request's field names[i].
+            raise (renamed_cells(exc, lambda i, j: names[i]) if len(rows) == 1 else exc) from None
         return [{name: values[i] for name, values in out.items()} for i in range(len(rows))]
 
     def embed(

@@ -8,6 +8,9 @@ text is refused here, by its field's path, like any other bad value.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 from pydantic import WithJsonSchema
 
 from tunewire.errors import InvalidArgument, TunewireError
@@ -84,4 +87,17 @@ def renamed(err: TunewireError, old: str, new: str) -> TunewireError:
     """`err` with its field's leading `old` (`input`, `input[3]`) named `new` instead."""
     if err.field and (err.field == old or err.field.startswith(f"{old}[")):
         err.field = new + err.field[len(old) :]
+    return err
+
+
+_CELL = re.compile(r"columns\[(\d+)\]\.values(?:\[(\d+)\])?")
+
+
+def renamed_cells(err: TunewireError, field: Callable[[int, int | None], str]) -> TunewireError:
+    """`err` about PredictRows' `columns[i].values[j]` (or `.values`) named by the HTTP
+    request's own field: `field(i, j)` (j None for the whole column)."""
+    match = _CELL.fullmatch(err.field or "")
+    if match:
+        row = match[2]
+        err.field = field(int(match[1]), None if row is None else int(row))
     return err

@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException
 
 from clients.http.backend import Backend
 from clients.http.errors import ludwig_error
-from clients.http.inputs import unicode_values
+from clients.http.inputs import renamed_cells, unicode_values
 from tunewire.errors import InvalidArgument, TunewireError
 
 
@@ -106,6 +106,11 @@ def _split_table(value) -> tuple[dict[str, list], list]:
     return {str(n): [row[j] for row in rows] for j, n in enumerate(names)}, index
 
 
+def _table_cell(column: int, row: int | None) -> str:
+    """PredictRows' `columns[column].values[row]` in the request's "split" table."""
+    return "dataset.data" if row is None else f"dataset.data[{row}][{column}]"
+
+
 def router(backend: Backend, token_of) -> APIRouter:
     api = APIRouter(tags=["Ludwig serve"])
 
@@ -130,7 +135,7 @@ def router(backend: Backend, token_of) -> APIRouter:
             columns, index = _split_table(fields["dataset"])
             out = await _predict_as(token, model, columns)
         except TunewireError as err:
-            return ludwig_error(err)
+            return ludwig_error(renamed_cells(err, _table_cell))
         names = list(out)
         return {
             "index": index,

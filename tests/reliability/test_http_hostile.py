@@ -405,3 +405,18 @@ def test_merged_calls_never_mix_two_callers(front):
     for i, answer in enumerate(answers):
         alone = send(i).json()["data"][0]["embedding"]
         np.testing.assert_allclose(answer.json()["data"][0]["embedding"], alone, rtol=1e-5)
+
+
+def test_prediction_limits_name_the_requests_own_fields(front):
+    """The embedder's limits on PredictRows (`columns[0].values[1]`) named by the HTTP
+    request's fields: the predict field, the batch table's cell."""
+    base, job, _ = front
+    url, big = f"{base}/models/{job.id}", "x" * ((1 << 20) + 1)
+    one = httpx.post(f"{url}/predict", json={"text": big}, headers=as_(ALICE), timeout=60)
+    assert one.status_code == 400 and one.json()["error"].startswith("text: "), one.text
+    for rows, field in (([["a"], [big]], "dataset.data[1][0]"), ([["a"]] * 4097, "dataset.data")):
+        table = {"columns": ["text"], "data": rows}
+        got = httpx.post(
+            f"{url}/batch_predict", json={"dataset": table}, headers=as_(ALICE), timeout=60
+        )
+        assert got.status_code == 400 and got.json()["error"].startswith(f"{field}: "), got.text
