@@ -412,9 +412,15 @@ def ours(
                 if gpu_trace:
                     from torch.profiler import ProfilerActivity, profile
 
-                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    from bench.host_trace import HostTrace
+
+                    cuda = device.startswith("cuda")
+                    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+                    with profile(activities=activities) as prof, HostTrace().installed() as host:
                         cold = run()
-                    timeline = gpu_timeline(prof, cold)
+                    timeline = (
+                        (gpu_timeline(prof, cold) if cuda else "") + "\n" + host.summary(cold)
+                    )
                 else:
                     cold = run()
                 warm = run()
@@ -460,11 +466,14 @@ def gpu_timeline(prof, wall: float) -> str:
             end = e
     span = (end - kernels[0][0]) / 1e6
     gaps.sort(reverse=True)
-    shown = ", ".join(f"{g / 1e3:.0f} ms at {at / 1e6:.2f} s" for g, at in gaps[:8])
+    first = kernels[0][0]  # from the profiler's start, about the pass's (the host trace's 0)
+    shown = ", ".join(f"{g / 1e3:.0f} ms at {(at + first) / 1e3:.0f} ms" for g, at in gaps[:12])
     return (
         f"wall {wall:.3f} s, GPU busy {busy / 1e6:.3f} s ({busy / 1e6 / wall:.1%}); before the "
-        f"first kernel + after the last {wall - span:.3f} s; {len(gaps)} gaps > 2 ms "
-        f"between kernels, {sum(g for g, _ in gaps) / 1e6:.3f} s in all: {shown}"
+        f"first kernel + after the last {wall - span:.3f} s (first kernel at about "
+        f"{first / 1e3:.0f} ms, last kernel's end at about {end / 1e3:.0f} ms from the start); "
+        f"{len(gaps)} gaps > 2 ms between kernels, {sum(g for g, _ in gaps) / 1e6:.3f} s in "
+        f"all: {shown}"
     )
 
 
@@ -637,8 +646,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--grpc-gpu-trace",
         action="store_true",
-        help="add a cold gRPC pass (pipeline as now) under a CUDA-only profiler and print where "
-        "the GPU waited for the host (a GPU; its time is not a row)",
+        help="add a cold gRPC pass (pipeline as now) under a CUDA-only profiler and a trace of "
+        "the host's work (bench/host_trace.py), and print where the GPU waited for the host "
+        "(on a CPU the host's trace only; its time is not a row)",
     )
     parser.add_argument(
         "--graph-rows",
@@ -782,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"before: {b_s / c_new:.3f}x; gRPC now vs the encoder driven directly: "
                     f"{d_new / c_new:.3f}"
                 )
-            if args.grpc_gpu_trace and args.device.startswith("cuda"):
+            if args.grpc_gpu_trace:
                 try:
                     t_s, _, traced = ours(
                         **run, request_size=args.request_size, compile=True, gpu_trace=True
