@@ -95,7 +95,9 @@ def _start(
     # certificate names localhost or 127.0.0.1, never 0.0.0.0.
     dial = "127.0.0.1" if host in WILDCARD_HOSTS else host
     # With tokens the services are shared: PredictRows reads a job's artifact as the job (its
-    # owner's, through the trainer), never any path on this machine, nor this folder's.
+    # owner's, through the trainer), never any path on this machine, nor this folder's; the
+    # trainer's jobs and Predict read models under its roots only (its data directory's models
+    # and artifacts, the --model paths), as a trainer of its own does.
     shared = security.auth_tokens_file is not None
     apps = []
     try:
@@ -119,7 +121,7 @@ def _start(
                 host=host,
                 port=ports[1],
                 embedder=embedder_address,
-                allow_any_model_path=True,
+                allow_any_model_path=not shared,
                 security=security,
                 models=dict(models or {}),
             )

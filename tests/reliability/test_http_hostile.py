@@ -420,3 +420,27 @@ def test_prediction_limits_name_the_requests_own_fields(front):
             f"{url}/batch_predict", json={"dataset": table}, headers=as_(ALICE), timeout=60
         )
         assert got.status_code == 400 and got.json()["error"].startswith(f"{field}: "), got.text
+
+
+def test_a_shared_trainer_reads_no_callers_path(front, tmp_path):
+    """`serve all` with tokens: a job's base model is a Hub id or under the trainer's roots, as
+    for a trainer of its own; it read any directory on the machine (someone else's model)."""
+    from clients.http.backend import _caller_token
+    from tunewire.errors import PermissionDenied
+
+    _, job, backend = front
+    (tmp_path / "private-model").mkdir()
+    (tmp_path / "private-model" / "config.json").write_text("{}")
+    cfg = {
+        "model_type": "llm",
+        "base_model": str(tmp_path / "private-model"),
+        "input_features": [{"name": "text", "type": "text"}],
+        "output_features": [{"name": "label", "type": "text"}],
+    }
+    as_bob = backend.as_caller(BOB)  # the front door's trainer client, with Bob's token
+    try:
+        with pytest.raises(PermissionDenied) as err:
+            backend.trainer.create_job(cfg, dataset_id=job.dataset_id)
+        assert err.value.field == "base_model" and err.value.reason == "OUTSIDE_MODEL_ROOTS"
+    finally:
+        _caller_token.reset(as_bob)
