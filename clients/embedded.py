@@ -96,8 +96,8 @@ def _start(
     dial = "127.0.0.1" if host in WILDCARD_HOSTS else host
     # With tokens the services are shared: PredictRows reads a job's artifact as the job (its
     # owner's, through the trainer), never any path on this machine, nor this folder's; the
-    # trainer's jobs and Predict read models under its roots only (its data directory's models
-    # and artifacts, the --model paths), as a trainer of its own does.
+    # encoders, the trainer's jobs and Predict read models under their roots only (the data
+    # directory's models, the trainer's artifacts, the --model paths), as separate services do.
     shared = security.auth_tokens_file is not None
     apps = []
     try:
@@ -110,6 +110,7 @@ def _start(
                 artifact_roots=[] if shared else [Path.cwd()],
                 allow_any_artifact_path=not shared,
                 job_artifact_roots=[data_dir / "artifacts"],
+                model_roots=[data_dir / "models"] if shared else None,
                 models=dict(models or {}),
             )
         )

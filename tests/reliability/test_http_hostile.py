@@ -444,3 +444,20 @@ def test_a_shared_trainer_reads_no_callers_path(front, tmp_path):
         assert err.value.field == "base_model" and err.value.reason == "OUTSIDE_MODEL_ROOTS"
     finally:
         _caller_token.reset(as_bob)
+
+
+def test_a_shared_embedder_loads_no_encoder_from_a_callers_path(front, tmp_path):
+    """`serve all` with tokens: an encoder is a --model name, a Hub id or under the data
+    directory's models; it loaded any directory on the machine holding a config.json."""
+    from clients.http.backend import _caller_token
+    from clients.sdk import EncoderSpec
+    from tunewire.errors import PermissionDenied
+
+    _, _, backend = front
+    as_bob = backend.as_caller(BOB)
+    try:
+        with pytest.raises(PermissionDenied) as err:
+            backend.embedder.embed(["x"], EncoderSpec(model=str(tmp_path / "someone's-model")))
+        assert err.value.reason == "OUTSIDE_MODEL_ROOTS"
+    finally:
+        _caller_token.reset(as_bob)

@@ -140,7 +140,7 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(
             == grpc.StatusCode.UNIMPLEMENTED
         )
         # The trainer calls the embedder with the service token over TLS: a bad encoder path is
-        # then the client's INVALID_ARGUMENT (not PEER_AUTH_FAILED or UNAVAILABLE).
+        # then the client's error, by its field (not PEER_AUTH_FAILED or UNAVAILABLE).
         trainer = trainer_pb2_grpc.TrainerServiceStub(channel(TOKENS["train"]))
         ds = trainer.UploadDataset(
             iter(
@@ -163,7 +163,9 @@ def test_serve_all_requires_tokens_and_tls_and_its_services_use_their_token(
                 trainer_pb2.CreateJobRequest(config_json=config, dataset_id=ds.id), timeout=60
             )
         err = from_rpc_error(info.value)
-        assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err
+        # Shared (tokens): a path outside the embedder's model roots, the config's to change.
+        assert err.code == grpc.StatusCode.PERMISSION_DENIED, err
+        assert err.reason == "OUTSIDE_MODEL_ROOTS"
         assert err.field.startswith("input_features[0].encoder")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
