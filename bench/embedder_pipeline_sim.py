@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.embedder_throughput import random_model, synthetic_texts  # noqa: E402
+from bench.host_trace import HostTrace  # noqa: E402
 
 
 def fake_vectors(input_ids: list[list[int]], dim: int) -> torch.Tensor:
@@ -148,10 +149,12 @@ def main(argv: list[str] | None = None) -> None:
                     embedder_pb2.EmbedRequest(encoder=spec, texts=texts[i : i + args.request_size])
                     for i in range(0, len(texts), args.request_size)
                 )
-                for response in stub.StreamEmbed(requests, timeout=3600):
-                    got.append(from_proto(response.embeddings))
-                    answers.append((time.perf_counter() - start_t, len(got[-1])))
-                wall = time.perf_counter() - start_t
+                with HostTrace().installed() as host:
+                    host.start = start_t
+                    for response in stub.StreamEmbed(requests, timeout=3600):
+                        got.append(from_proto(response.embeddings))
+                        answers.append((time.perf_counter() - start_t, len(got[-1])))
+                    wall = time.perf_counter() - start_t
         finally:
             app.stop()
     vectors = np.concatenate(got)
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         + (" (pipeline as before)" if args.as_before else "")
     )
     if args.timeline:
+        print(host.summary(wall))
         for start, end, t, launched in device.busy:
             print(
                 f"  launched {(launched - start_t) * 1e3:7.0f}  ran {(start - start_t) * 1e3:7.0f}"
