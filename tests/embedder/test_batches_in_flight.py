@@ -56,8 +56,11 @@ def test_requests_arriving_while_the_gpu_is_busy_share_the_next_batch(
     monkeypatch.setattr(encoder, "launch", launch)
     texts = [f"text number {i} for the gate" for i in range(5)]
     with ThreadPoolExecutor(5) as pool:
-        first = [pool.submit(service.embed, spec, [t]) for t in texts[:2]]
-        _wait_until(lambda: len(launches) == 2)  # two batches out: the gate is shut
+        first = []
+        for n, text in enumerate(texts[:2], 1):  # one at a time: each its own batch
+            first.append(pool.submit(service.embed, spec, [text]))
+            _wait_until(lambda n=n: len(launches) == n)
+        # Two batches out: the gate is shut.
         later = [pool.submit(service.embed, spec, [t]) for t in texts[2:]]
         _wait_until(lambda: entry.queue.pending_rows == 3)
         time.sleep(0.05)
