@@ -125,7 +125,7 @@ class HttpProcess:
         root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         # The child dies with this process (a SIGKILL here leaves no front door behind).
-        env = {**os.environ, "PYTHONPATH": path, _DIE_WITH_PARENT: "1"}
+        env = {**os.environ, "PYTHONPATH": path, _DIE_WITH_PARENT: str(os.getpid())}
         self.process = subprocess.Popen([sys.executable, "-m", "clients.http", *argv], env=env)
         self.host, self.port, self.scheme = host, port, scheme
 
@@ -206,10 +206,10 @@ def serve_http(args, extra: list[str]) -> int:
     parser.add_argument("--host")  # given to `serve` itself, or to python -m clients.http
     parser.add_argument("--port", type=int)
     opts, unknown = parser.parse_known_args(extra)
-    if os.environ.pop(_DIE_WITH_PARENT, None):
+    if parent := os.environ.pop(_DIE_WITH_PARENT, None):
         from clients.http.workers import die_with_parent
 
-        die_with_parent()
+        die_with_parent(int(parent))
     if unknown:
         raise InvalidArgument(f"unknown options for serve http: {' '.join(unknown)}", field="serve")
     models = models_from_args(opts)

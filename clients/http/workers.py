@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
 import os
 import signal
 from dataclasses import asdict, dataclass, field
@@ -37,13 +38,19 @@ class WorkerSettings:
     served_model: str | None = None  # the artifact answered at /predict (`--model_path`)
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent_pid: int | None = None) -> None:
     """Linux: this process gets SIGTERM when its parent dies, so a supervisor killed with
-    SIGKILL leaves no worker holding the port."""
+    SIGKILL leaves no worker holding the port. A parent that died before the request was made
+    (the worker was still importing) sends nothing: then the worker, re-parented, ends here.
+    `parent_pid`: the parent's, where this process was not started by multiprocessing."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if parent_pid is None and (parent := multiprocessing.parent_process()) is not None:
+        parent_pid = parent.pid
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def app_from_env():
