@@ -136,11 +136,13 @@ class BatchQueue:
     """The rows waiting for one model, from every request (two calls: `append`, `next_batch`;
     or `open` then `extend` per chunk, for a request whose texts are still being tokenised).
 
-    There is no worker thread: whichever request thread holds the model lock takes the next batch
-    - which may hold other requests' rows - launches it and, after releasing the lock, delivers
-    the vectors (flat combining). So concurrent small requests share forward passes, the batch
-    holding the oldest row goes first (no starvation), and a full queue is RESOURCE_EXHAUSTED at
-    once rather than a hang. Callers hold the model lock around `next_batch` + the launch.
+    On a CPU there is no worker thread: whichever request thread holds the model lock takes the
+    next batch - which may hold other requests' rows - runs it and delivers the vectors (flat
+    combining); on a GPU the model's launcher thread takes and launches batches and its lander
+    delivers them (launching.py, landing.py). Either way concurrent small requests share forward
+    passes, the batch holding the oldest row goes first (no starvation), and a full queue is
+    RESOURCE_EXHAUSTED at once rather than a hang. Callers hold the model lock around
+    `next_batch` + the launch.
 
     Packed rows go into batches in arrival order (the oldest request's rows first), so that
     requests finish one after another: ordered by length across every queued request, a

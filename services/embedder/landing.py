@@ -1,12 +1,12 @@
 """Fetching a GPU batch's vectors off the launching thread: one "lander" thread per loaded model.
 
-A batch is launched by whichever request thread holds the model lock (flat combining,
-batching.py). Until 2026-12-03 that thread then waited for the batch's vectors itself, and a
-launch slot was held for two batches' time: a request whose own rows were done stayed unanswered
+Until 2026-12-03 a GPU batch was launched by whichever request thread held the model lock
+(flat combining, batching.py), and that thread then waited for the batch's vectors itself, a
+launch slot held for two batches' time: a request whose own rows were done stayed unanswered
 while it waited for a batch of other requests' rows it had launched, and a request thread still
 queueing its tokenised chunks stopped queueing them for as long (the stream's answers went out in
 pairs, and its window slid by two requests at once; bench/embedder_pipeline_sim.py). Here the
-launcher hands the launched batch to the model's lander and goes back to its own work at once;
+launcher (launching.py) hands the launched batch to the model's lander and goes on at once;
 the lander waits for the device's event (batches finish in launch order, as one CUDA stream
 runs them), gives the launch slot back, and delivers the vectors to their requests.
 

@@ -2,12 +2,13 @@
 
 Until 2026-12-03 whichever request thread held the model lock took the queue's next batch and
 launched it (flat combining). Through StreamEmbed on the H200 that left the GPU waiting for the
-host for 18 % of the time (0.83 of 4.78 s; bench/results/embedder_throughput_h200.md): a batch
-could go out only when a request thread came by - between its own chunks, or after its rows
-landed - and each stream's threads were new ones. Here request threads only tokenise, queue
+host for 18 % of a pass with the lander already in place (0.83 of 4.78 s;
+bench/results/embedder_throughput_h200.md): a batch could go out only when a request thread came
+by - between its own chunks, or while waiting for its rows - and each stream's threads were new
+ones (each with its first launch to make). Here request threads only tokenise, queue
 their rows and wait; the launcher takes the next batch as soon as a launch slot is free (the
 lander gives slots back, landing.py) and the batch is worth launching (BatchQueue.next_batch's
-`partial`), and launches it. The CPU path keeps flat combining (a pass there is synchronous).
+`min_tokens`), and launches it. The CPU path keeps flat combining (a pass there is synchronous).
 
 The thread is started by the first `wake` and ends after `IDLE_SECONDS` without a batch;
 request threads call `wake` while they wait, so one that ended as rows arrived is started again.
