@@ -362,21 +362,39 @@ needs_fp8 = pytest.mark.skipif(
 )
 
 
+def fused_float8_layer(device: str, emulate: bool) -> torch.nn.Module:
+    """One fused LoRA layer (bias on, B non-zero) over a bf16 linear, its base GEMMs float8."""
+    from peft import LoraConfig, get_peft_model
+
+    from services.trainer.recipes.generative.lora_fused import float8_layers, fuse_lora
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(256, 512, bias=True))
+    cfg = LoraConfig(r=16, lora_alpha=32, target_modules=["0"], init_lora_weights=False)
+    model = get_peft_model(base, cfg).to(device, torch.bfloat16)
+    assert fuse_lora(model, True, emulate=emulate) == 1
+    return float8_layers(model)[0]
+
+
 @needs_fp8
 def test_fp8_fused_lora_gemms_match_their_emulation():
-    """The fused LoRA operator's real float8 GEMMs (`torch._scaled_mm`: layouts, scales, fast
-    accumulation forward only) against its float32 emulation of the same casts, on bf16."""
-    from tests.generative.test_lora_fp8 import float8_copy, relative_errors
-    from tests.generative.test_lora_fused import forward_backward, peft_lm
+    """The fused LoRA operator's real float8 GEMMs (`torch._scaled_mm`: layouts, dequantizing
+    scales, bias, fast accumulation forward only, e5m2 by e4m3 backward) against its float32
+    emulation of the same casts: one layer, so float8's rounding does not compound."""
 
-    emulated = float8_copy(peft_lm(torch.bfloat16)).cuda()
-    real = float8_copy(peft_lm(torch.bfloat16)).cuda()
-    for m in real.modules():
-        if getattr(m, "float8", False):
-            m.float8_emulate = False
-    ids = torch.randint(0, 64, (4, 32), device="cuda")
-    errors = relative_errors(forward_backward(emulated, ids), forward_backward(real, ids))
-    assert max(errors.values()) < 0.03, errors
+    def run(emulate: bool) -> dict[str, torch.Tensor]:
+        layer = fused_float8_layer("cuda", emulate)
+        torch.manual_seed(1)
+        x = torch.randn(1000, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        y = layer(x)
+        y.backward(torch.randn_like(y))
+        grads = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
+        return {"y": y.detach(), "x": x.grad, **grads}
+
+    emulated, real = run(True), run(False)
+    for name, e in emulated.items():
+        error = float((real[name].float() - e.float()).norm() / e.float().norm())
+        assert error < 1e-2, (name, error)
 
 
 @needs_fp8
