@@ -19,9 +19,10 @@ def embed_request(
     request). Serialised without an encoder, it is the texts' wire form (fingerprint.encode_texts).
     The fields are set one by one: protobuf copies a sub-message passed to the constructor
     through a serialisation of it."""
-    if texts and "\0" not in "".join(texts):
+    together = "\0".join(texts)  # one join, the NUL check counted on it
+    if texts and together.count("\0") == len(texts) - 1:
         try:
-            data = "\0".join(texts).encode("utf-8")
+            data = together.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: protobuf's records say what is wrong
             pass
         else:

@@ -285,6 +285,9 @@ def test_the_sdk_sends_texts_holding_a_nul_as_records(server, minilm_path):
     texts = ["a\0b", "plain"]
     assert list(embed_request(None, texts).texts) == texts
     assert embed_request(None, ["a", "b"]).joined.count == 2
+    assert list(embed_request(None, ["\0"]).texts) == ["\0"]  # one text, only a NUL
+    only_empty = embed_request(None, [""])
+    assert (only_empty.joined.utf8, only_empty.joined.count) == (b"", 1)
     client = EmbedderClient(f"127.0.0.1:{server.port}")
     try:
         with_nul = client.embed(texts, EncoderSpec(minilm_path)).vectors
