@@ -437,7 +437,8 @@ def gpu(args) -> dict:
         tokenizer = str(get_model_path())
     work = Path(tempfile.mkdtemp(prefix="online-bench-gpu-"))
     model = random_model(work / "llama", "llama", args.smoke, args.device, tokenizer)
-    n, nb = args.gpu_texts, args.baseline_texts or args.gpu_texts
+    n = args.gpu_texts
+    nb = args.gpu_texts if args.baseline_texts is None else args.baseline_texts
     variants = [int(w) for w in args.http_workers.split(",") if w.strip()]
     embedder_variants = [v.strip() for v in (args.embedder_variants or "").split(";")]
     embedder_variants = [v for v in embedder_variants if v] if args.embedder_variants else []
@@ -453,23 +454,24 @@ def gpu(args) -> dict:
     load = args.load_procs
     results: dict = {"load_processes": load}
     # The baseline first: it compiles nothing, so a short lease still gets its figure.
-    port = free_port()
-    proc = start(
-        [
-            *[PY, "bench/online_baseline.py", "--model", str(model)],
-            *["--device", args.device, "--port", str(port)],
-        ],
-        port,
-        work / "baseline.log",
-    )
-    try:
-        throughput(port, "/v1/embeddings", bodies(64, "float"), args.clients)
-        results["baseline_http"] = spread_throughput(
-            port, "/v1/embeddings", bodies(nb), args.clients, load
+    if nb:
+        port = free_port()
+        proc = start(
+            [
+                *[PY, "bench/online_baseline.py", "--model", str(model)],
+                *["--device", args.device, "--port", str(port)],
+            ],
+            port,
+            work / "baseline.log",
         )
-    finally:
-        stop(proc)
-    print(json.dumps(results, indent=1), flush=True)
+        try:
+            throughput(port, "/v1/embeddings", bodies(64, "float"), args.clients)
+            results["baseline_http"] = spread_throughput(
+                port, "/v1/embeddings", bodies(nb), args.clients, load
+            )
+        finally:
+            stop(proc)
+        print(json.dumps(results, indent=1), flush=True)
     if embedder_variants:
         return _embedder_variants(args, model, embedder_variants, bodies, fresh, results, work)
     base = free_port()
@@ -713,7 +715,7 @@ def cpu_table(r: dict) -> str:
 
 
 def gpu_table(r: dict, clients: int) -> str:
-    grpc_, base = r.get("grpc_stream_embed"), r["baseline_http"]
+    grpc_, base = r.get("grpc_stream_embed"), r.get("baseline_http")
 
     def extra(v: dict) -> str:
         if "texts_per_pass" not in v:
@@ -724,19 +726,22 @@ def gpu_table(r: dict, clients: int) -> str:
             f"{v['embedder_cores']:.2f} |"
         )
 
-    def row(label: str, v: dict) -> str:
-        vs_grpc = f"{v['rps'] / grpc_['rps']:.0%}" if grpc_ else "n/a"
+    def row(label: str, v: dict, stream: dict | None = None) -> str:
+        stream = stream or grpc_
+        vs_grpc = f"{v['rps'] / stream['rps']:.0%}" if stream else "n/a"
+        vs_base = f"{v['rps'] / base['rps']:.2f}x" if base else "n/a"
         return (
             f"| {label} | {v['requests']} | {v['seconds']:.2f} | {v['rps']:.0f} | "
-            f"{v['rps'] / base['rps']:.2f}x | {vs_grpc} |" + extra(v)
+            f"{vs_base} | {vs_grpc} |" + extra(v)
         )
 
     rows = [
         "| path | texts | seconds | texts/s | vs baseline | vs gRPC StreamEmbed | texts/pass "
         "| tokens/pass | GPU busy | embedder process cores |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        row(f"baseline HTTP, {clients} clients", base),
     ]
+    if base:
+        rows.append(row(f"baseline HTTP, {clients} clients", base))
     if "tunewire_http" in r:
         rows.append(
             row(
@@ -759,19 +764,11 @@ def gpu_table(r: dict, clients: int) -> str:
     for key in (k for k in r if k.startswith("variant ") and k.endswith(": http")):
         label = key[len("variant ") : -len(": http")]
         stream = r.get(f"variant {label}: stream")
-        http = r[key]
-        ratio = f"{http['rps'] / stream['rps']:.0%}" if stream else "n/a"
         rows.append(
-            row(f"embedder `{label}`: /v1/embeddings, front door in 1 process", http).replace(
-                " | n/a |", f" | {ratio} |", 1
-            )
+            row(f"embedder `{label}`: /v1/embeddings, front door in 1 process", r[key], stream)
         )
         if stream:
-            rows.append(
-                row(f"embedder `{label}`: gRPC StreamEmbed", stream).replace(
-                    " | n/a |", " | 100% |", 1
-                )
-            )
+            rows.append(row(f"embedder `{label}`: gRPC StreamEmbed", stream, stream))
     return "\n".join(rows)
 
 
@@ -826,8 +823,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--baseline-texts",
         type=int,
-        help="GPU: texts sent to the baseline (default --gpu-texts; it runs ~30 a second on an "
-        "H200, so a short lease measures it on fewer)",
+        help="GPU: texts sent to the baseline (0: none; default --gpu-texts; it runs ~30 a "
+        "second on an H200, so a short lease measures it on fewer)",
     )
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument(
