@@ -7,6 +7,7 @@ through the same processors so there is one format.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -14,6 +15,13 @@ import sys
 import structlog
 
 _configured = False
+
+
+def _not_a_cancellation(record: logging.LogRecord) -> bool:
+    """Drops a record whose exception is a task's cancellation: grpc.aio and asyncio log the
+    handlers a stopping server cancels (a process ending while a stream is open) with their
+    traceback, and a cancelled call is no error."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 def configure(level: str | None = None, json: bool | None = None, stream=None) -> None:
@@ -53,6 +61,7 @@ def configure(level: str | None = None, json: bool | None = None, stream=None) -
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(_not_a_cancellation)
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_tunewire", False):

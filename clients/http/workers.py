@@ -69,6 +69,19 @@ def app_from_env():
     return create_app(backend, settings.max_concurrent)
 
 
+def _server_target(config) -> dict:
+    """Older uvicorn (0.34) takes each worker's `target` (the server's run); newer ones (0.55)
+    build the server in the worker themselves and take no such argument."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if "target" in inspect.signature(Multiprocess.__init__).parameters:
+        return {"target": uvicorn.Server(config).run}
+    return {}
+
+
 def serve_workers(http_settings, worker: WorkerSettings, workers: int) -> None:
     """Run `workers` front-door processes on `http_settings`' address until SIGTERM/SIGINT
     (blocks; the calling thread must be the main one: the supervisor takes the signals)."""
@@ -93,6 +106,6 @@ def serve_workers(http_settings, worker: WorkerSettings, workers: int) -> None:
     scheme = "https" if http_settings.tls_cert is not None else "http"
     log.info("http serving", port=sock.getsockname()[1], scheme=scheme, workers=workers)
     try:
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock], **_server_target(config)).run()
     finally:
         sock.close()

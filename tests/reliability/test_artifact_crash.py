@@ -45,7 +45,8 @@ def slow_artifact(ctx):
     ctx.artifact_dir.mkdir(parents=True)
     for i in range({files}):
         (ctx.artifact_dir / f"part-{{i:03d}}.bin").write_bytes(bytes([i]) * 4096)
-        print("wrote", i, flush=True)
+        sys.stdout.write(f"wrote {{i}}\\n")  # one write: the runner's log lines interleave
+        sys.stdout.flush()
         time.sleep(0.05)
     return JobResult([MetricValue("test", "label", "accuracy", 1.0)])
 
@@ -80,7 +81,13 @@ def test_sigkill_mid_artifact_leaves_nothing_that_looks_whole(tmp_path):
     )
     try:
         for line in child.stdout:  # kill once a third of the files are written
-            if line.startswith("wrote") and int(line.split()[1]) >= FILES // 3:
+            words = line.split()
+            if (
+                words[:1] == ["wrote"]
+                and words[1:2]
+                and words[1].isdigit()
+                and int(words[1]) >= FILES // 3
+            ):
                 break
         child.send_signal(signal.SIGKILL)
     finally:
