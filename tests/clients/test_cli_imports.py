@@ -21,9 +21,10 @@ print(",".join(heavy))
 """
 
 
-def test_parsing_and_checking_a_config_imports_neither_torch_nor_pandas():
+def _run(script: str) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter on this checkout alone; it must succeed."""
     out = subprocess.run(
-        [sys.executable, "-c", CHECK],
+        [sys.executable, "-c", script],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -31,6 +32,11 @@ def test_parsing_and_checking_a_config_imports_neither_torch_nor_pandas():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_parsing_and_checking_a_config_imports_neither_torch_nor_pandas():
+    out = _run(CHECK)
     assert out.stdout.strip() == ""
 
 
@@ -57,13 +63,5 @@ def test_a_train_against_a_running_trainer_imports_no_numpy_nor_the_server_stack
     """Up to its first call, `train --trainer` needs grpc, the config schema and the trainer's
     stubs: not numpy (the embedder's client), not the server's interceptors and metrics, not
     the llm schema for an ecd config, not huggingface_hub (the gateway imports it per upload)."""
-    out = subprocess.run(
-        [sys.executable, "-c", SERVED],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _run(SERVED)
     assert out.stdout.split("\n")[:2] == ["", "False"]

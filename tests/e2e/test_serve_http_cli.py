@@ -80,15 +80,19 @@ def test_serve_all_with_a_named_model_serves_http_on_port_plus_3(minilm, tmp_pat
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{base + 3}/v1", api_key="k")
         got = client.embeddings.create(model="mini", input="hello")
         assert len(got.data[0].embedding) == 384
-        # The embedder knows the name too.
-        from clients.sdk import EmbedderClient, EncoderSpec
-
-        grpc_client = EmbedderClient(f"127.0.0.1:{base}")
-        by_name = grpc_client.embed(["hello"], EncoderSpec("mini", max_length=256, normalize=True))
-        grpc_client.close()
-        assert by_name.vectors[0].tolist() == pytest.approx(got.data[0].embedding, rel=1e-6)
+        _assert_the_embedder_knows_the_name(f"127.0.0.1:{base}", got.data[0].embedding)
     finally:
         _stop(proc)
+
+
+def _assert_the_embedder_knows_the_name(embedder: str, vector: list[float]) -> None:
+    """The embedder answers "hello" under the name `mini` with the HTTP answer's vector."""
+    from clients.sdk import EmbedderClient, EncoderSpec
+
+    grpc_client = EmbedderClient(embedder)
+    by_name = grpc_client.embed(["hello"], EncoderSpec("mini", max_length=256, normalize=True))
+    grpc_client.close()
+    assert by_name.vectors[0].tolist() == pytest.approx(vector, rel=1e-6)
 
 
 def _children(pid: int) -> list[int]:
@@ -179,12 +183,7 @@ def test_serve_all_http_workers_runs_the_front_door_beside_it_or_in_it(minilm, t
         assert len(front) == (0 if workers == "0" else 1)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{base + 3}/v1", api_key="k")
         got = client.embeddings.create(model="mini", input="hello")
-        from clients.sdk import EmbedderClient, EncoderSpec
-
-        grpc_client = EmbedderClient(f"127.0.0.1:{base}")
-        by_name = grpc_client.embed(["hello"], EncoderSpec("mini", max_length=256, normalize=True))
-        grpc_client.close()
-        assert by_name.vectors[0].tolist() == pytest.approx(got.data[0].embedding, rel=1e-6)
+        _assert_the_embedder_knows_the_name(f"127.0.0.1:{base}", got.data[0].embedding)
     finally:
         _stop(proc)
     assert not any(_alive(p) for p in front)
