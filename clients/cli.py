@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `python clients/cli.py` from a checkout
 from clients.commands.connection import _channel, add_connection, trainer_client  # noqa: E402,F401
 from clients.commands.parsing import Parser, flag  # noqa: E402
 from clients.commands.parsing import json_text as _json  # noqa: E402
-from clients.exit_codes import EXIT_INTERRUPTED, exit_code  # noqa: E402
+from clients.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code  # noqa: E402
 from tunewire.errors import TunewireError  # noqa: E402
 
 _flag = flag  # Ludwig's underscore spelling plus the dashed one
@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(err)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of our output went away (`| head`): end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     finally:
         if argv is None:
             # The program ends here. The interpreter's exit would walk every object once more
@@ -435,9 +438,20 @@ def exit_program(code: int) -> NoReturn:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: reported by the usual exit, as before
+    except BrokenPipeError:  # the reader went away before the last of the output
+        _silence_stdout()
+        os._exit(EXIT_BROKEN_PIPE)
+    except (OSError, ValueError):  # reported by the usual exit, as before
         sys.exit(code)
     os._exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing left in its buffer fails once more (with
+    Python's 'Exception ignored' report) when the process ends."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

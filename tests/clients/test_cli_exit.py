@@ -42,3 +42,19 @@ def test_a_thread_that_is_not_a_daemon_is_waited_for():
     out = _run("thread")
     assert out.returncode == 3, out.stderr[-2000:]
     assert "thread done" in out.stdout and "handler" in out.stdout
+
+
+def test_a_reader_that_goes_away_ends_the_program_quietly():
+    """`tunewire render_config ... | head -0`: no BrokenPipeError traceback, nor Python's
+    'Exception ignored' report at exit; the exit code says what happened (141, as SIGPIPE)."""
+    child = subprocess.Popen(
+        [sys.executable, "clients/cli.py", "render_config", "-c", "examples/sms_spam.yaml"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child.stdout.close()  # the reader is gone before the first write
+    err = child.stderr.read().decode()
+    assert child.wait(60) == 141, err[-2000:]
+    assert err == ""
