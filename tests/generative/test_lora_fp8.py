@@ -20,6 +20,7 @@ from services.trainer.recipes.generative.lora_fused import (
 from tests.generative.test_lora_fused import (
     LAYERS,
     LINEARS_PER_LAYER,
+    first_layer_step,
     forward_backward,
     fused_copy,
     peft_lm,
@@ -212,20 +213,7 @@ def test_compiled_float8_decoder_layer_matches_eager():
     """The float8 layers trace without graph breaks (casts traced, GEMMs opaque) and inductor's
     fused casts give eager's numbers."""
     torch._dynamo.reset()
-    model = float8_copy(peft_lm())
-    core = model.base_model.model.model
-    layer = core.layers[0]
-    x = torch.randn(2, 12, 32, requires_grad=True)
-    pos = core.rotary_emb(x, torch.arange(12)[None])
-
-    def step(fn) -> dict[str, torch.Tensor]:
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        y = fn(x, position_embeddings=pos)
-        (y**2).sum().backward()
-        grads = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
-        return {"y": y.detach(), "x": x.grad, **grads}
-
+    layer, step = first_layer_step(float8_copy(peft_lm()))
     eager = step(layer)
     errors = relative_errors(eager, step(torch.compile(layer, fullgraph=True)))
     assert max(errors.values()) < 1e-5, errors

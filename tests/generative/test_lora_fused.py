@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -147,13 +148,9 @@ def test_state_dict_and_saved_adapter_are_unchanged(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train-dropout"])
-def test_compiled_decoder_layer_matches_eager(train):
-    # Other tests of the session compiled the same decoder-layer code: past dynamo's recompile
-    # limit it would run eagerly, which fullgraph refuses. Start from a fresh budget.
-    torch._dynamo.reset()
-    model, _ = fused_copy(peft_lm(lora_dropout=0.1).train(train))
+def first_layer_step(model) -> tuple[torch.nn.Module, Callable]:
+    """`model`'s first decoder layer, and `step(fn)`: `fn` (the layer, or a compiled copy of
+    it) run forward and backward on one fixed input and seed; its output and every gradient."""
     core = model.base_model.model.model
     layer = core.layers[0]
     x = torch.randn(2, 12, 32, requires_grad=True)
@@ -168,6 +165,17 @@ def test_compiled_decoder_layer_matches_eager(train):
         grads = {n: p.grad for n, p in layer.named_parameters() if p.requires_grad}
         return {"y": y.detach(), "x": x.grad, **grads}
 
+    return layer, step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train-dropout"])
+def test_compiled_decoder_layer_matches_eager(train):
+    # Other tests of the session compiled the same decoder-layer code: past dynamo's recompile
+    # limit it would run eagerly, which fullgraph refuses. Start from a fresh budget.
+    torch._dynamo.reset()
+    model, _ = fused_copy(peft_lm(lora_dropout=0.1).train(train))
+    layer, step = first_layer_step(model)
     eager = step(layer)
     # fullgraph: the autograd.Function must trace without graph breaks. Inductor draws other
     # dropout masks than eager, so with dropout on the comparison runs AOT autograd without it
@@ -175,7 +183,7 @@ def test_compiled_decoder_layer_matches_eager(train):
     backend = "aot_eager" if train else "inductor"
     assert_same(eager, step(torch.compile(layer, fullgraph=True, backend=backend)), rel=1e-5)
     if train:
-        torch.compile(layer, fullgraph=True)(x, position_embeddings=pos)
+        step(torch.compile(layer, fullgraph=True))
 
 
 def recipe_losses(tiny_model: Path, tmp: Path, *, fused: bool, steps: int = 6) -> list[float]:
