@@ -100,6 +100,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`cpu_seconds` of a process and every process below it (a front door's workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {pid}, True
+    while grew:
+        below = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= below
+        grew = bool(below)
+    return sum(cpu_seconds(p) for p in tree)
+
+
 def stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -397,17 +414,43 @@ class Phase:
     and after: texts and tokens a forward pass), the GPU's busy share, and the embedder
     process's CPU (cores used: one near 1.0 is a process bound by its GIL)."""
 
-    def __init__(self, embedder, pid: int, gpu: GpuBusy) -> None:
+    def __init__(
+        self,
+        embedder,
+        pid: int,
+        gpu: GpuBusy,
+        front: int | None = None,
+        trace: Path | None = None,
+    ) -> None:
+        """`front`: the front door's process (its cores, workers included, are recorded);
+        `trace`: the control folder of an embedder started by bench/traced_embedder.py (its
+        Embed calls and launch times over the row are recorded)."""
         self.embedder, self.pid, self.gpu = embedder, pid, gpu
+        self.front, self.trace = front, trace
+        self.host: dict = {}
 
     def __enter__(self) -> Phase:
+        if self.trace is not None:
+            (self.trace / "trace.json").unlink(missing_ok=True)
+            (self.trace / "start").touch()
+            while (self.trace / "start").exists():
+                time.sleep(0.01)
         self.before = self.embedder.cache_stats()
+        self.front0 = tree_cpu_seconds(self.front) if self.front else 0.0
         self.cpu0, self.t0 = cpu_seconds(self.pid), time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.t1 = time.perf_counter()
         self.cpu1, self.after = cpu_seconds(self.pid), self.embedder.cache_stats()
+        self.front1 = tree_cpu_seconds(self.front) if self.front else 0.0
+        if self.trace is not None:
+            (self.trace / "stop").touch()
+            deadline = time.monotonic() + 30
+            while not (self.trace / "trace.json").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if (self.trace / "trace.json").exists():
+                self.host = json.loads((self.trace / "trace.json").read_text())["kinds"]
 
     def stats(self) -> dict:
         d = {
@@ -416,13 +459,26 @@ class Phase:
         }
         passes = max(d["forward_passes"], 1)
         busy = self.gpu.mean(self.t0, self.t1) if self.gpu else None
-        return {
+        wall = self.t1 - self.t0
+        out = {
             **d,
             "texts_per_pass": d["computed_texts"] / passes,
             "tokens_per_pass": d["computed_tokens"] / passes,
+            "ms_per_pass": 1e3 * wall / passes,
             "gpu_busy_pct": busy,
-            "embedder_cores": (self.cpu1 - self.cpu0) / (self.t1 - self.t0),
+            "embedder_cores": (self.cpu1 - self.cpu0) / wall,
         }
+        if self.front:
+            out["front_door_cores"] = (self.front1 - self.front0) / wall
+        if self.host:
+            calls = self.host.get("begin request", {}).get("count", 0)
+            launch = self.host.get("launch batch", {})
+            out["embed_calls"] = calls
+            out["texts_per_call"] = d["computed_texts"] / max(calls, 1)
+            out["launch_ms_per_pass"] = launch.get("mean_ms")
+            out["launcher_busy_pct"] = 100 * launch.get("total_ms", 0) / (1e3 * wall)
+            out["host"] = self.host
+        return out
 
 
 def gpu(args) -> dict:
@@ -442,8 +498,11 @@ def gpu(args) -> dict:
     variants = [int(w) for w in args.http_workers.split(",") if w.strip()]
     embedder_variants = [v.strip() for v in (args.embedder_variants or "").split(";")]
     embedder_variants = [v for v in embedder_variants if v] if args.embedder_variants else []
-    rows = 3 + len(variants) + 2 * len(embedder_variants)
-    pool = iter(synthetic_texts(model, rows * (n + 512) + nb, seed=2, low=16, high=args.max_tokens))
+    rows = 3 + len(variants) + (len(front_doors(args.front_doors)) + 1) * len(embedder_variants)
+    warm = max(512, args.warm_texts)
+    pool = iter(
+        synthetic_texts(model, rows * (n + warm) + nb, seed=2, low=16, high=args.max_tokens)
+    )
 
     def fresh(k: int) -> list[str]:  # texts no server has seen (cold cache)
         return [next(pool) for _ in range(k)]
@@ -545,10 +604,21 @@ def gpu(args) -> dict:
     return results
 
 
+def front_doors(spec: str) -> list[tuple[int, int]]:
+    """`--front-doors`: "WxK,..." - W front-door processes, K merged calls in flight per key
+    in each (TUNEWIRE_HTTP_CALLS_IN_FLIGHT)."""
+    out = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        workers, _, in_flight = item.partition("x")
+        out.append((int(workers), int(in_flight or 2)))
+    return out
+
+
 def _embedder_variants(args, model, variants, bodies, fresh, results, work) -> dict:
     """For each variant (extra `serve embedder` flags; "default": none): the embedder in its
-    own process, the front door as one process of its own in front of it, its /v1/embeddings
-    row, then StreamEmbed on the same embedder."""
+    own process (traced: bench/traced_embedder.py), for each `--front-doors` set-up the front
+    door in processes of its own in front of it and its /v1/embeddings row, then StreamEmbed
+    on the same embedder."""
     from clients.sdk import EmbedderClient, EncoderSpec
 
     load = args.load_procs
@@ -557,10 +627,11 @@ def _embedder_variants(args, model, variants, bodies, fresh, results, work) -> d
         for i, variant in enumerate(variants):
             flags = [] if variant == "default" else variant.split()
             label = "default" if not flags else " ".join(flags)
-            grpc_port, port = free_port(), free_port()
+            grpc_port = free_port()
+            control = work / f"trace_{i}"
             embedder = subprocess.Popen(
                 [
-                    *[PY, "clients/cli.py", "serve", "embedder", "--port", str(grpc_port)],
+                    *[PY, "bench/traced_embedder.py", str(control), "--port", str(grpc_port)],
                     *["--model", f"llama={model}", *flags],
                 ],
                 cwd=ROOT,
@@ -578,29 +649,34 @@ def _embedder_variants(args, model, variants, bodies, fresh, results, work) -> d
             )
             client = None
             try:
-                front = start(  # /health answers 200 once the embedder says SERVING
-                    [
-                        *[PY, "clients/cli.py", "serve", "http", "--embedder"],
-                        *[f"127.0.0.1:{grpc_port}", "--model", f"llama={model}"],
-                        *["--port", str(port), "--workers", "1"],
-                    ],
-                    port,
-                    work / f"http_variant_{i}.log",
-                )
-                try:
-                    client = EmbedderClient(f"127.0.0.1:{grpc_port}")
-                    warm = [{"model": "llama", "input": t} for t in fresh(512)]
-                    throughput(port, "/v1/embeddings", warm, args.clients)
-                    with Phase(client, embedder.pid, gpu_busy) as phase:
-                        got = spread_throughput(
-                            port, "/v1/embeddings", bodies(args.gpu_texts), args.clients, load
-                        )
-                    results[f"variant {label}: http"] = {**got, **phase.stats()}
-                finally:
-                    stop(front)
+                for j, (workers, in_flight) in enumerate(front_doors(args.front_doors)):
+                    port = free_port()
+                    front = start(  # /health answers 200 once the embedder says SERVING
+                        [
+                            *[PY, "clients/cli.py", "serve", "http", "--embedder"],
+                            *[f"127.0.0.1:{grpc_port}", "--model", f"llama={model}"],
+                            *["--port", str(port), "--workers", str(workers)],
+                        ],
+                        port,
+                        work / f"http_variant_{i}_{j}.log",
+                        {"TUNEWIRE_HTTP_CALLS_IN_FLIGHT": str(in_flight)},
+                    )
+                    try:
+                        client = client or EmbedderClient(f"127.0.0.1:{grpc_port}")
+                        warm = [{"model": "llama", "input": t} for t in fresh(args.warm_texts)]
+                        throughput(port, "/v1/embeddings", warm, args.clients)
+                        with Phase(client, embedder.pid, gpu_busy, front.pid, control) as phase:
+                            got = spread_throughput(
+                                port, "/v1/embeddings", bodies(args.gpu_texts), args.clients, load
+                            )
+                        key = f"variant {label}: http {workers}x{in_flight}"
+                        results[key] = {**got, **phase.stats()}
+                    finally:
+                        stop(front)
+                    print(json.dumps(results, indent=1), flush=True)
                 spec = EncoderSpec(model=str(model), pooling="mean", normalize=True)
                 texts = fresh(args.gpu_texts)
-                with Phase(client, embedder.pid, gpu_busy) as phase:
+                with Phase(client, embedder.pid, gpu_busy, None, control) as phase:
                     t0 = time.perf_counter()
                     client.embed_many(texts, spec, batch_size=256)
                     seconds = time.perf_counter() - t0
@@ -719,11 +795,17 @@ def gpu_table(r: dict, clients: int) -> str:
 
     def extra(v: dict) -> str:
         if "texts_per_pass" not in v:
-            return " | | | |"
+            return " | | | | | | | |"
+
+        def num(key: str, fmt: str) -> str:
+            return "" if v.get(key) is None else format(v[key], fmt)
+
         busy = "n/a" if v.get("gpu_busy_pct") is None else f"{v['gpu_busy_pct']:.0f}%"
         return (
             f" {v['texts_per_pass']:.1f} | {v['tokens_per_pass']:.0f} | {busy} | "
-            f"{v['embedder_cores']:.2f} |"
+            f"{v['embedder_cores']:.2f} | {num('front_door_cores', '.2f')} | "
+            f"{num('texts_per_call', '.1f')} | {num('ms_per_pass', '.1f')} | "
+            f"{num('launch_ms_per_pass', '.1f')} |"
         )
 
     def row(label: str, v: dict, stream: dict | None = None) -> str:
@@ -737,8 +819,9 @@ def gpu_table(r: dict, clients: int) -> str:
 
     rows = [
         "| path | texts | seconds | texts/s | vs baseline | vs gRPC StreamEmbed | texts/pass "
-        "| tokens/pass | GPU busy | embedder process cores |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| tokens/pass | GPU busy | embedder process cores | front door cores | texts/Embed call "
+        "| ms/pass | launch ms/pass |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     if base:
         rows.append(row(f"baseline HTTP, {clients} clients", base))
@@ -761,12 +844,23 @@ def gpu_table(r: dict, clients: int) -> str:
         )
     if grpc_:
         rows.append(row("gRPC StreamEmbed (SDK embed_many, 256 a message)", grpc_))
-    for key in (k for k in r if k.startswith("variant ") and k.endswith(": http")):
-        label = key[len("variant ") : -len(": http")]
+    variants = dict.fromkeys(
+        k[len("variant ") :].rsplit(": ", 1)[0] for k in r if k.startswith("variant ")
+    )
+    for label in variants:
         stream = r.get(f"variant {label}: stream")
-        rows.append(
-            row(f"embedder `{label}`: /v1/embeddings, front door in 1 process", r[key], stream)
-        )
+        for key in (k for k in r if k.startswith(f"variant {label}: http")):
+            doors = key.rsplit(" ", 1)[1].replace("http", "1x2")  # rows before --front-doors
+            workers, _, in_flight = doors.partition("x")
+            in_flight = in_flight or "2"
+            rows.append(
+                row(
+                    f"embedder `{label}`: /v1/embeddings, front door in {workers} process(es), "
+                    f"{in_flight} merged calls in flight",
+                    r[key],
+                    stream,
+                )
+            )
         if stream:
             rows.append(row(f"embedder `{label}`: gRPC StreamEmbed", stream, stream))
     return "\n".join(rows)
@@ -841,6 +935,19 @@ def main(argv: list[str] | None = None) -> None:
         help="GPU: instead of `serve all`, each variant's `serve embedder` flags (';'-separated, "
         "'default' for none) with the front door in one process of its own, and StreamEmbed on "
         "the same embedder, e.g. 'default;--switch-interval-ms 0.5;--cuda-graphs'",
+    )
+    p.add_argument(
+        "--front-doors",
+        default="1x2",
+        help="GPU, with --embedder-variants: front-door set-ups measured per variant, "
+        "'WxK,...' (W processes, K merged calls in flight per key in each), e.g. '1x2,1x4,2x2'",
+    )
+    p.add_argument(
+        "--warm-texts",
+        type=int,
+        default=512,
+        help="GPU, with --embedder-variants: texts sent before each measured row (compiles, "
+        "CUDA graphs' captures)",
     )
     p.add_argument("--record", type=Path)
     args = p.parse_args(argv)

@@ -42,11 +42,13 @@ def add_http_flags(p: argparse.ArgumentParser) -> None:
 
 def check_http_flags(opts: argparse.Namespace) -> None:
     """What argparse's types do not say, refused by name before anything starts."""
+    from clients.http.backend import calls_in_flight
     from clients.http.limits import env_limits
 
     if opts.max_concurrent_requests < 1:
         raise InvalidArgument("must be at least 1", field="max_concurrent_requests")
     env_limits()
+    calls_in_flight()
 
 
 def _workers(value: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -140,6 +141,26 @@ MAX_MERGED_ROWS = 256
 MAX_MERGED_TEXTS = 256
 # Worker threads (starlette's pool: 40) one caller's calls may hold at once.
 MAX_THREADS_PER_CALLER = 8
+# Merged calls per key (caller, model, settings) in flight at once (coalesce.py): while they
+# run, that key's new requests queue and go together in the next. Two let one call's answer
+# travel back while the other computes; the environment variable sets another count for a
+# bench to compare (each worker process of `serve http --workers N` reads it).
+CALLS_IN_FLIGHT_ENV = "TUNEWIRE_HTTP_CALLS_IN_FLIGHT"
+DEFAULT_CALLS_IN_FLIGHT = 2
+
+
+def calls_in_flight() -> int:
+    """The merged calls per key in flight at once: `CALLS_IN_FLIGHT_ENV`, else the default;
+    InvalidArgument naming the variable when it is not a positive integer."""
+    raw = os.environ.get(CALLS_IN_FLIGHT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CALLS_IN_FLIGHT
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidArgument(
+            f"{CALLS_IN_FLIGHT_ENV} must be a positive integer, not {raw!r}",
+            field=CALLS_IN_FLIGHT_ENV,
+        )
+    return int(raw)
 
 
 def _input_error(exc: InvalidArgument) -> InvalidArgument:
@@ -201,9 +222,11 @@ class Backend:
         # Each caller's share of the worker threads (caller_slot), so one caller's many
         # requests never hold every thread while another's wait.
         self._slots: dict[str | None, list] = {}
-        gate = self.caller_slot_of_key
-        self._rows = Coalescer(self._predict_merged, lambda row: 1, MAX_MERGED_ROWS, gate=gate)
-        self._texts = Coalescer(self._embed_merged, len, MAX_MERGED_TEXTS, gate=gate)
+        gate, in_flight = self.caller_slot_of_key, calls_in_flight()
+        self._rows = Coalescer(
+            self._predict_merged, lambda row: 1, MAX_MERGED_ROWS, in_flight, gate=gate
+        )
+        self._texts = Coalescer(self._embed_merged, len, MAX_MERGED_TEXTS, in_flight, gate=gate)
 
     @contextlib.asynccontextmanager
     async def caller_slot(self, token: str | None):

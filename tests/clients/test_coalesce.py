@@ -97,3 +97,17 @@ def test_a_failure_of_the_whole_call_is_every_merged_requests():
 def test_limits_are_checked():
     with pytest.raises(ValueError):
         Coalescer(Recorder(), size=len, max_items=0)
+
+
+def test_calls_in_flight_come_from_the_environment_or_are_refused_by_name(monkeypatch):
+    from clients.http.backend import CALLS_IN_FLIGHT_ENV, DEFAULT_CALLS_IN_FLIGHT, calls_in_flight
+
+    monkeypatch.delenv(CALLS_IN_FLIGHT_ENV, raising=False)
+    assert calls_in_flight() == DEFAULT_CALLS_IN_FLIGHT
+    monkeypatch.setenv(CALLS_IN_FLIGHT_ENV, "4")
+    assert calls_in_flight() == 4
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv(CALLS_IN_FLIGHT_ENV, bad)
+        with pytest.raises(InvalidArgument) as info:
+            calls_in_flight()
+        assert info.value.field == CALLS_IN_FLIGHT_ENV

@@ -327,9 +327,9 @@ def test_one_callers_many_requests_leave_threads_for_another(front):
 
 
 def test_serve_http_refuses_bad_settings_in_one_line(tmp_path):
-    """A port in use, a negative request limit, a body limit that is no number: one line
-    naming the setting, exit 2 (a usage error), no traceback (they were tracebacks, or a
-    server that answered every request 429)."""
+    """A port in use, a negative request limit, a body limit that is no number, no merged
+    call allowed in flight: one line naming the setting, exit 2 (a usage error), no traceback
+    (they were tracebacks, or a server that answered every request 429)."""
     from tests.e2e.conftest import cli
 
     taken = socket.socket()
@@ -340,6 +340,7 @@ def test_serve_http_refuses_bad_settings_in_one_line(tmp_path):
             (["--port", taken.getsockname()[1]], {}, "port: cannot listen"),
             (["--port", 0, "--max-concurrent-requests", -1], {}, "max_concurrent_requests"),
             (["--port", 0], {"TUNEWIRE_HTTP_MAX_BODY_BYTES": "abc"}, "TUNEWIRE_HTTP_MAX_BODY"),
+            (["--port", 0], {"TUNEWIRE_HTTP_CALLS_IN_FLIGHT": "0"}, "CALLS_IN_FLIGHT"),
         ]
         for flags, env, said in runs:
             got = cli("serve", "http", "--embedder", "127.0.0.1:1", *flags, env=env, timeout=60)
