@@ -18,7 +18,10 @@ and its seconds are reported apart; so is the number of graphs compiled inside t
 each batch before and after its forward pass (`Encoder.host_sync`), beside today's launches, and
 prints the ratio; `--before-rows` adds the compiled gRPC row with the GPU pipeline as before
 2026-12-03's lander (services/embedder/landing.py) and arrival-order batches, and prints the
-ratio; `--profile` prints where the GPU's time goes in the direct compiled path (torch
+ratio; `--no-ramp-rows` the compiled gRPC row with the launcher as before its ramp (small first
+chunks and batches, tokenizer copies made at load), `--write-behind-rows` one whose requests ask
+write-behind (the answer before the cache's commit), `--graph-rows` the compiled rows with CUDA
+graphs per shape bucket (`--cuda-graphs`); `--profile` prints where the GPU's time goes in the direct compiled path (torch
 profiler, a few batches) and how much of the wall time the GPU was busy. `--no-eager-rows` and
 `--no-sorted-baseline` leave those rows out (a shorter run on a device).
 
@@ -347,14 +350,20 @@ def ours(
     compile: bool,
     host_sync: bool = False,
     graphs: bool = False,
-    as_before: bool = False,
+    pipeline: str = "now",
     gpu_trace: bool = False,
+    write_behind: bool = False,
 ) -> tuple[float, float, dict]:
     """Cold then warm pass over StreamEmbed against a fresh embedder on loopback (the model
-    preloaded, and with `compile` compiled, before the server reports SERVING). `as_before`:
-    the GPU pipeline as until 2026-12-03 (`EmbedderService.landers` and
-    `BatchQueue.arrival_order` off). `gpu_trace`: the cold pass runs under a CUDA-only
-    profiler, and the counters say where the GPU waited (`gpu_timeline`)."""
+    preloaded, and with `compile` compiled, before the server reports SERVING). `pipeline`:
+    "now"; "no ramp": the launcher as on main before 2026-12-03 17:40 (the next batch behind
+    one on the device waits for half the budget, 64-text chunks from a request's first,
+    each tokenizing thread's tokenizer copied on its first chunk); "before": the GPU pipeline
+    as until 2026-12-03 14:00 (no lander, no launcher: `EmbedderService.landers` and
+    `BatchQueue.arrival_order` off, and no ramp). `gpu_trace`: the cold pass runs under a
+    CUDA-only profiler, and the counters say where the GPU waited (`gpu_timeline`).
+    `write_behind`: the requests ask for their vectors to enter the cache after the answer
+    (EmbedRequest.write_behind)."""
     from services.embedder.app import Settings, start
     from tunewire.server import channel_options
     from tunewire.tensors import from_proto
@@ -376,8 +385,12 @@ def ours(
         )
         encoder_ = app.service.registry.entries()[0].encoder
         encoder_.host_sync = host_sync
-        app.service.landers = not as_before
-        app.service.registry.entries()[0].queue.arrival_order = not as_before
+        app.service.landers = pipeline != "before"
+        app.service.registry.entries()[0].queue.arrival_order = pipeline != "before"
+        if pipeline != "now":
+            app.service.ramp = False
+            encoder_.tokenizing.ramp = False
+            encoder_.tokenizing.drop_spares()
         if graphs:  # capture the buckets' graphs before the timed region, as a warm server has
             from services.embedder.batching import plan_batches
 
@@ -393,7 +406,9 @@ def ours(
                     start_t = time.perf_counter()
                     requests = (
                         embedder_pb2.EmbedRequest(
-                            encoder=encoder, texts=texts[i : i + request_size]
+                            encoder=encoder,
+                            texts=texts[i : i + request_size],
+                            write_behind=write_behind,
                         )
                         for i in range(0, len(texts), request_size)
                     )
@@ -644,6 +659,19 @@ def main(argv: list[str] | None = None) -> None:
         "launching thread waiting for its batch, packed batches sorted by length)",
     )
     parser.add_argument(
+        "--no-ramp-rows",
+        action="store_true",
+        help="add the compiled gRPC row with the launcher as before the ramp (2026-12-03 17:40: "
+        "half a budget behind a batch on the device, 64-text chunks from a request's first, "
+        "tokenizer copies made by each thread on its first chunk)",
+    )
+    parser.add_argument(
+        "--write-behind-rows",
+        action="store_true",
+        help="add the compiled gRPC row whose requests ask write-behind (the answer before "
+        "the cache's commit: EmbedRequest.write_behind)",
+    )
+    parser.add_argument(
         "--grpc-gpu-trace",
         action="store_true",
         help="add a cold gRPC pass (pipeline as now) under a CUDA-only profiler and a trace of "
@@ -743,8 +771,6 @@ def main(argv: list[str] | None = None) -> None:
             variants = [("", "", False, False)]
             if args.host_sync_rows:
                 variants.append((", host-synced as before", "synced", True, False))
-            if args.graph_rows:
-                variants.append((", CUDA graphs per bucket", "graphs", False, True))
             seconds: dict = {}
             for label, key, host_sync, graphs in variants:
                 d_s, compiled[f"direct{key}"] = in_worker_thread(
@@ -776,9 +802,39 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(("embedder gRPC StreamEmbed, second pass (all cache hits)", w_s))
                 seconds[key] = (d_s, c_s)
             d_new, c_new = seconds[""]
+            if args.no_ramp_rows:
+                n_s, _, compiled["grpc_no_ramp"] = ours(
+                    **run, request_size=args.request_size, compile=True, pipeline="no ramp"
+                )
+                rows.append(
+                    (
+                        f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks, "
+                        "launcher without the ramp)",
+                        n_s,
+                    )
+                )
+                ratios.append(
+                    f"gRPC StreamEmbed, the ramp (small first chunks and batches, tokenizer "
+                    f"copies made at load) vs without: {n_s / c_new:.3f}x; gRPC now vs the "
+                    f"encoder driven directly: {d_new / c_new:.3f}"
+                )
+            if args.write_behind_rows:
+                wb_s, _, compiled["grpc_write_behind"] = ours(
+                    **run, request_size=args.request_size, compile=True, write_behind=True
+                )
+                rows.append(
+                    (
+                        f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks, "
+                        "requests asking write-behind)",
+                        wb_s,
+                    )
+                )
+                ratios.append(
+                    f"gRPC StreamEmbed, write-behind vs durable answers: {c_new / wb_s:.3f}x"
+                )
             if args.before_rows:
                 b_s, _, compiled["grpc_before"] = ours(
-                    **run, request_size=args.request_size, compile=True, as_before=True
+                    **run, request_size=args.request_size, compile=True, pipeline="before"
                 )
                 rows.append(
                     (
@@ -789,9 +845,19 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 ratios.append(
                     f"gRPC StreamEmbed, GPU pipeline now (lander, arrival-order batches) vs as "
-                    f"before: {b_s / c_new:.3f}x; gRPC now vs the encoder driven directly: "
-                    f"{d_new / c_new:.3f}"
+                    f"before (no lander, no launcher): {b_s / c_new:.3f}x"
                 )
+            if args.graph_rows:
+                d_g, compiled["directgraphs"] = in_worker_thread(
+                    encoder_direct, **run, compile=True, graphs=True
+                )
+                label = f"{path}, compiled blocks, CUDA graphs per bucket"
+                rows.append((f"embedder encoder direct, no gRPC ({label})", d_g))
+                c_g, _, compiled["grpcgraphs"] = ours(
+                    **run, request_size=args.request_size, compile=True, graphs=True
+                )
+                rows.append((f"embedder gRPC StreamEmbed, empty cache ({label})", c_g))
+                seconds["graphs"] = (d_g, c_g)
             if args.grpc_gpu_trace:
                 try:
                     t_s, _, traced = ours(

@@ -309,6 +309,10 @@ class Encoder:
                 self.compiled = self._compile()
             if self._want_graphs:
                 self._graphed = self._graph()
+            if self.device.type == "cuda":
+                # A GPU's first stream must not wait for the tokenizing threads' copies
+                # (tokenizing.py); on a CPU a warm job's start would pay for all of them.
+                self._tokenizing.warm()
             self._log.info(
                 "weights loaded",
                 packed=self.packed,
@@ -538,6 +542,13 @@ class Encoder:
         return self.launch(
             input_ids, pooling=pooling, layer=layer, normalize=normalize, packed=packed
         ).result()
+
+    @property
+    def tokenizing(self) -> ParallelTokenizer:
+        """The tokenizing threads (bench/embedder_throughput.py sets them as before)."""
+        if self._tokenizing is None:
+            self._open()
+        return self._tokenizing
 
     @property
     def packed_batches(self) -> bool:

@@ -181,17 +181,20 @@ class _Loaded:
     signature: tuple  # (name, size, mtime) of the directory's files, to notice edits on disk
     queue: BatchQueue  # misses of every request for this model
     checked_at: float = 0.0  # time.monotonic() of the last signature check
-    # On a GPU, batches launched whose vectors are not fetched yet (`in_flight_change`).
+    # On a GPU, batches launched whose vectors are not fetched yet, and their tokens
+    # (`in_flight_change`).
     in_flight: int = 0
+    in_flight_tokens: int = 0
     _in_flight_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # On a GPU, fetches launched batches' vectors and delivers them (landing.py).
     lander: Lander = field(default_factory=Lander, repr=False)
     # On a GPU, each service's launcher of this model's batches (launching.py), by id(service).
     launchers: dict = field(default_factory=dict, repr=False)
 
-    def in_flight_change(self, step: int) -> None:
+    def in_flight_change(self, step: int, tokens: int = 0) -> None:
         with self._in_flight_lock:
             self.in_flight += step
+            self.in_flight_tokens += step * tokens
 
 
 # How often a loaded local model's files are compared with the disk: listing and stat-ing them
@@ -516,6 +519,9 @@ class EmbedderService:
         # bench/embedder_throughput.py's rows "as before"). True: the model's launcher
         # launches (launching.py) and its lander delivers (landing.py).
         self.landers = True
+        # On a GPU, the next batch's least tokens double with the tokens on the device
+        # (`_least_tokens`); False: half the budget, as until 2026-12-03.
+        self.ramp = True
 
     def _scoped(self, fp: str) -> str:
         """The fingerprint cache keys are made from: `fp` itself when the cache is shared, else
@@ -869,17 +875,16 @@ class EmbedderService:
     def _launch_next(self, entry: _Loaded) -> bool:
         """The launcher's step on a GPU: launch the next batch if one of the batches the device
         holds launched (`Encoder.launches`) is free, and leave its vectors to the lander;
-        whether a batch went out. With a batch already on the device, a batch under half the
-        budget waits while more rows are being tokenised (BatchQueue.next_batch's
-        `min_tokens`), so the device's queue holds half a batch's time at least, not a scrap."""
+        whether a batch went out. With a batch already on the device, a short batch waits while
+        more rows are being tokenised (BatchQueue.next_batch's `min_tokens`, `_least_tokens`),
+        so the device's queue holds a batch's worth of time, not a scrap."""
         encoder, queue = entry.encoder, entry.queue
         slot = encoder.launches
         if slot is not None and not slot.acquire(blocking=False):
             return False  # both out: rows queued meanwhile gather into the next batch
         handed = False
         try:
-            # The device busy: a batch of at least half the budget while rows are coming.
-            least = self.max_batch_tokens // 2 if entry.in_flight else 0
+            least = self._least_tokens(entry)
             with encoder.lock:
                 rows = queue.next_batch(self.max_batch_tokens, encoder.packed, least)
                 if not rows:
@@ -887,14 +892,27 @@ class EmbedderService:
                 launched = self._launch(encoder, queue, rows)
                 if launched is None:
                     return True
-                entry.in_flight_change(1)
-                done = functools.partial(self._landed, entry, rows, slot)
+                tokens = sum(len(row.ids) for row in rows)
+                entry.in_flight_change(1, tokens)
+                done = functools.partial(self._landed, entry, rows, slot, tokens)
                 entry.lander.put(launched, rows, done)
                 handed = True
             return True
         finally:
             if not handed and slot is not None:
                 slot.release()
+
+    def _least_tokens(self, entry: _Loaded) -> int:
+        """The fewest tokens the next batch waits for while rows are being tokenised: none on
+        an idle device (it starts on a stream's first chunk, a few texts: tokenizing.py); with
+        batches on the device, twice their tokens up to half the budget (`ramp`), so a stream
+        starts on small batches that double as its rows arrive rather than the device waiting
+        for half a budget's rows behind its first few texts. `ramp` off: half the budget
+        whenever a batch is on the device, as until 2026-12-03."""
+        if not entry.in_flight:
+            return 0
+        half = self.max_batch_tokens // 2
+        return min(half, 2 * entry.in_flight_tokens) if self.ramp else half
 
     def _launch_and_wait(self, entry: _Loaded, request: PendingRequest, packed: bool) -> bool:
         """A GPU's `_run_batch` as until 2026-12-03 (`landers` False): launch under the lock,
@@ -930,12 +948,13 @@ class EmbedderService:
         entry: _Loaded,
         rows: list,
         slot: threading.Semaphore | None,
+        tokens: int,
         vectors: np.ndarray | None,
         error: BaseException | None,
     ) -> None:
         """On the lander's thread: a launched batch's vectors (or its device error) arrived;
         its launch slot is given back."""
-        entry.in_flight_change(-1)
+        entry.in_flight_change(-1, tokens)
         if slot is not None:
             slot.release()
         if error is not None:

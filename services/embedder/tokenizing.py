@@ -11,6 +11,15 @@ prediction's) is tokenised in the calling thread on one more copy, when no other
 it: handing it to the pool and back cost two thread wake-ups, milliseconds on a busy host, for
 0.1 ms of encoding.
 
+A request's chunks ramp up: the first holds `FIRST_CHUNK_TEXTS` texts, each next one twice the
+one before, up to `chunk_texts`. An idle GPU so starts on the first few texts (a 64-text chunk
+of 260-token texts is ~100 ms of one thread's tokenising: the device waited that long at the
+start of every stream) while the rest are tokenised.
+
+The threads' copies of the tokenizer can be made ahead (`warm`, at an encoder's load on a GPU):
+made by each thread on its first chunk, a fresh server's first stream paid for them, one deep
+copy (~30-70 ms, holding the GIL for much of it) per thread, before its first batch.
+
 Texts are cut to a prefix of characters before the tokenizer sees them (tunewire/truncation.py:
 a fast tokenizer encodes all of its input before truncating, ~50 bytes a character).
 """
@@ -27,6 +36,8 @@ from tunewire.truncation import truncated_ids
 # Texts per chunk: small enough that a batch's worth of tokens arrives early, large enough that
 # the per-call overhead (truncation set-up, a future) stays small next to the encoding.
 CHUNK_TEXTS = 64
+# A request's first chunk; the next ones double up to CHUNK_TEXTS (module docstring).
+FIRST_CHUNK_TEXTS = 8
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 # Requests of at most this many texts are tokenised in the calling thread (module docstring).
 INLINE_TEXTS = 8
@@ -42,7 +53,14 @@ class ParallelTokenizer:
     ) -> None:
         self._tokenizer = tokenizer
         self._chunk_texts = chunk_texts
+        self._workers = workers
+        # False: every chunk holds `chunk_texts` texts, as until 2026-12-03 (kept so that
+        # bench/embedder_throughput.py measures both in one run).
+        self.ramp = True
         self._local = threading.local()
+        self._spares_lock = threading.Lock()
+        self._spares: list = []  # copies made ahead (`warm`), taken by threads' first chunks
+        self._taken = 0  # copies the threads hold
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
         self._inline_lock = threading.Lock()  # guards the copy small requests use inline
         self._inline = None
@@ -57,11 +75,35 @@ class ParallelTokenizer:
             finally:
                 self._inline_lock.release()
         return [
-            self._pool.submit(
-                self._encode, texts[i : i + self._chunk_texts], max_length, instruction
-            )
-            for i in range(0, len(texts), self._chunk_texts)
+            self._pool.submit(self._encode, texts[start:end], max_length, instruction)
+            for start, end in self._chunk_bounds(len(texts))
         ]
+
+    def _chunk_bounds(self, n: int) -> list[tuple[int, int]]:
+        """(start, end) of each chunk of `n` texts: ramping up from FIRST_CHUNK_TEXTS."""
+        size = min(FIRST_CHUNK_TEXTS, self._chunk_texts) if self.ramp else self._chunk_texts
+        bounds = []
+        start = 0
+        while start < n:
+            bounds.append((start, min(start + size, n)))
+            start += size
+            size = min(size * 2, self._chunk_texts)
+        return bounds
+
+    def warm(self) -> None:
+        """Make every worker thread's copy of the tokenizer now, so that no request waits for
+        one (module docstring)."""
+        with self._spares_lock:
+            missing = self._workers - self._taken - len(self._spares)
+        copies = [copy.deepcopy(self._tokenizer) for _ in range(missing)]
+        with self._spares_lock:
+            self._spares.extend(copies)
+
+    def drop_spares(self) -> None:
+        """Forget the copies made ahead: threads make their own again, as until 2026-12-03
+        (bench/embedder_throughput.py's rows "as before")."""
+        with self._spares_lock:
+            self._spares.clear()
 
     def __call__(self, texts: list[str], max_length: int, instruction: str = "") -> list[list[int]]:
         return [
@@ -72,7 +114,11 @@ class ParallelTokenizer:
         """This thread's copy of the tokenizer."""
         tokenizer = getattr(self._local, "tokenizer", None)
         if tokenizer is None:
-            tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+            with self._spares_lock:
+                spare = self._spares.pop() if self._spares else None
+                self._taken += 1
+            tokenizer = spare if spare is not None else copy.deepcopy(self._tokenizer)
+            self._local.tokenizer = tokenizer
         return tokenizer
 
     def _encode_inline(self, texts: list[str], max_length: int, instruction: str) -> Future:

@@ -211,3 +211,26 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_the_next_batch_waits_for_twice_the_tokens_on_the_device_up_to_half_a_budget(
+    service, gpu_like
+):
+    """A stream starts on small batches that double as rows arrive (EmbedderService
+    `_least_tokens`): nothing on the device, anything goes; then twice what is on it, at most
+    half the budget; with the ramp off, half the budget as before."""
+    _, entry, _, _ = gpu_like
+    service.max_batch_tokens = 1000
+    assert service._least_tokens(entry) == 0
+    entry.in_flight_change(1, 120)
+    try:
+        assert service._least_tokens(entry) == 240
+        entry.in_flight_change(1, 300)
+        assert service._least_tokens(entry) == 500  # 840 capped at half the budget
+        service.ramp = False
+        entry.in_flight_change(-1, 300)
+        assert service._least_tokens(entry) == 500
+    finally:
+        service.ramp = True
+        entry.in_flight_change(-1, 120)
+    assert entry.in_flight == 0 and entry.in_flight_tokens == 0

@@ -13,7 +13,7 @@ def test_chunks_give_the_tokenizers_ids_in_order(minilm_path):
     texts = [f"{i}: {text}" for i, text in enumerate(TEXTS * 30)]
     parallel = ParallelTokenizer(tokenizer, workers=3, chunk_texts=16)
     chunks = parallel.submit(texts, 12, "query: ")
-    assert len(chunks) == -(-len(texts) // 16)
+    assert len(chunks) == 1 + -(-(len(texts) - 8) // 16)  # 8 texts, then 16 a chunk
     expected = tokenizer(["query: " + t for t in texts], truncation=True, max_length=12)
     assert [ids for chunk in chunks for ids in chunk.result()] == expected["input_ids"]
 
@@ -96,3 +96,48 @@ def test_a_few_texts_are_tokenised_inline_as_the_pool_would(minilm_path):
     with parallel._inline_lock:  # another request is using the inline copy
         pooled = parallel.submit(texts, 8)
         assert pooled[0].result() == expected
+
+
+def test_a_requests_chunks_ramp_up_from_a_few_texts(minilm_path):
+    """An idle GPU starts on a request's first few texts: chunks of 8, 16, 32, then 64."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    texts = [f"{i}: {text}" for i, text in enumerate(TEXTS * 60)][:300]
+    parallel = ParallelTokenizer(tokenizer, workers=2)
+    chunks = [chunk.result() for chunk in parallel.submit(texts, 16)]
+    assert [len(chunk) for chunk in chunks] == [8, 16, 32, 64, 64, 64, 52]
+    expected = tokenizer(texts, truncation=True, max_length=16)["input_ids"]
+    assert [ids for chunk in chunks for ids in chunk] == expected
+    parallel.ramp = False  # as before: every chunk full
+    assert [len(c.result()) for c in parallel.submit(texts, 16)] == [64, 64, 64, 64, 44]
+
+
+def test_warm_copies_the_tokenizer_for_every_thread_before_any_request(minilm_path):
+    """Copies made by `warm` are taken by the threads' first chunks: no request waits for a
+    deep copy (and each thread still has a copy of its own: ids as the tokenizer's)."""
+    copies: list[int] = []
+
+    class Counted:
+        def __init__(self, tokenizer) -> None:
+            self._tokenizer = tokenizer
+
+        def __deepcopy__(self, memo):
+            import copy
+
+            copies.append(1)
+            return Counted(copy.deepcopy(self._tokenizer, memo))
+
+        def __getattr__(self, name):
+            return getattr(self._tokenizer, name)
+
+        def __call__(self, inputs, **kwargs):
+            return self._tokenizer(inputs, **kwargs)
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    parallel = ParallelTokenizer(Counted(tokenizer), workers=3)
+    parallel.warm()
+    assert len(copies) == 3
+    parallel.warm()  # nothing more to make
+    assert len(copies) == 3
+    texts = TEXTS * 40
+    assert parallel(texts, 10) == tokenizer(texts, truncation=True, max_length=10)["input_ids"]
+    assert len(copies) == 3  # the request's chunks made none
