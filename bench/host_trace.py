@@ -3,10 +3,11 @@
 `HostTrace` wraps a few of the server's methods (by class, so every thread's calls are seen) to
 record when each call began and ended and on which thread, and Python's garbage collections
 (`gc.callbacks`): receiving and beginning a request, tokenising a chunk, each launch and each
-landing, a request's computing, its cache write and its response's encoding. `summary` prints
-them relative to the pass's start, the first `head_s` and last `tail_s` seconds in full and
-totals per kind, so a GPU trace's gaps (bench/embedder_throughput.py --grpc-gpu-trace) can be
-matched with what the host was doing. Never used by the product.
+landing (and the lander's wait for the device), a request's computing, its cache write and its
+response's encoding. `summary` prints them relative to the pass's start, the first `head_s` and
+last `tail_s` seconds in full and totals per kind, so a GPU trace's gaps
+(bench/embedder_throughput.py --grpc-gpu-trace) can be matched with what the host was doing.
+Never used by the product.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class HostTrace:
         """Trace while inside; every wrapped method restored after."""
         from services.embedder import tokenizing
         from services.embedder.cache import EmbeddingCache
+        from services.embedder.encoder import Launched
         from services.embedder.landing import Lander
         from services.embedder.service import EmbedderService, EmbedJob
         from services.embedder.servicer import EmbedderServicer
@@ -75,6 +77,9 @@ class HostTrace:
             self._wrap(EmbedJob, "finish", "finish request"),
             self._wrap(EmbeddingCache, "put_many", "cache write"),
             self._wrap(Lander, "put", "hand to lander"),
+            # The lander's wait for a batch's vectors (a CUDA event's synchronize: it spins on
+            # a core of its own, outside the GIL, for as long as this lasts).
+            self._wrap(Launched, "result", "wait for device"),
         ]
         gc.callbacks.append(self._gc)
         self.start = time.perf_counter()
