@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         help="the pipeline as before 2026-12-03 (the launching thread waits for its batch, "
         "packed batches sorted by length, scraps of batches launched early)",
     )
+    parser.add_argument(
+        "--no-ramp",
+        action="store_true",
+        help="the launcher as before its ramp (half a budget behind a batch on the device, "
+        "64-text chunks from a request's first, tokenizer copies made on first use)",
+    )
     args = parser.parse_args(argv)
 
     import structlog
@@ -135,6 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         encoder.launches = threading.BoundedSemaphore(2)
         app.service.landers = not args.as_before
         app.service.registry.entries()[0].queue.arrival_order = not args.as_before
+        if args.no_ramp or args.as_before:
+            app.service.ramp = False
+            encoder.tokenizing.ramp = False
+        else:
+            encoder.tokenizing.warm()  # as a GPU encoder's load does
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as ch:
                 stub = embedder_pb2_grpc.EmbedderServiceStub(ch)
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{np.median(device.launch_seconds) * 1e3:.0f} ms, largest "
         f"{max(device.launch_seconds) * 1e3:.0f} ms; vectors in order: yes"
         + (" (pipeline as before)" if args.as_before else "")
+        + (" (no ramp)" if args.no_ramp else "")
     )
     if args.timeline:
         print(host.summary(wall))

@@ -673,6 +673,12 @@ def main(argv: list[str] | None = None) -> None:
         "the cache's commit: EmbedRequest.write_behind)",
     )
     parser.add_argument(
+        "--budget-rows",
+        type=int,
+        default=0,
+        help="add the compiled direct and gRPC rows at this token budget too (after the trace)",
+    )
+    parser.add_argument(
         "--grpc-gpu-trace",
         action="store_true",
         help="add a cold gRPC pass (pipeline as now) under a CUDA-only profiler and a trace of "
@@ -860,6 +866,21 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"measured: {ratios[-1]}", flush=True)  # kept if a later row is cut
                 except Exception as exc:  # noqa: BLE001 - a diagnostic; the rows stand
                     ratios.append(f"gRPC GPU trace failed: {type(exc).__name__}: {exc}")
+            if args.budget_rows:
+                other = dict(run, max_batch_tokens=args.budget_rows)
+                label = f"budget {args.budget_rows}, packed, compiled blocks"
+                d_b, compiled["directbudget"] = in_worker_thread(
+                    encoder_direct, **other, compile=True
+                )
+                rows.append((f"embedder encoder direct, no gRPC ({label})", d_b))
+                c_b, _, compiled["grpcbudget"] = ours(
+                    **other, request_size=args.request_size, compile=True
+                )
+                rows.append((f"embedder gRPC StreamEmbed, empty cache ({label})", c_b))
+                ratios.append(
+                    f"budget {args.budget_rows} vs {args.max_batch_tokens}: direct "
+                    f"{d_new / d_b:.3f}x, gRPC {c_new / c_b:.3f}x"
+                )
             if args.graph_rows:
                 d_g, compiled["directgraphs"] = in_worker_thread(
                     encoder_direct, **run, compile=True, graphs=True
