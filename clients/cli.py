@@ -163,12 +163,14 @@ def _serve_all_parser() -> argparse.ArgumentParser:
     tunewire/server_flags.py. Parsed from what the `serve` parser leaves over, because for
     `serve trainer` and the others those same flags pass through to the service's main."""
     from clients.commands.serve_http import add_http_flags, add_http_workers_flag
+    from tunewire.compute_dtype_flag import add_compute_dtype_flag
     from tunewire.model_names import add_model_flag
     from tunewire.server_flags import add_security_flags
 
     p = argparse.ArgumentParser(prog="clients/cli.py serve all", add_help=False)
     add_security_flags(p, calls_peers=True)
     add_model_flag(p)
+    add_compute_dtype_flag(p)
     add_http_flags(p)
     add_http_workers_flag(p)
     return p
@@ -245,6 +247,7 @@ def _serve_all(args, extra: list[str]) -> int:
         ports=(base, base + 1, base + 2),
         security=security,
         models=models,
+        compute_dtype=sec.compute_dtype,
     )
     host = args.host or "127.0.0.1"
     http_port = base + HTTP_PORT_OFFSET if base else 0
@@ -294,6 +297,7 @@ def _serve_epilog() -> str:
         + ", ".join(a.option_strings[0] for a in _serve_all_parser()._actions)
         + " (python -m services.trainer --help describes them); a named service takes its own. "
         "serve http takes --embedder, --trainer, --model NAME=PATH, --model_path ARTIFACT, "
+        "--compute-dtype (for an embedder it starts), "
         "--workers N, --max-concurrent-requests and --tls-cert/--tls-key/--tls-client-ca."
     )
 

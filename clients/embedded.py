@@ -50,11 +50,13 @@ def start_embedded(
     security: ServerSecurity | None = None,
     models: dict[str, str] | None = None,
     freeze: bool = False,
+    compute_dtype: str = "auto",
 ) -> Embedded:
     """Start all three services; ports 0 pick free ones. `security` (tokens, TLS, reflection,
     the concurrency cap) applies to all three; `models` (NAME → PATH, `--model`) goes to the
-    embedder and the trainer; their calls to each other then take their token
-    and TLS settings from the environment (`ClientSecurity.from_env`), as separate services do.
+    embedder and the trainer, `compute_dtype` (`--compute-dtype`) to the embedder; their calls
+    to each other then take their token and TLS settings from the environment
+    (`ClientSecurity.from_env`), as separate services do.
 
     Starting them imports torch and the services' code: some 400k objects that live as long as
     the process, which the cyclic collector walked again at each of its full collections while
@@ -65,7 +67,7 @@ def start_embedded(
     enabled = gc.isenabled()
     gc.disable()
     try:
-        services = _start(data_dir, host, ports, security, models)
+        services = _start(data_dir, host, ports, security, models, compute_dtype)
     finally:
         if enabled:
             gc.enable()
@@ -80,6 +82,7 @@ def _start(
     ports: tuple[int, int, int],
     security: ServerSecurity | None,
     models: dict[str, str] | None,
+    compute_dtype: str = "auto",
 ) -> Embedded:
     from services.embedder.app import Settings as EmbedderSettings
     from services.embedder.app import start as start_embedder
@@ -112,6 +115,7 @@ def _start(
                 job_artifact_roots=[data_dir / "artifacts"],
                 model_roots=[data_dir / "models"] if shared else None,
                 models=dict(models or {}),
+                compute_dtype=compute_dtype,
             )
         )
         apps.append(embedder)

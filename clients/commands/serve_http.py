@@ -18,6 +18,7 @@ import signal
 import threading
 from pathlib import Path
 
+from tunewire.compute_dtype_flag import add_compute_dtype_flag
 from tunewire.errors import InvalidArgument
 from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.paths import default_data_dir
@@ -94,6 +95,7 @@ def http_parser() -> argparse.ArgumentParser:
         "workers.py); 1: this process alone (env TUNEWIRE_HTTP_WORKERS)",
     )
     add_model_flag(p)
+    add_compute_dtype_flag(p)
     add_http_flags(p)
     for name in ("cert", "key", "client_ca"):
         p.add_argument(
@@ -221,6 +223,13 @@ def serve_http(args, extra: list[str]) -> int:
     model_path = str(opts.model_path.resolve()) if opts.model_path else None
     if model_path and not (Path(model_path) / "tunewire.json").is_file():
         raise InvalidArgument(f"{model_path!r} is not a tunewire artifact", field="model_path")
+    given = {a.split("=")[0] for a in extra} & {"--compute-dtype", "--compute_dtype"}
+    if opts.embedder and given:  # (TUNEWIRE_COMPUTE_DTYPE may be meant for that embedder)
+        raise InvalidArgument(
+            f"sets the dtype of an embedder this command starts; the one at {opts.embedder} "
+            "has its own (serve embedder --compute-dtype)",
+            field="compute_dtype",
+        )
     configure()
     started: list = []  # in-process services, stopped last
     embedder, trainer = opts.embedder, opts.trainer
@@ -234,6 +243,7 @@ def serve_http(args, extra: list[str]) -> int:
                 data_dir=Path(args.data_dir or default_data_dir()).resolve(),
                 models=models,
                 artifact_roots=[Path(model_path)],
+                compute_dtype=opts.compute_dtype,
             )
         )
         started.append(app)
@@ -246,7 +256,7 @@ def serve_http(args, extra: list[str]) -> int:
     elif not embedder:
         from clients.embedded import start_embedded
 
-        services = start_embedded(args.data_dir, models=models)
+        services = start_embedded(args.data_dir, models=models, compute_dtype=opts.compute_dtype)
         started.append(services)
         embedder, trainer = services.embedder_address, services.trainer_address
     host = args.host or "127.0.0.1"

@@ -125,6 +125,7 @@ class EncoderModel:
     tokenizer: object | None = None  # tokenizers.Tokenizer, when the path is local
     dimension: int = 0
     max_length: int = 0
+    compute_dtype: str = ""  # what the embedder's forward passes run in (TEI's model_dtype)
     loaded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -279,6 +280,7 @@ class Backend:
                 if not model.loaded:
                     info = self.embedder.info(model.spec)
                     model.dimension, model.max_length = int(info.dimension), int(info.max_length)
+                    model.compute_dtype = info.compute_dtype
                     model.loaded = True
         return model
 

@@ -65,7 +65,7 @@ def router(backend: Backend, token_of, max_concurrent: int) -> APIRouter:
         return {
             "model_id": model.name,
             "model_sha": None,
-            "model_dtype": "float32",
+            "model_dtype": model.compute_dtype or "float32",
             "model_type": {"embedding": {"pooling": model.spec.pooling}},
             "max_concurrent_requests": max_concurrent,
             "max_input_length": model.max_length,

@@ -9,6 +9,8 @@ from pathlib import Path
 from services.embedder.app import Settings, start
 from services.embedder.batching import DEFAULT_MAX_BATCH_TOKENS
 from services.embedder.service import CACHE_SCOPES
+from tunewire.compute_dtype_flag import add_compute_dtype_flag
+from tunewire.errors import InvalidArgument
 from tunewire.logging import configure
 from tunewire.model_names import add_model_flag, models_from_args
 from tunewire.model_roots import add_model_root_flags, roots_from_args
@@ -81,6 +83,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="on a GPU, replay packed batches as CUDA graphs per shape bucket, checked against "
         "plain launches at load (no effect on a CPU)",
     )
+    add_compute_dtype_flag(parser)
     parser.add_argument(
         "--switch-interval-ms",
         type=_positive_ms,
@@ -174,6 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         varlen=args.varlen,
         compile=args.compile,
         cuda_graphs=args.cuda_graphs,
+        compute_dtype=args.compute_dtype,
         switch_interval_ms=args.switch_interval_ms,
         hot_answer_bytes=args.hot_answer_bytes,
         cache_scope=args.cache_scope,
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"TUNEWIRE_CACHE_SCOPE must be one of {', '.join(CACHE_SCOPES)}")
     try:
         settings = settings_from_args(args)
-    except ValueError as exc:  # one line and exit 2, like any other bad flag
+    except (ValueError, InvalidArgument) as exc:  # one line and exit 2, like any bad flag
         parser.error(str(exc))
     export_peer_token(args)
     configure()

@@ -35,6 +35,7 @@ from services.embedder.servicer import (
     add_to_server,
 )
 from tunewire import metrics
+from tunewire.devices import chosen_compute_dtype, default_device
 from tunewire.model_roots import ModelRoots, looks_local
 from tunewire.paths import default_data_dir
 from tunewire.server import RunningServer, ServerSecurity, ServerSettings, Service, create_server
@@ -64,6 +65,11 @@ class Settings:
     compile: bool | None = None
     # Packed batches replay CUDA graphs per shape bucket on a GPU (services/embedder/graphs.py).
     cuda_graphs: bool = False
+    # What forward passes run in (tunewire.devices.COMPUTE_DTYPES): "auto" is bf16 on a GPU and
+    # fp32 on a CPU; "bfloat16" on a CPU with AVX512-BF16/AMX is an opt-in, several times faster
+    # there, whose vectors are fingerprinted apart (cosine ~0.9999 to fp32's; a head trained on
+    # fp32 vectors refuses them).
+    compute_dtype: str = "auto"
     # The interpreter's thread switch interval in this process (ms; None: Python's own, 5 ms).
     # A GPU batch's launch releases and takes back the GIL at every op, and each take-back may
     # wait this long for a thread busy in Python (an Embed call's parsing, lookups, answer).
@@ -116,6 +122,10 @@ class Settings:
             )
         if self.hot_vector_bytes < 0:
             raise ValueError("hot_vector_bytes must be >= 0")
+        if self.compute_dtype != "auto":
+            # Refused here, before a cache opens or a port binds, where the device lacks it.
+            device = torch.device(self.device) if self.device else default_device()
+            chosen_compute_dtype(device, self.compute_dtype)
 
 
 def metrics_source(service: EmbedderService) -> Callable[[], list[Metric]]:
@@ -226,6 +236,7 @@ def start(settings: Settings) -> App:
         varlen=settings.varlen,
         compile=settings.compile,
         cuda_graphs=settings.cuda_graphs,
+        compute_dtype=settings.compute_dtype,
         hot_answer_bytes=settings.hot_answer_bytes,
         hot_vector_bytes=settings.hot_vector_bytes,
         roots=_roots(settings),

@@ -113,7 +113,9 @@ class Encoder:
     agrees with the padded path), False always pads. `compile`: compile the model's blocks at
     load (kept if they agree with eager; `compiled` says whether they were). `graphs`: on a GPU,
     packed batches replay CUDA graphs per shape bucket (graphs.py; kept if they agree with the
-    plain launches at load; `graphed` says whether they were)."""
+    plain launches at load; `graphed` says whether they were). `dtype`: what the forward pass
+    runs in (tunewire.devices.chosen_compute_dtype; the fingerprint names it), None for the
+    device's default."""
 
     def __init__(
         self,
@@ -123,11 +125,13 @@ class Encoder:
         compile: bool = False,
         graphs: bool = False,
         shape: EncoderShape | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
 
         self.source = source
         self.device = device or default_device()
-        self.dtype = compute_dtype(self.device)
+        # The forward pass's dtype (None: `compute_dtype`'s: bf16 on a GPU, fp32 on a CPU).
+        self.dtype = dtype or compute_dtype(self.device)
         self.lock = threading.Lock()
         # On a CPU, forward passes that may run at once, each outside `lock` (cpu_threads.py);
         # None on a GPU, where batches are launched in order under `lock` and run asynchronously.

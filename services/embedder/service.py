@@ -63,7 +63,7 @@ from services.embedder.launching import Launcher
 from services.embedder.shapes import EncoderShapes, FileHashes
 from services.embedder.source import ModelSource, resolve
 from tunewire.auth import current_principal
-from tunewire.devices import default_device
+from tunewire.devices import chosen_compute_dtype, default_device
 from tunewire.encoder_spec import EncoderSpec
 from tunewire.errors import Cancelled, InvalidArgument, ResourceExhausted
 from tunewire.model_roots import ModelRoots
@@ -169,6 +169,7 @@ class EncoderInfo:
     model_type: str
     max_length: int
     device: str
+    compute_dtype: str  # what the forward passes run in (also in the fingerprint)
 
 
 @dataclass
@@ -225,13 +226,16 @@ class EncoderRegistry:
         cuda_graphs: bool = False,
         shapes: EncoderShapes | None = None,
         hashes: FileHashes | None = None,
+        compute_dtype: str = "auto",
     ) -> None:
         """`varlen` False keeps every model on the padded path (no packed batches); `compile`
         compiles each model's blocks at load, None where the device is a GPU (see
         `compile_by_default`); `roots` what may be loaded (default: any model); `cuda_graphs`
         replays packed batches as CUDA graphs per shape bucket on a GPU (graphs.py); `shapes`
         and `hashes` keep what opening an encoder's files said, for the next process
-        (shapes.py)."""
+        (shapes.py); `compute_dtype` what forward passes run in (tunewire.devices.COMPUTE_DTYPES:
+        "auto" is bf16 on a GPU, fp32 on a CPU; "bfloat16" on a CPU is an opt-in whose vectors,
+        fingerprinted apart, differ slightly from fp32's)."""
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self.max_loaded = max_loaded
@@ -242,6 +246,7 @@ class EncoderRegistry:
         self.cuda_graphs = cuda_graphs
         self.shapes = shapes
         self.hashes = hashes
+        self.compute_dtype = compute_dtype
         self.roots = roots or ModelRoots.anywhere()
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
@@ -309,6 +314,7 @@ class EncoderRegistry:
             compile=compile_by_default(device) if self.compile is None else self.compile,
             graphs=self.cuda_graphs,
             shape=shape,
+            dtype=chosen_compute_dtype(device, self.compute_dtype),
         )
         if shape is None and self.shapes is not None:
             self.shapes.put(weights, tokenizer, encoder.shape)
@@ -478,12 +484,13 @@ class EmbedderService:
         cache_scope: str = SHARED,
         hot_vector_bytes: int = DEFAULT_HOT_VECTOR_BYTES,
         cuda_graphs: bool = False,
+        compute_dtype: str = "auto",
     ) -> None:
         """`registry` lets several services (or tests) share loaded models; `varlen` False keeps
-        every model padded; `compile` and `cuda_graphs` as EncoderRegistry's; `hot_answer_bytes`
-        bounds the whole answers kept in memory as sent (hot_answers.py), `hot_vector_bytes` the
-        vectors kept by text (hot_vectors.py); `cache_scope` "principal" keeps each principal's
-        cache entries apart (module docstring)."""
+        every model padded; `compile`, `cuda_graphs` and `compute_dtype` as EncoderRegistry's;
+        `hot_answer_bytes` bounds the whole answers kept in memory as sent (hot_answers.py),
+        `hot_vector_bytes` the vectors kept by text (hot_vectors.py); `cache_scope` "principal"
+        keeps each principal's cache entries apart (module docstring)."""
         if cache_scope not in CACHE_SCOPES:
             raise ValueError(f"cache scope must be one of {', '.join(CACHE_SCOPES)}")
         self.cache_scope = cache_scope
@@ -502,6 +509,7 @@ class EmbedderService:
             cuda_graphs,
             EncoderShapes(cache),
             FileHashes(cache),
+            compute_dtype,
         )
         self._counter_lock = threading.Lock()
         self.computed_texts = 0  # texts that went through a model since start
@@ -579,6 +587,7 @@ class EmbedderService:
             model_type=entry.encoder.model_type,
             max_length=settings.max_length,
             device=str(entry.encoder.device),
+            compute_dtype=settings.compute_dtype,
         )
 
     def embed(

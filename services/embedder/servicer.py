@@ -526,6 +526,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
             model_type=info.model_type,
             max_length=info.max_length,
             device=info.device,
+            compute_dtype=info.compute_dtype,
         )
 
     def GetCacheStats(

@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import SPAMMY
 from tests.reliability.procs import free_port
+from tunewire.devices import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "clients" / "cli.py")]
@@ -212,3 +213,39 @@ def test_http_workers_end_when_their_supervisor_is_killed(services, minilm, tmp_
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not cpu_has_native_bf16(),
+    reason="this CPU has no bf16 instructions (AVX512-BF16 or AMX)",
+)
+def test_serve_http_compute_dtype_bf16_is_recorded_and_a_float32_head_refuses_it(
+    sms_spam_job, trainer, minilm, tmp_path
+):
+    """`--compute-dtype bfloat16` runs the in-process embedder in bf16: TEI's /info says so, and
+    the job's head, trained on float32 vectors, refuses the bf16 ones by fingerprint."""
+    artifact = trainer.download_artifact(sms_spam_job.id, tmp_path / "artifact")
+    port = free_port()
+    args = ["http", "--model_path", str(artifact), "--model", f"mini={minilm}"]
+    proc = _serve([*args, "--compute-dtype", "bfloat16", "--port", str(port)], port, tmp_path)
+    try:
+        info = httpx.get(f"http://127.0.0.1:{port}/info", timeout=60).json()
+        assert info["model_dtype"] == "bfloat16"
+        got = httpx.post(f"http://127.0.0.1:{port}/predict", data={"text": SPAMMY}, timeout=60)
+        assert got.status_code == 400 and "fingerprint" in got.text
+    finally:
+        _stop(proc)
+
+
+def test_serve_http_compute_dtype_is_for_an_embedder_it_starts(services, tmp_path):
+    got = subprocess.run(
+        [*CLI, "serve", "http", "--embedder", services.embedder_address]
+        + ["--compute-dtype", "bfloat16"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert got.returncode != 0 and "compute_dtype" in got.stderr
+    assert "Traceback" not in got.stderr

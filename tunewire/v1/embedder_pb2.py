@@ -26,15 +26,15 @@ from tunewire.v1 import tensor_pb2 as tunewire_dot_v1_dot_tensor__pb2
 from tunewire.v1 import trainer_pb2 as tunewire_dot_v1_dot_trainer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atunewire/v1/embedder.proto\x12\x0btunewire.v1\x1a\x18tunewire/v1/tensor.proto\x1a\x19tunewire/v1/trainer.proto\"\xc3\x01\n\x0b\x45ncoderSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12%\n\x07pooling\x18\x03 \x01(\x0e\x32\x14.tunewire.v1.Pooling\x12\x12\n\nmax_length\x18\x04 \x01(\x05\x12\x11\n\tnormalize\x18\x05 \x01(\x08\x12!\n\x05\x64type\x18\x06 \x01(\x0e\x32\x12.tunewire.v1.DType\x12\r\n\x05layer\x18\x07 \x01(\x05\x12\x13\n\x0binstruction\x18\x08 \x01(\t\"\x88\x01\n\x0c\x45mbedRequest\x12)\n\x07\x65ncoder\x18\x01 \x01(\x0b\x32\x18.tunewire.v1.EncoderSpec\x12\r\n\x05texts\x18\x02 \x03(\t\x12(\n\x06joined\x18\x03 \x01(\x0b\x32\x18.tunewire.v1.JoinedTexts\x12\x14\n\x0cwrite_behind\x18\x04 \x01(\x08\"*\n\x0bJoinedTexts\x12\x0c\n\x04utf8\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x95\x01\n\rEmbedResponse\x12\'\n\nembeddings\x18\x01 \x01(\x0b\x32\x13.tunewire.v1.Tensor\x12\x12\n\ncache_hits\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04last\x18\x06 \x01(\x08\"B\n\x15GetEncoderInfoRequest\x12)\n\x07\x65ncoder\x18\x01 \x01(\x0b\x32\x18.tunewire.v1.EncoderSpec\"x\n\x16GetEncoderInfoResponse\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x12\n\nmax_length\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\"\x16\n\x14GetCacheStatsRequest\"\xdf\x01\n\x15GetCacheStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0c\n\x04hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\x10\n\x08map_size\x18\x05 \x01(\x03\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\x03\x12\x16\n\x0e\x63omputed_texts\x18\x07 \x01(\x03\x12\x16\n\x0eshared_batches\x18\x08 \x01(\x03\x12\x15\n\rdropped_texts\x18\t \x01(\x03\x12\x17\n\x0f\x63omputed_tokens\x18\n \x01(\x03\"L\n\x12PredictRowsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x16.tunewire.v1.RowColumn\":\n\tRowColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0f\n\x07missing\x18\x03 \x03(\r\"\x80\x01\n\x13PredictRowsResponse\x12\x31\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1f.tunewire.v1.FeaturePredictions\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x12\n\ncache_hits\x18\x03 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x04 \x01(\x03*y\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x12\x0f\n\x0bPOOLING_CLS\x10\x02\x12\x10\n\x0cPOOLING_LAST\x10\x03\x12\x0f\n\x0bPOOLING_MAX\x10\x04\x12\x0f\n\x0bPOOLING_SUM\x10\x05\x32\xa0\x03\n\x0f\x45mbedderService\x12>\n\x05\x45mbed\x12\x19.tunewire.v1.EmbedRequest\x1a\x1a.tunewire.v1.EmbedResponse\x12H\n\x0bStreamEmbed\x12\x19.tunewire.v1.EmbedRequest\x1a\x1a.tunewire.v1.EmbedResponse(\x01\x30\x01\x12Y\n\x0eGetEncoderInfo\x12\".tunewire.v1.GetEncoderInfoRequest\x1a#.tunewire.v1.GetEncoderInfoResponse\x12V\n\rGetCacheStats\x12!.tunewire.v1.GetCacheStatsRequest\x1a\".tunewire.v1.GetCacheStatsResponse\x12P\n\x0bPredictRows\x12\x1f.tunewire.v1.PredictRowsRequest\x1a .tunewire.v1.PredictRowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atunewire/v1/embedder.proto\x12\x0btunewire.v1\x1a\x18tunewire/v1/tensor.proto\x1a\x19tunewire/v1/trainer.proto\"\xc3\x01\n\x0b\x45ncoderSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12%\n\x07pooling\x18\x03 \x01(\x0e\x32\x14.tunewire.v1.Pooling\x12\x12\n\nmax_length\x18\x04 \x01(\x05\x12\x11\n\tnormalize\x18\x05 \x01(\x08\x12!\n\x05\x64type\x18\x06 \x01(\x0e\x32\x12.tunewire.v1.DType\x12\r\n\x05layer\x18\x07 \x01(\x05\x12\x13\n\x0binstruction\x18\x08 \x01(\t\"\x88\x01\n\x0c\x45mbedRequest\x12)\n\x07\x65ncoder\x18\x01 \x01(\x0b\x32\x18.tunewire.v1.EncoderSpec\x12\r\n\x05texts\x18\x02 \x03(\t\x12(\n\x06joined\x18\x03 \x01(\x0b\x32\x18.tunewire.v1.JoinedTexts\x12\x14\n\x0cwrite_behind\x18\x04 \x01(\x08\"*\n\x0bJoinedTexts\x12\x0c\n\x04utf8\x18\x01 \x01(\x0c\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x95\x01\n\rEmbedResponse\x12\'\n\nembeddings\x18\x01 \x01(\x0b\x32\x13.tunewire.v1.Tensor\x12\x12\n\ncache_hits\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x03 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04last\x18\x06 \x01(\x08\"B\n\x15GetEncoderInfoRequest\x12)\n\x07\x65ncoder\x18\x01 \x01(\x0b\x32\x18.tunewire.v1.EncoderSpec\"\x8f\x01\n\x16GetEncoderInfoResponse\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x12\n\nmax_length\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x15\n\rcompute_dtype\x18\x06 \x01(\t\"\x16\n\x14GetCacheStatsRequest\"\xdf\x01\n\x15GetCacheStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0c\n\x04hits\x18\x03 \x01(\x03\x12\x0e\n\x06misses\x18\x04 \x01(\x03\x12\x10\n\x08map_size\x18\x05 \x01(\x03\x12\x16\n\x0e\x66orward_passes\x18\x06 \x01(\x03\x12\x16\n\x0e\x63omputed_texts\x18\x07 \x01(\x03\x12\x16\n\x0eshared_batches\x18\x08 \x01(\x03\x12\x15\n\rdropped_texts\x18\t \x01(\x03\x12\x17\n\x0f\x63omputed_tokens\x18\n \x01(\x03\"L\n\x12PredictRowsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x16.tunewire.v1.RowColumn\":\n\tRowColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\x12\x0f\n\x07missing\x18\x03 \x03(\r\"\x80\x01\n\x13PredictRowsResponse\x12\x31\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1f.tunewire.v1.FeaturePredictions\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12\x12\n\ncache_hits\x18\x03 \x01(\x03\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x04 \x01(\x03*y\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x10\n\x0cPOOLING_MEAN\x10\x01\x12\x0f\n\x0bPOOLING_CLS\x10\x02\x12\x10\n\x0cPOOLING_LAST\x10\x03\x12\x0f\n\x0bPOOLING_MAX\x10\x04\x12\x0f\n\x0bPOOLING_SUM\x10\x05\x32\xa0\x03\n\x0f\x45mbedderService\x12>\n\x05\x45mbed\x12\x19.tunewire.v1.EmbedRequest\x1a\x1a.tunewire.v1.EmbedResponse\x12H\n\x0bStreamEmbed\x12\x19.tunewire.v1.EmbedRequest\x1a\x1a.tunewire.v1.EmbedResponse(\x01\x30\x01\x12Y\n\x0eGetEncoderInfo\x12\".tunewire.v1.GetEncoderInfoRequest\x1a#.tunewire.v1.GetEncoderInfoResponse\x12V\n\rGetCacheStats\x12!.tunewire.v1.GetCacheStatsRequest\x1a\".tunewire.v1.GetCacheStatsResponse\x12P\n\x0bPredictRows\x12\x1f.tunewire.v1.PredictRowsRequest\x1a .tunewire.v1.PredictRowsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tunewire.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POOLING']._serialized_start=1338
-  _globals['_POOLING']._serialized_end=1459
+  _globals['_POOLING']._serialized_start=1362
+  _globals['_POOLING']._serialized_end=1483
   _globals['_ENCODERSPEC']._serialized_start=97
   _globals['_ENCODERSPEC']._serialized_end=292
   _globals['_EMBEDREQUEST']._serialized_start=295
@@ -45,18 +45,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESPONSE']._serialized_end=627
   _globals['_GETENCODERINFOREQUEST']._serialized_start=629
   _globals['_GETENCODERINFOREQUEST']._serialized_end=695
-  _globals['_GETENCODERINFORESPONSE']._serialized_start=697
-  _globals['_GETENCODERINFORESPONSE']._serialized_end=817
-  _globals['_GETCACHESTATSREQUEST']._serialized_start=819
-  _globals['_GETCACHESTATSREQUEST']._serialized_end=841
-  _globals['_GETCACHESTATSRESPONSE']._serialized_start=844
-  _globals['_GETCACHESTATSRESPONSE']._serialized_end=1067
-  _globals['_PREDICTROWSREQUEST']._serialized_start=1069
-  _globals['_PREDICTROWSREQUEST']._serialized_end=1145
-  _globals['_ROWCOLUMN']._serialized_start=1147
-  _globals['_ROWCOLUMN']._serialized_end=1205
-  _globals['_PREDICTROWSRESPONSE']._serialized_start=1208
-  _globals['_PREDICTROWSRESPONSE']._serialized_end=1336
-  _globals['_EMBEDDERSERVICE']._serialized_start=1462
-  _globals['_EMBEDDERSERVICE']._serialized_end=1878
+  _globals['_GETENCODERINFORESPONSE']._serialized_start=698
+  _globals['_GETENCODERINFORESPONSE']._serialized_end=841
+  _globals['_GETCACHESTATSREQUEST']._serialized_start=843
+  _globals['_GETCACHESTATSREQUEST']._serialized_end=865
+  _globals['_GETCACHESTATSRESPONSE']._serialized_start=868
+  _globals['_GETCACHESTATSRESPONSE']._serialized_end=1091
+  _globals['_PREDICTROWSREQUEST']._serialized_start=1093
+  _globals['_PREDICTROWSREQUEST']._serialized_end=1169
+  _globals['_ROWCOLUMN']._serialized_start=1171
+  _globals['_ROWCOLUMN']._serialized_end=1229
+  _globals['_PREDICTROWSRESPONSE']._serialized_start=1232
+  _globals['_PREDICTROWSRESPONSE']._serialized_end=1360
+  _globals['_EMBEDDERSERVICE']._serialized_start=1486
+  _globals['_EMBEDDERSERVICE']._serialized_end=1902
 # @@protoc_insertion_point(module_scope)

@@ -87,18 +87,20 @@ class GetEncoderInfoRequest(_message.Message):
     def __init__(self, encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ...) -> None: ...
 
 class GetEncoderInfoResponse(_message.Message):
-    __slots__ = ("fingerprint", "dimension", "model_type", "max_length", "device")
+    __slots__ = ("fingerprint", "dimension", "model_type", "max_length", "device", "compute_dtype")
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     fingerprint: str
     dimension: int
     model_type: str
     max_length: int
     device: str
-    def __init__(self, fingerprint: _Optional[str] = ..., dimension: _Optional[int] = ..., model_type: _Optional[str] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    compute_dtype: str
+    def __init__(self, fingerprint: _Optional[str] = ..., dimension: _Optional[int] = ..., model_type: _Optional[str] = ..., max_length: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
 
 class GetCacheStatsRequest(_message.Message):
     __slots__ = ()
