@@ -434,8 +434,11 @@ def ours(
                     activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
                     with profile(activities=activities) as prof, HostTrace().installed() as host:
                         cold = run()
+                    windows = kernel_gaps(prof)[:8] if cuda else []
                     timeline = (
-                        (gpu_timeline(prof, cold) if cuda else "") + "\n" + host.summary(cold)
+                        (gpu_timeline(prof, cold) if cuda else "")
+                        + "\n"
+                        + host.summary(cold, windows=[(a - 0.005, b + 0.005) for a, b in windows])
                     )
                 else:
                     cold = run()
@@ -459,6 +462,22 @@ def ours(
         counters["gpu_timeline"] = timeline
     counters["vectors"] = answers[0]  # the cold pass's, in request order
     return cold, warm, counters
+
+
+def kernel_gaps(prof, least_us: float = 2000) -> list[tuple[float, float]]:
+    """The GPU's idle spans between kernels longer than `least_us`, largest first, as (start,
+    end) in seconds from the profiler's start (about the host trace's 0)."""
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    gaps, end = [], kernels[0][1] if kernels else 0
+    for s, e in kernels:
+        if s > end + least_us:
+            gaps.append((end / 1e6, s / 1e6))
+        end = max(end, e)
+    return sorted(gaps, key=lambda g: g[0] - g[1])
 
 
 def gpu_timeline(prof, wall: float) -> str:

@@ -32,7 +32,8 @@ class HostTrace:
         with self._lock:
             self.events.append((what, start, end, threading.current_thread().name))
 
-    def _wrap(self, owner, name: str, what: str) -> tuple:
+    def _wrap(self, owner, name: str, what: str, detail=None) -> tuple:
+        """`detail(args)`, if given, says more of each call (appended to `what`)."""
         original = inspect.getattr_static(owner, name)
         static = isinstance(original, staticmethod)
         function = original.__func__ if static else original
@@ -43,7 +44,8 @@ class HostTrace:
             try:
                 return function(*args, **kwargs)
             finally:
-                self._record(what, start, time.perf_counter())
+                label = what if detail is None else f"{what} {detail(args)}"
+                self._record(label, start, time.perf_counter())
 
         setattr(owner, name, staticmethod(traced) if static else traced)
         return owner, name, original
@@ -71,7 +73,7 @@ class HostTrace:
             self._wrap(EmbedderServicer, "_begin", "begin request"),
             self._wrap(EmbedderServicer, "_chunks", "encode response"),
             self._wrap(tokenizing.ParallelTokenizer, "_encode", "tokenise chunk"),
-            self._wrap(EmbedderService, "_launch", "launch batch"),
+            self._wrap(EmbedderService, "_launch", "launch batch", _batch_tokens),
             self._wrap(EmbedderService, "_landed", "deliver batch"),
             self._wrap(EmbedderService, "_compute", "compute request (queue, wait)"),
             self._wrap(EmbedJob, "finish", "finish request"),
@@ -90,13 +92,20 @@ class HostTrace:
             for owner, name, original in wrapped:
                 setattr(owner, name, original)
 
-    def summary(self, wall: float, head_s: float = 0.4, tail_s: float = 0.6) -> str:
+    def summary(
+        self,
+        wall: float,
+        head_s: float = 0.4,
+        tail_s: float = 0.6,
+        windows: list[tuple[float, float]] = (),
+    ) -> str:
         """Totals per kind, then every event that began in the first `head_s` or ended in the
-        last `tail_s` seconds of a pass of `wall` seconds, in ms from its start."""
+        last `tail_s` seconds of a pass of `wall` seconds, or overlaps one of `windows` (s from
+        the start: a GPU trace's gaps), in ms from its start."""
         events = sorted(self.events, key=lambda e: e[1])
         totals: dict[str, list[float]] = defaultdict(list)
         for what, start, end, _ in events:
-            totals[what].append(end - start)
+            totals[what.split(" [")[0]].append(end - start)
         lines = [
             "host totals: "
             + "; ".join(
@@ -108,8 +117,17 @@ class HostTrace:
         shown = [
             e
             for e in events
-            if e[1] - self.start < head_s or e[2] - self.start > wall - tail_s or "gc" in e[0]
+            if e[1] - self.start < head_s
+            or e[2] - self.start > wall - tail_s
+            or "gc" in e[0]
+            or any(a <= e[2] - self.start and e[1] - self.start <= b for a, b in windows)
         ]
-        for what, start, end, thread in shown[:150]:
+        for what, start, end, thread in shown[:220]:
             lines.append(f"  {ms(start):8.1f} -{ms(end):8.1f} ms  {what:30s} {thread}")
         return "\n".join(lines)
+
+
+def _batch_tokens(args: tuple) -> str:
+    """`EmbedderService._launch(encoder, queue, rows)`'s batch: its rows and tokens."""
+    rows = args[-1]
+    return f"[{len(rows)} rows, {sum(len(row.ids) for row in rows)} tokens]"
