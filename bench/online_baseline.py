@@ -2,6 +2,7 @@
 over HTTP - a plain FastAPI app that runs transformers (and the predictive head) per request.
 
     python bench/online_baseline.py --model DIR [--artifact DIR] --port 8100 [--device cuda]
+        [--dtype bfloat16]
 
 `POST /predict` ({"text": ...}): tokenise, encode, mean-pool (normalise if the artifact's encoder
 did), run the head, answer Ludwig's columns. `POST /v1/embeddings` (OpenAI's request; vectors
@@ -34,11 +35,16 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: str = "float"
 
 
-def build_app(model_dir: str, artifact: str | None, device: str, max_length: int) -> FastAPI:
+def build_app(
+    model_dir: str, artifact: str | None, device: str, max_length: int, dtype: str = "auto"
+) -> FastAPI:
+    """`dtype` "auto": bf16 on a GPU, float32 on a CPU, as a user's first version would."""
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    dtype = getattr(torch, dtype)
     model = AutoModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     head = normalize = None
     if artifact:
@@ -108,8 +114,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto")
     args = p.parse_args()
-    app = build_app(args.model, args.artifact, args.device, args.max_length)
+    app = build_app(args.model, args.artifact, args.device, args.max_length, args.dtype)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

@@ -249,18 +249,24 @@ def cpu(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="online-bench-"))
     artifact = head_artifact(work / "artifact", minilm)
     per_round = args.cold_requests + args.cold_clients_requests
-    texts = sms_texts(1 + 2 * per_round * args.rounds)
-    warm_text, fresh = texts[0], iter(texts[1:])  # every cold request a text new to both
+    variants = 2 if args.bf16 else 1
+    texts = sms_texts(1 + 2 * variants * per_round * args.rounds + AGREEMENT_TEXTS)
+    # (cut to 400 characters: /v1/embeddings refuses a text over MiniLM's 256 tokens, as OpenAI's)
+    agreement_texts = [t[:400] for t in texts[-AGREEMENT_TEXTS:]]
+    warm_text, fresh = texts[0], iter(texts[1:])  # every cold request a text new to all
+    ours = [PY, "clients/cli.py", "serve", "http", "--model_path", str(artifact)]
+    ours += ["--model", f"minilm={minilm}"]  # its /v1/embeddings, for the bf16 agreement
+    base = [PY, "bench/online_baseline.py", "--model", minilm, "--artifact", str(artifact)]
     servers = {
-        "tunewire": (
-            [PY, "clients/cli.py", "serve", "http", "--model_path", str(artifact)],
-            {"TUNEWIRE_DATA_DIR": str(work / "data")},
-        ),
-        "baseline": (
-            [PY, "bench/online_baseline.py", "--model", minilm, "--artifact", str(artifact)],
-            {},
-        ),
+        "tunewire": (ours, {"TUNEWIRE_DATA_DIR": str(work / "data")}),
+        "baseline": (base, {}),
     }
+    if args.bf16:
+        servers["tunewire_bf16"] = (
+            [*ours, "--compute-dtype", "bfloat16"],
+            {"TUNEWIRE_DATA_DIR": str(work / "data-bf16")},
+        )
+        servers["baseline_bf16"] = ([*base, "--dtype", "bfloat16"], {})
     path = "/predict"
     ports: dict[str, int] = {}
     pids: dict[str, int] = {}
@@ -275,6 +281,7 @@ def cpu(args) -> dict:
             pids[name] = procs[-1].pid
             got = Client(ports[name]).post(path, {"text": warm_text})[1]
             assert got["label_predictions"] in ("ham", "spam"), got
+        agreement = bf16_agreement(ports, agreement_texts) if args.bf16 else None
         for r in range(args.rounds):
             order = list(servers) if r % 2 == 0 else list(servers)[::-1]
             found: dict = {name: {} for name in servers}
@@ -302,13 +309,42 @@ def cpu(args) -> dict:
     finally:
         for proc in procs:
             stop(proc)
-    return {"rounds": rounds, "summary": summarise(rounds)}
+    out = {"rounds": rounds, "summary": summarise(rounds)}
+    if agreement is not None:
+        out["bf16_agreement"] = agreement
+    return out
+
+
+# Texts both of our servers embed (/v1/embeddings) for the bf16 vectors' cosine to fp32's.
+AGREEMENT_TEXTS = 1024
+
+
+def bf16_agreement(ports: dict[str, int], texts: list[str]) -> dict:
+    """Cosine of `serve http --compute-dtype bfloat16`'s vectors to the float32 server's, for
+    the same texts through the same route (/v1/embeddings, normalised)."""
+    import numpy as np
+
+    vectors = {}
+    for name in ("tunewire", "tunewire_bf16"):
+        client, rows = Client(ports[name]), []
+        for i in range(0, len(texts), 64):
+            body = {"model": "minilm", "input": texts[i : i + 64]}
+            rows += [d["embedding"] for d in client.post("/v1/embeddings", body)[1]["data"]]
+        vectors[name] = np.asarray(rows, dtype=np.float64)
+    a, b = vectors["tunewire"], vectors["tunewire_bf16"]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return {
+        "texts": len(texts),
+        "cosine_min": float(cosine.min()),
+        "cosine_mean": float(cosine.mean()),
+        "cosine_p01": float(np.quantile(cosine, 0.01)),
+    }
 
 
 def summarise(rounds: list[dict]) -> dict:
     """Per server and figure: the median over rounds, and the lowest and highest."""
     out: dict = {}
-    for name in ("tunewire", "baseline"):
+    for name in (k for k in rounds[0] if k != "loadavg"):
         out[name] = {}
         for measure, unit in (
             ("warm_1", "p50_ms"),
@@ -735,8 +771,48 @@ def device_line(gpu_run: bool) -> str:
     )
 
 
-def cpu_table(r: dict) -> str:
-    ours, base = r["summary"]["tunewire"], r["summary"]["baseline"]
+# CPU tables: (ours, baseline, their column headings); the bf16 ones only with --bf16.
+CPU_TABLES = (
+    ("tunewire", "baseline", "tunewire", "baseline (FastAPI + transformers per request)"),
+    (
+        "tunewire_bf16",
+        "baseline",
+        "tunewire `--compute-dtype bfloat16`",
+        "baseline (FastAPI + transformers per request, float32)",
+    ),
+    (
+        "tunewire_bf16",
+        "baseline_bf16",
+        "tunewire `--compute-dtype bfloat16`",
+        "baseline in bf16 (`AutoModel.from_pretrained(..., dtype=torch.bfloat16)`)",
+    ),
+)
+
+
+def cpu_tables(r: dict) -> str:
+    """Every CPU table the run has servers for, then the bf16 vectors' agreement."""
+    tables = [
+        cpu_table(r, ours, base, ours_label, base_label)
+        for ours, base, ours_label, base_label in CPU_TABLES
+        if ours in r["summary"] and base in r["summary"]
+    ]
+    if agreement := r.get("bf16_agreement"):
+        tables.append(
+            f"bf16 vectors against float32's (the same {agreement['texts']} SMS texts through "
+            f"both servers' /v1/embeddings): cosine min {agreement['cosine_min']:.5f}, 1st "
+            f"percentile {agreement['cosine_p01']:.5f}, mean {agreement['cosine_mean']:.5f}."
+        )
+    return "\n\n".join(tables)
+
+
+def cpu_table(
+    r: dict,
+    ours_key: str = "tunewire",
+    base_key: str = "baseline",
+    ours_label: str = "tunewire",
+    base_label: str = "baseline (FastAPI + transformers per request)",
+) -> str:
+    ours, base = r["summary"][ours_key], r["summary"][base_key]
     n = len(r["rounds"])
 
     def cell(v: dict, unit: str) -> str:
@@ -748,9 +824,9 @@ def cpu_table(r: dict) -> str:
 
     def ratios(key: str, faster: bool) -> str:
         per_round = sorted(
-            (rd["baseline"][m][u] / rd["tunewire"][m][u])
+            (rd[base_key][m][u] / rd[ours_key][m][u])
             if faster
-            else (rd["tunewire"][m][u] / rd["baseline"][m][u])
+            else (rd[ours_key][m][u] / rd[base_key][m][u])
             for rd in r["rounds"]
             for m, u in [key.split(".")]
         )
@@ -759,7 +835,7 @@ def cpu_table(r: dict) -> str:
         return f"{mid:.2f}x{spread}"
 
     rows = [
-        "| measure | baseline (FastAPI + transformers per request) | tunewire | ratio |",
+        f"| measure | {base_label} | {ours_label} | ratio |",
         "|---|---:|---:|---:|",
     ]
     for key, label in (("warm_1", "1 client, warm cache"), ("cold_1", "1 client, cold cache")):
@@ -869,7 +945,7 @@ def gpu_table(r: dict, clients: int) -> str:
 def record(path: Path, args, results: dict, gpu_run: bool) -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python " + " ".join(sys.argv)
-    table = gpu_table(results, args.clients) if gpu_run else cpu_table(results)
+    table = gpu_table(results, args.clients) if gpu_run else cpu_tables(results)
     what = (
         "Llama-3.2-1B shape, random bf16 weights, MiniLM's tokenizer; one text (16-"
         f"{args.max_tokens} tokens) a request, every text new (cold cache)"
@@ -913,6 +989,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cold-requests", type=int, default=100)
     p.add_argument("--cold-clients-requests", type=int, default=600)
     p.add_argument("--rounds", type=int, default=1, help="CPU: rounds, baseline and ours each")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="CPU: also ours with --compute-dtype bfloat16 and the baseline in bf16, in the same "
+        "rounds, and the bf16 vectors' cosine to the float32 ones",
+    )
     p.add_argument("--gpu-texts", type=int, default=4096)
     p.add_argument(
         "--baseline-texts",
