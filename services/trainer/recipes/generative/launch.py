@@ -229,9 +229,20 @@ def _record_differences(ctx: JobContext) -> None:
     meta_path.write_text(json.dumps(meta, indent=2))
 
 
+# First lines of a rank's death by a signal; torchrun's summary at the end does not say why.
+_FATAL_MARKERS = ("Fatal Python error", "terminate called", "what():", "Current thread")
+
+
 def _tail(path: Path, lines: int = 5) -> str:
+    """The worker log's last lines, led by the first lines that say why a rank died."""
     text = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-    return " | ".join(text[-lines:]) or "no output"
+    fatal: list[str] = []
+    for i, line in enumerate(text):
+        if line.strip().startswith(_FATAL_MARKERS) and len(fatal) < 6:
+            # the faulthandler's innermost frames follow its "Current thread" line
+            frames = text[i + 1 : i + 3] if line.startswith("Current thread") else []
+            fatal += [line.strip(), *(frame.strip() for frame in frames)]
+    return " | ".join(fatal + text[-lines:]) or "no output"
 
 
 def _write_model_card(artifact_dir: Path) -> None:

@@ -13,6 +13,7 @@ Exit codes: 0 done, 3 failed precondition (the job cannot run as configured), 1 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--job-dir", required=True, type=Path)
     args = parser.parse_args(argv)
+    # A rank killed by a signal (SIGABRT from a C++ terminate, SIGSEGV) prints its threads'
+    # Python stacks to the worker log, which the launcher's error message quotes.
+    faulthandler.enable()
     job = load_job(args.job_dir)
     device = _init_distributed(job.cfg.backend.trainer.use_gpu)
     rank = dist.get_rank()
