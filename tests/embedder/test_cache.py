@@ -227,6 +227,12 @@ def test_cache_keys_are_sha256_of_fingerprint_nul_text():
     assert fp_mod.cache_keys("f" * 64, texts) == expected
     assert [fp_mod.cache_key("f" * 64, t) for t in texts] == expected
     assert fp_mod.cache_keys("f" * 64, []) == []
+    # Any fingerprint length (the hash's state after it is copied per text), any iterable.
+    for fingerprint in ("", "ab", "f" * 63, "e" * 200):
+        prefix = fingerprint.encode() + b"\0"
+        assert fp_mod.cache_keys(fingerprint, iter(texts)) == [
+            hashlib.sha256(prefix + t.encode("utf-8")).digest() for t in texts
+        ]
 
 
 def test_encoded_batch_is_header_then_the_raw_vectors():
