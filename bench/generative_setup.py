@@ -121,12 +121,13 @@ def llm_config(
     liger: bool = False,
     quantization: dict | None = None,
     precision: str = "auto",
+    compile_mode: str = "default",
     trainer: dict | None = None,
 ) -> dict:
     """A job config for the benches, pinning every trainer key the figures rely on (batch,
-    accumulation, packing, optimizer, no clipping, no activation checkpointing, compile,
-    kernels, precision), so a change of defaults elsewhere does not move them. `trainer`: more
-    trainer keys, over these (the convergence bench's learning rate, schedule and clipping)."""
+    accumulation, packing, optimizer, no clipping, no activation checkpointing, compile and its
+    mode, kernels, precision), so a change of defaults elsewhere does not move them. `trainer`:
+    more trainer keys, over these (the convergence bench's learning rate, schedule, clipping)."""
     from services.trainer.model_types import resolve
     from tunewire.config import to_dict
 
@@ -146,6 +147,7 @@ def llm_config(
             "learning_rate": 1e-5,
             "steps_per_checkpoint": 100000,
             "compile": compile,
+            "compile_mode": compile_mode,
             "use_liger_kernel": liger,
             "gradient_clipping": None,  # none, as the baseline (null disables)
             "optimizer": {"type": "adamw"},  # fused AdamW, the baseline's optimizer

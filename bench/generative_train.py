@@ -101,11 +101,10 @@ def run_ours(
     quantization: dict | None = None,
     fp8_recipe: str | None = None,
     profile_to: Path | None = None,
-    compile_mode: str | None = None,
+    compile_mode: str = "default",
 ) -> dict:
     """`fp8_recipe`: trainer.precision fp8 with torchao's recipe of that name."""
     from services.trainer.recipes.generative import fp8, lora_fused
-    from services.trainer.recipes.generative import model as model_module
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
     from services.trainer.recipes.generative.worker import load_job
@@ -121,6 +120,7 @@ def run_ours(
         liger=liger,
         quantization=quantization,
         precision="fp8" if fp8_recipe else "auto",
+        compile_mode=compile_mode,
     )
     if fp8_recipe:
         fp8.RECIPE = fp8_recipe
@@ -128,11 +128,7 @@ def run_ours(
     recipe = GenerativeRecipe(
         load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device
     )
-    model_module.COMPILE_MODE = compile_mode
-    try:
-        recipe.setup()
-    finally:
-        model_module.COMPILE_MODE = None
+    recipe.setup()
     n_fused = sum(isinstance(m, lora_fused.FusedLoraLinear) for m in recipe.lm.modules())
     micro = recipe.plan.epoch(0)
     if len(micro) < warmup + steps:
@@ -322,6 +318,13 @@ def main() -> None:
         # bench/fp8_convergence.py's loss criterion met. The rowwise rows compare recipes.
         "ours full+compile+fp8": ours_row("off", compile=True, fp8_recipe="tensorwise"),
         "ours full+compile+fp8 rowwise": ours_row("offr", compile=True, fp8_recipe="rowwise"),
+        "ours full+compile+fp8+graphs": ours_row(
+            "offg",
+            compile=True,
+            fp8_recipe="tensorwise",
+            compile_mode="reduce-overhead",
+            profile_to=args.out / "profile_full_fp8_graphs.txt",
+        ),
         "baseline LoRA": lambda: run_baseline(
             "bl", model_dir, device, uniform, lora=True, batch=batch, **common
         ),
@@ -423,6 +426,7 @@ def table(results: dict[str, dict], weights: int) -> str:
             "bench/fp8_convergence.py met)"
             for n, base in (
                 ("ours full+compile+fp8", "baseline full"),
+                ("ours full+compile+fp8+graphs", "baseline full"),
                 ("ours LoRA+compile+fp8", "baseline LoRA"),
                 ("ours LoRA+compile+fp8+graphs", "baseline LoRA"),
             )

@@ -19,8 +19,11 @@ import torch
 from services.trainer.context import Progress
 from services.trainer.model_types import resolve
 from services.trainer.recipes.generative.data import build_samples, collate_packed
+from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import CausalLMWithLoss, load_model, load_tokenizer
+from services.trainer.recipes.generative.recipe import GenerativeRecipe
+from services.trainer.recipes.generative.worker import WorkerJob
 from tests.generative.conftest import (
     fresh_process_generate,
     job_context,
@@ -29,11 +32,19 @@ from tests.generative.conftest import (
     task_frame,
     worker_losses,
 )
+from tunewire.config import to_dict
 from tunewire.devices import compute_dtype
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_bnb = pytest.mark.skipif(
     importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes"
+)
+
+needs_fp8 = pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None
+    or not torch.cuda.is_available()
+    or torch.cuda.get_device_capability() < (8, 9),
+    reason="needs torchao and a GPU of compute capability 8.9+",
 )
 
 LORA = {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
@@ -302,41 +313,87 @@ def test_dense_rows_match_varlen_attention(tiny_model, compile):
         assert float((grads_d[name] - g).norm() / g.norm()) < 0.03, name
 
 
+def graphs_recipe(base, tmp, adapter, mode: str, **trainer) -> GenerativeRecipe:
+    """A recipe over the tiny task with compiled blocks in `mode`, set up on the GPU."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    raw = llm_config(
+        base,
+        adapter=adapter,
+        backend=GPU,
+        trainer={"compile": True, "compile_mode": mode, "should_shuffle": False, **trainer},
+    )
+    cfg = resolve(raw)
+    (tmp / "inputs").mkdir(parents=True)
+    task_frame().to_parquet(tmp / "inputs" / "train.parquet", index=False)
+    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
+    recipe = GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cuda"))
+    recipe.setup()
+    return recipe
+
+
 @pytest.mark.parametrize("adapter", [LORA, None], ids=["lora", "full"])
-def test_blocks_replayed_as_cuda_graphs_train_as_compiled_blocks(tiny_model, adapter, monkeypatch):
-    """Blocks compiled with mode "reduce-overhead" (each block's forward and backward replayed
-    as a CUDA graph, bench/generative_train.py's "+graphs" rows): the same losses over three
-    optimizer steps as compiled blocks launched kernel by kernel."""
-    from services.trainer.recipes.generative import model as model_module
+def test_blocks_replayed_as_cuda_graphs_train_as_compiled_blocks(tiny_model, tmp_path, adapter):
+    """trainer.compile_mode: reduce-overhead (each block's forward and backward replayed as a
+    CUDA graph) with two micro-batches a step: the same losses over three optimizer steps as
+    compiled blocks launched kernel by kernel. A gradient left in a graph's memory would be
+    overwritten by the second micro-batch (graphs.keep_gradient_buffers)."""
 
-    device = torch.device("cuda")
-    cfg = resolve(llm_config(tiny_model, adapter=adapter, backend=GPU, trainer={"compile": True}))
-    tok = load_tokenizer(str(tiny_model))
-    samples = build_samples(cfg, task_frame(), tok, 512)
-    width = len(samples[0].input_ids)
-    rows = [[s] for s in samples if len(s.input_ids) == width][:8]
-    batch = collate_packed(rows, width, tok.pad_token_id).to(device)
+    def losses(mode: str) -> list[float]:
+        recipe = graphs_recipe(
+            tiny_model,
+            tmp_path / mode,
+            adapter,
+            mode,
+            batch_size=2,
+            gradient_accumulation_steps=2,
+            learning_rate=0.01,
+        )
+        micro = recipe.plan.epoch(0)[:2]  # the same two micro-batches each step
+        assert recipe.graphs == (mode == "reduce-overhead")
+        return [recipe._train_step(micro).read()[0] for _ in range(3)]
 
-    def losses(mode: str | None) -> list[float]:
-        torch._dynamo.reset()
-        monkeypatch.setattr(model_module, "COMPILE_MODE", mode)
-        torch.manual_seed(0)
-        model = CausalLMWithLoss(load_model(cfg, device, packed=True, total_steps=10)).train()
-        trained = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(trained, lr=1e-3)
-        out = []
-        for _ in range(3):
-            stats = model(batch)
-            loss = stats.loss_sum / batch.n_target
-            loss.backward()
-            out.append(float(loss))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return out
-
-    plain, graphs = losses(None), losses("reduce-overhead")
+    plain, graphs = losses("default"), losses("reduce-overhead")
     assert plain[-1] < plain[0], plain
     assert graphs == pytest.approx(plain, rel=1e-3), (graphs, plain)
+
+
+@pytest.mark.parametrize(
+    "precision, accumulation",
+    [("auto", 2), pytest.param("fp8", 1, marks=needs_fp8)],
+    ids=["bf16-accum2", "fp8"],
+)
+def test_a_cuda_graphs_lora_job_trains_and_saves_a_stock_adapter(
+    tiny_model, tmp_path, precision, accumulation
+):
+    """A whole job with trainer.compile_mode: reduce-overhead: it trains (loss falls), its
+    evaluations and sample generations run between graph replays (blocks eager there), and its
+    adapter files load in stock peft in a fresh interpreter."""
+    from safetensors.torch import load_file
+
+    torch._dynamo.reset()
+    raw = llm_config(
+        tiny_model,
+        adapter=LORA,
+        backend=GPU,
+        trainer={
+            "epochs": 20,
+            "learning_rate": 0.01 if precision == "fp8" else 0.02,
+            "eval_steps": None,
+            "compile": True,
+            "compile_mode": "reduce-overhead",
+            "gradient_accumulation_steps": accumulation,
+            "precision": precision,
+        },
+    )
+    ctx, rec = job_context(tmp_path, raw, validation=task_frame().iloc[:4])
+    run_generative_job(ctx)
+    assert ctx.config_dict["trainer"]["compile_mode"] == "reduce-overhead"
+    losses = [e.loss for e in rec.of(Progress)]
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), losses
+    saved = load_file(ctx.artifact_dir / "adapter_model.safetensors")
+    assert saved and all("lora_" in k for k in saved)
+    assert len(fresh_process_generate(ctx.artifact_dir, prompts(task_frame().head(2)))) == 2
 
 
 @pytest.fixture(scope="module")
@@ -352,14 +409,6 @@ def one_gpu(tiny_model, tmp_path_factory) -> list[float]:
 def test_two_gpus_match_one_at_the_same_global_batch(tiny_model, tmp_path, one_gpu, strategy):
     two = worker_losses(tiny_model, tmp_path, steps=4, use_gpu=True, workers=2, strategy=strategy)
     assert len(one_gpu) == 4 and two == pytest.approx(one_gpu, rel=2e-2)
-
-
-needs_fp8 = pytest.mark.skipif(
-    importlib.util.find_spec("torchao") is None
-    or not torch.cuda.is_available()
-    or torch.cuda.get_device_capability() < (8, 9),
-    reason="needs torchao and a GPU of compute capability 8.9+",
-)
 
 
 def fused_float8_layer(device: str, emulate: bool) -> torch.nn.Module:

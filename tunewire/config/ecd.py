@@ -604,6 +604,7 @@ _UNBUILT_TRAINER_KEYS = {
     "checkpoints_per_epoch": (0, "an ecd job keeps its best epoch in memory, no checkpoints"),
     "skip_all_evaluation": (False, "early stopping and the best epoch need the evaluation"),
     "compile": (False, "on a GPU the head's step is captured as a CUDA graph already"),
+    "compile_mode": ("default", "on a GPU the head's step is captured as a CUDA graph already"),
     "precision": ("auto", "the head trains in float32; fp8 is for model_type: llm"),
     "bucketing_field": (None, "batches are rows of fixed vectors; there is nothing to bucket"),
     "layers_to_freeze_regex": (None, "a head trains whole; freeze an encoder by trainable: false"),

@@ -773,6 +773,49 @@ class LlmConfig:
             key,
         )
 
+    def _check_compile_mode(self) -> None:
+        """CUDA graphs (compile_mode: reduce-overhead) replay fixed kernels on fixed addresses:
+        what would change them between steps (another process's shards, a quantized base's
+        kernels, recomputed activations) is refused here; batch shapes, known only from the
+        data, are checked when the job starts (recipe.py)."""
+        t = self.trainer
+        if t.compile_mode == "default":
+            return
+        key = "trainer.compile_mode"
+        check(t.compile, f"{t.compile_mode} is a mode of trainer.compile: set it to true", key)
+        check(
+            self.backend.trainer.use_gpu,
+            f"{t.compile_mode} replays CUDA graphs: it needs a CUDA GPU; "
+            "backend.trainer.use_gpu is false",
+            key,
+        )
+        check(
+            self.backend.trainer.world_size == 1,
+            f"{t.compile_mode} is built for one worker process (one GPU), not "
+            f"{self.backend.trainer.world_size}: use compile_mode: default with DDP/FSDP",
+            key,
+        )
+        check(
+            self.quantization is None,
+            f"{t.compile_mode} is not built over a quantized base (bitsandbytes' kernels are "
+            "not tested inside CUDA graphs): drop one of the two",
+            key,
+        )
+        check(
+            self.adapter is None or self.adapter.type == "lora",
+            f"{t.compile_mode} is built for full fine-tuning and adapter type lora, not "
+            f"{self.adapter.type!r}"
+            if self.adapter is not None
+            else "",
+            key,
+        )
+        check(
+            not t.enable_gradient_checkpointing,
+            f"{t.compile_mode} does not combine with trainer.enable_gradient_checkpointing: "
+            "the recomputation runs outside the recorded graphs",
+            key,
+        )
+
     def _resolve_loftq(self) -> None:
         """LoftQ's adapter is computed against the base bitsandbytes quantizes to 4 bits: without
         a quantization block the job quantizes as LoftQ does (nf4, no double quantization),
@@ -822,6 +865,7 @@ class LlmConfig:
             "is for eager training: do not combine it with trainer.compile: true",
             "trainer.use_liger_kernel",
         )
+        self._check_compile_mode()
         if t.batch_size == "auto":
             self.differences.append("trainer.batch_size: auto is not tuned for throughput")
             t.batch_size = 1 if t.effective_batch_size == "auto" else None

@@ -288,6 +288,13 @@ EXTENSIONS: dict[str, str] = {
         "Ludwig 0.17 has no training precision key; its quantization.backend: torchao with "
         "mode float8 stores weights in fp8, a different thing (refused here)"
     ),
+    "llm:trainer.compile_mode": (
+        "default or reduce-overhead (torch.compile's modes, as transformers' torch_compile_mode): "
+        "the compiled blocks' forward and backward replayed as CUDA graphs. Needs compile: "
+        "true, one CUDA GPU, batches of one shape (training samples of one length) and full "
+        "fine-tuning or lora; evaluation and generation run the "
+        "blocks eagerly. Ludwig 0.17 has only trainer.compile"
+    ),
     "ecd:trainer.seed": "a seed for training alone (default: the top-level seed)",
     "llm:backend.trainer.strategy": "ddp or fsdp (FSDP2) torchrun workers",
     "llm:backend.trainer.num_workers": "worker processes (GPUs) per node",

@@ -148,6 +148,14 @@ class TrainerConfig:
     max_batch_size: int = 1099511627776
     skip_all_evaluation: bool = False
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead"] = field(
+        default="default",
+        metadata={
+            "help": "llm with compile: true on one CUDA GPU: reduce-overhead replays each "
+            "transformer block's forward and backward as CUDA graphs (torch.compile's mode), "
+            "for steps whose shape never changes."
+        },
+    )
     use_liger_kernel: bool = field(
         default=False,
         metadata={

@@ -18,11 +18,6 @@ from tunewire.block_compile import compile_blocks
 from tunewire.config.llm import LlmConfig
 from tunewire.devices import compute_dtype
 
-# torch.compile's mode for the blocks under `trainer.compile` (None: its default, no CUDA graphs).
-# Not a config key: bench/generative_train.py sets it to compare "reduce-overhead" (each block's
-# forward and backward replayed as CUDA graphs) with the default before the recipe adopts either.
-COMPILE_MODE: str | None = None
-
 
 def load_tokenizer(base: str):
     from transformers import AutoTokenizer
@@ -149,7 +144,9 @@ def load_model(
         fp8.require_some(model)
     if compiling:
         # Packed batches keep static shapes, so torch's default (static first) fits.
-        compile_blocks(core_model(model).get_decoder(), mode=COMPILE_MODE)
+        # reduce-overhead: each block's forward and backward replayed as CUDA graphs (graphs.py).
+        mode = None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode
+        compile_blocks(core_model(model).get_decoder(), mode=mode)
     if type(core_model(model).get_output_embeddings()) is not nn.Linear:
         raise PreconditionError(
             "the LM head must stay a plain linear layer (do not target lm_head "

@@ -10,8 +10,10 @@ scheduler steps, evaluation with early stopping and the best weights kept, perio
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from services.trainer.recipes.generative import (
     artifacts,
     calibration,
     checkpoint,
+    graphs,
     optimizers,
 )
 from services.trainer.recipes.generative.data import (
@@ -54,6 +57,18 @@ from tunewire.config.llm import LlmConfig
 from tunewire.devices import compute_dtype
 
 N_DECODED_SAMPLES = 3
+
+
+def _blocks_eager(method: Callable) -> Callable:
+    """Under trainer.compile_mode: reduce-overhead, evaluation and generation run the compiled
+    blocks eagerly: their shapes change every call, and each would record a CUDA graph."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with graphs.eagerly() if self.graphs else contextlib.nullcontext():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class StepTotals:
@@ -122,6 +137,8 @@ class GenerativeRecipe:
         self.evals_without_improvement = 0
         self.losses: list[tuple[int, float]] = []
         self.final_metrics: list[dict] = []
+        # trainer.compile_mode: reduce-overhead (graphs.py), set from the data in setup.
+        self.graphs = self.keep_grads = False
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -134,6 +151,10 @@ class GenerativeRecipe:
         self._setup_optimizer()
         self._setup_scheduler()
         self._maybe_resume()
+        # A gradient allocated inside a graph's memory is overwritten by the next micro-batch.
+        self.keep_grads = self.graphs and self.accum > 1
+        if self.keep_grads:
+            graphs.keep_gradient_buffers(p for p in self.model.parameters() if p.requires_grad)
 
     def _setup_data(self, seed: int) -> None:
         from transformers import AutoConfig
@@ -166,9 +187,14 @@ class GenerativeRecipe:
             seed=seed,
         )
         self.accum = t.gradient_accumulation_steps
-        micro = len(self.plan.epoch(0))
+        first = self.plan.epoch(0)
+        micro = len(first)
         if micro == 0:
             raise PreconditionError(f"too few training samples for {self.world} workers")
+        # CUDA graphs need steps of one shape: refused here, before the model loads.
+        self.graphs = t.compile and t.compile_mode == graphs.MODE
+        if self.graphs:
+            graphs.check_one_shape(first, self.device)
         self.steps_per_epoch = math.ceil(micro / self.accum)
         self.total_steps = t.train_steps or t.epochs * self.steps_per_epoch
 
@@ -338,6 +364,8 @@ class GenerativeRecipe:
                 else self.model.no_sync()
             )
             with sync:
+                if self.graphs:
+                    graphs.begin_step()
                 stats = self.model(batch.to(self.device))
                 loss = stats.loss_sum * scale
                 if self.adalora:
@@ -351,7 +379,7 @@ class GenerativeRecipe:
         self.scheduler.step()
         if self.adalora:
             adalora.allocate(self.lm, self.step + 1)  # reads the gradients: before they go
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.keep_grads)
         self._all_reduce(loss_sum)
         return StepTotals(torch.cat([loss_sum.double().reshape(1), counts]))
 
@@ -403,6 +431,7 @@ class GenerativeRecipe:
             return True
         return False
 
+    @_blocks_eager
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
         """Loss, perplexity and token accuracy over a split (every rank takes a share)."""
@@ -441,6 +470,7 @@ class GenerativeRecipe:
         batch.labels.fill_(IGNORE)
         return batch
 
+    @_blocks_eager
     @torch.no_grad()
     def _log_decoded_samples(self) -> None:
         """Greedy generations for a few validation rows, as Log events (all ranks generate under
@@ -511,6 +541,7 @@ class GenerativeRecipe:
         truth = df[self.cfg.output.column].astype(str).tolist()
         return sum(p == t for p, t in zip(labels, truth)) / max(1, len(truth))
 
+    @_blocks_eager
     @torch.no_grad()
     def generate_rows(self, df: pd.DataFrame) -> list[str]:
         """The generated answer for every row of `df`, in order; each rank generates every
