@@ -332,32 +332,6 @@ def graphs_recipe(base, tmp, adapter, mode: str, **trainer) -> GenerativeRecipe:
     return recipe
 
 
-@pytest.mark.parametrize("adapter", [LORA, None], ids=["lora", "full"])
-def test_blocks_replayed_as_cuda_graphs_train_as_compiled_blocks(tiny_model, tmp_path, adapter):
-    """trainer.compile_mode: reduce-overhead (each block's forward and backward replayed as a
-    CUDA graph) with two micro-batches a step: the same losses over three optimizer steps as
-    compiled blocks launched kernel by kernel. A gradient left in a graph's memory would be
-    overwritten by the second micro-batch (graphs.keep_gradient_buffers)."""
-
-    def losses(mode: str) -> list[float]:
-        recipe = graphs_recipe(
-            tiny_model,
-            tmp_path / mode,
-            adapter,
-            mode,
-            batch_size=2,
-            gradient_accumulation_steps=2,
-            learning_rate=0.01,
-        )
-        micro = recipe.plan.epoch(0)[:2]  # the same two micro-batches each step
-        assert recipe.graphs == (mode == "reduce-overhead")
-        return [recipe._train_step(micro).read()[0] for _ in range(3)]
-
-    plain, graphs = losses("default"), losses("reduce-overhead")
-    assert plain[-1] < plain[0], plain
-    assert graphs == pytest.approx(plain, rel=1e-3), (graphs, plain)
-
-
 @pytest.mark.parametrize(
     "precision, accumulation",
     [("auto", 2), pytest.param("fp8", 1, marks=needs_fp8)],
@@ -394,6 +368,32 @@ def test_a_cuda_graphs_lora_job_trains_and_saves_a_stock_adapter(
     saved = load_file(ctx.artifact_dir / "adapter_model.safetensors")
     assert saved and all("lora_" in k for k in saved)
     assert len(fresh_process_generate(ctx.artifact_dir, prompts(task_frame().head(2)))) == 2
+
+
+@pytest.mark.parametrize("adapter", [LORA, None], ids=["lora", "full"])
+def test_blocks_replayed_as_cuda_graphs_train_as_compiled_blocks(tiny_model, tmp_path, adapter):
+    """trainer.compile_mode: reduce-overhead (each block's forward and backward replayed as a
+    CUDA graph) with two micro-batches a step: the same losses over three optimizer steps as
+    compiled blocks launched kernel by kernel. A gradient left in a graph's memory would be
+    overwritten by the second micro-batch (graphs.keep_gradient_buffers)."""
+
+    def losses(mode: str) -> list[float]:
+        recipe = graphs_recipe(
+            tiny_model,
+            tmp_path / mode,
+            adapter,
+            mode,
+            batch_size=2,
+            gradient_accumulation_steps=2,
+            learning_rate=0.01,
+        )
+        micro = recipe.plan.epoch(0)[:2]  # the same two micro-batches each step
+        assert recipe.graphs == (mode == "reduce-overhead")
+        return [recipe._train_step(micro).read()[0] for _ in range(3)]
+
+    plain, graphs = losses("default"), losses("reduce-overhead")
+    assert plain[-1] < plain[0], plain
+    assert graphs == pytest.approx(plain, rel=1e-3), (graphs, plain)
 
 
 @pytest.fixture(scope="module")
