@@ -19,6 +19,7 @@ so the answers are checked against the texts' own tokenisation: order kept, noth
 from __future__ import annotations
 
 import argparse
+import gc
 import queue
 import sys
 import tempfile
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
             app.service.ramp = False
             encoder.tokenizing.ramp = False
         else:
-            encoder.tokenizing.warm()  # as a GPU encoder's load does
+            encoder.tokenizing.warm()  # as a GPU encoder's load does, and then:
+            gc.collect()
+            gc.freeze()
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}", options=channel_options()) as ch:
                 stub = embedder_pb2_grpc.EmbedderServiceStub(ch)

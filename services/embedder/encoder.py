@@ -24,6 +24,7 @@ launch wait for the batch before it, and the GPU idle while the next was packed 
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from concurrent.futures import Future
@@ -81,6 +82,18 @@ GPU_BATCHES_IN_FLIGHT = 2
 # the relative error allowed there (a wrong attention scope gives errors of order 1).
 _PROBES = ["a short probe", "a somewhat longer probe text, so that the two rows differ in length"]
 _PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def _out_of_the_collectors_way() -> None:
+    """Move every object alive now (torch, transformers, the model, its compiled blocks: some
+    hundreds of thousands) out of the cyclic collector's way for good (gc.freeze), after one
+    last collection (so no garbage is frozen with them). Each full collection walked them all
+    again, with the GIL held - ~0.3 s on a 2-core VM - and while it did, the model's launcher
+    could not launch: the GPU ran dry behind it. On a GPU only, where loading takes seconds
+    anyway; the CLI's embedded mode freezes once its services have started (clients/embedded.py).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def compile_by_default(device: torch.device) -> bool:
@@ -317,6 +330,7 @@ class Encoder:
                 # A GPU's first stream must not wait for the tokenizing threads' copies
                 # (tokenizing.py); on a CPU a warm job's start would pay for all of them.
                 self._tokenizing.warm()
+                _out_of_the_collectors_way()
             self._log.info(
                 "weights loaded",
                 packed=self.packed,
