@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             app.service.ramp = False
             encoder.tokenizing.ramp = False
         else:
+            encoder.tokenizing.ramp = True  # as on a GPU
             encoder.tokenizing.warm()  # as a GPU encoder's load does, and then:
             gc.collect()
             gc.freeze()

@@ -206,6 +206,9 @@ class Encoder:
                 tokenizer.padding_side = "right"
                 self._config, self._tokenizer = config, tokenizer
                 self._tokenizing = ParallelTokenizer(tokenizer)
+                # Small first chunks start an idle GPU early (tokenizing.py); a CPU runs a
+                # request's batches only once a budget's worth is queued: no use there.
+                self._tokenizing.ramp = self.device.type == "cuda"
         config, tokenizer = self._config, self._tokenizer
         limits = [int(tokenizer.model_max_length)]
         positions = getattr(config, "max_position_embeddings", None)
