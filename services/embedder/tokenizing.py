@@ -91,13 +91,16 @@ class ParallelTokenizer:
         return bounds
 
     def warm(self) -> None:
-        """Make every worker thread's copy of the tokenizer now, so that no request waits for
-        one (module docstring)."""
+        """Make every worker thread's copy of the tokenizer now, and the one small requests
+        use inline, so that no request waits for one (module docstring)."""
         with self._spares_lock:
             missing = self._workers - self._taken - len(self._spares)
         copies = [copy.deepcopy(self._tokenizer) for _ in range(missing)]
         with self._spares_lock:
             self._spares.extend(copies)
+        with self._inline_lock:  # the copy small requests use (`_encode_inline`)
+            if self._inline is None:
+                self._inline = copy.deepcopy(self._tokenizer)
 
     def drop_spares(self) -> None:
         """Forget the copies made ahead: threads make their own again, as until 2026-12-03

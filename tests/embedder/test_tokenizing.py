@@ -135,9 +135,12 @@ def test_warm_copies_the_tokenizer_for_every_thread_before_any_request(minilm_pa
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     parallel = ParallelTokenizer(Counted(tokenizer), workers=3)
     parallel.warm()
-    assert len(copies) == 3
+    assert len(copies) == 4  # one a thread, one for small requests tokenised inline
     parallel.warm()  # nothing more to make
-    assert len(copies) == 3
+    assert len(copies) == 4
     texts = TEXTS * 40
     assert parallel(texts, 10) == tokenizer(texts, truncation=True, max_length=10)["input_ids"]
-    assert len(copies) == 3  # the request's chunks made none
+    assert (
+        parallel(texts[:2], 10) == tokenizer(texts[:2], truncation=True, max_length=10)["input_ids"]
+    )
+    assert len(copies) == 4  # the requests' chunks made none
