@@ -37,6 +37,14 @@ class FusedOptimizer:
         self.kind = kind
         self.param_groups: list[dict[str, Any]] = [{"params": list(params), **settings}]
         self.state: defaultdict[torch.Tensor, dict[str, torch.Tensor]] = defaultdict(dict)
+        # Adam's step counts as one float32 element per parameter: a parameter's state["step"]
+        # is a 0-dim view of its element (when on the first parameter's device), so a step in
+        # which every parameter has a gradient counts them all with one kernel.
+        self._counts = torch.zeros(len(params), dtype=torch.float32, device=params[0].device)
+        self._index = {p: i for i, p in enumerate(params)}
+        # The last step's parameters with a gradient (their ids) and their grouping by device
+        # and dtype: the same every step of a head's training, so not made again each step.
+        self._grouped: tuple[tuple[int, ...], list[list[torch.Tensor]]] = ((), [])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.param_groups[0]["params"]:
@@ -50,31 +58,52 @@ class FusedOptimizer:
         """One update of every parameter that has a gradient, per (device, dtype) group as
         `torch.optim` makes them."""
         group = self.param_groups[0]
-        by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-        for p in group["params"]:
-            if p.grad is not None:
+        with_grad = [p for p in group["params"] if p.grad is not None]
+        ids = tuple(map(id, with_grad))
+        if ids != self._grouped[0]:
+            by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+            for p in with_grad:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
-        for params in by_kind.values():
-            if self.kind == "sgd":
+            self._grouped = (ids, list(by_kind.values()))
+        if self.kind == "sgd":
+            for params in self._grouped[1]:
                 self._sgd(group, params)
-            else:
-                self._adam(group, params)
+            return
+        self._count_step(with_grad, group)
+        for params in self._grouped[1]:
+            self._adam(group, params)
+
+    def _count_step(self, with_grad: list[torch.Tensor], group: dict[str, Any]) -> None:
+        """Adam's step count +1 for every parameter with a gradient (its state made first)."""
+        for p in with_grad:
+            if not self.state[p]:
+                self._init_adam_state(p, bool(group["amsgrad"]))
+        steps = [self.state[p]["step"] for p in with_grad]
+        if len(with_grad) == len(self._index) and all(
+            s._base is self._counts
+            for s in steps  # noqa: SLF001 (views of the counts)
+        ):
+            self._counts.add_(1)
+        else:
+            torch._foreach_add_(steps, 1)
+
+    def _init_adam_state(self, p: torch.Tensor, amsgrad: bool) -> None:
+        """As Adam's _init_group makes it for fused=True (the step a 0-dim float32 zero)."""
+        state = self.state[p]
+        if p.device == self._counts.device:
+            state["step"] = self._counts[self._index[p]]
+        else:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if amsgrad:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _adam(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """One fused update of `params` (one device and dtype; their steps already counted)."""
         amsgrad = bool(group["amsgrad"])
-        for p in params:
-            state = self.state[p]
-            if not state:  # as Adam's _init_group makes it for fused=True
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if amsgrad:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
         states = [self.state[p] for p in params]
         steps = [s["step"] for s in states]
-        torch._foreach_add_(steps, 1)
         kernel = torch._fused_adamw_ if self.kind == "adamw" else torch._fused_adam_
         beta1, beta2 = group["betas"]
         kernel(
