@@ -73,19 +73,33 @@ def frame(n: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"a": a, "b": b, "c": c, "y": y, "z": z})
 
 
+TEXT_INPUT = {
+    "name": "t",
+    "type": "text",
+    "encoder": {"type": "auto_transformer", "pretrained_model_name_or_path": "m"},
+}
+
+
 def job(
-    tmp_path, device: torch.device, seed: int = 0, head: dict | None = None, cuda_graph: bool = True
+    tmp_path,
+    device: torch.device,
+    seed: int = 0,
+    head: dict | None = None,
+    cuda_graph: bool = True,
+    text: bool = False,
 ) -> tuple[JobContext, HeadTrainer]:
     """The three-split job on `frame`s; `head` replaces the outputs and combiner and adds to
-    the trainer section."""
+    the trainer section. `text`: one text feature instead, its vectors (a, b and noise, as
+    cached vectors would come) set where the recipe puts the embedder's."""
     head = head or {}
+    inputs = [
+        {"name": "a", "type": "number"},
+        {"name": "b", "type": "number"},
+        {"name": "c", "type": "category"},
+    ]
     cfg = resolve(
         {
-            "input_features": [
-                {"name": "a", "type": "number"},
-                {"name": "b", "type": "number"},
-                {"name": "c", "type": "category"},
-            ],
+            "input_features": [{**TEXT_INPUT, "column": "c"}] if text else inputs,
             "output_features": head.get(
                 "output_features",
                 [
@@ -119,8 +133,16 @@ def job(
     )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(cfg, splits)
+    refs = pm.encoder_refs(cfg)
+    if text:
+        rng = np.random.default_rng(seed)
+        for split, df in data.frames.items():
+            noise = rng.normal(size=(len(df), 14))
+            vectors = np.column_stack([df["a"], df["b"], noise]).astype(np.float32)
+            data.x[split]["t"] = vectors
+        refs["t"].dimension = 16
     torch.manual_seed(seed)
-    model = build_model(cfg, data, {})
+    model = build_model(cfg, data, refs)
     return ctx, HeadTrainer(ctx, model, data, device=device, cuda_graph=cuda_graph)
 
 
@@ -185,12 +207,19 @@ def plain_fused_training(trainer: HeadTrainer, seed: int) -> tuple[list[float], 
     return losses, states
 
 
-def test_the_loop_trains_bit_for_bit_as_the_plain_eager_loop(tmp_path):
+@pytest.mark.parametrize("text", [False, True], ids=["through autograd", "autograd-free step"])
+def test_the_loop_trains_bit_for_bit_as_the_plain_eager_loop(tmp_path, text):
     """What makes the loop's step cheap on a CPU (the epoch's rows gathered once, the loss
     summed in one kernel, the fused kernels and the clipping called directly, Adam's step
-    counts in one tensor) changes no bit: the same losses and weights, dropout included."""
+    counts in one tensor, a plain MLP head's step without autograd) changes no bit: the same
+    losses and weights, dropout included."""
     head = {"combiner": {"num_fc_layers": 1, "output_size": 32, "dropout": 0.3}}
-    _, trainer = job(tmp_path, torch.device("cpu"), head=head)
+    if text:  # a head the autograd-free step takes: one text input, one output
+        head["output_features"] = [
+            {"name": "z", "type": "binary", "decoder": {"num_fc_layers": 1, "fc_dropout": 0.1}}
+        ]
+    _, trainer = job(tmp_path, torch.device("cpu"), head=head, text=text)
+    assert (trainer.mlp_step is not None) == text, trainer.autograd_reason
     torch.manual_seed(3)
     expected_losses, states = plain_fused_training(trainer, seed=7)
     torch.manual_seed(3)

@@ -29,6 +29,7 @@ from services.trainer.recipes.predictive.batches import place
 from services.trainer.recipes.predictive.data import SPLITS, Prepared
 from services.trainer.recipes.predictive.graphed import GraphedStep
 from services.trainer.recipes.predictive.metrics import improves, output_metrics
+from services.trainer.recipes.predictive.mlp_step import MlpStep
 from services.trainer.schedule import lr_factor, scheduled
 from tunewire.config.ecd import EcdConfig
 from tunewire.cpu_threads import intra_op_threads
@@ -120,6 +121,8 @@ class HeadTrainer:
             else build_fused_optimizer(tcfg.optimizer, self.params, lr)
         )
         self.graphed: GraphedStep | None = None  # captured when training starts
+        # A plain MLP head on the CPU steps without autograd's engine (the same bits).
+        self.mlp_step, self.autograd_reason = self._mlp_step()
         # Σ loss × rows of an epoch, on the device: read once an epoch, not once a step.
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.y = {
@@ -279,6 +282,10 @@ class HeadTrainer:
                 x, y = m.taken
             else:
                 x, y = self._inputs("train", m.rows, m.placed, train=True)
+            if self.mlp_step is not None and len(micro) == 1:
+                loss = self.mlp_step(x, y)  # the gradients set, as backward() would
+                loss_sum.add_(loss, alpha=m.size)
+                break
             loss, _ = self.model.loss(self.model(x), y)
             if self.regularized:
                 loss = loss + self._regularization()
@@ -289,6 +296,18 @@ class HeadTrainer:
             loss_sum.add_(loss.detach(), alpha=m.size)
         clip_gradients(self.params, self.clipping)
         self.optimizer.step()
+
+    def _mlp_step(self) -> tuple[MlpStep | None, str]:
+        """The autograd-free step where it fits (`mlp_step.py`), or None and why not."""
+        if self.device.type != "cpu":
+            return None, f"the head trains on the {self.device.type}"
+        if self.extra is not None or self.batch_inputs is not None:
+            return None, "an encoder trains with the head"
+        if self.regularized:
+            return None, "regularization adds to the loss"
+        if int(self.cfg.trainer.gradient_accumulation_steps) > 1:
+            return None, "a step accumulates several micro-batches"
+        return MlpStep.plan(self.model)
 
     def _eager_reason(self) -> str | None:
         """Why the training step cannot be captured as a CUDA graph here; None when it can."""
@@ -312,7 +331,12 @@ class HeadTrainer:
         if self.graphed is not None:
             return self.graphed
         if self.eager_reason is not None:
-            log.info("training step runs eagerly", job_id=self.ctx.job_id, reason=self.eager_reason)
+            log.info(
+                "training step runs eagerly",
+                job_id=self.ctx.job_id,
+                reason=self.eager_reason,
+                autograd="not used" if self.mlp_step is not None else self.autograd_reason,
+            )
             if self.device.type == "cuda":
                 self.ctx.emit(
                     Log(f"the training step runs eagerly, not as a CUDA graph: {self.eager_reason}")
