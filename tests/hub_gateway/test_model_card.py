@@ -1,12 +1,22 @@
-"""The README.md card: Hub front matter, loading snippet, metrics and config."""
+"""The README.md card: Hub front matter, loading snippet, metrics and config; each card as
+huggingface_hub's ModelCard writes it (parsed by it and written back, unchanged)."""
 
 from __future__ import annotations
 
 import json
 
 import yaml
+from huggingface_hub import ModelCard
 
-from tunewire.model_card import render_model_card
+from tunewire import model_card
+
+
+def render_model_card(directory, **kwargs) -> str:
+    """The card, checked to be huggingface_hub's ModelCard's own text (the trainer writes it
+    without importing ModelCard)."""
+    card = model_card.render_model_card(directory, **kwargs)
+    assert str(ModelCard(card)) == card
+    return card
 
 
 def front_matter(card: str) -> dict:
