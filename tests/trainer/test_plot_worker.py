@@ -18,8 +18,10 @@ def _confusion(path):
 
 
 @pytest.fixture
-def worker():
+def worker(monkeypatch):
+    """The one idle worker of a process's first job."""
     W._close_idle()
+    monkeypatch.setattr(W, "_jobs", 0)
     W.prestart()
     assert len(W._idle) == 1
     yield W._idle[0]
@@ -32,10 +34,23 @@ def _png(path) -> bool:
 
 def test_a_batch_is_drawn_by_the_worker_and_it_is_kept_for_the_next_job(worker, tmp_path):
     batch = W.Batch([_confusion(tmp_path / "a.png"), _confusion(tmp_path / "b.png")])
-    assert batch.worker is worker
+    assert [w for w, _ in batch.shares] == [worker]
     batch.wait()
     assert _png(tmp_path / "a.png") and _png(tmp_path / "b.png")
     assert W._idle == [worker] and worker.alive()
+
+
+def test_from_a_processs_second_job_a_batch_is_split_between_two_workers(worker, tmp_path):
+    """A server's later jobs: two idle workers, each drawing its share on its own core."""
+    W.prestart()  # the process's second job
+    assert len(W._idle) == 2 and worker in W._idle
+    paths = [tmp_path / f"{k}.png" for k in range(3)]
+    batch = W.Batch([_confusion(p) for p in paths])
+    assert sorted(len(share) for _, share in batch.shares) == [1, 2]
+    assert len({id(w) for w, _ in batch.shares}) == 2 and W._idle == []
+    batch.wait()
+    assert all(_png(p) for p in paths)
+    assert len(W._idle) == 2 and all(w.alive() for w in W._idle)
 
 
 def test_the_workers_error_is_raised_in_the_job(worker, tmp_path):
@@ -55,7 +70,7 @@ def test_a_lost_worker_means_drawing_here(worker, tmp_path):
 def test_without_a_worker_the_figures_are_drawn_here(tmp_path):
     W._close_idle()
     batch = W.Batch([_confusion(tmp_path / "a.png")])
-    assert batch.worker is None
+    assert [w for w, _ in batch.shares] == [None]
     batch.wait()
     assert _png(tmp_path / "a.png")
 

@@ -9,9 +9,11 @@ What the worker runs is `plot_drawing` (no structlog, no subprocess: a lighter s
 
 It is a fresh interpreter (`subprocess`, not `fork`): the trainer has gRPC and OpenMP threads,
 which a forked child must not inherit, and `multiprocessing`'s spawn would re-run the CLI's
-`__main__`. It imports no torch and no service. One idle worker is kept per process for the next
-job; each job takes its own, so two jobs never share one. When the worker cannot be started or
-dies, the figures are drawn in the job's process, as before (same files, same errors)."""
+`__main__`. It imports no torch and no service. Idle workers are kept per process for the next
+job (one for a process's first job, two from its second on: `LATER_JOB_WORKERS`); each job takes
+its own, so two jobs never share one. When a worker cannot be started or dies, its figures are
+drawn in the job's process, as before (same files, same errors). It also writes the job's
+TensorBoard logs (`services/trainer/tensorboard.py`)."""
 
 from __future__ import annotations
 
@@ -85,35 +87,48 @@ class PlotWorker:
 
 _lock = threading.Lock()
 _idle: list[PlotWorker] = []
+_jobs = 0  # jobs this process has started (prestart calls)
+# Idle workers kept for the next job: one for a process's first job (an embedded CLI run has
+# one job: a second interpreter would cost it ~0.5 s of CPU for ~0.15 s of figures), two from
+# its second job on (a server): a batch is split between them, drawn on both cores.
+FIRST_JOB_WORKERS, LATER_JOB_WORKERS = 1, 2
+
+
+def _wanted() -> int:
+    return FIRST_JOB_WORKERS if _jobs <= 1 else LATER_JOB_WORKERS
 
 
 def prestart() -> None:
-    """Have an idle worker importing matplotlib now, for a job about to train."""
+    """Have idle workers importing matplotlib now, for a job about to train."""
+    global _jobs
     with _lock:
+        _jobs += 1
         _idle[:] = [w for w in _idle if w.alive()]
-        if _idle:
+        missing = _wanted() - len(_idle)
+    for _ in range(missing):
+        try:
+            worker = PlotWorker()
+        except OSError as e:  # the figures will be drawn in this process
+            log.warning("plot worker not started", error=str(e))
             return
-    try:
-        worker = PlotWorker()
-    except OSError as e:  # the figures will be drawn in this process
-        log.warning("plot worker not started", error=str(e))
-        return
-    with _lock:
-        _idle.append(worker)
+        with _lock:
+            _idle.append(worker)
 
 
-def _take() -> PlotWorker | None:
+def _take(most: int) -> list[PlotWorker]:
+    """Up to `most` live idle workers (none started here: a start costs more than drawing)."""
+    taken: list[PlotWorker] = []
     with _lock:
-        while _idle:
+        while _idle and len(taken) < most:
             worker = _idle.pop()
             if worker.alive():
-                return worker
-    return None
+                taken.append(worker)
+    return taken
 
 
 def _give_back(worker: PlotWorker) -> None:
     with _lock:
-        if not _idle:
+        if len(_idle) < _wanted():
             _idle.append(worker)
             return
     worker.close()
@@ -128,31 +143,40 @@ def _close_idle() -> None:
 
 
 class Batch:
-    """Drawings handed to a worker now, and waited for by `wait` (drawn here if it failed)."""
+    """Drawings handed to idle workers now (split between them: the k-th drawing to worker
+    k mod n), and waited for by `wait`; a share whose worker failed is drawn here."""
 
     def __init__(self, drawings: list[Drawing]) -> None:
-        self.drawings = drawings
-        self.worker = _take() if drawings else None
-        if self.worker is not None:
+        self.shares: list[tuple[PlotWorker | None, list[Drawing]]] = []
+        workers = _take(len(drawings))
+        for k, worker in enumerate(workers):
+            share = drawings[k :: len(workers)]
             try:
-                self.worker.submit(drawings)
+                worker.submit(share)
             except (OSError, pickle.PicklingError) as e:
                 log.warning("plot worker unusable, drawing here", error=str(e))
-                self.worker.close()
-                self.worker = None
+                worker.close()
+                self.shares.append((None, share))
+            else:
+                self.shares.append((worker, share))
+        if not workers and drawings:
+            self.shares.append((None, drawings))
 
     def wait(self) -> None:
-        if self.worker is None:
-            draw_all(self.drawings)
-            return
-        worker, self.worker = self.worker, None
-        try:
-            error = worker.result()
-        except (OSError, EOFError, pickle.UnpicklingError) as e:
-            error = f"worker lost: {e}"
-            worker.close()
-        else:
-            _give_back(worker)
-        if error is not None:  # the same figures here: the same files, or the real error
-            log.warning("plot worker failed, drawing here", error=error)
-            draw_all(self.drawings)
+        shares, self.shares = self.shares, []
+        failed: list[Drawing] = []
+        for worker, share in shares:
+            if worker is None:
+                failed += share
+                continue
+            try:
+                error = worker.result()
+            except (OSError, EOFError, pickle.UnpicklingError) as e:
+                error = f"worker lost: {e}"
+                worker.close()
+            else:
+                _give_back(worker)
+            if error is not None:  # the same figures here: the same files, or the real error
+                log.warning("plot worker failed, drawing here", error=error)
+                failed += share
+        draw_all(failed)
