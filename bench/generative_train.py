@@ -102,12 +102,9 @@ def run_ours(
     fp8_recipe: str | None = None,
     profile_to: Path | None = None,
     compile_mode: str = "default",
-    fp8_head: bool = False,
 ) -> dict:
-    """`fp8_recipe`: trainer.precision fp8 with torchao's recipe of that name; `fp8_head`: the
-    LM head's GEMMs in float8 too (loss.FLOAT8_HEAD, not the recipe's default yet)."""
+    """`fp8_recipe`: trainer.precision fp8 with torchao's recipe of that name."""
     from services.trainer.recipes.generative import fp8, lora_fused
-    from services.trainer.recipes.generative import loss as fused_loss
     from services.trainer.recipes.generative.events import EventWriter
     from services.trainer.recipes.generative.recipe import GenerativeRecipe
     from services.trainer.recipes.generative.worker import load_job
@@ -131,13 +128,7 @@ def run_ours(
     recipe = GenerativeRecipe(
         load_job(job_dir), EventWriter(job_dir / "events.jsonl", True), device
     )
-    fused_loss.FLOAT8_HEAD = fp8_head
-    try:
-        recipe.setup()
-    finally:
-        fused_loss.FLOAT8_HEAD = False
-    if fp8_head and not recipe.model.float8_head:
-        raise RuntimeError(f"{name}: the LM head's dimensions do not fit float8 GEMMs")
+    recipe.setup()
     n_fused = sum(isinstance(m, lora_fused.FusedLoraLinear) for m in recipe.lm.modules())
     micro = recipe.plan.epoch(0)
     if len(micro) < warmup + steps:
@@ -334,22 +325,6 @@ def main() -> None:
             compile_mode="reduce-overhead",
             profile_to=args.out / "profile_full_fp8_graphs.txt",
         ),
-        # The LM head's three GEMMs in float8 too (loss.py), not the recipe's default yet.
-        "ours full+compile+fp8 head": ours_row(
-            "offh",
-            compile=True,
-            fp8_recipe="tensorwise",
-            fp8_head=True,
-            profile_to=args.out / "profile_full_fp8_head.txt",
-        ),
-        "ours full+compile+fp8 head+graphs": ours_row(
-            "offhg",
-            compile=True,
-            fp8_recipe="tensorwise",
-            fp8_head=True,
-            compile_mode="reduce-overhead",
-            profile_to=args.out / "profile_full_fp8_head_graphs.txt",
-        ),
         "baseline LoRA": lambda: run_baseline(
             "bl", model_dir, device, uniform, lora=True, batch=batch, **common
         ),
@@ -380,15 +355,6 @@ def main() -> None:
             fp8_recipe="tensorwise",
             compile_mode="reduce-overhead",
             profile_to=args.out / "profile_lora_fp8_graphs.txt",
-        ),
-        "ours LoRA+compile+fp8 head+graphs": ours_row(
-            "olfhg",
-            adapter=LORA,
-            compile=True,
-            fp8_recipe="tensorwise",
-            fp8_head=True,
-            compile_mode="reduce-overhead",
-            profile_to=args.out / "profile_lora_fp8_head_graphs.txt",
         ),
         "baseline QLoRA": lambda: run_baseline(
             "bq", model_dir, device, uniform, lora=True, qlora=True, batch=batch, **common
@@ -461,11 +427,8 @@ def table(results: dict[str, dict], weights: int) -> str:
             for n, base in (
                 ("ours full+compile+fp8", "baseline full"),
                 ("ours full+compile+fp8+graphs", "baseline full"),
-                ("ours full+compile+fp8 head", "baseline full"),
-                ("ours full+compile+fp8 head+graphs", "baseline full"),
                 ("ours LoRA+compile+fp8", "baseline LoRA"),
                 ("ours LoRA+compile+fp8+graphs", "baseline LoRA"),
-                ("ours LoRA+compile+fp8 head+graphs", "baseline LoRA"),
             )
             if n in results
         ),

@@ -142,21 +142,15 @@ def require_some(model: nn.Module) -> None:
         )
 
 
-def describe(model: nn.Module, *, head: bool = False) -> str:
-    """What the job's first events say about its float8 layers (`head`: the LM head's GEMMs
-    too, loss.py)."""
+def describe(model: nn.Module) -> str:
+    """What the job's first events say about its float8 layers."""
     swapped, fused = counts(model)
     how = []
     if fused:
         how.append(f"{fused} in the fused LoRA operator, tensorwise scaling")
     if swapped:
         how.append(f"{swapped} as torchao's Float8Linear, {RECIPE} scaling")
-    if head:
-        how.append("the LM head's training GEMMs too, tensorwise")
-    bf16 = (
-        "embeddings and adapter weights" if head else "the LM head, embeddings and adapter weights"
-    )
     return (
         f"{KEY}: fp8: {swapped + fused} linear layers run float8 GEMMs ({'; '.join(how)}); "
-        f"{bf16} stay bf16"
+        "the LM head, embeddings and adapter weights stay bf16"
     )

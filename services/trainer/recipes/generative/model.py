@@ -13,7 +13,7 @@ from torch import nn
 from services.trainer.recipes.generative import adapters, attention
 from services.trainer.recipes.generative.data import Batch
 from services.trainer.recipes.generative.errors import PreconditionError
-from services.trainer.recipes.generative.loss import LossStats, float8_fits, linear_cross_entropy
+from services.trainer.recipes.generative.loss import LossStats, linear_cross_entropy
 from tunewire.block_compile import compile_blocks
 from tunewire.config.llm import LlmConfig
 from tunewire.devices import compute_dtype
@@ -165,13 +165,9 @@ class CausalLMWithLoss(nn.Module):
     """Decoder + fused head/cross-entropy in one forward, so DDP and FSDP2 see one root module
     (FSDP2 unshards the head weight in the root's forward, where the loss reads it)."""
 
-    def __init__(self, lm: nn.Module, *, float8_head: bool = False) -> None:
+    def __init__(self, lm: nn.Module) -> None:
         super().__init__()
         self.lm = lm
-        # The head's GEMMs in float8 while training (loss.py; emulated where there is no CUDA).
-        weight = core_model(lm).get_output_embeddings().weight
-        self.float8_head = float8_head and float8_fits(weight)
-        self.float8_emulate = weight.device.type != "cuda"
 
     def forward(self, batch: Batch) -> LossStats:
         core = core_model(self.lm)
@@ -194,12 +190,7 @@ class CausalLMWithLoss(nn.Module):
         with kernels:
             hidden = core.get_decoder()(input_ids=batch.input_ids, **kwargs).last_hidden_state
         return linear_cross_entropy(
-            hidden,
-            core.get_output_embeddings().weight,
-            batch.labels,
-            batch.targets,
-            float8=self.float8_head,
-            emulate=self.float8_emulate,
+            hidden, core.get_output_embeddings().weight, batch.labels, batch.targets
         )
 
 

@@ -32,7 +32,6 @@ from services.trainer.recipes.generative import (
     graphs,
     optimizers,
 )
-from services.trainer.recipes.generative import loss as fused_loss
 from services.trainer.recipes.generative.data import (
     IGNORE,
     Batch,
@@ -210,20 +209,17 @@ class GenerativeRecipe:
         # CorDA's initial adapter, which its artifact is saved against (before any training or
         # a resumed checkpoint moves it).
         self.corda_initial = adapters.corda_initial(lm)
+        if self.cfg.trainer.precision == "fp8":
+            from services.trainer.recipes.generative import fp8
+
+            self.events.log(fp8.describe(lm))
         frozen = optimizers.freeze_matching(lm, self.cfg.trainer.layers_to_freeze_regex)
         if frozen:
             self.events.log(f"trainer.layers_to_freeze_regex froze {frozen} parameter tensors")
         self.lm = lm
         dist = self.cfg.backend.trainer
-        # trainer.precision: fp8 takes the LM head too once loss.FLOAT8_HEAD is on.
-        fp8_on = self.cfg.trainer.precision == "fp8"
-        with_loss = CausalLMWithLoss(lm, float8_head=fp8_on and fused_loss.FLOAT8_HEAD)
-        if fp8_on:
-            from services.trainer.recipes.generative import fp8
-
-            self.events.log(fp8.describe(lm, head=with_loss.float8_head))
         self.model = parallelize(
-            with_loss,
+            CausalLMWithLoss(lm),
             dist.strategy,
             self.device,
             self.world,
