@@ -508,12 +508,22 @@ class Phase:
             out["front_door_cores"] = (self.front1 - self.front0) / wall
         if self.host:
             calls = self.host.get("begin request", {}).get("count", 0)
-            launch = self.host.get("launch batch", {})
+            # One kind per batch size ("launch batch [R rows, T tokens]"): summed.
+            launches = [v for k, v in self.host.items() if k.startswith("launch batch")]
+            count = sum(v["count"] for v in launches)
+            launch_ms = sum(v["total_ms"] for v in launches)
             out["embed_calls"] = calls
             out["texts_per_call"] = d["computed_texts"] / max(calls, 1)
-            out["launch_ms_per_pass"] = launch.get("mean_ms")
-            out["launcher_busy_pct"] = 100 * launch.get("total_ms", 0) / (1e3 * wall)
-            out["host"] = self.host
+            out["launch_ms_per_pass"] = launch_ms / count if count else None
+            out["launcher_busy_pct"] = 100 * launch_ms / (1e3 * wall)
+            out["host"] = {k: v for k, v in self.host.items() if not k.startswith("launch batch")}
+            if count:
+                out["host"]["launch batch"] = {
+                    "count": count,
+                    "total_ms": launch_ms,
+                    "mean_ms": launch_ms / count,
+                    "max_ms": max(v["max_ms"] for v in launches),
+                }
         return out
 
 

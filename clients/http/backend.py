@@ -134,7 +134,9 @@ class EncoderModel:
         local tokenizer."""
         if self.tokenizer is None:
             return None
-        return [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+        # The fast batch skips the offsets, which a count does not need (~20 % of its time).
+        encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        return [len(e) for e in encode(texts)]
 
 
 # Most rows (predict) and texts (embeddings) one merged call carries; see coalesce.py.
@@ -308,33 +310,39 @@ class Backend:
     def _embed_merged(
         self, key: tuple, requests: list[list[str]]
     ) -> list[tuple[np.ndarray, int] | Exception]:
+        """One Embed call for every request's texts, sent before their tokens are counted:
+        counting them (~0.3 ms a text of ~140 tokens on one core) held up each merged call
+        for as long before it left, while the loop's other clients waited. A request the count
+        refuses (an input over the model's limit, not truncating) gets its error; its texts,
+        computed truncated meanwhile, are dropped."""
         token, name, normalize, truncate = key
         self.as_caller(token)
         model = self.models[name]
-        answers: list = []
-        for texts in requests:
-            try:
-                answers.append(self._prompt_tokens(model, texts, truncate))
-            except InvalidArgument as exc:  # that request's own input
-                answers.append(exc)
-        valid = [texts for texts, a in zip(requests, answers, strict=True) if isinstance(a, int)]
-        if valid:
-            spec = replace(model.spec, normalize=normalize)
-            # write_behind: the answer goes to the HTTP caller, nobody reads the cache's file
-            # for it, so the call does not wait for the cache's fsync.
-            merged = [t for texts in valid for t in texts]
-            try:
-                result = self.embedder.embed(merged, spec, write_behind=True)
-            except InvalidArgument as exc:
-                # Alone (coalesce.py sends each request alone after such an error), the Embed
-                # request's texts are this request's inputs: named so.
-                raise (_input_error(exc) if len(valid) == 1 else exc) from None
-            vectors = np.asarray(result.vectors, dtype=np.float32)
+        spec = replace(model.spec, normalize=normalize)
+        # write_behind: the answer goes to the HTTP caller, nobody reads the cache's file
+        # for it, so the call does not wait for the cache's fsync.
+        call = self.embedder.embed_started(
+            [t for texts in requests for t in texts], spec, write_behind=True
+        )
+        try:
+            answers = self._prompt_tokens_each(model, requests, truncate)
+        except BaseException:
+            call.cancel()
+            raise
+        try:
+            result = call.result()
+        except InvalidArgument as exc:
+            if len(requests) > 1:
+                raise  # coalesce.py sends each request alone: each gets its own answer
+            # Alone, the Embed request's texts are this request's inputs: named so (the
+            # front door's own refusal first, as when it was checked before the call).
+            raise (answers[0] if isinstance(answers[0], Exception) else _input_error(exc)) from None
+        vectors = np.asarray(result.vectors, dtype=np.float32)
         start = 0
         for i, (texts, answer) in enumerate(zip(requests, answers, strict=True)):
             if isinstance(answer, int):
                 answers[i] = (vectors[start : start + len(texts)], answer)
-                start += len(texts)
+            start += len(texts)
         return answers
 
     async def predict_row(self, token: str | None, model: str, row: Mapping) -> dict:
@@ -353,36 +361,36 @@ class Backend:
             raise (renamed_cells(exc, lambda i, j: names[i]) if len(rows) == 1 else exc) from None
         return [{name: values[i] for name, values in out.items()} for i in range(len(rows))]
 
-    def embed(
-        self, model: EncoderModel, texts: list[str], normalize: bool, truncate: bool
-    ) -> tuple[np.ndarray, int]:
-        """Vectors [n, d] float32 and the prompt's tokens (0 without a local tokenizer).
-        Without `truncate`, an input over the model's max length is InvalidArgument
-        (reason INPUT_TOO_LONG) naming its index."""
-        tokens = self._prompt_tokens(model, texts, truncate)
-        spec = replace(model.spec, normalize=normalize)
-        result = self.embedder.embed(texts, spec, write_behind=True)
-        return np.asarray(result.vectors, dtype=np.float32), tokens
-
     @staticmethod
-    def _prompt_tokens(model: EncoderModel, texts: list[str], truncate: bool) -> int:
-        """The prompt's tokens as `usage` counts them (0 without a local tokenizer);
-        InvalidArgument for an over-long input when not truncating."""
-        counts = model.token_counts(texts)
-        tokens = 0
-        if counts is not None:
-            limit = model.max_length
-            for i, count in enumerate(counts):
-                if limit and count > limit and not truncate:
-                    raise InvalidArgument(
-                        f"input {i} has {count} tokens; the model {model.name!r} takes at most "
-                        f"{limit}",
-                        field=f"input[{i}]",
-                        reason="INPUT_TOO_LONG",
-                        metadata={"tokens": str(count), "max": str(limit)},
-                    )
-            tokens = sum(min(c, limit) if limit else c for c in counts)
-        return tokens
+    def _prompt_tokens_each(
+        model: EncoderModel, requests: list[list[str]], truncate: bool
+    ) -> list[int | InvalidArgument]:
+        """Per request, its prompt's tokens as `usage` counts them (0 without a local
+        tokenizer), or InvalidArgument for an input over the model's limit when not
+        truncating; the texts of all of them counted in one batch."""
+        counts = model.token_counts([t for texts in requests for t in texts])
+        if counts is None:
+            return [0] * len(requests)
+        limit, start, out = model.max_length, 0, []
+        for texts in requests:
+            mine, start = counts[start : start + len(texts)], start + len(texts)
+            too_long = next(
+                (i for i, c in enumerate(mine) if limit and c > limit and not truncate), None
+            )
+            if too_long is None:
+                out.append(sum(min(c, limit) if limit else c for c in mine))
+                continue
+            count = mine[too_long]
+            out.append(
+                InvalidArgument(
+                    f"input {too_long} has {count} tokens; the model {model.name!r} takes at "
+                    f"most {limit}",
+                    field=f"input[{too_long}]",
+                    reason="INPUT_TOO_LONG",
+                    metadata={"tokens": str(count), "max": str(limit)},
+                )
+            )
+        return out
 
     def predict(self, model: str, columns: dict[str, list]) -> dict[str, list]:
         if self._local_predict is not None:

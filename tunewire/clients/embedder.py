@@ -49,6 +49,28 @@ def _check_answered(vectors: int, texts: int) -> None:
         )
 
 
+def _embed_result(resp: embedder_pb2.EmbedResponse, texts: int) -> EmbedResult:
+    vectors = tensors.from_proto(resp.embeddings)
+    _check_answered(len(vectors), texts)
+    return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)
+
+
+class StartedEmbed:
+    """An Embed call on its way (`EmbedderClient.embed_started`)."""
+
+    def __init__(self, future: grpc.Future, texts: int) -> None:
+        self._future, self._texts = future, texts
+
+    @rpc_errors
+    def result(self) -> EmbedResult:
+        """The answer (waited for), or the domain error the embedder sent."""
+        return _embed_result(self._future.result(), self._texts)
+
+    def cancel(self) -> None:
+        """Nobody will read the answer: the embedder drops the call's texts not yet computed."""
+        self._future.cancel()
+
+
 class EmbedderClient:
     def __init__(self, address: str, channel: grpc.Channel | None = None) -> None:
         self.address = address
@@ -74,10 +96,21 @@ class EmbedderClient:
         answer (EmbedRequest.write_behind), for a caller that uses them itself."""
         request = embed_request(spec.to_proto(), texts)
         request.write_behind = write_behind
-        resp = self.stub.Embed(request, timeout=timeout)
-        vectors = tensors.from_proto(resp.embeddings)
-        _check_answered(len(vectors), len(texts))
-        return EmbedResult(vectors, resp.cache_hits, resp.cache_misses, resp.fingerprint)
+        return _embed_result(self.stub.Embed(request, timeout=timeout), len(texts))
+
+    @rpc_errors
+    def embed_started(
+        self,
+        texts: list[str],
+        spec: EncoderSpec,
+        timeout: float | None = None,
+        write_behind: bool = False,
+    ) -> StartedEmbed:
+        """`embed`, sent now: its `result()` waits for the answer, so the caller works while the
+        embedder computes (the HTTP front door counts the texts' tokens meanwhile)."""
+        request = embed_request(spec.to_proto(), texts)
+        request.write_behind = write_behind
+        return StartedEmbed(self.stub.Embed.future(request, timeout=timeout), len(texts))
 
     @rpc_iter
     def stream(
