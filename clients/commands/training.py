@@ -200,8 +200,20 @@ def report(outcome: TrainOutcome, as_json: bool) -> int:
     return exit_codes.EXIT_OK if outcome.ok else exit_codes.EXIT_FAILED
 
 
+def start_plot_worker(args, raw: dict) -> None:
+    """For a predictive job run embedded, the trainer's plot worker started now, before the
+    services: its interpreter imports matplotlib on the machine's other core while this one
+    imports torch, not while the job trains (`plot_worker.py`)."""
+    if args.trainer or raw.get("model_type", "ecd") != "ecd":
+        return
+    from services.trainer.recipes.predictive import plot_worker
+
+    plot_worker.start_idle()
+
+
 def cmd_train(args) -> int:
     raw, sets = check_inputs(args)
+    start_plot_worker(args, raw)
     with trainer_client(args) as trainer:
         outcome = run_training(args, trainer, raw, sets, experiment=False)
     return report(outcome, args.json)
@@ -213,6 +225,7 @@ def cmd_experiment(args) -> int:
     from clients.commands.predicting import write_results
 
     raw, sets = check_inputs(args)
+    start_plot_worker(args, raw)
     with trainer_client(args) as trainer:
         outcome = run_training(args, trainer, raw, sets, experiment=True)
         if outcome.ok:

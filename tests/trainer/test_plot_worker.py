@@ -110,3 +110,23 @@ def test_the_worker_imports_only_what_it_draws_with():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == ""
+
+
+def test_the_embedded_cli_starts_a_predictive_jobs_worker_before_its_services(monkeypatch):
+    """Started by `train`/`experiment` when the job runs embedded and is predictive; the job's
+    own start then finds it (one worker: a first job's)."""
+    from types import SimpleNamespace
+
+    from clients.commands.training import start_plot_worker
+
+    W._close_idle()
+    monkeypatch.setattr(W, "_jobs", 0)
+    start_plot_worker(SimpleNamespace(trainer=None), {"model_type": "llm"})
+    start_plot_worker(SimpleNamespace(trainer="127.0.0.1:1"), {"input_features": []})
+    assert W._idle == []
+    start_plot_worker(SimpleNamespace(trainer=None), {"input_features": []})
+    assert len(W._idle) == 1
+    worker = W._idle[0]
+    W.prestart()
+    assert W._idle == [worker]
+    W._close_idle()

@@ -103,6 +103,14 @@ def prestart() -> None:
     global _jobs
     with _lock:
         _jobs += 1
+    start_idle()
+
+
+def start_idle() -> None:
+    """Start the idle workers this process's next job will take, where missing: at a job's
+    start, or earlier (the embedded CLI, before its services: the worker's imports then run
+    on the other core while this process imports torch)."""
+    with _lock:
         _idle[:] = [w for w in _idle if w.alive()]
         missing = _wanted() - len(_idle)
     for _ in range(missing):
