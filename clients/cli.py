@@ -28,6 +28,24 @@ if __package__ in (None, ""):  # `python clients/cli.py` from a checkout
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(here)]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
+def _structlog_without_rich() -> None:
+    """Import structlog as if rich were not installed. It imports rich at its own import, for
+    the tracebacks of console logs: ~50 ms of every command's start, for tracebacks that this
+    program's commands do not print (an error is one line). rich itself stays importable: the
+    progress bars import it when they draw. `serve`, whose console logs can carry a traceback,
+    keeps structlog's rich ones."""
+    if {"rich", "structlog"} & set(sys.modules) or sys.argv[1:2] == ["serve"]:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_structlog_without_rich()
+
 from clients.commands.connection import _channel, add_connection, trainer_client  # noqa: E402,F401
 from clients.commands.parsing import Parser, flag  # noqa: E402
 from clients.commands.parsing import json_text as _json  # noqa: E402

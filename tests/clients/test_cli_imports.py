@@ -52,7 +52,8 @@ args = build_parser().parse_args(
 check_inputs(args)
 TrainerClient(args.trainer).close()  # a channel is made, nothing is dialled
 heavy = {"numpy", "prometheus_client", "huggingface_hub", "tunewire.server", "tunewire.calls",
-         "tunewire.config.llm"}
+         "tunewire.config.llm", "rich"}
+assert "structlog" in sys.modules
 print(",".join(sorted(heavy & set(sys.modules))))
 import services.hub_gateway.app  # the embedded mode's gateway, before any upload
 print("huggingface_hub" in sys.modules)
@@ -62,6 +63,7 @@ print("huggingface_hub" in sys.modules)
 def test_a_train_against_a_running_trainer_imports_no_numpy_nor_the_server_stack():
     """Up to its first call, `train --trainer` needs grpc, the config schema and the trainer's
     stubs: not numpy (the embedder's client), not the server's interceptors and metrics, not
-    the llm schema for an ecd config, not huggingface_hub (the gateway imports it per upload)."""
+    the llm schema for an ecd config, not huggingface_hub (the gateway imports it per upload),
+    not rich (structlog's console tracebacks)."""
     out = _run(SERVED)
     assert out.stdout.split("\n")[:2] == ["", "False"]
