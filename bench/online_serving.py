@@ -544,7 +544,13 @@ def gpu(args) -> dict:
     variants = [int(w) for w in args.http_workers.split(",") if w.strip()]
     embedder_variants = [v.strip() for v in (args.embedder_variants or "").split(";")]
     embedder_variants = [v for v in embedder_variants if v] if args.embedder_variants else []
-    rows = 3 + len(variants) + (len(front_doors(args.front_doors)) + 1) * len(embedder_variants)
+    rows = (
+        3
+        + len(variants)
+        + sum(
+            len(front_doors(v.partition("@")[2] or args.front_doors)) + 1 for v in embedder_variants
+        )
+    )
     warm = max(512, args.warm_texts)
     pool = iter(
         synthetic_texts(model, rows * (n + warm) + nb, seed=2, low=16, high=args.max_tokens)
@@ -671,6 +677,8 @@ def _embedder_variants(args, model, variants, bodies, fresh, results, work) -> d
     gpu_busy = GpuBusy() if args.device != "cpu" else None
     try:
         for i, variant in enumerate(variants):
+            variant, _, doors = variant.partition("@")  # "FLAGS@WxK,...": its own front doors
+            variant = variant.strip()
             flags = [] if variant == "default" else variant.split()
             label = "default" if not flags else " ".join(flags)
             grpc_port = free_port()
@@ -695,7 +703,7 @@ def _embedder_variants(args, model, variants, bodies, fresh, results, work) -> d
             )
             client = None
             try:
-                for j, (workers, in_flight) in enumerate(front_doors(args.front_doors)):
+                for j, (workers, in_flight) in enumerate(front_doors(doors or args.front_doors)):
                     port = free_port()
                     front = start(  # /health answers 200 once the embedder says SERVING
                         [
@@ -1025,8 +1033,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--embedder-variants",
         help="GPU: instead of `serve all`, each variant's `serve embedder` flags (';'-separated, "
-        "'default' for none) with the front door in one process of its own, and StreamEmbed on "
-        "the same embedder, e.g. 'default;--switch-interval-ms 0.5;--cuda-graphs'",
+        "'default' for none) with the front door in processes of its own (--front-doors, or "
+        "the variant's own after '@'), and StreamEmbed on the same embedder, e.g. "
+        "'default@2x2;--cuda-graphs@2x2,4x4'",
     )
     p.add_argument(
         "--front-doors",
