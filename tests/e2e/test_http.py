@@ -4,6 +4,7 @@ Ludwig serve's request shapes, vectors equal to the gRPC path's, a trained SMS m
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -19,6 +20,10 @@ from clients.http.server import HttpSettings, RunningHttp
 from clients.sdk import EncoderSpec
 from tests.e2e.conftest import SPAMMY
 from tests.e2e.test_online import HAM, stored
+
+# A first request may load the encoder: httpx's default 5 s is too short on a loaded machine.
+post = functools.partial(httpx.post, timeout=60)
+get = functools.partial(httpx.get, timeout=60)
 
 
 def serve(backend: Backend, **kw) -> RunningHttp:
@@ -71,23 +76,23 @@ def test_openai_errors_use_its_envelope(http):
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model="minilm", input="word " * 400)
     assert "at most 256" in err.value.body["message"]
-    raw = httpx.post(f"{http}/v1/embeddings", json={"input": "x"})
+    raw = post(f"{http}/v1/embeddings", json={"input": "x"})
     assert raw.status_code == 400 and raw.json()["error"]["param"] == "model"
 
 
 def test_tei_embed_and_info(http, embedder, minilm):
-    got = httpx.post(f"{http}/embed", json={"inputs": "a cat sat on the mat"})
+    got = post(f"{http}/embed", json={"inputs": "a cat sat on the mat"})
     assert got.status_code == 200
     np.testing.assert_allclose(
         got.json(), grpc_vectors(embedder, minilm, ["a cat sat on the mat"]), rtol=1e-6
     )
-    raw = httpx.post(f"{http}/embed", json={"inputs": ["x", "y"], "normalize": False}).json()
+    raw = post(f"{http}/embed", json={"inputs": ["x", "y"], "normalize": False}).json()
     np.testing.assert_allclose(raw, grpc_vectors(embedder, minilm, ["x", "y"], False), rtol=1e-6)
-    long = httpx.post(f"{http}/embed", json={"inputs": "word " * 400})
+    long = post(f"{http}/embed", json={"inputs": "word " * 400})
     assert long.status_code == 413 and long.json()["error_type"] == "Validation"
-    assert httpx.post(f"{http}/embed", json={"inputs": "word " * 400, "truncate": True}).is_success
-    assert httpx.post(f"{http}/embed", json={"nope": 1}).status_code == 422
-    info = httpx.get(f"{http}/info").json()
+    assert post(f"{http}/embed", json={"inputs": "word " * 400, "truncate": True}).is_success
+    assert post(f"{http}/embed", json={"nope": 1}).status_code == 422
+    info = get(f"{http}/info").json()
     assert info["model_id"] == "minilm" and info["max_input_length"] == 256
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
 
@@ -95,7 +100,7 @@ def test_tei_embed_and_info(http, embedder, minilm):
 def test_ludwig_predict_says_spam_and_stores_nothing(http, sms_spam_job, services, embedder):
     before = stored(services)
     url = f"{http}/models/{sms_spam_job.id}"
-    form = httpx.post(f"{url}/predict", data={"text": SPAMMY})
+    form = post(f"{url}/predict", data={"text": SPAMMY})
     assert form.status_code == 200, form.text
     assert form.json()["label_predictions"] == "spam"
     body = form.json()
@@ -104,24 +109,22 @@ def test_ludwig_predict_says_spam_and_stores_nothing(http, sms_spam_job, service
         body["label_probabilities_ham"],
         body["label_probability"],
     ]
-    as_json = httpx.post(f"{url}/predict", json={"text": HAM}).json()
+    as_json = post(f"{url}/predict", json={"text": HAM}).json()
     assert as_json["label_predictions"] == "ham"
-    multipart = httpx.post(f"{url}/predict", files={"text": (None, SPAMMY)}).json()
+    multipart = post(f"{url}/predict", files={"text": (None, SPAMMY)}).json()
     assert multipart == body
     # The same as over gRPC.
     grpc = embedder.predict_rows(sms_spam_job.id, {"text": SPAMMY})
     assert grpc["label_probabilities_spam"][0] == pytest.approx(body["label_probabilities_spam"])
     table = {"columns": ["text"], "index": [7, 9], "data": [[SPAMMY], [HAM]]}
-    batch = httpx.post(f"{url}/batch_predict", data={"dataset": json.dumps(table)}).json()
+    batch = post(f"{url}/batch_predict", data={"dataset": json.dumps(table)}).json()
     assert batch["index"] == [7, 9]
     col = batch["columns"].index("label_predictions")
     assert [row[col] for row in batch["data"]] == ["spam", "ham"]
-    assert httpx.post(f"{url}/batch_predict", json={"dataset": table}).json() == batch
-    missing = httpx.post(f"{url}/predict", json={"message": SPAMMY})
+    assert post(f"{url}/batch_predict", json={"dataset": table}).json() == batch
+    missing = post(f"{url}/predict", json={"message": SPAMMY})
     assert missing.status_code == 400 and "'text'" in missing.json()["error"]
-    assert (
-        httpx.post(f"{http}/models/job-000000000000/predict", json={"text": "x"}).status_code == 404
-    )
+    assert post(f"{http}/models/job-000000000000/predict", json={"text": "x"}).status_code == 404
     assert stored(services) == before
 
 
@@ -131,15 +134,12 @@ def test_model_path_is_served_at_predict(services, sms_spam_job, trainer, tmp_pa
     running = serve(backend)
     try:
         base = f"http://127.0.0.1:{running.port}"
-        assert (
-            httpx.post(f"{base}/predict", data={"text": SPAMMY}).json()["label_predictions"]
-            == "spam"
-        )
-        by_path = httpx.post(f"{base}/models/{local}/predict", json={"text": HAM})
+        assert post(f"{base}/predict", data={"text": SPAMMY}).json()["label_predictions"] == "spam"
+        by_path = post(f"{base}/models/{local}/predict", json={"text": HAM})
         assert by_path.json()["label_predictions"] == "ham"
-        assert httpx.get(f"{base}/models").json()["served_model"] == str(local)
+        assert get(f"{base}/models").json()["served_model"] == str(local)
         # No encoder named: TEI's default model does not exist.
-        assert httpx.post(f"{base}/embed", json={"inputs": "x"}).status_code == 404
+        assert post(f"{base}/embed", json={"inputs": "x"}).status_code == 404
     finally:
         running.stop()
         backend.close()
@@ -176,7 +176,7 @@ def test_model_path_in_process_answers_as_over_grpc(sms_spam_job, trainer, tmp_p
             [
                 (got.status_code, got.json())
                 for got in (
-                    httpx.post(f"http://127.0.0.1:{s.port}{path}", json=body, timeout=60)
+                    post(f"http://127.0.0.1:{s.port}{path}", json=body, timeout=60)
                     for path, body in requests
                 )
             ]
@@ -222,10 +222,10 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(
 
     def embed(i: int):
         text = "word " * 400 if i == 5 else texts[i]
-        return httpx.post(f"{base}/v1/embeddings", json={"model": "minilm", "input": text})
+        return post(f"{base}/v1/embeddings", json={"model": "minilm", "input": text})
 
     def predict(i: int):
-        return httpx.post(f"{base}/models/{sms_spam_job.id}/predict", json={"text": rows[i]})
+        return post(f"{base}/models/{sms_spam_job.id}/predict", json={"text": rows[i]})
 
     def sent_at_once(coalescer, send):
         """All 24 requests in flight, 2 calls held and the other 22 queued, then released."""
@@ -257,12 +257,12 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_answer(
 
 
 def test_health_models_and_openapi(http):
-    assert httpx.get(f"{http}/health").json() == {"status": "ok"}
-    models = httpx.get(f"{http}/models").json()
+    assert get(f"{http}/health").json() == {"status": "ok"}
+    models = get(f"{http}/models").json()
     assert models["embedding_models"][0]["name"] == "minilm"
-    paths = httpx.get(f"{http}/openapi.json").json()["paths"]
+    paths = get(f"{http}/openapi.json").json()["paths"]
     assert {"/v1/embeddings", "/embed", "/models/{model}/predict"} <= set(paths)
-    assert httpx.get(f"{http}/docs").status_code == 200
+    assert get(f"{http}/docs").status_code == 200
 
 
 def test_overload_is_429_in_each_shape(services, minilm):
@@ -273,7 +273,7 @@ def test_overload_is_429_in_each_shape(services, minilm):
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="k", max_retries=0)
         with pytest.raises(openai.RateLimitError):
             client.embeddings.create(model="minilm", input="x")
-        tei = httpx.post(f"{base}/embed", json={"inputs": "x"})
+        tei = post(f"{base}/embed", json={"inputs": "x"})
         assert tei.status_code == 429 and tei.json()["error_type"] == "Overloaded"
     finally:
         running.stop()
