@@ -425,7 +425,10 @@ class EmbedJob:
             index = {text: i for i, text in enumerate(self.distinct)}
             vectors = matrix[[index[t] for t in self.texts]] if self.texts else matrix[:0]
         hits = len(self.distinct) - computed
-        self.service.hot_vectors.put(self.key_fingerprint, self.distinct, matrix)
+        if self.render is None:  # the caller gets `matrix` itself (and may change it)
+            self.service.hot_vectors.put(self.key_fingerprint, self.distinct, matrix)
+        else:  # rendered here into what is sent: kept behind the answer (put_behind)
+            self.service.hot_vectors.put_behind(self.key_fingerprint, self.distinct, matrix)
         if self.whole is not None:
             self.service.cache.put_later(self.whole, encode_batch(vectors, len(self.distinct)))
         log.debug(

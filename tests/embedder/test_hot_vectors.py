@@ -261,3 +261,33 @@ def test_a_stream_answers_kept_texts_on_its_loop_and_the_rest_in_a_thread(
             assert err.value.field == "encoder.max_length"
         finally:
             client.close()
+
+
+def test_a_put_behind_the_answer_is_waited_for_by_the_next_lookup(monkeypatch):
+    """`put_behind` returns before the rows are copied (on its own thread), holding the lock
+    until they are: a lookup meanwhile waits and finds them; an event loop's gets BUSY."""
+    import threading
+
+    hot = HotVectors(1 << 20)
+    copying, release = threading.Event(), threading.Event()
+    real_put = hot_vectors_module._Ring.put
+    threads: list[str] = []
+
+    def slow_put(ring, texts, vectors):
+        threads.append(threading.current_thread().name)
+        copying.set()
+        release.wait(5)
+        real_put(ring, texts, vectors)
+
+    monkeypatch.setattr(hot_vectors_module._Ring, "put", slow_put)
+    hot.put_behind("fp", ["a", "b"], rows(2))  # returns while the rows are not kept yet
+    assert copying.wait(5) and threads[0].startswith("hot-vectors")
+    assert hot.answer("fp", b"a", 1, lambda m, r, d: m[r], wait=False) is hot_vectors_module.BUSY
+    found: list = []
+    lookup = threading.Thread(target=lambda: found.append(hot.get("fp", ["b", "a"])))
+    lookup.start()
+    lookup.join(0.2)
+    assert lookup.is_alive()  # waiting for the put, not missing its texts
+    release.set()
+    lookup.join(5)
+    np.testing.assert_array_equal(found[0].vectors, rows(2)[[1, 0]])
