@@ -65,6 +65,8 @@ class HostTrace:
         from services.embedder import tokenizing
         from services.embedder.cache import EmbeddingCache
         from services.embedder.encoder import Launched
+        from services.embedder.hot_vectors import HotVectors
+        from services.embedder.inflight import InFlight
         from services.embedder.landing import Lander
         from services.embedder.service import EmbedderService, EmbedJob
         from services.embedder.servicer import EmbedderServicer
@@ -78,6 +80,15 @@ class HostTrace:
             self._wrap(EmbedderService, "_compute", "compute request (queue, wait)"),
             self._wrap(EmbedJob, "finish", "finish request"),
             self._wrap(EmbeddingCache, "put_many", "cache write"),
+            # What a request's begin is made of (its texts looked for in memory, its whole
+            # answer and its texts in the cache's file, its misses claimed), and the kept
+            # vectors' put after its compute.
+            self._wrap(EmbedderService, "_from_memory", "memory lookup"),
+            self._wrap(EmbeddingCache, "read_batch", "whole-answer read"),
+            self._wrap(EmbeddingCache, "get_matrix", "cache reads"),
+            self._wrap(InFlight, "claim", "claim texts"),
+            self._wrap(HotVectors, "put", "keep hot vectors"),
+            self._wrap(HotVectors, "_put_and_release", "keep hot vectors behind"),
             self._wrap(Lander, "put", "hand to lander"),
             # The lander's wait for a batch's vectors (a CUDA event's synchronize: it spins on
             # a core of its own, outside the GIL, for as long as this lasts).
