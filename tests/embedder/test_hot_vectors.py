@@ -291,3 +291,36 @@ def test_a_put_behind_the_answer_is_waited_for_by_the_next_lookup(monkeypatch):
     release.set()
     lookup.join(5)
     np.testing.assert_array_equal(found[0].vectors, rows(2)[[1, 0]])
+
+
+def test_pieces_of_a_long_buffer_use_the_kept_power_tables(monkeypatch):
+    """Each piece is shorter than the kept tables: none is built again per request."""
+    texts = [f"text {i} " + "x" * (i % 7) for i in range(200)]
+    joined = "\0".join(texts).encode()
+    whole = text_hashes(joined, len(texts))
+    monkeypatch.setattr(hot_vectors_module, "_CACHED_POWERS", 64)
+    monkeypatch.setattr(hot_vectors_module, "_POWERS", hot_vectors_module._Powers())
+    built: list[int] = []
+    real = hot_vectors_module._powers
+    monkeypatch.setattr(
+        hot_vectors_module, "_powers", lambda base, n: built.append(n) or real(base, n)
+    )
+    assert text_hashes(joined, len(texts)).tolist() == whole.tolist()
+    assert max(built) <= 64
+    built.clear()
+    text_hashes(joined, len(texts))
+    assert built == []  # kept
+
+
+def test_texts_never_seen_are_told_from_the_first_without_hashing_the_rest(monkeypatch):
+    hot = HotVectors(1 << 20)
+    hot.put("fp", ["a", "b"], rows(2))
+    hashed: list[int] = []
+    real = hot_vectors_module.text_hashes
+    monkeypatch.setattr(
+        hot_vectors_module, "text_hashes", lambda j, n: hashed.append(n) or real(j, n)
+    )
+    assert hot.get("fp", ["new", "a", "b"]) is None
+    assert hashed == [1]  # the first text's hash only
+    np.testing.assert_array_equal(hot.get("fp", ["b", "a"]).vectors, rows(2)[[1, 0]])
+    assert hot.get("fp", ["a", "new"]) is None  # a first text kept: checked in full
