@@ -96,6 +96,21 @@ def _out_of_the_collectors_way() -> None:
     gc.freeze()
 
 
+def froze_at_load(encoder: Encoder) -> bool:
+    """Whether loading `encoder` froze the process's objects (`_out_of_the_collectors_way`)."""
+    return encoder.device.type == "cuda" and encoder.loaded
+
+
+def collect_dropped() -> None:
+    """An encoder that `froze_at_load` was dropped (evicted, or reloaded after its files
+    changed): frozen with everything else, what of it sits in reference cycles (its compiled
+    blocks') would never be collected, nor the GPU memory it holds. Everything is unfrozen, so
+    the collector frees it once its last users (a request finishing on it, its launcher's
+    thread) let go; the next GPU load freezes again. Meanwhile full collections walk every
+    object again, as they did before freezing."""
+    gc.unfreeze()
+
+
 def compile_by_default(device: torch.device) -> bool:
     """Compiled blocks on GPUs: there eager PyTorch runs each block's norms, rotary embedding and
     activations as separate memory-bound kernels between the GEMMs, and fusing them is what moves

@@ -39,7 +39,13 @@ from services.embedder.batching import (
 )
 from services.embedder.cache import CacheStats, EmbeddingCache, encode_batch, encode_vector
 from services.embedder.cpu_threads import PARALLEL_PASSES, pass_budget, split_passes
-from services.embedder.encoder import Encoder, Launched, compile_by_default
+from services.embedder.encoder import (
+    Encoder,
+    Launched,
+    collect_dropped,
+    compile_by_default,
+    froze_at_load,
+)
 from services.embedder.fingerprint import (
     EmbeddingSettings,
     batch_key,
@@ -267,11 +273,15 @@ class EncoderRegistry:
             if entry is not None:
                 return entry
             entry = self._load(model, revision)
+            frozen = False
             with self._lock:
                 self._entries[key] = entry
                 while len(self._entries) > self.max_loaded:
-                    (old, _), _ = self._entries.popitem(last=False)
+                    (old, _), evicted = self._entries.popitem(last=False)
+                    frozen |= froze_at_load(evicted.encoder)
                     log.info("encoder evicted", model=old)
+            if frozen:
+                collect_dropped()
             return entry
 
     def peek(self, model: str, revision: str = "") -> _Loaded | None:
@@ -297,6 +307,8 @@ class EncoderRegistry:
             log.info("model files changed on disk, reloading", model=key[0])
             with self._lock:
                 self._entries.pop(key, None)
+            if froze_at_load(entry.encoder):
+                collect_dropped()
             return None
         return entry
 
