@@ -97,6 +97,19 @@ class Coalescer(Generic[K, P, R]):
             return await run_in_threadpool(self._run, key, parts)
 
     async def _call(self, key: K, batch: list[tuple[P, asyncio.Future]]) -> None:
+        released = False
+
+        def release() -> None:
+            """The call's slot back, and the next call (what queued meanwhile) started."""
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+            self._start(key)
+
         try:
             parts = [part for part, _ in batch]
             self.calls += 1
@@ -113,6 +126,9 @@ class Coalescer(Generic[K, P, R]):
                 ]
             else:
                 self.merged += len(batch) if len(batch) > 1 else 0
+            # The next call leaves before these answers are written: their requests resume
+            # after it on the loop, and its texts are on their way meanwhile.
+            release()
             for (_, future), result in zip(batch, results, strict=True):
                 if future.done():
                     continue
@@ -127,7 +143,4 @@ class Coalescer(Generic[K, P, R]):
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._in_flight[key] -= 1
-            if not self._in_flight[key]:
-                del self._in_flight[key]
-            self._start(key)
+            release()

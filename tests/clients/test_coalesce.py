@@ -111,3 +111,30 @@ def test_calls_in_flight_come_from_the_environment_or_are_refused_by_name(monkey
         with pytest.raises(InvalidArgument) as info:
             calls_in_flight()
         assert info.value.field == CALLS_IN_FLIGHT_ENV
+
+
+def test_the_next_call_leaves_before_the_answers_are_written():
+    """When a call's answer comes back, the call of the requests queued meanwhile is started
+    before those answers' requests resume (writing their responses takes the loop a while)."""
+    run = Recorder()
+    coalescer = Coalescer(run, size=lambda p: 1, max_items=100, max_in_flight=1)
+
+    calls_when_answered = []
+
+    async def first_request():
+        answer = await coalescer.submit("k", 1)
+        calls_when_answered.append(coalescer.calls)  # as this request resumes
+        return answer
+
+    async def main():
+        run.release.clear()
+        first = asyncio.ensure_future(first_request())
+        while not run.calls:
+            await asyncio.sleep(0.01)
+        queued = asyncio.ensure_future(coalescer.submit("k", 2))
+        await asyncio.sleep(0.01)
+        run.release.set()
+        return await first, await queued
+
+    assert asyncio.run(main()) == (10, 20)
+    assert calls_when_answered == [2]
