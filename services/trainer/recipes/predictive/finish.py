@@ -98,18 +98,17 @@ def write_artifact(
 ) -> list[str]:
     """Write the artifact; returns the extra files (relative to it) for the job summary.
 
-    The PNGs are drawn and the TensorBoard logs written by the plot worker (another process,
-    on the other core) while this writes the rest, model card included; the job waits for
-    them before it returns, so a finished job has them."""
+    The PNGs are drawn by the plot worker (another process, on the other core) while this
+    writes the rest, model card included; the job waits for them before it returns, so a
+    finished job has them."""
     from services.trainer.recipes.predictive.plots import plan_plots
-    from services.trainer.recipes.predictive.reports import plan_logs, write_reports
+    from services.trainer.recipes.predictive.reports import write_logs, write_reports
 
     directory = ctx.artifact_dir
     model = trainer.model
     plots = plan_plots(directory, model, trainer, logits)
     statistics, curves = write_reports(directory, model, trainer, metrics, logits)
-    logs = plan_logs(directory, trainer, metrics)
-    drawing = plot_worker.Batch([d for _, d in plots + curves + logs])
+    drawing = plot_worker.Batch([d for _, d in plots + curves])
     first = next(iter(model.outputs.values())).meta.type
     pm.save(
         model,
@@ -128,7 +127,7 @@ def write_artifact(
     if "test" in logits:
         _test_predictions(model, logits["test"], ctx.work_dir / "test_predictions.csv")
     extras = [file for file, _ in plots] + statistics + [file for file, _ in curves]
-    extras += [file for file, _ in logs]
+    extras += write_logs(directory, trainer, metrics)
     if extra_files is not None:
         extras += extra_files(directory)
     # The card reads the manifest and the export, never the PNGs: written while they are drawn

@@ -13,13 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-# Only these modules' functions are run by name (the worker imports nothing else of ours): the
-# figures, and the TensorBoard event files (tensorboard's writer, no torch).
-MODULES = (
-    "services.trainer.recipes.predictive.plots",
-    "tunewire.stat_plots",
-    "services.trainer.tensorboard",
-)
+# Only these modules' functions are drawn by name (the worker imports nothing else of ours).
+MODULES = ("services.trainer.recipes.predictive.plots", "tunewire.stat_plots")
 
 
 @dataclass(frozen=True)
@@ -42,8 +37,8 @@ def draw_all(drawings: Iterable[Drawing]) -> None:
 
 
 def serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
-    """The worker's loop: import matplotlib and tensorboard's writer first (while the job
-    trains), then run batches until the job's process closes the pipe."""
+    """The worker's loop: import matplotlib first (while the job trains), then draw batches
+    until the job's process closes the pipe."""
     import traceback
 
     from matplotlib.backends import backend_agg  # noqa: F401
@@ -51,7 +46,6 @@ def serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> No
 
     for module in MODULES:
         importlib.import_module(module)
-    importlib.import_module("services.trainer.tensorboard").import_writer()
     # matplotlib's ~80k objects live as long as the worker: out of the cyclic collector's way,
     # so that a full collection while drawing (~0.1 s, every other batch) walks only figures.
     gc.freeze()

@@ -12,8 +12,7 @@ which a forked child must not inherit, and `multiprocessing`'s spawn would re-ru
 `__main__`. It imports no torch and no service. Idle workers are kept per process for the next
 job (one for a process's first job, two from its second on: `LATER_JOB_WORKERS`); each job takes
 its own, so two jobs never share one. When a worker cannot be started or dies, its figures are
-drawn in the job's process, as before (same files, same errors). It also writes the job's
-TensorBoard logs (`services/trainer/tensorboard.py`)."""
+drawn in the job's process, as before (same files, same errors)."""
 
 from __future__ import annotations
 

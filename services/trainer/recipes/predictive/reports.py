@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.trainer import tensorboard
 from services.trainer.context import MetricValue
 from services.trainer.recipes.predictive.plot_drawing import Drawing
-from services.trainer.tensorboard import LOGS_DIR
+from services.trainer.tensorboard import LOGS_DIR, write_scalars
 from tunewire import stat_plots, statistics
 
 # Ludwig's split names in the statistics files.
@@ -69,12 +68,9 @@ def training_statistics(history: list[dict], final: list[MetricValue]) -> dict:
     return stats
 
 
-def tensorboard_scalars(
-    history: list[dict], final: list[MetricValue]
-) -> dict[str, list[tuple[str, float, int]]]:
-    """The event files' points per split under `logs/` (Ludwig's `training`/`validation`/
-    `test`): losses and metrics per epoch, the learning rate and throughput under `training`,
-    as (tag, value, step)."""
+def write_tensorboard(directory: Path, history: list[dict], final: list[MetricValue]) -> None:
+    """Event files per split under `logs/` (Ludwig's `training`/`validation`/`test`): losses
+    and metrics per epoch, the learning rate and throughput under `training`."""
     scalars: dict[str, list[tuple[str, float, int]]] = {}
     for h in history:
         step = int(h.get("step", h["epoch"]))
@@ -89,10 +85,8 @@ def tensorboard_scalars(
             for feature, values in h["metrics"].items():
                 monitored += [(f"{feature}/{metric}", v, step) for metric, v in values.items()]
     last = int(history[-1].get("step", history[-1]["epoch"])) if history else 0
-    scalars["test"] = [
-        (f"{m.feature}/{m.name}", float(m.value), last) for m in final if m.split == "test"
-    ]
-    return scalars
+    scalars["test"] = [(f"{m.feature}/{m.name}", m.value, last) for m in final if m.split == "test"]
+    write_scalars(directory, scalars)
 
 
 def write_reports(
@@ -122,13 +116,12 @@ def write_reports(
     return written, planned
 
 
-def plan_logs(directory: Path, trainer, metrics: list[MetricValue]) -> list[tuple[str, Drawing]]:
-    """The TensorBoard event files (`logs/`), when there is a history to log: written by the
-    plot worker with the figures (`tensorboard.py` says why), as (path, task)."""
+def write_logs(directory: Path, trainer, metrics: list[MetricValue]) -> list[str]:
+    """The TensorBoard event files (`logs/`), when there is a history to log."""
     if not trainer.history:
         return []
-    scalars = tensorboard_scalars(trainer.history, metrics)
-    return [(f"{LOGS_DIR}/", Drawing(tensorboard.__name__, "write_scalars", (directory, scalars)))]
+    write_tensorboard(directory, trainer.history, metrics)
+    return [f"{LOGS_DIR}/"]
 
 
 def _curve_plots(test: dict, directory: Path) -> list[tuple[str, Drawing]]:
