@@ -366,8 +366,7 @@ def ours(
     `BatchQueue.arrival_order` off, and no ramp). `gpu_trace`: the cold pass runs under a
     CUDA-only profiler, and the counters say where the GPU waited (`gpu_timeline`).
     `write_behind`: the requests ask for their vectors to enter the cache after the answer
-    (EmbedRequest.write_behind). "first chunk": as now, but a stream's first batch goes with
-    its first chunk's texts (as on 2026-12-03 17:44)."""
+    (EmbedRequest.write_behind)."""
     from services.embedder.app import Settings, start
     from tunewire.server import channel_options
     from tunewire.tensors import from_proto
@@ -391,10 +390,7 @@ def ours(
         encoder_.host_sync = host_sync
         app.service.landers = pipeline != "before"
         app.service.registry.entries()[0].queue.arrival_order = pipeline != "before"
-        if pipeline == "first chunk":
-            app.service.first_share = 0
-        elif pipeline != "now":
-            app.service.first_share = 0
+        if pipeline != "now":
             app.service.ramp = False
             encoder_.tokenizing.ramp = False
             encoder_.tokenizing.drop_spares()
@@ -695,12 +691,6 @@ def main(argv: list[str] | None = None) -> None:
         "tokenizer copies made by each thread on its first chunk, loaded objects not frozen)",
     )
     parser.add_argument(
-        "--first-chunk-rows",
-        action="store_true",
-        help="add the compiled gRPC row whose first batch goes out with the first chunk's "
-        "texts (as on 2026-12-03 17:44), not once a quarter of the budget is tokenised",
-    )
-    parser.add_argument(
         "--write-behind-rows",
         action="store_true",
         help="add the compiled gRPC row whose requests ask write-behind (the answer before "
@@ -858,21 +848,6 @@ def main(argv: list[str] | None = None) -> None:
                     f"gRPC StreamEmbed, the ramp (small first chunks and batches, tokenizer "
                     f"copies made at load) vs without: {n_s / c_new:.3f}x; gRPC now vs the "
                     f"encoder driven directly: {d_new / c_new:.3f}"
-                )
-            if args.first_chunk_rows:
-                f_s, _, compiled["grpc_first_chunk"] = ours(
-                    **run, request_size=args.request_size, compile=True, pipeline="first chunk"
-                )
-                rows.append(
-                    (
-                        f"embedder gRPC StreamEmbed, empty cache ({path}, compiled blocks, "
-                        "first batch with the first chunk)",
-                        f_s,
-                    )
-                )
-                ratios.append(
-                    f"gRPC StreamEmbed, the first batch at a quarter of the budget vs with the "
-                    f"first chunk: {f_s / c_new:.3f}x"
                 )
             if args.write_behind_rows:
                 wb_s, _, compiled["grpc_write_behind"] = ours(

@@ -545,9 +545,6 @@ class EmbedderService:
         # On a GPU, the next batch's least tokens double with the tokens on the device
         # (`_least_tokens`); False: half the budget, as until 2026-12-03.
         self.ramp = True
-        # On a GPU, a stream's first batch waits for 1/first_share of the budget while its rows
-        # are being tokenised (`_least_tokens`); 0: it goes with the first chunk's texts.
-        self.first_share = 4
 
     def _scoped(self, fp: str) -> str:
         """The fingerprint cache keys are made from: `fp` itself when the cache is shared, else
@@ -930,19 +927,18 @@ class EmbedderService:
                 slot.release()
 
     def _least_tokens(self, entry: _Loaded) -> int:
-        """The fewest tokens the next batch waits for while rows are being tokenised: on an idle
-        device, 1/`first_share` of the budget (0: none, the first chunk's few texts); with
+        """The fewest tokens the next batch waits for while rows are being tokenised: none on
+        an idle device (it starts on a stream's first chunk, a few texts: tokenizing.py); with
         batches on the device, twice their tokens up to half the budget (`ramp`), so a stream
-        starts on batches that double as its rows arrive rather than the device waiting for
-        half a budget's rows. `ramp` off: half the budget whenever a batch is on the device,
-        as until 2026-12-03.
+        starts on small batches that double as its rows arrive rather than the device waiting
+        for half a budget's rows behind its first few texts. `ramp` off: half the budget
+        whenever a batch is on the device, as until 2026-12-03.
 
-        Why not the first chunk alone: on the H200 the first batch (6,690 tokens, ~25 ms of
-        GPU) took 130 ms to launch while eight threads tokenised and the next requests began
-        (a launch is ~30 ms of Python when the host is quiet), so its kernels reached the GPU
-        slower than it ran them (run 1 of 2026-12-03 17:44: 81 ms of gaps in the first 213)."""
+        Not a larger first batch: one of a quarter of the budget (to cover its own launch, 130
+        ms under the head's contention against ~25 ms of GPU for the first chunks' 6,690
+        tokens) measured 0.977x this on the H200 (2026-12-03 18:26): the GPU started later."""
         if not entry.in_flight:
-            return self.max_batch_tokens // self.first_share if self.first_share else 0
+            return 0
         half = self.max_batch_tokens // 2
         return min(half, 2 * entry.in_flight_tokens) if self.ramp else half
 
