@@ -64,7 +64,9 @@ def _workers(value: str) -> int:
 
 # `serve all`'s front door: one process of its own beside the services. In their process, its
 # per-request Python work shared the embedder's GIL: 444 against 548 texts/s on the H200
-# (bench/results/online_serving_h200.md), while more processes than one did not add to it.
+# (bench/results/online_serving_h200.md). Two processes did better there (696 against 485
+# texts/s; 1020 against 581 with `--cuda-graphs`), four no better than two: `--http-workers 2`
+# on a GPU host; one stays the default for small hosts.
 DEFAULT_SERVE_ALL_HTTP_WORKERS = 1
 
 
