@@ -17,7 +17,9 @@ import torch
 
 from services.trainer.context import JobContext, Progress
 from services.trainer.model_types import resolve
+from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.launch import run_generative_job
+from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
 from tunewire.config import to_dict
 
 NAMES = [
@@ -140,6 +142,16 @@ class Recorder:
     def of(self, cls) -> list:
         with self.lock:
             return [e for e in self.events if isinstance(e, cls)]
+
+
+def worker_recipe(raw: dict, tmp: Path, train: pd.DataFrame, device: str) -> GenerativeRecipe:
+    """A job's recipe as its worker builds it (config resolved, training split written under
+    `tmp/inputs`), before `setup`: for tests that drive the recipe in this process."""
+    cfg = resolve(raw)
+    (tmp / "inputs").mkdir(parents=True)
+    train.to_parquet(tmp / "inputs" / "train.parquet", index=False)
+    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
+    return GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device(device))
 
 
 def job_context(

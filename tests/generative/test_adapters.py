@@ -10,10 +10,8 @@ import pytest
 import torch
 
 from services.trainer.model_types import resolve
-from services.trainer.recipes.generative.events import EventWriter
-from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
-from tests.generative.conftest import llm_config, task_frame
-from tunewire.config import to_dict
+from services.trainer.recipes.generative.recipe import GenerativeRecipe
+from tests.generative.conftest import llm_config, task_frame, worker_recipe
 
 QV = ["q_proj", "v_proj"]
 ADAPTERS = {
@@ -57,11 +55,7 @@ def trained_recipe(
             **trainer,
         },
     )
-    cfg = resolve(raw)
-    (tmp / "inputs").mkdir(parents=True)
-    task_frame().to_parquet(tmp / "inputs" / "train.parquet", index=False)
-    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
-    recipe = GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cpu"))
+    recipe = worker_recipe(raw, tmp, task_frame(), "cpu")
     recipe.setup()
     recipe.train()
     recipe.save_artifact()
@@ -163,11 +157,9 @@ def test_a_trainer_without_cuda_refuses_bitsandbytes_optimizers_at_admission(
 
 
 def set_up(base: Path, tmp: Path, adapter: dict, frame) -> GenerativeRecipe:
-    cfg = resolve(llm_config(base, adapter=adapter, trainer={"batch_size": 4}))
-    (tmp / "inputs").mkdir(parents=True)
-    frame.to_parquet(tmp / "inputs" / "train.parquet", index=False)
-    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
-    recipe = GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cpu"))
+    recipe = worker_recipe(
+        llm_config(base, adapter=adapter, trainer={"batch_size": 4}), tmp, frame, "cpu"
+    )
     recipe.setup()
     return recipe
 

@@ -13,10 +13,8 @@ from services.trainer.model_types import resolve
 from services.trainer.recipes.generative import graphs
 from services.trainer.recipes.generative.data import Sample, collate_packed, collate_padded
 from services.trainer.recipes.generative.errors import PreconditionError
-from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.recipe import GenerativeRecipe
-from services.trainer.recipes.generative.worker import WorkerJob
-from tests.generative.conftest import llm_config, task_frame
+from tests.generative.conftest import llm_config, task_frame, worker_recipe
 from tunewire.config import ConfigError, to_dict
 
 LORA = {"type": "lora", "r": 4, "target_modules": "all-linear"}
@@ -98,11 +96,9 @@ def test_one_layout_but_the_last_batch_passes_and_varying_layouts_are_refused():
 
 def recipe(base, tmp, train: pd.DataFrame) -> GenerativeRecipe:
     trainer = {**GRAPHS, "should_shuffle": False}
-    cfg = resolve(llm_config(base, adapter=LORA, backend=GPU, trainer=trainer))
-    (tmp / "inputs").mkdir(parents=True)
-    train.to_parquet(tmp / "inputs" / "train.parquet", index=False)
-    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
-    return GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cpu"))
+    return worker_recipe(
+        llm_config(base, adapter=LORA, backend=GPU, trainer=trainer), tmp, train, "cpu"
+    )
 
 
 def test_a_job_is_refused_before_its_model_loads(tiny_model, tmp_path, monkeypatch):

@@ -19,11 +19,9 @@ import torch
 from services.trainer.context import Progress
 from services.trainer.model_types import resolve
 from services.trainer.recipes.generative.data import build_samples, collate_packed
-from services.trainer.recipes.generative.events import EventWriter
 from services.trainer.recipes.generative.launch import run_generative_job
 from services.trainer.recipes.generative.model import CausalLMWithLoss, load_model, load_tokenizer
 from services.trainer.recipes.generative.recipe import GenerativeRecipe
-from services.trainer.recipes.generative.worker import WorkerJob
 from tests.generative.conftest import (
     fresh_process_generate,
     job_context,
@@ -31,8 +29,8 @@ from tests.generative.conftest import (
     prompts,
     task_frame,
     worker_losses,
+    worker_recipe,
 )
-from tunewire.config import to_dict
 from tunewire.devices import compute_dtype
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -98,10 +96,6 @@ def test_qlora_trains_and_its_adapter_loads_in_stock_peft(tiny_model, tmp_path, 
 
 def bnb_recipe(tiny_model, tmp_path, optimizer: str, *, epochs: int, adapter=LORA):
     """A QLoRA recipe set up in process on the GPU (the whole set each step)."""
-    from services.trainer.recipes.generative.events import EventWriter
-    from services.trainer.recipes.generative.recipe import GenerativeRecipe, WorkerJob
-    from tunewire.config import to_dict
-
     raw = llm_config(
         tiny_model,
         adapter=adapter,
@@ -116,13 +110,7 @@ def bnb_recipe(tiny_model, tmp_path, optimizer: str, *, epochs: int, adapter=LOR
     )
     if adapter is LORA:
         raw["quantization"] = {"bits": 4}
-    cfg = resolve(raw)
-    (tmp_path / "inputs").mkdir()
-    task_frame().to_parquet(tmp_path / "inputs" / "train.parquet", index=False)
-    job = WorkerJob("j", tmp_path, tmp_path / "artifact", 1, cfg, to_dict(cfg))
-    recipe = GenerativeRecipe(
-        job, EventWriter(tmp_path / "events.jsonl", False), torch.device("cuda")
-    )
+    recipe = worker_recipe(raw, tmp_path, task_frame(), "cuda")
     recipe.setup()
     return recipe
 
@@ -323,11 +311,7 @@ def graphs_recipe(base, tmp, adapter, mode: str, **trainer) -> GenerativeRecipe:
         backend=GPU,
         trainer={"compile": True, "compile_mode": mode, "should_shuffle": False, **trainer},
     )
-    cfg = resolve(raw)
-    (tmp / "inputs").mkdir(parents=True)
-    task_frame().to_parquet(tmp / "inputs" / "train.parquet", index=False)
-    job = WorkerJob("j", tmp, tmp / "artifact", 1, cfg, to_dict(cfg))
-    recipe = GenerativeRecipe(job, EventWriter(tmp / "events.jsonl", False), torch.device("cuda"))
+    recipe = worker_recipe(raw, tmp, task_frame(), "cuda")
     recipe.setup()
     return recipe
 
